@@ -1,0 +1,35 @@
+//! The sgp loop of DESIGN.md section 9 in one process, no network: the cost of the state
+//! machine core per loop (one `CallOp` mutation that runs four transitions and their handlers,
+//! plus the consumer's wait and local read).
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+
+use asyncmachine::sgp::{Consumer, start_worker};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+/// Polls a future that a local machine resolves at once.
+fn ready<F: Future>(fut: F) -> F::Output {
+    match pin!(fut).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("a local sgp step never waits"),
+    }
+}
+
+fn sgp_in_process(c: &mut Criterion) {
+    let (worker, stats) = start_worker("sgp-worker", 7);
+    let mut consumer = Consumer::new();
+    c.bench_function("sgp_loop_in_process", |b| {
+        b.iter(|| ready(consumer.step(&worker)).expect("the worker answers"))
+    });
+    assert_eq!(
+        stats.errors.load(Ordering::Relaxed),
+        0,
+        "the consumer read a stale value"
+    );
+}
+
+criterion_group!(benches, sgp_in_process);
+criterion_main!(benches);

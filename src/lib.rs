@@ -1,0 +1,40 @@
+//! asyncmachine: state machines replicated across processes and hosts.
+//!
+//! Layout:
+//! - [`machine`]: the state machine core (schema, clock, relations, handlers, queue, waiters,
+//!   observers) and [`machine::StateSource`], the trait local machines and mirrors share.
+//!   Pure logic, no I/O.
+//! - [`sgp`]: the subscribe-get-process scenario's worker, used by the benchmarks.
+//!
+//! ```
+//! use asyncmachine::prelude::*;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let schema = Schema::builder()
+//!     .state(StateDef::new("Start"))
+//!     .state(StateDef::new("Event").multi().require(["Start"]))
+//!     .state(StateDef::new("Value1").remove(["Value2"]))
+//!     .state(StateDef::new("Value2").remove(["Value1"]))
+//!     .build()?;
+//! let m = Machine::new(schema);
+//! m.on_state("Event", |e| {
+//!     // Mutations from handlers are queued and run right after this transition.
+//!     e.machine().add(&["Value2"], Args::new()).map(drop)
+//! })?;
+//! m.add(&["Start", "Event"], Args::new().with("n", 1))?;
+//! assert!(m.is(&["Start", "Value2"]));
+//! m.when(&["Value2"]).await?; // waiters are futures; any executor
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
+//! ```
+
+pub mod machine;
+pub mod sgp;
+
+/// The names most programs need: `use asyncmachine::prelude::*;`.
+pub mod prelude {
+    pub use crate::machine::{
+        Args, Event, Machine, MutationKind, Outcome, Schema, StateDef, StateSource, Value,
+    };
+}

@@ -1,0 +1,650 @@
+//! The local machine: a clock, a mutation queue, handlers, waiters and observers.
+//!
+//! There is no thread or task of its own. A mutation runs on the thread that makes it; a
+//! mutation made while a transition is running (from a handler, or from another thread) is
+//! queued and run by the thread that is already processing, before that thread returns.
+//! Handlers run without the machine's lock held, so they can read the machine; the lock guards
+//! only the clock, the queue, the waiters and the observer list.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use tracing::{debug, error, warn};
+
+use super::handlers::{
+    Completion, Event, FinalFn, HandlerKind, HandlerTable, NegotiationFn, Verdict, panic_message,
+};
+use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
+use super::schema::Schema;
+use super::source::{
+    Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome, StateSource, Transition,
+};
+use super::value::Args;
+use super::waiters::{Condition, StateCtx, WaitError, WaiterHost, WaiterSet, When, make_when};
+
+/// Default bound of the mutation queue.
+pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
+
+/// A handler was registered for a state the schema does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {0:?}; check the name against the schema")]
+pub struct UnknownState(pub String);
+
+/// A local state machine. Cheap to clone: clones share one machine.
+///
+/// Handlers should reach the machine through [`Event::machine`] rather than capture a clone:
+/// a captured clone keeps the machine alive for as long as the handler is registered.
+#[derive(Clone)]
+pub struct Machine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    id: String,
+    schema: Arc<Schema>,
+    core: Mutex<Core>,
+    handlers: Mutex<Arc<HandlerTable>>,
+    queue_limit: usize,
+}
+
+type ObserverList = Arc<Vec<(u64, Arc<dyn Observer>)>>;
+
+struct Core {
+    ticks: Vec<u64>,
+    queue: VecDeque<Mutation>,
+    queue_tick: u64,
+    /// Whether some thread is running transitions (and will drain the queue).
+    processing: bool,
+    waiters: WaiterSet,
+    observers: ObserverList,
+    next_observer: u64,
+    disposed: bool,
+}
+
+impl WaiterHost for Shared {
+    fn cancel_waiter(&self, id: u64) {
+        lock(&self.core).waiters.remove(id);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Handlers run outside the lock and their panics are caught, so a poisoned lock can only
+    // come from a bug in this module; the data is still consistent between statements.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Configures a [`Machine`].
+#[derive(Debug)]
+pub struct MachineBuilder {
+    schema: Arc<Schema>,
+    id: Option<String>,
+    queue_limit: usize,
+}
+
+impl MachineBuilder {
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// How many mutations may wait in the queue; more are refused with
+    /// [`MutationError::QueueFull`].
+    pub fn queue_limit(mut self, limit: usize) -> Self {
+        self.queue_limit = limit.max(1);
+        self
+    }
+
+    pub fn build(self) -> Machine {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = self
+            .id
+            .unwrap_or_else(|| format!("machine-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+        let n = self.schema.len();
+        Machine {
+            shared: Arc::new(Shared {
+                id,
+                schema: self.schema,
+                core: Mutex::new(Core {
+                    ticks: vec![0; n],
+                    queue: VecDeque::new(),
+                    queue_tick: 0,
+                    processing: false,
+                    waiters: WaiterSet::new(n),
+                    observers: Arc::new(Vec::new()),
+                    next_observer: 0,
+                    disposed: false,
+                }),
+                handlers: Mutex::new(Arc::new(HandlerTable::new(n))),
+                queue_limit: self.queue_limit,
+            }),
+        }
+    }
+}
+
+impl Machine {
+    pub fn new(schema: impl Into<Arc<Schema>>) -> Self {
+        Self::builder(schema).build()
+    }
+
+    pub fn builder(schema: impl Into<Arc<Schema>>) -> MachineBuilder {
+        MachineBuilder {
+            schema: schema.into(),
+            id: None,
+            queue_limit: DEFAULT_QUEUE_LIMIT,
+        }
+    }
+
+    pub(crate) fn schema_ref(&self) -> &Schema {
+        &self.shared.schema
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        lock(&self.shared.core)
+    }
+
+    // ----- handlers -----
+
+    /// Negotiation handler of a state that is about to become active (or, for a multi state,
+    /// active again). Return `false` (or an error) to cancel the transition.
+    pub fn on_enter<F, R>(&self, state: &str, f: F) -> Result<(), UnknownState>
+    where
+        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
+        R: Verdict,
+    {
+        self.register_negotiation(HandlerKind::Enter, state, f)
+    }
+
+    /// Negotiation handler of a state that is about to become inactive.
+    pub fn on_exit<F, R>(&self, state: &str, f: F) -> Result<(), UnknownState>
+    where
+        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
+        R: Verdict,
+    {
+        self.register_negotiation(HandlerKind::Exit, state, f)
+    }
+
+    /// Final handler of a state that became active.
+    pub fn on_state<F, R>(&self, state: &str, f: F) -> Result<(), UnknownState>
+    where
+        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
+        R: Completion,
+    {
+        self.register_final(HandlerKind::State, state, f)
+    }
+
+    /// Final handler of a state that became inactive.
+    pub fn on_end<F, R>(&self, state: &str, f: F) -> Result<(), UnknownState>
+    where
+        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
+        R: Completion,
+    {
+        self.register_final(HandlerKind::End, state, f)
+    }
+
+    /// Negotiation handler of every transition that changes the clock; runs before the
+    /// per-state ones.
+    pub fn on_any_enter<F, R>(&self, f: F)
+    where
+        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
+        R: Verdict,
+    {
+        let f: NegotiationFn = Arc::new(move |e| f(e).into_verdict());
+        self.update_handlers(|t| t.any_enter.push(f));
+    }
+
+    /// Final handler of every transition that changed the clock; runs after the per-state ones.
+    pub fn on_any_state<F, R>(&self, f: F)
+    where
+        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
+        R: Completion,
+    {
+        let f: FinalFn = Arc::new(move |e| f(e).into_completion());
+        self.update_handlers(|t| t.any_state.push(f));
+    }
+
+    fn register_negotiation<F, R>(
+        &self,
+        kind: HandlerKind,
+        state: &str,
+        f: F,
+    ) -> Result<(), UnknownState>
+    where
+        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
+        R: Verdict,
+    {
+        let s = self
+            .schema_ref()
+            .index(state)
+            .ok_or_else(|| UnknownState(state.to_owned()))?;
+        let f: NegotiationFn = Arc::new(move |e| f(e).into_verdict());
+        self.update_handlers(|t| match kind {
+            HandlerKind::Enter => t.enter[s].push(f),
+            _ => t.exit[s].push(f),
+        });
+        Ok(())
+    }
+
+    fn register_final<F, R>(&self, kind: HandlerKind, state: &str, f: F) -> Result<(), UnknownState>
+    where
+        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
+        R: Completion,
+    {
+        let s = self
+            .schema_ref()
+            .index(state)
+            .ok_or_else(|| UnknownState(state.to_owned()))?;
+        let f: FinalFn = Arc::new(move |e| f(e).into_completion());
+        self.update_handlers(|t| match kind {
+            HandlerKind::State => t.state[s].push(f),
+            _ => t.end[s].push(f),
+        });
+        Ok(())
+    }
+
+    fn update_handlers(&self, change: impl FnOnce(&mut HandlerTable)) {
+        let mut table = lock(&self.shared.handlers);
+        change(Arc::make_mut(&mut table));
+    }
+
+    // ----- synchronous mutations -----
+
+    /// Activates the states. From inside a handler, or while another thread is running a
+    /// transition, the mutation is queued and the result is [`Outcome::Queued`].
+    pub fn add(&self, states: &[&str], args: Args) -> Result<Outcome, MutationError> {
+        self.mutate_now(self.named(MutationKind::Add, states, args)?)
+    }
+
+    /// Deactivates the states.
+    pub fn remove(&self, states: &[&str], args: Args) -> Result<Outcome, MutationError> {
+        self.mutate_now(self.named(MutationKind::Remove, states, args)?)
+    }
+
+    /// Activates exactly the states, deactivating all others.
+    pub fn set(&self, states: &[&str], args: Args) -> Result<Outcome, MutationError> {
+        self.mutate_now(self.named(MutationKind::Set, states, args)?)
+    }
+
+    fn named(
+        &self,
+        kind: MutationKind,
+        states: &[&str],
+        args: Args,
+    ) -> Result<Mutation, MutationError> {
+        let idx = self
+            .schema_ref()
+            .indices(states)
+            .map_err(|name| MutationError::UnknownState(name.to_owned()))?;
+        Ok(Mutation::new(kind, idx, args))
+    }
+
+    /// Runs a mutation now, or queues it when a transition is in progress.
+    pub fn mutate_now(&self, mutation: Mutation) -> Result<Outcome, MutationError> {
+        let n = self.schema_ref().len();
+        if let Some(&bad) = mutation.states.iter().find(|&&s| s >= n) {
+            return Err(MutationError::BadIndex(bad));
+        }
+        {
+            let mut core = self.core();
+            if core.disposed {
+                return Err(MutationError::Disposed);
+            }
+            if core.processing {
+                let limit = self.shared.queue_limit;
+                if core.queue.len() >= limit {
+                    warn!(machine = %self.shared.id, limit, "mutation queue full; refusing mutation");
+                    return Err(MutationError::QueueFull { limit });
+                }
+                core.queue.push_back(mutation);
+                return Ok(Outcome::Queued);
+            }
+            core.processing = true;
+        }
+        let mut guard = ProcessingGuard {
+            machine: self,
+            armed: true,
+        };
+        let outcome = self.run(mutation);
+        self.drain();
+        guard.armed = false;
+        Ok(outcome)
+    }
+
+    /// Runs queued mutations until the queue is empty, then gives up the processing role.
+    fn drain(&self) {
+        loop {
+            let next = {
+                let mut core = self.core();
+                match core.queue.pop_front() {
+                    Some(next) if !core.disposed => next,
+                    _ => {
+                        core.queue.clear();
+                        core.processing = false;
+                        return;
+                    }
+                }
+            };
+            self.run(next);
+        }
+    }
+
+    /// Runs one transition: resolve, negotiate, apply, finalize, notify.
+    fn run(&self, mutation: Mutation) -> Outcome {
+        let schema = self.schema_ref();
+        let handlers = lock(&self.shared.handlers).clone();
+        let before = self.core().ticks.clone();
+        let plan = match resolve(
+            schema,
+            &before,
+            mutation.kind,
+            &mutation.states,
+            mutation.auto,
+        ) {
+            Ok(plan) => plan,
+            Err(reason) => return self.canceled(&mutation, &reason),
+        };
+        if !plan.changes_clock() {
+            self.core().queue_tick += 1;
+            return Outcome::Executed;
+        }
+        let arriving = self.arriving(&plan);
+        let event = |state| Event {
+            machine: self,
+            mutation: &mutation,
+            plan: &plan,
+            before: &before,
+            state,
+        };
+        if let Err(reason) = self.negotiate(&handlers, &plan, &arriving, &event) {
+            return self.canceled(&mutation, &reason);
+        }
+
+        let (after, observers, queue_tick) = {
+            let mut core = self.core();
+            let core = &mut *core;
+            plan.apply(&mut core.ticks);
+            core.queue_tick += 1;
+            core.waiters.clock_changed(&core.ticks, plan.changed());
+            let after = if core.observers.is_empty() {
+                Vec::new()
+            } else {
+                core.ticks.clone()
+            };
+            (after, core.observers.clone(), core.queue_tick)
+        };
+
+        for &s in &plan.exiting {
+            self.call_finals(
+                handlers.finals(HandlerKind::End, Some(s)),
+                &event(Some(s)),
+                HandlerKind::End,
+            );
+        }
+        for &s in &arriving {
+            self.call_finals(
+                handlers.finals(HandlerKind::State, Some(s)),
+                &event(Some(s)),
+                HandlerKind::State,
+            );
+        }
+        self.call_finals(
+            handlers.finals(HandlerKind::AnyState, None),
+            &event(None),
+            HandlerKind::AnyState,
+        );
+
+        if !observers.is_empty() {
+            let transition = Transition {
+                kind: mutation.kind,
+                called: &mutation.states,
+                args: &mutation.args,
+                auto: mutation.auto,
+                before: &before,
+                after: &after,
+                queue_tick,
+            };
+            for (_, observer) in observers.iter() {
+                observer.transition(&transition);
+            }
+        }
+        if !mutation.auto {
+            self.queue_auto();
+        }
+        Outcome::Executed
+    }
+
+    fn canceled(&self, mutation: &Mutation, reason: &CancelReason) -> Outcome {
+        self.core().queue_tick += 1;
+        if !mutation.auto {
+            debug!(machine = %self.shared.id, kind = %mutation.kind, %reason, "mutation canceled");
+        }
+        Outcome::Canceled
+    }
+
+    /// States that arrive (enter, or enter again), in handler order.
+    fn arriving(&self, plan: &Plan) -> Vec<usize> {
+        if plan.reentering.is_empty() {
+            return plan.entering.clone();
+        }
+        let mut arriving: Vec<usize> = plan
+            .entering
+            .iter()
+            .chain(&plan.reentering)
+            .copied()
+            .collect();
+        arriving.sort_by_key(|&s| self.schema_ref().handler_rank(s));
+        arriving
+    }
+
+    fn negotiate<'e>(
+        &self,
+        handlers: &HandlerTable,
+        plan: &Plan,
+        arriving: &[usize],
+        event: &impl Fn(Option<usize>) -> Event<'e>,
+    ) -> Result<(), CancelReason> {
+        let steps = std::iter::once((HandlerKind::AnyEnter, None))
+            .chain(plan.exiting.iter().map(|&s| (HandlerKind::Exit, Some(s))))
+            .chain(arriving.iter().map(|&s| (HandlerKind::Enter, Some(s))));
+        for (kind, state) in steps {
+            for f in handlers.negotiation(kind, state) {
+                let e = event(state);
+                let failure = match catch_unwind(AssertUnwindSafe(|| f(&e))) {
+                    Ok(Ok(true)) => continue,
+                    Ok(Ok(false)) => None,
+                    Ok(Err(message)) => Some(message),
+                    Err(panic) => Some(panic_message(panic.as_ref())),
+                };
+                let name = state.map(|s| self.schema_ref().name(s).to_owned());
+                let handler = kind.name();
+                return Err(match failure {
+                    None => CancelReason::Refused {
+                        state: name,
+                        handler,
+                    },
+                    Some(message) => {
+                        self.raise(&e, kind, message);
+                        CancelReason::HandlerFailed {
+                            state: name,
+                            handler,
+                        }
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn call_finals(&self, finals: &[FinalFn], event: &Event<'_>, kind: HandlerKind) {
+        for f in finals {
+            let message = match catch_unwind(AssertUnwindSafe(|| f(event))) {
+                Ok(Ok(())) => continue,
+                Ok(Err(message)) => message,
+                Err(panic) => panic_message(panic.as_ref()),
+            };
+            self.raise(event, kind, message);
+        }
+    }
+
+    /// Queues the activation of `Exception` for a failed handler, with the error as argument.
+    /// Failures while handling an `Exception` mutation are only logged, so a failing exception
+    /// handler cannot loop.
+    fn raise(&self, event: &Event<'_>, kind: HandlerKind, message: String) {
+        let schema = self.schema_ref();
+        let exception = schema.exception();
+        let state = event.state.map(|s| schema.name(s));
+        error!(machine = %self.shared.id, state, handler = kind.name(), error = %message, "handler failed");
+        if event.mutation.kind != MutationKind::Remove && event.mutation.states.contains(&exception)
+        {
+            return;
+        }
+        let mut args = Args::new()
+            .with("error", message)
+            .with("handler", kind.name());
+        if let Some(state) = state {
+            args.insert("state", state);
+        }
+        // Errors bypass the queue limit: losing one would hide the failure.
+        self.core()
+            .queue
+            .push_back(Mutation::new(MutationKind::Add, vec![exception], args));
+    }
+
+    /// Prepends an auto mutation of every inactive auto state, when there are any.
+    fn queue_auto(&self) {
+        let schema = self.schema_ref();
+        let mut core = self.core();
+        let states: Vec<usize> = (0..schema.len())
+            .filter(|&s| schema.resolved(s).auto && !is_active(core.ticks[s]))
+            .collect();
+        if !states.is_empty() {
+            let mut auto = Mutation::new(MutationKind::Add, states, Args::new());
+            auto.auto = true;
+            core.queue.push_front(auto);
+        }
+    }
+
+    // ----- lifecycle and introspection -----
+
+    /// Ends the machine: waiters end with [`WaitError::Disposed`], queued mutations are dropped
+    /// and new ones are refused.
+    pub fn dispose(&self) {
+        let mut core = self.core();
+        core.disposed = true;
+        core.queue.clear();
+        core.waiters.close();
+        core.observers = Arc::new(Vec::new());
+    }
+
+    pub fn is_disposed(&self) -> bool {
+        self.core().disposed
+    }
+
+    /// Mutations waiting in the queue.
+    pub fn queue_len(&self) -> usize {
+        self.core().queue.len()
+    }
+
+    /// Registered waiters (pending ones only).
+    pub fn waiter_count(&self) -> usize {
+        self.core().waiters.len()
+    }
+}
+
+/// Gives up the processing role if a transition unwinds (a bug in this module, since handler
+/// panics are caught), so that the machine does not stay busy forever.
+struct ProcessingGuard<'a> {
+    machine: &'a Machine,
+    armed: bool,
+}
+
+impl Drop for ProcessingGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut core = self.machine.core();
+        core.processing = false;
+        core.queue.clear();
+    }
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let core = self.core();
+        f.debug_struct("Machine")
+            .field("id", &self.shared.id)
+            .field("states", &self.schema_ref().len())
+            .field("ticks", &core.ticks)
+            .field("queue_tick", &core.queue_tick)
+            .finish()
+    }
+}
+
+impl StateSource for Machine {
+    fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    fn schema(&self) -> Arc<Schema> {
+        self.shared.schema.clone()
+    }
+
+    fn clock(&self) -> Vec<u64> {
+        self.core().ticks.clone()
+    }
+
+    fn tick_at(&self, idx: usize) -> u64 {
+        self.core().ticks.get(idx).copied().unwrap_or(0)
+    }
+
+    fn queue_tick(&self) -> u64 {
+        self.core().queue_tick
+    }
+
+    fn wait(&self, condition: Condition) -> When {
+        let n = self.schema_ref().len();
+        let in_schema = match &condition {
+            Condition::Active(s) | Condition::Inactive(s) => s.iter().all(|&i| i < n),
+            Condition::TicksAtLeast(p) => p.iter().all(|&(i, _)| i < n),
+            Condition::TickChanged(i, _) => *i < n,
+        };
+        if !in_schema {
+            return When::failed(WaitError::UnknownState(format!("{condition:?}")));
+        }
+        let host: Weak<dyn WaiterHost> = Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>;
+        let mut core = self.core();
+        let core = &mut *core;
+        make_when(host, core.waiters.register(&core.ticks, condition))
+    }
+
+    fn state_ctx_at(&self, idx: usize) -> StateCtx {
+        let tick = self.tick_at(idx);
+        if !is_active(tick) {
+            return StateCtx::canceled_from_start();
+        }
+        // The tick may move between the read above and the registration; then the condition
+        // already holds and the context starts canceled, which is what it should be.
+        StateCtx::new(self.wait(Condition::TickChanged(idx, tick)))
+    }
+
+    fn mutate(&self, mutation: Mutation) -> MutationFuture {
+        Box::pin(std::future::ready(self.mutate_now(mutation)))
+    }
+
+    fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>) {
+        let mut core = self.core();
+        let id = core.next_observer;
+        core.next_observer += 1;
+        Arc::make_mut(&mut core.observers).push((id, observer));
+        (ObserverId(id), core.ticks.clone())
+    }
+
+    fn unobserve(&self, id: ObserverId) -> bool {
+        let mut core = self.core();
+        let before = core.observers.len();
+        Arc::make_mut(&mut core.observers).retain(|(i, _)| *i != id.0);
+        core.observers.len() != before
+    }
+}

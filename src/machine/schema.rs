@@ -1,0 +1,561 @@
+//! Schemas: the ordered states of a machine with their relations and flags.
+//!
+//! A [`SchemaDef`] is plain data (built in Rust with [`StateDef`]'s builder methods, or loaded
+//! with serde from a topology file); [`Schema`] is its validated form, with relations resolved
+//! to state positions, the handler order computed and a stable hash. Nothing here runs a
+//! transition: that is `resolve`'s job.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The name of the state that every schema has, activated by errors and panics in handlers.
+pub const EXCEPTION: &str = "Exception";
+
+/// Most states a schema may have; keeps state positions inside a `u32` on the wire.
+pub const MAX_STATES: usize = 4096;
+
+/// One state's definition, as a person writes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDef {
+    pub name: String,
+    /// May only be active while all of these are active (or become active in the same
+    /// transition).
+    #[serde(default)]
+    pub require: Vec<String>,
+    /// Activating this state also tries to activate these (optional: if they are refused, this
+    /// state still goes ahead).
+    #[serde(default)]
+    pub add: Vec<String>,
+    /// Activating this state deactivates these, and they cannot be activated while it stays.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Handlers of this state run after the handlers of these states.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Tried after every transition that changed the clock.
+    #[serde(default)]
+    pub auto: bool,
+    /// Activating it while active is a new activation: its tick grows by 2 and handlers run.
+    #[serde(default)]
+    pub multi: bool,
+}
+
+impl StateDef {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn require<I: IntoIterator<Item = S>, S: Into<String>>(mut self, states: I) -> Self {
+        self.require.extend(states.into_iter().map(Into::into));
+        self
+    }
+
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "named after the relation, as in files"
+    )]
+    pub fn add<I: IntoIterator<Item = S>, S: Into<String>>(mut self, states: I) -> Self {
+        self.add.extend(states.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn remove<I: IntoIterator<Item = S>, S: Into<String>>(mut self, states: I) -> Self {
+        self.remove.extend(states.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn after<I: IntoIterator<Item = S>, S: Into<String>>(mut self, states: I) -> Self {
+        self.after.extend(states.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn auto(mut self) -> Self {
+        self.auto = true;
+        self
+    }
+
+    pub fn multi(mut self) -> Self {
+        self.multi = true;
+        self
+    }
+}
+
+/// A schema as plain data: what topology files and the wire carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaDef {
+    pub states: Vec<StateDef>,
+}
+
+/// What is wrong with a schema definition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaError {
+    #[error("a state has an empty name; give every state a name")]
+    EmptyName,
+    #[error("state {0:?} is defined twice; state names must be unique")]
+    DuplicateState(String),
+    #[error(
+        "state {state:?} lists unknown state {target:?} in `{relation}`; define it or fix the name"
+    )]
+    UnknownState {
+        state: String,
+        relation: Relation,
+        target: String,
+    },
+    #[error("state {state:?} lists itself in `{relation}`; remove that entry")]
+    SelfRelation { state: String, relation: Relation },
+    #[error("the `after` relations form a cycle through {0:?}; handlers cannot be ordered")]
+    AfterCycle(Vec<String>),
+    #[error("the schema has {0} states; at most {MAX_STATES} are supported")]
+    TooManyStates(usize),
+}
+
+/// A kind of relation between two states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    Require,
+    Add,
+    Remove,
+    After,
+}
+
+impl fmt::Display for Relation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Relation::Require => "require",
+            Relation::Add => "add",
+            Relation::Remove => "remove",
+            Relation::After => "after",
+        })
+    }
+}
+
+/// A state's relations resolved to positions in the schema.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    pub require: Vec<usize>,
+    pub add: Vec<usize>,
+    pub remove: Vec<usize>,
+    pub auto: bool,
+    pub multi: bool,
+}
+
+/// A validated schema. States are addressed by their position (schema order), which is also
+/// their position in the clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SchemaDef", into = "SchemaDef")]
+pub struct Schema {
+    def: SchemaDef,
+    index: HashMap<String, usize>,
+    resolved: Vec<Resolved>,
+    /// Position of each state in handler order (`after` and `require` respected).
+    handler_rank: Vec<u32>,
+    hash: u64,
+    exception: usize,
+}
+
+impl Schema {
+    pub fn builder() -> SchemaBuilder {
+        SchemaBuilder::default()
+    }
+
+    /// Validates a definition. `Exception` is appended as a multi state when the definition
+    /// lacks it, and made multi when it has it.
+    pub fn new(mut def: SchemaDef) -> Result<Self, SchemaError> {
+        match def.states.iter_mut().find(|s| s.name == EXCEPTION) {
+            Some(exception) => exception.multi = true,
+            None => def.states.push(StateDef::new(EXCEPTION).multi()),
+        }
+        if def.states.len() > MAX_STATES {
+            return Err(SchemaError::TooManyStates(def.states.len()));
+        }
+        let mut index = HashMap::with_capacity(def.states.len());
+        for (i, state) in def.states.iter().enumerate() {
+            if state.name.is_empty() {
+                return Err(SchemaError::EmptyName);
+            }
+            if index.insert(state.name.clone(), i).is_some() {
+                return Err(SchemaError::DuplicateState(state.name.clone()));
+            }
+        }
+        let lookup = |state: &StateDef, relation: Relation, names: &[String]| {
+            let mut out = Vec::with_capacity(names.len());
+            for target in names {
+                let Some(&i) = index.get(target) else {
+                    return Err(SchemaError::UnknownState {
+                        state: state.name.clone(),
+                        relation,
+                        target: target.clone(),
+                    });
+                };
+                if *target == state.name {
+                    return Err(SchemaError::SelfRelation {
+                        state: state.name.clone(),
+                        relation,
+                    });
+                }
+                if !out.contains(&i) {
+                    out.push(i);
+                }
+            }
+            Ok(out)
+        };
+        let mut resolved = Vec::with_capacity(def.states.len());
+        let mut after = Vec::with_capacity(def.states.len());
+        for state in &def.states {
+            resolved.push(Resolved {
+                require: lookup(state, Relation::Require, &state.require)?,
+                add: lookup(state, Relation::Add, &state.add)?,
+                remove: lookup(state, Relation::Remove, &state.remove)?,
+                auto: state.auto,
+                multi: state.multi,
+            });
+            after.push(lookup(state, Relation::After, &state.after)?);
+        }
+        let handler_rank = handler_order(&def, &resolved, &after)?;
+        let exception = index[EXCEPTION];
+        let hash = schema_hash(&def);
+        Ok(Schema {
+            def,
+            index,
+            resolved,
+            handler_rank,
+            hash,
+            exception,
+        })
+    }
+
+    /// Number of states, `Exception` included.
+    pub fn len(&self) -> usize {
+        self.def.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.def.states.is_empty()
+    }
+
+    /// Position of a state by name.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// Name of the state at a position. Panics on a position outside the schema, like slice
+    /// indexing: positions come from this schema.
+    pub fn name(&self, idx: usize) -> &str {
+        &self.def.states[idx].name
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.def.states.iter().map(|s| s.name.as_str())
+    }
+
+    pub fn state(&self, idx: usize) -> Option<&StateDef> {
+        self.def.states.get(idx)
+    }
+
+    pub fn def(&self) -> &SchemaDef {
+        &self.def
+    }
+
+    /// A stable 64-bit hash of the definition (FNV-1a over a canonical encoding, see
+    /// PROTOCOL.md): equal definitions hash equal on every platform and version.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// Position of the `Exception` state.
+    pub fn exception(&self) -> usize {
+        self.exception
+    }
+
+    pub(crate) fn resolved(&self, idx: usize) -> &Resolved {
+        &self.resolved[idx]
+    }
+
+    pub(crate) fn handler_rank(&self, idx: usize) -> u32 {
+        self.handler_rank[idx]
+    }
+
+    /// Positions of the named states, or the first unknown name.
+    pub fn indices<'a>(&self, names: &[&'a str]) -> Result<Vec<usize>, &'a str> {
+        names.iter().map(|n| self.index(n).ok_or(*n)).collect()
+    }
+}
+
+impl TryFrom<SchemaDef> for Schema {
+    type Error = SchemaError;
+
+    fn try_from(def: SchemaDef) -> Result<Self, Self::Error> {
+        Schema::new(def)
+    }
+}
+
+impl From<Schema> for SchemaDef {
+    fn from(schema: Schema) -> Self {
+        schema.def
+    }
+}
+
+/// Builds a schema state by state: `Schema::builder().state(StateDef::new("A")).build()`.
+#[derive(Debug, Default, Clone)]
+pub struct SchemaBuilder {
+    def: SchemaDef,
+}
+
+impl SchemaBuilder {
+    pub fn state(mut self, state: StateDef) -> Self {
+        self.def.states.push(state);
+        self
+    }
+
+    pub fn build(self) -> Result<Schema, SchemaError> {
+        Schema::new(self.def)
+    }
+}
+
+/// Orders handlers: a state runs after the states in its `after` list and, where that leaves a
+/// choice, after the states it requires; ties keep schema order. `after` cycles are errors;
+/// `require` edges are dropped when they would make a cycle (two states may require each other).
+fn handler_order(
+    def: &SchemaDef,
+    resolved: &[Resolved],
+    after: &[Vec<usize>],
+) -> Result<Vec<u32>, SchemaError> {
+    let with_require: Vec<Vec<usize>> = after
+        .iter()
+        .zip(resolved)
+        .map(|(a, r)| a.iter().chain(&r.require).copied().collect())
+        .collect();
+    if let Some(order) = topo_sort(&with_require) {
+        return Ok(ranks(&order));
+    }
+    match topo_sort(after) {
+        Some(order) => Ok(ranks(&order)),
+        None => {
+            let cyclic = cycle_members(after)
+                .into_iter()
+                .map(|i| def.states[i].name.clone());
+            Err(SchemaError::AfterCycle(cyclic.collect()))
+        }
+    }
+}
+
+/// Kahn's algorithm; `deps[i]` lists the states that must come before `i`. Among ready states
+/// the lowest position goes first, so the order is deterministic.
+fn topo_sort(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
+    let n = deps.len();
+    let mut pending: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut dependents = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &j in &dependents[i] {
+            pending[j] -= 1;
+            if pending[j] == 0 {
+                ready.insert(j);
+            }
+        }
+    }
+    (order.len() == n).then_some(order)
+}
+
+fn ranks(order: &[usize]) -> Vec<u32> {
+    let mut rank = vec![0; order.len()];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r as u32;
+    }
+    rank
+}
+
+/// States left over when Kahn's algorithm stalls: the members of (or behind) a cycle.
+fn cycle_members(deps: &[Vec<usize>]) -> Vec<usize> {
+    let mut alive = vec![true; deps.len()];
+    loop {
+        let removable: Vec<usize> = (0..deps.len())
+            .filter(|&i| alive[i] && deps[i].iter().all(|&d| !alive[d]))
+            .collect();
+        if removable.is_empty() {
+            break;
+        }
+        for i in removable {
+            alive[i] = false;
+        }
+    }
+    (0..deps.len()).filter(|&i| alive[i]).collect()
+}
+
+/// FNV-1a 64 over the canonical encoding documented in PROTOCOL.md: for each state in order,
+/// its name, a flags byte, then the four relation lists (require, add, remove, after), each as a
+/// count followed by names; every string is its UTF-8 bytes followed by a 0 byte, every count
+/// a little-endian u32.
+fn schema_hash(def: &SchemaDef) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    };
+    for state in &def.states {
+        feed(state.name.as_bytes());
+        feed(&[0]);
+        feed(&[u8::from(state.auto) | (u8::from(state.multi) << 1)]);
+        for list in [&state.require, &state.add, &state.remove, &state.after] {
+            feed(&(list.len() as u32).to_le_bytes());
+            for name in list {
+                feed(name.as_bytes());
+                feed(&[0]);
+            }
+        }
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(schema: &Schema, mut idx: Vec<usize>) -> Vec<&str> {
+        idx.sort_by_key(|&i| schema.handler_rank(i));
+        idx.into_iter().map(|i| schema.name(i)).collect()
+    }
+
+    #[test]
+    fn exception_is_added_as_multi() {
+        let schema = Schema::builder()
+            .state(StateDef::new("A"))
+            .build()
+            .expect("valid");
+        assert_eq!(schema.len(), 2);
+        assert_eq!(schema.name(schema.exception()), EXCEPTION);
+        assert!(schema.state(schema.exception()).expect("exists").multi);
+    }
+
+    #[test]
+    fn declared_exception_is_forced_multi_and_kept_in_place() {
+        let schema = Schema::builder()
+            .state(StateDef::new(EXCEPTION))
+            .state(StateDef::new("A"))
+            .build()
+            .expect("valid");
+        assert_eq!(schema.exception(), 0);
+        assert!(schema.resolved(0).multi);
+        assert_eq!(schema.len(), 2);
+    }
+
+    #[test]
+    fn invalid_definitions_are_refused_with_the_reason() {
+        let dup = Schema::builder()
+            .state(StateDef::new("A"))
+            .state(StateDef::new("A"))
+            .build();
+        assert_eq!(dup, Err(SchemaError::DuplicateState("A".into())));
+
+        let unknown = Schema::builder()
+            .state(StateDef::new("A").require(["B"]))
+            .build();
+        let err = unknown.expect_err("unknown state");
+        assert_eq!(
+            err.to_string(),
+            "state \"A\" lists unknown state \"B\" in `require`; define it or fix the name"
+        );
+
+        let selfish = Schema::builder()
+            .state(StateDef::new("A").remove(["A"]))
+            .build();
+        assert!(matches!(selfish, Err(SchemaError::SelfRelation { .. })));
+
+        let empty = Schema::builder().state(StateDef::new("")).build();
+        assert_eq!(empty, Err(SchemaError::EmptyName));
+
+        let cycle = Schema::builder()
+            .state(StateDef::new("A").after(["B"]))
+            .state(StateDef::new("B").after(["A"]))
+            .state(StateDef::new("C"))
+            .build();
+        assert_eq!(
+            cycle,
+            Err(SchemaError::AfterCycle(vec!["A".into(), "B".into()]))
+        );
+    }
+
+    #[test]
+    fn handler_order_follows_after_then_require_then_schema_order() {
+        let schema = Schema::builder()
+            .state(StateDef::new("A").after(["C"]))
+            .state(StateDef::new("B").require(["D"]))
+            .state(StateDef::new("C"))
+            .state(StateDef::new("D"))
+            .build()
+            .expect("valid");
+        assert_eq!(names(&schema, vec![0, 1, 2, 3]), ["C", "A", "D", "B"]);
+    }
+
+    #[test]
+    fn mutual_requires_are_allowed() {
+        let schema = Schema::builder()
+            .state(StateDef::new("A").require(["B"]))
+            .state(StateDef::new("B").require(["A"]))
+            .build()
+            .expect("mutual require is valid");
+        assert_eq!(names(&schema, vec![1, 0]), ["A", "B"]);
+    }
+
+    #[test]
+    fn hash_is_stable_and_sensitive() {
+        let a = Schema::builder()
+            .state(StateDef::new("A").multi())
+            .build()
+            .expect("valid");
+        let b = Schema::builder()
+            .state(StateDef::new("A").multi())
+            .build()
+            .expect("valid");
+        let c = Schema::builder()
+            .state(StateDef::new("A"))
+            .build()
+            .expect("valid");
+        assert_eq!(a.hash(), b.hash());
+        assert_ne!(a.hash(), c.hash());
+        // Pinned (computed independently from the documented encoding): a change here breaks
+        // every deployed peer's schema negotiation.
+        assert_eq!(a.hash(), 0x8864_dac3_c2d9_0f99, "hash {:#x}", a.hash());
+    }
+
+    #[test]
+    fn loads_from_serde_data_and_validates() {
+        let def = SchemaDef {
+            states: vec![StateDef::new("A").add(["B"]), StateDef::new("B").auto()],
+        };
+        let bytes =
+            bincode::serde::encode_to_vec(&def, bincode::config::standard()).expect("encodes");
+        let (schema, _): (Schema, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+                .expect("decodes");
+        assert_eq!(schema.index("B"), Some(1));
+        assert!(schema.resolved(1).auto);
+
+        let bad = SchemaDef {
+            states: vec![StateDef::new("A").add(["Nope"])],
+        };
+        let bytes =
+            bincode::serde::encode_to_vec(&bad, bincode::config::standard()).expect("encodes");
+        let decoded: Result<(Schema, usize), _> =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard());
+        assert!(decoded.is_err(), "an invalid schema must not decode");
+    }
+}

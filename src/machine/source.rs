@@ -1,0 +1,255 @@
+//! The one trait for reads, waits and mutations, shared by local machines and remote mirrors.
+//!
+//! A server serves any [`StateSource`]; user code holding one does not care whether the clock
+//! is local or replicated. Required methods work on state positions; the provided methods take
+//! names. Reads treat an unknown name as a never-active state (tick 0); waits and mutations
+//! report it as an error.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::resolve::{MutationKind, is_active};
+use super::schema::Schema;
+use super::value::Args;
+use super::waiters::{Condition, StateCtx, WaitError, When};
+
+/// The result of a mutation that was taken in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Outcome {
+    /// The transition ran and its clock is in place.
+    Executed,
+    /// Relations or a negotiation handler refused it; the clock is unchanged.
+    Canceled,
+    /// The machine was busy; the mutation runs after the ones before it.
+    Queued,
+}
+
+/// Why a mutation was not taken in at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MutationError {
+    #[error("unknown state {0:?}; check the name against the schema")]
+    UnknownState(String),
+    #[error("state position {0} is outside the schema")]
+    BadIndex(usize),
+    #[error("the mutation queue is full ({limit} waiting); the machine is overloaded, retry later")]
+    QueueFull { limit: usize },
+    #[error("the machine was disposed")]
+    Disposed,
+    #[error("not connected to the source; wait for the mirror to be ready")]
+    Disconnected,
+    #[error("the source refused the mutation: {0}")]
+    Refused(String),
+}
+
+/// A mutation: what to do with which states, and the arguments handlers see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mutation {
+    pub kind: MutationKind,
+    pub states: Vec<usize>,
+    pub args: Args,
+    /// Set by the machine for its own auto mutations.
+    pub(crate) auto: bool,
+}
+
+impl Mutation {
+    pub fn new(kind: MutationKind, states: Vec<usize>, args: Args) -> Self {
+        Mutation {
+            kind,
+            states,
+            args,
+            auto: false,
+        }
+    }
+
+    pub fn is_auto(&self) -> bool {
+        self.auto
+    }
+}
+
+/// A finished transition, as observers see it.
+#[derive(Debug)]
+pub struct Transition<'a> {
+    pub kind: MutationKind,
+    /// Positions of the called states.
+    pub called: &'a [usize],
+    pub args: &'a Args,
+    pub auto: bool,
+    /// The clock before and after.
+    pub before: &'a [u64],
+    pub after: &'a [u64],
+    /// The queue tick after this transition.
+    pub queue_tick: u64,
+}
+
+/// A hook that sees every transition that changed the clock, after its final handlers.
+///
+/// Called on the thread that ran the transition: keep it short and non-blocking (servers only
+/// note the change and wake a task).
+pub trait Observer: Send + Sync {
+    fn transition(&self, transition: &Transition<'_>);
+}
+
+impl<F: Fn(&Transition<'_>) + Send + Sync> Observer for F {
+    fn transition(&self, transition: &Transition<'_>) {
+        self(transition)
+    }
+}
+
+/// Identifies an observer registration, for [`StateSource::unobserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ObserverId(pub(crate) u64);
+
+/// What a mutation returns: a future, so that a remote source fits the same trait.
+pub type MutationFuture =
+    Pin<Box<dyn Future<Output = Result<Outcome, MutationError>> + Send + 'static>>;
+
+/// Reads, waits, mutations and observation of a state machine, local or remote.
+pub trait StateSource: Send + Sync {
+    /// The machine's id, unique within its tree.
+    fn id(&self) -> &str;
+
+    fn schema(&self) -> Arc<Schema>;
+
+    /// The whole clock: one tick per state, in schema order.
+    fn clock(&self) -> Vec<u64>;
+
+    /// The tick of the state at a position (0 outside the schema).
+    fn tick_at(&self, idx: usize) -> u64;
+
+    /// How many mutations the machine has processed.
+    fn queue_tick(&self) -> u64;
+
+    /// A future that resolves when `condition` holds.
+    fn wait(&self, condition: Condition) -> When;
+
+    /// A context canceled when the state at `idx` changes its tick.
+    fn state_ctx_at(&self, idx: usize) -> StateCtx;
+
+    fn mutate(&self, mutation: Mutation) -> MutationFuture;
+
+    /// Registers an observer and returns the clock it starts from, atomically: the observer
+    /// sees every transition after that clock and none before.
+    fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>);
+
+    fn unobserve(&self, id: ObserverId) -> bool;
+
+    // ----- provided: reads -----
+
+    fn tick(&self, state: &str) -> u64 {
+        self.schema().index(state).map_or(0, |i| self.tick_at(i))
+    }
+
+    /// Whether all the states are active.
+    fn is(&self, states: &[&str]) -> bool {
+        states.iter().all(|s| is_active(self.tick(s)))
+    }
+
+    fn is1(&self, state: &str) -> bool {
+        is_active(self.tick(state))
+    }
+
+    /// Whether none of the states is active.
+    fn not(&self, states: &[&str]) -> bool {
+        states.iter().all(|s| !is_active(self.tick(s)))
+    }
+
+    /// Whether at least one of the states is active.
+    fn any(&self, states: &[&str]) -> bool {
+        states.iter().any(|s| is_active(self.tick(s)))
+    }
+
+    /// The ticks of the states, in the order given.
+    fn time(&self, states: &[&str]) -> Vec<u64> {
+        states.iter().map(|s| self.tick(s)).collect()
+    }
+
+    fn active_states(&self) -> Vec<String> {
+        let schema = self.schema();
+        let clock = self.clock();
+        (0..schema.len())
+            .filter(|&i| is_active(clock[i]))
+            .map(|i| schema.name(i).to_owned())
+            .collect()
+    }
+
+    /// The first active state of a group, if any: a switch over mutually exclusive states.
+    fn switch<'a>(&self, group: &[&'a str]) -> Option<&'a str> {
+        group.iter().copied().find(|s| self.is1(s))
+    }
+
+    // ----- provided: waits -----
+
+    /// Resolves when all the states are active.
+    fn when(&self, states: &[&str]) -> When {
+        match self.schema().indices(states) {
+            Ok(idx) => self.wait(Condition::Active(idx)),
+            Err(name) => When::failed(WaitError::UnknownState(name.to_owned())),
+        }
+    }
+
+    /// Resolves when none of the states is active.
+    fn when_not(&self, states: &[&str]) -> When {
+        match self.schema().indices(states) {
+            Ok(idx) => self.wait(Condition::Inactive(idx)),
+            Err(name) => When::failed(WaitError::UnknownState(name.to_owned())),
+        }
+    }
+
+    /// Resolves when each state's tick has reached the tick at the same position.
+    fn when_time(&self, states: &[&str], ticks: &[u64]) -> When {
+        match self.schema().indices(states) {
+            Ok(idx) => self.wait(Condition::TicksAtLeast(
+                idx.into_iter().zip(ticks.iter().copied()).collect(),
+            )),
+            Err(name) => When::failed(WaitError::UnknownState(name.to_owned())),
+        }
+    }
+
+    /// Resolves when the state's tick has grown by `n` from now.
+    fn when_ticks(&self, state: &str, n: u64) -> When {
+        match self.schema().index(state) {
+            Some(i) => self.wait(Condition::TicksAtLeast(vec![(i, self.tick_at(i) + n)])),
+            None => When::failed(WaitError::UnknownState(state.to_owned())),
+        }
+    }
+
+    /// Resolves when `Exception` is active.
+    fn when_err(&self) -> When {
+        let exception = self.schema().exception();
+        self.wait(Condition::Active(vec![exception]))
+    }
+
+    /// A context canceled when the state's tick changes; canceled at once for an inactive or
+    /// unknown state.
+    fn state_ctx(&self, state: &str) -> StateCtx {
+        match self.schema().index(state) {
+            Some(i) => self.state_ctx_at(i),
+            None => StateCtx::canceled_from_start(),
+        }
+    }
+
+    // ----- provided: mutations -----
+
+    fn mutate_named(&self, kind: MutationKind, states: &[&str], args: Args) -> MutationFuture {
+        match self.schema().indices(states) {
+            Ok(idx) => self.mutate(Mutation::new(kind, idx, args)),
+            Err(name) => {
+                let err = MutationError::UnknownState(name.to_owned());
+                Box::pin(std::future::ready(Err(err)))
+            }
+        }
+    }
+
+    fn add(&self, states: &[&str], args: Args) -> MutationFuture {
+        self.mutate_named(MutationKind::Add, states, args)
+    }
+
+    fn remove(&self, states: &[&str], args: Args) -> MutationFuture {
+        self.mutate_named(MutationKind::Remove, states, args)
+    }
+
+    fn set(&self, states: &[&str], args: Args) -> MutationFuture {
+        self.mutate_named(MutationKind::Set, states, args)
+    }
+}

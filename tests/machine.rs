@@ -1,0 +1,695 @@
+//! The state machine core through its public API: relations, flags, handlers, the queue,
+//! Exception, waiters, state contexts and observers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use asyncmachine::machine::{
+    Args, Event, Machine, MutationError, MutationKind, Outcome, Schema, SchemaDef, StateDef,
+    StateSource, Transition, WaitError,
+};
+
+fn machine(states: Vec<StateDef>) -> Machine {
+    Machine::new(Schema::new(SchemaDef { states }).expect("valid schema"))
+}
+
+fn abc() -> Machine {
+    machine(vec![
+        StateDef::new("A"),
+        StateDef::new("B"),
+        StateDef::new("C"),
+    ])
+}
+
+fn poll_now<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    Pin::new(fut).poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// A log of handler calls shared with handlers.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, entry: impl Into<String>) {
+        self.0.lock().expect("log lock").push(entry.into());
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().expect("log lock"))
+    }
+}
+
+fn log_all(m: &Machine, log: &Log, states: &[&'static str]) {
+    for &s in states {
+        let (l1, l2, l3, l4) = (log.clone(), log.clone(), log.clone(), log.clone());
+        m.on_enter(s, move |_| {
+            l1.push(format!("{s}:enter"));
+            true
+        })
+        .expect("known state");
+        m.on_exit(s, move |_| {
+            l2.push(format!("{s}:exit"));
+            true
+        })
+        .expect("known state");
+        m.on_state(s, move |_| l3.push(format!("{s}:state")))
+            .expect("known state");
+        m.on_end(s, move |_| l4.push(format!("{s}:end")))
+            .expect("known state");
+    }
+}
+
+// ----- clock and reads -----
+
+#[test]
+fn ticks_are_odd_while_active_and_reads_agree() {
+    let m = abc();
+    assert_eq!(m.add(&["A", "B"], Args::new()), Ok(Outcome::Executed));
+    assert_eq!(m.remove(&["B"], Args::new()), Ok(Outcome::Executed));
+    assert_eq!(m.time(&["A", "B", "C"]), [1, 2, 0]);
+    assert!(m.is(&["A"]) && m.is1("A"));
+    assert!(!m.is(&["A", "B"]));
+    assert!(m.not(&["B", "C"]));
+    assert!(m.any(&["B", "A"]));
+    assert_eq!(m.active_states(), ["A"]);
+    assert_eq!(m.switch(&["C", "B", "A"]), Some("A"));
+    assert_eq!(m.switch(&["C", "B"]), None);
+    assert_eq!(m.clock(), [1, 2, 0, 0]);
+    assert_eq!(m.queue_tick(), 2);
+    assert!(!m.is1("Nope"), "unknown names read as inactive");
+    assert_eq!(m.tick("Nope"), 0);
+}
+
+#[test]
+fn set_replaces_the_active_states() {
+    let m = abc();
+    m.add(&["A", "B"], Args::new()).expect("taken in");
+    assert_eq!(m.set(&["C"], Args::new()), Ok(Outcome::Executed));
+    assert_eq!(m.active_states(), ["C"]);
+}
+
+#[test]
+fn unknown_states_in_mutations_are_errors() {
+    let m = abc();
+    assert_eq!(
+        m.add(&["Nope"], Args::new()),
+        Err(MutationError::UnknownState("Nope".into()))
+    );
+    assert!(m.on_state("Nope", |_| ()).is_err());
+}
+
+#[test]
+fn multi_state_reactivation_ticks_by_two_and_runs_handlers_again() {
+    let m = machine(vec![StateDef::new("M").multi(), StateDef::new("S")]);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    m.on_state("M", move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+    })
+    .expect("known state");
+    m.add(&["M", "S"], Args::new()).expect("taken in");
+    m.add(&["M", "S"], Args::new()).expect("taken in");
+    assert_eq!(m.time(&["M", "S"]), [3, 1]);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+// ----- relations through the machine -----
+
+#[test]
+fn every_cancel_path_leaves_the_clock_alone() {
+    let m = machine(vec![
+        StateDef::new("Start"),
+        StateDef::new("Event").require(["Start"]),
+        StateDef::new("Lock").remove(["Open"]),
+        StateDef::new("Open"),
+        StateDef::new("X").remove(["Y"]),
+        StateDef::new("Y"),
+    ]);
+    assert_eq!(
+        m.add(&["Event"], Args::new()),
+        Ok(Outcome::Canceled),
+        "missing require"
+    );
+    m.add(&["Lock"], Args::new()).expect("taken in");
+    let clock = m.clock();
+    assert_eq!(
+        m.add(&["Open"], Args::new()),
+        Ok(Outcome::Canceled),
+        "blocked by active"
+    );
+    assert_eq!(
+        m.add(&["X", "Y"], Args::new()),
+        Ok(Outcome::Canceled),
+        "called conflict"
+    );
+    assert_eq!(m.clock(), clock);
+    assert_eq!(m.queue_tick(), 4, "canceled mutations count as processed");
+}
+
+#[test]
+fn add_relation_and_remove_relation_work_together() {
+    let m = machine(vec![
+        StateDef::new("Connect")
+            .add(["Connecting"])
+            .remove(["Disconnected"]),
+        StateDef::new("Connecting"),
+        StateDef::new("Disconnected"),
+    ]);
+    m.add(&["Disconnected"], Args::new()).expect("taken in");
+    m.add(&["Connect"], Args::new()).expect("taken in");
+    assert_eq!(m.active_states(), ["Connect", "Connecting"]);
+}
+
+#[test]
+fn auto_states_activate_after_a_change_with_partial_acceptance() {
+    let m = machine(vec![
+        StateDef::new("Start"),
+        StateDef::new("Ready").auto().require(["Start"]),
+        StateDef::new("Never").auto().require(["Missing"]),
+        StateDef::new("Missing"),
+    ]);
+    let log = Log::default();
+    log_all(&m, &log, &["Ready"]);
+    m.add(&["Start"], Args::new()).expect("taken in");
+    assert_eq!(m.active_states(), ["Start", "Ready"]);
+    assert_eq!(log.take(), ["Ready:enter", "Ready:state"]);
+    // Auto states follow their requirements out, and come back with them.
+    m.remove(&["Start"], Args::new()).expect("taken in");
+    assert!(m.not(&["Ready"]));
+    m.add(&["Start"], Args::new()).expect("taken in");
+    assert!(m.is(&["Ready"]));
+}
+
+// ----- handlers -----
+
+#[test]
+fn handlers_run_in_order_negotiation_then_final() {
+    let m = machine(vec![
+        StateDef::new("A").remove(["B"]),
+        StateDef::new("B").remove(["A"]),
+        StateDef::new("C").after(["A"]),
+    ]);
+    let log = Log::default();
+    log_all(&m, &log, &["A", "B", "C"]);
+    let (l1, l2) = (log.clone(), log.clone());
+    m.on_any_enter(move |e: &Event<'_>| {
+        l1.push(format!("any_enter:{}", e.kind()));
+        true
+    });
+    m.on_any_state(move |e: &Event<'_>| {
+        l2.push(format!(
+            "any_state:{}",
+            e.called().collect::<Vec<_>>().join("+")
+        ))
+    });
+
+    m.add(&["B"], Args::new()).expect("taken in");
+    log.take();
+    m.add(&["C", "A"], Args::new()).expect("taken in");
+    assert_eq!(
+        log.take(),
+        [
+            "any_enter:add",
+            "B:exit",
+            "A:enter",
+            "C:enter",
+            "B:end",
+            "A:state",
+            "C:state",
+            "any_state:C+A"
+        ]
+    );
+}
+
+#[test]
+fn a_negotiation_handler_can_cancel() {
+    let m = abc();
+    let log = Log::default();
+    log_all(&m, &log, &["B"]);
+    // C's enter runs after B's (schema order), so B's negotiation is seen before the refusal.
+    m.on_enter("C", |e: &Event<'_>| {
+        e.arg("allow").and_then(|v| v.as_bool()).unwrap_or(false)
+    })
+    .expect("known state");
+    assert_eq!(m.add(&["C", "B"], Args::new()), Ok(Outcome::Canceled));
+    assert_eq!(log.take(), ["B:enter"], "final handlers must not run");
+    assert!(m.not(&["B", "C"]));
+    assert_eq!(
+        m.add(&["C"], Args::new().with("allow", true)),
+        Ok(Outcome::Executed)
+    );
+
+    m.on_exit("C", |_| false).expect("known state");
+    assert_eq!(m.remove(&["C"], Args::new()), Ok(Outcome::Canceled));
+    assert!(m.is1("C"));
+}
+
+#[test]
+fn handlers_see_arguments_and_the_transition() {
+    let m = abc();
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    m.on_state("A", move |e: &Event<'_>| {
+        let entering: Vec<&str> = e.entering().collect();
+        *s.lock().expect("lock") = Some((
+            e.state().map(str::to_owned),
+            e.arg("n").and_then(|v| v.as_int()),
+            entering.join(","),
+            e.before().to_vec(),
+            e.machine().is1("A"),
+        ));
+    })
+    .expect("known state");
+    m.add(&["A", "B"], Args::new().with("n", 7))
+        .expect("taken in");
+    let seen = seen.lock().expect("lock").clone().expect("handler ran");
+    assert_eq!(
+        seen,
+        (
+            Some("A".into()),
+            Some(7),
+            "A,B".into(),
+            vec![0, 0, 0, 0],
+            true
+        )
+    );
+}
+
+// ----- the queue -----
+
+#[test]
+fn mutations_from_handlers_are_queued_fifo_with_auto_first() {
+    let m = machine(vec![
+        StateDef::new("A"),
+        StateDef::new("B"),
+        StateDef::new("C"),
+        StateDef::new("Auto").auto().require(["A"]),
+    ]);
+    let log = Log::default();
+    log_all(&m, &log, &["B", "C", "Auto"]);
+    let l = log.clone();
+    m.on_state("A", move |e: &Event<'_>| {
+        let m = e.machine();
+        l.push(format!("queue:{:?}", m.add(&["B"], Args::new())));
+        l.push(format!("queue:{:?}", m.add(&["C"], Args::new())));
+        assert!(m.not(&["B", "C"]), "queued mutations have not run yet");
+    })
+    .expect("known state");
+    assert_eq!(m.add(&["A"], Args::new()), Ok(Outcome::Executed));
+    assert_eq!(
+        log.take(),
+        [
+            "queue:Ok(Queued)",
+            "queue:Ok(Queued)",
+            "Auto:enter",
+            "Auto:state",
+            "B:enter",
+            "B:state",
+            "C:enter",
+            "C:state"
+        ]
+    );
+    assert_eq!(m.active_states(), ["A", "B", "C", "Auto"]);
+    assert_eq!(m.queue_tick(), 4, "A, the auto mutation, B, C");
+    assert_eq!(m.queue_len(), 0);
+}
+
+#[test]
+fn the_queue_is_bounded() {
+    let schema = Schema::new(SchemaDef {
+        states: vec![StateDef::new("A"), StateDef::new("M").multi()],
+    })
+    .expect("valid");
+    let m = Machine::builder(schema).queue_limit(2).build();
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let r = results.clone();
+    m.on_state("A", move |e: &Event<'_>| {
+        for _ in 0..4 {
+            r.lock()
+                .expect("lock")
+                .push(e.machine().add(&["M"], Args::new()));
+        }
+    })
+    .expect("known state");
+    m.add(&["A"], Args::new()).expect("taken in");
+    let results = results.lock().expect("lock").clone();
+    assert_eq!(results[..2], [Ok(Outcome::Queued), Ok(Outcome::Queued)]);
+    assert_eq!(
+        results[2..],
+        [
+            Err(MutationError::QueueFull { limit: 2 }),
+            Err(MutationError::QueueFull { limit: 2 })
+        ]
+    );
+    assert_eq!(m.tick("M"), 3, "the two queued ones ran");
+}
+
+#[test]
+fn a_mutation_from_another_thread_during_a_transition_is_queued_and_run() {
+    let m = abc();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    m.on_state("A", move |_| {
+        entered_tx.send(()).expect("test alive");
+        release_rx
+            .lock()
+            .expect("lock")
+            .recv_timeout(Duration::from_secs(10))
+            .expect("released");
+    })
+    .expect("known state");
+    let m2 = m.clone();
+    let worker = std::thread::spawn(move || m2.add(&["A"], Args::new()));
+    entered_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("handler runs");
+    assert_eq!(m.add(&["B"], Args::new()), Ok(Outcome::Queued));
+    release_tx.send(()).expect("worker alive");
+    assert_eq!(worker.join().expect("no panic"), Ok(Outcome::Executed));
+    assert_eq!(
+        m.active_states(),
+        ["A", "B"],
+        "the processing thread ran the queued mutation"
+    );
+}
+
+// ----- Exception -----
+
+#[test]
+fn a_handler_error_activates_exception_with_the_error() {
+    let m = abc();
+    m.on_state("A", |_| Err::<(), _>("disk full"))
+        .expect("known state");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    m.on_state("Exception", move |e: &Event<'_>| {
+        let arg = |k| {
+            e.arg(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        s.lock().expect("lock").push(format!(
+            "{} in {} of {}",
+            arg("error"),
+            arg("handler"),
+            arg("state")
+        ));
+    })
+    .expect("Exception is in every schema");
+    assert_eq!(
+        m.add(&["A"], Args::new()),
+        Ok(Outcome::Executed),
+        "final handlers cannot cancel"
+    );
+    assert!(m.is(&["A", "Exception"]));
+    assert_eq!(*seen.lock().expect("lock"), ["disk full in state of A"]);
+}
+
+#[test]
+fn a_panic_in_a_negotiation_handler_cancels_and_activates_exception() {
+    let m = abc();
+    m.on_enter("A", |_| -> bool { panic!("boom") })
+        .expect("known state");
+    let mut when_err = m.when_err();
+    assert_eq!(m.add(&["A"], Args::new()), Ok(Outcome::Canceled));
+    assert!(m.not(&["A"]));
+    assert!(m.is1("Exception"));
+    assert_eq!(poll_now(&mut when_err), Poll::Ready(Ok(())));
+    // Exception is multi: every error is a new activation.
+    assert_eq!(m.add(&["A"], Args::new()), Ok(Outcome::Canceled));
+    assert_eq!(m.tick("Exception"), 3);
+}
+
+#[test]
+fn a_failing_exception_handler_does_not_loop() {
+    let m = abc();
+    m.on_state("A", |_| -> Result<(), &str> { panic!("first") })
+        .expect("known state");
+    m.on_state("Exception", |_| -> Result<(), &str> {
+        panic!("handler of the handler")
+    })
+    .expect("known state");
+    m.on_any_state(|_| Err::<(), _>("any_state fails every time"));
+    assert_eq!(m.add(&["A"], Args::new()), Ok(Outcome::Executed));
+    // A's failure and any_state's failure each raise once; failures inside Exception's own
+    // transitions only log.
+    assert_eq!(m.tick("Exception"), 3);
+    assert_eq!(m.queue_len(), 0);
+}
+
+// ----- waiters -----
+
+#[tokio::test]
+async fn waiters_resolve_from_the_clock() {
+    let m = abc();
+    let when = m.when(&["A", "B"]);
+    let when_not = m.when_not(&["A"]);
+    let when_ticks = m.when_ticks("C", 3);
+    let when_time = m.when_time(&["A", "C"], &[1, 2]);
+    let m2 = m.clone();
+    let driver = tokio::spawn(async move {
+        m2.add(&["A"], Args::new()).expect("taken in");
+        tokio::task::yield_now().await;
+        m2.add(&["B", "C"], Args::new()).expect("taken in");
+        m2.remove(&["A", "C"], Args::new()).expect("taken in");
+        m2.add(&["C"], Args::new()).expect("taken in");
+    });
+    let all = async { tokio::try_join!(when, when_not, when_ticks, when_time) };
+    tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .expect("in time")
+        .expect("resolved");
+    driver.await.expect("driver ran");
+}
+
+#[test]
+fn waiters_that_must_not_resolve_stay_pending() {
+    let m = abc();
+    let mut when = m.when(&["A", "B"]);
+    m.add(&["C"], Args::new()).expect("taken in");
+    let mut when_not = m.when_not(&["C"]);
+    let mut ticks = m.when_ticks("A", 2);
+    m.add(&["A"], Args::new()).expect("taken in");
+    m.remove(&["B"], Args::new()).expect("taken in");
+    assert!(poll_now(&mut when).is_pending(), "B never became active");
+    assert!(poll_now(&mut when_not).is_pending(), "C stays active");
+    assert!(
+        poll_now(&mut ticks).is_pending(),
+        "A ticked once, not twice"
+    );
+    assert_eq!(m.waiter_count(), 3);
+    m.remove(&["A"], Args::new()).expect("taken in");
+    assert_eq!(poll_now(&mut ticks), Poll::Ready(Ok(())));
+    drop((when, when_not));
+    assert_eq!(m.waiter_count(), 0, "dropped waiters deregister");
+}
+
+#[test]
+fn waits_on_unknown_states_fail_and_dispose_ends_waiters() {
+    let m = abc();
+    assert_eq!(
+        poll_now(&mut m.when(&["Nope"])),
+        Poll::Ready(Err(WaitError::UnknownState("Nope".into())))
+    );
+    let mut when = m.when(&["A"]);
+    m.dispose();
+    assert_eq!(poll_now(&mut when), Poll::Ready(Err(WaitError::Disposed)));
+    assert_eq!(m.add(&["A"], Args::new()), Err(MutationError::Disposed));
+    assert_eq!(
+        poll_now(&mut m.when(&["B"])),
+        Poll::Ready(Err(WaitError::Disposed))
+    );
+}
+
+#[test]
+fn dropping_the_last_machine_handle_ends_waiters() {
+    let m = abc();
+    let mut when = m.when(&["A"]);
+    drop(m);
+    assert_eq!(poll_now(&mut when), Poll::Ready(Err(WaitError::Disposed)));
+}
+
+#[test]
+fn ten_thousand_waiters_are_cheap_and_all_resolve() {
+    let m = machine((0..100).map(|i| StateDef::new(format!("S{i}"))).collect());
+    let names: Vec<String> = (0..100).map(|i| format!("S{i}")).collect();
+    let mut waiters: Vec<_> = (0..10_000)
+        .map(|i| m.when(&[names[i % 100].as_str()]))
+        .collect();
+    assert_eq!(m.waiter_count(), 10_000);
+    // A change to one state looks only at that state's 100 waiters.
+    m.add(&["S0"], Args::new()).expect("taken in");
+    assert_eq!(m.waiter_count(), 9_900);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    m.add(&refs, Args::new()).expect("taken in");
+    assert!(
+        waiters
+            .iter_mut()
+            .all(|w| poll_now(w) == Poll::Ready(Ok(())))
+    );
+    assert_eq!(m.waiter_count(), 0);
+}
+
+/// A minimal executor of our own: waiters must not need tokio.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park_timeout(Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn waiters_work_under_any_executor_across_threads() {
+    let m = abc();
+    let when = m.when(&["B"]);
+    let m2 = m.clone();
+    let mutator = std::thread::spawn(move || m2.add(&["B"], Args::new()));
+    assert_eq!(block_on(when), Ok(()));
+    assert_eq!(mutator.join().expect("no panic"), Ok(Outcome::Executed));
+}
+
+// ----- state contexts -----
+
+#[test]
+fn a_state_context_is_canceled_when_its_state_ticks() {
+    let m = machine(vec![StateDef::new("A"), StateDef::new("M").multi()]);
+    assert!(
+        m.state_ctx("A").is_canceled(),
+        "inactive state: canceled from the start"
+    );
+    assert!(m.state_ctx("Nope").is_canceled());
+
+    m.add(&["A", "M"], Args::new()).expect("taken in");
+    let ctx_a = m.state_ctx("A");
+    let ctx_m = m.state_ctx("M");
+    let mut canceled = ctx_a.canceled();
+    m.add(&["A"], Args::new()).expect("taken in");
+    assert!(!ctx_a.is_canceled(), "A stayed active");
+    assert!(poll_now(&mut canceled).is_pending());
+    m.add(&["M"], Args::new()).expect("taken in");
+    assert!(
+        ctx_m.is_canceled(),
+        "a multi re-activation is a new activation"
+    );
+    m.remove(&["A"], Args::new()).expect("taken in");
+    assert!(ctx_a.is_canceled());
+    assert_eq!(poll_now(&mut canceled), Poll::Ready(()));
+}
+
+#[tokio::test]
+async fn work_bound_to_a_state_context_stops_when_the_state_leaves() {
+    let m = abc();
+    m.add(&["A"], Args::new()).expect("taken in");
+    let ctx = m.state_ctx("A");
+    let work = tokio::spawn(ctx.bind(std::future::pending::<()>()));
+    let finished = tokio::spawn(m.state_ctx("A").bind(async { 42 }));
+    assert_eq!(finished.await.expect("ran"), Some(42));
+    m.remove(&["A"], Args::new()).expect("taken in");
+    let result = tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .expect("in time");
+    assert_eq!(result.expect("ran"), None);
+}
+
+// ----- observers and the shared trait -----
+
+#[test]
+fn observers_see_every_clock_change_and_nothing_else() {
+    let m = abc();
+    m.add(&["A"], Args::new()).expect("taken in");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let (id, start) = m.observe(Arc::new(move |t: &Transition<'_>| {
+        s.lock().expect("lock").push((
+            t.kind,
+            t.called.to_vec(),
+            t.before.to_vec(),
+            t.after.to_vec(),
+            t.queue_tick,
+        ));
+    }));
+    assert_eq!(start, [1, 0, 0, 0]);
+    m.add(&["B"], Args::new().with("k", "v")).expect("taken in");
+    m.add(&["B"], Args::new()).expect("no-op");
+    m.remove(&["A"], Args::new()).expect("taken in");
+    assert!(m.unobserve(id));
+    m.add(&["C"], Args::new()).expect("taken in");
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        [
+            (
+                MutationKind::Add,
+                vec![1],
+                vec![1, 0, 0, 0],
+                vec![1, 1, 0, 0],
+                2
+            ),
+            (
+                MutationKind::Remove,
+                vec![0],
+                vec![1, 1, 0, 0],
+                vec![2, 1, 0, 0],
+                4
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_machine_serves_through_the_shared_trait() {
+    let source: Arc<dyn StateSource> = Arc::new(abc());
+    assert_eq!(source.add(&["A"], Args::new()).await, Ok(Outcome::Executed));
+    assert_eq!(
+        source.add(&["Nope"], Args::new()).await,
+        Err(MutationError::UnknownState("Nope".into()))
+    );
+    source.when(&["A"]).await.expect("already active");
+    assert_eq!(source.active_states(), ["A"]);
+    assert_eq!(source.schema().len(), 4);
+}
+
+#[test]
+fn schemas_load_from_toml() {
+    let text = r#"
+        [[states]]
+        name = "Start"
+
+        [[states]]
+        name = "Event"
+        multi = true
+        require = ["Start"]
+    "#;
+    let def: SchemaDef = toml::from_str(text).expect("parses");
+    let schema = Schema::new(def).expect("valid");
+    assert_eq!(
+        schema.names().collect::<Vec<_>>(),
+        ["Start", "Event", "Exception"]
+    );
+    let unknown_key = toml::from_str::<SchemaDef>("[[states]]\nname = \"A\"\nmulty = true\n");
+    assert!(unknown_key.expect_err("typo").to_string().contains("multy"));
+}
+
+#[test]
+fn the_shipped_sgp_schema_file_matches_the_scenario() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/topologies/schemas/sgp.toml");
+    let text = std::fs::read_to_string(path).expect("the schema file ships with the repository");
+    let schema = Schema::new(toml::from_str(&text).expect("parses")).expect("valid");
+    assert_eq!(schema.hash(), asyncmachine::sgp::schema().hash());
+}
