@@ -30,6 +30,7 @@
 //! ```
 
 pub mod machine;
+pub mod proto;
 pub mod sgp;
 
 /// The names most programs need: `use asyncmachine::prelude::*;`.

@@ -1,0 +1,304 @@
+//! Framing: varints and length-delimited frames with a flag byte, over any ordered byte stream.
+//!
+//! ```text
+//! frame := length:varint  flags:u8  body:[u8; length - 1]
+//! ```
+//! `length` counts the flag byte and the body. Flag bit 0 marks a zstd-compressed body; the
+//! other bits are reserved and must be 0. The decoder tells "need more bytes" (`Ok(None)`)
+//! apart from "invalid" (`Err`), checks the length against the maximum before it allocates, and
+//! bounds decompression by the same maximum, so a hostile peer costs at most one frame of
+//! memory.
+
+use std::borrow::Cow;
+
+/// Flag bit: the body is zstd-compressed.
+pub const FLAG_ZSTD: u8 = 0x01;
+const KNOWN_FLAGS: u8 = FLAG_ZSTD;
+
+/// Largest varint: 10 bytes hold a u64.
+pub const MAX_VARINT_LEN: usize = 10;
+
+/// Default largest frame (flag byte and body, before and after decompression).
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+
+/// Why bytes are not a valid frame. Each closes the connection that sent them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error(
+        "frame of {len} bytes is over the limit of {max}; raise max_frame on both sides if this is expected"
+    )]
+    TooLarge { len: u64, max: usize },
+    #[error("malformed length prefix (varint longer than 10 bytes or over 64 bits)")]
+    BadVarint,
+    #[error("empty frame: a frame has at least its flag byte")]
+    Empty,
+    #[error("unknown frame flags {0:#04x}; the peer speaks a newer or different protocol")]
+    UnknownFlags(u8),
+    #[error("compressed frame, but compression was not negotiated")]
+    CompressionNotNegotiated,
+    #[error("compressed body does not decompress within {max} bytes: {reason}")]
+    Decompress { max: usize, reason: String },
+}
+
+/// Appends `value` as an unsigned LEB128 varint.
+pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads a varint from the front of `buf`: `Ok(None)` when more bytes are needed, else the value
+/// and how many bytes it took.
+pub fn get_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
+    let mut value: u64 = 0;
+    for (i, &byte) in buf.iter().enumerate() {
+        if i == MAX_VARINT_LEN - 1 && byte > 1 {
+            return Err(FrameError::BadVarint);
+        }
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+        if i + 1 == MAX_VARINT_LEN {
+            return Err(FrameError::BadVarint);
+        }
+    }
+    Ok(None)
+}
+
+/// Compression settings agreed in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    /// Bodies shorter than this are never compressed.
+    pub threshold: usize,
+    pub level: i32,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            threshold: 256,
+            level: 1,
+        }
+    }
+}
+
+/// Frame settings of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameConfig {
+    pub max_frame: usize,
+    /// `Some` once both sides agreed to compress.
+    pub compression: Option<Compression>,
+}
+
+impl Default for FrameConfig {
+    fn default() -> Self {
+        FrameConfig {
+            max_frame: DEFAULT_MAX_FRAME,
+            compression: None,
+        }
+    }
+}
+
+impl FrameConfig {
+    /// Appends one frame holding `body`, compressed when negotiated, above the threshold, and
+    /// smaller that way.
+    pub fn encode(&self, body: &[u8], out: &mut Vec<u8>) {
+        if let Some(c) = self.compression
+            && body.len() >= c.threshold
+            && let Ok(packed) = zstd::bulk::compress(body, c.level)
+            && packed.len() < body.len()
+        {
+            put_varint(out, packed.len() as u64 + 1);
+            out.push(FLAG_ZSTD);
+            out.extend_from_slice(&packed);
+            return;
+        }
+        put_varint(out, body.len() as u64 + 1);
+        out.push(0);
+        out.extend_from_slice(body);
+    }
+
+    /// Decodes the frame at the front of `buf`: `Ok(None)` when it is not all there yet, else
+    /// the body (decompressed) and the number of bytes the frame took.
+    pub fn decode<'a>(&self, buf: &'a [u8]) -> Result<Option<(Cow<'a, [u8]>, usize)>, FrameError> {
+        let Some((len, prefix)) = get_varint(buf)? else {
+            return Ok(None);
+        };
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if len > self.max_frame as u64 {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let len = len as usize;
+        let Some(frame) = buf.get(prefix..prefix + len) else {
+            return Ok(None);
+        };
+        let (flags, body) = (frame[0], &frame[1..]);
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(FrameError::UnknownFlags(flags));
+        }
+        let body = if flags & FLAG_ZSTD != 0 {
+            if self.compression.is_none() {
+                return Err(FrameError::CompressionNotNegotiated);
+            }
+            let unpacked = zstd::bulk::decompress(body, self.max_frame).map_err(|e| {
+                FrameError::Decompress {
+                    max: self.max_frame,
+                    reason: e.to_string(),
+                }
+            })?;
+            Cow::Owned(unpacked)
+        } else {
+            Cow::Borrowed(body)
+        };
+        Ok(Some((body, prefix + len)))
+    }
+
+    /// How many bytes of `buf` the frame at its front will take, once its length prefix is
+    /// there; lets a reader size its buffer.
+    pub fn frame_len(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        match get_varint(buf)? {
+            Some((len, _)) if len > self.max_frame as u64 => Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            }),
+            Some((len, prefix)) => Ok(Some(prefix + len as usize)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_at_every_width() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u32::MAX as u64,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, v);
+            assert_eq!(get_varint(&buf), Ok(Some((v, buf.len()))), "value {v}");
+            for cut in 0..buf.len() {
+                assert_eq!(get_varint(&buf[..cut]), Ok(None), "value {v} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn overlong_and_overflowing_varints_are_invalid() {
+        assert_eq!(get_varint(&[0x80; 11]), Err(FrameError::BadVarint));
+        // 10th byte may only carry the top bit of a u64.
+        let mut over = vec![0xff; 9];
+        over.push(0x02);
+        assert_eq!(get_varint(&over), Err(FrameError::BadVarint));
+    }
+
+    #[test]
+    fn frames_round_trip_and_report_need_more() {
+        let cfg = FrameConfig::default();
+        let mut buf = Vec::new();
+        cfg.encode(b"hello", &mut buf);
+        assert_eq!(buf, [6, 0, b'h', b'e', b'l', b'l', b'o']);
+        for cut in 0..buf.len() {
+            assert_eq!(cfg.decode(&buf[..cut]), Ok(None));
+        }
+        let (body, used) = cfg.decode(&buf).expect("valid").expect("complete");
+        assert_eq!((&*body, used), (&b"hello"[..], 7));
+    }
+
+    #[test]
+    fn hostile_lengths_fail_before_allocating() {
+        let cfg = FrameConfig {
+            max_frame: 1024,
+            compression: None,
+        };
+        let mut buf = Vec::new();
+        put_varint(&mut buf, u64::MAX);
+        assert_eq!(
+            cfg.decode(&buf),
+            Err(FrameError::TooLarge {
+                len: u64::MAX,
+                max: 1024
+            })
+        );
+        assert!(cfg.frame_len(&buf).is_err());
+        assert_eq!(cfg.decode(&[0]), Err(FrameError::Empty));
+        assert_eq!(cfg.decode(&[1, 0x80]), Err(FrameError::UnknownFlags(0x80)));
+    }
+
+    #[test]
+    fn compression_is_used_only_when_it_pays_and_was_negotiated() {
+        let plain = FrameConfig::default();
+        let packed = FrameConfig {
+            compression: Some(Compression::default()),
+            ..plain
+        };
+        let repetitive = vec![7u8; 4096];
+        let mut small = Vec::new();
+        packed.encode(&repetitive, &mut small);
+        assert_eq!(
+            small[get_varint(&small).expect("ok").expect("some").1],
+            FLAG_ZSTD
+        );
+        assert!(small.len() < 100);
+        let (body, _) = packed.decode(&small).expect("valid").expect("complete");
+        assert_eq!(&*body, &repetitive[..]);
+        assert_eq!(
+            plain.decode(&small),
+            Err(FrameError::CompressionNotNegotiated)
+        );
+
+        // Below the threshold, and incompressible data, go plain.
+        let mut out = Vec::new();
+        packed.encode(&[1, 2, 3], &mut out);
+        assert_eq!(out[1], 0);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let noise: Vec<u8> = (0..1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        out.clear();
+        packed.encode(&noise, &mut out);
+        assert_eq!(out[2], 0, "incompressible data is sent as is");
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused() {
+        let big = FrameConfig {
+            max_frame: 1 << 24,
+            compression: Some(Compression::default()),
+        };
+        let mut bomb = Vec::new();
+        big.encode(&vec![0u8; 1 << 22], &mut bomb);
+        let strict = FrameConfig {
+            max_frame: 1 << 16,
+            ..big
+        };
+        assert!(matches!(
+            strict.decode(&bomb),
+            Err(FrameError::Decompress { .. })
+        ));
+    }
+}

@@ -1,0 +1,313 @@
+//! The server's handshake decision: from a client's hello and what the server offers, to a
+//! welcome with the options granted, or a refusal a person can act on. Pure: the driver looks
+//! up the source and takes the snapshot; this decides.
+
+use super::diff::Tracked;
+use super::message::{Granted, Hello, PROTOCOL_VERSION, Refusal, RefusalKind, Snapshot, Welcome};
+use crate::machine::Schema;
+
+/// What the server requires of clients.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Whether the server compresses for clients that ask.
+    pub compression: bool,
+    /// A token every client must present, if set.
+    pub token: Option<String>,
+    /// The only client ids let in, if set.
+    pub allow_ids: Option<Vec<String>>,
+}
+
+/// What the server offers for the source the client asked for.
+#[derive(Debug)]
+pub struct Offer<'a> {
+    pub schema: &'a Schema,
+    /// The source's id and its upstream sources' ids, nearest first.
+    pub ancestry: &'a [String],
+    pub snapshot: Snapshot,
+}
+
+/// An accepted handshake: what to send, and the connection's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub welcome: Welcome,
+    pub tracked: Tracked,
+    pub compression: bool,
+}
+
+fn refuse(kind: RefusalKind, reason: String) -> Refusal {
+    Refusal { kind, reason }
+}
+
+/// Decides a handshake. The snapshot in the welcome is masked to the tracked states.
+pub fn decide(hello: &Hello, offer: Offer<'_>, policy: &Policy) -> Result<Accepted, Refusal> {
+    if hello.version != PROTOCOL_VERSION {
+        return Err(refuse(
+            RefusalKind::Version,
+            format!(
+                "protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}: upgrade the older side",
+                hello.version
+            ),
+        ));
+    }
+    if let Some(token) = &policy.token
+        && hello.token.as_deref() != Some(token.as_str())
+    {
+        let reason = if hello.token.is_some() {
+            "the token is wrong"
+        } else {
+            "a token is required"
+        };
+        return Err(refuse(
+            RefusalKind::Auth,
+            format!("{reason}; configure the client with the server's token"),
+        ));
+    }
+    if let Some(allowed) = &policy.allow_ids
+        && !allowed.iter().any(|id| *id == hello.client_id)
+    {
+        return Err(refuse(
+            RefusalKind::Acl,
+            format!(
+                "client id {:?} is not on this server's allow-list",
+                hello.client_id
+            ),
+        ));
+    }
+    if let Some(pos) = offer.ancestry.iter().position(|id| *id == hello.client_id) {
+        let what = if pos == 0 {
+            "itself"
+        } else {
+            "one of its descendants"
+        };
+        return Err(refuse(
+            RefusalKind::Loop,
+            format!(
+                "client {:?} would mirror {what} (source chain {}); a node never connects to itself or its descendants",
+                hello.client_id,
+                offer.ancestry.join(" <- ")
+            ),
+        ));
+    }
+    let tracked = match &hello.options.track {
+        None => Tracked::All,
+        Some(names) => {
+            let mut positions = Vec::with_capacity(names.len());
+            for name in names {
+                let Some(i) = offer.schema.index(name) else {
+                    return Err(refuse(
+                        RefusalKind::BadHello,
+                        format!(
+                            "cannot track unknown state {name:?}; the source's states are {}",
+                            offer.schema.names().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                };
+                positions.push(i as u32);
+            }
+            Tracked::from_granted(Some(&positions))
+        }
+    };
+    let compression = hello.options.compression && policy.compression;
+    let schema = (hello.schema_hash != offer.schema.hash()).then(|| offer.schema.def().clone());
+    let snapshot = Snapshot {
+        ticks: tracked.mask(&offer.snapshot.ticks),
+        queue_tick: offer.snapshot.queue_tick,
+    };
+    let granted = Granted {
+        compression,
+        tracked: match &tracked {
+            Tracked::All => None,
+            Tracked::Only(states) => Some(states.clone()),
+        },
+        mutable: None,
+    };
+    Ok(Accepted {
+        welcome: Welcome {
+            ancestry: offer.ancestry.to_vec(),
+            schema,
+            snapshot,
+            granted,
+        },
+        tracked,
+        compression,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::message::WantedOptions;
+
+    fn hello() -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            client_id: "leaf".into(),
+            source: String::new(),
+            schema_hash: 0,
+            options: WantedOptions::default(),
+            token: None,
+        }
+    }
+
+    fn offer(schema: &Schema) -> Offer<'_> {
+        Offer {
+            schema,
+            ancestry: &[],
+            snapshot: Snapshot {
+                ticks: vec![1, 2, 0, 0, 0, 3, 0],
+                queue_tick: 4,
+            },
+        }
+    }
+
+    #[test]
+    fn accepts_and_sends_the_schema_only_when_the_hash_differs() {
+        let schema = crate::sgp::schema();
+        let accepted = decide(&hello(), offer(&schema), &Policy::default()).expect("accepted");
+        assert_eq!(accepted.welcome.schema.as_ref(), Some(schema.def()));
+        assert_eq!(accepted.welcome.snapshot.queue_tick, 4);
+        let same = Hello {
+            schema_hash: schema.hash(),
+            ..hello()
+        };
+        let accepted = decide(&same, offer(&schema), &Policy::default()).expect("accepted");
+        assert_eq!(accepted.welcome.schema, None);
+    }
+
+    #[test]
+    fn every_refusal_says_why() {
+        let schema = crate::sgp::schema();
+        let cases: Vec<(Hello, Policy, &[String], RefusalKind, &str)> = vec![
+            (
+                Hello {
+                    version: 99,
+                    ..hello()
+                },
+                Policy::default(),
+                &[],
+                RefusalKind::Version,
+                "version 99",
+            ),
+            (
+                hello(),
+                Policy {
+                    token: Some("s3cret".into()),
+                    ..Policy::default()
+                },
+                &[],
+                RefusalKind::Auth,
+                "token is required",
+            ),
+            (
+                Hello {
+                    token: Some("guess".into()),
+                    ..hello()
+                },
+                Policy {
+                    token: Some("s3cret".into()),
+                    ..Policy::default()
+                },
+                &[],
+                RefusalKind::Auth,
+                "token is wrong",
+            ),
+            (
+                hello(),
+                Policy {
+                    allow_ids: Some(vec!["other".into()]),
+                    ..Policy::default()
+                },
+                &[],
+                RefusalKind::Acl,
+                "allow-list",
+            ),
+            (
+                Hello {
+                    options: WantedOptions {
+                        track: Some(vec!["Nope".into()]),
+                        ..WantedOptions::default()
+                    },
+                    ..hello()
+                },
+                Policy::default(),
+                &[],
+                RefusalKind::BadHello,
+                "unknown state \"Nope\"",
+            ),
+        ];
+        for (hello, policy, ancestry, kind, needle) in cases {
+            let offer = Offer {
+                ancestry,
+                ..offer(&schema)
+            };
+            let refusal = decide(&hello, offer, &policy).expect_err("refused");
+            assert_eq!(refusal.kind, kind);
+            assert!(
+                refusal.reason.contains(needle),
+                "{:?} lacks {needle:?}",
+                refusal.reason
+            );
+        }
+    }
+
+    #[test]
+    fn loops_are_refused() {
+        let schema = crate::sgp::schema();
+        let ancestry = ["mid".to_owned(), "leaf".to_owned(), "root".to_owned()];
+        let refusal = decide(
+            &hello(),
+            Offer {
+                ancestry: &ancestry,
+                ..offer(&schema)
+            },
+            &Policy::default(),
+        )
+        .expect_err("leaf is upstream of mid");
+        assert_eq!(refusal.kind, RefusalKind::Loop);
+        assert!(refusal.reason.contains("descendants"), "{}", refusal.reason);
+        let itself = Hello {
+            client_id: "mid".into(),
+            ..hello()
+        };
+        let refusal = decide(
+            &itself,
+            Offer {
+                ancestry: &ancestry,
+                ..offer(&schema)
+            },
+            &Policy::default(),
+        )
+        .expect_err("a node cannot mirror itself");
+        assert!(refusal.reason.contains("itself"), "{}", refusal.reason);
+    }
+
+    #[test]
+    fn tracking_a_subset_masks_the_snapshot_and_compression_needs_both_sides() {
+        let schema = crate::sgp::schema();
+        let wanted = WantedOptions {
+            compression: true,
+            track: Some(vec!["CallOp".into(), "Start".into()]),
+        };
+        let h = Hello {
+            options: wanted,
+            ..hello()
+        };
+        let accepted = decide(&h, offer(&schema), &Policy::default()).expect("accepted");
+        assert_eq!(accepted.tracked, Tracked::Only(vec![0, 5]));
+        assert_eq!(accepted.welcome.snapshot.ticks, [1, 0, 0, 0, 0, 3, 0]);
+        assert!(
+            !accepted.compression,
+            "the server did not allow compression"
+        );
+        let accepted = decide(
+            &h,
+            offer(&schema),
+            &Policy {
+                compression: true,
+                ..Policy::default()
+            },
+        )
+        .expect("accepted");
+        assert!(accepted.compression && accepted.welcome.granted.compression);
+    }
+}

@@ -1,0 +1,230 @@
+//! The messages of the protocol and their body encoding (serde + bincode 2, standard config:
+//! varint integers, little endian). PROTOCOL.md documents each byte.
+//!
+//! Everything a peer sends is decoded with a size limit and must use up its whole frame body;
+//! anything else is an error for that connection, never a panic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::machine::{Args, MutationKind, Outcome, SchemaDef};
+
+/// The protocol version this build speaks. A server refuses other versions with a reason.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Upper bound on what one decode may allocate, whatever lengths a body claims.
+const DECODE_LIMIT: usize = 64 << 20;
+
+/// One protocol message: the body of one frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Client -> server: the first message of a connection.
+    Hello(Hello),
+    /// Server -> client: the handshake was accepted.
+    Welcome(Welcome),
+    /// Server -> client: the handshake was refused; the server closes the connection.
+    Refused(Refusal),
+    /// Server -> client: the source's clock changed.
+    Diff(ClockDiff),
+    /// Client -> server: a mutation of the source.
+    Mutate(MutateRequest),
+    /// Server -> client: the result of a mutation that asked for one.
+    MutateReply(MutateReply),
+    /// Client -> server: send the whole clock (after a checksum mismatch, or on demand).
+    Sync {
+        id: u64,
+    },
+    /// Server -> client: the whole clock, in answer to `Sync` (`id` echoes it).
+    Snapshot {
+        id: u64,
+        snapshot: Snapshot,
+    },
+    /// Server -> client: named binary data from the source.
+    Payload(Payload),
+    /// Server -> client: the source's schema changed; the snapshot is in the new schema.
+    SchemaChanged {
+        schema: SchemaDef,
+        snapshot: Snapshot,
+    },
+    /// Either way: keepalive probe, answered by `Pong` with the same nonce.
+    Ping(u64),
+    Pong(u64),
+    /// Either way: a graceful close, with a reason.
+    Bye {
+        reason: String,
+    },
+    /// Either way: the peer broke the protocol; the sender closes the connection.
+    Error {
+        message: String,
+    },
+}
+
+impl Message {
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::Refused(_) => "Refused",
+            Message::Diff(_) => "Diff",
+            Message::Mutate(_) => "Mutate",
+            Message::MutateReply(_) => "MutateReply",
+            Message::Sync { .. } => "Sync",
+            Message::Snapshot { .. } => "Snapshot",
+            Message::Payload(_) => "Payload",
+            Message::SchemaChanged { .. } => "SchemaChanged",
+            Message::Ping(_) => "Ping",
+            Message::Pong(_) => "Pong",
+            Message::Bye { .. } => "Bye",
+            Message::Error { .. } => "Error",
+        }
+    }
+}
+
+/// The client's side of the handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    /// Who the client is; for a node, its node id (used for loop detection).
+    pub client_id: String,
+    /// The name of the source wanted; empty for the server's only source.
+    pub source: String,
+    /// Hash of the schema the client already has, 0 for none: the server sends the schema only
+    /// when it differs.
+    pub schema_hash: u64,
+    pub options: WantedOptions,
+    pub token: Option<String>,
+}
+
+/// Options the client asks for; the server grants a subset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WantedOptions {
+    /// zstd on frames above the server's threshold.
+    pub compression: bool,
+    /// Track only these states (by name); `None` for all.
+    pub track: Option<Vec<String>>,
+}
+
+/// The server's side of an accepted handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The source's id, and the ids of the sources it mirrors, nearest first (for loop
+    /// detection in trees).
+    pub ancestry: Vec<String>,
+    /// The schema, when the client's hash differed.
+    pub schema: Option<SchemaDef>,
+    pub snapshot: Snapshot,
+    pub granted: Granted,
+}
+
+/// Options in force for the connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Granted {
+    pub compression: bool,
+    /// Positions of the states the client sees; `None` for all. Diffs and checksums cover
+    /// only these.
+    pub tracked: Option<Vec<u32>>,
+    /// Positions of the states the client may mutate; `None` for all.
+    pub mutable: Option<Vec<u32>>,
+}
+
+/// A whole clock: one tick per state of the schema (0 for untracked states).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub ticks: Vec<u64>,
+    pub queue_tick: u64,
+}
+
+/// Why a handshake was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalKind {
+    Version,
+    UnknownSource,
+    Auth,
+    Acl,
+    Loop,
+    Full,
+    BadHello,
+    Timeout,
+}
+
+/// A refusal with a reason a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub reason: String,
+}
+
+/// Clock changes since the last diff or snapshot the client got: `(state, tick delta)` for each
+/// changed tracked state, the queue tick, and a checksum of the tracked clock after applying.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockDiff {
+    pub changes: Vec<(u32, u64)>,
+    pub queue_tick: u64,
+    pub checksum: u64,
+}
+
+/// A mutation sent upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MutateRequest {
+    /// Echoed in the reply; 0 when no reply is wanted.
+    pub id: u64,
+    pub kind: MutationKind,
+    pub states: Vec<u32>,
+    pub args: Args,
+    pub reply: bool,
+}
+
+/// The answer to a mutation, with the clock diff that brings the client up to date with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MutateReply {
+    pub id: u64,
+    pub result: Result<Outcome, String>,
+    pub diff: ClockDiff,
+}
+
+/// Named binary data from the source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
+/// Why a frame body is not a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("undecodable message: {0}")]
+    Invalid(String),
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes a message body, appending to `out`.
+pub fn encode(message: &Message, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail, and every message type serializes (no maps with
+    // non-string keys, no unsupported serde features): this is an invariant of the types above.
+    if let Err(e) = bincode::serde::encode_into_std_write(message, out, config()) {
+        unreachable!("message {} does not encode: {e}", message.name());
+    }
+}
+
+/// Encodes a message body into a new buffer.
+pub fn encode_to_vec(message: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    encode(message, &mut out);
+    out
+}
+
+/// Decodes a whole frame body.
+pub fn decode(body: &[u8]) -> Result<Message, DecodeError> {
+    let limited = config().with_limit::<DECODE_LIMIT>();
+    let (message, used) = bincode::serde::decode_from_slice(body, limited)
+        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    if used != body.len() {
+        return Err(DecodeError::Trailing(body.len() - used));
+    }
+    Ok(message)
+}

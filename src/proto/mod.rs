@@ -1,0 +1,107 @@
+//! The wire protocol (aRPC), sans-IO: bytes in, bytes out, no sockets, no runtime.
+//!
+//! - [`frame`]: varints and length-delimited frames with a flag byte, negotiated zstd.
+//! - [`message`]: the messages and their bincode body encoding.
+//! - [`diff`]: clock diffs, merging, checksums, tracked subsets.
+//! - [`handshake`]: the server's decision on a client's hello.
+//!
+//! [`FrameReader`] turns a byte stream into messages; [`encode_frame`] turns a message into
+//! bytes. PROTOCOL.md at the repository root documents the format byte by byte.
+
+pub mod diff;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+
+pub use diff::{ApplyError, Tracked};
+pub use frame::{Compression, FrameConfig, FrameError};
+pub use message::{DecodeError, Message, PROTOCOL_VERSION};
+
+/// Why a connection's bytes are not protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Appends one message as one frame.
+pub fn encode_frame(config: &FrameConfig, message: &Message, out: &mut Vec<u8>) {
+    let body = message::encode_to_vec(message);
+    config.encode(&body, out);
+}
+
+/// Accumulates bytes from a stream and yields whole messages.
+#[derive(Debug)]
+pub struct FrameReader {
+    config: FrameConfig,
+    buf: Vec<u8>,
+    /// Start of the unread part of `buf`.
+    start: usize,
+}
+
+impl FrameReader {
+    pub fn new(config: FrameConfig) -> Self {
+        FrameReader {
+            config,
+            buf: Vec::with_capacity(4096),
+            start: 0,
+        }
+    }
+
+    /// Changes the frame settings (after the handshake agreed on compression).
+    pub fn set_config(&mut self, config: FrameConfig) {
+        self.config = config;
+    }
+
+    pub fn config(&self) -> &FrameConfig {
+        &self.config
+    }
+
+    /// Adds bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Space to read into directly: returns a slice of at least `min` free bytes, to be
+    /// followed by [`FrameReader::filled`] with the count read.
+    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        self.compact();
+        let len = self.buf.len();
+        self.buf.resize(len + min, 0);
+        &mut self.buf[len..]
+    }
+
+    /// Commits `n` bytes written into [`FrameReader::spare`] and drops the rest of it.
+    pub fn filled(&mut self, spare: usize, n: usize) {
+        let len = self.buf.len() - spare + n;
+        self.buf.truncate(len);
+    }
+
+    /// The next whole message, `Ok(None)` when more bytes are needed.
+    pub fn next_message(&mut self) -> Result<Option<Message>, ProtoError> {
+        let Some((body, used)) = self.config.decode(&self.buf[self.start..])? else {
+            return Ok(None);
+        };
+        let message = message::decode(&body)?;
+        self.start += used;
+        Ok(Some(message))
+    }
+
+    /// Bytes received but not yet taken as messages.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

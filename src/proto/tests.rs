@@ -1,0 +1,303 @@
+//! Codec tests without sockets: random messages of every kind round-trip through frames, whole
+//! and one byte at a time, with and without compression; hostile bytes fail cleanly.
+
+use proptest::prelude::*;
+
+use super::message::*;
+use super::*;
+use crate::machine::{Args, MutationKind, Outcome, StateDef, Value};
+
+fn value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        any::<f64>()
+            .prop_filter("NaN never equals itself", |f| !f.is_nan())
+            .prop_map(Value::Float),
+        ".{0,12}".prop_map(Value::Str),
+        proptest::collection::vec(any::<u8>(), 0..32).prop_map(Value::Bytes),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
+            proptest::collection::btree_map(".{0,6}", inner, 0..4).prop_map(Value::Map),
+        ]
+    })
+}
+
+fn args() -> impl Strategy<Value = Args> {
+    proptest::collection::btree_map("[a-z]{1,8}", value(), 0..4)
+        .prop_map(|m| m.into_iter().collect())
+}
+
+fn diff() -> impl Strategy<Value = ClockDiff> {
+    (
+        proptest::collection::vec((any::<u32>(), any::<u64>()), 0..8),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(changes, queue_tick, checksum)| ClockDiff {
+            changes,
+            queue_tick,
+            checksum,
+        })
+}
+
+fn snapshot() -> impl Strategy<Value = Snapshot> {
+    (proptest::collection::vec(any::<u64>(), 0..16), any::<u64>())
+        .prop_map(|(ticks, queue_tick)| Snapshot { ticks, queue_tick })
+}
+
+fn kind() -> impl Strategy<Value = MutationKind> {
+    prop_oneof![
+        Just(MutationKind::Add),
+        Just(MutationKind::Remove),
+        Just(MutationKind::Set)
+    ]
+}
+
+fn outcome() -> impl Strategy<Value = Result<Outcome, String>> {
+    prop_oneof![
+        Just(Ok(Outcome::Executed)),
+        Just(Ok(Outcome::Canceled)),
+        Just(Ok(Outcome::Queued)),
+        ".{0,20}".prop_map(Err),
+    ]
+}
+
+fn schema_def() -> impl Strategy<Value = crate::machine::SchemaDef> {
+    proptest::collection::vec(("[A-Z][a-z]{0,6}", any::<bool>(), any::<bool>()), 0..5).prop_map(
+        |states| crate::machine::SchemaDef {
+            states: states
+                .into_iter()
+                .map(|(name, auto, multi)| StateDef {
+                    auto,
+                    multi,
+                    ..StateDef::new(name)
+                })
+                .collect(),
+        },
+    )
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    let refusal_kind = prop_oneof![
+        Just(RefusalKind::Version),
+        Just(RefusalKind::UnknownSource),
+        Just(RefusalKind::Auth),
+        Just(RefusalKind::Acl),
+        Just(RefusalKind::Loop),
+        Just(RefusalKind::Full),
+        Just(RefusalKind::BadHello),
+        Just(RefusalKind::Timeout),
+    ];
+    let tracked = proptest::option::of(proptest::collection::vec(any::<u32>(), 0..6));
+    prop_oneof![
+        (
+            any::<u32>(),
+            ".{0,10}",
+            ".{0,10}",
+            any::<u64>(),
+            any::<bool>(),
+            proptest::option::of(proptest::collection::vec(".{0,5}", 0..3)),
+            proptest::option::of(".{0,8}")
+        )
+            .prop_map(
+                |(version, client_id, source, schema_hash, compression, track, token)| {
+                    Message::Hello(Hello {
+                        version,
+                        client_id,
+                        source,
+                        schema_hash,
+                        options: WantedOptions { compression, track },
+                        token,
+                    })
+                }
+            ),
+        (
+            proptest::collection::vec(".{0,6}", 0..3),
+            proptest::option::of(schema_def()),
+            snapshot(),
+            any::<bool>(),
+            tracked.clone(),
+            tracked
+        )
+            .prop_map(
+                |(ancestry, schema, snapshot, compression, tracked, mutable)| Message::Welcome(
+                    Welcome {
+                        ancestry,
+                        schema,
+                        snapshot,
+                        granted: Granted {
+                            compression,
+                            tracked,
+                            mutable
+                        },
+                    }
+                )
+            ),
+        (refusal_kind, ".{0,30}")
+            .prop_map(|(kind, reason)| Message::Refused(Refusal { kind, reason })),
+        diff().prop_map(Message::Diff),
+        (
+            any::<u64>(),
+            kind(),
+            proptest::collection::vec(any::<u32>(), 0..5),
+            args(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(id, kind, states, args, reply)| Message::Mutate(MutateRequest {
+                    id,
+                    kind,
+                    states,
+                    args,
+                    reply
+                })
+            ),
+        (any::<u64>(), outcome(), diff())
+            .prop_map(|(id, result, diff)| Message::MutateReply(MutateReply { id, result, diff })),
+        any::<u64>().prop_map(|id| Message::Sync { id }),
+        (any::<u64>(), snapshot()).prop_map(|(id, snapshot)| Message::Snapshot { id, snapshot }),
+        (".{0,10}", proptest::collection::vec(any::<u8>(), 0..600))
+            .prop_map(|(name, data)| Message::Payload(Payload { name, data })),
+        (schema_def(), snapshot())
+            .prop_map(|(schema, snapshot)| Message::SchemaChanged { schema, snapshot }),
+        any::<u64>().prop_map(Message::Ping),
+        any::<u64>().prop_map(Message::Pong),
+        ".{0,20}".prop_map(|reason| Message::Bye { reason }),
+        ".{0,20}".prop_map(|message| Message::Error { message }),
+    ]
+}
+
+fn configs() -> [FrameConfig; 2] {
+    let plain = FrameConfig::default();
+    // A threshold of 0 makes every frame try compression.
+    [
+        plain,
+        FrameConfig {
+            compression: Some(Compression {
+                threshold: 0,
+                level: 1,
+            }),
+            ..plain
+        },
+    ]
+}
+
+proptest! {
+    #[test]
+    fn messages_round_trip_whole_and_byte_by_byte(messages in proptest::collection::vec(message(), 1..6)) {
+        for config in configs() {
+            let mut wire = Vec::new();
+            for m in &messages {
+                encode_frame(&config, m, &mut wire);
+            }
+            let mut whole = FrameReader::new(config);
+            whole.push(&wire);
+            for m in &messages {
+                let next = whole.next_message().expect("valid");
+                prop_assert_eq!(next.as_ref(), Some(m));
+            }
+            prop_assert_eq!(whole.next_message().expect("valid"), None);
+
+            let mut trickle = FrameReader::new(config);
+            let mut decoded = Vec::new();
+            for byte in &wire {
+                trickle.push(std::slice::from_ref(byte));
+                while let Some(m) = trickle.next_message().expect("valid") {
+                    decoded.push(m);
+                }
+            }
+            prop_assert_eq!(&decoded, &messages);
+            prop_assert_eq!(trickle.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        for config in configs() {
+            let mut reader = FrameReader::new(config);
+            reader.push(&bytes);
+            // Any of: a message, need more, or an error. Never a panic, never a huge allocation.
+            for _ in 0..8 {
+                match reader.next_message() {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_body_claiming_a_huge_vector_fails_without_allocating_it() {
+    // A Snapshot whose tick vector claims 2^60 elements, inside a small frame.
+    let mut body = Vec::new();
+    body.push(7); // variant index of Snapshot
+    body.push(0); // id 0
+    frame::put_varint(&mut body, 1 << 60);
+    let mut wire = Vec::new();
+    FrameConfig::default().encode(&body, &mut wire);
+    let mut reader = FrameReader::new(FrameConfig::default());
+    reader.push(&wire);
+    assert!(matches!(
+        reader.next_message(),
+        Err(ProtoError::Decode(DecodeError::Invalid(_)))
+    ));
+}
+
+#[test]
+fn unknown_message_types_and_trailing_bytes_are_errors() {
+    let mut wire = Vec::new();
+    FrameConfig::default().encode(&[200], &mut wire);
+    let mut reader = FrameReader::new(FrameConfig::default());
+    reader.push(&wire);
+    assert!(matches!(
+        reader.next_message(),
+        Err(ProtoError::Decode(DecodeError::Invalid(_)))
+    ));
+
+    let mut body = message::encode_to_vec(&Message::Ping(5));
+    body.push(0);
+    wire.clear();
+    FrameConfig::default().encode(&body, &mut wire);
+    let mut reader = FrameReader::new(FrameConfig::default());
+    reader.push(&wire);
+    assert_eq!(
+        reader.next_message(),
+        Err(ProtoError::Decode(DecodeError::Trailing(1)))
+    );
+}
+
+#[test]
+fn an_oversized_frame_is_refused_from_its_prefix_alone() {
+    let small = FrameConfig {
+        max_frame: 64,
+        compression: None,
+    };
+    let mut wire = Vec::new();
+    FrameConfig::default().encode(&[0u8; 100], &mut wire);
+    let mut reader = FrameReader::new(small);
+    reader.push(&wire[..2]);
+    assert_eq!(
+        reader.next_message(),
+        Err(ProtoError::Frame(FrameError::TooLarge {
+            len: 101,
+            max: 64
+        }))
+    );
+}
+
+#[test]
+fn reading_into_spare_space_works_like_push() {
+    let mut wire = Vec::new();
+    encode_frame(&FrameConfig::default(), &Message::Ping(42), &mut wire);
+    let mut reader = FrameReader::new(FrameConfig::default());
+    let spare = reader.spare(64);
+    spare[..wire.len()].copy_from_slice(&wire);
+    reader.filled(64, wire.len());
+    assert_eq!(reader.next_message(), Ok(Some(Message::Ping(42))));
+    assert_eq!(reader.buffered(), 0);
+}
