@@ -68,6 +68,15 @@ pub fn get_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
     Ok(None)
 }
 
+/// A frame taken from the front of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecodedFrame<'a> {
+    /// The body, decompressed when it was compressed.
+    pub body: Cow<'a, [u8]>,
+    /// Bytes the whole frame took, prefix included.
+    pub len: usize,
+}
+
 /// Compression settings agreed in the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compression {
@@ -123,7 +132,7 @@ impl FrameConfig {
 
     /// Decodes the frame at the front of `buf`: `Ok(None)` when it is not all there yet, else
     /// the body (decompressed) and the number of bytes the frame took.
-    pub fn decode<'a>(&self, buf: &'a [u8]) -> Result<Option<(Cow<'a, [u8]>, usize)>, FrameError> {
+    pub fn decode<'a>(&self, buf: &'a [u8]) -> Result<Option<DecodedFrame<'a>>, FrameError> {
         let Some((len, prefix)) = get_varint(buf)? else {
             return Ok(None);
         };
@@ -158,7 +167,10 @@ impl FrameConfig {
         } else {
             Cow::Borrowed(body)
         };
-        Ok(Some((body, prefix + len)))
+        Ok(Some(DecodedFrame {
+            body,
+            len: prefix + len,
+        }))
     }
 
     /// How many bytes of `buf` the frame at its front will take, once its length prefix is
@@ -220,8 +232,8 @@ mod tests {
         for cut in 0..buf.len() {
             assert_eq!(cfg.decode(&buf[..cut]), Ok(None));
         }
-        let (body, used) = cfg.decode(&buf).expect("valid").expect("complete");
-        assert_eq!((&*body, used), (&b"hello"[..], 7));
+        let frame = cfg.decode(&buf).expect("valid").expect("complete");
+        assert_eq!((&*frame.body, frame.len), (&b"hello"[..], 7));
     }
 
     #[test]
@@ -259,8 +271,8 @@ mod tests {
             FLAG_ZSTD
         );
         assert!(small.len() < 100);
-        let (body, _) = packed.decode(&small).expect("valid").expect("complete");
-        assert_eq!(&*body, &repetitive[..]);
+        let frame = packed.decode(&small).expect("valid").expect("complete");
+        assert_eq!(&*frame.body, &repetitive[..]);
         assert_eq!(
             plain.decode(&small),
             Err(FrameError::CompressionNotNegotiated)

@@ -63,7 +63,7 @@ pub fn decide(hello: &Hello, offer: Offer<'_>, policy: &Policy) -> Result<Accept
         ));
     }
     if let Some(allowed) = &policy.allow_ids
-        && !allowed.iter().any(|id| *id == hello.client_id)
+        && !allowed.contains(&hello.client_id)
     {
         return Err(refuse(
             RefusalKind::Acl,

@@ -14,7 +14,7 @@ pub mod handshake;
 pub mod message;
 
 pub use diff::{ApplyError, Tracked};
-pub use frame::{Compression, FrameConfig, FrameError};
+pub use frame::{Compression, DecodedFrame, FrameConfig, FrameError};
 pub use message::{DecodeError, Message, PROTOCOL_VERSION};
 
 /// Why a connection's bytes are not protocol.
@@ -82,11 +82,11 @@ impl FrameReader {
 
     /// The next whole message, `Ok(None)` when more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Message>, ProtoError> {
-        let Some((body, used)) = self.config.decode(&self.buf[self.start..])? else {
+        let Some(frame) = self.config.decode(&self.buf[self.start..])? else {
             return Ok(None);
         };
-        let message = message::decode(&body)?;
-        self.start += used;
+        let message = message::decode(&frame.body)?;
+        self.start += frame.len;
         Ok(Some(message))
     }
 
