@@ -30,8 +30,12 @@
 //! ```
 
 pub mod machine;
+pub mod mirror;
 pub mod proto;
+pub mod server;
 pub mod sgp;
+pub mod transport;
+mod wire;
 
 /// The names most programs need: `use asyncmachine::prelude::*;`.
 pub mod prelude {

@@ -40,6 +40,8 @@ pub enum MutationError {
     Disconnected,
     #[error("the source refused the mutation: {0}")]
     Refused(String),
+    #[error("no answer from the source within {0:?}; the mutation may or may not have run")]
+    Timeout(std::time::Duration),
 }
 
 /// A mutation: what to do with which states, and the arguments handlers see.
@@ -133,6 +135,12 @@ pub trait StateSource: Send + Sync {
     fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>);
 
     fn unobserve(&self, id: ObserverId) -> bool;
+
+    /// This source's id followed by the ids of the sources it mirrors, nearest first. Servers
+    /// send it in the handshake so that a node never mirrors itself or its descendants.
+    fn ancestry(&self) -> Vec<String> {
+        vec![self.id().to_owned()]
+    }
 
     // ----- provided: reads -----
 

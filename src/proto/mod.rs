@@ -65,19 +65,12 @@ impl FrameReader {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Space to read into directly: returns a slice of at least `min` free bytes, to be
-    /// followed by [`FrameReader::filled`] with the count read.
-    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+    /// The buffer to read into directly (e.g. with `read_buf`), with at least `min_free` bytes
+    /// of spare capacity; what is appended is taken as received.
+    pub fn read_target(&mut self, min_free: usize) -> &mut Vec<u8> {
         self.compact();
-        let len = self.buf.len();
-        self.buf.resize(len + min, 0);
-        &mut self.buf[len..]
-    }
-
-    /// Commits `n` bytes written into [`FrameReader::spare`] and drops the rest of it.
-    pub fn filled(&mut self, spare: usize, n: usize) {
-        let len = self.buf.len() - spare + n;
-        self.buf.truncate(len);
+        self.buf.reserve(min_free);
+        &mut self.buf
     }
 
     /// The next whole message, `Ok(None)` when more bytes are needed.

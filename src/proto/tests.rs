@@ -291,13 +291,15 @@ fn an_oversized_frame_is_refused_from_its_prefix_alone() {
 }
 
 #[test]
-fn reading_into_spare_space_works_like_push() {
+fn reading_into_the_target_buffer_works_like_push() {
     let mut wire = Vec::new();
     encode_frame(&FrameConfig::default(), &Message::Ping(42), &mut wire);
     let mut reader = FrameReader::new(FrameConfig::default());
-    let spare = reader.spare(64);
-    spare[..wire.len()].copy_from_slice(&wire);
-    reader.filled(64, wire.len());
+    reader.push(&wire[..1]);
+    assert_eq!(reader.next_message(), Ok(None));
+    let target = reader.read_target(64);
+    assert!(target.capacity() - target.len() >= 64);
+    target.extend_from_slice(&wire[1..]);
     assert_eq!(reader.next_message(), Ok(Some(Message::Ping(42))));
     assert_eq!(reader.buffered(), 0);
 }

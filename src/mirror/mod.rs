@@ -1,0 +1,903 @@
+//! The mirror: a local replica of a remote source's clock, itself a [`StateSource`].
+//!
+//! Reads and waits are answered from the local clock; mutations go upstream and their replies
+//! carry the diff that brings the clock up to date before the mutation's future resolves. A
+//! background task keeps the connection: it applies pushes, answers pings, and when the
+//! connection drops it marks the mirror disconnected (keeping the last clock), fails pending
+//! mutations, and reconnects with exponential backoff and jitter, resyncing from the welcome.
+//! The task holds only a weak reference: dropping the last `Mirror` handle ends it.
+
+pub mod backoff;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+
+use crate::machine::waiters::{WaiterHost, WaiterSet, make_when};
+use crate::machine::{
+    Args, Condition, Mutation, MutationError, MutationFuture, MutationKind, Observer, ObserverId,
+    Outcome, Schema, StateCtx, StateSource, Transition, WaitError, When, is_active,
+};
+use crate::proto::diff::{ApplyError, apply as apply_diff};
+use crate::proto::frame::DEFAULT_MAX_FRAME;
+use crate::proto::message::{
+    ClockDiff, Hello, MutateRequest, Payload, Refusal, Snapshot, WantedOptions, Welcome,
+};
+use crate::proto::{
+    Compression, FrameConfig, FrameReader, Message, PROTOCOL_VERSION, Tracked, encode_frame,
+};
+use crate::transport::{self, BoxStream, Endpoint, TransportError};
+use crate::wire::{self, ReadError};
+
+/// How a mirror connects and behaves.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// Who this mirror is to the server (for a node, its node id).
+    pub client_id: String,
+    pub compression: bool,
+    /// Track only these states; `None` for all.
+    pub track: Option<Vec<String>>,
+    pub token: Option<String>,
+    /// The schema the mirror expects, if known: the server then skips sending it.
+    pub schema: Option<Arc<Schema>>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// How often the mirror pings the server.
+    pub keepalive: Duration,
+    /// A server silent for this long is taken as gone.
+    pub idle_timeout: Duration,
+    /// How long a mutation waits for its reply.
+    pub mutation_timeout: Duration,
+    pub max_frame: usize,
+    /// First reconnect delay; it doubles up to `backoff_max`, with jitter.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            client_id: format!("mirror-{}", std::process::id()),
+            compression: false,
+            track: None,
+            token: None,
+            schema: None,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            mutation_timeout: Duration::from_secs(30),
+            max_frame: DEFAULT_MAX_FRAME,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The state of a mirror's connection, for a person or a program to wait on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Connecting,
+    Ready,
+    Disconnected,
+}
+
+/// Why a mirror could not (first) connect.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{endpoint} refused the mirror ({kind:?}): {reason}")]
+    Refused {
+        endpoint: Endpoint,
+        kind: crate::proto::message::RefusalKind,
+        reason: String,
+    },
+    #[error("no handshake answer from {endpoint} within {after:?}")]
+    HandshakeTimeout { endpoint: Endpoint, after: Duration },
+    #[error("handshake with {endpoint} failed: {reason}")]
+    Handshake { endpoint: Endpoint, reason: String },
+    #[error("the server sent a schema that is not valid: {0}")]
+    BadSchema(#[from] crate::machine::SchemaError),
+    #[error(
+        "{endpoint} serves a different schema (states: {found}) than this mirror expects (states: {expected}); update one side or leave the mirror's schema unset to take the server's"
+    )]
+    SchemaMismatch {
+        endpoint: Endpoint,
+        expected: String,
+        found: String,
+    },
+}
+
+/// Counters of one mirror.
+#[derive(Debug, Default)]
+pub struct MirrorStats {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub diffs: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+/// A replica of a remote source. Cheap to clone: clones share one mirror.
+#[derive(Clone)]
+pub struct Mirror {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    id: String,
+    endpoint: Endpoint,
+    config: MirrorConfig,
+    core: Mutex<Core>,
+    conn: watch::Sender<ConnState>,
+    payloads: broadcast::Sender<Payload>,
+    /// Dropped with the last handle, which ends the connection task.
+    stop: watch::Sender<bool>,
+    /// Shared apart from the rest so a live session can count without keeping the mirror alive.
+    stats: Arc<MirrorStats>,
+}
+
+type ObserverList = Arc<Vec<(u64, Arc<dyn Observer>)>>;
+type Pending = oneshot::Sender<Result<Outcome, MutationError>>;
+
+struct Core {
+    schema: Arc<Schema>,
+    ticks: Vec<u64>,
+    queue_tick: u64,
+    tracked: Tracked,
+    waiters: WaiterSet,
+    observers: ObserverList,
+    next_observer: u64,
+    /// The upstream source's ancestry, from the last welcome.
+    upstream: Vec<String>,
+    /// Messages to the server while connected.
+    outbox: Option<mpsc::Sender<Message>>,
+    pending: HashMap<u64, Pending>,
+    next_request: u64,
+    closed: bool,
+}
+
+impl WaiterHost for Shared {
+    fn cancel_waiter(&self, id: u64) {
+        lock(&self.core).waiters.remove(id);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code holding this lock calls out to user code or can panic on peer input.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A connected session, after a successful handshake.
+struct Session {
+    rd: ReadHalf<BoxStream>,
+    wr: WriteHalf<BoxStream>,
+    reader: FrameReader,
+    frame: FrameConfig,
+    welcome: Welcome,
+}
+
+impl Mirror {
+    /// Connects to a source and returns once the mirror holds its clock. Afterwards the mirror
+    /// reconnects by itself.
+    pub async fn connect(endpoint: &Endpoint, config: MirrorConfig) -> Result<Mirror, MirrorError> {
+        let known = config.schema.clone();
+        let session = establish(endpoint, &config, known.as_ref().map_or(0, |s| s.hash())).await?;
+        let schema = match (&session.welcome.schema, known) {
+            (Some(def), Some(known)) => {
+                let found = Schema::new(def.clone())?;
+                return Err(MirrorError::SchemaMismatch {
+                    endpoint: endpoint.clone(),
+                    expected: known.names().collect::<Vec<_>>().join(", "),
+                    found: found.names().collect::<Vec<_>>().join(", "),
+                });
+            }
+            (Some(def), None) => Arc::new(Schema::new(def.clone())?),
+            (None, Some(known)) => known,
+            (None, None) => {
+                return Err(MirrorError::Handshake {
+                    endpoint: endpoint.clone(),
+                    reason: "the server sent no schema although the mirror has none".into(),
+                });
+            }
+        };
+        let n = schema.len();
+        let shared = Arc::new(Shared {
+            id: config.client_id.clone(),
+            endpoint: endpoint.clone(),
+            core: Mutex::new(Core {
+                schema,
+                ticks: vec![0; n],
+                queue_tick: 0,
+                tracked: Tracked::All,
+                waiters: WaiterSet::new(n),
+                observers: Arc::new(Vec::new()),
+                next_observer: 0,
+                upstream: Vec::new(),
+                outbox: None,
+                pending: HashMap::new(),
+                next_request: 1,
+                closed: false,
+            }),
+            config,
+            conn: watch::channel(ConnState::Connecting).0,
+            payloads: broadcast::channel(256).0,
+            stop: watch::channel(false).0,
+            stats: Arc::new(MirrorStats::default()),
+        });
+        let (outbox, session) = shared.adopt(session)?;
+        let stop = shared.stop.subscribe();
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(drive(weak, session, outbox, stop));
+        Ok(Mirror { shared })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
+    }
+
+    pub fn connection(&self) -> ConnState {
+        *self.shared.conn.borrow()
+    }
+
+    /// Changes of the connection state, for a program to follow.
+    pub fn connection_changes(&self) -> watch::Receiver<ConnState> {
+        self.shared.conn.subscribe()
+    }
+
+    /// Waits until the connection is in `state`.
+    pub async fn wait_connection(&self, state: ConnState) {
+        let mut changes = self.shared.conn.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let _ = changes.wait_for(|s| *s == state).await;
+    }
+
+    /// Payloads the source sends; a receiver that lags loses the oldest.
+    pub fn payloads(&self) -> broadcast::Receiver<Payload> {
+        self.shared.payloads.subscribe()
+    }
+
+    pub fn stats(&self) -> &MirrorStats {
+        &self.shared.stats
+    }
+
+    /// Sends a mutation without waiting for its result; `sync` fetches the clock after.
+    pub async fn mutate_no_reply(&self, mutation: Mutation) -> Result<(), MutationError> {
+        let outbox = self.shared.outbox_for(&mutation)?;
+        let request = request(0, mutation, false);
+        outbox
+            .send(Message::Mutate(request))
+            .await
+            .map_err(|_| MutationError::Disconnected)
+    }
+
+    /// Asks the source for its whole clock and waits until it is applied.
+    pub async fn sync(&self) -> Result<(), MutationError> {
+        let (outbox, id, rx) = {
+            let mut core = lock(&self.shared.core);
+            let outbox = core.outbox.clone().ok_or(MutationError::Disconnected)?;
+            let (id, rx) = core.register_pending();
+            (outbox, id, rx)
+        };
+        outbox
+            .send(Message::Sync { id })
+            .await
+            .map_err(|_| MutationError::Disconnected)?;
+        self.shared.await_reply(id, rx).await.map(drop)
+    }
+
+    /// Says goodbye to the server and stops reconnecting; waiters end with `Disposed`.
+    pub async fn close(&self) {
+        let outbox = {
+            let mut core = lock(&self.shared.core);
+            core.closed = true;
+            core.waiters.close();
+            core.outbox.take()
+        };
+        if let Some(outbox) = outbox {
+            let _ = outbox
+                .send(Message::Bye {
+                    reason: "mirror closed".into(),
+                })
+                .await;
+        }
+        self.shared.stop.send_replace(true);
+    }
+}
+
+fn request(id: u64, mutation: Mutation, reply: bool) -> MutateRequest {
+    MutateRequest {
+        id,
+        kind: mutation.kind,
+        states: mutation.states.iter().map(|&s| s as u32).collect(),
+        args: mutation.args,
+        reply,
+    }
+}
+
+impl Core {
+    fn register_pending(&mut self) -> (u64, oneshot::Receiver<Result<Outcome, MutationError>>) {
+        let id = self.next_request;
+        self.next_request += 1;
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(id, tx);
+        (id, rx)
+    }
+
+    /// Replaces the clock (and the schema, when it changed) and returns what observers need.
+    fn replace(&mut self, schema: Option<Arc<Schema>>, snapshot: &Snapshot) -> Notice {
+        if let Some(schema) = schema.filter(|s| s.hash() != self.schema.hash()) {
+            // State positions mean other states now: waiters on the old schema cannot be
+            // answered, so they end.
+            self.waiters.close();
+            self.waiters = WaiterSet::new(schema.len());
+            self.ticks = vec![0; schema.len()];
+            self.schema = schema;
+        }
+        let before = self.ticks.clone();
+        let len = self.ticks.len();
+        for (s, tick) in self.ticks.iter_mut().enumerate() {
+            *tick = snapshot.ticks.get(s).copied().unwrap_or(0);
+        }
+        self.queue_tick = snapshot.queue_tick;
+        let changed: Vec<usize> = (0..len).filter(|&s| before[s] != self.ticks[s]).collect();
+        self.waiters
+            .clock_changed(&self.ticks, changed.iter().copied());
+        Notice {
+            before,
+            after: self.ticks.clone(),
+            changed,
+            queue_tick: self.queue_tick,
+            observers: self.observers.clone(),
+        }
+    }
+
+    /// Applies a diff; `Err` asks for a resync.
+    fn apply(&mut self, diff: &ClockDiff) -> Result<Notice, ApplyError> {
+        let before = self.ticks.clone();
+        let result = apply_diff(&mut self.ticks, diff, &self.tracked);
+        let changed = match &result {
+            Ok(changed) => changed.clone(),
+            Err(ApplyError::Checksum) => diff.changes.iter().map(|&(s, _)| s as usize).collect(),
+            Err(e @ ApplyError::BadState { .. }) => return Err(e.clone()),
+        };
+        self.queue_tick = diff.queue_tick;
+        self.waiters
+            .clock_changed(&self.ticks, changed.iter().copied());
+        let notice = Notice {
+            before,
+            after: self.ticks.clone(),
+            changed,
+            queue_tick: self.queue_tick,
+            observers: self.observers.clone(),
+        };
+        result.map(|_| notice)
+    }
+}
+
+/// A clock change to tell observers about, outside the lock.
+struct Notice {
+    before: Vec<u64>,
+    after: Vec<u64>,
+    changed: Vec<usize>,
+    queue_tick: u64,
+    observers: ObserverList,
+}
+
+impl Notice {
+    fn tell(self) {
+        if self.changed.is_empty() || self.observers.is_empty() {
+            return;
+        }
+        let args = Args::new();
+        let transition = Transition {
+            kind: MutationKind::Set,
+            called: &self.changed,
+            args: &args,
+            auto: false,
+            before: &self.before,
+            after: &self.after,
+            queue_tick: self.queue_tick,
+        };
+        for (_, observer) in self.observers.iter() {
+            observer.transition(&transition);
+        }
+    }
+}
+
+impl Shared {
+    /// Takes a fresh session in: applies its welcome, opens the outbox, marks the mirror ready.
+    fn adopt(&self, session: Session) -> Result<(mpsc::Receiver<Message>, Session), MirrorError> {
+        let schema = match &session.welcome.schema {
+            Some(def) => Some(Arc::new(Schema::new(def.clone())?)),
+            None => None,
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let notice = {
+            let mut core = lock(&self.core);
+            core.tracked = Tracked::from_granted(session.welcome.granted.tracked.as_deref());
+            core.upstream = session.welcome.ancestry.clone();
+            core.outbox = Some(tx);
+            core.replace(schema, &session.welcome.snapshot)
+        };
+        notice.tell();
+        self.conn.send_replace(ConnState::Ready);
+        Ok((rx, session))
+    }
+
+    /// Marks the mirror disconnected and fails what waits on the server.
+    fn lost(&self) {
+        let pending = {
+            let mut core = lock(&self.core);
+            core.outbox = None;
+            std::mem::take(&mut core.pending)
+        };
+        for (_, reply) in pending {
+            let _ = reply.send(Err(MutationError::Disconnected));
+        }
+        self.conn.send_replace(ConnState::Disconnected);
+    }
+
+    fn outbox_for(&self, mutation: &Mutation) -> Result<mpsc::Sender<Message>, MutationError> {
+        let core = lock(&self.core);
+        if core.closed {
+            return Err(MutationError::Disposed);
+        }
+        if let Some(&bad) = mutation.states.iter().find(|&&s| s >= core.schema.len()) {
+            return Err(MutationError::BadIndex(bad));
+        }
+        core.outbox.clone().ok_or(MutationError::Disconnected)
+    }
+
+    async fn await_reply(
+        &self,
+        id: u64,
+        rx: oneshot::Receiver<Result<Outcome, MutationError>>,
+    ) -> Result<Outcome, MutationError> {
+        let limit = self.config.mutation_timeout;
+        match timeout(limit, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(MutationError::Disconnected),
+            Err(_) => {
+                lock(&self.core).pending.remove(&id);
+                Err(MutationError::Timeout(limit))
+            }
+        }
+    }
+
+    fn resolve(&self, id: u64, result: Result<Outcome, MutationError>) {
+        if let Some(reply) = lock(&self.core).pending.remove(&id) {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Handles one message from the server; `Err` ends the session with a reason.
+    fn handle(&self, message: Message, outbox: &mpsc::Sender<Message>) -> Result<(), String> {
+        match message {
+            Message::Diff(diff) => {
+                self.stats.diffs.fetch_add(1, Ordering::Relaxed);
+                self.apply_or_resync(&diff, outbox)
+            }
+            Message::MutateReply(reply) => {
+                self.apply_or_resync(&reply.diff, outbox)?;
+                self.resolve(reply.id, reply.result.map_err(MutationError::Refused));
+                Ok(())
+            }
+            Message::Snapshot { id, snapshot } => {
+                let notice = lock(&self.core).replace(None, &snapshot);
+                notice.tell();
+                self.resolve(id, Ok(Outcome::Executed));
+                Ok(())
+            }
+            Message::SchemaChanged { schema, snapshot } => {
+                let schema = Schema::new(schema)
+                    .map_err(|e| format!("the server sent an invalid schema: {e}"))?;
+                info!(states = schema.len(), "the source's schema changed");
+                let notice = lock(&self.core).replace(Some(Arc::new(schema)), &snapshot);
+                notice.tell();
+                Ok(())
+            }
+            Message::Payload(payload) => {
+                // No receivers is fine: nobody asked for payloads.
+                let _ = self.payloads.send(payload);
+                Ok(())
+            }
+            Message::Ping(nonce) => {
+                // A full outbox means pongs are the least of our problems; skipping one is safe.
+                let _ = outbox.try_send(Message::Pong(nonce));
+                Ok(())
+            }
+            Message::Pong(_) => Ok(()),
+            Message::Bye { reason } => Err(format!("the server said bye: {reason}")),
+            Message::Error { message } => {
+                Err(format!("the server reported a protocol error: {message}"))
+            }
+            other => Err(format!("unexpected {} from a server", other.name())),
+        }
+    }
+
+    fn apply_or_resync(
+        &self,
+        diff: &ClockDiff,
+        outbox: &mpsc::Sender<Message>,
+    ) -> Result<(), String> {
+        let applied = lock(&self.core).apply(diff);
+        match applied {
+            Ok(notice) => {
+                notice.tell();
+                Ok(())
+            }
+            Err(ApplyError::Checksum) => {
+                warn!(mirror = %self.id, "clock checksum mismatch; asking for a full sync");
+                self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                let id = {
+                    let mut core = lock(&self.core);
+                    core.next_request += 1;
+                    core.next_request - 1
+                };
+                let _ = outbox.try_send(Message::Sync { id });
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Connects and shakes hands.
+async fn establish(
+    endpoint: &Endpoint,
+    config: &MirrorConfig,
+    schema_hash: u64,
+) -> Result<Session, MirrorError> {
+    let stream = match timeout(config.connect_timeout, transport::connect(endpoint)).await {
+        Ok(connected) => connected?,
+        Err(_) => {
+            return Err(MirrorError::Transport(TransportError::Connect {
+                endpoint: endpoint.without_machine(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            }));
+        }
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let plain = FrameConfig {
+        max_frame: config.max_frame,
+        compression: None,
+    };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        client_id: config.client_id.clone(),
+        source: endpoint.machine.clone().unwrap_or_default(),
+        schema_hash,
+        options: WantedOptions {
+            compression: config.compression,
+            track: config.track.clone(),
+        },
+        token: config.token.clone(),
+    };
+    let mut out = Vec::new();
+    encode_frame(&plain, &Message::Hello(hello), &mut out);
+    let handshake_failed = |reason: String| MirrorError::Handshake {
+        endpoint: endpoint.clone(),
+        reason,
+    };
+    let mut reader = FrameReader::new(plain);
+    let exchange = async {
+        // A server that refuses may close before it has read the hello: its refusal is still
+        // the answer to report, so read even when the write failed.
+        let wrote = wr.write_all(&out).await;
+        let ignored = AtomicU64::new(0);
+        match (
+            wire::read_message(&mut rd, &mut reader, &ignored).await,
+            wrote,
+        ) {
+            (Ok(message), _) => Ok(message),
+            (Err(_), Err(e)) => Err(handshake_failed(format!("sending the hello failed: {e}"))),
+            (Err(ReadError::Closed), Ok(())) => {
+                Err(handshake_failed("the server closed the connection".into()))
+            }
+            (Err(ReadError::Io(e)), Ok(())) => Err(handshake_failed(e.to_string())),
+            (Err(ReadError::Protocol(e)), Ok(())) => {
+                Err(handshake_failed(format!("not an aRPC server: {e}")))
+            }
+        }
+    };
+    let answer = match timeout(config.handshake_timeout, exchange).await {
+        Ok(answer) => answer?,
+        Err(_) => {
+            return Err(MirrorError::HandshakeTimeout {
+                endpoint: endpoint.clone(),
+                after: config.handshake_timeout,
+            });
+        }
+    };
+    let welcome = match answer {
+        Message::Welcome(welcome) => welcome,
+        Message::Refused(Refusal { kind, reason }) => {
+            return Err(MirrorError::Refused {
+                endpoint: endpoint.clone(),
+                kind,
+                reason,
+            });
+        }
+        other => {
+            return Err(handshake_failed(format!(
+                "expected Welcome, got {}",
+                other.name()
+            )));
+        }
+    };
+    let frame = FrameConfig {
+        compression: welcome.granted.compression.then(Compression::default),
+        ..plain
+    };
+    reader.set_config(frame);
+    Ok(Session {
+        rd,
+        wr,
+        reader,
+        frame,
+        welcome,
+    })
+}
+
+/// The connection task: run sessions, reconnect between them, until stopped or unreferenced.
+async fn drive(
+    weak: Weak<Shared>,
+    mut session: Session,
+    mut outbox: mpsc::Receiver<Message>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut jitter = backoff::Jitter::new(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ (weak.as_ptr() as u64),
+    );
+    loop {
+        let end = run_session(&weak, session, &mut outbox, &mut stop).await;
+        let Some(shared) = weak.upgrade() else { return };
+        shared.lost();
+        if *stop.borrow() || lock(&shared.core).closed {
+            debug!(mirror = %shared.id, "mirror stopped");
+            return;
+        }
+        warn!(mirror = %shared.id, endpoint = %shared.endpoint, reason = %end, "disconnected; reconnecting");
+        let (endpoint, config) = (shared.endpoint.clone(), shared.config.clone());
+        drop(shared);
+
+        let mut attempt = 0;
+        session = loop {
+            let wait = backoff::delay(
+                attempt,
+                config.backoff_initial,
+                config.backoff_max,
+                jitter.draw(),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            let Some(shared) = weak.upgrade() else { return };
+            shared.conn.send_replace(ConnState::Connecting);
+            let hash = lock(&shared.core).schema.hash();
+            drop(shared);
+            match establish(&endpoint, &config, hash).await {
+                Ok(session) => break session,
+                Err(e) => {
+                    debug!(%endpoint, error = %e, attempt, "reconnect failed");
+                    if let Some(shared) = weak.upgrade() {
+                        shared.conn.send_replace(ConnState::Disconnected);
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        };
+        let Some(shared) = weak.upgrade() else { return };
+        // Counted before `adopt` announces Ready, so whoever sees Ready sees the count.
+        shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        match shared.adopt(session) {
+            Ok((rx, adopted)) => {
+                info!(mirror = %shared.id, %endpoint, "reconnected and resynced");
+                outbox = rx;
+                session = adopted;
+            }
+            Err(e) => {
+                warn!(mirror = %shared.id, error = %e, "server sent an unusable welcome; giving up");
+                shared.lost();
+                return;
+            }
+        }
+    }
+}
+
+/// One connected session: reader and writer until either ends. Returns why it ended.
+async fn run_session(
+    weak: &Weak<Shared>,
+    session: Session,
+    outbox: &mut mpsc::Receiver<Message>,
+    stop: &mut watch::Receiver<bool>,
+) -> String {
+    let Session {
+        mut rd,
+        mut wr,
+        mut reader,
+        frame,
+        ..
+    } = session;
+    let Some((idle, keepalive, sender, stats)) = weak.upgrade().and_then(|s| {
+        let sender = lock(&s.core).outbox.clone()?;
+        Some((
+            s.config.idle_timeout,
+            s.config.keepalive,
+            sender,
+            s.stats.clone(),
+        ))
+    }) else {
+        return "mirror dropped".into();
+    };
+
+    let read = async {
+        loop {
+            let message = match timeout(
+                idle,
+                wire::read_message(&mut rd, &mut reader, &stats.bytes_in),
+            )
+            .await
+            {
+                Err(_) => return format!("the server was silent for {idle:?}"),
+                Ok(Err(ReadError::Closed)) => return "the server closed the connection".to_owned(),
+                Ok(Err(ReadError::Io(e))) => return format!("i/o error: {e}"),
+                Ok(Err(ReadError::Protocol(e))) => return format!("protocol error: {e}"),
+                Ok(Ok(message)) => message,
+            };
+            let Some(shared) = weak.upgrade() else {
+                return "mirror dropped".into();
+            };
+            if let Err(reason) = shared.handle(message, &sender) {
+                return reason;
+            }
+        }
+    };
+
+    let write = async {
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let mut nonce = 0u64;
+        let mut out = Vec::with_capacity(256);
+        loop {
+            out.clear();
+            tokio::select! {
+                next = outbox.recv() => {
+                    let Some(first) = next else { return "outbox closed".to_owned() };
+                    let bye = matches!(first, Message::Bye { .. });
+                    encode_frame(&frame, &first, &mut out);
+                    while let Ok(more) = outbox.try_recv() {
+                        encode_frame(&frame, &more, &mut out);
+                    }
+                    if bye {
+                        let _ = wr.write_all(&out).await;
+                        let _ = wr.shutdown().await;
+                        return "mirror closed".to_owned();
+                    }
+                }
+                _ = ping.tick() => {
+                    nonce += 1;
+                    encode_frame(&frame, &Message::Ping(nonce), &mut out);
+                }
+            }
+            if let Err(e) = wr.write_all(&out).await {
+                return format!("i/o error: {e}");
+            }
+            stats
+                .bytes_out
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+        }
+    };
+
+    tokio::select! {
+        end = read => end,
+        end = write => end,
+        _ = stop.wait_for(|s| *s) => "mirror closed".to_owned(),
+    }
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror")
+            .field("id", &self.shared.id)
+            .field("endpoint", &self.shared.endpoint.to_string())
+            .field("connection", &self.connection())
+            .finish()
+    }
+}
+
+impl StateSource for Mirror {
+    fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    fn schema(&self) -> Arc<Schema> {
+        lock(&self.shared.core).schema.clone()
+    }
+
+    fn clock(&self) -> Vec<u64> {
+        lock(&self.shared.core).ticks.clone()
+    }
+
+    fn tick_at(&self, idx: usize) -> u64 {
+        lock(&self.shared.core).ticks.get(idx).copied().unwrap_or(0)
+    }
+
+    fn queue_tick(&self) -> u64 {
+        lock(&self.shared.core).queue_tick
+    }
+
+    fn wait(&self, condition: Condition) -> When {
+        let host: Weak<dyn WaiterHost> = Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>;
+        let mut core = lock(&self.shared.core);
+        let core = &mut *core;
+        let n = core.ticks.len();
+        let in_schema = match &condition {
+            Condition::Active(s) | Condition::Inactive(s) => s.iter().all(|&i| i < n),
+            Condition::TicksAtLeast(p) => p.iter().all(|&(i, _)| i < n),
+            Condition::TickChanged(i, _) => *i < n,
+        };
+        if !in_schema {
+            return When::failed(WaitError::UnknownState(format!("{condition:?}")));
+        }
+        make_when(host, core.waiters.register(&core.ticks, condition))
+    }
+
+    fn state_ctx_at(&self, idx: usize) -> StateCtx {
+        let tick = self.tick_at(idx);
+        if !is_active(tick) {
+            return StateCtx::canceled_from_start();
+        }
+        StateCtx::new(self.wait(Condition::TickChanged(idx, tick)))
+    }
+
+    fn mutate(&self, mutation: Mutation) -> MutationFuture {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let outbox = shared.outbox_for(&mutation)?;
+            let (id, rx) = lock(&shared.core).register_pending();
+            if outbox
+                .send(Message::Mutate(request(id, mutation, true)))
+                .await
+                .is_err()
+            {
+                lock(&shared.core).pending.remove(&id);
+                return Err(MutationError::Disconnected);
+            }
+            shared.await_reply(id, rx).await
+        })
+    }
+
+    fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>) {
+        let mut core = lock(&self.shared.core);
+        let id = core.next_observer;
+        core.next_observer += 1;
+        Arc::make_mut(&mut core.observers).push((id, observer));
+        (ObserverId(id), core.ticks.clone())
+    }
+
+    fn unobserve(&self, id: ObserverId) -> bool {
+        let mut core = lock(&self.shared.core);
+        let before = core.observers.len();
+        Arc::make_mut(&mut core.observers).retain(|(i, _)| *i != id.0);
+        core.observers.len() != before
+    }
+
+    fn ancestry(&self) -> Vec<String> {
+        let core = lock(&self.shared.core);
+        std::iter::once(self.shared.id.clone())
+            .chain(core.upstream.iter().cloned())
+            .collect()
+    }
+}

@@ -1,0 +1,487 @@
+//! One client connection: the handshake, then a reader and a writer until either ends, then a
+//! last word (Bye or Error) to the peer where there is one to say.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{Instrument, debug, info, warn};
+
+use super::hub::{Hub, Versioned, options_key};
+use super::{ClientEntry, ClientInfo, Inner};
+use crate::machine::{Mutation, Outcome};
+use crate::proto::handshake::{Offer, decide};
+use crate::proto::message::{MutateReply, MutateRequest, Payload, Refusal, RefusalKind, Snapshot};
+use crate::proto::{FrameConfig, FrameReader, Message, Tracked, encode_frame};
+use crate::transport::{BoxStream, Handshake, PeerInfo};
+use crate::wire::{self, ReadError};
+
+/// What the reader asks the writer to send.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Reply {
+        id: u64,
+        result: Result<Outcome, String>,
+    },
+    Snapshot {
+        id: u64,
+    },
+    Pong(u64),
+    Payload(Arc<Payload>),
+}
+
+/// Replies in flight per client: bounds memory, and backs pressure up to a client that sends
+/// mutations faster than it reads answers.
+const CONTROL_CAPACITY: usize = 64;
+/// The last word to a closing peer must not hold the task up.
+const FAREWELL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    PeerBye,
+    PeerClosed,
+    PeerError(String),
+    Protocol(String),
+    Idle(Duration),
+    Io(std::io::Error),
+    Shutdown,
+    Kicked,
+    SourceGone,
+    WriteStalled(Duration),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::PeerBye => f.write_str("the client said bye"),
+            End::PeerClosed => f.write_str("the client closed the connection"),
+            End::PeerError(message) => write!(f, "the client reported an error: {message}"),
+            End::Protocol(message) => write!(f, "protocol error: {message}"),
+            End::Idle(after) => write!(f, "nothing received for {after:?}"),
+            End::Io(e) => write!(f, "i/o error: {e}"),
+            End::Shutdown => f.write_str("server shutdown"),
+            End::Kicked => f.write_str("too slow to keep up"),
+            End::SourceGone => f.write_str("the source is no longer served"),
+            End::WriteStalled(after) => write!(f, "a write stalled for {after:?}"),
+        }
+    }
+}
+
+impl End {
+    /// What to tell the peer on the way out, if anything.
+    fn farewell(&self) -> Option<Message> {
+        match self {
+            End::Protocol(message) => Some(Message::Error {
+                message: message.clone(),
+            }),
+            End::Idle(after) => Some(Message::Bye {
+                reason: format!("idle for {after:?}"),
+            }),
+            End::Shutdown => Some(Message::Bye {
+                reason: "server shutting down".into(),
+            }),
+            End::Kicked => Some(Message::Bye {
+                reason: "too slow to keep up; reconnect".into(),
+            }),
+            End::SourceGone => Some(Message::Bye {
+                reason: "source no longer served".into(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) async fn serve(inner: &Arc<Inner>, conn: u64, handshake: Handshake) {
+    let limit = inner.config.handshake_timeout;
+    let (stream, peer) = match timeout(limit, handshake).await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(e)) => {
+            debug!(conn, error = %e, "transport handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(conn, ?limit, "transport handshake timed out");
+            return;
+        }
+    };
+    let span = tracing::info_span!("conn", conn, peer = %peer.address);
+    run(inner, conn, stream, peer).instrument(span).await;
+}
+
+async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(inner.frame_config());
+    let plain = inner.frame_config();
+
+    let limit = inner.config.handshake_timeout;
+    let hello = match timeout(limit, read_message(&mut rd, &mut reader, inner)).await {
+        Ok(Ok(Message::Hello(hello))) => hello,
+        Ok(Ok(other)) => {
+            let reason = format!("expected Hello as the first message, got {}", other.name());
+            refuse(inner, &mut wr, RefusalKind::BadHello, reason).await;
+            return;
+        }
+        Ok(Err(End::Protocol(message))) => {
+            inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(%message, "bad handshake bytes; closing");
+            let reason = format!("not an aRPC hello: {message}");
+            refuse(inner, &mut wr, RefusalKind::BadHello, reason).await;
+            return;
+        }
+        Ok(Err(end)) => {
+            debug!(%end, "connection ended before its hello");
+            return;
+        }
+        Err(_) => {
+            let reason = format!("no hello within {limit:?}");
+            refuse(inner, &mut wr, RefusalKind::Timeout, reason).await;
+            return;
+        }
+    };
+
+    let hub = match inner.hub(&hello.source) {
+        Ok(hub) => hub,
+        Err(reason) => {
+            refuse(inner, &mut wr, RefusalKind::UnknownSource, reason).await;
+            return;
+        }
+    };
+    // Subscribe before the snapshot: a change between the two is then pushed, not lost.
+    let mut clock = hub.subscribe();
+    let start = clock.borrow_and_update().clone();
+    let ancestry = hub.source.ancestry();
+    let offer = Offer {
+        schema: &hub.schema,
+        ancestry: &ancestry,
+        snapshot: Snapshot {
+            ticks: start.ticks.to_vec(),
+            queue_tick: start.queue_tick,
+        },
+    };
+    let accepted = match decide(&hello, offer, &inner.policy()) {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
+            return;
+        }
+    };
+    // A slot is taken only by an accepted client: refused handshakes never crowd others out
+    // (they are bounded by the handshake timeout instead).
+    let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
+        let reason = format!(
+            "server is full ({} clients); try again later or use another server",
+            inner.config.max_clients
+        );
+        refuse(inner, &mut wr, RefusalKind::Full, reason).await;
+        return;
+    };
+    let frame = FrameConfig {
+        compression: if accepted.compression {
+            inner.config.compression
+        } else {
+            None
+        },
+        ..plain
+    };
+    reader.set_config(frame);
+
+    // Registered before the welcome goes out: a client that is ready is a client the server
+    // lists (and can send payloads to).
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+    let kick = Arc::new(Notify::new());
+    let info = ClientInfo {
+        id: hello.client_id.clone(),
+        source: hub.name.clone(),
+        peer: peer.address.clone(),
+    };
+    inner
+        .clients
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(
+            conn,
+            ClientEntry {
+                info,
+                control: control_tx.clone(),
+                kick: kick.clone(),
+            },
+        );
+    inner.stats.clients.fetch_add(1, Ordering::Relaxed);
+    let unregister = || {
+        inner
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&conn);
+        inner.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    };
+
+    let mut out = Vec::with_capacity(256);
+    encode_frame(&plain, &Message::Welcome(accepted.welcome), &mut out);
+    if let Err(e) = write(inner, &mut wr, &out).await {
+        debug!(error = %e, "could not send welcome");
+        unregister();
+        return;
+    }
+    info!(client = %hello.client_id, source = %hub.name, compression = accepted.compression, "client ready");
+
+    let mut writer = Writer {
+        inner,
+        hub: &hub,
+        options: options_key(&accepted.tracked, &frame),
+        tracked: accepted.tracked,
+        frame,
+        last: start,
+        nonce: 0,
+    };
+    let end = tokio::select! {
+        end = read_loop(inner, &hub, &mut rd, &mut reader, control_tx) => end,
+        end = writer.run(&mut wr, control_rx, &mut clock, &kick) => end,
+    };
+
+    unregister();
+    drop(permit);
+    if let End::Protocol(message) = &end {
+        inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        warn!(client = %hello.client_id, %message, "protocol error; closing this connection");
+    } else {
+        info!(client = %hello.client_id, reason = %end, "client gone");
+    }
+    if let Some(last_word) = end.farewell() {
+        out.clear();
+        encode_frame(&frame, &last_word, &mut out);
+        let _ = timeout(FAREWELL_TIMEOUT, write(inner, &mut wr, &out)).await;
+    }
+    let _ = timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
+}
+
+async fn refuse(inner: &Inner, wr: &mut WriteHalf<BoxStream>, kind: RefusalKind, reason: String) {
+    inner.stats.refusals.fetch_add(1, Ordering::Relaxed);
+    info!(?kind, %reason, "refusing client");
+    let mut out = Vec::new();
+    encode_frame(
+        &inner.frame_config(),
+        &Message::Refused(Refusal { kind, reason }),
+        &mut out,
+    );
+    let _ = timeout(FAREWELL_TIMEOUT, write(inner, wr, &out)).await;
+    let _ = timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
+}
+
+async fn write(inner: &Inner, wr: &mut WriteHalf<BoxStream>, bytes: &[u8]) -> std::io::Result<()> {
+    wr.write_all(bytes).await?;
+    inner
+        .stats
+        .bytes_out
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Reads the next message, counting what arrives.
+async fn read_message(
+    rd: &mut ReadHalf<BoxStream>,
+    reader: &mut FrameReader,
+    inner: &Inner,
+) -> Result<Message, End> {
+    match wire::read_message(rd, reader, &inner.stats.bytes_in).await {
+        Ok(message) => {
+            inner.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+            Ok(message)
+        }
+        Err(ReadError::Closed) => Err(End::PeerClosed),
+        Err(ReadError::Io(e)) => Err(End::Io(e)),
+        Err(ReadError::Protocol(e)) => Err(End::Protocol(e.to_string())),
+    }
+}
+
+async fn read_loop(
+    inner: &Inner,
+    hub: &Hub,
+    rd: &mut ReadHalf<BoxStream>,
+    reader: &mut FrameReader,
+    control: mpsc::Sender<Control>,
+) -> End {
+    let idle = inner.config.idle_timeout;
+    let states = hub.schema.len();
+    loop {
+        let message = match timeout(idle, read_message(rd, reader, inner)).await {
+            Err(_) => return End::Idle(idle),
+            Ok(Err(end)) => return end,
+            Ok(Ok(message)) => message,
+        };
+        let to_writer = match message {
+            Message::Mutate(request) => {
+                inner.stats.mutations.fetch_add(1, Ordering::Relaxed);
+                let MutateRequest {
+                    id,
+                    kind,
+                    states: called,
+                    args,
+                    reply,
+                } = request;
+                let result = match called.iter().find(|&&s| s as usize >= states) {
+                    Some(bad) => Err(format!(
+                        "state {bad} is outside the schema of {states} states"
+                    )),
+                    None => {
+                        let called = called.into_iter().map(|s| s as usize).collect();
+                        hub.source
+                            .mutate(Mutation::new(kind, called, args))
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                if !reply {
+                    if let Err(error) = result {
+                        debug!(%error, "no-reply mutation failed");
+                    }
+                    continue;
+                }
+                Control::Reply { id, result }
+            }
+            Message::Sync { id } => Control::Snapshot { id },
+            Message::Ping(nonce) => Control::Pong(nonce),
+            Message::Pong(_) => continue,
+            Message::Bye { reason } => {
+                debug!(%reason, "client said bye");
+                return End::PeerBye;
+            }
+            Message::Error { message } => return End::PeerError(message),
+            other => return End::Protocol(format!("unexpected {} from a client", other.name())),
+        };
+        if control.send(to_writer).await.is_err() {
+            return End::PeerClosed;
+        }
+    }
+}
+
+/// The writing half of a connection and what it knows of the client.
+struct Writer<'a> {
+    inner: &'a Inner,
+    hub: &'a Hub,
+    tracked: Tracked,
+    frame: FrameConfig,
+    options: u64,
+    /// The clock the client has, as a hub version.
+    last: Versioned,
+    nonce: u64,
+}
+
+impl Writer<'_> {
+    async fn run(
+        &mut self,
+        wr: &mut WriteHalf<BoxStream>,
+        mut control: mpsc::Receiver<Control>,
+        clock: &mut watch::Receiver<Versioned>,
+        kick: &Notify,
+    ) -> End {
+        let config = &self.inner.config;
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut keepalive =
+            tokio::time::interval_at(Instant::now() + config.keepalive, config.keepalive);
+        let write_limit = config.idle_timeout;
+        let mut push_due: Option<Instant> = None;
+        let mut last_push = Instant::now();
+        let mut out = Vec::with_capacity(1024);
+        loop {
+            out.clear();
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return End::Shutdown,
+                _ = kick.notified() => return End::Kicked,
+                next = control.recv() => {
+                    let Some(first) = next else { return End::PeerClosed };
+                    self.control(first, clock, &mut out);
+                    // Whatever else is ready goes out in the same write.
+                    while let Ok(more) = control.try_recv() {
+                        self.control(more, clock, &mut out);
+                    }
+                }
+                changed = clock.changed(), if push_due.is_none() => {
+                    if changed.is_err() {
+                        return End::SourceGone;
+                    }
+                    match config.min_push_interval {
+                        Some(interval) if last_push.elapsed() < interval => push_due = Some(last_push + interval),
+                        _ => {
+                            self.push(clock, &mut out);
+                            last_push = Instant::now();
+                        }
+                    }
+                }
+                _ = sleep_until(push_due.unwrap_or_else(Instant::now)), if push_due.is_some() => {
+                    push_due = None;
+                    self.push(clock, &mut out);
+                    last_push = Instant::now();
+                }
+                _ = keepalive.tick() => {
+                    self.nonce += 1;
+                    encode_frame(&self.frame, &Message::Ping(self.nonce), &mut out);
+                    self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if out.is_empty() {
+                continue;
+            }
+            match timeout(write_limit, write(self.inner, wr, &out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return End::Io(e),
+                Err(_) => return End::WriteStalled(write_limit),
+            }
+        }
+    }
+
+    /// Appends the diff from the client's clock to the latest, if anything tracked changed.
+    fn push(&mut self, clock: &mut watch::Receiver<Versioned>, out: &mut Vec<u8>) {
+        let latest = clock.borrow_and_update().clone();
+        if latest.version == self.last.version {
+            return;
+        }
+        if let Some(bytes) = self.hub.diff_frame(
+            &self.last,
+            &latest,
+            &self.tracked,
+            &self.frame,
+            self.options,
+        ) {
+            out.extend_from_slice(&bytes);
+            self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.diffs_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        self.last = latest;
+    }
+
+    fn control(
+        &mut self,
+        control: Control,
+        clock: &mut watch::Receiver<Versioned>,
+        out: &mut Vec<u8>,
+    ) {
+        let message = match control {
+            Control::Reply { id, result } => {
+                // The reply carries the diff up to now, so the client needs no extra push.
+                let latest = clock.borrow_and_update().clone();
+                let diff = Hub::diff(&self.last, &latest, &self.tracked);
+                self.last = latest;
+                Message::MutateReply(MutateReply { id, result, diff })
+            }
+            Control::Snapshot { id } => {
+                let latest = clock.borrow_and_update().clone();
+                let snapshot = Snapshot {
+                    ticks: self.tracked.mask(&latest.ticks),
+                    queue_tick: latest.queue_tick,
+                };
+                self.last = latest;
+                Message::Snapshot { id, snapshot }
+            }
+            Control::Pong(nonce) => Message::Pong(nonce),
+            Control::Payload(payload) => Message::Payload((*payload).clone()),
+        };
+        encode_frame(&self.frame, &message, out);
+        self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+    }
+}

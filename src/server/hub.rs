@@ -1,0 +1,152 @@
+//! One served source: its clock as a versioned value that every client's writer watches, and
+//! the cache that lets a diff be encoded once for all clients with the same options.
+//!
+//! The hub observes the source; each transition replaces the versioned clock (the latest
+//! wins). A writer that was busy simply sees a newer version next time and sends one merged
+//! diff, so nothing queues per client and a slow client never slows the source.
+
+use std::collections::VecDeque;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
+
+use crate::machine::{ObserverId, Schema, StateSource, Transition};
+use crate::proto::message::{ClockDiff, Message};
+use crate::proto::{FrameConfig, Tracked, diff, encode_frame};
+
+/// A clock as of one version of a hub.
+#[derive(Debug, Clone)]
+pub(crate) struct Versioned {
+    pub version: u64,
+    pub ticks: Arc<[u64]>,
+    pub queue_tick: u64,
+}
+
+/// Encoded diff frames, shared by the clients that need the same bytes.
+#[derive(Debug)]
+struct CachedFrame {
+    from: u64,
+    to: u64,
+    options: u64,
+    bytes: Arc<[u8]>,
+}
+
+/// How many distinct diff frames the cache keeps: one per (from, to, options) in flight.
+const CACHE_SLOTS: usize = 16;
+
+pub(crate) struct Hub {
+    pub name: String,
+    pub source: Arc<dyn StateSource>,
+    pub schema: Arc<Schema>,
+    clock: Arc<watch::Sender<Versioned>>,
+    cache: Mutex<VecDeque<CachedFrame>>,
+    observer: ObserverId,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("name", &self.name)
+            .field("version", &self.clock.borrow().version)
+            .finish()
+    }
+}
+
+impl Hub {
+    pub fn new(name: String, source: Arc<dyn StateSource>) -> Self {
+        let schema = source.schema();
+        let empty = Versioned {
+            version: 0,
+            ticks: Arc::from(Vec::new()),
+            queue_tick: 0,
+        };
+        let clock = Arc::new(watch::channel(empty).0);
+        let tx = clock.clone();
+        let (observer, start) = source.observe(Arc::new(move |t: &Transition<'_>| {
+            tx.send_modify(|v| {
+                v.version += 1;
+                v.ticks = Arc::from(t.after);
+                v.queue_tick = t.queue_tick;
+            });
+        }));
+        let queue_tick = source.queue_tick();
+        // The observer may already have run with a newer clock; version 0 means it has not.
+        clock.send_if_modified(|v| {
+            let fresh = v.version == 0;
+            if fresh {
+                v.ticks = Arc::from(start);
+                v.queue_tick = queue_tick;
+            }
+            fresh
+        });
+        Hub {
+            name,
+            source,
+            schema,
+            clock,
+            cache: Mutex::new(VecDeque::new()),
+            observer,
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Versioned> {
+        self.clock.subscribe()
+    }
+
+    /// The frame that takes a client from `from` to `to`, encoded once per options and shared;
+    /// `None` when nothing tracked changed.
+    pub fn diff_frame(
+        &self,
+        from: &Versioned,
+        to: &Versioned,
+        tracked: &Tracked,
+        frame: &FrameConfig,
+        options: u64,
+    ) -> Option<Arc<[u8]>> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(hit) = cache
+            .iter()
+            .find(|c| c.from == from.version && c.to == to.version && c.options == options)
+        {
+            return Some(hit.bytes.clone()).filter(|b| !b.is_empty());
+        }
+        let d = diff::diff(&from.ticks, &to.ticks, to.queue_tick, tracked);
+        let bytes: Arc<[u8]> = if d.changes.is_empty() {
+            Arc::from(Vec::new())
+        } else {
+            let mut out = Vec::with_capacity(16 + d.changes.len() * 4);
+            encode_frame(frame, &Message::Diff(d), &mut out);
+            Arc::from(out)
+        };
+        if cache.len() == CACHE_SLOTS {
+            cache.pop_front();
+        }
+        cache.push_back(CachedFrame {
+            from: from.version,
+            to: to.version,
+            options,
+            bytes: bytes.clone(),
+        });
+        Some(bytes).filter(|b| !b.is_empty())
+    }
+
+    /// The diff from `from` to `to` for one client, not cached (replies carry their own).
+    pub fn diff(from: &Versioned, to: &Versioned, tracked: &Tracked) -> ClockDiff {
+        diff::diff(&from.ticks, &to.ticks, to.queue_tick, tracked)
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.source.unobserve(self.observer);
+    }
+}
+
+/// A key for "same bytes on the wire": clients with equal keys can share diff frames.
+pub(crate) fn options_key(tracked: &Tracked, frame: &FrameConfig) -> u64 {
+    let mut h = DefaultHasher::new();
+    tracked.hash(&mut h);
+    frame.compression.is_some().hash(&mut h);
+    h.finish()
+}

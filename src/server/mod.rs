@@ -1,0 +1,361 @@
+//! The server: serves named sources (local machines or mirrors) to any number of clients on any
+//! number of listeners.
+//!
+//! A thin async driver over [`crate::proto`]: the accept loop hands each peer to its own task,
+//! which finishes the transport handshake and the protocol handshake within the handshake
+//! timeout, then runs a reader and a writer. The reader applies mutations to the source; the
+//! writer pushes clock diffs as soon as the source changes, merging whatever happened while
+//! the connection was busy into one diff. Bad input closes that one connection.
+
+mod conn;
+mod hub;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::machine::StateSource;
+use crate::proto::frame::DEFAULT_MAX_FRAME;
+use crate::proto::handshake::Policy;
+use crate::proto::message::Payload;
+use crate::proto::{Compression, FrameConfig};
+use crate::transport::{self, Endpoint, Listener, TransportError};
+
+use hub::Hub;
+
+/// How a server behaves; every limit has a default a person would expect.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Most clients at once over all listeners; more are refused with a reason.
+    pub max_clients: usize,
+    /// Transport and protocol handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// A client that sends nothing (not even a pong) for this long is dropped.
+    pub idle_timeout: Duration,
+    /// How often the server pings a client.
+    pub keepalive: Duration,
+    pub max_frame: usize,
+    /// Compression offered to clients that ask; `None` to never compress.
+    pub compression: Option<Compression>,
+    /// Fewer, larger diffs: at most one push per interval per client.
+    pub min_push_interval: Option<Duration>,
+    /// Clients must present this token.
+    pub token: Option<String>,
+    /// Only these client ids are let in.
+    pub allow_ids: Option<Vec<String>>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_clients: 10_000,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(10),
+            max_frame: DEFAULT_MAX_FRAME,
+            compression: Some(Compression::default()),
+            min_push_interval: None,
+            token: None,
+            allow_ids: None,
+        }
+    }
+}
+
+/// Why the server could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("a source named {0:?} is already served; source names must be unique")]
+    DuplicateSource(String),
+    #[error("no source named {0:?} is served here")]
+    UnknownSource(String),
+    #[error("the server is shut down")]
+    ShutDown,
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Counters of one server, all since it started.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub connections: AtomicU64,
+    pub clients: AtomicU64,
+    pub refusals: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub diffs_sent: AtomicU64,
+    pub mutations: AtomicU64,
+}
+
+/// A connected client, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub id: String,
+    pub source: String,
+    pub peer: String,
+}
+
+struct ClientEntry {
+    info: ClientInfo,
+    control: mpsc::Sender<conn::Control>,
+    /// Closes the connection (its control queue may be too full to carry a message).
+    kick: Arc<Notify>,
+}
+
+pub(crate) struct Inner {
+    config: ServerConfig,
+    hubs: RwLock<HashMap<String, Arc<Hub>>>,
+    clients: Mutex<HashMap<u64, ClientEntry>>,
+    next_conn: AtomicU64,
+    slots: Arc<Semaphore>,
+    shutdown: watch::Sender<bool>,
+    live_tasks: AtomicUsize,
+    tasks_done: Notify,
+    stats: ServerStats,
+}
+
+/// A server. Cheap to clone: clones share one server.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("sources", &self.source_names())
+            .field("clients", &self.inner.stats.clients.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Server {
+    pub fn new(config: ServerConfig) -> Self {
+        let slots = Arc::new(Semaphore::new(config.max_clients));
+        Server {
+            inner: Arc::new(Inner {
+                config,
+                hubs: RwLock::new(HashMap::new()),
+                clients: Mutex::new(HashMap::new()),
+                next_conn: AtomicU64::new(1),
+                slots,
+                shutdown: watch::channel(false).0,
+                live_tasks: AtomicUsize::new(0),
+                tasks_done: Notify::new(),
+                stats: ServerStats::default(),
+            }),
+        }
+    }
+
+    /// Serves a source under a name; clients name it in their hello (an empty name reaches the
+    /// only source, when there is just one).
+    pub fn add_source(&self, name: &str, source: Arc<dyn StateSource>) -> Result<(), ServerError> {
+        let mut hubs = self
+            .inner
+            .hubs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if hubs.contains_key(name) {
+            return Err(ServerError::DuplicateSource(name.to_owned()));
+        }
+        hubs.insert(name.to_owned(), Arc::new(Hub::new(name.to_owned(), source)));
+        Ok(())
+    }
+
+    pub fn source_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .hubs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Binds a listener and serves it until shutdown. Returns the endpoint clients can reach
+    /// (with the real port when bound to port 0).
+    pub async fn listen(&self, endpoint: &Endpoint) -> Result<Endpoint, ServerError> {
+        if *self.inner.shutdown.borrow() {
+            return Err(ServerError::ShutDown);
+        }
+        let listener = transport::bind(endpoint).await?;
+        let local = listener.local_endpoint();
+        info!(endpoint = %local, "listening");
+        let inner = self.inner.clone();
+        inner.track_task();
+        tokio::spawn(async move {
+            accept_loop(&inner, listener).await;
+            inner.untrack_task();
+        });
+        Ok(local)
+    }
+
+    /// Sends named data to every client of a source (`client: None`) or to the clients with a
+    /// given id. Returns how many clients it was queued for. A client whose queue is full is
+    /// disconnected rather than allowed to hold up the others.
+    pub fn send_payload(
+        &self,
+        source: &str,
+        client: Option<&str>,
+        name: &str,
+        data: Vec<u8>,
+    ) -> Result<usize, ServerError> {
+        if !self
+            .inner
+            .hubs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(source)
+        {
+            return Err(ServerError::UnknownSource(source.to_owned()));
+        }
+        let payload = Arc::new(Payload {
+            name: name.to_owned(),
+            data,
+        });
+        let clients = self
+            .inner
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut sent = 0;
+        for entry in clients.values() {
+            if entry.info.source != source || client.is_some_and(|id| id != entry.info.id) {
+                continue;
+            }
+            match entry
+                .control
+                .try_send(conn::Control::Payload(payload.clone()))
+            {
+                Ok(()) => sent += 1,
+                Err(_) => {
+                    warn!(client = %entry.info.id, "client too slow for payloads; disconnecting it");
+                    entry.kick.notify_one();
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let clients = self
+            .inner
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut infos: Vec<ClientInfo> = clients.values().map(|c| c.info.clone()).collect();
+        infos.sort_by(|a, b| (&a.source, &a.id).cmp(&(&b.source, &b.id)));
+        infos
+    }
+
+    pub fn stats(&self) -> &ServerStats {
+        &self.inner.stats
+    }
+
+    /// Stops accepting, tells every client goodbye and waits (up to `grace`) for connections
+    /// to end.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.send_replace(true);
+        let wait = async {
+            loop {
+                let done = self.inner.tasks_done.notified();
+                if self.inner.live_tasks.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        };
+        if tokio::time::timeout(grace, wait).await.is_err() {
+            warn!(
+                tasks = self.inner.live_tasks.load(Ordering::Relaxed),
+                "shutdown grace period over; abandoning connections"
+            );
+        }
+    }
+}
+
+impl Inner {
+    fn track_task(&self) {
+        self.live_tasks.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn untrack_task(&self) {
+        if self.live_tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tasks_done.notify_waiters();
+        }
+    }
+
+    fn hub(&self, name: &str) -> Result<Arc<Hub>, String> {
+        let hubs = self.hubs.read().unwrap_or_else(PoisonError::into_inner);
+        let found = if name.is_empty() && hubs.len() == 1 {
+            hubs.values().next()
+        } else {
+            hubs.get(name)
+        };
+        found.cloned().ok_or_else(|| {
+            let mut names: Vec<&str> = hubs.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            if name.is_empty() {
+                format!("this server serves several sources ({}); name one in the endpoint, as tcp://host:port/NAME", names.join(", "))
+            } else {
+                format!("no source named {name:?} here; this server serves: {}", names.join(", "))
+            }
+        })
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            compression: self.config.compression.is_some(),
+            token: self.config.token.clone(),
+            allow_ids: self.config.allow_ids.clone(),
+        }
+    }
+
+    fn frame_config(&self) -> FrameConfig {
+        FrameConfig {
+            max_frame: self.config.max_frame,
+            compression: None,
+        }
+    }
+}
+
+async fn accept_loop(inner: &Arc<Inner>, mut listener: Box<dyn Listener>) {
+    let endpoint = listener.local_endpoint();
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(handshake) => {
+                backoff = Duration::from_millis(10);
+                inner.stats.connections.fetch_add(1, Ordering::Relaxed);
+                let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+                let inner = inner.clone();
+                inner.track_task();
+                tokio::spawn(async move {
+                    conn::serve(&inner, id, handshake).await;
+                    inner.untrack_task();
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(%endpoint, error = %e, ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    debug!(%endpoint, "listener stopped");
+}

@@ -1,0 +1,259 @@
+//! Transports: reliable ordered byte streams between peers, chosen by an endpoint's scheme.
+//!
+//! Everything above this module sees a [`BoxStream`] (`AsyncRead + AsyncWrite`) and never
+//! which transport carries it. A [`Listener`] accepts connections in two steps: `accept`
+//! returns as soon as a peer knocks, with a [`Handshake`] future that finishes the transport's
+//! own handshake (TLS, WebSocket, QUIC streams) inside the connection's task, so one slow peer
+//! never holds up the accept loop.
+//!
+//! Schemes: `tcp://host:port` and `mem://name` (in-process pairs, for tests). Other schemes of
+//! the design (`tls`, `quic`, `ws`, `wss`) parse, and are refused with a clear error until their
+//! transports land.
+
+mod mem;
+mod tcp;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A connected byte stream of any transport.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+pub type BoxStream = Box<dyn Stream>;
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Finishes an accepted connection's transport handshake.
+pub type Handshake = BoxFuture<'static, io::Result<(BoxStream, PeerInfo)>>;
+
+/// What the transport knows about the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's address, for logs.
+    pub address: String,
+}
+
+/// A bound listener of one transport.
+pub trait Listener: Send + Sync {
+    /// Waits for the next peer. The returned handshake must be awaited (with a timeout) to get
+    /// the stream.
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<Handshake>>;
+
+    /// The endpoint peers can connect to (with the real port when bound to port 0).
+    fn local_endpoint(&self) -> Endpoint;
+}
+
+/// A transport scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Tcp,
+    Tls,
+    Quic,
+    Ws,
+    Wss,
+    Mem,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Tcp => "tcp",
+            Scheme::Tls => "tls",
+            Scheme::Quic => "quic",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
+            Scheme::Mem => "mem",
+        }
+    }
+}
+
+/// Where a source is served: `scheme://address[/machine]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub scheme: Scheme,
+    /// `host:port` for network schemes, a name for `mem`.
+    pub address: String,
+    /// The machine (named source) on the server; `None` for the server's only one.
+    pub machine: Option<String>,
+}
+
+impl Endpoint {
+    pub fn new(scheme: Scheme, address: impl Into<String>) -> Self {
+        Endpoint {
+            scheme,
+            address: address.into(),
+            machine: None,
+        }
+    }
+
+    pub fn with_machine(mut self, machine: impl Into<String>) -> Self {
+        self.machine = Some(machine.into());
+        self
+    }
+
+    /// The same endpoint without the machine: what a listener binds.
+    pub fn without_machine(&self) -> Self {
+        Endpoint {
+            machine: None,
+            ..self.clone()
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.address)?;
+        if let Some(machine) = &self.machine {
+            write!(f, "/{machine}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why an endpoint string is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("endpoint {0:?} has no scheme; write it as tcp://host:port[/machine]")]
+    NoScheme(String),
+    #[error("unknown scheme {scheme:?} in {endpoint:?}; use tcp, tls, quic, ws, wss or mem")]
+    UnknownScheme { scheme: String, endpoint: String },
+    #[error("endpoint {0:?} has no address after the scheme")]
+    NoAddress(String),
+    #[error("endpoint {0:?} needs a port: host:port")]
+    NoPort(String),
+}
+
+impl FromStr for Endpoint {
+    type Err = EndpointError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| EndpointError::NoScheme(s.to_owned()))?;
+        let scheme = match scheme {
+            "tcp" => Scheme::Tcp,
+            "tls" => Scheme::Tls,
+            "quic" => Scheme::Quic,
+            "ws" => Scheme::Ws,
+            "wss" => Scheme::Wss,
+            "mem" => Scheme::Mem,
+            other => {
+                return Err(EndpointError::UnknownScheme {
+                    scheme: other.to_owned(),
+                    endpoint: s.to_owned(),
+                });
+            }
+        };
+        let (address, machine) = match rest.split_once('/') {
+            Some((address, machine)) if !machine.is_empty() => (address, Some(machine.to_owned())),
+            Some((address, _)) => (address, None),
+            None => (rest, None),
+        };
+        if address.is_empty() {
+            return Err(EndpointError::NoAddress(s.to_owned()));
+        }
+        let has_port = address
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+        if scheme != Scheme::Mem && !has_port {
+            return Err(EndpointError::NoPort(s.to_owned()));
+        }
+        Ok(Endpoint {
+            scheme,
+            address: address.to_owned(),
+            machine,
+        })
+    }
+}
+
+/// Why a transport could not bind or connect.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on {endpoint}: {source}")]
+    Bind {
+        endpoint: Endpoint,
+        source: io::Error,
+    },
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: Endpoint,
+        source: io::Error,
+    },
+    #[error("the {0} transport is not available in this build yet; use tcp://")]
+    Unsupported(&'static str),
+}
+
+/// Binds a listener for the endpoint's scheme.
+pub async fn bind(endpoint: &Endpoint) -> Result<Box<dyn Listener>, TransportError> {
+    let bound: io::Result<Box<dyn Listener>> = match endpoint.scheme {
+        Scheme::Tcp => tcp::bind(&endpoint.address)
+            .await
+            .map(|l| Box::new(l) as Box<dyn Listener>),
+        Scheme::Mem => mem::bind(&endpoint.address).map(|l| Box::new(l) as Box<dyn Listener>),
+        other => return Err(TransportError::Unsupported(other.as_str())),
+    };
+    bound.map_err(|source| TransportError::Bind {
+        endpoint: endpoint.without_machine(),
+        source,
+    })
+}
+
+/// Connects to the endpoint.
+pub async fn connect(endpoint: &Endpoint) -> Result<BoxStream, TransportError> {
+    let connected = match endpoint.scheme {
+        Scheme::Tcp => tcp::connect(&endpoint.address).await,
+        Scheme::Mem => mem::connect(&endpoint.address).await,
+        other => return Err(TransportError::Unsupported(other.as_str())),
+    };
+    connected.map_err(|source| TransportError::Connect {
+        endpoint: endpoint.without_machine(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_and_print() {
+        let e: Endpoint = "tcp://127.0.0.1:7000/worker".parse().expect("valid");
+        assert_eq!(
+            e,
+            Endpoint::new(Scheme::Tcp, "127.0.0.1:7000").with_machine("worker")
+        );
+        assert_eq!(e.to_string(), "tcp://127.0.0.1:7000/worker");
+        let e: Endpoint = "quic://[::1]:9/".parse().expect("valid");
+        assert_eq!(
+            (e.scheme, e.address.as_str(), e.machine),
+            (Scheme::Quic, "[::1]:9", None)
+        );
+        assert_eq!(
+            "mem://a".parse::<Endpoint>().map(|e| e.address),
+            Ok("a".into())
+        );
+    }
+
+    #[test]
+    fn bad_endpoints_say_what_to_write() {
+        assert!(matches!(
+            "127.0.0.1:1".parse::<Endpoint>(),
+            Err(EndpointError::NoScheme(_))
+        ));
+        assert!(matches!(
+            "udp://h:1".parse::<Endpoint>(),
+            Err(EndpointError::UnknownScheme { .. })
+        ));
+        assert!(matches!(
+            "tcp://".parse::<Endpoint>(),
+            Err(EndpointError::NoAddress(_))
+        ));
+        let err = "tcp://localhost".parse::<Endpoint>().expect_err("no port");
+        assert!(err.to_string().contains("host:port"), "{err}");
+    }
+}
