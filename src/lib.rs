@@ -4,7 +4,12 @@
 //! - [`machine`]: the state machine core (schema, clock, relations, handlers, queue, waiters,
 //!   observers) and [`machine::StateSource`], the trait local machines and mirrors share.
 //!   Pure logic, no I/O.
-//! - [`sgp`]: the subscribe-get-process scenario's worker, used by the benchmarks.
+//! - [`proto`]: the aRPC wire protocol, sans-IO: frames, messages, clock diffs, handshake
+//!   decisions (PROTOCOL.md documents the bytes).
+//! - [`transport`]: byte streams by endpoint scheme (`tcp://`, `mem://`), one listener trait.
+//! - [`server`]: serves named sources to any number of mirrors (async driver over `proto`).
+//! - [`mirror`]: a replica of a remote source, itself a `StateSource` (async driver).
+//! - [`sgp`], [`bench`]: the benchmark scenarios, run by `am-node bench`.
 //!
 //! ```
 //! use asyncmachine::prelude::*;
@@ -29,6 +34,7 @@
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
 //! ```
 
+pub mod bench;
 pub mod machine;
 pub mod mirror;
 pub mod proto;

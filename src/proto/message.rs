@@ -160,7 +160,7 @@ pub struct Refusal {
 pub struct ClockDiff {
     pub changes: Vec<(u32, u64)>,
     pub queue_tick: u64,
-    pub checksum: u64,
+    pub checksum: u32,
 }
 
 /// A mutation sent upstream.

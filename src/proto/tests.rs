@@ -35,7 +35,7 @@ fn diff() -> impl Strategy<Value = ClockDiff> {
     (
         proptest::collection::vec((any::<u32>(), any::<u64>()), 0..8),
         any::<u64>(),
-        any::<u64>(),
+        any::<u32>(),
     )
         .prop_map(|(changes, queue_tick, checksum)| ClockDiff {
             changes,
@@ -302,4 +302,68 @@ fn reading_into_the_target_buffer_works_like_push() {
     target.extend_from_slice(&wire[1..]);
     assert_eq!(reader.next_message(), Ok(Some(Message::Ping(42))));
     assert_eq!(reader.buffered(), 0);
+}
+
+/// The worked examples of PROTOCOL.md, byte for byte: if this fails, fix the document too.
+#[test]
+fn documented_examples_are_what_the_encoder_writes() {
+    use crate::machine::Schema;
+
+    fn frame_hex(message: &Message) -> String {
+        let mut out = Vec::new();
+        encode_frame(&FrameConfig::default(), message, &mut out);
+        out.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    let schema = Schema::builder()
+        .state(StateDef::new("A"))
+        .state(StateDef::new("B").require(["A"]))
+        .build()
+        .expect("valid");
+    let hello = Message::Hello(Hello {
+        version: 1,
+        client_id: "leaf".into(),
+        source: "w".into(),
+        schema_hash: 0,
+        options: WantedOptions::default(),
+        token: None,
+    });
+    assert_eq!(
+        frame_hex(&hello),
+        "0e 00 00 01 04 6c 65 61 66 01 77 00 00 00 00"
+    );
+    let welcome = Message::Welcome(Welcome {
+        ancestry: vec!["w".into()],
+        schema: Some(schema.def().clone()),
+        snapshot: Snapshot {
+            ticks: vec![1, 0, 0],
+            queue_tick: 1,
+        },
+        granted: Granted::default(),
+    });
+    assert_eq!(
+        frame_hex(&welcome),
+        "31 00 01 01 01 77 01 03 01 41 00 00 00 00 00 00 01 42 01 01 41 00 00 00 00 00 \
+         09 45 78 63 65 70 74 69 6f 6e 00 00 00 00 00 01 03 01 00 00 01 00 00 00"
+    );
+    let diff = diff::diff(&[1, 0, 0], &[1, 1, 0], 2, &Tracked::All);
+    assert_eq!(diff.checksum, 0xffcf_fc86);
+    assert_eq!(
+        frame_hex(&Message::Diff(diff)),
+        "0b 00 03 01 01 01 02 fc 86 fc cf ff"
+    );
+    let mutate = Message::Mutate(MutateRequest {
+        id: 1,
+        kind: MutationKind::Add,
+        states: vec![1],
+        args: Args::new().with("op", 2),
+        reply: true,
+    });
+    assert_eq!(
+        frame_hex(&mutate),
+        "0d 00 04 01 00 01 01 01 02 6f 70 02 04 01"
+    );
+    assert_eq!(schema.hash(), 0x9aba_82a6_12cb_1f31);
 }

@@ -1,0 +1,57 @@
+//! The am-node binary as a person runs it: exit codes and output.
+
+use std::process::Command;
+
+fn am_node(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_am-node"))
+        .args(args)
+        .output()
+        .expect("am-node runs")
+}
+
+#[test]
+fn version_and_help() {
+    let out = am_node(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("am-node "));
+    let out = am_node(&["--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bench"));
+}
+
+#[test]
+fn bench_sgp_prints_a_table_and_json_on_the_last_line() {
+    let out = am_node(&["bench", "sgp", "--loops", "300", "--warmup", "20", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("scenario")),
+        "{stdout}"
+    );
+    let last = stdout.lines().last().expect("output");
+    let report: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
+    assert_eq!(report["scenario"], "sgp");
+    assert_eq!(report["loops"], 300);
+    assert_eq!(report["errors"], 0);
+    assert!(report["us_per_loop"].as_f64().is_some_and(|us| us > 0.0));
+    assert!(report["bytes_per_loop"].as_f64().is_some_and(|b| b > 0.0));
+    assert!(
+        report["floor_us_per_loop"]
+            .as_f64()
+            .is_some_and(|us| us > 0.0)
+    );
+}
+
+#[test]
+fn an_unavailable_transport_is_a_clear_error() {
+    let out = am_node(&["bench", "sgp", "--transport", "carrier-pigeon"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--transport tcp"));
+}

@@ -1,0 +1,186 @@
+//! The sgp scenario over a real transport: a worker machine served by a server, a mirror
+//! connected through a byte-counting proxy, and the consumer loop of [`crate::sgp`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::proxy::CountingProxy;
+use super::{BenchError, Percentiles};
+use crate::mirror::{Mirror, MirrorConfig};
+use crate::server::{Server, ServerConfig};
+use crate::sgp::{Consumer, start_worker};
+use crate::transport::{Endpoint, Scheme};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SgpOptions {
+    pub loops: u64,
+    /// Loops run before measuring (connection warm-up, allocator, caches).
+    pub warmup: u64,
+    pub compression: bool,
+}
+
+impl Default for SgpOptions {
+    fn default() -> Self {
+        SgpOptions {
+            loops: 10_000,
+            warmup: 500,
+            compression: false,
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SgpReport {
+    pub scenario: &'static str,
+    pub transport: &'static str,
+    pub loops: u64,
+    pub us_per_loop: f64,
+    pub latency: Percentiles,
+    /// Both directions through the proxy, per measured loop.
+    pub bytes_per_loop: f64,
+    pub bytes_up_per_loop: f64,
+    pub bytes_down_per_loop: f64,
+    /// Bytes of the connection and handshake, before the first loop.
+    pub handshake_bytes: u64,
+    pub errors: u64,
+    /// The same message pattern (request and reply of the measured sizes, through the same
+    /// proxy) over raw sockets with no protocol and no state machine: the limit.
+    pub floor_us_per_loop: f64,
+}
+
+/// Runs the scenario over TCP; `progress(done, total)` is called now and then.
+pub async fn run(
+    options: &SgpOptions,
+    progress: &dyn Fn(u64, u64),
+) -> Result<SgpReport, BenchError> {
+    let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
+    let (worker, stats) = start_worker("sgp-worker", 0x5eed);
+    let server = Server::new(ServerConfig::default());
+    server
+        .add_source("sgp", Arc::new(worker))
+        .map_err(|e| setup("serving the worker", &e))?;
+    let bound = server
+        .listen(&Endpoint::new(Scheme::Tcp, "127.0.0.1:0"))
+        .await
+        .map_err(|e| setup("binding the server", &e))?;
+    let target: SocketAddr = bound
+        .address
+        .parse()
+        .map_err(|e| setup("server address", &e))?;
+    let proxy = CountingProxy::start(target)
+        .await
+        .map_err(|e| setup("starting the proxy", &e))?;
+
+    let endpoint = Endpoint::new(Scheme::Tcp, proxy.addr.to_string()).with_machine("sgp");
+    let config = MirrorConfig {
+        client_id: "sgp-mirror".into(),
+        compression: options.compression,
+        schema: Some(Arc::new(crate::sgp::schema())),
+        // No pings in the measured window: they are not part of the scenario.
+        keepalive: Duration::from_secs(3600),
+        ..MirrorConfig::default()
+    };
+    let mirror = Mirror::connect(&endpoint, config)
+        .await
+        .map_err(|e| setup("connecting the mirror", &e))?;
+    let handshake_bytes = proxy.counts.total();
+
+    let mut consumer = Consumer::new();
+    for at in 0..options.warmup {
+        consumer
+            .step(&mirror)
+            .await
+            .map_err(|e| BenchError::Scenario {
+                at,
+                reason: e.to_string(),
+            })?;
+    }
+    let (up0, down0) = (
+        proxy.counts.up.load(Ordering::Relaxed),
+        proxy.counts.down.load(Ordering::Relaxed),
+    );
+    let errors0 = stats.errors.load(Ordering::Relaxed);
+    let mut samples = Vec::with_capacity(options.loops as usize);
+    let every = (options.loops / 10).max(1);
+    let started = Instant::now();
+    for at in 0..options.loops {
+        let t = Instant::now();
+        consumer
+            .step(&mirror)
+            .await
+            .map_err(|e| BenchError::Scenario {
+                at,
+                reason: e.to_string(),
+            })?;
+        samples.push(t.elapsed());
+        if (at + 1) % every == 0 {
+            progress(at + 1, options.loops);
+        }
+    }
+    let elapsed = started.elapsed();
+    let up = proxy.counts.up.load(Ordering::Relaxed) - up0;
+    let down = proxy.counts.down.load(Ordering::Relaxed) - down0;
+    let errors = stats.errors.load(Ordering::Relaxed) - errors0;
+    mirror.close().await;
+    server.shutdown(Duration::from_secs(2)).await;
+
+    let loops = options.loops.max(1) as f64;
+    let request = (up as f64 / loops).round().max(1.0) as usize;
+    let reply = (down as f64 / loops).round().max(1.0) as usize;
+    let floor = raw_floor(options.loops, request, reply)
+        .await
+        .map_err(|e| setup("measuring the raw floor", &e))?;
+    Ok(SgpReport {
+        scenario: "sgp",
+        transport: "tcp",
+        loops: options.loops,
+        us_per_loop: elapsed.as_secs_f64() * 1e6 / loops,
+        latency: Percentiles::of(&mut samples),
+        bytes_per_loop: (up + down) as f64 / loops,
+        bytes_up_per_loop: up as f64 / loops,
+        bytes_down_per_loop: down as f64 / loops,
+        handshake_bytes,
+        errors,
+        floor_us_per_loop: floor.as_secs_f64() * 1e6 / loops,
+    })
+}
+
+/// Time for `loops` request/reply exchanges of the given sizes over raw TCP through a
+/// counting proxy: what sgp would cost with a free protocol and a free state machine.
+async fn raw_floor(loops: u64, request: usize, reply: usize) -> std::io::Result<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server_addr = listener.local_addr()?;
+    let echo = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        s.set_nodelay(true)?;
+        let (mut inbuf, outbuf) = (vec![0u8; request], vec![1u8; reply]);
+        loop {
+            if s.read_exact(&mut inbuf).await.is_err() {
+                return Ok::<_, std::io::Error>(());
+            }
+            s.write_all(&outbuf).await?;
+        }
+    });
+    let proxy = CountingProxy::start(server_addr).await?;
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await?;
+    client.set_nodelay(true)?;
+    let (outbuf, mut inbuf) = (vec![2u8; request], vec![0u8; reply]);
+    for _ in 0..loops / 20 {
+        client.write_all(&outbuf).await?;
+        client.read_exact(&mut inbuf).await?;
+    }
+    let started = Instant::now();
+    for _ in 0..loops {
+        client.write_all(&outbuf).await?;
+        client.read_exact(&mut inbuf).await?;
+    }
+    let elapsed = started.elapsed();
+    drop(client);
+    let _ = echo.await;
+    Ok(elapsed)
+}
