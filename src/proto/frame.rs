@@ -146,13 +146,17 @@ impl FrameConfig {
             });
         }
         let len = len as usize;
+        // The flags byte is checked as soon as it arrives: a peer speaking another protocol is
+        // found out without waiting for a frame that may never complete.
+        if let Some(&flags) = buf.get(prefix)
+            && flags & !KNOWN_FLAGS != 0
+        {
+            return Err(FrameError::UnknownFlags(flags));
+        }
         let Some(frame) = buf.get(prefix..prefix + len) else {
             return Ok(None);
         };
         let (flags, body) = (frame[0], &frame[1..]);
-        if flags & !KNOWN_FLAGS != 0 {
-            return Err(FrameError::UnknownFlags(flags));
-        }
         let body = if flags & FLAG_ZSTD != 0 {
             if self.compression.is_none() {
                 return Err(FrameError::CompressionNotNegotiated);
@@ -254,6 +258,8 @@ mod tests {
         assert!(cfg.frame_len(&buf).is_err());
         assert_eq!(cfg.decode(&[0]), Err(FrameError::Empty));
         assert_eq!(cfg.decode(&[1, 0x80]), Err(FrameError::UnknownFlags(0x80)));
+        // Found out from the flags byte, before the rest of the frame arrives.
+        assert_eq!(cfg.decode(b"HTTP/1.1"), Err(FrameError::UnknownFlags(b'T')));
     }
 
     #[test]

@@ -1,0 +1,199 @@
+//! Mirror behaviour that a well-behaved server never triggers, driven by a scripted server
+//! written with the protocol primitives: checksum mismatch and resync, schema change, a server
+//! that answers garbage.
+
+mod common;
+
+use asyncmachine::machine::{Args, Outcome, StateSource};
+use asyncmachine::mirror::{Mirror, MirrorError};
+use asyncmachine::proto::message::{ClockDiff, Granted, MutateReply, Snapshot, Welcome};
+use asyncmachine::proto::{FrameConfig, FrameReader, Message, encode_frame};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One scripted connection on the server side.
+struct Scripted {
+    stream: TcpStream,
+    reader: FrameReader,
+}
+
+impl Scripted {
+    async fn accept(listener: &TcpListener) -> Scripted {
+        let (stream, _) = within("accept", listener.accept()).await.expect("accepts");
+        Scripted {
+            stream,
+            reader: FrameReader::new(FrameConfig::default()),
+        }
+    }
+
+    async fn send(&mut self, message: Message) {
+        let mut out = Vec::new();
+        encode_frame(&FrameConfig::default(), &message, &mut out);
+        within("send", self.stream.write_all(&out))
+            .await
+            .expect("sends");
+    }
+
+    async fn recv(&mut self) -> Message {
+        within("recv", async {
+            loop {
+                if let Some(m) = self
+                    .reader
+                    .next_message()
+                    .expect("the mirror speaks protocol")
+                {
+                    return m;
+                }
+                let mut buf = [0u8; 4096];
+                let n = self.stream.read(&mut buf).await.expect("reads");
+                assert!(n > 0, "the mirror closed the connection");
+                self.reader.push(&buf[..n]);
+            }
+        })
+        .await
+    }
+
+    /// Reads the hello and welcomes the mirror with `ticks` for the abc schema.
+    async fn welcome(&mut self, ticks: Vec<u64>) {
+        assert!(matches!(self.recv().await, Message::Hello(_)));
+        self.send(Message::Welcome(Welcome {
+            ancestry: vec!["scripted".into()],
+            schema: Some(abc_schema().def().clone()),
+            snapshot: Snapshot {
+                ticks,
+                queue_tick: 1,
+            },
+            granted: Granted::default(),
+        }))
+        .await;
+    }
+}
+
+async fn listen() -> (TcpListener, asyncmachine::transport::Endpoint) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let endpoint = format!("tcp://{}", listener.local_addr().expect("bound"))
+        .parse()
+        .expect("valid");
+    (listener, endpoint)
+}
+
+#[tokio::test]
+async fn a_checksum_mismatch_triggers_a_full_sync() {
+    let (listener, endpoint) = listen().await;
+    let server = tokio::spawn(async move {
+        let mut conn = Scripted::accept(&listener).await;
+        conn.welcome(vec![1, 0, 0, 0]).await;
+        // A diff whose checksum does not match what the mirror will hold.
+        conn.send(Message::Diff(ClockDiff {
+            changes: vec![(1, 1)],
+            queue_tick: 2,
+            checksum: 12345,
+        }))
+        .await;
+        let id = loop {
+            match conn.recv().await {
+                Message::Sync { id } => break id,
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("expected a sync request, got {other:?}"),
+            }
+        };
+        conn.send(Message::Snapshot {
+            id,
+            snapshot: Snapshot {
+                ticks: vec![1, 3, 2, 0],
+                queue_tick: 5,
+            },
+        })
+        .await;
+        conn
+    });
+    let mirror = mirror(&endpoint, "m").await;
+    within("resynced", mirror.when_time(&["B", "C"], &[3, 2]))
+        .await
+        .expect("waits");
+    assert_eq!(
+        mirror.clock(),
+        [1, 3, 2, 0],
+        "the snapshot replaced the suspect clock"
+    );
+    assert_eq!(mirror.queue_tick(), 5);
+    assert_eq!(
+        mirror
+            .stats()
+            .resyncs
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    drop(within("server script", server).await.expect("script ran"));
+}
+
+#[tokio::test]
+async fn a_schema_change_replaces_schema_and_clock_and_ends_old_waiters() {
+    let new = asyncmachine::sgp::schema();
+    let mut new_ticks = vec![0; new.len()];
+    new_ticks[0] = 1; // Start
+    let (listener, endpoint) = listen().await;
+    let (script_schema, script_ticks) = (new.def().clone(), new_ticks.clone());
+    let server = tokio::spawn(async move {
+        let mut conn = Scripted::accept(&listener).await;
+        conn.welcome(vec![0, 0, 0, 0]).await;
+        // Wait for the mirror's cue (a mutation), then change the schema under it.
+        let Message::Mutate(cue) = conn.recv().await else {
+            panic!("expected the cue")
+        };
+        let snapshot = Snapshot {
+            ticks: script_ticks.clone(),
+            queue_tick: 9,
+        };
+        conn.send(Message::SchemaChanged {
+            schema: script_schema,
+            snapshot,
+        })
+        .await;
+        let checksum =
+            asyncmachine::proto::diff::checksum(&script_ticks, &asyncmachine::proto::Tracked::All);
+        let diff = ClockDiff {
+            changes: vec![],
+            queue_tick: 10,
+            checksum,
+        };
+        conn.send(Message::MutateReply(MutateReply {
+            id: cue.id,
+            result: Ok(Outcome::Canceled),
+            diff,
+        }))
+        .await;
+        conn
+    });
+    let mirror = mirror(&endpoint, "m").await;
+    let old_waiter = mirror.when(&["C"]);
+    // The reply comes after the schema change, so it is answered in the new schema.
+    let out = within("cue", mirror.add(&["A"], Args::new())).await;
+    assert_eq!(out, Ok(Outcome::Canceled));
+    assert_eq!(mirror.schema().hash(), new.hash());
+    assert_eq!(mirror.clock(), new_ticks);
+    assert!(mirror.is1("Start"));
+    assert_eq!(mirror.queue_tick(), 10);
+    assert_eq!(
+        within("old waiter", old_waiter).await,
+        Err(asyncmachine::machine::WaitError::Disposed)
+    );
+    drop(within("server script", server).await.expect("script ran"));
+}
+
+#[tokio::test]
+async fn a_server_that_answers_garbage_is_a_clear_error() {
+    let (listener, endpoint) = listen().await;
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accepts");
+        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+    });
+    match within("connect", Mirror::connect(&endpoint, mirror_config("m"))).await {
+        Err(MirrorError::Handshake { reason, .. }) => {
+            assert!(reason.contains("not an aRPC server"), "{reason}");
+        }
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+    within("server", server).await.expect("ran");
+}
