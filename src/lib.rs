@@ -35,11 +35,14 @@
 //! ```
 
 pub mod bench;
+pub mod client;
 pub mod machine;
 pub mod mirror;
+pub mod node;
 pub mod proto;
 pub mod server;
 pub mod sgp;
+pub mod topology;
 pub mod transport;
 mod wire;
 

@@ -693,3 +693,67 @@ fn the_shipped_sgp_schema_file_matches_the_scenario() {
     let schema = Schema::new(toml::from_str(&text).expect("parses")).expect("valid");
     assert_eq!(schema.hash(), asyncmachine::sgp::schema().hash());
 }
+
+#[test]
+fn an_async_mutation_queued_behind_a_transition_resolves_with_its_real_outcome() {
+    let m = machine(vec![
+        StateDef::new("A"),
+        StateDef::new("B"),
+        StateDef::new("Lock").remove(["C"]),
+        StateDef::new("C"),
+    ]);
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    m.on_state("A", move |_| {
+        entered_tx.send(()).expect("test alive");
+        release_rx
+            .lock()
+            .expect("lock")
+            .recv_timeout(Duration::from_secs(10))
+            .expect("released");
+    })
+    .expect("known state");
+    let m2 = m.clone();
+    let busy = std::thread::spawn(move || m2.add(&["A", "Lock"], Args::new()));
+    entered_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("handler runs");
+
+    // Both wait behind A's transition; the processing thread runs them and reports back.
+    let mut executed = StateSource::add(&m, &["B"], Args::new());
+    let mut canceled = StateSource::add(&m, &["C"], Args::new());
+    assert!(
+        poll_now(&mut executed).is_pending(),
+        "queued, not answered with Queued"
+    );
+    release_tx.send(()).expect("worker alive");
+    assert_eq!(block_on(executed), Ok(Outcome::Executed));
+    assert_eq!(
+        block_on(canceled.as_mut()),
+        Ok(Outcome::Canceled),
+        "Lock blocks C"
+    );
+    assert_eq!(busy.join().expect("no panic"), Ok(Outcome::Executed));
+    assert!(m.is(&["A", "B"]));
+}
+
+#[test]
+fn dispose_fails_queued_async_mutations() {
+    let m = abc();
+    let queued = Arc::new(Mutex::new(None));
+    let q = queued.clone();
+    m.on_state("A", move |e: &Event<'_>| {
+        // From inside a transition, the async form queues; dispose then abandons it.
+        *q.lock().expect("lock") = Some(StateSource::add(e.machine(), &["B"], Args::new()));
+        e.machine().dispose();
+    })
+    .expect("known state");
+    m.add(&["A"], Args::new()).expect("taken in");
+    let fut = queued
+        .lock()
+        .expect("lock")
+        .take()
+        .expect("queued during the handler");
+    assert_eq!(block_on(fut), Err(MutationError::Disposed));
+}

@@ -4,12 +4,21 @@
 //! run the function, print its result for a person (and with `--json`, for a program).
 
 use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
+use asyncmachine::machine::{
+    Args as MutationArgs, MutationKind, Outcome, StateSource, Transition, Value,
+};
+use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
+use asyncmachine::transport::Endpoint;
 use clap::{Args, Parser, Subcommand};
 
 /// Runs the nodes of an asyncmachine state-source tree: sources, mirrors and the listeners
-/// that serve them over QUIC, TCP/TLS or WebSocket.
+/// that serve them; and watches, mutates and inspects them from the outside.
 #[derive(Debug, Parser)]
 #[command(name = "am-node", version, about, long_about = None)]
 struct Cli {
@@ -23,11 +32,87 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the nodes of a topology file (all of them, or those named with --node) until
+    /// Ctrl-C or SIGTERM.
+    Run(RunArgs),
+    /// Mirrors a machine and prints its active states whenever they change.
+    Watch(WatchArgs),
+    /// Activates states of a machine. Exit code 3 when canceled, 1 on errors.
+    Add(MutateArgs),
+    /// Deactivates states of a machine. Exit code 3 when canceled, 1 on errors.
+    Remove(MutateArgs),
+    /// Activates exactly these states of a machine. Exit code 3 when canceled, 1 on errors.
+    Set(MutateArgs),
+    /// Shows a node's machines, clients, upstreams and counters.
+    Status(StatusArgs),
     /// Runs benchmark scenarios over real sockets and prints a table.
     Bench {
         #[command(subcommand)]
         scenario: Scenario,
     },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The topology file (TOML), e.g. topologies/demo.toml.
+    file: PathBuf,
+    /// Run only this node (repeatable): one file deploys a tree across hosts.
+    #[arg(long = "node")]
+    nodes: Vec<String>,
+    /// Print what the nodes hold this often (milliseconds); 0 for never.
+    #[arg(long, default_value_t = 1000)]
+    report_ms: u64,
+}
+
+#[derive(Debug, Args)]
+struct Connect {
+    /// Where the machine is served: tcp://host:port/MACHINE (the machine may be left out when
+    /// the node serves only one).
+    endpoint: String,
+    /// The server's token, if it needs one.
+    #[arg(long)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// Print the current states once and exit.
+    #[arg(long)]
+    once: bool,
+    /// Exit (code 0) once this state is active.
+    #[arg(long)]
+    until: Option<String>,
+    /// Give up (exit code 1) after this many seconds.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Print every tick, not just the active states.
+    #[arg(long)]
+    ticks: bool,
+}
+
+#[derive(Debug, Args)]
+struct MutateArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// The states to mutate.
+    #[arg(required = true)]
+    states: Vec<String>,
+    /// An argument for the handlers, key=value (repeatable); numbers and true/false are typed.
+    #[arg(long = "arg", value_name = "KEY=VALUE")]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The node: tcp://host:port.
+    endpoint: String,
+    #[arg(long)]
+    token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,13 +145,38 @@ struct SgpArgs {
     json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exit code of a mutation that was canceled.
+const EXIT_CANCELED: u8 = 3;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log)?;
-    match cli.command {
+    if let Err(e) = init_tracing(&cli.log) {
+        let _ = writeln!(std::io::stderr(), "error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Command::Run(args) => runtime(2).and_then(|rt| rt.block_on(run(&args))),
+        Command::Watch(args) => runtime(1).and_then(|rt| rt.block_on(watch(&args))),
+        Command::Add(args) => {
+            runtime(1).and_then(|rt| rt.block_on(mutate(MutationKind::Add, &args)))
+        }
+        Command::Remove(args) => {
+            runtime(1).and_then(|rt| rt.block_on(mutate(MutationKind::Remove, &args)))
+        }
+        Command::Set(args) => {
+            runtime(1).and_then(|rt| rt.block_on(mutate(MutationKind::Set, &args)))
+        }
+        Command::Status(args) => runtime(1).and_then(|rt| rt.block_on(status(&args))),
         Command::Bench {
             scenario: Scenario::Sgp(args),
         } => bench_sgp(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -84,7 +194,284 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn bench_sgp(args: &SgpArgs) -> anyhow::Result<()> {
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let topology = asyncmachine::topology::load(&args.file)?;
+    let running = asyncmachine::node::start_topology(&topology, &args.nodes).await?;
+    let mut out = std::io::stdout();
+    for node in running.nodes() {
+        let listeners: Vec<String> = node.endpoints().iter().map(ToString::to_string).collect();
+        let machines: Vec<&str> = node.machines().map(|(name, _)| name).collect();
+        writeln!(
+            out,
+            "node {:<10} machines: {:<20} listening: {}",
+            node.name(),
+            machines.join(", "),
+            if listeners.is_empty() {
+                "-".into()
+            } else {
+                listeners.join(", ")
+            }
+        )?;
+    }
+    writeln!(
+        out,
+        "running {} node(s) from {}; Ctrl-C to stop",
+        running.nodes().len(),
+        args.file.display()
+    )?;
+    let report = async {
+        if args.report_ms == 0 {
+            return std::future::pending().await;
+        }
+        let mut every = tokio::time::interval(Duration::from_millis(args.report_ms));
+        let mut last = Vec::new();
+        loop {
+            every.tick().await;
+            let lines = running.report();
+            if lines != last {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "--- {}", clock_time());
+                for line in &lines {
+                    let _ = writeln!(out, "{line}");
+                }
+                last = lines;
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        () = report => {}
+    }
+    writeln!(out, "shutting down")?;
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn clock_time() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        now.subsec_millis()
+    )
+}
+
+fn endpoint(text: &str) -> anyhow::Result<Endpoint> {
+    text.parse()
+        .with_context(|| format!("bad endpoint {text:?}"))
+}
+
+async fn connect_mirror(connect: &Connect, role: &str) -> anyhow::Result<Mirror> {
+    let endpoint = endpoint(&connect.endpoint)?;
+    let config = MirrorConfig {
+        client_id: format!("am-node-{role}-{}", std::process::id()),
+        token: connect.token.clone(),
+        ..MirrorConfig::default()
+    };
+    Mirror::connect(&endpoint, config)
+        .await
+        .with_context(|| format!("cannot mirror {endpoint}"))
+}
+
+fn states_line(source: &dyn StateSource, ticks: bool) -> String {
+    if ticks {
+        let schema = source.schema();
+        let clock = source.clock();
+        schema
+            .names()
+            .zip(clock)
+            .map(|(n, t)| format!("{n}={t}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    } else {
+        let active = source.active_states();
+        if active.is_empty() {
+            "(none active)".to_owned()
+        } else {
+            active.join(" ")
+        }
+    }
+}
+
+async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
+    let mirror = connect_mirror(&args.connect, "watch").await?;
+    if let Some(until) = &args.until
+        && mirror.schema().index(until).is_none()
+    {
+        bail!(
+            "unknown state {until:?}; the machine has: {}",
+            mirror.schema().names().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "{}  {}",
+        clock_time(),
+        states_line(&mirror, args.ticks)
+    )?;
+    if args.once {
+        mirror.close().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let notify = changed.clone();
+    mirror.observe(Arc::new(move |_: &Transition<'_>| notify.notify_one()));
+    let mut connection = mirror.connection_changes();
+    let follow = async {
+        loop {
+            if let Some(until) = &args.until
+                && mirror.is1(until)
+            {
+                return;
+            }
+            tokio::select! {
+                () = changed.notified() => {
+                    let _ = writeln!(std::io::stdout(), "{}  {}", clock_time(), states_line(&mirror, args.ticks));
+                }
+                Ok(()) = connection.changed() => {
+                    let state = *connection.borrow_and_update();
+                    let note = match state {
+                        ConnState::Ready => "connected".to_owned(),
+                        ConnState::Connecting => "connecting".to_owned(),
+                        ConnState::Disconnected => format!("disconnected: {}", mirror.last_error().unwrap_or_default()),
+                    };
+                    let _ = writeln!(std::io::stdout(), "{}  ({note})", clock_time());
+                }
+            }
+        }
+    };
+    let limit = args.timeout.map(Duration::from_secs_f64);
+    let code = tokio::select! {
+        () = follow => ExitCode::SUCCESS,
+        _ = shutdown_signal() => ExitCode::SUCCESS,
+        () = async { match limit { Some(l) => tokio::time::sleep(l).await, None => std::future::pending().await } } => {
+            let _ = writeln!(std::io::stderr(), "error: gave up after {:?}", limit.unwrap_or_default());
+            ExitCode::FAILURE
+        }
+    };
+    mirror.close().await;
+    Ok(code)
+}
+
+/// `key=value`, with numbers and booleans typed.
+fn parse_arg(text: &str) -> anyhow::Result<(String, Value)> {
+    let Some((key, value)) = text.split_once('=') else {
+        bail!("argument {text:?} is not key=value");
+    };
+    let value = if let Ok(i) = value.parse::<i64>() {
+        Value::Int(i)
+    } else if let Ok(f) = value.parse::<f64>() {
+        Value::Float(f)
+    } else if let Ok(b) = value.parse::<bool>() {
+        Value::Bool(b)
+    } else {
+        Value::Str(value.to_owned())
+    };
+    Ok((key.to_owned(), value))
+}
+
+async fn mutate(kind: MutationKind, args: &MutateArgs) -> anyhow::Result<ExitCode> {
+    let mut mutation_args = MutationArgs::new();
+    for arg in &args.args {
+        let (key, value) = parse_arg(arg)?;
+        mutation_args.insert(key, value);
+    }
+    let mirror = connect_mirror(&args.connect, "mutate").await?;
+    let states: Vec<&str> = args.states.iter().map(String::as_str).collect();
+    let result = mirror.mutate_named(kind, &states, mutation_args).await;
+    let line = states_line(&mirror, false);
+    mirror.close().await;
+    let outcome = result.with_context(|| format!("{kind} {} failed", states.join(" ")))?;
+    let mut out = std::io::stdout();
+    writeln!(out, "{outcome:?}  now: {line}")?;
+    Ok(match outcome {
+        Outcome::Executed | Outcome::Queued => ExitCode::SUCCESS,
+        Outcome::Canceled => ExitCode::from(EXIT_CANCELED),
+    })
+}
+
+async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let endpoint = endpoint(&args.endpoint)?;
+    let status =
+        asyncmachine::client::fetch_status(&endpoint, args.token.clone(), Duration::from_secs(5))
+            .await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&status).context("encoding the status")?
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "node {}", status.node)?;
+    writeln!(out, "machines:")?;
+    for s in &status.sources {
+        writeln!(
+            out,
+            "  {:<12} clients={:<4} queue={:<8} [{}]",
+            s.name,
+            s.clients,
+            s.queue_tick,
+            s.active.join(" ")
+        )?;
+        if let (Some(up), Some(state)) = (&s.upstream, &s.connection) {
+            writeln!(
+                out,
+                "  {:<12} upstream {up} ({state}){}",
+                "",
+                s.last_error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
+    writeln!(out, "clients:")?;
+    if status.clients.is_empty() {
+        writeln!(out, "  (none)")?;
+    }
+    for c in &status.clients {
+        writeln!(out, "  {:<24} {:<12} {}", c.id, c.source, c.peer)?;
+    }
+    writeln!(out, "counters:")?;
+    for (name, value) in &status.counters {
+        writeln!(out, "  {name:<16} {value}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
     use asyncmachine::bench::sgp::{SgpOptions, run};
     anyhow::ensure!(
         args.transport == "tcp",
@@ -143,7 +530,7 @@ fn bench_sgp(args: &SgpArgs) -> anyhow::Result<()> {
         "the worker counted {} errors",
         report.errors
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_tracing(filter: &str) -> anyhow::Result<()> {

@@ -7,9 +7,12 @@
 //! only the clock, the queue, the waiters and the observer list.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 
 use tracing::{debug, error, warn};
 
@@ -51,9 +54,75 @@ struct Shared {
 
 type ObserverList = Arc<Vec<(u64, Arc<dyn Observer>)>>;
 
+/// A mutation waiting in the queue, with the slot of a caller who waits for its outcome.
+struct Queued {
+    mutation: Mutation,
+    done: Option<Arc<OutcomeSlot>>,
+}
+
+impl From<Mutation> for Queued {
+    fn from(mutation: Mutation) -> Self {
+        Queued {
+            mutation,
+            done: None,
+        }
+    }
+}
+
+/// Where the processing thread leaves a queued mutation's outcome for its waiting caller.
+#[derive(Default)]
+struct OutcomeSlot {
+    result: Mutex<Option<Result<Outcome, MutationError>>>,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl OutcomeSlot {
+    fn complete(&self, result: Result<Outcome, MutationError>) {
+        *lock(&self.result) = Some(result);
+        if let Some(waker) = lock(&self.waker).take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Resolves with a queued mutation's outcome once the processing thread has run it.
+struct QueuedOutcome(Arc<OutcomeSlot>);
+
+impl Future for QueuedOutcome {
+    type Output = Result<Outcome, MutationError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(result) = lock(&self.0.result).take() {
+            return Poll::Ready(result);
+        }
+        *lock(&self.0.waker) = Some(cx.waker().clone());
+        // Re-check: the outcome may have landed between the first look and the waker.
+        match lock(&self.0.result).take() {
+            Some(result) => Poll::Ready(result),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// What became of a submitted mutation.
+enum Submitted {
+    Done(Outcome),
+    /// Queued behind a running transition; with a slot when the caller waits for the outcome.
+    Queued(Option<Arc<OutcomeSlot>>),
+}
+
+/// Fails the waiting callers of mutations that will never run.
+fn abandon(queue: VecDeque<Queued>) {
+    for queued in queue {
+        if let Some(done) = queued.done {
+            done.complete(Err(MutationError::Disposed));
+        }
+    }
+}
+
 struct Core {
     ticks: Vec<u64>,
-    queue: VecDeque<Mutation>,
+    queue: VecDeque<Queued>,
     queue_tick: u64,
     /// Whether some thread is running transitions (and will drain the queue).
     processing: bool,
@@ -279,8 +348,17 @@ impl Machine {
         Ok(Mutation::new(kind, idx, args))
     }
 
-    /// Runs a mutation now, or queues it when a transition is in progress.
+    /// Runs a mutation now, or queues it when a transition is in progress (then the result is
+    /// [`Outcome::Queued`]). The async [`StateSource::mutate`] instead waits for a queued
+    /// mutation to run and returns its real outcome.
     pub fn mutate_now(&self, mutation: Mutation) -> Result<Outcome, MutationError> {
+        match self.submit(mutation, false)? {
+            Submitted::Done(outcome) => Ok(outcome),
+            Submitted::Queued(_) => Ok(Outcome::Queued),
+        }
+    }
+
+    fn submit(&self, mutation: Mutation, track: bool) -> Result<Submitted, MutationError> {
         let n = self.schema_ref().len();
         if let Some(&bad) = mutation.states.iter().find(|&&s| s >= n) {
             return Err(MutationError::BadIndex(bad));
@@ -296,8 +374,12 @@ impl Machine {
                     warn!(machine = %self.shared.id, limit, "mutation queue full; refusing mutation");
                     return Err(MutationError::QueueFull { limit });
                 }
-                core.queue.push_back(mutation);
-                return Ok(Outcome::Queued);
+                let done = track.then(|| Arc::new(OutcomeSlot::default()));
+                core.queue.push_back(Queued {
+                    mutation,
+                    done: done.clone(),
+                });
+                return Ok(Submitted::Queued(done));
             }
             core.processing = true;
         }
@@ -308,7 +390,7 @@ impl Machine {
         let outcome = self.run(mutation);
         self.drain();
         guard.armed = false;
-        Ok(outcome)
+        Ok(Submitted::Done(outcome))
     }
 
     /// Runs queued mutations until the queue is empty, then gives up the processing role.
@@ -318,14 +400,20 @@ impl Machine {
                 let mut core = self.core();
                 match core.queue.pop_front() {
                     Some(next) if !core.disposed => next,
-                    _ => {
-                        core.queue.clear();
+                    popped => {
+                        let mut rest = std::mem::take(&mut core.queue);
+                        rest.extend(popped);
                         core.processing = false;
+                        drop(core);
+                        abandon(rest);
                         return;
                     }
                 }
             };
-            self.run(next);
+            let outcome = self.run(next.mutation);
+            if let Some(done) = next.done {
+                done.complete(Ok(outcome));
+            }
         }
     }
 
@@ -508,7 +596,7 @@ impl Machine {
         // Errors bypass the queue limit: losing one would hide the failure.
         self.core()
             .queue
-            .push_back(Mutation::new(MutationKind::Add, vec![exception], args));
+            .push_back(Mutation::new(MutationKind::Add, vec![exception], args).into());
     }
 
     /// Prepends an auto mutation of every inactive auto state, when there are any.
@@ -521,7 +609,7 @@ impl Machine {
         if !states.is_empty() {
             let mut auto = Mutation::new(MutationKind::Add, states, Args::new());
             auto.auto = true;
-            core.queue.push_front(auto);
+            core.queue.push_front(auto.into());
         }
     }
 
@@ -530,11 +618,14 @@ impl Machine {
     /// Ends the machine: waiters end with [`WaitError::Disposed`], queued mutations are dropped
     /// and new ones are refused.
     pub fn dispose(&self) {
-        let mut core = self.core();
-        core.disposed = true;
-        core.queue.clear();
-        core.waiters.close();
-        core.observers = Arc::new(Vec::new());
+        let queued = {
+            let mut core = self.core();
+            core.disposed = true;
+            core.waiters.close();
+            core.observers = Arc::new(Vec::new());
+            std::mem::take(&mut core.queue)
+        };
+        abandon(queued);
     }
 
     pub fn is_disposed(&self) -> bool {
@@ -564,9 +655,12 @@ impl Drop for ProcessingGuard<'_> {
         if !self.armed {
             return;
         }
-        let mut core = self.machine.core();
-        core.processing = false;
-        core.queue.clear();
+        let queued = {
+            let mut core = self.machine.core();
+            core.processing = false;
+            std::mem::take(&mut core.queue)
+        };
+        abandon(queued);
     }
 }
 
@@ -629,8 +723,15 @@ impl StateSource for Machine {
         StateCtx::new(self.wait(Condition::TickChanged(idx, tick)))
     }
 
+    /// Runs the mutation now, or, when the machine is busy, resolves once it has run (never
+    /// `Queued`): a remote caller gets the real outcome.
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
-        Box::pin(std::future::ready(self.mutate_now(mutation)))
+        match self.submit(mutation, true) {
+            Ok(Submitted::Queued(Some(done))) => Box::pin(QueuedOutcome(done)),
+            Ok(Submitted::Queued(None)) => Box::pin(std::future::ready(Ok(Outcome::Queued))),
+            Ok(Submitted::Done(outcome)) => Box::pin(std::future::ready(Ok(outcome))),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 
     fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>) {

@@ -25,7 +25,8 @@ pub use local::{Machine, MachineBuilder, UnknownState};
 pub use resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 pub use schema::{EXCEPTION, Relation, Schema, SchemaBuilder, SchemaDef, SchemaError, StateDef};
 pub use source::{
-    Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome, StateSource, Transition,
+    Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome, StateSource,
+    Transition, UpstreamInfo,
 };
 pub use value::{Args, Value};
 pub use waiters::{Bound, Canceled, Condition, StateCtx, WaitError, When};

@@ -98,6 +98,15 @@ impl<F: Fn(&Transition<'_>) + Send + Sync> Observer for F {
     }
 }
 
+/// The upstream of a replicated source, for status displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamInfo {
+    pub endpoint: String,
+    /// `connecting`, `ready` or `disconnected`.
+    pub state: &'static str,
+    pub last_error: Option<String>,
+}
+
 /// Identifies an observer registration, for [`StateSource::unobserve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ObserverId(pub(crate) u64);
@@ -140,6 +149,11 @@ pub trait StateSource: Send + Sync {
     /// send it in the handshake so that a node never mirrors itself or its descendants.
     fn ancestry(&self) -> Vec<String> {
         vec![self.id().to_owned()]
+    }
+
+    /// Where a replicated source gets its clock from; `None` for a local machine.
+    fn upstream(&self) -> Option<UpstreamInfo> {
+        None
     }
 
     // ----- provided: reads -----

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::machine::waiters::{WaiterHost, WaiterSet, make_when};
 use crate::machine::{
     Args, Condition, Mutation, MutationError, MutationFuture, MutationKind, Observer, ObserverId,
-    Outcome, Schema, StateCtx, StateSource, Transition, WaitError, When, is_active,
+    Outcome, Schema, StateCtx, StateSource, Transition, UpstreamInfo, WaitError, When, is_active,
 };
 use crate::proto::diff::{ApplyError, apply as apply_diff};
 use crate::proto::frame::DEFAULT_MAX_FRAME;
@@ -162,6 +162,8 @@ struct Core {
     pending: HashMap<u64, Pending>,
     next_request: u64,
     closed: bool,
+    /// Why the last connection attempt failed (cleared on success).
+    last_error: Option<String>,
 }
 
 impl WaiterHost for Shared {
@@ -191,16 +193,8 @@ impl Mirror {
         let known = config.schema.clone();
         let session = establish(endpoint, &config, known.as_ref().map_or(0, |s| s.hash())).await?;
         let schema = match (&session.welcome.schema, known) {
-            (Some(def), Some(known)) => {
-                let found = Schema::new(def.clone())?;
-                return Err(MirrorError::SchemaMismatch {
-                    endpoint: endpoint.clone(),
-                    expected: known.names().collect::<Vec<_>>().join(", "),
-                    found: found.names().collect::<Vec<_>>().join(", "),
-                });
-            }
+            (_, Some(known)) => known,
             (Some(def), None) => Arc::new(Schema::new(def.clone())?),
-            (None, Some(known)) => known,
             (None, None) => {
                 return Err(MirrorError::Handshake {
                     endpoint: endpoint.clone(),
@@ -208,35 +202,32 @@ impl Mirror {
                 });
             }
         };
-        let n = schema.len();
-        let shared = Arc::new(Shared {
-            id: config.client_id.clone(),
+        let shared = Shared::new(endpoint, config, schema);
+        // `adopt` checks the welcome's schema against the one the mirror expects.
+        let (outbox, session) = shared.adopt(session, false)?;
+        Ok(Mirror::spawn(shared, Some((session, outbox))))
+    }
+
+    /// Starts a mirror of a source whose schema is known, without waiting for the source: it
+    /// is usable (and servable) at once with an all-zero clock in state `Connecting`, and
+    /// connects, and reconnects, in the background.
+    pub fn start(endpoint: &Endpoint, config: MirrorConfig) -> Result<Mirror, MirrorError> {
+        let schema = config.schema.clone().ok_or_else(|| MirrorError::Handshake {
             endpoint: endpoint.clone(),
-            core: Mutex::new(Core {
-                schema,
-                ticks: vec![0; n],
-                queue_tick: 0,
-                tracked: Tracked::All,
-                waiters: WaiterSet::new(n),
-                observers: Arc::new(Vec::new()),
-                next_observer: 0,
-                upstream: Vec::new(),
-                outbox: None,
-                pending: HashMap::new(),
-                next_request: 1,
-                closed: false,
-            }),
-            config,
-            conn: watch::channel(ConnState::Connecting).0,
-            payloads: broadcast::channel(256).0,
-            stop: watch::channel(false).0,
-            stats: Arc::new(MirrorStats::default()),
-        });
-        let (outbox, session) = shared.adopt(session)?;
+            reason: "Mirror::start needs the source's schema in MirrorConfig::schema; use Mirror::connect to take it from the source".into(),
+        })?;
+        Ok(Mirror::spawn(Shared::new(endpoint, config, schema), None))
+    }
+
+    fn spawn(shared: Arc<Shared>, session: Option<(Session, mpsc::Receiver<Message>)>) -> Mirror {
         let stop = shared.stop.subscribe();
-        let weak = Arc::downgrade(&shared);
-        tokio::spawn(drive(weak, session, outbox, stop));
-        Ok(Mirror { shared })
+        tokio::spawn(drive(Arc::downgrade(&shared), session, stop));
+        Mirror { shared }
+    }
+
+    /// Why the last connection attempt failed, while the mirror is not connected.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.shared.core).last_error.clone()
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -413,21 +404,68 @@ impl Notice {
 }
 
 impl Shared {
+    fn new(endpoint: &Endpoint, config: MirrorConfig, schema: Arc<Schema>) -> Arc<Shared> {
+        let n = schema.len();
+        Arc::new(Shared {
+            id: config.client_id.clone(),
+            endpoint: endpoint.clone(),
+            core: Mutex::new(Core {
+                schema,
+                ticks: vec![0; n],
+                queue_tick: 0,
+                tracked: Tracked::All,
+                waiters: WaiterSet::new(n),
+                observers: Arc::new(Vec::new()),
+                next_observer: 0,
+                upstream: Vec::new(),
+                outbox: None,
+                pending: HashMap::new(),
+                next_request: 1,
+                closed: false,
+                last_error: None,
+            }),
+            config,
+            conn: watch::channel(ConnState::Connecting).0,
+            payloads: broadcast::channel(256).0,
+            stop: watch::channel(false).0,
+            stats: Arc::new(MirrorStats::default()),
+        })
+    }
+
     /// Takes a fresh session in: applies its welcome, opens the outbox, marks the mirror ready.
-    fn adopt(&self, session: Session) -> Result<(mpsc::Receiver<Message>, Session), MirrorError> {
+    /// A mirror created with a schema refuses a session whose source has another one.
+    fn adopt(
+        &self,
+        session: Session,
+        reconnect: bool,
+    ) -> Result<(mpsc::Receiver<Message>, Session), MirrorError> {
         let schema = match &session.welcome.schema {
             Some(def) => Some(Arc::new(Schema::new(def.clone())?)),
             None => None,
         };
+        if let (Some(expected), Some(found)) = (&self.config.schema, &schema)
+            && expected.hash() != found.hash()
+        {
+            return Err(MirrorError::SchemaMismatch {
+                endpoint: self.endpoint.clone(),
+                expected: expected.names().collect::<Vec<_>>().join(", "),
+                found: found.names().collect::<Vec<_>>().join(", "),
+            });
+        }
         let (tx, rx) = mpsc::channel(256);
         let notice = {
             let mut core = lock(&self.core);
             core.tracked = Tracked::from_granted(session.welcome.granted.tracked.as_deref());
             core.upstream = session.welcome.ancestry.clone();
             core.outbox = Some(tx);
+            core.last_error = None;
             core.replace(schema, &session.welcome.snapshot)
         };
         notice.tell();
+        // Counted before Ready is announced, so whoever sees Ready sees the count.
+        self.stats
+            .reconnects
+            .fetch_add(u64::from(reconnect), Ordering::Relaxed);
         self.conn.send_replace(ConnState::Ready);
         Ok((rx, session))
     }
@@ -647,11 +685,10 @@ async fn establish(
     })
 }
 
-/// The connection task: run sessions, reconnect between them, until stopped or unreferenced.
+/// The connection task: run sessions, connect between them, until stopped or unreferenced.
 async fn drive(
     weak: Weak<Shared>,
-    mut session: Session,
-    mut outbox: mpsc::Receiver<Message>,
+    mut current: Option<(Session, mpsc::Receiver<Message>)>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut jitter = backoff::Jitter::new(
@@ -660,58 +697,61 @@ async fn drive(
             .map_or(1, |d| d.as_nanos() as u64)
             ^ (weak.as_ptr() as u64),
     );
+    // The first attempt of a mirror that starts without a session goes at once.
+    let mut attempt: Option<u32> = None;
     loop {
-        let end = run_session(&weak, session, &mut outbox, &mut stop).await;
-        let Some(shared) = weak.upgrade() else { return };
-        shared.lost();
-        if *stop.borrow() || lock(&shared.core).closed {
-            debug!(mirror = %shared.id, "mirror stopped");
-            return;
+        if let Some((session, mut outbox)) = current.take() {
+            let end = run_session(&weak, session, &mut outbox, &mut stop).await;
+            let Some(shared) = weak.upgrade() else { return };
+            shared.lost();
+            if *stop.borrow() || lock(&shared.core).closed {
+                debug!(mirror = %shared.id, "mirror stopped");
+                return;
+            }
+            warn!(mirror = %shared.id, endpoint = %shared.endpoint, reason = %end, "disconnected; reconnecting");
+            lock(&shared.core).last_error = Some(end);
+            attempt = Some(0);
         }
-        warn!(mirror = %shared.id, endpoint = %shared.endpoint, reason = %end, "disconnected; reconnecting");
+        let Some(shared) = weak.upgrade() else { return };
         let (endpoint, config) = (shared.endpoint.clone(), shared.config.clone());
         drop(shared);
-
-        let mut attempt = 0;
-        session = loop {
-            let wait = backoff::delay(
-                attempt,
-                config.backoff_initial,
-                config.backoff_max,
-                jitter.draw(),
-            );
+        if let Some(n) = attempt {
+            let wait = backoff::delay(n, config.backoff_initial, config.backoff_max, jitter.draw());
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return,
             }
-            let Some(shared) = weak.upgrade() else { return };
-            shared.conn.send_replace(ConnState::Connecting);
-            let hash = lock(&shared.core).schema.hash();
-            drop(shared);
-            match establish(&endpoint, &config, hash).await {
-                Ok(session) => break session,
-                Err(e) => {
-                    debug!(%endpoint, error = %e, attempt, "reconnect failed");
-                    if let Some(shared) = weak.upgrade() {
-                        shared.conn.send_replace(ConnState::Disconnected);
-                    }
-                    attempt = attempt.saturating_add(1);
-                }
-            }
+        }
+        let Some(shared) = weak.upgrade() else { return };
+        shared.conn.send_replace(ConnState::Connecting);
+        let hash = lock(&shared.core).schema.hash();
+        drop(shared);
+        let established = tokio::select! {
+            established = establish(&endpoint, &config, hash) => established,
+            _ = stop.changed() => return,
         };
         let Some(shared) = weak.upgrade() else { return };
-        // Counted before `adopt` announces Ready, so whoever sees Ready sees the count.
-        shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-        match shared.adopt(session) {
-            Ok((rx, adopted)) => {
-                info!(mirror = %shared.id, %endpoint, "reconnected and resynced");
-                outbox = rx;
-                session = adopted;
+        let adopted = established.and_then(|session| shared.adopt(session, attempt.is_some()));
+        match adopted {
+            Ok((outbox, session)) => {
+                info!(mirror = %shared.id, %endpoint, "connected; clock synced");
+                current = Some((session, outbox));
             }
             Err(e) => {
-                warn!(mirror = %shared.id, error = %e, "server sent an unusable welcome; giving up");
-                shared.lost();
-                return;
+                let n = attempt.map_or(0, |n| n.saturating_add(1));
+                if n == 0
+                    || matches!(
+                        e,
+                        MirrorError::Refused { .. } | MirrorError::SchemaMismatch { .. }
+                    )
+                {
+                    warn!(mirror = %shared.id, %endpoint, error = %e, "cannot connect; retrying with backoff");
+                } else {
+                    debug!(mirror = %shared.id, %endpoint, error = %e, attempt = n, "reconnect failed");
+                }
+                lock(&shared.core).last_error = Some(e.to_string());
+                shared.conn.send_replace(ConnState::Disconnected);
+                attempt = Some(n);
             }
         }
     }
@@ -899,5 +939,17 @@ impl StateSource for Mirror {
         std::iter::once(self.shared.id.clone())
             .chain(core.upstream.iter().cloned())
             .collect()
+    }
+
+    fn upstream(&self) -> Option<UpstreamInfo> {
+        Some(UpstreamInfo {
+            endpoint: self.shared.endpoint.to_string(),
+            state: match self.connection() {
+                ConnState::Connecting => "connecting",
+                ConnState::Ready => "ready",
+                ConnState::Disconnected => "disconnected",
+            },
+            last_error: self.last_error(),
+        })
     }
 }

@@ -56,6 +56,13 @@ pub enum Message {
     Error {
         message: String,
     },
+    /// Client -> server, instead of `Hello`: describe the node; answered by `Status`, then the
+    /// server closes.
+    StatusRequest {
+        token: Option<String>,
+    },
+    /// Server -> client: what the node serves, who is connected, its counters.
+    Status(NodeStatus),
 }
 
 impl Message {
@@ -76,6 +83,8 @@ impl Message {
             Message::Pong(_) => "Pong",
             Message::Bye { .. } => "Bye",
             Message::Error { .. } => "Error",
+            Message::StatusRequest { .. } => "StatusRequest",
+            Message::Status(_) => "Status",
         }
     }
 }
@@ -187,6 +196,38 @@ pub struct MutateReply {
 pub struct Payload {
     pub name: String,
     pub data: Vec<u8>,
+}
+
+/// A node as `am-node status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub sources: Vec<SourceStatus>,
+    pub clients: Vec<ClientStatus>,
+    /// Counter name and value, in a stable order.
+    pub counters: Vec<(String, u64)>,
+}
+
+/// One served source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub id: String,
+    /// For a mirror: the endpoint it mirrors, its connection state, its last error.
+    pub upstream: Option<String>,
+    pub connection: Option<String>,
+    pub last_error: Option<String>,
+    pub active: Vec<String>,
+    pub queue_tick: u64,
+    pub clients: u32,
+}
+
+/// One connected client.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    pub id: String,
+    pub source: String,
+    pub peer: String,
 }
 
 /// Why a frame body is not a message.

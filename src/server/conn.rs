@@ -120,6 +120,23 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     let limit = inner.config.handshake_timeout;
     let hello = match timeout(limit, read_message(&mut rd, &mut reader, inner)).await {
         Ok(Ok(Message::Hello(hello))) => hello,
+        Ok(Ok(Message::StatusRequest { token })) => {
+            if inner
+                .config
+                .token
+                .as_ref()
+                .is_some_and(|t| token.as_ref() != Some(t))
+            {
+                let reason = "status needs the server's token".to_owned();
+                refuse(inner, &mut wr, RefusalKind::Auth, reason).await;
+                return;
+            }
+            let mut out = Vec::new();
+            encode_frame(&plain, &Message::Status(inner.status()), &mut out);
+            let _ = timeout(FAREWELL_TIMEOUT, write(inner, &mut wr, &out)).await;
+            let _ = timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
+            return;
+        }
         Ok(Ok(other)) => {
             let reason = format!("expected Hello as the first message, got {}", other.name());
             refuse(inner, &mut wr, RefusalKind::BadHello, reason).await;

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::machine::StateSource;
 use crate::proto::frame::DEFAULT_MAX_FRAME;
 use crate::proto::handshake::Policy;
-use crate::proto::message::Payload;
+use crate::proto::message::{ClientStatus, NodeStatus, Payload, SourceStatus};
 use crate::proto::{Compression, FrameConfig};
 use crate::transport::{self, Endpoint, Listener, TransportError};
 
@@ -30,6 +30,8 @@ use hub::Hub;
 /// How a server behaves; every limit has a default a person would expect.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The node's name, as `status` shows it.
+    pub name: String,
     /// Most clients at once over all listeners; more are refused with a reason.
     pub max_clients: usize,
     /// Transport and protocol handshake must finish within this.
@@ -52,6 +54,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
+            name: "server".to_owned(),
             max_clients: 10_000,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
@@ -261,6 +264,11 @@ impl Server {
         &self.inner.stats
     }
 
+    /// What `am-node status` shows: sources, clients, counters.
+    pub fn status(&self) -> NodeStatus {
+        self.inner.status()
+    }
+
     /// Stops accepting, tells every client goodbye and waits (up to `grace`) for connections
     /// to end.
     pub async fn shutdown(&self, grace: Duration) {
@@ -310,6 +318,60 @@ impl Inner {
                 format!("no source named {name:?} here; this server serves: {}", names.join(", "))
             }
         })
+    }
+
+    fn status(&self) -> NodeStatus {
+        let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut client_list: Vec<ClientStatus> = clients
+            .values()
+            .map(|c| ClientStatus {
+                id: c.info.id.clone(),
+                source: c.info.source.clone(),
+                peer: c.info.peer.clone(),
+            })
+            .collect();
+        client_list.sort_by(|a, b| (&a.source, &a.id).cmp(&(&b.source, &b.id)));
+        drop(clients);
+        let hubs = self.hubs.read().unwrap_or_else(PoisonError::into_inner);
+        let mut sources: Vec<SourceStatus> = hubs
+            .values()
+            .map(|hub| {
+                let upstream = hub.source.upstream();
+                SourceStatus {
+                    name: hub.name.clone(),
+                    id: hub.source.id().to_owned(),
+                    upstream: upstream.as_ref().map(|u| u.endpoint.clone()),
+                    connection: upstream.as_ref().map(|u| u.state.to_owned()),
+                    last_error: upstream.and_then(|u| u.last_error),
+                    active: hub.source.active_states(),
+                    queue_tick: hub.source.queue_tick(),
+                    clients: client_list.iter().filter(|c| c.source == hub.name).count() as u32,
+                }
+            })
+            .collect();
+        sources.sort_by(|a, b| a.name.cmp(&b.name));
+        let s = &self.stats;
+        let counters = [
+            ("connections", &s.connections),
+            ("clients", &s.clients),
+            ("refusals", &s.refusals),
+            ("protocol_errors", &s.protocol_errors),
+            ("frames_in", &s.frames_in),
+            ("frames_out", &s.frames_out),
+            ("bytes_in", &s.bytes_in),
+            ("bytes_out", &s.bytes_out),
+            ("diffs_sent", &s.diffs_sent),
+            ("mutations", &s.mutations),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.load(Ordering::Relaxed)))
+        .collect();
+        NodeStatus {
+            node: self.config.name.clone(),
+            sources,
+            clients: client_list,
+            counters,
+        }
     }
 
     fn policy(&self) -> Policy {

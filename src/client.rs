@@ -1,0 +1,68 @@
+//! One-shot client operations for tools (`am-node status`): connect, ask, read the answer,
+//! close. Mirrors are for anything longer-lived.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
+
+use crate::proto::message::NodeStatus;
+use crate::proto::{FrameConfig, FrameReader, Message, encode_frame};
+use crate::transport::{self, Endpoint, TransportError};
+use crate::wire::{self, ReadError};
+
+/// Why a one-shot request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("no answer from {endpoint} within {after:?}")]
+    Timeout { endpoint: Endpoint, after: Duration },
+    #[error("{endpoint} refused: {reason}")]
+    Refused { endpoint: Endpoint, reason: String },
+    #[error("{endpoint} did not answer as an aRPC server: {reason}")]
+    Protocol { endpoint: Endpoint, reason: String },
+}
+
+/// Asks a node what it serves, who is connected, and its counters.
+pub async fn fetch_status(
+    endpoint: &Endpoint,
+    token: Option<String>,
+    limit: Duration,
+) -> Result<NodeStatus, ClientError> {
+    let protocol = |reason: String| ClientError::Protocol {
+        endpoint: endpoint.clone(),
+        reason,
+    };
+    let exchange = async {
+        let stream = transport::connect(endpoint).await?;
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let config = FrameConfig::default();
+        let mut out = Vec::new();
+        encode_frame(&config, &Message::StatusRequest { token }, &mut out);
+        wr.write_all(&out)
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
+        let mut reader = FrameReader::new(config);
+        let counted = AtomicU64::new(0);
+        match wire::read_message(&mut rd, &mut reader, &counted).await {
+            Ok(Message::Status(status)) => Ok(status),
+            Ok(Message::Refused(refusal)) => Err(ClientError::Refused {
+                endpoint: endpoint.clone(),
+                reason: refusal.reason,
+            }),
+            Ok(other) => Err(protocol(format!("expected Status, got {}", other.name()))),
+            Err(ReadError::Closed) => Err(protocol("the server closed the connection".into())),
+            Err(ReadError::Io(e)) => Err(protocol(e.to_string())),
+            Err(ReadError::Protocol(e)) => Err(protocol(e.to_string())),
+        }
+    };
+    match timeout(limit, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(ClientError::Timeout {
+            endpoint: endpoint.clone(),
+            after: limit,
+        }),
+    }
+}

@@ -1,0 +1,318 @@
+//! Running nodes: a node's machines (its own sources and mirrors of other nodes' sources), the
+//! server that serves all of them under their names on the node's listeners, and the drivers
+//! that mutate machines on a schedule. `am-node run` is [`start_topology`] plus a report loop
+//! and a signal handler; tests call the same functions in-process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+use crate::machine::{Args, Machine, StateSource};
+use crate::mirror::{Mirror, MirrorConfig, MirrorError};
+use crate::proto::Compression;
+use crate::server::{Server, ServerConfig, ServerError};
+use crate::topology::{DriverSpec, MachineKind, NodePlan, Topology};
+use crate::transport::Endpoint;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node {node}: {what} is not available in this build yet; {hint}")]
+    Unavailable {
+        node: String,
+        what: &'static str,
+        hint: &'static str,
+    },
+    #[error("node {0:?} is not in the topology; nodes: {1}")]
+    UnknownNode(String, String),
+    #[error("node {node}: {source}")]
+    Server { node: String, source: ServerError },
+    #[error("node {node}: {source}")]
+    Mirror { node: String, source: MirrorError },
+    #[error("node {node}: machine {machine} cannot start: {reason}")]
+    Start {
+        node: String,
+        machine: String,
+        reason: String,
+    },
+}
+
+/// A started node.
+pub struct RunningNode {
+    name: String,
+    server: Server,
+    endpoints: Vec<Endpoint>,
+    machines: Vec<(String, Arc<dyn StateSource>)>,
+    mirrors: Vec<Mirror>,
+    drivers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("name", &self.name)
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+/// Starts one node: its machines are served (mirrors with their last clock, zero at first)
+/// as soon as this returns; mirrors connect to their upstreams in the background.
+pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
+    if plan.tls.is_some() {
+        return Err(NodeError::Unavailable {
+            node: plan.name.clone(),
+            what: "TLS (the `tls` key)",
+            hint: "remove the key until the TLS transport lands (issue 5)",
+        });
+    }
+    let defaults = ServerConfig::default();
+    let config = ServerConfig {
+        name: plan.name.clone(),
+        max_clients: plan.max_clients.unwrap_or(defaults.max_clients),
+        handshake_timeout: plan.handshake_timeout.unwrap_or(defaults.handshake_timeout),
+        idle_timeout: plan.idle_timeout.unwrap_or(defaults.idle_timeout),
+        keepalive: plan.keepalive.unwrap_or(defaults.keepalive),
+        max_frame: plan.max_frame.unwrap_or(defaults.max_frame),
+        compression: plan.compression.then(Compression::default),
+        min_push_interval: plan.push_interval,
+        token: plan.token.clone(),
+        allow_ids: plan.allow.clone(),
+    };
+    let server = Server::new(config);
+    let mut machines = Vec::new();
+    let mut mirrors = Vec::new();
+    let mut drivers = Vec::new();
+    for machine in &plan.machines {
+        let source: Arc<dyn StateSource> = match &machine.kind {
+            MachineKind::Root => {
+                let root = Machine::builder(machine.schema.clone())
+                    .id(&plan.name)
+                    .build();
+                if !machine.start.is_empty() {
+                    let states: Vec<&str> = machine.start.iter().map(String::as_str).collect();
+                    let outcome = root
+                        .add(&states, Args::new())
+                        .map_err(|e| NodeError::Start {
+                            node: plan.name.clone(),
+                            machine: machine.name.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    if outcome == crate::machine::Outcome::Canceled {
+                        return Err(NodeError::Start {
+                            node: plan.name.clone(),
+                            machine: machine.name.clone(),
+                            reason: format!(
+                                "activating {} was canceled by the schema's relations",
+                                states.join(", ")
+                            ),
+                        });
+                    }
+                }
+                Arc::new(root)
+            }
+            MachineKind::Mirror {
+                upstream,
+                track,
+                compression,
+                token,
+            } => {
+                let config = MirrorConfig {
+                    client_id: plan.name.clone(),
+                    schema: Some(machine.schema.clone()),
+                    compression: *compression,
+                    track: track.clone(),
+                    token: token.clone(),
+                    ..MirrorConfig::default()
+                };
+                let mirror =
+                    Mirror::start(upstream, config).map_err(|source| NodeError::Mirror {
+                        node: plan.name.clone(),
+                        source,
+                    })?;
+                mirrors.push(mirror.clone());
+                Arc::new(mirror)
+            }
+        };
+        server
+            .add_source(&machine.name, source.clone())
+            .map_err(|source| NodeError::Server {
+                node: plan.name.clone(),
+                source,
+            })?;
+        if let Some(spec) = &machine.driver {
+            drivers.push(tokio::spawn(drive(source.clone(), spec.clone())));
+        }
+        machines.push((machine.name.clone(), source));
+    }
+    let mut endpoints = Vec::new();
+    for listen in &plan.listen {
+        let endpoint = server
+            .listen(listen)
+            .await
+            .map_err(|source| NodeError::Server {
+                node: plan.name.clone(),
+                source,
+            })?;
+        endpoints.push(endpoint);
+    }
+    info!(node = %plan.name, machines = machines.len(), listeners = ?endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), "node started");
+    Ok(RunningNode {
+        name: plan.name.clone(),
+        server,
+        endpoints,
+        machines,
+        mirrors,
+        drivers,
+    })
+}
+
+impl RunningNode {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The endpoints the node listens on (real ports).
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    pub fn machine(&self, name: &str) -> Option<Arc<dyn StateSource>> {
+        self.machines
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| m.clone())
+    }
+
+    pub fn machines(&self) -> impl Iterator<Item = (&str, &Arc<dyn StateSource>)> {
+        self.machines.iter().map(|(n, m)| (n.as_str(), m))
+    }
+
+    /// Stops drivers, says goodbye upstream and to clients, and waits for connections to end.
+    pub async fn shutdown(self) {
+        for driver in &self.drivers {
+            driver.abort();
+        }
+        for mirror in &self.mirrors {
+            mirror.close().await;
+        }
+        self.server.shutdown(Duration::from_secs(3)).await;
+        info!(node = %self.name, "node stopped");
+    }
+}
+
+/// Flips and adds states on a schedule; on a mirror the mutations travel upstream.
+async fn drive(source: Arc<dyn StateSource>, spec: DriverSpec) {
+    let mut every = tokio::time::interval(Duration::from_millis(spec.every_ms));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut next = 0usize;
+    loop {
+        every.tick().await;
+        if !spec.toggle.is_empty() {
+            let state = spec.toggle[next % spec.toggle.len()].as_str();
+            next += 1;
+            let result = if source.is1(state) {
+                source.remove(&[state], Args::new()).await
+            } else {
+                source.add(&[state], Args::new()).await
+            };
+            if let Err(e) = result {
+                debug!(source = %source.id(), %state, error = %e, "driver mutation failed");
+            }
+        }
+        if !spec.add.is_empty() {
+            let states: Vec<&str> = spec.add.iter().map(String::as_str).collect();
+            if let Err(e) = source.add(&states, Args::new()).await {
+                debug!(source = %source.id(), error = %e, "driver mutation failed");
+            }
+        }
+    }
+}
+
+/// Started nodes of one topology.
+#[derive(Debug)]
+pub struct RunningTopology {
+    nodes: Vec<RunningNode>,
+}
+
+/// Starts every node of the topology, or only the named ones (for deploying one file across
+/// hosts). Upstreams are started before the nodes that mirror them where the file allows.
+pub async fn start_topology(
+    topology: &Topology,
+    only: &[String],
+) -> Result<RunningTopology, NodeError> {
+    let known = || {
+        topology
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(missing) = only.iter().find(|name| topology.node(name).is_none()) {
+        return Err(NodeError::UnknownNode(missing.clone(), known()));
+    }
+    let mut nodes = Vec::new();
+    for plan in topology
+        .nodes
+        .iter()
+        .filter(|n| only.is_empty() || only.contains(&n.name))
+    {
+        match start_node(plan).await {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                for node in nodes {
+                    node.shutdown().await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(RunningTopology { nodes })
+}
+
+impl RunningTopology {
+    pub fn nodes(&self) -> &[RunningNode] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Option<&RunningNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub async fn shutdown(self) {
+        // Leaves first, so that upstreams do not see their clients drop and reconnect.
+        for node in self.nodes.into_iter().rev() {
+            node.shutdown().await;
+        }
+    }
+
+    /// One line per machine: active states, clients, upstream state. For `am-node run`.
+    pub fn report(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for node in &self.nodes {
+            let status = node.server.status();
+            for source in &status.sources {
+                let upstream = match (&source.upstream, &source.connection) {
+                    (Some(up), Some(state)) => format!("  <- {up} ({state})"),
+                    _ => String::new(),
+                };
+                lines.push(format!(
+                    "{:<16} [{}]  clients={}  queue={}{}",
+                    format!("{}/{}", node.name, source.name),
+                    source.active.join(" "),
+                    source.clients,
+                    source.queue_tick,
+                    upstream
+                ));
+            }
+        }
+        lines
+    }
+}
