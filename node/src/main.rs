@@ -120,6 +120,30 @@ enum Scenario {
     /// subscribe-get-process: a mirror waits for Event, reads ValueN locally, calls CallOp
     /// synchronously; bytes counted by a TCP proxy between mirror and server.
     Sgp(SgpArgs),
+    /// Propagation from a root through a chain of mirrors (1..N hops), and the round trip of a
+    /// mutation from the deepest mirror to the root and back.
+    Chain(ChainArgs),
+}
+
+#[derive(Debug, Args)]
+struct ChainArgs {
+    /// Mirrors in the chain.
+    #[arg(long, default_value_t = 3)]
+    hops: usize,
+    /// Measured changes (and as many round trips).
+    #[arg(long, default_value_t = 5_000)]
+    iterations: u64,
+    #[arg(long, default_value_t = 200)]
+    warmup: u64,
+    /// Transport between the nodes (tcp; more come with their transports).
+    #[arg(long, default_value = "tcp")]
+    transport: String,
+    /// Tokio worker threads; 1 runs every node on one thread.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Also print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +194,9 @@ fn main() -> ExitCode {
         Command::Bench {
             scenario: Scenario::Sgp(args),
         } => bench_sgp(&args),
+        Command::Bench {
+            scenario: Scenario::Chain(args),
+        } => bench_chain(&args),
     };
     match result {
         Ok(code) => code,
@@ -347,6 +374,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     let notify = changed.clone();
     mirror.observe(Arc::new(move |_: &Transition<'_>| notify.notify_one()));
     let mut connection = mirror.connection_changes();
+    let mut last_line = states_line(&mirror, args.ticks);
     let follow = async {
         loop {
             if let Some(until) = &args.until
@@ -356,7 +384,12 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
             }
             tokio::select! {
                 () = changed.notified() => {
-                    let _ = writeln!(std::io::stdout(), "{}  {}", clock_time(), states_line(&mirror, args.ticks));
+                    // A change of ticks alone (a multi state again) shows with --ticks.
+                    let line = states_line(&mirror, args.ticks);
+                    if line != last_line {
+                        let _ = writeln!(std::io::stdout(), "{}  {line}", clock_time());
+                        last_line = line;
+                    }
                 }
                 Ok(()) = connection.changed() => {
                     let state = *connection.borrow_and_update();
@@ -530,6 +563,66 @@ fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
         "the worker counted {} errors",
         report.errors
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
+    use asyncmachine::bench::chain::{ChainOptions, run};
+    anyhow::ensure!(
+        args.transport == "tcp",
+        "transport {:?} is not available for bench chain yet; use --transport tcp",
+        args.transport
+    );
+    anyhow::ensure!((1..=16).contains(&args.hops), "--hops must be 1 to 16");
+    let options = ChainOptions {
+        hops: args.hops,
+        iterations: args.iterations,
+        warmup: args.warmup,
+    };
+    let progress = |done: u64, total: u64| {
+        let end = if done == total { "\n" } else { "" };
+        let _ = write!(std::io::stderr(), "\rchain: {done}/{total}{end}");
+    };
+    let report = runtime(args.threads)?
+        .block_on(run(&options, &progress))
+        .context("bench chain failed")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<10} {:<9} {:>4} {:>9} {:>9} {:>13} {:>13}",
+        "scenario", "transport", "hops", "p50 us", "p99 us", "per-hop p50", "floor p50 us"
+    )?;
+    for d in &report.propagation {
+        writeln!(
+            out,
+            "{:<10} {:<9} {:>4} {:>9.1} {:>9.1} {:>13.1} {:>13.1}",
+            "chain",
+            report.transport,
+            d.hops,
+            d.latency.p50_us,
+            d.latency.p99_us,
+            d.latency.p50_us / d.hops as f64,
+            d.floor.p50_us
+        )?;
+    }
+    writeln!(
+        out,
+        "{:<10} {:<9} {:>4} {:>9.1} {:>9.1} {:>13.1} {:>13}",
+        "roundtrip",
+        report.transport,
+        report.round_trip_hops,
+        report.round_trip.p50_us,
+        report.round_trip.p99_us,
+        report.round_trip.p50_us / (2 * report.round_trip_hops) as f64,
+        "-"
+    )?;
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&report).context("encoding the report")?
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

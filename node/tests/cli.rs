@@ -55,3 +55,38 @@ fn an_unavailable_transport_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--transport tcp"));
 }
+
+#[test]
+fn bench_chain_reports_every_depth_and_the_round_trip() {
+    let out = am_node(&[
+        "bench",
+        "chain",
+        "--hops",
+        "2",
+        "--iterations",
+        "100",
+        "--warmup",
+        "10",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
+    let depths = report["propagation"].as_array().expect("depths");
+    assert_eq!(depths.len(), 2);
+    for (i, d) in depths.iter().enumerate() {
+        assert_eq!(d["hops"], i + 1);
+        assert!(d["latency"]["p50_us"].as_f64().is_some_and(|us| us > 0.0));
+        assert!(d["floor"]["p50_us"].as_f64().is_some_and(|us| us > 0.0));
+    }
+    assert!(
+        report["round_trip"]["p50_us"]
+            .as_f64()
+            .is_some_and(|us| us > 0.0)
+    );
+}

@@ -3,6 +3,7 @@
 //!
 //! Figures come from these runs, never from timed assertions in tests.
 
+pub mod chain;
 pub mod proxy;
 pub mod sgp;
 
