@@ -173,25 +173,21 @@ async fn the_one_two_six_tree_converges_under_mutations_from_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplex_nodes_mirror_each_other_and_mutate_both_ways() {
-    let prefix = unique("duplex");
-    let text = format!(
-        r#"
-[schemas.foo]
-states = [{{ name = "Ping", multi = true }}, {{ name = "Busy" }}]
-[schemas.bar]
-states = [{{ name = "Pong", multi = true }}, {{ name = "Busy" }}]
-
-[[nodes]]
-name = "foo"
-listen = ["mem://{prefix}-foo"]
-machines = [{{ name = "foo", schema = "foo" }}, {{ name = "bar", upstream = "bar/bar" }}]
-
-[[nodes]]
-name = "bar"
-listen = ["mem://{prefix}-bar"]
-machines = [{{ name = "bar", schema = "bar" }}, {{ name = "foo", upstream = "foo/foo" }}]
-"#
-    );
+    // The shipped file, with free ports in place of its fixed ones.
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/duplex.toml"),
+    )
+    .expect("topologies/duplex.toml ships");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    };
+    let text = shipped
+        .replace("127.0.0.1:7440", &format!("127.0.0.1:{}", free()))
+        .replace("127.0.0.1:7441", &format!("127.0.0.1:{}", free()));
+    assert_ne!(text, shipped);
     let running = start(&text).await;
     let machine = |node: &str, m: &str| {
         running
@@ -279,4 +275,58 @@ fn every_shipped_topology_parses() {
     let tree = topology::load(&dir.join("tree.toml")).expect("valid");
     assert_eq!(tree.nodes.len(), 9, "root -> 2 -> 6");
     let _ = Condition::Active(vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_root_restarts_fresh_every_level_follows_its_clock_back() {
+    use asyncmachine::node::start_node;
+    let prefix = unique("restart");
+    let plan = topology::parse(
+        Path::new("inline.toml"),
+        &tree_toml(&prefix, "root", &[("mid", "root"), ("leaf", "mid")]),
+    )
+    .expect("valid");
+    let node_plan = |name: &str| plan.node(name).expect("planned").clone();
+    let root = within("root", start_node(&node_plan("root")))
+        .await
+        .expect("starts");
+    let mid = within("mid", start_node(&node_plan("mid")))
+        .await
+        .expect("starts");
+    let leaf = within("leaf", start_node(&node_plan("leaf")))
+        .await
+        .expect("starts");
+    let machine = |node: &asyncmachine::node::RunningNode| node.machine("demo").expect("demo");
+    for _ in 0..10 {
+        within("tick", machine(&root).add(&["Tick", "Green"], Args::new()))
+            .await
+            .expect("taken in");
+    }
+    converged(machine(&leaf).as_ref(), &machine(&root).clock()).await;
+    let before = machine(&leaf).clock();
+
+    root.shutdown().await;
+    let root = within("root again", start_node(&node_plan("root")))
+        .await
+        .expect("restarts");
+    let fresh = machine(&root).clock();
+    assert!(
+        fresh.iter().zip(&before).any(|(now, then)| now < then),
+        "the restarted root is behind"
+    );
+    // Ticks went back: no diff can say that, so each level gets a snapshot.
+    within("leaf follows back", async {
+        while machine(&leaf).clock() != fresh || machine(&mid).clock() != fresh {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // And from there on, diffs again.
+    within("red", machine(&leaf).add(&["Red"], Args::new()))
+        .await
+        .expect("reaches the new root");
+    converged(machine(&leaf).as_ref(), &machine(&root).clock()).await;
+    for node in [leaf, mid, root] {
+        node.shutdown().await;
+    }
 }

@@ -94,6 +94,12 @@ pub fn diff(sent: &[u64], now: &[u64], queue_tick: u64, tracked: &Tracked) -> Cl
     }
 }
 
+/// Whether any tracked tick is lower `now` than it was `sent`: the source's clock went back
+/// (it restarted), which no diff can express; the client needs a snapshot.
+pub fn went_back(sent: &[u64], now: &[u64], tracked: &Tracked) -> bool {
+    sent.len() != now.len() || tracked.positions(now.len()).any(|s| now[s] < sent[s])
+}
+
 /// Why a diff could not be applied as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {

@@ -13,6 +13,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::hub::{Hub, Versioned, options_key};
 use super::{ClientEntry, ClientInfo, Inner};
 use crate::machine::{Mutation, Outcome};
+use crate::proto::diff::went_back;
 use crate::proto::handshake::{Offer, decide};
 use crate::proto::message::{MutateReply, MutateRequest, Payload, Refusal, RefusalKind, Snapshot};
 use crate::proto::{FrameConfig, FrameReader, Message, Tracked, encode_frame};
@@ -458,6 +459,9 @@ impl Writer<'_> {
         if latest.version == self.last.version {
             return;
         }
+        if self.resync_if_went_back(&latest, out) {
+            return;
+        }
         if let Some(bytes) = self.hub.diff_frame(
             &self.last,
             &latest,
@@ -472,6 +476,22 @@ impl Writer<'_> {
         self.last = latest;
     }
 
+    /// When the source's clock went back (it restarted and a mirror resynced to it), no diff
+    /// can express the change: sends an unsolicited snapshot (id 0) and takes it as sent.
+    fn resync_if_went_back(&mut self, latest: &Versioned, out: &mut Vec<u8>) -> bool {
+        if !went_back(&self.last.ticks, &latest.ticks, &self.tracked) {
+            return false;
+        }
+        let snapshot = Snapshot {
+            ticks: self.tracked.mask(&latest.ticks),
+            queue_tick: latest.queue_tick,
+        };
+        encode_frame(&self.frame, &Message::Snapshot { id: 0, snapshot }, out);
+        self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.last = latest.clone();
+        true
+    }
+
     fn control(
         &mut self,
         control: Control,
@@ -482,6 +502,7 @@ impl Writer<'_> {
             Control::Reply { id, result } => {
                 // The reply carries the diff up to now, so the client needs no extra push.
                 let latest = clock.borrow_and_update().clone();
+                self.resync_if_went_back(&latest, out);
                 let diff = Hub::diff(&self.last, &latest, &self.tracked);
                 self.last = latest;
                 Message::MutateReply(MutateReply { id, result, diff })
