@@ -9,7 +9,7 @@ use tokio::time::timeout;
 
 use crate::proto::message::NodeStatus;
 use crate::proto::{FrameConfig, FrameReader, Message, encode_frame};
-use crate::transport::{self, Endpoint, TransportError};
+use crate::transport::{self, Endpoint, TransportConfig, TransportError};
 use crate::wire::{self, ReadError};
 
 /// Why a one-shot request failed.
@@ -28,6 +28,7 @@ pub enum ClientError {
 /// Asks a node what it serves, who is connected, and its counters.
 pub async fn fetch_status(
     endpoint: &Endpoint,
+    transport: &TransportConfig,
     token: Option<String>,
     limit: Duration,
 ) -> Result<NodeStatus, ClientError> {
@@ -36,7 +37,7 @@ pub async fn fetch_status(
         reason,
     };
     let exchange = async {
-        let stream = transport::connect(endpoint).await?;
+        let stream = transport::connect(endpoint, transport).await?;
         let (mut rd, mut wr) = tokio::io::split(stream);
         let config = FrameConfig::default();
         let mut out = Vec::new();
@@ -44,6 +45,7 @@ pub async fn fetch_status(
         wr.write_all(&out)
             .await
             .map_err(|e| protocol(e.to_string()))?;
+        wr.flush().await.map_err(|e| protocol(e.to_string()))?;
         let mut reader = FrameReader::new(config);
         let counted = AtomicU64::new(0);
         match wire::read_message(&mut rd, &mut reader, &counted).await {

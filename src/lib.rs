@@ -35,6 +35,7 @@
 //! ```
 
 pub mod bench;
+pub mod certs;
 pub mod client;
 pub mod machine;
 pub mod mirror;

@@ -14,7 +14,7 @@ use asyncmachine::machine::{
     Args as MutationArgs, MutationKind, Outcome, StateSource, Transition, Value,
 };
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
-use asyncmachine::transport::Endpoint;
+use asyncmachine::transport::{Endpoint, TlsConfig, TransportConfig};
 use clap::{Args, Parser, Subcommand};
 
 /// Runs the nodes of an asyncmachine state-source tree: sources, mirrors and the listeners
@@ -45,6 +45,9 @@ enum Command {
     Set(MutateArgs),
     /// Shows a node's machines, clients, upstreams and counters.
     Status(StatusArgs),
+    /// Writes a development CA and certificates for the named nodes (or clients) into DIR:
+    /// ca.pem, NAME.pem, NAME.key. For development and tests only.
+    Certs(CertsArgs),
     /// Runs benchmark scenarios over real sockets and prints a table.
     Bench {
         #[command(subcommand)]
@@ -64,6 +67,36 @@ struct RunArgs {
     report_ms: u64,
 }
 
+/// TLS material for tls://, quic:// and wss:// endpoints.
+#[derive(Debug, Args)]
+struct TlsArgs {
+    /// PEM CA to verify the server with.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// PEM certificate to present (mutual TLS); with --key.
+    #[arg(long, global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, global = true, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn transport(&self) -> anyhow::Result<TransportConfig> {
+        if self.ca.is_none() && self.cert.is_none() {
+            return Ok(TransportConfig::default());
+        }
+        let tls = TlsConfig::from_pem_files(
+            self.cert.as_deref(),
+            self.key.as_deref(),
+            self.ca.as_deref(),
+            false,
+        )
+        .context("cannot load the TLS files")?;
+        Ok(TransportConfig::with_tls(tls))
+    }
+}
+
 #[derive(Debug, Args)]
 struct Connect {
     /// Where the machine is served: tcp://host:port/MACHINE (the machine may be left out when
@@ -72,6 +105,8 @@ struct Connect {
     /// The server's token, if it needs one.
     #[arg(long)]
     token: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -110,9 +145,20 @@ struct StatusArgs {
     endpoint: String,
     #[arg(long)]
     token: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CertsArgs {
+    /// Where to write the files.
+    dir: PathBuf,
+    /// Names to issue certificates for (each name is the identity its certificate proves).
+    #[arg(required = true)]
+    names: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +237,7 @@ fn main() -> ExitCode {
             runtime(1).and_then(|rt| rt.block_on(mutate(MutationKind::Set, &args)))
         }
         Command::Status(args) => runtime(1).and_then(|rt| rt.block_on(status(&args))),
+        Command::Certs(args) => certs(&args),
         Command::Bench {
             scenario: Scenario::Sgp(args),
         } => bench_sgp(&args),
@@ -322,6 +369,7 @@ async fn connect_mirror(connect: &Connect, role: &str) -> anyhow::Result<Mirror>
     let config = MirrorConfig {
         client_id: format!("am-node-{role}-{}", std::process::id()),
         token: connect.token.clone(),
+        transport: connect.tls.transport()?,
         ..MirrorConfig::default()
     };
     Mirror::connect(&endpoint, config)
@@ -455,9 +503,13 @@ async fn mutate(kind: MutationKind, args: &MutateArgs) -> anyhow::Result<ExitCod
 
 async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let endpoint = endpoint(&args.endpoint)?;
-    let status =
-        asyncmachine::client::fetch_status(&endpoint, args.token.clone(), Duration::from_secs(5))
-            .await?;
+    let status = asyncmachine::client::fetch_status(
+        &endpoint,
+        &args.tls.transport()?,
+        args.token.clone(),
+        Duration::from_secs(5),
+    )
+    .await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(
@@ -501,6 +553,19 @@ async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     for (name, value) in &status.counters {
         writeln!(out, "  {name:<16} {value}")?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
+    let written = asyncmachine::certs::write_dev_certs(&args.dir, &args.names)?;
+    let mut out = std::io::stdout().lock();
+    for path in written {
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    writeln!(
+        out,
+        "use them in a topology: tls = {{ cert = \"NAME.pem\", key = \"NAME.key\", ca = \"ca.pem\" }}"
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

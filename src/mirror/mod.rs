@@ -32,7 +32,7 @@ use crate::proto::message::{
 use crate::proto::{
     Compression, FrameConfig, FrameReader, Message, PROTOCOL_VERSION, Tracked, encode_frame,
 };
-use crate::transport::{self, BoxStream, Endpoint, TransportError};
+use crate::transport::{self, BoxStream, Endpoint, TransportConfig, TransportError};
 use crate::wire::{self, ReadError};
 
 /// How a mirror connects and behaves.
@@ -58,6 +58,8 @@ pub struct MirrorConfig {
     /// First reconnect delay; it doubles up to `backoff_max`, with jitter.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// TLS material for tls://, quic:// and wss:// upstreams.
+    pub transport: TransportConfig,
 }
 
 impl Default for MirrorConfig {
@@ -76,6 +78,7 @@ impl Default for MirrorConfig {
             max_frame: DEFAULT_MAX_FRAME,
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            transport: TransportConfig::default(),
         }
     }
 }
@@ -594,7 +597,12 @@ async fn establish(
     config: &MirrorConfig,
     schema_hash: u64,
 ) -> Result<Session, MirrorError> {
-    let stream = match timeout(config.connect_timeout, transport::connect(endpoint)).await {
+    let stream = match timeout(
+        config.connect_timeout,
+        transport::connect(endpoint, &config.transport),
+    )
+    .await
+    {
         Ok(connected) => connected?,
         Err(_) => {
             return Err(MirrorError::Transport(TransportError::Connect {
@@ -629,7 +637,10 @@ async fn establish(
     let exchange = async {
         // A server that refuses may close before it has read the hello: its refusal is still
         // the answer to report, so read even when the write failed.
-        let wrote = wr.write_all(&out).await;
+        let wrote = match wr.write_all(&out).await {
+            Ok(()) => wr.flush().await,
+            Err(e) => Err(e),
+        };
         let ignored = AtomicU64::new(0);
         match (
             wire::read_message(&mut rd, &mut reader, &ignored).await,
@@ -822,6 +833,7 @@ async fn run_session(
                     }
                     if bye {
                         let _ = wr.write_all(&out).await;
+                        let _ = wr.flush().await;
                         let _ = wr.shutdown().await;
                         return "mirror closed".to_owned();
                     }
@@ -832,6 +844,9 @@ async fn run_session(
                 }
             }
             if let Err(e) = wr.write_all(&out).await {
+                return format!("i/o error: {e}");
+            }
+            if let Err(e) = wr.flush().await {
                 return format!("i/o error: {e}");
             }
             stats

@@ -14,17 +14,13 @@ use crate::mirror::{Mirror, MirrorConfig, MirrorError};
 use crate::proto::Compression;
 use crate::server::{Server, ServerConfig, ServerError};
 use crate::topology::{DriverSpec, MachineKind, NodePlan, Topology};
-use crate::transport::Endpoint;
+use crate::transport::{Endpoint, TlsConfig, TlsError, TransportConfig};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("node {node}: {what} is not available in this build yet; {hint}")]
-    Unavailable {
-        node: String,
-        what: &'static str,
-        hint: &'static str,
-    },
+    #[error("node {node}: {source}")]
+    Tls { node: String, source: TlsError },
     #[error("node {0:?} is not in the topology; nodes: {1}")]
     UnknownNode(String, String),
     #[error("node {node}: {source}")]
@@ -61,13 +57,23 @@ impl std::fmt::Debug for RunningNode {
 /// Starts one node: its machines are served (mirrors with their last clock, zero at first)
 /// as soon as this returns; mirrors connect to their upstreams in the background.
 pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
-    if plan.tls.is_some() {
-        return Err(NodeError::Unavailable {
-            node: plan.name.clone(),
-            what: "TLS (the `tls` key)",
-            hint: "remove the key until the TLS transport lands (issue 5)",
-        });
-    }
+    let transport = match &plan.tls {
+        None => TransportConfig::default(),
+        Some(tls) => {
+            let path = |p: &str| std::path::PathBuf::from(p);
+            let config = TlsConfig::from_pem_files(
+                Some(&path(&tls.cert)),
+                Some(&path(&tls.key)),
+                tls.ca.as_deref().map(path).as_deref(),
+                tls.client_auth,
+            )
+            .map_err(|source| NodeError::Tls {
+                node: plan.name.clone(),
+                source,
+            })?;
+            TransportConfig::with_tls(config)
+        }
+    };
     let defaults = ServerConfig::default();
     let config = ServerConfig {
         name: plan.name.clone(),
@@ -80,6 +86,7 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
         min_push_interval: plan.push_interval,
         token: plan.token.clone(),
         allow_ids: plan.allow.clone(),
+        transport: transport.clone(),
     };
     let server = Server::new(config);
     let mut machines = Vec::new();
@@ -125,6 +132,7 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
                     compression: *compression,
                     track: track.clone(),
                     token: token.clone(),
+                    transport: transport.clone(),
                     ..MirrorConfig::default()
                 };
                 let mirror =

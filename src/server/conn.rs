@@ -101,11 +101,17 @@ pub(crate) async fn serve(inner: &Arc<Inner>, conn: u64, handshake: Handshake) {
     let (stream, peer) = match timeout(limit, handshake).await {
         Ok(Ok(connected)) => connected,
         Ok(Err(e)) => {
-            debug!(conn, error = %e, "transport handshake failed");
+            inner.stats.transport_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(conn, error = %e, "transport handshake failed; closing this connection");
             return;
         }
         Err(_) => {
-            debug!(conn, ?limit, "transport handshake timed out");
+            inner.stats.transport_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                conn,
+                ?limit,
+                "transport handshake timed out; closing this connection"
+            );
             return;
         }
     };
@@ -161,6 +167,14 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         }
     };
 
+    // Under mutual TLS the certificate says who the client is, whatever its hello claims.
+    let mut hello = hello;
+    if let Some(identity) = &peer.identity
+        && *identity != hello.client_id
+    {
+        info!(claimed = %hello.client_id, %identity, "client id taken from its certificate");
+        hello.client_id = identity.clone();
+    }
     let hub = match inner.hub(&hello.source) {
         Ok(hub) => hub,
         Err(reason) => {
@@ -292,6 +306,8 @@ async fn refuse(inner: &Inner, wr: &mut WriteHalf<BoxStream>, kind: RefusalKind,
 
 async fn write(inner: &Inner, wr: &mut WriteHalf<BoxStream>, bytes: &[u8]) -> std::io::Result<()> {
     wr.write_all(bytes).await?;
+    // TLS and WebSocket streams buffer; a frame must leave now, not with the next one.
+    wr.flush().await?;
     inner
         .stats
         .bytes_out

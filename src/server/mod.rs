@@ -23,7 +23,7 @@ use crate::proto::frame::DEFAULT_MAX_FRAME;
 use crate::proto::handshake::Policy;
 use crate::proto::message::{ClientStatus, NodeStatus, Payload, SourceStatus};
 use crate::proto::{Compression, FrameConfig};
-use crate::transport::{self, Endpoint, Listener, TransportError};
+use crate::transport::{self, Endpoint, Listener, TransportConfig, TransportError};
 
 use hub::Hub;
 
@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Only these client ids are let in.
     pub allow_ids: Option<Vec<String>>,
+    /// TLS material for tls://, quic:// and wss:// listeners.
+    pub transport: TransportConfig,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +66,7 @@ impl Default for ServerConfig {
             min_push_interval: None,
             token: None,
             allow_ids: None,
+            transport: TransportConfig::default(),
         }
     }
 }
@@ -87,6 +90,8 @@ pub struct ServerStats {
     pub connections: AtomicU64,
     pub clients: AtomicU64,
     pub refusals: AtomicU64,
+    /// Connections whose transport handshake (TLS, WebSocket, QUIC) failed.
+    pub transport_errors: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
@@ -190,7 +195,7 @@ impl Server {
         if *self.inner.shutdown.borrow() {
             return Err(ServerError::ShutDown);
         }
-        let listener = transport::bind(endpoint).await?;
+        let listener = transport::bind(endpoint, &self.inner.config.transport).await?;
         let local = listener.local_endpoint();
         info!(endpoint = %local, "listening");
         let inner = self.inner.clone();
@@ -355,6 +360,7 @@ impl Inner {
             ("connections", &s.connections),
             ("clients", &s.clients),
             ("refusals", &s.refusals),
+            ("transport_errors", &s.transport_errors),
             ("protocol_errors", &s.protocol_errors),
             ("frames_in", &s.frames_in),
             ("frames_out", &s.frames_out),

@@ -632,7 +632,17 @@ fn resolve(cx: &Cx<'_>, path: &Path, spec: FileSpec) -> Result<Topology, Topolog
             handshake_timeout: ms(n.limits.handshake_timeout_ms),
             idle_timeout: ms(n.limits.idle_timeout_ms),
             keepalive: ms(n.limits.keepalive_ms),
-            tls: n.tls.as_ref().map(|t| t.get_ref().clone()),
+            // Certificate paths are relative to the topology file.
+            tls: n.tls.as_ref().map(|t| {
+                let t = t.get_ref();
+                let at = |p: &str| base.join(p).to_string_lossy().into_owned();
+                TlsSpec {
+                    cert: at(&t.cert),
+                    key: at(&t.key),
+                    ca: t.ca.as_deref().map(at),
+                    client_auth: t.client_auth,
+                }
+            }),
             token: acl.token,
             allow: acl.allow,
         });

@@ -83,6 +83,7 @@ impl Listener for MemListener {
                     stream,
                     PeerInfo {
                         address: format!("mem-peer-{peer}"),
+                        identity: None,
                     },
                 ))
             });

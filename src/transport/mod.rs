@@ -6,12 +6,19 @@
 //! own handshake (TLS, WebSocket, QUIC streams) inside the connection's task, so one slow peer
 //! never holds up the accept loop.
 //!
-//! Schemes: `tcp://host:port` and `mem://name` (in-process pairs, for tests). Other schemes of
-//! the design (`tls`, `quic`, `ws`, `wss`) parse, and are refused with a clear error until their
-//! transports land.
+//! Schemes: `tcp://host:port`, `tls://` (TLS over TCP), `quic://` (one QUIC stream per
+//! session), `ws://` and `wss://` (WebSocket binary messages), and `mem://name` (in-process
+//! pairs, for tests). The TLS-based ones take their material from a [`TransportConfig`].
 
 mod mem;
+mod quic;
 mod tcp;
+pub mod tls;
+mod ws;
+
+use std::sync::Arc;
+
+pub use tls::{TlsConfig, TlsError};
 
 use std::fmt;
 use std::future::Future;
@@ -36,6 +43,29 @@ pub type Handshake = BoxFuture<'static, io::Result<(BoxStream, PeerInfo)>>;
 pub struct PeerInfo {
     /// The peer's address, for logs.
     pub address: String,
+    /// Who the peer's certificate says it is (its first DNS name), under mutual TLS.
+    pub identity: Option<String>,
+}
+
+/// Transport settings shared by a node's listeners and connections.
+#[derive(Debug, Clone, Default)]
+pub struct TransportConfig {
+    /// Certificates for `tls://`, `quic://` and `wss://`.
+    pub tls: Option<Arc<TlsConfig>>,
+}
+
+impl TransportConfig {
+    pub fn with_tls(tls: TlsConfig) -> Self {
+        TransportConfig {
+            tls: Some(Arc::new(tls)),
+        }
+    }
+
+    fn tls(&self, scheme: Scheme) -> Result<&TlsConfig, TransportError> {
+        self.tls
+            .as_deref()
+            .ok_or(TransportError::NoTls(scheme.as_str()))
+    }
 }
 
 /// A bound listener of one transport.
@@ -184,18 +214,33 @@ pub enum TransportError {
         endpoint: Endpoint,
         source: io::Error,
     },
-    #[error("the {0} transport is not available in this build yet; use tcp://")]
-    Unsupported(&'static str),
+    #[error(
+        "{0}:// needs TLS material (a CA, and a certificate and key to listen); set `tls` on the node, or pass --ca; `am-node certs DIR` writes development certificates"
+    )]
+    NoTls(&'static str),
+}
+
+fn boxed<L: Listener + 'static>(listener: L) -> Box<dyn Listener> {
+    Box::new(listener)
 }
 
 /// Binds a listener for the endpoint's scheme.
-pub async fn bind(endpoint: &Endpoint) -> Result<Box<dyn Listener>, TransportError> {
-    let bound: io::Result<Box<dyn Listener>> = match endpoint.scheme {
-        Scheme::Tcp => tcp::bind(&endpoint.address)
+pub async fn bind(
+    endpoint: &Endpoint,
+    config: &TransportConfig,
+) -> Result<Box<dyn Listener>, TransportError> {
+    let address = endpoint.address.as_str();
+    let bound = match endpoint.scheme {
+        Scheme::Tcp => tcp::bind(address).await.map(boxed),
+        Scheme::Mem => mem::bind(address).map(boxed),
+        Scheme::Tls => tls::bind(address, config.tls(Scheme::Tls)?)
             .await
-            .map(|l| Box::new(l) as Box<dyn Listener>),
-        Scheme::Mem => mem::bind(&endpoint.address).map(|l| Box::new(l) as Box<dyn Listener>),
-        other => return Err(TransportError::Unsupported(other.as_str())),
+            .map(boxed),
+        Scheme::Quic => quic::bind(address, config.tls(Scheme::Quic)?).map(boxed),
+        Scheme::Ws => ws::bind(address, None).await.map(boxed),
+        Scheme::Wss => ws::bind(address, Some(config.tls(Scheme::Wss)?))
+            .await
+            .map(boxed),
     };
     bound.map_err(|source| TransportError::Bind {
         endpoint: endpoint.without_machine(),
@@ -204,11 +249,18 @@ pub async fn bind(endpoint: &Endpoint) -> Result<Box<dyn Listener>, TransportErr
 }
 
 /// Connects to the endpoint.
-pub async fn connect(endpoint: &Endpoint) -> Result<BoxStream, TransportError> {
+pub async fn connect(
+    endpoint: &Endpoint,
+    config: &TransportConfig,
+) -> Result<BoxStream, TransportError> {
+    let address = endpoint.address.as_str();
     let connected = match endpoint.scheme {
-        Scheme::Tcp => tcp::connect(&endpoint.address).await,
-        Scheme::Mem => mem::connect(&endpoint.address).await,
-        other => return Err(TransportError::Unsupported(other.as_str())),
+        Scheme::Tcp => tcp::connect(address).await,
+        Scheme::Mem => mem::connect(address).await,
+        Scheme::Tls => tls::connect(address, config.tls(Scheme::Tls)?).await,
+        Scheme::Quic => quic::connect(address, config.tls(Scheme::Quic)?).await,
+        Scheme::Ws => ws::connect(address, None).await,
+        Scheme::Wss => ws::connect(address, Some(config.tls(Scheme::Wss)?)).await,
     };
     connected.map_err(|source| TransportError::Connect {
         endpoint: endpoint.without_machine(),

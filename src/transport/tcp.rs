@@ -35,6 +35,7 @@ impl Listener for TcpTransportListener {
                     stream,
                     PeerInfo {
                         address: peer.to_string(),
+                        identity: None,
                     },
                 ))
             });

@@ -8,12 +8,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use asyncmachine::certs::DevCa;
 use asyncmachine::machine::{Args, Machine, Schema, SchemaDef, StateDef, StateSource};
 use asyncmachine::mirror::{Mirror, MirrorConfig};
 use asyncmachine::proto::message::{Hello, WantedOptions, Welcome};
 use asyncmachine::proto::{FrameConfig, FrameReader, Message, PROTOCOL_VERSION, encode_frame};
 use asyncmachine::server::{Server, ServerConfig};
-use asyncmachine::transport::{self, BoxStream, Endpoint};
+use asyncmachine::transport::{self, BoxStream, Endpoint, TlsConfig, TransportConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every await in a test is bounded by this.
@@ -24,6 +25,25 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
         Ok(out) => out,
         Err(_) => panic!("timed out after {LIMIT:?} waiting for {what}"),
     }
+}
+
+/// TLS material for every test of this process: one CA, one node certificate (named
+/// `test-node`, valid for 127.0.0.1), used by servers and clients alike.
+pub fn transport() -> TransportConfig {
+    static TLS: std::sync::OnceLock<TransportConfig> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let ca = DevCa::new("test CA").expect("a CA");
+        let node = ca.issue("test-node").expect("a certificate");
+        let tls = TlsConfig::from_pem(
+            Some(node.cert.as_bytes()),
+            Some(node.key.as_bytes()),
+            Some(ca.pem().cert.as_bytes()),
+            false,
+        )
+        .expect("usable TLS material");
+        TransportConfig::with_tls(tls)
+    })
+    .clone()
 }
 
 /// An endpoint to bind on for a scheme: port 0 (or a fresh name) so tests never collide.
@@ -48,7 +68,10 @@ pub async fn serve(
     config: ServerConfig,
     scheme: &str,
 ) -> (Server, Endpoint) {
-    let server = Server::new(config);
+    let server = Server::new(ServerConfig {
+        transport: transport(),
+        ..config
+    });
     server.add_source("worker", source).expect("first source");
     let endpoint = server.listen(&any_port(scheme)).await.expect("binds");
     (server, endpoint.with_machine("worker"))
@@ -59,6 +82,7 @@ pub fn mirror_config(id: &str) -> MirrorConfig {
         client_id: id.to_owned(),
         backoff_initial: Duration::from_millis(10),
         backoff_max: Duration::from_millis(200),
+        transport: transport(),
         ..MirrorConfig::default()
     }
 }
@@ -110,7 +134,7 @@ pub struct RawClient {
 
 impl RawClient {
     pub async fn connect(endpoint: &Endpoint) -> RawClient {
-        let stream = within("raw connect", transport::connect(endpoint))
+        let stream = within("raw connect", transport::connect(endpoint, &transport()))
             .await
             .expect("connects");
         RawClient {
@@ -137,9 +161,12 @@ impl RawClient {
     }
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
-        within("raw send", self.stream.write_all(bytes))
-            .await
-            .expect("sends");
+        within("raw send", async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        })
+        .await
+        .expect("sends");
     }
 
     /// The next message, or `None` when the server closed the connection.
