@@ -330,3 +330,79 @@ async fn when_the_root_restarts_fresh_every_level_follows_its_clock_back() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_over_every_transport_carries_mutations_up_and_diffs_down() {
+    // root -quic-> l1 -wss-> l2 -tls-> l3 -ws-> l4, each node with its own certificate.
+    let dir = std::env::temp_dir().join(unique("mixed"));
+    let names: Vec<String> = ["root", "l1", "l2", "l3", "l4"].map(String::from).to_vec();
+    asyncmachine::certs::write_dev_certs(&dir, &names).expect("writes certificates");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free udp")
+        .port();
+    let tcp = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free tcp")
+            .port()
+    };
+    let listeners = [
+        format!("quic://127.0.0.1:{udp}"),
+        format!("wss://127.0.0.1:{}", tcp()),
+        format!("tls://127.0.0.1:{}", tcp()),
+        format!("ws://127.0.0.1:{}", tcp()),
+        format!("tcp://127.0.0.1:{}", tcp()),
+    ];
+    let mut text = SCHEMA.to_owned();
+    for (i, name) in names.iter().enumerate() {
+        let machine = if i == 0 {
+            "{ name = \"demo\", schema = \"demo\", start = [\"Start\"] }".to_owned()
+        } else {
+            format!("{{ name = \"demo\", upstream = \"{}\" }}", names[i - 1])
+        };
+        text.push_str(&format!(
+            "\n[[nodes]]\nname = \"{name}\"\nlisten = [\"{}\"]\ntls = {{ cert = \"{name}.pem\", key = \"{name}.key\", ca = \"ca.pem\" }}\nmachines = [{machine}]\n",
+            listeners[i]
+        ));
+    }
+    let file = dir.join("mixed.toml");
+    std::fs::write(&file, text).expect("writes the topology");
+    let plan = topology::load(&file).expect("valid topology");
+    let running = within("start", start_topology(&plan, &[]))
+        .await
+        .expect("starts");
+    all_converged(&running, "root").await;
+
+    let (root, leaf) = (demo(&running, "root"), demo(&running, "l4"));
+    assert_eq!(
+        within("leaf add", leaf.add(&["Flag", "Green"], Args::new())).await,
+        Ok(Outcome::Executed)
+    );
+    assert!(
+        root.is(&["Flag", "Green"]),
+        "the mutation crossed ws, tls, wss and quic"
+    );
+    for _ in 0..20 {
+        within("root tick", root.add(&["Tick"], Args::new()))
+            .await
+            .expect("taken in");
+    }
+    all_converged(&running, "root").await;
+    // Each hop knows its upstream over its own transport.
+    let schemes: Vec<String> = running
+        .nodes()
+        .iter()
+        .skip(1)
+        .map(|n| {
+            n.machine("demo")
+                .and_then(|m| m.upstream())
+                .map(|u| u.endpoint)
+                .unwrap_or_default()
+        })
+        .map(|e| e.split("://").next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(schemes, ["quic", "wss", "tls", "ws"]);
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -181,7 +181,7 @@ struct ChainArgs {
     iterations: u64,
     #[arg(long, default_value_t = 200)]
     warmup: u64,
-    /// Transport between the nodes (tcp; more come with their transports).
+    /// Transport between the nodes: tcp, tls, quic, ws or wss.
     #[arg(long, default_value = "tcp")]
     transport: String,
     /// Tokio worker threads; 1 runs every node on one thread.
@@ -200,7 +200,7 @@ struct SgpArgs {
     /// Loops before measuring.
     #[arg(long, default_value_t = 500)]
     warmup: u64,
-    /// Transport between mirror and server (tcp; more come with their transports).
+    /// Transport between mirror and server: tcp, tls, quic, ws or wss.
     #[arg(long, default_value = "tcp")]
     transport: String,
     /// Ask for zstd compression.
@@ -571,15 +571,11 @@ fn certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
 
 fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
     use asyncmachine::bench::sgp::{SgpOptions, run};
-    anyhow::ensure!(
-        args.transport == "tcp",
-        "transport {:?} is not available for bench sgp yet; use --transport tcp",
-        args.transport
-    );
     let options = SgpOptions {
         loops: args.loops,
         warmup: args.warmup,
         compression: args.compression,
+        transport: asyncmachine::bench::scheme(&args.transport)?,
     };
     let progress = |done: u64, total: u64| {
         // Progress goes to stderr so that stdout stays the table (and the JSON line).
@@ -633,16 +629,12 @@ fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
 
 fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
     use asyncmachine::bench::chain::{ChainOptions, run};
-    anyhow::ensure!(
-        args.transport == "tcp",
-        "transport {:?} is not available for bench chain yet; use --transport tcp",
-        args.transport
-    );
     anyhow::ensure!((1..=16).contains(&args.hops), "--hops must be 1 to 16");
     let options = ChainOptions {
         hops: args.hops,
         iterations: args.iterations,
         warmup: args.warmup,
+        transport: asyncmachine::bench::scheme(&args.transport)?,
     };
     let progress = |done: u64, total: u64| {
         let end = if done == total { "\n" } else { "" };

@@ -53,7 +53,7 @@ fn bench_sgp_prints_a_table_and_json_on_the_last_line() {
 fn an_unavailable_transport_is_a_clear_error() {
     let out = am_node(&["bench", "sgp", "--transport", "carrier-pigeon"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--transport tcp"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use tcp, tls, quic, ws or wss"));
 }
 
 #[test]

@@ -23,6 +23,7 @@ pub struct ChainOptions {
     pub hops: usize,
     pub iterations: u64,
     pub warmup: u64,
+    pub transport: Scheme,
 }
 
 impl Default for ChainOptions {
@@ -31,6 +32,7 @@ impl Default for ChainOptions {
             hops: 3,
             iterations: 5_000,
             warmup: 200,
+            transport: Scheme::Tcp,
         }
     }
 }
@@ -40,7 +42,7 @@ impl Default for ChainOptions {
 pub struct Depth {
     pub hops: usize,
     pub latency: Percentiles,
-    /// The floor's latency to the same depth.
+    /// The floor's latency to the same depth (raw TCP, whatever the transport).
     pub floor: Percentiles,
 }
 
@@ -75,7 +77,7 @@ impl Arrival {
     }
 }
 
-/// Runs the scenario over TCP.
+/// Runs the scenario over the chosen transport.
 pub async fn run(
     options: &ChainOptions,
     progress: &dyn Fn(u64, u64),
@@ -90,6 +92,7 @@ pub async fn run(
         .index("Tick")
         .ok_or_else(|| setup("schema", &"no Tick"))?;
     let root = Machine::builder(schema.clone()).id("root").build();
+    let transport = super::transport_for(options.transport)?;
 
     // root served by s0; m1 mirrors s0 and is served by s1; and so on.
     let mut servers = Vec::new();
@@ -98,13 +101,14 @@ pub async fn run(
     for depth in 0..=hops {
         let server = Server::new(ServerConfig {
             name: format!("n{depth}"),
+            transport: transport.clone(),
             ..ServerConfig::default()
         });
         server
             .add_source("chain", upstream.clone())
             .map_err(|e| setup("serving", &e))?;
         let endpoint = server
-            .listen(&Endpoint::new(Scheme::Tcp, "127.0.0.1:0"))
+            .listen(&Endpoint::new(options.transport, "127.0.0.1:0"))
             .await
             .map_err(|e| setup("binding", &e))?;
         servers.push(server);
@@ -115,6 +119,7 @@ pub async fn run(
             client_id: format!("m{}", depth + 1),
             schema: Some(Arc::new(schema.clone())),
             keepalive: Duration::from_secs(3600),
+            transport: transport.clone(),
             ..MirrorConfig::default()
         };
         let mirror = Mirror::connect(&endpoint.with_machine("chain"), config)
@@ -231,7 +236,7 @@ pub async fn run(
         .collect();
     Ok(ChainReport {
         scenario: "chain",
-        transport: "tcp",
+        transport: options.transport.as_str(),
         iterations: options.iterations,
         propagation,
         round_trip: Percentiles::of(&mut round_trips),

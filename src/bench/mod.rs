@@ -9,6 +9,41 @@ pub mod sgp;
 
 use std::time::Duration;
 
+use crate::transport::{Scheme, TlsConfig, TransportConfig};
+
+/// Transport material for a benchmark over `scheme`: a fresh development CA and node
+/// certificate for the TLS-based schemes, nothing for the others.
+pub fn transport_for(scheme: Scheme) -> Result<TransportConfig, BenchError> {
+    if matches!(scheme, Scheme::Tcp | Scheme::Ws | Scheme::Mem) {
+        return Ok(TransportConfig::default());
+    }
+    let setup = |e: &dyn std::fmt::Display| BenchError::Setup(format!("TLS material: {e}"));
+    let ca = crate::certs::DevCa::new("bench CA").map_err(|e| setup(&e))?;
+    let node = ca.issue("bench-node").map_err(|e| setup(&e))?;
+    let tls = TlsConfig::from_pem(
+        Some(node.cert.as_bytes()),
+        Some(node.key.as_bytes()),
+        Some(ca.pem().cert.as_bytes()),
+        false,
+    )
+    .map_err(|e| setup(&e))?;
+    Ok(TransportConfig::with_tls(tls))
+}
+
+/// Parses a `--transport` value.
+pub fn scheme(name: &str) -> Result<Scheme, BenchError> {
+    match name {
+        "tcp" => Ok(Scheme::Tcp),
+        "tls" => Ok(Scheme::Tls),
+        "quic" => Ok(Scheme::Quic),
+        "ws" => Ok(Scheme::Ws),
+        "wss" => Ok(Scheme::Wss),
+        other => Err(BenchError::Setup(format!(
+            "unknown transport {other:?}; use tcp, tls, quic, ws or wss"
+        ))),
+    }
+}
+
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

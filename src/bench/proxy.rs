@@ -88,3 +88,53 @@ async fn pump(
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
+
+/// A UDP proxy for one client (QUIC), counting datagram payload bytes each way.
+#[derive(Debug)]
+pub struct UdpCountingProxy {
+    pub addr: SocketAddr,
+    pub counts: Arc<ByteCounts>,
+    task: JoinHandle<()>,
+}
+
+impl UdpCountingProxy {
+    /// Listens on `127.0.0.1:0` and relays datagrams between the first client and `target`.
+    pub async fn start(target: SocketAddr) -> io::Result<UdpCountingProxy> {
+        use tokio::net::UdpSocket;
+        let front = UdpSocket::bind("127.0.0.1:0").await?;
+        let back = UdpSocket::bind("127.0.0.1:0").await?;
+        back.connect(target).await?;
+        let addr = front.local_addr()?;
+        let counts = Arc::new(ByteCounts::default());
+        let c = counts.clone();
+        let task = tokio::spawn(async move {
+            let mut client: Option<SocketAddr> = None;
+            let (mut up, mut down) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = front.recv_from(&mut up) => {
+                        client = Some(from);
+                        if back.send(&up[..n]).await.is_ok() {
+                            c.up.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(n) = back.recv(&mut down) => {
+                        if let Some(client) = client
+                            && front.send_to(&down[..n], client).await.is_ok()
+                        {
+                            c.down.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                    else => return,
+                }
+            }
+        });
+        Ok(UdpCountingProxy { addr, counts, task })
+    }
+}
+
+impl Drop for UdpCountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::proxy::CountingProxy;
+use super::proxy::{CountingProxy, UdpCountingProxy};
 use super::{BenchError, Percentiles};
 use crate::mirror::{Mirror, MirrorConfig};
 use crate::server::{Server, ServerConfig};
@@ -20,6 +20,7 @@ pub struct SgpOptions {
     /// Loops run before measuring (connection warm-up, allocator, caches).
     pub warmup: u64,
     pub compression: bool,
+    pub transport: Scheme,
 }
 
 impl Default for SgpOptions {
@@ -28,6 +29,7 @@ impl Default for SgpOptions {
             loops: 10_000,
             warmup: 500,
             compression: false,
+            transport: Scheme::Tcp,
         }
     }
 }
@@ -40,7 +42,8 @@ pub struct SgpReport {
     pub loops: u64,
     pub us_per_loop: f64,
     pub latency: Percentiles,
-    /// Both directions through the proxy, per measured loop.
+    /// Both directions through the proxy, per measured loop: wire bytes, TLS records and
+    /// WebSocket framing included (QUIC: UDP payloads).
     pub bytes_per_loop: f64,
     pub bytes_up_per_loop: f64,
     pub bytes_down_per_loop: f64,
@@ -48,46 +51,60 @@ pub struct SgpReport {
     pub handshake_bytes: u64,
     pub errors: u64,
     /// The same message pattern (request and reply of the measured sizes, through the same
-    /// proxy) over raw sockets with no protocol and no state machine: the limit.
+    /// kind of proxy) over raw TCP sockets with no protocol and no state machine: the limit.
     pub floor_us_per_loop: f64,
 }
 
-/// Runs the scenario over TCP; `progress(done, total)` is called now and then.
+/// Runs the scenario over the chosen transport; `progress(done, total)` is called now and then.
 pub async fn run(
     options: &SgpOptions,
     progress: &dyn Fn(u64, u64),
 ) -> Result<SgpReport, BenchError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
     let (worker, stats) = start_worker("sgp-worker", 0x5eed);
-    let server = Server::new(ServerConfig::default());
+    let transport = super::transport_for(options.transport)?;
+    let server = Server::new(ServerConfig {
+        transport: transport.clone(),
+        ..ServerConfig::default()
+    });
     server
         .add_source("sgp", Arc::new(worker))
         .map_err(|e| setup("serving the worker", &e))?;
     let bound = server
-        .listen(&Endpoint::new(Scheme::Tcp, "127.0.0.1:0"))
+        .listen(&Endpoint::new(options.transport, "127.0.0.1:0"))
         .await
         .map_err(|e| setup("binding the server", &e))?;
     let target: SocketAddr = bound
         .address
         .parse()
         .map_err(|e| setup("server address", &e))?;
-    let proxy = CountingProxy::start(target)
-        .await
-        .map_err(|e| setup("starting the proxy", &e))?;
+    // QUIC is UDP: it needs a datagram proxy; the others are TCP underneath.
+    let (proxy_addr, counts, _tcp_proxy, _udp_proxy) = if options.transport == Scheme::Quic {
+        let proxy = UdpCountingProxy::start(target)
+            .await
+            .map_err(|e| setup("starting the proxy", &e))?;
+        (proxy.addr, proxy.counts.clone(), None, Some(proxy))
+    } else {
+        let proxy = CountingProxy::start(target)
+            .await
+            .map_err(|e| setup("starting the proxy", &e))?;
+        (proxy.addr, proxy.counts.clone(), Some(proxy), None)
+    };
 
-    let endpoint = Endpoint::new(Scheme::Tcp, proxy.addr.to_string()).with_machine("sgp");
+    let endpoint = Endpoint::new(options.transport, proxy_addr.to_string()).with_machine("sgp");
     let config = MirrorConfig {
         client_id: "sgp-mirror".into(),
         compression: options.compression,
         schema: Some(Arc::new(crate::sgp::schema())),
         // No pings in the measured window: they are not part of the scenario.
         keepalive: Duration::from_secs(3600),
+        transport,
         ..MirrorConfig::default()
     };
     let mirror = Mirror::connect(&endpoint, config)
         .await
         .map_err(|e| setup("connecting the mirror", &e))?;
-    let handshake_bytes = proxy.counts.total();
+    let handshake_bytes = counts.total();
 
     let mut consumer = Consumer::new();
     for at in 0..options.warmup {
@@ -100,8 +117,8 @@ pub async fn run(
             })?;
     }
     let (up0, down0) = (
-        proxy.counts.up.load(Ordering::Relaxed),
-        proxy.counts.down.load(Ordering::Relaxed),
+        counts.up.load(Ordering::Relaxed),
+        counts.down.load(Ordering::Relaxed),
     );
     let errors0 = stats.errors.load(Ordering::Relaxed);
     let mut samples = Vec::with_capacity(options.loops as usize);
@@ -122,8 +139,8 @@ pub async fn run(
         }
     }
     let elapsed = started.elapsed();
-    let up = proxy.counts.up.load(Ordering::Relaxed) - up0;
-    let down = proxy.counts.down.load(Ordering::Relaxed) - down0;
+    let up = counts.up.load(Ordering::Relaxed) - up0;
+    let down = counts.down.load(Ordering::Relaxed) - down0;
     let errors = stats.errors.load(Ordering::Relaxed) - errors0;
     mirror.close().await;
     server.shutdown(Duration::from_secs(2)).await;
@@ -136,7 +153,7 @@ pub async fn run(
         .map_err(|e| setup("measuring the raw floor", &e))?;
     Ok(SgpReport {
         scenario: "sgp",
-        transport: "tcp",
+        transport: options.transport.as_str(),
         loops: options.loops,
         us_per_loop: elapsed.as_secs_f64() * 1e6 / loops,
         latency: Percentiles::of(&mut samples),

@@ -651,9 +651,14 @@ async fn establish(
             (Err(ReadError::Closed), Ok(())) => {
                 Err(handshake_failed("the server closed the connection".into()))
             }
-            (Err(ReadError::Io(e)), Ok(())) => Err(handshake_failed(e.to_string())),
+            (Err(ReadError::Io(e)), Ok(())) => Err(handshake_failed(
+                crate::transport::tls::explain(e).to_string(),
+            )),
             (Err(ReadError::Protocol(e)), Ok(())) => {
-                Err(handshake_failed(format!("not an aRPC server: {e}")))
+                let hint = crate::proto::foreign_protocol(reader.peek())
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default();
+                Err(handshake_failed(format!("not an aRPC server: {e}{hint}")))
             }
         }
     };

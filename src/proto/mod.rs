@@ -83,6 +83,11 @@ impl FrameReader {
         Ok(Some(message))
     }
 
+    /// The bytes received but not yet taken, for diagnosing what a peer sent.
+    pub fn peek(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
     /// Bytes received but not yet taken as messages.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
@@ -93,6 +98,26 @@ impl FrameReader {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+    }
+}
+
+/// Names the protocol a peer spoke instead of aRPC, from its first bytes, with what to do:
+/// the most common mistakes are a TLS or WebSocket peer on a plain listener and the reverse.
+pub fn foreign_protocol(first: &[u8]) -> Option<&'static str> {
+    match first {
+        [0x16, 0x03, ..] => Some(
+            "the peer started a TLS handshake: this side is plain; use tls:// (or wss://) on both sides",
+        ),
+        [0x15, 0x03, ..] => {
+            Some("the peer sent a TLS alert: it expects TLS; use tls:// (or wss://) on both sides")
+        }
+        [b'G', b'E', b'T', b' ', ..] | [b'P', b'O', b'S', b'T', ..] => Some(
+            "the peer sent an HTTP request (a WebSocket client?) to a raw aRPC listener; use ws:// on both sides",
+        ),
+        [b'H', b'T', b'T', b'P', ..] => {
+            Some("the peer answered with HTTP: it is a web server, not an aRPC one")
+        }
+        _ => None,
     }
 }
 

@@ -151,6 +151,10 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         }
         Ok(Err(End::Protocol(message))) => {
             inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            let message = match crate::proto::foreign_protocol(reader.peek()) {
+                Some(hint) => format!("{message}; {hint}"),
+                None => message,
+            };
             warn!(%message, "bad handshake bytes; closing");
             let reason = format!("not an aRPC hello: {message}");
             refuse(inner, &mut wr, RefusalKind::BadHello, reason).await;

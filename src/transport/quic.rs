@@ -70,13 +70,26 @@ impl Drop for QuicStream {
     }
 }
 
+impl QuicStream {
+    /// quinn's I/O errors say only "connection lost"; the connection knows why.
+    fn why(&self, e: io::Error) -> io::Error {
+        match self.connection.close_reason() {
+            Some(reason) => super::tls::explain(io::Error::new(e.kind(), reason.to_string())),
+            None => e,
+        }
+    }
+}
+
 impl AsyncRead for QuicStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.recv).poll_read(cx, buf)
+        match Pin::new(&mut self.recv).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.why(e))),
+            other => other,
+        }
     }
 }
 
@@ -149,7 +162,12 @@ pub(super) async fn connect(address: &str, tls: &TlsConfig) -> io::Result<BoxStr
                 e.to_string(),
             ))
         })?;
-    let (send, recv) = connection.open_bi().await.map_err(io::Error::other)?;
+    // A server that rejects the client's certificate aborts right after the handshake: the
+    // reason arrives here.
+    let (send, recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| super::tls::explain(io::Error::other(e.to_string())))?;
     Ok(Box::new(QuicStream {
         send,
         recv,

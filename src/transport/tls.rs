@@ -211,17 +211,26 @@ pub(crate) fn identity(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
 }
 
 /// Explains a TLS failure with the likely fix, for both logs and client errors.
-pub(crate) fn explain(e: io::Error) -> io::Error {
+pub fn explain(e: io::Error) -> io::Error {
     let text = e.to_string();
-    let hint = if text.contains("UnknownIssuer") {
+    let lower = text.to_lowercase();
+    // rustls names problems in its messages; QUIC reports the TLS alert number instead.
+    let hint = if lower.contains("unknownissuer")
+        || lower.contains("unknown issuer")
+        || lower.contains("error 48")
+    {
         "the peer's certificate is not signed by the configured CA (wrong `ca`?)"
-    } else if text.contains("Expired") {
+    } else if lower.contains("expired") || lower.contains("error 45") {
         "the peer's certificate has expired; issue a new one (am-node certs)"
-    } else if text.contains("NotValidForName") {
+    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
         "the server's certificate does not name this host; connect by a name it lists"
-    } else if text.contains("CertificateRequired") || text.contains("NoCertificatesPresented") {
+    } else if lower.contains("certificaterequired")
+        || lower.contains("certificate required")
+        || lower.contains("nocertificatespresented")
+        || lower.contains("error 116")
+    {
         "the server requires a client certificate (mutual TLS); configure `cert` and `key`"
-    } else if text.contains("InvalidContentType") || text.contains("corrupt message") {
+    } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
         "the peer does not speak TLS; use tcp:// or ws:// for a plain listener"
     } else {
         return e;

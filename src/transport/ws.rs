@@ -110,10 +110,10 @@ fn handshake_error(e: tungstenite::Error, scheme: Scheme) -> io::Error {
         }
         _ => String::new(),
     };
-    io::Error::new(
+    explain(io::Error::new(
         io::ErrorKind::InvalidData,
         format!("WebSocket handshake failed: {e}{hint}"),
-    )
+    ))
 }
 
 pub(super) struct WsListener {
