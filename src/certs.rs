@@ -17,11 +17,8 @@ use rcgen::{
 pub enum CertError {
     #[error("generating a certificate failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot write {path}: {error}")]
+    Write { path: String, error: std::io::Error },
 }
 
 /// A certificate and its private key, PEM-encoded.
@@ -108,7 +105,7 @@ impl DevCa {
 pub fn write_dev_certs(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, CertError> {
     std::fs::create_dir_all(dir).map_err(|source| CertError::Write {
         path: dir.display().to_string(),
-        source,
+        error: source,
     })?;
     let ca = DevCa::new("asyncmachine development CA")?;
     let mut written = Vec::new();
@@ -116,7 +113,7 @@ pub fn write_dev_certs(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, Cer
         let path = dir.join(file);
         std::fs::write(&path, text).map_err(|source| CertError::Write {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?;
         written.push(path);
         Ok::<_, CertError>(())

@@ -280,3 +280,47 @@ fn a_bad_topology_file_is_an_error_with_its_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":4: unknown field `machins`"), "{err}");
 }
+
+#[test]
+fn certs_then_a_tls_node_and_client_commands_with_ca() {
+    let dir = std::env::temp_dir().join(format!("am-certs-{}", std::process::id()));
+    let dir_text = dir.to_string_lossy().into_owned();
+    let out = am_node(&["certs", &dir_text, "secure"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["ca.pem", "ca.key", "secure.pem", "secure.key"] {
+        assert!(dir.join(file).exists(), "{file} written");
+    }
+    let port = free_port();
+    let file = dir.join("secure.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[schemas.s]\nstates = [{{ name = \"A\" }}]\n\n[[nodes]]\nname = \"secure\"\nlisten = [\"tls://127.0.0.1:{port}\"]\ntls = {{ cert = \"secure.pem\", key = \"secure.key\", ca = \"ca.pem\" }}\nmachines = [{{ name = \"s\", schema = \"s\", start = [\"A\"] }}]\n"
+        ),
+    )
+    .expect("writes the topology");
+    let _node = Killed(spawn(&["run", &file.to_string_lossy(), "--report-ms", "0"]));
+    let endpoint = format!("tls://127.0.0.1:{port}/s");
+    let ca = dir.join("ca.pem").to_string_lossy().into_owned();
+    eventually("the TLS node", || {
+        am_node(&["watch", &endpoint, "--once", "--ca", &ca])
+            .status
+            .success()
+    });
+    let out = am_node(&["watch", &endpoint, "--once", "--ca", &ca]);
+    assert!(stdout(&out).contains('A'), "{}", stdout(&out));
+    let out = am_node(&["watch", &endpoint, "--once"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs TLS material"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = am_node(&["status", &format!("tls://127.0.0.1:{port}"), "--ca", &ca]);
+    assert!(stdout(&out).contains("node secure"), "{}", stdout(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}

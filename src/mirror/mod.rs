@@ -607,7 +607,7 @@ async fn establish(
         Err(_) => {
             return Err(MirrorError::Transport(TransportError::Connect {
                 endpoint: endpoint.without_machine(),
-                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                error: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
             }));
         }
     };

@@ -19,14 +19,14 @@ use crate::transport::{Endpoint, TlsConfig, TlsError, TransportConfig};
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("node {node}: {source}")]
-    Tls { node: String, source: TlsError },
+    #[error("node {node}: {error}")]
+    Tls { node: String, error: TlsError },
     #[error("node {0:?} is not in the topology; nodes: {1}")]
     UnknownNode(String, String),
-    #[error("node {node}: {source}")]
-    Server { node: String, source: ServerError },
-    #[error("node {node}: {source}")]
-    Mirror { node: String, source: MirrorError },
+    #[error("node {node}: {error}")]
+    Server { node: String, error: ServerError },
+    #[error("node {node}: {error}")]
+    Mirror { node: String, error: MirrorError },
     #[error("node {node}: machine {machine} cannot start: {reason}")]
     Start {
         node: String,
@@ -69,7 +69,7 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
             )
             .map_err(|source| NodeError::Tls {
                 node: plan.name.clone(),
-                source,
+                error: source,
             })?;
             TransportConfig::with_tls(config)
         }
@@ -138,7 +138,7 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
                 let mirror =
                     Mirror::start(upstream, config).map_err(|source| NodeError::Mirror {
                         node: plan.name.clone(),
-                        source,
+                        error: source,
                     })?;
                 mirrors.push(mirror.clone());
                 Arc::new(mirror)
@@ -148,7 +148,7 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
             .add_source(&machine.name, source.clone())
             .map_err(|source| NodeError::Server {
                 node: plan.name.clone(),
-                source,
+                error: source,
             })?;
         if let Some(spec) = &machine.driver {
             drivers.push(tokio::spawn(drive(source.clone(), spec.clone())));
@@ -162,7 +162,7 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
             .await
             .map_err(|source| NodeError::Server {
                 node: plan.name.clone(),
-                source,
+                error: source,
             })?;
         endpoints.push(endpoint);
     }

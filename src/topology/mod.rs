@@ -17,14 +17,22 @@ use toml::Spanned;
 use crate::machine::{Schema, SchemaDef, StateDef};
 use crate::transport::{Endpoint, Scheme};
 
-/// A problem in a topology file, located.
+/// A problem in a topology file, located (line 0: the file as a whole).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: {message}{}", hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
+#[error("{}{message}{}", location(file, *line), hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
 pub struct TopologyError {
     pub file: String,
     pub line: usize,
     pub message: String,
     pub hint: Option<String>,
+}
+
+fn location(file: &str, line: usize) -> String {
+    if line == 0 {
+        format!("{file}: ")
+    } else {
+        format!("{file}:{line}: ")
+    }
 }
 
 // ----- the file as written -----

@@ -204,15 +204,15 @@ impl FromStr for Endpoint {
 /// Why a transport could not bind or connect.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot listen on {endpoint}: {source}")]
+    #[error("cannot listen on {endpoint}: {error}")]
     Bind {
         endpoint: Endpoint,
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("cannot connect to {endpoint}: {source}")]
+    #[error("cannot connect to {endpoint}: {error}")]
     Connect {
         endpoint: Endpoint,
-        source: io::Error,
+        error: io::Error,
     },
     #[error(
         "{0}:// needs TLS material (a CA, and a certificate and key to listen); set `tls` on the node, or pass --ca; `am-node certs DIR` writes development certificates"
@@ -244,7 +244,7 @@ pub async fn bind(
     };
     bound.map_err(|source| TransportError::Bind {
         endpoint: endpoint.without_machine(),
-        source,
+        error: source,
     })
 }
 
@@ -264,7 +264,7 @@ pub async fn connect(
     };
     connected.map_err(|source| TransportError::Connect {
         endpoint: endpoint.without_machine(),
-        source,
+        error: source,
     })
 }
 

@@ -23,11 +23,11 @@ pub(crate) const ALPN: &[u8] = b"arpc/1";
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} {path}: {source}")]
+    #[error("cannot read {what} {path}: {error}")]
     Read {
         what: &'static str,
         path: String,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("{what} is not valid PEM: {reason}")]
     Pem { what: &'static str, reason: String },
@@ -79,7 +79,7 @@ impl TlsConfig {
             std::fs::read(path).map_err(|source| TlsError::Read {
                 what,
                 path: path.display().to_string(),
-                source,
+                error: source,
             })
         };
         let cert = cert.map(|p| read("certificate", p)).transpose()?;
