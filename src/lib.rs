@@ -41,6 +41,7 @@ pub mod machine;
 pub mod mirror;
 pub mod node;
 pub mod proto;
+pub mod relay;
 pub mod server;
 pub mod sgp;
 pub mod topology;

@@ -44,6 +44,9 @@ struct FileSpec {
     schemas: BTreeMap<String, Spanned<SchemaSpec>>,
     #[serde(default)]
     nodes: Vec<Spanned<NodeSpec>>,
+    /// The relay in front of these nodes: read by am-relay (relay::config), not here.
+    #[serde(default, rename = "relay")]
+    _relay: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,392 @@
+// asyncmachine aRPC client for browsers: a mirror of a remote state machine over WebSocket.
+// Dependency-free ES module. PROTOCOL.md (repository root) is the specification; this file
+// implements the parts a mirror needs: frames, the bincode subset of its messages, handshake,
+// snapshots, diffs with checksum and resync, mutations with arguments, keepalive, reconnect.
+//
+// Compression: the client asks for zstd only when it can decode it; this build has no zstd
+// decoder, so it never asks, and a compressed frame is a protocol error.
+
+export const PROTOCOL_VERSION = 1;
+
+const MESSAGE = {
+  Hello: 0, Welcome: 1, Refused: 2, Diff: 3, Mutate: 4, MutateReply: 5, Sync: 6, Snapshot: 7,
+  Payload: 8, SchemaChanged: 9, Ping: 10, Pong: 11, Bye: 12, Error: 13,
+};
+const KINDS = { add: 0, remove: 1, set: 2 };
+const OUTCOMES = ["Executed", "Canceled", "Queued"];
+const REFUSALS = ["Version", "UnknownSource", "Auth", "Acl", "Loop", "Full", "BadHello", "Timeout"];
+
+// ----- bytes out -----
+
+export class Writer {
+  constructor() { this.bytes = []; }
+  u8(v) { this.bytes.push(v & 0xff); return this; }
+  raw(arr) { for (const b of arr) this.bytes.push(b); return this; }
+  // bincode's varint: < 251 in one byte, else a marker and 2, 4 or 8 little-endian bytes.
+  uint(v) {
+    const n = BigInt(v);
+    if (n < 251n) return this.u8(Number(n));
+    const [marker, size] = n < 0x10000n ? [251, 2] : n < 0x100000000n ? [252, 4] : [253, 8];
+    this.u8(marker);
+    for (let i = 0n; i < BigInt(size); i++) this.u8(Number((n >> (8n * i)) & 0xffn));
+    return this;
+  }
+  int(v) { // i64, zigzag
+    const n = BigInt.asIntN(64, BigInt(v));
+    return this.uint(BigInt.asUintN(64, (n << 1n) ^ (n >> 63n)));
+  }
+  bool(v) { return this.u8(v ? 1 : 0); }
+  f64(v) { const b = new DataView(new ArrayBuffer(8)); b.setFloat64(0, v, true); return this.raw(new Uint8Array(b.buffer)); }
+  str(s) { const b = new TextEncoder().encode(s); this.uint(b.length); return this.raw(b); }
+  bytesField(b) { this.uint(b.length); return this.raw(b); }
+  option(v, write) { if (v === null || v === undefined) return this.u8(0); this.u8(1); write(v); return this; }
+  vec(items, write) { this.uint(items.length); for (const it of items) write(it); return this; }
+  value(v) { // Value: Null, Bool, Int, Float, Str, Bytes, List, Map
+    if (v === null || v === undefined) return this.uint(0);
+    if (typeof v === "boolean") return this.uint(1).bool(v);
+    if (typeof v === "bigint") return this.uint(2).int(v);
+    if (typeof v === "number") return Number.isInteger(v) ? this.uint(2).int(v) : this.uint(3).f64(v);
+    if (typeof v === "string") return this.uint(4).str(v);
+    if (v instanceof Uint8Array) return this.uint(5).bytesField(v);
+    if (Array.isArray(v)) { this.uint(6); return this.vec(v, (x) => this.value(x)); }
+    return this.uint(7).map(v);
+  }
+  map(obj) { // keys in order, as a BTreeMap on the other side
+    const keys = Object.keys(obj).sort();
+    this.uint(keys.length);
+    for (const k of keys) { this.str(k); this.value(obj[k]); }
+    return this;
+  }
+  done() { return new Uint8Array(this.bytes); }
+}
+
+// ----- bytes in -----
+
+export class ProtocolError extends Error {}
+
+export class Reader {
+  constructor(bytes) { this.b = bytes; this.at = 0; }
+  need(n) { if (this.at + n > this.b.length) throw new ProtocolError("message ends early"); }
+  u8() { this.need(1); return this.b[this.at++]; }
+  uintBig() {
+    const first = this.u8();
+    if (first < 251) return BigInt(first);
+    const size = { 251: 2, 252: 4, 253: 8 }[first];
+    if (!size) throw new ProtocolError(`unsupported integer marker ${first}`);
+    this.need(size);
+    let n = 0n;
+    for (let i = 0; i < size; i++) n |= BigInt(this.b[this.at++]) << BigInt(8 * i);
+    return n;
+  }
+  uint() {
+    const n = this.uintBig();
+    if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new ProtocolError("integer too large for this client");
+    return Number(n);
+  }
+  int() { const z = this.uintBig(); const n = (z >> 1n) ^ -(z & 1n); const v = BigInt.asIntN(64, n); return Number(v); }
+  bool() { const v = this.u8(); if (v > 1) throw new ProtocolError("bad bool"); return v === 1; }
+  f64() { this.need(8); const v = new DataView(this.b.buffer, this.b.byteOffset + this.at, 8).getFloat64(0, true); this.at += 8; return v; }
+  str() { const n = this.uint(); this.need(n); const s = new TextDecoder("utf-8", { fatal: true }).decode(this.b.subarray(this.at, this.at + n)); this.at += n; return s; }
+  bytes() { const n = this.uint(); this.need(n); const b = this.b.slice(this.at, this.at + n); this.at += n; return b; }
+  option(read) { const tag = this.u8(); if (tag === 0) return null; if (tag === 1) return read(); throw new ProtocolError("bad option"); }
+  vec(read) { const n = this.uint(); if (n > this.b.length - this.at) throw new ProtocolError("sequence longer than its message"); const out = []; for (let i = 0; i < n; i++) out.push(read()); return out; }
+  value() {
+    switch (this.uint()) {
+      case 0: return null;
+      case 1: return this.bool();
+      case 2: return this.int();
+      case 3: return this.f64();
+      case 4: return this.str();
+      case 5: return this.bytes();
+      case 6: return this.vec(() => this.value());
+      case 7: { const n = this.uint(); const m = {}; for (let i = 0; i < n; i++) { const k = this.str(); m[k] = this.value(); } return m; }
+      default: throw new ProtocolError("unknown value type");
+    }
+  }
+  end() { if (this.at !== this.b.length) throw new ProtocolError(`${this.b.length - this.at} trailing bytes`); }
+}
+
+const strings = (r) => r.vec(() => r.str());
+const snapshot = (r) => ({ ticks: r.vec(() => r.uint()), queueTick: r.uint() });
+const schemaDef = (r) => r.vec(() => ({
+  name: r.str(), require: strings(r), add: strings(r), remove: strings(r), after: strings(r), auto: r.bool(), multi: r.bool(),
+}));
+const clockDiff = (r) => ({ changes: r.vec(() => [r.uint(), r.uint()]), queueTick: r.uint(), checksum: r.uint() });
+
+/** Decodes one message body. */
+export function decodeMessage(body) {
+  const r = new Reader(body);
+  const type = r.uint();
+  let m;
+  switch (type) {
+    case MESSAGE.Welcome:
+      m = { type: "Welcome", ancestry: strings(r), schema: r.option(() => schemaDef(r)), snapshot: snapshot(r),
+        granted: { compression: r.bool(), tracked: r.option(() => r.vec(() => r.uint())), mutable: r.option(() => r.vec(() => r.uint())) } };
+      break;
+    case MESSAGE.Refused: m = { type: "Refused", kind: REFUSALS[r.uint()] ?? "Unknown", reason: r.str() }; break;
+    case MESSAGE.Diff: m = { type: "Diff", diff: clockDiff(r) }; break;
+    case MESSAGE.MutateReply: {
+      const id = r.uint();
+      const ok = r.uint() === 0;
+      const result = ok ? { outcome: OUTCOMES[r.uint()] } : { error: r.str() };
+      m = { type: "MutateReply", id, result, diff: clockDiff(r) };
+      break;
+    }
+    case MESSAGE.Snapshot: m = { type: "Snapshot", id: r.uint(), snapshot: snapshot(r) }; break;
+    case MESSAGE.Payload: m = { type: "Payload", name: r.str(), data: r.bytes() }; break;
+    case MESSAGE.SchemaChanged: m = { type: "SchemaChanged", schema: schemaDef(r), snapshot: snapshot(r) }; break;
+    case MESSAGE.Ping: m = { type: "Ping", nonce: r.uintBig() }; break;
+    case MESSAGE.Pong: m = { type: "Pong", nonce: r.uintBig() }; break;
+    case MESSAGE.Bye: m = { type: "Bye", reason: r.str() }; break;
+    case MESSAGE.Error: m = { type: "Error", message: r.str() }; break;
+    default: throw new ProtocolError(`unexpected message type ${type} from a server`);
+  }
+  r.end();
+  return m;
+}
+
+export const encode = {
+  // schema_hash 0: the browser has no schema, so the server sends it in the welcome.
+  hello: ({ clientId, source = "", compression = false, track = null, token = null }) => {
+    const w = new Writer().uint(MESSAGE.Hello).uint(PROTOCOL_VERSION).str(clientId).str(source).uint(0).bool(compression);
+    w.option(track, (t) => w.vec(t, (s) => w.str(s)));
+    w.option(token, (t) => w.str(t));
+    return w.done();
+  },
+  mutate: (id, kind, states, args, reply = true) => {
+    const w = new Writer().uint(MESSAGE.Mutate).uint(id).uint(KINDS[kind]);
+    w.vec(states, (s) => w.uint(s));
+    w.map(args ?? {});
+    return w.bool(reply).done();
+  },
+  sync: (id) => new Writer().uint(MESSAGE.Sync).uint(id).done(),
+  ping: (nonce) => new Writer().uint(MESSAGE.Ping).uint(nonce).done(),
+  pong: (nonce) => new Writer().uint(MESSAGE.Pong).uint(nonce).done(),
+  bye: (reason) => new Writer().uint(MESSAGE.Bye).str(reason).done(),
+};
+
+// ----- frames -----
+
+/** One frame around a body: LEB128 length of flags + body, a flags byte (0), the body. */
+export function frame(body) {
+  const out = [];
+  let n = body.length + 1;
+  while (n >= 0x80) { out.push((n & 0x7f) | 0x80); n = Math.floor(n / 128); }
+  out.push(n);
+  out.push(0);
+  const bytes = new Uint8Array(out.length + body.length);
+  bytes.set(out, 0);
+  bytes.set(body, out.length);
+  return bytes;
+}
+
+/** Accumulates stream bytes and yields frame bodies. */
+export class FrameReader {
+  constructor(maxFrame = 1 << 20) { this.buf = new Uint8Array(0); this.maxFrame = maxFrame; }
+  push(chunk) {
+    const next = new Uint8Array(this.buf.length + chunk.length);
+    next.set(this.buf, 0);
+    next.set(chunk, this.buf.length);
+    this.buf = next;
+  }
+  /** The next body, or null when more bytes are needed. Throws on invalid input. */
+  next() {
+    let len = 0, shift = 1, i = 0;
+    for (;; i++) {
+      if (i >= this.buf.length) return null;
+      if (i >= 10) throw new ProtocolError("malformed frame length");
+      const b = this.buf[i];
+      len += (b & 0x7f) * shift;
+      shift *= 128;
+      if ((b & 0x80) === 0) break;
+    }
+    if (len === 0) throw new ProtocolError("empty frame");
+    if (len > this.maxFrame) throw new ProtocolError(`frame of ${len} bytes over the limit`);
+    const start = i + 1;
+    if (this.buf.length > start && this.buf[start] !== 0) {
+      throw new ProtocolError(`frame flags ${this.buf[start]}: compression was not asked for`);
+    }
+    if (this.buf.length < start + len) return null;
+    const body = this.buf.slice(start + 1, start + len);
+    this.buf = this.buf.slice(start + len);
+    return body;
+  }
+}
+
+// ----- clock checksum (FNV-1a 64, folded to 32 bits) -----
+
+export function checksum(ticks, tracked) {
+  const MASK = (1n << 64n) - 1n;
+  let h = 0xcbf29ce484222325n;
+  const positions = tracked ?? ticks.map((_, i) => i);
+  for (const s of positions) {
+    let t = BigInt(ticks[s] ?? 0);
+    for (let i = 0; i < 8; i++) {
+      h ^= t & 0xffn;
+      h = (h * 0x100000001b3n) & MASK;
+      t >>= 8n;
+    }
+  }
+  return Number(((h >> 32n) ^ h) & 0xffffffffn);
+}
+
+// ----- the mirror -----
+
+/**
+ * A mirror of a remote machine. Events: "change" ({clock, changed}), "status" ({state, reason}),
+ * "payload" ({name, data}). States: "connecting", "ready", "disconnected".
+ */
+export class Mirror extends EventTarget {
+  constructor(url, { source = "", clientId = `browser-${Math.random().toString(36).slice(2, 10)}`, token = null, track = null, keepaliveMs = 10000 } = {}) {
+    super();
+    Object.assign(this, { url, source, clientId, token, track, keepaliveMs });
+    this.schema = [];
+    this.index = new Map();
+    this.clock = [];
+    this.queueTick = 0;
+    this.tracked = null;
+    this.state = "disconnected";
+    this.pending = new Map();
+    this.nextId = 1;
+    this.attempt = 0;
+    this.closed = false;
+  }
+
+  /** Connects, and reconnects with backoff and jitter until close(). */
+  start() { this.closed = false; this.#connect(); return this; }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(frame(encode.bye("browser closed")));
+    this.ws?.close();
+  }
+
+  is(name) { const i = this.index.get(name); return i !== undefined && this.clock[i] % 2 === 1; }
+  tick(name) { const i = this.index.get(name); return i === undefined ? 0 : this.clock[i]; }
+  active() { return this.schema.filter((_, i) => this.clock[i] % 2 === 1).map((s) => s.name); }
+
+  add(states, args) { return this.mutate("add", states, args); }
+  remove(states, args) { return this.mutate("remove", states, args); }
+  set(states, args) { return this.mutate("set", states, args); }
+
+  /** Resolves with "Executed", "Canceled" or "Queued"; rejects when refused or disconnected. */
+  mutate(kind, states, args = {}) {
+    const list = Array.isArray(states) ? states : [states];
+    const positions = list.map((s) => this.index.get(s));
+    if (positions.some((p) => p === undefined)) return Promise.reject(new Error(`unknown state in ${list.join(", ")}`));
+    if (this.state !== "ready") return Promise.reject(new Error("not connected"));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.ws.send(frame(encode.mutate(id, kind, positions, args)));
+    });
+  }
+
+  #status(state, reason = "") {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("status", { detail: { state, reason } }));
+  }
+
+  #connect() {
+    this.#status("connecting");
+    const ws = new WebSocket(this.url);
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    this.reader = new FrameReader();
+    ws.onopen = () => ws.send(frame(encode.hello({ clientId: this.clientId, source: this.source, token: this.token, track: this.track })));
+    ws.onmessage = (event) => {
+      if (!(event.data instanceof ArrayBuffer)) return this.#fail("text message from the relay");
+      try {
+        this.reader.push(new Uint8Array(event.data));
+        for (let body; (body = this.reader.next()) !== null;) this.#handle(decodeMessage(body));
+      } catch (e) {
+        this.#fail(e.message);
+      }
+    };
+    ws.onclose = (event) => this.#lost(event.reason || `closed (${event.code})`);
+    ws.onerror = () => {};
+  }
+
+  #fail(reason) {
+    this.lastError = reason;
+    this.ws?.close(4000, reason.slice(0, 100));
+  }
+
+  #lost(reason) {
+    clearInterval(this.keepalive);
+    for (const { reject } of this.pending.values()) reject(new Error(`disconnected: ${reason}`));
+    this.pending.clear();
+    this.#status("disconnected", this.lastError ?? reason);
+    this.lastError = undefined;
+    if (this.closed) return;
+    // Equal jitter: half the doubled delay, plus a random share of the other half.
+    const ceiling = Math.min(5000, 100 * 2 ** this.attempt++);
+    this.retryTimer = setTimeout(() => this.#connect(), ceiling / 2 + Math.random() * ceiling / 2);
+  }
+
+  #apply(ticks, changed) {
+    this.dispatchEvent(new CustomEvent("change", { detail: { clock: ticks, changed } }));
+  }
+
+  #replace(snap) {
+    const changed = [];
+    this.schema.forEach((_, i) => { const t = snap.ticks[i] ?? 0; if (t !== this.clock[i]) changed.push(i); this.clock[i] = t; });
+    this.queueTick = snap.queueTick;
+    this.#apply(this.clock, changed);
+  }
+
+  #diff(d) {
+    const changed = [];
+    for (const [s, delta] of d.changes) {
+      if (s >= this.clock.length) throw new ProtocolError(`diff names state ${s} of ${this.clock.length}`);
+      this.clock[s] += delta;
+      changed.push(s);
+    }
+    this.queueTick = d.queueTick;
+    if (checksum(this.clock, this.tracked) !== d.checksum) {
+      this.ws.send(frame(encode.sync(this.nextId++)));
+    }
+    if (changed.length) this.#apply(this.clock, changed);
+  }
+
+  #handle(m) {
+    switch (m.type) {
+      case "Welcome":
+        if (m.schema) {
+          this.schema = m.schema;
+          this.index = new Map(m.schema.map((s, i) => [s.name, i]));
+          this.clock = m.schema.map(() => 0);
+        }
+        this.tracked = m.granted.tracked;
+        this.ancestry = m.ancestry;
+        this.attempt = 0;
+        this.#replace(m.snapshot);
+        this.#status("ready");
+        clearInterval(this.keepalive);
+        this.keepalive = setInterval(() => this.ws.send(frame(encode.ping(Date.now()))), this.keepaliveMs);
+        break;
+      case "Refused": this.#fail(`refused (${m.kind}): ${m.reason}`); break;
+      case "Diff": this.#diff(m.diff); break;
+      case "MutateReply": {
+        this.#diff(m.diff);
+        const waiter = this.pending.get(m.id);
+        this.pending.delete(m.id);
+        if (waiter) m.result.error === undefined ? waiter.resolve(m.result.outcome) : waiter.reject(new Error(m.result.error));
+        break;
+      }
+      case "Snapshot": this.#replace(m.snapshot); break;
+      case "SchemaChanged":
+        this.schema = m.schema;
+        this.index = new Map(m.schema.map((s, i) => [s.name, i]));
+        this.clock = m.schema.map(() => 0);
+        this.#replace(m.snapshot);
+        break;
+      case "Payload": this.dispatchEvent(new CustomEvent("payload", { detail: { name: m.name, data: m.data } })); break;
+      case "Ping": this.ws.send(frame(encode.pong(m.nonce))); break;
+      case "Pong": break;
+      case "Bye": this.#fail(`the server said bye: ${m.reason}`); break;
+      case "Error": this.#fail(`the server reported: ${m.message}`); break;
+    }
+  }
+}
