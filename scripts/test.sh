@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit, integration and property tests of every package, doc tests,
-# and each benchmark once in test mode (so benchmark code keeps compiling and running).
-# Installs whatever the suite needs that a fresh machine lacks.
+# Runs the whole test suite: unit, integration, property and process tests of every package,
+# doc tests, each benchmark once in test mode, the JavaScript client's tests (node --test), and
+# the browser test in headless Chromium. Installs what the suite needs that a fresh machine
+# lacks (Chromium, from Debian's packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,23 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install the Rust toolchain (rustup) first" >&2
   exit 1
 fi
+if ! command -v node >/dev/null 2>&1; then
+  echo "node is missing: install Node.js 20 or later (the JavaScript client's tests need it)" >&2
+  exit 1
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing chromium for the browser test..." >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is missing: sudo apt-get install chromium (the browser test needs it)" >&2
+    exit 1
+  fi
+fi
+# The browser test must run here, never skip.
+export AM_REQUIRE_BROWSER=1
 
 cargo test --workspace --locked
 cargo test --workspace --locked --benches
+node --test relay/web/test/

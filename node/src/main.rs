@@ -169,6 +169,29 @@ enum Scenario {
     /// Propagation from a root through a chain of mirrors (1..N hops), and the round trip of a
     /// mutation from the deepest mirror to the root and back.
     Chain(ChainArgs),
+    /// What am-relay costs: a small WebSocket echo through the relay against bare TCP, and the
+    /// bulk rate of large messages bridged each way.
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    #[arg(long, default_value_t = 20_000)]
+    round_trips: u64,
+    /// Bytes per echo message.
+    #[arg(long, default_value_t = 32)]
+    message: usize,
+    /// Bytes per bulk message.
+    #[arg(long, default_value_t = 16 * 1024)]
+    bulk_message: usize,
+    /// MiB moved each way in the bulk runs.
+    #[arg(long, default_value_t = 512)]
+    bulk_mib: u64,
+    /// Tokio worker threads; 1 runs client, relay and target on one thread.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +229,9 @@ struct SgpArgs {
     /// Ask for zstd compression.
     #[arg(long)]
     compression: bool,
+    /// Mirror -> am-relay (ws) -> node (tcp) instead of mirror -> node.
+    #[arg(long)]
+    via_relay: bool,
     /// Tokio worker threads; 1 runs mirror, proxy and server on one thread (no cross-CPU
     /// wake-ups: the protocol's own cost).
     #[arg(long, default_value_t = 1)]
@@ -244,6 +270,9 @@ fn main() -> ExitCode {
         Command::Bench {
             scenario: Scenario::Chain(args),
         } => bench_chain(&args),
+        Command::Bench {
+            scenario: Scenario::Relay(args),
+        } => bench_relay(&args),
     };
     match result {
         Ok(code) => code,
@@ -576,6 +605,7 @@ fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         compression: args.compression,
         transport: asyncmachine::bench::scheme(&args.transport)?,
+        via_relay: args.via_relay,
     };
     let progress = |done: u64, total: u64| {
         // Progress goes to stderr so that stdout stays the table (and the JSON line).
@@ -672,6 +702,63 @@ fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
         report.round_trip.p99_us,
         report.round_trip.p50_us / (2 * report.round_trip_hops) as f64,
         "-"
+    )?;
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&report).context("encoding the report")?
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_relay(args: &RelayArgs) -> anyhow::Result<ExitCode> {
+    use asyncmachine::bench::relay::{RelayOptions, run};
+    let options = RelayOptions {
+        round_trips: args.round_trips,
+        message: args.message,
+        bulk_message: args.bulk_message,
+        bulk_bytes: args.bulk_mib << 20,
+    };
+    let progress = |done: u64, total: u64| {
+        let end = if done == total { "\n" } else { "" };
+        let _ = write!(std::io::stderr(), "\rrelay: {done}/{total}{end}");
+    };
+    let report = runtime(args.threads)?
+        .block_on(run(&options, &progress))
+        .context("bench relay failed")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<22} {:>9} {:>9} {:>12}",
+        "round trip", "p50 us", "p99 us", "cpu us/rt"
+    )?;
+    writeln!(
+        out,
+        "{:<22} {:>9.1} {:>9.1} {:>12.1}",
+        "direct tcp", report.direct_tcp.p50_us, report.direct_tcp.p99_us, report.cpu_us_direct
+    )?;
+    writeln!(
+        out,
+        "{:<22} {:>9.1} {:>9.1} {:>12.1}",
+        "ws -> relay -> tcp", report.via_relay.p50_us, report.via_relay.p99_us, report.relay_cpu_us
+    )?;
+    writeln!(
+        out,
+        "(cpu: the client and echo process for direct; the relay's own thread through it)"
+    )?;
+    writeln!(
+        out,
+        "relay adds {:.1} us per {}-byte round trip (p50)",
+        report.added_us, report.message_bytes
+    )?;
+    writeln!(
+        out,
+        "bulk, {} KiB messages: {:.0} MB/s browser -> target, {:.0} MB/s target -> browser",
+        report.bulk_message_bytes / 1024,
+        report.bulk_to_target_mb_s,
+        report.bulk_to_browser_mb_s
     )?;
     if args.json {
         writeln!(

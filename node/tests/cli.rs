@@ -90,3 +90,54 @@ fn bench_chain_reports_every_depth_and_the_round_trip() {
             .is_some_and(|us| us > 0.0)
     );
 }
+
+#[test]
+fn bench_relay_and_sgp_through_the_relay_run() {
+    let out = am_node(&[
+        "bench",
+        "relay",
+        "--round-trips",
+        "200",
+        "--bulk-mib",
+        "4",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
+    for key in [
+        "added_us",
+        "relay_cpu_us",
+        "bulk_to_target_mb_s",
+        "bulk_to_browser_mb_s",
+    ] {
+        assert!(report[key].as_f64().is_some(), "{key} in {report}");
+    }
+    let out = am_node(&[
+        "bench",
+        "sgp",
+        "--via-relay",
+        "--loops",
+        "200",
+        "--warmup",
+        "10",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
+    assert_eq!(
+        (report["transport"].as_str(), report["errors"].as_u64()),
+        (Some("ws-relay-tcp"), Some(0))
+    );
+}

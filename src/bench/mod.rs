@@ -5,6 +5,7 @@
 
 pub mod chain;
 pub mod proxy;
+pub mod relay;
 pub mod sgp;
 
 use std::time::Duration;

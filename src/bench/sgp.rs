@@ -21,6 +21,8 @@ pub struct SgpOptions {
     pub warmup: u64,
     pub compression: bool,
     pub transport: Scheme,
+    /// Mirror -> relay (ws) -> node (tcp), instead of mirror -> node.
+    pub via_relay: bool,
 }
 
 impl Default for SgpOptions {
@@ -30,6 +32,7 @@ impl Default for SgpOptions {
             warmup: 500,
             compression: false,
             transport: Scheme::Tcp,
+            via_relay: false,
         }
     }
 }
@@ -74,12 +77,31 @@ pub async fn run(
         .listen(&Endpoint::new(options.transport, "127.0.0.1:0"))
         .await
         .map_err(|e| setup("binding the server", &e))?;
-    let target: SocketAddr = bound
+    // Through the relay, the proxy sits between the mirror and the relay.
+    let (relay, scheme) = if options.via_relay {
+        let config = crate::relay::RelayConfig {
+            listen: Endpoint::new(Scheme::Ws, "127.0.0.1:0"),
+            targets: vec![crate::relay::Target {
+                name: "sgp".into(),
+                endpoint: bound.clone().with_machine("sgp"),
+            }],
+            transport: transport.clone(),
+            ..crate::relay::RelayConfig::default()
+        };
+        let relay = crate::relay::Relay::start(config)
+            .await
+            .map_err(|e| setup("starting the relay", &e))?;
+        (Some(relay), Scheme::Ws)
+    } else {
+        (None, options.transport)
+    };
+    let front = relay.as_ref().map_or(&bound, |r| r.local_endpoint());
+    let target: SocketAddr = front
         .address
         .parse()
         .map_err(|e| setup("server address", &e))?;
     // QUIC is UDP: it needs a datagram proxy; the others are TCP underneath.
-    let (proxy_addr, counts, _tcp_proxy, _udp_proxy) = if options.transport == Scheme::Quic {
+    let (proxy_addr, counts, _tcp_proxy, _udp_proxy) = if scheme == Scheme::Quic {
         let proxy = UdpCountingProxy::start(target)
             .await
             .map_err(|e| setup("starting the proxy", &e))?;
@@ -91,7 +113,7 @@ pub async fn run(
         (proxy.addr, proxy.counts.clone(), Some(proxy), None)
     };
 
-    let endpoint = Endpoint::new(options.transport, proxy_addr.to_string()).with_machine("sgp");
+    let endpoint = Endpoint::new(scheme, proxy_addr.to_string()).with_machine("sgp");
     let config = MirrorConfig {
         client_id: "sgp-mirror".into(),
         compression: options.compression,
@@ -153,7 +175,11 @@ pub async fn run(
         .map_err(|e| setup("measuring the raw floor", &e))?;
     Ok(SgpReport {
         scenario: "sgp",
-        transport: options.transport.as_str(),
+        transport: if options.via_relay {
+            "ws-relay-tcp"
+        } else {
+            options.transport.as_str()
+        },
         loops: options.loops,
         us_per_loop: elapsed.as_secs_f64() * 1e6 / loops,
         latency: Percentiles::of(&mut samples),

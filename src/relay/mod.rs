@@ -302,9 +302,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     // An upgrade: check everything before accepting it.
     let refuse = |status: u16, body: String| (status, body);
     let checked = (|| {
+        // Browsers use /arpc/NAME; /NAME serves mirrors whose endpoint is ws://relay/NAME.
         let name = path
             .strip_prefix("/arpc/")
-            .ok_or_else(|| refuse(404, "WebSocket endpoints are /arpc/TARGET\n".into()))?;
+            .or_else(|| path.strip_prefix('/'))
+            .unwrap_or_default();
         let target = inner.targets.get(name).ok_or_else(|| {
             let names: Vec<&str> = inner.targets.keys().map(String::as_str).collect();
             refuse(
@@ -420,7 +422,11 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
     let (mut to_browser, mut from_browser) = ws.split();
     let (mut up_read, mut up_write) = tokio::io::split(upstream);
     let idle = inner.config.idle_timeout;
-    let (activity_tx, mut activity) = watch::channel(());
+    // The last traffic, as milliseconds since the bridge began: a store per message, checked on
+    // a coarse tick, where a timer re-armed per message would cost more than the message.
+    let began = tokio::time::Instant::now();
+    let last_traffic = AtomicU64::new(0);
+    let touch = || last_traffic.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
     let mut shutdown = inner.shutdown.subscribe();
 
     let browser_to_upstream = async {
@@ -447,7 +453,7 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
                         .stats
                         .bytes_to_upstream
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    let _ = activity_tx.send(());
+                    touch();
                 }
                 Message::Text(_) => {
                     return Err((
@@ -481,12 +487,17 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
                 .stats
                 .bytes_to_browser
                 .fetch_add(n as u64, Ordering::Relaxed);
-            let _ = activity_tx.send(());
+            touch();
         }
     };
     let idle_watch = async {
+        let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
         loop {
-            if timeout(idle, activity.changed()).await.is_err() {
+            tick.tick().await;
+            let quiet = began
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last_traffic.load(Ordering::Relaxed)));
+            if quiet >= idle {
                 return (CloseCode::Normal, format!("idle for {idle:?}"));
             }
         }

@@ -259,8 +259,15 @@ pub async fn connect(
         Scheme::Mem => mem::connect(address).await,
         Scheme::Tls => tls::connect(address, config.tls(Scheme::Tls)?).await,
         Scheme::Quic => quic::connect(address, config.tls(Scheme::Quic)?).await,
-        Scheme::Ws => ws::connect(address, None).await,
-        Scheme::Wss => ws::connect(address, Some(config.tls(Scheme::Wss)?)).await,
+        Scheme::Ws => ws::connect(address, endpoint.machine.as_deref(), None).await,
+        Scheme::Wss => {
+            ws::connect(
+                address,
+                endpoint.machine.as_deref(),
+                Some(config.tls(Scheme::Wss)?),
+            )
+            .await
+        }
     };
     connected.map_err(|source| TransportError::Connect {
         endpoint: endpoint.without_machine(),

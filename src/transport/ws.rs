@@ -141,7 +141,13 @@ pub(super) async fn bind(address: &str, tls: Option<&TlsConfig>) -> io::Result<W
     })
 }
 
-pub(super) async fn connect(address: &str, tls: Option<&TlsConfig>) -> io::Result<BoxStream> {
+/// Connects; the request path is `/MACHINE` (nodes ignore it; a relay routes by it).
+pub(super) async fn connect(
+    address: &str,
+    machine: Option<&str>,
+    tls: Option<&TlsConfig>,
+) -> io::Result<BoxStream> {
+    let path = machine.unwrap_or_default();
     let tcp = TcpStream::connect(address).await?;
     tcp.set_nodelay(true)?;
     match tls {
@@ -150,14 +156,14 @@ pub(super) async fn connect(address: &str, tls: Option<&TlsConfig>) -> io::Resul
                 .connect(server_name(address)?, tcp)
                 .await
                 .map_err(explain)?;
-            let url = format!("wss://{address}/");
+            let url = format!("wss://{address}/{path}");
             let (ws, _) = tokio_tungstenite::client_async(url, stream)
                 .await
                 .map_err(|e| handshake_error(e, Scheme::Wss))?;
             Ok(Box::new(WsBytes::new(ws)))
         }
         None => {
-            let url = format!("ws://{address}/");
+            let url = format!("ws://{address}/{path}");
             let (ws, _) = tokio_tungstenite::client_async(url, tcp)
                 .await
                 .map_err(|e| handshake_error(e, Scheme::Ws))?;
