@@ -339,3 +339,34 @@ async fn the_page_and_the_client_are_served() {
             .starts_with("HTTP/1.1 404")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_reaches_a_node_through_a_wss_relay() {
+    // The relay terminates TLS; the mirror's ws transport asks for /worker, the target's name.
+    let machine = Machine::builder(abc_schema()).id("root").build();
+    let (_server, endpoint) =
+        serve(Arc::new(machine.clone()), ServerConfig::default(), "tcp").await;
+    let relay = Relay::start(RelayConfig {
+        listen: any_port("wss"),
+        targets: vec![Target {
+            name: "worker".into(),
+            endpoint,
+        }],
+        transport: transport(),
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay starts");
+    let through: asyncmachine::transport::Endpoint =
+        format!("wss://{}/worker", relay.local_endpoint().address)
+            .parse()
+            .expect("valid");
+    let mirror = common::mirror(&through, "via-wss").await;
+    assert_eq!(
+        within("add", mirror.add(&["B"], Args::new())).await,
+        Ok(Outcome::Executed)
+    );
+    assert!(machine.is1("B"));
+    machine.add(&["C"], Args::new()).expect("taken in");
+    converged(&mirror, &machine.clock()).await;
+}
