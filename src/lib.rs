@@ -37,7 +37,9 @@
 pub mod bench;
 pub mod certs;
 pub mod client;
+mod http;
 pub mod machine;
+pub mod metrics;
 pub mod mirror;
 pub mod node;
 pub mod proto;

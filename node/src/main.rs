@@ -172,6 +172,44 @@ enum Scenario {
     /// What am-relay costs: a small WebSocket echo through the relay against bare TCP, and the
     /// bulk rate of large messages bridged each way.
     Relay(RelayArgs),
+    /// One server, N mirrors: convergence after a flip at the root, sustained throughput, lag.
+    Fanout(FanoutArgs),
+    /// Wire bytes of a large schema's handshake and of each single-state change, with and
+    /// without zstd.
+    Bytes(BytesArgs),
+}
+
+#[derive(Debug, Args)]
+struct BytesArgs {
+    /// States in the schema.
+    #[arg(long, default_value_t = 200)]
+    states: usize,
+    /// Single-state changes to count.
+    #[arg(long, default_value_t = 1000)]
+    changes: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct FanoutArgs {
+    /// Mirror counts to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [10usize, 100, 1000])]
+    mirrors: Vec<usize>,
+    /// Flips for the convergence figures.
+    #[arg(long, default_value_t = 200)]
+    flips: u64,
+    /// Milliseconds of sustained mutation.
+    #[arg(long, default_value_t = 2000)]
+    sustained_ms: u64,
+    /// Transport between mirrors and server: tcp, tls, quic, ws or wss.
+    #[arg(long, default_value = "tcp")]
+    transport: String,
+    /// Tokio worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +311,12 @@ fn main() -> ExitCode {
         Command::Bench {
             scenario: Scenario::Relay(args),
         } => bench_relay(&args),
+        Command::Bench {
+            scenario: Scenario::Fanout(args),
+        } => bench_fanout(&args),
+        Command::Bench {
+            scenario: Scenario::Bytes(args),
+        } => bench_bytes(&args),
     };
     match result {
         Ok(code) => code,
@@ -765,6 +809,125 @@ fn bench_relay(args: &RelayArgs) -> anyhow::Result<ExitCode> {
             out,
             "{}",
             serde_json::to_string(&report).context("encoding the report")?
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the open-file limit to what `needed` descriptors require (root may raise the hard
+/// limit too).
+fn raise_nofile(needed: u64) -> anyhow::Result<()> {
+    let (soft, hard) = rlimit::Resource::NOFILE
+        .get()
+        .context("cannot read the open-file limit")?;
+    if soft >= needed {
+        return Ok(());
+    }
+    let target = needed.max(soft);
+    let result = if target <= hard {
+        rlimit::Resource::NOFILE.set(target, hard)
+    } else {
+        rlimit::Resource::NOFILE.set(target, target)
+    };
+    result.with_context(|| {
+        format!("{needed} file descriptors needed, the limit is {soft} (hard {hard}) and cannot be raised; run as root or raise `ulimit -n`")
+    })
+}
+
+fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
+    use asyncmachine::bench::fanout::{FanoutOptions, run};
+    let transport = asyncmachine::bench::scheme(&args.transport)?;
+    let largest = args.mirrors.iter().copied().max().unwrap_or(0) as u64;
+    // Both ends of every connection live in this process.
+    raise_nofile(largest * 2 + 256)?;
+    let rt = runtime(args.threads)?;
+    let mut reports = Vec::new();
+    for &mirrors in &args.mirrors {
+        let options = FanoutOptions {
+            mirrors,
+            flips: args.flips,
+            sustained: Duration::from_millis(args.sustained_ms),
+            transport,
+        };
+        let progress = |done: u64, total: u64| {
+            let end = if done == total { "\n" } else { "" };
+            let _ = write!(
+                std::io::stderr(),
+                "\rfanout {mirrors}: {done}/{total} mirrors connected{end}"
+            );
+        };
+        reports.push(
+            rt.block_on(run(&options, &progress))
+                .with_context(|| format!("bench fanout with {mirrors} mirrors failed"))?,
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>9} {:>9} {:>10}",
+        "transport",
+        "mirrors",
+        "conv p50ms",
+        "conv p99ms",
+        "floor p50",
+        "root mut/s",
+        "frames/s",
+        "lag p99",
+        "settle ms",
+        "KiB/mirror"
+    )?;
+    for r in &reports {
+        writeln!(
+            out,
+            "{:<9} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>10.1}",
+            r.transport,
+            r.mirrors,
+            r.convergence.p50_us / 1e3,
+            r.convergence.p99_us / 1e3,
+            r.convergence_floor.p50_us / 1e3,
+            r.root_mutations_per_s,
+            r.frames_per_s,
+            r.lag_p99_ms,
+            r.settle_ms,
+            r.rss_kib_per_mirror
+        )?;
+    }
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&reports).context("encoding the report")?
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_bytes(args: &BytesArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.states > 0, "--states must be at least 1");
+    let reports = runtime(1)?
+        .block_on(asyncmachine::bench::bytes::run(args.states, args.changes))
+        .context("bench bytes failed")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<11} {:>7} {:>16} {:>16}",
+        "compression", "states", "handshake bytes", "bytes/change"
+    )?;
+    for r in &reports {
+        writeln!(
+            out,
+            "{:<11} {:>7} {:>16} {:>16.1}",
+            if r.compression { "zstd" } else { "none" },
+            r.states,
+            r.handshake_bytes,
+            r.bytes_per_change
+        )?;
+    }
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&reports).context("encoding the report")?
         )?;
     }
     Ok(ExitCode::SUCCESS)

@@ -141,3 +141,74 @@ fn bench_relay_and_sgp_through_the_relay_run() {
         (Some("ws-relay-tcp"), Some(0))
     );
 }
+
+#[test]
+fn bench_fanout_and_bytes_report_their_figures() {
+    let out = am_node(&[
+        "bench",
+        "fanout",
+        "--mirrors",
+        "5,20",
+        "--flips",
+        "20",
+        "--sustained-ms",
+        "200",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
+    let reports = reports.as_array().expect("one report per mirror count");
+    assert_eq!(reports.len(), 2);
+    for (r, n) in reports.iter().zip([5, 20]) {
+        assert_eq!(r["mirrors"], n);
+        for key in [
+            "root_mutations_per_s",
+            "frames_per_s",
+            "lag_p99_ms",
+            "settle_ms",
+        ] {
+            assert!(r[key].as_f64().is_some(), "{key} in {r}");
+        }
+        assert!(
+            r["convergence"]["p50_us"]
+                .as_f64()
+                .is_some_and(|us| us > 0.0)
+        );
+        assert!(
+            r["convergence_floor"]["p50_us"]
+                .as_f64()
+                .is_some_and(|us| us > 0.0)
+        );
+    }
+    let out = am_node(&[
+        "bench",
+        "bytes",
+        "--states",
+        "50",
+        "--changes",
+        "50",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let reports: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
+    let (plain, packed) = (&reports[0], &reports[1]);
+    assert_eq!(
+        (
+            plain["compression"].as_bool(),
+            packed["compression"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+    assert!(
+        packed["handshake_bytes"].as_u64() < plain["handshake_bytes"].as_u64(),
+        "zstd shrinks the welcome"
+    );
+}

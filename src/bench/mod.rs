@@ -3,7 +3,9 @@
 //!
 //! Figures come from these runs, never from timed assertions in tests.
 
+pub mod bytes;
 pub mod chain;
+pub mod fanout;
 pub mod proxy;
 pub mod relay;
 pub mod sgp;

@@ -105,6 +105,8 @@ pub struct UpstreamInfo {
     /// `connecting`, `ready` or `disconnected`.
     pub state: &'static str,
     pub last_error: Option<String>,
+    /// Sessions established after the first.
+    pub reconnects: u64,
 }
 
 /// Identifies an observer registration, for [`StateSource::unobserve`].

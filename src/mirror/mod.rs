@@ -633,7 +633,11 @@ async fn establish(
         endpoint: endpoint.clone(),
         reason,
     };
-    let mut reader = FrameReader::new(plain);
+    // Asking for compression means being able to decode it, from the welcome on.
+    let mut reader = FrameReader::new(FrameConfig {
+        compression: config.compression.then(Compression::default),
+        ..plain
+    });
     let exchange = async {
         // A server that refuses may close before it has read the hello: its refusal is still
         // the answer to report, so read even when the write failed.
@@ -970,6 +974,7 @@ impl StateSource for Mirror {
                 ConnState::Disconnected => "disconnected",
             },
             last_error: self.last_error(),
+            reconnects: self.shared.stats.reconnects.load(Ordering::Relaxed),
         })
     }
 }

@@ -27,6 +27,12 @@ pub enum NodeError {
     Server { node: String, error: ServerError },
     #[error("node {node}: {error}")]
     Mirror { node: String, error: MirrorError },
+    #[error("node {node}: cannot serve metrics on {address}: {error}")]
+    Admin {
+        node: String,
+        address: String,
+        error: std::io::Error,
+    },
     #[error("node {node}: machine {machine} cannot start: {reason}")]
     Start {
         node: String,
@@ -43,6 +49,8 @@ pub struct RunningNode {
     machines: Vec<(String, Arc<dyn StateSource>)>,
     mirrors: Vec<Mirror>,
     drivers: Vec<JoinHandle<()>>,
+    admin: Option<std::net::SocketAddr>,
+    admin_stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -89,6 +97,7 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
         transport: transport.clone(),
     };
     let server = Server::new(config);
+    let admin_stop = tokio::sync::watch::channel(false).0;
     let mut machines = Vec::new();
     let mut mirrors = Vec::new();
     let mut drivers = Vec::new();
@@ -155,6 +164,22 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
         }
         machines.push((machine.name.clone(), source));
     }
+    let admin = match &plan.admin {
+        None => None,
+        Some(address) => {
+            let metrics_server = server.clone();
+            let render: Arc<dyn Fn() -> String + Send + Sync> =
+                Arc::new(move || metrics_server.metrics());
+            let addr = crate::metrics::serve_admin(address, render, admin_stop.subscribe())
+                .await
+                .map_err(|error| NodeError::Admin {
+                    node: plan.name.clone(),
+                    address: address.clone(),
+                    error,
+                })?;
+            Some(addr)
+        }
+    };
     let mut endpoints = Vec::new();
     for listen in &plan.listen {
         let endpoint = server
@@ -174,6 +199,8 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
         machines,
         mirrors,
         drivers,
+        admin,
+        admin_stop,
     })
 }
 
@@ -189,6 +216,11 @@ impl RunningNode {
 
     pub fn server(&self) -> &Server {
         &self.server
+    }
+
+    /// The admin listener's address (/metrics, /healthz), if configured.
+    pub fn admin(&self) -> Option<std::net::SocketAddr> {
+        self.admin
     }
 
     pub fn machine(&self, name: &str) -> Option<Arc<dyn StateSource>> {
@@ -207,6 +239,7 @@ impl RunningNode {
         for driver in &self.drivers {
             driver.abort();
         }
+        self.admin_stop.send_replace(true);
         for mirror in &self.mirrors {
             mirror.close().await;
         }

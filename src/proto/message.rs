@@ -220,6 +220,8 @@ pub struct SourceStatus {
     pub active: Vec<String>,
     pub queue_tick: u64,
     pub clients: u32,
+    /// For a mirror: sessions established after the first.
+    pub reconnects: u64,
 }
 
 /// One connected client.

@@ -8,7 +8,8 @@
 //! bounded (message size, idle time). `am-relay` is this module behind a command line.
 
 pub mod config;
-mod http;
+
+use crate::http;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -115,7 +115,8 @@ pub(crate) async fn serve(inner: &Arc<Inner>, conn: u64, handshake: Handshake) {
             return;
         }
     };
-    let span = tracing::info_span!("conn", conn, peer = %peer.address);
+    let span =
+        tracing::info_span!("conn", conn, peer = %peer.address, client = tracing::field::Empty);
     run(inner, conn, stream, peer).instrument(span).await;
 }
 
@@ -140,6 +141,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
             }
             let mut out = Vec::new();
             encode_frame(&plain, &Message::Status(inner.status()), &mut out);
+            inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
             let _ = timeout(FAREWELL_TIMEOUT, write(inner, &mut wr, &out)).await;
             let _ = timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
             return;
@@ -257,12 +259,17 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     };
 
     let mut out = Vec::with_capacity(256);
-    encode_frame(&plain, &Message::Welcome(accepted.welcome), &mut out);
+    // A client that asked for compression can decode it: the welcome (schema and snapshot, the
+    // largest message of a session) is the first frame to benefit.
+    encode_frame(&frame, &Message::Welcome(accepted.welcome), &mut out);
+    inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = write(inner, &mut wr, &out).await {
         debug!(error = %e, "could not send welcome");
         unregister();
         return;
     }
+    // Every later event of this connection carries the client's id.
+    tracing::Span::current().record("client", hello.client_id.as_str());
     info!(client = %hello.client_id, source = %hub.name, compression = accepted.compression, "client ready");
 
     let mut writer = Writer {
@@ -290,6 +297,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     if let Some(last_word) = end.farewell() {
         out.clear();
         encode_frame(&frame, &last_word, &mut out);
+        inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
         let _ = timeout(FAREWELL_TIMEOUT, write(inner, &mut wr, &out)).await;
     }
     let _ = timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
@@ -304,6 +312,7 @@ async fn refuse(inner: &Inner, wr: &mut WriteHalf<BoxStream>, kind: RefusalKind,
         &Message::Refused(Refusal { kind, reason }),
         &mut out,
     );
+    inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
     let _ = timeout(FAREWELL_TIMEOUT, write(inner, wr, &out)).await;
     let _ = timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
 }
@@ -367,10 +376,10 @@ async fn read_loop(
                     )),
                     None => {
                         let called = called.into_iter().map(|s| s as usize).collect();
-                        hub.source
-                            .mutate(Mutation::new(kind, called, args))
-                            .await
-                            .map_err(|e| e.to_string())
+                        let started = std::time::Instant::now();
+                        let result = hub.source.mutate(Mutation::new(kind, called, args)).await;
+                        inner.stats.mutation_latency.record(started.elapsed());
+                        result.map_err(|e| e.to_string())
                     }
                 };
                 if !reply {
@@ -478,6 +487,17 @@ impl Writer<'_> {
         let latest = clock.borrow_and_update().clone();
         if latest.version == self.last.version {
             return;
+        }
+        // Versions between the client's and the latest were merged into this one diff.
+        let merged = latest
+            .version
+            .saturating_sub(self.last.version)
+            .saturating_sub(1);
+        if merged > 0 {
+            self.inner
+                .stats
+                .diffs_merged
+                .fetch_add(merged, Ordering::Relaxed);
         }
         if self.resync_if_went_back(&latest, out) {
             return;

@@ -98,7 +98,11 @@ pub struct ServerStats {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub diffs_sent: AtomicU64,
+    /// Source versions folded into a later diff because the client's connection was busy.
+    pub diffs_merged: AtomicU64,
     pub mutations: AtomicU64,
+    /// Time from receiving a mutation to its result, at this server.
+    pub mutation_latency: crate::metrics::Histogram,
 }
 
 /// A connected client, as `status` shows it.
@@ -274,6 +278,11 @@ impl Server {
         self.inner.status()
     }
 
+    /// The status and the mutation latency histogram as Prometheus text.
+    pub fn metrics(&self) -> String {
+        crate::metrics::render(&self.inner.status(), &self.inner.stats.mutation_latency)
+    }
+
     /// Stops accepting, tells every client goodbye and waits (up to `grace`) for connections
     /// to end.
     pub async fn shutdown(&self, grace: Duration) {
@@ -347,6 +356,7 @@ impl Inner {
                     id: hub.source.id().to_owned(),
                     upstream: upstream.as_ref().map(|u| u.endpoint.clone()),
                     connection: upstream.as_ref().map(|u| u.state.to_owned()),
+                    reconnects: upstream.as_ref().map_or(0, |u| u.reconnects),
                     last_error: upstream.and_then(|u| u.last_error),
                     active: hub.source.active_states(),
                     queue_tick: hub.source.queue_tick(),
@@ -367,10 +377,21 @@ impl Inner {
             ("bytes_in", &s.bytes_in),
             ("bytes_out", &s.bytes_out),
             ("diffs_sent", &s.diffs_sent),
+            ("diffs_merged", &s.diffs_merged),
             ("mutations", &s.mutations),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value.load(Ordering::Relaxed)))
+        .chain([
+            (
+                "mutation_p50_us".to_owned(),
+                s.mutation_latency.quantile_us(0.5),
+            ),
+            (
+                "mutation_p99_us".to_owned(),
+                s.mutation_latency.quantile_us(0.99),
+            ),
+        ])
         .collect();
         NodeStatus {
             node: self.config.name.clone(),

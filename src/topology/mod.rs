@@ -74,6 +74,8 @@ struct NodeSpec {
     limits: LimitsSpec,
     tls: Option<Spanned<TlsSpec>>,
     acl: Option<AclSpec>,
+    /// A plain HTTP listener for /metrics (Prometheus text) and /healthz, e.g. "127.0.0.1:9100".
+    admin: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +175,8 @@ pub struct NodePlan {
     pub tls: Option<TlsSpec>,
     pub token: Option<String>,
     pub allow: Option<Vec<String>>,
+    /// Address of the admin listener (/metrics, /healthz), if any.
+    pub admin: Option<String>,
 }
 
 /// One machine of a node.
@@ -656,6 +660,7 @@ fn resolve(cx: &Cx<'_>, path: &Path, spec: FileSpec) -> Result<Topology, Topolog
             }),
             token: acl.token,
             allow: acl.allow,
+            admin: n.admin.as_ref().map(|a| a.get_ref().clone()),
         });
     }
     Ok(Topology {

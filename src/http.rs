@@ -1,5 +1,5 @@
-//! The little HTTP/1.1 the relay speaks: read one request head (bounded), answer with a small
-//! body, or accept a WebSocket upgrade.
+//! The little HTTP/1.1 the relay and the admin listener speak: read one request head (bounded),
+//! answer with a small body, or accept a WebSocket upgrade.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -9,7 +9,7 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// A parsed request head.
 #[derive(Debug)]
-pub(super) struct Request {
+pub(crate) struct Request {
     pub method: String,
     pub path: String,
     headers: Vec<(String, String)>,
@@ -31,7 +31,7 @@ impl Request {
 }
 
 /// Reads a request head; returns it and any bytes read past it.
-pub(super) async fn read_head<S: AsyncRead + Unpin>(
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> Result<(Request, Vec<u8>), String> {
     let mut buf = Vec::with_capacity(1024);
@@ -76,7 +76,7 @@ pub(super) async fn read_head<S: AsyncRead + Unpin>(
 }
 
 /// The value of a query parameter, undecoded beyond `%XX` escapes.
-pub(super) fn query(path: &str, key: &str) -> Option<String> {
+pub(crate) fn query(path: &str, key: &str) -> Option<String> {
     let query = path.split_once('?')?.1;
     query
         .split('&')
@@ -132,7 +132,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Answers with a body and closes.
-pub(super) async fn respond<S: AsyncWrite + Unpin>(
+pub(crate) async fn respond<S: AsyncWrite + Unpin>(
     stream: &mut S,
     status: u16,
     content_type: &str,
@@ -143,14 +143,16 @@ pub(super) async fn respond<S: AsyncWrite + Unpin>(
         reason(status),
         body.len()
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    // One write: a client that reads only what has arrived still gets the reason with the status.
+    let mut response = head.into_bytes();
+    response.extend_from_slice(body.as_bytes());
+    stream.write_all(&response).await?;
     stream.flush().await?;
     stream.shutdown().await
 }
 
 /// Accepts a WebSocket upgrade.
-pub(super) async fn accept_upgrade<S: AsyncWrite + Unpin>(
+pub(crate) async fn accept_upgrade<S: AsyncWrite + Unpin>(
     stream: &mut S,
     key: &str,
 ) -> std::io::Result<()> {
