@@ -7,8 +7,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::proto::{FrameReader, Message, ProtoError};
 
-/// Reads ask for at least this much room.
-const READ_CHUNK: usize = 16 * 1024;
+/// Reads ask for at least this much room. Small, because the buffer lives as long as the
+/// connection and most connections are idle: it grows (doubling) only when frames need more.
+const READ_CHUNK: usize = 1024;
 
 /// Why no message came.
 #[derive(Debug)]

@@ -49,8 +49,9 @@ pub struct FanoutReport {
     pub mirrors: usize,
     /// From a flip at the root to the last mirror having it.
     pub convergence: Percentiles,
-    /// The same pattern over bare TCP.
-    pub convergence_floor: Percentiles,
+    /// The same pattern over bare TCP; `None` when the process may not open the 2N sockets
+    /// it needs (the open-file limit).
+    pub convergence_floor: Option<Percentiles>,
     pub root_mutations_per_s: f64,
     pub frames_per_s: f64,
     /// How long after the root reached a tick a mirror saw it, p99 over all arrivals (1 ms
@@ -147,7 +148,8 @@ pub async fn run(
         let config = MirrorConfig {
             client_id: format!("fan-{i}"),
             schema: Some(Arc::new(schema.clone())),
-            keepalive: Duration::from_secs(3600),
+            // Connecting thousands of mirrors takes longer than the server's idle timeout:
+            // keep the default pings (every 10 s, a handful during the measurement).
             transport: transport.clone(),
             ..MirrorConfig::default()
         };
@@ -277,9 +279,13 @@ pub async fn run(
         mirror.close().await;
     }
     server.shutdown(Duration::from_secs(5)).await;
-    let floor = raw_floor(options.mirrors, options.flips)
-        .await
-        .map_err(|e| setup("measuring the raw floor", &e))?;
+    let floor = match raw_floor(options.mirrors, options.flips).await {
+        Ok(floor) => Some(floor),
+        Err(e) => {
+            tracing::warn!(error = %e, mirrors = options.mirrors, "no raw floor: the open-file limit is too low for it");
+            None
+        }
+    };
     Ok(FanoutReport {
         scenario: "fanout",
         transport: options.transport.as_str(),

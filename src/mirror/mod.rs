@@ -429,7 +429,8 @@ impl Shared {
             }),
             config,
             conn: watch::channel(ConnState::Connecting).0,
-            payloads: broadcast::channel(256).0,
+            // Allocated up front per mirror: payloads are rare, a lagging receiver loses the oldest.
+            payloads: broadcast::channel(16).0,
             stop: watch::channel(false).0,
             stats: Arc::new(MirrorStats::default()),
         })

@@ -45,7 +45,8 @@ impl FrameReader {
     pub fn new(config: FrameConfig) -> Self {
         FrameReader {
             config,
-            buf: Vec::with_capacity(4096),
+            // Allocated on the first read, sized by it.
+            buf: Vec::new(),
             start: 0,
         }
     }

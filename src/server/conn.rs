@@ -433,7 +433,8 @@ impl Writer<'_> {
         let write_limit = config.idle_timeout;
         let mut push_due: Option<Instant> = None;
         let mut last_push = Instant::now();
-        let mut out = Vec::with_capacity(1024);
+        // Grows on first use and keeps its size; an idle client never needs more than a ping.
+        let mut out = Vec::new();
         loop {
             out.clear();
             tokio::select! {
