@@ -237,6 +237,14 @@ async fn a_node_cannot_mirror_itself_or_its_descendants() {
     ))
     .await;
     all_converged(&running, "root").await;
+    // The leaf may have connected before mid reached root: the ancestry follows later.
+    let leaf = demo(&running, "leaf");
+    within("the leaf's ancestry", async {
+        while leaf.ancestry() != ["leaf", "mid", "root"] {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     let leaf_endpoint = running.node("leaf").expect("leaf").endpoints()[0]
         .clone()
         .with_machine("demo");
@@ -405,4 +413,56 @@ async fn a_tree_over_every_transport_carries_mutations_up_and_diffs_down() {
     assert_eq!(schemes, ["quic", "wss", "tls", "ws"]);
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ancestry_reaches_mirrors_that_connected_before_their_upstream_did() {
+    use asyncmachine::node::start_node;
+    let prefix = unique("late-root");
+    let plan = topology::parse(
+        Path::new("inline.toml"),
+        &tree_toml(&prefix, "root", &[("mid", "root"), ("leaf", "mid")]),
+    )
+    .expect("valid");
+    let node_plan = |name: &str| plan.node(name).expect("planned").clone();
+    // mid and leaf first: the leaf connects to a mid that has not reached the root yet.
+    let mid = within("mid", start_node(&node_plan("mid")))
+        .await
+        .expect("starts");
+    let leaf = within("leaf", start_node(&node_plan("leaf")))
+        .await
+        .expect("starts");
+    let leaf_demo = leaf.machine("demo").expect("demo");
+    within("leaf connected to mid", async {
+        while leaf_demo.upstream().is_none_or(|u| u.state != "ready") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(leaf_demo.ancestry(), ["leaf", "mid"]);
+    let root = within("root", start_node(&node_plan("root")))
+        .await
+        .expect("starts");
+    within("the root's id reaches the leaf", async {
+        while leaf_demo.ancestry() != ["leaf", "mid", "root"] {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let leaf_endpoint = leaf.endpoints()[0].clone().with_machine("demo");
+    match within(
+        "connect",
+        Mirror::connect(&leaf_endpoint, mirror_config("root")),
+    )
+    .await
+    {
+        Err(MirrorError::Refused {
+            kind: RefusalKind::Loop,
+            ..
+        }) => {}
+        other => panic!("the root mirroring its descendant must be refused, got {other:?}"),
+    }
+    for node in [leaf, mid, root] {
+        node.shutdown().await;
+    }
 }

@@ -10,7 +10,7 @@ export const PROTOCOL_VERSION = 1;
 
 const MESSAGE = {
   Hello: 0, Welcome: 1, Refused: 2, Diff: 3, Mutate: 4, MutateReply: 5, Sync: 6, Snapshot: 7,
-  Payload: 8, SchemaChanged: 9, Ping: 10, Pong: 11, Bye: 12, Error: 13,
+  Payload: 8, SchemaChanged: 9, Ping: 10, Pong: 11, Bye: 12, Error: 13, Ancestry: 16,
 };
 const KINDS = { add: 0, remove: 1, set: 2 };
 const OUTCOMES = ["Executed", "Canceled", "Queued"];
@@ -139,6 +139,7 @@ export function decodeMessage(body) {
     case MESSAGE.Pong: m = { type: "Pong", nonce: r.uintBig() }; break;
     case MESSAGE.Bye: m = { type: "Bye", reason: r.str() }; break;
     case MESSAGE.Error: m = { type: "Error", message: r.str() }; break;
+    case MESSAGE.Ancestry: m = { type: "Ancestry", ancestry: strings(r) }; break;
     default: throw new ProtocolError(`unexpected message type ${type} from a server`);
   }
   r.end();
@@ -387,6 +388,7 @@ export class Mirror extends EventTarget {
       case "Pong": break;
       case "Bye": this.#fail(`the server said bye: ${m.reason}`); break;
       case "Error": this.#fail(`the server reported: ${m.message}`); break;
+      case "Ancestry": this.ancestry = m.ancestry; break;
     }
   }
 }

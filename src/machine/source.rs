@@ -90,6 +90,9 @@ pub struct Transition<'a> {
 /// note the change and wake a task).
 pub trait Observer: Send + Sync {
     fn transition(&self, transition: &Transition<'_>);
+
+    /// The source's ancestry changed (a mirror reached, or changed, its upstream).
+    fn ancestry_changed(&self, _ancestry: &[String]) {}
 }
 
 impl<F: Fn(&Transition<'_>) + Send + Sync> Observer for F {

@@ -460,18 +460,37 @@ impl Shared {
         let notice = {
             let mut core = lock(&self.core);
             core.tracked = Tracked::from_granted(session.welcome.granted.tracked.as_deref());
-            core.upstream = session.welcome.ancestry.clone();
             core.outbox = Some(tx);
             core.last_error = None;
             core.replace(schema, &session.welcome.snapshot)
         };
         notice.tell();
+        self.set_upstream(session.welcome.ancestry.clone());
         // Counted before Ready is announced, so whoever sees Ready sees the count.
         self.stats
             .reconnects
             .fetch_add(u64::from(reconnect), Ordering::Relaxed);
         self.conn.send_replace(ConnState::Ready);
         Ok((rx, session))
+    }
+
+    /// Takes a new upstream ancestry; observers (a server serving this mirror) hear of it, so
+    /// the change travels down the tree.
+    fn set_upstream(&self, ancestry: Vec<String>) {
+        let (observers, mine) = {
+            let mut core = lock(&self.core);
+            if core.upstream == ancestry {
+                return;
+            }
+            core.upstream = ancestry;
+            let mine: Vec<String> = std::iter::once(self.id.clone())
+                .chain(core.upstream.iter().cloned())
+                .collect();
+            (core.observers.clone(), mine)
+        };
+        for (_, observer) in observers.iter() {
+            observer.ancestry_changed(&mine);
+        }
     }
 
     /// Marks the mirror disconnected and fails what waits on the server.
@@ -557,6 +576,10 @@ impl Shared {
                 Ok(())
             }
             Message::Pong(_) => Ok(()),
+            Message::Ancestry(ancestry) => {
+                self.set_upstream(ancestry);
+                Ok(())
+            }
             Message::Bye { reason } => Err(format!("the server said bye: {reason}")),
             Message::Error { message } => {
                 Err(format!("the server reported a protocol error: {message}"))

@@ -63,6 +63,9 @@ pub enum Message {
     },
     /// Server -> client: what the node serves, who is connected, its counters.
     Status(NodeStatus),
+    /// Server -> client: the source's ancestry changed (a served mirror reached its upstream,
+    /// or reconnected elsewhere); keeps loop detection right all the way down a tree.
+    Ancestry(Vec<String>),
 }
 
 impl Message {
@@ -85,6 +88,7 @@ impl Message {
             Message::Error { .. } => "Error",
             Message::StatusRequest { .. } => "StatusRequest",
             Message::Status(_) => "Status",
+            Message::Ancestry(_) => "Ancestry",
         }
     }
 }

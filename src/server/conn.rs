@@ -191,6 +191,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     // Subscribe before the snapshot: a change between the two is then pushed, not lost.
     let mut clock = hub.subscribe();
     let start = clock.borrow_and_update().clone();
+    let mut ancestry_changes = hub.ancestry_changes();
     let ancestry = hub.source.ancestry();
     let offer = Offer {
         schema: &hub.schema,
@@ -283,7 +284,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     };
     let end = tokio::select! {
         end = read_loop(inner, &hub, &mut rd, &mut reader, control_tx) => end,
-        end = writer.run(&mut wr, control_rx, &mut clock, &kick) => end,
+        end = writer.run(&mut wr, control_rx, &mut clock, &mut ancestry_changes, &kick) => end,
     };
 
     unregister();
@@ -424,6 +425,7 @@ impl Writer<'_> {
         wr: &mut WriteHalf<BoxStream>,
         mut control: mpsc::Receiver<Control>,
         clock: &mut watch::Receiver<Versioned>,
+        ancestry: &mut watch::Receiver<u64>,
         kick: &Notify,
     ) -> End {
         let config = &self.inner.config;
@@ -465,6 +467,12 @@ impl Writer<'_> {
                     push_due = None;
                     self.push(clock, &mut out);
                     last_push = Instant::now();
+                }
+                Ok(()) = ancestry.changed() => {
+                    ancestry.borrow_and_update();
+                    let message = Message::Ancestry(self.hub.source.ancestry());
+                    encode_frame(&self.frame, &message, &mut out);
+                    self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
                 }
                 _ = keepalive.tick() => {
                     self.nonce += 1;

@@ -35,11 +35,33 @@ struct CachedFrame {
 /// How many distinct diff frames the cache keeps: one per (from, to, options) in flight.
 const CACHE_SLOTS: usize = 16;
 
+/// What a hub hears from its source: clock changes and ancestry changes.
+struct HubObserver {
+    clock: Arc<watch::Sender<Versioned>>,
+    /// Bumped on every ancestry change; writers then send the new ancestry.
+    ancestry: Arc<watch::Sender<u64>>,
+}
+
+impl crate::machine::Observer for HubObserver {
+    fn transition(&self, t: &Transition<'_>) {
+        self.clock.send_modify(|v| {
+            v.version += 1;
+            v.ticks = Arc::from(t.after);
+            v.queue_tick = t.queue_tick;
+        });
+    }
+
+    fn ancestry_changed(&self, _ancestry: &[String]) {
+        self.ancestry.send_modify(|n| *n += 1);
+    }
+}
+
 pub(crate) struct Hub {
     pub name: String,
     pub source: Arc<dyn StateSource>,
     pub schema: Arc<Schema>,
     clock: Arc<watch::Sender<Versioned>>,
+    ancestry: Arc<watch::Sender<u64>>,
     cache: Mutex<VecDeque<CachedFrame>>,
     observer: ObserverId,
 }
@@ -62,14 +84,12 @@ impl Hub {
             queue_tick: 0,
         };
         let clock = Arc::new(watch::channel(empty).0);
-        let tx = clock.clone();
-        let (observer, start) = source.observe(Arc::new(move |t: &Transition<'_>| {
-            tx.send_modify(|v| {
-                v.version += 1;
-                v.ticks = Arc::from(t.after);
-                v.queue_tick = t.queue_tick;
-            });
-        }));
+        let ancestry = Arc::new(watch::channel(0u64).0);
+        let observer = HubObserver {
+            clock: clock.clone(),
+            ancestry: ancestry.clone(),
+        };
+        let (observer, start) = source.observe(Arc::new(observer));
         let queue_tick = source.queue_tick();
         // The observer may already have run with a newer clock; version 0 means it has not.
         clock.send_if_modified(|v| {
@@ -85,6 +105,7 @@ impl Hub {
             source,
             schema,
             clock,
+            ancestry,
             cache: Mutex::new(VecDeque::new()),
             observer,
         }
@@ -92,6 +113,11 @@ impl Hub {
 
     pub fn subscribe(&self) -> watch::Receiver<Versioned> {
         self.clock.subscribe()
+    }
+
+    /// Changes of the source's ancestry (a counter; read the ancestry from the source).
+    pub fn ancestry_changes(&self) -> watch::Receiver<u64> {
+        self.ancestry.subscribe()
     }
 
     /// The frame that takes a client from `from` to `to`, encoded once per options and shared;
