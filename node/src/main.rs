@@ -341,30 +341,6 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let topology = asyncmachine::topology::load(&args.file)?;
     let running = asyncmachine::node::start_topology(&topology, &args.nodes).await?;
@@ -410,7 +386,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = asyncmachine::node::shutdown_signal() => {}
         () = report => {}
     }
     writeln!(out, "shutting down")?;
@@ -527,7 +503,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     let limit = args.timeout.map(Duration::from_secs_f64);
     let code = tokio::select! {
         () = follow => ExitCode::SUCCESS,
-        _ = shutdown_signal() => ExitCode::SUCCESS,
+        _ = asyncmachine::node::shutdown_signal() => ExitCode::SUCCESS,
         () = async { match limit { Some(l) => tokio::time::sleep(l).await, None => std::future::pending().await } } => {
             let _ = writeln!(std::io::stderr(), "error: gave up after {:?}", limit.unwrap_or_default());
             ExitCode::FAILURE
@@ -651,11 +627,7 @@ fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
         transport: asyncmachine::bench::scheme(&args.transport)?,
         via_relay: args.via_relay,
     };
-    let progress = |done: u64, total: u64| {
-        // Progress goes to stderr so that stdout stays the table (and the JSON line).
-        let end = if done == total { "\n" } else { "" };
-        let _ = write!(std::io::stderr(), "\rsgp: {done}/{total} loops{end}");
-    };
+    let progress = progress("sgp loops");
     let report = runtime(args.threads)?
         .block_on(run(&options, &progress))
         .context("bench sgp failed")?;
@@ -686,13 +658,7 @@ fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
         report.errors,
         report.floor_us_per_loop
     )?;
-    if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string(&report).context("encoding the report")?
-        )?;
-    }
+    json_line(&mut out, args.json, &report)?;
     anyhow::ensure!(
         report.errors == 0,
         "the worker counted {} errors",
@@ -710,10 +676,7 @@ fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         transport: asyncmachine::bench::scheme(&args.transport)?,
     };
-    let progress = |done: u64, total: u64| {
-        let end = if done == total { "\n" } else { "" };
-        let _ = write!(std::io::stderr(), "\rchain: {done}/{total}{end}");
-    };
+    let progress = progress("chain");
     let report = runtime(args.threads)?
         .block_on(run(&options, &progress))
         .context("bench chain failed")?;
@@ -747,13 +710,7 @@ fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
         report.round_trip.p50_us / (2 * report.round_trip_hops) as f64,
         "-"
     )?;
-    if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string(&report).context("encoding the report")?
-        )?;
-    }
+    json_line(&mut out, args.json, &report)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -765,10 +722,7 @@ fn bench_relay(args: &RelayArgs) -> anyhow::Result<ExitCode> {
         bulk_message: args.bulk_message,
         bulk_bytes: args.bulk_mib << 20,
     };
-    let progress = |done: u64, total: u64| {
-        let end = if done == total { "\n" } else { "" };
-        let _ = write!(std::io::stderr(), "\rrelay: {done}/{total}{end}");
-    };
+    let progress = progress("relay");
     let report = runtime(args.threads)?
         .block_on(run(&options, &progress))
         .context("bench relay failed")?;
@@ -804,13 +758,7 @@ fn bench_relay(args: &RelayArgs) -> anyhow::Result<ExitCode> {
         report.bulk_to_target_mb_s,
         report.bulk_to_browser_mb_s
     )?;
-    if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string(&report).context("encoding the report")?
-        )?;
-    }
+    json_line(&mut out, args.json, &report)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -900,13 +848,7 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
             r.rss_kib_per_mirror
         )?;
     }
-    if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string(&reports).context("encoding the report")?
-        )?;
-    }
+    json_line(&mut out, args.json, &reports)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -931,14 +873,32 @@ fn bench_bytes(args: &BytesArgs) -> anyhow::Result<ExitCode> {
             r.bytes_per_change
         )?;
     }
-    if args.json {
+    json_line(&mut out, args.json, &reports)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `label: done/total` on one stderr line (stdout stays the table and the JSON line).
+fn progress(label: &'static str) -> impl Fn(u64, u64) {
+    move |done, total| {
+        let end = if done == total { "\n" } else { "" };
+        let _ = write!(std::io::stderr(), "\r{label}: {done}/{total}{end}");
+    }
+}
+
+/// Prints a report as one JSON line when asked.
+fn json_line(
+    out: &mut impl std::io::Write,
+    json: bool,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    if json {
         writeln!(
             out,
             "{}",
-            serde_json::to_string(&reports).context("encoding the report")?
+            serde_json::to_string(report).context("encoding the report")?
         )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn init_tracing(filter: &str) -> anyhow::Result<()> {

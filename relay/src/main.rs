@@ -126,24 +126,9 @@ fn main() -> anyhow::Result<()> {
             relay.local_endpoint(),
             relay.page_url()
         )?;
-        shutdown_signal().await;
+        asyncmachine::node::shutdown_signal().await;
         relay.shutdown();
         writeln!(out, "relay stopped")?;
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }

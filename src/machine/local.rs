@@ -25,7 +25,7 @@ use super::source::{
     Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome, StateSource, Transition,
 };
 use super::value::Args;
-use super::waiters::{Condition, StateCtx, WaitError, WaiterHost, WaiterSet, When, make_when};
+use super::waiters::{Condition, WaiterHost, WaiterSet, When, make_when};
 
 /// Default bound of the mutation queue.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
@@ -698,33 +698,12 @@ impl StateSource for Machine {
     }
 
     fn wait(&self, condition: Condition) -> When {
-        let n = self.schema_ref().len();
-        let in_schema = match &condition {
-            Condition::Active(s) | Condition::Inactive(s) => s.iter().all(|&i| i < n),
-            Condition::TicksAtLeast(p) => p.iter().all(|&(i, _)| i < n),
-            Condition::TickChanged(i, _) => *i < n,
-        };
-        if !in_schema {
-            return When::failed(WaitError::UnknownState(format!("{condition:?}")));
-        }
         let host: Weak<dyn WaiterHost> = Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>;
         let mut core = self.core();
         let core = &mut *core;
         make_when(host, core.waiters.register(&core.ticks, condition))
     }
 
-    fn state_ctx_at(&self, idx: usize) -> StateCtx {
-        let tick = self.tick_at(idx);
-        if !is_active(tick) {
-            return StateCtx::canceled_from_start();
-        }
-        // The tick may move between the read above and the registration; then the condition
-        // already holds and the context starts canceled, which is what it should be.
-        StateCtx::new(self.wait(Condition::TickChanged(idx, tick)))
-    }
-
-    /// Runs the mutation now, or, when the machine is busy, resolves once it has run (never
-    /// `Queued`): a remote caller gets the real outcome.
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
         match self.submit(mutation, true) {
             Ok(Submitted::Queued(Some(done))) => Box::pin(QueuedOutcome(done)),

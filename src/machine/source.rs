@@ -139,8 +139,17 @@ pub trait StateSource: Send + Sync {
     /// A future that resolves when `condition` holds.
     fn wait(&self, condition: Condition) -> When;
 
-    /// A context canceled when the state at `idx` changes its tick.
-    fn state_ctx_at(&self, idx: usize) -> StateCtx;
+    /// A context canceled when the state at `idx` changes its tick; canceled from the start
+    /// for an inactive state.
+    fn state_ctx_at(&self, idx: usize) -> StateCtx {
+        let tick = self.tick_at(idx);
+        if !is_active(tick) {
+            return StateCtx::canceled_from_start();
+        }
+        // The tick may move between the read and the registration; then the condition already
+        // holds and the context starts canceled, which is what it should be.
+        StateCtx::new(self.wait(Condition::TickChanged(idx, tick)))
+    }
 
     fn mutate(&self, mutation: Mutation) -> MutationFuture;
 

@@ -138,6 +138,8 @@ pub(crate) enum Registration {
     /// The condition already holds (or the set is closed): nothing was registered.
     Done(u8),
     Pending(u64, Arc<Signal>),
+    /// The condition names a state the clock does not have.
+    OutOfSchema(Condition),
 }
 
 impl WaiterSet {
@@ -156,6 +158,9 @@ impl WaiterSet {
 
     /// Registers a waiter unless its condition already holds for `ticks`.
     pub fn register(&mut self, ticks: &[u64], condition: Condition) -> Registration {
+        if condition.states().iter().any(|&s| s >= ticks.len()) {
+            return Registration::OutOfSchema(condition);
+        }
         if self.closed {
             return Registration::Done(CLOSED);
         }
@@ -238,6 +243,9 @@ pub(crate) fn make_when(host: Weak<dyn WaiterHost>, registration: Registration) 
             registration: Some((host, id)),
             error: None,
         },
+        Registration::OutOfSchema(condition) => {
+            When::failed(WaitError::UnknownState(format!("{condition:?}")))
+        }
     }
 }
 

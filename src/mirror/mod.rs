@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::machine::waiters::{WaiterHost, WaiterSet, make_when};
 use crate::machine::{
     Args, Condition, Mutation, MutationError, MutationFuture, MutationKind, Observer, ObserverId,
-    Outcome, Schema, StateCtx, StateSource, Transition, UpstreamInfo, WaitError, When, is_active,
+    Outcome, Schema, StateSource, Transition, UpstreamInfo, When,
 };
 use crate::proto::diff::{ApplyError, apply as apply_diff};
 use crate::proto::frame::DEFAULT_MAX_FRAME;
@@ -930,24 +930,7 @@ impl StateSource for Mirror {
         let host: Weak<dyn WaiterHost> = Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>;
         let mut core = lock(&self.shared.core);
         let core = &mut *core;
-        let n = core.ticks.len();
-        let in_schema = match &condition {
-            Condition::Active(s) | Condition::Inactive(s) => s.iter().all(|&i| i < n),
-            Condition::TicksAtLeast(p) => p.iter().all(|&(i, _)| i < n),
-            Condition::TickChanged(i, _) => *i < n,
-        };
-        if !in_schema {
-            return When::failed(WaitError::UnknownState(format!("{condition:?}")));
-        }
         make_when(host, core.waiters.register(&core.ticks, condition))
-    }
-
-    fn state_ctx_at(&self, idx: usize) -> StateCtx {
-        let tick = self.tick_at(idx);
-        if !is_active(tick) {
-            return StateCtx::canceled_from_start();
-        }
-        StateCtx::new(self.wait(Condition::TickChanged(idx, tick)))
     }
 
     fn mutate(&self, mutation: Mutation) -> MutationFuture {

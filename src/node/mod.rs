@@ -276,6 +276,23 @@ async fn drive(source: Arc<dyn StateSource>, spec: DriverSpec) {
     }
 }
 
+/// Resolves on Ctrl-C or SIGTERM: what am-node and am-relay wait for before shutting down.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
 /// Started nodes of one topology.
 #[derive(Debug)]
 pub struct RunningTopology {
