@@ -187,6 +187,9 @@ struct BytesArgs {
     /// Single-state changes to count.
     #[arg(long, default_value_t = 1000)]
     changes: u64,
+    /// Transport between mirror and server: tcp, tls, quic, ws or wss.
+    #[arg(long, default_value = "tcp")]
+    transport: String,
     #[arg(long)]
     json: bool,
 }
@@ -855,7 +858,11 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
 fn bench_bytes(args: &BytesArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.states > 0, "--states must be at least 1");
     let reports = runtime(1)?
-        .block_on(asyncmachine::bench::bytes::run(args.states, args.changes))
+        .block_on(asyncmachine::bench::bytes::run(
+            args.states,
+            args.changes,
+            asyncmachine::bench::scheme(&args.transport)?,
+        ))
         .context("bench bytes failed")?;
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::BenchError;
-use super::proxy::CountingProxy;
+use super::proxy::{CountingProxy, UdpCountingProxy};
 use crate::machine::{Args, Machine, Schema, SchemaDef, StateDef, StateSource};
 use crate::mirror::{Mirror, MirrorConfig};
 use crate::server::{Server, ServerConfig};
@@ -18,6 +18,7 @@ use crate::transport::{Endpoint, Scheme};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BytesReport {
     pub scenario: &'static str,
+    pub transport: &'static str,
     pub compression: bool,
     pub states: usize,
     /// Connection, hello and welcome (schema and snapshot) both ways.
@@ -28,10 +29,14 @@ pub struct BytesReport {
 }
 
 /// Runs with and without compression.
-pub async fn run(states: usize, changes: u64) -> Result<Vec<BytesReport>, BenchError> {
+pub async fn run(
+    states: usize,
+    changes: u64,
+    scheme: Scheme,
+) -> Result<Vec<BytesReport>, BenchError> {
     let mut reports = Vec::new();
     for compression in [false, true] {
-        reports.push(run_one(states, changes, compression).await?);
+        reports.push(run_one(states, changes, compression, scheme).await?);
     }
     Ok(reports)
 }
@@ -40,6 +45,7 @@ async fn run_one(
     states: usize,
     changes: u64,
     compression: bool,
+    scheme: Scheme,
 ) -> Result<BytesReport, BenchError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
     // Realistic names, and relations: what a large schema sends in its welcome.
@@ -55,29 +61,44 @@ async fn run_one(
         .collect();
     let schema = Schema::new(SchemaDef { states: defs }).map_err(|e| setup("schema", &e))?;
     let machine = Machine::new(schema);
-    let server = Server::new(ServerConfig::default());
+    let transport = super::transport_for(scheme)?;
+    let server = Server::new(ServerConfig {
+        transport: transport.clone(),
+        ..ServerConfig::default()
+    });
     server
         .add_source("big", Arc::new(machine.clone()))
         .map_err(|e| setup("serving", &e))?;
     let bound = server
-        .listen(&Endpoint::new(Scheme::Tcp, "127.0.0.1:0"))
+        .listen(&Endpoint::new(scheme, "127.0.0.1:0"))
         .await
         .map_err(|e| setup("binding", &e))?;
     let target: SocketAddr = bound.address.parse().map_err(|e| setup("address", &e))?;
-    let proxy = CountingProxy::start(target)
-        .await
-        .map_err(|e| setup("proxy", &e))?;
-    let endpoint = Endpoint::new(Scheme::Tcp, proxy.addr.to_string()).with_machine("big");
+    // QUIC is UDP: a datagram proxy; the others are TCP underneath (wire bytes, TLS records and
+    // WebSocket framing included).
+    let (proxy_addr, counts, _tcp, _udp) = if scheme == Scheme::Quic {
+        let proxy = UdpCountingProxy::start(target)
+            .await
+            .map_err(|e| setup("proxy", &e))?;
+        (proxy.addr, proxy.counts.clone(), None, Some(proxy))
+    } else {
+        let proxy = CountingProxy::start(target)
+            .await
+            .map_err(|e| setup("proxy", &e))?;
+        (proxy.addr, proxy.counts.clone(), Some(proxy), None)
+    };
+    let endpoint = Endpoint::new(scheme, proxy_addr.to_string()).with_machine("big");
     let config = MirrorConfig {
         compression,
+        transport,
         keepalive: Duration::from_secs(3600),
         ..MirrorConfig::default()
     };
     let mirror = Mirror::connect(&endpoint, config)
         .await
         .map_err(|e| setup("mirror", &e))?;
-    let handshake_bytes = proxy.counts.total();
-    let down0 = proxy.counts.down.load(Ordering::Relaxed);
+    let handshake_bytes = counts.total();
+    let down0 = counts.down.load(Ordering::Relaxed);
     for i in 0..changes {
         // One state flips per change; wait for it at the mirror so no two changes merge.
         // Every third state has no requirement, so each flip is accepted.
@@ -106,11 +127,12 @@ async fn run_one(
             reason: e.to_string(),
         })?;
     }
-    let down = proxy.counts.down.load(Ordering::Relaxed) - down0;
+    let down = counts.down.load(Ordering::Relaxed) - down0;
     mirror.close().await;
     server.shutdown(Duration::from_secs(2)).await;
     Ok(BytesReport {
         scenario: "bytes",
+        transport: scheme.as_str(),
         compression,
         states,
         handshake_bytes,

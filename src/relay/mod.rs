@@ -24,7 +24,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, info, warn};
 
@@ -393,7 +393,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     http::accept_upgrade(&mut stream, &key)
         .await
         .map_err(|e| e.to_string())?;
-    let config = WebSocketConfig::default()
+    // A relay moves bulk for few connections: room for whole messages, unlike the small
+    // buffers of a node's many idle mirrors.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(64 * 1024)
         .max_message_size(Some(inner.config.max_message))
         .max_frame_size(Some(inner.config.max_message));
     let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;

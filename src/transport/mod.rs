@@ -14,7 +14,7 @@ mod mem;
 mod quic;
 mod tcp;
 pub mod tls;
-mod ws;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 
