@@ -94,6 +94,8 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
         min_push_interval: plan.push_interval,
         token: plan.token.clone(),
         allow_ids: plan.allow.clone(),
+        see: plan.see.clone(),
+        mutate: plan.mutate.clone(),
         transport: transport.clone(),
     };
     let server = Server::new(config);

@@ -2,6 +2,8 @@
 //! welcome with the options granted, or a refusal a person can act on. Pure: the driver looks
 //! up the source and takes the snapshot; this decides.
 
+use std::collections::BTreeMap;
+
 use super::diff::Tracked;
 use super::message::{Granted, Hello, PROTOCOL_VERSION, Refusal, RefusalKind, Snapshot, Welcome};
 use crate::machine::Schema;
@@ -15,6 +17,30 @@ pub struct Policy {
     pub token: Option<String>,
     /// The only client ids let in, if set.
     pub allow_ids: Option<Vec<String>>,
+    /// Per client id (`"*"` for clients not listed): the only states it sees. A client matched
+    /// by no entry sees everything.
+    pub see: BTreeMap<String, Vec<String>>,
+    /// Per client id (`"*"` for clients not listed): the only states it may mutate. A client
+    /// matched by no entry may mutate every state.
+    pub mutate: BTreeMap<String, Vec<String>>,
+}
+
+/// The list that applies to a client: its own entry, else the `"*"` entry.
+fn rule<'a>(rules: &'a BTreeMap<String, Vec<String>>, client: &str) -> Option<&'a Vec<String>> {
+    rules.get(client).or_else(|| rules.get("*"))
+}
+
+/// State names to sorted positions; names the schema lacks are skipped (they are validated
+/// where the policy is configured).
+fn positions(schema: &Schema, names: &[String]) -> Vec<u32> {
+    let mut out: Vec<u32> = names
+        .iter()
+        .filter_map(|n| schema.index(n))
+        .map(|i| i as u32)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// What the server offers for the source the client asked for.
@@ -32,6 +58,8 @@ pub struct Accepted {
     pub welcome: Welcome,
     pub tracked: Tracked,
     pub compression: bool,
+    /// Positions the client may mutate; `None` for all.
+    pub mutable: Option<Vec<u32>>,
 }
 
 fn refuse(kind: RefusalKind, reason: String) -> Refusal {
@@ -107,6 +135,17 @@ pub fn decide(hello: &Hello, offer: Offer<'_>, policy: &Policy) -> Result<Accept
             Tracked::from_granted(Some(&positions))
         }
     };
+    // What the client may see narrows what it asked to track.
+    let tracked = match (tracked, rule(&policy.see, &hello.client_id)) {
+        (tracked, None) => tracked,
+        (Tracked::All, Some(see)) => Tracked::Only(positions(offer.schema, see)),
+        (Tracked::Only(wanted), Some(see)) => {
+            let allowed = positions(offer.schema, see);
+            Tracked::Only(wanted.into_iter().filter(|s| allowed.contains(s)).collect())
+        }
+    };
+    let mutable =
+        rule(&policy.mutate, &hello.client_id).map(|names| positions(offer.schema, names));
     let compression = hello.options.compression && policy.compression;
     let schema = (hello.schema_hash != offer.schema.hash()).then(|| offer.schema.def().clone());
     let snapshot = Snapshot {
@@ -119,7 +158,7 @@ pub fn decide(hello: &Hello, offer: Offer<'_>, policy: &Policy) -> Result<Accept
             Tracked::All => None,
             Tracked::Only(states) => Some(states.clone()),
         },
-        mutable: None,
+        mutable: mutable.clone(),
     };
     Ok(Accepted {
         welcome: Welcome {
@@ -130,6 +169,7 @@ pub fn decide(hello: &Hello, offer: Offer<'_>, policy: &Policy) -> Result<Accept
         },
         tracked,
         compression,
+        mutable,
     })
 }
 
@@ -279,6 +319,60 @@ mod tests {
         )
         .expect_err("a node cannot mirror itself");
         assert!(refusal.reason.contains("itself"), "{}", refusal.reason);
+    }
+
+    #[test]
+    fn per_client_rules_narrow_what_is_seen_and_what_may_change() {
+        let schema = crate::sgp::schema();
+        let rules = |pairs: &[(&str, &[&str])]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect()
+        };
+        let policy = Policy {
+            see: rules(&[("leaf", &["Start", "CallOp"]), ("*", &["Start"])]),
+            mutate: rules(&[("leaf", &["CallOp"])]),
+            ..Policy::default()
+        };
+        let accepted = decide(&hello(), offer(&schema), &policy).expect("accepted");
+        assert_eq!(accepted.tracked, Tracked::Only(vec![0, 5]));
+        assert_eq!(
+            accepted.welcome.snapshot.ticks,
+            [1, 0, 0, 0, 0, 3, 0],
+            "unseen states read 0"
+        );
+        assert_eq!(
+            (
+                accepted.mutable.as_deref(),
+                accepted.welcome.granted.mutable.as_deref()
+            ),
+            (Some(&[5u32][..]), Some(&[5u32][..]))
+        );
+        // Asking to track more than may be seen gets the intersection.
+        let wants = Hello {
+            options: WantedOptions {
+                track: Some(vec!["Event".into(), "CallOp".into()]),
+                ..WantedOptions::default()
+            },
+            ..hello()
+        };
+        assert_eq!(
+            decide(&wants, offer(&schema), &policy)
+                .expect("accepted")
+                .tracked,
+            Tracked::Only(vec![5])
+        );
+        // Another client falls under "*": sees Start only, may mutate everything.
+        let other = Hello {
+            client_id: "other".into(),
+            ..hello()
+        };
+        let accepted = decide(&other, offer(&schema), &policy).expect("accepted");
+        assert_eq!(
+            (accepted.tracked, accepted.mutable),
+            (Tracked::Only(vec![0]), None)
+        );
     }
 
     #[test]

@@ -273,6 +273,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     tracing::Span::current().record("client", hello.client_id.as_str());
     info!(client = %hello.client_id, source = %hub.name, compression = accepted.compression, "client ready");
 
+    let mutable = accepted.mutable.clone();
     let mut writer = Writer {
         inner,
         hub: &hub,
@@ -283,7 +284,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         nonce: 0,
     };
     let end = tokio::select! {
-        end = read_loop(inner, &hub, &mut rd, &mut reader, control_tx) => end,
+        end = read_loop(inner, &hub, &mut rd, &mut reader, control_tx, &hello.client_id, mutable.as_deref()) => end,
         end = writer.run(&mut wr, control_rx, &mut clock, &mut ancestry_changes, &kick) => end,
     };
 
@@ -352,9 +353,28 @@ async fn read_loop(
     rd: &mut ReadHalf<BoxStream>,
     reader: &mut FrameReader,
     control: mpsc::Sender<Control>,
+    client: &str,
+    mutable: Option<&[u32]>,
 ) -> End {
     let idle = inner.config.idle_timeout;
     let states = hub.schema.len();
+    let forbidden = |called: &[u32]| -> Option<String> {
+        let allowed = mutable?;
+        let bad = called.iter().find(|s| !allowed.contains(s))?;
+        let names: Vec<&str> = allowed
+            .iter()
+            .map(|&s| hub.schema.name(s as usize))
+            .collect();
+        Some(format!(
+            "client {client:?} may not mutate {}; it may mutate: {}",
+            hub.schema.name(*bad as usize),
+            if names.is_empty() {
+                "nothing".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ))
+    };
     loop {
         let message = match timeout(idle, read_message(rd, reader, inner)).await {
             Err(_) => return End::Idle(idle),
@@ -371,11 +391,17 @@ async fn read_loop(
                     args,
                     reply,
                 } = request;
-                let result = match called.iter().find(|&&s| s as usize >= states) {
-                    Some(bad) => Err(format!(
+                let denied = forbidden(&called);
+                let result = match (called.iter().find(|&&s| s as usize >= states), denied) {
+                    (Some(bad), _) => Err(format!(
                         "state {bad} is outside the schema of {states} states"
                     )),
-                    None => {
+                    (None, Some(reason)) => {
+                        inner.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                        info!(%reason, "mutation refused by the ACL");
+                        Err(reason)
+                    }
+                    (None, None) => {
                         let called = called.into_iter().map(|s| s as usize).collect();
                         let started = std::time::Instant::now();
                         let result = hub.source.mutate(Mutation::new(kind, called, args)).await;

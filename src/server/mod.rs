@@ -49,6 +49,10 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Only these client ids are let in.
     pub allow_ids: Option<Vec<String>>,
+    /// Per client id (`"*"` for the others): the only states it sees.
+    pub see: std::collections::BTreeMap<String, Vec<String>>,
+    /// Per client id (`"*"` for the others): the only states it may mutate.
+    pub mutate: std::collections::BTreeMap<String, Vec<String>>,
     /// TLS material for tls://, quic:// and wss:// listeners.
     pub transport: TransportConfig,
 }
@@ -66,6 +70,8 @@ impl Default for ServerConfig {
             min_push_interval: None,
             token: None,
             allow_ids: None,
+            see: Default::default(),
+            mutate: Default::default(),
             transport: TransportConfig::default(),
         }
     }
@@ -406,6 +412,8 @@ impl Inner {
             compression: self.config.compression.is_some(),
             token: self.config.token.clone(),
             allow_ids: self.config.allow_ids.clone(),
+            see: self.config.see.clone(),
+            mutate: self.config.mutate.clone(),
         }
     }
 

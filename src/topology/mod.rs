@@ -109,6 +109,12 @@ struct AclSpec {
     token: Option<String>,
     /// Only these client ids may connect.
     allow: Option<Vec<String>>,
+    /// Per client id (`"*"` for the others): the only states it sees.
+    #[serde(default)]
+    see: BTreeMap<String, Vec<String>>,
+    /// Per client id (`"*"` for the others): the only states it may mutate.
+    #[serde(default)]
+    mutate: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +181,9 @@ pub struct NodePlan {
     pub tls: Option<TlsSpec>,
     pub token: Option<String>,
     pub allow: Option<Vec<String>>,
+    /// Per client id (`"*"` for the others): the only states it sees / may mutate.
+    pub see: BTreeMap<String, Vec<String>>,
+    pub mutate: BTreeMap<String, Vec<String>>,
     /// Address of the admin listener (/metrics, /healthz), if any.
     pub admin: Option<String>,
 }
@@ -636,6 +645,24 @@ fn resolve(cx: &Cx<'_>, path: &Path, spec: FileSpec) -> Result<Topology, Topolog
             ));
         }
         let acl = n.acl.clone().unwrap_or_default();
+        // ACL state names must exist in one of the node's machines.
+        if let Some(bad) = acl
+            .see
+            .values()
+            .chain(acl.mutate.values())
+            .flatten()
+            .find(|state| {
+                !machines
+                    .iter()
+                    .any(|m: &MachinePlan| m.schema.index(state).is_some())
+            })
+        {
+            return Err(cx.err(
+                n.name.span(),
+                format!("node {node_name:?}: acl names unknown state {bad:?}"),
+                Some("acl see/mutate list states of the node's machines".into()),
+            ));
+        }
         nodes.push(NodePlan {
             name: node_name.clone(),
             listen: listeners[node_name.as_str()].clone(),
@@ -660,6 +687,8 @@ fn resolve(cx: &Cx<'_>, path: &Path, spec: FileSpec) -> Result<Topology, Topolog
             }),
             token: acl.token,
             allow: acl.allow,
+            see: acl.see,
+            mutate: acl.mutate,
             admin: n.admin.as_ref().map(|a| a.get_ref().clone()),
         });
     }

@@ -233,3 +233,24 @@ fn tls_and_acl_keys_are_parsed() {
     let e = error(&text.replace("cert = \"c.pem\", ", "cert = \"\", "));
     assert!(e.message.contains("cert"), "{e}");
 }
+
+#[test]
+fn acl_rules_are_parsed_and_checked_against_the_schemas() {
+    let text = TREE.replace(
+        "acl = { token = \"t\", allow = [\"mid\"] }",
+        "acl = { token = \"t\", allow = [\"mid\"], see = { \"*\" = [\"Start\"], mid = [\"Start\", \"Flag\"] }, mutate = { mid = [\"Flag\"] } }",
+    );
+    let t = parse_str(&text).expect("valid");
+    let root = t.node("root").expect("root");
+    assert_eq!(root.see.get("mid").map(Vec::len), Some(2));
+    assert_eq!(
+        root.mutate.get("mid").map(|v| v.as_slice()),
+        Some(&["Flag".to_owned()][..])
+    );
+    let e = error(&text.replace(
+        "mutate = { mid = [\"Flag\"] }",
+        "mutate = { mid = [\"Flgg\"] }",
+    ));
+    assert!(e.message.contains("unknown state \"Flgg\""), "{e}");
+    assert_eq!(e.line, 10, "the node's name line: {e}");
+}
