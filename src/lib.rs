@@ -37,6 +37,7 @@
 pub mod bench;
 pub mod certs;
 pub mod client;
+pub mod fault;
 mod http;
 pub mod machine;
 pub mod metrics;

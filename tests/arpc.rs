@@ -15,6 +15,7 @@ use asyncmachine::proto::message::{ClockDiff, RefusalKind};
 use asyncmachine::proto::{Message, frame};
 use asyncmachine::server::{Server, ServerConfig};
 use common::*;
+use tokio::io::AsyncWriteExt;
 
 fn machine() -> Machine {
     Machine::builder(abc_schema()).id("worker").build()
@@ -364,6 +365,42 @@ pub async fn a_silent_peer_is_timed_out(scheme: &str) {
     }
 }
 
+pub async fn a_client_that_stops_reading_is_dropped_at_the_write_deadline(scheme: &str) {
+    let source = machine();
+    let config = ServerConfig {
+        idle_timeout: Duration::from_millis(400),
+        keepalive: Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    let (server, endpoint) = serve(Arc::new(source.clone()), config, scheme).await;
+    let (mut stuck, _) = RawClient::handshake(&endpoint, "stuck").await;
+    let healthy = mirror(&endpoint, "healthy").await;
+    let mut ping = Vec::new();
+    asyncmachine::proto::encode_frame(&frame::FrameConfig::default(), &Message::Ping(1), &mut ping);
+    // The stuck client keeps talking, so it is never idle, but reads nothing. Diffs merge, so
+    // payloads (never merged) fill the transport's buffers; then the server's write blocks,
+    // and the deadline drops the client.
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    within("the stuck client is dropped", async {
+        while server.clients().iter().any(|c| c.id == "stuck") {
+            // One payload per tick stays well inside the per-client queue, so the queue never
+            // overflows (a different way to be dropped) before the deadline passes.
+            let _ = server.send_payload("worker", Some("stuck"), "bulk", vec![7; 60 * 1024]);
+            churn(&source, 100);
+            let _ = stuck.stream.write_all(&ping).await;
+            pace.tick().await;
+        }
+    })
+    .await;
+    churn(&source, 3);
+    converged(&healthy, &source.clock()).await;
+    let left: Vec<String> = server.clients().into_iter().map(|c| c.id).collect();
+    assert_eq!(left, ["healthy"]);
+    let stats = server.stats();
+    assert_eq!(stats.write_stalls.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.payload_overflows.load(Ordering::Relaxed), 0);
+}
+
 pub async fn keepalive_keeps_an_idle_mirror_connected(scheme: &str) {
     let config = ServerConfig {
         idle_timeout: Duration::from_millis(400),
@@ -480,6 +517,7 @@ macro_rules! conformance {
             case!(a_mirror_expecting_another_schema_gets_a_clear_error);
             case!(refusals_say_why);
             case!(a_silent_peer_is_timed_out);
+            case!(a_client_that_stops_reading_is_dropped_at_the_write_deadline);
             case!(keepalive_keeps_an_idle_mirror_connected);
             case!(payloads_reach_one_client_or_all);
             case!(a_mirror_can_track_a_subset_with_compression);

@@ -13,6 +13,9 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 
+#[doc(hidden)]
+pub mod checks;
+
 pub use diff::{ApplyError, Tracked};
 pub use frame::{Compression, DecodedFrame, FrameConfig, FrameError};
 pub use message::{DecodeError, Message, PROTOCOL_VERSION};

@@ -512,7 +512,13 @@ impl Writer<'_> {
             match timeout(write_limit, write(self.inner, wr, &out)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return End::Io(e),
-                Err(_) => return End::WriteStalled(write_limit),
+                Err(_) => {
+                    self.inner
+                        .stats
+                        .write_stalls
+                        .fetch_add(1, Ordering::Relaxed);
+                    return End::WriteStalled(write_limit);
+                }
             }
         }
     }

@@ -107,6 +107,10 @@ pub struct ServerStats {
     /// Source versions folded into a later diff because the client's connection was busy.
     pub diffs_merged: AtomicU64,
     pub mutations: AtomicU64,
+    /// Clients dropped because a write to them stayed blocked past the write deadline.
+    pub write_stalls: AtomicU64,
+    /// Clients dropped because their payload queue was full.
+    pub payload_overflows: AtomicU64,
     /// Time from receiving a mutation to its result, at this server.
     pub mutation_latency: crate::metrics::Histogram,
 }
@@ -256,6 +260,10 @@ impl Server {
             {
                 Ok(()) => sent += 1,
                 Err(_) => {
+                    self.inner
+                        .stats
+                        .payload_overflows
+                        .fetch_add(1, Ordering::Relaxed);
                     warn!(client = %entry.info.id, "client too slow for payloads; disconnecting it");
                     entry.kick.notify_one();
                 }
@@ -385,6 +393,8 @@ impl Inner {
             ("diffs_sent", &s.diffs_sent),
             ("diffs_merged", &s.diffs_merged),
             ("mutations", &s.mutations),
+            ("write_stalls", &s.write_stalls),
+            ("payload_overflows", &s.payload_overflows),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value.load(Ordering::Relaxed)))

@@ -1,0 +1,4 @@
+//! Fuzz target: see `asyncmachine::proto::checks::frames` for what must hold.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| asyncmachine::proto::checks::frames(data));
