@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use asyncmachine::machine::{Args, Machine, MutationError, Outcome, StateSource};
+use asyncmachine::mirror::{ConnState, Mirror, MirrorError};
+use asyncmachine::proto::message::RefusalKind;
 use asyncmachine::server::ServerConfig;
 use common::*;
 
@@ -70,4 +72,34 @@ async fn clients_see_and_change_only_what_they_may() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 2
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_clients_on_the_allow_list_get_in() {
+    let machine = Machine::builder(abc_schema()).id("root").build();
+    let config = ServerConfig {
+        allow_ids: Some(vec!["listed".into()]),
+        ..ServerConfig::default()
+    };
+    let (server, endpoint) = serve(Arc::new(machine), config, "tcp").await;
+    let stranger = within(
+        "stranger",
+        Mirror::connect(&endpoint, mirror_config("stranger")),
+    )
+    .await;
+    match stranger {
+        Err(MirrorError::Refused { kind, reason, .. }) => {
+            assert_eq!(kind, RefusalKind::Acl);
+            assert!(
+                reason.contains("\"stranger\"") && reason.contains("allow-list"),
+                "{reason}"
+            );
+        }
+        Err(other) => panic!("expected an ACL refusal, got {other}"),
+        Ok(_) => panic!("a client off the allow-list got in"),
+    }
+    let listed = mirror(&endpoint, "listed").await;
+    assert_eq!(listed.connection(), ConnState::Ready);
+    let ids: Vec<String> = server.clients().into_iter().map(|c| c.id).collect();
+    assert_eq!(ids, ["listed"]);
 }
