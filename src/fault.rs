@@ -7,7 +7,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,8 +33,9 @@ pub enum Fault {
 #[derive(Debug)]
 pub struct FaultProxy {
     pub addr: SocketAddr,
+    /// The fault in force and how many times connections were reset (a generation: a
+    /// connection opened in an older one is reset).
     control: watch::Sender<(Fault, u64)>,
-    resets: AtomicU64,
     accept: JoinHandle<()>,
 }
 
@@ -78,7 +78,6 @@ impl FaultProxy {
         Ok(FaultProxy {
             addr,
             control,
-            resets: AtomicU64::new(0),
             accept,
         })
     }
@@ -91,13 +90,12 @@ impl FaultProxy {
     /// Resets every open connection (peers see a connection reset) and goes on forwarding new
     /// ones as set.
     pub fn reset_all(&self) {
-        self.resets.fetch_add(1, Ordering::Relaxed);
         self.control.send_modify(|(_, generation)| *generation += 1);
     }
 
     /// How many times [`FaultProxy::reset_all`] was called.
     pub fn resets(&self) -> u64 {
-        self.resets.load(Ordering::Relaxed)
+        self.control.borrow().1
     }
 }
 
