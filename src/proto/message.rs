@@ -226,6 +226,8 @@ pub struct SourceStatus {
     pub clients: u32,
     /// For a mirror: sessions established after the first.
     pub reconnects: u64,
+    /// The whole clock, one tick per state in schema order: compare nodes of a tree by it.
+    pub ticks: Vec<u64>,
 }
 
 /// One connected client.

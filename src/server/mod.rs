@@ -374,6 +374,7 @@ impl Inner {
                     last_error: upstream.and_then(|u| u.last_error),
                     active: hub.source.active_states(),
                     queue_tick: hub.source.queue_tick(),
+                    ticks: hub.source.clock(),
                     clients: client_list.iter().filter(|c| c.source == hub.name).count() as u32,
                 }
             })
