@@ -3,7 +3,8 @@
 
 Under continuous mutations at the root (states flipped) and from the leaf (a multi state
 added through c, a, b up to the root), the interior nodes a and b are killed with SIGKILL and
-restarted again and again. When the time is up the load stops, and the soak checks that
+restarted again and again, and between kills the links root <- a and a <- b, which run
+through `am-node fault-proxy`, are cut, stalled, delayed or reset for a moment. When the time is up the load stops, and the soak checks that
   - every node's clock equals the root's within --settle-timeout (the time it took is reported),
   - the root ran the leaf's multi state at least as many times as the leaf was told
     Executed (a count: an executed mutation whose reply was lost to a kill counts at the root
@@ -46,12 +47,12 @@ machines = [{{ name = "soak", schema = "soak" }}]
 [[nodes]]
 name = "a"
 listen = ["tcp://127.0.0.1:{a}"]
-machines = [{{ name = "soak", upstream = "root" }}]
+machines = [{{ name = "soak", schema = "soak", upstream = "tcp://{root_link}/soak" }}]
 
 [[nodes]]
 name = "b"
 listen = ["tcp://127.0.0.1:{b}"]
-machines = [{{ name = "soak", upstream = "a" }}]
+machines = [{{ name = "soak", schema = "soak", upstream = "tcp://{a_link}/soak" }}]
 
 [[nodes]]
 name = "c"
@@ -66,14 +67,43 @@ def free_port():
         return s.getsockname()[1]
 
 
+class FaultProxy:
+    """`am-node fault-proxy`: forwards to a port, faults on command."""
+
+    def __init__(self, binary, port):
+        self.proc = subprocess.Popen(
+            [binary, "fault-proxy", f"127.0.0.1:{port}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.addr = self.proc.stdout.readline().strip()
+        if not self.addr:
+            raise RuntimeError("am-node fault-proxy did not start")
+
+    def command(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
 class Tree:
     def __init__(self, binary, workdir):
         self.binary = binary
         self.workdir = workdir
         self.ports = {name: free_port() for name in NODES}
+        # The links into a and b go through fault proxies.
+        self.links = {up: FaultProxy(binary, self.ports[up]) for up in ["root", "a"]}
         self.topology = os.path.join(workdir, "soak.toml")
         with open(self.topology, "w") as f:
-            f.write(TOPOLOGY.format(**self.ports))
+            f.write(
+                TOPOLOGY.format(
+                    root_link=self.links["root"].addr, a_link=self.links["a"].addr, **self.ports
+                )
+            )
         self.procs = {}
 
     def endpoint(self, node):
@@ -95,6 +125,8 @@ class Tree:
     def stop_all(self):
         for node in list(self.procs):
             self.kill(node)
+        for link in self.links.values():
+            link.close()
 
     def status(self, node):
         """The node's one source as the status tool reports it, or None while it is down."""
@@ -164,6 +196,7 @@ def run(args):
             t.start()
 
         kills = 0
+        faults = {}
         started = time.monotonic()
         interval = args.seconds / args.kills
         while kills < args.kills or time.monotonic() - started < args.seconds:
@@ -173,6 +206,13 @@ def run(args):
             time.sleep(random.uniform(0.05, min(0.5, interval / 2)))
             tree.start(victim)
             kills += 1
+            # A fault on one link, held for a moment, then the link is healthy again.
+            fault = random.choice(["cut", "stall", "delay 20", "reset"])
+            link = random.choice(list(tree.links.values()))
+            link.command(fault)
+            time.sleep(random.uniform(0.1, min(1.0, interval / 2)))
+            link.command("pass")
+            faults[fault] = faults.get(fault, 0) + 1
 
         stop.set()
         for t in loads:
@@ -196,6 +236,7 @@ def run(args):
         summary = {
             "seconds": round(time.monotonic() - started, 1),
             "kills": kills,
+            "link_faults": faults,
             "leaf_executed": counts["executed"],
             "leaf_not_executed": counts["not_executed"],
             "root_ran_leaf_ops": root_ops,
@@ -207,7 +248,8 @@ def run(args):
             print(json.dumps(summary))
         else:
             print(
-                f"soak: {summary['seconds']} s, {kills} kills of interior nodes; leaf Executed "
+                f"soak: {summary['seconds']} s, {kills} kills of interior nodes, link faults "
+                f"{faults}; leaf Executed "
                 f"{counts['executed']} (not: {counts['not_executed']}), the root ran "
                 f"{root_ops}; {counts['root_mutations']} root mutations; every node equal "
                 f"to the root {summary['settle_ms']} ms after the load stopped"

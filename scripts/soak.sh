@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A long soak of real am-node processes: a four-node chain under load from the root and the
-# leaf, interior nodes killed (SIGKILL) and restarted at least 20 times; then every node must
+# leaf, interior nodes killed (SIGKILL) and restarted at least 20 times and its links cut,
+# stalled, delayed and reset through `am-node fault-proxy`; then every node must
 # equal the root and no mutation the leaf saw Executed may be missing at the root.
 #
 #   scripts/soak.sh [SECONDS] [extra scripts/soak.py flags]     (default: 300 s)

@@ -48,11 +48,21 @@ enum Command {
     /// Writes a development CA and certificates for the named nodes (or clients) into DIR:
     /// ca.pem, NAME.pem, NAME.key. For development and tests only.
     Certs(CertsArgs),
+    /// Forwards TCP from a local port to TARGET and injects faults on command: prints the
+    /// address it listens on, then reads lines on stdin: `pass`, `cut`, `stall`, `delay MS`,
+    /// `reset`. For soak and fault tests (scripts/soak.py).
+    FaultProxy(FaultProxyArgs),
     /// Runs benchmark scenarios over real sockets and prints a table.
     Bench {
         #[command(subcommand)]
         scenario: Scenario,
     },
+}
+
+#[derive(Debug, Args)]
+struct FaultProxyArgs {
+    /// Where to forward: host:port.
+    target: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -305,6 +315,7 @@ fn main() -> ExitCode {
         }
         Command::Status(args) => runtime(1).and_then(|rt| rt.block_on(status(&args))),
         Command::Certs(args) => certs(&args),
+        Command::FaultProxy(args) => runtime(1).and_then(|rt| rt.block_on(fault_proxy(&args))),
         Command::Bench {
             scenario: Scenario::Sgp(args),
         } => bench_sgp(&args),
@@ -604,6 +615,38 @@ async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "counters:")?;
     for (name, value) in &status.counters {
         writeln!(out, "  {name:<16} {value}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fault_proxy(args: &FaultProxyArgs) -> anyhow::Result<ExitCode> {
+    use asyncmachine::fault::{Fault, FaultProxy};
+    use tokio::io::AsyncBufReadExt as _;
+
+    let proxy = FaultProxy::start(args.target)
+        .await
+        .context("starting the proxy on 127.0.0.1")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", proxy.addr)?;
+    out.flush()?;
+    drop(out);
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await.context("reading commands")? {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["pass"] => proxy.set(Fault::Pass),
+            ["cut"] => proxy.set(Fault::Cut),
+            ["stall"] => proxy.set(Fault::Stall),
+            ["reset"] => proxy.reset_all(),
+            ["delay", ms] => {
+                let ms: u64 = ms
+                    .parse()
+                    .with_context(|| format!("delay {ms:?}: not milliseconds"))?;
+                proxy.set(Fault::Delay(Duration::from_millis(ms)));
+            }
+            [] => {}
+            _ => bail!("unknown command {line:?}; use pass, cut, stall, delay MS or reset"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
