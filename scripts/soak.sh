@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A long soak of real am-node processes: a four-node chain under load from the root and the
-# leaf, interior nodes killed (SIGKILL) and restarted at least 20 times and its links cut,
+# leaf, interior nodes killed (SIGKILL) and restarted at least 20 times, their links cut,
 # stalled, delayed and reset through `am-node fault-proxy`; then every node must
 # equal the root and no mutation the leaf saw Executed may be missing at the root.
 #

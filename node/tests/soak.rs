@@ -1,6 +1,7 @@
 //! The short soak of the test suite: `scripts/soak.py` (the same script `scripts/soak.sh`
-//! runs for minutes) against this build's am-node, with 20 kills of interior nodes in about
-//! ten seconds. The script checks convergence and that no Executed mutation is missing.
+//! runs for minutes) against this build's am-node: 20 kills of interior nodes and 20 link
+//! faults in about fifteen seconds. The script checks convergence and that no Executed
+//! mutation is missing at the root.
 
 use std::path::Path;
 use std::process::Command;
