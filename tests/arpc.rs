@@ -381,6 +381,9 @@ pub async fn a_client_that_stops_reading_is_dropped_at_the_write_deadline(scheme
     // payloads (never merged) fill the transport's buffers; then the server's write blocks,
     // and the deadline drops the client.
     let mut pace = tokio::time::interval(Duration::from_millis(20));
+    // A starved test task must not catch up in a burst: that could fill the client's payload
+    // queue (64) before the write deadline (20 ticks) and drop it the other way.
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     within("the stuck client is dropped", async {
         while server.clients().iter().any(|c| c.id == "stuck") {
             // One payload per tick stays well inside the per-client queue, so the queue never

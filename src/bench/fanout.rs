@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::{BenchError, Percentiles};
-use crate::machine::{Args, Machine, Schema, StateDef, StateSource, Transition};
+use crate::machine::{Args, Machine, StateSource, Transition};
 use crate::mirror::{Mirror, MirrorConfig};
 use crate::server::{Server, ServerConfig};
 use crate::transport::{Endpoint, Scheme};
@@ -103,13 +103,7 @@ pub async fn run(
     progress: &dyn Fn(u64, u64),
 ) -> Result<FanoutReport, BenchError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
-    let schema = Schema::builder()
-        .state(StateDef::new("Tick").multi())
-        .build()
-        .map_err(|e| setup("schema", &e))?;
-    let tick = schema
-        .index("Tick")
-        .ok_or_else(|| setup("schema", &"no Tick"))?;
+    let (schema, tick) = super::tick_schema()?;
     let root = Machine::builder(schema.clone()).id("root").build();
     root.add(&["Tick"], Args::new())
         .map_err(|e| setup("first tick", &e))?;

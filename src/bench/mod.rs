@@ -12,10 +12,23 @@ pub mod sgp;
 
 use std::time::Duration;
 
+use crate::machine::{Schema, StateDef};
 use crate::transport::{Scheme, TlsConfig, TransportConfig};
 
 /// Transport material for a benchmark over `scheme`: a fresh development CA and node
 /// certificate for the TLS-based schemes, nothing for the others.
+/// The schema the chain and fanout scenarios flip: one multi state, `Tick`, and its position.
+fn tick_schema() -> Result<(Schema, usize), BenchError> {
+    let schema = Schema::builder()
+        .state(StateDef::new("Tick").multi())
+        .build()
+        .map_err(|e| BenchError::Setup(format!("schema: {e}")))?;
+    let tick = schema
+        .index("Tick")
+        .ok_or_else(|| BenchError::Setup("schema: no Tick".into()))?;
+    Ok((schema, tick))
+}
+
 pub fn transport_for(scheme: Scheme) -> Result<TransportConfig, BenchError> {
     if matches!(scheme, Scheme::Tcp | Scheme::Ws | Scheme::Mem) {
         return Ok(TransportConfig::default());
