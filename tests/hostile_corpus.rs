@@ -86,7 +86,7 @@ fn samples() -> Vec<(&'static str, Message)> {
             "diff",
             Message::Diff(ClockDiff {
                 changes: vec![(0, 5), (2, 9)],
-                queue_tick: 4,
+                queue_delta: 4,
                 checksum: 0xdead_beef,
             }),
         ),
@@ -97,7 +97,6 @@ fn samples() -> Vec<(&'static str, Message)> {
                 kind: MutationKind::Add,
                 states: vec![0, 1],
                 args: Args::new().with("op", 2),
-                reply: true,
             }),
         ),
         ("ping", Message::Ping(42)),

@@ -6,7 +6,9 @@ mod common;
 
 use asyncmachine::machine::{Args, Outcome, StateSource};
 use asyncmachine::mirror::{Mirror, MirrorError};
-use asyncmachine::proto::message::{ClockDiff, Granted, MutateReply, Snapshot, Welcome};
+use asyncmachine::proto::message::{
+    ClockDiff, Granted, MutateReply, MutateResult, Snapshot, Welcome,
+};
 use asyncmachine::proto::{FrameConfig, FrameReader, Message, encode_frame};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -87,7 +89,7 @@ async fn a_checksum_mismatch_triggers_a_full_sync() {
         // A diff whose checksum does not match what the mirror will hold.
         conn.send(Message::Diff(ClockDiff {
             changes: vec![(1, 1)],
-            queue_tick: 2,
+            queue_delta: 1,
             checksum: 12345,
         }))
         .await;
@@ -155,12 +157,12 @@ async fn a_schema_change_replaces_schema_and_clock_and_ends_old_waiters() {
             asyncmachine::proto::diff::checksum(&script_ticks, &asyncmachine::proto::Tracked::All);
         let diff = ClockDiff {
             changes: vec![],
-            queue_tick: 10,
+            queue_delta: 1,
             checksum,
         };
         conn.send(Message::MutateReply(MutateReply {
             id: cue.id,
-            result: Ok(Outcome::Canceled),
+            result: MutateResult::Canceled,
             diff,
         }))
         .await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use asyncmachine::machine::{Args, Machine, MutationKind, Outcome, StateSource};
-use asyncmachine::proto::message::{Hello, MutateRequest, WantedOptions};
+use asyncmachine::proto::message::{Hello, MutateRequest, MutateResult, WantedOptions};
 use asyncmachine::proto::{FrameConfig, FrameReader, Message, PROTOCOL_VERSION, encode_frame};
 use asyncmachine::relay::{Relay, RelayConfig, Target};
 use asyncmachine::server::{Server, ServerConfig};
@@ -163,13 +163,12 @@ async fn several_browsers_share_one_target() {
                 kind,
                 states: vec![index],
                 args: Args::new().with("from", i as i64),
-                reply: true,
             }))
             .await;
         loop {
             match client.recv().await {
                 Message::MutateReply(reply) => {
-                    assert_eq!((reply.id, reply.result), (7, Ok(Outcome::Executed)));
+                    assert_eq!((reply.id, reply.result), (7, MutateResult::Executed));
                     break;
                 }
                 Message::Diff(_) => {}

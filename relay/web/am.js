@@ -6,14 +6,14 @@
 // Compression: the client asks for zstd only when it can decode it; this build has no zstd
 // decoder, so it never asks, and a compressed frame is a protocol error.
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 const MESSAGE = {
   Hello: 0, Welcome: 1, Refused: 2, Diff: 3, Mutate: 4, MutateReply: 5, Sync: 6, Snapshot: 7,
   Payload: 8, SchemaChanged: 9, Ping: 10, Pong: 11, Bye: 12, Error: 13, Ancestry: 16,
 };
 const KINDS = { add: 0, remove: 1, set: 2 };
-const OUTCOMES = ["Executed", "Canceled", "Queued"];
+const RESULTS = ["Executed", "Canceled", "Queued"]; // 3: Refused + reason
 const REFUSALS = ["Version", "UnknownSource", "Auth", "Acl", "Loop", "Full", "BadHello", "Timeout"];
 
 // ----- bytes out -----
@@ -111,7 +111,8 @@ const snapshot = (r) => ({ ticks: r.vec(() => r.uint()), queueTick: r.uint() });
 const schemaDef = (r) => r.vec(() => ({
   name: r.str(), require: strings(r), add: strings(r), remove: strings(r), after: strings(r), auto: r.bool(), multi: r.bool(),
 }));
-const clockDiff = (r) => ({ changes: r.vec(() => [r.uint(), r.uint()]), queueTick: r.uint(), checksum: r.uint() });
+const u32le = (r) => { r.need(4); const b = r.b, i = r.at; r.at += 4; return (b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | (b[i + 3] << 24)) >>> 0; };
+const clockDiff = (r) => ({ changes: r.vec(() => [r.uint(), r.uint()]), queueDelta: r.uint(), checksum: u32le(r) });
 
 /** Decodes one message body. */
 export function decodeMessage(body) {
@@ -127,8 +128,9 @@ export function decodeMessage(body) {
     case MESSAGE.Diff: m = { type: "Diff", diff: clockDiff(r) }; break;
     case MESSAGE.MutateReply: {
       const id = r.uint();
-      const ok = r.uint() === 0;
-      const result = ok ? { outcome: OUTCOMES[r.uint()] } : { error: r.str() };
+      const tag = r.uint();
+      if (tag > 3) throw new ProtocolError(`unknown mutation result ${tag}`);
+      const result = tag === 3 ? { error: r.str() } : { outcome: RESULTS[tag] };
       m = { type: "MutateReply", id, result, diff: clockDiff(r) };
       break;
     }
@@ -154,11 +156,11 @@ export const encode = {
     w.option(token, (t) => w.str(t));
     return w.done();
   },
-  mutate: (id, kind, states, args, reply = true) => {
+  // id 0 asks for no reply.
+  mutate: (id, kind, states, args) => {
     const w = new Writer().uint(MESSAGE.Mutate).uint(id).uint(KINDS[kind]);
     w.vec(states, (s) => w.uint(s));
-    w.map(args ?? {});
-    return w.bool(reply).done();
+    return w.map(args ?? {}).done();
   },
   sync: (id) => new Writer().uint(MESSAGE.Sync).uint(id).done(),
   ping: (nonce) => new Writer().uint(MESSAGE.Ping).uint(nonce).done(),
@@ -168,13 +170,12 @@ export const encode = {
 
 // ----- frames -----
 
-/** One frame around a body: LEB128 length of flags + body, a flags byte (0), the body. */
+/** One frame around a body: its head (LEB128 of length * 2, low bit 0: not compressed), the body. */
 export function frame(body) {
   const out = [];
-  let n = body.length + 1;
+  let n = body.length * 2;
   while (n >= 0x80) { out.push((n & 0x7f) | 0x80); n = Math.floor(n / 128); }
   out.push(n);
-  out.push(0);
   const bytes = new Uint8Array(out.length + body.length);
   bytes.set(out, 0);
   bytes.set(body, out.length);
@@ -192,23 +193,22 @@ export class FrameReader {
   }
   /** The next body, or null when more bytes are needed. Throws on invalid input. */
   next() {
-    let len = 0, shift = 1, i = 0;
+    let head = 0, shift = 1, i = 0;
     for (;; i++) {
       if (i >= this.buf.length) return null;
-      if (i >= 10) throw new ProtocolError("malformed frame length");
+      if (i >= 10) throw new ProtocolError("malformed frame head");
       const b = this.buf[i];
-      len += (b & 0x7f) * shift;
+      head += (b & 0x7f) * shift;
       shift *= 128;
       if ((b & 0x80) === 0) break;
     }
+    if (head % 2 === 1) throw new ProtocolError("compressed frame, but compression was not asked for");
+    const len = Math.floor(head / 2);
     if (len === 0) throw new ProtocolError("empty frame");
     if (len > this.maxFrame) throw new ProtocolError(`frame of ${len} bytes over the limit`);
     const start = i + 1;
-    if (this.buf.length > start && this.buf[start] !== 0) {
-      throw new ProtocolError(`frame flags ${this.buf[start]}: compression was not asked for`);
-    }
     if (this.buf.length < start + len) return null;
-    const body = this.buf.slice(start + 1, start + len);
+    const body = this.buf.slice(start, start + len);
     this.buf = this.buf.slice(start + len);
     return body;
   }
@@ -248,7 +248,6 @@ export class Mirror extends EventTarget {
     this.tracked = null;
     this.state = "disconnected";
     this.pending = new Map();
-    this.nextId = 1;
     this.attempt = 0;
     this.closed = false;
   }
@@ -277,7 +276,9 @@ export class Mirror extends EventTarget {
     const positions = list.map((s) => this.index.get(s));
     if (positions.some((p) => p === undefined)) return Promise.reject(new Error(`unknown state in ${list.join(", ")}`));
     if (this.state !== "ready") return Promise.reject(new Error("not connected"));
-    const id = this.nextId++;
+    // The smallest id not waiting for an answer: ids stay one byte on the wire (PROTOCOL.md 4).
+    let id = 1;
+    while (this.pending.has(id)) id++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       this.ws.send(frame(encode.mutate(id, kind, positions, args)));
@@ -344,9 +345,9 @@ export class Mirror extends EventTarget {
       this.clock[s] += delta;
       changed.push(s);
     }
-    this.queueTick = d.queueTick;
+    this.queueTick += d.queueDelta;
     if (checksum(this.clock, this.tracked) !== d.checksum) {
-      this.ws.send(frame(encode.sync(this.nextId++)));
+      this.ws.send(frame(encode.sync(0))); // id 0: the snapshot answers no request
     }
     if (changed.length) this.#apply(this.clock, changed);
   }

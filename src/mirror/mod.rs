@@ -9,7 +9,6 @@
 
 pub mod backoff;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -162,8 +161,7 @@ struct Core {
     upstream: Vec<String>,
     /// Messages to the server while connected.
     outbox: Option<mpsc::Sender<Message>>,
-    pending: HashMap<u64, Pending>,
-    next_request: u64,
+    pending: Requests,
     closed: bool,
     /// Why the last connection attempt failed (cleared on success).
     last_error: Option<String>,
@@ -265,7 +263,7 @@ impl Mirror {
     /// Sends a mutation without waiting for its result; `sync` fetches the clock after.
     pub async fn mutate_no_reply(&self, mutation: Mutation) -> Result<(), MutationError> {
         let outbox = self.shared.outbox_for(&mutation)?;
-        let request = request(0, mutation, false);
+        let request = request(0, mutation);
         outbox
             .send(Message::Mutate(request))
             .await
@@ -274,17 +272,17 @@ impl Mirror {
 
     /// Asks the source for its whole clock and waits until it is applied.
     pub async fn sync(&self) -> Result<(), MutationError> {
-        let (outbox, id, rx) = {
+        let (outbox, ticket, rx) = {
             let mut core = lock(&self.shared.core);
             let outbox = core.outbox.clone().ok_or(MutationError::Disconnected)?;
-            let (id, rx) = core.register_pending();
-            (outbox, id, rx)
+            let (ticket, rx) = core.register_pending();
+            (outbox, ticket, rx)
         };
-        outbox
-            .send(Message::Sync { id })
-            .await
-            .map_err(|_| MutationError::Disconnected)?;
-        self.shared.await_reply(id, rx).await.map(drop)
+        if outbox.send(Message::Sync { id: ticket.id }).await.is_err() {
+            lock(&self.shared.core).pending.withdraw(ticket);
+            return Err(MutationError::Disconnected);
+        }
+        self.shared.await_reply(rx).await.map(drop)
     }
 
     /// Says goodbye to the server and stops reconnecting; waiters end with `Disposed`.
@@ -306,23 +304,92 @@ impl Mirror {
     }
 }
 
-fn request(id: u64, mutation: Mutation, reply: bool) -> MutateRequest {
+/// A mutation as sent; id 0 asks for no reply.
+fn request(id: u64, mutation: Mutation) -> MutateRequest {
     MutateRequest {
         id,
         kind: mutation.kind,
         states: mutation.states.iter().map(|&s| s as u32).collect(),
         args: mutation.args,
-        reply,
+    }
+}
+
+/// Requests waiting for the server's answer (mutation replies, snapshots), by id.
+///
+/// Ids are reused once answered, so they stay as small as the number of requests in flight:
+/// one byte on the wire each way, where a counter would take three bytes after 250 requests
+/// and five after 65 535. An id stays taken until its answer comes or the connection ends,
+/// even when its caller gave up (timeout, dropped future): a late answer must not resolve
+/// another request. Id 0 is never taken: it means "no reply" and "unsolicited".
+#[derive(Default)]
+struct Requests {
+    /// Slot `i` holds id `i + 1`, with the ticket it was issued under.
+    slots: Vec<Option<(u64, Pending)>>,
+    free: Vec<usize>,
+    tickets: u64,
+}
+
+/// Proof of which request took an id, so that only its own caller can withdraw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ticket {
+    id: u64,
+    issued: u64,
+}
+
+impl Requests {
+    fn insert(&mut self, reply: Pending) -> Ticket {
+        self.tickets += 1;
+        let entry = Some((self.tickets, reply));
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = entry;
+                slot
+            }
+            None => {
+                self.slots.push(entry);
+                self.slots.len() - 1
+            }
+        };
+        Ticket {
+            id: slot as u64 + 1,
+            issued: self.tickets,
+        }
+    }
+
+    /// Takes the request with this id, if one waits (the server's answer to it).
+    fn take(&mut self, id: u64) -> Option<Pending> {
+        let slot = usize::try_from(id.checked_sub(1)?).ok()?;
+        let (_, reply) = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        Some(reply)
+    }
+
+    /// Frees the id if `ticket`'s request still holds it (it was never sent).
+    fn withdraw(&mut self, ticket: Ticket) {
+        let slot = (ticket.id - 1) as usize;
+        if let Some(Some((issued, _))) = self.slots.get(slot)
+            && *issued == ticket.issued
+        {
+            self.slots[slot] = None;
+            self.free.push(slot);
+        }
+    }
+
+    /// Takes every waiting request: the connection that would answer them ended.
+    fn take_all(&mut self) -> Vec<Pending> {
+        self.free.clear();
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .flatten()
+            .map(|(_, reply)| reply)
+            .collect()
     }
 }
 
 impl Core {
-    fn register_pending(&mut self) -> (u64, oneshot::Receiver<Result<Outcome, MutationError>>) {
-        let id = self.next_request;
-        self.next_request += 1;
+    fn register_pending(&mut self) -> (Ticket, oneshot::Receiver<Result<Outcome, MutationError>>) {
         let (tx, rx) = oneshot::channel();
-        self.pending.insert(id, tx);
-        (id, rx)
+        (self.pending.insert(tx), rx)
     }
 
     /// Replaces the clock (and the schema, when it changed) and returns what observers need.
@@ -362,7 +429,7 @@ impl Core {
             Err(ApplyError::Checksum) => diff.changes.iter().map(|&(s, _)| s as usize).collect(),
             Err(e @ ApplyError::BadState { .. }) => return Err(e.clone()),
         };
-        self.queue_tick = diff.queue_tick;
+        self.queue_tick = self.queue_tick.saturating_add(diff.queue_delta);
         self.waiters
             .clock_changed(&self.ticks, changed.iter().copied());
         let notice = Notice {
@@ -422,8 +489,7 @@ impl Shared {
                 next_observer: 0,
                 upstream: Vec::new(),
                 outbox: None,
-                pending: HashMap::new(),
-                next_request: 1,
+                pending: Requests::default(),
                 closed: false,
                 last_error: None,
             }),
@@ -498,9 +564,9 @@ impl Shared {
         let pending = {
             let mut core = lock(&self.core);
             core.outbox = None;
-            std::mem::take(&mut core.pending)
+            core.pending.take_all()
         };
-        for (_, reply) in pending {
+        for reply in pending {
             let _ = reply.send(Err(MutationError::Disconnected));
         }
         self.conn.send_replace(ConnState::Disconnected);
@@ -517,24 +583,22 @@ impl Shared {
         core.outbox.clone().ok_or(MutationError::Disconnected)
     }
 
+    /// Waits for the answer; on a timeout the id stays taken until the answer comes or the
+    /// connection ends (see [`Requests`]).
     async fn await_reply(
         &self,
-        id: u64,
         rx: oneshot::Receiver<Result<Outcome, MutationError>>,
     ) -> Result<Outcome, MutationError> {
         let limit = self.config.mutation_timeout;
         match timeout(limit, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(MutationError::Disconnected),
-            Err(_) => {
-                lock(&self.core).pending.remove(&id);
-                Err(MutationError::Timeout(limit))
-            }
+            Err(_) => Err(MutationError::Timeout(limit)),
         }
     }
 
     fn resolve(&self, id: u64, result: Result<Outcome, MutationError>) {
-        if let Some(reply) = lock(&self.core).pending.remove(&id) {
+        if let Some(reply) = lock(&self.core).pending.take(id) {
             let _ = reply.send(result);
         }
     }
@@ -548,7 +612,8 @@ impl Shared {
             }
             Message::MutateReply(reply) => {
                 self.apply_or_resync(&reply.diff, outbox)?;
-                self.resolve(reply.id, reply.result.map_err(MutationError::Refused));
+                let result: Result<Outcome, String> = reply.result.into();
+                self.resolve(reply.id, result.map_err(MutationError::Refused));
                 Ok(())
             }
             Message::Snapshot { id, snapshot } => {
@@ -602,12 +667,8 @@ impl Shared {
             Err(ApplyError::Checksum) => {
                 warn!(mirror = %self.id, "clock checksum mismatch; asking for a full sync");
                 self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-                let id = {
-                    let mut core = lock(&self.core);
-                    core.next_request += 1;
-                    core.next_request - 1
-                };
-                let _ = outbox.try_send(Message::Sync { id });
+                // Id 0: no caller waits; the snapshot replaces the clock when it comes.
+                let _ = outbox.try_send(Message::Sync { id: 0 });
                 Ok(())
             }
             Err(e) => Err(e.to_string()),
@@ -683,10 +744,7 @@ async fn establish(
                 crate::transport::tls::explain(e).to_string(),
             )),
             (Err(ReadError::Protocol(e)), Ok(())) => {
-                let hint = crate::proto::foreign_protocol(reader.peek())
-                    .map(|h| format!("; {h}"))
-                    .unwrap_or_default();
-                Err(handshake_failed(format!("not an aRPC server: {e}{hint}")))
+                Err(handshake_failed(format!("not an aRPC server: {e}")))
             }
         }
     };
@@ -937,16 +995,16 @@ impl StateSource for Mirror {
         let shared = self.shared.clone();
         Box::pin(async move {
             let outbox = shared.outbox_for(&mutation)?;
-            let (id, rx) = lock(&shared.core).register_pending();
+            let (ticket, rx) = lock(&shared.core).register_pending();
             if outbox
-                .send(Message::Mutate(request(id, mutation, true)))
+                .send(Message::Mutate(request(ticket.id, mutation)))
                 .await
                 .is_err()
             {
-                lock(&shared.core).pending.remove(&id);
+                lock(&shared.core).pending.withdraw(ticket);
                 return Err(MutationError::Disconnected);
             }
-            shared.await_reply(id, rx).await
+            shared.await_reply(rx).await
         })
     }
 
@@ -983,5 +1041,63 @@ impl StateSource for Mirror {
             last_error: self.last_error(),
             reconnects: self.shared.stats.reconnects.load(Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(
+        requests: &mut Requests,
+    ) -> (Ticket, oneshot::Receiver<Result<Outcome, MutationError>>) {
+        let (tx, rx) = oneshot::channel();
+        (requests.insert(tx), rx)
+    }
+
+    #[test]
+    fn request_ids_stay_as_small_as_the_requests_in_flight() {
+        let mut requests = Requests::default();
+        for _ in 0..1000 {
+            let (ticket, _rx) = request(&mut requests);
+            assert_eq!(ticket.id, 1, "one at a time: always id 1");
+            assert!(requests.take(ticket.id).is_some());
+        }
+        let held: Vec<_> = (0..3).map(|_| request(&mut requests)).collect();
+        let ids: Vec<u64> = held.iter().map(|(t, _)| t.id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert!(requests.take(2).is_some());
+        assert_eq!(request(&mut requests).0.id, 2, "a freed id is reused");
+        assert!(requests.take(0).is_none(), "0 is never a request");
+        assert!(requests.take(99).is_none());
+    }
+
+    #[test]
+    fn an_abandoned_id_stays_taken_until_its_answer_comes() {
+        let mut requests = Requests::default();
+        let (first, rx) = request(&mut requests);
+        drop(rx); // the caller timed out
+        let (second, _rx) = request(&mut requests);
+        assert_ne!(first.id, second.id);
+        // The late answer frees the id and resolves nobody else.
+        assert!(requests.take(first.id).is_some());
+        assert_eq!(request(&mut requests).0.id, first.id);
+    }
+
+    #[test]
+    fn only_its_own_request_withdraws_an_id() {
+        let mut requests = Requests::default();
+        let (stale, _rx) = request(&mut requests);
+        let _ = requests.take_all(); // the connection ended
+        let (fresh, mut rx) = request(&mut requests);
+        assert_eq!(stale.id, fresh.id, "the id was reused");
+        requests.withdraw(stale); // the old caller noticing its send failed
+        let reply = requests
+            .take(fresh.id)
+            .expect("the new request still waits");
+        let _ = reply.send(Ok(Outcome::Executed));
+        assert!(matches!(rx.try_recv(), Ok(Ok(Outcome::Executed))));
+        requests.withdraw(fresh);
+        assert!(requests.take(fresh.id).is_none());
     }
 }

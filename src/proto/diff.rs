@@ -77,27 +77,38 @@ pub fn checksum(ticks: &[u64], tracked: &Tracked) -> u32 {
     ((hash >> 32) ^ hash) as u32
 }
 
-/// The diff that takes a client from `sent` to `now`. Ticks never go back; a state whose
-/// tick did not grow is left out.
-pub fn diff(sent: &[u64], now: &[u64], queue_tick: u64, tracked: &Tracked) -> ClockDiff {
+/// A clock as sent to a client: its ticks and the source's queue tick.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockRef<'a> {
+    pub ticks: &'a [u64],
+    pub queue_tick: u64,
+}
+
+/// The diff that takes a client from `sent` to `now`. Ticks never go back (see [`went_back`]);
+/// a state whose tick did not grow is left out.
+pub fn diff(sent: ClockRef<'_>, now: ClockRef<'_>, tracked: &Tracked) -> ClockDiff {
     let changes = tracked
-        .positions(now.len())
+        .positions(now.ticks.len())
         .filter_map(|s| {
-            let before = sent.get(s).copied().unwrap_or(0);
-            (now[s] > before).then(|| (s as u32, now[s] - before))
+            let (before, after) = (sent.ticks.get(s).copied().unwrap_or(0), now.ticks[s]);
+            (after > before).then(|| (s as u32, after - before))
         })
         .collect();
     ClockDiff {
         changes,
-        queue_tick,
-        checksum: checksum(now, tracked),
+        queue_delta: now.queue_tick.saturating_sub(sent.queue_tick),
+        checksum: checksum(now.ticks, tracked),
     }
 }
 
-/// Whether any tracked tick is lower `now` than it was `sent`: the source's clock went back
-/// (it restarted), which no diff can express; the client needs a snapshot.
-pub fn went_back(sent: &[u64], now: &[u64], tracked: &Tracked) -> bool {
-    sent.len() != now.len() || tracked.positions(now.len()).any(|s| now[s] < sent[s])
+/// Whether the clock went back from `sent` to `now`: a tracked tick or the queue tick is lower
+/// (the source restarted), which no diff can express; the client needs a snapshot.
+pub fn went_back(sent: ClockRef<'_>, now: ClockRef<'_>, tracked: &Tracked) -> bool {
+    sent.ticks.len() != now.ticks.len()
+        || now.queue_tick < sent.queue_tick
+        || tracked
+            .positions(now.ticks.len())
+            .any(|s| now.ticks[s] < sent.ticks[s])
 }
 
 /// Why a diff could not be applied as it is.
@@ -143,11 +154,16 @@ pub fn apply(
 mod tests {
     use super::*;
 
+    fn clock(ticks: &[u64], queue_tick: u64) -> ClockRef<'_> {
+        ClockRef { ticks, queue_tick }
+    }
+
     #[test]
     fn a_diff_carries_only_changed_tracked_states_and_applies_back() {
         let sent = [1, 2, 0, 5];
         let now = [1, 4, 1, 5];
-        let d = diff(&sent, &now, 9, &Tracked::All);
+        let d = diff(clock(&sent, 4), clock(&now, 9), &Tracked::All);
+        assert_eq!(d.queue_delta, 5);
         assert_eq!(d.changes, [(1, 2), (2, 1)]);
         let mut clock = sent.to_vec();
         assert_eq!(apply(&mut clock, &d, &Tracked::All), Ok(vec![1, 2]));
@@ -157,13 +173,32 @@ mod tests {
     #[test]
     fn merging_is_the_difference_to_the_latest_clock() {
         let sent = [0, 0, 0];
-        let mut clock = sent;
+        let mut now = sent;
         // Three transitions while the client was busy: one diff takes it to the last clock.
         for step in [[1, 0, 0], [2, 1, 0], [3, 1, 2]] {
-            clock = step;
+            now = step;
         }
-        let d = diff(&sent, &clock, 3, &Tracked::All);
+        let d = diff(clock(&sent, 0), clock(&now, 3), &Tracked::All);
         assert_eq!(d.changes, [(0, 3), (1, 1), (2, 2)]);
+        assert_eq!(d.queue_delta, 3);
+    }
+
+    #[test]
+    fn a_clock_that_went_back_needs_a_snapshot() {
+        let all = Tracked::All;
+        assert!(!went_back(clock(&[1, 2], 5), clock(&[1, 3], 6), &all));
+        assert!(went_back(clock(&[1, 2], 5), clock(&[1, 1], 6), &all));
+        assert!(
+            went_back(clock(&[1, 2], 5), clock(&[1, 2], 4), &all),
+            "queue tick"
+        );
+        assert!(
+            went_back(clock(&[1, 2], 5), clock(&[1, 2, 0], 5), &all),
+            "schema"
+        );
+        // An untracked state going back is not the client's concern.
+        let first = Tracked::Only(vec![0]);
+        assert!(!went_back(clock(&[1, 2], 5), clock(&[1, 1], 6), &first));
     }
 
     #[test]
@@ -171,7 +206,7 @@ mod tests {
         let tracked = Tracked::from_granted(Some(&[2, 0, 2]));
         assert_eq!(tracked, Tracked::Only(vec![0, 2]));
         let now = [3, 7, 1];
-        let d = diff(&[0, 0, 0], &now, 1, &tracked);
+        let d = diff(clock(&[0, 0, 0], 0), clock(&now, 1), &tracked);
         assert_eq!(d.changes, [(0, 3), (2, 1)]);
         let mut mirror = vec![0, 0, 0];
         apply(&mut mirror, &d, &tracked).expect("applies");
@@ -181,7 +216,7 @@ mod tests {
 
     #[test]
     fn checksum_mismatch_and_bad_states_are_reported() {
-        let d = diff(&[0, 0], &[1, 0], 1, &Tracked::All);
+        let d = diff(clock(&[0, 0], 0), clock(&[1, 0], 1), &Tracked::All);
         let mut stale = vec![2, 0];
         assert_eq!(
             apply(&mut stale, &d, &Tracked::All),
@@ -189,7 +224,7 @@ mod tests {
         );
         let bad = ClockDiff {
             changes: vec![(5, 1)],
-            queue_tick: 0,
+            queue_delta: 0,
             checksum: 0,
         };
         let mut clock = vec![0, 0];

@@ -1,24 +1,24 @@
-//! Framing: varints and length-delimited frames with a flag byte, over any ordered byte stream.
+//! Framing: varints and length-delimited frames, over any ordered byte stream.
 //!
 //! ```text
-//! frame := length:varint  flags:u8  body:[u8; length - 1]
+//! frame := head:varint  body:[u8; head >> 1]
 //! ```
-//! `length` counts the flag byte and the body. Flag bit 0 marks a zstd-compressed body; the
-//! other bits are reserved and must be 0. The decoder tells "need more bytes" (`Ok(None)`)
-//! apart from "invalid" (`Err`), checks the length against the maximum before it allocates, and
-//! bounds decompression by the same maximum, so a hostile peer costs at most one frame of
-//! memory.
+//! The head's low bit marks a zstd-compressed body; the rest is the body's length. One byte of
+//! head carries bodies up to 63 bytes, which is every diff and mutation of a small machine:
+//! a separate flags byte would have cost a byte per frame (a tenth of a small diff). The
+//! decoder tells "need more bytes" (`Ok(None)`) apart from "invalid" (`Err`), checks the length
+//! against the maximum before it allocates, and bounds decompression by the same maximum, so a
+//! hostile peer costs at most one frame of memory.
 
 use std::borrow::Cow;
 
-/// Flag bit: the body is zstd-compressed.
-pub const FLAG_ZSTD: u8 = 0x01;
-const KNOWN_FLAGS: u8 = FLAG_ZSTD;
+/// The head's low bit: the body is zstd-compressed.
+pub const HEAD_ZSTD: u64 = 0x01;
 
 /// Largest varint: 10 bytes hold a u64.
 pub const MAX_VARINT_LEN: usize = 10;
 
-/// Default largest frame (flag byte and body, before and after decompression).
+/// Default largest frame body (before and after decompression).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 
 /// Why bytes are not a valid frame. Each closes the connection that sent them.
@@ -30,10 +30,8 @@ pub enum FrameError {
     TooLarge { len: u64, max: usize },
     #[error("malformed length prefix (varint longer than 10 bytes or over 64 bits)")]
     BadVarint,
-    #[error("empty frame: a frame has at least its flag byte")]
+    #[error("empty frame: every frame carries a message")]
     Empty,
-    #[error("unknown frame flags {0:#04x}; the peer speaks a newer or different protocol")]
-    UnknownFlags(u8),
     #[error("compressed frame, but compression was not negotiated")]
     CompressionNotNegotiated,
     #[error("compressed body does not decompress within {max} bytes: {reason}")]
@@ -120,22 +118,21 @@ impl FrameConfig {
             && let Ok(packed) = zstd::bulk::compress(body, c.level)
             && packed.len() < body.len()
         {
-            put_varint(out, packed.len() as u64 + 1);
-            out.push(FLAG_ZSTD);
+            put_varint(out, (packed.len() as u64) << 1 | HEAD_ZSTD);
             out.extend_from_slice(&packed);
             return;
         }
-        put_varint(out, body.len() as u64 + 1);
-        out.push(0);
+        put_varint(out, (body.len() as u64) << 1);
         out.extend_from_slice(body);
     }
 
     /// Decodes the frame at the front of `buf`: `Ok(None)` when it is not all there yet, else
     /// the body (decompressed) and the number of bytes the frame took.
     pub fn decode<'a>(&self, buf: &'a [u8]) -> Result<Option<DecodedFrame<'a>>, FrameError> {
-        let Some((len, prefix)) = get_varint(buf)? else {
+        let Some((head, prefix)) = get_varint(buf)? else {
             return Ok(None);
         };
+        let len = head >> 1;
         if len == 0 {
             return Err(FrameError::Empty);
         }
@@ -145,22 +142,14 @@ impl FrameConfig {
                 max: self.max_frame,
             });
         }
-        let len = len as usize;
-        // The flags byte is checked as soon as it arrives: a peer speaking another protocol is
-        // found out without waiting for a frame that may never complete.
-        if let Some(&flags) = buf.get(prefix)
-            && flags & !KNOWN_FLAGS != 0
-        {
-            return Err(FrameError::UnknownFlags(flags));
+        let compressed = head & HEAD_ZSTD != 0;
+        if compressed && self.compression.is_none() {
+            return Err(FrameError::CompressionNotNegotiated);
         }
-        let Some(frame) = buf.get(prefix..prefix + len) else {
+        let Some(body) = buf.get(prefix..prefix + len as usize) else {
             return Ok(None);
         };
-        let (flags, body) = (frame[0], &frame[1..]);
-        let body = if flags & FLAG_ZSTD != 0 {
-            if self.compression.is_none() {
-                return Err(FrameError::CompressionNotNegotiated);
-            }
+        let body = if compressed {
             let unpacked = zstd::bulk::decompress(body, self.max_frame).map_err(|e| {
                 FrameError::Decompress {
                     max: self.max_frame,
@@ -173,7 +162,7 @@ impl FrameConfig {
         };
         Ok(Some(DecodedFrame {
             body,
-            len: prefix + len,
+            len: prefix + len as usize,
         }))
     }
 
@@ -181,11 +170,11 @@ impl FrameConfig {
     /// there; lets a reader size its buffer.
     pub fn frame_len(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
         match get_varint(buf)? {
-            Some((len, _)) if len > self.max_frame as u64 => Err(FrameError::TooLarge {
-                len,
+            Some((head, _)) if head >> 1 > self.max_frame as u64 => Err(FrameError::TooLarge {
+                len: head >> 1,
                 max: self.max_frame,
             }),
-            Some((len, prefix)) => Ok(Some(prefix + len as usize)),
+            Some((head, prefix)) => Ok(Some(prefix + (head >> 1) as usize)),
             None => Ok(None),
         }
     }
@@ -232,12 +221,12 @@ mod tests {
         let cfg = FrameConfig::default();
         let mut buf = Vec::new();
         cfg.encode(b"hello", &mut buf);
-        assert_eq!(buf, [6, 0, b'h', b'e', b'l', b'l', b'o']);
+        assert_eq!(buf, [10, b'h', b'e', b'l', b'l', b'o']);
         for cut in 0..buf.len() {
             assert_eq!(cfg.decode(&buf[..cut]), Ok(None));
         }
         let frame = cfg.decode(&buf).expect("valid").expect("complete");
-        assert_eq!((&*frame.body, frame.len), (&b"hello"[..], 7));
+        assert_eq!((&*frame.body, frame.len), (&b"hello"[..], 6));
     }
 
     #[test]
@@ -251,15 +240,18 @@ mod tests {
         assert_eq!(
             cfg.decode(&buf),
             Err(FrameError::TooLarge {
-                len: u64::MAX,
+                len: u64::MAX >> 1,
                 max: 1024
             })
         );
         assert!(cfg.frame_len(&buf).is_err());
         assert_eq!(cfg.decode(&[0]), Err(FrameError::Empty));
-        assert_eq!(cfg.decode(&[1, 0x80]), Err(FrameError::UnknownFlags(0x80)));
-        // Found out from the flags byte, before the rest of the frame arrives.
-        assert_eq!(cfg.decode(b"HTTP/1.1"), Err(FrameError::UnknownFlags(b'T')));
+        assert_eq!(cfg.decode(&[1]), Err(FrameError::Empty));
+        // A compressed head is refused as soon as it arrives when nothing was negotiated.
+        assert_eq!(
+            cfg.decode(&[0x0b]),
+            Err(FrameError::CompressionNotNegotiated)
+        );
     }
 
     #[test]
@@ -272,10 +264,8 @@ mod tests {
         let repetitive = vec![7u8; 4096];
         let mut small = Vec::new();
         packed.encode(&repetitive, &mut small);
-        assert_eq!(
-            small[get_varint(&small).expect("ok").expect("some").1],
-            FLAG_ZSTD
-        );
+        let (head, _) = get_varint(&small).expect("ok").expect("some");
+        assert_eq!(head & HEAD_ZSTD, HEAD_ZSTD);
         assert!(small.len() < 100);
         let frame = packed.decode(&small).expect("valid").expect("complete");
         assert_eq!(&*frame.body, &repetitive[..]);
@@ -287,7 +277,7 @@ mod tests {
         // Below the threshold, and incompressible data, go plain.
         let mut out = Vec::new();
         packed.encode(&[1, 2, 3], &mut out);
-        assert_eq!(out[1], 0);
+        assert_eq!(out[0], 3 << 1, "plain head");
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let noise: Vec<u8> = (0..1024)
             .map(|_| {
@@ -299,7 +289,11 @@ mod tests {
             .collect();
         out.clear();
         packed.encode(&noise, &mut out);
-        assert_eq!(out[2], 0, "incompressible data is sent as is");
+        assert_eq!(
+            get_varint(&out).expect("ok"),
+            Some((1024 << 1, 2)),
+            "incompressible data is sent as is"
+        );
     }
 
     #[test]

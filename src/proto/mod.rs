@@ -1,6 +1,6 @@
 //! The wire protocol (aRPC), sans-IO: bytes in, bytes out, no sockets, no runtime.
 //!
-//! - [`frame`]: varints and length-delimited frames with a flag byte, negotiated zstd.
+//! - [`frame`]: varints and length-delimited frames, negotiated zstd.
 //! - [`message`]: the messages and their bincode body encoding.
 //! - [`diff`]: clock diffs, merging, checksums, tracked subsets.
 //! - [`handshake`]: the server's decision on a client's hello.
@@ -27,6 +27,9 @@ pub enum ProtoError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// The first bytes of the connection are another protocol's; says which and what to do.
+    #[error("{0}")]
+    Foreign(&'static str),
 }
 
 /// Appends one message as one frame.
@@ -42,6 +45,8 @@ pub struct FrameReader {
     buf: Vec<u8>,
     /// Start of the unread part of `buf`.
     start: usize,
+    /// Whether a whole frame was read: until then, other protocols' openings are looked for.
+    framed: bool,
 }
 
 impl FrameReader {
@@ -51,6 +56,7 @@ impl FrameReader {
             // Allocated on the first read, sized by it.
             buf: Vec::new(),
             start: 0,
+            framed: false,
         }
     }
 
@@ -79,17 +85,21 @@ impl FrameReader {
 
     /// The next whole message, `Ok(None)` when more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Message>, ProtoError> {
+        // No aRPC connection opens with these bytes (as a frame they would be a compressed
+        // frame before any handshake, or a first message other than Hello/Welcome/Refused),
+        // and naming the protocol beats waiting for a frame that may never complete.
+        if !self.framed
+            && let Some(hint) = foreign_protocol(&self.buf[self.start..])
+        {
+            return Err(ProtoError::Foreign(hint));
+        }
         let Some(frame) = self.config.decode(&self.buf[self.start..])? else {
             return Ok(None);
         };
+        self.framed = true;
         let message = message::decode(&frame.body)?;
         self.start += frame.len;
         Ok(Some(message))
-    }
-
-    /// The bytes received but not yet taken, for diagnosing what a peer sent.
-    pub fn peek(&self) -> &[u8] {
-        &self.buf[self.start..]
     }
 
     /// Bytes received but not yet taken as messages.

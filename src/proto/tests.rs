@@ -37,9 +37,9 @@ fn diff() -> impl Strategy<Value = ClockDiff> {
         any::<u64>(),
         any::<u32>(),
     )
-        .prop_map(|(changes, queue_tick, checksum)| ClockDiff {
+        .prop_map(|(changes, queue_delta, checksum)| ClockDiff {
             changes,
-            queue_tick,
+            queue_delta,
             checksum,
         })
 }
@@ -145,19 +145,20 @@ fn message() -> impl Strategy<Value = Message> {
             kind(),
             proptest::collection::vec(any::<u32>(), 0..5),
             args(),
-            any::<bool>()
         )
-            .prop_map(
-                |(id, kind, states, args, reply)| Message::Mutate(MutateRequest {
-                    id,
-                    kind,
-                    states,
-                    args,
-                    reply
-                })
-            ),
-        (any::<u64>(), outcome(), diff())
-            .prop_map(|(id, result, diff)| Message::MutateReply(MutateReply { id, result, diff })),
+            .prop_map(|(id, kind, states, args)| Message::Mutate(MutateRequest {
+                id,
+                kind,
+                states,
+                args,
+            })),
+        (any::<u64>(), outcome(), diff()).prop_map(|(id, result, diff)| {
+            Message::MutateReply(MutateReply {
+                id,
+                result: result.into(),
+                diff,
+            })
+        }),
         any::<u64>().prop_map(|id| Message::Sync { id }),
         (any::<u64>(), snapshot()).prop_map(|(id, snapshot)| Message::Snapshot { id, snapshot }),
         (".{0,10}", proptest::collection::vec(any::<u8>(), 0..600))
@@ -284,7 +285,7 @@ fn an_oversized_frame_is_refused_from_its_prefix_alone() {
     assert_eq!(
         reader.next_message(),
         Err(ProtoError::Frame(FrameError::TooLarge {
-            len: 101,
+            len: 100,
             max: 64
         }))
     );
@@ -323,7 +324,7 @@ fn documented_examples_are_what_the_encoder_writes() {
         .build()
         .expect("valid");
     let hello = Message::Hello(Hello {
-        version: 1,
+        version: PROTOCOL_VERSION,
         client_id: "leaf".into(),
         source: "w".into(),
         schema_hash: 0,
@@ -332,7 +333,7 @@ fn documented_examples_are_what_the_encoder_writes() {
     });
     assert_eq!(
         frame_hex(&hello),
-        "0e 00 00 01 04 6c 65 61 66 01 77 00 00 00 00"
+        "1a 00 02 04 6c 65 61 66 01 77 00 00 00 00"
     );
     let welcome = Message::Welcome(Welcome {
         ancestry: vec!["w".into()],
@@ -345,25 +346,28 @@ fn documented_examples_are_what_the_encoder_writes() {
     });
     assert_eq!(
         frame_hex(&welcome),
-        "31 00 01 01 01 77 01 03 01 41 00 00 00 00 00 00 01 42 01 01 41 00 00 00 00 00 \
+        "60 01 01 01 77 01 03 01 41 00 00 00 00 00 00 01 42 01 01 41 00 00 00 00 00 \
          09 45 78 63 65 70 74 69 6f 6e 00 00 00 00 00 01 03 01 00 00 01 00 00 00"
     );
-    let diff = diff::diff(&[1, 0, 0], &[1, 1, 0], 2, &Tracked::All);
+    let clock = |ticks, queue_tick| diff::ClockRef { ticks, queue_tick };
+    let diff = diff::diff(clock(&[1, 0, 0], 1), clock(&[1, 1, 0], 2), &Tracked::All);
     assert_eq!(diff.checksum, 0xffcf_fc86);
     assert_eq!(
         frame_hex(&Message::Diff(diff)),
-        "0b 00 03 01 01 01 02 fc 86 fc cf ff"
+        "12 03 01 01 01 01 86 fc cf ff"
     );
     let mutate = Message::Mutate(MutateRequest {
         id: 1,
         kind: MutationKind::Add,
         states: vec![1],
         args: Args::new().with("op", 2),
-        reply: true,
     });
-    assert_eq!(
-        frame_hex(&mutate),
-        "0d 00 04 01 00 01 01 01 02 6f 70 02 04 01"
-    );
+    assert_eq!(frame_hex(&mutate), "16 04 01 00 01 01 01 02 6f 70 02 04");
+    let reply = Message::MutateReply(MutateReply {
+        id: 1,
+        result: MutateResult::Executed,
+        diff: diff::diff(clock(&[1, 0, 0], 1), clock(&[1, 1, 0], 2), &Tracked::All),
+    });
+    assert_eq!(frame_hex(&reply), "16 05 01 00 01 01 01 01 86 fc cf ff");
     assert_eq!(schema.hash(), 0x9aba_82a6_12cb_1f31);
 }

@@ -153,10 +153,6 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         }
         Ok(Err(End::Protocol(message))) => {
             inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            let message = match crate::proto::foreign_protocol(reader.peek()) {
-                Some(hint) => format!("{message}; {hint}"),
-                None => message,
-            };
             warn!(%message, "bad handshake bytes; closing");
             let reason = format!("not an aRPC hello: {message}");
             refuse(inner, &mut wr, RefusalKind::BadHello, reason).await;
@@ -389,7 +385,6 @@ async fn read_loop(
                     kind,
                     states: called,
                     args,
-                    reply,
                 } = request;
                 let denied = forbidden(&called);
                 let result = match (called.iter().find(|&&s| s as usize >= states), denied) {
@@ -409,7 +404,8 @@ async fn read_loop(
                         result.map_err(|e| e.to_string())
                     }
                 };
-                if !reply {
+                // Id 0 asks for no reply.
+                if id == 0 {
                     if let Err(error) = result {
                         debug!(%error, "no-reply mutation failed");
                     }
@@ -526,33 +522,31 @@ impl Writer<'_> {
     /// Appends the diff from the client's clock to the latest, if anything tracked changed.
     fn push(&mut self, clock: &mut watch::Receiver<Versioned>, out: &mut Vec<u8>) {
         let latest = clock.borrow_and_update().clone();
-        if latest.version == self.last.version {
+        if latest.version == self.last.version || self.resync_if_went_back(&latest, out) {
             return;
         }
+        // With nothing tracked changed there is no frame, and the client's clock stays where
+        // it was: the next diff then carries this version's queue growth too.
+        let Some(bytes) = self.hub.diff_frame(
+            &self.last,
+            &latest,
+            &self.tracked,
+            &self.frame,
+            self.options,
+        ) else {
+            return;
+        };
+        out.extend_from_slice(&bytes);
+        let stats = &self.inner.stats;
+        stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        stats.diffs_sent.fetch_add(1, Ordering::Relaxed);
         // Versions between the client's and the latest were merged into this one diff.
         let merged = latest
             .version
             .saturating_sub(self.last.version)
             .saturating_sub(1);
         if merged > 0 {
-            self.inner
-                .stats
-                .diffs_merged
-                .fetch_add(merged, Ordering::Relaxed);
-        }
-        if self.resync_if_went_back(&latest, out) {
-            return;
-        }
-        if let Some(bytes) = self.hub.diff_frame(
-            &self.last,
-            &latest,
-            &self.tracked,
-            &self.frame,
-            self.options,
-        ) {
-            out.extend_from_slice(&bytes);
-            self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-            self.inner.stats.diffs_sent.fetch_add(1, Ordering::Relaxed);
+            stats.diffs_merged.fetch_add(merged, Ordering::Relaxed);
         }
         self.last = latest;
     }
@@ -560,7 +554,7 @@ impl Writer<'_> {
     /// When the source's clock went back (it restarted and a mirror resynced to it), no diff
     /// can express the change: sends an unsolicited snapshot (id 0) and takes it as sent.
     fn resync_if_went_back(&mut self, latest: &Versioned, out: &mut Vec<u8>) -> bool {
-        if !went_back(&self.last.ticks, &latest.ticks, &self.tracked) {
+        if !went_back(self.last.clock(), latest.clock(), &self.tracked) {
             return false;
         }
         let snapshot = Snapshot {
@@ -586,7 +580,11 @@ impl Writer<'_> {
                 self.resync_if_went_back(&latest, out);
                 let diff = Hub::diff(&self.last, &latest, &self.tracked);
                 self.last = latest;
-                Message::MutateReply(MutateReply { id, result, diff })
+                Message::MutateReply(MutateReply {
+                    id,
+                    result: result.into(),
+                    diff,
+                })
             }
             Control::Snapshot { id } => {
                 let latest = clock.borrow_and_update().clone();

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 use crate::machine::{ObserverId, Schema, StateSource, Transition};
+use crate::proto::diff::ClockRef;
 use crate::proto::message::{ClockDiff, Message};
 use crate::proto::{FrameConfig, Tracked, diff, encode_frame};
 
@@ -21,6 +22,15 @@ pub(crate) struct Versioned {
     pub version: u64,
     pub ticks: Arc<[u64]>,
     pub queue_tick: u64,
+}
+
+impl Versioned {
+    pub fn clock(&self) -> ClockRef<'_> {
+        ClockRef {
+            ticks: &self.ticks,
+            queue_tick: self.queue_tick,
+        }
+    }
 }
 
 /// Encoded diff frames, shared by the clients that need the same bytes.
@@ -137,7 +147,7 @@ impl Hub {
         {
             return Some(hit.bytes.clone()).filter(|b| !b.is_empty());
         }
-        let d = diff::diff(&from.ticks, &to.ticks, to.queue_tick, tracked);
+        let d = diff::diff(from.clock(), to.clock(), tracked);
         let bytes: Arc<[u8]> = if d.changes.is_empty() {
             Arc::from(Vec::new())
         } else {
@@ -159,7 +169,7 @@ impl Hub {
 
     /// The diff from `from` to `to` for one client, not cached (replies carry their own).
     pub fn diff(from: &Versioned, to: &Versioned, tracked: &Tracked) -> ClockDiff {
-        diff::diff(&from.ticks, &to.ticks, to.queue_tick, tracked)
+        diff::diff(from.clock(), to.clock(), tracked)
     }
 }
 

@@ -9,16 +9,17 @@ const toHex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0"
 
 test("hello and mutate encode as documented", () => {
   const hello = frame(encode.hello({ clientId: "leaf", source: "w" }));
-  assert.equal(toHex(hello), "0e 00 00 01 04 6c 65 61 66 01 77 00 00 00 00");
+  assert.equal(toHex(hello), "1a 00 02 04 6c 65 61 66 01 77 00 00 00 00");
   const mutate = frame(encode.mutate(1, "add", [1], { op: 2 }));
-  assert.equal(toHex(mutate), "0d 00 04 01 00 01 01 01 02 6f 70 02 04 01");
+  assert.equal(toHex(mutate), "16 04 01 00 01 01 01 02 6f 70 02 04");
 });
 
-test("welcome and diff decode as documented", () => {
+test("welcome, diff and reply decode as documented", () => {
   const frames = new FrameReader();
-  frames.push(hex(`31 00 01 01 01 77 01 03 01 41 00 00 00 00 00 00 01 42 01 01 41 00 00 00 00 00
+  frames.push(hex(`60 01 01 01 77 01 03 01 41 00 00 00 00 00 00 01 42 01 01 41 00 00 00 00 00
     09 45 78 63 65 70 74 69 6f 6e 00 00 00 00 00 01 03 01 00 00 01 00 00 00`));
-  frames.push(hex("0b 00 03 01 01 01 02 fc 86 fc cf ff"));
+  frames.push(hex("12 03 01 01 01 01 86 fc cf ff"));
+  frames.push(hex("16 05 01 00 01 01 01 01 86 fc cf ff"));
   const welcome = decodeMessage(frames.next());
   assert.deepEqual(welcome.ancestry, ["w"]);
   assert.deepEqual(welcome.schema.map((s) => s.name), ["A", "B", "Exception"]);
@@ -26,7 +27,11 @@ test("welcome and diff decode as documented", () => {
   assert.equal(welcome.schema[2].multi, true);
   assert.deepEqual(welcome.snapshot, { ticks: [1, 0, 0], queueTick: 1 });
   const diff = decodeMessage(frames.next());
-  assert.deepEqual(diff.diff, { changes: [[1, 1]], queueTick: 2, checksum: 0xffcffc86 });
+  assert.deepEqual(diff.diff, { changes: [[1, 1]], queueDelta: 1, checksum: 0xffcffc86 });
+  const reply = decodeMessage(frames.next());
+  assert.equal(reply.id, 1);
+  assert.deepEqual(reply.result, { outcome: "Executed" });
+  assert.deepEqual(reply.diff, diff.diff);
   assert.equal(frames.next(), null, "nothing more buffered");
   assert.equal(checksum([1, 1, 0]), 0xffcffc86, "the checksum the Rust side computed");
   assert.equal(checksum([1, 2]), (0x77179803 ^ 0x63c8e066) >>> 0);
@@ -55,12 +60,14 @@ test("values and integers round-trip at every width", () => {
 
 test("hostile input fails cleanly", () => {
   const frames = new FrameReader(64);
-  frames.push(hex("ff ff ff ff 0f"));
+  frames.push(hex("fe ff ff ff 0f"));
   assert.throws(() => frames.next(), /over the limit/);
   const compressed = new FrameReader();
-  compressed.push(hex("02 01 00"));
+  compressed.push(hex("03"));
   assert.throws(() => compressed.next(), /compression was not asked for/);
   assert.throws(() => decodeMessage(hex("03 ff ff ff ff")), /sequence longer|unsupported|ends early/);
   assert.throws(() => decodeMessage(hex("00")), /unexpected message type 0/);
   assert.throws(() => decodeMessage(hex("0a 05 00")), /trailing bytes/);
+  assert.throws(() => decodeMessage(hex("05 01 09")), /unknown mutation result 9/);
+  assert.equal(decodeMessage(hex("05 01 03 02 6e 6f 00 00 00 00 00 00")).result.error, "no");
 });
