@@ -187,6 +187,20 @@ enum Scenario {
     /// Wire bytes of a large schema's handshake and of each single-state change, with and
     /// without zstd.
     Bytes(BytesArgs),
+    /// The root side of `fanout --split`, run by it as a child process: serves the root,
+    /// prints its endpoint, then follows commands on stdin.
+    #[command(hide = true)]
+    FanoutRoot(FanoutRootArgs),
+}
+
+#[derive(Debug, Args)]
+struct FanoutRootArgs {
+    #[arg(long)]
+    mirrors: usize,
+    #[arg(long, default_value = "tcp")]
+    transport: String,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +235,11 @@ struct FanoutArgs {
     /// Tokio worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Run the root and its server in a child process (tcp and ws only): this process then
+    /// needs one descriptor per mirror instead of two, which 10 000 TCP mirrors need here.
+    /// Both processes share the machine's CPUs; mirror lag is not measured this way.
+    #[arg(long)]
+    split: bool,
     #[arg(long)]
     json: bool,
 }
@@ -331,6 +350,9 @@ fn main() -> ExitCode {
         Command::Bench {
             scenario: Scenario::Bytes(args),
         } => bench_bytes(&args),
+        Command::Bench {
+            scenario: Scenario::FanoutRoot(args),
+        } => bench_fanout_root(&args),
     };
     match result {
         Ok(code) => code,
@@ -829,12 +851,17 @@ fn raise_nofile(needed: u64) -> anyhow::Result<()> {
 }
 
 fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::bench::fanout::{FanoutOptions, run};
+    use asyncmachine::bench::fanout::{FanoutOptions, RemoteRoot, run_with};
+    use asyncmachine::transport::Scheme;
     let transport = asyncmachine::bench::scheme(&args.transport)?;
+    anyhow::ensure!(
+        !args.split || matches!(transport, Scheme::Tcp | Scheme::Ws),
+        "--split runs with tcp or ws only (the child process would need this one's TLS material)"
+    );
     let largest = args.mirrors.iter().copied().max().unwrap_or(0) as u64;
-    // Both ends of every connection live in this process; QUIC needs one socket per client
-    // and one for the server.
-    let per_mirror = if transport == asyncmachine::transport::Scheme::Quic {
+    // Both ends of every connection live in this process unless split; QUIC needs one socket
+    // per client and one for the server.
+    let per_mirror = if transport == Scheme::Quic || args.split {
         1
     } else {
         2
@@ -856,10 +883,16 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
                 "\rfanout {mirrors}: {done}/{total} mirrors connected{end}"
             );
         };
-        reports.push(
-            rt.block_on(run(&options, &progress))
-                .with_context(|| format!("bench fanout with {mirrors} mirrors failed"))?,
-        );
+        let report = rt.block_on(async {
+            let remote = if args.split {
+                let child = ChildRoot::spawn(&args.transport, mirrors, args.threads).await?;
+                Some(Box::new(child) as Box<dyn RemoteRoot>)
+            } else {
+                None
+            };
+            anyhow::Ok(run_with(&options, remote, &progress).await?)
+        });
+        reports.push(report.with_context(|| format!("bench fanout with {mirrors} mirrors failed"))?);
     }
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -889,12 +922,131 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
                 .map_or(f64::NAN, |f| f.p50_us / 1e3),
             r.root_mutations_per_s,
             r.frames_per_s,
-            r.lag_p99_ms,
+            r.lag_p99_ms.unwrap_or(f64::NAN),
             r.settle_ms,
             r.rss_kib_per_mirror
         )?;
     }
     json_line(&mut out, args.json, &reports)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The root of `bench fanout --split`: this same program, `bench fanout-root`, as a child
+/// process, driven over its stdin and stdout.
+struct ChildRoot {
+    /// Killed when dropped (`kill_on_drop`), which ends the root's server with it.
+    _child: tokio::process::Child,
+    commands: tokio::process::ChildStdin,
+    replies: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    endpoint: asyncmachine::transport::Endpoint,
+}
+
+impl ChildRoot {
+    async fn spawn(transport: &str, mirrors: usize, threads: usize) -> anyhow::Result<ChildRoot> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe().context("cannot find this program to run the root")?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["bench", "fanout-root", "--transport", transport])
+            .args(["--mirrors", &mirrors.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the root's process")?;
+        let (Some(commands), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            anyhow::bail!("the root's process has no stdin or stdout");
+        };
+        let mut replies = tokio::io::BufReader::new(stdout).lines();
+        let first = replies
+            .next_line()
+            .await
+            .context("reading the root's endpoint")?
+            .context("the root's process ended before it served (see its error above)")?;
+        let endpoint = first
+            .strip_prefix("endpoint ")
+            .with_context(|| format!("the root's process said {first:?}, not its endpoint"))?
+            .parse()
+            .context("the root's endpoint")?;
+        Ok(ChildRoot {
+            _child: child,
+            commands,
+            replies,
+            endpoint,
+        })
+    }
+
+    async fn send(&mut self, line: &str) -> Result<(), asyncmachine::bench::BenchError> {
+        use tokio::io::AsyncWriteExt;
+        self.commands
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| {
+                asyncmachine::bench::BenchError::Setup(format!("the root's process: {e}"))
+            })
+    }
+}
+
+impl asyncmachine::bench::fanout::RemoteRoot for ChildRoot {
+    fn endpoint(&self) -> asyncmachine::transport::Endpoint {
+        self.endpoint.clone()
+    }
+
+    fn flip(
+        &mut self,
+    ) -> asyncmachine::bench::fanout::BoxFuture<'_, Result<(), asyncmachine::bench::BenchError>>
+    {
+        Box::pin(self.send("flip\n"))
+    }
+
+    fn sustain(
+        &mut self,
+        duration: Duration,
+    ) -> asyncmachine::bench::fanout::BoxFuture<
+        '_,
+        Result<asyncmachine::bench::fanout::Sustained, asyncmachine::bench::BenchError>,
+    > {
+        use asyncmachine::bench::BenchError;
+        Box::pin(async move {
+            self.send(&format!("sustain {}\n", duration.as_millis()))
+                .await?;
+            let line = self
+                .replies
+                .next_line()
+                .await
+                .map_err(|e| BenchError::Setup(format!("the root's process: {e}")))?
+                .ok_or_else(|| BenchError::Setup("the root's process ended".into()))?;
+            let mut words = line.split_whitespace();
+            match (
+                words.next(),
+                words.next().and_then(|w| w.parse().ok()),
+                words.next().and_then(|w| w.parse().ok()),
+            ) {
+                (Some("sustained"), Some(mutations), Some(final_tick)) => {
+                    Ok(asyncmachine::bench::fanout::Sustained {
+                        mutations,
+                        final_tick,
+                    })
+                }
+                _ => Err(BenchError::Setup(format!(
+                    "the root's process answered {line:?}"
+                ))),
+            }
+        })
+    }
+}
+
+fn bench_fanout_root(args: &FanoutRootArgs) -> anyhow::Result<ExitCode> {
+    let transport = asyncmachine::bench::scheme(&args.transport)?;
+    raise_nofile(args.mirrors as u64 + 256)?;
+    runtime(args.threads)?
+        .block_on(asyncmachine::bench::fanout::serve_remote_root(
+            transport,
+            args.mirrors,
+            tokio::io::BufReader::new(tokio::io::stdin()),
+            tokio::io::stdout(),
+        ))
+        .context("serving the fanout root")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,4 +1,6 @@
-//! The fanout scenario: one server, N mirrors of one root machine, in one process.
+//! The fanout scenario: one server, N mirrors of one root machine, in one process, or with
+//! the root and its server in a second process ([`RemoteRoot`]) when one process may not hold
+//! both ends of every connection.
 //!
 //! - Convergence: flip a state at the root; the time until the last mirror has it, over many
 //!   flips (p50, p99).
@@ -7,11 +9,13 @@
 //! - The floor: the same pattern over bare TCP: one 12-byte message written to N sockets, the
 //!   time until every reader has it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
@@ -54,13 +58,160 @@ pub struct FanoutReport {
     pub convergence_floor: Option<Percentiles>,
     pub root_mutations_per_s: f64,
     pub frames_per_s: f64,
-    /// How long after the root reached a tick a mirror saw it, p99 over all arrivals (1 ms
-    /// resolution).
-    pub lag_p99_ms: f64,
+    /// How long after the root reached a tick a mirror saw it, p99 over all arrivals. The root
+    /// mutates in batches of 64 and the time of a tick is taken as its batch's start: this
+    /// over-estimates by at most one batch (tens of microseconds). `None` with a remote root
+    /// (its batches are timed by another process's clock).
+    pub lag_p99_ms: Option<f64>,
     /// After the sustained run: the time until the last mirror had the final clock.
     pub settle_ms: f64,
-    /// Process memory (RSS) growth per connected mirror, client and server side together.
+    /// Process memory (RSS) growth per connected mirror, client and server side together
+    /// (with a remote root: the mirrors' side only).
     pub rss_kib_per_mirror: f64,
+    /// Whether the root and its server ran in another process.
+    pub remote_root: bool,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A root and its server in another process (`am-node bench fanout --split`), driven by
+/// commands: this process then holds only the mirrors' ends of the connections, half the
+/// descriptors. [`serve_remote_root`] is the other side.
+pub trait RemoteRoot: Send {
+    /// Where the root is served, machine name included.
+    fn endpoint(&self) -> Endpoint;
+    /// Flips the root once (returns when the command is sent).
+    fn flip(&mut self) -> BoxFuture<'_, Result<(), BenchError>>;
+    /// Has the root mutate as fast as it can for `duration`.
+    fn sustain(&mut self, duration: Duration) -> BoxFuture<'_, Result<Sustained, BenchError>>;
+}
+
+/// What a remote root's sustained run did.
+#[derive(Debug, Clone, Copy)]
+pub struct Sustained {
+    pub mutations: u64,
+    /// The root's `Tick` at the end: the clock every mirror must reach.
+    pub final_tick: u64,
+}
+
+/// The machine every mirror follows and its server, in this process.
+struct LocalRoot {
+    machine: Machine,
+    server: Server,
+    endpoint: Endpoint,
+}
+
+impl LocalRoot {
+    async fn start(transport: Scheme, mirrors: usize) -> Result<(LocalRoot, usize), BenchError> {
+        let setup =
+            |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
+        let (schema, tick) = super::tick_schema()?;
+        let machine = Machine::builder(schema).id("root").build();
+        machine
+            .add(&["Tick"], Args::new())
+            .map_err(|e| setup("first tick", &e))?;
+        let server = Server::new(ServerConfig {
+            transport: super::transport_for(transport)?,
+            max_clients: mirrors + 16,
+            ..ServerConfig::default()
+        });
+        server
+            .add_source("fan", Arc::new(machine.clone()))
+            .map_err(|e| setup("serving", &e))?;
+        let endpoint = server
+            .listen(&Endpoint::new(transport, "127.0.0.1:0"))
+            .await
+            .map_err(|e| setup("binding", &e))?
+            .with_machine("fan");
+        Ok((
+            LocalRoot {
+                machine,
+                server,
+                endpoint,
+            },
+            tick,
+        ))
+    }
+
+    fn flip(&self, at: u64) -> Result<(), BenchError> {
+        self.machine
+            .add(&["Tick"], Args::new())
+            .map(drop)
+            .map_err(|e| BenchError::Scenario {
+                at,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Mutates as fast as it can for `duration`, in batches of 64 with a yield between them so
+    /// that, on a one-thread runtime, pushes go out; `batch(tick before)` runs before each.
+    async fn sustain(
+        &self,
+        duration: Duration,
+        tick: usize,
+        mut batch: impl FnMut(u64),
+    ) -> Result<Sustained, BenchError> {
+        let started = Instant::now();
+        let mut mutations = 0u64;
+        while started.elapsed() < duration {
+            batch(self.machine.tick_at(tick));
+            for _ in 0..64 {
+                self.flip(mutations)?;
+                mutations += 1;
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(Sustained {
+            mutations,
+            final_tick: self.machine.tick_at(tick),
+        })
+    }
+}
+
+/// The other side of a [`RemoteRoot`]: serves a root for `mirrors` mirrors over `transport`,
+/// writes `endpoint ENDPOINT` to `replies`, then follows `commands` line by line: `flip`, and
+/// `sustain MS` (answered `sustained MUTATIONS FINAL_TICK`), until they end.
+pub async fn serve_remote_root<R, W>(
+    transport: Scheme,
+    mirrors: usize,
+    commands: R,
+    mut replies: W,
+) -> Result<(), BenchError>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let io = |e: std::io::Error| BenchError::Setup(format!("talking to the bench: {e}"));
+    let (root, tick) = LocalRoot::start(transport, mirrors).await?;
+    replies
+        .write_all(format!("endpoint {}\n", root.endpoint).as_bytes())
+        .await
+        .map_err(io)?;
+    replies.flush().await.map_err(io)?;
+    let mut lines = commands.lines();
+    let mut flips = 0;
+    while let Some(line) = lines.next_line().await.map_err(io)? {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next().map(str::parse::<u64>)) {
+            (Some("flip"), None) => {
+                root.flip(flips)?;
+                flips += 1;
+            }
+            (Some("sustain"), Some(Ok(ms))) => {
+                let done = root.sustain(Duration::from_millis(ms), tick, |_| {}).await?;
+                let answer = format!("sustained {} {}\n", done.mutations, done.final_tick);
+                replies.write_all(answer.as_bytes()).await.map_err(io)?;
+                replies.flush().await.map_err(io)?;
+            }
+            _ => {
+                return Err(BenchError::Setup(format!(
+                    "unknown command {line:?} from the bench (expected flip or sustain MS)"
+                )));
+            }
+        }
+    }
+    root.server.shutdown(Duration::from_secs(5)).await;
+    Ok(())
 }
 
 /// Resident memory of this process, from /proc/self/statm (pages of 4 KiB).
@@ -83,44 +234,59 @@ struct Arrivals {
     mirrors: usize,
 }
 
-/// The root's tick per elapsed millisecond of the sustained run, for lag lookups.
+/// The root's mutation batches of the sustained run: when each started (µs from `start`) and
+/// the tick before it, for lag lookups; entered before the batch runs.
+///
+/// A tick's time is its batch's start. (Stamping whole milliseconds with the tick reached by
+/// the end of the batch, as an earlier version did, charged a mirror with every millisecond
+/// the root's thread was descheduled before the batch: 60-160 ms of lag that no mirror had.)
 struct Timeline {
     start: Instant,
-    ticks: Mutex<Vec<u64>>,
+    batches: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Timeline {
-    /// The first millisecond at which the root had reached `tick`.
-    fn reached(&self, tick: u64) -> Option<usize> {
-        let ticks = self.ticks.lock().unwrap_or_else(PoisonError::into_inner);
-        let i = ticks.partition_point(|&t| t < tick);
-        (i < ticks.len()).then_some(i)
+    /// When (µs from `start`) the batch that took the root to `tick` started; `None` for ticks
+    /// from before the run.
+    fn reached(&self, tick: u64) -> Option<u64> {
+        let batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+        let after = batches.partition_point(|&(_, before)| before < tick);
+        after.checked_sub(1).map(|i| batches[i].0)
     }
 }
 
+/// Runs the scenario with the root in this process.
 pub async fn run(
     options: &FanoutOptions,
     progress: &dyn Fn(u64, u64),
 ) -> Result<FanoutReport, BenchError> {
+    run_with(options, None, progress).await
+}
+
+/// The root: here, or in another process.
+enum Root {
+    Local(LocalRoot),
+    Remote(Box<dyn RemoteRoot>),
+}
+
+/// Runs the scenario, with the root in another process when `remote` is given (it must serve
+/// the tick schema over `options.transport`).
+pub async fn run_with(
+    options: &FanoutOptions,
+    remote: Option<Box<dyn RemoteRoot>>,
+    progress: &dyn Fn(u64, u64),
+) -> Result<FanoutReport, BenchError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
     let (schema, tick) = super::tick_schema()?;
-    let root = Machine::builder(schema.clone()).id("root").build();
-    root.add(&["Tick"], Args::new())
-        .map_err(|e| setup("first tick", &e))?;
+    let mut root = match remote {
+        Some(remote) => Root::Remote(remote),
+        None => Root::Local(LocalRoot::start(options.transport, options.mirrors).await?.0),
+    };
+    let endpoint = match &root {
+        Root::Local(local) => local.endpoint.clone(),
+        Root::Remote(remote) => remote.endpoint(),
+    };
     let transport = super::transport_for(options.transport)?;
-    let server = Server::new(ServerConfig {
-        transport: transport.clone(),
-        max_clients: options.mirrors + 16,
-        ..ServerConfig::default()
-    });
-    server
-        .add_source("fan", Arc::new(root.clone()))
-        .map_err(|e| setup("serving", &e))?;
-    let endpoint = server
-        .listen(&Endpoint::new(options.transport, "127.0.0.1:0"))
-        .await
-        .map_err(|e| setup("binding", &e))?
-        .with_machine("fan");
 
     let arrivals = Arc::new(Arrivals {
         target: AtomicU64::new(u64::MAX),
@@ -131,10 +297,11 @@ pub async fn run(
     });
     let timeline = Arc::new(Timeline {
         start: Instant::now(),
-        ticks: Mutex::new(Vec::new()),
+        batches: Mutex::new(Vec::new()),
     });
     let measuring_lag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let lags = Arc::new(Mutex::new(Vec::<u32>::new()));
+    // Microseconds.
+    let lags = Arc::new(Mutex::new(Vec::<u64>::new()));
     let rss_before = rss_kib();
     let mut mirrors = Vec::with_capacity(options.mirrors);
     let every = (options.mirrors as u64 / 10).max(1);
@@ -167,9 +334,9 @@ pub async fn run(
                 }
             }
             if on.load(Ordering::Relaxed)
-                && let Some(ms) = t.reached(now)
+                && let Some(at) = t.reached(now)
             {
-                let lag = (t.start.elapsed().as_millis() as usize).saturating_sub(ms) as u32;
+                let lag = (t.start.elapsed().as_micros() as u64).saturating_sub(at);
                 l.lock().unwrap_or_else(PoisonError::into_inner).push(lag);
             }
         }));
@@ -183,20 +350,21 @@ pub async fn run(
         _ => f64::NAN,
     };
 
-    // Convergence: one flip at a time, until the last mirror has it.
+    // Convergence: one flip at a time, until the last mirror has it. Every mirror holds the
+    // root's tick between flips, so any of them tells the next target.
+    let current = |mirrors: &[Mirror]| mirrors.first().map_or(0, |m| m.tick_at(tick));
     let mut samples = Vec::with_capacity(options.flips as usize);
     for i in 0..options.flips {
-        let target = root.tick("Tick") + 2;
+        let target = current(&mirrors) + 2;
         arrivals.arrived.store(0, Ordering::Release);
         *arrivals.last.lock().unwrap_or_else(PoisonError::into_inner) = None;
         arrivals.target.store(target, Ordering::Release);
         let waiting = arrivals.all.notified();
         let started = Instant::now();
-        root.add(&["Tick"], Args::new())
-            .map_err(|e| BenchError::Scenario {
-                at: i,
-                reason: e.to_string(),
-            })?;
+        match &mut root {
+            Root::Local(local) => local.flip(i)?,
+            Root::Remote(remote) => remote.flip().await?,
+        }
         tokio::time::timeout(Duration::from_secs(30), waiting)
             .await
             .map_err(|_| BenchError::Scenario {
@@ -213,43 +381,33 @@ pub async fn run(
     }
     arrivals.target.store(u64::MAX, Ordering::Release);
 
-    // Sustained: mutate as fast as possible, yielding now and then so pushes go out.
+    // Sustained: the root mutates as fast as it can.
     let frames_before: u64 = mirrors
         .iter()
         .map(|m| m.stats().diffs.load(Ordering::Relaxed))
         .sum();
-    measuring_lag.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let mut mutations = 0u64;
-    while started.elapsed() < options.sustained {
-        for _ in 0..64 {
-            root.add(&["Tick"], Args::new())
-                .map_err(|e| BenchError::Scenario {
-                    at: mutations,
-                    reason: e.to_string(),
-                })?;
-            mutations += 1;
+    let done = match &mut root {
+        Root::Local(local) => {
+            measuring_lag.store(true, Ordering::Relaxed);
+            let batch = |before: u64| {
+                let at = timeline.start.elapsed().as_micros() as u64;
+                timeline
+                    .batches
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((at, before));
+            };
+            local.sustain(options.sustained, tick, batch).await?
         }
-        {
-            let ms = timeline.start.elapsed().as_millis() as usize;
-            let mut ticks = timeline
-                .ticks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let now = root.tick_at(tick);
-            while ticks.len() <= ms {
-                ticks.push(now);
-            }
-        }
-        tokio::task::yield_now().await;
-    }
+        Root::Remote(remote) => remote.sustain(options.sustained).await?,
+    };
     let elapsed = started.elapsed();
-    let final_clock = root.clock();
     let settle_started = Instant::now();
     for mirror in &mirrors {
         tokio::time::timeout(
             Duration::from_secs(60),
-            mirror.when_time(&["Tick"], &[final_clock[tick]]),
+            mirror.when_time(&["Tick"], &[done.final_tick]),
         )
         .await
         .map_err(|_| setup("settling", &"a mirror never caught up"))?
@@ -264,15 +422,30 @@ pub async fn run(
         - frames_before;
     let mut lag = std::mem::take(&mut *lags.lock().unwrap_or_else(PoisonError::into_inner));
     lag.sort_unstable();
-    let lag_p99_ms = lag
-        .get(((lag.len() as f64 - 1.0) * 0.99).round() as usize)
-        .copied()
-        .unwrap_or(0) as f64;
+    let lag_p99_ms = match root {
+        Root::Local(_) => Some(
+            lag.get(((lag.len() as f64 - 1.0) * 0.99).round() as usize)
+                .copied()
+                .unwrap_or(0) as f64
+                / 1e3,
+        ),
+        Root::Remote(_) => None,
+    };
 
     for mirror in &mirrors {
         mirror.close().await;
     }
-    server.shutdown(Duration::from_secs(5)).await;
+    let remote_root = match root {
+        Root::Local(local) => {
+            local.server.shutdown(Duration::from_secs(5)).await;
+            false
+        }
+        // Dropping it ends the other process's commands, and with them its server.
+        Root::Remote(remote) => {
+            drop(remote);
+            true
+        }
+    };
     let floor = match raw_floor(options.mirrors, options.flips).await {
         Ok(floor) => Some(floor),
         Err(e) => {
@@ -286,11 +459,12 @@ pub async fn run(
         mirrors: options.mirrors,
         convergence: Percentiles::of(&mut samples),
         convergence_floor: floor,
-        root_mutations_per_s: mutations as f64 / elapsed.as_secs_f64(),
+        root_mutations_per_s: done.mutations as f64 / elapsed.as_secs_f64(),
         frames_per_s: frames as f64 / elapsed.as_secs_f64(),
         lag_p99_ms,
         settle_ms: settle.as_secs_f64() * 1e3,
         rss_kib_per_mirror,
+        remote_root,
     })
 }
 

@@ -15,8 +15,6 @@ use std::time::Duration;
 use crate::machine::{Schema, StateDef};
 use crate::transport::{Scheme, TlsConfig, TransportConfig};
 
-/// Transport material for a benchmark over `scheme`: a fresh development CA and node
-/// certificate for the TLS-based schemes, nothing for the others.
 /// The schema the chain and fanout scenarios flip: one multi state, `Tick`, and its position.
 fn tick_schema() -> Result<(Schema, usize), BenchError> {
     let schema = Schema::builder()
@@ -29,6 +27,8 @@ fn tick_schema() -> Result<(Schema, usize), BenchError> {
     Ok((schema, tick))
 }
 
+/// Transport material for a benchmark over `scheme`: a fresh development CA and node
+/// certificate for the TLS-based schemes, nothing for the others.
 pub fn transport_for(scheme: Scheme) -> Result<TransportConfig, BenchError> {
     if matches!(scheme, Scheme::Tcp | Scheme::Ws | Scheme::Mem) {
         return Ok(TransportConfig::default());

@@ -420,16 +420,36 @@ impl Core {
         }
     }
 
-    /// Applies a diff; `Err` asks for a resync.
-    fn apply(&mut self, diff: &ClockDiff) -> Result<Notice, ApplyError> {
+    /// Applies diffs in order, as one change: diffs that arrived together reach waiters and
+    /// observers once, with the latest clock (the latest wins, as on the server). `Err` asks
+    /// for a resync (the diffs after a mismatch are dropped: the snapshot supersedes them) or,
+    /// for a state outside the schema, ends the session.
+    fn apply(&mut self, diffs: &[ClockDiff]) -> Result<Notice, ApplyError> {
         let before = self.ticks.clone();
-        let result = apply_diff(&mut self.ticks, diff, &self.tracked);
-        let changed = match &result {
-            Ok(changed) => changed.clone(),
-            Err(ApplyError::Checksum) => diff.changes.iter().map(|&(s, _)| s as usize).collect(),
-            Err(e @ ApplyError::BadState { .. }) => return Err(e.clone()),
-        };
-        self.queue_tick = self.queue_tick.saturating_add(diff.queue_delta);
+        let mut changed = Vec::new();
+        let mut result = Ok(());
+        for diff in diffs {
+            match apply_diff(&mut self.ticks, diff, &self.tracked) {
+                Ok(states) => changed.extend(states),
+                Err(ApplyError::Checksum) => {
+                    changed.extend(diff.changes.iter().map(|&(s, _)| s as usize));
+                    result = Err(ApplyError::Checksum);
+                }
+                // Nothing of this diff was applied.
+                Err(e @ ApplyError::BadState { .. }) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            self.queue_tick = self.queue_tick.saturating_add(diff.queue_delta);
+            if result.is_err() {
+                break;
+            }
+        }
+        if diffs.len() > 1 {
+            changed.sort_unstable();
+            changed.dedup();
+        }
         self.waiters
             .clock_changed(&self.ticks, changed.iter().copied());
         let notice = Notice {
@@ -439,7 +459,7 @@ impl Core {
             queue_tick: self.queue_tick,
             observers: self.observers.clone(),
         };
-        result.map(|_| notice)
+        result.map(|()| notice)
     }
 }
 
@@ -606,12 +626,9 @@ impl Shared {
     /// Handles one message from the server; `Err` ends the session with a reason.
     fn handle(&self, message: Message, outbox: &mpsc::Sender<Message>) -> Result<(), String> {
         match message {
-            Message::Diff(diff) => {
-                self.stats.diffs.fetch_add(1, Ordering::Relaxed);
-                self.apply_or_resync(&diff, outbox)
-            }
+            Message::Diff(diff) => self.handle_diffs(std::slice::from_ref(&diff), outbox),
             Message::MutateReply(reply) => {
-                self.apply_or_resync(&reply.diff, outbox)?;
+                self.apply_or_resync(std::slice::from_ref(&reply.diff), outbox)?;
                 let result: Result<Outcome, String> = reply.result.into();
                 self.resolve(reply.id, result.map_err(MutationError::Refused));
                 Ok(())
@@ -653,12 +670,24 @@ impl Shared {
         }
     }
 
-    fn apply_or_resync(
+    /// Diffs that were read together: one change for waiters and observers.
+    fn handle_diffs(
         &self,
-        diff: &ClockDiff,
+        diffs: &[ClockDiff],
         outbox: &mpsc::Sender<Message>,
     ) -> Result<(), String> {
-        let applied = lock(&self.core).apply(diff);
+        self.stats
+            .diffs
+            .fetch_add(diffs.len() as u64, Ordering::Relaxed);
+        self.apply_or_resync(diffs, outbox)
+    }
+
+    fn apply_or_resync(
+        &self,
+        diffs: &[ClockDiff],
+        outbox: &mpsc::Sender<Message>,
+    ) -> Result<(), String> {
+        let applied = lock(&self.core).apply(diffs);
         match applied {
             Ok(notice) => {
                 notice.tell();
@@ -886,6 +915,7 @@ async fn run_session(
     };
 
     let read = async {
+        let mut diffs = Vec::new();
         loop {
             let message = match timeout(
                 idle,
@@ -901,6 +931,29 @@ async fn run_session(
             };
             let Some(shared) = weak.upgrade() else {
                 return "mirror dropped".into();
+            };
+            // Diffs already read behind this one are applied with it: a mirror that fell
+            // behind catches up in one step instead of replaying every stale clock.
+            let message = if let Message::Diff(first) = message {
+                diffs.push(first);
+                let next = loop {
+                    match reader.next_message() {
+                        Ok(Some(Message::Diff(more))) => diffs.push(more),
+                        Ok(next) => break next,
+                        Err(e) => return format!("protocol error: {e}"),
+                    }
+                };
+                let applied = shared.handle_diffs(&diffs, &sender);
+                diffs.clear();
+                if let Err(reason) = applied {
+                    return reason;
+                }
+                match next {
+                    Some(message) => message,
+                    None => continue,
+                }
+            } else {
+                message
             };
             if let Err(reason) = shared.handle(message, &sender) {
                 return reason;
