@@ -892,7 +892,8 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
             };
             anyhow::Ok(run_with(&options, remote, &progress).await?)
         });
-        reports.push(report.with_context(|| format!("bench fanout with {mirrors} mirrors failed"))?);
+        reports
+            .push(report.with_context(|| format!("bench fanout with {mirrors} mirrors failed"))?);
     }
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -981,9 +982,7 @@ impl ChildRoot {
         self.commands
             .write_all(line.as_bytes())
             .await
-            .map_err(|e| {
-                asyncmachine::bench::BenchError::Setup(format!("the root's process: {e}"))
-            })
+            .map_err(|e| asyncmachine::bench::BenchError::Setup(format!("the root's process: {e}")))
     }
 }
 

@@ -186,6 +186,55 @@ fn bench_fanout_and_bytes_report_their_figures() {
                 .is_some_and(|us| us > 0.0)
         );
     }
+    // The root in a child process: same figures but lag, which needs one clock.
+    let out = am_node(&[
+        "bench",
+        "fanout",
+        "--mirrors",
+        "5",
+        "--flips",
+        "10",
+        "--sustained-ms",
+        "100",
+        "--split",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
+    let r = &reports[0];
+    assert_eq!(
+        (r["mirrors"].as_u64(), r["remote_root"].as_bool()),
+        (Some(5), Some(true))
+    );
+    assert!(r["lag_p99_ms"].is_null(), "{r}");
+    assert!(
+        r["root_mutations_per_s"].as_f64().is_some_and(|m| m > 0.0),
+        "{r}"
+    );
+    assert!(
+        r["convergence"]["p50_us"]
+            .as_f64()
+            .is_some_and(|us| us > 0.0),
+        "{r}"
+    );
+    let out = am_node(&[
+        "bench",
+        "fanout",
+        "--split",
+        "--transport",
+        "quic",
+        "--mirrors",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--split runs with tcp or ws only"));
+
     let out = am_node(&[
         "bench",
         "bytes",

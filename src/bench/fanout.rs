@@ -198,7 +198,9 @@ where
                 flips += 1;
             }
             (Some("sustain"), Some(Ok(ms))) => {
-                let done = root.sustain(Duration::from_millis(ms), tick, |_| {}).await?;
+                let done = root
+                    .sustain(Duration::from_millis(ms), tick, |_| {})
+                    .await?;
                 let answer = format!("sustained {} {}\n", done.mutations, done.final_tick);
                 replies.write_all(answer.as_bytes()).await.map_err(io)?;
                 replies.flush().await.map_err(io)?;
@@ -280,7 +282,11 @@ pub async fn run_with(
     let (schema, tick) = super::tick_schema()?;
     let mut root = match remote {
         Some(remote) => Root::Remote(remote),
-        None => Root::Local(LocalRoot::start(options.transport, options.mirrors).await?.0),
+        None => Root::Local(
+            LocalRoot::start(options.transport, options.mirrors)
+                .await?
+                .0,
+        ),
     };
     let endpoint = match &root {
         Root::Local(local) => local.endpoint.clone(),

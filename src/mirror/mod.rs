@@ -916,19 +916,20 @@ async fn run_session(
 
     let read = async {
         let mut diffs = Vec::new();
+        let mut silence = wire::IdleDeadline::new(idle);
         loop {
-            let message = match timeout(
-                idle,
-                wire::read_message(&mut rd, &mut reader, &stats.bytes_in),
-            )
-            .await
-            {
-                Err(_) => return format!("the server was silent for {idle:?}"),
-                Ok(Err(ReadError::Closed)) => return "the server closed the connection".to_owned(),
-                Ok(Err(ReadError::Io(e))) => return format!("i/o error: {e}"),
-                Ok(Err(ReadError::Protocol(e))) => return format!("protocol error: {e}"),
-                Ok(Ok(message)) => message,
+            let read = tokio::select! {
+                biased;
+                read = wire::read_message(&mut rd, &mut reader, &stats.bytes_in) => read,
+                () = silence.expired() => return format!("the server was silent for {idle:?}"),
             };
+            let message = match read {
+                Err(ReadError::Closed) => return "the server closed the connection".to_owned(),
+                Err(ReadError::Io(e)) => return format!("i/o error: {e}"),
+                Err(ReadError::Protocol(e)) => return format!("protocol error: {e}"),
+                Ok(message) => message,
+            };
+            silence.touch();
             let Some(shared) = weak.upgrade() else {
                 return "mirror dropped".into();
             };
@@ -1106,6 +1107,66 @@ mod tests {
     ) -> (Ticket, oneshot::Receiver<Result<Outcome, MutationError>>) {
         let (tx, rx) = oneshot::channel();
         (requests.insert(tx), rx)
+    }
+
+    fn core_of(ticks: &[u64]) -> Arc<Shared> {
+        let schema = crate::machine::Schema::builder()
+            .state(crate::machine::StateDef::new("A").multi())
+            .state(crate::machine::StateDef::new("B").multi())
+            .build()
+            .expect("schema");
+        let endpoint: Endpoint = "tcp://127.0.0.1:1".parse().expect("endpoint");
+        let shared = Shared::new(&endpoint, MirrorConfig::default(), Arc::new(schema));
+        lock(&shared.core).ticks = ticks.to_vec();
+        shared
+    }
+
+    fn diff_to(from: &[u64], to: &[u64], queue: (u64, u64)) -> ClockDiff {
+        let clock = |ticks, queue_tick| crate::proto::diff::ClockRef { ticks, queue_tick };
+        crate::proto::diff::diff(clock(from, queue.0), clock(to, queue.1), &Tracked::All)
+    }
+
+    #[test]
+    fn diffs_read_together_are_one_change() {
+        let shared = core_of(&[0, 0, 0]);
+        let diffs = [
+            diff_to(&[0, 0, 0], &[2, 0, 0], (0, 1)),
+            diff_to(&[2, 0, 0], &[2, 2, 0], (1, 2)),
+            diff_to(&[2, 2, 0], &[4, 2, 0], (2, 5)),
+        ];
+        let notice = lock(&shared.core).apply(&diffs).expect("applies");
+        assert_eq!(
+            (notice.before, notice.after),
+            (vec![0, 0, 0], vec![4, 2, 0])
+        );
+        assert_eq!(notice.changed, [0, 1], "each changed state once");
+        assert_eq!(lock(&shared.core).queue_tick, 5);
+    }
+
+    #[test]
+    fn a_bad_diff_in_a_batch_stops_it() {
+        // A checksum mismatch: the rest is dropped (a snapshot will supersede it).
+        let shared = core_of(&[0, 0, 0]);
+        let mut wrong = diff_to(&[0, 0, 0], &[2, 0, 0], (0, 1));
+        wrong.checksum ^= 1;
+        let after = diff_to(&[2, 0, 0], &[2, 2, 0], (1, 2));
+        let result = lock(&shared.core).apply(&[wrong, after]);
+        assert!(matches!(result, Err(ApplyError::Checksum)));
+        assert_eq!(lock(&shared.core).ticks, [2, 0, 0]);
+        // A state outside the schema: what came before it stays applied.
+        let shared = core_of(&[0, 0, 0]);
+        let good = diff_to(&[0, 0, 0], &[0, 2, 0], (0, 1));
+        let bad = ClockDiff {
+            changes: vec![(7, 1)],
+            ..ClockDiff::default()
+        };
+        let result = lock(&shared.core).apply(&[good, bad]);
+        assert!(matches!(result, Err(ApplyError::BadState { state: 7, .. })));
+        let core = lock(&shared.core);
+        assert_eq!(
+            (core.ticks.as_slice(), core.queue_tick),
+            (&[0, 2, 0][..], 1)
+        );
     }
 
     #[test]
