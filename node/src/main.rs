@@ -898,7 +898,7 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>9} {:>9} {:>10}",
+        "{:<9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>10}",
         "transport",
         "mirrors",
         "conv p50ms",
@@ -906,6 +906,7 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
         "floor p50",
         "root mut/s",
         "frames/s",
+        "floor f/s",
         "lag p99",
         "settle ms",
         "KiB/mirror"
@@ -913,7 +914,7 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
     for r in &reports {
         writeln!(
             out,
-            "{:<9} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>10.1}",
+            "{:<9} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>10.1}",
             r.transport,
             r.mirrors,
             r.convergence.p50_us / 1e3,
@@ -923,6 +924,7 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
                 .map_or(f64::NAN, |f| f.p50_us / 1e3),
             r.root_mutations_per_s,
             r.frames_per_s,
+            r.frames_per_s_floor.unwrap_or(f64::NAN),
             r.lag_p99_ms.unwrap_or(f64::NAN),
             r.settle_ms,
             r.rss_kib_per_mirror

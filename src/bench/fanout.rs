@@ -56,6 +56,10 @@ pub struct FanoutReport {
     /// The same pattern over bare TCP; `None` when the process may not open the 2N sockets
     /// it needs (the open-file limit).
     pub convergence_floor: Option<Percentiles>,
+    /// The sustained pattern over the same bare sockets: one task writes a 12-byte message to
+    /// every socket that has room, round after round, for the same time; messages read per
+    /// second. `None` as for `convergence_floor`.
+    pub frames_per_s_floor: Option<f64>,
     pub root_mutations_per_s: f64,
     pub frames_per_s: f64,
     /// How long after the root reached a tick a mirror saw it, p99 over all arrivals. The root
@@ -452,11 +456,20 @@ pub async fn run_with(
             true
         }
     };
-    let floor = match raw_floor(options.mirrors, options.flips).await {
-        Ok(floor) => Some(floor),
+    let (floor, frames_per_s_floor) = match raw_floor(
+        options.mirrors,
+        options.flips,
+        options.sustained,
+    )
+    .await
+    {
+        Ok(RawFloor {
+            convergence,
+            frames_per_s,
+        }) => (Some(convergence), Some(frames_per_s)),
         Err(e) => {
             tracing::warn!(error = %e, mirrors = options.mirrors, "no raw floor: the open-file limit is too low for it");
-            None
+            (None, None)
         }
     };
     Ok(FanoutReport {
@@ -465,6 +478,7 @@ pub async fn run_with(
         mirrors: options.mirrors,
         convergence: Percentiles::of(&mut samples),
         convergence_floor: floor,
+        frames_per_s_floor,
         root_mutations_per_s: done.mutations as f64 / elapsed.as_secs_f64(),
         frames_per_s: frames as f64 / elapsed.as_secs_f64(),
         lag_p99_ms,
@@ -474,13 +488,23 @@ pub async fn run_with(
     })
 }
 
-/// One 12-byte message to each of N bare TCP sockets per flip; the time until every reader
-/// has it.
-async fn raw_floor(n: usize, flips: u64) -> std::io::Result<Percentiles> {
+/// What the bare sockets managed.
+struct RawFloor {
+    convergence: Percentiles,
+    frames_per_s: f64,
+}
+
+/// The scenario's pattern over N bare TCP connections, no protocol and no state machine.
+/// Convergence: one 12-byte message to each socket per flip, the time until every reader has
+/// it. Sustained: for `sustained`, one task per CPU writes a message to every socket of its
+/// share that has room, round after round (a full socket is skipped, as a busy client gets no
+/// frame of its own), while the readers count what arrives.
+async fn raw_floor(n: usize, flips: u64, sustained: Duration) -> std::io::Result<RawFloor> {
     const MESSAGE: usize = 12;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let arrived = Arc::new(AtomicUsize::new(0));
+    let bytes_read = Arc::new(AtomicU64::new(0));
     let all = Arc::new(Notify::new());
     let last = Arc::new(Mutex::new(None::<Instant>));
     let mut writers = Vec::with_capacity(n);
@@ -490,13 +514,24 @@ async fn raw_floor(n: usize, flips: u64) -> std::io::Result<Percentiles> {
         let (writer, _) = listener.accept().await?;
         writer.set_nodelay(true)?;
         writers.push(writer);
-        let (arrived, all, last) = (arrived.clone(), all.clone(), last.clone());
+        let (arrived, all, last, bytes_read) = (
+            arrived.clone(),
+            all.clone(),
+            last.clone(),
+            bytes_read.clone(),
+        );
         tokio::spawn(async move {
-            let mut buf = [0u8; MESSAGE];
-            while reader.read_exact(&mut buf).await.is_ok() {
-                *last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-                if arrived.fetch_add(1, Ordering::AcqRel) + 1 == n {
-                    all.notify_one();
+            let mut buf = [0u8; 4096];
+            let mut pending = 0;
+            while let Ok(read @ 1..) = reader.read(&mut buf).await {
+                bytes_read.fetch_add(read as u64, Ordering::Relaxed);
+                pending += read;
+                if pending >= MESSAGE {
+                    pending %= MESSAGE;
+                    *last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                    if arrived.fetch_add(1, Ordering::AcqRel) + 1 == n {
+                        all.notify_one();
+                    }
                 }
             }
         });
@@ -514,5 +549,36 @@ async fn raw_floor(n: usize, flips: u64) -> std::io::Result<Percentiles> {
             samples.push(t - started);
         }
     }
-    Ok(Percentiles::of(&mut samples))
+    let before = bytes_read.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let share = n.div_ceil(cpus).max(1);
+    let mut tasks = Vec::with_capacity(cpus);
+    while !writers.is_empty() {
+        let mine: Vec<TcpStream> = writers.drain(..share.min(writers.len())).collect();
+        tasks.push(tokio::spawn(async move {
+            while started.elapsed() < sustained {
+                for w in &mine {
+                    match w.try_write(&[2u8; MESSAGE]) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            Ok(mine)
+        }));
+    }
+    // The sockets stay open until the count is taken.
+    let mut open = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        open.push(task.await.map_err(std::io::Error::other)??);
+    }
+    let elapsed = started.elapsed();
+    let frames = (bytes_read.load(Ordering::Relaxed) - before) / MESSAGE as u64;
+    Ok(RawFloor {
+        convergence: Percentiles::of(&mut samples),
+        frames_per_s: frames as f64 / elapsed.as_secs_f64(),
+    })
 }
