@@ -236,8 +236,8 @@ struct FanoutArgs {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Run the root and its server in a child process (tcp and ws only): this process then
-    /// needs one descriptor per mirror instead of two, which 10 000 TCP mirrors need here.
-    /// Both processes share the machine's CPUs; mirror lag is not measured this way.
+    /// needs one descriptor per mirror instead of two, which 10 000 TCP mirrors need here, and
+    /// the root's writers and the mirrors' readers no longer share one scheduler.
     #[arg(long)]
     split: bool,
     #[arg(long)]
@@ -925,7 +925,7 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
             r.root_mutations_per_s,
             r.frames_per_s,
             r.frames_per_s_floor.unwrap_or(f64::NAN),
-            r.lag_p99_ms.unwrap_or(f64::NAN),
+            r.lag_p99_ms,
             r.settle_ms,
             r.rss_kib_per_mirror
         )?;
@@ -1007,32 +1007,10 @@ impl asyncmachine::bench::fanout::RemoteRoot for ChildRoot {
         '_,
         Result<asyncmachine::bench::fanout::Sustained, asyncmachine::bench::BenchError>,
     > {
-        use asyncmachine::bench::BenchError;
         Box::pin(async move {
             self.send(&format!("sustain {}\n", duration.as_millis()))
                 .await?;
-            let line = self
-                .replies
-                .next_line()
-                .await
-                .map_err(|e| BenchError::Setup(format!("the root's process: {e}")))?
-                .ok_or_else(|| BenchError::Setup("the root's process ended".into()))?;
-            let mut words = line.split_whitespace();
-            match (
-                words.next(),
-                words.next().and_then(|w| w.parse().ok()),
-                words.next().and_then(|w| w.parse().ok()),
-            ) {
-                (Some("sustained"), Some(mutations), Some(final_tick)) => {
-                    Ok(asyncmachine::bench::fanout::Sustained {
-                        mutations,
-                        final_tick,
-                    })
-                }
-                _ => Err(BenchError::Setup(format!(
-                    "the root's process answered {line:?}"
-                ))),
-            }
+            asyncmachine::bench::fanout::read_sustained(&mut self.replies).await
         })
     }
 }

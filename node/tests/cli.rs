@@ -186,7 +186,7 @@ fn bench_fanout_and_bytes_report_their_figures() {
                 .is_some_and(|us| us > 0.0)
         );
     }
-    // The root in a child process: same figures but lag, which needs one clock.
+    // The root in a child process: the same figures.
     let out = am_node(&[
         "bench",
         "fanout",
@@ -212,7 +212,7 @@ fn bench_fanout_and_bytes_report_their_figures() {
         (r["mirrors"].as_u64(), r["remote_root"].as_bool()),
         (Some(5), Some(true))
     );
-    assert!(r["lag_p99_ms"].is_null(), "{r}");
+    assert!(r["lag_p99_ms"].as_f64().is_some(), "{r}");
     assert!(
         r["root_mutations_per_s"].as_f64().is_some_and(|m| m > 0.0),
         "{r}"

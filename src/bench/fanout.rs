@@ -64,9 +64,9 @@ pub struct FanoutReport {
     pub frames_per_s: f64,
     /// How long after the root reached a tick a mirror saw it, p99 over all arrivals. The root
     /// mutates in batches of 64 and the time of a tick is taken as its batch's start: this
-    /// over-estimates by at most one batch (tens of microseconds). `None` with a remote root
-    /// (its batches are timed by another process's clock).
-    pub lag_p99_ms: Option<f64>,
+    /// over-estimates by at most one batch (tens of microseconds). Times are the system clock
+    /// in microseconds, so a root in another process of the same machine is timed alike.
+    pub lag_p99_ms: f64,
     /// After the sustained run: the time until the last mirror had the final clock.
     pub settle_ms: f64,
     /// Process memory (RSS) growth per connected mirror, client and server side together
@@ -90,12 +90,21 @@ pub trait RemoteRoot: Send {
     fn sustain(&mut self, duration: Duration) -> BoxFuture<'_, Result<Sustained, BenchError>>;
 }
 
-/// What a remote root's sustained run did.
-#[derive(Debug, Clone, Copy)]
+/// What a sustained run of the root did.
+#[derive(Debug, Clone, Default)]
 pub struct Sustained {
     pub mutations: u64,
     /// The root's `Tick` at the end: the clock every mirror must reach.
     pub final_tick: u64,
+    /// Each batch of mutations: when it started ([`wall_us`]) and the tick before it.
+    pub batches: Vec<(u64, u64)>,
+}
+
+/// Microseconds of the system clock: comparable between processes of one machine.
+pub fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The machine every mirror follows and its server, in this process.
@@ -148,33 +157,27 @@ impl LocalRoot {
     }
 
     /// Mutates as fast as it can for `duration`, in batches of 64 with a yield between them so
-    /// that, on a one-thread runtime, pushes go out; `batch(tick before)` runs before each.
-    async fn sustain(
-        &self,
-        duration: Duration,
-        tick: usize,
-        mut batch: impl FnMut(u64),
-    ) -> Result<Sustained, BenchError> {
+    /// that, on a one-thread runtime, pushes go out. Each batch is logged before it runs.
+    async fn sustain(&self, duration: Duration, tick: usize) -> Result<Sustained, BenchError> {
         let started = Instant::now();
-        let mut mutations = 0u64;
+        let mut done = Sustained::default();
         while started.elapsed() < duration {
-            batch(self.machine.tick_at(tick));
+            done.batches.push((wall_us(), self.machine.tick_at(tick)));
             for _ in 0..64 {
-                self.flip(mutations)?;
-                mutations += 1;
+                self.flip(done.mutations)?;
+                done.mutations += 1;
             }
             tokio::task::yield_now().await;
         }
-        Ok(Sustained {
-            mutations,
-            final_tick: self.machine.tick_at(tick),
-        })
+        done.final_tick = self.machine.tick_at(tick);
+        Ok(done)
     }
 }
 
 /// The other side of a [`RemoteRoot`]: serves a root for `mirrors` mirrors over `transport`,
 /// writes `endpoint ENDPOINT` to `replies`, then follows `commands` line by line: `flip`, and
-/// `sustain MS` (answered `sustained MUTATIONS FINAL_TICK`), until they end.
+/// `sustain MS`, answered `sustained MUTATIONS FINAL_TICK BATCHES` and a line `WALL_US TICK`
+/// per batch (see [`Sustained`]), until they end.
 pub async fn serve_remote_root<R, W>(
     transport: Scheme,
     mirrors: usize,
@@ -202,10 +205,16 @@ where
                 flips += 1;
             }
             (Some("sustain"), Some(Ok(ms))) => {
-                let done = root
-                    .sustain(Duration::from_millis(ms), tick, |_| {})
-                    .await?;
-                let answer = format!("sustained {} {}\n", done.mutations, done.final_tick);
+                let done = root.sustain(Duration::from_millis(ms), tick).await?;
+                let mut answer = format!(
+                    "sustained {} {} {}\n",
+                    done.mutations,
+                    done.final_tick,
+                    done.batches.len()
+                );
+                for (at, before) in &done.batches {
+                    answer.push_str(&format!("{at} {before}\n"));
+                }
                 replies.write_all(answer.as_bytes()).await.map_err(io)?;
                 replies.flush().await.map_err(io)?;
             }
@@ -240,25 +249,61 @@ struct Arrivals {
     mirrors: usize,
 }
 
-/// The root's mutation batches of the sustained run: when each started (µs from `start`) and
-/// the tick before it, for lag lookups; entered before the batch runs.
-///
-/// A tick's time is its batch's start. (Stamping whole milliseconds with the tick reached by
-/// the end of the batch, as an earlier version did, charged a mirror with every millisecond
-/// the root's thread was descheduled before the batch: 60-160 ms of lag that no mirror had.)
-struct Timeline {
-    start: Instant,
-    batches: Mutex<Vec<(u64, u64)>>,
+/// Reads the answer to `sustain MS` that [`serve_remote_root`] writes.
+pub async fn read_sustained<R: AsyncBufRead + Unpin>(
+    replies: &mut tokio::io::Lines<R>,
+) -> Result<Sustained, BenchError> {
+    let bad = |what: &str| BenchError::Setup(format!("the root's process answered {what}"));
+    let mut next = async || match replies.next_line().await {
+        Ok(Some(line)) => Ok(line),
+        Ok(None) => Err(BenchError::Setup("the root's process ended".into())),
+        Err(e) => Err(BenchError::Setup(format!("the root's process: {e}"))),
+    };
+    let numbers = |line: &str| -> Vec<u64> {
+        line.split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    };
+    let head = next().await?;
+    let [mutations, final_tick, count] = numbers(head.strip_prefix("sustained ").unwrap_or(""))[..]
+    else {
+        return Err(bad(&format!(
+            "{head:?}, not `sustained MUTATIONS FINAL_TICK BATCHES`"
+        )));
+    };
+    let mut batches = Vec::with_capacity(count.min(1 << 20) as usize);
+    for _ in 0..count {
+        let line = next().await?;
+        let [at, before] = numbers(&line)[..] else {
+            return Err(bad(&format!("{line:?}, not `WALL_US TICK`")));
+        };
+        batches.push((at, before));
+    }
+    Ok(Sustained {
+        mutations,
+        final_tick,
+        batches,
+    })
 }
 
-impl Timeline {
-    /// When (µs from `start`) the batch that took the root to `tick` started; `None` for ticks
-    /// from before the run.
-    fn reached(&self, tick: u64) -> Option<u64> {
-        let batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
-        let after = batches.partition_point(|&(_, before)| before < tick);
-        after.checked_sub(1).map(|i| batches[i].0)
-    }
+/// The p99 of how long after the root's batch that reached a tick each arrival of it came
+/// (µs), from the batches (`(start, tick before)`, in order) and the arrivals (`(when,
+/// tick)`). A tick's time is its batch's start. (An earlier version stamped whole
+/// milliseconds with the tick reached by the end of a batch, charging mirrors with every
+/// millisecond the root's thread was descheduled before the batch.)
+fn lag_p99_us(batches: &[(u64, u64)], arrivals: &[(u64, u64)]) -> u64 {
+    let mut lags: Vec<u64> = arrivals
+        .iter()
+        .filter_map(|&(when, tick)| {
+            let after = batches.partition_point(|&(_, before)| before < tick);
+            let (start, _) = batches.get(after.checked_sub(1)?)?;
+            Some(when.saturating_sub(*start))
+        })
+        .collect();
+    lags.sort_unstable();
+    lags.get(((lags.len() as f64 - 1.0) * 0.99).round() as usize)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Runs the scenario with the root in this process.
@@ -305,13 +350,9 @@ pub async fn run_with(
         all: Notify::new(),
         mirrors: options.mirrors,
     });
-    let timeline = Arc::new(Timeline {
-        start: Instant::now(),
-        batches: Mutex::new(Vec::new()),
-    });
     let measuring_lag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Microseconds.
-    let lags = Arc::new(Mutex::new(Vec::<u64>::new()));
+    // (wall_us, tick) of every change a mirror saw while measuring.
+    let seen = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
     let rss_before = rss_kib();
     let mut mirrors = Vec::with_capacity(options.mirrors);
     let every = (options.mirrors as u64 / 10).max(1);
@@ -327,12 +368,7 @@ pub async fn run_with(
         let mirror = Mirror::connect(&endpoint, config)
             .await
             .map_err(|e| setup("connecting mirrors", &e))?;
-        let (a, t, on, l) = (
-            arrivals.clone(),
-            timeline.clone(),
-            measuring_lag.clone(),
-            lags.clone(),
-        );
+        let (a, on, l) = (arrivals.clone(), measuring_lag.clone(), seen.clone());
         mirror.observe(Arc::new(move |tr: &Transition<'_>| {
             let now = tr.after[tick];
             let before = tr.before[tick];
@@ -343,11 +379,11 @@ pub async fn run_with(
                     a.all.notify_one();
                 }
             }
-            if on.load(Ordering::Relaxed)
-                && let Some(at) = t.reached(now)
-            {
-                let lag = (t.start.elapsed().as_micros() as u64).saturating_sub(at);
-                l.lock().unwrap_or_else(PoisonError::into_inner).push(lag);
+            if on.load(Ordering::Relaxed) {
+                let at = wall_us();
+                l.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((at, now));
             }
         }));
         mirrors.push(mirror);
@@ -397,19 +433,9 @@ pub async fn run_with(
         .map(|m| m.stats().diffs.load(Ordering::Relaxed))
         .sum();
     let started = Instant::now();
+    measuring_lag.store(true, Ordering::Relaxed);
     let done = match &mut root {
-        Root::Local(local) => {
-            measuring_lag.store(true, Ordering::Relaxed);
-            let batch = |before: u64| {
-                let at = timeline.start.elapsed().as_micros() as u64;
-                timeline
-                    .batches
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push((at, before));
-            };
-            local.sustain(options.sustained, tick, batch).await?
-        }
+        Root::Local(local) => local.sustain(options.sustained, tick).await?,
         Root::Remote(remote) => remote.sustain(options.sustained).await?,
     };
     let elapsed = started.elapsed();
@@ -430,17 +456,8 @@ pub async fn run_with(
         .map(|m| m.stats().diffs.load(Ordering::Relaxed))
         .sum::<u64>()
         - frames_before;
-    let mut lag = std::mem::take(&mut *lags.lock().unwrap_or_else(PoisonError::into_inner));
-    lag.sort_unstable();
-    let lag_p99_ms = match root {
-        Root::Local(_) => Some(
-            lag.get(((lag.len() as f64 - 1.0) * 0.99).round() as usize)
-                .copied()
-                .unwrap_or(0) as f64
-                / 1e3,
-        ),
-        Root::Remote(_) => None,
-    };
+    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(PoisonError::into_inner));
+    let lag_p99_ms = lag_p99_us(&done.batches, &seen) as f64 / 1e3;
 
     for mirror in &mirrors {
         mirror.close().await;
