@@ -898,7 +898,7 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>10}",
+        "{:<9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>10} {:>10}",
         "transport",
         "mirrors",
         "conv p50ms",
@@ -909,12 +909,13 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
         "floor f/s",
         "lag p99",
         "settle ms",
-        "KiB/mirror"
+        "KiB/mirror",
+        "srv KiB/m"
     )?;
     for r in &reports {
         writeln!(
             out,
-            "{:<9} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>10.1}",
+            "{:<9} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>10.1} {:>10.1}",
             r.transport,
             r.mirrors,
             r.convergence.p50_us / 1e3,
@@ -927,7 +928,8 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
             r.frames_per_s_floor.unwrap_or(f64::NAN),
             r.lag_p99_ms,
             r.settle_ms,
-            r.rss_kib_per_mirror
+            r.rss_kib_per_mirror,
+            r.server_kib_per_mirror.unwrap_or(f64::NAN)
         )?;
     }
     json_line(&mut out, args.json, &reports)?;
@@ -1011,6 +1013,18 @@ impl asyncmachine::bench::fanout::RemoteRoot for ChildRoot {
             self.send(&format!("sustain {}\n", duration.as_millis()))
                 .await?;
             asyncmachine::bench::fanout::read_sustained(&mut self.replies).await
+        })
+    }
+
+    fn rss_kib(
+        &mut self,
+    ) -> asyncmachine::bench::fanout::BoxFuture<
+        '_,
+        Result<Option<u64>, asyncmachine::bench::BenchError>,
+    > {
+        Box::pin(async move {
+            self.send("rss\n").await?;
+            asyncmachine::bench::fanout::read_rss(&mut self.replies).await
         })
     }
 }

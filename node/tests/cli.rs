@@ -213,6 +213,7 @@ fn bench_fanout_and_bytes_report_their_figures() {
         (Some(5), Some(true))
     );
     assert!(r["lag_p99_ms"].as_f64().is_some(), "{r}");
+    assert!(r["server_kib_per_mirror"].as_f64().is_some(), "{r}");
     assert!(
         r["root_mutations_per_s"].as_f64().is_some_and(|m| m > 0.0),
         "{r}"

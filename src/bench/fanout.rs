@@ -74,6 +74,9 @@ pub struct FanoutReport {
     pub rss_kib_per_mirror: f64,
     /// Whether the root and its server ran in another process.
     pub remote_root: bool,
+    /// With a remote root: its process's memory (RSS) growth per connected, idle mirror, i.e.
+    /// what the server spends on a client.
+    pub server_kib_per_mirror: Option<f64>,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -88,6 +91,8 @@ pub trait RemoteRoot: Send {
     fn flip(&mut self) -> BoxFuture<'_, Result<(), BenchError>>;
     /// Has the root mutate as fast as it can for `duration`.
     fn sustain(&mut self, duration: Duration) -> BoxFuture<'_, Result<Sustained, BenchError>>;
+    /// The resident memory of the root's process, KiB, when it can tell.
+    fn rss_kib(&mut self) -> BoxFuture<'_, Result<Option<u64>, BenchError>>;
 }
 
 /// What a sustained run of the root did.
@@ -175,9 +180,9 @@ impl LocalRoot {
 }
 
 /// The other side of a [`RemoteRoot`]: serves a root for `mirrors` mirrors over `transport`,
-/// writes `endpoint ENDPOINT` to `replies`, then follows `commands` line by line: `flip`, and
-/// `sustain MS`, answered `sustained MUTATIONS FINAL_TICK BATCHES` and a line `WALL_US TICK`
-/// per batch (see [`Sustained`]), until they end.
+/// writes `endpoint ENDPOINT` to `replies`, then follows `commands` line by line until they
+/// end: `flip`; `rss`, answered `rss KIB` (or `rss -`); and `sustain MS`, answered `sustained
+/// MUTATIONS FINAL_TICK BATCHES` and a line `WALL_US TICK` per batch (see [`Sustained`]).
 pub async fn serve_remote_root<R, W>(
     transport: Scheme,
     mirrors: usize,
@@ -204,6 +209,11 @@ where
                 root.flip(flips)?;
                 flips += 1;
             }
+            (Some("rss"), None) => {
+                let answer = rss_kib().map_or("rss -\n".into(), |kib| format!("rss {kib}\n"));
+                replies.write_all(answer.as_bytes()).await.map_err(io)?;
+                replies.flush().await.map_err(io)?;
+            }
             (Some("sustain"), Some(Ok(ms))) => {
                 let done = root.sustain(Duration::from_millis(ms), tick).await?;
                 let mut answer = format!(
@@ -220,7 +230,7 @@ where
             }
             _ => {
                 return Err(BenchError::Setup(format!(
-                    "unknown command {line:?} from the bench (expected flip or sustain MS)"
+                    "unknown command {line:?} from the bench (expected flip, rss or sustain MS)"
                 )));
             }
         }
@@ -247,6 +257,28 @@ struct Arrivals {
     last: Mutex<Option<Instant>>,
     all: Notify,
     mirrors: usize,
+}
+
+/// Reads the answer to `rss` that [`serve_remote_root`] writes.
+pub async fn read_rss<R: AsyncBufRead + Unpin>(
+    replies: &mut tokio::io::Lines<R>,
+) -> Result<Option<u64>, BenchError> {
+    let line = match replies.next_line().await {
+        Ok(Some(line)) => line,
+        Ok(None) => return Err(BenchError::Setup("the root's process ended".into())),
+        Err(e) => return Err(BenchError::Setup(format!("the root's process: {e}"))),
+    };
+    match line.strip_prefix("rss ") {
+        Some("-") => Ok(None),
+        Some(kib) => kib.parse().map(Some).map_err(|_| {
+            BenchError::Setup(format!(
+                "the root's process answered {line:?}, not `rss KIB`"
+            ))
+        }),
+        None => Err(BenchError::Setup(format!(
+            "the root's process answered {line:?}, not `rss KIB`"
+        ))),
+    }
 }
 
 /// Reads the answer to `sustain MS` that [`serve_remote_root`] writes.
@@ -354,6 +386,10 @@ pub async fn run_with(
     // (wall_us, tick) of every change a mirror saw while measuring.
     let seen = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
     let rss_before = rss_kib();
+    let server_before = match &mut root {
+        Root::Remote(remote) => remote.rss_kib().await?,
+        Root::Local(_) => None,
+    };
     let mut mirrors = Vec::with_capacity(options.mirrors);
     let every = (options.mirrors as u64 / 10).max(1);
     for i in 0..options.mirrors {
@@ -391,9 +427,19 @@ pub async fn run_with(
             progress(i as u64 + 1, options.mirrors as u64);
         }
     }
+    let per_mirror = |before: u64, after: u64| {
+        after.saturating_sub(before) as f64 / options.mirrors.max(1) as f64
+    };
     let rss_kib_per_mirror = match (rss_before, rss_kib()) {
-        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / options.mirrors.max(1) as f64,
+        (Some(a), Some(b)) => per_mirror(a, b),
         _ => f64::NAN,
+    };
+    let server_kib_per_mirror = match (&mut root, server_before) {
+        (Root::Remote(remote), Some(before)) => remote
+            .rss_kib()
+            .await?
+            .map(|after| per_mirror(before, after)),
+        _ => None,
     };
 
     // Convergence: one flip at a time, until the last mirror has it. Every mirror holds the
@@ -502,6 +548,7 @@ pub async fn run_with(
         settle_ms: settle.as_secs_f64() * 1e3,
         rss_kib_per_mirror,
         remote_root,
+        server_kib_per_mirror,
     })
 }
 

@@ -371,18 +371,14 @@ async fn read_loop(
             }
         ))
     };
-    let mut silence = wire::IdleDeadline::new(idle);
+    // A timeout around each read: a client sends rarely, and a long-lived timer would cost
+    // every idle connection its memory.
     loop {
-        let read = tokio::select! {
-            biased;
-            read = read_message(rd, reader, inner) => read,
-            () = silence.expired() => return End::Idle(idle),
+        let message = match timeout(idle, read_message(rd, reader, inner)).await {
+            Err(_) => return End::Idle(idle),
+            Ok(Err(end)) => return end,
+            Ok(Ok(message)) => message,
         };
-        let message = match read {
-            Err(end) => return end,
-            Ok(message) => message,
-        };
-        silence.touch();
         let to_writer = match message {
             Message::Mutate(request) => {
                 inner.stats.mutations.fetch_add(1, Ordering::Relaxed);
