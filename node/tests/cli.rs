@@ -186,6 +186,25 @@ fn bench_fanout_and_bytes_report_their_figures() {
                 .is_some_and(|us| us > 0.0)
         );
     }
+    // Over a TLS transport both ends must share one set of certificates.
+    let out = am_node(&[
+        "bench",
+        "fanout",
+        "--transport",
+        "tls",
+        "--mirrors",
+        "3",
+        "--flips",
+        "5",
+        "--sustained-ms",
+        "50",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The root in a child process: the same figures.
     let out = am_node(&[
         "bench",

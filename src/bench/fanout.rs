@@ -23,7 +23,7 @@ use super::{BenchError, Percentiles};
 use crate::machine::{Args, Machine, StateSource, Transition};
 use crate::mirror::{Mirror, MirrorConfig};
 use crate::server::{Server, ServerConfig};
-use crate::transport::{Endpoint, Scheme};
+use crate::transport::{Endpoint, Scheme, TransportConfig};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -120,7 +120,12 @@ struct LocalRoot {
 }
 
 impl LocalRoot {
-    async fn start(transport: Scheme, mirrors: usize) -> Result<(LocalRoot, usize), BenchError> {
+    /// Serves the root over `scheme` with `transport`'s material (the mirrors must trust it).
+    async fn start(
+        scheme: Scheme,
+        transport: TransportConfig,
+        mirrors: usize,
+    ) -> Result<(LocalRoot, usize), BenchError> {
         let setup =
             |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
         let (schema, tick) = super::tick_schema()?;
@@ -129,7 +134,7 @@ impl LocalRoot {
             .add(&["Tick"], Args::new())
             .map_err(|e| setup("first tick", &e))?;
         let server = Server::new(ServerConfig {
-            transport: super::transport_for(transport)?,
+            transport,
             max_clients: mirrors + 16,
             ..ServerConfig::default()
         });
@@ -137,7 +142,7 @@ impl LocalRoot {
             .add_source("fan", Arc::new(machine.clone()))
             .map_err(|e| setup("serving", &e))?;
         let endpoint = server
-            .listen(&Endpoint::new(transport, "127.0.0.1:0"))
+            .listen(&Endpoint::new(scheme, "127.0.0.1:0"))
             .await
             .map_err(|e| setup("binding", &e))?
             .with_machine("fan");
@@ -194,7 +199,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let io = |e: std::io::Error| BenchError::Setup(format!("talking to the bench: {e}"));
-    let (root, tick) = LocalRoot::start(transport, mirrors).await?;
+    let (root, tick) =
+        LocalRoot::start(transport, super::transport_for(transport)?, mirrors).await?;
     replies
         .write_all(format!("endpoint {}\n", root.endpoint).as_bytes())
         .await
@@ -361,19 +367,20 @@ pub async fn run_with(
 ) -> Result<FanoutReport, BenchError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
     let (schema, tick) = super::tick_schema()?;
+    // One set of TLS material for both ends.
+    let transport = super::transport_for(options.transport)?;
     let mut root = match remote {
         Some(remote) => Root::Remote(remote),
-        None => Root::Local(
-            LocalRoot::start(options.transport, options.mirrors)
-                .await?
-                .0,
-        ),
+        None => {
+            let local =
+                LocalRoot::start(options.transport, transport.clone(), options.mirrors).await?;
+            Root::Local(local.0)
+        }
     };
     let endpoint = match &root {
         Root::Local(local) => local.endpoint.clone(),
         Root::Remote(remote) => remote.endpoint(),
     };
-    let transport = super::transport_for(options.transport)?;
 
     let arrivals = Arc::new(Arrivals {
         target: AtomicU64::new(u64::MAX),
