@@ -9,6 +9,18 @@ fn am_node(args: &[&str]) -> std::process::Output {
         .expect("am-node runs")
 }
 
+/// Runs am-node, requires success, and parses the JSON on the last line of its output.
+fn json_report(args: &[&str]) -> serde_json::Value {
+    let out = am_node(args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON")
+}
+
 #[test]
 fn version_and_help() {
     let out = am_node(&["--version"]);
@@ -58,7 +70,7 @@ fn an_unavailable_transport_is_a_clear_error() {
 
 #[test]
 fn bench_chain_reports_every_depth_and_the_round_trip() {
-    let out = am_node(&[
+    let report = json_report(&[
         "bench",
         "chain",
         "--hops",
@@ -69,14 +81,6 @@ fn bench_chain_reports_every_depth_and_the_round_trip() {
         "10",
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
     let depths = report["propagation"].as_array().expect("depths");
     assert_eq!(depths.len(), 2);
     for (i, d) in depths.iter().enumerate() {
@@ -93,7 +97,7 @@ fn bench_chain_reports_every_depth_and_the_round_trip() {
 
 #[test]
 fn bench_relay_and_sgp_through_the_relay_run() {
-    let out = am_node(&[
+    let report = json_report(&[
         "bench",
         "relay",
         "--round-trips",
@@ -102,14 +106,6 @@ fn bench_relay_and_sgp_through_the_relay_run() {
         "4",
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
     for key in [
         "added_us",
         "relay_cpu_us",
@@ -118,7 +114,7 @@ fn bench_relay_and_sgp_through_the_relay_run() {
     ] {
         assert!(report[key].as_f64().is_some(), "{key} in {report}");
     }
-    let out = am_node(&[
+    let report = json_report(&[
         "bench",
         "sgp",
         "--via-relay",
@@ -128,14 +124,6 @@ fn bench_relay_and_sgp_through_the_relay_run() {
         "10",
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
     assert_eq!(
         (report["transport"].as_str(), report["errors"].as_u64()),
         (Some("ws-relay-tcp"), Some(0))
@@ -144,7 +132,7 @@ fn bench_relay_and_sgp_through_the_relay_run() {
 
 #[test]
 fn bench_fanout_and_bytes_report_their_figures() {
-    let out = am_node(&[
+    let reports = json_report(&[
         "bench",
         "fanout",
         "--mirrors",
@@ -155,14 +143,6 @@ fn bench_fanout_and_bytes_report_their_figures() {
         "200",
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reports: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
     let reports = reports.as_array().expect("one report per mirror count");
     assert_eq!(reports.len(), 2);
     for (r, n) in reports.iter().zip([5, 20]) {
@@ -206,7 +186,7 @@ fn bench_fanout_and_bytes_report_their_figures() {
     );
 
     // The root in a child process: the same figures.
-    let out = am_node(&[
+    let reports = json_report(&[
         "bench",
         "fanout",
         "--mirrors",
@@ -218,14 +198,6 @@ fn bench_fanout_and_bytes_report_their_figures() {
         "--split",
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reports: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
     let r = &reports[0];
     assert_eq!(
         (r["mirrors"].as_u64(), r["remote_root"].as_bool()),
@@ -255,7 +227,7 @@ fn bench_fanout_and_bytes_report_their_figures() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--split runs with tcp or ws only"));
 
-    let out = am_node(&[
+    let reports = json_report(&[
         "bench",
         "bytes",
         "--states",
@@ -264,10 +236,6 @@ fn bench_fanout_and_bytes_report_their_figures() {
         "50",
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
-    let reports: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
     let (plain, packed) = (&reports[0], &reports[1]);
     assert_eq!(
         (
