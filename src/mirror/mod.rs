@@ -760,10 +760,15 @@ async fn establish(
             Err(e) => Err(e),
         };
         let ignored = AtomicU64::new(0);
-        match (
-            wire::read_message(&mut rd, &mut reader, &ignored).await,
-            wrote,
-        ) {
+        let read = wire::read_message(&mut rd, &mut reader, &ignored).await;
+        // Another protocol's answer may be shorter than the frame its first bytes announce,
+        // ending in a close rather than a bad frame: name it whichever way the read ended.
+        if read.is_err()
+            && let Some(hint) = crate::proto::foreign_protocol(reader.opening())
+        {
+            return Err(handshake_failed(format!("not an aRPC server: {hint}")));
+        }
+        match (read, wrote) {
             (Ok(message), _) => Ok(message),
             (Err(_), Err(e)) => Err(handshake_failed(format!("sending the hello failed: {e}"))),
             (Err(ReadError::Closed), Ok(())) => {
@@ -796,9 +801,9 @@ async fn establish(
             });
         }
         other => {
-            return Err(handshake_failed(format!(
-                "expected Welcome, got {}",
-                other.name()
+            return Err(handshake_failed(crate::proto::with_foreign_hint(
+                format!("expected Welcome, got {}", other.name()),
+                reader.opening(),
             )));
         }
     };

@@ -27,9 +27,6 @@ pub enum ProtoError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// The first bytes of the connection are another protocol's; says which and what to do.
-    #[error("{0}")]
-    Foreign(&'static str),
 }
 
 /// Appends one message as one frame.
@@ -45,7 +42,10 @@ pub struct FrameReader {
     buf: Vec<u8>,
     /// Start of the unread part of `buf`.
     start: usize,
-    /// Whether a whole frame was read: until then, other protocols' openings are looked for.
+    /// The stream's first bytes (up to 4), kept to name another protocol a peer spoke.
+    opening: [u8; 4],
+    opening_len: usize,
+    /// Whether a whole frame was read (the opening is complete then).
     framed: bool,
 }
 
@@ -56,6 +56,8 @@ impl FrameReader {
             // Allocated on the first read, sized by it.
             buf: Vec::new(),
             start: 0,
+            opening: [0; 4],
+            opening_len: 0,
             framed: false,
         }
     }
@@ -85,13 +87,10 @@ impl FrameReader {
 
     /// The next whole message, `Ok(None)` when more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Message>, ProtoError> {
-        // No aRPC connection opens with these bytes (as a frame they would be a compressed
-        // frame before any handshake, or a first message other than Hello/Welcome/Refused),
-        // and naming the protocol beats waiting for a frame that may never complete.
-        if !self.framed
-            && let Some(hint) = foreign_protocol(&self.buf[self.start..])
-        {
-            return Err(ProtoError::Foreign(hint));
+        if !self.framed {
+            // Nothing was taken yet, so the buffer starts with the stream's first bytes.
+            self.opening_len = self.buf.len().min(self.opening.len());
+            self.opening[..self.opening_len].copy_from_slice(&self.buf[..self.opening_len]);
         }
         let Some(frame) = self.config.decode(&self.buf[self.start..])? else {
             return Ok(None);
@@ -100,6 +99,12 @@ impl FrameReader {
         let message = message::decode(&frame.body)?;
         self.start += frame.len;
         Ok(Some(message))
+    }
+
+    /// The first bytes the peer sent (up to 4): pass them to [`foreign_protocol`] when its
+    /// first message is not what was expected.
+    pub fn opening(&self) -> &[u8] {
+        &self.opening[..self.opening_len]
     }
 
     /// Bytes received but not yet taken as messages.
@@ -132,6 +137,15 @@ pub fn foreign_protocol(first: &[u8]) -> Option<&'static str> {
             Some("the peer answered with HTTP: it is a web server, not an aRPC one")
         }
         _ => None,
+    }
+}
+
+/// `message`, plus what to do when the peer's first bytes (`opening`, see
+/// [`FrameReader::opening`]) are another protocol's.
+pub fn with_foreign_hint(message: String, opening: &[u8]) -> String {
+    match foreign_protocol(opening) {
+        Some(hint) => format!("{message}; {hint}"),
+        None => message,
     }
 }
 

@@ -371,3 +371,38 @@ fn documented_examples_are_what_the_encoder_writes() {
     assert_eq!(frame_hex(&reply), "16 05 01 00 01 01 01 01 86 fc cf ff");
     assert_eq!(schema.hash(), 0x9aba_82a6_12cb_1f31);
 }
+
+/// A first frame may look like another protocol's opening (a Diff with an 11-byte body starts
+/// `16 03`, as a TLS record does): it still decodes; the opening is kept for hints only.
+#[test]
+fn a_first_frame_that_looks_like_tls_is_still_a_frame() {
+    let diff = Message::Diff(ClockDiff {
+        changes: vec![(1, 1), (2, 1)],
+        queue_delta: 1,
+        checksum: 7,
+    });
+    let mut wire = Vec::new();
+    encode_frame(&FrameConfig::default(), &diff, &mut wire);
+    assert_eq!(&wire[..2], [0x16, 0x03]);
+    let mut reader = FrameReader::new(FrameConfig::default());
+    reader.push(&wire);
+    assert_eq!(reader.next_message(), Ok(Some(diff)));
+    assert_eq!(reader.opening(), &wire[..4]);
+}
+
+#[test]
+fn other_protocols_are_named_from_the_opening() {
+    for (opening, named) in [
+        (&b"\x16\x03\x01\x02\x00"[..], "TLS handshake"),
+        (b"\x15\x03\x03\x00\x02", "TLS alert"),
+        (b"GET / HTTP/1.1\r\n", "HTTP request"),
+        (b"HTTP/1.1 400 Bad Request\r\n", "answered with HTTP"),
+    ] {
+        let mut reader = FrameReader::new(FrameConfig::default());
+        reader.push(opening);
+        let _ = reader.next_message();
+        let message = with_foreign_hint("bad".into(), reader.opening());
+        assert!(message.contains(named), "{message}");
+    }
+    assert_eq!(with_foreign_hint("bad".into(), &[0x1a, 0x00]), "bad");
+}

@@ -147,12 +147,16 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
             return;
         }
         Ok(Ok(other)) => {
-            let reason = format!("expected Hello as the first message, got {}", other.name());
+            let reason = crate::proto::with_foreign_hint(
+                format!("expected Hello as the first message, got {}", other.name()),
+                reader.opening(),
+            );
             refuse(inner, &mut wr, RefusalKind::BadHello, reason).await;
             return;
         }
         Ok(Err(End::Protocol(message))) => {
             inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            let message = crate::proto::with_foreign_hint(message, reader.opening());
             warn!(%message, "bad handshake bytes; closing");
             let reason = format!("not an aRPC hello: {message}");
             refuse(inner, &mut wr, RefusalKind::BadHello, reason).await;
