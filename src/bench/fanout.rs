@@ -265,25 +265,35 @@ struct Arrivals {
     mirrors: usize,
 }
 
+/// The next line the root's process wrote.
+async fn reply_line<R: AsyncBufRead + Unpin>(
+    replies: &mut tokio::io::Lines<R>,
+) -> Result<String, BenchError> {
+    match replies.next_line().await {
+        Ok(Some(line)) => Ok(line),
+        Ok(None) => Err(BenchError::Setup("the root's process ended".into())),
+        Err(e) => Err(BenchError::Setup(format!("the root's process: {e}"))),
+    }
+}
+
+fn bad_reply(line: &str, expected: &str) -> BenchError {
+    BenchError::Setup(format!(
+        "the root's process answered {line:?}, not `{expected}`"
+    ))
+}
+
 /// Reads the answer to `rss` that [`serve_remote_root`] writes.
 pub async fn read_rss<R: AsyncBufRead + Unpin>(
     replies: &mut tokio::io::Lines<R>,
 ) -> Result<Option<u64>, BenchError> {
-    let line = match replies.next_line().await {
-        Ok(Some(line)) => line,
-        Ok(None) => return Err(BenchError::Setup("the root's process ended".into())),
-        Err(e) => return Err(BenchError::Setup(format!("the root's process: {e}"))),
-    };
+    let line = reply_line(replies).await?;
     match line.strip_prefix("rss ") {
         Some("-") => Ok(None),
-        Some(kib) => kib.parse().map(Some).map_err(|_| {
-            BenchError::Setup(format!(
-                "the root's process answered {line:?}, not `rss KIB`"
-            ))
-        }),
-        None => Err(BenchError::Setup(format!(
-            "the root's process answered {line:?}, not `rss KIB`"
-        ))),
+        Some(kib) => kib
+            .parse()
+            .map(Some)
+            .map_err(|_| bad_reply(&line, "rss KIB")),
+        None => Err(bad_reply(&line, "rss KIB")),
     }
 }
 
@@ -291,29 +301,21 @@ pub async fn read_rss<R: AsyncBufRead + Unpin>(
 pub async fn read_sustained<R: AsyncBufRead + Unpin>(
     replies: &mut tokio::io::Lines<R>,
 ) -> Result<Sustained, BenchError> {
-    let bad = |what: &str| BenchError::Setup(format!("the root's process answered {what}"));
-    let mut next = async || match replies.next_line().await {
-        Ok(Some(line)) => Ok(line),
-        Ok(None) => Err(BenchError::Setup("the root's process ended".into())),
-        Err(e) => Err(BenchError::Setup(format!("the root's process: {e}"))),
-    };
     let numbers = |line: &str| -> Vec<u64> {
         line.split_whitespace()
             .filter_map(|w| w.parse().ok())
             .collect()
     };
-    let head = next().await?;
+    let head = reply_line(replies).await?;
     let [mutations, final_tick, count] = numbers(head.strip_prefix("sustained ").unwrap_or(""))[..]
     else {
-        return Err(bad(&format!(
-            "{head:?}, not `sustained MUTATIONS FINAL_TICK BATCHES`"
-        )));
+        return Err(bad_reply(&head, "sustained MUTATIONS FINAL_TICK BATCHES"));
     };
     let mut batches = Vec::with_capacity(count.min(1 << 20) as usize);
     for _ in 0..count {
-        let line = next().await?;
+        let line = reply_line(replies).await?;
         let [at, before] = numbers(&line)[..] else {
-            return Err(bad(&format!("{line:?}, not `WALL_US TICK`")));
+            return Err(bad_reply(&line, "WALL_US TICK"));
         };
         batches.push((at, before));
     }
@@ -652,4 +654,22 @@ async fn raw_floor(n: usize, flips: u64, sustained: Duration) -> std::io::Result
         convergence: Percentiles::of(&mut samples),
         frames_per_s: frames as f64 / elapsed.as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_taken_from_the_batch_that_reached_the_tick() {
+        // Batches started at 100 µs (tick 0 before it) and 200 µs (tick 128 before it).
+        let batches = [(100, 0), (200, 128)];
+        // Tick 64 came from the first batch, 129 and 256 from the second; tick 0 predates the run.
+        assert_eq!(lag_p99_us(&batches, &[(150, 64)]), 50);
+        assert_eq!(lag_p99_us(&batches, &[(1200, 129)]), 1000);
+        assert_eq!(lag_p99_us(&batches, &[(300, 256)]), 100);
+        assert_eq!(lag_p99_us(&batches, &[(300, 0)]), 0, "not counted");
+        let many: Vec<(u64, u64)> = (0..100).map(|i| (100 + i, 64)).collect();
+        assert_eq!(lag_p99_us(&batches, &many), 98);
+    }
 }
