@@ -117,6 +117,8 @@ struct LocalRoot {
     machine: Machine,
     server: Server,
     endpoint: Endpoint,
+    /// The position of `Tick`.
+    tick: usize,
 }
 
 impl LocalRoot {
@@ -125,7 +127,7 @@ impl LocalRoot {
         scheme: Scheme,
         transport: TransportConfig,
         mirrors: usize,
-    ) -> Result<(LocalRoot, usize), BenchError> {
+    ) -> Result<LocalRoot, BenchError> {
         let setup =
             |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
         let (schema, tick) = super::tick_schema()?;
@@ -146,14 +148,12 @@ impl LocalRoot {
             .await
             .map_err(|e| setup("binding", &e))?
             .with_machine("fan");
-        Ok((
-            LocalRoot {
-                machine,
-                server,
-                endpoint,
-            },
+        Ok(LocalRoot {
+            machine,
+            server,
+            endpoint,
             tick,
-        ))
+        })
     }
 
     fn flip(&self, at: u64) -> Result<(), BenchError> {
@@ -168,18 +168,19 @@ impl LocalRoot {
 
     /// Mutates as fast as it can for `duration`, in batches of 64 with a yield between them so
     /// that, on a one-thread runtime, pushes go out. Each batch is logged before it runs.
-    async fn sustain(&self, duration: Duration, tick: usize) -> Result<Sustained, BenchError> {
+    async fn sustain(&self, duration: Duration) -> Result<Sustained, BenchError> {
         let started = Instant::now();
         let mut done = Sustained::default();
         while started.elapsed() < duration {
-            done.batches.push((wall_us(), self.machine.tick_at(tick)));
+            done.batches
+                .push((wall_us(), self.machine.tick_at(self.tick)));
             for _ in 0..64 {
                 self.flip(done.mutations)?;
                 done.mutations += 1;
             }
             tokio::task::yield_now().await;
         }
-        done.final_tick = self.machine.tick_at(tick);
+        done.final_tick = self.machine.tick_at(self.tick);
         Ok(done)
     }
 }
@@ -199,8 +200,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let io = |e: std::io::Error| BenchError::Setup(format!("talking to the bench: {e}"));
-    let (root, tick) =
-        LocalRoot::start(transport, super::transport_for(transport)?, mirrors).await?;
+    let root = LocalRoot::start(transport, super::transport_for(transport)?, mirrors).await?;
     replies
         .write_all(format!("endpoint {}\n", root.endpoint).as_bytes())
         .await
@@ -221,7 +221,7 @@ where
                 replies.flush().await.map_err(io)?;
             }
             (Some("sustain"), Some(Ok(ms))) => {
-                let done = root.sustain(Duration::from_millis(ms), tick).await?;
+                let done = root.sustain(Duration::from_millis(ms)).await?;
                 let mut answer = format!(
                     "sustained {} {} {}\n",
                     done.mutations,
@@ -373,11 +373,9 @@ pub async fn run_with(
     let transport = super::transport_for(options.transport)?;
     let mut root = match remote {
         Some(remote) => Root::Remote(remote),
-        None => {
-            let local =
-                LocalRoot::start(options.transport, transport.clone(), options.mirrors).await?;
-            Root::Local(local.0)
-        }
+        None => Root::Local(
+            LocalRoot::start(options.transport, transport.clone(), options.mirrors).await?,
+        ),
     };
     let endpoint = match &root {
         Root::Local(local) => local.endpoint.clone(),
@@ -490,7 +488,7 @@ pub async fn run_with(
     let started = Instant::now();
     measuring_lag.store(true, Ordering::Relaxed);
     let done = match &mut root {
-        Root::Local(local) => local.sustain(options.sustained, tick).await?,
+        Root::Local(local) => local.sustain(options.sustained).await?,
         Root::Remote(remote) => remote.sustain(options.sustained).await?,
     };
     let elapsed = started.elapsed();
