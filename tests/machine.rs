@@ -348,13 +348,17 @@ fn the_queue_is_bounded() {
     assert_eq!(m.tick("M"), 3, "the two queued ones ran");
 }
 
-#[test]
-fn a_mutation_from_another_thread_during_a_transition_is_queued_and_run() {
-    let m = abc();
+/// Makes `state`'s handler wait, once entered, until the returned sender sends (or 10 s
+/// pass): a transition held open so a test can act while it runs. The receiver tells when
+/// the handler was entered.
+fn hold_in(
+    m: &Machine,
+    state: &str,
+) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
     let (entered_tx, entered_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let release_rx = Mutex::new(release_rx);
-    m.on_state("A", move |_| {
+    m.on_state(state, move |_| {
         entered_tx.send(()).expect("test alive");
         release_rx
             .lock()
@@ -363,6 +367,13 @@ fn a_mutation_from_another_thread_during_a_transition_is_queued_and_run() {
             .expect("released");
     })
     .expect("known state");
+    (entered_rx, release_tx)
+}
+
+#[test]
+fn a_mutation_from_another_thread_during_a_transition_is_queued_and_run() {
+    let m = abc();
+    let (entered_rx, release_tx) = hold_in(&m, "A");
     let m2 = m.clone();
     let worker = std::thread::spawn(move || m2.add(&["A"], Args::new()));
     entered_rx
@@ -702,18 +713,7 @@ fn an_async_mutation_queued_behind_a_transition_resolves_with_its_real_outcome()
         StateDef::new("Lock").remove(["C"]),
         StateDef::new("C"),
     ]);
-    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let release_rx = Mutex::new(release_rx);
-    m.on_state("A", move |_| {
-        entered_tx.send(()).expect("test alive");
-        release_rx
-            .lock()
-            .expect("lock")
-            .recv_timeout(Duration::from_secs(10))
-            .expect("released");
-    })
-    .expect("known state");
+    let (entered_rx, release_tx) = hold_in(&m, "A");
     let m2 = m.clone();
     let busy = std::thread::spawn(move || m2.add(&["A", "Lock"], Args::new()));
     entered_rx

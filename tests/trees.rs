@@ -43,6 +43,20 @@ fn tree_toml(prefix: &str, root: &str, edges: &[(&str, &str)]) -> String {
     text
 }
 
+/// A root, a mid mirroring it and a leaf mirroring the mid, each its own node.
+fn root_mid_leaf(label: &str) -> topology::Topology {
+    let toml = tree_toml(&unique(label), "root", &[("mid", "root"), ("leaf", "mid")]);
+    topology::parse(Path::new("inline.toml"), &toml).expect("valid")
+}
+
+/// Starts one node of `plan`.
+async fn start_one(plan: &topology::Topology, name: &str) -> asyncmachine::node::RunningNode {
+    let node = plan.node(name).expect("planned");
+    within(name, asyncmachine::node::start_node(node))
+        .await
+        .expect("starts")
+}
+
 async fn start(text: &str) -> RunningTopology {
     let plan = topology::parse(Path::new("inline.toml"), text).expect("valid topology");
     within("start", start_topology(&plan, &[]))
@@ -287,23 +301,10 @@ fn every_shipped_topology_parses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_root_restarts_fresh_every_level_follows_its_clock_back() {
-    use asyncmachine::node::start_node;
-    let prefix = unique("restart");
-    let plan = topology::parse(
-        Path::new("inline.toml"),
-        &tree_toml(&prefix, "root", &[("mid", "root"), ("leaf", "mid")]),
-    )
-    .expect("valid");
-    let node_plan = |name: &str| plan.node(name).expect("planned").clone();
-    let root = within("root", start_node(&node_plan("root")))
-        .await
-        .expect("starts");
-    let mid = within("mid", start_node(&node_plan("mid")))
-        .await
-        .expect("starts");
-    let leaf = within("leaf", start_node(&node_plan("leaf")))
-        .await
-        .expect("starts");
+    let plan = root_mid_leaf("restart");
+    let root = start_one(&plan, "root").await;
+    let mid = start_one(&plan, "mid").await;
+    let leaf = start_one(&plan, "leaf").await;
     let machine = |node: &asyncmachine::node::RunningNode| node.machine("demo").expect("demo");
     for _ in 0..10 {
         within("tick", machine(&root).add(&["Tick", "Green"], Args::new()))
@@ -314,9 +315,7 @@ async fn when_the_root_restarts_fresh_every_level_follows_its_clock_back() {
     let before = machine(&leaf).clock();
 
     root.shutdown().await;
-    let root = within("root again", start_node(&node_plan("root")))
-        .await
-        .expect("restarts");
+    let root = start_one(&plan, "root").await;
     let fresh = machine(&root).clock();
     assert!(
         fresh.iter().zip(&before).any(|(now, then)| now < then),
@@ -417,21 +416,10 @@ async fn a_tree_over_every_transport_carries_mutations_up_and_diffs_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ancestry_reaches_mirrors_that_connected_before_their_upstream_did() {
-    use asyncmachine::node::start_node;
-    let prefix = unique("late-root");
-    let plan = topology::parse(
-        Path::new("inline.toml"),
-        &tree_toml(&prefix, "root", &[("mid", "root"), ("leaf", "mid")]),
-    )
-    .expect("valid");
-    let node_plan = |name: &str| plan.node(name).expect("planned").clone();
+    let plan = root_mid_leaf("late-root");
     // mid and leaf first: the leaf connects to a mid that has not reached the root yet.
-    let mid = within("mid", start_node(&node_plan("mid")))
-        .await
-        .expect("starts");
-    let leaf = within("leaf", start_node(&node_plan("leaf")))
-        .await
-        .expect("starts");
+    let mid = start_one(&plan, "mid").await;
+    let leaf = start_one(&plan, "leaf").await;
     let leaf_demo = leaf.machine("demo").expect("demo");
     within("leaf connected to mid", async {
         while leaf_demo.upstream().is_none_or(|u| u.state != "ready") {
@@ -440,9 +428,7 @@ async fn ancestry_reaches_mirrors_that_connected_before_their_upstream_did() {
     })
     .await;
     assert_eq!(leaf_demo.ancestry(), ["leaf", "mid"]);
-    let root = within("root", start_node(&node_plan("root")))
-        .await
-        .expect("starts");
+    let root = start_one(&plan, "root").await;
     within("the root's id reaches the leaf", async {
         while leaf_demo.ancestry() != ["leaf", "mid", "root"] {
             tokio::task::yield_now().await;

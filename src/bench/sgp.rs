@@ -130,13 +130,7 @@ pub async fn run(
 
     let mut consumer = Consumer::new();
     for at in 0..options.warmup {
-        consumer
-            .step(&mirror)
-            .await
-            .map_err(|e| BenchError::Scenario {
-                at,
-                reason: e.to_string(),
-            })?;
+        step(&mut consumer, &mirror, at).await?;
     }
     let (up0, down0) = (
         counts.up.load(Ordering::Relaxed),
@@ -148,13 +142,7 @@ pub async fn run(
     let started = Instant::now();
     for at in 0..options.loops {
         let t = Instant::now();
-        consumer
-            .step(&mirror)
-            .await
-            .map_err(|e| BenchError::Scenario {
-                at,
-                reason: e.to_string(),
-            })?;
+        step(&mut consumer, &mirror, at).await?;
         samples.push(t.elapsed());
         if (at + 1) % every == 0 {
             progress(at + 1, options.loops);
@@ -190,6 +178,17 @@ pub async fn run(
         errors,
         floor_us_per_loop: floor.as_secs_f64() * 1e6 / loops,
     })
+}
+
+/// One consumer loop; a failure names the loop it happened in.
+async fn step(consumer: &mut Consumer, mirror: &Mirror, at: u64) -> Result<(), BenchError> {
+    consumer
+        .step(mirror)
+        .await
+        .map_err(|e| BenchError::Scenario {
+            at,
+            reason: e.to_string(),
+        })
 }
 
 /// Time for `loops` request/reply exchanges of the given sizes over raw TCP through a
