@@ -851,7 +851,7 @@ fn raise_nofile(needed: u64) -> anyhow::Result<()> {
 }
 
 fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::bench::fanout::{FanoutOptions, RemoteRoot, run_with};
+    use asyncmachine::bench::fanout::{FanoutOptions, run_with};
     use asyncmachine::transport::Scheme;
     let transport = asyncmachine::bench::scheme(&args.transport)?;
     anyhow::ensure!(
@@ -885,8 +885,7 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
         };
         let report = rt.block_on(async {
             let remote = if args.split {
-                let child = ChildRoot::spawn(&args.transport, mirrors, args.threads).await?;
-                Some(Box::new(child) as Box<dyn RemoteRoot>)
+                Some(spawn_root(&args.transport, mirrors, args.threads).await?)
             } else {
                 None
             };
@@ -937,96 +936,29 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The root of `bench fanout --split`: this same program, `bench fanout-root`, as a child
-/// process, driven over its stdin and stdout.
-struct ChildRoot {
-    /// Killed when dropped (`kill_on_drop`), which ends the root's server with it.
-    _child: tokio::process::Child,
-    commands: tokio::process::ChildStdin,
-    replies: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    endpoint: asyncmachine::transport::Endpoint,
-}
-
-impl ChildRoot {
-    async fn spawn(transport: &str, mirrors: usize, threads: usize) -> anyhow::Result<ChildRoot> {
-        use tokio::io::AsyncBufReadExt;
-        let exe = std::env::current_exe().context("cannot find this program to run the root")?;
-        let mut child = tokio::process::Command::new(exe)
-            .args(["bench", "fanout-root", "--transport", transport])
-            .args(["--mirrors", &mirrors.to_string()])
-            .args(["--threads", &threads.to_string()])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start the root's process")?;
-        let (Some(commands), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            anyhow::bail!("the root's process has no stdin or stdout");
-        };
-        let mut replies = tokio::io::BufReader::new(stdout).lines();
-        let first = replies
-            .next_line()
-            .await
-            .context("reading the root's endpoint")?
-            .context("the root's process ended before it served (see its error above)")?;
-        let endpoint = first
-            .strip_prefix("endpoint ")
-            .with_context(|| format!("the root's process said {first:?}, not its endpoint"))?
-            .parse()
-            .context("the root's endpoint")?;
-        Ok(ChildRoot {
-            _child: child,
-            commands,
-            replies,
-            endpoint,
-        })
-    }
-
-    async fn send(&mut self, line: &str) -> Result<(), asyncmachine::bench::BenchError> {
-        use tokio::io::AsyncWriteExt;
-        self.commands
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|e| asyncmachine::bench::BenchError::Setup(format!("the root's process: {e}")))
-    }
-}
-
-impl asyncmachine::bench::fanout::RemoteRoot for ChildRoot {
-    fn endpoint(&self) -> asyncmachine::transport::Endpoint {
-        self.endpoint.clone()
-    }
-
-    fn flip(
-        &mut self,
-    ) -> asyncmachine::bench::fanout::BoxFuture<'_, Result<(), asyncmachine::bench::BenchError>>
-    {
-        Box::pin(self.send("flip\n"))
-    }
-
-    fn sustain(
-        &mut self,
-        duration: Duration,
-    ) -> asyncmachine::bench::fanout::BoxFuture<
-        '_,
-        Result<asyncmachine::bench::fanout::Sustained, asyncmachine::bench::BenchError>,
-    > {
-        Box::pin(async move {
-            self.send(&format!("sustain {}\n", duration.as_millis()))
-                .await?;
-            asyncmachine::bench::fanout::read_sustained(&mut self.replies).await
-        })
-    }
-
-    fn rss_kib(
-        &mut self,
-    ) -> asyncmachine::bench::fanout::BoxFuture<
-        '_,
-        Result<Option<u64>, asyncmachine::bench::BenchError>,
-    > {
-        Box::pin(async move {
-            self.send("rss\n").await?;
-            asyncmachine::bench::fanout::read_rss(&mut self.replies).await
-        })
-    }
+/// process driven over its stdin and stdout; killed when the root is dropped.
+async fn spawn_root(
+    transport: &str,
+    mirrors: usize,
+    threads: usize,
+) -> anyhow::Result<asyncmachine::bench::fanout::RemoteRoot> {
+    let exe = std::env::current_exe().context("cannot find this program to run the root")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["bench", "fanout-root", "--transport", transport])
+        .args(["--mirrors", &mirrors.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the root's process")?;
+    let (Some(commands), Some(replies)) = (child.stdin.take(), child.stdout.take()) else {
+        anyhow::bail!("the root's process has no stdin or stdout");
+    };
+    let replies = tokio::io::BufReader::new(replies);
+    asyncmachine::bench::fanout::RemoteRoot::start(commands, replies, child)
+        .await
+        .context("starting the root's process")
 }
 
 fn bench_fanout_root(args: &FanoutRootArgs) -> anyhow::Result<ExitCode> {

@@ -205,6 +205,9 @@ fn bench_fanout_and_bytes_report_their_figures() {
     );
     assert!(r["lag_p99_ms"].as_f64().is_some(), "{r}");
     assert!(r["server_kib_per_mirror"].as_f64().is_some(), "{r}");
+    // The floor's writing ends run in the root's process too.
+    assert!(r["convergence_floor"]["p50_us"].as_f64().is_some(), "{r}");
+    assert!(r["frames_per_s_floor"].as_f64().is_some(), "{r}");
     assert!(
         r["root_mutations_per_s"].as_f64().is_some_and(|m| m > 0.0),
         "{r}"

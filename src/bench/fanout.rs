@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, Lines};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
@@ -79,20 +79,15 @@ pub struct FanoutReport {
     pub server_kib_per_mirror: Option<f64>,
 }
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A root and its server in another process (`am-node bench fanout --split`), driven by
-/// commands: this process then holds only the mirrors' ends of the connections, half the
-/// descriptors. [`serve_remote_root`] is the other side.
-pub trait RemoteRoot: Send {
-    /// Where the root is served, machine name included.
-    fn endpoint(&self) -> Endpoint;
-    /// Flips the root once (returns when the command is sent).
-    fn flip(&mut self) -> BoxFuture<'_, Result<(), BenchError>>;
-    /// Has the root mutate as fast as it can for `duration`.
-    fn sustain(&mut self, duration: Duration) -> BoxFuture<'_, Result<Sustained, BenchError>>;
-    /// The resident memory of the root's process, KiB, when it can tell.
-    fn rss_kib(&mut self) -> BoxFuture<'_, Result<Option<u64>, BenchError>>;
+/// A root and its server in another process (`am-node bench fanout --split`), driven by lines
+/// of commands; [`serve_remote_root`] is the other side. This process then holds only the
+/// mirrors' ends of the connections (half the descriptors), and the floor's reading ends.
+pub struct RemoteRoot {
+    commands: Pin<Box<dyn AsyncWrite + Send>>,
+    replies: Lines<Pin<Box<dyn AsyncBufRead + Send>>>,
+    endpoint: Endpoint,
+    /// Whatever must live as long as the root (its process, say, killed when dropped).
+    _keep: Box<dyn std::any::Any + Send>,
 }
 
 /// What a sustained run of the root did.
@@ -187,8 +182,15 @@ impl LocalRoot {
 
 /// The other side of a [`RemoteRoot`]: serves a root for `mirrors` mirrors over `transport`,
 /// writes `endpoint ENDPOINT` to `replies`, then follows `commands` line by line until they
-/// end: `flip`; `rss`, answered `rss KIB` (or `rss -`); and `sustain MS`, answered `sustained
-/// MUTATIONS FINAL_TICK BATCHES` and a line `WALL_US TICK` per batch (see [`Sustained`]).
+/// end:
+/// - `flip`;
+/// - `rss`, answered `rss KIB` (or `rss -`);
+/// - `sustain MS`, answered `sustained MUTATIONS FINAL_TICK BATCHES` and a line `WALL_US
+///   TICK` per batch (see [`Sustained`]);
+/// - `raw N`: ends the root's server (the floor needs its descriptors), answers `raw ADDR`,
+///   accepts N bare TCP connections there and answers `raw ready`;
+/// - `raw-flip`: writes one floor message to each of them;
+/// - `raw-sustain MS`: the floor's sustained writers for MS, answered `raw-sustained`.
 pub async fn serve_remote_root<R, W>(
     transport: Scheme,
     mirrors: usize,
@@ -199,16 +201,14 @@ where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let io = |e: std::io::Error| BenchError::Setup(format!("talking to the bench: {e}"));
     let root = LocalRoot::start(transport, super::transport_for(transport)?, mirrors).await?;
-    replies
-        .write_all(format!("endpoint {}\n", root.endpoint).as_bytes())
-        .await
-        .map_err(io)?;
-    replies.flush().await.map_err(io)?;
+    reply(&mut replies, format!("endpoint {}\n", root.endpoint)).await?;
     let mut lines = commands.lines();
     let mut flips = 0;
-    while let Some(line) = lines.next_line().await.map_err(io)? {
+    let mut floor: Option<RawWriters> = None;
+    let no_floor =
+        || BenchError::Setup("`raw N` must come before the floor's other commands".into());
+    while let Some(line) = lines.next_line().await.map_err(piped)? {
         let mut words = line.split_whitespace();
         match (words.next(), words.next().map(str::parse::<u64>)) {
             (Some("flip"), None) => {
@@ -217,8 +217,7 @@ where
             }
             (Some("rss"), None) => {
                 let answer = rss_kib().map_or("rss -\n".into(), |kib| format!("rss {kib}\n"));
-                replies.write_all(answer.as_bytes()).await.map_err(io)?;
-                replies.flush().await.map_err(io)?;
+                reply(&mut replies, answer).await?;
             }
             (Some("sustain"), Some(Ok(ms))) => {
                 let done = root.sustain(Duration::from_millis(ms)).await?;
@@ -231,18 +230,46 @@ where
                 for (at, before) in &done.batches {
                     answer.push_str(&format!("{at} {before}\n"));
                 }
-                replies.write_all(answer.as_bytes()).await.map_err(io)?;
-                replies.flush().await.map_err(io)?;
+                reply(&mut replies, answer).await?;
+            }
+            (Some("raw"), Some(Ok(n))) => {
+                root.server.shutdown(Duration::from_secs(5)).await;
+                let listener = TcpListener::bind("127.0.0.1:0").await.map_err(floor_io)?;
+                let addr = listener.local_addr().map_err(floor_io)?;
+                reply(&mut replies, format!("raw {addr}\n")).await?;
+                floor = Some(RawWriters::accept(&listener, n as usize).await?);
+                reply(&mut replies, "raw ready\n".into()).await?;
+            }
+            (Some("raw-flip"), None) => floor.as_mut().ok_or_else(no_floor)?.flip().await?,
+            (Some("raw-sustain"), Some(Ok(ms))) => {
+                let writers = floor.as_mut().ok_or_else(no_floor)?;
+                writers.sustain(Duration::from_millis(ms)).await?;
+                reply(&mut replies, "raw-sustained\n".into()).await?;
             }
             _ => {
                 return Err(BenchError::Setup(format!(
-                    "unknown command {line:?} from the bench (expected flip, rss or sustain MS)"
+                    "unknown command {line:?} from the bench (expected flip, rss, sustain MS, \
+                     raw N, raw-flip or raw-sustain MS)"
                 )));
             }
         }
     }
     root.server.shutdown(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// An error on the pipe between the bench and the root's process.
+fn piped(e: std::io::Error) -> BenchError {
+    BenchError::Setup(format!("talking to the root's process or the bench: {e}"))
+}
+
+fn floor_io(e: std::io::Error) -> BenchError {
+    BenchError::Setup(format!("the bare-socket floor: {e}"))
+}
+
+async fn reply<W: AsyncWrite + Unpin>(replies: &mut W, answer: String) -> Result<(), BenchError> {
+    replies.write_all(answer.as_bytes()).await.map_err(piped)?;
+    replies.flush().await.map_err(piped)
 }
 
 /// Resident memory of this process, from /proc/self/statm (pages of 4 KiB).
@@ -265,14 +292,136 @@ struct Arrivals {
     mirrors: usize,
 }
 
+impl std::fmt::Debug for RemoteRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteRoot")
+            .field("endpoint", &self.endpoint.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteRoot {
+    /// Takes over a root that follows `commands` and answers on `replies`
+    /// ([`serve_remote_root`]), once it has said where it serves. `keep` lives as long as the
+    /// root (e.g. its process).
+    pub async fn start(
+        commands: impl AsyncWrite + Send + 'static,
+        replies: impl AsyncBufRead + Send + 'static,
+        keep: impl std::any::Any + Send,
+    ) -> Result<RemoteRoot, BenchError> {
+        let replies: Pin<Box<dyn AsyncBufRead + Send>> = Box::pin(replies);
+        let mut replies = replies.lines();
+        let first = reply_line(&mut replies).await?;
+        let endpoint = first
+            .strip_prefix("endpoint ")
+            .ok_or_else(|| bad_reply(&first, "endpoint ENDPOINT"))?
+            .parse()
+            .map_err(|e| BenchError::Setup(format!("the root's endpoint in {first:?}: {e}")))?;
+        Ok(RemoteRoot {
+            commands: Box::pin(commands),
+            replies,
+            endpoint,
+            _keep: Box::new(keep),
+        })
+    }
+
+    /// Where the root is served, machine name included.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    async fn send(&mut self, line: String) -> Result<(), BenchError> {
+        reply(&mut self.commands, line).await
+    }
+
+    /// Flips the root once (returns when the command is sent).
+    async fn flip(&mut self) -> Result<(), BenchError> {
+        self.send("flip\n".into()).await
+    }
+
+    /// Has the root mutate as fast as it can for `duration`.
+    async fn sustain(&mut self, duration: Duration) -> Result<Sustained, BenchError> {
+        self.send(format!("sustain {}\n", duration.as_millis()))
+            .await?;
+        let numbers = |line: &str| -> Vec<u64> {
+            line.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        };
+        let head = reply_line(&mut self.replies).await?;
+        let [mutations, final_tick, count] =
+            numbers(head.strip_prefix("sustained ").unwrap_or(""))[..]
+        else {
+            return Err(bad_reply(&head, "sustained MUTATIONS FINAL_TICK BATCHES"));
+        };
+        let mut batches = Vec::with_capacity(count.min(1 << 20) as usize);
+        for _ in 0..count {
+            let line = reply_line(&mut self.replies).await?;
+            let [at, before] = numbers(&line)[..] else {
+                return Err(bad_reply(&line, "WALL_US TICK"));
+            };
+            batches.push((at, before));
+        }
+        Ok(Sustained {
+            mutations,
+            final_tick,
+            batches,
+        })
+    }
+
+    /// The resident memory of the root's process, KiB, when it can tell.
+    async fn rss_kib(&mut self) -> Result<Option<u64>, BenchError> {
+        self.send("rss\n".into()).await?;
+        let line = reply_line(&mut self.replies).await?;
+        match line.strip_prefix("rss ") {
+            Some("-") => Ok(None),
+            Some(kib) => kib
+                .parse()
+                .map(Some)
+                .map_err(|_| bad_reply(&line, "rss KIB")),
+            None => Err(bad_reply(&line, "rss KIB")),
+        }
+    }
+
+    /// Opens the floor's writing ends in the root's process: `connect` makes the `n` reading
+    /// ends here while the root's process accepts them.
+    async fn raw_open<F, T>(&mut self, n: usize, connect: F) -> Result<T, BenchError>
+    where
+        F: AsyncFnOnce(std::net::SocketAddr) -> Result<T, BenchError>,
+    {
+        self.send(format!("raw {n}\n")).await?;
+        let line = reply_line(&mut self.replies).await?;
+        let addr = line
+            .strip_prefix("raw ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| bad_reply(&line, "raw ADDR"))?;
+        let readers = connect(addr).await?;
+        let line = reply_line(&mut self.replies).await?;
+        if line != "raw ready" {
+            return Err(bad_reply(&line, "raw ready"));
+        }
+        Ok(readers)
+    }
+
+    async fn raw_sustain(&mut self, duration: Duration) -> Result<(), BenchError> {
+        self.send(format!("raw-sustain {}\n", duration.as_millis()))
+            .await?;
+        let line = reply_line(&mut self.replies).await?;
+        if line != "raw-sustained" {
+            return Err(bad_reply(&line, "raw-sustained"));
+        }
+        Ok(())
+    }
+}
+
 /// The next line the root's process wrote.
-async fn reply_line<R: AsyncBufRead + Unpin>(
-    replies: &mut tokio::io::Lines<R>,
-) -> Result<String, BenchError> {
+async fn reply_line<R: AsyncBufRead + Unpin>(replies: &mut Lines<R>) -> Result<String, BenchError> {
     match replies.next_line().await {
         Ok(Some(line)) => Ok(line),
-        Ok(None) => Err(BenchError::Setup("the root's process ended".into())),
-        Err(e) => Err(BenchError::Setup(format!("the root's process: {e}"))),
+        Ok(None) => Err(BenchError::Setup(
+            "the root's process ended (see its error above)".into(),
+        )),
+        Err(e) => Err(piped(e)),
     }
 }
 
@@ -280,50 +429,6 @@ fn bad_reply(line: &str, expected: &str) -> BenchError {
     BenchError::Setup(format!(
         "the root's process answered {line:?}, not `{expected}`"
     ))
-}
-
-/// Reads the answer to `rss` that [`serve_remote_root`] writes.
-pub async fn read_rss<R: AsyncBufRead + Unpin>(
-    replies: &mut tokio::io::Lines<R>,
-) -> Result<Option<u64>, BenchError> {
-    let line = reply_line(replies).await?;
-    match line.strip_prefix("rss ") {
-        Some("-") => Ok(None),
-        Some(kib) => kib
-            .parse()
-            .map(Some)
-            .map_err(|_| bad_reply(&line, "rss KIB")),
-        None => Err(bad_reply(&line, "rss KIB")),
-    }
-}
-
-/// Reads the answer to `sustain MS` that [`serve_remote_root`] writes.
-pub async fn read_sustained<R: AsyncBufRead + Unpin>(
-    replies: &mut tokio::io::Lines<R>,
-) -> Result<Sustained, BenchError> {
-    let numbers = |line: &str| -> Vec<u64> {
-        line.split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect()
-    };
-    let head = reply_line(replies).await?;
-    let [mutations, final_tick, count] = numbers(head.strip_prefix("sustained ").unwrap_or(""))[..]
-    else {
-        return Err(bad_reply(&head, "sustained MUTATIONS FINAL_TICK BATCHES"));
-    };
-    let mut batches = Vec::with_capacity(count.min(1 << 20) as usize);
-    for _ in 0..count {
-        let line = reply_line(replies).await?;
-        let [at, before] = numbers(&line)[..] else {
-            return Err(bad_reply(&line, "WALL_US TICK"));
-        };
-        batches.push((at, before));
-    }
-    Ok(Sustained {
-        mutations,
-        final_tick,
-        batches,
-    })
 }
 
 /// The p99 of how long after the root's batch that reached a tick each arrival of it came
@@ -357,14 +462,14 @@ pub async fn run(
 /// The root: here, or in another process.
 enum Root {
     Local(LocalRoot),
-    Remote(Box<dyn RemoteRoot>),
+    Remote(RemoteRoot),
 }
 
 /// Runs the scenario, with the root in another process when `remote` is given (it must serve
 /// the tick schema over `options.transport`).
 pub async fn run_with(
     options: &FanoutOptions,
-    remote: Option<Box<dyn RemoteRoot>>,
+    remote: Option<RemoteRoot>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<FanoutReport, BenchError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
@@ -379,7 +484,7 @@ pub async fn run_with(
     };
     let endpoint = match &root {
         Root::Local(local) => local.endpoint.clone(),
-        Root::Remote(remote) => remote.endpoint(),
+        Root::Remote(remote) => remote.endpoint().clone(),
     };
 
     let arrivals = Arc::new(Arrivals {
@@ -515,21 +620,21 @@ pub async fn run_with(
     for mirror in &mirrors {
         mirror.close().await;
     }
-    let remote_root = match root {
+    // The floor runs where the scenario ran: its writing ends with the root, its reading ends
+    // here. The root's server ends first: the floor needs its descriptors.
+    let remote_root = matches!(root, Root::Remote(_));
+    let floor_root = match &mut root {
         Root::Local(local) => {
             local.server.shutdown(Duration::from_secs(5)).await;
-            false
+            None
         }
-        // Dropping it ends the other process's commands, and with them its server.
-        Root::Remote(remote) => {
-            drop(remote);
-            true
-        }
+        Root::Remote(remote) => Some(remote),
     };
     let (floor, frames_per_s_floor) = match raw_floor(
         options.mirrors,
         options.flips,
         options.sustained,
+        floor_root,
     )
     .await
     {
@@ -538,10 +643,12 @@ pub async fn run_with(
             frames_per_s,
         }) => (Some(convergence), Some(frames_per_s)),
         Err(e) => {
-            tracing::warn!(error = %e, mirrors = options.mirrors, "no raw floor: the open-file limit is too low for it");
+            tracing::warn!(error = %e, mirrors = options.mirrors, "no bare-socket floor for this run");
             (None, None)
         }
     };
+    // Dropping a remote root ends its process's commands, and with them its server.
+    drop(root);
     Ok(FanoutReport {
         scenario: "fanout",
         transport: options.transport.as_str(),
@@ -565,98 +672,293 @@ struct RawFloor {
     frames_per_s: f64,
 }
 
-/// The scenario's pattern over N bare TCP connections, no protocol and no state machine.
-/// Convergence: one 12-byte message to each socket per flip, the time until every reader has
-/// it. Sustained: for `sustained`, one task per CPU writes a message to every socket of its
-/// share that has room, round after round (a full socket is skipped, as a busy client gets no
-/// frame of its own), while the readers count what arrives.
-async fn raw_floor(n: usize, flips: u64, sustained: Duration) -> std::io::Result<RawFloor> {
-    const MESSAGE: usize = 12;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let bytes_read = Arc::new(AtomicU64::new(0));
-    let all = Arc::new(Notify::new());
-    let last = Arc::new(Mutex::new(None::<Instant>));
-    let mut writers = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut reader = TcpStream::connect(addr).await?;
-        reader.set_nodelay(true)?;
-        let (writer, _) = listener.accept().await?;
-        writer.set_nodelay(true)?;
-        writers.push(writer);
-        let (arrived, all, last, bytes_read) = (
-            arrived.clone(),
-            all.clone(),
-            last.clone(),
-            bytes_read.clone(),
-        );
-        tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            let mut pending = 0;
-            while let Ok(read @ 1..) = reader.read(&mut buf).await {
-                bytes_read.fetch_add(read as u64, Ordering::Relaxed);
-                pending += read;
-                if pending >= MESSAGE {
-                    pending %= MESSAGE;
-                    *last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-                    if arrived.fetch_add(1, Ordering::AcqRel) + 1 == n {
-                        all.notify_one();
+/// The floor's message: the size of a small diff frame.
+const RAW_MESSAGE: usize = 12;
+
+/// The writing ends of the floor's bare TCP connections (the server's side of the pattern).
+struct RawWriters {
+    sockets: Vec<TcpStream>,
+}
+
+impl RawWriters {
+    async fn accept(listener: &TcpListener, n: usize) -> Result<RawWriters, BenchError> {
+        let mut sockets = Vec::with_capacity(n);
+        while sockets.len() < n {
+            let (socket, _) = listener.accept().await.map_err(floor_io)?;
+            socket.set_nodelay(true).map_err(floor_io)?;
+            sockets.push(socket);
+        }
+        Ok(RawWriters { sockets })
+    }
+
+    /// One message to every connection, one after the other.
+    async fn flip(&mut self) -> Result<(), BenchError> {
+        for socket in &mut self.sockets {
+            socket
+                .write_all(&[1u8; RAW_MESSAGE])
+                .await
+                .map_err(floor_io)?;
+        }
+        Ok(())
+    }
+
+    /// For `duration`, one task per CPU writes a message to every connection of its share that
+    /// has room, round after round (a full socket is skipped, as a busy client gets no frame of
+    /// its own).
+    async fn sustain(&mut self, duration: Duration) -> Result<(), BenchError> {
+        let started = Instant::now();
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let share = self.sockets.len().div_ceil(cpus).max(1);
+        let mut tasks = Vec::with_capacity(cpus);
+        while !self.sockets.is_empty() {
+            let take = share.min(self.sockets.len());
+            let mine: Vec<TcpStream> = self.sockets.drain(..take).collect();
+            tasks.push(tokio::spawn(async move {
+                while started.elapsed() < duration {
+                    for socket in &mine {
+                        match socket.try_write(&[2u8; RAW_MESSAGE]) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Ok(mine)
+            }));
+        }
+        for task in tasks {
+            let mine = task.await.map_err(|e| floor_io(std::io::Error::other(e)))?;
+            self.sockets.extend(mine.map_err(floor_io)?);
+        }
+        Ok(())
+    }
+}
+
+/// The reading ends of the floor's connections (the mirrors' side), one task each, counting
+/// whole messages; the tasks end when this is dropped.
+struct RawReaders {
+    n: usize,
+    arrived: Arc<AtomicUsize>,
+    bytes_read: Arc<AtomicU64>,
+    all: Arc<Notify>,
+    last: Arc<Mutex<Option<Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RawReaders {
+    async fn connect(addr: std::net::SocketAddr, n: usize) -> Result<RawReaders, BenchError> {
+        let mut readers = RawReaders {
+            n,
+            arrived: Arc::new(AtomicUsize::new(0)),
+            bytes_read: Arc::new(AtomicU64::new(0)),
+            all: Arc::new(Notify::new()),
+            last: Arc::new(Mutex::new(None)),
+            tasks: Vec::with_capacity(n),
+        };
+        for _ in 0..n {
+            let mut socket = TcpStream::connect(addr).await.map_err(floor_io)?;
+            socket.set_nodelay(true).map_err(floor_io)?;
+            let (arrived, all, last, bytes_read) = (
+                readers.arrived.clone(),
+                readers.all.clone(),
+                readers.last.clone(),
+                readers.bytes_read.clone(),
+            );
+            readers.tasks.push(tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut pending = 0;
+                while let Ok(read @ 1..) = socket.read(&mut buf).await {
+                    bytes_read.fetch_add(read as u64, Ordering::Relaxed);
+                    pending += read;
+                    if pending >= RAW_MESSAGE {
+                        pending %= RAW_MESSAGE;
+                        *last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                        if arrived.fetch_add(1, Ordering::AcqRel) + 1 == n {
+                            all.notify_one();
+                        }
                     }
                 }
-            }
-        });
+            }));
+        }
+        Ok(readers)
     }
+
+    /// The time from `flip` starting to the last reader having its message.
+    async fn time_flip(
+        &self,
+        flip: impl Future<Output = Result<(), BenchError>>,
+    ) -> Result<Option<Duration>, BenchError> {
+        self.arrived.store(0, Ordering::Release);
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        let waiting = self.all.notified();
+        let started = Instant::now();
+        flip.await?;
+        tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .map_err(|_| {
+                floor_io(std::io::Error::other(format!(
+                    "only {} of {} bare sockets got the message",
+                    self.arrived.load(Ordering::Relaxed),
+                    self.n
+                )))
+            })?;
+        let last = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(last.map(|t| t - started))
+    }
+
+    /// Whole messages read so far.
+    fn messages(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed) / RAW_MESSAGE as u64
+    }
+}
+
+impl Drop for RawReaders {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Where the floor's writing ends are: here, or in the root's process.
+enum FloorWriters<'a> {
+    Here(RawWriters),
+    There(&'a mut RemoteRoot),
+}
+
+impl FloorWriters<'_> {
+    async fn flip(&mut self) -> Result<(), BenchError> {
+        match self {
+            FloorWriters::Here(writers) => writers.flip().await,
+            FloorWriters::There(root) => root.send("raw-flip\n".into()).await,
+        }
+    }
+
+    async fn sustain(&mut self, duration: Duration) -> Result<(), BenchError> {
+        match self {
+            FloorWriters::Here(writers) => writers.sustain(duration).await,
+            FloorWriters::There(root) => root.raw_sustain(duration).await,
+        }
+    }
+}
+
+/// The scenario's pattern over N bare TCP connections, no protocol and no state machine, with
+/// the writing ends where the root is (in `remote`'s process, or here) and the reading ends
+/// here. Convergence: one 12-byte message to each connection per flip, the time until every
+/// reader has it. Sustained: [`RawWriters::sustain`] for `sustained`, counting what arrives.
+async fn raw_floor(
+    n: usize,
+    flips: u64,
+    sustained: Duration,
+    remote: Option<&mut RemoteRoot>,
+) -> Result<RawFloor, BenchError> {
+    let connect = async |addr| RawReaders::connect(addr, n).await;
+    let (readers, mut writers) = match remote {
+        Some(root) => (root.raw_open(n, connect).await?, FloorWriters::There(root)),
+        None => {
+            let listener = TcpListener::bind("127.0.0.1:0").await.map_err(floor_io)?;
+            let addr = listener.local_addr().map_err(floor_io)?;
+            let accepting = tokio::spawn(async move { RawWriters::accept(&listener, n).await });
+            let connected = connect(addr).await;
+            if connected.is_err() {
+                accepting.abort();
+            }
+            let readers = connected?;
+            let writers = accepting
+                .await
+                .map_err(|e| floor_io(std::io::Error::other(e)))??;
+            (readers, FloorWriters::Here(writers))
+        }
+    };
     let mut samples = Vec::with_capacity(flips as usize);
     for _ in 0..flips {
-        arrived.store(0, Ordering::Release);
-        let waiting = all.notified();
-        let started = Instant::now();
-        for w in &mut writers {
-            w.write_all(&[1u8; MESSAGE]).await?;
-        }
-        waiting.await;
-        if let Some(t) = *last.lock().unwrap_or_else(PoisonError::into_inner) {
-            samples.push(t - started);
-        }
+        samples.extend(readers.time_flip(writers.flip()).await?);
     }
-    let before = bytes_read.load(Ordering::Relaxed);
-    let started = Instant::now();
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let share = n.div_ceil(cpus).max(1);
-    let mut tasks = Vec::with_capacity(cpus);
-    while !writers.is_empty() {
-        let mine: Vec<TcpStream> = writers.drain(..share.min(writers.len())).collect();
-        tasks.push(tokio::spawn(async move {
-            while started.elapsed() < sustained {
-                for w in &mine {
-                    match w.try_write(&[2u8; MESSAGE]) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                tokio::task::yield_now().await;
-            }
-            Ok(mine)
-        }));
-    }
-    // The sockets stay open until the count is taken.
-    let mut open = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        open.push(task.await.map_err(std::io::Error::other)??);
-    }
+    let (before, started) = (readers.messages(), Instant::now());
+    writers.sustain(sustained).await?;
     let elapsed = started.elapsed();
-    let frames = (bytes_read.load(Ordering::Relaxed) - before) / MESSAGE as u64;
     Ok(RawFloor {
         convergence: Percentiles::of(&mut samples),
-        frames_per_s: frames as f64 / elapsed.as_secs_f64(),
+        frames_per_s: (readers.messages() - before) as f64 / elapsed.as_secs_f64(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The split run's command pipe, over an in-memory pipe instead of a child process: every
+    /// figure arrives, the bare-socket floor included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_remote_root_runs_the_whole_scenario_over_its_pipe() {
+        let (here, there) = tokio::io::duplex(1 << 16);
+        let (their_commands, their_replies) = tokio::io::split(there);
+        let serving = tokio::spawn(serve_remote_root(
+            Scheme::Tcp,
+            3,
+            tokio::io::BufReader::new(their_commands),
+            their_replies,
+        ));
+        let (replies, commands) = tokio::io::split(here);
+        let root = RemoteRoot::start(commands, tokio::io::BufReader::new(replies), ())
+            .await
+            .expect("the root says where it serves");
+        assert_eq!(root.endpoint().scheme, Scheme::Tcp);
+        let options = FanoutOptions {
+            mirrors: 3,
+            flips: 5,
+            sustained: Duration::from_millis(50),
+            transport: Scheme::Tcp,
+        };
+        let report = run_with(&options, Some(root), &|_, _| {})
+            .await
+            .expect("the scenario runs");
+        assert!(report.remote_root);
+        assert!(report.convergence.p50_us > 0.0);
+        assert!(report.root_mutations_per_s > 0.0 && report.frames_per_s > 0.0);
+        let floor = report
+            .convergence_floor
+            .expect("a floor from the root's side");
+        assert!(floor.p50_us > 0.0);
+        assert!(report.frames_per_s_floor.is_some_and(|f| f > 0.0));
+        assert!(report.server_kib_per_mirror.is_some());
+        // Dropping the root ended its commands; the serving side finishes cleanly.
+        serving
+            .await
+            .expect("no panic")
+            .expect("the root's side ends without error");
+    }
+
+    #[tokio::test]
+    async fn a_pipe_out_of_order_or_unknown_is_a_clear_error() {
+        let commands: &[u8] = b"raw-flip\n";
+        let error = serve_remote_root(Scheme::Tcp, 1, commands, tokio::io::sink())
+            .await
+            .expect_err("the floor's writers do not exist yet");
+        assert!(
+            error.to_string().contains("`raw N` must come before"),
+            "{error}"
+        );
+
+        let commands: &[u8] = b"jump 3\n";
+        let error = serve_remote_root(Scheme::Tcp, 1, commands, tokio::io::sink())
+            .await
+            .expect_err("not a command");
+        assert!(
+            error.to_string().contains("unknown command \"jump 3\""),
+            "{error}"
+        );
+
+        let replies: &[u8] = b"hello\n";
+        let error = RemoteRoot::start(tokio::io::sink(), replies, ())
+            .await
+            .expect_err("not an endpoint");
+        assert!(
+            error.to_string().contains("not `endpoint ENDPOINT`"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn lag_is_taken_from_the_batch_that_reached_the_tick() {
