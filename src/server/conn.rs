@@ -191,7 +191,6 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     // Subscribe before the snapshot: a change between the two is then pushed, not lost.
     let mut clock = hub.subscribe();
     let start = clock.borrow_and_update().clone();
-    let mut ancestry_changes = hub.ancestry_changes();
     let ancestry = hub.source.ancestry();
     let offer = Offer {
         schema: &hub.schema,
@@ -280,12 +279,13 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         options: options_key(&accepted.tracked, &frame),
         tracked: accepted.tracked,
         frame,
+        ancestry: start.ancestry,
         last: start,
         nonce: 0,
     };
     let end = tokio::select! {
         end = read_loop(inner, &hub, &mut rd, &mut reader, control_tx, &hello.client_id, mutable.as_deref()) => end,
-        end = writer.run(&mut wr, control_rx, &mut clock, &mut ancestry_changes, &kick) => end,
+        end = writer.run(&mut wr, control_rx, &mut clock, &kick) => end,
     };
 
     unregister();
@@ -444,6 +444,8 @@ struct Writer<'a> {
     options: u64,
     /// The clock the client has, as a hub version.
     last: Versioned,
+    /// The hub's ancestry count as of the ancestry the client has.
+    ancestry: u64,
     nonce: u64,
 }
 
@@ -453,11 +455,15 @@ impl Writer<'_> {
         wr: &mut WriteHalf<BoxStream>,
         mut control: mpsc::Receiver<Control>,
         clock: &mut watch::Receiver<Versioned>,
-        ancestry: &mut watch::Receiver<u64>,
         kick: &Notify,
     ) -> End {
         let config = &self.inner.config;
+        // The one-shot events are waited for by futures that live as long as the connection:
+        // made anew on every turn, each would join and leave a shared waiter list per push.
         let mut shutdown = self.inner.shutdown.subscribe();
+        let shutdown = shutdown.wait_for(|stop| *stop);
+        let kicked = kick.notified();
+        tokio::pin!(shutdown, kicked);
         let mut keepalive =
             tokio::time::interval_at(Instant::now() + config.keepalive, config.keepalive);
         let write_limit = config.idle_timeout;
@@ -469,8 +475,8 @@ impl Writer<'_> {
             out.clear();
             tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => return End::Shutdown,
-                _ = kick.notified() => return End::Kicked,
+                _ = &mut shutdown => return End::Shutdown,
+                () = &mut kicked => return End::Kicked,
                 next = control.recv() => {
                     let Some(first) = next else { return End::PeerClosed };
                     self.control(first, clock, &mut out);
@@ -496,12 +502,6 @@ impl Writer<'_> {
                     self.push(clock, &mut out);
                     last_push = Instant::now();
                 }
-                Ok(()) = ancestry.changed() => {
-                    ancestry.borrow_and_update();
-                    let message = Message::Ancestry(self.hub.source.ancestry());
-                    encode_frame(&self.frame, &message, &mut out);
-                    self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-                }
                 _ = keepalive.tick() => {
                     self.nonce += 1;
                     encode_frame(&self.frame, &Message::Ping(self.nonce), &mut out);
@@ -525,9 +525,22 @@ impl Writer<'_> {
         }
     }
 
+    /// The hub's latest clock, marked seen; first appends the source's ancestry when it
+    /// changed since the client last had it.
+    fn latest(&mut self, clock: &mut watch::Receiver<Versioned>, out: &mut Vec<u8>) -> Versioned {
+        let latest = clock.borrow_and_update().clone();
+        if latest.ancestry != self.ancestry {
+            self.ancestry = latest.ancestry;
+            let message = Message::Ancestry(self.hub.source.ancestry());
+            encode_frame(&self.frame, &message, out);
+            self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        }
+        latest
+    }
+
     /// Appends the diff from the client's clock to the latest, if anything tracked changed.
     fn push(&mut self, clock: &mut watch::Receiver<Versioned>, out: &mut Vec<u8>) {
-        let latest = clock.borrow_and_update().clone();
+        let latest = self.latest(clock, out);
         if latest.version == self.last.version || self.resync_if_went_back(&latest, out) {
             return;
         }
@@ -582,7 +595,7 @@ impl Writer<'_> {
         let message = match control {
             Control::Reply { id, result } => {
                 // The reply carries the diff up to now, so the client needs no extra push.
-                let latest = clock.borrow_and_update().clone();
+                let latest = self.latest(clock, out);
                 self.resync_if_went_back(&latest, out);
                 let diff = Hub::diff(&self.last, &latest, &self.tracked);
                 self.last = latest;
@@ -593,7 +606,7 @@ impl Writer<'_> {
                 })
             }
             Control::Snapshot { id } => {
-                let latest = clock.borrow_and_update().clone();
+                let latest = self.latest(clock, out);
                 let snapshot = Snapshot {
                     ticks: self.tracked.mask(&latest.ticks),
                     queue_tick: latest.queue_tick,

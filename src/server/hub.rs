@@ -2,7 +2,8 @@
 //! the cache that lets a diff be encoded once for all clients with the same options.
 //!
 //! The hub observes the source; each transition replaces the versioned clock (the latest
-//! wins). A writer that was busy simply sees a newer version next time and sends one merged
+//! wins), and each ancestry change bumps its ancestry count, so a writer waits on one watch
+//! for both. A writer that was busy simply sees a newer version next time and sends one merged
 //! diff, so nothing queues per client and a slow client never slows the source.
 
 use std::collections::VecDeque;
@@ -22,6 +23,9 @@ pub(crate) struct Versioned {
     pub version: u64,
     pub ticks: Arc<[u64]>,
     pub queue_tick: u64,
+    /// Bumped on every change of the source's ancestry (read the ancestry from the source);
+    /// `version` stays: the clock did not change.
+    pub ancestry: u64,
 }
 
 impl Versioned {
@@ -48,8 +52,6 @@ const CACHE_SLOTS: usize = 16;
 /// What a hub hears from its source: clock changes and ancestry changes.
 struct HubObserver {
     clock: Arc<watch::Sender<Versioned>>,
-    /// Bumped on every ancestry change; writers then send the new ancestry.
-    ancestry: Arc<watch::Sender<u64>>,
 }
 
 impl crate::machine::Observer for HubObserver {
@@ -62,7 +64,7 @@ impl crate::machine::Observer for HubObserver {
     }
 
     fn ancestry_changed(&self, _ancestry: &[String]) {
-        self.ancestry.send_modify(|n| *n += 1);
+        self.clock.send_modify(|v| v.ancestry += 1);
     }
 }
 
@@ -71,7 +73,6 @@ pub(crate) struct Hub {
     pub source: Arc<dyn StateSource>,
     pub schema: Arc<Schema>,
     clock: Arc<watch::Sender<Versioned>>,
-    ancestry: Arc<watch::Sender<u64>>,
     cache: Mutex<VecDeque<CachedFrame>>,
     observer: ObserverId,
 }
@@ -92,12 +93,11 @@ impl Hub {
             version: 0,
             ticks: Arc::from(Vec::new()),
             queue_tick: 0,
+            ancestry: 0,
         };
         let clock = Arc::new(watch::channel(empty).0);
-        let ancestry = Arc::new(watch::channel(0u64).0);
         let observer = HubObserver {
             clock: clock.clone(),
-            ancestry: ancestry.clone(),
         };
         let (observer, start) = source.observe(Arc::new(observer));
         let queue_tick = source.queue_tick();
@@ -115,7 +115,6 @@ impl Hub {
             source,
             schema,
             clock,
-            ancestry,
             cache: Mutex::new(VecDeque::new()),
             observer,
         }
@@ -123,11 +122,6 @@ impl Hub {
 
     pub fn subscribe(&self) -> watch::Receiver<Versioned> {
         self.clock.subscribe()
-    }
-
-    /// Changes of the source's ancestry (a counter; read the ancestry from the source).
-    pub fn ancestry_changes(&self) -> watch::Receiver<u64> {
-        self.ancestry.subscribe()
     }
 
     /// The frame that takes a client from `from` to `to`, encoded once per options and shared;
