@@ -218,17 +218,27 @@ fn bench_fanout_and_bytes_report_their_figures() {
             .is_some_and(|us| us > 0.0),
         "{r}"
     );
-    let out = am_node(&[
+    // Over TLS the root's process hands its CA to the mirrors' process.
+    let reports = json_report(&[
         "bench",
         "fanout",
         "--split",
         "--transport",
-        "quic",
+        "tls",
         "--mirrors",
-        "1",
+        "2",
+        "--flips",
+        "5",
+        "--sustained-ms",
+        "50",
+        "--json",
     ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--split runs with tcp or ws only"));
+    let r = &reports[0];
+    assert_eq!(
+        (r["transport"].as_str(), r["remote_root"].as_bool()),
+        (Some("tls"), Some(true))
+    );
+    assert!(r["frames_per_s"].as_f64().is_some_and(|f| f > 0.0), "{r}");
 
     let reports = json_report(&[
         "bench",

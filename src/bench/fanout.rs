@@ -86,6 +86,8 @@ pub struct RemoteRoot {
     commands: Pin<Box<dyn AsyncWrite + Send>>,
     replies: Lines<Pin<Box<dyn AsyncBufRead + Send>>>,
     endpoint: Endpoint,
+    /// What the mirrors need to reach the root: its CA, for the TLS-based schemes.
+    transport: TransportConfig,
     /// Whatever must live as long as the root (its process, say, killed when dropped).
     _keep: Box<dyn std::any::Any + Send>,
 }
@@ -181,8 +183,9 @@ impl LocalRoot {
 }
 
 /// The other side of a [`RemoteRoot`]: serves a root for `mirrors` mirrors over `transport`,
-/// writes `endpoint ENDPOINT` to `replies`, then follows `commands` line by line until they
-/// end:
+/// writes `endpoint ENDPOINT` to `replies`, then `trust N` and the N lines of the CA
+/// certificate (PEM) its clients must trust (none for tcp and ws), then follows `commands`
+/// line by line until they end:
 /// - `flip`;
 /// - `rss`, answered `rss KIB` (or `rss -`);
 /// - `sustain MS`, answered `sustained MUTATIONS FINAL_TICK BATCHES` and a line `WALL_US
@@ -201,8 +204,18 @@ where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let root = LocalRoot::start(transport, super::transport_for(transport)?, mirrors).await?;
+    let tls = super::BenchTls::for_scheme(transport)?;
+    let material = tls
+        .as_ref()
+        .map_or_else(TransportConfig::default, |t| t.node.clone());
+    let root = LocalRoot::start(transport, material, mirrors).await?;
+    let ca = tls.map(|t| t.ca_pem).unwrap_or_default();
     reply(&mut replies, format!("endpoint {}\n", root.endpoint)).await?;
+    let ca_lines: Vec<&str> = ca.lines().collect();
+    reply(&mut replies, format!("trust {}\n", ca_lines.len())).await?;
+    for line in ca_lines {
+        reply(&mut replies, format!("{line}\n")).await?;
+    }
     let mut lines = commands.lines();
     let mut flips = 0;
     let mut floor: Option<RawWriters> = None;
@@ -317,10 +330,26 @@ impl RemoteRoot {
             .ok_or_else(|| bad_reply(&first, "endpoint ENDPOINT"))?
             .parse()
             .map_err(|e| BenchError::Setup(format!("the root's endpoint in {first:?}: {e}")))?;
+        let line = reply_line(&mut replies).await?;
+        let count: usize = line
+            .strip_prefix("trust ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| bad_reply(&line, "trust N"))?;
+        let mut ca = String::new();
+        for _ in 0..count {
+            ca.push_str(&reply_line(&mut replies).await?);
+            ca.push('\n');
+        }
+        let transport = if count == 0 {
+            TransportConfig::default()
+        } else {
+            super::trusting(&ca)?
+        };
         Ok(RemoteRoot {
             commands: Box::pin(commands),
             replies,
             endpoint,
+            transport,
             _keep: Box::new(keep),
         })
     }
@@ -328,6 +357,11 @@ impl RemoteRoot {
     /// Where the root is served, machine name included.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// What a mirror needs to reach the root (the CA to trust, for the TLS-based schemes).
+    pub fn transport(&self) -> &TransportConfig {
+        &self.transport
     }
 
     async fn send(&mut self, line: String) -> Result<(), BenchError> {
@@ -474,13 +508,18 @@ pub async fn run_with(
 ) -> Result<FanoutReport, BenchError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
     let (schema, tick) = super::tick_schema()?;
-    // One set of TLS material for both ends.
-    let transport = super::transport_for(options.transport)?;
-    let mut root = match remote {
-        Some(remote) => Root::Remote(remote),
-        None => Root::Local(
-            LocalRoot::start(options.transport, transport.clone(), options.mirrors).await?,
-        ),
+    // The mirrors trust the root's TLS material: one set for both ends in one process, the
+    // root's CA from its process.
+    let (mut root, transport) = match remote {
+        Some(remote) => {
+            let transport = remote.transport().clone();
+            (Root::Remote(remote), transport)
+        }
+        None => {
+            let transport = super::transport_for(options.transport)?;
+            let local = LocalRoot::start(options.transport, transport.clone(), options.mirrors);
+            (Root::Local(local.await?), transport)
+        }
     };
     let endpoint = match &root {
         Root::Local(local) => local.endpoint.clone(),
@@ -892,10 +931,16 @@ mod tests {
     /// figure arrives, the bare-socket floor included.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_remote_root_runs_the_whole_scenario_over_its_pipe() {
+        run_over_a_pipe(Scheme::Tcp).await;
+        // The root's process makes its own TLS material and hands its CA over the pipe.
+        run_over_a_pipe(Scheme::Wss).await;
+    }
+
+    async fn run_over_a_pipe(scheme: Scheme) {
         let (here, there) = tokio::io::duplex(1 << 16);
         let (their_commands, their_replies) = tokio::io::split(there);
         let serving = tokio::spawn(serve_remote_root(
-            Scheme::Tcp,
+            scheme,
             3,
             tokio::io::BufReader::new(their_commands),
             their_replies,
@@ -904,12 +949,12 @@ mod tests {
         let root = RemoteRoot::start(commands, tokio::io::BufReader::new(replies), ())
             .await
             .expect("the root says where it serves");
-        assert_eq!(root.endpoint().scheme, Scheme::Tcp);
+        assert_eq!(root.endpoint().scheme, scheme);
         let options = FanoutOptions {
             mirrors: 3,
             flips: 5,
             sustained: Duration::from_millis(50),
-            transport: Scheme::Tcp,
+            transport: scheme,
         };
         let report = run_with(&options, Some(root), &|_, _| {})
             .await

@@ -30,20 +30,46 @@ fn tick_schema() -> Result<(Schema, usize), BenchError> {
 /// Transport material for a benchmark over `scheme`: a fresh development CA and node
 /// certificate for the TLS-based schemes, nothing for the others.
 pub fn transport_for(scheme: Scheme) -> Result<TransportConfig, BenchError> {
-    if matches!(scheme, Scheme::Tcp | Scheme::Ws | Scheme::Mem) {
-        return Ok(TransportConfig::default());
+    Ok(BenchTls::for_scheme(scheme)?.map_or_else(TransportConfig::default, |tls| tls.node))
+}
+
+/// A benchmark's TLS material: what its nodes present and trust, and the CA certificate a
+/// client in another process needs to trust them.
+struct BenchTls {
+    node: TransportConfig,
+    ca_pem: String,
+}
+
+impl BenchTls {
+    /// A fresh development CA and node certificate for the TLS-based schemes; `None` for the
+    /// others.
+    fn for_scheme(scheme: Scheme) -> Result<Option<BenchTls>, BenchError> {
+        if matches!(scheme, Scheme::Tcp | Scheme::Ws | Scheme::Mem) {
+            return Ok(None);
+        }
+        let setup = |e: &dyn std::fmt::Display| BenchError::Setup(format!("TLS material: {e}"));
+        let ca = crate::certs::DevCa::new("bench CA").map_err(|e| setup(&e))?;
+        let node = ca.issue("bench-node").map_err(|e| setup(&e))?;
+        let ca_pem = ca.pem().cert.clone();
+        let tls = TlsConfig::from_pem(
+            Some(node.cert.as_bytes()),
+            Some(node.key.as_bytes()),
+            Some(ca_pem.as_bytes()),
+            false,
+        )
+        .map_err(|e| setup(&e))?;
+        Ok(Some(BenchTls {
+            node: TransportConfig::with_tls(tls),
+            ca_pem,
+        }))
     }
-    let setup = |e: &dyn std::fmt::Display| BenchError::Setup(format!("TLS material: {e}"));
-    let ca = crate::certs::DevCa::new("bench CA").map_err(|e| setup(&e))?;
-    let node = ca.issue("bench-node").map_err(|e| setup(&e))?;
-    let tls = TlsConfig::from_pem(
-        Some(node.cert.as_bytes()),
-        Some(node.key.as_bytes()),
-        Some(ca.pem().cert.as_bytes()),
-        false,
-    )
-    .map_err(|e| setup(&e))?;
-    Ok(TransportConfig::with_tls(tls))
+}
+
+/// Transport material for clients that trust `ca_pem` and present nothing.
+fn trusting(ca_pem: &str) -> Result<TransportConfig, BenchError> {
+    TlsConfig::from_pem(None, None, Some(ca_pem.as_bytes()), false)
+        .map(TransportConfig::with_tls)
+        .map_err(|e| BenchError::Setup(format!("the root's CA certificate: {e}")))
 }
 
 /// Parses a `--transport` value.
