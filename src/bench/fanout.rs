@@ -977,23 +977,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_pipe_out_of_order_or_unknown_is_a_clear_error() {
-        let commands: &[u8] = b"raw-flip\n";
-        let error = serve_remote_root(Scheme::Tcp, 1, commands, tokio::io::sink())
-            .await
-            .expect_err("the floor's writers do not exist yet");
-        assert!(
-            error.to_string().contains("`raw N` must come before"),
-            "{error}"
-        );
-
-        let commands: &[u8] = b"jump 3\n";
-        let error = serve_remote_root(Scheme::Tcp, 1, commands, tokio::io::sink())
-            .await
-            .expect_err("not a command");
-        assert!(
-            error.to_string().contains("unknown command \"jump 3\""),
-            "{error}"
-        );
+        for (commands, expected) in [
+            (&b"raw-flip\n"[..], "`raw N` must come before"),
+            (&b"jump 3\n"[..], "unknown command \"jump 3\""),
+        ] {
+            let error = serve_remote_root(Scheme::Tcp, 1, commands, tokio::io::sink())
+                .await
+                .expect_err("a command the root cannot follow");
+            assert!(error.to_string().contains(expected), "{error}");
+        }
 
         let replies: &[u8] = b"hello\n";
         let error = RemoteRoot::start(tokio::io::sink(), replies, ())
