@@ -530,3 +530,60 @@ macro_rules! conformance {
 }
 
 conformance!(tcp, tls, quic, ws, wss, mem);
+
+/// Hundreds of clients of a source that keeps changing while the server pushes: a push pass
+/// over many clients takes newer clocks on its way, and every client must still end at the
+/// source's last clock, also those the pass reached before the last change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_of_a_busy_source_ends_at_its_last_clock() {
+    let source = machine();
+    let (_server, endpoint) = serve(Arc::new(source.clone()), ServerConfig::default(), "tcp").await;
+    let mut mirrors = Vec::new();
+    for i in 0..300 {
+        mirrors.push(mirror(&endpoint, &format!("m{i}")).await);
+    }
+    for round in 0..5 {
+        let churning = source.clone();
+        within(
+            "churn",
+            tokio::task::spawn_blocking(move || churn(&churning, 20_000)),
+        )
+        .await
+        .expect("churned");
+        let target = source.clock();
+        for m in &mirrors {
+            within(&format!("round {round}"), converged(m, &target)).await;
+        }
+    }
+}
+
+/// A server serves clients of one runtime, then, after that runtime ended, of another: its
+/// pushes start again with the new clients.
+#[test]
+fn a_server_outlives_the_runtime_of_its_first_clients() {
+    let source = machine();
+    let server = Server::new(ServerConfig {
+        transport: transport(),
+        ..ServerConfig::default()
+    });
+    server
+        .add_source("worker", Arc::new(source.clone()))
+        .expect("first source");
+    for round in 0..2 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let endpoint = server
+                .listen(&any_port("tcp"))
+                .await
+                .expect("binds")
+                .with_machine("worker");
+            let mirror = mirror(&endpoint, &format!("round-{round}")).await;
+            churn(&source, 10);
+            converged(&mirror, &source.clock()).await;
+        });
+    }
+}

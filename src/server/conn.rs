@@ -6,17 +6,18 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, debug, info, warn};
 
 use super::hub::{Hub, Versioned, options_key};
+use super::push::{Outlet, OutletState};
 use super::{ClientEntry, ClientInfo, Inner};
 use crate::machine::{Mutation, Outcome};
 use crate::proto::diff::went_back;
 use crate::proto::handshake::{Offer, decide};
 use crate::proto::message::{MutateReply, MutateRequest, Payload, Refusal, RefusalKind, Snapshot};
-use crate::proto::{FrameConfig, FrameReader, Message, Tracked, encode_frame};
+use crate::proto::{FrameConfig, FrameReader, Message, encode_frame};
 use crate::transport::{BoxStream, Handshake, PeerInfo};
 use crate::wire::{self, ReadError};
 
@@ -51,7 +52,6 @@ enum End {
     Io(std::io::Error),
     Shutdown,
     Kicked,
-    SourceGone,
     WriteStalled(Duration),
 }
 
@@ -66,7 +66,6 @@ impl std::fmt::Display for End {
             End::Io(e) => write!(f, "i/o error: {e}"),
             End::Shutdown => f.write_str("server shutdown"),
             End::Kicked => f.write_str("too slow to keep up"),
-            End::SourceGone => f.write_str("the source is no longer served"),
             End::WriteStalled(after) => write!(f, "a write stalled for {after:?}"),
         }
     }
@@ -87,9 +86,6 @@ impl End {
             }),
             End::Kicked => Some(Message::Bye {
                 reason: "too slow to keep up; reconnect".into(),
-            }),
-            End::SourceGone => Some(Message::Bye {
-                reason: "source no longer served".into(),
             }),
             _ => None,
         }
@@ -188,9 +184,9 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
             return;
         }
     };
-    // Subscribe before the snapshot: a change between the two is then pushed, not lost.
-    let mut clock = hub.subscribe();
-    let start = clock.borrow_and_update().clone();
+    // A change after this snapshot reaches the client: the writer is nudged once it is
+    // attached to the pushers, and pushes what it finds newer.
+    let start = hub.latest();
     let ancestry = hub.source.ancestry();
     let offer = Offer {
         schema: &hub.schema,
@@ -273,21 +269,28 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     info!(client = %hello.client_id, source = %hub.name, compression = accepted.compression, "client ready");
 
     let mutable = accepted.mutable.clone();
+    let outlet = Arc::new(Outlet::new(
+        wr,
+        start,
+        accepted.tracked.clone(),
+        frame,
+        options_key(&accepted.tracked, &frame),
+        inner.config.min_push_interval.is_some(),
+    ));
+    let attached = hub.attach(outlet.clone(), inner);
+    outlet.nudge.notify_one();
     let mut writer = Writer {
         inner,
         hub: &hub,
-        options: options_key(&accepted.tracked, &frame),
-        tracked: accepted.tracked,
-        frame,
-        ancestry: start.ancestry,
-        last: start,
+        outlet: &outlet,
         nonce: 0,
     };
     let end = tokio::select! {
-        end = read_loop(inner, &hub, &mut rd, &mut reader, control_tx, &hello.client_id, mutable.as_deref()) => end,
-        end = writer.run(&mut wr, control_rx, &mut clock, &kick) => end,
+        end = read_loop(inner, &hub, &mut rd, &mut reader, ToWriter { control: control_tx, outlet: &outlet }, &hello.client_id, mutable.as_deref()) => end,
+        end = writer.run(control_rx, &kick) => end,
     };
 
+    drop(attached);
     unregister();
     drop(permit);
     if let End::Protocol(message) = &end {
@@ -296,6 +299,11 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     } else {
         info!(client = %hello.client_id, reason = %end, "client gone");
     }
+    // The write half is not there when the connection ended in the middle of a write: a last
+    // word after half a frame would not parse anyway.
+    let Some(mut wr) = outlet.lock().wr.take() else {
+        return;
+    };
     if let Some(last_word) = end.farewell() {
         out.clear();
         encode_frame(&frame, &last_word, &mut out);
@@ -347,12 +355,26 @@ async fn read_message(
     }
 }
 
+/// What a connection's reader hands its writer.
+struct ToWriter<'a> {
+    control: mpsc::Sender<Control>,
+    outlet: &'a Outlet,
+}
+
+impl ToWriter<'_> {
+    /// A reply is coming: it will carry the diff up to its time, so until the writer has sent
+    /// it, pushes to this client go through the writer too (one frame, not two).
+    fn expect_reply(&self) {
+        self.outlet.replies_queued.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 async fn read_loop(
     inner: &Inner,
     hub: &Hub,
     rd: &mut ReadHalf<BoxStream>,
     reader: &mut FrameReader,
-    control: mpsc::Sender<Control>,
+    to_writer: ToWriter<'_>,
     client: &str,
     mutable: Option<&[u32]>,
 ) -> End {
@@ -383,7 +405,7 @@ async fn read_loop(
             Ok(Err(end)) => return end,
             Ok(Ok(message)) => message,
         };
-        let to_writer = match message {
+        let answer = match message {
             Message::Mutate(request) => {
                 inner.stats.mutations.fetch_add(1, Ordering::Relaxed);
                 let MutateRequest {
@@ -393,6 +415,9 @@ async fn read_loop(
                     args,
                 } = request;
                 let denied = forbidden(&called);
+                if id != 0 {
+                    to_writer.expect_reply();
+                }
                 let result = match (called.iter().find(|&&s| s as usize >= states), denied) {
                     (Some(bad), _) => Err(format!(
                         "state {bad} is outside the schema of {states} states"
@@ -429,37 +454,26 @@ async fn read_loop(
             Message::Error { message } => return End::PeerError(message),
             other => return End::Protocol(format!("unexpected {} from a client", other.name())),
         };
-        if control.send(to_writer).await.is_err() {
+        if to_writer.control.send(answer).await.is_err() {
             return End::PeerClosed;
         }
     }
 }
 
-/// The writing half of a connection and what it knows of the client.
+/// The writing half of a connection: replies, pings, and the pushes its hub's pusher left to
+/// it ([`Outlet`]).
 struct Writer<'a> {
     inner: &'a Inner,
     hub: &'a Hub,
-    tracked: Tracked,
-    frame: FrameConfig,
-    options: u64,
-    /// The clock the client has, as a hub version.
-    last: Versioned,
-    /// The hub's ancestry count as of the ancestry the client has.
-    ancestry: u64,
+    outlet: &'a Outlet,
     nonce: u64,
 }
 
 impl Writer<'_> {
-    async fn run(
-        &mut self,
-        wr: &mut WriteHalf<BoxStream>,
-        mut control: mpsc::Receiver<Control>,
-        clock: &mut watch::Receiver<Versioned>,
-        kick: &Notify,
-    ) -> End {
+    async fn run(&mut self, mut control: mpsc::Receiver<Control>, kick: &Notify) -> End {
         let config = &self.inner.config;
         // The one-shot events are waited for by futures that live as long as the connection:
-        // made anew on every turn, each would join and leave a shared waiter list per push.
+        // made anew on every turn, each would join and leave a shared waiter list per write.
         let mut shutdown = self.inner.shutdown.subscribe();
         let shutdown = shutdown.wait_for(|stop| *stop);
         let kicked = kick.notified();
@@ -471,48 +485,82 @@ impl Writer<'_> {
         let mut last_push = Instant::now();
         // Grows on first use and keeps its size; an idle client never needs more than a ping.
         let mut out = Vec::new();
+        let mut controls = Vec::new();
         loop {
             out.clear();
+            let (mut push, mut ping, mut nudged) = (false, false, false);
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return End::Shutdown,
                 () = &mut kicked => return End::Kicked,
                 next = control.recv() => {
                     let Some(first) = next else { return End::PeerClosed };
-                    self.control(first, clock, &mut out);
+                    controls.push(first);
                     // Whatever else is ready goes out in the same write.
                     while let Ok(more) = control.try_recv() {
-                        self.control(more, clock, &mut out);
+                        controls.push(more);
                     }
                 }
-                changed = clock.changed(), if push_due.is_none() => {
-                    if changed.is_err() {
-                        return End::SourceGone;
-                    }
+                () = self.outlet.nudge.notified(), if push_due.is_none() => {
+                    nudged = true;
                     match config.min_push_interval {
                         Some(interval) if last_push.elapsed() < interval => push_due = Some(last_push + interval),
                         _ => {
-                            self.push(clock, &mut out);
+                            push = true;
                             last_push = Instant::now();
                         }
                     }
                 }
                 _ = sleep_until(push_due.unwrap_or_else(Instant::now)), if push_due.is_some() => {
                     push_due = None;
-                    self.push(clock, &mut out);
+                    push = true;
                     last_push = Instant::now();
                 }
-                _ = keepalive.tick() => {
+                _ = keepalive.tick() => ping = true,
+            }
+            // What to send and the write half to send it with, under one lock: no push of the
+            // pusher's comes between a frame made here and its write.
+            let (mut wr, unsent) = {
+                let mut state = self.outlet.lock();
+                for c in controls.drain(..) {
+                    self.control(&mut state, c, &mut out);
+                }
+                if push {
+                    self.push(&mut state, &mut out);
+                }
+                if ping {
                     self.nonce += 1;
-                    encode_frame(&self.frame, &Message::Ping(self.nonce), &mut out);
+                    encode_frame(&self.outlet.frame, &Message::Ping(self.nonce), &mut out);
                     self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
                 }
-            }
-            if out.is_empty() {
-                continue;
-            }
-            match timeout(write_limit, write(self.inner, wr, &out)).await {
-                Ok(Ok(())) => {}
+                // A nudge with nothing new may still mean bytes the pusher left in a buffer.
+                if out.is_empty() && state.unsent.is_empty() && !nudged {
+                    continue;
+                }
+                let Some(wr) = state.wr.take() else {
+                    return End::Io(std::io::Error::other("the write half is gone"));
+                };
+                (wr, std::mem::take(&mut state.unsent))
+            };
+            let written = timeout(write_limit, async {
+                for bytes in [&unsent, &out] {
+                    if !bytes.is_empty() {
+                        wr.write_all(bytes).await?;
+                    }
+                }
+                // TLS and WebSocket streams buffer; a frame must leave now, not with the next.
+                wr.flush().await
+            })
+            .await;
+            self.outlet.lock().wr = Some(wr);
+            match written {
+                Ok(Ok(())) => {
+                    let bytes = (unsent.len() + out.len()) as u64;
+                    self.inner
+                        .stats
+                        .bytes_out
+                        .fetch_add(bytes, Ordering::Relaxed);
+                }
                 Ok(Err(e)) => return End::Io(e),
                 Err(_) => {
                     self.inner
@@ -525,33 +573,34 @@ impl Writer<'_> {
         }
     }
 
-    /// The hub's latest clock, marked seen; first appends the source's ancestry when it
-    /// changed since the client last had it.
-    fn latest(&mut self, clock: &mut watch::Receiver<Versioned>, out: &mut Vec<u8>) -> Versioned {
-        let latest = clock.borrow_and_update().clone();
-        if latest.ancestry != self.ancestry {
-            self.ancestry = latest.ancestry;
+    /// The hub's latest clock; first appends the source's ancestry when it changed since the
+    /// client last had it.
+    fn latest(&self, state: &mut OutletState, out: &mut Vec<u8>) -> Versioned {
+        let latest = self.hub.latest();
+        if latest.ancestry != state.ancestry {
+            state.ancestry = latest.ancestry;
             let message = Message::Ancestry(self.hub.source.ancestry());
-            encode_frame(&self.frame, &message, out);
+            encode_frame(&self.outlet.frame, &message, out);
             self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
         }
         latest
     }
 
     /// Appends the diff from the client's clock to the latest, if anything tracked changed.
-    fn push(&mut self, clock: &mut watch::Receiver<Versioned>, out: &mut Vec<u8>) {
-        let latest = self.latest(clock, out);
-        if latest.version == self.last.version || self.resync_if_went_back(&latest, out) {
+    fn push(&self, state: &mut OutletState, out: &mut Vec<u8>) {
+        let latest = self.latest(state, out);
+        if latest.version == state.last.version || self.resync_if_went_back(state, &latest, out) {
             return;
         }
+        let outlet = self.outlet;
         // With nothing tracked changed there is no frame, and the client's clock stays where
         // it was: the next diff then carries this version's queue growth too.
         let Some(bytes) = self.hub.diff_frame(
-            &self.last,
+            &state.last,
             &latest,
-            &self.tracked,
-            &self.frame,
-            self.options,
+            &outlet.tracked,
+            &outlet.frame,
+            outlet.options,
         ) else {
             return;
         };
@@ -562,43 +611,49 @@ impl Writer<'_> {
         // Versions between the client's and the latest were merged into this one diff.
         let merged = latest
             .version
-            .saturating_sub(self.last.version)
+            .saturating_sub(state.last.version)
             .saturating_sub(1);
         if merged > 0 {
             stats.diffs_merged.fetch_add(merged, Ordering::Relaxed);
         }
-        self.last = latest;
+        state.last = latest;
     }
 
     /// When the source's clock went back (it restarted and a mirror resynced to it), no diff
     /// can express the change: sends an unsolicited snapshot (id 0) and takes it as sent.
-    fn resync_if_went_back(&mut self, latest: &Versioned, out: &mut Vec<u8>) -> bool {
-        if !went_back(self.last.clock(), latest.clock(), &self.tracked) {
+    fn resync_if_went_back(
+        &self,
+        state: &mut OutletState,
+        latest: &Versioned,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let tracked = &self.outlet.tracked;
+        if !went_back(state.last.clock(), latest.clock(), tracked) {
             return false;
         }
         let snapshot = Snapshot {
-            ticks: self.tracked.mask(&latest.ticks),
+            ticks: tracked.mask(&latest.ticks),
             queue_tick: latest.queue_tick,
         };
-        encode_frame(&self.frame, &Message::Snapshot { id: 0, snapshot }, out);
+        encode_frame(
+            &self.outlet.frame,
+            &Message::Snapshot { id: 0, snapshot },
+            out,
+        );
         self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        self.last = latest.clone();
+        state.last = latest.clone();
         true
     }
 
-    fn control(
-        &mut self,
-        control: Control,
-        clock: &mut watch::Receiver<Versioned>,
-        out: &mut Vec<u8>,
-    ) {
+    fn control(&self, state: &mut OutletState, control: Control, out: &mut Vec<u8>) {
         let message = match control {
             Control::Reply { id, result } => {
+                self.outlet.replies_queued.fetch_sub(1, Ordering::AcqRel);
                 // The reply carries the diff up to now, so the client needs no extra push.
-                let latest = self.latest(clock, out);
-                self.resync_if_went_back(&latest, out);
-                let diff = Hub::diff(&self.last, &latest, &self.tracked);
-                self.last = latest;
+                let latest = self.latest(state, out);
+                self.resync_if_went_back(state, &latest, out);
+                let diff = Hub::diff(&state.last, &latest, &self.outlet.tracked);
+                state.last = latest;
                 Message::MutateReply(MutateReply {
                     id,
                     result: result.into(),
@@ -606,18 +661,18 @@ impl Writer<'_> {
                 })
             }
             Control::Snapshot { id } => {
-                let latest = self.latest(clock, out);
+                let latest = self.latest(state, out);
                 let snapshot = Snapshot {
-                    ticks: self.tracked.mask(&latest.ticks),
+                    ticks: self.outlet.tracked.mask(&latest.ticks),
                     queue_tick: latest.queue_tick,
                 };
-                self.last = latest;
+                state.last = latest;
                 Message::Snapshot { id, snapshot }
             }
             Control::Pong(nonce) => Message::Pong(nonce),
             Control::Payload(payload) => Message::Payload((*payload).clone()),
         };
-        encode_frame(&self.frame, &message, out);
+        encode_frame(&self.outlet.frame, &message, out);
         self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -1,9 +1,9 @@
-//! One served source: its clock as a versioned value that every client's writer watches, and
+//! One served source: its clock as a versioned value that the source's pushers watch, and
 //! the cache that lets a diff be encoded once for all clients with the same options.
 //!
 //! The hub observes the source; each transition replaces the versioned clock (the latest
-//! wins), and each ancestry change bumps its ancestry count, so a writer waits on one watch
-//! for both. A writer that was busy simply sees a newer version next time and sends one merged
+//! wins), and each ancestry change bumps its ancestry count, so the pushers wait on one
+//! watch for both. A writer that was busy simply sees a newer version next time and sends one merged
 //! diff, so nothing queues per client and a slow client never slows the source.
 
 use std::collections::VecDeque;
@@ -16,6 +16,9 @@ use crate::machine::{ObserverId, Schema, StateSource, Transition};
 use crate::proto::diff::ClockRef;
 use crate::proto::message::{ClockDiff, Message};
 use crate::proto::{FrameConfig, Tracked, diff, encode_frame};
+
+use super::Inner;
+use super::push::{Attached, Outlet, Pushers};
 
 /// A clock as of one version of a hub.
 #[derive(Debug, Clone)]
@@ -73,8 +76,17 @@ pub(crate) struct Hub {
     pub source: Arc<dyn StateSource>,
     pub schema: Arc<Schema>,
     clock: Arc<watch::Sender<Versioned>>,
-    cache: Mutex<VecDeque<CachedFrame>>,
+    cache: Arc<FrameCache>,
+    /// Started by the first client (they need the runtime).
+    pushers: Mutex<Option<Pushers>>,
     observer: ObserverId,
+}
+
+/// Encoded diff frames, by (from, to, options), shared by the clients that need the same
+/// bytes.
+#[derive(Debug, Default)]
+pub(crate) struct FrameCache {
+    slots: Mutex<VecDeque<CachedFrame>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -115,15 +127,50 @@ impl Hub {
             source,
             schema,
             clock,
-            cache: Mutex::new(VecDeque::new()),
+            cache: Arc::default(),
+            pushers: Mutex::new(None),
             observer,
         }
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Versioned> {
-        self.clock.subscribe()
+    /// The source's clock as of now.
+    pub fn latest(&self) -> Versioned {
+        self.clock.borrow().clone()
     }
 
+    /// Has the source's pushers push to `outlet` from now on, until the guard drops.
+    pub fn attach(&self, outlet: Arc<Outlet>, inner: &Arc<Inner>) -> Attached {
+        let mut pushers = self.pushers.lock().unwrap_or_else(PoisonError::into_inner);
+        // Started by the first client, and again by the first after the pushers' runtime
+        // ended (their clients ended with it).
+        let running = match pushers.take() {
+            Some(running) if running.running() => running,
+            _ => Pushers::start(&self.clock.subscribe(), &self.cache, inner),
+        };
+        let attached = running.attach(outlet);
+        *pushers = Some(running);
+        attached
+    }
+
+    /// The diff from `from` to `to` for one client, not cached (replies carry their own).
+    pub fn diff(from: &Versioned, to: &Versioned, tracked: &Tracked) -> ClockDiff {
+        diff::diff(from.clock(), to.clock(), tracked)
+    }
+
+    /// See [`FrameCache::diff_frame`].
+    pub fn diff_frame(
+        &self,
+        from: &Versioned,
+        to: &Versioned,
+        tracked: &Tracked,
+        frame: &FrameConfig,
+        options: u64,
+    ) -> Option<Arc<[u8]>> {
+        self.cache.diff_frame(from, to, tracked, frame, options)
+    }
+}
+
+impl FrameCache {
     /// The frame that takes a client from `from` to `to`, encoded once per options and shared;
     /// `None` when nothing tracked changed.
     pub fn diff_frame(
@@ -134,7 +181,7 @@ impl Hub {
         frame: &FrameConfig,
         options: u64,
     ) -> Option<Arc<[u8]>> {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(hit) = cache
             .iter()
             .find(|c| c.from == from.version && c.to == to.version && c.options == options)
@@ -159,11 +206,6 @@ impl Hub {
             bytes: bytes.clone(),
         });
         Some(bytes).filter(|b| !b.is_empty())
-    }
-
-    /// The diff from `from` to `to` for one client, not cached (replies carry their own).
-    pub fn diff(from: &Versioned, to: &Versioned, tracked: &Tracked) -> ClockDiff {
-        diff::diff(from.clock(), to.clock(), tracked)
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod conn;
 mod hub;
+mod push;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -1,0 +1,271 @@
+//! Clock pushes without waking every connection: a hub's pushers (one per runtime worker)
+//! write each change's diff straight to the sockets of the connections in their share, with
+//! writes that do not wait. A connection whose change needs more than that (its socket is
+//! full, its own writer is writing, a reply to it is queued, an ancestry or a snapshot is due,
+//! or it is paced by a push interval) is nudged instead, and its writer sends it.
+//!
+//! With thousands of clients this is one wake-up and one pass per change and worker, where a
+//! writer task per client would be woken, scheduled and polled for each.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncWrite, WriteHalf};
+use tokio::sync::{Notify, watch};
+
+use super::Inner;
+use super::hub::{FrameCache, Versioned};
+use crate::proto::diff::went_back;
+use crate::proto::{FrameConfig, Tracked};
+use crate::transport::BoxStream;
+
+/// What a connection's writer and its hub's pusher share.
+pub(crate) struct Outlet {
+    state: Mutex<OutletState>,
+    /// Told when the pusher left a change (or unsent bytes) to the writer.
+    pub nudge: Notify,
+    /// Replies queued for the writer: a reply carries the diff up to its time, so the pusher
+    /// leaves such a client to it (one frame instead of two).
+    pub replies_queued: AtomicUsize,
+    pub tracked: Tracked,
+    pub frame: FrameConfig,
+    /// Clients with equal keys get the same diff bytes (see [`super::hub::options_key`]).
+    pub options: u64,
+    /// A minimum push interval applies: every push goes through the writer, which keeps time.
+    pub paced: bool,
+}
+
+/// The part of an [`Outlet`] that changes.
+pub(crate) struct OutletState {
+    /// The write half; `None` while the writer has it out for a write of its own.
+    pub wr: Option<WriteHalf<BoxStream>>,
+    /// The clock the client has, as a hub version.
+    pub last: Versioned,
+    /// The hub's ancestry count as of the ancestry the client has.
+    pub ancestry: u64,
+    /// Bytes the pusher could not write at once: they go out before anything else.
+    pub unsent: Vec<u8>,
+}
+
+impl Outlet {
+    pub fn new(
+        wr: WriteHalf<BoxStream>,
+        last: Versioned,
+        tracked: Tracked,
+        frame: FrameConfig,
+        options: u64,
+        paced: bool,
+    ) -> Outlet {
+        Outlet {
+            state: Mutex::new(OutletState {
+                wr: Some(wr),
+                ancestry: last.ancestry,
+                last,
+                unsent: Vec::new(),
+            }),
+            nudge: Notify::new(),
+            replies_queued: AtomicUsize::new(0),
+            tracked,
+            frame,
+            options,
+            paced,
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, OutletState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The connections of one pusher.
+type Share = Mutex<Vec<Arc<Outlet>>>;
+
+/// A hub's pushers: started with the first client, ended with the hub's clock (or their
+/// runtime).
+pub(crate) struct Pushers {
+    shares: Vec<Arc<Share>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    next: AtomicUsize,
+}
+
+impl Pushers {
+    /// One pusher per runtime worker, following `clock`. Must run inside the runtime.
+    pub fn start(
+        clock: &watch::Receiver<Versioned>,
+        cache: &Arc<FrameCache>,
+        inner: &Arc<Inner>,
+    ) -> Pushers {
+        let workers = tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .max(1);
+        let shares: Vec<Arc<Share>> = (0..workers).map(|_| Arc::default()).collect();
+        let mut tasks = Vec::with_capacity(workers);
+        for share in &shares {
+            let mut clock = clock.clone();
+            clock.mark_unchanged();
+            // Unconstrained: the pass's writes go to sockets directly, and tokio's per-task I/O
+            // budget would refuse them after a hundred; the pass yields after itself instead.
+            let pusher = run(clock, share.clone(), cache.clone(), Arc::downgrade(inner));
+            tasks.push(tokio::spawn(tokio::task::unconstrained(pusher)));
+        }
+        Pushers {
+            shares,
+            tasks,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether they still run: not when the runtime they were started in has ended (a server
+    /// can outlive one).
+    pub fn running(&self) -> bool {
+        self.tasks.iter().all(|task| !task.is_finished())
+    }
+
+    /// Adds a connection to a share (round robin); it leaves when the guard drops.
+    pub fn attach(&self, outlet: Arc<Outlet>) -> Attached {
+        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.shares.len();
+        let share = self.shares[at].clone();
+        share
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(outlet.clone());
+        Attached { share, outlet }
+    }
+}
+
+/// A connection's place in a pusher's share.
+pub(crate) struct Attached {
+    share: Arc<Share>,
+    outlet: Arc<Outlet>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let mut share = self.share.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = share.iter().position(|o| Arc::ptr_eq(o, &self.outlet)) {
+            share.swap_remove(at);
+        }
+    }
+}
+
+/// How many clients a pass serves between looks at the clock.
+const REFRESH_EVERY: usize = 64;
+
+/// Counts of one pass, added to the server's counters once.
+#[derive(Default)]
+struct Tally {
+    frames: u64,
+    bytes: u64,
+    merged: u64,
+}
+
+/// One pusher: on every change of the clock, one pass over its share.
+async fn run(
+    mut clock: watch::Receiver<Versioned>,
+    share: Arc<Share>,
+    cache: Arc<FrameCache>,
+    inner: Weak<Inner>,
+) {
+    let mut outlets: Vec<Arc<Outlet>> = Vec::new();
+    // Set when a pass took a newer clock on its way: the clients before that point need
+    // another pass, whether or not the clock changes again.
+    let mut behind = false;
+    loop {
+        if !behind && clock.changed().await.is_err() {
+            return;
+        }
+        let mut latest = clock.borrow_and_update().clone();
+        behind = false;
+        outlets.extend(
+            share
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
+        let mut tally = Tally::default();
+        for (i, outlet) in outlets.drain(..).enumerate() {
+            // A long pass under a fast source would send its end stale clocks: it takes the
+            // latest as it goes (each step's diff is encoded once, for the clients it reaches).
+            if i % REFRESH_EVERY == REFRESH_EVERY - 1 && clock.has_changed().unwrap_or(false) {
+                latest = clock.borrow_and_update().clone();
+                behind = true;
+            }
+            push_one(&outlet, &latest, &cache, &mut tally);
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let stats = &inner.stats;
+        stats.frames_out.fetch_add(tally.frames, Ordering::Relaxed);
+        stats.diffs_sent.fetch_add(tally.frames, Ordering::Relaxed);
+        stats.bytes_out.fetch_add(tally.bytes, Ordering::Relaxed);
+        if tally.merged > 0 {
+            stats
+                .diffs_merged
+                .fetch_add(tally.merged, Ordering::Relaxed);
+        }
+        drop(inner);
+        // The worker's other tasks (readers among them) get their turns between passes.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Writes the diff that takes one client to `latest` now, or leaves it to its writer.
+fn push_one(outlet: &Outlet, latest: &Versioned, cache: &FrameCache, tally: &mut Tally) {
+    let mut state = outlet.lock();
+    if state.last.version == latest.version && state.ancestry == latest.ancestry {
+        return;
+    }
+    let state = &mut *state;
+    let writer_must = outlet.paced
+        || state.ancestry != latest.ancestry
+        || !state.unsent.is_empty()
+        || outlet.replies_queued.load(Ordering::Acquire) > 0
+        || went_back(state.last.clock(), latest.clock(), &outlet.tracked);
+    let Some(wr) = state.wr.as_mut().filter(|_| !writer_must) else {
+        outlet.nudge.notify_one();
+        return;
+    };
+    // With nothing tracked changed there is no frame, and the client's clock stays where it
+    // was: the next diff then carries this version's queue growth too.
+    let Some(bytes) = cache.diff_frame(
+        &state.last,
+        latest,
+        &outlet.tracked,
+        &outlet.frame,
+        outlet.options,
+    ) else {
+        return;
+    };
+    let (written, flushed) = write_now(wr, &bytes);
+    tally.frames += 1;
+    tally.bytes += written as u64;
+    tally.merged += latest
+        .version
+        .saturating_sub(state.last.version)
+        .saturating_sub(1);
+    state.last = latest.clone();
+    if written < bytes.len() || !flushed {
+        state.unsent.extend_from_slice(&bytes[written..]);
+        outlet.nudge.notify_one();
+    }
+}
+
+/// Writes what the stream takes now: how many bytes, and whether they left its buffers. A
+/// stream that cannot take them (full, or failed: its writer meets the error) takes none.
+fn write_now(wr: &mut WriteHalf<BoxStream>, bytes: &[u8]) -> (usize, bool) {
+    // Nobody waits on this context: whatever the stream could not do now, the writer, nudged,
+    // does with a context of its own.
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut written = 0;
+    while written < bytes.len() {
+        match Pin::new(&mut *wr).poll_write(&mut cx, &bytes[written..]) {
+            Poll::Ready(Ok(n)) if n > 0 => written += n,
+            _ => return (written, false),
+        }
+    }
+    let flushed = matches!(Pin::new(wr).poll_flush(&mut cx), Poll::Ready(Ok(())));
+    (written, flushed)
+}
