@@ -4,8 +4,10 @@
 //! A thin async driver over [`crate::proto`]: the accept loop hands each peer to its own task,
 //! which finishes the transport handshake and the protocol handshake within the handshake
 //! timeout, then runs a reader and a writer. The reader applies mutations to the source; the
-//! writer pushes clock diffs as soon as the source changes, merging whatever happened while
-//! the connection was busy into one diff. Bad input closes that one connection.
+//! writer sends replies, pings and whatever its source's pushers leave to it. The pushers (one
+//! per runtime worker and source) write each clock change to every client as soon as it
+//! happens, merging whatever happened while a client was busy into one diff. Bad input closes
+//! that one connection.
 
 mod conn;
 mod hub;
