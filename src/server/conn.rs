@@ -595,7 +595,7 @@ impl Writer<'_> {
         let outlet = self.outlet;
         // With nothing tracked changed there is no frame, and the client's clock stays where
         // it was: the next diff then carries this version's queue growth too.
-        let Some(bytes) = self.hub.diff_frame(
+        let Some(bytes) = self.hub.frames().diff_frame(
             &state.last,
             &latest,
             &outlet.tracked,

@@ -157,16 +157,9 @@ impl Hub {
         diff::diff(from.clock(), to.clock(), tracked)
     }
 
-    /// See [`FrameCache::diff_frame`].
-    pub fn diff_frame(
-        &self,
-        from: &Versioned,
-        to: &Versioned,
-        tracked: &Tracked,
-        frame: &FrameConfig,
-        options: u64,
-    ) -> Option<Arc<[u8]>> {
-        self.cache.diff_frame(from, to, tracked, frame, options)
+    /// The diff frames encoded so far, shared by the source's writers and pushers.
+    pub fn frames(&self) -> &FrameCache {
+        &self.cache
     }
 }
 
