@@ -285,8 +285,12 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         outlet: &outlet,
         nonce: 0,
     };
+    let to_writer = ToWriter {
+        control: control_tx,
+        outlet: &outlet,
+    };
     let end = tokio::select! {
-        end = read_loop(inner, &hub, &mut rd, &mut reader, ToWriter { control: control_tx, outlet: &outlet }, &hello.client_id, mutable.as_deref()) => end,
+        end = read_loop(inner, &hub, &mut rd, &mut reader, to_writer, &hello.client_id, mutable.as_deref()) => end,
         end = writer.run(control_rx, &kick) => end,
     };
 

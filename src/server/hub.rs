@@ -3,8 +3,8 @@
 //!
 //! The hub observes the source; each transition replaces the versioned clock (the latest
 //! wins), and each ancestry change bumps its ancestry count, so the pushers wait on one
-//! watch for both. A writer that was busy simply sees a newer version next time and sends one merged
-//! diff, so nothing queues per client and a slow client never slows the source.
+//! watch for both. A client that was busy simply gets the newest version next time, in one
+//! merged diff, so nothing queues per client and a slow client never slows the source.
 
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
