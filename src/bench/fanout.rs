@@ -721,7 +721,7 @@ struct RawWriters {
 
 impl RawWriters {
     async fn accept(listener: &TcpListener, n: usize) -> Result<RawWriters, BenchError> {
-        let mut sockets = Vec::with_capacity(n);
+        let mut sockets = Vec::with_capacity(n.min(1 << 16));
         while sockets.len() < n {
             let (socket, _) = listener.accept().await.map_err(floor_io)?;
             socket.set_nodelay(true).map_err(floor_io)?;
