@@ -18,12 +18,16 @@ use tokio::net::TcpStream;
 /// into messages of this size).
 const MESSAGE_FLOOR: usize = 64 * 1024;
 
+/// A node's ws:// listener whose own timeouts are beyond every wait of these tests, so only a
+/// size limit can end a connection in time.
 async fn node_ws(max_frame: usize) -> (Server, Endpoint) {
     let machine = Machine::builder(abc_schema()).id("root").build();
     serve(
         Arc::new(machine),
         ServerConfig {
             max_frame,
+            handshake_timeout: 3 * LIMIT,
+            idle_timeout: 3 * LIMIT,
             ..ServerConfig::default()
         },
         "ws",
