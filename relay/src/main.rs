@@ -27,7 +27,7 @@ struct Cli {
     targets: Vec<String>,
     /// An origin whose pages may connect, e.g. http://localhost:8000 (repeatable); the relay's
     /// own pages always may.
-    #[arg(long = "origin")]
+    #[arg(long = "origin", value_name = "ORIGIN")]
     origins: Vec<String>,
     /// A host name the relay answers to besides its listen address, e.g. relay.example.com when
     /// DNS or a proxy gives it one (repeatable). Requests whose Host header names anything else
@@ -112,6 +112,11 @@ fn config(cli: &Cli) -> anyhow::Result<RelayConfig> {
         .context("cannot load the TLS files")?;
         config.transport = TransportConfig::with_tls(tls);
     }
+    anyhow::ensure!(
+        config.max_connections > 0 && config.max_message > 0 && !config.idle_timeout.is_zero(),
+        "--max-connections, --max-message and --idle-timeout-ms (or max_connections, \
+         max_message and idle_timeout_ms) must be above 0; leave them out for the defaults"
+    );
     anyhow::ensure!(
         !config.targets.is_empty(),
         "no targets: give --target NAME=ENDPOINT or a --config with [relay] targets"
