@@ -380,7 +380,7 @@ async fn refusals_reach_the_page_with_their_reasons() {
     chromium
         .until(
             "the page to show the relay is full",
-            "/the relay is full.*retrying/.test(document.getElementById('log')?.textContent)",
+            "/^Disconnected \\(4503\\); retrying\\.the relay is full/.test(document.getElementById('reason')?.textContent)",
         )
         .await;
 }

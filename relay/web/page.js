@@ -69,8 +69,8 @@ function follow(target) {
       showReason(`Refused${code ? ` (${code})` : ""}; not retrying.`, reason);
     } else if (state === "ready") {
       showReason(null);
-    } else if (reason) {
-      $("log").textContent = `${reason}; retrying`;
+    } else if (state === "disconnected" && reason) {
+      showReason(`Disconnected${code ? ` (${code})` : ""}; retrying.`, reason);
     }
   });
   mirror.addEventListener("change", render);
@@ -89,6 +89,7 @@ async function main() {
   if (idle > 0) keepaliveMs = Math.max(100, Math.min(DEFAULT_KEEPALIVE_MS, Math.floor(idle / 3)));
   const targets = await response.json();
   for (const t of targets) $("target").append(new Option(t.name, t.name));
+  $("target").hidden = targets.length === 0;
   const chosen = targets.find((t) => t.name === params.get("target")) ?? targets[0];
   if (chosen) {
     $("target").value = chosen.name;
