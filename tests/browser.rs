@@ -291,9 +291,7 @@ async fn state_names_that_look_like_markup_stay_text() {
     chromium
         .until(
             "the hostile state shown active",
-            &format!(
-                "document.querySelector('#states button').getAttribute('aria-pressed') === 'true'"
-            ),
+            "document.querySelector('#states button').getAttribute('aria-pressed') === 'true'",
         )
         .await;
     assert_eq!(

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 /// The least a node's WebSocket takes in one message, whatever its `max_frame` (writers split
 /// into messages of this size).
-const MESSAGE_FLOOR: usize = 64 * 1024;
+const MESSAGE_FLOOR: usize = 1 << 20;
 
 /// A node's ws:// listener whose own timeouts are beyond every wait of these tests, so only a
 /// size limit can end a connection in time.
@@ -76,25 +76,28 @@ async fn upgraded(address: &str, path: &str) -> TcpStream {
     tcp
 }
 
-/// One masked client frame of one byte (mask 0, so the byte goes as it is).
-fn one_byte_frame(opcode: u8) -> [u8; 7] {
-    [opcode, 0x81, 0, 0, 0, 0, 0x2a]
+/// One masked client frame of `len` (at most 125) bytes, FIN not set (mask 0, so the bytes go
+/// as they are).
+fn unfinished_frame(opcode: u8, len: usize) -> Vec<u8> {
+    let mut frame = vec![opcode, 0x80 | len as u8, 0, 0, 0, 0];
+    frame.resize(6 + len, 0x2a);
+    frame
 }
 
-/// Sends one binary message of 1-byte frames (FIN never set) until the peer ends the
+/// Sends one binary message of `len`-byte frames (FIN never set) until the peer ends the
 /// connection or `budget` payload bytes have gone; returns what the peer answered, once it has
 /// ended the connection.
-async fn endless_message(tcp: &mut TcpStream, budget: usize) -> Vec<u8> {
+async fn endless_message(tcp: &mut TcpStream, budget: usize, len: usize) -> Vec<u8> {
     let (mut rd, mut wr) = tcp.split();
     let mut answer = Vec::new();
     let send = async {
-        let mut batch = Vec::with_capacity(7 * 1024);
-        batch.extend_from_slice(&one_byte_frame(0x02));
-        let mut sent = 1;
+        let (first, next) = (unfinished_frame(0x02, len), unfinished_frame(0x00, len));
+        let mut batch = first;
+        let mut sent = len;
         while sent < budget {
-            while batch.len() < 7 * 1024 {
-                batch.extend_from_slice(&one_byte_frame(0x00));
-                sent += 1;
+            while batch.len() < 64 * 1024 {
+                batch.extend_from_slice(&next);
+                sent += len;
             }
             if wr.write_all(&batch).await.is_err() {
                 break;
@@ -162,20 +165,20 @@ async fn huge_head(address: &str) -> String {
 async fn a_node_cuts_an_endless_websocket_message_at_its_frame_limit() {
     let (_server, endpoint) = node_ws(1024).await;
     let mut tcp = upgraded(&endpoint.address, "/worker").await;
-    // Twice the limit, then silence: with tungstenite's defaults the node would wait for the
-    // rest of a 64 MiB message and this would time out.
-    endless_message(&mut tcp, 2 * MESSAGE_FLOOR).await;
+    // 1-byte frames past the limit, then silence: with tungstenite's defaults the node would
+    // wait for the rest of a 64 MiB message and this would time out.
+    endless_message(&mut tcp, MESSAGE_FLOOR + 64 * 1024, 1).await;
     // The node goes on.
     RawClient::handshake(&endpoint, "after").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_above_the_floor_cuts_at_its_own_frame_limit() {
-    // max_frame above the floor: the limit follows it.
-    let max_frame = 256 * 1024;
+async fn a_node_with_a_larger_max_frame_still_cuts_an_endless_message() {
+    // max_frame above the floor: the limit is max_frame (plus a head), still far below 64 MiB.
+    let max_frame = 3 << 19;
     let (_server, endpoint) = node_ws(max_frame).await;
     let mut tcp = upgraded(&endpoint.address, "/worker").await;
-    let answer = endless_message(&mut tcp, 2 * max_frame).await;
+    let answer = endless_message(&mut tcp, max_frame + 64 * 1024, 125).await;
     assert!(answer.is_empty() || answer[0] == 0x88, "{answer:?}");
     RawClient::handshake(&endpoint, "after").await;
 }
@@ -184,7 +187,7 @@ async fn a_node_above_the_floor_cuts_at_its_own_frame_limit() {
 async fn the_relay_cuts_an_endless_websocket_message_at_its_message_limit() {
     let (relay, _server) = relay(4096).await;
     let mut tcp = upgraded(&relay.local_endpoint().address, "/arpc/demo").await;
-    let answer = endless_message(&mut tcp, 4 * 4096).await;
+    let answer = endless_message(&mut tcp, 4 * 4096, 1).await;
     // A close frame: 0x88, its length, the code 1009 (message too big) and the reason.
     assert!(answer.len() > 4 && answer[0] == 0x88, "{answer:?}");
     assert_eq!(u16::from_be_bytes([answer[2], answer[3]]), 1009);

@@ -275,6 +275,9 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
+/// The most read from a target at once: one message to the browser.
+const UPSTREAM_READ: usize = 64 * 1024;
+
 /// A refusal after the upgrade: the close code and the reason the browser is shown.
 type Refused = (RelayClose, String);
 
@@ -360,12 +363,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 }
 
 /// The relay's WebSocket configuration: browser messages and frames bounded by `max_message`;
-/// messages to the browser are the target's bytes as read (at most 64 KiB), flushed one by one.
+/// messages to the browser are the target's bytes as read (at most [`UPSTREAM_READ`]), flushed
+/// one by one.
 fn browser_limits(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(64 * 1024)
         .write_buffer_size(0)
-        .max_write_buffer_size(2 * transport::ws::MESSAGE_CHUNK)
+        .max_write_buffer_size(2 * UPSTREAM_READ)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
 }
@@ -598,7 +602,7 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let upstream_to_browser = async {
-            let mut buf = vec![0u8; transport::ws::MESSAGE_CHUNK];
+            let mut buf = vec![0u8; UPSTREAM_READ];
             loop {
                 let n = up_read
                     .read(&mut buf)
