@@ -295,7 +295,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
         Err(_) => return Err("no request within the handshake timeout".into()),
     };
-    // Never the path with its query: that is where a browser's token travels.
+    // Never the path with its query: that is where a browser's token travels. Logged with `?`
+    // (escaped): a path can hold a bare line feed.
     let route = request.route().to_owned();
     // The Host first, on every route: a name the relay does not answer to is DNS rebinding
     // (or a proxy that needs `hosts`), and is never upgraded.
@@ -310,7 +311,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                      or add the name to the relay's hosts (--host)\n"
                 ),
             };
-            info!(%route, reason = %body.trim(), "relay refused a request for another host");
+            info!(?route, reason = %body.trim(), "relay refused a request for another host");
             let status = if other.is_none() { 400 } else { 421 };
             let _ = http::respond(&mut stream, status, "text/plain", &body).await;
             return Err(body);
@@ -349,7 +350,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     match admitted {
         Err((close, reason)) => {
             inner.stats.refused.fetch_add(1, Ordering::Relaxed);
-            info!(%route, code = close.code(), %reason, "relay refused a browser");
+            info!(?route, code = close.code(), %reason, "relay refused a browser");
             close_with(ws, CloseCode::from(close.code()), &reason, limit).await;
             Err(reason)
         }
@@ -401,7 +402,7 @@ async fn serve_http<S: AsyncWrite + Unpin>(
     let presented = bearer.or_else(|| http::query(&request.path, "token"));
     if let Err((_, reason)) = check_token(inner, presented.as_deref()) {
         inner.stats.refused.fetch_add(1, Ordering::Relaxed);
-        info!(%route, %reason, "relay refused the target list");
+        info!(?route, %reason, "relay refused the target list");
         return http::respond(stream, 401, "text/plain", &format!("{reason}\n")).await;
     }
     let list: Vec<serde_json::Value> = inner
