@@ -540,6 +540,38 @@ async fn an_unreachable_target_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_never_answers_says_so() {
+    // A tls:// target that takes the connection and then says nothing: the TLS handshake
+    // waits until the relay's handshake timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let address = silent.local_addr().expect("bound");
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let relay = Relay::start(RelayConfig {
+        listen: any_port("ws"),
+        targets: vec![Target {
+            name: "mute".into(),
+            endpoint: format!("tls://{address}/x").parse().expect("valid"),
+        }],
+        handshake_timeout: Duration::from_millis(300),
+        transport: transport(),
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("starts");
+    let (code, reason) = refused(&relay, "/arpc/mute").await;
+    assert_eq!(code, 4504);
+    assert!(reason.contains("did not answer in time"), "{reason}");
+    holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_means_nothing_from_the_browser_whatever_the_node_pushes() {
     let (machine, relay, _server) = setup(RelayConfig {
         idle_timeout: Duration::from_millis(1000),
