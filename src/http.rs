@@ -1,11 +1,23 @@
-//! The little HTTP/1.1 the relay and the admin listener speak: read one request head (bounded),
-//! answer with a small body, or accept a WebSocket upgrade.
+//! The little HTTP/1.1 the relay, the node's WebSocket listeners and the admin listener speak:
+//! read one request head (bounded), answer with a small body and the security headers every
+//! answer carries, or accept a WebSocket upgrade.
+
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-/// Largest request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
+/// Largest request head accepted; a longer one is answered with 431.
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
+
+/// What a refused request may still send after the answer, read and thrown away so that the
+/// answer is not lost to a reset (closing a socket with unread input resets it, and a reset
+/// can discard the answer before the peer reads it).
+const DRAIN_BYTES: usize = 4 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// The policy of every answer that is not a page: nothing may load, nothing may frame it.
+pub(crate) const CSP_NONE: &str = "default-src 'none'; frame-ancestors 'none'";
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -28,37 +40,76 @@ impl Request {
         self.header("upgrade")
             .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
     }
+
+    /// The path without its query: what may be logged (a query can carry a token).
+    pub fn route(&self) -> &str {
+        self.path.split('?').next().unwrap_or_default()
+    }
+}
+
+/// Why a request head could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HeadError {
+    #[error("request head over {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("connection closed before the request head ended")]
+    Closed,
+    #[error("request head is not UTF-8")]
+    NotUtf8,
+    #[error("malformed request line")]
+    Malformed,
+    #[error("unsupported HTTP version {0}; speak HTTP/1.1")]
+    Version(String),
+    #[error("reading the request head: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl HeadError {
+    /// The status to answer with, when the peer can still read one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HeadError::TooLarge => Some(431),
+            HeadError::NotUtf8 | HeadError::Malformed | HeadError::Version(_) => Some(400),
+            HeadError::Closed | HeadError::Io(_) => None,
+        }
+    }
 }
 
 /// Reads a request head; returns it and any bytes read past it.
 pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
-) -> Result<(Request, Vec<u8>), String> {
+) -> Result<(Request, Vec<u8>), HeadError> {
     let mut buf = Vec::with_capacity(1024);
+    let mut searched: usize = 0;
     let end = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
+        // Only the new bytes (and the three before them) can complete the blank line.
+        let from = searched.saturating_sub(3);
+        if let Some(at) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            break from + at;
         }
+        searched = buf.len();
         if buf.len() > MAX_HEAD {
-            return Err(format!("request head over {MAX_HEAD} bytes"));
+            return Err(HeadError::TooLarge);
         }
         let mut chunk = [0u8; 2048];
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err("connection closed before the request head ended".into());
+            return Err(HeadError::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head =
-        std::str::from_utf8(&buf[..end]).map_err(|_| "request head is not UTF-8".to_owned())?;
+    if end > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| HeadError::NotUtf8)?;
     let mut lines = head.split("\r\n");
     let mut first = lines.next().unwrap_or_default().split(' ');
     let (method, path, version) = (first.next(), first.next(), first.next());
     let (Some(method), Some(path), Some(version)) = (method, path, version) else {
-        return Err("malformed request line".into());
+        return Err(HeadError::Malformed);
     };
     if !version.starts_with("HTTP/1.") {
-        return Err(format!("unsupported HTTP version {version}"));
+        return Err(HeadError::Version(version.chars().take(16).collect()));
     }
     let headers = lines
         .filter_map(|line| line.split_once(':'))
@@ -124,6 +175,9 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        421 => "Misdirected Request",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -131,24 +185,97 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Answers with a body and closes.
+/// Answers with a body and closes; the body may load nothing (see [`respond_with`]).
 pub(crate) async fn respond<S: AsyncWrite + Unpin>(
     stream: &mut S,
     status: u16,
     content_type: &str,
     body: &str,
 ) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+    respond_with(stream, status, content_type, CSP_NONE, &[], body).await
+}
+
+/// Answers with a body under a Content-Security-Policy, and closes. Every answer also says
+/// `nosniff` (a body is only ever its declared type) and may not be framed (clickjacking).
+pub(crate) async fn respond_with<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    content_type: &str,
+    csp: &str,
+    extra_headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nContent-Security-Policy: {csp}\r\nX-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n",
         reason(status),
         body.len()
     );
+    for (name, value) in extra_headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
     // One write: a client that reads only what has arrived still gets the reason with the status.
     let mut response = head.into_bytes();
     response.extend_from_slice(body.as_bytes());
     stream.write_all(&response).await?;
     stream.flush().await?;
     stream.shutdown().await
+}
+
+/// Answers a request whose head could not be read (431 for one too large, 400 for a malformed
+/// one), then reads and drops what the peer still sends, within a bound, so the answer reaches
+/// it instead of a reset. A head that ended with the connection gets no answer.
+pub(crate) async fn refuse_head<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    error: &HeadError,
+) {
+    let Some(status) = error.status() else {
+        return;
+    };
+    let body = match error {
+        HeadError::TooLarge => {
+            format!("the request head is over {MAX_HEAD} bytes; send fewer or shorter headers\n")
+        }
+        other => format!("bad request: {other}\n"),
+    };
+    if respond(stream, status, "text/plain", &body).await.is_ok() {
+        drain(stream).await;
+    }
+}
+
+/// Reads and drops input until the peer closes, or [`DRAIN_BYTES`] or [`DRAIN_TIME`] pass.
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 8192];
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request, or the status and reason to refuse it.
+pub(crate) fn upgrade_key(request: &Request) -> Result<&str, (u16, String)> {
+    if !request.is_upgrade() {
+        return Err((426, "not a WebSocket upgrade".into()));
+    }
+    if request.method != "GET" {
+        return Err((
+            400,
+            format!("a WebSocket upgrade is a GET, not {:?}", request.method),
+        ));
+    }
+    let key = request
+        .header("sec-websocket-key")
+        .ok_or_else(|| (400, "missing Sec-WebSocket-Key".to_owned()))?;
+    if request.header("sec-websocket-version") != Some("13") {
+        return Err((400, "only WebSocket version 13 is supported".into()));
+    }
+    Ok(key)
 }
 
 /// Accepts a WebSocket upgrade.
@@ -193,7 +320,29 @@ mod tests {
             read_head(&mut input)
                 .await
                 .expect_err("too big")
+                .to_string()
                 .contains("over")
         );
+    }
+
+    #[tokio::test]
+    async fn a_head_too_large_is_answered_431_and_the_rest_drained() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let refusing = tokio::spawn(async move {
+            let error = read_head(&mut server).await.expect_err("too large");
+            refuse_head(&mut server, &error).await;
+        });
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 200_000));
+        // All of it is taken (drained) although the answer came after 16 KiB.
+        client.write_all(&head).await.expect("the server drains");
+        client.shutdown().await.expect("half-close");
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.expect("reads");
+        assert!(
+            answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+            "{answer}"
+        );
+        refusing.await.expect("done");
     }
 }

@@ -1,9 +1,10 @@
 //! The relay with WebSocket clients that speak the protocol through it: several on one target,
-//! and every refusal (origin, target, token, size, upstream, idle) with a readable reason.
+//! every refusal (host, origin, target, token, size, upstream, full, idle) with a close code and
+//! a readable reason, the headers of every route, and no token in any log line.
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asyncmachine::machine::{Args, Machine, MutationKind, Outcome, StateSource};
@@ -14,6 +15,7 @@ use asyncmachine::server::{Server, ServerConfig};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
@@ -51,6 +53,113 @@ async fn open(relay: &Relay, path: &str, origin: Option<&str>) -> Result<Ws, WsE
     within("ws connect", tokio_tungstenite::connect_async(request))
         .await
         .map(|(ws, _)| ws)
+}
+
+/// The close frame that ends a WebSocket (skipping any data before it).
+async fn close_of(ws: &mut Ws) -> CloseFrame {
+    within("a close frame", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Close(Some(frame)))) => return frame,
+                Some(Ok(WsMessage::Close(None))) => panic!("a close frame without a code"),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+/// Opens a WebSocket as a browser would (with the relay's own origin) and returns the close
+/// code and reason the relay answers with.
+async fn refused(relay: &Relay, path: &str) -> (u16, String) {
+    let own = format!("http://{}", relay.local_endpoint().address);
+    let mut ws = open(relay, path, Some(&own))
+        .await
+        .expect("a refusal is an upgrade a browser can read");
+    let frame = close_of(&mut ws).await;
+    (u16::from(frame.code), frame.reason.to_string())
+}
+
+/// One plain HTTP request with the given header lines; returns the whole answer.
+async fn http_get(address: &str, path: &str, headers: &[&str]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within("an HTTP answer", async {
+        let mut s = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connects");
+        let mut head = format!("GET {path} HTTP/1.1\r\n");
+        for h in headers {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).await.expect("writes");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("reads");
+        out
+    })
+    .await
+}
+
+fn hello(id: &str) -> Message {
+    Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client_id: id.into(),
+        source: String::new(),
+        schema_hash: 0,
+        options: WantedOptions::default(),
+        token: None,
+    })
+}
+
+/// Every event logged in this test process, as `name=value` text: installed once, global.
+fn capture_logs() -> Arc<Mutex<String>> {
+    use std::fmt::Write as _;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata};
+
+    struct Capture(Arc<Mutex<String>>);
+    struct Line<'a>(&'a mut String);
+    impl Visit for Line<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &Attributes<'_>) -> Id {
+            let mut line = String::new();
+            span.record(&mut Line(&mut line));
+            self.0.lock().expect("lock").push_str(&line);
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, values: &Record<'_>) {
+            let mut line = String::new();
+            values.record(&mut Line(&mut line));
+            self.0.lock().expect("lock").push_str(&line);
+        }
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut line = String::new();
+            event.record(&mut Line(&mut line));
+            line.push('\n');
+            self.0.lock().expect("lock").push_str(&line);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+    static LOGS: std::sync::OnceLock<Arc<Mutex<String>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(String::new()));
+        tracing::subscriber::set_global_default(Capture(logs.clone()))
+            .expect("no other subscriber in this test binary");
+        logs
+    })
+    .clone()
 }
 
 /// A browser-like client speaking aRPC in binary messages.
@@ -101,43 +210,26 @@ impl Client {
     }
 
     async fn handshake(relay: &Relay, id: &str) -> (Client, Vec<u64>) {
-        let ws = open(relay, "/arpc/demo", None).await.expect("upgrade");
+        Client::handshake_at(relay, "/arpc/demo", None, id).await
+    }
+
+    async fn handshake_at(
+        relay: &Relay,
+        path: &str,
+        origin: Option<&str>,
+        id: &str,
+    ) -> (Client, Vec<u64>) {
+        let ws = open(relay, path, origin).await.expect("upgrade");
         let mut client = Client {
             ws,
             reader: FrameReader::new(FrameConfig::default()),
             clock: Vec::new(),
         };
-        client
-            .send(&Message::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                client_id: id.into(),
-                source: String::new(),
-                schema_hash: 0,
-                options: WantedOptions::default(),
-                token: None,
-            }))
-            .await;
+        client.send(&hello(id)).await;
         match client.recv().await {
             Message::Welcome(w) => (client, w.snapshot.ticks),
             other => panic!("expected a welcome, got {other:?}"),
         }
-    }
-}
-
-fn status_of(result: Result<Ws, WsError>) -> (u16, String) {
-    match result {
-        Err(WsError::Http(response)) => {
-            let body = response
-                .body()
-                .as_deref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            (response.status().as_u16(), body)
-        }
-        other => panic!(
-            "expected an HTTP refusal, got {:?}",
-            other.map(|_| "an upgrade")
-        ),
     }
 }
 
@@ -196,44 +288,208 @@ async fn several_browsers_share_one_target() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refusals_are_http_statuses_with_reasons() {
+async fn refusals_close_with_a_code_and_a_reason() {
     let config = RelayConfig {
         origins: vec!["https://app.example".into()],
-        token: None,
+        max_connections: 1,
         ..RelayConfig::default()
     };
     let (_machine, relay, _server) = setup(config).await;
-    let (status, body) = status_of(open(&relay, "/arpc/demo", Some("https://evil.example")).await);
-    assert_eq!(status, 403);
-    assert!(body.contains("evil.example"), "{body}");
-    open(&relay, "/arpc/demo", Some("https://app.example"))
+    let mut ws = open(&relay, "/arpc/demo", Some("https://evil.example"))
         .await
-        .expect("a listed origin");
-    let own = format!("http://{}", relay.local_endpoint().address);
-    open(&relay, "/arpc/demo", Some(&own))
-        .await
-        .expect("the relay's own origin");
+        .expect("upgraded, to be told why not");
+    let frame = close_of(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 4403);
+    assert!(frame.reason.contains("evil.example"), "{}", frame.reason);
 
-    let (status, body) = status_of(open(&relay, "/arpc/elsewhere", None).await);
-    assert_eq!(status, 404);
-    assert!(body.contains("this relay serves: demo"), "{body}");
-    let (status, _) = status_of(open(&relay, "/127.0.0.1:22", None).await);
-    assert_eq!(status, 404, "no host:port from the URL, ever");
+    let (code, reason) = refused(&relay, "/arpc/elsewhere").await;
+    assert_eq!(code, 4404);
+    assert!(reason.contains("this relay serves: demo"), "{reason}");
+    let (code, _) = refused(&relay, "/127.0.0.1:22").await;
+    assert_eq!(code, 4404, "no host:port from the URL, ever");
+
+    // One bridge open (a listed origin): the next is told the relay is full.
+    let (first, _) =
+        Client::handshake_at(&relay, "/arpc/demo", Some("https://app.example"), "first").await;
+    let (code, reason) = refused(&relay, "/arpc/demo").await;
+    assert_eq!(code, 4503);
+    assert!(reason.contains("full"), "{reason}");
+    // Its slot comes back when it ends.
+    drop(first);
+    within("a free slot", async {
+        loop {
+            let own = format!("http://{}", relay.local_endpoint().address);
+            let mut ws = open(&relay, "/arpc/demo", Some(&own))
+                .await
+                .expect("upgrade");
+            let mut client = Client {
+                ws,
+                reader: FrameReader::new(FrameConfig::default()),
+                clock: Vec::new(),
+            };
+            client.send(&hello("second")).await;
+            ws = client.ws;
+            match ws.next().await {
+                Some(Ok(WsMessage::Binary(_))) => return,
+                Some(Ok(WsMessage::Close(Some(frame)))) => {
+                    assert_eq!(u16::from(frame.code), 4503, "{}", frame.reason);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_is_required_when_configured() {
+async fn a_token_is_required_and_a_missing_one_told_from_a_wrong_one() {
     let (_machine, relay, _server) = setup(RelayConfig {
         token: Some("s3cret".into()),
         ..RelayConfig::default()
     })
     .await;
-    let (status, body) = status_of(open(&relay, "/arpc/demo", None).await);
-    assert_eq!(status, 401);
-    assert!(body.contains("token"), "{body}");
-    open(&relay, "/arpc/demo?token=s3cret", None)
-        .await
-        .expect("with the token");
+    let (code, missing) = refused(&relay, "/arpc/demo").await;
+    assert_eq!(code, 4401);
+    assert!(missing.contains("none was given"), "{missing}");
+    let (code, wrong) = refused(&relay, "/arpc/demo?token=guess").await;
+    assert_eq!(code, 4401);
+    assert!(wrong.contains("not this relay's token"), "{wrong}");
+    assert!(
+        !wrong.contains("guess"),
+        "a reason never repeats the token: {wrong}"
+    );
+    let (code, _) = refused(&relay, "/arpc/elsewhere?token=guess").await;
+    assert_eq!(code, 4401, "the token before the target list");
+    Client::handshake_at(&relay, "/arpc/demo?token=s3cret", None, "with-token").await;
+
+    // The target list is behind the same token.
+    let address = relay.local_endpoint().address.clone();
+    let host = format!("Host: {address}");
+    let answer = http_get(&address, "/targets", &[&host]).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.contains("none was given") && !answer.contains("demo"),
+        "{answer}"
+    );
+    let answer = http_get(&address, "/targets?token=guess", &[&host]).await;
+    assert!(answer.starts_with("HTTP/1.1 401") && answer.contains("not this relay's token"));
+    let answer = http_get(
+        &address,
+        "/targets",
+        &[&host, "Authorization: Bearer guess"],
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    for auth in ["Authorization: Bearer s3cret", "X-Nothing: 1"] {
+        let path = if auth.starts_with("X-") {
+            "/targets?token=s3cret"
+        } else {
+            "/targets"
+        };
+        let answer = http_get(&address, path, &[&host, auth]).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains(r#""name":"demo""#),
+            "{answer}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_another_host_is_refused_on_every_route_and_never_upgraded() {
+    let (_machine, relay, _server) = setup(RelayConfig {
+        hosts: vec!["relay.example".into()],
+        ..RelayConfig::default()
+    })
+    .await;
+    let address = relay.local_endpoint().address.clone();
+    let port = address.rsplit_once(':').expect("host:port").1.to_owned();
+    // DNS rebinding: attacker.test now resolves to the relay; the page's origin is its own.
+    let rebound = format!("Host: attacker.test:{port}");
+    let origin = format!("Origin: http://attacker.test:{port}");
+    let upgrade = [
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ];
+    for path in [
+        "/",
+        "/index.html",
+        "/page.js",
+        "/am.js",
+        "/targets",
+        "/arpc/demo",
+    ] {
+        let answer = http_get(&address, path, &[&rebound, &origin]).await;
+        assert!(answer.starts_with("HTTP/1.1 421"), "{path}: {answer}");
+        assert!(
+            answer.contains("attacker.test") && answer.contains("--host"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("X-Content-Type-Options: nosniff"),
+            "{answer}"
+        );
+        let mut head = vec![rebound.as_str(), origin.as_str()];
+        head.extend(upgrade);
+        let answer = http_get(&address, path, &head).await;
+        assert!(answer.starts_with("HTTP/1.1 421"), "not upgraded: {answer}");
+    }
+    let answer = http_get(&address, "/", &[]).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("no Host"),
+        "{answer}"
+    );
+    for host in [
+        address.clone(),
+        format!("localhost:{port}"),
+        format!("relay.example:{port}"),
+        "relay.example".to_owned(),
+    ] {
+        let answer = http_get(&address, "/", &[&format!("Host: {host}")]).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_reaches_the_log() {
+    let logs = capture_logs();
+    let (_machine, relay, _server) = setup(RelayConfig {
+        token: Some("REAL-t0ken-9f8e".into()),
+        ..RelayConfig::default()
+    })
+    .await;
+    let address = relay.local_endpoint().address.clone();
+    let host = format!("Host: {address}");
+    refused(&relay, "/arpc/demo?token=GUESSED-t0ken-1a2b").await;
+    refused(&relay, "/arpc/nowhere?token=GUESSED-t0ken-1a2b").await;
+    refused(&relay, "/arpc/demo?token=").await;
+    http_get(&address, "/targets?token=GUESSED-t0ken-1a2b", &[&host]).await;
+    http_get(
+        &address,
+        "/targets",
+        &[&host, "Authorization: Bearer GUESSED-t0ken-1a2b"],
+    )
+    .await;
+    http_get(&address, "/targets?token=REAL-t0ken-9f8e", &[&host]).await;
+    http_get(
+        &address,
+        "/?token=REAL-t0ken-9f8e",
+        &["Host: elsewhere.test"],
+    )
+    .await;
+    let (client, _) =
+        Client::handshake_at(&relay, "/arpc/demo?token=REAL-t0ken-9f8e", None, "ok").await;
+    drop(client);
+    // The refusals were logged (so the check below looks at the lines that would carry it).
+    within("the refusals in the log", async {
+        while logs.lock().expect("lock").matches("relay refused").count() < 6 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let text = logs.lock().expect("lock").clone();
+    assert!(!text.contains("t0ken"), "a token in the log:\n{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +522,7 @@ async fn an_oversized_message_closes_that_bridge_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_target_and_an_idle_bridge_say_so() {
+async fn an_unreachable_target_says_so() {
     let dead = Target {
         name: "dead".into(),
         endpoint: "tcp://127.0.0.1:1/x".parse().expect("valid"),
@@ -278,65 +534,187 @@ async fn an_unreachable_target_and_an_idle_bridge_say_so() {
     })
     .await
     .expect("starts");
-    let (status, body) = status_of(open(&relay, "/arpc/dead", None).await);
-    assert_eq!(status, 502);
-    assert!(body.contains("unreachable"), "{body}");
-
-    let (_machine, relay, _server) = setup(RelayConfig {
-        idle_timeout: Duration::from_millis(300),
-        ..RelayConfig::default()
-    })
-    .await;
-    let mut ws = open(&relay, "/arpc/demo", None).await.expect("upgrade");
-    let frame = within("idle close", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(WsMessage::Close(frame))) => return frame,
-                Some(Ok(_)) => {}
-                other => panic!("expected a close, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a close frame");
-    assert!(frame.reason.contains("idle"), "{}", frame.reason);
+    let (code, reason) = refused(&relay, "/arpc/dead").await;
+    assert_eq!(code, 4502);
+    assert!(reason.contains("unreachable"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_and_the_client_are_served() {
-    let (_machine, relay, _server) = setup(RelayConfig::default()).await;
-    let get = |path: &'static str| {
-        let address = relay.local_endpoint().address.clone();
-        async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(&address)
-                .await
-                .expect("connects");
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes())
-                .await
-                .expect("writes");
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.expect("reads");
-            out
+async fn a_target_that_never_answers_says_so() {
+    // A tls:// target that takes the connection and then says nothing: the TLS handshake
+    // waits until the relay's handshake timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let address = silent.local_addr().expect("bound");
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
         }
+    });
+    let relay = Relay::start(RelayConfig {
+        listen: any_port("ws"),
+        targets: vec![Target {
+            name: "mute".into(),
+            endpoint: format!("tls://{address}/x").parse().expect("valid"),
+        }],
+        handshake_timeout: Duration::from_millis(300),
+        transport: transport(),
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("starts");
+    let (code, reason) = refused(&relay, "/arpc/mute").await;
+    assert_eq!(code, 4504);
+    assert!(reason.contains("did not answer in time"), "{reason}");
+    holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_means_nothing_from_the_browser_whatever_the_node_pushes() {
+    let (machine, relay, _server) = setup(RelayConfig {
+        idle_timeout: Duration::from_millis(1000),
+        ..RelayConfig::default()
+    })
+    .await;
+    let (mut pinging, _) = Client::handshake(&relay, "pinging").await;
+    let pusher = {
+        let machine = machine.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                churn(&machine, 1);
+            }
+        })
     };
-    let page = within("page", get("/")).await;
+    // Two silent browsers in turn, each closed while pushes reach it; the pinging one (aRPC
+    // pings, as am.js sends) lives through both.
+    let mut ping = tokio::time::interval(Duration::from_millis(100));
+    let mut nonce = 0;
+    for round in 0..2 {
+        let (mut silent, _) = Client::handshake(&relay, &format!("silent-{round}")).await;
+        let mut pushed = 0;
+        let frame = within("the silent browser's idle close", async {
+            loop {
+                tokio::select! {
+                    message = silent.ws.next() => match message {
+                        Some(Ok(WsMessage::Close(Some(frame)))) => return frame,
+                        Some(Ok(WsMessage::Binary(_))) => pushed += 1,
+                        Some(Ok(_)) => {}
+                        other => panic!("expected an idle close, got {other:?}"),
+                    },
+                    _ = ping.tick() => {
+                        nonce += 1;
+                        pinging.send(&Message::Ping(nonce)).await;
+                    }
+                    // The pinging browser reads what it is sent, as a page does.
+                    message = pinging.ws.next() => {
+                        assert!(
+                            matches!(message, Some(Ok(WsMessage::Binary(_)))),
+                            "the pinging browser was closed: {message:?}"
+                        );
+                    }
+                }
+            }
+        })
+        .await;
+        assert_eq!(u16::from(frame.code), 4408, "{}", frame.reason);
+        assert!(
+            frame.reason.contains("nothing from the browser"),
+            "{}",
+            frame.reason
+        );
+        assert!(pushed > 0, "the node pushed to the silent browser");
+    }
+    pusher.abort();
+    // Still open: a mutation gets its reply.
+    pinging
+        .send(&Message::Mutate(MutateRequest {
+            id: 9,
+            kind: MutationKind::Add,
+            states: vec![0],
+            args: Args::new(),
+        }))
+        .await;
+    loop {
+        if let Message::MutateReply(reply) = pinging.recv().await {
+            assert_eq!(reply.id, 9);
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_the_client_are_served_under_a_policy() {
+    let (_machine, relay, _server) = setup(RelayConfig::default()).await;
+    let address = relay.local_endpoint().address.clone();
+    let host = format!("Host: {address}");
+    let headers = [host.as_str()];
+    let get = |path: &'static str| http_get(&address, path, &headers);
+    let page = get("/").await;
     assert!(
-        page.starts_with("HTTP/1.1 200") && page.contains("import { Mirror }"),
+        page.starts_with("HTTP/1.1 200")
+            && page.contains(r#"<script type="module" src="/page.js">"#),
         "{page}"
     );
-    let js = within("client", get("/am.js")).await;
+    assert!(
+        get("/page.js")
+            .await
+            .contains(r#"import { Mirror, DEFAULT_KEEPALIVE_MS } from "./am.js""#)
+    );
+    let js = get("/am.js").await;
     assert!(js.contains("text/javascript") && js.contains("export class Mirror"));
-    let targets = within("targets", get("/targets")).await;
+    assert!(get("/page.css").await.contains("text/css"));
+    let targets = get("/targets").await;
     assert!(
         targets.contains(r#"[{"machine":"worker","name":"demo"}]"#),
         "{targets}"
     );
     assert!(
-        within("missing", get("/nope"))
-            .await
-            .starts_with("HTTP/1.1 404")
+        targets.contains("X-Relay-Idle-Timeout-Ms: 120000"),
+        "{targets}"
     );
+    assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+    // Every answer: a policy that runs no inline script, may not be framed, is not sniffed.
+    for path in [
+        "/",
+        "/index.html",
+        "/page.js",
+        "/page.css",
+        "/am.js",
+        "/targets",
+        "/nope",
+    ] {
+        let answer = get(path).await;
+        let (head, _) = answer.split_once("\r\n\r\n").expect("a head");
+        let policy = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Security-Policy: "))
+            .unwrap_or_else(|| panic!("{path}: no policy in {head}"));
+        assert!(
+            policy.contains("frame-ancestors 'none'"),
+            "{path}: {policy}"
+        );
+        assert!(!policy.contains("unsafe-inline") && !policy.contains("unsafe-eval"));
+        assert!(
+            head.contains("X-Content-Type-Options: nosniff"),
+            "{path}: {head}"
+        );
+        assert!(head.contains("X-Frame-Options: DENY"), "{path}: {head}");
+        if path.ends_with(".js")
+            || path.ends_with(".css")
+            || path.ends_with('/')
+            || path.ends_with(".html")
+        {
+            assert!(policy.contains("script-src 'self'"), "{path}: {policy}");
+            assert!(
+                policy.contains(&format!("connect-src 'self' ws://{address}")),
+                "{policy}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

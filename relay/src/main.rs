@@ -27,26 +27,41 @@ struct Cli {
     targets: Vec<String>,
     /// An origin whose pages may connect, e.g. http://localhost:8000 (repeatable); the relay's
     /// own pages always may.
-    #[arg(long = "origin")]
+    #[arg(long = "origin", value_name = "ORIGIN")]
     origins: Vec<String>,
-    /// Browsers must present this token (?token=...).
+    /// A host name the relay answers to besides its listen address, e.g. relay.example.com when
+    /// DNS or a proxy gives it one (repeatable). Requests whose Host header names anything else
+    /// are refused with 421 (against DNS rebinding); `localhost` is accepted when listening on
+    /// loopback or all addresses.
+    #[arg(long = "host", value_name = "NAME")]
+    hosts: Vec<String>,
+    /// Browsers must present this token: ?token=... in the page's address (the page passes it
+    /// on). A missing or wrong token closes the WebSocket with code 4401.
     #[arg(long)]
     token: Option<String>,
-    #[arg(long)]
+    /// Bridges open at once (default 1024); one more is closed with code 4503 (the page
+    /// retries).
+    #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// Largest WebSocket message from a browser, in bytes.
-    #[arg(long)]
+    /// Largest WebSocket message (and frame) from a browser, in bytes (default 1048576); a
+    /// larger one closes that bridge with code 1009.
+    #[arg(long, value_name = "BYTES")]
     max_message: Option<usize>,
-    #[arg(long)]
+    /// Close a bridge when nothing (no message, no ping) has come from its browser for this
+    /// long (default 120000). Traffic from the target does not count; am.js pings a live
+    /// page every 10 s, or a third of this when shorter.
+    #[arg(long, value_name = "MS")]
     idle_timeout_ms: Option<u64>,
-    /// PEM certificate and key for wss:// (with --key), CA for tls:// and quic:// targets.
-    #[arg(long, requires = "key")]
+    /// PEM certificate for wss:// (with --key).
+    #[arg(long, requires = "key", value_name = "PEM")]
     cert: Option<PathBuf>,
-    #[arg(long, requires = "cert")]
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert", value_name = "PEM")]
     key: Option<PathBuf>,
-    #[arg(long)]
+    /// PEM CA certificate that tls:// and quic:// targets' certificates must chain to.
+    #[arg(long, value_name = "PEM")]
     ca: Option<PathBuf>,
-    /// Log filter, as RUST_LOG.
+    /// Log filter, as RUST_LOG (e.g. debug, or asyncmachine=debug).
     #[arg(long, default_value = "info")]
     log: String,
 }
@@ -74,6 +89,7 @@ fn config(cli: &Cli) -> anyhow::Result<RelayConfig> {
         });
     }
     config.origins.extend(cli.origins.iter().cloned());
+    config.hosts.extend(cli.hosts.iter().cloned());
     if cli.token.is_some() {
         config.token = cli.token.clone();
     }
@@ -96,6 +112,11 @@ fn config(cli: &Cli) -> anyhow::Result<RelayConfig> {
         .context("cannot load the TLS files")?;
         config.transport = TransportConfig::with_tls(tls);
     }
+    anyhow::ensure!(
+        config.max_connections > 0 && config.max_message > 0 && !config.idle_timeout.is_zero(),
+        "--max-connections, --max-message and --idle-timeout-ms (or max_connections, \
+         max_message and idle_timeout_ms) must be above 0; leave them out for the defaults"
+    );
     anyhow::ensure!(
         !config.targets.is_empty(),
         "no targets: give --target NAME=ENDPOINT or a --config with [relay] targets"

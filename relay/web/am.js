@@ -8,6 +8,24 @@
 
 export const PROTOCOL_VERSION = 2;
 
+/** How deep values may nest (a top-level value is depth 1), both ways: PROTOCOL.md's limit. */
+export const DEPTH_LIMIT = 32;
+
+/** How often a ready mirror pings, unless told otherwise: well under a relay's idle timeout. */
+export const DEFAULT_KEEPALIVE_MS = 10000;
+
+/**
+ * Relay close codes (PROTOCOL.md, "Relay close codes") after which the same connection can
+ * never succeed: a bad or missing token, an origin or target the relay refuses.
+ */
+export const PERMANENT_CLOSE_CODES = new Set([4401, 4403, 4404]);
+
+/** Protocol refusals (a server's Refused message) that no retry can change. */
+export const PERMANENT_REFUSALS = new Set(["Version", "UnknownSource", "Auth", "Acl", "BadHello"]);
+
+const I64_MIN = -(2n ** 63n);
+const I64_MAX = 2n ** 63n - 1n;
+
 const MESSAGE = {
   Hello: 0, Welcome: 1, Refused: 2, Diff: 3, Mutate: 4, MutateReply: 5, Sync: 6, Snapshot: 7,
   Payload: 8, SchemaChanged: 9, Ping: 10, Pong: 11, Bye: 12, Error: 13, Ancestry: 16,
@@ -41,21 +59,65 @@ export class Writer {
   bytesField(b) { this.uint(b.length); return this.raw(b); }
   option(v, write) { if (v === null || v === undefined) return this.u8(0); this.u8(1); write(v); return this; }
   vec(items, write) { this.uint(items.length); for (const it of items) write(it); return this; }
-  value(v) { // Value: Null, Bool, Int, Float, Str, Bytes, List, Map
+  /**
+   * A Value (PROTOCOL.md: Null, Bool, Int (i64), Float (f64), Str, Bytes, List, Map with string
+   * keys), exactly or not at all: what the protocol cannot carry as it is throws a TypeError
+   * naming it, never arrives as something else.
+   */
+  value(v, depth = 1, path = "value", parents = []) {
+    if (depth > DEPTH_LIMIT) throw new TypeError(`${path} nests deeper than ${DEPTH_LIMIT} levels, the protocol's limit`);
     if (v === null || v === undefined) return this.uint(0);
-    if (typeof v === "boolean") return this.uint(1).bool(v);
-    if (typeof v === "bigint") return this.uint(2).int(v);
-    if (typeof v === "number") return Number.isInteger(v) ? this.uint(2).int(v) : this.uint(3).f64(v);
-    if (typeof v === "string") return this.uint(4).str(v);
+    switch (typeof v) {
+      case "boolean": return this.uint(1).bool(v);
+      case "bigint":
+        if (v < I64_MIN || v > I64_MAX) throw new TypeError(`${path} = ${v}n is outside Int's range (a signed 64-bit integer)`);
+        return this.uint(2).int(v);
+      case "number":
+        // Integers beyond 2^53 (1e300 among them) and -0 are exact only as a Float.
+        if (Number.isSafeInteger(v) && !Object.is(v, -0)) return this.uint(2).int(v);
+        return this.uint(3).f64(v);
+      case "string": return this.uint(4).str(v);
+      case "object": break;
+      default: throw new TypeError(`${path} is a ${typeof v}, which the protocol cannot carry`);
+    }
+    if (parents.includes(v)) throw new TypeError(`${path} refers to itself (a cycle); the protocol carries trees`);
+    const inside = [...parents, v];
     if (v instanceof Uint8Array) return this.uint(5).bytesField(v);
-    if (Array.isArray(v)) { this.uint(6); return this.vec(v, (x) => this.value(x)); }
-    return this.uint(7).map(v);
+    if (v instanceof ArrayBuffer) return this.uint(5).bytesField(new Uint8Array(v));
+    if (Array.isArray(v)) {
+      this.uint(6).uint(v.length);
+      for (let i = 0; i < v.length; i++) this.value(v[i], depth + 1, `${path}[${i}]`, inside);
+      return this;
+    }
+    if (v instanceof Map) {
+      for (const k of v.keys()) {
+        if (typeof k !== "string") throw new TypeError(`${path} has a ${typeof k} key (${String(k)}); Map keys must be strings`);
+      }
+      return this.uint(7).entries([...v.entries()], depth, path, inside);
+    }
+    const proto = Object.getPrototypeOf(v);
+    if (proto !== Object.prototype && proto !== null) {
+      const kind = ArrayBuffer.isView(v) ? `${v.constructor.name} (send a Uint8Array of its bytes)` : (v.constructor?.name ?? "object");
+      throw new TypeError(`${path} is a ${kind}, which the protocol cannot carry`);
+    }
+    return this.uint(7).entries(Object.entries(v), depth, path, inside);
   }
-  map(obj) { // keys in order, as a BTreeMap on the other side
-    const keys = Object.keys(obj).sort();
-    this.uint(keys.length);
-    for (const k of keys) { this.str(k); this.value(obj[k]); }
+  /** Map entries, keys in order (a BTreeMap on the other side). */
+  entries(pairs, depth, path, parents) {
+    pairs.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    this.uint(pairs.length);
+    for (const [k, v] of pairs) { this.str(k); this.value(v, depth + 1, `${path}.${k}`, parents); }
     return this;
+  }
+  /** Mutation arguments: names to values (each value a top-level value, depth 1). */
+  map(args) {
+    const plain = args !== null && typeof args === "object" && [Object.prototype, null].includes(Object.getPrototypeOf(args));
+    if (!(args instanceof Map) && !plain) throw new TypeError("arguments must be a plain object or a Map of names to values");
+    const pairs = args instanceof Map ? [...args.entries()] : Object.entries(args);
+    for (const [k] of pairs) {
+      if (typeof k !== "string") throw new TypeError(`an argument has a ${typeof k} name (${String(k)}); names must be strings`);
+    }
+    return this.entries(pairs, 0, "args", [args]);
   }
   done() { return new Uint8Array(this.bytes); }
 }
@@ -83,14 +145,20 @@ export class Reader {
     if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new ProtocolError("integer too large for this client");
     return Number(n);
   }
-  int() { const z = this.uintBig(); const n = (z >> 1n) ^ -(z & 1n); const v = BigInt.asIntN(64, n); return Number(v); }
+  /** An i64: a number when it is exact as one, a bigint when it is not. */
+  int() {
+    const z = this.uintBig();
+    const v = BigInt.asIntN(64, (z >> 1n) ^ -(z & 1n));
+    return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+  }
   bool() { const v = this.u8(); if (v > 1) throw new ProtocolError("bad bool"); return v === 1; }
   f64() { this.need(8); const v = new DataView(this.b.buffer, this.b.byteOffset + this.at, 8).getFloat64(0, true); this.at += 8; return v; }
   str() { const n = this.uint(); this.need(n); const s = new TextDecoder("utf-8", { fatal: true }).decode(this.b.subarray(this.at, this.at + n)); this.at += n; return s; }
   bytes() { const n = this.uint(); this.need(n); const b = this.b.slice(this.at, this.at + n); this.at += n; return b; }
   option(read) { const tag = this.u8(); if (tag === 0) return null; if (tag === 1) return read(); throw new ProtocolError("bad option"); }
   vec(read) { const n = this.uint(); if (n > this.b.length - this.at) throw new ProtocolError("sequence longer than its message"); const out = []; for (let i = 0; i < n; i++) out.push(read()); return out; }
-  value() {
+  value(depth = 1) {
+    if (depth > DEPTH_LIMIT) throw new ProtocolError(`a value nests deeper than ${DEPTH_LIMIT} levels`);
     switch (this.uint()) {
       case 0: return null;
       case 1: return this.bool();
@@ -98,8 +166,18 @@ export class Reader {
       case 3: return this.f64();
       case 4: return this.str();
       case 5: return this.bytes();
-      case 6: return this.vec(() => this.value());
-      case 7: { const n = this.uint(); const m = {}; for (let i = 0; i < n; i++) { const k = this.str(); m[k] = this.value(); } return m; }
+      case 6: return this.vec(() => this.value(depth + 1));
+      case 7: {
+        const n = this.uint();
+        if (n > this.b.length - this.at) throw new ProtocolError("map longer than its message");
+        const m = {};
+        for (let i = 0; i < n; i++) {
+          const k = this.str();
+          // defineProperty: a key named __proto__ is data, not the object's prototype.
+          Object.defineProperty(m, k, { value: this.value(depth + 1), enumerable: true, writable: true, configurable: true });
+        }
+        return m;
+      }
       default: throw new ProtocolError("unknown value type");
     }
   }
@@ -233,12 +311,21 @@ export function checksum(ticks, tracked) {
 
 // ----- the mirror -----
 
+/** The wait before reconnect attempt `attempt` (0, 1, ...): doubling up to 5 s, equal jitter. */
+export function retryDelay(attempt, random = Math.random) {
+  const ceiling = Math.min(5000, 100 * 2 ** attempt);
+  return ceiling / 2 + random() * ceiling / 2;
+}
+
 /**
- * A mirror of a remote machine. Events: "change" ({clock, changed}), "status" ({state, reason}),
- * "payload" ({name, data}). States: "connecting", "ready", "disconnected".
+ * A mirror of a remote machine. Events: "change" ({clock, changed}), "status" ({state, reason,
+ * code}), "payload" ({name, data}). States: "connecting", "ready", "disconnected" (it will
+ * retry), "refused" (a permanent refusal: a relay close code in PERMANENT_CLOSE_CODES or a
+ * server refusal in PERMANENT_REFUSALS; it does not retry, `reason` says why).
+ * A ready mirror pings every `keepaliveMs`, so a relay's idle timeout never closes a live page.
  */
 export class Mirror extends EventTarget {
-  constructor(url, { source = "", clientId = `browser-${Math.random().toString(36).slice(2, 10)}`, token = null, track = null, keepaliveMs = 10000 } = {}) {
+  constructor(url, { source = "", clientId = `browser-${Math.random().toString(36).slice(2, 10)}`, token = null, track = null, keepaliveMs = DEFAULT_KEEPALIVE_MS } = {}) {
     super();
     Object.assign(this, { url, source, clientId, token, track, keepaliveMs });
     this.schema = [];
@@ -285,9 +372,9 @@ export class Mirror extends EventTarget {
     });
   }
 
-  #status(state, reason = "") {
+  #status(state, reason = "", code = 0) {
     this.state = state;
-    this.dispatchEvent(new CustomEvent("status", { detail: { state, reason } }));
+    this.dispatchEvent(new CustomEvent("status", { detail: { state, reason, code } }));
   }
 
   #connect() {
@@ -306,25 +393,31 @@ export class Mirror extends EventTarget {
         this.#fail(e.message);
       }
     };
-    ws.onclose = (event) => this.#lost(event.reason || `closed (${event.code})`);
+    ws.onclose = (event) => this.#lost(event.code, event.reason || `closed (${event.code})`);
     ws.onerror = () => {};
   }
 
-  #fail(reason) {
-    this.lastError = reason;
+  /** Ends this connection for a reason of ours; `permanent`: no retry can help. */
+  #fail(reason, permanent = false) {
+    this.lastError = { reason, permanent };
     this.ws?.close(4000, reason.slice(0, 100));
   }
 
-  #lost(reason) {
+  #lost(code, reason) {
     clearInterval(this.keepalive);
-    for (const { reject } of this.pending.values()) reject(new Error(`disconnected: ${reason}`));
-    this.pending.clear();
-    this.#status("disconnected", this.lastError ?? reason);
+    const error = this.lastError;
     this.lastError = undefined;
+    const why = error?.reason ?? reason;
+    for (const { reject } of this.pending.values()) reject(new Error(`disconnected: ${why}`));
+    this.pending.clear();
+    if (PERMANENT_CLOSE_CODES.has(code) || error?.permanent) {
+      this.closed = true;
+      this.#status("refused", why, error ? 0 : code);
+      return;
+    }
+    this.#status("disconnected", why, error ? 0 : code);
     if (this.closed) return;
-    // Equal jitter: half the doubled delay, plus a random share of the other half.
-    const ceiling = Math.min(5000, 100 * 2 ** this.attempt++);
-    this.retryTimer = setTimeout(() => this.#connect(), ceiling / 2 + Math.random() * ceiling / 2);
+    this.retryTimer = setTimeout(() => this.#connect(), retryDelay(this.attempt++));
   }
 
   #apply(ticks, changed) {
@@ -368,7 +461,7 @@ export class Mirror extends EventTarget {
         clearInterval(this.keepalive);
         this.keepalive = setInterval(() => this.ws.send(frame(encode.ping(Date.now()))), this.keepaliveMs);
         break;
-      case "Refused": this.#fail(`refused (${m.kind}): ${m.reason}`); break;
+      case "Refused": this.#fail(`refused (${m.kind}): ${m.reason}`, PERMANENT_REFUSALS.has(m.kind)); break;
       case "Diff": this.#diff(m.diff); break;
       case "MutateReply": {
         this.#diff(m.diff);

@@ -22,6 +22,8 @@ struct RelaySpec {
     targets: Vec<TargetSpec>,
     #[serde(default)]
     origins: Vec<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
     token: Option<String>,
     max_connections: Option<usize>,
     max_message: Option<usize>,
@@ -75,6 +77,7 @@ pub fn load(path: &Path) -> Result<RelayConfig, String> {
         });
     }
     config.origins = spec.origins;
+    config.hosts = spec.hosts;
     config.token = spec.token;
     if let Some(n) = spec.max_connections {
         config.max_connections = n;

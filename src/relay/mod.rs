@@ -3,13 +3,22 @@
 //!
 //! It bridges bytes and parses no more of the protocol than it must: none of it. Browsers reach
 //! only the targets named in the configuration (`/arpc/NAME`), never a host or port taken from
-//! the request. Each upgrade is checked before it is accepted (target, origin, token,
-//! connection limit) and refused with an HTTP status and a readable body; each connection is
-//! bounded (message size, idle time). `am-relay` is this module behind a command line.
+//! the request. Every request must name the relay in `Host` ([`host`], against DNS rebinding);
+//! one that does not, or is not HTTP, gets an HTTP status. An upgrade that is refused after that
+//! (origin, token, target, connection limit, unreachable target) is accepted and closed at once
+//! with a [`RelayClose`] code and a reason, because a browser sees nothing of a refused upgrade.
+//! Each connection is bounded (message size, idle time). `am-relay` is this module behind a
+//! command line.
 
 pub mod config;
+mod host;
+mod pages;
+mod refusal;
+
+pub use refusal::RelayClose;
 
 use crate::http;
+use host::HostCheck;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,20 +28,16 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, info, warn};
 
 use crate::transport::{self, Endpoint, Scheme, TransportConfig};
-
-/// The demo page and the client module, served by every relay.
-const INDEX_HTML: &str = include_str!("../../relay/web/index.html");
-const AM_JS: &str = include_str!("../../relay/web/am.js");
 
 /// One target browsers may reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,12 +56,18 @@ pub struct RelayConfig {
     /// Origins (`scheme://host:port`) whose pages may connect. The relay's own origin is always
     /// allowed; a request with no Origin header (not a browser) is allowed.
     pub origins: Vec<String>,
-    /// Browsers must present this token (`?token=`).
+    /// Host names (without port) the relay answers to besides its listen address, e.g. the
+    /// name a reverse proxy or DNS gives it. Any other `Host` is refused (DNS rebinding).
+    pub hosts: Vec<String>,
+    /// Browsers must present this token (`?token=` on the WebSocket, `Authorization: Bearer`
+    /// or `?token=` on `/targets`).
     pub token: Option<String>,
+    /// Bridges open at once; one more is closed with [`RelayClose::Full`].
     pub max_connections: usize,
-    /// Largest WebSocket message accepted from a browser.
+    /// Largest WebSocket message (and single WebSocket frame) accepted from a browser.
     pub max_message: usize,
-    /// A bridge with no traffic either way for this long is closed.
+    /// A bridge that receives nothing from its browser (no message, no ping, no pong) for this
+    /// long is closed with [`RelayClose::Idle`]; traffic from the target does not count.
     pub idle_timeout: Duration,
     /// The request head and the upstream connection must come within this.
     pub handshake_timeout: Duration,
@@ -70,6 +81,7 @@ impl Default for RelayConfig {
             listen: Endpoint::new(Scheme::Ws, "127.0.0.1:7480"),
             targets: Vec::new(),
             origins: Vec::new(),
+            hosts: Vec::new(),
             token: None,
             max_connections: 1024,
             max_message: 1 << 20,
@@ -115,6 +127,7 @@ struct Inner {
     config: RelayConfig,
     targets: BTreeMap<String, Target>,
     tls: Option<TlsAcceptor>,
+    hosts: HostCheck,
     slots: Arc<Semaphore>,
     stats: RelayStats,
     shutdown: watch::Sender<bool>,
@@ -181,6 +194,7 @@ impl Relay {
         let local = Endpoint::new(config.listen.scheme, local_addr.to_string());
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(config.max_connections)),
+            hosts: HostCheck::new(local_addr.ip(), &config.hosts),
             config,
             targets,
             tls,
@@ -261,6 +275,12 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
+/// The most read from a target at once: one message to the browser.
+const UPSTREAM_READ: usize = 64 * 1024;
+
+/// A refusal after the upgrade: the close code and the reason the browser is shown.
+type Refused = (RelayClose, String);
+
 /// One browser connection: an HTTP request, answered with a file, a refusal, or an upgrade.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     inner: &Arc<Inner>,
@@ -270,154 +290,261 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let (request, rest) = match timeout(limit, http::read_head(&mut stream)).await {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(e)) => {
-            let _ = http::respond(
-                &mut stream,
-                400,
-                "text/plain",
-                &format!("bad request: {e}\n"),
-            )
-            .await;
-            return Err(e);
+            http::refuse_head(&mut stream, &e).await;
+            return Err(e.to_string());
         }
         Err(_) => return Err("no request within the handshake timeout".into()),
     };
-    let path = request.path.split('?').next().unwrap_or_default();
-    if !request.is_upgrade() {
-        return match (request.method.as_str(), path) {
-            ("GET", "/" | "/index.html") => http::respond(&mut stream, 200, "text/html; charset=utf-8", INDEX_HTML).await,
-            ("GET", "/am.js") => http::respond(&mut stream, 200, "text/javascript; charset=utf-8", AM_JS).await,
-            ("GET", "/targets") => {
-                let list: Vec<serde_json::Value> = inner
-                    .targets
-                    .values()
-                    .map(|t| serde_json::json!({ "name": t.name, "machine": t.endpoint.machine.clone().unwrap_or_default() }))
-                    .collect();
-                let body = serde_json::Value::Array(list).to_string();
-                http::respond(&mut stream, 200, "application/json", &body).await
-            }
-            _ => http::respond(&mut stream, 404, "text/plain", "not found\n").await,
-        }
-        .map_err(|e| e.to_string());
-    }
-
-    // An upgrade: check everything before accepting it.
-    let refuse = |status: u16, body: String| (status, body);
-    let checked = (|| {
-        // Browsers use /arpc/NAME; /NAME serves mirrors whose endpoint is ws://relay/NAME.
-        let name = path
-            .strip_prefix("/arpc/")
-            .or_else(|| path.strip_prefix('/'))
-            .unwrap_or_default();
-        let target = inner.targets.get(name).ok_or_else(|| {
-            let names: Vec<&str> = inner.targets.keys().map(String::as_str).collect();
-            refuse(
-                404,
-                format!(
-                    "unknown target {name:?}; this relay serves: {}\n",
-                    names.join(", ")
-                ),
-            )
-        })?;
-        if let Some(origin) = request.header("origin")
-            && !origin_allowed(inner, origin, request.header("host"))
-        {
-            return Err(refuse(
-                403,
-                format!(
-                    "origin {origin:?} may not use this relay; add it to the relay's origins\n"
-                ),
-            ));
-        }
-        if let Some(token) = &inner.config.token
-            && http::query(&request.path, "token").as_deref() != Some(token.as_str())
-        {
-            return Err(refuse(401, "this relay needs a token: ?token=...\n".into()));
-        }
-        let key = request
-            .header("sec-websocket-key")
-            .ok_or_else(|| refuse(400, "missing Sec-WebSocket-Key\n".into()))?;
-        if request.header("sec-websocket-version") != Some("13") {
-            return Err(refuse(
-                400,
-                "only WebSocket version 13 is supported\n".into(),
-            ));
-        }
-        Ok((target.clone(), key.to_owned()))
-    })();
-    let (target, key) = match checked {
-        Ok(ok) => ok,
-        Err((status, body)) => {
+    // Never the path with its query: that is where a browser's token travels. Logged with `?`
+    // (escaped): a path can hold a bare line feed.
+    let route = request.route().to_owned();
+    // The Host first, on every route: a name the relay does not answer to is DNS rebinding
+    // (or a proxy that needs `hosts`), and is never upgraded.
+    let host = match request.header("host") {
+        Some(host) if inner.hosts.allows(host) => host.to_owned(),
+        other => {
             inner.stats.refused.fetch_add(1, Ordering::Relaxed);
-            info!(path = %request.path, status, reason = %body.trim(), "relay refused an upgrade");
+            let body = match other {
+                None => "no Host header; HTTP/1.1 needs one\n".to_owned(),
+                Some(host) => format!(
+                    "this relay does not answer to the host {host:?}; reach it by its address, \
+                     or add the name to the relay's hosts (--host)\n"
+                ),
+            };
+            info!(?route, reason = %body.trim(), "relay refused a request for another host");
+            let status = if other.is_none() { 400 } else { 421 };
             let _ = http::respond(&mut stream, status, "text/plain", &body).await;
             return Err(body);
         }
     };
-    let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
-        inner.stats.refused.fetch_add(1, Ordering::Relaxed);
-        let body = format!(
-            "the relay is full ({} connections); try again later\n",
-            inner.config.max_connections
-        );
-        let _ = http::respond(&mut stream, 503, "text/plain", &body).await;
-        return Err(body);
+    if !request.is_upgrade() {
+        return serve_http(inner, &mut stream, &request, &route, &host)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let key = match http::upgrade_key(&request) {
+        Ok(key) => key.to_owned(),
+        Err((status, reason)) => {
+            let _ = http::respond(&mut stream, status, "text/plain", &format!("{reason}\n")).await;
+            return Err(reason);
+        }
     };
 
-    // The upstream first: a browser should not get a socket that leads nowhere.
-    let upstream = match timeout(
-        limit,
-        transport::connect(&target.endpoint, &inner.config.transport),
-    )
-    .await
-    {
-        Ok(Ok(upstream)) => upstream,
-        Ok(Err(e)) => {
-            inner
-                .stats
-                .upstream_failures
-                .fetch_add(1, Ordering::Relaxed);
-            let body = format!("target {} is unreachable: {e}\n", target.name);
-            let _ = http::respond(&mut stream, 502, "text/plain", &body).await;
-            return Err(body);
-        }
-        Err(_) => {
-            inner
-                .stats
-                .upstream_failures
-                .fetch_add(1, Ordering::Relaxed);
-            let body = format!("target {} did not answer in time\n", target.name);
-            let _ = http::respond(&mut stream, 504, "text/plain", &body).await;
-            return Err(body);
-        }
+    // Checked before the upgrade, told after it: a browser sees only a close frame.
+    let admitted = match admit(inner, &request, &route, &host) {
+        Ok((target, permit)) => connect_upstream(inner, &target)
+            .await
+            .map(|upstream| (permit, upstream)),
+        Err(refused) => Err(refused),
     };
     http::accept_upgrade(&mut stream, &key)
         .await
         .map_err(|e| e.to_string())?;
-    // A relay moves bulk for few connections: room for whole messages, unlike the small
-    // buffers of a node's many idle mirrors.
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        rest,
+        Role::Server,
+        Some(browser_limits(inner.config.max_message)),
+    )
+    .await;
+    match admitted {
+        Err((close, reason)) => {
+            inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+            info!(?route, code = close.code(), %reason, "relay refused a browser");
+            close_with(ws, CloseCode::from(close.code()), &reason, limit).await;
+            Err(reason)
+        }
+        Ok((permit, upstream)) => {
+            inner.stats.bridges.fetch_add(1, Ordering::Relaxed);
+            let result = bridge(inner, ws, upstream).await;
+            drop(permit);
+            result
+        }
+    }
+}
+
+/// The relay's WebSocket configuration: browser messages and frames bounded by `max_message`;
+/// messages to the browser are the target's bytes as read (at most [`UPSTREAM_READ`]), flushed
+/// one by one.
+fn browser_limits(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
         .read_buffer_size(64 * 1024)
-        .max_message_size(Some(inner.config.max_message))
-        .max_frame_size(Some(inner.config.max_message));
-    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
-    inner.stats.bridges.fetch_add(1, Ordering::Relaxed);
-    let result = bridge(inner, ws, upstream).await;
-    drop(permit);
-    result
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * UPSTREAM_READ)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
 }
 
-fn origin_allowed(inner: &Inner, origin: &str, host: Option<&str>) -> bool {
-    // The relay's own pages (same host and port) are always welcome.
-    let own = host.is_some_and(|host| {
-        origin
-            .split_once("://")
-            .is_some_and(|(_, rest)| rest == host)
-    });
-    own || inner.config.origins.iter().any(|o| o == origin)
+/// Plain HTTP: the page's files for anyone who reached the relay by its name; the target list
+/// only with the token, like the WebSocket route.
+async fn serve_http<S: AsyncWrite + Unpin>(
+    inner: &Inner,
+    stream: &mut S,
+    request: &http::Request,
+    route: &str,
+    host: &str,
+) -> std::io::Result<()> {
+    let secure = inner.config.listen.scheme == Scheme::Wss;
+    let policy = pages::policy(host, secure);
+    if request.method != "GET" {
+        return http::respond(stream, 405, "text/plain", "only GET is served here\n").await;
+    }
+    if let Some(file) = pages::file(route) {
+        return http::respond_with(stream, 200, file.content_type, &policy, &[], file.body).await;
+    }
+    if route != "/targets" {
+        return http::respond(stream, 404, "text/plain", "not found\n").await;
+    }
+    let bearer = request
+        .header("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let presented = bearer.or_else(|| http::query(&request.path, "token"));
+    if let Err((_, reason)) = check_token(inner, presented.as_deref()) {
+        inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+        info!(?route, %reason, "relay refused the target list");
+        return http::respond(stream, 401, "text/plain", &format!("{reason}\n")).await;
+    }
+    let list: Vec<serde_json::Value> = inner
+        .targets
+        .values()
+        .map(|t| serde_json::json!({ "name": t.name, "machine": t.endpoint.machine.clone().unwrap_or_default() }))
+        .collect();
+    let body = serde_json::Value::Array(list).to_string();
+    // The page pings well within the idle timeout; it learns the timeout here.
+    let idle = inner.config.idle_timeout.as_millis().to_string();
+    http::respond_with(
+        stream,
+        200,
+        "application/json",
+        &policy,
+        &[("X-Relay-Idle-Timeout-Ms", &idle)],
+        &body,
+    )
+    .await
 }
 
-/// Pumps bytes both ways until either side ends, the relay stops, or nothing moves for the
-/// idle timeout.
+/// Whether a browser may open a bridge: its origin, its token, its target, a free slot.
+fn admit(
+    inner: &Inner,
+    request: &http::Request,
+    route: &str,
+    host: &str,
+) -> Result<(Target, OwnedSemaphorePermit), Refused> {
+    if let Some(origin) = request.header("origin")
+        && !host::origin_allowed(origin, host, &inner.config.origins)
+    {
+        return Err((
+            RelayClose::Origin,
+            format!("origin {origin:?} may not use this relay; add it to the relay's origins"),
+        ));
+    }
+    check_token(inner, http::query(&request.path, "token").as_deref())?;
+    // Browsers use /arpc/NAME; /NAME serves mirrors whose endpoint is ws://relay/NAME.
+    let name = route
+        .strip_prefix("/arpc/")
+        .or_else(|| route.strip_prefix('/'))
+        .unwrap_or_default();
+    let target = inner.targets.get(name).ok_or_else(|| {
+        let names: Vec<&str> = inner.targets.keys().map(String::as_str).collect();
+        let shown: String = name.chars().take(40).collect();
+        (
+            RelayClose::UnknownTarget,
+            format!(
+                "unknown target {shown:?}; this relay serves: {}",
+                names.join(", ")
+            ),
+        )
+    })?;
+    let permit = inner.slots.clone().try_acquire_owned().map_err(|_| {
+        (
+            RelayClose::Full,
+            format!(
+                "the relay is full ({} connections); try again later",
+                inner.config.max_connections
+            ),
+        )
+    })?;
+    Ok((target.clone(), permit))
+}
+
+/// The token check. The reasons tell a missing token from a wrong one and never repeat it.
+fn check_token(inner: &Inner, presented: Option<&str>) -> Result<(), Refused> {
+    let Some(expected) = &inner.config.token else {
+        return Ok(());
+    };
+    match presented {
+        None | Some("") => Err((
+            RelayClose::Token,
+            "this relay needs a token and none was given: add ?token=... to the page's address"
+                .into(),
+        )),
+        Some(presented) if host::token_matches(presented, expected) => Ok(()),
+        Some(_) => Err((
+            RelayClose::Token,
+            "the token given is not this relay's token; check it with whoever runs the relay"
+                .into(),
+        )),
+    }
+}
+
+/// The target's connection, opened before the upgrade so a browser never gets a socket that
+/// leads nowhere.
+async fn connect_upstream(inner: &Inner, target: &Target) -> Result<transport::BoxStream, Refused> {
+    let connected = timeout(
+        inner.config.handshake_timeout,
+        transport::connect(&target.endpoint, &inner.config.transport),
+    )
+    .await;
+    let refused = match connected {
+        Ok(Ok(upstream)) => return Ok(upstream),
+        Ok(Err(e)) => (
+            RelayClose::TargetUnreachable,
+            format!("target {} is unreachable: {e}", target.name),
+        ),
+        Err(_) => (
+            RelayClose::TargetTimeout,
+            format!("target {} did not answer in time", target.name),
+        ),
+    };
+    inner
+        .stats
+        .upstream_failures
+        .fetch_add(1, Ordering::Relaxed);
+    Err(refused)
+}
+
+/// Sends a close frame and waits (within `limit`) for the browser's answer, so the frame is
+/// read before the socket goes: closing with the browser's unread bytes would reset it, and a
+/// reset loses the frame (the browser then sees only 1006).
+async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
+    code: CloseCode,
+    reason: &str,
+    limit: Duration,
+) {
+    // Close reasons are limited to 123 bytes.
+    let mut short = String::new();
+    for c in reason.chars() {
+        if short.len() + c.len_utf8() > 123 {
+            break;
+        }
+        short.push(c);
+    }
+    let frame = CloseFrame {
+        code,
+        reason: short.into(),
+    };
+    let _ = timeout(limit, async {
+        if ws.send(Message::Close(Some(frame))).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+/// Pumps bytes both ways until either side ends, the relay stops, or the browser sends nothing
+/// for the idle timeout.
 async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
     inner: &Inner,
     ws: WebSocketStream<S>,
@@ -426,103 +553,111 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
     let (mut to_browser, mut from_browser) = ws.split();
     let (mut up_read, mut up_write) = tokio::io::split(upstream);
     let idle = inner.config.idle_timeout;
-    // The last traffic, as milliseconds since the bridge began: a store per message, checked on
-    // a coarse tick, where a timer re-armed per message would cost more than the message.
+    // The last frame from the browser, as milliseconds since the bridge began: a store per
+    // message, checked on a coarse tick, where a timer re-armed per message would cost more
+    // than the message. Only the browser's frames count: a node that pushes to a browser that
+    // has gone quiet must not keep it open.
     let began = tokio::time::Instant::now();
-    let last_traffic = AtomicU64::new(0);
-    let touch = || last_traffic.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let heard = AtomicU64::new(0);
+    let touch = || heard.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
     let mut shutdown = inner.shutdown.subscribe();
 
-    let browser_to_upstream = async {
-        loop {
-            let message = match from_browser.next().await {
-                None => return Ok(()),
-                Some(Ok(message)) => message,
-                Some(Err(tungstenite::Error::Capacity(e))) => {
-                    return Err((CloseCode::Size, format!("message too large: {e}")));
+    // The pumps borrow the halves; they end here, so the halves can be rejoined to close.
+    let ended: Result<(), (CloseCode, String)> = {
+        let browser_to_upstream = async {
+            loop {
+                let message = match from_browser.next().await {
+                    None => return Ok(()),
+                    Some(Ok(message)) => message,
+                    Some(Err(tungstenite::Error::Capacity(e))) => {
+                        return Err((CloseCode::Size, format!("message too large: {e}")));
+                    }
+                    Some(Err(e)) => return Err((CloseCode::Protocol, e.to_string())),
+                };
+                touch();
+                match message {
+                    Message::Binary(data) => {
+                        up_write
+                            .write_all(&data)
+                            .await
+                            .map_err(|e| (CloseCode::Away, format!("upstream: {e}")))?;
+                        up_write
+                            .flush()
+                            .await
+                            .map_err(|e| (CloseCode::Away, format!("upstream: {e}")))?;
+                        inner
+                            .stats
+                            .bytes_to_upstream
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    Message::Text(_) => {
+                        return Err((
+                            CloseCode::Unsupported,
+                            "aRPC travels in binary messages".into(),
+                        ));
+                    }
+                    Message::Close(_) => return Ok(()),
+                    // Pings (answered by tungstenite) and pongs only keep the bridge alive.
+                    _ => {}
                 }
-                Some(Err(e)) => return Err((CloseCode::Protocol, e.to_string())),
-            };
-            match message {
-                Message::Binary(data) => {
-                    up_write
-                        .write_all(&data)
-                        .await
-                        .map_err(|e| (CloseCode::Away, format!("upstream: {e}")))?;
-                    up_write
-                        .flush()
-                        .await
-                        .map_err(|e| (CloseCode::Away, format!("upstream: {e}")))?;
-                    inner
-                        .stats
-                        .bytes_to_upstream
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    touch();
-                }
-                Message::Text(_) => {
+            }
+        };
+        let upstream_to_browser = async {
+            let mut buf = vec![0u8; UPSTREAM_READ];
+            loop {
+                let n = up_read
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| (CloseCode::Away, format!("upstream: {e}")))?;
+                if n == 0 {
                     return Err((
-                        CloseCode::Unsupported,
-                        "aRPC travels in binary messages".into(),
+                        CloseCode::Away,
+                        "the target closed the connection".to_owned(),
                     ));
                 }
-                Message::Close(_) => return Ok(()),
-                _ => {}
+                to_browser
+                    .send(Message::binary(buf[..n].to_vec()))
+                    .await
+                    .map_err(|e| (CloseCode::Away, format!("browser: {e}")))?;
+                inner
+                    .stats
+                    .bytes_to_browser
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
-        }
-    };
-    let upstream_to_browser = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = up_read
-                .read(&mut buf)
-                .await
-                .map_err(|e| (CloseCode::Away, format!("upstream: {e}")))?;
-            if n == 0 {
-                return Err((
-                    CloseCode::Away,
-                    "the target closed the connection".to_owned(),
-                ));
+        };
+        let idle_watch = async {
+            let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
+            loop {
+                tick.tick().await;
+                let quiet = began
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    return (
+                        CloseCode::from(RelayClose::Idle.code()),
+                        format!(
+                            "nothing from the browser for {} ms (the relay's idle timeout)",
+                            idle.as_millis()
+                        ),
+                    );
+                }
             }
-            to_browser
-                .send(Message::binary(buf[..n].to_vec()))
-                .await
-                .map_err(|e| (CloseCode::Away, format!("browser: {e}")))?;
-            inner
-                .stats
-                .bytes_to_browser
-                .fetch_add(n as u64, Ordering::Relaxed);
-            touch();
+        };
+        tokio::select! {
+            r = browser_to_upstream => r,
+            r = upstream_to_browser => r,
+            e = idle_watch => Err(e),
+            _ = shutdown.wait_for(|s| *s) => Err((CloseCode::Away, "relay shutting down".into())),
         }
-    };
-    let idle_watch = async {
-        let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
-        loop {
-            tick.tick().await;
-            let quiet = began
-                .elapsed()
-                .saturating_sub(Duration::from_millis(last_traffic.load(Ordering::Relaxed)));
-            if quiet >= idle {
-                return (CloseCode::Normal, format!("idle for {idle:?}"));
-            }
-        }
-    };
-    let ended: Result<(), (CloseCode, String)> = tokio::select! {
-        r = browser_to_upstream => r,
-        r = upstream_to_browser => r,
-        e = idle_watch => Err(e),
-        _ = shutdown.wait_for(|s| *s) => Err((CloseCode::Away, "relay shutting down".into())),
     };
     let _ = up_write.shutdown().await;
     match ended {
         Ok(()) => Ok(()),
         Err((code, reason)) => {
-            // Close reasons are limited to 123 bytes.
-            let short: String = reason.chars().take(120).collect();
-            let frame = CloseFrame {
-                code,
-                reason: short.clone().into(),
-            };
-            let _ = to_browser.send(Message::Close(Some(frame))).await;
+            let ws = to_browser
+                .reunite(from_browser)
+                .map_err(|_| "the WebSocket halves do not match".to_owned())?;
+            close_with(ws, code, &reason, inner.config.handshake_timeout).await;
             Err(reason)
         }
     }

@@ -212,7 +212,12 @@ impl Server {
         if *self.inner.shutdown.borrow() {
             return Err(ServerError::ShutDown);
         }
-        let listener = transport::bind(endpoint, &self.inner.config.transport).await?;
+        let listener = transport::bind(
+            endpoint,
+            &self.inner.config.transport,
+            self.inner.config.max_frame,
+        )
+        .await?;
         let local = listener.local_endpoint();
         info!(endpoint = %local, "listening");
         let inner = self.inner.clone();

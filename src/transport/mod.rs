@@ -224,10 +224,12 @@ fn boxed<L: Listener + 'static>(listener: L) -> Box<dyn Listener> {
     Box::new(listener)
 }
 
-/// Binds a listener for the endpoint's scheme.
+/// Binds a listener for the endpoint's scheme. `max_frame` is the largest protocol frame the
+/// node takes: transports that buffer messages (WebSocket) bound them by it.
 pub async fn bind(
     endpoint: &Endpoint,
     config: &TransportConfig,
+    max_frame: usize,
 ) -> Result<Box<dyn Listener>, TransportError> {
     let address = endpoint.address.as_str();
     let bound = match endpoint.scheme {
@@ -237,8 +239,8 @@ pub async fn bind(
             .await
             .map(boxed),
         Scheme::Quic => quic::bind(address, config.tls(Scheme::Quic)?).map(boxed),
-        Scheme::Ws => ws::bind(address, None).await.map(boxed),
-        Scheme::Wss => ws::bind(address, Some(config.tls(Scheme::Wss)?))
+        Scheme::Ws => ws::bind(address, None, max_frame).await.map(boxed),
+        Scheme::Wss => ws::bind(address, Some(config.tls(Scheme::Wss)?), max_frame)
             .await
             .map(boxed),
     };
