@@ -14,7 +14,8 @@ use asyncmachine::machine::{
     Args as MutationArgs, MutationKind, Outcome, StateSource, Transition, Value,
 };
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
-use asyncmachine::transport::{Endpoint, TlsConfig, TransportConfig};
+use asyncmachine::printable::printable;
+use asyncmachine::transport::{Endpoint, Scheme, TlsConfig, TransportConfig};
 use clap::{Args, Parser, Subcommand};
 
 /// Runs the nodes of an asyncmachine state-source tree: sources, mirrors and the listeners
@@ -110,11 +111,17 @@ impl TlsArgs {
 #[derive(Debug, Args)]
 struct Connect {
     /// Where the machine is served: tcp://host:port/MACHINE (the machine may be left out when
-    /// the node serves only one).
+    /// the node serves only one). Through am-relay: ws://relay:port/TARGET, with the relay's
+    /// token as ?token=T when it differs from --token.
     endpoint: String,
-    /// The server's token, if it needs one.
+    /// The server's token, if it needs one. Over ws:// and wss:// it also goes in the
+    /// WebSocket upgrade (?token=), which is where am-relay looks for its token.
     #[arg(long)]
     token: Option<String>,
+    /// The client id to present: what the node's `acl.allow`, `see` and `mutate` lists name
+    /// (default: am-node-COMMAND-PID). Under mutual TLS the certificate's name wins.
+    #[arg(long)]
+    id: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -169,6 +176,10 @@ struct CertsArgs {
     /// Names to issue certificates for (each name is the identity its certificate proves).
     #[arg(required = true)]
     names: Vec<String>,
+    /// Replace the CA in DIR with a new one. Without it, a CA already in DIR (ca.pem, ca.key)
+    /// signs the new certificates, so those it signed before keep verifying.
+    #[arg(long)]
+    new_ca: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -358,7 +369,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            // Errors quote what peers said (refusal reasons): no control character of theirs
+            // reaches the terminal; the line breaks are ours (hints) and stay.
+            let text = format!("{e:#}");
+            let lines: Vec<_> = text.split('\n').map(printable).collect();
+            let _ = writeln!(std::io::stderr(), "error: {}", lines.join("\n"));
             ExitCode::FAILURE
         }
     }
@@ -451,9 +466,16 @@ fn endpoint(text: &str) -> anyhow::Result<Endpoint> {
 }
 
 async fn connect_mirror(connect: &Connect, role: &str) -> anyhow::Result<Mirror> {
-    let endpoint = endpoint(&connect.endpoint)?;
+    let mut endpoint = endpoint(&connect.endpoint)?;
+    if endpoint.upgrade_token.is_none() && matches!(endpoint.scheme, Scheme::Ws | Scheme::Wss) {
+        // A relay checks its token at the upgrade, before any hello.
+        endpoint.upgrade_token = connect.token.as_deref().map(Into::into);
+    }
     let config = MirrorConfig {
-        client_id: format!("am-node-{role}-{}", std::process::id()),
+        client_id: connect
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("am-node-{role}-{}", std::process::id())),
         token: connect.token.clone(),
         transport: connect.tls.transport()?,
         ..MirrorConfig::default()
@@ -470,7 +492,7 @@ fn states_line(source: &dyn StateSource, ticks: bool) -> String {
         schema
             .names()
             .zip(clock)
-            .map(|(n, t)| format!("{n}={t}"))
+            .map(|(n, t)| format!("{}={t}", printable(n)))
             .collect::<Vec<_>>()
             .join(" ")
     } else {
@@ -478,7 +500,7 @@ fn states_line(source: &dyn StateSource, ticks: bool) -> String {
         if active.is_empty() {
             "(none active)".to_owned()
         } else {
-            active.join(" ")
+            printable(&active.join(" ")).into_owned()
         }
     }
 }
@@ -530,7 +552,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
                     let note = match state {
                         ConnState::Ready => "connected".to_owned(),
                         ConnState::Connecting => "connecting".to_owned(),
-                        ConnState::Disconnected => format!("disconnected: {}", mirror.last_error().unwrap_or_default()),
+                        ConnState::Disconnected => format!("disconnected: {}", printable(&mirror.last_error().unwrap_or_default())),
                     };
                     let _ = writeln!(std::io::stdout(), "{}  ({note})", clock_time());
                 }
@@ -605,25 +627,28 @@ async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(out, "node {}", status.node)?;
+    // Every string here came from the node, and the client ids from its clients.
+    writeln!(out, "node {}", printable(&status.node))?;
     writeln!(out, "machines:")?;
     for s in &status.sources {
         writeln!(
             out,
             "  {:<12} clients={:<4} queue={:<8} [{}]",
-            s.name,
+            printable(&s.name),
             s.clients,
             s.queue_tick,
-            s.active.join(" ")
+            printable(&s.active.join(" "))
         )?;
         if let (Some(up), Some(state)) = (&s.upstream, &s.connection) {
             writeln!(
                 out,
-                "  {:<12} upstream {up} ({state}){}",
+                "  {:<12} upstream {} ({}){}",
                 "",
+                printable(up),
+                printable(state),
                 s.last_error
                     .as_ref()
-                    .map(|e| format!(": {e}"))
+                    .map(|e| format!(": {}", printable(e)))
                     .unwrap_or_default()
             )?;
         }
@@ -633,11 +658,17 @@ async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "  (none)")?;
     }
     for c in &status.clients {
-        writeln!(out, "  {:<24} {:<12} {}", c.id, c.source, c.peer)?;
+        writeln!(
+            out,
+            "  {:<24} {:<12} {}",
+            printable(&c.id),
+            printable(&c.source),
+            printable(&c.peer)
+        )?;
     }
     writeln!(out, "counters:")?;
     for (name, value) in &status.counters {
-        writeln!(out, "  {name:<16} {value}")?;
+        writeln!(out, "  {:<16} {value}", printable(name))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -675,9 +706,33 @@ async fn fault_proxy(args: &FaultProxyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
-    let written = asyncmachine::certs::write_dev_certs(&args.dir, &args.names)?;
+    use asyncmachine::certs::{CaOrigin, CaPolicy};
+    let policy = if args.new_ca {
+        CaPolicy::Replace
+    } else {
+        CaPolicy::Reuse
+    };
+    let certs = asyncmachine::certs::write_dev_certs(&args.dir, &args.names, policy).map_err(
+        |e| match e.hint() {
+            Some(hint) => anyhow::anyhow!("{e}\n  hint: {hint}"),
+            None => anyhow::Error::new(e),
+        },
+    )?;
+    let ca = args.dir.join("ca.pem");
+    let note = match certs.ca {
+        CaOrigin::Created => format!("made a new CA: {}", ca.display()),
+        CaOrigin::Reused => format!(
+            "signed with the CA already in {} (pass --new-ca to replace it)",
+            ca.display()
+        ),
+        CaOrigin::Replaced => format!(
+            "replaced the CA {}: certificates it signed before no longer verify",
+            ca.display()
+        ),
+    };
+    writeln!(std::io::stderr(), "{note}")?;
     let mut out = std::io::stdout().lock();
-    for path in written {
+    for path in certs.written {
         writeln!(out, "wrote {}", path.display())?;
     }
     writeln!(
