@@ -93,7 +93,15 @@ struct TlsArgs {
 }
 
 impl TlsArgs {
-    fn transport(&self) -> anyhow::Result<TransportConfig> {
+    /// The transport for `endpoint`: TLS-based schemes need --ca to verify the server.
+    fn transport(&self, endpoint: &Endpoint) -> anyhow::Result<TransportConfig> {
+        if self.ca.is_none() && matches!(endpoint.scheme, Scheme::Tls | Scheme::Quic | Scheme::Wss)
+        {
+            bail!(
+                "{}:// needs the CA that signed the server's certificate: pass --ca FILE (ca.pem from `am-node certs`), and --cert and --key if the server requires a client certificate",
+                endpoint.scheme.as_str()
+            );
+        }
         if self.ca.is_none() && self.cert.is_none() {
             return Ok(TransportConfig::default());
         }
@@ -158,8 +166,9 @@ struct MutateArgs {
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// The node: tcp://host:port.
+    /// The node: tcp://host:port (or tls://, quic://, ws://, wss://).
     endpoint: String,
+    /// The node's token (`acl.token` in its topology), if it needs one.
     #[arg(long)]
     token: Option<String>,
     #[command(flatten)]
@@ -225,6 +234,7 @@ struct BytesArgs {
     /// Transport between mirror and server: tcp, tls, quic, ws or wss.
     #[arg(long, default_value = "tcp")]
     transport: String,
+    /// Also print the result as one JSON line at the end.
     #[arg(long)]
     json: bool,
 }
@@ -252,12 +262,14 @@ struct FanoutArgs {
     /// the mirrors' readers no longer share one scheduler.
     #[arg(long)]
     split: bool,
+    /// Also print the result as one JSON line at the end.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Debug, Args)]
 struct RelayArgs {
+    /// Echo round trips measured each way (direct and through the relay).
     #[arg(long, default_value_t = 20_000)]
     round_trips: u64,
     /// Bytes per echo message.
@@ -272,6 +284,7 @@ struct RelayArgs {
     /// Tokio worker threads; 1 runs client, relay and target on one thread.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Also print the result as one JSON line at the end.
     #[arg(long)]
     json: bool,
 }
@@ -284,6 +297,7 @@ struct ChainArgs {
     /// Measured changes (and as many round trips).
     #[arg(long, default_value_t = 5_000)]
     iterations: u64,
+    /// Changes before measuring.
     #[arg(long, default_value_t = 200)]
     warmup: u64,
     /// Transport between the nodes: tcp, tls, quic, ws or wss.
@@ -477,7 +491,7 @@ async fn connect_mirror(connect: &Connect, role: &str) -> anyhow::Result<Mirror>
             .clone()
             .unwrap_or_else(|| format!("am-node-{role}-{}", std::process::id())),
         token: connect.token.clone(),
-        transport: connect.tls.transport()?,
+        transport: connect.tls.transport(&endpoint)?,
         ..MirrorConfig::default()
     };
     Mirror::connect(&endpoint, config)
@@ -613,7 +627,7 @@ async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let endpoint = endpoint(&args.endpoint)?;
     let status = asyncmachine::client::fetch_status(
         &endpoint,
-        &args.tls.transport()?,
+        &args.tls.transport(&endpoint)?,
         args.token.clone(),
         Duration::from_secs(5),
     )
@@ -1086,9 +1100,40 @@ fn init_tracing(filter: &str) -> anyhow::Result<()> {
         .with_context(|| {
             format!("invalid --log filter {filter:?}; try `info` or `asyncmachine=debug`")
         })?;
+    use std::io::IsTerminal as _;
+    // Colour codes only for a person at a terminal: a log file or a pipe gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// Every visible argument of every visible command, with its help text, as `command --arg`.
+    fn undocumented(command: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
+                out.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if !sub.is_hide_set() {
+                undocumented(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        let mut missing = Vec::new();
+        undocumented(&Cli::command(), "am-node", &mut missing);
+        assert!(missing.is_empty(), "no --help text: {missing:#?}");
+    }
 }

@@ -389,3 +389,6 @@ impl RunningTopology {
         lines
     }
 }
+
+#[cfg(test)]
+mod tests;
