@@ -494,9 +494,20 @@ async fn connect_mirror(connect: &Connect, role: &str) -> anyhow::Result<Mirror>
         transport: connect.tls.transport(&endpoint)?,
         ..MirrorConfig::default()
     };
-    Mirror::connect(&endpoint, config)
-        .await
-        .with_context(|| format!("cannot mirror {endpoint}"))
+    let mirror = Mirror::connect(&endpoint, config).await;
+    mirror.map_err(|e| {
+        // am-relay refuses a missing or wrong token at the WebSocket upgrade, before any hello.
+        let refused_upgrade = e.to_string().contains("401 Unauthorized");
+        let e = anyhow::Error::new(e).context(format!("cannot mirror {endpoint}"));
+        if refused_upgrade {
+            e.context(
+                "the WebSocket upgrade was refused for its token (am-relay checks one): pass \
+                 --token T, or write the relay's token in the endpoint as ?token=T",
+            )
+        } else {
+            e
+        }
+    })
 }
 
 fn states_line(source: &dyn StateSource, ticks: bool) -> String {

@@ -428,11 +428,11 @@ async fn client_commands_reach_a_node_through_a_relay_with_a_token() {
         run.stdout,
         run.stderr
     );
-    // Without it the relay refuses, and the error does not blame the scheme.
+    // Without it the relay refuses, and the error says what to pass.
     let run = live::am_node(&["watch", &base, "--once"]).await;
     assert!(!run.ok);
     assert!(
-        run.stderr.contains("401") || run.stderr.contains("token"),
+        run.stderr.contains("401") && run.stderr.contains("--token T"),
         "{}",
         run.stderr
     );

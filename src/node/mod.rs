@@ -33,6 +33,15 @@ pub enum NodeError {
     UnknownNode(String, String),
     #[error("node {node}: {error}")]
     Server { node: String, error: ServerError },
+    #[error(
+        "{at}: node {node}: {error}\n  hint: another process (or another node of this file) may hold the port; pick a free one, or 0 for any"
+    )]
+    Listen {
+        /// `file:line` of the listener.
+        at: String,
+        node: String,
+        error: ServerError,
+    },
     #[error("node {node}: {error}")]
     Mirror { node: String, error: MirrorError },
     #[error(
@@ -196,11 +205,12 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
         }
     };
     let mut endpoints = Vec::new();
-    for listen in &plan.listen {
+    for (i, listen) in plan.listen.iter().enumerate() {
         let endpoint = server
             .listen(listen)
             .await
-            .map_err(|source| NodeError::Server {
+            .map_err(|source| NodeError::Listen {
+                at: plan.lines.at(plan.lines.listen.get(i).copied()),
                 node: plan.name.clone(),
                 error: source,
             })?;

@@ -101,5 +101,20 @@ machines = [{ name = "m", schema = "s" }]
     let e = start_topology(&t, &[]).await.expect_err("no such address");
     assert!(e.to_string().starts_with(&format!("{file}:6: ")), "{e}");
     assert!(e.to_string().contains("hint: "), "{e}");
+
+    // A port another process holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().expect("bound").port();
+    let t = topology(
+        &dir,
+        &format!(
+            "[schemas.s]\nstates = [{{ name = \"Start\" }}]\n\n[[nodes]]\nname = \"n\"\nlisten = [\"tcp://127.0.0.1:0\",\n  \"tcp://127.0.0.1:{port}\"]\nmachines = [{{ name = \"m\", schema = \"s\" }}]\n"
+        ),
+    );
+    let e = start_topology(&t, &[])
+        .await
+        .expect_err("the port is taken");
+    assert!(e.to_string().starts_with(&format!("{file}:7: ")), "{e}");
+    assert!(e.to_string().contains("hint: "), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

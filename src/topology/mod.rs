@@ -63,6 +63,8 @@ pub struct NodeLines {
     pub node: usize,
     pub tls: Option<usize>,
     pub admin: Option<usize>,
+    /// Each listener's line, in `NodePlan::listen` order.
+    pub listen: Vec<usize>,
 }
 
 impl NodeLines {

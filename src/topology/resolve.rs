@@ -538,6 +538,7 @@ fn plan_node(
             node: cx.line(&n.name.span()),
             tls: n.tls.as_ref().map(|t| cx.line(&t.span())),
             admin: n.admin.as_ref().map(|a| cx.line(&a.span())),
+            listen: n.listen.iter().map(|l| cx.line(&l.span())).collect(),
         },
         name: node_name,
     })
