@@ -4,11 +4,13 @@
 //! documents the format.
 //!
 //! Owns parsing and validation only: starting nodes is `crate::node`'s job. The file as
-//! written is `spec`; `resolve` checks and plans it step by step; `ports` decides which
-//! addresses collide.
+//! written is `spec`; `resolve` checks it step by step, with `schemas` building the schemas and
+//! `plan` each node's plan; `ports` decides which addresses collide.
 
+mod plan;
 mod ports;
 mod resolve;
+mod schemas;
 mod spec;
 
 use std::collections::BTreeMap;
