@@ -537,7 +537,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     {
         bail!(
             "unknown state {until:?}; the machine has: {}",
-            mirror.schema().names().collect::<Vec<_>>().join(", ")
+            printable(&mirror.schema().names().collect::<Vec<_>>().join(", "))
         );
     }
     let mut out = std::io::stdout();

@@ -556,3 +556,44 @@ fn logs_to_a_file_or_pipe_carry_no_colour_codes() {
     assert!(!line.contains('\u{1b}'), "{line:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_escapes_hostile_state_names() {
+    use asyncmachine::machine::{Args, Machine, Schema, StateDef};
+    let hostile = "X\n00:00:00.000  Admin\u{1b}[2J";
+    let schema = Schema::builder()
+        .state(StateDef::new(hostile))
+        .build()
+        .expect("a schema");
+    let machine = Machine::builder(std::sync::Arc::new(schema))
+        .id("root")
+        .build();
+    machine.add(&[hostile], Args::new()).expect("activates");
+    let server = asyncmachine::server::Server::new(Default::default());
+    server
+        .add_source("m", std::sync::Arc::new(machine))
+        .expect("a source");
+    let at = server
+        .listen(&"tcp://127.0.0.1:0".parse().expect("valid"))
+        .await
+        .expect("binds")
+        .with_machine("m")
+        .to_string();
+    for args in [
+        vec!["watch", at.as_str(), "--once"],
+        vec!["watch", at.as_str(), "--once", "--ticks"],
+        vec!["watch", at.as_str(), "--until", "Nope"],
+    ] {
+        let run = live::am_node(&args).await;
+        let all = format!("{}{}", run.stdout, run.stderr);
+        assert!(!all.contains('\u{1b}'), "{args:?}: {all:?}");
+        assert!(
+            !all.lines().any(|l| l.starts_with("00:00:00.000  Admin")),
+            "{args:?}: a faked line: {all}"
+        );
+        assert!(
+            all.contains("X\\n00:00:00.000  Admin\\u{1b}[2J"),
+            "{args:?}: {all}"
+        );
+    }
+}

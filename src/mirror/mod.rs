@@ -552,7 +552,7 @@ impl Shared {
             return Err(MirrorError::SchemaMismatch {
                 endpoint: self.endpoint.clone(),
                 expected: expected.names().collect::<Vec<_>>().join(", "),
-                found: found.names().collect::<Vec<_>>().join(", "),
+                found: printable(&found.names().collect::<Vec<_>>().join(", ")).into_owned(),
             });
         }
         let (tx, rx) = mpsc::channel(256);
