@@ -469,3 +469,28 @@ fn errors_in_a_schema_file_point_into_that_file() {
     assert!(e.hint.contains("type"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_outside_upstream_through_a_relay_carries_the_relay_token() {
+    let text = TREE.replace(
+        "upstream = \"mid/demo\"",
+        "upstream = \"ws://127.0.0.1:7480/demo?token=r%20t\"\nschema = \"demo\"",
+    );
+    let t = parse_str(&text).expect("valid");
+    match &t.node("leaf").expect("leaf").machines[0].kind {
+        MachineKind::Mirror { upstream, .. } => {
+            assert_eq!(upstream.machine.as_deref(), Some("demo"));
+            assert_eq!(upstream.upgrade_token.as_deref(), Some("r t"));
+        }
+        other => panic!("a mirror, got {other:?}"),
+    }
+    refused(
+        &TREE.replace(
+            "listen = [\"tcp://127.0.0.1:7701\"]",
+            "listen = [\"ws://127.0.0.1:7701/?token=x\"]",
+        ),
+        23,
+        "names a machine or a token",
+        "acl",
+    );
+}
