@@ -3,6 +3,10 @@
 //! identity a server takes from it under mutual TLS; node certificates also name `localhost`,
 //! `127.0.0.1` and `::1`, so local endpoints verify.
 //!
+//! `am-node certs` run again on the same directory signs with the CA already there, so the
+//! certificates it issued before keep verifying; replacing the CA is a choice
+//! ([`CaPolicy::Replace`]).
+//!
 //! For development and tests only: keys are written unencrypted.
 
 use std::path::{Path, PathBuf};
@@ -19,6 +23,34 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("cannot write {path}: {error}")]
     Write { path: String, error: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{dir} holds {found} but not {missing}, so its CA cannot sign")]
+    HalfCa {
+        dir: String,
+        found: &'static str,
+        missing: &'static str,
+    },
+    #[error("the CA in {dir} cannot sign certificates that verify against it: {reason}")]
+    UnusableCa { dir: String, reason: String },
+    #[error("{cert} does not verify against {ca}: {reason}")]
+    NotSignedBy {
+        cert: String,
+        ca: String,
+        reason: String,
+    },
+}
+
+impl CertError {
+    /// What to do about it, for a person.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            CertError::HalfCa { .. } | CertError::UnusableCa { .. } => Some(
+                "pass --new-ca to replace the CA (certificates it signed before then stop verifying)",
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// A certificate and its private key, PEM-encoded.
@@ -63,6 +95,13 @@ impl DevCa {
         })
     }
 
+    /// A CA from its PEM certificate and key, to issue more certificates with it.
+    pub fn from_pem(pem: PemPair) -> Result<Self, CertError> {
+        let key = KeyPair::from_pem(&pem.key)?;
+        let issuer = Issuer::from_ca_cert_pem(&pem.cert, key)?;
+        Ok(DevCa { issuer, pem })
+    }
+
     /// The CA's own certificate and key.
     pub fn pem(&self) -> &PemPair {
         &self.pem
@@ -100,14 +139,92 @@ impl DevCa {
     }
 }
 
-/// Writes `ca.pem` (and `ca.key`) and `NAME.pem` / `NAME.key` for each name into `dir`;
-/// returns the files written.
-pub fn write_dev_certs(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, CertError> {
+/// Whether `write_dev_certs` keeps a CA it finds in the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaPolicy {
+    /// Sign with `ca.pem` / `ca.key` when they are there; make them when not.
+    Reuse,
+    /// Make a new CA even when one is there (what it signed stops verifying).
+    Replace,
+}
+
+/// Where the CA that signed the new certificates came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaOrigin {
+    /// There was none; a new one was written.
+    Created,
+    /// The directory's CA signed them.
+    Reused,
+    /// A CA was there and was replaced (`CaPolicy::Replace`).
+    Replaced,
+}
+
+/// What `write_dev_certs` did.
+#[derive(Debug, Clone)]
+pub struct DevCerts {
+    pub ca: CaOrigin,
+    /// Every file written, in order.
+    pub written: Vec<PathBuf>,
+}
+
+/// Writes `NAME.pem` / `NAME.key` for each name into `dir`, signed by the CA in `dir`
+/// (`ca.pem`, `ca.key`): the one there, unless `policy` says to replace it, or a new one.
+pub fn write_dev_certs(
+    dir: &Path,
+    names: &[String],
+    policy: CaPolicy,
+) -> Result<DevCerts, CertError> {
     std::fs::create_dir_all(dir).map_err(|source| CertError::Write {
         path: dir.display().to_string(),
         error: source,
     })?;
-    let ca = DevCa::new("asyncmachine development CA")?;
+    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let existing = match (ca_cert.exists(), ca_key.exists(), policy) {
+        (false, false, _) => None,
+        (_, _, CaPolicy::Replace) => Some(CaOrigin::Replaced),
+        (true, true, CaPolicy::Reuse) => Some(CaOrigin::Reused),
+        (found, _, CaPolicy::Reuse) => {
+            let (found, missing) = if found {
+                ("ca.pem", "ca.key")
+            } else {
+                ("ca.key", "ca.pem")
+            };
+            return Err(CertError::HalfCa {
+                dir: dir.display().to_string(),
+                found,
+                missing,
+            });
+        }
+    };
+    let (ca, origin) = match existing {
+        Some(CaOrigin::Reused) => {
+            let read = |path: &Path| {
+                std::fs::read_to_string(path).map_err(|source| CertError::Read {
+                    path: path.display().to_string(),
+                    error: source,
+                })
+            };
+            let pem = PemPair {
+                cert: read(&ca_cert)?,
+                key: read(&ca_key)?,
+            };
+            let unusable = |reason: String| CertError::UnusableCa {
+                dir: dir.display().to_string(),
+                reason,
+            };
+            let ca = DevCa::from_pem(pem).map_err(|e| unusable(e.to_string()))?;
+            // A key that does not belong to the certificate signs certificates that fail later,
+            // far from here: try one now.
+            let probe = ca.issue("probe").map_err(|e| unusable(e.to_string()))?;
+            verify_signed_by(&probe.cert, &ca.pem().cert)
+                .map_err(|e| unusable(format!("ca.key does not belong to ca.pem ({e})")))?;
+            (ca, CaOrigin::Reused)
+        }
+        other => (
+            DevCa::new("asyncmachine development CA")?,
+            other.unwrap_or(CaOrigin::Created),
+        ),
+    };
     let mut written = Vec::new();
     let mut write = |file: String, text: &str| {
         let path = dir.join(file);
@@ -118,12 +235,98 @@ pub fn write_dev_certs(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, Cer
         written.push(path);
         Ok::<_, CertError>(())
     };
-    write("ca.pem".into(), &ca.pem().cert)?;
-    write("ca.key".into(), &ca.pem().key)?;
+    if origin != CaOrigin::Reused {
+        write("ca.pem".into(), &ca.pem().cert)?;
+        write("ca.key".into(), &ca.pem().key)?;
+    }
     for name in names {
         let pair = ca.issue(name)?;
         write(format!("{name}.pem"), &pair.cert)?;
         write(format!("{name}.key"), &pair.key)?;
     }
-    Ok(written)
+    Ok(DevCerts {
+        ca: origin,
+        written,
+    })
+}
+
+/// Checks that a PEM certificate is signed by the PEM CA certificate and valid now.
+pub fn verify_signed_by(cert: &str, ca: &str) -> Result<(), CertError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let fail = |reason: String| CertError::NotSignedBy {
+        cert: "the certificate".into(),
+        ca: "the CA".into(),
+        reason,
+    };
+    let cert = CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    let ca = CertificateDer::from_pem_slice(ca.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|e| fail(e.to_string()))?;
+    let end = webpki::EndEntityCert::try_from(&cert).map_err(|e| fail(e.to_string()))?;
+    let algorithms = rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all;
+    end.verify_for_usage(
+        algorithms,
+        &[anchor],
+        &[],
+        UnixTime::now(),
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| fail(format!("{e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).expect("written")
+    }
+
+    #[test]
+    fn a_second_run_signs_with_the_same_ca() {
+        let dir = std::env::temp_dir().join(format!("am-certs-reuse-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = write_dev_certs(&dir, &["a".into()], CaPolicy::Reuse).expect("first run");
+        assert_eq!(first.ca, CaOrigin::Created);
+        let a = read(&dir.join("a.pem"));
+        let second = write_dev_certs(&dir, &["b".into()], CaPolicy::Reuse).expect("second run");
+        assert_eq!(second.ca, CaOrigin::Reused);
+        assert!(
+            !second.written.contains(&dir.join("ca.pem")),
+            "the CA is kept"
+        );
+        let ca = read(&dir.join("ca.pem"));
+        verify_signed_by(&a, &ca).expect("the first run's certificate still verifies");
+        verify_signed_by(&read(&dir.join("b.pem")), &ca).expect("the second run's verifies");
+
+        let third = write_dev_certs(&dir, &["c".into()], CaPolicy::Replace).expect("new CA");
+        assert_eq!(third.ca, CaOrigin::Replaced);
+        let ca = read(&dir.join("ca.pem"));
+        assert!(verify_signed_by(&a, &ca).is_err(), "a new CA is a new CA");
+        verify_signed_by(&read(&dir.join("c.pem")), &ca).expect("signed by the new CA");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_ca_that_cannot_sign_is_refused_with_a_hint() {
+        let dir = std::env::temp_dir().join(format!("am-certs-half-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write_dev_certs(&dir, &[], CaPolicy::Reuse).expect("a CA");
+        std::fs::remove_file(dir.join("ca.key")).expect("removed");
+        let e = write_dev_certs(&dir, &["x".into()], CaPolicy::Reuse).expect_err("no key");
+        assert!(e.to_string().contains("not ca.key"), "{e}");
+        assert!(e.hint().is_some_and(|h| h.contains("--new-ca")));
+
+        // A key of another CA.
+        let other = DevCa::new("other").expect("ca");
+        std::fs::write(dir.join("ca.key"), &other.pem().key).expect("written");
+        let e = write_dev_certs(&dir, &["x".into()], CaPolicy::Reuse).expect_err("wrong key");
+        assert!(e.to_string().contains("does not belong"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

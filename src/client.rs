@@ -52,7 +52,7 @@ pub async fn fetch_status(
             Ok(Message::Status(status)) => Ok(status),
             Ok(Message::Refused(refusal)) => Err(ClientError::Refused {
                 endpoint: endpoint.clone(),
-                reason: refusal.reason,
+                reason: crate::printable::printable(&refusal.reason).into_owned(),
             }),
             Ok(other) => Err(protocol(format!("expected Status, got {}", other.name()))),
             Err(ReadError::Closed) => Err(protocol("the server closed the connection".into())),

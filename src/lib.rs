@@ -43,6 +43,7 @@ pub mod machine;
 pub mod metrics;
 pub mod mirror;
 pub mod node;
+pub mod printable;
 pub mod proto;
 pub mod relay;
 pub mod server;

@@ -98,7 +98,7 @@ async fn a_wrong_ca_is_refused_on_every_tls_transport() {
         let (server, endpoint) = server(scheme, tls(Some(&node), Some(&ca), false)).await;
         let err = text(connect(&endpoint, "stranger", tls(None, Some(&other_ca), false)).await);
         assert!(
-            err.contains("UnknownIssuer") && err.contains("wrong `ca`"),
+            err.contains("UnknownIssuer") && err.contains("not signed by the CA this side"),
             "{scheme}: {err}"
         );
         server_noticed(&server).await;
@@ -128,6 +128,7 @@ async fn mutual_tls_requires_a_client_certificate_and_takes_the_identity_from_it
         let (server, endpoint) = server(scheme, tls(Some(&node), Some(&ca), true)).await;
         let err = text(connect(&endpoint, "anonymous", tls(None, Some(&ca), false)).await);
         assert!(err.contains("client certificate"), "{scheme}: {err}");
+        assert!(err.contains("--cert and --key"), "{scheme}: {err}");
         server_noticed(&server).await;
 
         // With a certificate: accepted, and the server knows the client by it, not by its hello.
@@ -193,9 +194,50 @@ async fn a_tls_scheme_without_material_says_what_is_missing() {
         )
         .await,
     );
+    // The library serves `am-node run` and the client commands alike: it names no flag
+    // (`run` has no --ca); each caller says what to set.
     assert!(
-        err.contains("needs TLS material") && err.contains("am-node certs"),
+        err.contains("needs TLS material") && err.contains("am-node certs") && !err.contains("--"),
         "{err}"
     );
     let _ = StateSource::id(&Machine::new(abc_schema()));
+}
+
+/// Two `am-node certs` runs make two CAs of the same name: a certificate of one fails the
+/// other's signature check, which TLS reports to the other side as `DecryptError`. Both sides
+/// must hear that the certificate is not signed by the configured CA, and which side to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_of_the_same_name_says_which_side_to_fix() {
+    let (ca, twin) = (
+        DevCa::new("asyncmachine development CA").expect("ca"),
+        DevCa::new("asyncmachine development CA").expect("ca"),
+    );
+    let node = ca.issue("server-node").expect("cert");
+    for scheme in ["tls", "quic", "wss"] {
+        // The client trusts the twin: the server's certificate is the one to fix, or the CA.
+        let (server, endpoint) = server(scheme, tls(Some(&node), Some(&ca), false)).await;
+        let err = text(connect(&endpoint, "c", tls(None, Some(&twin), false)).await);
+        assert!(
+            err.contains("not signed by the CA this side is configured with"),
+            "{scheme}: {err}"
+        );
+        assert!(!err.ends_with("DecryptError"), "{scheme}: {err}");
+        server_noticed(&server).await;
+    }
+    for scheme in ["tls", "quic", "wss"] {
+        // Mutual TLS, the client's certificate from the twin: the client hears only an alert.
+        let (server, endpoint) = server(scheme, tls(Some(&node), Some(&ca), true)).await;
+        let client = twin.issue("client-a").expect("cert");
+        let err = text(connect(&endpoint, "c", tls(Some(&client), Some(&ca), false)).await);
+        assert!(
+            err.contains("the peer refused this side's certificate"),
+            "{scheme}: {err}"
+        );
+        server_noticed(&server).await;
+        still_serves(
+            &endpoint,
+            tls(Some(&ca.issue("good").expect("cert")), Some(&ca), false),
+        )
+        .await;
+    }
 }

@@ -343,7 +343,8 @@ async fn a_tree_over_every_transport_carries_mutations_up_and_diffs_down() {
     // root -quic-> l1 -wss-> l2 -tls-> l3 -ws-> l4, each node with its own certificate.
     let dir = std::env::temp_dir().join(unique("mixed"));
     let names: Vec<String> = ["root", "l1", "l2", "l3", "l4"].map(String::from).to_vec();
-    asyncmachine::certs::write_dev_certs(&dir, &names).expect("writes certificates");
+    asyncmachine::certs::write_dev_certs(&dir, &names, asyncmachine::certs::CaPolicy::Reuse)
+        .expect("writes certificates");
     let udp = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("free udp")

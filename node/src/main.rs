@@ -14,7 +14,8 @@ use asyncmachine::machine::{
     Args as MutationArgs, MutationKind, Outcome, StateSource, Transition, Value,
 };
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
-use asyncmachine::transport::{Endpoint, TlsConfig, TransportConfig};
+use asyncmachine::printable::printable;
+use asyncmachine::transport::{Endpoint, Scheme, TlsConfig, TransportConfig};
 use clap::{Args, Parser, Subcommand};
 
 /// Runs the nodes of an asyncmachine state-source tree: sources, mirrors and the listeners
@@ -92,7 +93,15 @@ struct TlsArgs {
 }
 
 impl TlsArgs {
-    fn transport(&self) -> anyhow::Result<TransportConfig> {
+    /// The transport for `endpoint`: TLS-based schemes need --ca to verify the server.
+    fn transport(&self, endpoint: &Endpoint) -> anyhow::Result<TransportConfig> {
+        if self.ca.is_none() && matches!(endpoint.scheme, Scheme::Tls | Scheme::Quic | Scheme::Wss)
+        {
+            bail!(
+                "{}:// needs the CA that signed the server's certificate: pass --ca FILE (ca.pem from `am-node certs`), and --cert and --key if the server requires a client certificate",
+                endpoint.scheme.as_str()
+            );
+        }
         if self.ca.is_none() && self.cert.is_none() {
             return Ok(TransportConfig::default());
         }
@@ -110,11 +119,17 @@ impl TlsArgs {
 #[derive(Debug, Args)]
 struct Connect {
     /// Where the machine is served: tcp://host:port/MACHINE (the machine may be left out when
-    /// the node serves only one).
+    /// the node serves only one). Through am-relay: ws://relay:port/TARGET, with the relay's
+    /// token as ?token=T when it differs from --token.
     endpoint: String,
-    /// The server's token, if it needs one.
+    /// The server's token, if it needs one. Over ws:// and wss:// it also goes in the
+    /// WebSocket upgrade (?token=), which is where am-relay looks for its token.
     #[arg(long)]
     token: Option<String>,
+    /// The client id to present: what the node's `acl.allow`, `see` and `mutate` lists name
+    /// (default: am-node-COMMAND-PID). Under mutual TLS the certificate's name wins.
+    #[arg(long)]
+    id: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -151,8 +166,9 @@ struct MutateArgs {
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// The node: tcp://host:port.
+    /// The node: tcp://host:port (or tls://, quic://, ws://, wss://).
     endpoint: String,
+    /// The node's token (`acl.token` in its topology), if it needs one.
     #[arg(long)]
     token: Option<String>,
     #[command(flatten)]
@@ -169,6 +185,10 @@ struct CertsArgs {
     /// Names to issue certificates for (each name is the identity its certificate proves).
     #[arg(required = true)]
     names: Vec<String>,
+    /// Replace the CA in DIR with a new one. Without it, a CA already in DIR (ca.pem, ca.key)
+    /// signs the new certificates, so those it signed before keep verifying.
+    #[arg(long)]
+    new_ca: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +234,7 @@ struct BytesArgs {
     /// Transport between mirror and server: tcp, tls, quic, ws or wss.
     #[arg(long, default_value = "tcp")]
     transport: String,
+    /// Also print the result as one JSON line at the end.
     #[arg(long)]
     json: bool,
 }
@@ -241,12 +262,14 @@ struct FanoutArgs {
     /// the mirrors' readers no longer share one scheduler.
     #[arg(long)]
     split: bool,
+    /// Also print the result as one JSON line at the end.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Debug, Args)]
 struct RelayArgs {
+    /// Echo round trips measured each way (direct and through the relay).
     #[arg(long, default_value_t = 20_000)]
     round_trips: u64,
     /// Bytes per echo message.
@@ -261,6 +284,7 @@ struct RelayArgs {
     /// Tokio worker threads; 1 runs client, relay and target on one thread.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Also print the result as one JSON line at the end.
     #[arg(long)]
     json: bool,
 }
@@ -273,6 +297,7 @@ struct ChainArgs {
     /// Measured changes (and as many round trips).
     #[arg(long, default_value_t = 5_000)]
     iterations: u64,
+    /// Changes before measuring.
     #[arg(long, default_value_t = 200)]
     warmup: u64,
     /// Transport between the nodes: tcp, tls, quic, ws or wss.
@@ -358,7 +383,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            // Errors quote what peers said (refusal reasons): no control character of theirs
+            // reaches the terminal; the line breaks are ours (hints) and stay.
+            let text = format!("{e:#}");
+            let lines: Vec<_> = text.split('\n').map(printable).collect();
+            let _ = writeln!(std::io::stderr(), "error: {}", lines.join("\n"));
             ExitCode::FAILURE
         }
     }
@@ -451,16 +480,34 @@ fn endpoint(text: &str) -> anyhow::Result<Endpoint> {
 }
 
 async fn connect_mirror(connect: &Connect, role: &str) -> anyhow::Result<Mirror> {
-    let endpoint = endpoint(&connect.endpoint)?;
+    let mut endpoint = endpoint(&connect.endpoint)?;
+    if endpoint.upgrade_token.is_none() && matches!(endpoint.scheme, Scheme::Ws | Scheme::Wss) {
+        // A relay checks its token at the upgrade, before any hello.
+        endpoint.upgrade_token = connect.token.as_deref().map(Into::into);
+    }
     let config = MirrorConfig {
-        client_id: format!("am-node-{role}-{}", std::process::id()),
+        client_id: connect
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("am-node-{role}-{}", std::process::id())),
         token: connect.token.clone(),
-        transport: connect.tls.transport()?,
+        transport: connect.tls.transport(&endpoint)?,
         ..MirrorConfig::default()
     };
-    Mirror::connect(&endpoint, config)
-        .await
-        .with_context(|| format!("cannot mirror {endpoint}"))
+    let mirror = Mirror::connect(&endpoint, config).await;
+    mirror.map_err(|e| {
+        // am-relay refuses a missing or wrong token at the WebSocket upgrade, before any hello.
+        let refused_upgrade = e.to_string().contains("401 Unauthorized");
+        let e = anyhow::Error::new(e).context(format!("cannot mirror {endpoint}"));
+        if refused_upgrade {
+            e.context(
+                "the WebSocket upgrade was refused for its token (am-relay checks one): pass \
+                 --token T, or write the relay's token in the endpoint as ?token=T",
+            )
+        } else {
+            e
+        }
+    })
 }
 
 fn states_line(source: &dyn StateSource, ticks: bool) -> String {
@@ -470,7 +517,7 @@ fn states_line(source: &dyn StateSource, ticks: bool) -> String {
         schema
             .names()
             .zip(clock)
-            .map(|(n, t)| format!("{n}={t}"))
+            .map(|(n, t)| format!("{}={t}", printable(n)))
             .collect::<Vec<_>>()
             .join(" ")
     } else {
@@ -478,7 +525,7 @@ fn states_line(source: &dyn StateSource, ticks: bool) -> String {
         if active.is_empty() {
             "(none active)".to_owned()
         } else {
-            active.join(" ")
+            printable(&active.join(" ")).into_owned()
         }
     }
 }
@@ -490,7 +537,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     {
         bail!(
             "unknown state {until:?}; the machine has: {}",
-            mirror.schema().names().collect::<Vec<_>>().join(", ")
+            printable(&mirror.schema().names().collect::<Vec<_>>().join(", "))
         );
     }
     let mut out = std::io::stdout();
@@ -530,7 +577,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
                     let note = match state {
                         ConnState::Ready => "connected".to_owned(),
                         ConnState::Connecting => "connecting".to_owned(),
-                        ConnState::Disconnected => format!("disconnected: {}", mirror.last_error().unwrap_or_default()),
+                        ConnState::Disconnected => format!("disconnected: {}", printable(&mirror.last_error().unwrap_or_default())),
                     };
                     let _ = writeln!(std::io::stdout(), "{}  ({note})", clock_time());
                 }
@@ -591,7 +638,7 @@ async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let endpoint = endpoint(&args.endpoint)?;
     let status = asyncmachine::client::fetch_status(
         &endpoint,
-        &args.tls.transport()?,
+        &args.tls.transport(&endpoint)?,
         args.token.clone(),
         Duration::from_secs(5),
     )
@@ -605,25 +652,28 @@ async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(out, "node {}", status.node)?;
+    // Every string here came from the node, and the client ids from its clients.
+    writeln!(out, "node {}", printable(&status.node))?;
     writeln!(out, "machines:")?;
     for s in &status.sources {
         writeln!(
             out,
             "  {:<12} clients={:<4} queue={:<8} [{}]",
-            s.name,
+            printable(&s.name),
             s.clients,
             s.queue_tick,
-            s.active.join(" ")
+            printable(&s.active.join(" "))
         )?;
         if let (Some(up), Some(state)) = (&s.upstream, &s.connection) {
             writeln!(
                 out,
-                "  {:<12} upstream {up} ({state}){}",
+                "  {:<12} upstream {} ({}){}",
                 "",
+                printable(up),
+                printable(state),
                 s.last_error
                     .as_ref()
-                    .map(|e| format!(": {e}"))
+                    .map(|e| format!(": {}", printable(e)))
                     .unwrap_or_default()
             )?;
         }
@@ -633,11 +683,17 @@ async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "  (none)")?;
     }
     for c in &status.clients {
-        writeln!(out, "  {:<24} {:<12} {}", c.id, c.source, c.peer)?;
+        writeln!(
+            out,
+            "  {:<24} {:<12} {}",
+            printable(&c.id),
+            printable(&c.source),
+            printable(&c.peer)
+        )?;
     }
     writeln!(out, "counters:")?;
     for (name, value) in &status.counters {
-        writeln!(out, "  {name:<16} {value}")?;
+        writeln!(out, "  {:<16} {value}", printable(name))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -675,9 +731,33 @@ async fn fault_proxy(args: &FaultProxyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
-    let written = asyncmachine::certs::write_dev_certs(&args.dir, &args.names)?;
+    use asyncmachine::certs::{CaOrigin, CaPolicy};
+    let policy = if args.new_ca {
+        CaPolicy::Replace
+    } else {
+        CaPolicy::Reuse
+    };
+    let certs = asyncmachine::certs::write_dev_certs(&args.dir, &args.names, policy).map_err(
+        |e| match e.hint() {
+            Some(hint) => anyhow::anyhow!("{e}\n  hint: {hint}"),
+            None => anyhow::Error::new(e),
+        },
+    )?;
+    let ca = args.dir.join("ca.pem");
+    let note = match certs.ca {
+        CaOrigin::Created => format!("made a new CA: {}", ca.display()),
+        CaOrigin::Reused => format!(
+            "signed with the CA already in {} (pass --new-ca to replace it)",
+            ca.display()
+        ),
+        CaOrigin::Replaced => format!(
+            "replaced the CA {}: certificates it signed before no longer verify",
+            ca.display()
+        ),
+    };
+    writeln!(std::io::stderr(), "{note}")?;
     let mut out = std::io::stdout().lock();
-    for path in written {
+    for path in certs.written {
         writeln!(out, "wrote {}", path.display())?;
     }
     writeln!(
@@ -1031,9 +1111,40 @@ fn init_tracing(filter: &str) -> anyhow::Result<()> {
         .with_context(|| {
             format!("invalid --log filter {filter:?}; try `info` or `asyncmachine=debug`")
         })?;
+    use std::io::IsTerminal as _;
+    // Colour codes only for a person at a terminal: a log file or a pipe gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// Every visible argument of every visible command, with its help text, as `command --arg`.
+    fn undocumented(command: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
+                out.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if !sub.is_hide_set() {
+                undocumented(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        let mut missing = Vec::new();
+        undocumented(&Cli::command(), "am-node", &mut missing);
+        assert!(missing.is_empty(), "no --help text: {missing:#?}");
+    }
 }

@@ -262,3 +262,338 @@ fn bench_fanout_and_bytes_report_their_figures() {
         "zstd shrinks the welcome"
     );
 }
+
+// ----- issue 13: certificates, client ids, peer text, messages -----
+
+mod live {
+    //! Commands against nodes and relays started in this test process.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use asyncmachine::machine::{Machine, Schema, StateDef};
+    use asyncmachine::mirror::{Mirror, MirrorConfig};
+    use asyncmachine::relay::{Relay, RelayConfig, Target};
+    use asyncmachine::server::{Server, ServerConfig};
+    use asyncmachine::transport::Endpoint;
+
+    const LIMIT: Duration = Duration::from_secs(20);
+
+    pub struct Run {
+        pub ok: bool,
+        pub stdout: String,
+        pub stderr: String,
+    }
+
+    /// Runs am-node without blocking the runtime that serves it.
+    pub async fn am_node(args: &[&str]) -> Run {
+        let out = tokio::time::timeout(
+            LIMIT,
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_am-node"))
+                .args(args)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("am-node ends in time")
+        .expect("am-node runs");
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn schema() -> Arc<Schema> {
+        Arc::new(
+            Schema::builder()
+                .state(StateDef::new("A"))
+                .state(StateDef::new("B"))
+                .build()
+                .expect("a schema"),
+        )
+    }
+
+    /// A node serving machine `m` over TCP on a free port.
+    pub async fn node(config: ServerConfig) -> (Server, Machine, Endpoint) {
+        let server = Server::new(config);
+        let machine = Machine::builder(schema()).id("root").build();
+        server
+            .add_source("m", Arc::new(machine.clone()))
+            .expect("a source");
+        let endpoint = server
+            .listen(&"tcp://127.0.0.1:0".parse().expect("valid"))
+            .await
+            .expect("binds");
+        (server, machine, endpoint.with_machine("m"))
+    }
+
+    pub async fn mirror(endpoint: &Endpoint, id: &str) -> Mirror {
+        tokio::time::timeout(
+            LIMIT,
+            Mirror::connect(
+                endpoint,
+                MirrorConfig {
+                    client_id: id.into(),
+                    ..MirrorConfig::default()
+                },
+            ),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects")
+    }
+
+    pub async fn relay(target: Endpoint, token: &str) -> Relay {
+        Relay::start(RelayConfig {
+            listen: "ws://127.0.0.1:0".parse().expect("valid"),
+            // The relay routes by name; a mirror's hello asks for the same name.
+            targets: vec![Target {
+                name: "m".into(),
+                endpoint: target,
+            }],
+            token: Some(token.into()),
+            ..RelayConfig::default()
+        })
+        .await
+        .expect("the relay starts")
+    }
+}
+
+use asyncmachine::machine::StateSource as _;
+use live::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_escapes_a_hostile_client_id() {
+    let (_server, _machine, endpoint) = node(asyncmachine::server::ServerConfig::default()).await;
+    let hostile = "evil\n  admin                    m            10.0.0.1:1\u{1b}[2J\u{1b}[31m";
+    let _client = mirror(&endpoint, hostile).await;
+    let run = live::am_node(&["status", &endpoint.without_machine().to_string()]).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        !run.stdout.contains('\u{1b}'),
+        "no escape reaches the terminal: {:?}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("admin")),
+        "no faked line: {}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("evil\\n  admin") && run.stdout.contains("\\u{1b}[31m"),
+        "the id is shown, escaped: {}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_present_the_id_an_allow_list_names() {
+    let (_server, machine, endpoint) = node(asyncmachine::server::ServerConfig {
+        allow_ids: Some(vec!["ops-tool".into()]),
+        ..Default::default()
+    })
+    .await;
+    let at = endpoint.to_string();
+    let run = live::am_node(&["add", &at, "A"]).await;
+    assert!(!run.ok, "the default id is not on the list");
+    let run = live::am_node(&["add", &at, "A", "--id", "ops-tool"]).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(machine.is1("A"));
+    let run = live::am_node(&["watch", &at, "--once", "--id", "ops-tool"]).await;
+    assert!(
+        run.ok && run.stdout.contains('A'),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_reach_a_node_through_a_relay_with_a_token() {
+    let (_server, machine, endpoint) = node(asyncmachine::server::ServerConfig::default()).await;
+    let relay = live::relay(endpoint, "r3lay secret").await;
+    let base = format!("ws://{}/m", relay.local_endpoint().address);
+    // --token goes in the upgrade too.
+    let run = live::am_node(&["add", &base, "B", "--token", "r3lay secret"]).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(machine.is1("B"));
+    // Or the relay's own token in the endpoint, percent-encoded.
+    let run = live::am_node(&["watch", &format!("{base}?token=r3lay%20secret"), "--once"]).await;
+    assert!(
+        run.ok && run.stdout.contains('B'),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    // Without it the relay refuses, and the error says what to pass.
+    let run = live::am_node(&["watch", &base, "--once"]).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("401") && run.stderr.contains("--token T"),
+        "{}",
+        run.stderr
+    );
+    relay.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_through_a_mirror_reads_as_one_refusal() {
+    // The root lets the mid mutate only A; the mid serves its mirror to this tool.
+    let mut mutate = std::collections::BTreeMap::new();
+    mutate.insert("mid".to_owned(), vec!["A".to_owned()]);
+    let (_root, _machine, root_at) = node(asyncmachine::server::ServerConfig {
+        mutate,
+        ..Default::default()
+    })
+    .await;
+    let mid = mirror(&root_at, "mid").await;
+    let server = asyncmachine::server::Server::new(asyncmachine::server::ServerConfig {
+        name: "mid".into(),
+        ..Default::default()
+    });
+    server
+        .add_source("m", std::sync::Arc::new(mid.clone()))
+        .expect("a source");
+    let mid_at = server
+        .listen(&"tcp://127.0.0.1:0".parse().expect("valid"))
+        .await
+        .expect("binds")
+        .with_machine("m");
+    let run = live::am_node(&["add", &mid_at.to_string(), "B"]).await;
+    assert!(!run.ok);
+    assert_eq!(
+        run.stderr.matches("refused the mutation").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn certs_reuse_the_ca_so_earlier_certificates_still_verify() {
+    let dir = std::env::temp_dir().join(format!("am-node-cli-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("utf-8");
+    let first = am_node(&["certs", d, "a"]);
+    assert!(first.status.success());
+    assert!(String::from_utf8_lossy(&first.stderr).contains("made a new CA"));
+    let a = std::fs::read_to_string(dir.join("a.pem")).expect("a.pem");
+    let second = am_node(&["certs", d, "b"]);
+    assert!(second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains("already in") && said.contains("--new-ca"),
+        "{said}"
+    );
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca.pem");
+    asyncmachine::certs::verify_signed_by(&a, &ca).expect("the first run's certificate verifies");
+    let third = am_node(&["certs", d, "c", "--new-ca"]);
+    assert!(String::from_utf8_lossy(&third.stderr).contains("replaced the CA"));
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca.pem");
+    assert!(asyncmachine::certs::verify_signed_by(&a, &ca).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn messages_say_what_is_wrong() {
+    // A port out of range is not a missing port.
+    let out = am_node(&["watch", "tcp://127.0.0.1:99999/m", "--once"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a port") && !err.contains("needs a port"),
+        "{err}"
+    );
+    // A TLS endpoint without a CA names the flags, not topology keys.
+    let out = am_node(&["watch", "tls://127.0.0.1:1/m", "--once"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ca") && !err.contains("`tls`"), "{err}");
+}
+
+#[test]
+fn logs_to_a_file_or_pipe_carry_no_colour_codes() {
+    use std::io::BufRead as _;
+    let dir = std::env::temp_dir().join(format!("am-node-cli-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("one.toml");
+    std::fs::write(
+        &file,
+        "[schemas.s]\nstates = [{ name = \"A\" }]\n[[nodes]]\nname = \"n\"\nlisten = [\"tcp://127.0.0.1:0\"]\nmachines = [{ name = \"m\", schema = \"s\" }]\n",
+    )
+    .expect("written");
+    // stderr is a pipe here, as it is for a log file: plain text.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_am-node"))
+        .args(["--log", "info", "run", "--report-ms", "0"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("am-node runs");
+    let stderr = child.stderr.take().expect("piped");
+    // A node that never logs must not hang the test: stop it after a while.
+    let id = child.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let guard = std::thread::spawn(move || {
+        if finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .is_err()
+        {
+            let _ = Command::new("kill").arg(id.to_string()).status();
+        }
+    });
+    let line = std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("node started"))
+        .expect("the node logs that it started");
+    let _ = done.send(());
+    let _ = guard.join();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("INFO"), "{line}");
+    assert!(!line.contains('\u{1b}'), "{line:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_escapes_hostile_state_names() {
+    use asyncmachine::machine::{Args, Machine, Schema, StateDef};
+    let hostile = "X\n00:00:00.000  Admin\u{1b}[2J";
+    let schema = Schema::builder()
+        .state(StateDef::new(hostile))
+        .build()
+        .expect("a schema");
+    let machine = Machine::builder(std::sync::Arc::new(schema))
+        .id("root")
+        .build();
+    machine.add(&[hostile], Args::new()).expect("activates");
+    let server = asyncmachine::server::Server::new(Default::default());
+    server
+        .add_source("m", std::sync::Arc::new(machine))
+        .expect("a source");
+    let at = server
+        .listen(&"tcp://127.0.0.1:0".parse().expect("valid"))
+        .await
+        .expect("binds")
+        .with_machine("m")
+        .to_string();
+    for args in [
+        vec!["watch", at.as_str(), "--once"],
+        vec!["watch", at.as_str(), "--once", "--ticks"],
+        vec!["watch", at.as_str(), "--until", "Nope"],
+    ] {
+        let run = live::am_node(&args).await;
+        let all = format!("{}{}", run.stdout, run.stderr);
+        assert!(!all.contains('\u{1b}'), "{args:?}: {all:?}");
+        assert!(
+            !all.lines().any(|l| l.starts_with("00:00:00.000  Admin")),
+            "{args:?}: a faked line: {all}"
+        );
+        assert!(
+            all.contains("X\\n00:00:00.000  Admin\\u{1b}[2J"),
+            "{args:?}: {all}"
+        );
+    }
+}

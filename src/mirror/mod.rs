@@ -23,6 +23,7 @@ use crate::machine::{
     Args, Condition, Mutation, MutationError, MutationFuture, MutationKind, Observer, ObserverId,
     Outcome, Schema, StateSource, Transition, UpstreamInfo, When,
 };
+use crate::printable::printable;
 use crate::proto::diff::{ApplyError, apply as apply_diff};
 use crate::proto::frame::DEFAULT_MAX_FRAME;
 use crate::proto::message::{
@@ -171,6 +172,18 @@ impl WaiterHost for Shared {
     fn cancel_waiter(&self, id: u64) {
         lock(&self.core).waiters.remove(id);
     }
+}
+
+/// A mutation the source refused, with its reason made printable. A mirror in the middle of a
+/// chain answers with its own error's text, which already says "the source refused the
+/// mutation: "; keep only the reason, so that a refusal from N hops up reads as one refusal.
+fn refusal(reason: String) -> MutationError {
+    let prefix = MutationError::Refused(String::new()).to_string();
+    let mut reason = reason.as_str();
+    while let Some(inner) = reason.strip_prefix(&prefix) {
+        reason = inner;
+    }
+    MutationError::Refused(printable(reason).into_owned())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -539,7 +552,7 @@ impl Shared {
             return Err(MirrorError::SchemaMismatch {
                 endpoint: self.endpoint.clone(),
                 expected: expected.names().collect::<Vec<_>>().join(", "),
-                found: found.names().collect::<Vec<_>>().join(", "),
+                found: printable(&found.names().collect::<Vec<_>>().join(", ")).into_owned(),
             });
         }
         let (tx, rx) = mpsc::channel(256);
@@ -630,7 +643,7 @@ impl Shared {
             Message::MutateReply(reply) => {
                 self.apply_or_resync(std::slice::from_ref(&reply.diff), outbox)?;
                 let result: Result<Outcome, String> = reply.result.into();
-                self.resolve(reply.id, result.map_err(MutationError::Refused));
+                self.resolve(reply.id, result.map_err(refusal));
                 Ok(())
             }
             Message::Snapshot { id, snapshot } => {
@@ -797,7 +810,7 @@ async fn establish(
             return Err(MirrorError::Refused {
                 endpoint: endpoint.clone(),
                 kind,
-                reason,
+                reason: printable(&reason).into_owned(),
             });
         }
         other => {

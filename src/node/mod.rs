@@ -11,6 +11,7 @@ use tracing::{debug, info};
 
 use crate::machine::{Args, Machine, StateSource};
 use crate::mirror::{Mirror, MirrorConfig, MirrorError};
+use crate::printable::printable;
 use crate::proto::Compression;
 use crate::server::{Server, ServerConfig, ServerError};
 use crate::topology::{DriverSpec, MachineKind, NodePlan, Topology};
@@ -19,16 +20,36 @@ use crate::transport::{Endpoint, TlsConfig, TlsError, TransportConfig};
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("node {node}: {error}")]
-    Tls { node: String, error: TlsError },
+    #[error(
+        "{at}: node {node}: {error}\n  hint: the tls table's paths are relative to the topology file; `am-node certs DIR NAME` writes development certificates"
+    )]
+    Tls {
+        /// `file:line` of the node's tls table.
+        at: String,
+        node: String,
+        error: TlsError,
+    },
     #[error("node {0:?} is not in the topology; nodes: {1}")]
     UnknownNode(String, String),
     #[error("node {node}: {error}")]
     Server { node: String, error: ServerError },
+    #[error(
+        "{at}: node {node}: {error}\n  hint: another process (or another node of this file) may hold the port; pick a free one, or 0 for any"
+    )]
+    Listen {
+        /// `file:line` of the listener.
+        at: String,
+        node: String,
+        error: ServerError,
+    },
     #[error("node {node}: {error}")]
     Mirror { node: String, error: MirrorError },
-    #[error("node {node}: cannot serve metrics on {address}: {error}")]
+    #[error(
+        "{at}: node {node}: cannot serve metrics on {address}: {error}\n  hint: `admin` is an address of this host that is free, e.g. 127.0.0.1:9100"
+    )]
     Admin {
+        /// `file:line` of the node's `admin`.
+        at: String,
         node: String,
         address: String,
         error: std::io::Error,
@@ -68,14 +89,14 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
     let transport = match &plan.tls {
         None => TransportConfig::default(),
         Some(tls) => {
-            let path = |p: &str| std::path::PathBuf::from(p);
             let config = TlsConfig::from_pem_files(
-                Some(&path(&tls.cert)),
-                Some(&path(&tls.key)),
-                tls.ca.as_deref().map(path).as_deref(),
+                tls.cert.as_deref().map(std::path::Path::new),
+                tls.key.as_deref().map(std::path::Path::new),
+                tls.ca.as_deref().map(std::path::Path::new),
                 tls.client_auth,
             )
             .map_err(|source| NodeError::Tls {
+                at: plan.lines.at(plan.lines.tls),
                 node: plan.name.clone(),
                 error: source,
             })?;
@@ -175,6 +196,7 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
             let addr = crate::metrics::serve_admin(address, render, admin_stop.subscribe())
                 .await
                 .map_err(|error| NodeError::Admin {
+                    at: plan.lines.at(plan.lines.admin),
                     node: plan.name.clone(),
                     address: address.clone(),
                     error,
@@ -183,11 +205,12 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
         }
     };
     let mut endpoints = Vec::new();
-    for listen in &plan.listen {
+    for (i, listen) in plan.listen.iter().enumerate() {
         let endpoint = server
             .listen(listen)
             .await
-            .map_err(|source| NodeError::Server {
+            .map_err(|source| NodeError::Listen {
+                at: plan.lines.at(plan.lines.listen.get(i).copied()),
                 node: plan.name.clone(),
                 error: source,
             })?;
@@ -360,13 +383,13 @@ impl RunningTopology {
             let status = node.server.status();
             for source in &status.sources {
                 let upstream = match (&source.upstream, &source.connection) {
-                    (Some(up), Some(state)) => format!("  <- {up} ({state})"),
+                    (Some(up), Some(state)) => format!("  <- {up} ({})", printable(state)),
                     _ => String::new(),
                 };
                 lines.push(format!(
                     "{:<16} [{}]  clients={}  queue={}{}",
                     format!("{}/{}", node.name, source.name),
-                    source.active.join(" "),
+                    printable(&source.active.join(" ")),
                     source.clients,
                     source.queue_tick,
                     upstream
@@ -376,3 +399,6 @@ impl RunningTopology {
         lines
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -107,7 +107,7 @@ fn unknown_keys_are_errors_with_their_line() {
     let e = error(&text);
     assert_eq!(e.line, 12, "{e}");
     assert!(e.message.contains("push_intervall_ms"), "{e}");
-    assert!(e.hint.is_some());
+    assert!(e.hint.contains("README"), "{e}");
     let e = error(&TREE.replace(
         "{ name = \"Tick\", multi = true }",
         "{ name = \"Tick\", multy = true }",
@@ -145,7 +145,7 @@ fn bad_references_are_errors_with_their_line_and_a_hint() {
                 "listen = [\"tcp://0.0.0.0:7700\"]",
             ),
             23,
-            "also a listener",
+            "same port",
         ),
         (
             TREE.replace(
@@ -178,6 +178,7 @@ fn bad_references_are_errors_with_their_line_and_a_hint() {
         let e = error(&text);
         assert_eq!(e.line, line, "{e}");
         assert!(e.message.contains(needle), "{e:?} lacks {needle:?}");
+        assert!(!e.hint.is_empty(), "{e:?}");
     }
 }
 
@@ -215,7 +216,7 @@ fn missing_pieces_say_what_to_add() {
         "[schemas.s]\nstates = [{ name = \"A\", require = [\"B\"] }]\n[[nodes]]\nname = \"a\"\nmachines = [{ name = \"m\", schema = \"s\" }]\n",
     );
     assert!(e.message.contains("unknown state \"B\""), "{e}");
-    assert_eq!(e.line, 1);
+    assert_eq!(e.line, 2, "the state's line: {e}");
 }
 
 #[test]
@@ -227,11 +228,11 @@ fn tls_and_acl_keys_are_parsed() {
     let t = parse_str(&text).expect("valid");
     let tls = t.node("root").and_then(|n| n.tls.clone()).expect("tls");
     assert_eq!(
-        (tls.cert.as_str(), tls.ca.as_deref(), tls.client_auth),
-        ("c.pem", Some("ca.pem"), true)
+        (tls.cert.as_deref(), tls.ca.as_deref(), tls.client_auth),
+        (Some("c.pem"), Some("ca.pem"), true)
     );
     let e = error(&text.replace("cert = \"c.pem\", ", "cert = \"\", "));
-    assert!(e.message.contains("cert"), "{e}");
+    assert!(e.message.contains("empty path"), "{e}");
 }
 
 #[test]
@@ -252,5 +253,244 @@ fn acl_rules_are_parsed_and_checked_against_the_schemas() {
         "mutate = { mid = [\"Flgg\"] }",
     ));
     assert!(e.message.contains("unknown state \"Flgg\""), "{e}");
-    assert_eq!(e.line, 10, "the node's name line: {e}");
+    assert_eq!(e.line, 14, "the acl's line: {e}");
+}
+
+/// Every kind of mistake: its line, a word of its message, a word of its hint.
+#[track_caller]
+fn refused(text: &str, line: usize, message: &str, hint: &str) {
+    let e = error(text);
+    assert_eq!(e.line, line, "{e}");
+    assert!(e.message.contains(message), "{e:?} lacks {message:?}");
+    assert!(e.hint.contains(hint), "{e:?}: the hint lacks {hint:?}");
+    assert!(e.to_string().contains("\n  hint: "), "{e}");
+}
+
+#[test]
+fn files_that_cannot_work_are_refused_at_load_time() {
+    // A mirror of a machine of its own node: its server would refuse it as a loop, forever.
+    refused(
+        &TREE.replace(
+            "[[nodes.machines]]\nname = \"demo\"\nupstream = \"root\"",
+            "[[nodes.machines]]\nname = \"own\"\nschema = \"demo\"\n\n[[nodes.machines]]\nname = \"demo\"\nupstream = \"mid/own\"",
+        ),
+        31,
+        "a machine of its own node",
+        "another node",
+    );
+    for (key, value) in [
+        ("max_frame", "0"),
+        ("max_clients", "0"),
+        ("handshake_timeout_ms", "0"),
+        ("idle_timeout_ms", "0"),
+        ("keepalive_ms", "0"),
+    ] {
+        refused(
+            &TREE.replace(
+                "limits = { max_clients = 50, idle_timeout_ms = 2000 }",
+                &format!("limits = {{ {key} = {value} }}"),
+            ),
+            13,
+            &format!("limits.{key} = 0"),
+            "default",
+        );
+    }
+    // One port written two ways, a wildcard over a specific address, an admin on a listener.
+    let mid = "listen = [\"tcp://127.0.0.1:7701\"]";
+    for (listen, line) in [
+        (
+            "listen = [\"tcp://localhost:7701\", \"ws://127.0.0.1:7701\"]",
+            23,
+        ),
+        (
+            "listen = [\"tcp://127.0.0.1:7701\", \"tls://0.0.0.0:7701\"]",
+            23,
+        ),
+        ("listen = [\"ws://127.0.0.1:7700\"]", 23),
+    ] {
+        refused(&TREE.replace(mid, listen), line, "same port", "own port");
+    }
+    refused(
+        &TREE.replace(mid, &format!("{mid}\nadmin = \"localhost:7701\"")),
+        24,
+        "admin localhost:7701 takes the same port as tcp://127.0.0.1:7701",
+        "own port",
+    );
+    // Another protocol or another address is another port.
+    let t = parse_str(&TREE.replace(
+        mid,
+        "listen = [\"tcp://127.0.0.1:7701\", \"quic://127.0.0.1:7701\", \"tcp://127.0.0.2:7701\"]\ntls = { cert = \"c.pem\", key = \"k.pem\" }",
+    ))
+    .expect("valid");
+    assert_eq!(t.node("mid").map(|n| n.listen.len()), Some(3));
+    refused(
+        &TREE.replace(mid, &format!("{mid}\nadmin = \"9100\"")),
+        24,
+        "not host:port",
+        "127.0.0.1:9100",
+    );
+}
+
+#[test]
+fn tls_tables_are_checked_against_what_the_node_does() {
+    // Only a CA: a node that connects and verifies, and presents nothing.
+    let text = TREE.replace(
+        "[[nodes]]\nname = \"leaf\"",
+        "[[nodes]]\nname = \"leaf\"\ntls = { ca = \"ca.pem\" }",
+    );
+    let t = parse_str(&text).expect("a tls table with just `ca`");
+    let tls = t.node("leaf").and_then(|n| n.tls.clone()).expect("tls");
+    assert_eq!((tls.cert, tls.ca.as_deref()), (None, Some("ca.pem")));
+    // A TLS listener needs a certificate and key.
+    let mid = "listen = [\"tcp://127.0.0.1:7701\"]";
+    refused(
+        &TREE.replace(
+            mid,
+            "listen = [\"tls://127.0.0.1:7701\"]\ntls = { ca = \"ca.pem\" }",
+        ),
+        23,
+        "needs this node's certificate and key",
+        "cert = ",
+    );
+    refused(
+        &TREE.replace(mid, "listen = [\"wss://127.0.0.1:7701\"]"),
+        23,
+        "needs this node's certificate and key",
+        "am-node certs",
+    );
+    // A mirror over TLS needs a CA to verify its upstream with.
+    refused(
+        &TREE.replace(
+            mid,
+            "listen = [\"quic://127.0.0.1:7701\"]\ntls = { cert = \"m.pem\", key = \"m.key\", ca = \"ca.pem\" }",
+        ),
+        36,
+        "no CA to verify the upstream",
+        "ca = ",
+    );
+    refused(
+        &text.replace("tls = { ca = \"ca.pem\" }", "tls = { cert = \"x.pem\" }"),
+        32,
+        "without the other",
+        "both",
+    );
+    refused(
+        &text.replace("tls = { ca = \"ca.pem\" }", "tls = { client_auth = true }"),
+        32,
+        "names no `ca`",
+        "ca = ",
+    );
+}
+
+#[test]
+fn every_kind_of_error_has_its_line_and_a_hint() {
+    // Wrong types, garbage, a duplicate machine, a duplicate key.
+    refused(
+        &TREE.replace("push_interval_ms = 5", "push_interval_ms = \"5\""),
+        12,
+        "invalid type",
+        "type",
+    );
+    refused(
+        &TREE.replace("name = \"mid\"", "name = mid"),
+        22,
+        "",
+        "TOML",
+    );
+    refused(
+        &TREE.replace("name = \"copy\"", "name = \"copy\"\nname = \"copy\""),
+        35,
+        "duplicate key",
+        "once",
+    );
+    refused(
+        &TREE.replace(
+            "name = \"copy\"",
+            "name = \"copy\"\nupstream = \"mid/demo\"\n\n[[nodes.machines]]\nname = \"copy\"",
+        ),
+        38,
+        "two machines named \"copy\"",
+        "unique",
+    );
+    refused(
+        &TREE.replace("driver = { every_ms = 100,", "driver = { every_ms = 0,"),
+        19,
+        "every_ms",
+        "every_ms = 500",
+    );
+    // Schema errors point at the state they are about.
+    refused(
+        &TREE.replace("{ name = \"Tick\", multi = true }", "{ name = \"Start\" }"),
+        6,
+        "defined twice",
+        "rename",
+    );
+    refused(
+        &TREE.replace(
+            "{ name = \"Flag\", require = [\"Start\"] }",
+            "{ name = \"Flag\", require = [\"Flag\"] }",
+        ),
+        5,
+        "itself",
+        "remove",
+    );
+    refused(
+        &TREE.replace(
+            "{ name = \"Flag\", require = [\"Start\"] }",
+            "{ name = \"Flag\", add = [\"Nope\"] }",
+        ),
+        5,
+        "unknown state \"Nope\"",
+        "add that state",
+    );
+}
+
+#[test]
+fn errors_in_a_schema_file_point_into_that_file() {
+    let dir = std::env::temp_dir().join(format!("am-topology-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let schema = dir.join("s.toml");
+    std::fs::write(
+        &schema,
+        "[[states]]\nname = \"A\"\n\n[[states]]\nname = \"B\"\nrequire = [\"C\"]\n",
+    )
+    .expect("written");
+    let text = "[schemas.s]\nfile = \"s.toml\"\n\n[[nodes]]\nname = \"n\"\nmachines = [{ name = \"m\", schema = \"s\" }]\n";
+    let e = parse(&dir.join("t.toml"), text).expect_err("B requires an unknown state");
+    assert_eq!(
+        (e.file.as_str(), e.line),
+        (schema.to_str().unwrap_or_default(), 4),
+        "{e}"
+    );
+    assert!(e.message.contains("unknown state \"C\""), "{e}");
+    std::fs::write(&schema, "[[states]]\nname = 1\n").expect("written");
+    let e = parse(&dir.join("t.toml"), text).expect_err("a number for a name");
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.hint.contains("type"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_outside_upstream_through_a_relay_carries_the_relay_token() {
+    let text = TREE.replace(
+        "upstream = \"mid/demo\"",
+        "upstream = \"ws://127.0.0.1:7480/demo?token=r%20t\"\nschema = \"demo\"",
+    );
+    let t = parse_str(&text).expect("valid");
+    match &t.node("leaf").expect("leaf").machines[0].kind {
+        MachineKind::Mirror { upstream, .. } => {
+            assert_eq!(upstream.machine.as_deref(), Some("demo"));
+            assert_eq!(upstream.upgrade_token.as_deref(), Some("r t"));
+        }
+        other => panic!("a mirror, got {other:?}"),
+    }
+    refused(
+        &TREE.replace(
+            "listen = [\"tcp://127.0.0.1:7701\"]",
+            "listen = [\"ws://127.0.0.1:7701/?token=x\"]",
+        ),
+        23,
+        "names a machine or a token",
+        "acl",
+    );
 }

@@ -102,14 +102,28 @@ impl Scheme {
     }
 }
 
-/// Where a source is served: `scheme://address[/machine]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Where a source is served: `scheme://address[/machine][?token=T]`.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub scheme: Scheme,
     /// `host:port` for network schemes, a name for `mem`.
     pub address: String,
     /// The machine (named source) on the server; `None` for the server's only one.
     pub machine: Option<String>,
+    /// `ws://` and `wss://` only: a token for the WebSocket upgrade itself (`?token=`), which
+    /// am-relay checks before it bridges. Never printed.
+    pub upgrade_token: Option<Box<str>>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("scheme", &self.scheme)
+            .field("address", &self.address)
+            .field("machine", &self.machine)
+            .field("upgrade_token", &self.upgrade_token.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 impl Endpoint {
@@ -118,7 +132,25 @@ impl Endpoint {
             scheme,
             address: address.into(),
             machine: None,
+            upgrade_token: None,
         }
+    }
+
+    /// The path and query of a WebSocket upgrade to this endpoint: `/MACHINE[?token=T]`.
+    pub(crate) fn upgrade_path(&self) -> String {
+        let mut path = self.machine.clone().unwrap_or_default();
+        if let Some(token) = &self.upgrade_token {
+            path.push_str("?token=");
+            for byte in token.bytes() {
+                match byte {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        path.push(byte as char);
+                    }
+                    _ => path.push_str(&format!("%{byte:02X}")),
+                }
+            }
+        }
+        path
     }
 
     pub fn with_machine(mut self, machine: impl Into<String>) -> Self {
@@ -156,6 +188,14 @@ pub enum EndpointError {
     NoAddress(String),
     #[error("endpoint {0:?} needs a port: host:port")]
     NoPort(String),
+    #[error(
+        "port {port:?} in {endpoint:?} is not a port; ports are 1 to 65535 (0 to listen on any)"
+    )]
+    BadPort { port: String, endpoint: String },
+    #[error(
+        "endpoint {0:?}: only ws:// and wss:// take a query, and only `?token=` (am-relay's token)"
+    )]
+    BadQuery(String),
 }
 
 impl FromStr for Endpoint {
@@ -179,6 +219,16 @@ impl FromStr for Endpoint {
                 });
             }
         };
+        // A WebSocket upgrade may carry a token for am-relay: ws://host:port/machine?token=T.
+        let (rest, upgrade_token) = match rest.split_once('?') {
+            None => (rest, None),
+            Some((rest, query)) => match (scheme, query.strip_prefix("token=")) {
+                (Scheme::Ws | Scheme::Wss, Some(token)) if !token.contains('&') => {
+                    (rest, Some(crate::http::percent_decode(token).into()))
+                }
+                _ => return Err(EndpointError::BadQuery(s.to_owned())),
+            },
+        };
         let (address, machine) = match rest.split_once('/') {
             Some((address, machine)) if !machine.is_empty() => (address, Some(machine.to_owned())),
             Some((address, _)) => (address, None),
@@ -187,16 +237,28 @@ impl FromStr for Endpoint {
         if address.is_empty() {
             return Err(EndpointError::NoAddress(s.to_owned()));
         }
-        let has_port = address
-            .rsplit_once(':')
-            .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
-        if scheme != Scheme::Mem && !has_port {
-            return Err(EndpointError::NoPort(s.to_owned()));
+        if scheme != Scheme::Mem {
+            // The port follows the last colon outside an IPv6 literal's brackets.
+            let port = address
+                .rsplit_once(':')
+                .filter(|(_, port)| !port.contains(']'))
+                .map(|(_, port)| port);
+            match port {
+                None | Some("") => return Err(EndpointError::NoPort(s.to_owned())),
+                Some(port) if port.parse::<u16>().is_err() => {
+                    return Err(EndpointError::BadPort {
+                        port: port.to_owned(),
+                        endpoint: s.to_owned(),
+                    });
+                }
+                Some(_) => {}
+            }
         }
         Ok(Endpoint {
             scheme,
             address: address.to_owned(),
             machine,
+            upgrade_token,
         })
     }
 }
@@ -215,7 +277,7 @@ pub enum TransportError {
         error: io::Error,
     },
     #[error(
-        "{0}:// needs TLS material (a CA, and a certificate and key to listen); set `tls` on the node, or pass --ca; `am-node certs DIR` writes development certificates"
+        "{0}:// needs TLS material: a CA to verify servers with, and a certificate and key to listen (`am-node certs DIR` writes development ones)"
     )]
     NoTls(&'static str),
 }
@@ -261,11 +323,11 @@ pub async fn connect(
         Scheme::Mem => mem::connect(address).await,
         Scheme::Tls => tls::connect(address, config.tls(Scheme::Tls)?).await,
         Scheme::Quic => quic::connect(address, config.tls(Scheme::Quic)?).await,
-        Scheme::Ws => ws::connect(address, endpoint.machine.as_deref(), None).await,
+        Scheme::Ws => ws::connect(address, &endpoint.upgrade_path(), None).await,
         Scheme::Wss => {
             ws::connect(
                 address,
-                endpoint.machine.as_deref(),
+                &endpoint.upgrade_path(),
                 Some(config.tls(Scheme::Wss)?),
             )
             .await
@@ -316,5 +378,38 @@ mod tests {
         ));
         let err = "tcp://localhost".parse::<Endpoint>().expect_err("no port");
         assert!(err.to_string().contains("host:port"), "{err}");
+        // A port out of range is not a missing port.
+        let err = "tcp://127.0.0.1:99999"
+            .parse::<Endpoint>()
+            .expect_err("no port");
+        assert!(
+            err.to_string().contains("\"99999\"") && err.to_string().contains("1 to 65535"),
+            "{err}"
+        );
+        let err = "tcp://[::1]".parse::<Endpoint>().expect_err("no port");
+        assert!(matches!(err, EndpointError::NoPort(_)), "{err}");
+    }
+
+    #[test]
+    fn a_websocket_endpoint_carries_a_token_for_the_upgrade() {
+        let err = "ws://127.0.0.1:7480/demo?token=a&b=c"
+            .parse::<Endpoint>()
+            .expect_err("one key only");
+        assert!(err.to_string().contains("only `?token=`"), "{err}");
+        let e: Endpoint = "ws://127.0.0.1:7480/demo?token=s%203/cret"
+            .parse()
+            .expect("valid");
+        assert_eq!(
+            (e.machine.as_deref(), e.upgrade_token.as_deref()),
+            (Some("demo"), Some("s 3/cret"))
+        );
+        assert_eq!(e.upgrade_path(), "demo?token=s%203%2Fcret");
+        assert!(!e.to_string().contains("cret") && !format!("{e:?}").contains("cret"));
+        for bad in ["tcp://h:1/m?token=t", "ws://h:1/m?tokn=t"] {
+            assert!(
+                matches!(bad.parse::<Endpoint>(), Err(EndpointError::BadQuery(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -211,26 +211,53 @@ pub(crate) fn identity(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
 }
 
 /// Explains a TLS failure with the likely fix, for both logs and client errors.
+///
+/// Which side must change matters: the side whose check failed reads "invalid peer
+/// certificate: ..." (rustls) or its own QUIC error; the other side only hears an alert
+/// ("received fatal alert: ...", or a QUIC close "by peer"), whose name alone misleads: a
+/// certificate signed by another CA of the same name fails its signature check, and the alert
+/// for that is `DecryptError`.
 pub fn explain(e: io::Error) -> io::Error {
     let text = e.to_string();
     let lower = text.to_lowercase();
-    // rustls names problems in its messages; QUIC reports the TLS alert number instead.
-    let hint = if lower.contains("unknownissuer")
-        || lower.contains("unknown issuer")
-        || lower.contains("error 48")
-    {
-        "the peer's certificate is not signed by the configured CA (wrong `ca`?)"
-    } else if lower.contains("expired") || lower.contains("error 45") {
-        "the peer's certificate has expired; issue a new one (am-node certs)"
-    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+    let from_peer = lower.contains("received fatal alert") || lower.contains("by peer");
+    let has = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    // rustls names problems in its messages; QUIC reports the TLS alert number too.
+    let hint = if has(&[
+        "certificaterequired",
+        "certificate required",
+        "nocertificatespresented",
+        "error 116",
+    ]) {
+        "the server requires a client certificate (mutual TLS): give this side a certificate \
+         and key signed by the server's CA (--cert and --key on the command line; `cert` and \
+         `key` in the node's tls table)"
+    } else if has(&["expired", "error 45"]) {
+        "a certificate has expired; issue a new one (am-node certs)"
+    } else if has(&["notvalidforname", "not valid for name"]) {
         "the server's certificate does not name this host; connect by a name it lists"
-    } else if lower.contains("certificaterequired")
-        || lower.contains("certificate required")
-        || lower.contains("nocertificatespresented")
-        || lower.contains("error 116")
-    {
-        "the server requires a client certificate (mutual TLS); configure `cert` and `key`"
-    } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+    } else if has(&[
+        "unknownissuer",
+        "unknown issuer",
+        "unknownca",
+        "badsignature",
+        "decrypterror",
+        "badcertificate",
+        "error 48",
+        "error 51",
+        "error 42",
+    ]) {
+        if from_peer {
+            "the peer refused this side's certificate: it is not signed by the CA the peer \
+             trusts. Fix this side's certificate (issue it from the peer's CA: `am-node certs` \
+             in the peer's directory), or give the peer this side's CA"
+        } else {
+            "the peer's certificate is not signed by the CA this side is configured with \
+             (--ca on the command line; `ca` in the node's tls table). Fix the peer's \
+             certificate (issue it from this CA) or configure the CA that signed it; a CA of \
+             the same name from another `am-node certs` run is another CA"
+        }
+    } else if has(&["invalidcontenttype", "corrupt message"]) {
         "the peer does not speak TLS; use tcp:// or ws:// for a plain listener"
     } else {
         return e;

@@ -201,13 +201,13 @@ pub(super) async fn bind(
     })
 }
 
-/// Connects; the request path is `/MACHINE` (nodes ignore it; a relay routes by it).
+/// Connects; the request path is `/MACHINE[?token=T]` (nodes ignore it; a relay routes by it
+/// and checks the token): `Endpoint::upgrade_path`.
 pub(super) async fn connect(
     address: &str,
-    machine: Option<&str>,
+    path: &str,
     tls: Option<&TlsConfig>,
 ) -> io::Result<BoxStream> {
-    let path = machine.unwrap_or_default();
     let tcp = TcpStream::connect(address).await?;
     tcp.set_nodelay(true)?;
     match tls {

@@ -1,0 +1,338 @@
+//! Each node's plan: its machines, TLS material, ACL and limits, checked against what the node
+//! does (a TLS listener needs a certificate, a TLS upstream a CA, a limit of 0 stops it).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::machine::Schema;
+use crate::transport::{Endpoint, Scheme};
+
+use super::resolve::{Nodes, Up, machine_key};
+use super::spec::{LimitsSpec, MachineSpec, NodeSpec, TlsFileSpec};
+use super::{Cx, MachineKind, MachinePlan, NodeLines, NodePlan, TlsSpec, TopologyError};
+
+pub(super) fn plan_node(
+    cx: &Cx<'_>,
+    base: &Path,
+    node: &Spanned<NodeSpec>,
+    nodes: &Nodes<'_>,
+    schema_of: &HashMap<String, Arc<Schema>>,
+    ups: &HashMap<String, Up>,
+) -> Result<NodePlan, TopologyError> {
+    let n = node.get_ref();
+    let node_name = n.name.get_ref().clone();
+    let machines = n
+        .machines
+        .iter()
+        .map(|machine| plan_machine(cx, &node_name, machine, nodes, schema_of, ups))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls = plan_tls(cx, base, n, &machines)?;
+    let acl = n
+        .acl
+        .as_ref()
+        .map(|a| a.get_ref().clone())
+        .unwrap_or_default();
+    // ACL state names must exist in one of the node's machines.
+    if let Some(bad) = acl
+        .see
+        .values()
+        .chain(acl.mutate.values())
+        .flatten()
+        .find(|state| !machines.iter().any(|m| m.schema.index(state).is_some()))
+    {
+        let span = n.acl.as_ref().map_or(n.name.span(), Spanned::span);
+        return Err(cx.err(
+            span,
+            format!("node {node_name:?}: acl names unknown state {bad:?}"),
+            "acl see/mutate list states of the node's machines",
+        ));
+    }
+    let limits = limits(cx, n.limits.as_ref())?;
+    let ms = |v: Option<u64>| v.map(Duration::from_millis);
+    Ok(NodePlan {
+        listen: nodes.listeners[node_name.as_str()].clone(),
+        machines,
+        compression: n.compression.unwrap_or(true),
+        push_interval: ms(n.push_interval_ms).filter(|d| !d.is_zero()),
+        max_clients: limits.max_clients,
+        max_frame: limits.max_frame,
+        handshake_timeout: ms(limits.handshake_timeout_ms),
+        idle_timeout: ms(limits.idle_timeout_ms),
+        keepalive: ms(limits.keepalive_ms),
+        tls,
+        token: acl.token,
+        allow: acl.allow,
+        see: acl.see,
+        mutate: acl.mutate,
+        admin: n.admin.as_ref().map(|a| a.get_ref().clone()),
+        lines: NodeLines {
+            file: cx.file.clone(),
+            node: cx.line(&n.name.span()),
+            tls: n.tls.as_ref().map(|t| cx.line(&t.span())),
+            admin: n.admin.as_ref().map(|a| cx.line(&a.span())),
+            listen: n.listen.iter().map(|l| cx.line(&l.span())).collect(),
+        },
+        name: node_name,
+    })
+}
+
+fn plan_machine(
+    cx: &Cx<'_>,
+    node_name: &str,
+    machine: &Spanned<MachineSpec>,
+    nodes: &Nodes<'_>,
+    schema_of: &HashMap<String, Arc<Schema>>,
+    ups: &HashMap<String, Up>,
+) -> Result<MachinePlan, TopologyError> {
+    let m = machine.get_ref();
+    let key = machine_key(node_name, m.name.get_ref());
+    let schema = schema_of[&key].clone();
+    let states_hint = || format!("states: {}", schema.names().collect::<Vec<_>>().join(", "));
+    if let Some(driver) = &m.driver {
+        let d = driver.get_ref();
+        if d.every_ms == 0 {
+            return Err(cx.err(
+                driver.span(),
+                "driver every_ms must be above 0",
+                "set how many milliseconds apart its mutations run, e.g. every_ms = 500",
+            ));
+        }
+        if let Some(bad) = d
+            .toggle
+            .iter()
+            .chain(&d.add)
+            .find(|s| schema.index(s).is_none())
+        {
+            return Err(cx.err(
+                driver.span(),
+                format!("driver of {key} names unknown state {bad:?}"),
+                states_hint(),
+            ));
+        }
+    }
+    if let Some(bad) = m.start.iter().find(|s| schema.index(s).is_none()) {
+        return Err(cx.err(
+            machine.span(),
+            format!("{key} starts unknown state {bad:?}"),
+            states_hint(),
+        ));
+    }
+    if !m.start.is_empty() && m.upstream.is_some() {
+        return Err(cx.err(
+            machine.span(),
+            format!("{key} is a mirror; `start` is for root machines"),
+            "set the states at the root",
+        ));
+    }
+    if let Some(bad) = m.track.iter().flatten().find(|s| schema.index(s).is_none()) {
+        return Err(cx.err(
+            machine.span(),
+            format!("{key} tracks unknown state {bad:?}"),
+            states_hint(),
+        ));
+    }
+    let kind = match ups.get(&key) {
+        None => MachineKind::Root,
+        Some(up) => {
+            let upstream = match up {
+                Up::Outside(endpoint) => endpoint.clone(),
+                Up::Local(target) => {
+                    let (up_node, up_machine) = target.split_once('/').unwrap_or((target, ""));
+                    connectable(&nodes.listeners[up_node][0]).with_machine(up_machine)
+                }
+            };
+            MachineKind::Mirror {
+                upstream,
+                track: m.track.clone(),
+                compression: m.compression.unwrap_or(true),
+                token: m.token.clone(),
+            }
+        }
+    };
+    Ok(MachinePlan {
+        name: m.name.get_ref().clone(),
+        schema,
+        kind,
+        start: m.start.clone(),
+        driver: m.driver.as_ref().map(|d| d.get_ref().clone()),
+    })
+}
+
+/// The node's TLS material, checked against what its listeners and mirrors need.
+fn plan_tls(
+    cx: &Cx<'_>,
+    base: &Path,
+    node: &NodeSpec,
+    machines: &[MachinePlan],
+) -> Result<Option<TlsSpec>, TopologyError> {
+    let tls = node.tls.as_ref();
+    let written = tls.map(Spanned::get_ref);
+    let path = |p: &Option<Spanned<String>>| -> Result<Option<String>, TopologyError> {
+        match p {
+            None => Ok(None),
+            Some(p) if p.get_ref().is_empty() => Err(cx.err(
+                p.span(),
+                "an empty path in the tls table",
+                "name a PEM file, relative to the topology file; `am-node certs DIR NAME` writes development ones",
+            )),
+            // Certificate paths are relative to the topology file.
+            Some(p) => Ok(Some(base.join(p.get_ref()).to_string_lossy().into_owned())),
+        }
+    };
+    let spec = match (tls, written) {
+        (
+            Some(tls),
+            Some(TlsFileSpec {
+                cert,
+                key,
+                ca,
+                client_auth,
+            }),
+        ) => {
+            if cert.is_some() != key.is_some() {
+                return Err(cx.err(
+                    tls.span(),
+                    "tls has one of `cert` and `key` without the other",
+                    "give both (this node's certificate and its key), or neither for a node that only connects and verifies with `ca`",
+                ));
+            }
+            if *client_auth && ca.is_none() {
+                return Err(cx.err(
+                    tls.span(),
+                    "tls requires client certificates (client_auth) but names no `ca` to verify them with",
+                    "add `ca = \"ca.pem\"`, the CA that signs the clients' certificates",
+                ));
+            }
+            Some(TlsSpec {
+                cert: path(cert)?,
+                key: path(key)?,
+                ca: path(ca)?,
+                client_auth: *client_auth,
+            })
+        }
+        _ => None,
+    };
+    let tls_schemes = [Scheme::Tls, Scheme::Quic, Scheme::Wss];
+    let can_listen = spec.as_ref().is_some_and(|t| t.cert.is_some());
+    if let Some(listen) = node.listen.iter().find(|l| {
+        !can_listen
+            && l.get_ref()
+                .parse::<Endpoint>()
+                .is_ok_and(|e| tls_schemes.contains(&e.scheme))
+    }) {
+        return Err(cx.err(
+            listen.span(),
+            format!("listener {:?} needs this node's certificate and key", listen.get_ref()),
+            "add them to the node: tls = { cert = \"NAME.pem\", key = \"NAME.key\", ca = \"ca.pem\" } (am-node certs DIR NAME writes them)",
+        ));
+    }
+    let can_verify = spec.as_ref().is_some_and(|t| t.ca.is_some());
+    for (machine, written) in machines.iter().zip(&node.machines) {
+        if let MachineKind::Mirror { upstream, .. } = &machine.kind
+            && tls_schemes.contains(&upstream.scheme)
+            && !can_verify
+        {
+            let span = written
+                .get_ref()
+                .upstream
+                .as_ref()
+                .map_or(written.span(), Spanned::span);
+            return Err(cx.err(
+                span,
+                format!(
+                    "machine {} connects over {}:// but its node has no CA to verify the upstream with",
+                    machine.name,
+                    upstream.scheme.as_str()
+                ),
+                "add the CA that signed the upstream's certificate: tls = { ca = \"ca.pem\" }",
+            ));
+        }
+    }
+    Ok(spec)
+}
+
+/// Limits as written, with values that would stop every connection refused.
+struct Limits {
+    max_clients: Option<usize>,
+    max_frame: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    keepalive_ms: Option<u64>,
+}
+
+fn limits(cx: &Cx<'_>, limits: Option<&Spanned<LimitsSpec>>) -> Result<Limits, TopologyError> {
+    let default = LimitsSpec::default();
+    let l = limits.map_or(&default, Spanned::get_ref);
+    fn positive<T: Copy + PartialEq + Default>(
+        cx: &Cx<'_>,
+        value: &Option<Spanned<T>>,
+        key: &str,
+        why: &str,
+        default: &str,
+    ) -> Result<Option<T>, TopologyError> {
+        match value {
+            Some(v) if *v.get_ref() == T::default() => Err(cx.err(
+                v.span(),
+                format!("limits.{key} = 0 {why}"),
+                format!("remove it for the default ({default}), or set a number above 0"),
+            )),
+            v => Ok(v.as_ref().map(|v| *v.get_ref())),
+        }
+    }
+    Ok(Limits {
+        max_clients: positive(
+            cx,
+            &l.max_clients,
+            "max_clients",
+            "lets no client in",
+            "10000",
+        )?,
+        max_frame: positive(
+            cx,
+            &l.max_frame,
+            "max_frame",
+            "fits no frame, not even a hello",
+            "1048576 bytes",
+        )?,
+        handshake_timeout_ms: positive(
+            cx,
+            &l.handshake_timeout_ms,
+            "handshake_timeout_ms",
+            "ends every handshake before it starts",
+            "5000",
+        )?,
+        idle_timeout_ms: positive(
+            cx,
+            &l.idle_timeout_ms,
+            "idle_timeout_ms",
+            "closes every connection at once",
+            "30000",
+        )?,
+        keepalive_ms: positive(
+            cx,
+            &l.keepalive_ms,
+            "keepalive_ms",
+            "sends keepalives without pause",
+            "10000",
+        )?,
+    })
+}
+
+/// Where to connect to reach a listener: a wildcard bind address is reached on loopback.
+fn connectable(listener: &Endpoint) -> Endpoint {
+    let address = match listener.scheme {
+        Scheme::Mem => listener.address.clone(),
+        _ => listener
+            .address
+            .replacen("0.0.0.0:", "127.0.0.1:", 1)
+            .replacen("[::]:", "[::1]:", 1),
+    };
+    Endpoint {
+        address,
+        ..listener.clone()
+    }
+}
