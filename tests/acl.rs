@@ -6,7 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use asyncmachine::machine::{Args, Machine, MutationError, Outcome, StateSource};
+use asyncmachine::machine::{
+    Args, Machine, MutationError, Outcome, Schema, SchemaDef, StateDef, StateSource,
+};
 use asyncmachine::mirror::{ConnState, Mirror, MirrorError};
 use asyncmachine::proto::message::RefusalKind;
 use asyncmachine::server::ServerConfig;
@@ -102,4 +104,151 @@ async fn only_clients_on_the_allow_list_get_in() {
     assert_eq!(listed.connection(), ConnState::Ready);
     let ids: Vec<String> = server.clients().into_iter().map(|c| c.id).collect();
     assert_eq!(ids, ["listed"]);
+}
+
+/// The schema: `Start`; `Flag` adds `Extra` and removes `Other`; `Extra`; `Other`.
+fn flag_schema() -> Schema {
+    Schema::new(SchemaDef {
+        states: vec![
+            StateDef::new("Start"),
+            StateDef::new("Flag").add(["Extra"]).remove(["Other"]),
+            StateDef::new("Extra"),
+            StateDef::new("Other"),
+        ],
+    })
+    .expect("valid")
+}
+
+/// A root with `Start` and `Other` active.
+fn started_root() -> Machine {
+    let machine = Machine::builder(flag_schema()).id("root").build();
+    machine
+        .add(&["Start", "Other"], Args::new())
+        .expect("taken in");
+    machine
+}
+
+fn expect_set_refused(result: Result<Outcome, MutationError>, client: &str) {
+    match result {
+        Err(MutationError::Refused(reason)) => {
+            assert!(
+                reason.contains(&format!("client {client:?} may not set"))
+                    && reason.contains("use add and remove instead")
+                    && reason.ends_with("it may mutate: Flag"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected the set to be refused, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_client_cannot_set_but_adds_with_the_schemas_relations() {
+    let machine = started_root();
+    let config = ServerConfig {
+        mutate: rules(&[("mirA", &["Flag"])]),
+        ..ServerConfig::default()
+    };
+    let (server, endpoint) = serve(Arc::new(machine.clone()), config, "tcp").await;
+    let mir_a = mirror(&endpoint, "mirA").await;
+
+    // A set would deactivate Start and Other, which mirA may not touch.
+    expect_set_refused(
+        within("set Flag", mir_a.set(&["Flag"], Args::new())).await,
+        "mirA",
+    );
+    assert!(
+        machine.is(&["Start", "Other"]),
+        "a refused set does not run"
+    );
+    assert!(machine.not(&["Flag"]));
+    expect_set_refused(
+        within("set nothing", mir_a.set(&[], Args::new())).await,
+        "mirA",
+    );
+    assert!(
+        machine.is(&["Start", "Other"]),
+        "an empty set is refused too"
+    );
+    assert!(
+        server
+            .stats()
+            .refusals
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+
+    // add Flag works, and Flag's own relations apply: Extra comes, Other goes, Start stays.
+    assert_eq!(
+        within("add Flag", mir_a.add(&["Flag"], Args::new())).await,
+        Ok(Outcome::Executed)
+    );
+    assert!(machine.is(&["Start", "Flag", "Extra"]));
+    assert!(machine.not(&["Other"]));
+    assert_eq!(
+        within("remove Flag", mir_a.remove(&["Flag"], Args::new())).await,
+        Ok(Outcome::Executed)
+    );
+    assert!(machine.is(&["Start", "Extra"]) && machine.not(&["Flag"]));
+    // A client the list does not restrict may still set.
+    let free = mirror(&endpoint, "free").await;
+    assert_eq!(
+        within("free set", free.set(&["Flag"], Args::new())).await,
+        Ok(Outcome::Executed)
+    );
+    assert!(machine.not(&["Start"]) && machine.is(&["Flag", "Extra"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_leaf_cannot_set_through_a_served_mirror() {
+    // root <- mid <- leaf; the mid node restricts the leaf, the root does not restrict mid.
+    let machine = started_root();
+    let (_root, root_endpoint) =
+        serve(Arc::new(machine.clone()), ServerConfig::default(), "tcp").await;
+    let mid = mirror(&root_endpoint, "mid").await;
+    let config = ServerConfig {
+        mutate: rules(&[("leaf", &["Flag"])]),
+        ..ServerConfig::default()
+    };
+    let (_mid_server, mid_endpoint) = serve(Arc::new(mid), config, "tcp").await;
+    let leaf = mirror(&mid_endpoint, "leaf").await;
+
+    expect_set_refused(
+        within("leaf set", leaf.set(&["Flag"], Args::new())).await,
+        "leaf",
+    );
+    assert!(machine.is(&["Start", "Other"]) && machine.not(&["Flag"]));
+    assert_eq!(
+        within("leaf add", leaf.add(&["Flag"], Args::new())).await,
+        Ok(Outcome::Executed)
+    );
+    assert!(machine.is(&["Start", "Flag", "Extra"]) && machine.not(&["Other"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_judges_a_served_mirror_by_its_own_id() {
+    // root <- mid <- leaf; the root restricts mid, the mid node does not restrict the leaf:
+    // what the leaf asks for reaches the root as mid's, and is judged by mid's list.
+    let machine = started_root();
+    let config = ServerConfig {
+        mutate: rules(&[("mid", &["Flag"])]),
+        ..ServerConfig::default()
+    };
+    let (_root, root_endpoint) = serve(Arc::new(machine.clone()), config, "tcp").await;
+    let mid = mirror(&root_endpoint, "mid").await;
+    let (_mid_server, mid_endpoint) = serve(Arc::new(mid), ServerConfig::default(), "tcp").await;
+    let leaf = mirror(&mid_endpoint, "leaf").await;
+
+    match within("leaf set", leaf.set(&["Flag"], Args::new())).await {
+        Err(MutationError::Refused(reason)) => {
+            assert!(reason.contains("client \"mid\" may not set"), "{reason}");
+        }
+        other => panic!("expected the root to refuse, got {other:?}"),
+    }
+    assert!(machine.is(&["Start", "Other"]) && machine.not(&["Flag"]));
+    assert_eq!(
+        within("leaf add", leaf.add(&["Flag"], Args::new())).await,
+        Ok(Outcome::Executed)
+    );
+    assert!(machine.is(&["Start", "Flag", "Extra"]));
 }

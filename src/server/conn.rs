@@ -14,6 +14,7 @@ use super::hub::{Hub, Versioned, options_key};
 use super::push::{Outlet, OutletState};
 use super::{ClientEntry, ClientInfo, Inner};
 use crate::machine::{Mutation, Outcome};
+use crate::proto::acl::check_mutation;
 use crate::proto::diff::went_back;
 use crate::proto::handshake::{Offer, decide};
 use crate::proto::message::{MutateReply, MutateRequest, Payload, Refusal, RefusalKind, Snapshot};
@@ -383,24 +384,6 @@ async fn read_loop(
     mutable: Option<&[u32]>,
 ) -> End {
     let idle = inner.config.idle_timeout;
-    let states = hub.schema.len();
-    let forbidden = |called: &[u32]| -> Option<String> {
-        let allowed = mutable?;
-        let bad = called.iter().find(|s| !allowed.contains(s))?;
-        let names: Vec<&str> = allowed
-            .iter()
-            .map(|&s| hub.schema.name(s as usize))
-            .collect();
-        Some(format!(
-            "client {client:?} may not mutate {}; it may mutate: {}",
-            hub.schema.name(*bad as usize),
-            if names.is_empty() {
-                "nothing".to_owned()
-            } else {
-                names.join(", ")
-            }
-        ))
-    };
     // A timeout around each read: a client sends rarely, and a long-lived timer would cost
     // every idle connection its memory.
     loop {
@@ -418,20 +401,19 @@ async fn read_loop(
                     states: called,
                     args,
                 } = request;
-                let denied = forbidden(&called);
+                let checked = check_mutation(&hub.schema, client, mutable, kind, &called);
                 if id != 0 {
                     to_writer.expect_reply();
                 }
-                let result = match (called.iter().find(|&&s| s as usize >= states), denied) {
-                    (Some(bad), _) => Err(format!(
-                        "state {bad} is outside the schema of {states} states"
-                    )),
-                    (None, Some(reason)) => {
-                        inner.stats.refusals.fetch_add(1, Ordering::Relaxed);
-                        info!(%reason, "mutation refused by the ACL");
-                        Err(reason)
+                let result = match checked {
+                    Err(denied) => {
+                        if denied.by_acl() {
+                            inner.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                            info!(reason = %denied, "mutation refused by the ACL");
+                        }
+                        Err(denied.to_string())
                     }
-                    (None, None) => {
+                    Ok(()) => {
                         let called = called.into_iter().map(|s| s as usize).collect();
                         let started = std::time::Instant::now();
                         let result = hub.source.mutate(Mutation::new(kind, called, args)).await;

@@ -1,0 +1,285 @@
+//! Which mutations a client may send: its `mutate` list (granted in the handshake) applied to one
+//! request. Pure: the server's connection driver asks before it runs a mutation; this decides.
+//!
+//! The rule: a client whose `mutate` list is restricted may change the activity of a state
+//! outside its list only through the schema's own relations of the states it calls (their
+//! `add`, `remove` and `require`, and auto states). So:
+//! - `add(L)` and `remove(L)` need every state of `L` on the list;
+//! - `set(L)` also deactivates every active state not in `L`, by its own semantics rather than
+//!   through a relation. It is refused unless the list covers every state of the schema that
+//!   `set` could deactivate: with `L` on the list, that is the whole schema. `Exception` is a
+//!   state like any other here: a `set` that does not name it clears it, which is a mutation of
+//!   `Exception` the list must allow.
+//!
+//! The decision depends on the list and the schema only, never on which states are active now:
+//! the clock may change between this check and the mutation (other clients, handlers, the
+//! queue), so a rule that read it would race.
+
+use crate::machine::{MutationKind, Schema};
+
+/// How many state names a refusal lists before it says how many more there are: a schema may
+/// have thousands of states, and a reason is read by a person.
+const NAMES_SHOWN: usize = 8;
+
+/// Why a client's mutation is not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MutationDenied {
+    /// The request names a position the schema does not have (a peer bug, not an ACL matter).
+    #[error("state {state} is outside the schema of {states} states")]
+    OutsideSchema { state: u32, states: usize },
+    /// The request calls a state that is not on the client's list.
+    #[error("client {client:?} may not mutate {state}; it may mutate: {allowed}")]
+    Forbidden {
+        client: String,
+        state: String,
+        allowed: String,
+    },
+    /// A `set` from a client whose list does not cover the states it would deactivate.
+    #[error(
+        "client {client:?} may not set: a set deactivates every state it does not name, and the client may not mutate {untouchable}; use add and remove instead; it may mutate: {allowed}"
+    )]
+    SetForbidden {
+        client: String,
+        untouchable: String,
+        allowed: String,
+    },
+}
+
+impl MutationDenied {
+    /// Whether the access rules refused it (counted as a refusal), rather than a bad request.
+    pub fn by_acl(&self) -> bool {
+        !matches!(self, MutationDenied::OutsideSchema { .. })
+    }
+}
+
+/// Decides whether `client`, which may mutate `mutable` (positions as the handshake granted
+/// them; `None` for every state), may send a `kind` mutation of the `called` positions.
+pub fn check_mutation(
+    schema: &Schema,
+    client: &str,
+    mutable: Option<&[u32]>,
+    kind: MutationKind,
+    called: &[u32],
+) -> Result<(), MutationDenied> {
+    let states = schema.len();
+    if let Some(&state) = called.iter().find(|&&s| s as usize >= states) {
+        return Err(MutationDenied::OutsideSchema { state, states });
+    }
+    let Some(mutable) = mutable else {
+        return Ok(());
+    };
+    let mut allowed = vec![false; states];
+    for &s in mutable {
+        if let Some(slot) = allowed.get_mut(s as usize) {
+            *slot = true;
+        }
+    }
+    let allowed_names = || {
+        let names: Vec<&str> = (0..states)
+            .filter(|&s| allowed[s])
+            .map(|s| schema.name(s))
+            .collect();
+        if names.is_empty() {
+            "nothing".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    if let Some(&bad) = called.iter().find(|&&s| !allowed[s as usize]) {
+        return Err(MutationDenied::Forbidden {
+            client: client.to_owned(),
+            state: schema.name(bad as usize).to_owned(),
+            allowed: allowed_names(),
+        });
+    }
+    if kind == MutationKind::Set {
+        // Every called state is allowed by now, so what a set could deactivate without
+        // permission is every state off the list.
+        let untouchable: Vec<&str> = (0..states)
+            .filter(|&s| !allowed[s])
+            .map(|s| schema.name(s))
+            .collect();
+        if !untouchable.is_empty() {
+            return Err(MutationDenied::SetForbidden {
+                client: client.to_owned(),
+                untouchable: shortened(&untouchable),
+                allowed: allowed_names(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Names joined with commas, the first [`NAMES_SHOWN`] of them and a count of the rest.
+fn shortened(names: &[&str]) -> String {
+    if names.len() <= NAMES_SHOWN {
+        return names.join(", ");
+    }
+    format!(
+        "{} and {} more",
+        names[..NAMES_SHOWN].join(", "),
+        names.len() - NAMES_SHOWN
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{SchemaDef, StateDef};
+
+    /// Start, Flag, Other, and the Exception every schema has (position 3).
+    fn schema() -> Schema {
+        Schema::new(SchemaDef {
+            states: vec![
+                StateDef::new("Start"),
+                StateDef::new("Flag").require(["Start"]),
+                StateDef::new("Other").remove(["Flag"]),
+            ],
+        })
+        .expect("valid")
+    }
+
+    fn positions(schema: &Schema, names: &[&str]) -> Vec<u32> {
+        schema
+            .indices(names)
+            .expect("known names")
+            .into_iter()
+            .map(|s| s as u32)
+            .collect()
+    }
+
+    /// A client's list (`None`: unrestricted), the states called, and the expected outcome of
+    /// add, remove and set.
+    type Case = (
+        Option<&'static [&'static str]>,
+        &'static [&'static str],
+        &'static str,
+    );
+
+    /// Every list against every call: `y` runs, `n` is refused, for add, remove and set in
+    /// that order. The expectations are written out, not derived from the rule.
+    #[test]
+    fn add_remove_and_set_for_every_mix_of_allowed_and_forbidden_states() {
+        let schema = schema();
+        let all: &[&str] = &["Start", "Flag", "Other", "Exception"];
+        #[rustfmt::skip]
+        let table: &[Case] = &[
+            // Unrestricted: anything goes.
+            (None, &["Flag"], "yyy"),
+            (None, &["Start", "Flag"], "yyy"),
+            (None, &[], "yyy"),
+            (None, &["Exception"], "yyy"),
+            // The issue's client: may mutate Flag only.
+            (Some(&["Flag"]), &["Flag"], "yyn"),
+            (Some(&["Flag"]), &["Flag", "Flag"], "yyn"),
+            (Some(&["Flag"]), &["Start"], "nnn"),
+            (Some(&["Flag"]), &["Flag", "Start"], "nnn"),
+            (Some(&["Flag"]), &["Start", "Flag"], "nnn"),
+            (Some(&["Flag"]), &[], "yyn"),
+            (Some(&["Flag"]), &["Exception"], "nnn"),
+            // Two of four states.
+            (Some(&["Flag", "Other"]), &["Flag", "Other"], "yyn"),
+            (Some(&["Flag", "Other"]), &["Other"], "yyn"),
+            (Some(&["Flag", "Other"]), &["Other", "Start"], "nnn"),
+            // An empty list: nothing, not even an empty set (it would deactivate everything).
+            (Some(&[]), &[], "yyn"),
+            (Some(&[]), &["Flag"], "nnn"),
+            (Some(&[]), &["Exception"], "nnn"),
+            // Every state but Exception: a set would clear Exception, which it may not touch.
+            (Some(&["Start", "Flag", "Other"]), &["Start", "Flag", "Other"], "yyn"),
+            (Some(&["Start", "Flag", "Other"]), &["Flag"], "yyn"),
+            (Some(&["Start", "Flag", "Other"]), &[], "yyn"),
+            (Some(&["Start", "Flag", "Other"]), &["Exception"], "nnn"),
+            // The whole schema: a set can do nothing add and remove could not.
+            (Some(all), &["Flag"], "yyy"),
+            (Some(all), &[], "yyy"),
+            (Some(all), &["Exception"], "yyy"),
+            (Some(all), &["Start", "Flag", "Other", "Exception"], "yyy"),
+            // Exception alone.
+            (Some(&["Exception"]), &["Exception"], "yyn"),
+            (Some(&["Exception"]), &["Flag"], "nnn"),
+        ];
+        let kinds = [MutationKind::Add, MutationKind::Remove, MutationKind::Set];
+        for (list, called, expected) in table {
+            let mutable = list.map(|names| positions(&schema, names));
+            let called = positions(&schema, called);
+            for (kind, want) in kinds.iter().zip(expected.chars()) {
+                let got = check_mutation(&schema, "mirA", mutable.as_deref(), *kind, &called);
+                assert_eq!(
+                    got.is_ok(),
+                    want == 'y',
+                    "{kind} {called:?} with list {list:?}: {got:?}"
+                );
+                if let Err(denied) = got {
+                    assert!(denied.by_acl(), "{denied}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_rule_and_what_the_client_may_do() {
+        let schema = schema();
+        let flag = positions(&schema, &["Flag"]);
+        let start = positions(&schema, &["Start"]);
+        let denied = check_mutation(&schema, "mirA", Some(&flag), MutationKind::Set, &flag)
+            .expect_err("set from a restricted client");
+        assert_eq!(
+            denied.to_string(),
+            "client \"mirA\" may not set: a set deactivates every state it does not name, and \
+             the client may not mutate Start, Other, Exception; use add and remove instead; it \
+             may mutate: Flag"
+        );
+        let denied = check_mutation(&schema, "mirA", Some(&flag), MutationKind::Add, &start)
+            .expect_err("a state off the list");
+        assert_eq!(
+            denied.to_string(),
+            "client \"mirA\" may not mutate Start; it may mutate: Flag"
+        );
+        let denied = check_mutation(&schema, "mirA", Some(&[]), MutationKind::Remove, &start)
+            .expect_err("an empty list");
+        assert_eq!(
+            denied.to_string(),
+            "client \"mirA\" may not mutate Start; it may mutate: nothing"
+        );
+    }
+
+    #[test]
+    fn positions_outside_the_schema_are_a_bad_request_for_everyone() {
+        let schema = schema();
+        for mutable in [None, Some(&[0u32, 1, 2, 3][..])] {
+            let denied = check_mutation(&schema, "mirA", mutable, MutationKind::Add, &[1, 4])
+                .expect_err("position 4 of 4 states");
+            assert_eq!(
+                denied,
+                MutationDenied::OutsideSchema {
+                    state: 4,
+                    states: 4
+                }
+            );
+            assert!(!denied.by_acl());
+        }
+        // A granted list with a position past the schema grants nothing more.
+        let denied = check_mutation(
+            &schema,
+            "mirA",
+            Some(&[1, u32::MAX]),
+            MutationKind::Set,
+            &[1],
+        )
+        .expect_err("still restricted");
+        assert!(matches!(denied, MutationDenied::SetForbidden { .. }));
+    }
+
+    #[test]
+    fn long_lists_of_untouchable_states_are_shortened() {
+        let states: Vec<StateDef> = (0..20).map(|i| StateDef::new(format!("S{i}"))).collect();
+        let schema = Schema::new(SchemaDef { states }).expect("valid");
+        let denied = check_mutation(&schema, "c", Some(&[0]), MutationKind::Set, &[0])
+            .expect_err("restricted set");
+        let MutationDenied::SetForbidden { untouchable, .. } = denied else {
+            panic!("expected a set refusal, got {denied:?}");
+        };
+        assert_eq!(untouchable, "S1, S2, S3, S4, S5, S6, S7, S8 and 12 more");
+    }
+}
