@@ -6,12 +6,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use asyncmachine::certs::DevCa;
+use asyncmachine::client::{ClientError, fetch_status};
 use asyncmachine::machine::{
     Args, Machine, MutationError, Outcome, Schema, SchemaDef, StateDef, StateSource,
 };
 use asyncmachine::mirror::{ConnState, Mirror, MirrorError};
-use asyncmachine::proto::message::RefusalKind;
-use asyncmachine::server::ServerConfig;
+use asyncmachine::proto::Message;
+use asyncmachine::proto::message::{Hello, NodeStatus, RefusalKind};
+use asyncmachine::server::{Server, ServerConfig};
+use asyncmachine::transport::{Endpoint, TlsConfig, TransportConfig};
 use common::*;
 
 fn rules(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
@@ -251,4 +255,154 @@ async fn the_root_judges_a_served_mirror_by_its_own_id() {
         Ok(Outcome::Executed)
     );
     assert!(machine.is(&["Start", "Flag", "Extra"]));
+}
+
+async fn status_of(
+    endpoint: &Endpoint,
+    transport: &TransportConfig,
+    token: Option<&str>,
+) -> Result<NodeStatus, ClientError> {
+    within(
+        "status",
+        fetch_status(endpoint, transport, token.map(str::to_owned), LIMIT),
+    )
+    .await
+}
+
+fn expect_status_refused(result: Result<NodeStatus, ClientError>, needle: &str) {
+    match result {
+        Err(ClientError::Refused { reason, .. }) => {
+            assert!(reason.contains(needle), "{reason:?} lacks {needle:?}")
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(status) => panic!("status leaked to a narrowed peer: {status:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_refused_to_peers_the_rules_narrow() {
+    let machine = Machine::builder(abc_schema()).id("root").build();
+    machine.add(&["C"], Args::new()).expect("taken in");
+    // Every client sees A only: status (every tick of every state) must not reach them.
+    let narrowed = ServerConfig {
+        see: rules(&[("*", &["A"])]),
+        ..ServerConfig::default()
+    };
+    let (_narrowed, endpoint) = serve(Arc::new(machine.clone()), narrowed, "tcp").await;
+    expect_status_refused(
+        status_of(&endpoint, &transport(), None).await,
+        "narrows what clients without a certificate may see",
+    );
+    // Only listed clients get in: an anonymous status request is not one of them.
+    let listed = ServerConfig {
+        allow_ids: Some(vec!["ops".into()]),
+        ..ServerConfig::default()
+    };
+    let (_listed, endpoint) = serve(Arc::new(machine.clone()), listed, "tcp").await;
+    expect_status_refused(status_of(&endpoint, &transport(), None).await, "allow-list");
+    // A node with no such rules answers as before; one with a token wants it.
+    let (_open, endpoint) = serve(Arc::new(machine.clone()), ServerConfig::default(), "tcp").await;
+    let status = status_of(&endpoint, &transport(), None)
+        .await
+        .expect("an open node answers");
+    assert_eq!(status.sources[0].active, ["C"]);
+    let token = ServerConfig {
+        token: Some("t".into()),
+        ..ServerConfig::default()
+    };
+    let (_token, endpoint) = serve(Arc::new(machine), token, "tcp").await;
+    expect_status_refused(status_of(&endpoint, &transport(), None).await, "token");
+    assert!(status_of(&endpoint, &transport(), Some("t")).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_mutual_tls_status_follows_the_certificates_identity() {
+    let ca = DevCa::new("acl CA").expect("a CA");
+    let mutual = |name: &str| {
+        let pair = ca.issue(name).expect("a certificate");
+        let tls = TlsConfig::from_pem(
+            Some(pair.cert.as_bytes()),
+            Some(pair.key.as_bytes()),
+            Some(ca.pem().cert.as_bytes()),
+            true,
+        )
+        .expect("usable TLS material");
+        TransportConfig::with_tls(tls)
+    };
+    let machine = Machine::builder(abc_schema()).id("root").build();
+    let server = Server::new(ServerConfig {
+        allow_ids: Some(vec!["ops".into(), "eve".into()]),
+        see: rules(&[("*", &["A"]), ("ops", &["A", "B", "C", "Exception"])]),
+        transport: mutual("node"),
+        ..ServerConfig::default()
+    });
+    server
+        .add_source("worker", Arc::new(machine))
+        .expect("first source");
+    let endpoint = server.listen(&any_port("tls")).await.expect("binds");
+    // ops is listed and sees every state: it gets the status.
+    let status = status_of(&endpoint, &mutual("ops"), None)
+        .await
+        .expect("ops may read the status");
+    assert_eq!(status.sources.len(), 1);
+    // eve is listed but sees A only.
+    expect_status_refused(
+        status_of(&endpoint, &mutual("eve"), None).await,
+        "narrows what client \"eve\" may see",
+    );
+    // mallory has a certificate from the CA but is not listed.
+    expect_status_refused(
+        status_of(&endpoint, &mutual("mallory"), None).await,
+        "\"mallory\" is not on this server's allow-list",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_not_let_in_learns_no_source_names() {
+    let server = Server::new(ServerConfig {
+        token: Some("t".into()),
+        transport: transport(),
+        ..ServerConfig::default()
+    });
+    for name in ["worker", "secret-payroll"] {
+        let machine = Machine::builder(abc_schema()).id(name).build();
+        server
+            .add_source(name, Arc::new(machine))
+            .expect("a new source");
+    }
+    let endpoint = server
+        .listen(&any_port("tcp"))
+        .await
+        .expect("binds")
+        .with_machine("nope");
+    let mut client = RawClient::connect(&endpoint).await;
+    client.send(&RawClient::hello(&endpoint, "eve")).await;
+    match client.recv().await {
+        Some(Message::Refused(refusal)) => {
+            assert_eq!(refusal.kind, RefusalKind::Auth, "{}", refusal.reason);
+            assert!(!refusal.reason.contains("secret"), "{}", refusal.reason);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // With the token, the unknown name is answered with what is served.
+    let mut client = RawClient::connect(&endpoint).await;
+    let hello = match RawClient::hello(&endpoint, "ops") {
+        Message::Hello(hello) => Message::Hello(Hello {
+            token: Some("t".into()),
+            ..hello
+        }),
+        other => panic!("a hello, not {other:?}"),
+    };
+    client.send(&hello).await;
+    match client.recv().await {
+        Some(Message::Refused(refusal)) => {
+            assert_eq!(refusal.kind, RefusalKind::UnknownSource);
+            assert!(
+                refusal.reason.contains("secret-payroll"),
+                "{}",
+                refusal.reason
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }

@@ -1,9 +1,18 @@
-//! Which mutations a client may send: its `mutate` list (granted in the handshake) applied to one
-//! request. Pure: the server's connection driver asks before it runs a mutation; this decides.
+//! The access rules applied to one peer: whether it is let in at all (token, allow-list),
+//! whether it may read the node's status, and which mutations it may send (its `mutate` list,
+//! granted in the handshake). Pure: the server's connection driver asks, this decides.
 //!
-//! The rule: a client whose `mutate` list is restricted may change the activity of a state
-//! outside its list only through the schema's own relations of the states it calls (their
-//! `add`, `remove` and `require`, and auto states). So:
+//! **Admission** comes before anything else a server tells a peer: a peer without the token or
+//! off the allow-list learns nothing of what the node serves (not even its source names).
+//!
+//! **Status** shows every state of every source and every client of the node, so it is
+//! answered only to a peer that would be let in and would see everything: the token when one
+//! is set, an identity on the allow-list when there is one (only a client certificate proves
+//! an identity: a status request names none), and no `see` rule narrowing what it sees.
+//!
+//! **Mutations**: a client whose `mutate` list is restricted may change the activity of a
+//! state outside its list only through the schema's own relations of the states it calls
+//! (their `add`, `remove` and `require`, and auto states). So:
 //! - `add(L)` and `remove(L)` need every state of `L` on the list;
 //! - `set(L)` also deactivates every active state not in `L`, by its own semantics rather than
 //!   through a relation. It is refused unless the list covers every state of the schema that
@@ -11,10 +20,12 @@
 //!   state like any other here: a `set` that does not name it clears it, which is a mutation of
 //!   `Exception` the list must allow.
 //!
-//! The decision depends on the list and the schema only, never on which states are active now:
-//! the clock may change between this check and the mutation (other clients, handlers, the
-//! queue), so a rule that read it would race.
+//! The mutation decision depends on the list and the schema only, never on which states are
+//! active now: the clock may change between this check and the mutation (other clients,
+//! handlers, the queue), so a rule that read it would race.
 
+use super::handshake::{Policy, rule};
+use super::message::{Refusal, RefusalKind};
 use crate::machine::{MutationKind, Schema};
 
 /// How many state names a refusal lists before it says how many more there are: a schema may
@@ -50,6 +61,97 @@ impl MutationDenied {
     pub fn by_acl(&self) -> bool {
         !matches!(self, MutationDenied::OutsideSchema { .. })
     }
+}
+
+/// Whether a client that says it is `client` and presents `token` is let in: the server's
+/// token, then its allow-list.
+pub fn admit(policy: &Policy, client: &str, token: Option<&str>) -> Result<(), Refusal> {
+    if let Some(expected) = &policy.token
+        && token != Some(expected.as_str())
+    {
+        let reason = if token.is_some() {
+            "the token is wrong"
+        } else {
+            "a token is required"
+        };
+        return Err(Refusal {
+            kind: RefusalKind::Auth,
+            reason: format!("{reason}; configure the client with the server's token"),
+        });
+    }
+    if let Some(allowed) = &policy.allow_ids
+        && !allowed.iter().any(|id| id == client)
+    {
+        return Err(Refusal {
+            kind: RefusalKind::Acl,
+            reason: format!("client id {client:?} is not on this server's allow-list"),
+        });
+    }
+    Ok(())
+}
+
+/// Whether a status request may be answered: `identity` is what the peer's client certificate
+/// proves (`None` without mutual TLS), `token` what the request presents, `schemas` those of
+/// every source the status would show.
+pub fn admit_status<'a>(
+    policy: &Policy,
+    schemas: impl IntoIterator<Item = &'a Schema>,
+    identity: Option<&str>,
+    token: Option<&str>,
+) -> Result<(), Refusal> {
+    let acl = |reason: String| Refusal {
+        kind: RefusalKind::Acl,
+        reason,
+    };
+    if policy
+        .token
+        .as_ref()
+        .is_some_and(|expected| token != Some(expected.as_str()))
+    {
+        return Err(Refusal {
+            kind: RefusalKind::Auth,
+            reason: "status needs the server's token; pass it with --token".to_owned(),
+        });
+    }
+    if let Some(allowed) = &policy.allow_ids {
+        match identity {
+            Some(id) if allowed.iter().any(|a| a == id) => {}
+            Some(id) => {
+                return Err(acl(format!(
+                    "client id {id:?} is not on this server's allow-list"
+                )));
+            }
+            None => {
+                return Err(acl(
+                    "status shows every client and state of this node, and this server lets in \
+                     only the clients on its allow-list; ask with a client certificate (mutual \
+                     TLS) whose identity is on the list"
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+    // Without a certificate the peer is a client no rule names: the "*" rule applies.
+    let narrowed = match identity {
+        Some(id) => rule(&policy.see, id),
+        None => policy.see.get("*"),
+    };
+    // A list that names every state of every source narrows nothing.
+    let hidden = |see: &Vec<String>| {
+        let mut schemas = schemas.into_iter();
+        schemas.any(|schema| schema.names().any(|name| !see.iter().any(|s| s == name)))
+    };
+    if narrowed.is_some_and(hidden) {
+        let who = identity.map_or_else(
+            || "clients without a certificate".to_owned(),
+            |id| format!("client {id:?}"),
+        );
+        return Err(acl(format!(
+            "status shows every state of this node, and this server narrows what {who} may \
+             see (acl see); ask with a client certificate whose identity no see rule narrows"
+        )));
+    }
+    Ok(())
 }
 
 /// Decides whether `client`, which may mutate `mutable` (positions as the handshake granted
@@ -269,6 +371,142 @@ mod tests {
         )
         .expect_err("still restricted");
         assert!(matches!(denied, MutationDenied::SetForbidden { .. }));
+    }
+
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn rules(pairs: &[(&str, &[&str])]) -> std::collections::BTreeMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), names(v)))
+            .collect()
+    }
+
+    #[test]
+    fn admission_checks_the_token_then_the_allow_list() {
+        let policy = Policy {
+            token: Some("t".into()),
+            allow_ids: Some(names(&["ops"])),
+            ..Policy::default()
+        };
+        let cases = [
+            ("ops", Some("t"), None),
+            (
+                "ops",
+                None,
+                Some((RefusalKind::Auth, "a token is required")),
+            ),
+            (
+                "ops",
+                Some("x"),
+                Some((RefusalKind::Auth, "the token is wrong")),
+            ),
+            (
+                "eve",
+                Some("t"),
+                Some((RefusalKind::Acl, "\"eve\" is not on")),
+            ),
+            (
+                "eve",
+                None,
+                Some((RefusalKind::Auth, "a token is required")),
+            ),
+        ];
+        for (client, token, expected) in cases {
+            match (admit(&policy, client, token), expected) {
+                (Ok(()), None) => {}
+                (Err(refusal), Some((kind, needle))) => {
+                    assert_eq!(refusal.kind, kind, "{client} {token:?}");
+                    assert!(refusal.reason.contains(needle), "{}", refusal.reason);
+                }
+                (got, want) => panic!("{client} {token:?}: got {got:?}, expected {want:?}"),
+            }
+        }
+        assert_eq!(admit(&Policy::default(), "anyone", None), Ok(()));
+    }
+
+    /// A policy's name, the certificate's identity, the token presented, the refusal expected.
+    type StatusCase = (
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<RefusalKind>,
+    );
+
+    /// Status shows everything: only a peer that would be let in and sees everything gets it.
+    #[test]
+    fn status_goes_only_to_a_peer_that_could_see_everything() {
+        let schema = schema();
+        let all: &[&str] = &["Start", "Flag", "Other", "Exception"];
+        let policies = [
+            ("open", Policy::default()),
+            (
+                "token",
+                Policy {
+                    token: Some("t".into()),
+                    ..Policy::default()
+                },
+            ),
+            (
+                "allow",
+                Policy {
+                    allow_ids: Some(names(&["ops"])),
+                    ..Policy::default()
+                },
+            ),
+            (
+                "see star",
+                Policy {
+                    see: rules(&[("*", &["Start"])]),
+                    ..Policy::default()
+                },
+            ),
+            (
+                "see star, ops all",
+                Policy {
+                    see: rules(&[("*", &["Start"]), ("ops", all)]),
+                    ..Policy::default()
+                },
+            ),
+            (
+                "see mirA",
+                Policy {
+                    see: rules(&[("mirA", &["Flag"])]),
+                    ..Policy::default()
+                },
+            ),
+        ];
+        use RefusalKind::{Acl, Auth};
+        #[rustfmt::skip]
+        let table: &[StatusCase] = &[
+            ("open", None, None, None),
+            ("open", Some("anyone"), None, None),
+            ("token", None, None, Some(Auth)),
+            ("token", None, Some("x"), Some(Auth)),
+            ("token", None, Some("t"), None),
+            ("allow", None, None, Some(Acl)),
+            ("allow", Some("eve"), None, Some(Acl)),
+            ("allow", Some("ops"), None, None),
+            ("see star", None, None, Some(Acl)),
+            ("see star", Some("ops"), None, Some(Acl)),
+            ("see star, ops all", Some("ops"), None, None),
+            ("see star, ops all", Some("eve"), None, Some(Acl)),
+            ("see star, ops all", None, None, Some(Acl)),
+            ("see mirA", None, None, None),
+            ("see mirA", Some("ops"), None, None),
+            ("see mirA", Some("mirA"), None, Some(Acl)),
+        ];
+        for &(name, identity, token, expected) in table {
+            let (_, policy) = policies.iter().find(|(n, _)| *n == name).expect("a policy");
+            let got = admit_status(policy, [&schema], identity, token);
+            assert_eq!(
+                got.as_ref().err().map(|r| r.kind),
+                expected,
+                "{name} {identity:?} {token:?}: {got:?}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::hub::{Hub, Versioned, options_key};
 use super::push::{Outlet, OutletState};
 use super::{ClientEntry, ClientInfo, Inner};
 use crate::machine::{Mutation, Outcome};
-use crate::proto::acl::check_mutation;
+use crate::proto::acl::{admit, admit_status, check_mutation};
 use crate::proto::diff::went_back;
 use crate::proto::handshake::{Offer, decide};
 use crate::proto::message::{MutateReply, MutateRequest, Payload, Refusal, RefusalKind, Snapshot};
@@ -126,14 +126,12 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     let hello = match timeout(limit, read_message(&mut rd, &mut reader, inner)).await {
         Ok(Ok(Message::Hello(hello))) => hello,
         Ok(Ok(Message::StatusRequest { token })) => {
-            if inner
-                .config
-                .token
-                .as_ref()
-                .is_some_and(|t| token.as_ref() != Some(t))
+            let identity = peer.identity.as_deref();
+            let hubs = inner.hubs();
+            let schemas = hubs.iter().map(|hub| &*hub.schema);
+            if let Err(refusal) = admit_status(&inner.policy(), schemas, identity, token.as_deref())
             {
-                let reason = "status needs the server's token".to_owned();
-                refuse(inner, &mut wr, RefusalKind::Auth, reason).await;
+                refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
                 return;
             }
             let mut out = Vec::new();
@@ -178,6 +176,12 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         info!(claimed = %hello.client_id, %identity, "client id taken from its certificate");
         hello.client_id = identity.clone();
     }
+    // A peer that is not let in learns nothing of what is served here, not even the names.
+    let policy = inner.policy();
+    if let Err(refusal) = admit(&policy, &hello.client_id, hello.token.as_deref()) {
+        refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
+        return;
+    }
     let hub = match inner.hub(&hello.source) {
         Ok(hub) => hub,
         Err(reason) => {
@@ -197,7 +201,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
             queue_tick: start.queue_tick,
         },
     };
-    let accepted = match decide(&hello, offer, &inner.policy()) {
+    let accepted = match decide(&hello, offer, &policy) {
         Ok(accepted) => accepted,
         Err(refusal) => {
             refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
