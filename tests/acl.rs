@@ -11,7 +11,7 @@ use asyncmachine::client::{ClientError, fetch_status};
 use asyncmachine::machine::{
     Args, Machine, MutationError, Outcome, Schema, SchemaDef, StateDef, StateSource,
 };
-use asyncmachine::mirror::{ConnState, Mirror, MirrorError};
+use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig, MirrorError};
 use asyncmachine::proto::Message;
 use asyncmachine::proto::message::{Hello, NodeStatus, RefusalKind};
 use asyncmachine::server::{Server, ServerConfig};
@@ -404,5 +404,95 @@ async fn a_peer_that_is_not_let_in_learns_no_source_names() {
             );
         }
         other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 (identity `node`), and a client certificate from
+/// the same CA that names no DNS identity: common CN = `ops`, and an IP address only.
+fn certificates_without_a_dns_identity() -> (TransportConfig, TransportConfig) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
+    };
+    let ca_key = KeyPair::generate().expect("a key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "org CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("a CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let issue = |params: CertificateParams| {
+        let key = KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &issuer).expect("signed");
+        (cert.pem(), key.serialize_pem())
+    };
+    let server =
+        issue(CertificateParams::new(vec!["node".into(), "127.0.0.1".into()]).expect("params"));
+    let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
+    client.distinguished_name.push(DnType::CommonName, "ops");
+    client.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+    let client = issue(client);
+    let config = |(cert, key): &(String, String)| {
+        let tls = TlsConfig::from_pem(
+            Some(cert.as_bytes()),
+            Some(key.as_bytes()),
+            Some(ca_cert.pem().as_bytes()),
+            true,
+        )
+        .expect("usable TLS material");
+        TransportConfig::with_tls(tls)
+    };
+    (config(&server), config(&client))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_mutual_tls_a_certificate_without_an_identity_cannot_claim_one() {
+    let (server_tls, client_tls) = certificates_without_a_dns_identity();
+    for scheme in ["tls", "wss", "quic"] {
+        let machine = Machine::builder(abc_schema()).id("root").build();
+        let server = Server::new(ServerConfig {
+            allow_ids: Some(vec!["ops".into()]),
+            transport: server_tls.clone(),
+            ..ServerConfig::default()
+        });
+        server
+            .add_source("worker", Arc::new(machine))
+            .expect("first source");
+        let endpoint = server
+            .listen(&any_port(scheme))
+            .await
+            .expect("binds")
+            .with_machine("worker");
+        // The certificate is the CA's, but it proves no id: claiming "ops" must not get in.
+        let config = MirrorConfig {
+            transport: client_tls.clone(),
+            ..mirror_config("ops")
+        };
+        let connected = within("connect", Mirror::connect(&endpoint, config)).await;
+        assert!(
+            connected.is_err(),
+            "{scheme}: a certificate without an identity got in as the id it claimed"
+        );
+        assert!(
+            server.clients().is_empty(),
+            "{scheme}: {:?}",
+            server.clients()
+        );
+        within("the transport error is counted", async {
+            while server
+                .stats()
+                .transport_errors
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
     }
 }
