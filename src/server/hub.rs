@@ -46,6 +46,10 @@ struct CachedFrame {
     from: u64,
     to: u64,
     options: u64,
+    /// What `options` was hashed from, compared on a hit: a hash collision between two
+    /// clients' tracked sets must not send one the other's states (it may see fewer).
+    tracked: Tracked,
+    compressed: bool,
     bytes: Arc<[u8]>,
 }
 
@@ -175,10 +179,14 @@ impl FrameCache {
         options: u64,
     ) -> Option<Arc<[u8]>> {
         let mut cache = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(hit) = cache
-            .iter()
-            .find(|c| c.from == from.version && c.to == to.version && c.options == options)
-        {
+        let compressed = frame.compression.is_some();
+        if let Some(hit) = cache.iter().find(|c| {
+            c.from == from.version
+                && c.to == to.version
+                && c.options == options
+                && c.compressed == compressed
+                && c.tracked == *tracked
+        }) {
             return Some(hit.bytes.clone()).filter(|b| !b.is_empty());
         }
         let d = diff::diff(from.clock(), to.clock(), tracked);
@@ -196,6 +204,8 @@ impl FrameCache {
             from: from.version,
             to: to.version,
             options,
+            tracked: tracked.clone(),
+            compressed,
             bytes: bytes.clone(),
         });
         Some(bytes).filter(|b| !b.is_empty())
@@ -214,4 +224,51 @@ pub(crate) fn options_key(tracked: &Tracked, frame: &FrameConfig) -> u64 {
     tracked.hash(&mut h);
     frame.compression.is_some().hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{FrameReader, Message};
+
+    fn version(version: u64, ticks: &[u64]) -> Versioned {
+        Versioned {
+            version,
+            ticks: Arc::from(ticks),
+            queue_tick: version,
+            ancestry: 0,
+        }
+    }
+
+    /// The states a cached diff frame carries.
+    fn changed(bytes: &[u8]) -> Vec<u32> {
+        let mut reader = FrameReader::new(FrameConfig::default());
+        reader.push(bytes);
+        match reader.next_message() {
+            Ok(Some(Message::Diff(diff))) => diff.changes.iter().map(|c| c.0).collect(),
+            other => panic!("expected a diff, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn equal_option_keys_never_share_frames_across_tracked_sets() {
+        let cache = FrameCache::default();
+        let frame = FrameConfig::default();
+        let (from, to) = (version(1, &[0, 0]), version(2, &[1, 1]));
+        // Two clients whose keys collide (the key is a hash): one sees state 0 only.
+        let narrow = Tracked::Only(vec![0]);
+        let bytes = cache
+            .diff_frame(&from, &to, &narrow, &frame, 7)
+            .expect("a change");
+        assert_eq!(changed(&bytes), [0]);
+        let bytes = cache
+            .diff_frame(&from, &to, &Tracked::All, &frame, 7)
+            .expect("a change");
+        assert_eq!(changed(&bytes), [0, 1]);
+        // And the other way round: the narrow client never gets the wide frame.
+        let bytes = cache
+            .diff_frame(&from, &to, &narrow, &frame, 7)
+            .expect("a change");
+        assert_eq!(changed(&bytes), [0]);
+    }
 }
