@@ -496,3 +496,28 @@ async fn under_mutual_tls_a_certificate_without_an_identity_cannot_claim_one() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_with_control_characters_is_refused_at_the_hello() {
+    let machine = Machine::builder(abc_schema()).id("root").build();
+    let (server, endpoint) = serve(Arc::new(machine), ServerConfig::default(), "tcp").await;
+    let mut client = RawClient::connect(&endpoint).await;
+    client
+        .send(&RawClient::hello(
+            &endpoint,
+            "ops\n2026 INFO client ready client=admin",
+        ))
+        .await;
+    match client.recv().await {
+        Some(Message::Refused(refusal)) => {
+            assert_eq!(refusal.kind, RefusalKind::BadHello, "{}", refusal.reason);
+            assert!(
+                refusal.reason.contains("control characters"),
+                "{}",
+                refusal.reason
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(server.clients().is_empty());
+}

@@ -63,8 +63,12 @@ impl MutationDenied {
     }
 }
 
+/// The longest client id a server takes, in bytes: ids are keys of the access rules and are
+/// shown in logs and `status`, never data.
+pub const MAX_CLIENT_ID_BYTES: usize = 256;
+
 /// Whether a client that says it is `client` and presents `token` is let in: the server's
-/// token, then its allow-list.
+/// token, then the id's form, then the allow-list.
 pub fn admit(policy: &Policy, client: &str, token: Option<&str>) -> Result<(), Refusal> {
     if let Some(expected) = &policy.token
         && token != Some(expected.as_str())
@@ -77,6 +81,17 @@ pub fn admit(policy: &Policy, client: &str, token: Option<&str>) -> Result<(), R
         return Err(Refusal {
             kind: RefusalKind::Auth,
             reason: format!("{reason}; configure the client with the server's token"),
+        });
+    }
+    // A control character in an id would forge lines in logs and in `status` output.
+    if client.len() > MAX_CLIENT_ID_BYTES || client.chars().any(char::is_control) {
+        return Err(Refusal {
+            kind: RefusalKind::BadHello,
+            reason: format!(
+                "client id {:?} is not usable: ids are at most {MAX_CLIENT_ID_BYTES} bytes \
+                 without control characters; configure another id",
+                client.chars().take(64).collect::<String>()
+            ),
         });
     }
     if let Some(allowed) = &policy.allow_ids
@@ -425,6 +440,29 @@ mod tests {
             }
         }
         assert_eq!(admit(&Policy::default(), "anyone", None), Ok(()));
+    }
+
+    #[test]
+    fn ids_that_would_forge_output_are_refused() {
+        let long = "x".repeat(MAX_CLIENT_ID_BYTES + 1);
+        for id in [
+            "evil\n2026 INFO forged line",
+            "red\u{1b}[31m",
+            "tab\there",
+            &long,
+        ] {
+            let refusal = admit(&Policy::default(), id, None).expect_err(id);
+            assert_eq!(refusal.kind, RefusalKind::BadHello);
+            assert!(
+                !refusal.reason.chars().any(char::is_control),
+                "{:?}",
+                refusal.reason
+            );
+        }
+        for id in ["mirA", "am-node-watch-42", "browser-1x2y", "ünïcode id", ""] {
+            assert_eq!(admit(&Policy::default(), id, None), Ok(()), "{id:?}");
+        }
+        assert!(admit(&Policy::default(), &"x".repeat(MAX_CLIENT_ID_BYTES), None).is_ok());
     }
 
     /// A policy's name, the certificate's identity, the token presented, the refusal expected.

@@ -61,7 +61,8 @@ impl std::fmt::Display for End {
         match self {
             End::PeerBye => f.write_str("the client said bye"),
             End::PeerClosed => f.write_str("the client closed the connection"),
-            End::PeerError(message) => write!(f, "the client reported an error: {message}"),
+            // Quoted: the peer's words must not forge log lines.
+            End::PeerError(message) => write!(f, "the client reported an error: {message:?}"),
             End::Protocol(message) => write!(f, "protocol error: {message}"),
             End::Idle(after) => write!(f, "nothing received for {after:?}"),
             End::Io(e) => write!(f, "i/o error: {e}"),
@@ -438,7 +439,7 @@ async fn read_loop(
             Message::Ping(nonce) => Control::Pong(nonce),
             Message::Pong(_) => continue,
             Message::Bye { reason } => {
-                debug!(%reason, "client said bye");
+                debug!(?reason, "client said bye");
                 return End::PeerBye;
             }
             Message::Error { message } => return End::PeerError(message),
@@ -664,5 +665,18 @@ impl Writer<'_> {
         };
         encode_frame(&self.outlet.frame, &message, out);
         self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::End;
+
+    #[test]
+    fn a_peers_words_cannot_forge_a_log_line() {
+        let end = End::PeerError("oops\n2026-12-02T04:00:00Z INFO forged\u{1b}[0m".into());
+        let shown = end.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("oops"), "{shown}");
     }
 }
