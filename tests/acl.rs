@@ -9,11 +9,11 @@ use std::sync::Arc;
 use asyncmachine::certs::DevCa;
 use asyncmachine::client::{ClientError, fetch_status};
 use asyncmachine::machine::{
-    Args, Machine, MutationError, Outcome, Schema, SchemaDef, StateDef, StateSource,
+    Args, Machine, MutationError, MutationKind, Outcome, Schema, SchemaDef, StateDef, StateSource,
 };
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig, MirrorError};
 use asyncmachine::proto::Message;
-use asyncmachine::proto::message::{Hello, NodeStatus, RefusalKind};
+use asyncmachine::proto::message::{Hello, MutateRequest, NodeStatus, RefusalKind};
 use asyncmachine::server::{Server, ServerConfig};
 use asyncmachine::transport::{Endpoint, TlsConfig, TransportConfig};
 use common::*;
@@ -520,4 +520,41 @@ async fn an_id_with_control_characters_is_refused_at_the_hello() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert!(server.clients().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_reply_set_from_a_restricted_client_does_not_run_either() {
+    let machine = started_root();
+    let config = ServerConfig {
+        mutate: rules(&[("mirA", &["Flag"])]),
+        ..ServerConfig::default()
+    };
+    let (server, endpoint) = serve(Arc::new(machine.clone()), config, "tcp").await;
+    let (mut client, _welcome) = RawClient::handshake(&endpoint, "mirA").await;
+    let flag = flag_schema().index("Flag").expect("a state") as u32;
+    // Id 0 asks for no reply; the Sync after it is answered once the set was handled.
+    client
+        .send(&Message::Mutate(MutateRequest {
+            id: 0,
+            kind: MutationKind::Set,
+            states: vec![flag],
+            args: Args::new(),
+        }))
+        .await;
+    client.send(&Message::Sync { id: 9 }).await;
+    loop {
+        match client.recv().await {
+            Some(Message::Snapshot { id: 9, .. }) => break,
+            Some(_) => {}
+            None => panic!("the server closed the connection"),
+        }
+    }
+    assert!(machine.is(&["Start", "Other"]) && machine.not(&["Flag"]));
+    assert_eq!(
+        server
+            .stats()
+            .refusals
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
