@@ -558,3 +558,155 @@ async fn a_no_reply_set_from_a_restricted_client_does_not_run_either() {
         1
     );
 }
+
+/// `Start`, `Flag`, `Other` in the given order.
+fn ordered_schema(order: [&str; 3]) -> Schema {
+    Schema::new(SchemaDef {
+        states: order.map(StateDef::new).to_vec(),
+    })
+    .expect("valid")
+}
+
+/// An upstream written by hand: welcomes with `Start, Flag, Other`, changes its schema to
+/// `Flag, Start, Other` when told, answers mutations as executed and reports the positions.
+async fn scripted_upstream(
+    listener: tokio::net::TcpListener,
+    change: tokio::sync::oneshot::Receiver<()>,
+    mutated: tokio::sync::mpsc::UnboundedSender<Vec<u32>>,
+) {
+    use asyncmachine::proto::message::{ClockDiff, Granted, MutateReply, Snapshot, Welcome};
+    use asyncmachine::proto::{FrameConfig, FrameReader, encode_frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (mut stream, _) = listener.accept().await.expect("accepts");
+    let mut reader = FrameReader::new(FrameConfig::default());
+    let frame = |message: Message| {
+        let mut out = Vec::new();
+        encode_frame(&FrameConfig::default(), &message, &mut out);
+        out
+    };
+    let snapshot = |ticks: Vec<u64>| Snapshot {
+        ticks,
+        queue_tick: 1,
+    };
+    let mut changed = false;
+    let mut change = Some(change);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        while let Some(message) = reader.next_message().expect("the mirror speaks protocol") {
+            let answer = match message {
+                Message::Hello(_) => Message::Welcome(Welcome {
+                    ancestry: vec!["scripted".into()],
+                    schema: Some(ordered_schema(["Start", "Flag", "Other"]).def().clone()),
+                    snapshot: snapshot(vec![1, 0, 0, 0]),
+                    granted: Granted::default(),
+                }),
+                Message::Mutate(request) => {
+                    let _ = mutated.send(request.states.clone());
+                    Message::MutateReply(MutateReply {
+                        id: request.id,
+                        result: asyncmachine::proto::message::MutateResult::Executed,
+                        diff: ClockDiff {
+                            changes: vec![],
+                            queue_delta: 0,
+                            checksum: 0,
+                        },
+                    })
+                }
+                Message::Sync { id } => Message::Snapshot {
+                    id,
+                    snapshot: snapshot(if changed {
+                        vec![0, 1, 0, 0]
+                    } else {
+                        vec![1, 0, 0, 0]
+                    }),
+                },
+                Message::Ping(nonce) => Message::Pong(nonce),
+                _ => continue,
+            };
+            let out = frame(answer);
+            stream.write_all(&out).await.expect("writes");
+        }
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => reader.push(&buf[..n]),
+            },
+            Ok(()) = async { change.as_mut().expect("not yet").await }, if change.is_some() => {
+                change = None;
+                changed = true;
+                let out = frame(Message::SchemaChanged {
+                    schema: ordered_schema(["Flag", "Start", "Other"]).def().clone(),
+                    snapshot: snapshot(vec![0, 1, 0, 0]),
+                });
+                stream.write_all(&out).await.expect("writes");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_under_a_served_mirror_ends_its_clients_sessions() {
+    // upstream (scripted) <- mid (served mirror, no fixed schema) <- leaf, which may mutate
+    // Flag only. Flag is position 1 of the schema the leaf was given; after the upstream's
+    // schema change, position 1 is Start.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let upstream: Endpoint = format!("tcp://{}", listener.local_addr().expect("bound"))
+        .parse()
+        .expect("valid");
+    let (change_tx, change_rx) = tokio::sync::oneshot::channel();
+    let (mutated_tx, mut mutated_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(scripted_upstream(listener, change_rx, mutated_tx));
+    let mid = mirror(&upstream, "mid").await;
+    let config = ServerConfig {
+        mutate: rules(&[("leaf", &["Flag"])]),
+        ..ServerConfig::default()
+    };
+    let (_mid_server, mid_endpoint) = serve(Arc::new(mid.clone()), config, "tcp").await;
+    let (mut leaf, welcome) = RawClient::handshake(&mid_endpoint, "leaf").await;
+    assert_eq!(welcome.granted.mutable.as_deref(), Some(&[1u32][..]));
+
+    change_tx.send(()).expect("the upstream waits");
+    within("the mid's schema changes", async {
+        while mid.schema().index("Flag") != Some(0) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // "add 1" meant Flag when the leaf was welcomed; now it would be Start. The send may
+    // fail: the server may have closed the session already.
+    let mut out = Vec::new();
+    asyncmachine::proto::encode_frame(
+        &asyncmachine::proto::FrameConfig::default(),
+        &Message::Mutate(MutateRequest {
+            id: 1,
+            kind: MutationKind::Add,
+            states: vec![1],
+            args: Args::new(),
+        }),
+        &mut out,
+    );
+    {
+        use tokio::io::AsyncWriteExt;
+        let _ = leaf.stream.write_all(&out).await;
+        let _ = leaf.stream.flush().await;
+    }
+    let mut last = None;
+    while let Some(message) = leaf.recv().await {
+        match message {
+            Message::MutateReply(reply) => {
+                panic!("the mutation ran against the new schema's state: {reply:?}")
+            }
+            Message::Bye { reason } => last = Some(reason),
+            _ => {}
+        }
+    }
+    let reason = last.expect("a bye before the close");
+    assert!(reason.contains("schema changed"), "{reason}");
+    assert!(
+        mutated_rx.try_recv().is_err(),
+        "nothing was forwarded upstream"
+    );
+}

@@ -13,7 +13,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::hub::{Hub, Versioned, options_key};
 use super::push::{Outlet, OutletState};
 use super::{ClientEntry, ClientInfo, Inner};
-use crate::machine::{Mutation, Outcome};
+use crate::machine::{Mutation, Outcome, Schema};
 use crate::proto::acl::{admit, admit_status, check_mutation};
 use crate::proto::diff::went_back;
 use crate::proto::handshake::{Offer, decide};
@@ -54,6 +54,8 @@ enum End {
     Shutdown,
     Kicked,
     WriteStalled(Duration),
+    /// The source's schema is not the one the client was given.
+    SchemaChanged,
 }
 
 impl std::fmt::Display for End {
@@ -69,6 +71,7 @@ impl std::fmt::Display for End {
             End::Shutdown => f.write_str("server shutdown"),
             End::Kicked => f.write_str("too slow to keep up"),
             End::WriteStalled(after) => write!(f, "a write stalled for {after:?}"),
+            End::SchemaChanged => f.write_str("the source's schema changed"),
         }
     }
 }
@@ -88,6 +91,9 @@ impl End {
             }),
             End::Kicked => Some(Message::Bye {
                 reason: "too slow to keep up; reconnect".into(),
+            }),
+            End::SchemaChanged => Some(Message::Bye {
+                reason: "the source's schema changed; reconnect to get the new one".into(),
             }),
             _ => None,
         }
@@ -129,7 +135,8 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         Ok(Ok(Message::StatusRequest { token })) => {
             let identity = peer.identity.as_deref();
             let hubs = inner.hubs();
-            let schemas = hubs.iter().map(|hub| &*hub.schema);
+            let schemas: Vec<_> = hubs.iter().map(|hub| hub.source.schema()).collect();
+            let schemas = schemas.iter().map(|schema| &**schema);
             if let Err(refusal) = admit_status(&inner.policy(), schemas, identity, token.as_deref())
             {
                 refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
@@ -193,9 +200,12 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     // A change after this snapshot reaches the client: the writer is nudged once it is
     // attached to the pushers, and pushes what it finds newer.
     let start = hub.latest();
+    // The positions granted below are positions of this schema: the connection ends when the
+    // source's schema changes (a served mirror's can).
+    let schema = hub.source.schema();
     let ancestry = hub.source.ancestry();
     let offer = Offer {
-        schema: &hub.schema,
+        schema: &schema,
         ancestry: &ancestry,
         snapshot: Snapshot {
             ticks: start.ticks.to_vec(),
@@ -282,6 +292,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         frame,
         options_key(&accepted.tracked, &frame),
         inner.config.min_push_interval.is_some(),
+        schema.hash(),
     ));
     let attached = hub.attach(outlet.clone(), inner);
     outlet.nudge.notify_one();
@@ -296,7 +307,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         outlet: &outlet,
     };
     let end = tokio::select! {
-        end = read_loop(inner, &hub, &mut rd, &mut reader, to_writer, &hello.client_id, mutable.as_deref()) => end,
+        end = read_loop(inner, &hub, &schema, &mut rd, &mut reader, to_writer, &hello.client_id, mutable.as_deref()) => end,
         end = writer.run(control_rx, &kick) => end,
     };
 
@@ -379,9 +390,14 @@ impl ToWriter<'_> {
     }
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the connection's parts, borrowed for its lifetime; a struct would only rename them"
+)]
 async fn read_loop(
     inner: &Inner,
     hub: &Hub,
+    schema: &Schema,
     rd: &mut ReadHalf<BoxStream>,
     reader: &mut FrameReader,
     to_writer: ToWriter<'_>,
@@ -406,7 +422,11 @@ async fn read_loop(
                     states: called,
                     args,
                 } = request;
-                let checked = check_mutation(&hub.schema, client, mutable, kind, &called);
+                // Positions of another schema would name other states.
+                if hub.source.schema().hash() != schema.hash() {
+                    return End::SchemaChanged;
+                }
+                let checked = check_mutation(schema, client, mutable, kind, &called);
                 if id != 0 {
                     to_writer.expect_reply();
                 }
@@ -511,6 +531,11 @@ impl Writer<'_> {
             }
             // What to send and the write half to send it with, under one lock: no push of the
             // pusher's comes between a frame made here and its write.
+            // Whatever is sent now is in positions of the client's schema. The clock's own
+            // record is enough: what is sent is read from that clock.
+            if self.hub.schema_hash() != self.outlet.schema {
+                return End::SchemaChanged;
+            }
             let (mut wr, unsent) = {
                 let mut state = self.outlet.lock();
                 for c in controls.drain(..) {

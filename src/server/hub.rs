@@ -8,11 +8,11 @@
 
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use tokio::sync::watch;
 
-use crate::machine::{ObserverId, Schema, StateSource, Transition};
+use crate::machine::{ObserverId, StateSource, Transition};
 use crate::proto::diff::ClockRef;
 use crate::proto::message::{ClockDiff, Message};
 use crate::proto::{FrameConfig, Tracked, diff, encode_frame};
@@ -29,6 +29,9 @@ pub(crate) struct Versioned {
     /// Bumped on every change of the source's ancestry (read the ancestry from the source);
     /// `version` stays: the clock did not change.
     pub ancestry: u64,
+    /// The hash of the source's schema as of this version: a served mirror's schema can change
+    /// under its clients, whose tracked and mutable positions then mean other states.
+    pub schema: u64,
 }
 
 impl Versioned {
@@ -59,14 +62,21 @@ const CACHE_SLOTS: usize = 16;
 /// What a hub hears from its source: clock changes and ancestry changes.
 struct HubObserver {
     clock: Arc<watch::Sender<Versioned>>,
+    /// Weak: the source holds this observer.
+    source: Weak<dyn StateSource>,
 }
 
 impl crate::machine::Observer for HubObserver {
     fn transition(&self, t: &Transition<'_>) {
+        // Sources call observers outside their own locks, so asking for the schema is safe.
+        let schema = self.source.upgrade().map(|source| source.schema().hash());
         self.clock.send_modify(|v| {
             v.version += 1;
             v.ticks = Arc::from(t.after);
             v.queue_tick = t.queue_tick;
+            if let Some(schema) = schema {
+                v.schema = schema;
+            }
         });
     }
 
@@ -78,7 +88,6 @@ impl crate::machine::Observer for HubObserver {
 pub(crate) struct Hub {
     pub name: String,
     pub source: Arc<dyn StateSource>,
-    pub schema: Arc<Schema>,
     clock: Arc<watch::Sender<Versioned>>,
     cache: Arc<FrameCache>,
     /// Started by the first client (they need the runtime).
@@ -104,16 +113,17 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     pub fn new(name: String, source: Arc<dyn StateSource>) -> Self {
-        let schema = source.schema();
         let empty = Versioned {
             version: 0,
             ticks: Arc::from(Vec::new()),
             queue_tick: 0,
             ancestry: 0,
+            schema: source.schema().hash(),
         };
         let clock = Arc::new(watch::channel(empty).0);
         let observer = HubObserver {
             clock: clock.clone(),
+            source: Arc::downgrade(&source),
         };
         let (observer, start) = source.observe(Arc::new(observer));
         let queue_tick = source.queue_tick();
@@ -129,7 +139,6 @@ impl Hub {
         Hub {
             name,
             source,
-            schema,
             clock,
             cache: Arc::default(),
             pushers: Mutex::new(None),
@@ -140,6 +149,11 @@ impl Hub {
     /// The source's clock as of now.
     pub fn latest(&self) -> Versioned {
         self.clock.borrow().clone()
+    }
+
+    /// The hash of the schema of the latest clock (see [`Versioned::schema`]).
+    pub fn schema_hash(&self) -> u64 {
+        self.clock.borrow().schema
     }
 
     /// Has the source's pushers push to `outlet` from now on, until the guard drops.
@@ -237,6 +251,7 @@ mod tests {
             ticks: Arc::from(ticks),
             queue_tick: version,
             ancestry: 0,
+            schema: 0,
         }
     }
 
