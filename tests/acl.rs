@@ -710,3 +710,72 @@ async fn a_schema_change_under_a_served_mirror_ends_its_clients_sessions() {
         "nothing was forwarded upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_and_replies_carry_only_what_a_client_sees() {
+    let machine = Machine::builder(abc_schema()).id("root").build();
+    machine.add(&["B", "C"], Args::new()).expect("taken in");
+    let config = ServerConfig {
+        see: rules(&[("*", &["A"])]),
+        ..ServerConfig::default()
+    };
+    let (_server, endpoint) = serve(Arc::new(machine.clone()), config, "tcp").await;
+    let (mut client, welcome) = RawClient::handshake(&endpoint, "narrow").await;
+    assert_eq!(welcome.snapshot.ticks, [0, 0, 0, 0]);
+    assert_eq!(welcome.granted.tracked.as_deref(), Some(&[0u32][..]));
+    // Asking to track more than it may see changes nothing.
+    let wider = {
+        let mut client = RawClient::connect(&endpoint).await;
+        let hello = match RawClient::hello(&endpoint, "narrow") {
+            Message::Hello(hello) => Hello {
+                options: asyncmachine::proto::message::WantedOptions {
+                    track: Some(vec!["B".into(), "C".into()]),
+                    ..hello.options
+                },
+                ..hello
+            },
+            other => panic!("a hello, not {other:?}"),
+        };
+        client.send(&Message::Hello(hello)).await;
+        match client.recv().await {
+            Some(Message::Welcome(welcome)) => welcome,
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    };
+    assert_eq!(wider.snapshot.ticks, [0, 0, 0, 0]);
+    assert_eq!(wider.granted.tracked.as_deref(), Some(&[][..]));
+
+    // A mutation of states it does not see: the reply's diff names only what it sees.
+    machine.remove(&["B"], Args::new()).expect("taken in");
+    client
+        .send(&Message::Mutate(MutateRequest {
+            id: 4,
+            kind: MutationKind::Add,
+            states: vec![0, 1],
+            args: Args::new(),
+        }))
+        .await;
+    client.send(&Message::Sync { id: 5 }).await;
+    let mut replied = false;
+    loop {
+        match client.recv().await {
+            Some(Message::MutateReply(reply)) => {
+                assert_eq!(reply.id, 4);
+                assert!(reply.diff.changes.iter().all(|&(s, _)| s == 0), "{reply:?}");
+                replied = true;
+            }
+            Some(Message::Diff(diff)) => {
+                assert!(diff.changes.iter().all(|&(s, _)| s == 0), "{diff:?}")
+            }
+            Some(Message::Snapshot { id: 5, snapshot }) => {
+                assert_eq!(snapshot.ticks[1..], [0, 0, 0], "{snapshot:?}");
+                assert_eq!(snapshot.ticks[0] % 2, 1, "A is active: {snapshot:?}");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("the server closed the connection"),
+        }
+    }
+    assert!(replied, "the reply came before the snapshot");
+    assert!(machine.is(&["A", "B", "C"]));
+}
