@@ -181,7 +181,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     if let Some(identity) = &peer.identity
         && *identity != hello.client_id
     {
-        info!(claimed = %hello.client_id, %identity, "client id taken from its certificate");
+        info!(claimed = ?hello.client_id, %identity, "client id taken from its certificate");
         hello.client_id = identity.clone();
     }
     // A peer that is not let in learns nothing of what is served here, not even the names.
