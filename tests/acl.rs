@@ -567,11 +567,13 @@ fn ordered_schema(order: [&str; 3]) -> Schema {
     .expect("valid")
 }
 
-/// An upstream written by hand: welcomes with `Start, Flag, Other`, changes its schema to
-/// `Flag, Start, Other` when told, answers mutations as executed and reports the positions.
+/// An upstream written by hand: welcomes with `Start, Flag, Other` (Start active), changes its
+/// schema to `Flag, Start, Other` with the clock `after` when told, answers mutations as
+/// executed and reports their positions.
 async fn scripted_upstream(
     listener: tokio::net::TcpListener,
     change: tokio::sync::oneshot::Receiver<()>,
+    after: Vec<u64>,
     mutated: tokio::sync::mpsc::UnboundedSender<Vec<u32>>,
 ) {
     use asyncmachine::proto::message::{ClockDiff, Granted, MutateReply, Snapshot, Welcome};
@@ -616,7 +618,7 @@ async fn scripted_upstream(
                 Message::Sync { id } => Message::Snapshot {
                     id,
                     snapshot: snapshot(if changed {
-                        vec![0, 1, 0, 0]
+                        after.clone()
                     } else {
                         vec![1, 0, 0, 0]
                     }),
@@ -637,7 +639,7 @@ async fn scripted_upstream(
                 changed = true;
                 let out = frame(Message::SchemaChanged {
                     schema: ordered_schema(["Flag", "Start", "Other"]).def().clone(),
-                    snapshot: snapshot(vec![0, 1, 0, 0]),
+                    snapshot: snapshot(after.clone()),
                 });
                 stream.write_all(&out).await.expect("writes");
             }
@@ -658,7 +660,12 @@ async fn a_schema_change_under_a_served_mirror_ends_its_clients_sessions() {
         .expect("valid");
     let (change_tx, change_rx) = tokio::sync::oneshot::channel();
     let (mutated_tx, mut mutated_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(scripted_upstream(listener, change_rx, mutated_tx));
+    tokio::spawn(scripted_upstream(
+        listener,
+        change_rx,
+        vec![0, 1, 0, 0],
+        mutated_tx,
+    ));
     let mid = mirror(&upstream, "mid").await;
     let config = ServerConfig {
         mutate: rules(&[("leaf", &["Flag"])]),
@@ -778,4 +785,55 @@ async fn snapshots_and_replies_carry_only_what_a_client_sees() {
     }
     assert!(replied, "the reply came before the snapshot");
     assert!(machine.is(&["A", "B", "C"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_without_a_transition_lets_new_clients_stay() {
+    // The new schema comes with a clock of zeros: the mirror's clock does not change, so no
+    // transition tells the server. A client welcomed after it has the new schema, and must
+    // not be sent away for a change it already has.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let upstream: Endpoint = format!("tcp://{}", listener.local_addr().expect("bound"))
+        .parse()
+        .expect("valid");
+    let (change_tx, change_rx) = tokio::sync::oneshot::channel();
+    let (mutated_tx, _mutated_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(scripted_upstream(
+        listener,
+        change_rx,
+        vec![0, 0, 0, 0],
+        mutated_tx,
+    ));
+    let mid = mirror(&upstream, "mid").await;
+    let (_mid_server, mid_endpoint) =
+        serve(Arc::new(mid.clone()), ServerConfig::default(), "tcp").await;
+    change_tx.send(()).expect("the upstream waits");
+    within("the mid's schema changes", async {
+        while mid.schema().index("Flag") != Some(0) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let (mut leaf, welcome) = RawClient::handshake(&mid_endpoint, "leaf").await;
+    let schema = Schema::new(welcome.schema.expect("a schema")).expect("valid");
+    assert_eq!(schema.index("Flag"), Some(0), "the new schema");
+    assert_eq!(
+        welcome.snapshot.ticks,
+        [0, 0, 0, 0],
+        "the new schema's clock"
+    );
+    leaf.send(&Message::Sync { id: 3 }).await;
+    loop {
+        match leaf.recv().await {
+            Some(Message::Snapshot { id: 3, snapshot }) => {
+                assert_eq!(snapshot.ticks, [0, 0, 0, 0]);
+                break;
+            }
+            Some(Message::Bye { reason }) => panic!("sent away: {reason}"),
+            Some(_) => {}
+            None => panic!("the server closed the connection"),
+        }
+    }
 }

@@ -415,7 +415,9 @@ impl Core {
 
     /// Replaces the clock (and the schema, when it changed) and returns what observers need.
     fn replace(&mut self, schema: Option<Arc<Schema>>, snapshot: &Snapshot) -> Notice {
+        let mut new_schema = false;
         if let Some(schema) = schema.filter(|s| s.hash() != self.schema.hash()) {
+            new_schema = true;
             // State positions mean other states now: waiters on the old schema cannot be
             // answered, so they end.
             self.waiters.close();
@@ -429,7 +431,11 @@ impl Core {
             *tick = snapshot.ticks.get(s).copied().unwrap_or(0);
         }
         self.queue_tick = snapshot.queue_tick;
-        let changed: Vec<usize> = (0..len).filter(|&s| before[s] != self.ticks[s]).collect();
+        // A new schema is news to observers (a server serving this mirror) even when no tick
+        // differs: their clock is of the old one.
+        let changed: Vec<usize> = (0..len)
+            .filter(|&s| new_schema || before[s] != self.ticks[s])
+            .collect();
         self.waiters
             .clock_changed(&self.ticks, changed.iter().copied());
         Notice {

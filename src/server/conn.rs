@@ -203,14 +203,24 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     // The positions granted below are positions of this schema: the connection ends when the
     // source's schema changes (a served mirror's can).
     let schema = hub.source.schema();
+    // The hub's clock is of an older schema when the schema changed after its last transition
+    // (or is changing now): the source's own clock is then the one that goes with it.
+    let snapshot = if start.schema == schema.hash() {
+        Snapshot {
+            ticks: start.ticks.to_vec(),
+            queue_tick: start.queue_tick,
+        }
+    } else {
+        Snapshot {
+            ticks: hub.source.clock(),
+            queue_tick: hub.source.queue_tick(),
+        }
+    };
     let ancestry = hub.source.ancestry();
     let offer = Offer {
         schema: &schema,
         ancestry: &ancestry,
-        snapshot: Snapshot {
-            ticks: start.ticks.to_vec(),
-            queue_tick: start.queue_tick,
-        },
+        snapshot,
     };
     let accepted = match decide(&hello, offer, &policy) {
         Ok(accepted) => accepted,
@@ -532,8 +542,11 @@ impl Writer<'_> {
             // What to send and the write half to send it with, under one lock: no push of the
             // pusher's comes between a frame made here and its write.
             // Whatever is sent now is in positions of the client's schema. The clock's own
-            // record is enough: what is sent is read from that clock.
-            if self.hub.schema_hash() != self.outlet.schema {
+            // record says when to look; the source says whether it really changed (a schema
+            // can change without a transition, and the record lags until the next one).
+            if self.hub.schema_hash() != self.outlet.schema
+                && self.hub.source.schema().hash() != self.outlet.schema
+            {
                 return End::SchemaChanged;
             }
             let (mut wr, unsent) = {
