@@ -397,10 +397,6 @@ impl Requests {
 }
 
 impl Core {
-    #[allow(
-        clippy::type_complexity,
-        reason = "a ticket and its answer's receiver, as the callers take them apart at once"
-    )]
     fn register_pending(
         &mut self,
     ) -> Result<(Ticket, oneshot::Receiver<Result<Outcome, MutationError>>), MutationError> {
