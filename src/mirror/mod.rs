@@ -288,7 +288,7 @@ impl Mirror {
         let (outbox, ticket, rx) = {
             let mut core = lock(&self.shared.core);
             let outbox = core.outbox.clone().ok_or(MutationError::Disconnected)?;
-            let (ticket, rx) = core.register_pending();
+            let (ticket, rx) = core.register_pending()?;
             (outbox, ticket, rx)
         };
         if outbox.send(Message::Sync { id: ticket.id }).await.is_err() {
@@ -349,7 +349,17 @@ struct Ticket {
     issued: u64,
 }
 
+/// Most requests waiting for answers at once. An id is held until its answer comes (see
+/// [`Requests`]), so a source that keeps the connection alive but never answers would
+/// otherwise make every later mutation cost memory for as long as the connection lasts.
+const MAX_IN_FLIGHT: usize = 65_536;
+
 impl Requests {
+    /// Requests holding an id now.
+    fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     fn insert(&mut self, reply: Pending) -> Ticket {
         self.tickets += 1;
         let entry = Some((self.tickets, reply));
@@ -400,14 +410,23 @@ impl Requests {
 }
 
 impl Core {
-    fn register_pending(&mut self) -> (Ticket, oneshot::Receiver<Result<Outcome, MutationError>>) {
+    fn register_pending(
+        &mut self,
+    ) -> Result<(Ticket, oneshot::Receiver<Result<Outcome, MutationError>>), MutationError> {
+        if self.pending.in_flight() >= MAX_IN_FLIGHT {
+            return Err(MutationError::QueueFull {
+                limit: MAX_IN_FLIGHT,
+            });
+        }
         let (tx, rx) = oneshot::channel();
-        (self.pending.insert(tx), rx)
+        Ok((self.pending.insert(tx), rx))
     }
 
     /// Replaces the clock (and the schema, when it changed) and returns what observers need.
     fn replace(&mut self, schema: Option<Arc<Schema>>, snapshot: &Snapshot) -> Notice {
+        let mut new_schema = false;
         if let Some(schema) = schema.filter(|s| s.hash() != self.schema.hash()) {
+            new_schema = true;
             // State positions mean other states now: waiters on the old schema cannot be
             // answered, so they end.
             self.waiters.close();
@@ -421,7 +440,11 @@ impl Core {
             *tick = snapshot.ticks.get(s).copied().unwrap_or(0);
         }
         self.queue_tick = snapshot.queue_tick;
-        let changed: Vec<usize> = (0..len).filter(|&s| before[s] != self.ticks[s]).collect();
+        // A new schema is news to observers (a server serving this mirror) even when no tick
+        // differs: their clock is of the old one.
+        let changed: Vec<usize> = (0..len)
+            .filter(|&s| new_schema || before[s] != self.ticks[s])
+            .collect();
         self.waiters
             .clock_changed(&self.ticks, changed.iter().copied());
         Notice {
@@ -1067,7 +1090,7 @@ impl StateSource for Mirror {
         let shared = self.shared.clone();
         Box::pin(async move {
             let outbox = shared.outbox_for(&mutation)?;
-            let (ticket, rx) = lock(&shared.core).register_pending();
+            let (ticket, rx) = lock(&shared.core).register_pending()?;
             if outbox
                 .send(Message::Mutate(request(ticket.id, mutation)))
                 .await
@@ -1214,6 +1237,28 @@ mod tests {
         // The late answer frees the id and resolves nobody else.
         assert!(requests.take(first.id).is_some());
         assert_eq!(request(&mut requests).0.id, first.id);
+    }
+
+    #[test]
+    fn a_source_that_never_answers_costs_at_most_the_in_flight_limit() {
+        let shared = core_of(&[0, 0, 0]);
+        let mut core = lock(&shared.core);
+        let mut held = Vec::with_capacity(MAX_IN_FLIGHT);
+        for _ in 0..MAX_IN_FLIGHT {
+            held.push(core.register_pending().expect("below the limit"));
+        }
+        assert_eq!(
+            core.register_pending().map(|(ticket, _)| ticket.id),
+            Err(MutationError::QueueFull {
+                limit: MAX_IN_FLIGHT
+            })
+        );
+        // An answer frees its id for the next request.
+        assert!(core.pending.take(held[7].0.id).is_some());
+        assert_eq!(
+            core.register_pending().expect("one is free").0.id,
+            held[7].0.id
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub struct Policy {
 }
 
 /// The list that applies to a client: its own entry, else the `"*"` entry.
-fn rule<'a>(rules: &'a BTreeMap<String, Vec<String>>, client: &str) -> Option<&'a Vec<String>> {
+pub(super) fn rule<'a>(
+    rules: &'a BTreeMap<String, Vec<String>>,
+    client: &str,
+) -> Option<&'a Vec<String>> {
     rules.get(client).or_else(|| rules.get("*"))
 }
 
@@ -77,30 +80,7 @@ pub fn decide(hello: &Hello, offer: Offer<'_>, policy: &Policy) -> Result<Accept
             ),
         ));
     }
-    if let Some(token) = &policy.token
-        && hello.token.as_deref() != Some(token.as_str())
-    {
-        let reason = if hello.token.is_some() {
-            "the token is wrong"
-        } else {
-            "a token is required"
-        };
-        return Err(refuse(
-            RefusalKind::Auth,
-            format!("{reason}; configure the client with the server's token"),
-        ));
-    }
-    if let Some(allowed) = &policy.allow_ids
-        && !allowed.contains(&hello.client_id)
-    {
-        return Err(refuse(
-            RefusalKind::Acl,
-            format!(
-                "client id {:?} is not on this server's allow-list",
-                hello.client_id
-            ),
-        ));
-    }
+    super::acl::admit(policy, &hello.client_id, hello.token.as_deref())?;
     if let Some(pos) = offer.ancestry.iter().position(|id| *id == hello.client_id) {
         let what = if pos == 0 {
             "itself"

@@ -4,10 +4,12 @@
 //! - [`message`]: the messages and their bincode body encoding.
 //! - [`diff`]: clock diffs, merging, checksums, tracked subsets.
 //! - [`handshake`]: the server's decision on a client's hello.
+//! - [`acl`]: the server's decision on a client's mutation (its `mutate` list).
 //!
 //! [`FrameReader`] turns a byte stream into messages; [`encode_frame`] turns a message into
 //! bytes. PROTOCOL.md at the repository root documents the format byte by byte.
 
+pub mod acl;
 pub mod diff;
 pub mod frame;
 pub mod handshake;

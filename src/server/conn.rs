@@ -13,7 +13,8 @@ use tracing::{Instrument, debug, info, warn};
 use super::hub::{Hub, Versioned, options_key};
 use super::push::{Outlet, OutletState};
 use super::{ClientEntry, ClientInfo, Inner};
-use crate::machine::{Mutation, Outcome};
+use crate::machine::{Mutation, Outcome, Schema};
+use crate::proto::acl::{admit, admit_status, check_mutation};
 use crate::proto::diff::went_back;
 use crate::proto::handshake::{Offer, decide};
 use crate::proto::message::{MutateReply, MutateRequest, Payload, Refusal, RefusalKind, Snapshot};
@@ -53,6 +54,8 @@ enum End {
     Shutdown,
     Kicked,
     WriteStalled(Duration),
+    /// The source's schema is not the one the client was given.
+    SchemaChanged,
 }
 
 impl std::fmt::Display for End {
@@ -60,13 +63,15 @@ impl std::fmt::Display for End {
         match self {
             End::PeerBye => f.write_str("the client said bye"),
             End::PeerClosed => f.write_str("the client closed the connection"),
-            End::PeerError(message) => write!(f, "the client reported an error: {message}"),
+            // Quoted: the peer's words must not forge log lines.
+            End::PeerError(message) => write!(f, "the client reported an error: {message:?}"),
             End::Protocol(message) => write!(f, "protocol error: {message}"),
             End::Idle(after) => write!(f, "nothing received for {after:?}"),
             End::Io(e) => write!(f, "i/o error: {e}"),
             End::Shutdown => f.write_str("server shutdown"),
             End::Kicked => f.write_str("too slow to keep up"),
             End::WriteStalled(after) => write!(f, "a write stalled for {after:?}"),
+            End::SchemaChanged => f.write_str("the source's schema changed"),
         }
     }
 }
@@ -86,6 +91,9 @@ impl End {
             }),
             End::Kicked => Some(Message::Bye {
                 reason: "too slow to keep up; reconnect".into(),
+            }),
+            End::SchemaChanged => Some(Message::Bye {
+                reason: "the source's schema changed; reconnect to get the new one".into(),
             }),
             _ => None,
         }
@@ -125,14 +133,13 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     let hello = match timeout(limit, read_message(&mut rd, &mut reader, inner)).await {
         Ok(Ok(Message::Hello(hello))) => hello,
         Ok(Ok(Message::StatusRequest { token })) => {
-            if inner
-                .config
-                .token
-                .as_ref()
-                .is_some_and(|t| token.as_ref() != Some(t))
+            let identity = peer.identity.as_deref();
+            let hubs = inner.hubs();
+            let schemas: Vec<_> = hubs.iter().map(|hub| hub.source.schema()).collect();
+            let schemas = schemas.iter().map(|schema| &**schema);
+            if let Err(refusal) = admit_status(&inner.policy(), schemas, identity, token.as_deref())
             {
-                let reason = "status needs the server's token".to_owned();
-                refuse(inner, &mut wr, RefusalKind::Auth, reason).await;
+                refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
                 return;
             }
             let mut out = Vec::new();
@@ -174,8 +181,14 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     if let Some(identity) = &peer.identity
         && *identity != hello.client_id
     {
-        info!(claimed = %hello.client_id, %identity, "client id taken from its certificate");
+        info!(claimed = ?hello.client_id, %identity, "client id taken from its certificate");
         hello.client_id = identity.clone();
+    }
+    // A peer that is not let in learns nothing of what is served here, not even the names.
+    let policy = inner.policy();
+    if let Err(refusal) = admit(&policy, &hello.client_id, hello.token.as_deref()) {
+        refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
+        return;
     }
     let hub = match inner.hub(&hello.source) {
         Ok(hub) => hub,
@@ -187,16 +200,29 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     // A change after this snapshot reaches the client: the writer is nudged once it is
     // attached to the pushers, and pushes what it finds newer.
     let start = hub.latest();
-    let ancestry = hub.source.ancestry();
-    let offer = Offer {
-        schema: &hub.schema,
-        ancestry: &ancestry,
-        snapshot: Snapshot {
+    // The positions granted below are positions of this schema: the connection ends when the
+    // source's schema changes (a served mirror's can).
+    let schema = hub.source.schema();
+    // The hub's clock is of an older schema when the schema changed after its last transition
+    // (or is changing now): the source's own clock is then the one that goes with it.
+    let snapshot = if start.schema == schema.hash() {
+        Snapshot {
             ticks: start.ticks.to_vec(),
             queue_tick: start.queue_tick,
-        },
+        }
+    } else {
+        Snapshot {
+            ticks: hub.source.clock(),
+            queue_tick: hub.source.queue_tick(),
+        }
     };
-    let accepted = match decide(&hello, offer, &inner.policy()) {
+    let ancestry = hub.source.ancestry();
+    let offer = Offer {
+        schema: &schema,
+        ancestry: &ancestry,
+        snapshot,
+    };
+    let accepted = match decide(&hello, offer, &policy) {
         Ok(accepted) => accepted,
         Err(refusal) => {
             refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
@@ -276,6 +302,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         frame,
         options_key(&accepted.tracked, &frame),
         inner.config.min_push_interval.is_some(),
+        schema.hash(),
     ));
     let attached = hub.attach(outlet.clone(), inner);
     outlet.nudge.notify_one();
@@ -290,7 +317,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         outlet: &outlet,
     };
     let end = tokio::select! {
-        end = read_loop(inner, &hub, &mut rd, &mut reader, to_writer, &hello.client_id, mutable.as_deref()) => end,
+        end = read_loop(inner, &hub, &schema, &mut rd, &mut reader, to_writer, &hello.client_id, mutable.as_deref()) => end,
         end = writer.run(control_rx, &kick) => end,
     };
 
@@ -373,9 +400,14 @@ impl ToWriter<'_> {
     }
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the connection's parts, borrowed for its lifetime; a struct would only rename them"
+)]
 async fn read_loop(
     inner: &Inner,
     hub: &Hub,
+    schema: &Schema,
     rd: &mut ReadHalf<BoxStream>,
     reader: &mut FrameReader,
     to_writer: ToWriter<'_>,
@@ -383,24 +415,6 @@ async fn read_loop(
     mutable: Option<&[u32]>,
 ) -> End {
     let idle = inner.config.idle_timeout;
-    let states = hub.schema.len();
-    let forbidden = |called: &[u32]| -> Option<String> {
-        let allowed = mutable?;
-        let bad = called.iter().find(|s| !allowed.contains(s))?;
-        let names: Vec<&str> = allowed
-            .iter()
-            .map(|&s| hub.schema.name(s as usize))
-            .collect();
-        Some(format!(
-            "client {client:?} may not mutate {}; it may mutate: {}",
-            hub.schema.name(*bad as usize),
-            if names.is_empty() {
-                "nothing".to_owned()
-            } else {
-                names.join(", ")
-            }
-        ))
-    };
     // A timeout around each read: a client sends rarely, and a long-lived timer would cost
     // every idle connection its memory.
     loop {
@@ -418,20 +432,23 @@ async fn read_loop(
                     states: called,
                     args,
                 } = request;
-                let denied = forbidden(&called);
+                // Positions of another schema would name other states.
+                if hub.source.schema().hash() != schema.hash() {
+                    return End::SchemaChanged;
+                }
+                let checked = check_mutation(schema, client, mutable, kind, &called);
                 if id != 0 {
                     to_writer.expect_reply();
                 }
-                let result = match (called.iter().find(|&&s| s as usize >= states), denied) {
-                    (Some(bad), _) => Err(format!(
-                        "state {bad} is outside the schema of {states} states"
-                    )),
-                    (None, Some(reason)) => {
-                        inner.stats.refusals.fetch_add(1, Ordering::Relaxed);
-                        info!(%reason, "mutation refused by the ACL");
-                        Err(reason)
+                let result = match checked {
+                    Err(denied) => {
+                        if denied.by_acl() {
+                            inner.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                            info!(reason = %denied, "mutation refused by the ACL");
+                        }
+                        Err(denied.to_string())
                     }
-                    (None, None) => {
+                    Ok(()) => {
                         let called = called.into_iter().map(|s| s as usize).collect();
                         let started = std::time::Instant::now();
                         let result = hub.source.mutate(Mutation::new(kind, called, args)).await;
@@ -452,7 +469,7 @@ async fn read_loop(
             Message::Ping(nonce) => Control::Pong(nonce),
             Message::Pong(_) => continue,
             Message::Bye { reason } => {
-                debug!(%reason, "client said bye");
+                debug!(?reason, "client said bye");
                 return End::PeerBye;
             }
             Message::Error { message } => return End::PeerError(message),
@@ -524,6 +541,14 @@ impl Writer<'_> {
             }
             // What to send and the write half to send it with, under one lock: no push of the
             // pusher's comes between a frame made here and its write.
+            // Whatever is sent now is in positions of the client's schema. The clock's own
+            // record says when to look; the source says whether it really changed (a schema
+            // can change without a transition, and the record lags until the next one).
+            if self.hub.schema_hash() != self.outlet.schema
+                && self.hub.source.schema().hash() != self.outlet.schema
+            {
+                return End::SchemaChanged;
+            }
             let (mut wr, unsent) = {
                 let mut state = self.outlet.lock();
                 for c in controls.drain(..) {
@@ -678,5 +703,18 @@ impl Writer<'_> {
         };
         encode_frame(&self.outlet.frame, &message, out);
         self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::End;
+
+    #[test]
+    fn a_peers_words_cannot_forge_a_log_line() {
+        let end = End::PeerError("oops\n2026-12-02T04:00:00Z INFO forged\u{1b}[0m".into());
+        let shown = end.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("oops"), "{shown}");
     }
 }

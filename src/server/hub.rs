@@ -8,11 +8,11 @@
 
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use tokio::sync::watch;
 
-use crate::machine::{ObserverId, Schema, StateSource, Transition};
+use crate::machine::{ObserverId, StateSource, Transition};
 use crate::proto::diff::ClockRef;
 use crate::proto::message::{ClockDiff, Message};
 use crate::proto::{FrameConfig, Tracked, diff, encode_frame};
@@ -29,6 +29,9 @@ pub(crate) struct Versioned {
     /// Bumped on every change of the source's ancestry (read the ancestry from the source);
     /// `version` stays: the clock did not change.
     pub ancestry: u64,
+    /// The hash of the source's schema as of this version: a served mirror's schema can change
+    /// under its clients, whose tracked and mutable positions then mean other states.
+    pub schema: u64,
 }
 
 impl Versioned {
@@ -46,6 +49,10 @@ struct CachedFrame {
     from: u64,
     to: u64,
     options: u64,
+    /// What `options` was hashed from, compared on a hit: a hash collision between two
+    /// clients' tracked sets must not send one the other's states (it may see fewer).
+    tracked: Tracked,
+    compressed: bool,
     bytes: Arc<[u8]>,
 }
 
@@ -55,14 +62,21 @@ const CACHE_SLOTS: usize = 16;
 /// What a hub hears from its source: clock changes and ancestry changes.
 struct HubObserver {
     clock: Arc<watch::Sender<Versioned>>,
+    /// Weak: the source holds this observer.
+    source: Weak<dyn StateSource>,
 }
 
 impl crate::machine::Observer for HubObserver {
     fn transition(&self, t: &Transition<'_>) {
+        // Sources call observers outside their own locks, so asking for the schema is safe.
+        let schema = self.source.upgrade().map(|source| source.schema().hash());
         self.clock.send_modify(|v| {
             v.version += 1;
             v.ticks = Arc::from(t.after);
             v.queue_tick = t.queue_tick;
+            if let Some(schema) = schema {
+                v.schema = schema;
+            }
         });
     }
 
@@ -74,7 +88,6 @@ impl crate::machine::Observer for HubObserver {
 pub(crate) struct Hub {
     pub name: String,
     pub source: Arc<dyn StateSource>,
-    pub schema: Arc<Schema>,
     clock: Arc<watch::Sender<Versioned>>,
     cache: Arc<FrameCache>,
     /// Started by the first client (they need the runtime).
@@ -100,16 +113,17 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     pub fn new(name: String, source: Arc<dyn StateSource>) -> Self {
-        let schema = source.schema();
         let empty = Versioned {
             version: 0,
             ticks: Arc::from(Vec::new()),
             queue_tick: 0,
             ancestry: 0,
+            schema: source.schema().hash(),
         };
         let clock = Arc::new(watch::channel(empty).0);
         let observer = HubObserver {
             clock: clock.clone(),
+            source: Arc::downgrade(&source),
         };
         let (observer, start) = source.observe(Arc::new(observer));
         let queue_tick = source.queue_tick();
@@ -125,7 +139,6 @@ impl Hub {
         Hub {
             name,
             source,
-            schema,
             clock,
             cache: Arc::default(),
             pushers: Mutex::new(None),
@@ -136,6 +149,11 @@ impl Hub {
     /// The source's clock as of now.
     pub fn latest(&self) -> Versioned {
         self.clock.borrow().clone()
+    }
+
+    /// The hash of the schema of the latest clock (see [`Versioned::schema`]).
+    pub fn schema_hash(&self) -> u64 {
+        self.clock.borrow().schema
     }
 
     /// Has the source's pushers push to `outlet` from now on, until the guard drops.
@@ -175,10 +193,14 @@ impl FrameCache {
         options: u64,
     ) -> Option<Arc<[u8]>> {
         let mut cache = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(hit) = cache
-            .iter()
-            .find(|c| c.from == from.version && c.to == to.version && c.options == options)
-        {
+        let compressed = frame.compression.is_some();
+        if let Some(hit) = cache.iter().find(|c| {
+            c.from == from.version
+                && c.to == to.version
+                && c.options == options
+                && c.compressed == compressed
+                && c.tracked == *tracked
+        }) {
             return Some(hit.bytes.clone()).filter(|b| !b.is_empty());
         }
         let d = diff::diff(from.clock(), to.clock(), tracked);
@@ -196,6 +218,8 @@ impl FrameCache {
             from: from.version,
             to: to.version,
             options,
+            tracked: tracked.clone(),
+            compressed,
             bytes: bytes.clone(),
         });
         Some(bytes).filter(|b| !b.is_empty())
@@ -214,4 +238,52 @@ pub(crate) fn options_key(tracked: &Tracked, frame: &FrameConfig) -> u64 {
     tracked.hash(&mut h);
     frame.compression.is_some().hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{FrameReader, Message};
+
+    fn version(version: u64, ticks: &[u64]) -> Versioned {
+        Versioned {
+            version,
+            ticks: Arc::from(ticks),
+            queue_tick: version,
+            ancestry: 0,
+            schema: 0,
+        }
+    }
+
+    /// The states a cached diff frame carries.
+    fn changed(bytes: &[u8]) -> Vec<u32> {
+        let mut reader = FrameReader::new(FrameConfig::default());
+        reader.push(bytes);
+        match reader.next_message() {
+            Ok(Some(Message::Diff(diff))) => diff.changes.iter().map(|c| c.0).collect(),
+            other => panic!("expected a diff, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn equal_option_keys_never_share_frames_across_tracked_sets() {
+        let cache = FrameCache::default();
+        let frame = FrameConfig::default();
+        let (from, to) = (version(1, &[0, 0]), version(2, &[1, 1]));
+        // Two clients whose keys collide (the key is a hash): one sees state 0 only.
+        let narrow = Tracked::Only(vec![0]);
+        let bytes = cache
+            .diff_frame(&from, &to, &narrow, &frame, 7)
+            .expect("a change");
+        assert_eq!(changed(&bytes), [0]);
+        let bytes = cache
+            .diff_frame(&from, &to, &Tracked::All, &frame, 7)
+            .expect("a change");
+        assert_eq!(changed(&bytes), [0, 1]);
+        // And the other way round: the narrow client never gets the wide frame.
+        let bytes = cache
+            .diff_frame(&from, &to, &narrow, &frame, 7)
+            .expect("a change");
+        assert_eq!(changed(&bytes), [0]);
+    }
 }

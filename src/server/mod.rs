@@ -356,6 +356,12 @@ impl Inner {
         })
     }
 
+    /// Every source served, for decisions that concern them all.
+    fn hubs(&self) -> Vec<Arc<Hub>> {
+        let hubs = self.hubs.read().unwrap_or_else(PoisonError::into_inner);
+        hubs.values().cloned().collect()
+    }
+
     fn status(&self) -> NodeStatus {
         let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         let mut client_list: Vec<ClientStatus> = clients

@@ -35,6 +35,9 @@ pub(crate) struct Outlet {
     pub options: u64,
     /// A minimum push interval applies: every push goes through the writer, which keeps time.
     pub paced: bool,
+    /// The hash of the schema the client was given: its tracked and mutable positions are
+    /// positions of that schema.
+    pub schema: u64,
 }
 
 /// The part of an [`Outlet`] that changes.
@@ -57,6 +60,7 @@ impl Outlet {
         frame: FrameConfig,
         options: u64,
         paced: bool,
+        schema: u64,
     ) -> Outlet {
         Outlet {
             state: Mutex::new(OutletState {
@@ -71,6 +75,7 @@ impl Outlet {
             frame,
             options,
             paced,
+            schema,
         }
     }
 
@@ -219,7 +224,9 @@ fn push_one(outlet: &Outlet, latest: &Versioned, cache: &FrameCache, tally: &mut
         return;
     }
     let state = &mut *state;
+    // A changed schema ends the connection, which is the writer's to do.
     let writer_must = outlet.paced
+        || latest.schema != outlet.schema
         || state.ancestry != latest.ancestry
         || !state.unsent.is_empty()
         || outlet.replies_queued.load(Ordering::Acquire) > 0

@@ -190,10 +190,16 @@ impl Listener for QuicListener {
                         e.to_string(),
                     ))
                 })?;
-                let identity = connection
+                let certs = connection
                     .peer_identity()
-                    .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-                    .and_then(|certs| identity(Some(&certs)));
+                    .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok());
+                let identity = match identity(certs.as_deref().map(Vec::as_slice)) {
+                    Ok(identity) => identity,
+                    Err(e) => {
+                        connection.close(1u8.into(), b"client certificate names no id");
+                        return Err(e);
+                    }
+                };
                 // The stream appears with the client's first bytes. A client that never sends
                 // any is dropped by the caller's handshake timeout; tell it why in the close.
                 let closer = CloseOnDrop(Some(connection.clone()));

@@ -203,11 +203,24 @@ pub(crate) fn server_name(address: &str) -> io::Result<ServerName<'static>> {
     })
 }
 
-/// The identity a certificate proves: its first DNS subject alternative name.
-pub(crate) fn identity(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
-    let first = certs?.first()?;
-    let cert = webpki::EndEntityCert::try_from(first).ok()?;
-    cert.valid_dns_names().next().map(str::to_owned)
+/// The identity a client certificate proves: its first DNS subject alternative name; `None`
+/// when the client presented no certificate. A certificate that names no DNS identity is an
+/// error: under mutual TLS the server would otherwise take the id the client claims.
+pub(crate) fn identity(certs: Option<&[CertificateDer<'_>]>) -> io::Result<Option<String>> {
+    let Some(first) = certs.and_then(<[_]>::first) else {
+        return Ok(None);
+    };
+    let named = webpki::EndEntityCert::try_from(first)
+        .ok()
+        .and_then(|cert| cert.valid_dns_names().next().map(str::to_owned));
+    match named {
+        Some(name) => Ok(Some(name)),
+        None => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the client certificate names no DNS subject alternative name, so it proves no \
+             client id; issue it with the client's id as a DNS name (am-node certs DIR ID)",
+        )),
+    }
 }
 
 /// Explains a TLS failure with the likely fix, for both logs and client errors.
@@ -300,7 +313,7 @@ pub(super) async fn accept_tls(
 ) -> io::Result<(tokio_rustls::server::TlsStream<TcpStream>, PeerInfo)> {
     tcp.set_nodelay(true)?;
     let stream = acceptor.accept(tcp).await.map_err(explain)?;
-    let identity = identity(stream.get_ref().1.peer_certificates());
+    let identity = identity(stream.get_ref().1.peer_certificates())?;
     Ok((stream, PeerInfo { address, identity }))
 }
 
