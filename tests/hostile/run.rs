@@ -294,6 +294,7 @@ async fn still_open(link: &mut Link) -> Result<(), String> {
 /// An HTTP request where an upgrade is expected; judged by the response (if any) and the
 /// close.
 async fn http(node: &Node, bytes: &[u8], expect: &Expect) -> Result<(), String> {
+    let bytes = &with_host(bytes, &node.address());
     let mut io = node.http_stream().await?;
     if !bytes.is_empty() {
         let _ = tokio::time::timeout(CLOSE_BOUND, io.write_all(bytes)).await;
@@ -322,6 +323,13 @@ async fn http(node: &Node, bytes: &[u8], expect: &Expect) -> Result<(), String> 
                         code: Some(code), ..
                     } if code == *close => return Ok(()),
                     WsEvent::Control => {}
+                    WsEvent::Data(data) => {
+                        return Err(format!(
+                            "upgraded and bridged ({} bytes came through) instead of closed \
+                             with {close}",
+                            data.len()
+                        ));
+                    }
                     other => {
                         return Err(format!(
                             "upgraded, then {other:?} instead of a close with {close}"
@@ -334,5 +342,22 @@ async fn http(node: &Node, bytes: &[u8], expect: &Expect) -> Result<(), String> 
         (expect, None) => Err(format!(
             "expected {expect:?}, got no response (the connection closed)"
         )),
+    }
+}
+
+/// The request with the node's address in place of [`cases::HOST`] (its first occurrence).
+fn with_host(bytes: &[u8], address: &str) -> Vec<u8> {
+    let placeholder = cases::HOST.as_bytes();
+    match bytes
+        .windows(placeholder.len())
+        .position(|w| w == placeholder)
+    {
+        Some(at) => [
+            &bytes[..at],
+            address.as_bytes(),
+            &bytes[at + placeholder.len()..],
+        ]
+        .concat(),
+        None => bytes.to_vec(),
     }
 }
