@@ -21,10 +21,11 @@ use crate::common::{abc_schema, any_port, mirror_config, serve, within};
 
 /// The node's largest frame body: small, so that limits are reached with little traffic.
 pub const MAX_FRAME: usize = 64 * 1024;
-/// A hello must come within this (and the transport's handshake too).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(300);
+/// A hello must come within this (and the transport's handshake too). Short, so that stalled
+/// peers are cut quickly; long enough for a TLS handshake on a loaded two-core machine.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
 /// A client silent this long is dropped; a write blocked this long drops its client.
-pub const IDLE_TIMEOUT: Duration = Duration::from_millis(500);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The relay's token (`?token=`), besides the node's own in every hello.
 pub const RELAY_TOKEN: &str = "r3lay-t0ken";
 /// The one origin, besides its own, whose pages may use the relay.

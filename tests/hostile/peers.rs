@@ -152,24 +152,24 @@ async fn endless_continuation(node: &Node) -> Result<(), String> {
         .map_err(|e| format!("after {} KiB of one message: {e}", sent / 1024))
 }
 
-/// One binary message of max_frame + 1 bytes, every byte of it valid pings: a node that
-/// takes it answers pongs; one that follows max_frame closes the connection.
+/// One binary message of twice max_frame, every byte of it valid pings: a node that takes it
+/// answers pongs; one whose WebSocket limits follow max_frame closes the connection.
 async fn message_over_max_frame(node: &Node) -> Result<(), String> {
     let mut link = Link::ws(node.ws().await?);
     welcomed(&mut link, &hello("big-message")).await?;
-    // 3-byte pings, then one 5-byte ping (nonce 251 takes 3 bytes) to land on max + 1.
-    let mut payload = [0x04, 0x0a, 0x00].repeat((MAX_FRAME - 4) / 3);
+    // 3-byte pings, and one 5-byte ping (nonce 251 takes 3 bytes) to land on the size.
+    let size = 2 * MAX_FRAME;
+    let mut payload = [0x04, 0x0a, 0x00].repeat((size - 5) / 3);
     payload.extend_from_slice(&[0x08, 0x0a, 0xfb, 0xfb, 0x00]);
-    assert_eq!(payload.len(), MAX_FRAME + 1);
+    assert_eq!(payload.len(), size, "max_frame changed: adjust the padding");
     let _ = link.send_ws_raw(&WsFrame::binary(payload).encode()).await;
     loop {
         match bounded(link.next()).await? {
             Received::Ended(_) => return Ok(()),
             Received::Message(Message::Pong(_)) => {
                 return Err(format!(
-                    "the node took a WebSocket message of {} bytes (max_frame {MAX_FRAME}) and \
-                     answered the pings in it",
-                    MAX_FRAME + 1
+                    "the node took a WebSocket message of {size} bytes (max_frame {MAX_FRAME}) \
+                     and answered the pings in it"
                 ));
             }
             Received::Message(Message::Bye { reason }) if reason.contains("idle") => {
@@ -189,13 +189,18 @@ async fn ws_ping_flood(node: &Node) -> Result<(), String> {
     let ping = WsFrame::new(OP_PING, vec![0x55; 125]).encode();
     let flood = ping.repeat(10_000);
     let _ = tokio::time::timeout(CLOSE_BOUND, link.send_ws_raw(&flood)).await;
-    // The protocol still works on that connection: a ping of ours is answered.
-    link.send(&crate::bodies::message_frame(&Message::Ping(7)))
+    // Either the connection still serves the protocol (a ping of ours is answered), or the
+    // node dropped a peer that would not read its pongs; memory is checked either way.
+    if link
+        .send(&crate::bodies::message_frame(&Message::Ping(7)))
         .await
-        .map_err(|e| format!("the connection is gone after the flood: {e}"))?;
+        .is_err()
+    {
+        return Ok(());
+    }
     loop {
         match bounded(link.next()).await? {
-            Received::Message(Message::Pong(7)) => return Ok(()),
+            Received::Message(Message::Pong(7)) | Received::Ended(_) => return Ok(()),
             Received::Message(Message::Ping(_) | Message::Diff(_) | Message::Pong(_)) => {}
             other => return Err(format!("after the flood, {other:?} instead of a pong")),
         }

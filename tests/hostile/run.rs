@@ -65,6 +65,7 @@ pub async fn suite(kind: Kind) {
     let mut skipped = Vec::new();
     let mut ran = 0;
     let mut worst = (0u64, String::new());
+    let mut took = Vec::new();
     for case in table.iter().filter(|c| c.applies(kind)) {
         let named =
             |prefixes: &[String]| prefixes.iter().any(|p| case.name.starts_with(p.as_str()));
@@ -73,6 +74,7 @@ pub async fn suite(kind: Kind) {
             continue;
         }
         let before = rss_kib();
+        let case_started = std::time::Instant::now();
         probe.reset();
         // On the heap: the futures of a case hold read buffers, too much for a test's stack.
         let outcome = tokio::time::timeout(CASE_LIMIT, Box::pin(run_case(&node, case)))
@@ -106,7 +108,14 @@ pub async fn suite(kind: Kind) {
             failures.push(format!("{}: afterwards, {why}", case.name));
         }
         ran += 1;
+        took.push((case_started.elapsed(), case.name.as_str()));
     }
+    took.sort_unstable_by(|a, b| b.cmp(a));
+    let slowest: Vec<String> = took
+        .iter()
+        .take(8)
+        .map(|(t, name)| format!("{name} {} ms", t.as_millis()))
+        .collect();
     if let Err(why) = node.watcher_went_on().await {
         failures.push(format!("after the suite: {why}"));
     }
@@ -123,6 +132,11 @@ pub async fn suite(kind: Kind) {
         worst.0,
         worst.1,
         probe.method(),
+    );
+    eprintln!(
+        "hostile {}: slowest inputs: {}",
+        kind.name(),
+        slowest.join(", ")
     );
     if !skipped.is_empty() {
         eprintln!("hostile {}: skipped {}", kind.name(), skipped.join(", "));
