@@ -461,6 +461,62 @@ fn hellos(cases: &mut Vec<Case>) {
         change(&mut parts);
         cases.push(case(name, before_hello(frame(&parts.body())), expect));
     }
+    // Honest but oversized or forged fields, within the frame limit.
+    let big = "x".repeat(60 * 1024);
+    let honest: [(&str, HelloParts, Expect); 6] = [
+        (
+            "hello_client_id_with_newline_and_escape",
+            HelloParts {
+                client_id: bstr(b"ok\n\x1b[31mforged line"),
+                ..HelloParts::valid("x")
+            },
+            Expect::Refused(RefusalKind::BadHello),
+        ),
+        (
+            "hello_client_id_257_bytes",
+            HelloParts::valid(&"i".repeat(257)),
+            Expect::Refused(RefusalKind::BadHello),
+        ),
+        (
+            "hello_client_id_60_kib",
+            HelloParts::valid(&big),
+            Expect::Refused(RefusalKind::BadHello),
+        ),
+        (
+            "hello_token_60_kib",
+            HelloParts {
+                token: [vec![1], bstr(big.as_bytes())].concat(),
+                ..HelloParts::valid("hostile")
+            },
+            Expect::Refused(RefusalKind::Auth),
+        ),
+        (
+            "hello_source_60_kib",
+            HelloParts {
+                source: bstr(big.as_bytes()),
+                ..HelloParts::valid("hostile")
+            },
+            Expect::Refused(RefusalKind::UnknownSource),
+        ),
+        (
+            "hello_tracks_ten_thousand_names",
+            HelloParts {
+                options: [
+                    vec![0, 1],
+                    uv(10_000),
+                    (0..10_000)
+                        .flat_map(|i| bstr(format!("S{i}").as_bytes()))
+                        .collect(),
+                ]
+                .concat(),
+                ..HelloParts::valid("hostile")
+            },
+            Expect::Refused(RefusalKind::BadHello),
+        ),
+    ];
+    for (name, parts, expect) in honest {
+        cases.push(case(name, before_hello(frame(&parts.body())), expect));
+    }
     cases.push(case(
         "status_request_token_length_u64_max",
         before_hello(frame(

@@ -119,7 +119,8 @@ impl Node {
                     origins: vec![ALLOWED_ORIGIN.into()],
                     token: Some(RELAY_TOKEN.into()),
                     max_message: MAX_FRAME,
-                    idle_timeout: Duration::from_secs(1),
+                    // Longer than the node's: a silent client hears the node's Bye.
+                    idle_timeout: 3 * IDLE_TIMEOUT,
                     handshake_timeout: HANDSHAKE_TIMEOUT,
                     ..RelayConfig::default()
                 })
