@@ -5,7 +5,7 @@
 //! it was closed (with the protocol's `Refused` or `Error` where there is one), that the same
 //! node still serves a fresh client, and that the process's memory stayed bounded.
 //!
-//! The table is data (`hostile/cases.rs`); the node and the fresh client are in
+//! The table is data (`hostile/cases.rs`, filled by `protocol_cases.rs` and `transport_cases.rs`); the node and the fresh client are in
 //! `hostile/node.rs`; the runner and its checks in `hostile/run.rs`; scripted peers in
 //! `hostile/peers.rs`. `AM_HOSTILE_SKIP=prefix,...` skips cases by name prefix (for inputs
 //! that abort the process on a node without the fix); nothing is skipped by default.
@@ -19,8 +19,12 @@ mod common;
 mod node;
 #[path = "hostile/peers.rs"]
 mod peers;
+#[path = "hostile/protocol_cases.rs"]
+mod protocol_cases;
 #[path = "hostile/run.rs"]
 mod run;
+#[path = "hostile/transport_cases.rs"]
+mod transport_cases;
 
 use std::collections::BTreeSet;
 
