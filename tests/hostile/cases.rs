@@ -128,6 +128,9 @@ impl Peer {
 pub enum Expect {
     /// A `Refused` of this kind, then the connection closes.
     Refused(RefusalKind),
+    /// A `Refused` of one of these kinds (where a limit may refuse it before the check that
+    /// would otherwise), then the connection closes.
+    RefusedAs(&'static [RefusalKind]),
     /// `Refused(Timeout)`, then closed; on QUIC, where a client that sent nothing has no
     /// stream to carry it, the connection just closes.
     TimedOut,

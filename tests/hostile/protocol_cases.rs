@@ -272,7 +272,8 @@ pub(crate) fn hellos(cases: &mut Vec<Case>) {
                 token: [vec![1], bstr(big.as_bytes())].concat(),
                 ..HelloParts::valid("hostile")
             },
-            Expect::Refused(RefusalKind::Auth),
+            // A wrong token, unless a limit on its length refuses it first.
+            Expect::RefusedAs(&[RefusalKind::Auth, RefusalKind::BadHello]),
         ),
         (
             "hello_source_60_kib",
@@ -280,7 +281,7 @@ pub(crate) fn hellos(cases: &mut Vec<Case>) {
                 source: bstr(big.as_bytes()),
                 ..HelloParts::valid("hostile")
             },
-            Expect::Refused(RefusalKind::UnknownSource),
+            Expect::RefusedAs(&[RefusalKind::UnknownSource, RefusalKind::BadHello]),
         ),
         (
             "hello_tracks_ten_thousand_names",

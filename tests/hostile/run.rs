@@ -234,6 +234,9 @@ pub async fn judge(
     use Received::{Ended, Message as M};
     match (expect, first) {
         (Expect::Refused(want), M(Message::Refused(r))) if r.kind == *want => closes(link).await,
+        (Expect::RefusedAs(kinds), M(Message::Refused(r))) if kinds.contains(&r.kind) => {
+            closes(link).await
+        }
         (Expect::TimedOut, M(Message::Refused(r))) if r.kind == RefusalKind::Timeout => {
             closes(link).await
         }
