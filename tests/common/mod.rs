@@ -4,6 +4,8 @@
     reason = "each test binary uses a different part of these helpers"
 )]
 
+pub mod raw;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
