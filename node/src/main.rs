@@ -496,8 +496,10 @@ async fn connect_mirror(connect: &Connect, role: &str) -> anyhow::Result<Mirror>
     };
     let mirror = Mirror::connect(&endpoint, config).await;
     mirror.map_err(|e| {
-        // am-relay refuses a missing or wrong token at the WebSocket upgrade, before any hello.
-        let refused_upgrade = e.to_string().contains("401 Unauthorized");
+        // am-relay refuses a missing or wrong token at the WebSocket upgrade, before any hello:
+        // with close code 4401 (or, from an older relay, an HTTP 401).
+        let text = e.to_string();
+        let refused_upgrade = text.contains("(4401)") || text.contains("401 Unauthorized");
         let e = anyhow::Error::new(e).context(format!("cannot mirror {endpoint}"));
         if refused_upgrade {
             e.context(
