@@ -24,6 +24,8 @@ pub(crate) const CSP_NONE: &str = "default-src 'none'; frame-ancestors 'none'";
 pub(crate) struct Request {
     pub method: String,
     pub path: String,
+    /// `HTTP/1.0` or `HTTP/1.1`: a WebSocket upgrade needs 1.1.
+    pub version: String,
     headers: Vec<(String, String)>,
 }
 
@@ -105,21 +107,29 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     let mut lines = head.split("\r\n");
     let mut first = lines.next().unwrap_or_default().split(' ');
     let (method, path, version) = (first.next(), first.next(), first.next());
-    let (Some(method), Some(path), Some(version)) = (method, path, version) else {
+    let (Some(method), Some(path), Some(version), None) = (method, path, version, first.next())
+    else {
         return Err(HeadError::Malformed);
     };
-    if !version.starts_with("HTTP/1.") {
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
         return Err(HeadError::Version(version.chars().take(16).collect()));
     }
+    // RFC 9112: a field line is `name: value`, the name a token with no whitespace before the
+    // colon; anything else is a malformed request (and a way to smuggle one past a proxy).
     let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
-        .collect();
+        .map(|line| match line.split_once(':') {
+            Some((name, value)) if !name.is_empty() && !name.contains([' ', '\t']) => {
+                Ok((name.to_owned(), value.trim().to_owned()))
+            }
+            _ => Err(HeadError::Malformed),
+        })
+        .collect::<Result<_, _>>()?;
     let rest = buf[end + 4..].to_vec();
     Ok((
         Request {
             method: method.to_owned(),
             path: path.to_owned(),
+            version: version.to_owned(),
             headers,
         },
         rest,
@@ -269,6 +279,15 @@ pub(crate) fn upgrade_key(request: &Request) -> Result<&str, (u16, String)> {
             format!("a WebSocket upgrade is a GET, not {:?}", request.method),
         ));
     }
+    if request.version != "HTTP/1.1" {
+        return Err((
+            400,
+            format!(
+                "a WebSocket upgrade needs HTTP/1.1, not {}",
+                request.version
+            ),
+        ));
+    }
     let key = request
         .header("sec-websocket-key")
         .ok_or_else(|| (400, "missing Sec-WebSocket-Key".to_owned()))?;
@@ -308,6 +327,29 @@ mod tests {
         assert!(request.is_upgrade());
         assert_eq!(rest, b"extra");
         assert_eq!(query(&request.path, "token").as_deref(), Some("a b"));
+    }
+
+    #[tokio::test]
+    async fn refuses_malformed_field_lines_and_other_versions() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost x\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            b"GET / HTTP/1.1\r\n: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1 extra\r\n\r\n",
+            b"GET / HTTP/2.0\r\n\r\n",
+        ] {
+            let mut input = head;
+            let error = read_head(&mut input).await.expect_err("refused");
+            assert_eq!(error.status(), Some(400), "{error} for {head:?}");
+        }
+        // 1.0 is HTTP (the admin listener answers it), but not an upgrade.
+        let mut input: &[u8] =
+            b"GET / HTTP/1.0\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let (request, _) = read_head(&mut input).await.expect("HTTP/1.0 is read");
+        let (status, reason) = upgrade_key(&request).expect_err("not an upgrade");
+        assert_eq!(status, 400);
+        assert!(reason.contains("HTTP/1.1"), "{reason}");
     }
 
     #[tokio::test]

@@ -225,6 +225,11 @@ impl Relay {
         &self.inner.stats
     }
 
+    /// Browser connections open now (upgrades in progress and bridges).
+    pub fn open_connections(&self) -> usize {
+        self.inner.config.max_connections - self.inner.slots.available_permits()
+    }
+
     /// Stops accepting and closes every bridge.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
@@ -615,10 +620,26 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
                         "the target closed the connection".to_owned(),
                     ));
                 }
-                to_browser
-                    .send(Message::binary(buf[..n].to_vec()))
-                    .await
-                    .map_err(|e| (CloseCode::Away, format!("browser: {e}")))?;
+                // A write deadline, as nodes keep for their clients: a browser that sends
+                // pings but never reads would otherwise hold this bridge (and its slot) for
+                // ever, long after the node dropped the relay for not reading.
+                match tokio::time::timeout(
+                    idle,
+                    to_browser.send(Message::binary(buf[..n].to_vec())),
+                )
+                .await
+                {
+                    Ok(sent) => sent.map_err(|e| (CloseCode::Away, format!("browser: {e}")))?,
+                    Err(_) => {
+                        return Err((
+                            CloseCode::Policy,
+                            format!(
+                                "the browser read nothing for {} ms (the relay's idle timeout)",
+                                idle.as_millis()
+                            ),
+                        ));
+                    }
+                }
                 inner
                     .stats
                     .bytes_to_browser

@@ -74,6 +74,9 @@ pub enum Peer {
     NeverReadsPongs,
     /// Handshakes and never reads while the node sends it payloads and diffs.
     NeverReadsPushes,
+    /// Through the relay: keeps the bridge alive with WebSocket pings but never reads what
+    /// the node pushes; the relay's write deadline must end the bridge.
+    PingsButNeverReads,
     /// A WebSocket message that never ends: continuation frames until the node cuts it.
     EndlessContinuation,
     /// A WebSocket message of twice max_frame, all of it valid pings.
@@ -103,6 +106,7 @@ impl Peer {
     pub fn applies(self, kind: Kind) -> bool {
         match self {
             Peer::NeverReadsPushes => true,
+            Peer::PingsButNeverReads => matches!(kind, Kind::Relay),
             // The node first works through the megabytes of pings the buffers on the way hold
             // (seconds in a debug build; tens of seconds through the relay's two hops), so
             // this runs on one stream and one QUIC listener; never_reads_pushes covers a

@@ -19,6 +19,7 @@ pub async fn run(node: &Node, peer: Peer) -> Result<(), String> {
     match peer {
         Peer::NeverReadsPongs => never_reads_pongs(node).await,
         Peer::NeverReadsPushes => never_reads_pushes(node).await,
+        Peer::PingsButNeverReads => pings_but_never_reads(node).await,
         Peer::EndlessContinuation => endless_continuation(node).await,
         Peer::MessageOverMaxFrame => message_over_max_frame(node).await,
         Peer::WsPingFlood => ws_ping_flood(node).await,
@@ -122,6 +123,65 @@ async fn never_reads_pushes(node: &Node) -> Result<(), String> {
     drained(&mut link)
         .await
         .map_err(|_| "the node dropped the client but its connection stayed open".into())
+}
+
+/// Through the relay: a browser that pings (so it is never idle) but never reads while the
+/// node pushes megabytes. The relay stops reading the node once its writes to the browser
+/// back up, so only the relay's own write deadline can free the bridge and its slot.
+async fn pings_but_never_reads(node: &Node) -> Result<(), String> {
+    let relay = node
+        .relay
+        .as_ref()
+        .ok_or("no relay in front of this node")?;
+    let id = "pings-but-deaf";
+    // Earlier inputs' connections end first, so that the count below is this one's alone.
+    let settled = async {
+        while relay.open_connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(CLOSE_BOUND, settled)
+        .await
+        .map_err(|_| "earlier connections through the relay did not end".to_owned())?;
+    let mut link = Link::ws(node.ws().await?);
+    welcomed(&mut link, &hello(id)).await?;
+    let ping = WsFrame::new(OP_PING, vec![1; 4])
+        .mask(Some([9; 4]))
+        .encode();
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let freed = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut tick = 0u32;
+        while relay.open_connections() > 0 {
+            // Payloads while the node still has the relay as a client, fast enough to fill
+            // the buffers on the way before the node drops the relay; pings every 200 ms.
+            for _ in 0..2 {
+                let _ = node
+                    .server
+                    .send_payload("worker", Some(id), "bulk", vec![7; 48 * 1024]);
+            }
+            if tick % 10 == 0 {
+                // A ping that cannot be written means the relay already gave up.
+                if tokio::time::timeout(Duration::from_millis(50), link.send_ws_raw(&ping))
+                    .await
+                    .is_err()
+                {
+                    tokio::task::yield_now().await;
+                }
+            }
+            tick += 1;
+            pace.tick().await;
+        }
+    })
+    .await;
+    if freed.is_err() {
+        return Err(
+            "the relay kept a bridge whose browser pings but reads nothing for 30 s".into(),
+        );
+    }
+    drained(&mut link)
+        .await
+        .map_err(|_| "the relay freed the slot but the connection stayed open".into())
 }
 
 /// A WebSocket message that never ends: the node must cut it long before it holds megabytes.

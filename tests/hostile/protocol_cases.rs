@@ -638,4 +638,9 @@ pub(crate) fn slow_and_stalled(cases: &mut Vec<Case>) {
         Input::Peer(Peer::NeverReadsPushes),
         Expect::Closed,
     ));
+    cases.push(case(
+        "pings_but_never_reads",
+        Input::Peer(Peer::PingsButNeverReads),
+        Expect::Closed,
+    ));
 }
