@@ -4,6 +4,7 @@
 //! - [`message`]: the messages and their bincode body encoding.
 //! - [`diff`]: clock diffs, merging, checksums, tracked subsets.
 //! - [`handshake`]: the server's decision on a client's hello.
+//! - [`limits`]: the bounds on counts, names and nesting a peer's message may hold.
 //!
 //! [`FrameReader`] turns a byte stream into messages; [`encode_frame`] turns a message into
 //! bytes. PROTOCOL.md at the repository root documents the format byte by byte.
@@ -11,6 +12,7 @@
 pub mod diff;
 pub mod frame;
 pub mod handshake;
+pub mod limits;
 pub mod message;
 
 #[doc(hidden)]
