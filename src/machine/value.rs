@@ -467,3 +467,74 @@ impl fmt::Display for Args {
         fmt_map(&self.0, f)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{"List":[{"List":[ ... null ... ]}]}`, `depth` lists deep, as serde's JSON writes a value.
+    fn nested_json(depth: usize) -> String {
+        let mut json = "{\"List\":[".repeat(depth);
+        json.push_str("\"Null\"");
+        json.push_str(&"]}".repeat(depth));
+        json
+    }
+
+    /// The bound lives in `Deserialize`, so it holds for every format that reads values, not
+    /// only the wire's: a JSON or TOML argument is refused past the same depth.
+    #[test]
+    fn every_format_reads_values_within_the_depth_limit() {
+        let at_limit: Value = serde_json::from_str(&nested_json(MAX_DEPTH)).expect("decodes");
+        assert_eq!(at_limit.depth(), MAX_DEPTH);
+        assert_eq!(
+            serde_json::to_string(&at_limit).expect("encodes"),
+            nested_json(MAX_DEPTH),
+            "the wire form is the derived one"
+        );
+        let past = serde_json::from_str::<Value>(&nested_json(MAX_DEPTH + 1))
+            .expect_err("one level past the limit");
+        assert!(past.to_string().contains("deeper than 32 levels"), "{past}");
+        let args = format!("{{\"a\":{}}}", nested_json(MAX_DEPTH + 1));
+        assert!(serde_json::from_str::<Args>(&args).is_err());
+
+        let toml_at_limit = format!("a = {}", toml_list(MAX_DEPTH));
+        let table: Args = toml::from_str(&toml_at_limit).expect("decodes");
+        assert_eq!(table.get("a").map(Value::depth), Some(MAX_DEPTH));
+        let toml_past = format!("a = {}", toml_list(MAX_DEPTH + 1));
+        let error = toml::from_str::<Args>(&toml_past).expect_err("past the limit");
+        assert!(
+            error.to_string().contains("deeper than 32 levels"),
+            "{error}"
+        );
+    }
+
+    /// `{ List = [{ List = [ ... "Null" ... ] }] }` in TOML's inline form.
+    fn toml_list(depth: usize) -> String {
+        let mut toml = "{ List = [".repeat(depth);
+        toml.push_str("\"Null\"");
+        toml.push_str(&"] }".repeat(depth));
+        toml
+    }
+
+    #[test]
+    fn depth_counts_lists_and_maps_without_recursing() {
+        assert_eq!(Value::Int(1).depth(), 0);
+        assert_eq!(Value::List(vec![]).depth(), 1);
+        let map = Value::Map(BTreeMap::from([(
+            "k".to_string(),
+            Value::List(vec![Value::Null, Value::List(vec![])]),
+        )]));
+        assert_eq!(map.depth(), 3);
+        // Deep enough that a recursive walk would need far more stack than a test thread has
+        // in debug builds; built and dropped without recursion too.
+        let mut deep = Value::Null;
+        for _ in 0..100_000 {
+            deep = Value::List(vec![deep]);
+        }
+        assert_eq!(deep.depth(), 100_000);
+        let mut rest = vec![deep];
+        while let Some(Value::List(items)) = rest.pop() {
+            rest.extend(items);
+        }
+    }
+}
