@@ -1,6 +1,7 @@
 //! Issue 13, item 1: a mutation whose argument nests 10,000 lists deep once aborted the node with
 //! a stack overflow. Over a real connection it is now a protocol error for that connection only:
-//! the peer gets an `Error` naming the limit and is closed, while other clients go on.
+//! the peer gets an `Error` naming the limit and is closed, while other clients go on. The other
+//! limits of PROTOCOL.md ("Limits") end a connection the same way.
 
 mod common;
 
@@ -8,9 +9,9 @@ use std::sync::Arc;
 
 use asyncmachine::machine::{Args, Machine, MutationKind, Outcome, StateSource, Value};
 use asyncmachine::proto::frame::put_varint;
-use asyncmachine::proto::limits::MAX_DEPTH;
+use asyncmachine::proto::limits::{MAX_DEPTH, MAX_NAME_LEN};
 use asyncmachine::proto::message::{
-    MutateReply, MutateRequest, MutateResult, decode, encode_to_vec,
+    MutateReply, MutateRequest, MutateResult, Refusal, RefusalKind, decode, encode_to_vec,
 };
 use asyncmachine::proto::{Message, encode_frame};
 use asyncmachine::server::ServerConfig;
@@ -123,4 +124,27 @@ fn the_hand_written_frames_are_what_the_encoder_writes() {
     let mut framed = Vec::new();
     encode_frame(&Default::default(), &decoded, &mut framed);
     assert_eq!(framed, frame);
+}
+
+/// A hello past a limit is the first message, so it is refused like any bad hello, with the
+/// limit in the reason.
+#[tokio::test]
+async fn a_hello_past_a_limit_is_refused_with_the_limit_named() {
+    let source = Machine::builder(abc_schema()).id("worker").build();
+    let (_server, endpoint) = serve(Arc::new(source), ServerConfig::default(), "tcp").await;
+    let mut client = RawClient::connect(&endpoint).await;
+    let long_id = "i".repeat(MAX_NAME_LEN + 1);
+    client.send(&RawClient::hello(&endpoint, &long_id)).await;
+    match client.last_word().await {
+        Some(Message::Refused(Refusal {
+            kind: RefusalKind::BadHello,
+            reason,
+        })) => assert!(
+            reason.contains("a name of 1025 bytes is over the protocol's limit of 1024"),
+            "{reason}"
+        ),
+        other => panic!("expected a BadHello refusal, got {other:?}"),
+    }
+    // An id at the limit is an ordinary client.
+    RawClient::handshake(&endpoint, &"i".repeat(MAX_NAME_LEN)).await;
 }
