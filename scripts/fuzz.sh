@@ -25,7 +25,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 for target in "${targets[@]}"; do
-    mkdir -p "fuzz/corpus/$target"
+    mkdir -p "fuzz/corpus/$target" "fuzz/seeds/$target"
     echo "== $target: ${seconds}s"
     log="fuzz/target/$target.log"
     mkdir -p fuzz/target

@@ -59,8 +59,8 @@ pub fn message(data: &[u8]) {
     }
 }
 
-/// Encodes `m` and decodes it again, as a body and as frames fed in chunks (the knobs pick the
-/// chunk size and compression, as in [`frames`]): it decodes, to the same bytes, exactly when
+/// Encodes `m` and decodes it again, as a body and as frames fed in pieces (the knobs pick how
+/// many, and compression): it decodes, to the same bytes, exactly when
 /// it is within the protocol's limits; else it is refused with an error naming a limit. Every
 /// strict prefix of its body is refused.
 pub fn structured(m: &Message, knobs: u8) {
@@ -106,7 +106,9 @@ pub fn structured(m: &Message, knobs: u8) {
     let mut stream = Vec::new();
     super::encode_frame(&config, m, &mut stream);
     let mut reader = FrameReader::new(config);
-    let chunk = usize::from(knobs & 0x7f) + 1;
+    // The knobs pick how many pieces (1 to 128) the stream arrives in, not their size: a
+    // message at a limit is kilobytes, and byte-by-byte reads are the `frames` target's job.
+    let chunk = stream.len().div_ceil(usize::from(knobs & 0x7f) + 1).max(1);
     let mut outcome = None;
     for piece in stream.chunks(chunk) {
         reader.push(piece);
