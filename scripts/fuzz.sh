@@ -5,13 +5,17 @@
 #
 # Installs cargo-fuzz when missing. A crash leaves its input in fuzz/artifacts/<target>/: fix
 # the bug, copy the input into fuzz/seeds/<target>/ so the test suite replays it, run again.
+# (A `structured` input is arbitrary's raw bytes, which only the fuzz crate can turn back into
+# a message: save the message it built, encoded, in fuzz/seeds/message/ instead.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frames message handshake)
+# frames, message, handshake: raw bytes; structured: messages built with `arbitrary` at and
+# past each decoding limit (deep arguments, long lists, long names).
+[ ${#targets[@]} -gt 0 ] || targets=(frames message handshake structured)
 
 if ! rustup toolchain list | grep -q '^nightly'; then
     rustup toolchain install nightly --profile minimal
@@ -21,7 +25,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 for target in "${targets[@]}"; do
-    mkdir -p "fuzz/corpus/$target"
+    mkdir -p "fuzz/corpus/$target" "fuzz/seeds/$target"
     echo "== $target: ${seconds}s"
     log="fuzz/target/$target.log"
     mkdir -p fuzz/target

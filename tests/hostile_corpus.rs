@@ -1,15 +1,20 @@
 //! Replays the fuzz corpus (`fuzz/seeds/<target>/`) through the same checks the fuzz targets
 //! run, so every input a fuzzer ever found stays a regression test without cargo-fuzz.
 //!
-//! The seeds are valid messages and frames to start the fuzzer from, plus each input found
-//! to break a check; `cargo test --test hostile_corpus -- --ignored write_seeds` rewrites the
-//! generated ones.
+//! The seeds are valid messages and frames to start the fuzzer from, messages at and past each
+//! decoding limit (PROTOCOL.md, "Limits"), plus each input found to break a check;
+//! `cargo test --test hostile_corpus -- --ignored write_seeds` rewrites the generated ones.
+//!
+//! The `structured` target's inputs are `arbitrary`'s raw bytes, which only the fuzz crate can
+//! turn into messages; its check runs here on the samples instead, and a message it ever flags
+//! is kept, encoded, in `fuzz/seeds/message/`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use asyncmachine::machine::{Args, MutationKind, Schema, StateDef};
+use asyncmachine::machine::{Args, MutationKind, Schema, StateDef, Value};
 use asyncmachine::proto::checks;
+use asyncmachine::proto::limits::{MAX_ANCESTRY, MAX_ARGS, MAX_DEPTH, MAX_NAME_LEN, MAX_STATES};
 use asyncmachine::proto::message::{
     ClockDiff, Granted, Hello, MutateRequest, Snapshot, WantedOptions, Welcome, encode_to_vec,
 };
@@ -43,6 +48,99 @@ fn every_seed_passes_its_check() {
             check(&bytes);
         }
     }
+}
+
+/// Every sample, valid or past a limit, through the structure-aware check, with knobs spread
+/// over chunk sizes from 1 byte, compression on and off, prefix lengths.
+#[test]
+fn every_sample_passes_the_structured_check() {
+    for (name, message) in samples().into_iter().chain(at_and_past_limits()) {
+        for knobs in (0..=u8::MAX).step_by(5) {
+            checks::structured(&message, knobs);
+        }
+        let body = encode_to_vec(&message);
+        assert_eq!(
+            asyncmachine::proto::message::decode(&body).is_ok(),
+            checks::within_limits(&message),
+            "{name}"
+        );
+    }
+}
+
+/// A mutation whose argument `a` is `depth` lists deep around a null.
+fn nested_mutate(depth: usize) -> Message {
+    let deep = (0..depth).fold(Value::Null, |inner, _| Value::List(vec![inner]));
+    Message::Mutate(MutateRequest {
+        id: 1,
+        kind: MutationKind::Add,
+        states: vec![0],
+        args: Args::new().with("a", deep),
+    })
+}
+
+/// Messages at each decoding limit and one past it.
+fn at_and_past_limits() -> Vec<(&'static str, Message)> {
+    let hello = |client_id: String| {
+        Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client_id,
+            source: String::new(),
+            schema_hash: 0,
+            options: WantedOptions::default(),
+            token: None,
+        })
+    };
+    let mutate_states = |n: usize| {
+        Message::Mutate(MutateRequest {
+            id: 1,
+            kind: MutationKind::Set,
+            states: vec![0; n],
+            args: Args::new(),
+        })
+    };
+    let many_args = |n: usize| {
+        Message::Mutate(MutateRequest {
+            id: 1,
+            kind: MutationKind::Add,
+            states: vec![],
+            args: (0..n).map(|i| (format!("a{i}"), i as i64)).collect(),
+        })
+    };
+    vec![
+        ("depth-at-limit", nested_mutate(MAX_DEPTH)),
+        ("depth-past-limit", nested_mutate(MAX_DEPTH + 1)),
+        ("states-at-limit", mutate_states(MAX_STATES)),
+        ("states-past-limit", mutate_states(MAX_STATES + 1)),
+        ("args-at-limit", many_args(MAX_ARGS)),
+        ("args-past-limit", many_args(MAX_ARGS + 1)),
+        ("client-id-past-limit", hello("i".repeat(MAX_NAME_LEN + 1))),
+        (
+            "ancestry-past-limit",
+            Message::Ancestry(vec!["n".into(); MAX_ANCESTRY + 1]),
+        ),
+    ]
+}
+
+/// Bodies no encoder writes: the 10,000-deep argument and counts claiming far more
+/// than the body holds.
+fn hostile_bodies() -> Vec<(&'static str, Vec<u8>)> {
+    let mut deep = encode_to_vec(&nested_mutate(0));
+    deep.pop(); // the null
+    for _ in 0..10_000 {
+        deep.extend_from_slice(&[6, 1]); // a list of one
+    }
+    deep.push(0);
+    // Mutate{id 1, Add, states: 2^60 claimed}: bincode's `fd` + u64 length.
+    let mut states = vec![4, 1, 0, 0xfd];
+    states.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    // Bye{reason: 60 MiB claimed}.
+    let mut reason = vec![12, 0xfc];
+    reason.extend_from_slice(&(60u32 << 20).to_le_bytes());
+    vec![
+        ("depth-10000", deep),
+        ("states-2-pow-60", states),
+        ("string-60-mib", reason),
+    ]
 }
 
 fn samples() -> Vec<(&'static str, Message)> {
@@ -134,6 +232,18 @@ fn write_seeds() {
         }
         encode_frame(&FrameConfig::default(), &message, &mut plain_stream);
         encode_frame(&packed, &message, &mut packed_stream);
+    }
+    // Each message past a limit as its own stream: the reader stops at the first.
+    let hostile = at_and_past_limits()
+        .into_iter()
+        .map(|(name, m)| (name, encode_to_vec(&m)))
+        .chain(hostile_bodies());
+    for (name, body) in hostile {
+        write("message", name, &body);
+        let mut stream = vec![0x10];
+        asyncmachine::proto::frame::put_varint(&mut stream, (body.len() as u64) << 1);
+        stream.extend_from_slice(&body);
+        write("frames", name, &stream);
     }
     write("frames", "plain", &plain_stream);
     write("frames", "zstd", &packed_stream);

@@ -316,7 +316,7 @@ fn certs_then_a_tls_node_and_client_commands_with_ca() {
     let out = am_node(&["watch", &endpoint, "--once"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("needs TLS material"),
+        String::from_utf8_lossy(&out.stderr).contains("pass --ca FILE"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

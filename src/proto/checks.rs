@@ -3,14 +3,21 @@
 //! fuzzer finds becomes a regression test by adding its input to `fuzz/seeds/`.
 //!
 //! Each check panics only when an invariant breaks; malformed input must come back as an error.
+//!
+//! [`structured`] starts from a message instead of bytes (the `structured` target builds them
+//! with `arbitrary`: deep arguments, long lists, many names, each limit and one past it) and
+//! checks the decoder against [`within_limits`], the limits written out a second time.
 
 use std::collections::BTreeMap;
 
 use super::diff::{self, Tracked};
 use super::handshake::{self, Offer, Policy};
+use super::limits::{
+    MAX_ANCESTRY, MAX_ARGS, MAX_DEPTH, MAX_KEY_LEN, MAX_NAME_LEN, MAX_STATES, MAX_TOKEN_LEN,
+};
 use super::message::{self, Message, Snapshot};
-use super::{Compression, FrameConfig, FrameReader};
-use crate::machine::{Schema, StateDef};
+use super::{Compression, FrameConfig, FrameError, FrameReader, ProtoError};
+use crate::machine::{Args, Schema, StateDef};
 
 /// Small enough that hostile lengths are hit often, large enough for real messages.
 const MAX_FRAME: usize = 64 * 1024;
@@ -50,6 +57,143 @@ pub fn message(data: &[u8]) {
             let _ = diff::apply(&mut ticks, d, &Tracked::All);
         }
     }
+}
+
+/// Encodes `m` and decodes it again, as a body and as frames fed in pieces (the knobs pick how
+/// many, and compression): it decodes, to the same bytes, exactly when
+/// it is within the protocol's limits; else it is refused with an error naming a limit. Every
+/// strict prefix of its body is refused.
+pub fn structured(m: &Message, knobs: u8) {
+    let body = message::encode_to_vec(m);
+    let expected_ok = within_limits(m);
+    match message::decode(&body) {
+        Ok(again) => {
+            assert!(expected_ok, "a message past a limit decoded: {}", brief(m));
+            assert_eq!(
+                message::encode_to_vec(&again),
+                body,
+                "a decoded message must survive re-encoding: {}",
+                brief(m)
+            );
+        }
+        Err(e) => {
+            assert!(
+                !expected_ok,
+                "a message within the limits did not decode ({e}): {}",
+                brief(m)
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains("limit") || text.contains("LimitExceeded"),
+                "a refusal names the limit: {text}"
+            );
+        }
+    }
+    let cut = usize::from(knobs) * body.len() / 256;
+    assert!(
+        message::decode(&body[..cut]).is_err(),
+        "a strict prefix ({cut} of {} bytes) decoded",
+        body.len()
+    );
+
+    let config = FrameConfig {
+        max_frame: MAX_FRAME,
+        compression: (knobs & 0x80 != 0).then_some(Compression {
+            threshold: 0,
+            ..Compression::default()
+        }),
+    };
+    let mut stream = Vec::new();
+    super::encode_frame(&config, m, &mut stream);
+    let mut reader = FrameReader::new(config);
+    // The knobs pick how many pieces (1 to 128) the stream arrives in, not their size: a
+    // message at a limit is kilobytes, and byte-by-byte reads are the `frames` target's job.
+    let chunk = stream.len().div_ceil(usize::from(knobs & 0x7f) + 1).max(1);
+    let mut outcome = None;
+    for piece in stream.chunks(chunk) {
+        reader.push(piece);
+        match reader.next_message() {
+            Ok(None) => continue,
+            result => {
+                outcome = Some(result);
+                break;
+            }
+        }
+    }
+    match outcome {
+        Some(Ok(Some(again))) => {
+            assert!(expected_ok && body.len() <= MAX_FRAME);
+            assert_eq!(message::encode_to_vec(&again), body);
+        }
+        Some(Err(ProtoError::Frame(
+            FrameError::TooLarge { .. } | FrameError::Decompress { .. },
+        ))) => assert!(
+            body.len() > MAX_FRAME,
+            "a frame within the limit was refused"
+        ),
+        Some(Err(ProtoError::Decode(_))) => assert!(!expected_ok),
+        other => panic!(
+            "a whole frame of {} bytes read as {other:?}: {}",
+            stream.len(),
+            brief(m)
+        ),
+    }
+}
+
+/// Whether `m` keeps every limit the decoder enforces (PROTOCOL.md, "Limits"), written out
+/// independently of the decoder so that the two check each other.
+pub fn within_limits(m: &Message) -> bool {
+    let name = |s: &String| s.len() <= MAX_NAME_LEN;
+    let names = |v: &[String], max: usize| v.len() <= max && v.iter().all(name);
+    let token = |t: &Option<String>| t.as_ref().is_none_or(|t| t.len() <= MAX_TOKEN_LEN);
+    let states = |v: &Option<Vec<u32>>| v.as_ref().is_none_or(|v| v.len() <= MAX_STATES);
+    let snapshot = |s: &Snapshot| s.ticks.len() <= MAX_STATES;
+    match m {
+        Message::Hello(h) => {
+            name(&h.client_id)
+                && name(&h.source)
+                && token(&h.token)
+                && h.options
+                    .track
+                    .as_ref()
+                    .is_none_or(|t| names(t, MAX_STATES))
+        }
+        Message::Welcome(w) => {
+            names(&w.ancestry, MAX_ANCESTRY)
+                && snapshot(&w.snapshot)
+                && states(&w.granted.tracked)
+                && states(&w.granted.mutable)
+        }
+        Message::Diff(d) => d.changes.len() <= MAX_STATES,
+        Message::MutateReply(r) => r.diff.changes.len() <= MAX_STATES,
+        Message::Mutate(r) => r.states.len() <= MAX_STATES && args_within_limits(&r.args),
+        Message::Snapshot { snapshot: s, .. } | Message::SchemaChanged { snapshot: s, .. } => {
+            snapshot(s)
+        }
+        Message::Payload(p) => name(&p.name),
+        Message::StatusRequest { token: t } => token(t),
+        Message::Ancestry(a) => names(a, MAX_ANCESTRY),
+        Message::Refused(_)
+        | Message::Sync { .. }
+        | Message::Ping(_)
+        | Message::Pong(_)
+        | Message::Bye { .. }
+        | Message::Error { .. }
+        | Message::Status(_) => true,
+    }
+}
+
+fn args_within_limits(args: &Args) -> bool {
+    args.len() <= MAX_ARGS
+        && args
+            .iter()
+            .all(|(k, v)| k.len() <= MAX_KEY_LEN && v.depth() <= MAX_DEPTH)
+}
+
+/// A message for an assertion: its name and encoded size (the whole of a message built to break
+/// a limit can be megabytes).
+fn brief(m: &Message) -> String {
+    format!("{} of {} bytes", m.name(), message::encode_to_vec(m).len())
 }
 
 /// Re-encoding is a fixed point: bytes are compared, not messages, since a float argument may be

@@ -1,18 +1,18 @@
 //! The messages of the protocol and their body encoding (serde + bincode 2, standard config:
 //! varint integers, little endian). PROTOCOL.md documents each byte.
 //!
-//! Everything a peer sends is decoded with a size limit and must use up its whole frame body;
-//! anything else is an error for that connection, never a panic.
+//! Everything a peer sends is decoded within the bounds of [`super::limits`] (counts, names,
+//! nesting) and an allocation limit that follows the body's size, and must use up its whole
+//! frame body; anything else is an error for that connection, never a panic.
 
 use serde::{Deserialize, Serialize};
+
+use super::limits;
 
 use crate::machine::{Args, MutationKind, Outcome, SchemaDef};
 
 /// The protocol version this build speaks. A server refuses other versions with a reason.
 pub const PROTOCOL_VERSION: u32 = 2;
-
-/// Upper bound on what one decode may allocate, whatever lengths a body claims.
-const DECODE_LIMIT: usize = 64 << 20;
 
 /// One protocol message: the body of one frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,13 +59,14 @@ pub enum Message {
     /// Client -> server, instead of `Hello`: describe the node; answered by `Status`, then the
     /// server closes.
     StatusRequest {
+        #[serde(deserialize_with = "limits::token")]
         token: Option<String>,
     },
     /// Server -> client: what the node serves, who is connected, its counters.
     Status(NodeStatus),
     /// Server -> client: the source's ancestry changed (a served mirror reached its upstream,
     /// or reconnected elsewhere); keeps loop detection right all the way down a tree.
-    Ancestry(Vec<String>),
+    Ancestry(#[serde(deserialize_with = "limits::ancestry")] Vec<String>),
 }
 
 impl Message {
@@ -98,13 +99,16 @@ impl Message {
 pub struct Hello {
     pub version: u32,
     /// Who the client is; for a node, its node id (used for loop detection).
+    #[serde(deserialize_with = "limits::name")]
     pub client_id: String,
     /// The name of the source wanted; empty for the server's only source.
+    #[serde(deserialize_with = "limits::name")]
     pub source: String,
     /// Hash of the schema the client already has, 0 for none: the server sends the schema only
     /// when it differs.
     pub schema_hash: u64,
     pub options: WantedOptions,
+    #[serde(deserialize_with = "limits::token")]
     pub token: Option<String>,
 }
 
@@ -114,6 +118,7 @@ pub struct WantedOptions {
     /// zstd on frames above the server's threshold.
     pub compression: bool,
     /// Track only these states (by name); `None` for all.
+    #[serde(deserialize_with = "limits::tracked_names")]
     pub track: Option<Vec<String>>,
 }
 
@@ -122,6 +127,7 @@ pub struct WantedOptions {
 pub struct Welcome {
     /// The source's id, and the ids of the sources it mirrors, nearest first (for loop
     /// detection in trees).
+    #[serde(deserialize_with = "limits::ancestry")]
     pub ancestry: Vec<String>,
     /// The schema, when the client's hash differed.
     pub schema: Option<SchemaDef>,
@@ -135,14 +141,17 @@ pub struct Granted {
     pub compression: bool,
     /// Positions of the states the client sees; `None` for all. Diffs and checksums cover
     /// only these.
+    #[serde(deserialize_with = "limits::optional_states")]
     pub tracked: Option<Vec<u32>>,
     /// Positions of the states the client may mutate; `None` for all.
+    #[serde(deserialize_with = "limits::optional_states")]
     pub mutable: Option<Vec<u32>>,
 }
 
 /// A whole clock: one tick per state of the schema (0 for untracked states).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
+    #[serde(deserialize_with = "limits::ticks")]
     pub ticks: Vec<u64>,
     pub queue_tick: u64,
 }
@@ -175,6 +184,7 @@ pub struct Refusal {
 /// does: on a busy source that is 2-4 bytes saved per diff.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClockDiff {
+    #[serde(deserialize_with = "limits::changes")]
     pub changes: Vec<(u32, u64)>,
     pub queue_delta: u64,
     /// Four little-endian bytes: a hash has no small values for a varint to save on.
@@ -201,6 +211,7 @@ pub struct MutateRequest {
     /// Echoed in the reply. 0 asks for no reply: nothing is answered, `Sync` fetches the clock.
     pub id: u64,
     pub kind: MutationKind,
+    #[serde(deserialize_with = "limits::states")]
     pub states: Vec<u32>,
     pub args: Args,
 }
@@ -255,7 +266,9 @@ impl From<MutateResult> for Result<Outcome, String> {
 /// Named binary data from the source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload {
+    #[serde(deserialize_with = "limits::name")]
     pub name: String,
+    #[serde(deserialize_with = "limits::bytes")]
     pub data: Vec<u8>,
 }
 
@@ -324,13 +337,37 @@ pub fn encode_to_vec(message: &Message) -> Vec<u8> {
     out
 }
 
+/// The most one decode may reserve, whatever the body's size (see [`decode`]).
+pub const MAX_DECODE_ALLOC: usize = 64 << 20;
+
 /// Decodes a whole frame body.
+///
+/// The codec counts what it reserves against an allocation limit: each string's and byte
+/// list's claimed length, before it checks that the body holds that many bytes, and each
+/// number's size in memory. A valid body never counts more than 8 bytes per byte of its own
+/// (a one-byte varint decodes to a `u64`), so the limit follows the body: the smallest of these
+/// steps above 8 times its length, at most [`MAX_DECODE_ALLOC`]. A 10-byte body claiming a
+/// 60 MiB string is refused before anything is reserved.
 pub fn decode(body: &[u8]) -> Result<Message, DecodeError> {
-    let limited = config().with_limit::<DECODE_LIMIT>();
-    let (message, used) = bincode::serde::decode_from_slice(body, limited)
-        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    const KIB: usize = 1 << 10;
+    const MIB: usize = 1 << 20;
+    let decoded = match body.len() * 8 {
+        n if n <= 4 * KIB => decode_within::<{ 4 * KIB }>(body),
+        n if n <= 64 * KIB => decode_within::<{ 64 * KIB }>(body),
+        n if n <= MIB => decode_within::<MIB>(body),
+        n if n <= 16 * MIB => decode_within::<{ 16 * MIB }>(body),
+        _ => decode_within::<MAX_DECODE_ALLOC>(body),
+    };
+    let (message, used) = decoded.map_err(|e| DecodeError::Invalid(e.to_string()))?;
     if used != body.len() {
         return Err(DecodeError::Trailing(body.len() - used));
     }
     Ok(message)
+}
+
+/// Decodes with an allocation limit of `LIMIT` bytes.
+fn decode_within<const LIMIT: usize>(
+    body: &[u8],
+) -> Result<(Message, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(body, config().with_limit::<LIMIT>())
 }

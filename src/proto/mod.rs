@@ -4,7 +4,8 @@
 //! - [`message`]: the messages and their bincode body encoding.
 //! - [`diff`]: clock diffs, merging, checksums, tracked subsets.
 //! - [`handshake`]: the server's decision on a client's hello.
-//! - [`acl`]: the server's decision on a client's mutation (its `mutate` list).
+//! - [`acl`]: the server's decisions on admission, status and a client's mutation (its `mutate` list).
+//! - [`limits`]: the bounds on counts, names and nesting a peer's message may hold.
 //!
 //! [`FrameReader`] turns a byte stream into messages; [`encode_frame`] turns a message into
 //! bytes. PROTOCOL.md at the repository root documents the format byte by byte.
@@ -13,6 +14,7 @@ pub mod acl;
 pub mod diff;
 pub mod frame;
 pub mod handshake;
+pub mod limits;
 pub mod message;
 
 #[doc(hidden)]
