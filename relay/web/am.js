@@ -8,7 +8,10 @@
 
 export const PROTOCOL_VERSION = 2;
 
-/** How deep values may nest (a top-level value is depth 1), both ways: PROTOCOL.md's limit. */
+/**
+ * How deep lists and maps may nest, both ways: PROTOCOL.md's limit, counted as the Rust decoder
+ * counts it (a scalar is depth 0, `[1]` is 1, `[[1]]` is 2).
+ */
 export const DEPTH_LIMIT = 32;
 
 /** How often a ready mirror pings, unless told otherwise: well under a relay's idle timeout. */
@@ -64,8 +67,7 @@ export class Writer {
    * keys), exactly or not at all: what the protocol cannot carry as it is throws a TypeError
    * naming it, never arrives as something else.
    */
-  value(v, depth = 1, path = "value", parents = []) {
-    if (depth > DEPTH_LIMIT) throw new TypeError(`${path} nests deeper than ${DEPTH_LIMIT} levels, the protocol's limit`);
+  value(v, depth = 0, path = "value", parents = []) {
     if (v === null || v === undefined) return this.uint(0);
     switch (typeof v) {
       case "boolean": return this.uint(1).bool(v);
@@ -84,32 +86,37 @@ export class Writer {
     const inside = [...parents, v];
     if (v instanceof Uint8Array) return this.uint(5).bytesField(v);
     if (v instanceof ArrayBuffer) return this.uint(5).bytesField(new Uint8Array(v));
+    // A list or map is one level deeper than where it sits; past the limit the whole value is
+    // refused before anything is sent.
+    const inner = depth + 1;
+    const container = Array.isArray(v) || v instanceof Map || [Object.prototype, null].includes(Object.getPrototypeOf(v));
+    if (container && inner > DEPTH_LIMIT) throw new TypeError(`${path} nests deeper than ${DEPTH_LIMIT} levels, the protocol's limit`);
     if (Array.isArray(v)) {
       this.uint(6).uint(v.length);
-      for (let i = 0; i < v.length; i++) this.value(v[i], depth + 1, `${path}[${i}]`, inside);
+      for (let i = 0; i < v.length; i++) this.value(v[i], inner, `${path}[${i}]`, inside);
       return this;
     }
     if (v instanceof Map) {
       for (const k of v.keys()) {
         if (typeof k !== "string") throw new TypeError(`${path} has a ${typeof k} key (${String(k)}); Map keys must be strings`);
       }
-      return this.uint(7).entries([...v.entries()], depth, path, inside);
+      return this.uint(7).entries([...v.entries()], inner, path, inside);
     }
     const proto = Object.getPrototypeOf(v);
     if (proto !== Object.prototype && proto !== null) {
       const kind = ArrayBuffer.isView(v) ? `${v.constructor.name} (send a Uint8Array of its bytes)` : (v.constructor?.name ?? "object");
       throw new TypeError(`${path} is a ${kind}, which the protocol cannot carry`);
     }
-    return this.uint(7).entries(Object.entries(v), depth, path, inside);
+    return this.uint(7).entries(Object.entries(v), inner, path, inside);
   }
-  /** Map entries, keys in order (a BTreeMap on the other side). */
+  /** Map entries, keys in order (a BTreeMap on the other side); their values sit at `depth`. */
   entries(pairs, depth, path, parents) {
     pairs.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     this.uint(pairs.length);
-    for (const [k, v] of pairs) { this.str(k); this.value(v, depth + 1, `${path}.${k}`, parents); }
+    for (const [k, v] of pairs) { this.str(k); this.value(v, depth, `${path}.${k}`, parents); }
     return this;
   }
-  /** Mutation arguments: names to values (each value a top-level value, depth 1). */
+  /** Mutation arguments: names to values (each a top-level value: depth 0). */
   map(args) {
     const plain = args !== null && typeof args === "object" && [Object.prototype, null].includes(Object.getPrototypeOf(args));
     if (!(args instanceof Map) && !plain) throw new TypeError("arguments must be a plain object or a Map of names to values");
@@ -157,9 +164,11 @@ export class Reader {
   bytes() { const n = this.uint(); this.need(n); const b = this.b.slice(this.at, this.at + n); this.at += n; return b; }
   option(read) { const tag = this.u8(); if (tag === 0) return null; if (tag === 1) return read(); throw new ProtocolError("bad option"); }
   vec(read) { const n = this.uint(); if (n > this.b.length - this.at) throw new ProtocolError("sequence longer than its message"); const out = []; for (let i = 0; i < n; i++) out.push(read()); return out; }
-  value(depth = 1) {
-    if (depth > DEPTH_LIMIT) throw new ProtocolError(`a value nests deeper than ${DEPTH_LIMIT} levels`);
-    switch (this.uint()) {
+  value(depth = 0) {
+    const tag = this.uint();
+    // Lists and maps count, scalars do not: the Rust decoder's rule.
+    if ((tag === 6 || tag === 7) && depth + 1 > DEPTH_LIMIT) throw new ProtocolError(`a value nests deeper than ${DEPTH_LIMIT} levels`);
+    switch (tag) {
       case 0: return null;
       case 1: return this.bool();
       case 2: return this.int();

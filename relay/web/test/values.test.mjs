@@ -12,7 +12,8 @@ const roundTrip = (v) => {
   return out;
 };
 const tag = (v) => new Writer().value(v).done()[0];
-const nested = (depth) => { let v = 0; for (let i = 1; i < depth; i++) v = [v]; return v; };
+// `depth` lists around a scalar: depth 32 is the deepest either side accepts (as in Rust).
+const nested = (depth) => { let v = 0; for (let i = 0; i < depth; i++) v = [v]; return v; };
 
 test("integers beyond 2^53 and i64's ends arrive exactly", () => {
   for (const v of [2n ** 63n - 1n, -(2n ** 63n), 2n ** 53n + 1n, -(2n ** 60n)]) {
@@ -85,6 +86,12 @@ test("nesting is bounded by DEPTH_LIMIT both ways", () => {
   // A peer's value nested past the limit: lists (06 01 ...) 40 deep around a Null.
   const hostile = Uint8Array.from([...Array(40).fill([6, 1]).flat(), 0]);
   assert.throws(() => new Reader(hostile).value(), (e) => e instanceof ProtocolError && /deeper than 32/.test(e.message));
+  // Exactly at the limit, as the Rust decoder counts: 32 lists around a Null read, 33 do not.
+  const chain = (n) => Uint8Array.from([...Array(n).fill([6, 1]).flat(), 0]);
+  let deepest = null;
+  for (let i = 0; i < DEPTH_LIMIT; i++) deepest = [deepest];
+  assert.deepEqual(new Reader(chain(DEPTH_LIMIT)).value(), deepest);
+  assert.throws(() => new Reader(chain(DEPTH_LIMIT + 1)).value(), ProtocolError);
   // Maps too: 07 01 01 6b (one entry, key "k") 40 deep.
   const maps = Uint8Array.from([...Array(40).fill([7, 1, 1, 0x6b]).flat(), 0]);
   assert.throws(() => new Reader(maps).value(), ProtocolError);
