@@ -145,6 +145,45 @@ async fn a_hello_past_a_limit_is_refused_with_the_limit_named() {
         ),
         other => panic!("expected a BadHello refusal, got {other:?}"),
     }
-    // An id at the limit is an ordinary client.
-    RawClient::handshake(&endpoint, &"i".repeat(MAX_NAME_LEN)).await;
+    // An id at the protocol's name limit decodes, and is then refused by the server's own,
+    // stricter rule for client ids (they appear in logs and `status`).
+    let mut client = RawClient::connect(&endpoint).await;
+    client
+        .send(&RawClient::hello(&endpoint, &"i".repeat(MAX_NAME_LEN)))
+        .await;
+    match client.last_word().await {
+        Some(Message::Refused(Refusal { reason, .. })) => {
+            assert!(reason.contains("ids are at most 256 bytes"), "{reason}")
+        }
+        other => panic!("expected the id rule's refusal, got {other:?}"),
+    }
+}
+
+/// Before its hello is accepted a connection may not make the server hold a frame of max_frame
+/// (1 MiB by default): a frame head claiming more than MAX_HELLO_FRAME is refused at once, before
+/// its body arrives, and a hello within it is an ordinary client.
+#[tokio::test]
+async fn a_first_frame_over_the_hello_limit_is_refused_before_its_body() {
+    use asyncmachine::proto::limits::MAX_HELLO_FRAME;
+    let source = Machine::builder(abc_schema()).id("worker").build();
+    let config = ServerConfig::default();
+    assert!(
+        config.max_frame > MAX_HELLO_FRAME,
+        "the default frame limit is the larger"
+    );
+    let (_server, endpoint) = serve(Arc::new(source), config, "tcp").await;
+    let mut client = RawClient::connect(&endpoint).await;
+    // A head claiming an uncompressed body one past the hello limit (the length sits above the
+    // head's compression bit); no body follows.
+    let mut head = Vec::new();
+    put_varint(&mut head, ((MAX_HELLO_FRAME + 1) as u64) << 1);
+    client.send_bytes(&head).await;
+    match client.last_word().await {
+        Some(Message::Refused(Refusal {
+            kind: RefusalKind::BadHello,
+            reason,
+        })) => assert!(reason.contains(&MAX_HELLO_FRAME.to_string()), "{reason}"),
+        other => panic!("expected a BadHello refusal naming the limit, got {other:?}"),
+    }
+    RawClient::handshake(&endpoint, "after-the-big-head").await;
 }

@@ -27,6 +27,12 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Most ids in an ancestry: the depth of a state-source tree above a server.
 pub const MAX_ANCESTRY: usize = 64;
 
+/// Largest frame a server reads before a client's hello is accepted: what a connection that has
+/// not said who it is may make the server hold. A hello is names and a token (a few KiB); a
+/// tracking list of thousands of long names is the one thing that could need more (track
+/// everything instead).
+pub const MAX_HELLO_FRAME: usize = 64 * 1024;
+
 /// Items reserved up front for any decoded list, whatever count it claims: a claimed count is
 /// only a promise, so the list grows as items really arrive.
 pub const PREALLOC: usize = 64;

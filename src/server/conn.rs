@@ -17,6 +17,7 @@ use crate::machine::{Mutation, Outcome, Schema};
 use crate::proto::acl::{admit, admit_status, check_mutation};
 use crate::proto::diff::went_back;
 use crate::proto::handshake::{Offer, decide};
+use crate::proto::limits::MAX_HELLO_FRAME;
 use crate::proto::message::{MutateReply, MutateRequest, Payload, Refusal, RefusalKind, Snapshot};
 use crate::proto::{FrameConfig, FrameReader, Message, encode_frame};
 use crate::transport::{BoxStream, Handshake, PeerInfo};
@@ -126,8 +127,14 @@ pub(crate) async fn serve(inner: &Arc<Inner>, conn: u64, handshake: Handshake) {
 
 async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut reader = FrameReader::new(inner.frame_config());
     let plain = inner.frame_config();
+    // Until the hello is accepted, a frame may be at most MAX_HELLO_FRAME: every connection
+    // still in its handshake may hold that much, and their number is only bounded by the
+    // handshake timeout.
+    let mut reader = FrameReader::new(FrameConfig {
+        max_frame: plain.max_frame.min(MAX_HELLO_FRAME),
+        ..plain
+    });
 
     let limit = inner.config.handshake_timeout;
     let hello = match timeout(limit, read_message(&mut rd, &mut reader, inner)).await {
