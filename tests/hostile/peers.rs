@@ -160,7 +160,7 @@ async fn pings_but_never_reads(node: &Node) -> Result<(), String> {
                     .server
                     .send_payload("worker", Some(id), "bulk", vec![7; 48 * 1024]);
             }
-            if tick % 10 == 0 {
+            if tick.is_multiple_of(10) {
                 // A ping that cannot be written means the relay already gave up.
                 if tokio::time::timeout(Duration::from_millis(50), link.send_ws_raw(&ping))
                     .await
