@@ -237,3 +237,36 @@ async fn a_node_ws_listener_answers_what_is_not_an_upgrade() {
     assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
     assert!(answer.contains("aRPC WebSocket listener"), "{answer}");
 }
+
+/// A page the user opens could reach a node's loopback ws:// listener (browsers send Origin;
+/// programs do not): the node refuses it and points at am-relay, which checks origins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ws_listener_refuses_browsers() {
+    let (_server, endpoint) = node_ws(1 << 20).await;
+    let mut tcp = within("connect", TcpStream::connect(&endpoint.address))
+        .await
+        .expect("connects");
+    let request = format!(
+        "GET /root HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Origin: https://evil.example\r\n\r\n",
+        endpoint.address
+    );
+    tcp.write_all(request.as_bytes()).await.expect("writes");
+    let mut answer = String::new();
+    within("an answer", tcp.read_to_string(&mut answer))
+        .await
+        .expect("reads");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("through am-relay"), "{answer}");
+    // Programs still connect.
+    let _mirror = within(
+        "a mirror",
+        asyncmachine::mirror::Mirror::connect(
+            &endpoint.with_machine("worker"),
+            asyncmachine::mirror::MirrorConfig::default(),
+        ),
+    )
+    .await
+    .expect("a program is not a browser");
+}

@@ -267,6 +267,15 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(refused(&reason));
         }
     };
+    // Browsers always send Origin; programs (mirrors, am-node, am-relay) do not. A node checks
+    // no origins or host names, so any page the user opens could reach a loopback listener
+    // and drive it (cross-site WebSocket hijacking): browsers go through am-relay, which does.
+    if request.header("origin").is_some() {
+        let reason = "a browser may not connect to a node directly; connect through am-relay, \
+                      which checks origins and host names";
+        let _ = http::respond(&mut stream, 403, "text/plain", &format!("{reason}\n")).await;
+        return Err(refused(&reason));
+    }
     http::accept_upgrade(&mut stream, &key).await?;
     Ok(WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await)
 }
