@@ -333,6 +333,18 @@ export function retryDelay(attempt, random = Math.random) {
  * server refusal in PERMANENT_REFUSALS; it does not retry, `reason` says why).
  * A ready mirror pings every `keepaliveMs`, so a relay's idle timeout never closes a live page.
  */
+/** `text` cut to at most 123 UTF-8 bytes (a WebSocket close reason's limit), whole characters only. */
+export function closeReason(text) {
+  const encoder = new TextEncoder();
+  let out = "";
+  for (const ch of text) {
+    // A UTF-16 unit is at least one UTF-8 byte: past 123 units nothing more can fit.
+    if (out.length >= 123 || encoder.encode(out + ch).length > 123) break;
+    out += ch;
+  }
+  return out;
+}
+
 export class Mirror extends EventTarget {
   constructor(url, { source = "", clientId = `browser-${Math.random().toString(36).slice(2, 10)}`, token = null, track = null, keepaliveMs = DEFAULT_KEEPALIVE_MS } = {}) {
     super();
@@ -406,10 +418,16 @@ export class Mirror extends EventTarget {
     ws.onerror = () => {};
   }
 
-  /** Ends this connection for a reason of ours; `permanent`: no retry can help. */
+  /**
+   * Ends this connection for a reason of ours; `permanent`: no retry can help. The first reason
+   * given for a connection is the one kept: a later failure (a message still being read) must
+   * not turn a permanent refusal into one that is retried.
+   */
   #fail(reason, permanent = false) {
+    if (this.lastError) return;
     this.lastError = { reason, permanent };
-    this.ws?.close(4000, reason.slice(0, 100));
+    // close() throws on a reason over 123 UTF-8 bytes: cut on a character boundary.
+    this.ws?.close(4000, closeReason(reason));
   }
 
   #lost(code, reason) {

@@ -124,3 +124,42 @@ test("a ready mirror pings at its keepalive interval", withSockets(async () => {
   assert.equal(socket.sent.length, before, "no pings after the close");
   mirror.close();
 }));
+
+test("a long non-ASCII refusal stays permanent and keeps its reason", withSockets(async () => {
+  // Browsers throw from close() on a reason over 123 UTF-8 bytes.
+  const close = ScriptedSocket.prototype.close;
+  ScriptedSocket.prototype.close = function (code, reason = "") {
+    if (new TextEncoder().encode(reason).length > 123) throw new SyntaxError("close reason too long");
+    close.call(this);
+  };
+  try {
+    const text = "żółć".repeat(30);
+    const utf8 = new TextEncoder().encode(text);
+    // Over the 123 bytes a close reason may hold; under 251, so its length is one byte.
+    assert.ok(utf8.length > 123 && utf8.length < 251, `${utf8.length}`);
+    const varint = [utf8.length];
+    const mirror = new Mirror("ws://relay/arpc/demo");
+    const seen = statuses(mirror);
+    mirror.start();
+    const socket = ScriptedSocket.made[0];
+    socket.open();
+    socket.deliver(frame(Uint8Array.from([0x02, 1, ...varint, ...utf8])));
+    socket.closeWith(4000, "");
+    assert.equal(seen.at(-1).state, "refused", JSON.stringify(seen));
+    assert.equal(seen.at(-1).reason, `refused (UnknownSource): ${text}`);
+    mock.timers.tick(60_000);
+    assert.equal(ScriptedSocket.made.length, 1, "not retried");
+    mirror.close();
+  } finally {
+    ScriptedSocket.prototype.close = close;
+  }
+}));
+
+test("close reasons are cut to 123 UTF-8 bytes on a character boundary", async () => {
+  const { closeReason } = await import("../am.js");
+  assert.equal(closeReason("short"), "short");
+  const cut = closeReason("ż".repeat(100));
+  assert.equal(new TextEncoder().encode(cut).length, 122);
+  assert.equal(cut, "ż".repeat(61));
+  assert.equal(closeReason("x".repeat(1 << 20)).length, 123);
+});
