@@ -60,7 +60,7 @@ pub(crate) enum HeadError {
     NotUtf8,
     #[error("malformed request line")]
     Malformed,
-    #[error("unsupported HTTP version {0}; speak HTTP/1.1")]
+    #[error("unsupported HTTP version {0:?}; speak HTTP/1.1")]
     Version(String),
     #[error("reading the request head: {0}")]
     Io(#[from] std::io::Error),
@@ -118,7 +118,13 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     // colon; anything else is a malformed request (and a way to smuggle one past a proxy).
     let headers = lines
         .map(|line| match line.split_once(':') {
-            Some((name, value)) if !name.is_empty() && !name.contains([' ', '\t']) => {
+            // A bare CR, LF or NUL inside a value could split a header we echo (the relay's
+            // policy quotes Host) or a line we log.
+            Some((name, value))
+                if !name.is_empty()
+                    && !name.contains([' ', '\t'])
+                    && !value.contains(['\r', '\n', '\0']) =>
+            {
                 Ok((name.to_owned(), value.trim().to_owned()))
             }
             _ => Err(HeadError::Malformed),
@@ -336,6 +342,8 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
             b"GET / HTTP/1.1\r\n: x\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1]\nX: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n",
             b"GET / HTTP/1.1 extra\r\n\r\n",
             b"GET / HTTP/2.0\r\n\r\n",
         ] {

@@ -698,10 +698,11 @@ impl Shared {
                 self.set_upstream(ancestry);
                 Ok(())
             }
-            Message::Bye { reason } => Err(format!("the server said bye: {reason}")),
-            Message::Error { message } => {
-                Err(format!("the server reported a protocol error: {message}"))
-            }
+            Message::Bye { reason } => Err(format!("the server said bye: {}", printable(&reason))),
+            Message::Error { message } => Err(format!(
+                "the server reported a protocol error: {}",
+                printable(&message)
+            )),
             other => Err(format!("unexpected {} from a server", other.name())),
         }
     }
@@ -779,9 +780,10 @@ async fn establish(
     };
     let mut out = Vec::new();
     encode_frame(&plain, &Message::Hello(hello), &mut out);
+    // Handshake failures quote the peer (its bye, its error, a transport's close reason).
     let handshake_failed = |reason: String| MirrorError::Handshake {
         endpoint: endpoint.clone(),
-        reason,
+        reason: printable(&reason).into_owned(),
     };
     // Asking for compression means being able to decode it, from the welcome on.
     let mut reader = FrameReader::new(FrameConfig {

@@ -46,7 +46,12 @@ fn host_name(host: &str) -> Option<&str> {
     let (name, port) = if host.starts_with('[') {
         let end = host.find(']')?;
         let (name, rest) = host.split_at(end + 1);
-        (name, rest.strip_prefix(':'))
+        // After the bracket: nothing, or a port. `[::1]junk` is not a host.
+        let port = match rest {
+            "" => None,
+            rest => Some(rest.strip_prefix(':')?),
+        };
+        (name, port)
     } else {
         match host.rsplit_once(':') {
             Some((name, port)) => (name, Some(port)),
@@ -70,20 +75,10 @@ pub(crate) fn origin_allowed(origin: &str, host: &str, allowed: &[String]) -> bo
     own || allowed.iter().any(|o| o == origin)
 }
 
-/// Compares a presented token with the relay's without stopping at the first difference, so
-/// the time taken does not tell how much of a guess was right.
-pub(crate) fn token_matches(presented: &str, expected: &str) -> bool {
-    let (a, b) = (presented.as_bytes(), expected.as_bytes());
-    let differ = a
-        .iter()
-        .zip(b)
-        .fold(u8::from(a.len() != b.len()), |acc, (x, y)| acc | (x ^ y));
-    differ == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::acl::token_matches;
 
     #[test]
     fn a_host_must_name_the_relay() {
@@ -113,6 +108,15 @@ mod tests {
         let all = HostCheck::new("0.0.0.0".parse().expect("ip"), &[]);
         assert!(all.allows("192.168.1.5:7480") && all.allows("[::1]:7480"));
         assert!(!all.allows("attacker.test:7480"));
+        for junk in [
+            "[::1]anything",
+            "[::1]\nX-Injected: 1",
+            "[::1]:",
+            "[::1]:80x",
+        ] {
+            assert!(!all.allows(junk), "{junk:?}");
+        }
+        assert!(all.allows("[::1]"));
         let public = HostCheck::new("192.168.1.5".parse().expect("ip"), &[]);
         assert!(
             !public.allows("localhost:7480"),

@@ -484,7 +484,7 @@ fn check_token(inner: &Inner, presented: Option<&str>) -> Result<(), Refused> {
             "this relay needs a token and none was given: add ?token=... to the page's address"
                 .into(),
         )),
-        Some(presented) if host::token_matches(presented, expected) => Ok(()),
+        Some(presented) if crate::proto::acl::token_matches(presented, expected) => Ok(()),
         Some(_) => Err((
             RelayClose::Token,
             "the token given is not this relay's token; check it with whoever runs the relay"

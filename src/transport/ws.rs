@@ -83,7 +83,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
                             format!(
                                 "the peer closed the WebSocket ({}): {}",
                                 u16::from(code),
-                                frame.reason
+                                crate::printable::printable(&frame.reason)
                             ),
                         )),
                     });
