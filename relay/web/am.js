@@ -13,6 +13,9 @@ export const PROTOCOL_VERSION = 2;
  * counts it (a scalar is depth 0, `[1]` is 1, `[[1]]` is 2).
  */
 export const DEPTH_LIMIT = 32;
+/** At most this many named arguments in one mutation, each name at most MAX_KEY_LEN UTF-8 bytes (PROTOCOL.md, "Limits"). */
+export const MAX_ARGS = 256;
+export const MAX_KEY_LEN = 1024;
 
 /** How often a ready mirror pings, unless told otherwise: well under a relay's idle timeout. */
 export const DEFAULT_KEEPALIVE_MS = 10000;
@@ -58,7 +61,13 @@ export class Writer {
   }
   bool(v) { return this.u8(v ? 1 : 0); }
   f64(v) { const b = new DataView(new ArrayBuffer(8)); b.setFloat64(0, v, true); return this.raw(new Uint8Array(b.buffer)); }
-  str(s) { const b = new TextEncoder().encode(s); this.uint(b.length); return this.raw(b); }
+  str(s) {
+    // TextEncoder would turn a lone surrogate into U+FFFD: a different string on the other side.
+    if (!s.isWellFormed()) throw new TypeError(`${JSON.stringify(s.slice(0, 40))} has a lone surrogate, which UTF-8 cannot carry`);
+    const b = new TextEncoder().encode(s);
+    this.uint(b.length);
+    return this.raw(b);
+  }
   bytesField(b) { this.uint(b.length); return this.raw(b); }
   option(v, write) { if (v === null || v === undefined) return this.u8(0); this.u8(1); write(v); return this; }
   vec(items, write) { this.uint(items.length); for (const it of items) write(it); return this; }
@@ -68,8 +77,10 @@ export class Writer {
    * naming it, never arrives as something else.
    */
   value(v, depth = 0, path = "value", parents = []) {
-    if (v === null || v === undefined) return this.uint(0);
+    if (v === null) return this.uint(0);
     switch (typeof v) {
+      // `undefined` (and an array's holes) would arrive as Null: say null if that is meant.
+      case "undefined": throw new TypeError(`${path} is undefined; send null for no value`);
       case "boolean": return this.uint(1).bool(v);
       case "bigint":
         if (v < I64_MIN || v > I64_MAX) throw new TypeError(`${path} = ${v}n is outside Int's range (a signed 64-bit integer)`);
@@ -107,6 +118,7 @@ export class Writer {
       const kind = ArrayBuffer.isView(v) ? `${v.constructor.name} (send a Uint8Array of its bytes)` : (v.constructor?.name ?? "object");
       throw new TypeError(`${path} is a ${kind}, which the protocol cannot carry`);
     }
+    if (Object.getOwnPropertySymbols(v).length > 0) throw new TypeError(`${path} has symbol keys, which the protocol cannot carry`);
     return this.uint(7).entries(Object.entries(v), inner, path, inside);
   }
   /** Map entries, keys in order (a BTreeMap on the other side); their values sit at `depth`. */
@@ -121,8 +133,10 @@ export class Writer {
     const plain = args !== null && typeof args === "object" && [Object.prototype, null].includes(Object.getPrototypeOf(args));
     if (!(args instanceof Map) && !plain) throw new TypeError("arguments must be a plain object or a Map of names to values");
     const pairs = args instanceof Map ? [...args.entries()] : Object.entries(args);
+    if (pairs.length > MAX_ARGS) throw new TypeError(`${pairs.length} arguments; a mutation carries at most ${MAX_ARGS}`);
     for (const [k] of pairs) {
       if (typeof k !== "string") throw new TypeError(`an argument has a ${typeof k} name (${String(k)}); names must be strings`);
+      if (new TextEncoder().encode(k).length > MAX_KEY_LEN) throw new TypeError(`argument name ${JSON.stringify(k.slice(0, 40))}… is over ${MAX_KEY_LEN} bytes`);
     }
     return this.entries(pairs, 0, "args", [args]);
   }

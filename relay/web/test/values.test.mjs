@@ -98,3 +98,24 @@ test("nesting is bounded by DEPTH_LIMIT both ways", () => {
   // A map claiming more entries than its message has bytes fails before building anything.
   assert.throws(() => new Reader(Uint8Array.from([7, 0xfc, 0xff, 0xff, 0xff, 0x7f])).value(), /map longer than its message/);
 });
+
+test("what would arrive changed is refused: lone surrogates, undefined, holes, symbol keys", () => {
+  assert.throws(() => new Writer().value("a\uD800b"), (e) => e instanceof TypeError && /lone surrogate/.test(e.message));
+  assert.throws(() => new Writer().value({ ["k\uDC00"]: 1 }), TypeError);
+  assert.throws(() => new Writer().value(undefined), (e) => e instanceof TypeError && /undefined/.test(e.message));
+  // eslint-disable-next-line no-sparse-arrays
+  assert.throws(() => new Writer().value([1, , 3]), (e) => e instanceof TypeError && /value\[1\] is undefined/.test(e.message));
+  assert.throws(() => new Writer().value({ a: 1, [Symbol("s")]: 2 }), (e) => e instanceof TypeError && /symbol keys/.test(e.message));
+  // A well-formed astral character is fine.
+  assert.deepEqual(roundTrip("😀"), "😀");
+});
+
+test("argument count and name length follow the protocol's limits", async () => {
+  const { MAX_ARGS, MAX_KEY_LEN } = await import("../am.js");
+  const many = Object.fromEntries(Array.from({ length: MAX_ARGS + 1 }, (_, i) => [`a${i}`, i]));
+  assert.throws(() => encode.mutate(1, "add", [0], many), (e) => e instanceof TypeError && /at most 256/.test(e.message));
+  delete many[`a${MAX_ARGS}`];
+  encode.mutate(1, "add", [0], many);
+  assert.throws(() => encode.mutate(1, "add", [0], { ["ż".repeat(MAX_KEY_LEN / 2 + 1)]: 1 }), TypeError);
+  encode.mutate(1, "add", [0], { ["ż".repeat(MAX_KEY_LEN / 2)]: 1 });
+});
