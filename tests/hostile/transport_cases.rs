@@ -241,6 +241,16 @@ pub(crate) fn http(cases: &mut Vec<Case>) {
             .into_bytes(),
         Expect::Closed,
     );
+    // A page the user opened: nodes refuse every browser (their ws listeners check no
+    // origin), the relay this foreign one.
+    push(
+        "upgrade_from_a_foreign_page",
+        upgrade_with(&["Origin: https://evil.example"]),
+        Expect::Refusal {
+            status: 403,
+            close: 4403,
+        },
+    );
     let megabyte = format!("X-Filler: {}", "a".repeat(1 << 20));
     push(
         "one_megabyte_header",
