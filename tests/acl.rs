@@ -647,26 +647,53 @@ async fn scripted_upstream(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schema_change_under_a_served_mirror_ends_its_clients_sessions() {
-    // upstream (scripted) <- mid (served mirror, no fixed schema) <- leaf, which may mutate
-    // Flag only. Flag is position 1 of the schema the leaf was given; after the upstream's
-    // schema change, position 1 is Start.
+/// A mid node (a served mirror with no fixed schema) of a scripted upstream that changes its
+/// schema when told to, then has the clock `after`.
+struct ScriptedMid {
+    mid: Mirror,
+    change: tokio::sync::oneshot::Sender<()>,
+    /// The states of each mutation the upstream was asked to run.
+    mutated: tokio::sync::mpsc::UnboundedReceiver<Vec<u32>>,
+}
+
+async fn mid_of_a_scripted_upstream(after: Vec<u64>) -> ScriptedMid {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binds");
     let upstream: Endpoint = format!("tcp://{}", listener.local_addr().expect("bound"))
         .parse()
         .expect("valid");
-    let (change_tx, change_rx) = tokio::sync::oneshot::channel();
-    let (mutated_tx, mut mutated_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(scripted_upstream(
-        listener,
-        change_rx,
-        vec![0, 1, 0, 0],
-        mutated_tx,
-    ));
-    let mid = mirror(&upstream, "mid").await;
+    let (change, change_rx) = tokio::sync::oneshot::channel();
+    let (mutated_tx, mutated) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(scripted_upstream(listener, change_rx, after, mutated_tx));
+    ScriptedMid {
+        mid: mirror(&upstream, "mid").await,
+        change,
+        mutated,
+    }
+}
+
+/// Tells the upstream to change its schema and waits until the mid has the new one.
+async fn change_schema(mid: &Mirror, change: tokio::sync::oneshot::Sender<()>) {
+    change.send(()).expect("the upstream waits");
+    within("the mid's schema changes", async {
+        while mid.schema().index("Flag") != Some(0) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_under_a_served_mirror_ends_its_clients_sessions() {
+    // upstream (scripted) <- mid (served mirror, no fixed schema) <- leaf, which may mutate
+    // Flag only. Flag is position 1 of the schema the leaf was given; after the upstream's
+    // schema change, position 1 is Start.
+    let ScriptedMid {
+        mid,
+        change: change_tx,
+        mutated: mut mutated_rx,
+    } = mid_of_a_scripted_upstream(vec![0, 1, 0, 0]).await;
     let config = ServerConfig {
         mutate: rules(&[("leaf", &["Flag"])]),
         ..ServerConfig::default()
@@ -675,13 +702,7 @@ async fn a_schema_change_under_a_served_mirror_ends_its_clients_sessions() {
     let (mut leaf, welcome) = RawClient::handshake(&mid_endpoint, "leaf").await;
     assert_eq!(welcome.granted.mutable.as_deref(), Some(&[1u32][..]));
 
-    change_tx.send(()).expect("the upstream waits");
-    within("the mid's schema changes", async {
-        while mid.schema().index("Flag") != Some(0) {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    change_schema(&mid, change_tx).await;
     // "add 1" meant Flag when the leaf was welcomed; now it would be Start. The send may
     // fail: the server may have closed the session already.
     let mut out = Vec::new();
@@ -792,30 +813,14 @@ async fn a_schema_change_without_a_transition_lets_new_clients_stay() {
     // The new schema comes with a clock of zeros: the mirror's clock does not change, so no
     // transition tells the server. A client welcomed after it has the new schema, and must
     // not be sent away for a change it already has.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let upstream: Endpoint = format!("tcp://{}", listener.local_addr().expect("bound"))
-        .parse()
-        .expect("valid");
-    let (change_tx, change_rx) = tokio::sync::oneshot::channel();
-    let (mutated_tx, _mutated_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(scripted_upstream(
-        listener,
-        change_rx,
-        vec![0, 0, 0, 0],
-        mutated_tx,
-    ));
-    let mid = mirror(&upstream, "mid").await;
+    let ScriptedMid {
+        mid,
+        change: change_tx,
+        ..
+    } = mid_of_a_scripted_upstream(vec![0, 0, 0, 0]).await;
     let (_mid_server, mid_endpoint) =
         serve(Arc::new(mid.clone()), ServerConfig::default(), "tcp").await;
-    change_tx.send(()).expect("the upstream waits");
-    within("the mid's schema changes", async {
-        while mid.schema().index("Flag") != Some(0) {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    change_schema(&mid, change_tx).await;
     let (mut leaf, welcome) = RawClient::handshake(&mid_endpoint, "leaf").await;
     let schema = Schema::new(welcome.schema.expect("a schema")).expect("valid");
     assert_eq!(schema.index("Flag"), Some(0), "the new schema");
