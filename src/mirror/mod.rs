@@ -174,16 +174,10 @@ impl WaiterHost for Shared {
     }
 }
 
-/// A mutation the source refused, with its reason made printable. A mirror in the middle of a
-/// chain answers with its own error's text, which already says "the source refused the
-/// mutation: "; keep only the reason, so that a refusal from N hops up reads as one refusal.
+/// A mutation the source refused, with its reason made printable (servers pass a refusal from
+/// further up on as its reason alone, so it is wrapped once here).
 fn refusal(reason: String) -> MutationError {
-    let prefix = MutationError::Refused(String::new()).to_string();
-    let mut reason = reason.as_str();
-    while let Some(inner) = reason.strip_prefix(&prefix) {
-        reason = inner;
-    }
-    MutationError::Refused(printable(reason).into_owned())
+    MutationError::Refused(printable(&reason).into_owned())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

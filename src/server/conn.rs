@@ -13,7 +13,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::hub::{Hub, Versioned, options_key};
 use super::push::{Outlet, OutletState};
 use super::{ClientEntry, ClientInfo, Inner};
-use crate::machine::{Mutation, Outcome, Schema};
+use crate::machine::{Mutation, MutationError, Outcome, Schema};
 use crate::proto::acl::{admit, admit_status, check_mutation};
 use crate::proto::diff::went_back;
 use crate::proto::handshake::{Offer, decide};
@@ -460,7 +460,13 @@ async fn read_loop(
                         let started = std::time::Instant::now();
                         let result = hub.source.mutate(Mutation::new(kind, called, args)).await;
                         inner.stats.mutation_latency.record(started.elapsed());
-                        result.map_err(|e| e.to_string())
+                        // A refusal from further up (this source is a mirror) is passed on
+                        // as its reason alone: the client wraps it once, however many hops up
+                        // it was refused.
+                        result.map_err(|e| match e {
+                            MutationError::Refused(reason) => reason,
+                            other => other.to_string(),
+                        })
                     }
                 };
                 // Id 0 asks for no reply.

@@ -93,17 +93,30 @@ impl AsyncRead for QuicStream {
     }
 }
 
+impl QuicStream {
+    /// A write fails with a bare "connection lost" when the peer closed the connection; the
+    /// reason it gave (a TLS alert: no client certificate, an unknown CA) is the connection's.
+    fn why_lost(&self, error: io::Error) -> io::Error {
+        match self.connection.close_reason() {
+            Some(reason) => super::tls::explain(io::Error::new(error.kind(), reason.to_string())),
+            None => error,
+        }
+    }
+}
+
 impl AsyncWrite for QuicStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+        let this = &mut *self;
+        AsyncWrite::poll_write(Pin::new(&mut this.send), cx, buf).map_err(|e| this.why_lost(e))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+        let this = &mut *self;
+        AsyncWrite::poll_flush(Pin::new(&mut this.send), cx).map_err(|e| this.why_lost(e))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
