@@ -6,6 +6,7 @@
 //! - [`handshake`]: the server's decision on a client's hello.
 //! - [`acl`]: the server's decisions on admission, status and a client's mutation (its `mutate` list).
 //! - [`limits`]: the bounds on counts, names and nesting a peer's message may hold.
+//! - [`session`]: the server's and the client's sessions: every decision of a connection.
 //!
 //! [`FrameReader`] turns a byte stream into messages; [`encode_frame`] turns a message into
 //! bytes. PROTOCOL.md at the repository root documents the format byte by byte.
@@ -16,6 +17,7 @@ pub mod frame;
 pub mod handshake;
 pub mod limits;
 pub mod message;
+pub mod session;
 
 #[doc(hidden)]
 pub mod checks;

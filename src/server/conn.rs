@@ -1,105 +1,33 @@
-//! One client connection: the handshake, then a reader and a writer until either ends, then a
-//! last word (Bye or Error) to the peer where there is one to say.
+//! One client connection, pumped: bytes from the socket into its [`ServerSession`], bytes
+//! from the session to the socket, time to the session when it asks; the session decides
+//! everything else. A reader and a writer run until the session ends; the last word it queued
+//! (a bye or an error) then goes out within a short deadline.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, mpsc};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep_until, timeout};
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, warn};
 
-use super::hub::{Hub, Versioned, options_key};
-use super::push::{Outlet, OutletState};
+use super::hub::Hub;
+use super::push::Outlet;
 use super::{ClientEntry, ClientInfo, Inner};
-use crate::machine::{Mutation, MutationError, Outcome, Schema};
-use crate::proto::acl::{admit, admit_status, check_mutation};
-use crate::proto::diff::went_back;
-use crate::proto::handshake::{Offer, decide};
-use crate::proto::limits::MAX_HELLO_FRAME;
-use crate::proto::message::{MutateReply, MutateRequest, Payload, Refusal, RefusalKind, Snapshot};
-use crate::proto::{FrameConfig, FrameReader, Message, encode_frame};
+use crate::machine::MutationError;
+use crate::proto::handshake::Offer;
+use crate::proto::message::Hello;
+use crate::proto::session::{
+    ClockFeed, CloseReason, Moment, ServerEvent, ServerSession, Versioned, server_full,
+};
 use crate::transport::{BoxStream, Handshake, PeerInfo};
-use crate::wire::{self, ReadError};
 
-/// What the reader asks the writer to send.
-#[derive(Debug)]
-pub(crate) enum Control {
-    Reply {
-        id: u64,
-        result: Result<Outcome, String>,
-    },
-    Snapshot {
-        id: u64,
-    },
-    Pong(u64),
-    Payload(Arc<Payload>),
-}
-
-/// Replies in flight per client: bounds memory, and backs pressure up to a client that sends
-/// mutations faster than it reads answers.
-const CONTROL_CAPACITY: usize = 64;
 /// The last word to a closing peer must not hold the task up.
 const FAREWELL_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Why a connection ended.
-#[derive(Debug)]
-enum End {
-    PeerBye,
-    PeerClosed,
-    PeerError(String),
-    Protocol(String),
-    Idle(Duration),
-    Io(std::io::Error),
-    Shutdown,
-    Kicked,
-    WriteStalled(Duration),
-    /// The source's schema is not the one the client was given.
-    SchemaChanged,
-}
-
-impl std::fmt::Display for End {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            End::PeerBye => f.write_str("the client said bye"),
-            End::PeerClosed => f.write_str("the client closed the connection"),
-            // Quoted: the peer's words must not forge log lines.
-            End::PeerError(message) => write!(f, "the client reported an error: {message:?}"),
-            End::Protocol(message) => write!(f, "protocol error: {message}"),
-            End::Idle(after) => write!(f, "nothing received for {after:?}"),
-            End::Io(e) => write!(f, "i/o error: {e}"),
-            End::Shutdown => f.write_str("server shutdown"),
-            End::Kicked => f.write_str("too slow to keep up"),
-            End::WriteStalled(after) => write!(f, "a write stalled for {after:?}"),
-            End::SchemaChanged => f.write_str("the source's schema changed"),
-        }
-    }
-}
-
-impl End {
-    /// What to tell the peer on the way out, if anything.
-    fn farewell(&self) -> Option<Message> {
-        match self {
-            End::Protocol(message) => Some(Message::Error {
-                message: message.clone(),
-            }),
-            End::Idle(after) => Some(Message::Bye {
-                reason: format!("idle for {after:?}"),
-            }),
-            End::Shutdown => Some(Message::Bye {
-                reason: "server shutting down".into(),
-            }),
-            End::Kicked => Some(Message::Bye {
-                reason: "too slow to keep up; reconnect".into(),
-            }),
-            End::SchemaChanged => Some(Message::Bye {
-                reason: "the source's schema changed; reconnect to get the new one".into(),
-            }),
-            _ => None,
-        }
-    }
-}
+/// Reads ask for at least this much room. Small, because the buffer lives as long as the
+/// connection and most connections are idle.
+const READ_CHUNK: usize = 1024;
 
 pub(crate) async fn serve(inner: &Arc<Inner>, conn: u64, handshake: Handshake) {
     let limit = inner.config.handshake_timeout;
@@ -125,243 +53,382 @@ pub(crate) async fn serve(inner: &Arc<Inner>, conn: u64, handshake: Handshake) {
     run(inner, conn, stream, peer).instrument(span).await;
 }
 
+/// The session's clock: moments since the connection began.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now(self) -> Moment {
+        Moment::since_epoch(self.0.elapsed())
+    }
+
+    fn instant(self, at: Moment) -> Instant {
+        self.0 + at.elapsed()
+    }
+}
+
+/// Before a hello names a source, the session reads no clock: it only decodes and admits.
+struct NoSource;
+
+impl ClockFeed for NoSource {
+    fn latest(&self) -> Versioned {
+        Versioned {
+            version: 0,
+            ticks: Arc::from(Vec::new()),
+            queue_tick: 0,
+            ancestry: 0,
+            schema: 0,
+        }
+    }
+
+    fn schema_hash(&self) -> u64 {
+        0
+    }
+
+    fn ancestry(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let plain = inner.frame_config();
-    // Until the hello is accepted, a frame may be at most MAX_HELLO_FRAME: every connection
-    // still in its handshake may hold that much, and their number is only bounded by the
-    // handshake timeout.
-    let mut reader = FrameReader::new(FrameConfig {
-        max_frame: plain.max_frame.min(MAX_HELLO_FRAME),
-        ..plain
-    });
-
-    let limit = inner.config.handshake_timeout;
-    let hello = match timeout(limit, read_message(&mut rd, &mut reader, inner)).await {
-        Ok(Ok(Message::Hello(hello))) => hello,
-        Ok(Ok(Message::StatusRequest { token })) => {
-            let identity = peer.identity.as_deref();
-            let hubs = inner.hubs();
-            let schemas: Vec<_> = hubs.iter().map(|hub| hub.source.schema()).collect();
-            let schemas = schemas.iter().map(|schema| &**schema);
-            if let Err(refusal) = admit_status(&inner.policy(), schemas, identity, token.as_deref())
-            {
-                refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
-                return;
-            }
-            let mut out = Vec::new();
-            encode_frame(&plain, &Message::Status(inner.status()), &mut out);
-            inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-            let _ = timeout(FAREWELL_TIMEOUT, write(inner, &mut wr, &out)).await;
-            let _ = timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
-            return;
-        }
-        Ok(Ok(other)) => {
-            let reason = crate::proto::with_foreign_hint(
-                format!("expected Hello as the first message, got {}", other.name()),
-                reader.opening(),
-            );
-            refuse(inner, &mut wr, RefusalKind::BadHello, reason).await;
-            return;
-        }
-        Ok(Err(End::Protocol(message))) => {
-            inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            let message = crate::proto::with_foreign_hint(message, reader.opening());
-            warn!(%message, "bad handshake bytes; closing");
-            let reason = format!("not an aRPC hello: {message}");
-            refuse(inner, &mut wr, RefusalKind::BadHello, reason).await;
-            return;
-        }
-        Ok(Err(end)) => {
-            debug!(%end, "connection ended before its hello");
-            return;
-        }
-        Err(_) => {
-            let reason = format!("no hello within {limit:?}");
-            refuse(inner, &mut wr, RefusalKind::Timeout, reason).await;
-            return;
-        }
-    };
-
-    // Under mutual TLS the certificate says who the client is, whatever its hello claims.
-    let mut hello = hello;
-    if let Some(identity) = &peer.identity
-        && *identity != hello.client_id
-    {
-        info!(claimed = ?hello.client_id, %identity, "client id taken from its certificate");
-        hello.client_id = identity.clone();
-    }
-    // A peer that is not let in learns nothing of what is served here, not even the names.
-    let policy = inner.policy();
-    if let Err(refusal) = admit(&policy, &hello.client_id, hello.token.as_deref()) {
-        refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
+    let clock = Clock(Instant::now());
+    let mut session = ServerSession::new(
+        inner.session_config.clone(),
+        inner.stats.clone(),
+        peer.identity.clone(),
+        clock.now(),
+    );
+    let Some((hub, slot)) = handshake(inner, &mut session, &mut rd, clock).await else {
+        farewell(&mut session, &mut wr, inner).await;
         return;
+    };
+    let Some(client) = session.client_id().map(str::to_owned) else {
+        return;
+    };
+    // Every later event of this connection carries the client's id.
+    tracing::Span::current().record("client", client.as_str());
+
+    // The welcome waits in the session: the writer sends it first.
+    let outlet = Arc::new(Outlet::new(wr, session));
+    // Listed before the welcome goes out (a client that is ready is a client the server lists
+    // and can send payloads to), unlisted when the guard drops.
+    let _slot = ClientSlot::register(
+        inner,
+        conn,
+        slot,
+        ClientEntry {
+            info: ClientInfo {
+                id: client,
+                source: hub.name.clone(),
+                peer: peer.address.clone(),
+            },
+            outlet: outlet.clone(),
+        },
+    );
+    let attached = hub.attach(outlet.clone(), inner);
+    outlet.nudge.notify_one();
+    tokio::select! {
+        () = read_loop(inner, &hub, &outlet, &mut rd, clock) => {}
+        () = write_loop(inner, &hub, &outlet, clock) => {}
     }
+    drop(attached);
+    // The write half is not there when the connection ended in the middle of a write: a last
+    // word after half a frame would not parse anyway.
+    let (wr, last_word) = {
+        let mut state = outlet.lock();
+        let state = &mut *state;
+        if state.session.closed().is_none() {
+            state.session.close(CloseReason::PeerClosed);
+        }
+        let mut last_word = Vec::new();
+        state.session.take_transmit(&mut last_word);
+        (state.wr.take(), last_word)
+    };
+    if let Some(mut wr) = wr {
+        if !last_word.is_empty() {
+            let _ = timeout(FAREWELL_TIMEOUT, write(inner, &mut wr, &last_word)).await;
+        }
+        let _ = timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
+    }
+}
+
+/// Runs the handshake: reads until the session has a hello or a status request to answer,
+/// and answers it. Returns the source and the client's slot when the client was welcomed (the
+/// welcome is queued in the session).
+async fn handshake(
+    inner: &Arc<Inner>,
+    session: &mut ServerSession,
+    rd: &mut ReadHalf<BoxStream>,
+    clock: Clock,
+) -> Option<(Arc<Hub>, OwnedSemaphorePermit)> {
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    loop {
+        while let Some(event) = session.poll_event() {
+            match event {
+                ServerEvent::Hello(hello) => {
+                    // Refused: the refusal goes out as the farewell.
+                    if let Some(ready) = answer_hello(inner, session, &hello, clock) {
+                        return Some(ready);
+                    }
+                }
+                ServerEvent::StatusRequest { token } => {
+                    let hubs = inner.hubs();
+                    let schemas: Vec<_> = hubs.iter().map(|hub| hub.source.schema()).collect();
+                    session.answer_status(
+                        token.as_deref(),
+                        schemas.iter().map(|schema| &**schema),
+                        || inner.status(),
+                    );
+                }
+                ServerEvent::Mutate { .. } => {}
+            }
+        }
+        if session.closed().is_some() {
+            return None;
+        }
+        let deadline = session.poll_timeout().map(|at| clock.instant(at));
+        buf.clear();
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) => {
+                    debug!("connection ended before its hello");
+                    session.close(CloseReason::PeerClosed);
+                }
+                Ok(_) => session.handle_bytes(&buf, clock.now(), &NoSource),
+                Err(e) => {
+                    debug!(error = %e, "connection failed before its hello");
+                    session.close(CloseReason::Io(e.to_string()));
+                }
+            },
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                session.handle_timeout(clock.now(), &NoSource, &crate::proto::session::DiffCache::default());
+            }
+        }
+    }
+}
+
+/// Answers a hello with the source it names: the welcome, with a slot for the client, or a
+/// refusal (queued in the session either way).
+fn answer_hello(
+    inner: &Arc<Inner>,
+    session: &mut ServerSession,
+    hello: &Hello,
+    clock: Clock,
+) -> Option<(Arc<Hub>, OwnedSemaphorePermit)> {
     let hub = match inner.hub(&hello.source) {
         Ok(hub) => hub,
         Err(reason) => {
-            refuse(inner, &mut wr, RefusalKind::UnknownSource, reason).await;
-            return;
+            session.refuse(crate::proto::message::Refusal {
+                kind: crate::proto::message::RefusalKind::UnknownSource,
+                reason,
+            });
+            return None;
         }
     };
-    // A change after this snapshot reaches the client: the writer is nudged once it is
-    // attached to the pushers, and pushes what it finds newer.
-    let start = hub.latest();
-    // The positions granted below are positions of this schema: the connection ends when the
-    // source's schema changes (a served mirror's can).
+    // The positions granted are positions of this schema: the session ends when the source's
+    // schema changes (a served mirror's can).
     let schema = hub.source.schema();
-    // The hub's clock is of an older schema when the schema changed after its last transition
-    // (or is changing now): the source's own clock is then the one that goes with it.
-    let snapshot = if start.schema == schema.hash() {
-        Snapshot {
-            ticks: start.ticks.to_vec(),
-            queue_tick: start.queue_tick,
-        }
-    } else {
-        Snapshot {
-            ticks: hub.source.clock(),
-            queue_tick: hub.source.queue_tick(),
-        }
-    };
+    let start = hub.start_clock(schema.hash());
     let ancestry = hub.source.ancestry();
     let offer = Offer {
         schema: &schema,
         ancestry: &ancestry,
-        snapshot,
+        snapshot: crate::proto::message::Snapshot {
+            ticks: start.ticks.to_vec(),
+            queue_tick: start.queue_tick,
+        },
     };
-    let accepted = match decide(&hello, offer, &policy) {
-        Ok(accepted) => accepted,
-        Err(refusal) => {
-            refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
-            return;
-        }
-    };
+    let accepted = session.accept(offer).ok()?;
     // A slot is taken only by an accepted client: refused handshakes never crowd others out
     // (they are bounded by the handshake timeout instead).
     let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
-        let reason = format!(
-            "server is full ({} clients); try again later or use another server",
-            inner.config.max_clients
-        );
-        refuse(inner, &mut wr, RefusalKind::Full, reason).await;
-        return;
+        session.refuse(server_full(inner.config.max_clients));
+        return None;
     };
-    let frame = FrameConfig {
-        compression: if accepted.compression {
-            inner.config.compression
-        } else {
-            None
-        },
-        ..plain
-    };
-    reader.set_config(frame);
-
-    // Registered before the welcome goes out: a client that is ready is a client the server
-    // lists (and can send payloads to).
-    let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
-    let kick = Arc::new(Notify::new());
-    let info = ClientInfo {
-        id: hello.client_id.clone(),
-        source: hub.name.clone(),
-        peer: peer.address.clone(),
-    };
-    inner
-        .clients
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(
-            conn,
-            ClientEntry {
-                info,
-                control: control_tx.clone(),
-                kick: kick.clone(),
-            },
-        );
-    inner.stats.clients.fetch_add(1, Ordering::Relaxed);
-    let unregister = || {
-        inner
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&conn);
-        inner.stats.clients.fetch_sub(1, Ordering::Relaxed);
-    };
-
-    let mut out = Vec::with_capacity(256);
-    // A client that asked for compression can decode it: the welcome (schema and snapshot, the
-    // largest message of a session) is the first frame to benefit.
-    encode_frame(&frame, &Message::Welcome(accepted.welcome), &mut out);
-    inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = write(inner, &mut wr, &out).await {
-        debug!(error = %e, "could not send welcome");
-        unregister();
-        return;
-    }
-    // Every later event of this connection carries the client's id.
-    tracing::Span::current().record("client", hello.client_id.as_str());
-    info!(client = %hello.client_id, source = %hub.name, compression = accepted.compression, "client ready");
-
-    let mutable = accepted.mutable.clone();
-    let outlet = Arc::new(Outlet::new(
-        wr,
-        start,
-        accepted.tracked.clone(),
-        frame,
-        options_key(&accepted.tracked, &frame),
-        inner.config.min_push_interval.is_some(),
-        schema.hash(),
-    ));
-    let attached = hub.attach(outlet.clone(), inner);
-    outlet.nudge.notify_one();
-    let mut writer = Writer {
-        inner,
-        hub: &hub,
-        outlet: &outlet,
-        nonce: 0,
-    };
-    let to_writer = ToWriter {
-        control: control_tx,
-        outlet: &outlet,
-    };
-    let end = tokio::select! {
-        end = read_loop(inner, &hub, &schema, &mut rd, &mut reader, to_writer, &hello.client_id, mutable.as_deref()) => end,
-        end = writer.run(control_rx, &kick) => end,
-    };
-
-    drop(attached);
-    unregister();
-    drop(permit);
-    if let End::Protocol(message) = &end {
-        inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-        warn!(client = %hello.client_id, %message, "protocol error; closing this connection");
-    } else {
-        info!(client = %hello.client_id, reason = %end, "client gone");
-    }
-    // The write half is not there when the connection ended in the middle of a write: a last
-    // word after half a frame would not parse anyway.
-    let Some(mut wr) = outlet.lock().wr.take() else {
-        return;
-    };
-    if let Some(last_word) = end.farewell() {
-        out.clear();
-        encode_frame(&frame, &last_word, &mut out);
-        inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        let _ = timeout(FAREWELL_TIMEOUT, write(inner, &mut wr, &out)).await;
-    }
-    let _ = timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
+    session.welcome(accepted, schema, start, clock.now(), &*hub);
+    Some((hub, permit))
 }
 
-async fn refuse(inner: &Inner, wr: &mut WriteHalf<BoxStream>, kind: RefusalKind, reason: String) {
-    inner.stats.refusals.fetch_add(1, Ordering::Relaxed);
-    info!(?kind, %reason, "refusing client");
+/// A listed client: its entry and its slot among the server's clients, both given back when
+/// the connection ends, however it ends.
+struct ClientSlot<'a> {
+    inner: &'a Inner,
+    conn: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<'a> ClientSlot<'a> {
+    fn register(
+        inner: &'a Inner,
+        conn: u64,
+        permit: OwnedSemaphorePermit,
+        entry: ClientEntry,
+    ) -> Self {
+        inner.clients().insert(conn, entry);
+        inner.stats.clients.fetch_add(1, Ordering::Relaxed);
+        ClientSlot {
+            inner,
+            conn,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.inner.clients().remove(&self.conn);
+        self.inner.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads bytes into the session and runs the mutations it hands out, until it ends.
+async fn read_loop(
+    inner: &Inner,
+    hub: &Hub,
+    outlet: &Outlet,
+    rd: &mut ReadHalf<BoxStream>,
+    clock: Clock,
+) {
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let mut events = Vec::new();
+    loop {
+        // What the session handed out: from the bytes just read, or (the first time) from
+        // those that came with the hello.
+        {
+            let mut state = outlet.lock();
+            events.extend(std::iter::from_fn(|| state.session.poll_event()));
+        }
+        for event in events.drain(..) {
+            let ServerEvent::Mutate { id, mutation } = event else {
+                continue;
+            };
+            let started = std::time::Instant::now();
+            let result = hub.source.mutate(mutation).await;
+            inner.stats.mutation_latency.record(started.elapsed());
+            // A refusal from further up (this source is a mirror) is passed on as its reason
+            // alone: the client wraps it once, however many hops up it was refused.
+            let result = result.map_err(|e| match e {
+                MutationError::Refused(reason) => reason,
+                other => other.to_string(),
+            });
+            outlet
+                .lock()
+                .session
+                .handle_mutation_result(id, result, clock.now(), hub);
+            outlet.nudge.notify_one();
+        }
+        // A client that sends faster than it reads its answers waits for its writer.
+        loop {
+            let drained = outlet.drained.notified();
+            {
+                let state = outlet.lock();
+                if state.session.closed().is_some() {
+                    return;
+                }
+                if !state.session.backlogged() {
+                    break;
+                }
+            }
+            drained.await;
+        }
+        buf.clear();
+        let read = rd.read_buf(&mut buf).await;
+        {
+            let mut state = outlet.lock();
+            let session = &mut state.session;
+            match read {
+                Ok(0) => session.close(CloseReason::PeerClosed),
+                Ok(_) => session.handle_bytes(&buf, clock.now(), hub),
+                Err(e) => session.close(CloseReason::Io(e.to_string())),
+            }
+        }
+        outlet.nudge.notify_one();
+    }
+}
+
+/// Sends what the session queues, catches it up when nudged, keeps its time, until it ends.
+async fn write_loop(inner: &Inner, hub: &Hub, outlet: &Outlet, clock: Clock) {
+    // Waited for by a future that lives as long as the connection: made anew on every turn,
+    // it would join and leave a shared waiter list per write.
+    let mut shutdown = inner.shutdown.subscribe();
+    let shutdown = shutdown.wait_for(|stop| *stop);
+    tokio::pin!(shutdown);
+    let write_limit = inner.config.idle_timeout;
+    // Grows on first use and keeps its size; an idle client never needs more than a ping.
     let mut out = Vec::new();
-    encode_frame(
-        &inner.frame_config(),
-        &Message::Refused(Refusal { kind, reason }),
-        &mut out,
-    );
-    inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-    let _ = timeout(FAREWELL_TIMEOUT, write(inner, wr, &out)).await;
+    loop {
+        let deadline = outlet.lock().session.poll_timeout();
+        let deadline = deadline.map(|at| clock.instant(at));
+        let mut ended = None;
+        let mut timed_out = false;
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => ended = Some(CloseReason::Shutdown),
+            () = outlet.nudge.notified() => {}
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => timed_out = true,
+        }
+        // What to send and the write half to send it with, under one lock: no push of the
+        // pusher's comes between bytes taken here and their write.
+        let mut wr = {
+            let mut state = outlet.lock();
+            let state = &mut *state;
+            let session = &mut state.session;
+            let now = clock.now();
+            match ended {
+                Some(reason) => session.close(reason),
+                None if timed_out => session.handle_timeout(now, hub, hub.frames()),
+                None => {}
+            }
+            session.catch_up(now, hub, hub.frames());
+            if session.closed().is_some() {
+                // The last word goes out after the loops end.
+                return;
+            }
+            if session.transmit().is_empty() {
+                continue;
+            }
+            session.take_transmit(&mut out);
+            let Some(wr) = state.wr.take() else {
+                state
+                    .session
+                    .close(CloseReason::Io("the write half is gone".into()));
+                return;
+            };
+            wr
+        };
+        let written = timeout(write_limit, write(inner, &mut wr, &out)).await;
+        out.clear();
+        let mut state = outlet.lock();
+        let failed = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(CloseReason::Io(e.to_string())),
+            Err(_) => {
+                // A client already dropped for its payloads is not dropped twice.
+                if state.session.closed().is_none() {
+                    inner.stats.write_stalls.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(CloseReason::WriteStalled(write_limit))
+            }
+        };
+        state.wr = Some(wr);
+        outlet.drained.notify_waiters();
+        if let Some(reason) = failed {
+            // Half a frame may be out: no last word after it.
+            state.wr = None;
+            state.session.close(reason);
+            return;
+        }
+    }
+}
+
+/// Sends a refused or answered handshake's last bytes and closes.
+async fn farewell(session: &mut ServerSession, wr: &mut WriteHalf<BoxStream>, inner: &Inner) {
+    let mut out = Vec::new();
+    session.take_transmit(&mut out);
+    if !out.is_empty() {
+        let _ = timeout(FAREWELL_TIMEOUT, write(inner, wr, &out)).await;
+    }
     let _ = timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
 }
 
@@ -374,360 +441,4 @@ async fn write(inner: &Inner, wr: &mut WriteHalf<BoxStream>, bytes: &[u8]) -> st
         .bytes_out
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     Ok(())
-}
-
-/// Reads the next message, counting what arrives.
-async fn read_message(
-    rd: &mut ReadHalf<BoxStream>,
-    reader: &mut FrameReader,
-    inner: &Inner,
-) -> Result<Message, End> {
-    match wire::read_message(rd, reader, &inner.stats.bytes_in).await {
-        Ok(message) => {
-            inner.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-            Ok(message)
-        }
-        Err(ReadError::Closed) => Err(End::PeerClosed),
-        Err(ReadError::Io(e)) => Err(End::Io(e)),
-        Err(ReadError::Protocol(e)) => Err(End::Protocol(e.to_string())),
-    }
-}
-
-/// What a connection's reader hands its writer.
-struct ToWriter<'a> {
-    control: mpsc::Sender<Control>,
-    outlet: &'a Outlet,
-}
-
-impl ToWriter<'_> {
-    /// A reply is coming: it will carry the diff up to its time, so until the writer has sent
-    /// it, pushes to this client go through the writer too (one frame, not two).
-    fn expect_reply(&self) {
-        self.outlet.replies_queued.fetch_add(1, Ordering::AcqRel);
-    }
-}
-
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the connection's parts, borrowed for its lifetime; a struct would only rename them"
-)]
-async fn read_loop(
-    inner: &Inner,
-    hub: &Hub,
-    schema: &Schema,
-    rd: &mut ReadHalf<BoxStream>,
-    reader: &mut FrameReader,
-    to_writer: ToWriter<'_>,
-    client: &str,
-    mutable: Option<&[u32]>,
-) -> End {
-    let idle = inner.config.idle_timeout;
-    // A timeout around each read: a client sends rarely, and a long-lived timer would cost
-    // every idle connection its memory.
-    loop {
-        let message = match timeout(idle, read_message(rd, reader, inner)).await {
-            Err(_) => return End::Idle(idle),
-            Ok(Err(end)) => return end,
-            Ok(Ok(message)) => message,
-        };
-        let answer = match message {
-            Message::Mutate(request) => {
-                inner.stats.mutations.fetch_add(1, Ordering::Relaxed);
-                let MutateRequest {
-                    id,
-                    kind,
-                    states: called,
-                    args,
-                } = request;
-                // Positions of another schema would name other states.
-                if hub.source.schema().hash() != schema.hash() {
-                    return End::SchemaChanged;
-                }
-                let checked = check_mutation(schema, client, mutable, kind, &called);
-                if id != 0 {
-                    to_writer.expect_reply();
-                }
-                let result = match checked {
-                    Err(denied) => {
-                        if denied.by_acl() {
-                            inner.stats.refusals.fetch_add(1, Ordering::Relaxed);
-                            info!(reason = %denied, "mutation refused by the ACL");
-                        }
-                        Err(denied.to_string())
-                    }
-                    Ok(()) => {
-                        let called = called.into_iter().map(|s| s as usize).collect();
-                        let started = std::time::Instant::now();
-                        let result = hub.source.mutate(Mutation::new(kind, called, args)).await;
-                        inner.stats.mutation_latency.record(started.elapsed());
-                        // A refusal from further up (this source is a mirror) is passed on
-                        // as its reason alone: the client wraps it once, however many hops up
-                        // it was refused.
-                        result.map_err(|e| match e {
-                            MutationError::Refused(reason) => reason,
-                            other => other.to_string(),
-                        })
-                    }
-                };
-                // Id 0 asks for no reply.
-                if id == 0 {
-                    if let Err(error) = result {
-                        debug!(%error, "no-reply mutation failed");
-                    }
-                    continue;
-                }
-                Control::Reply { id, result }
-            }
-            Message::Sync { id } => Control::Snapshot { id },
-            Message::Ping(nonce) => Control::Pong(nonce),
-            Message::Pong(_) => continue,
-            Message::Bye { reason } => {
-                debug!(?reason, "client said bye");
-                return End::PeerBye;
-            }
-            Message::Error { message } => return End::PeerError(message),
-            other => return End::Protocol(format!("unexpected {} from a client", other.name())),
-        };
-        if to_writer.control.send(answer).await.is_err() {
-            return End::PeerClosed;
-        }
-    }
-}
-
-/// The writing half of a connection: replies, pings, and the pushes its hub's pusher left to
-/// it ([`Outlet`]).
-struct Writer<'a> {
-    inner: &'a Inner,
-    hub: &'a Hub,
-    outlet: &'a Outlet,
-    nonce: u64,
-}
-
-impl Writer<'_> {
-    async fn run(&mut self, mut control: mpsc::Receiver<Control>, kick: &Notify) -> End {
-        let config = &self.inner.config;
-        // The one-shot events are waited for by futures that live as long as the connection:
-        // made anew on every turn, each would join and leave a shared waiter list per write.
-        let mut shutdown = self.inner.shutdown.subscribe();
-        let shutdown = shutdown.wait_for(|stop| *stop);
-        let kicked = kick.notified();
-        tokio::pin!(shutdown, kicked);
-        let mut keepalive =
-            tokio::time::interval_at(Instant::now() + config.keepalive, config.keepalive);
-        let write_limit = config.idle_timeout;
-        let mut push_due: Option<Instant> = None;
-        let mut last_push = Instant::now();
-        // Grows on first use and keeps its size; an idle client never needs more than a ping.
-        let mut out = Vec::new();
-        let mut controls = Vec::new();
-        loop {
-            out.clear();
-            let (mut push, mut ping, mut nudged) = (false, false, false);
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => return End::Shutdown,
-                () = &mut kicked => return End::Kicked,
-                next = control.recv() => {
-                    let Some(first) = next else { return End::PeerClosed };
-                    controls.push(first);
-                    // Whatever else is ready goes out in the same write.
-                    while let Ok(more) = control.try_recv() {
-                        controls.push(more);
-                    }
-                }
-                () = self.outlet.nudge.notified(), if push_due.is_none() => {
-                    nudged = true;
-                    match config.min_push_interval {
-                        Some(interval) if last_push.elapsed() < interval => push_due = Some(last_push + interval),
-                        _ => {
-                            push = true;
-                            last_push = Instant::now();
-                        }
-                    }
-                }
-                _ = sleep_until(push_due.unwrap_or_else(Instant::now)), if push_due.is_some() => {
-                    push_due = None;
-                    push = true;
-                    last_push = Instant::now();
-                }
-                _ = keepalive.tick() => ping = true,
-            }
-            // What to send and the write half to send it with, under one lock: no push of the
-            // pusher's comes between a frame made here and its write.
-            // Whatever is sent now is in positions of the client's schema. The clock's own
-            // record says when to look; the source says whether it really changed (a schema
-            // can change without a transition, and the record lags until the next one).
-            if self.hub.schema_hash() != self.outlet.schema
-                && self.hub.source.schema().hash() != self.outlet.schema
-            {
-                return End::SchemaChanged;
-            }
-            let (mut wr, unsent) = {
-                let mut state = self.outlet.lock();
-                for c in controls.drain(..) {
-                    self.control(&mut state, c, &mut out);
-                }
-                if push {
-                    self.push(&mut state, &mut out);
-                }
-                if ping {
-                    self.nonce += 1;
-                    encode_frame(&self.outlet.frame, &Message::Ping(self.nonce), &mut out);
-                    self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-                }
-                // A nudge with nothing new may still mean bytes the pusher left in a buffer.
-                if out.is_empty() && state.unsent.is_empty() && !nudged {
-                    continue;
-                }
-                let Some(wr) = state.wr.take() else {
-                    return End::Io(std::io::Error::other("the write half is gone"));
-                };
-                (wr, std::mem::take(&mut state.unsent))
-            };
-            let written = timeout(write_limit, async {
-                for bytes in [&unsent, &out] {
-                    if !bytes.is_empty() {
-                        wr.write_all(bytes).await?;
-                    }
-                }
-                // TLS and WebSocket streams buffer; a frame must leave now, not with the next.
-                wr.flush().await
-            })
-            .await;
-            self.outlet.lock().wr = Some(wr);
-            match written {
-                Ok(Ok(())) => {
-                    let bytes = (unsent.len() + out.len()) as u64;
-                    self.inner
-                        .stats
-                        .bytes_out
-                        .fetch_add(bytes, Ordering::Relaxed);
-                }
-                Ok(Err(e)) => return End::Io(e),
-                Err(_) => {
-                    self.inner
-                        .stats
-                        .write_stalls
-                        .fetch_add(1, Ordering::Relaxed);
-                    return End::WriteStalled(write_limit);
-                }
-            }
-        }
-    }
-
-    /// The hub's latest clock; first appends the source's ancestry when it changed since the
-    /// client last had it.
-    fn latest(&self, state: &mut OutletState, out: &mut Vec<u8>) -> Versioned {
-        let latest = self.hub.latest();
-        if latest.ancestry != state.ancestry {
-            state.ancestry = latest.ancestry;
-            let message = Message::Ancestry(self.hub.source.ancestry());
-            encode_frame(&self.outlet.frame, &message, out);
-            self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        }
-        latest
-    }
-
-    /// Appends the diff from the client's clock to the latest, if anything tracked changed.
-    fn push(&self, state: &mut OutletState, out: &mut Vec<u8>) {
-        let latest = self.latest(state, out);
-        if latest.version == state.last.version || self.resync_if_went_back(state, &latest, out) {
-            return;
-        }
-        let outlet = self.outlet;
-        // With nothing tracked changed there is no frame, and the client's clock stays where
-        // it was: the next diff then carries this version's queue growth too.
-        let Some(bytes) = self.hub.frames().diff_frame(
-            &state.last,
-            &latest,
-            &outlet.tracked,
-            &outlet.frame,
-            outlet.options,
-        ) else {
-            return;
-        };
-        out.extend_from_slice(&bytes);
-        let stats = &self.inner.stats;
-        stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        stats.diffs_sent.fetch_add(1, Ordering::Relaxed);
-        // Versions between the client's and the latest were merged into this one diff.
-        let merged = latest
-            .version
-            .saturating_sub(state.last.version)
-            .saturating_sub(1);
-        if merged > 0 {
-            stats.diffs_merged.fetch_add(merged, Ordering::Relaxed);
-        }
-        state.last = latest;
-    }
-
-    /// When the source's clock went back (it restarted and a mirror resynced to it), no diff
-    /// can express the change: sends an unsolicited snapshot (id 0) and takes it as sent.
-    fn resync_if_went_back(
-        &self,
-        state: &mut OutletState,
-        latest: &Versioned,
-        out: &mut Vec<u8>,
-    ) -> bool {
-        let tracked = &self.outlet.tracked;
-        if !went_back(state.last.clock(), latest.clock(), tracked) {
-            return false;
-        }
-        let snapshot = Snapshot {
-            ticks: tracked.mask(&latest.ticks),
-            queue_tick: latest.queue_tick,
-        };
-        encode_frame(
-            &self.outlet.frame,
-            &Message::Snapshot { id: 0, snapshot },
-            out,
-        );
-        self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        state.last = latest.clone();
-        true
-    }
-
-    fn control(&self, state: &mut OutletState, control: Control, out: &mut Vec<u8>) {
-        let message = match control {
-            Control::Reply { id, result } => {
-                self.outlet.replies_queued.fetch_sub(1, Ordering::AcqRel);
-                // The reply carries the diff up to now, so the client needs no extra push.
-                let latest = self.latest(state, out);
-                self.resync_if_went_back(state, &latest, out);
-                let diff = Hub::diff(&state.last, &latest, &self.outlet.tracked);
-                state.last = latest;
-                Message::MutateReply(MutateReply {
-                    id,
-                    result: result.into(),
-                    diff,
-                })
-            }
-            Control::Snapshot { id } => {
-                let latest = self.latest(state, out);
-                let snapshot = Snapshot {
-                    ticks: self.outlet.tracked.mask(&latest.ticks),
-                    queue_tick: latest.queue_tick,
-                };
-                state.last = latest;
-                Message::Snapshot { id, snapshot }
-            }
-            Control::Pong(nonce) => Message::Pong(nonce),
-            Control::Payload(payload) => Message::Payload((*payload).clone()),
-        };
-        encode_frame(&self.outlet.frame, &message, out);
-        self.inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::End;
-
-    #[test]
-    fn a_peers_words_cannot_forge_a_log_line() {
-        let end = End::PeerError("oops\n2026-12-02T04:00:00Z INFO forged\u{1b}[0m".into());
-        let shown = end.to_string();
-        assert!(!shown.chars().any(char::is_control), "{shown:?}");
-        assert!(shown.contains("oops"), "{shown}");
-    }
 }

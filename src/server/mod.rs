@@ -18,14 +18,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::machine::StateSource;
+use crate::proto::Compression;
 use crate::proto::frame::DEFAULT_MAX_FRAME;
 use crate::proto::handshake::Policy;
 use crate::proto::message::{ClientStatus, NodeStatus, Payload, SourceStatus};
-use crate::proto::{Compression, FrameConfig};
+use crate::proto::session::{CloseReason, ServerSessionConfig};
 use crate::transport::{self, Endpoint, Listener, TransportConfig, TransportError};
 
 use hub::Hub;
@@ -93,30 +94,7 @@ pub enum ServerError {
     Transport(#[from] TransportError),
 }
 
-/// Counters of one server, all since it started.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    pub connections: AtomicU64,
-    pub clients: AtomicU64,
-    pub refusals: AtomicU64,
-    /// Connections whose transport handshake (TLS, WebSocket, QUIC) failed.
-    pub transport_errors: AtomicU64,
-    pub protocol_errors: AtomicU64,
-    pub frames_in: AtomicU64,
-    pub frames_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub diffs_sent: AtomicU64,
-    /// Source versions folded into a later diff because the client's connection was busy.
-    pub diffs_merged: AtomicU64,
-    pub mutations: AtomicU64,
-    /// Clients dropped because a write to them stayed blocked past the write deadline.
-    pub write_stalls: AtomicU64,
-    /// Clients dropped because their payload queue was full.
-    pub payload_overflows: AtomicU64,
-    /// Time from receiving a mutation to its result, at this server.
-    pub mutation_latency: crate::metrics::Histogram,
-}
+pub use crate::proto::session::ServerStats;
 
 /// A connected client, as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,13 +106,13 @@ pub struct ClientInfo {
 
 struct ClientEntry {
     info: ClientInfo,
-    control: mpsc::Sender<conn::Control>,
-    /// Closes the connection (its control queue may be too full to carry a message).
-    kick: Arc<Notify>,
+    outlet: Arc<push::Outlet>,
 }
 
 pub(crate) struct Inner {
     config: ServerConfig,
+    /// What every session shares, built once from `config`.
+    session_config: Arc<ServerSessionConfig>,
     hubs: RwLock<HashMap<String, Arc<Hub>>>,
     clients: Mutex<HashMap<u64, ClientEntry>>,
     next_conn: AtomicU64,
@@ -142,7 +120,7 @@ pub(crate) struct Inner {
     shutdown: watch::Sender<bool>,
     live_tasks: AtomicUsize,
     tasks_done: Notify,
-    stats: ServerStats,
+    stats: Arc<ServerStats>,
 }
 
 /// A server. Cheap to clone: clones share one server.
@@ -163,8 +141,24 @@ impl std::fmt::Debug for Server {
 impl Server {
     pub fn new(config: ServerConfig) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_clients));
+        let session_config = Arc::new(ServerSessionConfig {
+            max_frame: config.max_frame,
+            handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_timeout,
+            keepalive: config.keepalive,
+            min_push_interval: config.min_push_interval,
+            compression: config.compression,
+            acl: Policy {
+                compression: config.compression.is_some(),
+                token: config.token.clone(),
+                allow_ids: config.allow_ids.clone(),
+                see: config.see.clone(),
+                mutate: config.mutate.clone(),
+            },
+        });
         Server {
             inner: Arc::new(Inner {
+                session_config,
                 config,
                 hubs: RwLock::new(HashMap::new()),
                 clients: Mutex::new(HashMap::new()),
@@ -173,7 +167,7 @@ impl Server {
                 shutdown: watch::channel(false).0,
                 live_tasks: AtomicUsize::new(0),
                 tasks_done: Notify::new(),
-                stats: ServerStats::default(),
+                stats: Arc::default(),
             }),
         }
     }
@@ -221,10 +215,10 @@ impl Server {
         let local = listener.local_endpoint();
         info!(endpoint = %local, "listening");
         let inner = self.inner.clone();
-        inner.track_task();
+        let task = TaskGuard::new(&inner);
         tokio::spawn(async move {
+            let _task = task;
             accept_loop(&inner, listener).await;
-            inner.untrack_task();
         });
         Ok(local)
     }
@@ -248,44 +242,39 @@ impl Server {
         {
             return Err(ServerError::UnknownSource(source.to_owned()));
         }
-        let payload = Arc::new(Payload {
+        let payload = Payload {
             name: name.to_owned(),
             data,
-        });
-        let clients = self
-            .inner
-            .clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        };
+        let clients = self.inner.clients();
         let mut sent = 0;
         for entry in clients.values() {
             if entry.info.source != source || client.is_some_and(|id| id != entry.info.id) {
                 continue;
             }
-            match entry
-                .control
-                .try_send(conn::Control::Payload(payload.clone()))
-            {
+            let mut state = entry.outlet.lock();
+            if state.session.closed().is_some() {
+                continue;
+            }
+            match state.session.send_payload(&payload) {
                 Ok(()) => sent += 1,
-                Err(_) => {
+                Err(()) => {
                     self.inner
                         .stats
                         .payload_overflows
                         .fetch_add(1, Ordering::Relaxed);
                     warn!(client = %entry.info.id, "client too slow for payloads; disconnecting it");
-                    entry.kick.notify_one();
+                    state.session.close(CloseReason::Kicked);
                 }
             }
+            drop(state);
+            entry.outlet.nudge.notify_one();
         }
         Ok(sent)
     }
 
     pub fn clients(&self) -> Vec<ClientInfo> {
-        let clients = self
-            .inner
-            .clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let clients = self.inner.clients();
         let mut infos: Vec<ClientInfo> = clients.values().map(|c| c.info.clone()).collect();
         infos.sort_by(|a, b| (&a.source, &a.id).cmp(&(&b.source, &b.id)));
         infos
@@ -327,15 +316,30 @@ impl Server {
     }
 }
 
-impl Inner {
-    fn track_task(&self) {
-        self.live_tasks.fetch_add(1, Ordering::AcqRel);
-    }
+/// A task the server waits for at shutdown, counted while the guard lives: a task that ends
+/// by a panic is uncounted too.
+struct TaskGuard(Arc<Inner>);
 
-    fn untrack_task(&self) {
-        if self.live_tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.tasks_done.notify_waiters();
+impl TaskGuard {
+    fn new(inner: &Arc<Inner>) -> TaskGuard {
+        inner.live_tasks.fetch_add(1, Ordering::AcqRel);
+        TaskGuard(inner.clone())
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.live_tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.tasks_done.notify_waiters();
         }
+    }
+}
+
+impl Inner {
+    /// The listed clients, by connection.
+    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ClientEntry>> {
+        // Nothing under this lock calls user code or panics on peer input.
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn hub(&self, name: &str) -> Result<Arc<Hub>, String> {
@@ -363,7 +367,7 @@ impl Inner {
     }
 
     fn status(&self) -> NodeStatus {
-        let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let clients = self.clients();
         let mut client_list: Vec<ClientStatus> = clients
             .values()
             .map(|c| ClientStatus {
@@ -431,23 +435,6 @@ impl Inner {
             counters,
         }
     }
-
-    fn policy(&self) -> Policy {
-        Policy {
-            compression: self.config.compression.is_some(),
-            token: self.config.token.clone(),
-            allow_ids: self.config.allow_ids.clone(),
-            see: self.config.see.clone(),
-            mutate: self.config.mutate.clone(),
-        }
-    }
-
-    fn frame_config(&self) -> FrameConfig {
-        FrameConfig {
-            max_frame: self.config.max_frame,
-            compression: None,
-        }
-    }
 }
 
 async fn accept_loop(inner: &Arc<Inner>, mut listener: Box<dyn Listener>) {
@@ -465,10 +452,10 @@ async fn accept_loop(inner: &Arc<Inner>, mut listener: Box<dyn Listener>) {
                 inner.stats.connections.fetch_add(1, Ordering::Relaxed);
                 let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
                 let inner = inner.clone();
-                inner.track_task();
+                let task = TaskGuard::new(&inner);
                 tokio::spawn(async move {
+                    let _task = task;
                     conn::serve(&inner, id, handshake).await;
-                    inner.untrack_task();
                 });
             }
             Err(e) => {

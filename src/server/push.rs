@@ -1,8 +1,8 @@
 //! Clock pushes without waking every connection: a hub's pushers (one per runtime worker)
 //! write each change's diff straight to the sockets of the connections in their share, with
-//! writes that do not wait. A connection whose change needs more than that (its socket is
-//! full, its own writer is writing, a reply to it is queued, an ancestry or a snapshot is due,
-//! or it is paced by a push interval) is nudged instead, and its writer sends it.
+//! writes that do not wait. Whether a plain diff is all a client needs is its session's
+//! decision ([`ServerSession::push`]); when it needs more, or its socket is full, or its own
+//! writer is writing, the connection is nudged instead, and its writer sends it.
 //!
 //! With thousands of clients this is one wake-up and one pass per change and worker, where a
 //! writer task per client would be woken, scheduled and polled for each.
@@ -16,70 +16,40 @@ use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::sync::{Notify, watch};
 
 use super::Inner;
-use super::hub::{FrameCache, Versioned};
-use crate::proto::diff::went_back;
-use crate::proto::{FrameConfig, Tracked};
+use crate::proto::session::{CatchUp, DiffCache, ServerSession, Versioned};
 use crate::transport::BoxStream;
 
-/// What a connection's writer and its hub's pusher share.
+/// What a connection's reader, its writer and its source's pusher share.
 pub(crate) struct Outlet {
     state: Mutex<OutletState>,
-    /// Told when the pusher left a change (or unsent bytes) to the writer.
+    /// Told when there is something for the writer: bytes the pusher or the reader left, a
+    /// catch-up the pusher declined, the end of the session.
     pub nudge: Notify,
-    /// Replies queued for the writer: a reply carries the diff up to its time, so the pusher
-    /// leaves such a client to it (one frame instead of two).
-    pub replies_queued: AtomicUsize,
-    pub tracked: Tracked,
-    pub frame: FrameConfig,
-    /// Clients with equal keys get the same diff bytes (see [`super::hub::options_key`]).
-    pub options: u64,
-    /// A minimum push interval applies: every push goes through the writer, which keeps time.
-    pub paced: bool,
-    /// The hash of the schema the client was given: its tracked and mutable positions are
-    /// positions of that schema.
-    pub schema: u64,
+    /// Told after each write: a reader held back by a backlog reads on.
+    pub drained: Notify,
 }
 
-/// The part of an [`Outlet`] that changes.
+/// The part of an [`Outlet`] behind its lock.
 pub(crate) struct OutletState {
     /// The write half; `None` while the writer has it out for a write of its own.
     pub wr: Option<WriteHalf<BoxStream>>,
-    /// The clock the client has, as a hub version.
-    pub last: Versioned,
-    /// The hub's ancestry count as of the ancestry the client has.
-    pub ancestry: u64,
-    /// Bytes the pusher could not write at once: they go out before anything else.
-    pub unsent: Vec<u8>,
+    pub session: ServerSession,
 }
 
 impl Outlet {
-    pub fn new(
-        wr: WriteHalf<BoxStream>,
-        last: Versioned,
-        tracked: Tracked,
-        frame: FrameConfig,
-        options: u64,
-        paced: bool,
-        schema: u64,
-    ) -> Outlet {
+    pub fn new(wr: WriteHalf<BoxStream>, session: ServerSession) -> Outlet {
         Outlet {
             state: Mutex::new(OutletState {
                 wr: Some(wr),
-                ancestry: last.ancestry,
-                last,
-                unsent: Vec::new(),
+                session,
             }),
             nudge: Notify::new(),
-            replies_queued: AtomicUsize::new(0),
-            tracked,
-            frame,
-            options,
-            paced,
-            schema,
+            drained: Notify::new(),
         }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, OutletState> {
+        // Nothing under this lock calls user code or panics on peer input.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -99,7 +69,7 @@ impl Pushers {
     /// One pusher per runtime worker, following `clock`. Must run inside the runtime.
     pub fn start(
         clock: &watch::Receiver<Versioned>,
-        cache: &Arc<FrameCache>,
+        cache: &Arc<DiffCache>,
         inner: &Arc<Inner>,
     ) -> Pushers {
         let workers = tokio::runtime::Handle::current()
@@ -171,7 +141,7 @@ struct Tally {
 async fn run(
     mut clock: watch::Receiver<Versioned>,
     share: Arc<Share>,
-    cache: Arc<FrameCache>,
+    cache: Arc<DiffCache>,
     inner: Weak<Inner>,
 ) {
     let mut outlets: Vec<Arc<Outlet>> = Vec::new();
@@ -218,44 +188,29 @@ async fn run(
 }
 
 /// Writes the diff that takes one client to `latest` now, or leaves it to its writer.
-fn push_one(outlet: &Outlet, latest: &Versioned, cache: &FrameCache, tally: &mut Tally) {
+fn push_one(outlet: &Outlet, latest: &Versioned, cache: &DiffCache, tally: &mut Tally) {
     let mut state = outlet.lock();
-    if state.last.version == latest.version && state.ancestry == latest.ancestry {
-        return;
-    }
     let state = &mut *state;
-    // A changed schema ends the connection, which is the writer's to do.
-    let writer_must = outlet.paced
-        || latest.schema != outlet.schema
-        || state.ancestry != latest.ancestry
-        || !state.unsent.is_empty()
-        || outlet.replies_queued.load(Ordering::Acquire) > 0
-        || went_back(state.last.clock(), latest.clock(), &outlet.tracked);
-    let Some(wr) = state.wr.as_mut().filter(|_| !writer_must) else {
+    match state.session.push(latest, cache) {
+        CatchUp::Nothing => return,
+        CatchUp::Writer | CatchUp::Closed => {
+            outlet.nudge.notify_one();
+            return;
+        }
+        CatchUp::Sent { merged } => {
+            tally.frames += 1;
+            tally.merged += merged;
+        }
+    }
+    // The writer has the write half out: the frame waits in the session for it.
+    let Some(wr) = state.wr.as_mut() else {
         outlet.nudge.notify_one();
         return;
     };
-    // With nothing tracked changed there is no frame, and the client's clock stays where it
-    // was: the next diff then carries this version's queue growth too.
-    let Some(bytes) = cache.diff_frame(
-        &state.last,
-        latest,
-        &outlet.tracked,
-        &outlet.frame,
-        outlet.options,
-    ) else {
-        return;
-    };
-    let (written, flushed) = write_now(wr, &bytes);
-    tally.frames += 1;
+    let (written, flushed) = write_now(wr, state.session.transmit());
     tally.bytes += written as u64;
-    tally.merged += latest
-        .version
-        .saturating_sub(state.last.version)
-        .saturating_sub(1);
-    state.last = latest.clone();
-    if written < bytes.len() || !flushed {
-        state.unsent.extend_from_slice(&bytes[written..]);
+    state.session.advance(written);
+    if !state.session.transmit().is_empty() || !flushed {
         outlet.nudge.notify_one();
     }
 }

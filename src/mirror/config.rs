@@ -1,0 +1,145 @@
+//! What a mirror is configured with, the states of its connection, its errors and counters.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use crate::machine::Schema;
+use crate::proto::frame::DEFAULT_MAX_FRAME;
+use crate::proto::session::{ClientConfig, HandshakeError};
+use crate::transport::{Endpoint, TransportConfig, TransportError};
+
+/// How a mirror connects and behaves.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// Who this mirror is to the server (for a node, its node id).
+    pub client_id: String,
+    pub compression: bool,
+    /// Track only these states; `None` for all.
+    pub track: Option<Vec<String>>,
+    pub token: Option<String>,
+    /// The schema the mirror expects, if known: the server then skips sending it.
+    pub schema: Option<Arc<Schema>>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// How often the mirror pings the server.
+    pub keepalive: Duration,
+    /// A server silent for this long is taken as gone.
+    pub idle_timeout: Duration,
+    /// How long a mutation waits for its reply.
+    pub mutation_timeout: Duration,
+    pub max_frame: usize,
+    /// First reconnect delay; it doubles up to `backoff_max`, with jitter.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// TLS material for tls://, quic:// and wss:// upstreams.
+    pub transport: TransportConfig,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            client_id: format!("mirror-{}", std::process::id()),
+            compression: false,
+            track: None,
+            token: None,
+            schema: None,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            mutation_timeout: Duration::from_secs(30),
+            max_frame: DEFAULT_MAX_FRAME,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+/// The state of a mirror's connection, for a person or a program to wait on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Connecting,
+    Ready,
+    Disconnected,
+}
+
+/// Why a mirror could not (first) connect.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{endpoint} refused the mirror ({kind:?}): {reason}")]
+    Refused {
+        endpoint: Endpoint,
+        kind: crate::proto::message::RefusalKind,
+        reason: String,
+    },
+    #[error("no handshake answer from {endpoint} within {after:?}")]
+    HandshakeTimeout { endpoint: Endpoint, after: Duration },
+    #[error("handshake with {endpoint} failed: {reason}")]
+    Handshake { endpoint: Endpoint, reason: String },
+    #[error("the server sent a schema that is not valid: {0}")]
+    BadSchema(#[from] crate::machine::SchemaError),
+    #[error(
+        "{endpoint} serves a different schema (states: {found}) than this mirror expects (states: {expected}); update one side or leave the mirror's schema unset to take the server's"
+    )]
+    SchemaMismatch {
+        endpoint: Endpoint,
+        expected: String,
+        found: String,
+    },
+}
+
+/// Counters of one mirror.
+#[derive(Debug, Default)]
+pub struct MirrorStats {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub diffs: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+impl MirrorConfig {
+    /// The session's part of the configuration, for a source at `endpoint`.
+    pub(super) fn session(&self, endpoint: &Endpoint) -> ClientConfig {
+        ClientConfig {
+            client_id: self.client_id.clone(),
+            source: endpoint.machine.clone().unwrap_or_default(),
+            compression: self.compression,
+            track: self.track.clone(),
+            token: self.token.clone(),
+            max_frame: self.max_frame,
+            handshake_timeout: self.handshake_timeout,
+            keepalive: self.keepalive,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+impl MirrorError {
+    /// A session's handshake failure, at `endpoint`.
+    pub(super) fn handshake(endpoint: &Endpoint, error: HandshakeError) -> MirrorError {
+        let endpoint = endpoint.clone();
+        match error {
+            HandshakeError::Refused { kind, reason } => MirrorError::Refused {
+                endpoint,
+                kind,
+                reason,
+            },
+            HandshakeError::Timeout(after) => MirrorError::HandshakeTimeout { endpoint, after },
+            HandshakeError::Failed(reason) => MirrorError::Handshake {
+                endpoint,
+                reason: crate::printable::printable(&reason).into_owned(),
+            },
+            HandshakeError::BadSchema(e) => MirrorError::BadSchema(e),
+            HandshakeError::SchemaMismatch { expected, found } => MirrorError::SchemaMismatch {
+                endpoint,
+                expected,
+                found,
+            },
+        }
+    }
+}

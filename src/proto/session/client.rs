@@ -1,0 +1,623 @@
+//! A mirror's session with its source: the protocol decisions of the client side.
+//!
+//! One `ClientSession` lives as long as its mirror, across connections: it keeps the replica
+//! clock (and the schema it is of) while disconnected, and each connection starts with
+//! [`ClientSession::connect`]. It writes the hello, checks the welcome (the schema the mirror
+//! expects, a schema that is not valid), applies diffs and checks their checksums (a mismatch
+//! asks for a snapshot), gives out request ids, answers pings and pings a quiet server, and
+//! notices a server that went silent. Whatever the driver or the mirror's owner must act on
+//! comes out of [`ClientSession::poll_event`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::requests::Requests;
+use super::time::Moment;
+use crate::machine::{Mutation, MutationError, Outcome, Schema, SchemaError};
+use crate::printable::printable;
+use crate::proto::diff::{ApplyError, Tracked, apply as apply_diff};
+use crate::proto::message::{
+    ClockDiff, Hello, MutateRequest, Payload, Refusal, RefusalKind, Snapshot, WantedOptions,
+    Welcome,
+};
+use crate::proto::{
+    Compression, FrameConfig, FrameReader, Message, PROTOCOL_VERSION, encode_frame,
+    foreign_protocol, with_foreign_hint,
+};
+
+/// Who the mirror is and what it asks of the source.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Who this mirror is to the server (for a node, its node id).
+    pub client_id: String,
+    /// The source wanted; empty for the server's only source.
+    pub source: String,
+    pub compression: bool,
+    /// Track only these states; `None` for all.
+    pub track: Option<Vec<String>>,
+    pub token: Option<String>,
+    pub max_frame: usize,
+    pub handshake_timeout: Duration,
+    /// How often the mirror pings the server.
+    pub keepalive: Duration,
+    /// A server silent for this long is taken as gone.
+    pub idle_timeout: Duration,
+}
+
+/// Where a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No connection (not yet, or it ended): the clock is the last one known.
+    Idle,
+    /// The hello is out, the welcome not in yet.
+    Handshake,
+    Ready,
+    /// Closed by its owner: no more connections.
+    Closed,
+}
+
+/// Why a handshake failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("refused ({kind:?}): {reason}")]
+    Refused { kind: RefusalKind, reason: String },
+    #[error("no handshake answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
+    #[error("the server sent a schema that is not valid: {0}")]
+    BadSchema(SchemaError),
+    #[error(
+        "the source serves a different schema (states: {found}) than this mirror expects (states: {expected}); update one side or leave the mirror's schema unset to take the server's"
+    )]
+    SchemaMismatch { expected: String, found: String },
+}
+
+/// What the mirror (or its driver) must act on.
+#[derive(Debug)]
+pub enum ClientEvent<P> {
+    /// The handshake succeeded; the clock is the source's. `reconnect` after the first.
+    Ready {
+        reconnect: bool,
+    },
+    /// The handshake failed; the connection is to be dropped.
+    HandshakeFailed(HandshakeError),
+    /// The clock changed: the states whose tick changed (every state, with a new schema),
+    /// and the clock before. `diffs` counts the diffs applied in this change.
+    ClockChanged {
+        before: Vec<u64>,
+        changed: Vec<usize>,
+        schema_changed: bool,
+        diffs: usize,
+    },
+    /// A request's answer (or its end with the connection).
+    Answered {
+        pending: P,
+        result: Result<Outcome, MutationError>,
+    },
+    Payload(Payload),
+    /// The source's ancestry changed.
+    Ancestry(Vec<String>),
+    /// A checksum mismatch: a snapshot was asked for.
+    Resync,
+    /// The server ended the session (or broke the protocol); the connection is to be
+    /// dropped. The reason quotes the server printably.
+    Closed(String),
+}
+
+/// A mirror's session with its source.
+#[derive(Debug)]
+pub struct ClientSession<P> {
+    config: ClientConfig,
+    /// The schema the mirror must have, if its owner set one.
+    expected: Option<Arc<Schema>>,
+    schema: Option<Arc<Schema>>,
+    ticks: Vec<u64>,
+    queue_tick: u64,
+    tracked: Tracked,
+    /// The source's ancestry, from the last welcome or update.
+    upstream: Vec<String>,
+    requests: Requests<P>,
+    phase: Phase,
+    since: Moment,
+    /// Sessions established so far.
+    sessions: u64,
+    reader: FrameReader,
+    frame: FrameConfig,
+    transmit: Vec<u8>,
+    events: VecDeque<ClientEvent<P>>,
+    last_heard: Moment,
+    next_ping: Moment,
+    nonce: u64,
+    /// The hello could not be written; reported if no answer comes either.
+    hello_failed: Option<String>,
+}
+
+impl<P> ClientSession<P> {
+    /// A session for a mirror; `schema`, when set, is the one the source must serve.
+    pub fn new(config: ClientConfig, schema: Option<Arc<Schema>>) -> ClientSession<P> {
+        let frame = FrameConfig {
+            max_frame: config.max_frame,
+            compression: None,
+        };
+        let ticks = vec![0; schema.as_ref().map_or(0, |s| s.len())];
+        ClientSession {
+            expected: schema.clone(),
+            schema,
+            ticks,
+            queue_tick: 0,
+            tracked: Tracked::All,
+            upstream: Vec::new(),
+            requests: Requests::default(),
+            phase: Phase::Idle,
+            since: Moment::ZERO,
+            sessions: 0,
+            reader: FrameReader::new(frame),
+            frame,
+            transmit: Vec::new(),
+            events: VecDeque::new(),
+            last_heard: Moment::ZERO,
+            next_ping: Moment::ZERO,
+            nonce: 0,
+            hello_failed: None,
+            config,
+        }
+    }
+
+    // Getters.
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The schema of the replica: the expected one, else the source's once a welcome came.
+    pub fn schema(&self) -> Option<&Arc<Schema>> {
+        self.schema.as_ref()
+    }
+
+    pub fn ticks(&self) -> &[u64] {
+        &self.ticks
+    }
+
+    pub fn queue_tick(&self) -> u64 {
+        self.queue_tick
+    }
+
+    /// The source's id and its upstreams' ids, nearest first.
+    pub fn upstream(&self) -> &[String] {
+        &self.upstream
+    }
+
+    /// Requests waiting for answers.
+    pub fn in_flight(&self) -> usize {
+        self.requests.in_flight()
+    }
+
+    /// Bytes to send, in order.
+    pub fn transmit(&self) -> &[u8] {
+        &self.transmit
+    }
+
+    /// When [`ClientSession::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Moment> {
+        match self.phase {
+            Phase::Handshake => Some(self.since + self.config.handshake_timeout),
+            Phase::Ready => Some((self.last_heard + self.config.idle_timeout).min(self.next_ping)),
+            Phase::Idle | Phase::Closed => None,
+        }
+    }
+
+    // Inputs.
+
+    /// Starts a connection whose transport is up: queues the hello.
+    pub fn connect(&mut self, now: Moment) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.fail_requests();
+        self.phase = Phase::Handshake;
+        self.since = now;
+        self.hello_failed = None;
+        self.transmit.clear();
+        self.frame.compression = None;
+        // Asking for compression means being able to decode it, from the welcome on.
+        self.reader = FrameReader::new(FrameConfig {
+            compression: self.config.compression.then(Compression::default),
+            ..self.frame
+        });
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            client_id: self.config.client_id.clone(),
+            source: self.config.source.clone(),
+            schema_hash: self.schema.as_ref().map_or(0, |s| s.hash()),
+            options: WantedOptions {
+                compression: self.config.compression,
+                track: self.config.track.clone(),
+            },
+            token: self.config.token.clone(),
+        };
+        self.send(&Message::Hello(hello));
+    }
+
+    /// Takes bytes from the server.
+    pub fn handle_bytes(&mut self, bytes: &[u8], now: Moment) {
+        if !matches!(self.phase, Phase::Handshake | Phase::Ready) {
+            return;
+        }
+        self.reader.push(bytes);
+        self.last_heard = now;
+        let mut diffs = Vec::new();
+        loop {
+            let next = match self.reader.next_message() {
+                // Diffs read together are applied together: a mirror that fell behind catches
+                // up in one step instead of replaying every stale clock.
+                Ok(Some(Message::Diff(diff))) if self.phase == Phase::Ready => {
+                    diffs.push(diff);
+                    continue;
+                }
+                next => next,
+            };
+            if !diffs.is_empty() {
+                self.apply_diffs(&diffs);
+                diffs.clear();
+                if self.phase != Phase::Ready {
+                    return;
+                }
+            }
+            match next {
+                Ok(Some(message)) if self.phase == Phase::Handshake => {
+                    self.handle_answer(message, now)
+                }
+                Ok(Some(message)) => self.handle_message(message),
+                Ok(None) => return,
+                Err(e) if self.phase == Phase::Handshake => {
+                    let reason = match foreign_protocol(self.reader.opening()) {
+                        Some(hint) => format!("not an aRPC server: {hint}"),
+                        None => format!("not an aRPC server: {e}"),
+                    };
+                    self.handshake_failed(HandshakeError::Failed(reason));
+                }
+                Err(e) => self.end(format!("protocol error: {e}")),
+            }
+            if !matches!(self.phase, Phase::Handshake | Phase::Ready) {
+                return;
+            }
+        }
+    }
+
+    /// Time passed: the handshake deadline, a silent server, keepalive pings.
+    pub fn handle_timeout(&mut self, now: Moment) {
+        match self.phase {
+            Phase::Handshake if now >= self.since + self.config.handshake_timeout => {
+                self.handshake_failed(HandshakeError::Timeout(self.config.handshake_timeout));
+            }
+            Phase::Ready if now >= self.last_heard + self.config.idle_timeout => {
+                let idle = self.config.idle_timeout;
+                self.end(format!("the server was silent for {idle:?}"));
+            }
+            Phase::Ready if now >= self.next_ping => {
+                self.nonce += 1;
+                self.next_ping = now + self.config.keepalive;
+                self.send(&Message::Ping(self.nonce));
+            }
+            _ => {}
+        }
+    }
+
+    /// The hello could not be written. The server may have refused and closed before
+    /// reading it, so its answer is still awaited; this is the reason when none comes.
+    pub fn handle_write_error(&mut self, error: String) {
+        match self.phase {
+            Phase::Handshake => self.hello_failed = Some(error),
+            Phase::Ready => self.end(format!("i/o error: {error}")),
+            Phase::Idle | Phase::Closed => {}
+        }
+    }
+
+    /// The connection ended under the session (`reason` from the transport: a close, an
+    /// i/o error). Requests end with [`MutationError::Disconnected`].
+    pub fn handle_lost(&mut self, reason: String) {
+        match self.phase {
+            Phase::Handshake => {
+                let reason = match (foreign_protocol(self.reader.opening()), &self.hello_failed) {
+                    // Another protocol's answer may be shorter than the frame its first bytes
+                    // announce, ending in a close rather than a bad frame.
+                    (Some(hint), _) => format!("not an aRPC server: {hint}"),
+                    (None, Some(e)) => format!("sending the hello failed: {e}"),
+                    (None, None) => reason,
+                };
+                self.handshake_failed(HandshakeError::Failed(reason));
+            }
+            Phase::Ready => self.end(reason),
+            Phase::Idle | Phase::Closed => {}
+        }
+    }
+
+    // Mutators.
+
+    /// Queues a mutation. With `pending`, its answer comes back as [`ClientEvent::Answered`];
+    /// without, none is asked for (`sync` fetches the clock after).
+    pub fn mutate(&mut self, mutation: Mutation, pending: Option<P>) -> Result<(), MutationError> {
+        self.check_ready()?;
+        let len = self.ticks.len();
+        if let Some(&bad) = mutation.states.iter().find(|&&s| s >= len) {
+            return Err(MutationError::BadIndex(bad));
+        }
+        let id = self.take_id(pending)?;
+        self.send(&Message::Mutate(MutateRequest {
+            id,
+            kind: mutation.kind,
+            states: mutation.states.iter().map(|&s| s as u32).collect(),
+            args: mutation.args,
+        }));
+        Ok(())
+    }
+
+    /// Asks the source for its whole clock; the answer comes back with `pending`.
+    pub fn sync(&mut self, pending: P) -> Result<(), MutationError> {
+        self.check_ready()?;
+        let id = self.take_id(Some(pending))?;
+        self.send(&Message::Sync { id });
+        Ok(())
+    }
+
+    /// Says goodbye (when connected) and ends the session for good.
+    pub fn close(&mut self) {
+        if self.phase == Phase::Ready {
+            self.send(&Message::Bye {
+                reason: "mirror closed".into(),
+            });
+        }
+        self.phase = Phase::Closed;
+        self.fail_requests();
+    }
+
+    /// Takes the next event.
+    pub fn poll_event(&mut self) -> Option<ClientEvent<P>> {
+        self.events.pop_front()
+    }
+
+    /// Takes the bytes to send (swapped with `buf`, which should be empty).
+    pub fn take_transmit(&mut self, buf: &mut Vec<u8>) {
+        std::mem::swap(&mut self.transmit, buf);
+    }
+
+    fn check_ready(&self) -> Result<(), MutationError> {
+        match self.phase {
+            Phase::Closed => Err(MutationError::Disposed),
+            Phase::Ready => Ok(()),
+            Phase::Idle | Phase::Handshake => Err(MutationError::Disconnected),
+        }
+    }
+
+    fn take_id(&mut self, pending: Option<P>) -> Result<u64, MutationError> {
+        let Some(pending) = pending else {
+            return Ok(0);
+        };
+        self.requests
+            .insert(pending)
+            .ok_or(MutationError::QueueFull {
+                limit: super::requests::MAX_IN_FLIGHT,
+            })
+    }
+
+    /// The server's answer to the hello.
+    fn handle_answer(&mut self, message: Message, now: Moment) {
+        match message {
+            Message::Welcome(welcome) => {
+                if let Err(e) = self.adopt(welcome, now) {
+                    self.handshake_failed(e);
+                }
+            }
+            Message::Refused(Refusal { kind, reason }) => {
+                self.handshake_failed(HandshakeError::Refused {
+                    kind,
+                    reason: printable(&reason).into_owned(),
+                });
+            }
+            other => {
+                let reason = with_foreign_hint(
+                    format!("expected Welcome, got {}", other.name()),
+                    self.reader.opening(),
+                );
+                self.handshake_failed(HandshakeError::Failed(reason));
+            }
+        }
+    }
+
+    /// Takes a welcome in: checks its schema, applies its snapshot, opens the session.
+    fn adopt(&mut self, welcome: Welcome, now: Moment) -> Result<(), HandshakeError> {
+        let schema = match welcome.schema {
+            Some(def) => Some(Arc::new(
+                Schema::new(def).map_err(HandshakeError::BadSchema)?,
+            )),
+            None if self.schema.is_none() => {
+                return Err(HandshakeError::Failed(
+                    "the server sent no schema although the mirror has none".into(),
+                ));
+            }
+            None => None,
+        };
+        if let (Some(expected), Some(found)) = (&self.expected, &schema)
+            && expected.hash() != found.hash()
+        {
+            return Err(HandshakeError::SchemaMismatch {
+                expected: expected.names().collect::<Vec<_>>().join(", "),
+                found: printable(&found.names().collect::<Vec<_>>().join(", ")).into_owned(),
+            });
+        }
+        self.frame.compression = welcome.granted.compression.then(Compression::default);
+        self.reader.set_config(self.frame);
+        self.tracked = Tracked::from_granted(welcome.granted.tracked.as_deref());
+        self.phase = Phase::Ready;
+        self.last_heard = now;
+        self.next_ping = now + self.config.keepalive;
+        self.events.push_back(ClientEvent::Ready {
+            reconnect: self.sessions > 0,
+        });
+        self.sessions += 1;
+        self.replace(schema, &welcome.snapshot);
+        self.set_upstream(welcome.ancestry);
+        Ok(())
+    }
+
+    /// A message of an open session.
+    fn handle_message(&mut self, message: Message) {
+        match message {
+            Message::Diff(diff) => self.apply_diffs(std::slice::from_ref(&diff)),
+            Message::MutateReply(reply) => {
+                self.apply_diffs(std::slice::from_ref(&reply.diff));
+                let result: Result<Outcome, String> = reply.result.into();
+                // A refusal from further up is passed down as its reason alone: it is wrapped
+                // once here, however many hops up it was refused.
+                let result = result.map_err(|r| MutationError::Refused(printable(&r).into()));
+                self.answer(reply.id, result);
+            }
+            Message::Snapshot { id, snapshot } => {
+                self.replace(None, &snapshot);
+                self.answer(id, Ok(Outcome::Executed));
+            }
+            Message::SchemaChanged { schema, snapshot } => match Schema::new(schema) {
+                Ok(schema) => {
+                    info!(states = schema.len(), "the source's schema changed");
+                    self.replace(Some(Arc::new(schema)), &snapshot);
+                }
+                Err(e) => self.end(format!("the server sent an invalid schema: {e}")),
+            },
+            Message::Payload(payload) => self.events.push_back(ClientEvent::Payload(payload)),
+            Message::Ping(nonce) => self.send(&Message::Pong(nonce)),
+            Message::Pong(_) => {}
+            Message::Ancestry(ancestry) => self.set_upstream(ancestry),
+            Message::Bye { reason } => {
+                self.end(format!("the server said bye: {}", printable(&reason)));
+            }
+            Message::Error { message } => self.end(format!(
+                "the server reported a protocol error: {}",
+                printable(&message)
+            )),
+            other => self.end(format!("unexpected {} from a server", other.name())),
+        }
+    }
+
+    fn answer(&mut self, id: u64, result: Result<Outcome, MutationError>) {
+        if let Some(pending) = self.requests.take(id) {
+            self.events
+                .push_back(ClientEvent::Answered { pending, result });
+        }
+    }
+
+    /// Applies diffs in order, as one change: diffs that arrived together reach waiters and
+    /// observers once, with the latest clock (the latest wins, as on the server). A checksum
+    /// mismatch asks for a snapshot (the diffs after it are dropped: the snapshot supersedes
+    /// them); a state outside the schema ends the session.
+    fn apply_diffs(&mut self, diffs: &[ClockDiff]) {
+        let before = self.ticks.clone();
+        let mut changed = Vec::new();
+        let mut failed = None;
+        for diff in diffs {
+            match apply_diff(&mut self.ticks, diff, &self.tracked) {
+                Ok(states) => changed.extend(states),
+                Err(ApplyError::Checksum) => {
+                    changed.extend(diff.changes.iter().map(|&(s, _)| s as usize));
+                    failed = Some(ApplyError::Checksum);
+                }
+                // Nothing of this diff was applied.
+                Err(e @ ApplyError::BadState { .. }) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            self.queue_tick = self.queue_tick.saturating_add(diff.queue_delta);
+            if failed.is_some() {
+                break;
+            }
+        }
+        if diffs.len() > 1 {
+            changed.sort_unstable();
+            changed.dedup();
+        }
+        self.events.push_back(ClientEvent::ClockChanged {
+            before,
+            changed,
+            schema_changed: false,
+            diffs: diffs.len(),
+        });
+        match failed {
+            None => {}
+            Some(ApplyError::Checksum) => {
+                warn!(mirror = %self.config.client_id, "clock checksum mismatch; asking for a full sync");
+                self.events.push_back(ClientEvent::Resync);
+                // Id 0: no caller waits; the snapshot replaces the clock when it comes.
+                self.send(&Message::Sync { id: 0 });
+            }
+            Some(e) => self.end(e.to_string()),
+        }
+    }
+
+    /// Replaces the clock, and the schema when it changed.
+    fn replace(&mut self, schema: Option<Arc<Schema>>, snapshot: &Snapshot) {
+        let mut schema_changed = false;
+        if let Some(schema) =
+            schema.filter(|s| self.schema.as_ref().map(|m| m.hash()) != Some(s.hash()))
+        {
+            schema_changed = true;
+            self.ticks = vec![0; schema.len()];
+            self.schema = Some(schema);
+        }
+        let before = self.ticks.clone();
+        for (s, tick) in self.ticks.iter_mut().enumerate() {
+            *tick = snapshot.ticks.get(s).copied().unwrap_or(0);
+        }
+        self.queue_tick = snapshot.queue_tick;
+        // A new schema is news to observers (a server serving this mirror) even when no tick
+        // differs: their clock is of the old one.
+        let changed = (0..self.ticks.len())
+            .filter(|&s| schema_changed || before.get(s) != self.ticks.get(s))
+            .collect();
+        self.events.push_back(ClientEvent::ClockChanged {
+            before,
+            changed,
+            schema_changed,
+            diffs: 0,
+        });
+    }
+
+    fn set_upstream(&mut self, ancestry: Vec<String>) {
+        if self.upstream != ancestry {
+            self.upstream = ancestry.clone();
+            self.events.push_back(ClientEvent::Ancestry(ancestry));
+        }
+    }
+
+    fn handshake_failed(&mut self, error: HandshakeError) {
+        self.phase = Phase::Idle;
+        self.events.push_back(ClientEvent::HandshakeFailed(error));
+    }
+
+    /// The session ended from the server's side (or by its fault).
+    fn end(&mut self, reason: String) {
+        self.phase = Phase::Idle;
+        self.fail_requests();
+        self.events.push_back(ClientEvent::Closed(reason));
+    }
+
+    fn fail_requests(&mut self) {
+        for pending in self.requests.take_all() {
+            self.events.push_back(ClientEvent::Answered {
+                pending,
+                result: Err(MutationError::Disconnected),
+            });
+        }
+    }
+
+    fn send(&mut self, message: &Message) {
+        encode_frame(&self.frame, message, &mut self.transmit);
+    }
+}
