@@ -102,7 +102,7 @@ impl End {
 }
 
 pub(crate) async fn serve(inner: &Arc<Inner>, conn: u64, handshake: Handshake) {
-    let limit = inner.config.handshake_timeout;
+    let limit = inner.config.limits.handshake_timeout;
     let (stream, peer) = match timeout(limit, handshake).await {
         Ok(Ok(connected)) => connected,
         Ok(Err(e)) => {
@@ -136,7 +136,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         ..plain
     });
 
-    let limit = inner.config.handshake_timeout;
+    let limit = inner.config.limits.handshake_timeout;
     let hello = match timeout(limit, read_message(&mut rd, &mut reader, inner)).await {
         Ok(Ok(Message::Hello(hello))) => hello,
         Ok(Ok(Message::StatusRequest { token })) => {
@@ -144,7 +144,8 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
             let hubs = inner.hubs();
             let schemas: Vec<_> = hubs.iter().map(|hub| hub.source.schema()).collect();
             let schemas = schemas.iter().map(|schema| &**schema);
-            if let Err(refusal) = admit_status(&inner.policy(), schemas, identity, token.as_deref())
+            if let Err(refusal) =
+                admit_status(&inner.config.acl, schemas, identity, token.as_deref())
             {
                 refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
                 return;
@@ -192,8 +193,8 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         hello.client_id = identity.clone();
     }
     // A peer that is not let in learns nothing of what is served here, not even the names.
-    let policy = inner.policy();
-    if let Err(refusal) = admit(&policy, &hello.client_id, hello.token.as_deref()) {
+    let acl = &inner.config.acl;
+    if let Err(refusal) = admit(acl, &hello.client_id, hello.token.as_deref()) {
         refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
         return;
     }
@@ -229,7 +230,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         ancestry: &ancestry,
         snapshot,
     };
-    let accepted = match decide(&hello, offer, &policy) {
+    let accepted = match decide(&hello, offer, acl, inner.config.compression.is_some()) {
         Ok(accepted) => accepted,
         Err(refusal) => {
             refuse(inner, &mut wr, refusal.kind, refusal.reason).await;
@@ -241,7 +242,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
         let reason = format!(
             "server is full ({} clients); try again later or use another server",
-            inner.config.max_clients
+            inner.config.limits.max_clients
         );
         refuse(inner, &mut wr, RefusalKind::Full, reason).await;
         return;
@@ -308,7 +309,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         accepted.tracked.clone(),
         frame,
         options_key(&accepted.tracked, &frame),
-        inner.config.min_push_interval.is_some(),
+        inner.config.limits.min_push_interval.is_some(),
         schema.hash(),
     ));
     let attached = hub.attach(outlet.clone(), inner);
@@ -421,7 +422,7 @@ async fn read_loop(
     client: &str,
     mutable: Option<&[u32]>,
 ) -> End {
-    let idle = inner.config.idle_timeout;
+    let idle = inner.config.limits.idle_timeout;
     // A timeout around each read: a client sends rarely, and a long-lived timer would cost
     // every idle connection its memory.
     loop {
@@ -505,7 +506,7 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     async fn run(&mut self, mut control: mpsc::Receiver<Control>, kick: &Notify) -> End {
-        let config = &self.inner.config;
+        let config = &self.inner.config.limits;
         // The one-shot events are waited for by futures that live as long as the connection:
         // made anew on every turn, each would join and leave a shared waiter list per write.
         let mut shutdown = self.inner.shutdown.subscribe();

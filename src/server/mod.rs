@@ -22,8 +22,8 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::machine::StateSource;
-use crate::proto::frame::DEFAULT_MAX_FRAME;
-use crate::proto::handshake::Policy;
+use crate::proto::acl::Acl;
+use crate::proto::config::Limits;
 use crate::proto::message::{ClientStatus, NodeStatus, Payload, SourceStatus};
 use crate::proto::{Compression, FrameConfig};
 use crate::transport::{self, Endpoint, Listener, TransportConfig, TransportError};
@@ -35,27 +35,11 @@ use hub::Hub;
 pub struct ServerConfig {
     /// The node's name, as `status` shows it.
     pub name: String,
-    /// Most clients at once over all listeners; more are refused with a reason.
-    pub max_clients: usize,
-    /// Transport and protocol handshake must finish within this.
-    pub handshake_timeout: Duration,
-    /// A client that sends nothing (not even a pong) for this long is dropped.
-    pub idle_timeout: Duration,
-    /// How often the server pings a client.
-    pub keepalive: Duration,
-    pub max_frame: usize,
+    pub limits: Limits,
     /// Compression offered to clients that ask; `None` to never compress.
     pub compression: Option<Compression>,
-    /// Fewer, larger diffs: at most one push per interval per client.
-    pub min_push_interval: Option<Duration>,
-    /// Clients must present this token.
-    pub token: Option<String>,
-    /// Only these client ids are let in.
-    pub allow_ids: Option<Vec<String>>,
-    /// Per client id (`"*"` for the others): the only states it sees.
-    pub see: std::collections::BTreeMap<String, Vec<String>>,
-    /// Per client id (`"*"` for the others): the only states it may mutate.
-    pub mutate: std::collections::BTreeMap<String, Vec<String>>,
+    /// Who is let in, what each client sees and may mutate.
+    pub acl: Acl,
     /// TLS material for tls://, quic:// and wss:// listeners.
     pub transport: TransportConfig,
 }
@@ -64,17 +48,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             name: "server".to_owned(),
-            max_clients: 10_000,
-            handshake_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
-            keepalive: Duration::from_secs(10),
-            max_frame: DEFAULT_MAX_FRAME,
+            limits: Limits::default(),
             compression: Some(Compression::default()),
-            min_push_interval: None,
-            token: None,
-            allow_ids: None,
-            see: Default::default(),
-            mutate: Default::default(),
+            acl: Acl::default(),
             transport: TransportConfig::default(),
         }
     }
@@ -162,7 +138,7 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     pub fn new(config: ServerConfig) -> Self {
-        let slots = Arc::new(Semaphore::new(config.max_clients));
+        let slots = Arc::new(Semaphore::new(config.limits.max_clients));
         Server {
             inner: Arc::new(Inner {
                 config,
@@ -215,7 +191,7 @@ impl Server {
         let listener = transport::bind(
             endpoint,
             &self.inner.config.transport,
-            self.inner.config.max_frame,
+            self.inner.config.limits.max_frame,
         )
         .await?;
         let local = listener.local_endpoint();
@@ -432,19 +408,9 @@ impl Inner {
         }
     }
 
-    fn policy(&self) -> Policy {
-        Policy {
-            compression: self.config.compression.is_some(),
-            token: self.config.token.clone(),
-            allow_ids: self.config.allow_ids.clone(),
-            see: self.config.see.clone(),
-            mutate: self.config.mutate.clone(),
-        }
-    }
-
     fn frame_config(&self) -> FrameConfig {
         FrameConfig {
-            max_frame: self.config.max_frame,
+            max_frame: self.config.limits.max_frame,
             compression: None,
         }
     }

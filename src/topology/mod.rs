@@ -13,15 +13,15 @@ mod resolve;
 mod schemas;
 mod spec;
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::machine::Schema;
+use crate::proto::acl::Acl;
+use crate::proto::config::Limits;
 use crate::transport::Endpoint;
 
 /// A problem in a topology file, located (line 0: the file as a whole), with what to do.
@@ -110,19 +110,13 @@ pub struct NodePlan {
     pub name: String,
     pub listen: Vec<Endpoint>,
     pub machines: Vec<MachinePlan>,
+    /// Offer compression to clients that ask.
     pub compression: bool,
-    pub push_interval: Option<Duration>,
-    pub max_clients: Option<usize>,
-    pub max_frame: Option<usize>,
-    pub handshake_timeout: Option<Duration>,
-    pub idle_timeout: Option<Duration>,
-    pub keepalive: Option<Duration>,
+    /// The file's `limits` and `push_interval_ms` over the defaults.
+    pub limits: Limits,
     pub tls: Option<TlsSpec>,
-    pub token: Option<String>,
-    pub allow: Option<Vec<String>>,
-    /// Per client id (`"*"` for the others): the only states it sees / may mutate.
-    pub see: BTreeMap<String, Vec<String>>,
-    pub mutate: BTreeMap<String, Vec<String>>,
+    /// Who is let in, what each client sees and may mutate (the file's `acl`).
+    pub acl: Acl,
     /// Address of the admin listener (/metrics, /healthz), if any.
     pub admin: Option<String>,
     /// Where the node is written, for errors found when it starts.
