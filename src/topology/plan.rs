@@ -62,7 +62,7 @@ pub(super) fn plan_node(
         acl,
         admin: n.admin.as_ref().map(|a| a.get_ref().clone()),
         lines: NodeLines {
-            file: cx.file.clone(),
+            file: cx.file().to_owned(),
             node: cx.line(&n.name.span()),
             tls: n.tls.as_ref().map(|t| cx.line(&t.span())),
             admin: n.admin.as_ref().map(|a| cx.line(&a.span())),

@@ -121,6 +121,18 @@ fn unknown_keys_are_errors_with_their_line() {
     assert!(e.to_string().starts_with("test.toml:6: "), "{e}");
 }
 
+/// The relay's configuration is read by the same loader: see relay::config's tests.
+#[test]
+fn an_unknown_key_at_the_start_of_line_3_is_reported_on_line_3() {
+    let e = error("[[nodes]]\nname = \"a\"\nlisten_on = []\n");
+    assert_eq!(e.line, 3, "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("test.toml:3: unknown field `listen_on`"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_references_are_errors_with_their_line_and_a_hint() {
     let cases = [
