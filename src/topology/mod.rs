@@ -4,9 +4,10 @@
 //! documents the format.
 //!
 //! Owns parsing and validation only: starting nodes is `crate::node`'s job. The file as
-//! written is `spec`; `resolve` checks it step by step, with `schemas` building the schemas and
-//! `plan` each node's plan; `ports` decides which addresses collide. `toml_file` reads a TOML
-//! file and locates its errors, for topology files and the relay's configuration alike.
+//! written is `spec`; `resolve` checks it pass by pass, with `schemas` building the schemas,
+//! `upstreams` connecting mirrors and detecting loops, and `plan` making each node's plan;
+//! `ports` decides which addresses collide. `toml_file` reads a TOML file and locates its
+//! errors, for topology files and the relay's configuration alike.
 
 mod plan;
 mod ports;
@@ -14,6 +15,7 @@ mod resolve;
 mod schemas;
 mod spec;
 pub(crate) mod toml_file;
+mod upstreams;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};

@@ -12,11 +12,28 @@ use crate::machine::Schema;
 use crate::proto::config::Limits;
 use crate::transport::{Endpoint, Scheme};
 
-use super::resolve::{Nodes, Up, machine_key};
+use super::resolve::{Nodes, machine_key};
 use super::spec::{LimitsSpec, MachineSpec, NodeSpec, TlsFileSpec};
+use super::upstreams::Up;
 use super::{Cx, MachineKind, MachinePlan, NodeLines, NodePlan, TlsSpec, TopologyError};
 
-pub(super) fn plan_node(
+/// Plans: each node's plan, in the file's order.
+pub(super) fn plans(
+    cx: &Cx<'_>,
+    base: &Path,
+    written: &[Spanned<NodeSpec>],
+    nodes: &Nodes<'_>,
+    schema_of: &HashMap<String, Arc<Schema>>,
+    ups: &HashMap<String, Up>,
+) -> Result<Vec<NodePlan>, TopologyError> {
+    written
+        .iter()
+        .map(|node| plan_node(cx, base, node, nodes, schema_of, ups))
+        .collect()
+}
+
+/// One node's plan: its machines, TLS material, ACL and limits.
+fn plan_node(
     cx: &Cx<'_>,
     base: &Path,
     node: &Spanned<NodeSpec>,

@@ -14,6 +14,7 @@ use super::spec::{SchemaFileSpec, SchemaSpec};
 use super::toml_file::TomlFile;
 use super::{Cx, TopologyError};
 
+/// Schemas: every `[schemas]` entry built, from its inline states or its schema file, by name.
 pub(super) fn schemas(
     cx: &Cx<'_>,
     base: &Path,
