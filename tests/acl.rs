@@ -13,6 +13,7 @@ use asyncmachine::machine::{
 };
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig, MirrorError};
 use asyncmachine::proto::Message;
+use asyncmachine::proto::acl::Acl;
 use asyncmachine::proto::message::{Hello, MutateRequest, NodeStatus, RefusalKind};
 use asyncmachine::server::{Server, ServerConfig};
 use asyncmachine::transport::{Endpoint, TlsConfig, TransportConfig};
@@ -29,8 +30,11 @@ fn rules(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
 async fn clients_see_and_change_only_what_they_may() {
     let machine = Machine::builder(abc_schema()).id("root").build();
     let config = ServerConfig {
-        see: rules(&[("*", &["A", "B"]), ("writer", &["B"])]),
-        mutate: rules(&[("*", &[]), ("writer", &["B"])]),
+        acl: Acl {
+            see: rules(&[("*", &["A", "B"]), ("writer", &["B"])]),
+            mutate: rules(&[("*", &[]), ("writer", &["B"])]),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (server, endpoint) = serve(Arc::new(machine.clone()), config, "tcp").await;
@@ -84,7 +88,10 @@ async fn clients_see_and_change_only_what_they_may() {
 async fn only_clients_on_the_allow_list_get_in() {
     let machine = Machine::builder(abc_schema()).id("root").build();
     let config = ServerConfig {
-        allow_ids: Some(vec!["listed".into()]),
+        acl: Acl {
+            allow_ids: Some(vec!["listed".into()]),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (server, endpoint) = serve(Arc::new(machine), config, "tcp").await;
@@ -150,7 +157,10 @@ fn expect_set_refused(result: Result<Outcome, MutationError>, client: &str) {
 async fn a_restricted_client_cannot_set_but_adds_with_the_schemas_relations() {
     let machine = started_root();
     let config = ServerConfig {
-        mutate: rules(&[("mirA", &["Flag"])]),
+        acl: Acl {
+            mutate: rules(&[("mirA", &["Flag"])]),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (server, endpoint) = serve(Arc::new(machine.clone()), config, "tcp").await;
@@ -211,7 +221,10 @@ async fn a_restricted_leaf_cannot_set_through_a_served_mirror() {
         serve(Arc::new(machine.clone()), ServerConfig::default(), "tcp").await;
     let mid = mirror(&root_endpoint, "mid").await;
     let config = ServerConfig {
-        mutate: rules(&[("leaf", &["Flag"])]),
+        acl: Acl {
+            mutate: rules(&[("leaf", &["Flag"])]),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (_mid_server, mid_endpoint) = serve(Arc::new(mid), config, "tcp").await;
@@ -235,7 +248,10 @@ async fn the_root_judges_a_served_mirror_by_its_own_id() {
     // what the leaf asks for reaches the root as mid's, and is judged by mid's list.
     let machine = started_root();
     let config = ServerConfig {
-        mutate: rules(&[("mid", &["Flag"])]),
+        acl: Acl {
+            mutate: rules(&[("mid", &["Flag"])]),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (_root, root_endpoint) = serve(Arc::new(machine.clone()), config, "tcp").await;
@@ -285,7 +301,10 @@ async fn status_is_refused_to_peers_the_rules_narrow() {
     machine.add(&["C"], Args::new()).expect("taken in");
     // Every client sees A only: status (every tick of every state) must not reach them.
     let narrowed = ServerConfig {
-        see: rules(&[("*", &["A"])]),
+        acl: Acl {
+            see: rules(&[("*", &["A"])]),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (_narrowed, endpoint) = serve(Arc::new(machine.clone()), narrowed, "tcp").await;
@@ -295,7 +314,10 @@ async fn status_is_refused_to_peers_the_rules_narrow() {
     );
     // Only listed clients get in: an anonymous status request is not one of them.
     let listed = ServerConfig {
-        allow_ids: Some(vec!["ops".into()]),
+        acl: Acl {
+            allow_ids: Some(vec!["ops".into()]),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (_listed, endpoint) = serve(Arc::new(machine.clone()), listed, "tcp").await;
@@ -307,7 +329,10 @@ async fn status_is_refused_to_peers_the_rules_narrow() {
         .expect("an open node answers");
     assert_eq!(status.sources[0].active, ["C"]);
     let token = ServerConfig {
-        token: Some("t".into()),
+        acl: Acl {
+            token: Some("t".into()),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (_token, endpoint) = serve(Arc::new(machine), token, "tcp").await;
@@ -331,9 +356,12 @@ async fn under_mutual_tls_status_follows_the_certificates_identity() {
     };
     let machine = Machine::builder(abc_schema()).id("root").build();
     let server = Server::new(ServerConfig {
-        allow_ids: Some(vec!["ops".into(), "eve".into()]),
-        see: rules(&[("*", &["A"]), ("ops", &["A", "B", "C", "Exception"])]),
         transport: mutual("node"),
+        acl: Acl {
+            allow_ids: Some(vec!["ops".into(), "eve".into()]),
+            see: rules(&[("*", &["A"]), ("ops", &["A", "B", "C", "Exception"])]),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     });
     server
@@ -360,8 +388,11 @@ async fn under_mutual_tls_status_follows_the_certificates_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_is_not_let_in_learns_no_source_names() {
     let server = Server::new(ServerConfig {
-        token: Some("t".into()),
         transport: transport(),
+        acl: Acl {
+            token: Some("t".into()),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     });
     for name in ["worker", "secret-payroll"] {
@@ -456,8 +487,11 @@ async fn under_mutual_tls_a_certificate_without_an_identity_cannot_claim_one() {
     for scheme in ["tls", "wss", "quic"] {
         let machine = Machine::builder(abc_schema()).id("root").build();
         let server = Server::new(ServerConfig {
-            allow_ids: Some(vec!["ops".into()]),
             transport: server_tls.clone(),
+            acl: Acl {
+                allow_ids: Some(vec!["ops".into()]),
+                ..Acl::default()
+            },
             ..ServerConfig::default()
         });
         server
@@ -526,7 +560,10 @@ async fn an_id_with_control_characters_is_refused_at_the_hello() {
 async fn a_no_reply_set_from_a_restricted_client_does_not_run_either() {
     let machine = started_root();
     let config = ServerConfig {
-        mutate: rules(&[("mirA", &["Flag"])]),
+        acl: Acl {
+            mutate: rules(&[("mirA", &["Flag"])]),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (server, endpoint) = serve(Arc::new(machine.clone()), config, "tcp").await;
@@ -695,7 +732,10 @@ async fn a_schema_change_under_a_served_mirror_ends_its_clients_sessions() {
         mutated: mut mutated_rx,
     } = mid_of_a_scripted_upstream(vec![0, 1, 0, 0]).await;
     let config = ServerConfig {
-        mutate: rules(&[("leaf", &["Flag"])]),
+        acl: Acl {
+            mutate: rules(&[("leaf", &["Flag"])]),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (_mid_server, mid_endpoint) = serve(Arc::new(mid.clone()), config, "tcp").await;
@@ -744,7 +784,10 @@ async fn snapshots_and_replies_carry_only_what_a_client_sees() {
     let machine = Machine::builder(abc_schema()).id("root").build();
     machine.add(&["B", "C"], Args::new()).expect("taken in");
     let config = ServerConfig {
-        see: rules(&[("*", &["A"])]),
+        acl: Acl {
+            see: rules(&[("*", &["A"])]),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (_server, endpoint) = serve(Arc::new(machine.clone()), config, "tcp").await;

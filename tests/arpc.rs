@@ -11,6 +11,8 @@ use asyncmachine::machine::{
     Args, Event, Machine, Mutation, MutationError, MutationKind, Outcome, StateSource,
 };
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig, MirrorError};
+use asyncmachine::proto::acl::Acl;
+use asyncmachine::proto::config::Limits;
 use asyncmachine::proto::message::{ClockDiff, RefusalKind};
 use asyncmachine::proto::{Message, frame};
 use asyncmachine::server::{Server, ServerConfig};
@@ -215,7 +217,10 @@ pub async fn mirrors_reconnect_and_resync_after_a_server_restart(scheme: &str) {
 pub async fn bad_input_closes_only_that_connection(scheme: &str) {
     let source = machine();
     let config = ServerConfig {
-        max_frame: 4096,
+        limits: Limits {
+            max_frame: 4096,
+            ..Limits::default()
+        },
         ..ServerConfig::default()
     };
     let (server, endpoint) = serve(Arc::new(source.clone()), config, scheme).await;
@@ -307,9 +312,15 @@ pub async fn a_mirror_expecting_another_schema_gets_a_clear_error(scheme: &str) 
 
 pub async fn refusals_say_why(scheme: &str) {
     let config = ServerConfig {
-        max_clients: 1,
-        token: Some("s3cret".into()),
-        handshake_timeout: Duration::from_millis(300),
+        limits: Limits {
+            max_clients: 1,
+            handshake_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        acl: Acl {
+            token: Some("s3cret".into()),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     };
     let (_server, endpoint) = serve(Arc::new(machine()), config, scheme).await;
@@ -343,9 +354,12 @@ pub async fn refusals_say_why(scheme: &str) {
 
 pub async fn a_silent_peer_is_timed_out(scheme: &str) {
     let config = ServerConfig {
-        handshake_timeout: Duration::from_millis(200),
-        idle_timeout: Duration::from_millis(300),
-        keepalive: Duration::from_secs(60),
+        limits: Limits {
+            handshake_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(300),
+            keepalive: Duration::from_secs(60),
+            ..Limits::default()
+        },
         ..ServerConfig::default()
     };
     let (_server, endpoint) = serve(Arc::new(machine()), config, scheme).await;
@@ -372,8 +386,11 @@ pub async fn a_client_that_stops_reading_is_dropped_at_the_write_deadline(scheme
     let _turn = ONE_AT_A_TIME.lock().await;
     let source = machine();
     let config = ServerConfig {
-        idle_timeout: Duration::from_millis(400),
-        keepalive: Duration::from_secs(60),
+        limits: Limits {
+            idle_timeout: Duration::from_millis(400),
+            keepalive: Duration::from_secs(60),
+            ..Limits::default()
+        },
         ..ServerConfig::default()
     };
     let (server, endpoint) = serve(Arc::new(source.clone()), config, scheme).await;
@@ -429,8 +446,11 @@ pub async fn a_client_that_stops_reading_is_dropped_at_the_write_deadline(scheme
 
 pub async fn keepalive_keeps_an_idle_mirror_connected(scheme: &str) {
     let config = ServerConfig {
-        idle_timeout: Duration::from_millis(400),
-        keepalive: Duration::from_millis(100),
+        limits: Limits {
+            idle_timeout: Duration::from_millis(400),
+            keepalive: Duration::from_millis(100),
+            ..Limits::default()
+        },
         ..ServerConfig::default()
     };
     let (server, endpoint) = serve(Arc::new(machine()), config, scheme).await;

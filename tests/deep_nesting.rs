@@ -168,7 +168,7 @@ async fn a_first_frame_over_the_hello_limit_is_refused_before_its_body() {
     let source = Machine::builder(abc_schema()).id("worker").build();
     let config = ServerConfig::default();
     assert!(
-        config.max_frame > MAX_HELLO_FRAME,
+        config.limits.max_frame > MAX_HELLO_FRAME,
         "the default frame limit is the larger"
     );
     let (_server, endpoint) = serve(Arc::new(source), config, "tcp").await;

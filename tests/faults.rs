@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use asyncmachine::fault::{Fault, FaultProxy};
 use asyncmachine::machine::{Args, Event, Machine, Outcome, Schema, StateDef, StateSource};
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
+use asyncmachine::proto::config::Limits;
 use asyncmachine::server::{Server, ServerConfig};
 use asyncmachine::transport::Endpoint;
 use common::*;
@@ -32,8 +33,11 @@ fn schema() -> Schema {
 
 fn server_config() -> ServerConfig {
     ServerConfig {
-        idle_timeout: Duration::from_millis(600),
-        keepalive: Duration::from_millis(100),
+        limits: Limits {
+            idle_timeout: Duration::from_millis(600),
+            keepalive: Duration::from_millis(100),
+            ..Limits::default()
+        },
         ..ServerConfig::default()
     }
 }

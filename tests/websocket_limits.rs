@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use asyncmachine::machine::Machine;
+use asyncmachine::proto::config::Limits;
 use asyncmachine::relay::{Relay, RelayConfig, Target};
 use asyncmachine::server::{Server, ServerConfig};
 use asyncmachine::transport::Endpoint;
@@ -25,9 +26,12 @@ async fn node_ws(max_frame: usize) -> (Server, Endpoint) {
     serve(
         Arc::new(machine),
         ServerConfig {
-            max_frame,
-            handshake_timeout: 3 * LIMIT,
-            idle_timeout: 3 * LIMIT,
+            limits: Limits {
+                max_frame,
+                handshake_timeout: 3 * LIMIT,
+                idle_timeout: 3 * LIMIT,
+                ..Limits::default()
+            },
             ..ServerConfig::default()
         },
         "ws",

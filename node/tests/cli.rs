@@ -362,6 +362,7 @@ mod live {
 
 use asyncmachine::machine::StateSource as _;
 use asyncmachine::mirror::{Mirror, MirrorConfig};
+use asyncmachine::proto::acl::Acl;
 use live::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,7 +404,10 @@ async fn status_escapes_a_hostile_client_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_commands_present_the_id_an_allow_list_names() {
     let (_server, machine, endpoint) = node(asyncmachine::server::ServerConfig {
-        allow_ids: Some(vec!["ops-tool".into()]),
+        acl: Acl {
+            allow_ids: Some(vec!["ops-tool".into()]),
+            ..Acl::default()
+        },
         ..Default::default()
     })
     .await;
@@ -456,7 +460,10 @@ async fn a_refusal_through_a_mirror_reads_as_one_refusal() {
     let mut mutate = std::collections::BTreeMap::new();
     mutate.insert("mid".to_owned(), vec!["A".to_owned()]);
     let (_root, _machine, root_at) = node(asyncmachine::server::ServerConfig {
-        mutate,
+        acl: Acl {
+            mutate,
+            ..Acl::default()
+        },
         ..Default::default()
     })
     .await;

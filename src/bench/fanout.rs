@@ -134,7 +134,10 @@ impl LocalRoot {
             .map_err(|e| setup("first tick", &e))?;
         let server = Server::new(ServerConfig {
             transport,
-            max_clients: mirrors + 16,
+            limits: crate::proto::config::Limits {
+                max_clients: mirrors + 16,
+                ..crate::proto::config::Limits::default()
+            },
             ..ServerConfig::default()
         });
         server

@@ -103,20 +103,11 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
             TransportConfig::with_tls(config)
         }
     };
-    let defaults = ServerConfig::default();
     let config = ServerConfig {
         name: plan.name.clone(),
-        max_clients: plan.max_clients.unwrap_or(defaults.max_clients),
-        handshake_timeout: plan.handshake_timeout.unwrap_or(defaults.handshake_timeout),
-        idle_timeout: plan.idle_timeout.unwrap_or(defaults.idle_timeout),
-        keepalive: plan.keepalive.unwrap_or(defaults.keepalive),
-        max_frame: plan.max_frame.unwrap_or(defaults.max_frame),
+        limits: plan.limits.clone(),
         compression: plan.compression.then(Compression::default),
-        min_push_interval: plan.push_interval,
-        token: plan.token.clone(),
-        allow_ids: plan.allow.clone(),
-        see: plan.see.clone(),
-        mutate: plan.mutate.clone(),
+        acl: plan.acl.clone(),
         transport: transport.clone(),
     };
     let server = Server::new(config);

@@ -1,4 +1,5 @@
-//! The access rules applied to one peer: whether it is let in at all (token, allow-list),
+//! A server's access rules ([`Acl`], the one type a topology file, the server and the handshake
+//! share) and what they decide for one peer: whether it is let in at all (token, allow-list),
 //! whether it may read the node's status, and which mutations it may send (its `mutate` list,
 //! granted in the handshake). Pure: the server's connection driver asks, this decides.
 //!
@@ -24,9 +25,47 @@
 //! active now: the clock may change between this check and the mutation (other clients,
 //! handlers, the queue), so a rule that read it would race.
 
-use super::handshake::{Policy, rule};
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
 use super::message::{Refusal, RefusalKind};
 use crate::machine::{MutationKind, Schema};
+
+/// The access rules of a server, as a topology file's `acl` table writes them.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Acl {
+    /// A token every client must present, if set.
+    pub token: Option<String>,
+    /// The only client ids let in, if set.
+    #[serde(rename = "allow")]
+    pub allow_ids: Option<Vec<String>>,
+    /// Per client id (`"*"` for clients not listed): the only states it sees. A client matched
+    /// by no entry sees everything.
+    pub see: BTreeMap<String, Vec<String>>,
+    /// Per client id (`"*"` for clients not listed): the only states it may mutate. A client
+    /// matched by no entry may mutate every state.
+    pub mutate: BTreeMap<String, Vec<String>>,
+}
+
+impl Acl {
+    /// The states `client` sees: its own `see` entry, else the `"*"` entry; `None` for all.
+    pub fn seen_by(&self, client: &str) -> Option<&Vec<String>> {
+        rule(&self.see, client)
+    }
+
+    /// The states `client` may mutate: its own `mutate` entry, else the `"*"` entry; `None`
+    /// for all.
+    pub fn mutable_by(&self, client: &str) -> Option<&Vec<String>> {
+        rule(&self.mutate, client)
+    }
+}
+
+/// The list that applies to a client: its own entry, else the `"*"` entry.
+fn rule<'a>(rules: &'a BTreeMap<String, Vec<String>>, client: &str) -> Option<&'a Vec<String>> {
+    rules.get(client).or_else(|| rules.get("*"))
+}
 
 /// How many state names a refusal lists before it says how many more there are: a schema may
 /// have thousands of states, and a reason is read by a person.
@@ -80,8 +119,8 @@ pub fn token_matches(presented: &str, expected: &str) -> bool {
 
 /// Whether a client that says it is `client` and presents `token` is let in: the server's
 /// token, then the id's form, then the allow-list.
-pub fn admit(policy: &Policy, client: &str, token: Option<&str>) -> Result<(), Refusal> {
-    if let Some(expected) = &policy.token
+pub fn admit(acl: &Acl, client: &str, token: Option<&str>) -> Result<(), Refusal> {
+    if let Some(expected) = &acl.token
         && !token.is_some_and(|token| token_matches(token, expected))
     {
         let reason = if token.is_some() {
@@ -105,7 +144,7 @@ pub fn admit(policy: &Policy, client: &str, token: Option<&str>) -> Result<(), R
             ),
         });
     }
-    if let Some(allowed) = &policy.allow_ids
+    if let Some(allowed) = &acl.allow_ids
         && !allowed.iter().any(|id| id == client)
     {
         return Err(Refusal {
@@ -120,16 +159,16 @@ pub fn admit(policy: &Policy, client: &str, token: Option<&str>) -> Result<(), R
 /// proves (`None` without mutual TLS), `token` what the request presents, `schemas` those of
 /// every source the status would show.
 pub fn admit_status<'a>(
-    policy: &Policy,
+    acl: &Acl,
     schemas: impl IntoIterator<Item = &'a Schema>,
     identity: Option<&str>,
     token: Option<&str>,
 ) -> Result<(), Refusal> {
-    let acl = |reason: String| Refusal {
+    let refused = |reason: String| Refusal {
         kind: RefusalKind::Acl,
         reason,
     };
-    if policy
+    if acl
         .token
         .as_ref()
         .is_some_and(|expected| !token.is_some_and(|token| token_matches(token, expected)))
@@ -139,16 +178,16 @@ pub fn admit_status<'a>(
             reason: "status needs the server's token; pass it with --token".to_owned(),
         });
     }
-    if let Some(allowed) = &policy.allow_ids {
+    if let Some(allowed) = &acl.allow_ids {
         match identity {
             Some(id) if allowed.iter().any(|a| a == id) => {}
             Some(id) => {
-                return Err(acl(format!(
+                return Err(refused(format!(
                     "client id {id:?} is not on this server's allow-list"
                 )));
             }
             None => {
-                return Err(acl(
+                return Err(refused(
                     "status shows every client and state of this node, and this server lets in \
                      only the clients on its allow-list; ask with a client certificate (mutual \
                      TLS) whose identity is on the list"
@@ -159,8 +198,8 @@ pub fn admit_status<'a>(
     }
     // Without a certificate the peer is a client no rule names: the "*" rule applies.
     let narrowed = match identity {
-        Some(id) => rule(&policy.see, id),
-        None => policy.see.get("*"),
+        Some(id) => acl.seen_by(id),
+        None => acl.see.get("*"),
     };
     // A list that names every state of every source narrows nothing.
     let hidden = |see: &Vec<String>| {
@@ -172,7 +211,7 @@ pub fn admit_status<'a>(
             || "clients without a certificate".to_owned(),
             |id| format!("client {id:?}"),
         );
-        return Err(acl(format!(
+        return Err(refused(format!(
             "status shows every state of this node, and this server narrows what {who} may \
              see (acl see); ask with a client certificate whose identity no see rule narrows"
         )));
@@ -412,10 +451,10 @@ mod tests {
 
     #[test]
     fn admission_checks_the_token_then_the_allow_list() {
-        let policy = Policy {
+        let acl = Acl {
             token: Some("t".into()),
             allow_ids: Some(names(&["ops"])),
-            ..Policy::default()
+            ..Acl::default()
         };
         let cases = [
             ("ops", Some("t"), None),
@@ -441,7 +480,7 @@ mod tests {
             ),
         ];
         for (client, token, expected) in cases {
-            match (admit(&policy, client, token), expected) {
+            match (admit(&acl, client, token), expected) {
                 (Ok(()), None) => {}
                 (Err(refusal), Some((kind, needle))) => {
                     assert_eq!(refusal.kind, kind, "{client} {token:?}");
@@ -450,7 +489,7 @@ mod tests {
                 (got, want) => panic!("{client} {token:?}: got {got:?}, expected {want:?}"),
             }
         }
-        assert_eq!(admit(&Policy::default(), "anyone", None), Ok(()));
+        assert_eq!(admit(&Acl::default(), "anyone", None), Ok(()));
     }
 
     #[test]
@@ -462,7 +501,7 @@ mod tests {
             "tab\there",
             &long,
         ] {
-            let refusal = admit(&Policy::default(), id, None).expect_err(id);
+            let refusal = admit(&Acl::default(), id, None).expect_err(id);
             assert_eq!(refusal.kind, RefusalKind::BadHello);
             assert!(
                 !refusal.reason.chars().any(char::is_control),
@@ -471,12 +510,12 @@ mod tests {
             );
         }
         for id in ["mirA", "am-node-watch-42", "browser-1x2y", "ünïcode id", ""] {
-            assert_eq!(admit(&Policy::default(), id, None), Ok(()), "{id:?}");
+            assert_eq!(admit(&Acl::default(), id, None), Ok(()), "{id:?}");
         }
-        assert!(admit(&Policy::default(), &"x".repeat(MAX_CLIENT_ID_BYTES), None).is_ok());
+        assert!(admit(&Acl::default(), &"x".repeat(MAX_CLIENT_ID_BYTES), None).is_ok());
     }
 
-    /// A policy's name, the certificate's identity, the token presented, the refusal expected.
+    /// An ACL's name, the certificate's identity, the token presented, the refusal expected.
     type StatusCase = (
         &'static str,
         Option<&'static str>,
@@ -489,45 +528,46 @@ mod tests {
     fn status_goes_only_to_a_peer_that_could_see_everything() {
         let schema = schema();
         let all: &[&str] = &["Start", "Flag", "Other", "Exception"];
-        let policies = [
-            ("open", Policy::default()),
+        let acls = [
+            ("open", Acl::default()),
             (
                 "token",
-                Policy {
+                Acl {
                     token: Some("t".into()),
-                    ..Policy::default()
+                    ..Acl::default()
                 },
             ),
             (
                 "allow",
-                Policy {
+                Acl {
                     allow_ids: Some(names(&["ops"])),
-                    ..Policy::default()
+                    ..Acl::default()
                 },
             ),
             (
                 "see star",
-                Policy {
+                Acl {
                     see: rules(&[("*", &["Start"])]),
-                    ..Policy::default()
+                    ..Acl::default()
                 },
             ),
             (
                 "see star, ops all",
-                Policy {
+                Acl {
                     see: rules(&[("*", &["Start"]), ("ops", all)]),
-                    ..Policy::default()
+                    ..Acl::default()
                 },
             ),
             (
                 "see mirA",
-                Policy {
+                Acl {
                     see: rules(&[("mirA", &["Flag"])]),
-                    ..Policy::default()
+                    ..Acl::default()
                 },
             ),
         ];
-        use RefusalKind::{Acl, Auth};
+        use RefusalKind::Auth;
+        let refused = Some(RefusalKind::Acl);
         #[rustfmt::skip]
         let table: &[StatusCase] = &[
             ("open", None, None, None),
@@ -535,21 +575,21 @@ mod tests {
             ("token", None, None, Some(Auth)),
             ("token", None, Some("x"), Some(Auth)),
             ("token", None, Some("t"), None),
-            ("allow", None, None, Some(Acl)),
-            ("allow", Some("eve"), None, Some(Acl)),
+            ("allow", None, None, refused),
+            ("allow", Some("eve"), None, refused),
             ("allow", Some("ops"), None, None),
-            ("see star", None, None, Some(Acl)),
-            ("see star", Some("ops"), None, Some(Acl)),
+            ("see star", None, None, refused),
+            ("see star", Some("ops"), None, refused),
             ("see star, ops all", Some("ops"), None, None),
-            ("see star, ops all", Some("eve"), None, Some(Acl)),
-            ("see star, ops all", None, None, Some(Acl)),
+            ("see star, ops all", Some("eve"), None, refused),
+            ("see star, ops all", None, None, refused),
             ("see mirA", None, None, None),
             ("see mirA", Some("ops"), None, None),
-            ("see mirA", Some("mirA"), None, Some(Acl)),
+            ("see mirA", Some("mirA"), None, refused),
         ];
         for &(name, identity, token, expected) in table {
-            let (_, policy) = policies.iter().find(|(n, _)| *n == name).expect("a policy");
-            let got = admit_status(policy, [&schema], identity, token);
+            let (_, acl) = acls.iter().find(|(n, _)| *n == name).expect("an acl");
+            let got = admit_status(acl, [&schema], identity, token);
             assert_eq!(
                 got.as_ref().err().map(|r| r.kind),
                 expected,

@@ -10,8 +10,9 @@
 
 use std::collections::BTreeMap;
 
+use super::acl::Acl;
 use super::diff::{self, Tracked};
-use super::handshake::{self, Offer, Policy};
+use super::handshake::{self, Offer};
 use super::limits::{
     MAX_ANCESTRY, MAX_ARGS, MAX_DEPTH, MAX_KEY_LEN, MAX_NAME_LEN, MAX_STATES, MAX_TOKEN_LEN,
 };
@@ -227,7 +228,8 @@ pub fn handshake(data: &[u8]) {
                     queue_tick: 7,
                 },
             };
-            let Ok(accepted) = handshake::decide(&hello, offer, &policy(knobs)) else {
+            let (acl, compression_offered) = acl(knobs);
+            let Ok(accepted) = handshake::decide(&hello, offer, &acl, compression_offered) else {
                 return;
             };
             let ticks = &accepted.welcome.snapshot.ticks;
@@ -285,23 +287,29 @@ fn fixed_schema() -> Schema {
     }
 }
 
-fn policy(knobs: u8) -> Policy {
+/// The access rules the knobs pick, and whether the server offers compression.
+fn acl(knobs: u8) -> (Acl, bool) {
     let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     match knobs % 3 {
-        0 => Policy::default(),
-        1 => Policy {
-            token: Some("t".into()),
-            allow_ids: Some(names(&["a", "b"])),
-            ..Policy::default()
-        },
-        _ => Policy {
-            compression: true,
-            see: BTreeMap::from([
-                ("a".into(), names(&["A", "C"])),
-                ("*".into(), names(&["B"])),
-            ]),
-            mutate: BTreeMap::from([("*".into(), names(&["C"]))]),
-            ..Policy::default()
-        },
+        0 => (Acl::default(), false),
+        1 => (
+            Acl {
+                token: Some("t".into()),
+                allow_ids: Some(names(&["a", "b"])),
+                ..Acl::default()
+            },
+            false,
+        ),
+        _ => (
+            Acl {
+                see: BTreeMap::from([
+                    ("a".into(), names(&["A", "C"])),
+                    ("*".into(), names(&["B"])),
+                ]),
+                mutate: BTreeMap::from([("*".into(), names(&["C"]))]),
+                ..Acl::default()
+            },
+            true,
+        ),
     }
 }

@@ -2,39 +2,13 @@
 //! welcome with the options granted, or a refusal a person can act on. Pure: the driver looks
 //! up the source and takes the snapshot; this decides.
 
-use std::collections::BTreeMap;
-
+use super::acl::Acl;
 use super::diff::Tracked;
 use super::message::{Granted, Hello, PROTOCOL_VERSION, Refusal, RefusalKind, Snapshot, Welcome};
 use crate::machine::Schema;
 
-/// What the server requires of clients.
-#[derive(Debug, Clone, Default)]
-pub struct Policy {
-    /// Whether the server compresses for clients that ask.
-    pub compression: bool,
-    /// A token every client must present, if set.
-    pub token: Option<String>,
-    /// The only client ids let in, if set.
-    pub allow_ids: Option<Vec<String>>,
-    /// Per client id (`"*"` for clients not listed): the only states it sees. A client matched
-    /// by no entry sees everything.
-    pub see: BTreeMap<String, Vec<String>>,
-    /// Per client id (`"*"` for clients not listed): the only states it may mutate. A client
-    /// matched by no entry may mutate every state.
-    pub mutate: BTreeMap<String, Vec<String>>,
-}
-
-/// The list that applies to a client: its own entry, else the `"*"` entry.
-pub(super) fn rule<'a>(
-    rules: &'a BTreeMap<String, Vec<String>>,
-    client: &str,
-) -> Option<&'a Vec<String>> {
-    rules.get(client).or_else(|| rules.get("*"))
-}
-
 /// State names to sorted positions; names the schema lacks are skipped (they are validated
-/// where the policy is configured).
+/// where the ACL is configured).
 fn positions(schema: &Schema, names: &[String]) -> Vec<u32> {
     let mut out: Vec<u32> = names
         .iter()
@@ -69,8 +43,14 @@ fn refuse(kind: RefusalKind, reason: String) -> Refusal {
     Refusal { kind, reason }
 }
 
-/// Decides a handshake. The snapshot in the welcome is masked to the tracked states.
-pub fn decide(hello: &Hello, offer: Offer<'_>, policy: &Policy) -> Result<Accepted, Refusal> {
+/// Decides a handshake under the server's access rules; compression is granted when the client
+/// asks and `compression_offered`. The snapshot in the welcome is masked to the tracked states.
+pub fn decide(
+    hello: &Hello,
+    offer: Offer<'_>,
+    acl: &Acl,
+    compression_offered: bool,
+) -> Result<Accepted, Refusal> {
     if hello.version != PROTOCOL_VERSION {
         return Err(refuse(
             RefusalKind::Version,
@@ -80,7 +60,7 @@ pub fn decide(hello: &Hello, offer: Offer<'_>, policy: &Policy) -> Result<Accept
             ),
         ));
     }
-    super::acl::admit(policy, &hello.client_id, hello.token.as_deref())?;
+    super::acl::admit(acl, &hello.client_id, hello.token.as_deref())?;
     if let Some(pos) = offer.ancestry.iter().position(|id| *id == hello.client_id) {
         let what = if pos == 0 {
             "itself"
@@ -116,7 +96,7 @@ pub fn decide(hello: &Hello, offer: Offer<'_>, policy: &Policy) -> Result<Accept
         }
     };
     // What the client may see narrows what it asked to track.
-    let tracked = match (tracked, rule(&policy.see, &hello.client_id)) {
+    let tracked = match (tracked, acl.seen_by(&hello.client_id)) {
         (tracked, None) => tracked,
         (Tracked::All, Some(see)) => Tracked::Only(positions(offer.schema, see)),
         (Tracked::Only(wanted), Some(see)) => {
@@ -124,9 +104,10 @@ pub fn decide(hello: &Hello, offer: Offer<'_>, policy: &Policy) -> Result<Accept
             Tracked::Only(wanted.into_iter().filter(|s| allowed.contains(s)).collect())
         }
     };
-    let mutable =
-        rule(&policy.mutate, &hello.client_id).map(|names| positions(offer.schema, names));
-    let compression = hello.options.compression && policy.compression;
+    let mutable = acl
+        .mutable_by(&hello.client_id)
+        .map(|names| positions(offer.schema, names));
+    let compression = hello.options.compression && compression_offered;
     let schema = (hello.schema_hash != offer.schema.hash()).then(|| offer.schema.def().clone());
     let snapshot = Snapshot {
         ticks: tracked.mask(&offer.snapshot.ticks),
@@ -183,36 +164,36 @@ mod tests {
     #[test]
     fn accepts_and_sends_the_schema_only_when_the_hash_differs() {
         let schema = crate::sgp::schema();
-        let accepted = decide(&hello(), offer(&schema), &Policy::default()).expect("accepted");
+        let accepted = decide(&hello(), offer(&schema), &Acl::default(), false).expect("accepted");
         assert_eq!(accepted.welcome.schema.as_ref(), Some(schema.def()));
         assert_eq!(accepted.welcome.snapshot.queue_tick, 4);
         let same = Hello {
             schema_hash: schema.hash(),
             ..hello()
         };
-        let accepted = decide(&same, offer(&schema), &Policy::default()).expect("accepted");
+        let accepted = decide(&same, offer(&schema), &Acl::default(), false).expect("accepted");
         assert_eq!(accepted.welcome.schema, None);
     }
 
     #[test]
     fn every_refusal_says_why() {
         let schema = crate::sgp::schema();
-        let cases: Vec<(Hello, Policy, &[String], RefusalKind, &str)> = vec![
+        let cases: Vec<(Hello, Acl, &[String], RefusalKind, &str)> = vec![
             (
                 Hello {
                     version: 99,
                     ..hello()
                 },
-                Policy::default(),
+                Acl::default(),
                 &[],
                 RefusalKind::Version,
                 "version 99",
             ),
             (
                 hello(),
-                Policy {
+                Acl {
                     token: Some("s3cret".into()),
-                    ..Policy::default()
+                    ..Acl::default()
                 },
                 &[],
                 RefusalKind::Auth,
@@ -223,9 +204,9 @@ mod tests {
                     token: Some("guess".into()),
                     ..hello()
                 },
-                Policy {
+                Acl {
                     token: Some("s3cret".into()),
-                    ..Policy::default()
+                    ..Acl::default()
                 },
                 &[],
                 RefusalKind::Auth,
@@ -233,9 +214,9 @@ mod tests {
             ),
             (
                 hello(),
-                Policy {
+                Acl {
                     allow_ids: Some(vec!["other".into()]),
-                    ..Policy::default()
+                    ..Acl::default()
                 },
                 &[],
                 RefusalKind::Acl,
@@ -249,18 +230,18 @@ mod tests {
                     },
                     ..hello()
                 },
-                Policy::default(),
+                Acl::default(),
                 &[],
                 RefusalKind::BadHello,
                 "unknown state \"Nope\"",
             ),
         ];
-        for (hello, policy, ancestry, kind, needle) in cases {
+        for (hello, acl, ancestry, kind, needle) in cases {
             let offer = Offer {
                 ancestry,
                 ..offer(&schema)
             };
-            let refusal = decide(&hello, offer, &policy).expect_err("refused");
+            let refusal = decide(&hello, offer, &acl, false).expect_err("refused");
             assert_eq!(refusal.kind, kind);
             assert!(
                 refusal.reason.contains(needle),
@@ -280,7 +261,8 @@ mod tests {
                 ancestry: &ancestry,
                 ..offer(&schema)
             },
-            &Policy::default(),
+            &Acl::default(),
+            false,
         )
         .expect_err("leaf is upstream of mid");
         assert_eq!(refusal.kind, RefusalKind::Loop);
@@ -295,7 +277,8 @@ mod tests {
                 ancestry: &ancestry,
                 ..offer(&schema)
             },
-            &Policy::default(),
+            &Acl::default(),
+            false,
         )
         .expect_err("a node cannot mirror itself");
         assert!(refusal.reason.contains("itself"), "{}", refusal.reason);
@@ -310,12 +293,12 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
                 .collect()
         };
-        let policy = Policy {
+        let acl = Acl {
             see: rules(&[("leaf", &["Start", "CallOp"]), ("*", &["Start"])]),
             mutate: rules(&[("leaf", &["CallOp"])]),
-            ..Policy::default()
+            ..Acl::default()
         };
-        let accepted = decide(&hello(), offer(&schema), &policy).expect("accepted");
+        let accepted = decide(&hello(), offer(&schema), &acl, false).expect("accepted");
         assert_eq!(accepted.tracked, Tracked::Only(vec![0, 5]));
         assert_eq!(
             accepted.welcome.snapshot.ticks,
@@ -338,7 +321,7 @@ mod tests {
             ..hello()
         };
         assert_eq!(
-            decide(&wants, offer(&schema), &policy)
+            decide(&wants, offer(&schema), &acl, false)
                 .expect("accepted")
                 .tracked,
             Tracked::Only(vec![5])
@@ -348,7 +331,7 @@ mod tests {
             client_id: "other".into(),
             ..hello()
         };
-        let accepted = decide(&other, offer(&schema), &policy).expect("accepted");
+        let accepted = decide(&other, offer(&schema), &acl, false).expect("accepted");
         assert_eq!(
             (accepted.tracked, accepted.mutable),
             (Tracked::Only(vec![0]), None)
@@ -366,22 +349,14 @@ mod tests {
             options: wanted,
             ..hello()
         };
-        let accepted = decide(&h, offer(&schema), &Policy::default()).expect("accepted");
+        let accepted = decide(&h, offer(&schema), &Acl::default(), false).expect("accepted");
         assert_eq!(accepted.tracked, Tracked::Only(vec![0, 5]));
         assert_eq!(accepted.welcome.snapshot.ticks, [1, 0, 0, 0, 0, 3, 0]);
         assert!(
             !accepted.compression,
             "the server did not allow compression"
         );
-        let accepted = decide(
-            &h,
-            offer(&schema),
-            &Policy {
-                compression: true,
-                ..Policy::default()
-            },
-        )
-        .expect("accepted");
+        let accepted = decide(&h, offer(&schema), &Acl::default(), true).expect("accepted");
         assert!(accepted.compression && accepted.welcome.granted.compression);
     }
 }

@@ -4,14 +4,17 @@
 //! - [`message`]: the messages and their bincode body encoding.
 //! - [`diff`]: clock diffs, merging, checksums, tracked subsets.
 //! - [`handshake`]: the server's decision on a client's hello.
-//! - [`acl`]: the server's decisions on admission, status and a client's mutation (its `mutate` list).
+//! - [`acl`]: the server's access rules ([`acl::Acl`]) and its decisions on admission, status
+//!   and a client's mutation (its `mutate` list).
 //! - [`limits`]: the bounds on counts, names and nesting a peer's message may hold.
+//! - [`config`]: a server's limits (clients, timeouts, frame size, push interval).
 //! - [`session`]: the server's and the client's sessions: every decision of a connection.
 //!
 //! [`FrameReader`] turns a byte stream into messages; [`encode_frame`] turns a message into
 //! bytes. PROTOCOL.md at the repository root documents the format byte by byte.
 
 pub mod acl;
+pub mod config;
 pub mod diff;
 pub mod frame;
 pub mod handshake;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{RelayConfig, Target};
+use crate::topology::toml_file::TomlFile;
 use crate::transport::{Endpoint, TlsConfig, TransportConfig};
 
 #[derive(Debug, Deserialize)]
@@ -48,14 +49,19 @@ struct TlsSpec {
 
 /// Reads the `[relay]` table of a file into a configuration (paths relative to the file).
 pub fn load(path: &Path) -> Result<RelayConfig, String> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
-    let file: File = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map_or(0, |s| {
-            text[..s.start.min(text.len())].lines().count().max(1)
-        });
-        format!("{name}:{line}: {}", e.message().trim())
-    })?;
+    let source =
+        TomlFile::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    configure(path, &source)
+}
+
+/// Reads the `[relay]` table of `text`, as if it were the file at `path`.
+pub fn parse(path: &Path, text: &str) -> Result<RelayConfig, String> {
+    configure(path, &TomlFile::new(path.display().to_string(), text))
+}
+
+fn configure(path: &Path, source: &TomlFile<'_>) -> Result<RelayConfig, String> {
+    let name = source.name();
+    let file: File = source.parse().map_err(|e| e.to_string())?;
     let spec = file
         .relay
         .ok_or_else(|| format!("{name}: has no [relay] table; see topologies/browser.toml"))?;
@@ -100,4 +106,26 @@ pub fn load(path: &Path) -> Result<RelayConfig, String> {
         config.transport = TransportConfig::with_tls(tls);
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_key_is_reported_on_its_own_line() {
+        let text =
+            "[relay]\nlisten = \"ws://127.0.0.1:7480\"\nlisten_to = \"ws://127.0.0.1:7481\"\n";
+        let e = parse(Path::new("relay.toml"), text).expect_err("unknown key");
+        assert!(
+            e.starts_with("relay.toml:3:1: unknown field `listen_to`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_file_without_a_relay_table_says_where_to_look() {
+        let e = parse(Path::new("node.toml"), "[[nodes]]\nname = \"a\"\n").expect_err("no relay");
+        assert!(e.contains("no [relay] table"), "{e}");
+    }
 }

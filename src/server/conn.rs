@@ -30,7 +30,7 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_millis(500);
 const READ_CHUNK: usize = 1024;
 
 pub(crate) async fn serve(inner: &Arc<Inner>, conn: u64, handshake: Handshake) {
-    let limit = inner.config.handshake_timeout;
+    let limit = inner.session_config.limits.handshake_timeout;
     let (stream, peer) = match timeout(limit, handshake).await {
         Ok(Ok(connected)) => connected,
         Ok(Err(e)) => {
@@ -243,7 +243,7 @@ fn answer_hello(
     // A slot is taken only by an accepted client: refused handshakes never crowd others out
     // (they are bounded by the handshake timeout instead).
     let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
-        session.refuse(server_full(inner.config.max_clients));
+        session.refuse(server_full(inner.session_config.limits.max_clients));
         return None;
     };
     session.welcome(accepted, schema, start, clock.now(), &*hub);
@@ -293,30 +293,32 @@ async fn read_loop(
     let mut buf = Vec::with_capacity(READ_CHUNK);
     let mut events = Vec::new();
     loop {
-        // What the session handed out: from the bytes just read, or (the first time) from
-        // those that came with the hello.
-        {
-            let mut state = outlet.lock();
-            events.extend(std::iter::from_fn(|| state.session.poll_event()));
-        }
-        for event in events.drain(..) {
-            let ServerEvent::Mutate { id, mutation } = event else {
-                continue;
-            };
-            let started = std::time::Instant::now();
-            let result = hub.source.mutate(mutation).await;
-            inner.stats.mutation_latency.record(started.elapsed());
-            // A refusal from further up (this source is a mirror) is passed on as its reason
-            // alone: the client wraps it once, however many hops up it was refused.
-            let result = result.map_err(|e| match e {
-                MutationError::Refused(reason) => reason,
-                other => other.to_string(),
-            });
-            outlet
-                .lock()
-                .session
-                .handle_mutation_result(id, result, clock.now(), hub);
-            outlet.nudge.notify_one();
+        // What the session hands out: from the bytes just read, or (the first time) from
+        // those that came with the hello; a result lets it read on, which may hand out more.
+        loop {
+            events.extend(std::iter::from_fn(|| outlet.lock().session.poll_event()));
+            if events.is_empty() {
+                break;
+            }
+            for event in events.drain(..) {
+                let ServerEvent::Mutate { id, mutation } = event else {
+                    continue;
+                };
+                let started = std::time::Instant::now();
+                let result = hub.source.mutate(mutation).await;
+                inner.stats.mutation_latency.record(started.elapsed());
+                // A refusal from further up (this source is a mirror) is passed on as its
+                // reason alone: the client wraps it once, however many hops up it was refused.
+                let result = result.map_err(|e| match e {
+                    MutationError::Refused(reason) => reason,
+                    other => other.to_string(),
+                });
+                outlet
+                    .lock()
+                    .session
+                    .handle_mutation_result(id, result, clock.now(), hub);
+                outlet.nudge.notify_one();
+            }
         }
         // A client that sends faster than it reads its answers waits for its writer.
         loop {
@@ -354,7 +356,7 @@ async fn write_loop(inner: &Inner, hub: &Hub, outlet: &Outlet, clock: Clock) {
     let mut shutdown = inner.shutdown.subscribe();
     let shutdown = shutdown.wait_for(|stop| *stop);
     tokio::pin!(shutdown);
-    let write_limit = inner.config.idle_timeout;
+    let write_limit = inner.session_config.limits.idle_timeout;
     // Grows on first use and keeps its size; an idle client never needs more than a ping.
     let mut out = Vec::new();
     loop {

@@ -23,8 +23,8 @@ use tracing::{debug, info, warn};
 
 use crate::machine::StateSource;
 use crate::proto::Compression;
-use crate::proto::frame::DEFAULT_MAX_FRAME;
-use crate::proto::handshake::Policy;
+use crate::proto::acl::Acl;
+use crate::proto::config::Limits;
 use crate::proto::message::{ClientStatus, NodeStatus, Payload, SourceStatus};
 use crate::proto::session::{CloseReason, ServerSessionConfig};
 use crate::transport::{self, Endpoint, Listener, TransportConfig, TransportError};
@@ -36,27 +36,11 @@ use hub::Hub;
 pub struct ServerConfig {
     /// The node's name, as `status` shows it.
     pub name: String,
-    /// Most clients at once over all listeners; more are refused with a reason.
-    pub max_clients: usize,
-    /// Transport and protocol handshake must finish within this.
-    pub handshake_timeout: Duration,
-    /// A client that sends nothing (not even a pong) for this long is dropped.
-    pub idle_timeout: Duration,
-    /// How often the server pings a client.
-    pub keepalive: Duration,
-    pub max_frame: usize,
+    pub limits: Limits,
     /// Compression offered to clients that ask; `None` to never compress.
     pub compression: Option<Compression>,
-    /// Fewer, larger diffs: at most one push per interval per client.
-    pub min_push_interval: Option<Duration>,
-    /// Clients must present this token.
-    pub token: Option<String>,
-    /// Only these client ids are let in.
-    pub allow_ids: Option<Vec<String>>,
-    /// Per client id (`"*"` for the others): the only states it sees.
-    pub see: std::collections::BTreeMap<String, Vec<String>>,
-    /// Per client id (`"*"` for the others): the only states it may mutate.
-    pub mutate: std::collections::BTreeMap<String, Vec<String>>,
+    /// Who is let in, what each client sees and may mutate.
+    pub acl: Acl,
     /// TLS material for tls://, quic:// and wss:// listeners.
     pub transport: TransportConfig,
 }
@@ -65,17 +49,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             name: "server".to_owned(),
-            max_clients: 10_000,
-            handshake_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
-            keepalive: Duration::from_secs(10),
-            max_frame: DEFAULT_MAX_FRAME,
+            limits: Limits::default(),
             compression: Some(Compression::default()),
-            min_push_interval: None,
-            token: None,
-            allow_ids: None,
-            see: Default::default(),
-            mutate: Default::default(),
+            acl: Acl::default(),
             transport: TransportConfig::default(),
         }
     }
@@ -110,8 +86,10 @@ struct ClientEntry {
 }
 
 pub(crate) struct Inner {
-    config: ServerConfig,
-    /// What every session shares, built once from `config`.
+    /// The node's name, as `status` shows it.
+    name: String,
+    transport: TransportConfig,
+    /// Limits and access rules, built once and shared by every session.
     session_config: Arc<ServerSessionConfig>,
     hubs: RwLock<HashMap<String, Arc<Hub>>>,
     clients: Mutex<HashMap<u64, ClientEntry>>,
@@ -140,26 +118,23 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     pub fn new(config: ServerConfig) -> Self {
-        let slots = Arc::new(Semaphore::new(config.max_clients));
-        let session_config = Arc::new(ServerSessionConfig {
-            max_frame: config.max_frame,
-            handshake_timeout: config.handshake_timeout,
-            idle_timeout: config.idle_timeout,
-            keepalive: config.keepalive,
-            min_push_interval: config.min_push_interval,
-            compression: config.compression,
-            acl: Policy {
-                compression: config.compression.is_some(),
-                token: config.token.clone(),
-                allow_ids: config.allow_ids.clone(),
-                see: config.see.clone(),
-                mutate: config.mutate.clone(),
-            },
-        });
+        let ServerConfig {
+            name,
+            limits,
+            compression,
+            acl,
+            transport,
+        } = config;
+        let slots = Arc::new(Semaphore::new(limits.max_clients));
         Server {
             inner: Arc::new(Inner {
-                session_config,
-                config,
+                name,
+                transport,
+                session_config: Arc::new(ServerSessionConfig {
+                    limits,
+                    compression,
+                    acl,
+                }),
                 hubs: RwLock::new(HashMap::new()),
                 clients: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
@@ -208,8 +183,8 @@ impl Server {
         }
         let listener = transport::bind(
             endpoint,
-            &self.inner.config.transport,
-            self.inner.config.max_frame,
+            &self.inner.transport,
+            self.inner.session_config.limits.max_frame,
         )
         .await?;
         let local = listener.local_endpoint();
@@ -429,7 +404,7 @@ impl Inner {
         ])
         .collect();
         NodeStatus {
-            node: self.config.name.clone(),
+            node: self.name.clone(),
             sources,
             clients: client_list,
             counters,

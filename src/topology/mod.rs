@@ -4,25 +4,31 @@
 //! documents the format.
 //!
 //! Owns parsing and validation only: starting nodes is `crate::node`'s job. The file as
-//! written is `spec`; `resolve` checks it step by step, with `schemas` building the schemas and
-//! `plan` each node's plan; `ports` decides which addresses collide.
+//! written is `spec`; `resolve` checks it pass by pass, with `schemas` building the schemas,
+//! `upstreams` connecting mirrors and detecting loops, and `plan` making each node's plan;
+//! `ports` decides which addresses collide. `toml_file` reads a TOML file and locates its
+//! errors, for topology files and the relay's configuration alike.
 
 mod plan;
 mod ports;
 mod resolve;
 mod schemas;
 mod spec;
+pub(crate) mod toml_file;
+mod upstreams;
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::machine::Schema;
+use crate::proto::acl::Acl;
+use crate::proto::config::Limits;
 use crate::transport::Endpoint;
+
+use toml_file::TomlFile;
 
 /// A problem in a topology file, located (line 0: the file as a whole), with what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,19 +116,13 @@ pub struct NodePlan {
     pub name: String,
     pub listen: Vec<Endpoint>,
     pub machines: Vec<MachinePlan>,
+    /// Offer compression to clients that ask.
     pub compression: bool,
-    pub push_interval: Option<Duration>,
-    pub max_clients: Option<usize>,
-    pub max_frame: Option<usize>,
-    pub handshake_timeout: Option<Duration>,
-    pub idle_timeout: Option<Duration>,
-    pub keepalive: Option<Duration>,
+    /// The file's `limits` and `push_interval_ms` over the defaults.
+    pub limits: Limits,
     pub tls: Option<TlsSpec>,
-    pub token: Option<String>,
-    pub allow: Option<Vec<String>>,
-    /// Per client id (`"*"` for the others): the only states it sees / may mutate.
-    pub see: BTreeMap<String, Vec<String>>,
-    pub mutate: BTreeMap<String, Vec<String>>,
+    /// Who is let in, what each client sees and may mutate (the file's `acl`).
+    pub acl: Acl,
     /// Address of the admin listener (/metrics, /healthz), if any.
     pub admin: Option<String>,
     /// Where the node is written, for errors found when it starts.
@@ -157,35 +157,38 @@ pub enum MachineKind {
 
 /// Reads, parses and validates a topology file.
 pub fn load(path: &Path) -> Result<Topology, TopologyError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TopologyError {
+    let source = TomlFile::read(path).map_err(|e| TopologyError {
         file: path.display().to_string(),
         line: 0,
         message: format!("cannot read the topology file: {e}"),
         hint: "check the path; topology files live in topologies/".into(),
     })?;
-    parse(path, &text)
+    resolve_file(path, source)
 }
 
 /// Parses and validates topology text; `path` names it in errors and anchors relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Topology, TopologyError> {
-    let cx = Cx {
-        file: path.display().to_string(),
-        text,
-    };
-    let spec: spec::FileSpec = cx.toml(text)?;
+    resolve_file(path, TomlFile::new(path.display().to_string(), text))
+}
+
+fn resolve_file(path: &Path, source: TomlFile<'_>) -> Result<Topology, TopologyError> {
+    let cx = Cx { source };
+    let spec: spec::FileSpec = cx.toml()?;
     resolve::resolve(&cx, path, spec)
 }
 
-/// One file being read: its name and text, to turn spans into lines.
+/// One file being read, to locate its errors.
 struct Cx<'a> {
-    file: String,
-    text: &'a str,
+    source: TomlFile<'a>,
 }
 
 impl Cx<'_> {
+    fn file(&self) -> &str {
+        self.source.name()
+    }
+
     fn line(&self, span: &Range<usize>) -> usize {
-        let end = span.start.min(self.text.len());
-        self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1
+        self.source.position(span.start).line
     }
 
     fn err(
@@ -195,7 +198,7 @@ impl Cx<'_> {
         hint: impl Into<String>,
     ) -> TopologyError {
         TopologyError {
-            file: self.file.clone(),
+            file: self.file().to_owned(),
             line: self.line(&span),
             message: message.into(),
             hint: hint.into(),
@@ -203,16 +206,12 @@ impl Cx<'_> {
     }
 
     /// Deserializes this file's text, with TOML's own errors located and given a hint.
-    fn toml<T: serde::de::DeserializeOwned>(&self, text: &str) -> Result<T, TopologyError> {
-        toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(0, |s| self.line(&s));
-            let message = e.message().trim().to_owned();
-            TopologyError {
-                file: self.file.clone(),
-                line,
-                hint: toml_hint(&message).to_owned(),
-                message,
-            }
+    fn toml<T: serde::de::DeserializeOwned>(&self) -> Result<T, TopologyError> {
+        self.source.parse().map_err(|e| TopologyError {
+            file: e.file,
+            line: e.at.map_or(0, |at| at.line),
+            hint: toml_hint(&e.message).to_owned(),
+            message: e.message,
         })
     }
 }

@@ -9,13 +9,31 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::machine::Schema;
+use crate::proto::config::Limits;
 use crate::transport::{Endpoint, Scheme};
 
-use super::resolve::{Nodes, Up, machine_key};
+use super::resolve::{Nodes, machine_key};
 use super::spec::{LimitsSpec, MachineSpec, NodeSpec, TlsFileSpec};
+use super::upstreams::Up;
 use super::{Cx, MachineKind, MachinePlan, NodeLines, NodePlan, TlsSpec, TopologyError};
 
-pub(super) fn plan_node(
+/// Plans: each node's plan, in the file's order.
+pub(super) fn plans(
+    cx: &Cx<'_>,
+    base: &Path,
+    written: &[Spanned<NodeSpec>],
+    nodes: &Nodes<'_>,
+    schema_of: &HashMap<String, Arc<Schema>>,
+    ups: &HashMap<String, Up>,
+) -> Result<Vec<NodePlan>, TopologyError> {
+    written
+        .iter()
+        .map(|node| plan_node(cx, base, node, nodes, schema_of, ups))
+        .collect()
+}
+
+/// One node's plan: its machines, TLS material, ACL and limits.
+fn plan_node(
     cx: &Cx<'_>,
     base: &Path,
     node: &Spanned<NodeSpec>,
@@ -51,26 +69,17 @@ pub(super) fn plan_node(
             "acl see/mutate list states of the node's machines",
         ));
     }
-    let limits = limits(cx, n.limits.as_ref())?;
-    let ms = |v: Option<u64>| v.map(Duration::from_millis);
+    let limits = limits(cx, n.limits.as_ref(), n.push_interval_ms)?;
     Ok(NodePlan {
         listen: nodes.listeners[node_name.as_str()].clone(),
         machines,
         compression: n.compression.unwrap_or(true),
-        push_interval: ms(n.push_interval_ms).filter(|d| !d.is_zero()),
-        max_clients: limits.max_clients,
-        max_frame: limits.max_frame,
-        handshake_timeout: ms(limits.handshake_timeout_ms),
-        idle_timeout: ms(limits.idle_timeout_ms),
-        keepalive: ms(limits.keepalive_ms),
+        limits,
         tls,
-        token: acl.token,
-        allow: acl.allow,
-        see: acl.see,
-        mutate: acl.mutate,
+        acl,
         admin: n.admin.as_ref().map(|a| a.get_ref().clone()),
         lines: NodeLines {
-            file: cx.file.clone(),
+            file: cx.file().to_owned(),
             node: cx.line(&n.name.span()),
             tls: n.tls.as_ref().map(|t| cx.line(&t.span())),
             admin: n.admin.as_ref().map(|a| cx.line(&a.span())),
@@ -255,24 +264,23 @@ fn plan_tls(
     Ok(spec)
 }
 
-/// Limits as written, with values that would stop every connection refused.
-struct Limits {
-    max_clients: Option<usize>,
-    max_frame: Option<usize>,
-    handshake_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    keepalive_ms: Option<u64>,
-}
-
-fn limits(cx: &Cx<'_>, limits: Option<&Spanned<LimitsSpec>>) -> Result<Limits, TopologyError> {
-    let default = LimitsSpec::default();
-    let l = limits.map_or(&default, Spanned::get_ref);
+/// The limits as written over the defaults, with values that would stop every connection
+/// refused; a push interval of 0 is no interval.
+fn limits(
+    cx: &Cx<'_>,
+    written: Option<&Spanned<LimitsSpec>>,
+    push_interval_ms: Option<u64>,
+) -> Result<Limits, TopologyError> {
+    let empty = LimitsSpec::default();
+    let l = written.map_or(&empty, Spanned::get_ref);
+    let default = Limits::default();
+    /// The value written, unless it is 0; `default` names the value used when it is not written.
     fn positive<T: Copy + PartialEq + Default>(
         cx: &Cx<'_>,
         value: &Option<Spanned<T>>,
         key: &str,
         why: &str,
-        default: &str,
+        default: String,
     ) -> Result<Option<T>, TopologyError> {
         match value {
             Some(v) if *v.get_ref() == T::default() => Err(cx.err(
@@ -283,42 +291,52 @@ fn limits(cx: &Cx<'_>, limits: Option<&Spanned<LimitsSpec>>) -> Result<Limits, T
             v => Ok(v.as_ref().map(|v| *v.get_ref())),
         }
     }
+    let ms = |d: Duration| d.as_millis().to_string();
+    let max_clients = positive(
+        cx,
+        &l.max_clients,
+        "max_clients",
+        "lets no client in",
+        default.max_clients.to_string(),
+    )?;
+    let max_frame = positive(
+        cx,
+        &l.max_frame,
+        "max_frame",
+        "fits no frame, not even a hello",
+        format!("{} bytes", default.max_frame),
+    )?;
+    let handshake_timeout_ms = positive(
+        cx,
+        &l.handshake_timeout_ms,
+        "handshake_timeout_ms",
+        "ends every handshake before it starts",
+        ms(default.handshake_timeout),
+    )?;
+    let idle_timeout_ms = positive(
+        cx,
+        &l.idle_timeout_ms,
+        "idle_timeout_ms",
+        "closes every connection at once",
+        ms(default.idle_timeout),
+    )?;
+    let keepalive_ms = positive(
+        cx,
+        &l.keepalive_ms,
+        "keepalive_ms",
+        "sends keepalives without pause",
+        ms(default.keepalive),
+    )?;
     Ok(Limits {
-        max_clients: positive(
-            cx,
-            &l.max_clients,
-            "max_clients",
-            "lets no client in",
-            "10000",
-        )?,
-        max_frame: positive(
-            cx,
-            &l.max_frame,
-            "max_frame",
-            "fits no frame, not even a hello",
-            "1048576 bytes",
-        )?,
-        handshake_timeout_ms: positive(
-            cx,
-            &l.handshake_timeout_ms,
-            "handshake_timeout_ms",
-            "ends every handshake before it starts",
-            "5000",
-        )?,
-        idle_timeout_ms: positive(
-            cx,
-            &l.idle_timeout_ms,
-            "idle_timeout_ms",
-            "closes every connection at once",
-            "30000",
-        )?,
-        keepalive_ms: positive(
-            cx,
-            &l.keepalive_ms,
-            "keepalive_ms",
-            "sends keepalives without pause",
-            "10000",
-        )?,
+        max_clients: max_clients.unwrap_or(default.max_clients),
+        handshake_timeout: handshake_timeout_ms
+            .map_or(default.handshake_timeout, Duration::from_millis),
+        idle_timeout: idle_timeout_ms.map_or(default.idle_timeout, Duration::from_millis),
+        keepalive: keepalive_ms.map_or(default.keepalive, Duration::from_millis),
+        max_frame: max_frame.unwrap_or(default.max_frame),
+        min_push_interval: push_interval_ms
+            .map(Duration::from_millis)
+            .filter(|d| !d.is_zero()),
     })
 }
 

@@ -1,7 +1,7 @@
-//! From the file as written to a [`Topology`], one named step at a time: schemas
-//! (`schemas`), nodes and their listeners, machines, upstreams and upstream chains (here), then
-//! each node's plan (`plan`). Each step refuses what cannot work with the line it is written
-//! on and a hint.
+//! From the file as written to a [`Topology`], one named pass at a time: schemas (`schemas`),
+//! nodes and their listeners, machines (here), upstreams and loop detection (`upstreams`), then
+//! each node's plan (`plan`). Each pass takes what the passes before it found, and refuses what
+//! cannot work with the line it is written on and a hint.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -10,29 +10,26 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use crate::machine::Schema;
-use crate::transport::{Endpoint, Scheme};
+use crate::transport::Endpoint;
 
+use super::plan::plans;
 use super::ports::{Bind, Protocol};
+use super::schemas::schemas;
 use super::spec::{FileSpec, MachineSpec, NodeSpec};
+use super::upstreams::{loop_detection, upstreams};
 use super::{Cx, Topology, TopologyError};
 
 const NAME_HINT: &str = "use letters, digits, `-` and `_`";
 
+/// Resolves a file's spec, pass by pass; relative paths are relative to `path`'s directory.
 pub(super) fn resolve(cx: &Cx<'_>, path: &Path, spec: FileSpec) -> Result<Topology, TopologyError> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let schemas = super::schemas::schemas(cx, base, &spec.schemas)?;
-    if spec.nodes.is_empty() {
-        return Err(cx.err(0..0, "the topology has no nodes", "add a [[nodes]] table"));
-    }
-    let nodes = nodes(cx, &spec.nodes)?;
+    let schemas = schemas(cx, base, &spec.schemas)?;
+    let nodes = nodes_and_listeners(cx, &spec.nodes)?;
     let machines = machines(cx, &spec.nodes, &schemas)?;
-    let ups = upstreams(cx, &nodes, &machines)?;
-    let schema_of = chains(cx, &schemas, &machines, &ups)?;
-    let plans = spec
-        .nodes
-        .iter()
-        .map(|node| super::plan::plan_node(cx, base, node, &nodes, &schema_of, &ups))
-        .collect::<Result<_, _>>()?;
+    let upstreams = upstreams(cx, &nodes, &machines)?;
+    let schema_of = loop_detection(cx, &schemas, &machines, &upstreams)?;
+    let plans = plans(cx, base, &spec.nodes, &nodes, &schema_of, &upstreams)?;
     Ok(Topology {
         path: path.to_path_buf(),
         nodes: plans,
@@ -52,7 +49,15 @@ struct Bound<'a> {
     line: usize,
 }
 
-fn nodes<'a>(cx: &Cx<'_>, nodes: &'a [Spanned<NodeSpec>]) -> Result<Nodes<'a>, TopologyError> {
+/// Nodes and listeners: the file has nodes, each named once and validly, each listener an
+/// endpoint with a port of its own (admin addresses included).
+fn nodes_and_listeners<'a>(
+    cx: &Cx<'_>,
+    nodes: &'a [Spanned<NodeSpec>],
+) -> Result<Nodes<'a>, TopologyError> {
+    if nodes.is_empty() {
+        return Err(cx.err(0..0, "the topology has no nodes", "add a [[nodes]] table"));
+    }
     let mut listeners: HashMap<&str, Vec<Endpoint>> = HashMap::new();
     let mut bound: Vec<Bound<'a>> = Vec::new();
     for node in nodes {
@@ -155,6 +160,8 @@ pub(super) fn machine_key(node: &str, machine: &str) -> String {
     format!("{node}/{machine}")
 }
 
+/// Machines: every node runs some, each named once in its node, each a root with a schema of
+/// this file or a mirror with an upstream.
 fn machines<'a>(
     cx: &Cx<'_>,
     nodes: &'a [Spanned<NodeSpec>],
@@ -211,164 +218,4 @@ fn machines<'a>(
         }
     }
     Ok(all)
-}
-
-// ----- upstreams -----
-
-/// Where a mirror connects.
-pub(super) enum Up {
-    /// A machine of this file, `node/machine`.
-    Local(String),
-    /// An endpoint outside the file.
-    Outside(Endpoint),
-}
-
-fn upstreams(
-    cx: &Cx<'_>,
-    nodes: &Nodes<'_>,
-    machines: &Machines<'_>,
-) -> Result<HashMap<String, Up>, TopologyError> {
-    let mut ups = HashMap::new();
-    for (key, (node_name, machine)) in machines {
-        let Some(upstream) = &machine.get_ref().upstream else {
-            continue;
-        };
-        let text = upstream.get_ref();
-        let up = if text.contains("://") {
-            let endpoint: Endpoint = text.parse().map_err(|e| {
-                cx.err(
-                    upstream.span(),
-                    format!("upstream {text:?}: {e}"),
-                    "write an outside upstream as scheme://host:port/machine",
-                )
-            })?;
-            if machine.get_ref().schema.is_none() {
-                return Err(cx.err(
-                    upstream.span(),
-                    format!("upstream {text:?} is outside this file, so its schema is unknown"),
-                    "name the schema it serves with `schema = \"...\"`",
-                ));
-            }
-            Up::Outside(endpoint)
-        } else {
-            let (up_node, up_machine) = text
-                .split_once('/')
-                .unwrap_or((text.as_str(), machine.get_ref().name.get_ref().as_str()));
-            let Some(up_listeners) = nodes.listeners.get(up_node) else {
-                let mut known: Vec<&str> = nodes.listeners.keys().copied().collect();
-                known.sort_unstable();
-                return Err(cx.err(
-                    upstream.span(),
-                    format!("upstream node {up_node:?} is not in this file"),
-                    format!("nodes: {}", known.join(", ")),
-                ));
-            };
-            let target = machine_key(up_node, up_machine);
-            if !machines.contains_key(&target) {
-                return Err(cx.err(
-                    upstream.span(),
-                    format!("node {up_node:?} has no machine {up_machine:?}"),
-                    "write the upstream as node/machine",
-                ));
-            }
-            if target == *key {
-                return Err(cx.err(
-                    upstream.span(),
-                    format!("machine {key} mirrors itself"),
-                    "name another node's machine, or make this one a root with `schema`",
-                ));
-            }
-            if up_node == *node_name {
-                // Its server would refuse the handshake as a loop, again and again.
-                return Err(cx.err(
-                    upstream.span(),
-                    format!("machine {key} mirrors {target}, a machine of its own node"),
-                    "a node serves its machines to others; mirror a machine of another node",
-                ));
-            }
-            match up_listeners.first() {
-                None => {
-                    return Err(cx.err(
-                        upstream.span(),
-                        format!("upstream node {up_node:?} has no listener to connect to"),
-                        format!("add `listen = [\"tcp://127.0.0.1:PORT\"]` to node {up_node:?}"),
-                    ));
-                }
-                Some(first) if first.scheme != Scheme::Mem && first.address.ends_with(":0") => {
-                    return Err(cx.err(
-                        upstream.span(),
-                        format!(
-                            "upstream node {up_node:?} listens on port 0, so its port is not known in advance"
-                        ),
-                        format!("give node {up_node:?} a fixed port"),
-                    ));
-                }
-                Some(_) => {}
-            }
-            Up::Local(target)
-        };
-        ups.insert(key.clone(), up);
-    }
-    Ok(ups)
-}
-
-/// Follows every chain to its root: finds each mirror's schema, and any loop.
-fn chains(
-    cx: &Cx<'_>,
-    schemas: &HashMap<String, Arc<Schema>>,
-    machines: &Machines<'_>,
-    ups: &HashMap<String, Up>,
-) -> Result<HashMap<String, Arc<Schema>>, TopologyError> {
-    let mut schema_of = HashMap::new();
-    for key in machines.keys() {
-        let mut chain = vec![key.clone()];
-        let mut at = key.clone();
-        let schema = loop {
-            let (_, machine) = &machines[&at];
-            match ups.get(&at) {
-                None | Some(Up::Outside(_)) => {
-                    let name = machine
-                        .get_ref()
-                        .schema
-                        .as_ref()
-                        .map(|s| s.get_ref().clone())
-                        .unwrap_or_default();
-                    break schemas[&name].clone();
-                }
-                Some(Up::Local(next)) => {
-                    let looped = chain.contains(next);
-                    chain.push(next.clone());
-                    if looped {
-                        let (_, first) = &machines[key];
-                        let span = first
-                            .get_ref()
-                            .upstream
-                            .as_ref()
-                            .map_or(first.span(), |u| u.span());
-                        return Err(cx.err(
-                            span,
-                            format!("upstream chain loops: {}", chain.join(" -> ")),
-                            "a node never mirrors itself or one of its descendants",
-                        ));
-                    }
-                    at = next.clone();
-                }
-            }
-        };
-        let (_, machine) = &machines[key];
-        if let Some(expected) = &machine.get_ref().schema
-            && schemas[expected.get_ref()].hash() != schema.hash()
-        {
-            return Err(cx.err(
-                expected.span(),
-                format!(
-                    "machine {key} expects schema {:?}, but its upstream chain serves another",
-                    expected.get_ref()
-                ),
-                "drop `schema` from the mirror or make it match the root's",
-            ));
-        }
-        schema_of.insert(key.clone(), schema);
-    }
-    Ok(schema_of)
 }

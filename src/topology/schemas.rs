@@ -11,8 +11,10 @@ use toml::Spanned;
 use crate::machine::{Schema, SchemaDef, SchemaError, StateDef};
 
 use super::spec::{SchemaFileSpec, SchemaSpec};
+use super::toml_file::TomlFile;
 use super::{Cx, TopologyError};
 
+/// Schemas: every `[schemas]` entry built, from its inline states or its schema file, by name.
 pub(super) fn schemas(
     cx: &Cx<'_>,
     base: &Path,
@@ -25,7 +27,7 @@ pub(super) fn schemas(
         let schema = match (&written.file, written.states.is_empty()) {
             (Some(file), true) => {
                 let full = base.join(file.get_ref());
-                let text = std::fs::read_to_string(&full).map_err(|e| {
+                let source = TomlFile::read(&full).map_err(|e| {
                     cx.err(
                         file.span(),
                         format!("cannot read schema file {}: {e}", full.display()),
@@ -33,11 +35,8 @@ pub(super) fn schemas(
                     )
                 })?;
                 // Errors in a schema file point into that file.
-                let file_cx = Cx {
-                    file: full.display().to_string(),
-                    text: &text,
-                };
-                let states: SchemaFileSpec = file_cx.toml(&text)?;
+                let file_cx = Cx { source };
+                let states: SchemaFileSpec = file_cx.toml()?;
                 if states.states.is_empty() {
                     return Err(file_cx.err(
                         0..0,

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::machine::StateDef;
+use crate::proto::acl::Acl;
 
 use super::DriverSpec;
 
@@ -49,11 +50,13 @@ pub(super) struct NodeSpec {
     pub machines: Vec<Spanned<MachineSpec>>,
     /// Offer zstd to clients that ask (default true).
     pub compression: Option<bool>,
-    /// At most one push per interval per client (default: push at once).
+    /// At most one push per interval per client (default: push at once); planned into the
+    /// node's limits.
     pub push_interval_ms: Option<u64>,
     pub limits: Option<Spanned<LimitsSpec>>,
     pub tls: Option<Spanned<TlsFileSpec>>,
-    pub acl: Option<Spanned<AclSpec>>,
+    /// Who is let in, what each client sees and may mutate.
+    pub acl: Option<Spanned<Acl>>,
     /// A plain HTTP listener for /metrics (Prometheus text) and /healthz, e.g. "127.0.0.1:9100".
     pub admin: Option<Spanned<String>>,
 }
@@ -77,21 +80,6 @@ pub(super) struct TlsFileSpec {
     pub ca: Option<Spanned<String>>,
     #[serde(default)]
     pub client_auth: bool,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AclSpec {
-    /// Clients must present this token.
-    pub token: Option<String>,
-    /// Only these client ids may connect.
-    pub allow: Option<Vec<String>>,
-    /// Per client id (`"*"` for the others): the only states it sees.
-    #[serde(default)]
-    pub see: BTreeMap<String, Vec<String>>,
-    /// Per client id (`"*"` for the others): the only states it may mutate.
-    #[serde(default)]
-    pub mutate: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

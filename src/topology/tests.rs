@@ -1,6 +1,8 @@
 //! Topology parsing and validation: what is accepted, and that every mistake is reported with
 //! its line and a hint.
 
+use std::time::Duration;
+
 use super::*;
 
 const TREE: &str = r#"
@@ -56,13 +58,16 @@ fn a_tree_resolves_upstreams_schemas_and_settings() {
     assert_eq!(t.nodes.len(), 3);
     let root = t.node("root").expect("root");
     assert_eq!(root.machines[0].kind, MachineKind::Root);
-    assert_eq!(root.push_interval, Some(Duration::from_millis(5)));
     assert_eq!(
-        (root.max_clients, root.idle_timeout),
-        (Some(50), Some(Duration::from_secs(2)))
+        root.limits.min_push_interval,
+        Some(Duration::from_millis(5))
     );
     assert_eq!(
-        (root.token.as_deref(), root.allow.as_deref()),
+        (root.limits.max_clients, root.limits.idle_timeout),
+        (50, Duration::from_secs(2))
+    );
+    assert_eq!(
+        (root.acl.token.as_deref(), root.acl.allow_ids.as_deref()),
         (Some("t"), Some(&["mid".to_owned()][..]))
     );
     let mid = t.node("mid").expect("mid");
@@ -114,6 +119,18 @@ fn unknown_keys_are_errors_with_their_line() {
     ));
     assert_eq!(e.line, 6, "{e}");
     assert!(e.to_string().starts_with("test.toml:6: "), "{e}");
+}
+
+/// The relay's configuration is read by the same loader: see relay::config's tests.
+#[test]
+fn an_unknown_key_at_the_start_of_line_3_is_reported_on_line_3() {
+    let e = error("[[nodes]]\nname = \"a\"\nlisten_on = []\n");
+    assert_eq!(e.line, 3, "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("test.toml:3: unknown field `listen_on`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -243,9 +260,9 @@ fn acl_rules_are_parsed_and_checked_against_the_schemas() {
     );
     let t = parse_str(&text).expect("valid");
     let root = t.node("root").expect("root");
-    assert_eq!(root.see.get("mid").map(Vec::len), Some(2));
+    assert_eq!(root.acl.see.get("mid").map(Vec::len), Some(2));
     assert_eq!(
-        root.mutate.get("mid").map(|v| v.as_slice()),
+        root.acl.mutate.get("mid").map(|v| v.as_slice()),
         Some(&["Flag".to_owned()][..])
     );
     let e = error(&text.replace(

@@ -10,6 +10,8 @@ use std::time::Duration;
 use asyncmachine::machine::{Args, Machine, StateSource};
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
 use asyncmachine::proto::Message;
+use asyncmachine::proto::acl::Acl;
+use asyncmachine::proto::config::Limits;
 use asyncmachine::proto::message::MutateResult;
 use asyncmachine::relay::{Relay, RelayConfig, Target};
 use asyncmachine::server::{Server, ServerConfig};
@@ -69,11 +71,17 @@ impl Kind {
 pub fn server_config() -> ServerConfig {
     ServerConfig {
         name: "hostile".into(),
-        max_frame: MAX_FRAME,
-        handshake_timeout: HANDSHAKE_TIMEOUT,
-        idle_timeout: IDLE_TIMEOUT,
-        keepalive: Duration::from_millis(200),
-        token: Some(TOKEN.into()),
+        limits: Limits {
+            max_frame: MAX_FRAME,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            keepalive: Duration::from_millis(200),
+            ..Limits::default()
+        },
+        acl: Acl {
+            token: Some(TOKEN.into()),
+            ..Acl::default()
+        },
         ..ServerConfig::default()
     }
 }

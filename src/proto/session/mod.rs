@@ -27,3 +27,6 @@ pub use server::{
     server_full,
 };
 pub use time::Moment;
+
+#[cfg(test)]
+mod tests;

@@ -27,9 +27,11 @@ use tracing::{debug, info, warn};
 use super::cache::{DiffCache, Versioned, options_key};
 use super::time::Moment;
 use crate::machine::{Mutation, Outcome, Schema};
+use crate::proto::acl::Acl;
 use crate::proto::acl::{admit, admit_status, check_mutation};
+use crate::proto::config::Limits;
 use crate::proto::diff::{self, Tracked, went_back};
-use crate::proto::handshake::{Accepted, Offer, Policy, decide};
+use crate::proto::handshake::{Accepted, Offer, decide};
 use crate::proto::limits::MAX_HELLO_FRAME;
 use crate::proto::message::{
     Hello, MutateReply, MutateRequest, NodeStatus, Payload, Refusal, RefusalKind, Snapshot,
@@ -39,20 +41,12 @@ use crate::proto::{
 };
 
 /// What every session of one server shares: its limits and access rules, built once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerSessionConfig {
-    pub max_frame: usize,
-    /// A client must send its hello within this.
-    pub handshake_timeout: Duration,
-    /// A client that sends nothing (not even a pong) for this long is dropped.
-    pub idle_timeout: Duration,
-    /// How often the server pings a client.
-    pub keepalive: Duration,
-    /// Fewer, larger diffs: at most one push per interval per client.
-    pub min_push_interval: Option<Duration>,
+    pub limits: Limits,
     /// Compression offered to clients that ask; `None` to never compress.
     pub compression: Option<Compression>,
-    pub acl: Policy,
+    pub acl: Acl,
 }
 
 /// Counters of one server, all since it started; sessions count into them.
@@ -237,6 +231,10 @@ pub struct ServerSession {
     last_heard: Moment,
     next_ping: Moment,
     nonce: u64,
+    /// Mutations handed to the driver whose result has not come back. Reading stops
+    /// meanwhile: what a client sends after a mutation (a sync, another mutation) is answered
+    /// after it, in order.
+    running: usize,
 }
 
 impl ServerSession {
@@ -248,18 +246,18 @@ impl ServerSession {
         now: Moment,
     ) -> ServerSession {
         let frame = FrameConfig {
-            max_frame: config.max_frame,
+            max_frame: config.limits.max_frame,
             compression: None,
         };
         // Until the hello is accepted a frame may be at most MAX_HELLO_FRAME: every connection
         // still in its handshake may hold that much, and their number is only bounded by the
         // handshake timeout.
         let reader = FrameReader::new(FrameConfig {
-            max_frame: config.max_frame.min(MAX_HELLO_FRAME),
+            max_frame: config.limits.max_frame.min(MAX_HELLO_FRAME),
             compression: None,
         });
         ServerSession {
-            next_ping: now + config.keepalive,
+            next_ping: now + config.limits.keepalive,
             config,
             stats,
             identity,
@@ -270,6 +268,7 @@ impl ServerSession {
             events: VecDeque::new(),
             last_heard: now,
             nonce: 0,
+            running: 0,
         }
     }
 
@@ -318,10 +317,10 @@ impl ServerSession {
     pub fn poll_timeout(&self) -> Option<Moment> {
         match &self.phase {
             Phase::Handshake { since } | Phase::Answering { since, .. } => {
-                Some(*since + self.config.handshake_timeout)
+                Some(*since + self.config.limits.handshake_timeout)
             }
             Phase::Ready(client) => {
-                let idle = self.last_heard + self.config.idle_timeout;
+                let idle = self.last_heard + self.config.limits.idle_timeout;
                 let due = idle.min(self.next_ping);
                 Some(client.push_due.map_or(due, |push| due.min(push)))
             }
@@ -344,8 +343,10 @@ impl ServerSession {
     /// Reads what the client sent, message by message, as far as the phase allows.
     fn read_messages(&mut self, now: Moment, feed: &dyn ClockFeed) {
         loop {
-            // An answer to a hello is awaited: what follows it is read after the welcome.
-            if matches!(self.phase, Phase::Answering { .. } | Phase::Closed(_)) {
+            // An answer to a hello is awaited (what follows it is read after the welcome), or
+            // a mutation's result (what follows it is read after it).
+            if matches!(self.phase, Phase::Answering { .. } | Phase::Closed(_)) || self.running > 0
+            {
                 return;
             }
             let message = match self.reader.next_message() {
@@ -479,6 +480,7 @@ impl ServerSession {
                 if id != 0 {
                     client.replies_pending += 1;
                 }
+                self.running += 1;
                 let states = states.into_iter().map(|s| s as usize).collect();
                 self.events.push_back(ServerEvent::Mutate {
                     id,
@@ -494,7 +496,7 @@ impl ServerSession {
                     debug!(error = %denied, "no-reply mutation refused");
                 } else {
                     client.replies_pending += 1;
-                    self.handle_mutation_result(id, Err(denied.to_string()), now, feed);
+                    self.reply(id, Err(denied.to_string()), now, feed);
                 }
             }
         }
@@ -504,6 +506,23 @@ impl ServerSession {
     /// brings the client up to date with it, is queued (nothing for id 0, which asked for no
     /// reply).
     pub fn handle_mutation_result(
+        &mut self,
+        id: u64,
+        result: Result<Outcome, String>,
+        now: Moment,
+        feed: &dyn ClockFeed,
+    ) {
+        self.reply(id, result, now, feed);
+        if self.running > 0 {
+            self.running -= 1;
+            if self.running == 0 {
+                self.read_messages(now, feed);
+            }
+        }
+    }
+
+    /// Queues the reply to a mutation (nothing for id 0, which asked for none).
+    fn reply(
         &mut self,
         id: u64,
         result: Result<Outcome, String>,
@@ -544,7 +563,7 @@ impl ServerSession {
     pub fn handle_timeout(&mut self, now: Moment, feed: &dyn ClockFeed, cache: &DiffCache) {
         match &self.phase {
             Phase::Handshake { since } | Phase::Answering { since, .. } => {
-                let limit = self.config.handshake_timeout;
+                let limit = self.config.limits.handshake_timeout;
                 if now >= *since + limit {
                     self.refuse(Refusal {
                         kind: RefusalKind::Timeout,
@@ -556,7 +575,7 @@ impl ServerSession {
             Phase::Closed(_) => return,
             Phase::Ready(_) => {}
         }
-        let idle = self.config.idle_timeout;
+        let idle = self.config.limits.idle_timeout;
         if now >= self.last_heard + idle {
             self.close(CloseReason::Idle(idle));
             return;
@@ -570,7 +589,7 @@ impl ServerSession {
         }
         if now >= self.next_ping && self.is_ready() {
             self.nonce += 1;
-            self.next_ping = now + self.config.keepalive;
+            self.next_ping = now + self.config.limits.keepalive;
             self.send(&Message::Ping(self.nonce));
         }
     }
@@ -588,10 +607,12 @@ impl ServerSession {
         else {
             return Err(());
         };
-        let compression = self.config.compression.is_some();
-        let mut acl = self.config.acl.clone();
-        acl.compression = compression;
-        match decide(hello, offer, &acl) {
+        match decide(
+            hello,
+            offer,
+            &self.config.acl,
+            self.config.compression.is_some(),
+        ) {
             Ok(accepted) => Ok(accepted),
             Err(refusal) => {
                 self.refuse(refusal);
@@ -641,7 +662,7 @@ impl ServerSession {
             push_due: None,
         }));
         self.last_heard = now;
-        self.next_ping = now + self.config.keepalive;
+        self.next_ping = now + self.config.limits.keepalive;
         self.read_messages(now, feed);
     }
 
@@ -684,7 +705,7 @@ impl ServerSession {
 
     /// The most a backlog may hold with a payload in it: a payload may be a whole frame.
     fn backlog_limit(&self) -> usize {
-        BACKLOG_BYTES.max(self.config.max_frame.saturating_mul(4))
+        BACKLOG_BYTES.max(self.config.limits.max_frame.saturating_mul(4))
     }
 
     /// Ends the session, queueing the last word the reason calls for.
@@ -725,7 +746,7 @@ impl ServerSession {
     /// diff is all it needs and nothing waits to be sent before it; anything more is the
     /// writer's ([`CatchUp::Writer`]). Counts nothing: the pusher counts a pass at once.
     pub fn push(&mut self, latest: &Versioned, cache: &DiffCache) -> CatchUp {
-        let paced = self.config.min_push_interval.is_some();
+        let paced = self.config.limits.min_push_interval.is_some();
         let pending = !self.transmit.is_empty();
         let Phase::Ready(client) = &mut self.phase else {
             return CatchUp::Nothing;
@@ -764,7 +785,7 @@ impl ServerSession {
     /// (an ancestry update, a snapshot when the clock went back, a diff), unless a push
     /// interval holds it back; ends the session when the source's schema changed.
     pub fn catch_up(&mut self, now: Moment, feed: &dyn ClockFeed, cache: &DiffCache) -> CatchUp {
-        let interval = self.config.min_push_interval;
+        let interval = self.config.limits.min_push_interval;
         let latest = self.latest(feed);
         if self.closed().is_some() {
             return CatchUp::Closed;
