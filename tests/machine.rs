@@ -9,8 +9,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use asyncmachine::machine::{
-    Args, Event, Machine, MutationError, MutationKind, Outcome, Schema, SchemaDef, StateDef,
-    StateSource, Transition, WaitError,
+    Args, ClockChange, Event, Machine, MutationError, MutationKind, Outcome, Schema, SchemaDef,
+    StateDef, StateSource, WaitError,
 };
 
 fn machine(states: Vec<StateDef>) -> Machine {
@@ -627,13 +627,16 @@ fn observers_see_every_clock_change_and_nothing_else() {
     m.add(&["A"], Args::new()).expect("taken in");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
-    let (id, start) = m.observe(Arc::new(move |t: &Transition<'_>| {
+    let (id, start) = m.observe(Arc::new(move |c: &ClockChange<'_>| {
+        let t = c
+            .transition
+            .expect("a local machine's change has its transition");
         s.lock().expect("lock").push((
             t.kind,
             t.called.to_vec(),
-            t.before.to_vec(),
-            t.after.to_vec(),
-            t.queue_tick,
+            c.before.to_vec(),
+            c.after.to_vec(),
+            c.queue_tick,
         ));
     }));
     assert_eq!(start, [1, 0, 0, 0]);

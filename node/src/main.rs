@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use asyncmachine::machine::{
-    Args as MutationArgs, MutationKind, Outcome, StateSource, Transition, Value,
+    Args as MutationArgs, ClockChange, MutationKind, Outcome, StateSource, Value,
 };
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
 use asyncmachine::printable::printable;
@@ -555,7 +555,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     }
     let changed = Arc::new(tokio::sync::Notify::new());
     let notify = changed.clone();
-    mirror.observe(Arc::new(move |_: &Transition<'_>| notify.notify_one()));
+    mirror.observe(Arc::new(move |_: &ClockChange<'_>| notify.notify_one()));
     let mut connection = mirror.connection_changes();
     let mut last_line = states_line(&mirror, args.ticks);
     let follow = async {

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::{BenchError, Percentiles};
-use crate::machine::{Args, Machine, StateSource, Transition};
+use crate::machine::{Args, ClockChange, Machine, StateSource};
 use crate::mirror::{Mirror, MirrorConfig};
 use crate::server::{Server, ServerConfig};
 use crate::transport::{Endpoint, Scheme};
@@ -132,7 +132,7 @@ pub async fn run(
                 notify: Notify::new(),
             });
             let a = arrival.clone();
-            mirror.observe(Arc::new(move |t: &Transition<'_>| {
+            mirror.observe(Arc::new(move |t: &ClockChange<'_>| {
                 if t.after[tick] >= a.target.load(Ordering::Acquire) {
                     let mut at = a.at.lock().unwrap_or_else(PoisonError::into_inner);
                     if at.is_none() {

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::{BenchError, Percentiles};
-use crate::machine::{Args, Machine, StateSource, Transition};
+use crate::machine::{Args, ClockChange, Machine, StateSource};
 use crate::mirror::{Mirror, MirrorConfig};
 use crate::server::{Server, ServerConfig};
 use crate::transport::{Endpoint, Scheme, TransportConfig};
@@ -559,7 +559,7 @@ pub async fn run_with(
             .await
             .map_err(|e| setup("connecting mirrors", &e))?;
         let (a, on, l) = (arrivals.clone(), measuring_lag.clone(), seen.clone());
-        mirror.observe(Arc::new(move |tr: &Transition<'_>| {
+        mirror.observe(Arc::new(move |tr: &ClockChange<'_>| {
             let now = tr.after[tick];
             let before = tr.before[tick];
             let target = a.target.load(Ordering::Acquire);

@@ -19,10 +19,12 @@ use tracing::{debug, error, warn};
 use super::handlers::{
     Completion, Event, FinalFn, HandlerKind, HandlerTable, NegotiationFn, Verdict, panic_message,
 };
+use super::observers::Observers;
 use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 use super::schema::Schema;
 use super::source::{
-    Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome, StateSource, Transition,
+    ClockChange, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
+    StateSource, Transition,
 };
 use super::value::Args;
 use super::waiters::{Condition, WaiterHost, WaiterSet, When, make_when};
@@ -51,8 +53,6 @@ struct Shared {
     handlers: Mutex<Arc<HandlerTable>>,
     queue_limit: usize,
 }
-
-type ObserverList = Arc<Vec<(u64, Arc<dyn Observer>)>>;
 
 /// A mutation waiting in the queue, with the slot of a caller who waits for its outcome.
 struct Queued {
@@ -127,8 +127,7 @@ struct Core {
     /// Whether some thread is running transitions (and will drain the queue).
     processing: bool,
     waiters: WaiterSet,
-    observers: ObserverList,
-    next_observer: u64,
+    observers: Observers,
     disposed: bool,
 }
 
@@ -181,8 +180,7 @@ impl MachineBuilder {
                     queue_tick: 0,
                     processing: false,
                     waiters: WaiterSet::new(n),
-                    observers: Arc::new(Vec::new()),
-                    next_observer: 0,
+                    observers: Observers::default(),
                     disposed: false,
                 }),
                 handlers: Mutex::new(Arc::new(HandlerTable::new(n))),
@@ -459,7 +457,7 @@ impl Machine {
             } else {
                 core.ticks.clone()
             };
-            (after, core.observers.clone(), core.queue_tick)
+            (after, core.observers.snapshot(), core.queue_tick)
         };
 
         for &s in &plan.exiting {
@@ -488,13 +486,15 @@ impl Machine {
                 called: &mutation.states,
                 args: &mutation.args,
                 auto: mutation.auto,
+            };
+            let changed: Vec<usize> = plan.changed().collect();
+            observers.clock_changed(&ClockChange {
                 before: &before,
                 after: &after,
+                changed: &changed,
                 queue_tick,
-            };
-            for (_, observer) in observers.iter() {
-                observer.transition(&transition);
-            }
+                transition: Some(&transition),
+            });
         }
         if !mutation.auto {
             self.queue_auto();
@@ -622,7 +622,7 @@ impl Machine {
             let mut core = self.core();
             core.disposed = true;
             core.waiters.close();
-            core.observers = Arc::new(Vec::new());
+            core.observers.clear();
             std::mem::take(&mut core.queue)
         };
         abandon(queued);
@@ -715,16 +715,11 @@ impl StateSource for Machine {
 
     fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>) {
         let mut core = self.core();
-        let id = core.next_observer;
-        core.next_observer += 1;
-        Arc::make_mut(&mut core.observers).push((id, observer));
-        (ObserverId(id), core.ticks.clone())
+        let id = core.observers.add(observer);
+        (id, core.ticks.clone())
     }
 
     fn unobserve(&self, id: ObserverId) -> bool {
-        let mut core = self.core();
-        let before = core.observers.len();
-        Arc::make_mut(&mut core.observers).retain(|(i, _)| *i != id.0);
-        core.observers.len() != before
+        self.core().observers.remove(id)
     }
 }

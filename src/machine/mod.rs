@@ -8,12 +8,14 @@
 //! - [`resolve`]: from a clock and a mutation to who exits and enters, or why not.
 //! - [`local`]: [`Machine`], the local machine that runs handlers and owns a queue.
 //! - [`source`]: [`StateSource`], the one trait for local machines and remote mirrors.
+//! - [`observers`]: the observer registry both keep.
 //! - [`waiters`]: [`When`] futures and [`StateCtx`] cancellations.
 //! - [`handlers`]: the [`Event`] handlers receive and what they may return.
 //! - [`value`]: [`Args`] and [`Value`], arguments any language can send.
 
 pub mod handlers;
 pub mod local;
+pub mod observers;
 pub mod resolve;
 pub mod schema;
 pub mod source;
@@ -25,8 +27,8 @@ pub use local::{Machine, MachineBuilder, UnknownState};
 pub use resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 pub use schema::{EXCEPTION, Relation, Schema, SchemaBuilder, SchemaDef, SchemaError, StateDef};
 pub use source::{
-    Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome, StateSource,
-    Transition, UpstreamInfo,
+    ClockChange, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
+    StateSource, Transition, UpstreamInfo,
 };
 pub use value::{Args, Value};
 pub use waiters::{Bound, Canceled, Condition, StateCtx, WaitError, When};

@@ -69,7 +69,7 @@ impl Mutation {
     }
 }
 
-/// A finished transition, as observers see it.
+/// The transition behind a clock change, on the machine that ran it.
 #[derive(Debug)]
 pub struct Transition<'a> {
     pub kind: MutationKind,
@@ -77,27 +77,37 @@ pub struct Transition<'a> {
     pub called: &'a [usize],
     pub args: &'a Args,
     pub auto: bool,
+}
+
+/// A change of a source's clock, as observers see it.
+#[derive(Debug)]
+pub struct ClockChange<'a> {
     /// The clock before and after.
     pub before: &'a [u64],
     pub after: &'a [u64],
-    /// The queue tick after this transition.
+    /// The positions whose tick changed (every position when a mirror's schema changed).
+    pub changed: &'a [usize],
+    /// The queue tick after the change.
     pub queue_tick: u64,
+    /// The transition that made the change, on a local machine. A mirror's clock changes by
+    /// the diffs and snapshots its source sends: it knows what changed, not why.
+    pub transition: Option<&'a Transition<'a>>,
 }
 
-/// A hook that sees every transition that changed the clock, after its final handlers.
+/// A hook that sees every change of a source's clock, after a transition's final handlers.
 ///
-/// Called on the thread that ran the transition: keep it short and non-blocking (servers only
+/// Called on the thread that made the change: keep it short and non-blocking (servers only
 /// note the change and wake a task).
 pub trait Observer: Send + Sync {
-    fn transition(&self, transition: &Transition<'_>);
+    fn clock_changed(&self, change: &ClockChange<'_>);
 
     /// The source's ancestry changed (a mirror reached, or changed, its upstream).
     fn ancestry_changed(&self, _ancestry: &[String]) {}
 }
 
-impl<F: Fn(&Transition<'_>) + Send + Sync> Observer for F {
-    fn transition(&self, transition: &Transition<'_>) {
-        self(transition)
+impl<F: Fn(&ClockChange<'_>) + Send + Sync> Observer for F {
+    fn clock_changed(&self, change: &ClockChange<'_>) {
+        self(change)
     }
 }
 

@@ -297,17 +297,12 @@ impl StateSource for Mirror {
 
     fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>) {
         let mut replica = self.shared.replica();
-        let id = replica.next_observer;
-        replica.next_observer += 1;
-        Arc::make_mut(&mut replica.observers).push((id, observer));
-        (ObserverId(id), replica.session.ticks().to_vec())
+        let id = replica.observers.add(observer);
+        (id, replica.session.ticks().to_vec())
     }
 
     fn unobserve(&self, id: ObserverId) -> bool {
-        let mut replica = self.shared.replica();
-        let before = replica.observers.len();
-        Arc::make_mut(&mut replica.observers).retain(|(i, _)| *i != id.0);
-        replica.observers.len() != before
+        self.shared.replica().observers.remove(id)
     }
 
     fn ancestry(&self) -> Vec<String> {

@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
+use crate::machine::observers::{ObserverSnapshot, Observers};
 use crate::machine::waiters::WaiterSet;
-use crate::machine::{Args, MutationError, MutationKind, Observer, Outcome, Schema, Transition};
+use crate::machine::{ClockChange, MutationError, Outcome, Schema};
 use crate::proto::message::Payload;
 use crate::proto::session::{ClientEvent, ClientSession, HandshakeError};
 
@@ -18,7 +19,6 @@ use super::config::MirrorStats;
 
 /// A caller waiting for the source's answer.
 pub(super) type Pending = oneshot::Sender<Result<Outcome, MutationError>>;
-pub(super) type ObserverList = Arc<Vec<(u64, Arc<dyn Observer>)>>;
 
 /// The mirror's state behind its lock.
 pub(super) struct Replica {
@@ -26,8 +26,7 @@ pub(super) struct Replica {
     /// The clock's schema; the session's once a welcome came.
     pub schema: Arc<Schema>,
     pub waiters: WaiterSet,
-    pub observers: ObserverList,
-    pub next_observer: u64,
+    pub observers: Observers,
     /// Why the last connection attempt failed (cleared on success).
     pub last_error: Option<String>,
 }
@@ -39,7 +38,7 @@ pub(super) struct Effects {
     answers: Vec<(Pending, Result<Outcome, MutationError>)>,
     payloads: Vec<Payload>,
     /// The mirror's new ancestry (its id first), and the observers to tell.
-    ancestry: Option<(Vec<String>, ObserverList)>,
+    ancestry: Option<(Vec<String>, ObserverSnapshot)>,
     /// The session is ready (`true` after a reconnect).
     pub ready: Option<bool>,
     /// The handshake failed.
@@ -54,8 +53,7 @@ impl Replica {
             waiters: WaiterSet::new(schema.len()),
             session,
             schema,
-            observers: Arc::new(Vec::new()),
-            next_observer: 0,
+            observers: Observers::default(),
             last_error: None,
         }
     }
@@ -92,7 +90,7 @@ impl Replica {
                             after: ticks.to_vec(),
                             changed,
                             queue_tick: self.session.queue_tick(),
-                            observers: self.observers.clone(),
+                            observers: self.observers.snapshot(),
                         });
                     }
                 }
@@ -102,7 +100,7 @@ impl Replica {
                 ClientEvent::Payload(payload) => effects.payloads.push(payload),
                 ClientEvent::Ancestry(upstream) => {
                     let mine = std::iter::once(id.to_owned()).chain(upstream).collect();
-                    effects.ancestry = Some((mine, self.observers.clone()));
+                    effects.ancestry = Some((mine, self.observers.snapshot()));
                 }
                 ClientEvent::Resync => {
                     stats.resyncs.fetch_add(1, Ordering::Relaxed);
@@ -121,9 +119,7 @@ impl Effects {
             notice.tell();
         }
         if let Some((ancestry, observers)) = &self.ancestry {
-            for (_, observer) in observers.iter() {
-                observer.ancestry_changed(ancestry);
-            }
+            observers.ancestry_changed(ancestry);
         }
         for (pending, result) in self.answers {
             // A caller that gave up is not waiting.
@@ -142,23 +138,17 @@ struct Notice {
     after: Vec<u64>,
     changed: Vec<usize>,
     queue_tick: u64,
-    observers: ObserverList,
+    observers: ObserverSnapshot,
 }
 
 impl Notice {
     fn tell(self) {
-        let args = Args::new();
-        let transition = Transition {
-            kind: MutationKind::Set,
-            called: &self.changed,
-            args: &args,
-            auto: false,
+        self.observers.clock_changed(&ClockChange {
             before: &self.before,
             after: &self.after,
+            changed: &self.changed,
             queue_tick: self.queue_tick,
-        };
-        for (_, observer) in self.observers.iter() {
-            observer.transition(&transition);
-        }
+            transition: None,
+        });
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use tokio::sync::watch;
 
-use crate::machine::{ObserverId, StateSource, Transition};
+use crate::machine::{ClockChange, ObserverId, StateSource};
 use crate::proto::session::{ClockFeed, DiffCache, Versioned};
 
 use super::Inner;
@@ -24,13 +24,13 @@ struct HubObserver {
 }
 
 impl crate::machine::Observer for HubObserver {
-    fn transition(&self, t: &Transition<'_>) {
+    fn clock_changed(&self, change: &ClockChange<'_>) {
         // Sources call observers outside their own locks, so asking for the schema is safe.
         let schema = self.source.upgrade().map(|source| source.schema().hash());
         self.clock.send_modify(|v| {
             v.version += 1;
-            v.ticks = Arc::from(t.after);
-            v.queue_tick = t.queue_tick;
+            v.ticks = Arc::from(change.after);
+            v.queue_tick = change.queue_tick;
             if let Some(schema) = schema {
                 v.schema = schema;
             }
