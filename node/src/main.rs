@@ -701,7 +701,7 @@ async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn fault_proxy(args: &FaultProxyArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::fault::{Fault, FaultProxy};
+    use am_node::fault::{Fault, FaultProxy};
     use tokio::io::AsyncBufReadExt as _;
 
     let proxy = FaultProxy::start(args.target)
@@ -770,12 +770,12 @@ fn certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::bench::sgp::{SgpOptions, run};
+    use am_node::bench::sgp::{SgpOptions, run};
     let options = SgpOptions {
         loops: args.loops,
         warmup: args.warmup,
         compression: args.compression,
-        transport: asyncmachine::bench::scheme(&args.transport)?,
+        transport: am_node::bench::scheme(&args.transport)?,
         via_relay: args.via_relay,
     };
     let progress = progress("sgp loops");
@@ -819,13 +819,13 @@ fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::bench::chain::{ChainOptions, run};
+    use am_node::bench::chain::{ChainOptions, run};
     anyhow::ensure!((1..=16).contains(&args.hops), "--hops must be 1 to 16");
     let options = ChainOptions {
         hops: args.hops,
         iterations: args.iterations,
         warmup: args.warmup,
-        transport: asyncmachine::bench::scheme(&args.transport)?,
+        transport: am_node::bench::scheme(&args.transport)?,
     };
     let progress = progress("chain");
     let report = runtime(args.threads)?
@@ -866,7 +866,7 @@ fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bench_relay(args: &RelayArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::bench::relay::{RelayOptions, run};
+    use am_node::bench::relay::{RelayOptions, run};
     let options = RelayOptions {
         round_trips: args.round_trips,
         message: args.message,
@@ -934,9 +934,9 @@ fn raise_nofile(needed: u64) -> anyhow::Result<()> {
 }
 
 fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::bench::fanout::{FanoutOptions, run_with};
+    use am_node::bench::fanout::{FanoutOptions, run_with};
     use asyncmachine::transport::Scheme;
-    let transport = asyncmachine::bench::scheme(&args.transport)?;
+    let transport = am_node::bench::scheme(&args.transport)?;
     let largest = args.mirrors.iter().copied().max().unwrap_or(0) as u64;
     // Both ends of every connection live in this process unless split; QUIC needs one socket
     // per client and one for the server.
@@ -1020,7 +1020,7 @@ async fn spawn_root(
     transport: &str,
     mirrors: usize,
     threads: usize,
-) -> anyhow::Result<asyncmachine::bench::fanout::RemoteRoot> {
+) -> anyhow::Result<am_node::bench::fanout::RemoteRoot> {
     let exe = std::env::current_exe().context("cannot find this program to run the root")?;
     let mut child = tokio::process::Command::new(exe)
         .args(["bench", "fanout-root", "--transport", transport])
@@ -1035,16 +1035,16 @@ async fn spawn_root(
         anyhow::bail!("the root's process has no stdin or stdout");
     };
     let replies = tokio::io::BufReader::new(replies);
-    asyncmachine::bench::fanout::RemoteRoot::start(commands, replies, child)
+    am_node::bench::fanout::RemoteRoot::start(commands, replies, child)
         .await
         .context("starting the root's process")
 }
 
 fn bench_fanout_root(args: &FanoutRootArgs) -> anyhow::Result<ExitCode> {
-    let transport = asyncmachine::bench::scheme(&args.transport)?;
+    let transport = am_node::bench::scheme(&args.transport)?;
     raise_nofile(args.mirrors as u64 + 256)?;
     runtime(args.threads)?
-        .block_on(asyncmachine::bench::fanout::serve_remote_root(
+        .block_on(am_node::bench::fanout::serve_remote_root(
             transport,
             args.mirrors,
             tokio::io::BufReader::new(tokio::io::stdin()),
@@ -1057,10 +1057,10 @@ fn bench_fanout_root(args: &FanoutRootArgs) -> anyhow::Result<ExitCode> {
 fn bench_bytes(args: &BytesArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.states > 0, "--states must be at least 1");
     let reports = runtime(1)?
-        .block_on(asyncmachine::bench::bytes::run(
+        .block_on(am_node::bench::bytes::run(
             args.states,
             args.changes,
-            asyncmachine::bench::scheme(&args.transport)?,
+            am_node::bench::scheme(&args.transport)?,
         ))
         .context("bench bytes failed")?;
     let mut out = std::io::stdout().lock();

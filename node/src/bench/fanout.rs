@@ -20,10 +20,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::{BenchError, Percentiles};
-use crate::machine::{Args, Machine, StateSource, Transition};
-use crate::mirror::{Mirror, MirrorConfig};
-use crate::server::{Server, ServerConfig};
-use crate::transport::{Endpoint, Scheme, TransportConfig};
+use asyncmachine::machine::{Args, Machine, StateSource, Transition};
+use asyncmachine::mirror::{Mirror, MirrorConfig};
+use asyncmachine::server::{Server, ServerConfig};
+use asyncmachine::transport::{Endpoint, Scheme, TransportConfig};
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -12,10 +12,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::{BenchError, Percentiles};
-use crate::machine::{Args, Machine, StateSource, Transition};
-use crate::mirror::{Mirror, MirrorConfig};
-use crate::server::{Server, ServerConfig};
-use crate::transport::{Endpoint, Scheme};
+use asyncmachine::machine::{Args, Machine, StateSource, Transition};
+use asyncmachine::mirror::{Mirror, MirrorConfig};
+use asyncmachine::server::{Server, ServerConfig};
+use asyncmachine::transport::{Endpoint, Scheme};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -195,7 +195,7 @@ pub async fn run(
     for i in 0..total {
         let started = Instant::now();
         let outcome = deepest.add(&["Tick"], Args::new()).await;
-        if outcome != Ok(crate::machine::Outcome::Executed) {
+        if outcome != Ok(asyncmachine::machine::Outcome::Executed) {
             return Err(BenchError::Scenario {
                 at: i,
                 reason: format!("round trip returned {outcome:?}"),

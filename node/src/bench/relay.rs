@@ -11,8 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{BenchError, Percentiles};
-use crate::relay::{Relay, RelayConfig, Target};
-use crate::transport::{Endpoint, Scheme};
+use asyncmachine::relay::{Relay, RelayConfig, Target};
+use asyncmachine::transport::{Endpoint, Scheme};
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::proxy::{CountingProxy, UdpCountingProxy};
 use super::{BenchError, Percentiles};
-use crate::mirror::{Mirror, MirrorConfig};
-use crate::server::{Server, ServerConfig};
 use crate::sgp::{Consumer, start_worker};
-use crate::transport::{Endpoint, Scheme};
+use asyncmachine::mirror::{Mirror, MirrorConfig};
+use asyncmachine::server::{Server, ServerConfig};
+use asyncmachine::transport::{Endpoint, Scheme};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -79,16 +79,16 @@ pub async fn run(
         .map_err(|e| setup("binding the server", &e))?;
     // Through the relay, the proxy sits between the mirror and the relay.
     let (relay, scheme) = if options.via_relay {
-        let config = crate::relay::RelayConfig {
+        let config = asyncmachine::relay::RelayConfig {
             listen: Endpoint::new(Scheme::Ws, "127.0.0.1:0"),
-            targets: vec![crate::relay::Target {
+            targets: vec![asyncmachine::relay::Target {
                 name: "sgp".into(),
                 endpoint: bound.clone().with_machine("sgp"),
             }],
             transport: transport.clone(),
-            ..crate::relay::RelayConfig::default()
+            ..asyncmachine::relay::RelayConfig::default()
         };
-        let relay = crate::relay::Relay::start(config)
+        let relay = asyncmachine::relay::Relay::start(config)
             .await
             .map_err(|e| setup("starting the relay", &e))?;
         (Some(relay), Scheme::Ws)

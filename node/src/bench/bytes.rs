@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use super::BenchError;
 use super::proxy::{CountingProxy, UdpCountingProxy};
-use crate::machine::{Args, Machine, Schema, SchemaDef, StateDef, StateSource};
-use crate::mirror::{Mirror, MirrorConfig};
-use crate::server::{Server, ServerConfig};
-use crate::transport::{Endpoint, Scheme};
+use asyncmachine::machine::{Args, Machine, Schema, SchemaDef, StateDef, StateSource};
+use asyncmachine::mirror::{Mirror, MirrorConfig};
+use asyncmachine::server::{Server, ServerConfig};
+use asyncmachine::transport::{Endpoint, Scheme};
 
 /// What a run measured, for one compression setting.
 #[derive(Debug, Clone, serde::Serialize)]
