@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use asyncmachine::machine::{
-    Args as MutationArgs, MutationKind, Outcome, StateSource, Transition, Value,
-};
+use asyncmachine::machine::{Args as MutationArgs, MutationKind, Outcome, StateSource, Transition};
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
 use asyncmachine::printable::printable;
 use asyncmachine::transport::{Endpoint, Scheme, TlsConfig, TransportConfig};
@@ -599,27 +597,10 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// `key=value`, with numbers and booleans typed.
-fn parse_arg(text: &str) -> anyhow::Result<(String, Value)> {
-    let Some((key, value)) = text.split_once('=') else {
-        bail!("argument {text:?} is not key=value");
-    };
-    let value = if let Ok(i) = value.parse::<i64>() {
-        Value::Int(i)
-    } else if let Ok(f) = value.parse::<f64>() {
-        Value::Float(f)
-    } else if let Ok(b) = value.parse::<bool>() {
-        Value::Bool(b)
-    } else {
-        Value::Str(value.to_owned())
-    };
-    Ok((key.to_owned(), value))
-}
-
 async fn mutate(kind: MutationKind, args: &MutateArgs) -> anyhow::Result<ExitCode> {
     let mut mutation_args = MutationArgs::new();
     for arg in &args.args {
-        let (key, value) = parse_arg(arg)?;
+        let (key, value) = asyncmachine::machine::value::parse_arg(arg)?;
         mutation_args.insert(key, value);
     }
     let mirror = connect_mirror(&args.connect, "mutate").await?;
