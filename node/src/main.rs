@@ -764,32 +764,7 @@ fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
         .block_on(run(&options, &progress))
         .context("bench sgp failed")?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<9} {:<9} {:>7} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9}",
-        "scenario",
-        "transport",
-        "loops",
-        "us/loop",
-        "p50 us",
-        "p99 us",
-        "bytes/loop",
-        "errors",
-        "floor us"
-    )?;
-    writeln!(
-        out,
-        "{:<9} {:<9} {:>7} {:>9.2} {:>8.2} {:>8.2} {:>10.1} {:>7} {:>9.2}",
-        report.scenario,
-        report.transport,
-        report.loops,
-        report.us_per_loop,
-        report.latency.p50_us,
-        report.latency.p99_us,
-        report.bytes_per_loop,
-        report.errors,
-        report.floor_us_per_loop
-    )?;
+    write!(out, "{report}")?;
     json_line(&mut out, args.json, &report)?;
     anyhow::ensure!(
         report.errors == 0,
@@ -813,35 +788,7 @@ fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
         .block_on(run(&options, &progress))
         .context("bench chain failed")?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<10} {:<9} {:>4} {:>9} {:>9} {:>13} {:>13}",
-        "scenario", "transport", "hops", "p50 us", "p99 us", "per-hop p50", "floor p50 us"
-    )?;
-    for d in &report.propagation {
-        writeln!(
-            out,
-            "{:<10} {:<9} {:>4} {:>9.1} {:>9.1} {:>13.1} {:>13.1}",
-            "chain",
-            report.transport,
-            d.hops,
-            d.latency.p50_us,
-            d.latency.p99_us,
-            d.latency.p50_us / d.hops as f64,
-            d.floor.p50_us
-        )?;
-    }
-    writeln!(
-        out,
-        "{:<10} {:<9} {:>4} {:>9.1} {:>9.1} {:>13.1} {:>13}",
-        "roundtrip",
-        report.transport,
-        report.round_trip_hops,
-        report.round_trip.p50_us,
-        report.round_trip.p99_us,
-        report.round_trip.p50_us / (2 * report.round_trip_hops) as f64,
-        "-"
-    )?;
+    write!(out, "{report}")?;
     json_line(&mut out, args.json, &report)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -859,37 +806,7 @@ fn bench_relay(args: &RelayArgs) -> anyhow::Result<ExitCode> {
         .block_on(run(&options, &progress))
         .context("bench relay failed")?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<22} {:>9} {:>9} {:>12}",
-        "round trip", "p50 us", "p99 us", "cpu us/rt"
-    )?;
-    writeln!(
-        out,
-        "{:<22} {:>9.1} {:>9.1} {:>12.1}",
-        "direct tcp", report.direct_tcp.p50_us, report.direct_tcp.p99_us, report.cpu_us_direct
-    )?;
-    writeln!(
-        out,
-        "{:<22} {:>9.1} {:>9.1} {:>12.1}",
-        "ws -> relay -> tcp", report.via_relay.p50_us, report.via_relay.p99_us, report.relay_cpu_us
-    )?;
-    writeln!(
-        out,
-        "(cpu: the client and echo process for direct; the relay's own thread through it)"
-    )?;
-    writeln!(
-        out,
-        "relay adds {:.1} us per {}-byte round trip (p50)",
-        report.added_us, report.message_bytes
-    )?;
-    writeln!(
-        out,
-        "bulk, {} KiB messages: {:.0} MB/s browser -> target, {:.0} MB/s target -> browser",
-        report.bulk_message_bytes / 1024,
-        report.bulk_to_target_mb_s,
-        report.bulk_to_browser_mb_s
-    )?;
+    write!(out, "{report}")?;
     json_line(&mut out, args.json, &report)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -915,7 +832,7 @@ fn raise_nofile(needed: u64) -> anyhow::Result<()> {
 }
 
 fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
-    use am_node::bench::fanout::{FanoutOptions, run_with};
+    use am_node::bench::fanout::{FanoutOptions, FanoutTable, run_with};
     use asyncmachine::transport::Scheme;
     let transport = am_node::bench::scheme(&args.transport)?;
     let largest = args.mirrors.iter().copied().max().unwrap_or(0) as u64;
@@ -955,42 +872,7 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
             .push(report.with_context(|| format!("bench fanout with {mirrors} mirrors failed"))?);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>10} {:>10}",
-        "transport",
-        "mirrors",
-        "conv p50ms",
-        "conv p99ms",
-        "floor p50",
-        "root mut/s",
-        "frames/s",
-        "floor f/s",
-        "lag p99",
-        "settle ms",
-        "KiB/mirror",
-        "srv KiB/m"
-    )?;
-    for r in &reports {
-        writeln!(
-            out,
-            "{:<9} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>10.1} {:>10.1}",
-            r.transport,
-            r.mirrors,
-            r.convergence.p50_us / 1e3,
-            r.convergence.p99_us / 1e3,
-            r.convergence_floor
-                .as_ref()
-                .map_or(f64::NAN, |f| f.p50_us / 1e3),
-            r.root_mutations_per_s,
-            r.frames_per_s,
-            r.frames_per_s_floor.unwrap_or(f64::NAN),
-            r.lag_p99_ms,
-            r.settle_ms,
-            r.rss_kib_per_mirror,
-            r.server_kib_per_mirror.unwrap_or(f64::NAN)
-        )?;
-    }
+    write!(out, "{}", FanoutTable(&reports))?;
     json_line(&mut out, args.json, &reports)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -1045,21 +927,7 @@ fn bench_bytes(args: &BytesArgs) -> anyhow::Result<ExitCode> {
         ))
         .context("bench bytes failed")?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<11} {:>7} {:>16} {:>16}",
-        "compression", "states", "handshake bytes", "bytes/change"
-    )?;
-    for r in &reports {
-        writeln!(
-            out,
-            "{:<11} {:>7} {:>16} {:>16.1}",
-            if r.compression { "zstd" } else { "none" },
-            r.states,
-            r.handshake_bytes,
-            r.bytes_per_change
-        )?;
-    }
+    write!(out, "{}", am_node::bench::bytes::BytesTable(&reports))?;
     json_line(&mut out, args.json, &reports)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,31 @@ pub struct BytesReport {
     pub changes: u64,
 }
 
+/// The table `am-node bench bytes` prints: a header and a row per compression setting.
+#[derive(Debug, Clone, Copy)]
+pub struct BytesTable<'a>(pub &'a [BytesReport]);
+
+impl std::fmt::Display for BytesTable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<11} {:>7} {:>16} {:>16}",
+            "compression", "states", "handshake bytes", "bytes/change"
+        )?;
+        for r in self.0 {
+            writeln!(
+                f,
+                "{:<11} {:>7} {:>16} {:>16.1}",
+                if r.compression { "zstd" } else { "none" },
+                r.states,
+                r.handshake_bytes,
+                r.bytes_per_change
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs with and without compression.
 pub async fn run(
     states: usize,

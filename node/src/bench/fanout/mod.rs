@@ -86,6 +86,53 @@ pub struct FanoutReport {
     pub server_kib_per_mirror: Option<f64>,
 }
 
+/// The table `am-node bench fanout` prints: a header and a row per run (mirror count).
+/// Figures a run could not take (the floor, a remote root's memory) print as `NaN`.
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutTable<'a>(pub &'a [FanoutReport]);
+
+impl std::fmt::Display for FanoutTable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>10} {:>10}",
+            "transport",
+            "mirrors",
+            "conv p50ms",
+            "conv p99ms",
+            "floor p50",
+            "root mut/s",
+            "frames/s",
+            "floor f/s",
+            "lag p99",
+            "settle ms",
+            "KiB/mirror",
+            "srv KiB/m"
+        )?;
+        for r in self.0 {
+            writeln!(
+                f,
+                "{:<9} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>10.1} {:>10.1}",
+                r.transport,
+                r.mirrors,
+                r.convergence.p50_us / 1e3,
+                r.convergence.p99_us / 1e3,
+                r.convergence_floor
+                    .as_ref()
+                    .map_or(f64::NAN, |floor| floor.p50_us / 1e3),
+                r.root_mutations_per_s,
+                r.frames_per_s,
+                r.frames_per_s_floor.unwrap_or(f64::NAN),
+                r.lag_p99_ms,
+                r.settle_ms,
+                r.rss_kib_per_mirror,
+                r.server_kib_per_mirror.unwrap_or(f64::NAN)
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Counts mirrors that reached a target tick and remembers when the last did.
 struct Arrivals {
     target: AtomicU64,
