@@ -9,7 +9,9 @@
 //! - [`transport`]: byte streams by endpoint scheme (`tcp://`, `mem://`), one listener trait.
 //! - [`server`]: serves named sources to any number of mirrors (async driver over `proto`).
 //! - [`mirror`]: a replica of a remote source, itself a `StateSource` (async driver).
-//! - [`sgp`], [`bench`]: the benchmark scenarios, run by `am-node bench`.
+//!
+//! The benchmark scenarios, the sgp worker and the fault-injecting proxy are not part of this
+//! library: they live in the `am-node` crate (`node/`).
 //!
 //! ```
 //! use asyncmachine::prelude::*;
@@ -34,10 +36,8 @@
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
 //! ```
 
-pub mod bench;
 pub mod certs;
 pub mod client;
-pub mod fault;
 mod http;
 pub mod machine;
 pub mod metrics;
@@ -47,7 +47,6 @@ pub mod printable;
 pub mod proto;
 pub mod relay;
 pub mod server;
-pub mod sgp;
 pub mod topology;
 pub mod transport;
 mod wire;

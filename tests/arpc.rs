@@ -288,7 +288,7 @@ pub async fn bad_input_closes_only_that_connection(scheme: &str) {
 pub async fn a_mirror_expecting_another_schema_gets_a_clear_error(scheme: &str) {
     let (_server, endpoint) = serve(Arc::new(machine()), ServerConfig::default(), scheme).await;
     let config = MirrorConfig {
-        schema: Some(Arc::new(asyncmachine::sgp::schema())),
+        schema: Some(Arc::new(sgp_schema())),
         ..mirror_config("typed")
     };
     match within("connect", Mirror::connect(&endpoint, config)).await {
@@ -527,20 +527,6 @@ pub async fn a_mirror_can_track_a_subset_with_compression(scheme: &str) {
     assert_eq!(mirror.tick_at(b), source.tick_at(b));
 }
 
-pub async fn sgp_over_the_network_has_no_errors(scheme: &str) {
-    let (worker, stats) = asyncmachine::sgp::start_worker("sgp-worker", 3);
-    let (_server, endpoint) = serve(Arc::new(worker), ServerConfig::default(), scheme).await;
-    let mirror = mirror(&endpoint, "sgp-mirror").await;
-    let mut consumer = asyncmachine::sgp::Consumer::new();
-    for _ in 0..500 {
-        within("sgp step", consumer.step(&mirror))
-            .await
-            .expect("step");
-    }
-    assert_eq!(stats.errors.load(Ordering::Relaxed), 0);
-    assert_eq!(stats.calls.load(Ordering::Relaxed), 500);
-}
-
 /// Instantiates every test of the suite for each transport.
 macro_rules! conformance {
     ($($transport:ident),* $(,)?) => {$(
@@ -567,7 +553,6 @@ macro_rules! conformance {
             case!(keepalive_keeps_an_idle_mirror_connected);
             case!(payloads_reach_one_client_or_all);
             case!(a_mirror_can_track_a_subset_with_compression);
-            case!(sgp_over_the_network_has_no_errors);
         }
     )*};
 }

@@ -701,14 +701,6 @@ fn schemas_load_from_toml() {
 }
 
 #[test]
-fn the_shipped_sgp_schema_file_matches_the_scenario() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/topologies/schemas/sgp.toml");
-    let text = std::fs::read_to_string(path).expect("the schema file ships with the repository");
-    let schema = Schema::new(toml::from_str(&text).expect("parses")).expect("valid");
-    assert_eq!(schema.hash(), asyncmachine::sgp::schema().hash());
-}
-
-#[test]
 fn an_async_mutation_queued_behind_a_transition_resolves_with_its_real_outcome() {
     let m = machine(vec![
         StateDef::new("A"),

@@ -132,7 +132,7 @@ async fn a_checksum_mismatch_triggers_a_full_sync() {
 
 #[tokio::test]
 async fn a_schema_change_replaces_schema_and_clock_and_ends_old_waiters() {
-    let new = asyncmachine::sgp::schema();
+    let new = sgp_schema();
     let mut new_ticks = vec![0; new.len()];
     new_ticks[0] = 1; // Start
     let (listener, endpoint) = listen().await;

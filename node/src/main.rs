@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use asyncmachine::machine::{
-    Args as MutationArgs, ClockChange, MutationKind, Outcome, StateSource, Value,
+    Args as MutationArgs, ClockChange, MutationKind, Outcome, StateSource,
 };
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
 use asyncmachine::printable::printable;
@@ -599,27 +599,10 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// `key=value`, with numbers and booleans typed.
-fn parse_arg(text: &str) -> anyhow::Result<(String, Value)> {
-    let Some((key, value)) = text.split_once('=') else {
-        bail!("argument {text:?} is not key=value");
-    };
-    let value = if let Ok(i) = value.parse::<i64>() {
-        Value::Int(i)
-    } else if let Ok(f) = value.parse::<f64>() {
-        Value::Float(f)
-    } else if let Ok(b) = value.parse::<bool>() {
-        Value::Bool(b)
-    } else {
-        Value::Str(value.to_owned())
-    };
-    Ok((key.to_owned(), value))
-}
-
 async fn mutate(kind: MutationKind, args: &MutateArgs) -> anyhow::Result<ExitCode> {
     let mut mutation_args = MutationArgs::new();
     for arg in &args.args {
-        let (key, value) = parse_arg(arg)?;
+        let (key, value) = asyncmachine::machine::value::parse_arg(arg)?;
         mutation_args.insert(key, value);
     }
     let mirror = connect_mirror(&args.connect, "mutate").await?;
@@ -701,7 +684,7 @@ async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn fault_proxy(args: &FaultProxyArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::fault::{Fault, FaultProxy};
+    use am_node::fault::{Fault, FaultProxy};
     use tokio::io::AsyncBufReadExt as _;
 
     let proxy = FaultProxy::start(args.target)
@@ -770,12 +753,12 @@ fn certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::bench::sgp::{SgpOptions, run};
+    use am_node::bench::sgp::{SgpOptions, run};
     let options = SgpOptions {
         loops: args.loops,
         warmup: args.warmup,
         compression: args.compression,
-        transport: asyncmachine::bench::scheme(&args.transport)?,
+        transport: am_node::bench::scheme(&args.transport)?,
         via_relay: args.via_relay,
     };
     let progress = progress("sgp loops");
@@ -783,32 +766,7 @@ fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
         .block_on(run(&options, &progress))
         .context("bench sgp failed")?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<9} {:<9} {:>7} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9}",
-        "scenario",
-        "transport",
-        "loops",
-        "us/loop",
-        "p50 us",
-        "p99 us",
-        "bytes/loop",
-        "errors",
-        "floor us"
-    )?;
-    writeln!(
-        out,
-        "{:<9} {:<9} {:>7} {:>9.2} {:>8.2} {:>8.2} {:>10.1} {:>7} {:>9.2}",
-        report.scenario,
-        report.transport,
-        report.loops,
-        report.us_per_loop,
-        report.latency.p50_us,
-        report.latency.p99_us,
-        report.bytes_per_loop,
-        report.errors,
-        report.floor_us_per_loop
-    )?;
+    write!(out, "{report}")?;
     json_line(&mut out, args.json, &report)?;
     anyhow::ensure!(
         report.errors == 0,
@@ -819,54 +777,26 @@ fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::bench::chain::{ChainOptions, run};
+    use am_node::bench::chain::{ChainOptions, run};
     anyhow::ensure!((1..=16).contains(&args.hops), "--hops must be 1 to 16");
     let options = ChainOptions {
         hops: args.hops,
         iterations: args.iterations,
         warmup: args.warmup,
-        transport: asyncmachine::bench::scheme(&args.transport)?,
+        transport: am_node::bench::scheme(&args.transport)?,
     };
     let progress = progress("chain");
     let report = runtime(args.threads)?
         .block_on(run(&options, &progress))
         .context("bench chain failed")?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<10} {:<9} {:>4} {:>9} {:>9} {:>13} {:>13}",
-        "scenario", "transport", "hops", "p50 us", "p99 us", "per-hop p50", "floor p50 us"
-    )?;
-    for d in &report.propagation {
-        writeln!(
-            out,
-            "{:<10} {:<9} {:>4} {:>9.1} {:>9.1} {:>13.1} {:>13.1}",
-            "chain",
-            report.transport,
-            d.hops,
-            d.latency.p50_us,
-            d.latency.p99_us,
-            d.latency.p50_us / d.hops as f64,
-            d.floor.p50_us
-        )?;
-    }
-    writeln!(
-        out,
-        "{:<10} {:<9} {:>4} {:>9.1} {:>9.1} {:>13.1} {:>13}",
-        "roundtrip",
-        report.transport,
-        report.round_trip_hops,
-        report.round_trip.p50_us,
-        report.round_trip.p99_us,
-        report.round_trip.p50_us / (2 * report.round_trip_hops) as f64,
-        "-"
-    )?;
+    write!(out, "{report}")?;
     json_line(&mut out, args.json, &report)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn bench_relay(args: &RelayArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::bench::relay::{RelayOptions, run};
+    use am_node::bench::relay::{RelayOptions, run};
     let options = RelayOptions {
         round_trips: args.round_trips,
         message: args.message,
@@ -878,37 +808,7 @@ fn bench_relay(args: &RelayArgs) -> anyhow::Result<ExitCode> {
         .block_on(run(&options, &progress))
         .context("bench relay failed")?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<22} {:>9} {:>9} {:>12}",
-        "round trip", "p50 us", "p99 us", "cpu us/rt"
-    )?;
-    writeln!(
-        out,
-        "{:<22} {:>9.1} {:>9.1} {:>12.1}",
-        "direct tcp", report.direct_tcp.p50_us, report.direct_tcp.p99_us, report.cpu_us_direct
-    )?;
-    writeln!(
-        out,
-        "{:<22} {:>9.1} {:>9.1} {:>12.1}",
-        "ws -> relay -> tcp", report.via_relay.p50_us, report.via_relay.p99_us, report.relay_cpu_us
-    )?;
-    writeln!(
-        out,
-        "(cpu: the client and echo process for direct; the relay's own thread through it)"
-    )?;
-    writeln!(
-        out,
-        "relay adds {:.1} us per {}-byte round trip (p50)",
-        report.added_us, report.message_bytes
-    )?;
-    writeln!(
-        out,
-        "bulk, {} KiB messages: {:.0} MB/s browser -> target, {:.0} MB/s target -> browser",
-        report.bulk_message_bytes / 1024,
-        report.bulk_to_target_mb_s,
-        report.bulk_to_browser_mb_s
-    )?;
+    write!(out, "{report}")?;
     json_line(&mut out, args.json, &report)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -934,9 +834,9 @@ fn raise_nofile(needed: u64) -> anyhow::Result<()> {
 }
 
 fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
-    use asyncmachine::bench::fanout::{FanoutOptions, run_with};
+    use am_node::bench::fanout::{FanoutOptions, FanoutTable, run_with};
     use asyncmachine::transport::Scheme;
-    let transport = asyncmachine::bench::scheme(&args.transport)?;
+    let transport = am_node::bench::scheme(&args.transport)?;
     let largest = args.mirrors.iter().copied().max().unwrap_or(0) as u64;
     // Both ends of every connection live in this process unless split; QUIC needs one socket
     // per client and one for the server.
@@ -974,42 +874,7 @@ fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
             .push(report.with_context(|| format!("bench fanout with {mirrors} mirrors failed"))?);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>10} {:>10}",
-        "transport",
-        "mirrors",
-        "conv p50ms",
-        "conv p99ms",
-        "floor p50",
-        "root mut/s",
-        "frames/s",
-        "floor f/s",
-        "lag p99",
-        "settle ms",
-        "KiB/mirror",
-        "srv KiB/m"
-    )?;
-    for r in &reports {
-        writeln!(
-            out,
-            "{:<9} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>10.1} {:>10.1}",
-            r.transport,
-            r.mirrors,
-            r.convergence.p50_us / 1e3,
-            r.convergence.p99_us / 1e3,
-            r.convergence_floor
-                .as_ref()
-                .map_or(f64::NAN, |f| f.p50_us / 1e3),
-            r.root_mutations_per_s,
-            r.frames_per_s,
-            r.frames_per_s_floor.unwrap_or(f64::NAN),
-            r.lag_p99_ms,
-            r.settle_ms,
-            r.rss_kib_per_mirror,
-            r.server_kib_per_mirror.unwrap_or(f64::NAN)
-        )?;
-    }
+    write!(out, "{}", FanoutTable(&reports))?;
     json_line(&mut out, args.json, &reports)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -1020,7 +885,7 @@ async fn spawn_root(
     transport: &str,
     mirrors: usize,
     threads: usize,
-) -> anyhow::Result<asyncmachine::bench::fanout::RemoteRoot> {
+) -> anyhow::Result<am_node::bench::fanout::RemoteRoot> {
     let exe = std::env::current_exe().context("cannot find this program to run the root")?;
     let mut child = tokio::process::Command::new(exe)
         .args(["bench", "fanout-root", "--transport", transport])
@@ -1035,16 +900,16 @@ async fn spawn_root(
         anyhow::bail!("the root's process has no stdin or stdout");
     };
     let replies = tokio::io::BufReader::new(replies);
-    asyncmachine::bench::fanout::RemoteRoot::start(commands, replies, child)
+    am_node::bench::fanout::RemoteRoot::start(commands, replies, child)
         .await
         .context("starting the root's process")
 }
 
 fn bench_fanout_root(args: &FanoutRootArgs) -> anyhow::Result<ExitCode> {
-    let transport = asyncmachine::bench::scheme(&args.transport)?;
+    let transport = am_node::bench::scheme(&args.transport)?;
     raise_nofile(args.mirrors as u64 + 256)?;
     runtime(args.threads)?
-        .block_on(asyncmachine::bench::fanout::serve_remote_root(
+        .block_on(am_node::bench::fanout::serve_remote_root(
             transport,
             args.mirrors,
             tokio::io::BufReader::new(tokio::io::stdin()),
@@ -1057,28 +922,14 @@ fn bench_fanout_root(args: &FanoutRootArgs) -> anyhow::Result<ExitCode> {
 fn bench_bytes(args: &BytesArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.states > 0, "--states must be at least 1");
     let reports = runtime(1)?
-        .block_on(asyncmachine::bench::bytes::run(
+        .block_on(am_node::bench::bytes::run(
             args.states,
             args.changes,
-            asyncmachine::bench::scheme(&args.transport)?,
+            am_node::bench::scheme(&args.transport)?,
         ))
         .context("bench bytes failed")?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<11} {:>7} {:>16} {:>16}",
-        "compression", "states", "handshake bytes", "bytes/change"
-    )?;
-    for r in &reports {
-        writeln!(
-            out,
-            "{:<11} {:>7} {:>16} {:>16.1}",
-            if r.compression { "zstd" } else { "none" },
-            r.states,
-            r.handshake_bytes,
-            r.bytes_per_change
-        )?;
-    }
+    write!(out, "{}", am_node::bench::bytes::BytesTable(&reports))?;
     json_line(&mut out, args.json, &reports)?;
     Ok(ExitCode::SUCCESS)
 }

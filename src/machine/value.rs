@@ -94,7 +94,38 @@ impl Value {
             _ => None,
         }
     }
+
+    /// A value typed from text a person wrote (a command line): an integer if it reads as one
+    /// (`3`, `-7`), else a float (`0.5`, `1e3`, `inf`), else a boolean (`true`, `false`), else
+    /// the text itself as a string (`on`, `"3"` with its quotes). Never `Null`, bytes, lists
+    /// or maps.
+    pub fn from_text(text: &str) -> Value {
+        if let Ok(i) = text.parse::<i64>() {
+            Value::Int(i)
+        } else if let Ok(f) = text.parse::<f64>() {
+            Value::Float(f)
+        } else if let Ok(b) = text.parse::<bool>() {
+            Value::Bool(b)
+        } else {
+            Value::Str(text.to_owned())
+        }
+    }
 }
+
+/// Parses one named argument as a person writes it, `key=value` (e.g. `am-node add --arg
+/// op=3`): the key is the text before the first `=`, the value the rest, typed by
+/// [`Value::from_text`].
+pub fn parse_arg(text: &str) -> Result<(String, Value), NotKeyValue> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| NotKeyValue(text.to_owned()))?;
+    Ok((key.to_owned(), Value::from_text(value)))
+}
+
+/// Text given as a named argument has no `=` in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("argument {0:?} is not key=value; write it as NAME=VALUE, e.g. op=3")]
+pub struct NotKeyValue(pub String);
 
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -536,5 +567,39 @@ mod tests {
         while let Some(Value::List(items)) = rest.pop() {
             rest.extend(items);
         }
+    }
+
+    #[test]
+    fn text_is_typed_as_an_integer_a_float_a_boolean_or_else_a_string() {
+        assert_eq!(Value::from_text("3"), Value::Int(3));
+        assert_eq!(Value::from_text("-7"), Value::Int(-7));
+        assert_eq!(Value::from_text("0.5"), Value::Float(0.5));
+        assert_eq!(Value::from_text("1e3"), Value::Float(1000.0));
+        assert_eq!(Value::from_text("true"), Value::Bool(true));
+        assert_eq!(Value::from_text("false"), Value::Bool(false));
+        assert_eq!(Value::from_text("on"), Value::Str("on".into()));
+        assert_eq!(Value::from_text("\"3\""), Value::Str("\"3\"".into()));
+        assert_eq!(Value::from_text(""), Value::Str(String::new()));
+        // Past i64, a number is still a number.
+        assert_eq!(
+            Value::from_text("9223372036854775808"),
+            Value::Float(9_223_372_036_854_775_808.0)
+        );
+    }
+
+    #[test]
+    fn an_argument_splits_at_its_first_equals_sign() {
+        assert_eq!(parse_arg("op=3"), Ok(("op".into(), Value::Int(3))));
+        assert_eq!(
+            parse_arg("who=a=b"),
+            Ok(("who".into(), Value::Str("a=b".into())))
+        );
+        assert_eq!(
+            parse_arg("empty="),
+            Ok(("empty".into(), Value::Str(String::new())))
+        );
+        let error = parse_arg("op").expect_err("no =");
+        assert_eq!(error, NotKeyValue("op".into()));
+        assert!(error.to_string().contains("is not key=value"), "{error}");
     }
 }

@@ -139,6 +139,20 @@ mod tests {
     use super::*;
     use crate::proto::message::WantedOptions;
 
+    /// A schema of seven states (the sgp benchmark's six and `Exception`), in the sgp order.
+    fn sgp_schema() -> crate::machine::Schema {
+        use crate::machine::StateDef;
+        crate::machine::Schema::builder()
+            .state(StateDef::new("Start"))
+            .state(StateDef::new("Event").multi().require(["Start"]))
+            .state(StateDef::new("Value1").remove(["Value2", "Value3"]))
+            .state(StateDef::new("Value2").remove(["Value1", "Value3"]))
+            .state(StateDef::new("Value3").remove(["Value1", "Value2"]))
+            .state(StateDef::new("CallOp").multi().require(["Start"]))
+            .build()
+            .expect("a valid schema")
+    }
+
     fn hello() -> Hello {
         Hello {
             version: PROTOCOL_VERSION,
@@ -163,7 +177,7 @@ mod tests {
 
     #[test]
     fn accepts_and_sends_the_schema_only_when_the_hash_differs() {
-        let schema = crate::sgp::schema();
+        let schema = sgp_schema();
         let accepted = decide(&hello(), offer(&schema), &Acl::default(), false).expect("accepted");
         assert_eq!(accepted.welcome.schema.as_ref(), Some(schema.def()));
         assert_eq!(accepted.welcome.snapshot.queue_tick, 4);
@@ -177,7 +191,7 @@ mod tests {
 
     #[test]
     fn every_refusal_says_why() {
-        let schema = crate::sgp::schema();
+        let schema = sgp_schema();
         let cases: Vec<(Hello, Acl, &[String], RefusalKind, &str)> = vec![
             (
                 Hello {
@@ -253,7 +267,7 @@ mod tests {
 
     #[test]
     fn loops_are_refused() {
-        let schema = crate::sgp::schema();
+        let schema = sgp_schema();
         let ancestry = ["mid".to_owned(), "leaf".to_owned(), "root".to_owned()];
         let refusal = decide(
             &hello(),
@@ -286,7 +300,7 @@ mod tests {
 
     #[test]
     fn per_client_rules_narrow_what_is_seen_and_what_may_change() {
-        let schema = crate::sgp::schema();
+        let schema = sgp_schema();
         let rules = |pairs: &[(&str, &[&str])]| {
             pairs
                 .iter()
@@ -340,7 +354,7 @@ mod tests {
 
     #[test]
     fn tracking_a_subset_masks_the_snapshot_and_compression_needs_both_sides() {
-        let schema = crate::sgp::schema();
+        let schema = sgp_schema();
         let wanted = WantedOptions {
             compression: true,
             track: Some(vec!["CallOp".into(), "Start".into()]),

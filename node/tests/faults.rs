@@ -6,6 +6,8 @@
 //! Each fault is held until its effect is seen (a mirror drops, or mutations get through a
 //! delayed link), never for a fixed time.
 
+// The helpers of the library's network tests: one copy serves both crates.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeSet;
@@ -13,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use asyncmachine::fault::{Fault, FaultProxy};
+use am_node::fault::{Fault, FaultProxy};
 use asyncmachine::machine::{Args, Event, Machine, Outcome, Schema, StateDef, StateSource};
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
 use asyncmachine::proto::config::Limits;

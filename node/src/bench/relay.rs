@@ -11,8 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{BenchError, Percentiles};
-use crate::relay::{Relay, RelayConfig, Target};
-use crate::transport::{Endpoint, Scheme};
+use asyncmachine::relay::{Relay, RelayConfig, Target};
+use asyncmachine::transport::{Endpoint, Scheme};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -56,6 +56,43 @@ pub struct RelayReport {
     /// MB/s (10^6 bytes) bridged browser -> target and target -> browser.
     pub bulk_to_target_mb_s: f64,
     pub bulk_to_browser_mb_s: f64,
+}
+
+/// What `am-node bench relay` prints: the round trips as a table, then the summary lines.
+impl std::fmt::Display for RelayReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<22} {:>9} {:>9} {:>12}",
+            "round trip", "p50 us", "p99 us", "cpu us/rt"
+        )?;
+        writeln!(
+            f,
+            "{:<22} {:>9.1} {:>9.1} {:>12.1}",
+            "direct tcp", self.direct_tcp.p50_us, self.direct_tcp.p99_us, self.cpu_us_direct
+        )?;
+        writeln!(
+            f,
+            "{:<22} {:>9.1} {:>9.1} {:>12.1}",
+            "ws -> relay -> tcp", self.via_relay.p50_us, self.via_relay.p99_us, self.relay_cpu_us
+        )?;
+        writeln!(
+            f,
+            "(cpu: the client and echo process for direct; the relay's own thread through it)"
+        )?;
+        writeln!(
+            f,
+            "relay adds {:.1} us per {}-byte round trip (p50)",
+            self.added_us, self.message_bytes
+        )?;
+        writeln!(
+            f,
+            "bulk, {} KiB messages: {:.0} MB/s browser -> target, {:.0} MB/s target -> browser",
+            self.bulk_message_bytes / 1024,
+            self.bulk_to_target_mb_s,
+            self.bulk_to_browser_mb_s
+        )
+    }
 }
 
 /// CPU time (user + system) from a /proc stat file, in 1/100 s ticks: of this process

@@ -7,7 +7,7 @@ use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
-use asyncmachine::sgp::{Consumer, start_worker};
+use am_node::sgp::{Consumer, start_worker};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Polls a future that a local machine resolves at once.

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use super::BenchError;
 use super::proxy::{CountingProxy, UdpCountingProxy};
-use crate::machine::{Args, Machine, Schema, SchemaDef, StateDef, StateSource};
-use crate::mirror::{Mirror, MirrorConfig};
-use crate::server::{Server, ServerConfig};
-use crate::transport::{Endpoint, Scheme};
+use asyncmachine::machine::{Args, Machine, Schema, SchemaDef, StateDef, StateSource};
+use asyncmachine::mirror::{Mirror, MirrorConfig};
+use asyncmachine::server::{Server, ServerConfig};
+use asyncmachine::transport::{Endpoint, Scheme};
 
 /// What a run measured, for one compression setting.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -26,6 +26,31 @@ pub struct BytesReport {
     /// Server -> mirror bytes per single-state change.
     pub bytes_per_change: f64,
     pub changes: u64,
+}
+
+/// The table `am-node bench bytes` prints: a header and a row per compression setting.
+#[derive(Debug, Clone, Copy)]
+pub struct BytesTable<'a>(pub &'a [BytesReport]);
+
+impl std::fmt::Display for BytesTable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<11} {:>7} {:>16} {:>16}",
+            "compression", "states", "handshake bytes", "bytes/change"
+        )?;
+        for r in self.0 {
+            writeln!(
+                f,
+                "{:<11} {:>7} {:>16} {:>16.1}",
+                if r.compression { "zstd" } else { "none" },
+                r.states,
+                r.handshake_bytes,
+                r.bytes_per_change
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs with and without compression.

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::machine::{
+use asyncmachine::machine::{
     Args, Machine, MutationError, Outcome, Schema, StateDef, StateSource, WaitError,
 };
 

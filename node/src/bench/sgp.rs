@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::proxy::{CountingProxy, UdpCountingProxy};
 use super::{BenchError, Percentiles};
-use crate::mirror::{Mirror, MirrorConfig};
-use crate::server::{Server, ServerConfig};
 use crate::sgp::{Consumer, start_worker};
-use crate::transport::{Endpoint, Scheme};
+use asyncmachine::mirror::{Mirror, MirrorConfig};
+use asyncmachine::server::{Server, ServerConfig};
+use asyncmachine::transport::{Endpoint, Scheme};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -58,6 +58,38 @@ pub struct SgpReport {
     pub floor_us_per_loop: f64,
 }
 
+/// The table `am-node bench sgp` prints: a header and one row.
+impl std::fmt::Display for SgpReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<9} {:<9} {:>7} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9}",
+            "scenario",
+            "transport",
+            "loops",
+            "us/loop",
+            "p50 us",
+            "p99 us",
+            "bytes/loop",
+            "errors",
+            "floor us"
+        )?;
+        writeln!(
+            f,
+            "{:<9} {:<9} {:>7} {:>9.2} {:>8.2} {:>8.2} {:>10.1} {:>7} {:>9.2}",
+            self.scenario,
+            self.transport,
+            self.loops,
+            self.us_per_loop,
+            self.latency.p50_us,
+            self.latency.p99_us,
+            self.bytes_per_loop,
+            self.errors,
+            self.floor_us_per_loop
+        )
+    }
+}
+
 /// Runs the scenario over the chosen transport; `progress(done, total)` is called now and then.
 pub async fn run(
     options: &SgpOptions,
@@ -79,16 +111,16 @@ pub async fn run(
         .map_err(|e| setup("binding the server", &e))?;
     // Through the relay, the proxy sits between the mirror and the relay.
     let (relay, scheme) = if options.via_relay {
-        let config = crate::relay::RelayConfig {
+        let config = asyncmachine::relay::RelayConfig {
             listen: Endpoint::new(Scheme::Ws, "127.0.0.1:0"),
-            targets: vec![crate::relay::Target {
+            targets: vec![asyncmachine::relay::Target {
                 name: "sgp".into(),
                 endpoint: bound.clone().with_machine("sgp"),
             }],
             transport: transport.clone(),
-            ..crate::relay::RelayConfig::default()
+            ..asyncmachine::relay::RelayConfig::default()
         };
-        let relay = crate::relay::Relay::start(config)
+        let relay = asyncmachine::relay::Relay::start(config)
             .await
             .map_err(|e| setup("starting the relay", &e))?;
         (Some(relay), Scheme::Ws)
@@ -225,4 +257,36 @@ async fn raw_floor(loops: u64, request: usize, reply: usize) -> std::io::Result<
     drop(client);
     let _ = echo.await;
     Ok(elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table's text is what people and scripts read: pinned, column for column.
+    #[test]
+    fn a_report_prints_as_a_header_and_one_row() {
+        let report = SgpReport {
+            scenario: "sgp",
+            transport: "tcp",
+            loops: 10_000,
+            us_per_loop: 41.256,
+            latency: Percentiles {
+                p50_us: 39.5,
+                p99_us: 80.25,
+                max_us: 900.0,
+            },
+            bytes_per_loop: 28.34,
+            bytes_up_per_loop: 14.0,
+            bytes_down_per_loop: 14.34,
+            handshake_bytes: 300,
+            errors: 0,
+            floor_us_per_loop: 12.5,
+        };
+        assert_eq!(
+            report.to_string(),
+            "scenario  transport   loops   us/loop   p50 us   p99 us bytes/loop  errors  floor us\n\
+             sgp       tcp         10000     41.26    39.50    80.25       28.3       0     12.50\n"
+        );
+    }
 }

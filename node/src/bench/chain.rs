@@ -12,10 +12,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::{BenchError, Percentiles};
-use crate::machine::{Args, ClockChange, Machine, StateSource};
-use crate::mirror::{Mirror, MirrorConfig};
-use crate::server::{Server, ServerConfig};
-use crate::transport::{Endpoint, Scheme};
+use asyncmachine::machine::{Args, ClockChange, Machine, StateSource};
+use asyncmachine::mirror::{Mirror, MirrorConfig};
+use asyncmachine::server::{Server, ServerConfig};
+use asyncmachine::transport::{Endpoint, Scheme};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -56,6 +56,41 @@ pub struct ChainReport {
     /// A mutation from the deepest mirror to the root and its result back.
     pub round_trip: Percentiles,
     pub round_trip_hops: usize,
+}
+
+/// The table `am-node bench chain` prints: a row per depth, then the round trip.
+impl std::fmt::Display for ChainReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<10} {:<9} {:>4} {:>9} {:>9} {:>13} {:>13}",
+            "scenario", "transport", "hops", "p50 us", "p99 us", "per-hop p50", "floor p50 us"
+        )?;
+        for d in &self.propagation {
+            writeln!(
+                f,
+                "{:<10} {:<9} {:>4} {:>9.1} {:>9.1} {:>13.1} {:>13.1}",
+                "chain",
+                self.transport,
+                d.hops,
+                d.latency.p50_us,
+                d.latency.p99_us,
+                d.latency.p50_us / d.hops as f64,
+                d.floor.p50_us
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<10} {:<9} {:>4} {:>9.1} {:>9.1} {:>13.1} {:>13}",
+            "roundtrip",
+            self.transport,
+            self.round_trip_hops,
+            self.round_trip.p50_us,
+            self.round_trip.p99_us,
+            self.round_trip.p50_us / (2 * self.round_trip_hops) as f64,
+            "-"
+        )
+    }
 }
 
 /// Records when a mirror's tick of the state reaches a target.
@@ -195,7 +230,7 @@ pub async fn run(
     for i in 0..total {
         let started = Instant::now();
         let outcome = deepest.add(&["Tick"], Args::new()).await;
-        if outcome != Ok(crate::machine::Outcome::Executed) {
+        if outcome != Ok(asyncmachine::machine::Outcome::Executed) {
             return Err(BenchError::Scenario {
                 at: i,
                 reason: format!("round trip returned {outcome:?}"),

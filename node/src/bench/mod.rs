@@ -12,8 +12,8 @@ pub mod sgp;
 
 use std::time::Duration;
 
-use crate::machine::{Schema, StateDef};
-use crate::transport::{Scheme, TlsConfig, TransportConfig};
+use asyncmachine::machine::{Schema, StateDef};
+use asyncmachine::transport::{Scheme, TlsConfig, TransportConfig};
 
 /// The schema the chain and fanout scenarios flip: one multi state, `Tick`, and its position.
 fn tick_schema() -> Result<(Schema, usize), BenchError> {
@@ -48,7 +48,7 @@ impl BenchTls {
             return Ok(None);
         }
         let setup = |e: &dyn std::fmt::Display| BenchError::Setup(format!("TLS material: {e}"));
-        let ca = crate::certs::DevCa::new("bench CA").map_err(|e| setup(&e))?;
+        let ca = asyncmachine::certs::DevCa::new("bench CA").map_err(|e| setup(&e))?;
         let node = ca.issue("bench-node").map_err(|e| setup(&e))?;
         let ca_pem = ca.pem().cert.clone();
         let tls = TlsConfig::from_pem(
