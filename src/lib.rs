@@ -1,14 +1,25 @@
 //! asyncmachine: state machines replicated across processes and hosts.
 //!
-//! Layout:
+//! Layout (ARCHITECTURE.md walks through it):
 //! - [`machine`]: the state machine core (schema, clock, relations, handlers, queue, waiters,
 //!   observers) and [`machine::StateSource`], the trait local machines and mirrors share.
 //!   Pure logic, no I/O.
-//! - [`proto`]: the aRPC wire protocol, sans-IO: frames, messages, clock diffs, handshake
-//!   decisions (PROTOCOL.md documents the bytes).
-//! - [`transport`]: byte streams by endpoint scheme (`tcp://`, `mem://`), one listener trait.
-//! - [`server`]: serves named sources to any number of mirrors (async driver over `proto`).
-//! - [`mirror`]: a replica of a remote source, itself a `StateSource` (async driver).
+//! - [`proto`]: the aRPC wire protocol, sans-IO: frames, messages and their bounds, clock
+//!   diffs, the handshake, the ACL, a server's limits, and [`proto::session`], the server's
+//!   and the mirror's sessions that hold every decision of a connection (PROTOCOL.md
+//!   documents the bytes).
+//! - [`transport`]: byte streams by endpoint scheme (`tcp://`, `tls://`, `quic://`, `ws://`,
+//!   `wss://`, and `mem://` in one process), one listener trait.
+//! - [`server`]: serves named sources to any number of mirrors: a driver that pumps one
+//!   session per client, and pushes each clock change to many clients at once.
+//! - [`mirror`]: a replica of a remote source, itself a `StateSource`: a driver that pumps
+//!   its session and reconnects.
+//! - [`topology`], [`node`]: topology files (parsing, validation, resolution) and starting a
+//!   node from its plan.
+//! - [`relay`]: the WebSocket bridge that lets browsers into a tree.
+//! - [`certs`]: development certificates; [`client`]: the one-shot status request;
+//!   [`metrics`]: Prometheus text and latency histograms; [`printable`]: peer text made safe
+//!   to print.
 //!
 //! The benchmark scenarios, the sgp worker and the fault-injecting proxy are not part of this
 //! library: they live in the `am-node` crate (`node/`).

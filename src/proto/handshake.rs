@@ -139,18 +139,11 @@ mod tests {
     use super::*;
     use crate::proto::message::WantedOptions;
 
-    /// A schema of seven states (the sgp benchmark's six and `Exception`), in the sgp order.
-    fn sgp_schema() -> crate::machine::Schema {
-        use crate::machine::StateDef;
-        crate::machine::Schema::builder()
-            .state(StateDef::new("Start"))
-            .state(StateDef::new("Event").multi().require(["Start"]))
-            .state(StateDef::new("Value1").remove(["Value2", "Value3"]))
-            .state(StateDef::new("Value2").remove(["Value1", "Value3"]))
-            .state(StateDef::new("Value3").remove(["Value1", "Value2"]))
-            .state(StateDef::new("CallOp").multi().require(["Start"]))
-            .build()
-            .expect("a valid schema")
+    /// The sgp benchmark's schema, as shipped: six states and `Exception`.
+    fn sgp_schema() -> Schema {
+        let def = toml::from_str(include_str!("../../topologies/schemas/sgp.toml"))
+            .expect("the shipped schema parses");
+        Schema::new(def).expect("the shipped schema is valid")
     }
 
     fn hello() -> Hello {

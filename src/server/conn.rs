@@ -239,7 +239,7 @@ fn answer_hello(
             queue_tick: start.queue_tick,
         },
     };
-    let accepted = session.accept(offer).ok()?;
+    let accepted = session.accept(offer)?;
     // A slot is taken only by an accepted client: refused handshakes never crowd others out
     // (they are bounded by the handshake timeout instead).
     let Ok(permit) = inner.slots.clone().try_acquire_owned() else {

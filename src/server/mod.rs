@@ -233,7 +233,7 @@ impl Server {
             }
             match state.session.send_payload(&payload) {
                 Ok(()) => sent += 1,
-                Err(()) => {
+                Err(_backlogged) => {
                     self.inner
                         .stats
                         .payload_overflows

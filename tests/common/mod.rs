@@ -66,15 +66,9 @@ pub fn abc_schema() -> Schema {
 /// The sgp benchmark's schema (`am_node::sgp::schema`, `topologies/schemas/sgp.toml`): a
 /// schema other than [`abc_schema`] for tests of schema mismatches and changes.
 pub fn sgp_schema() -> Schema {
-    Schema::builder()
-        .state(StateDef::new("Start"))
-        .state(StateDef::new("Event").multi().require(["Start"]))
-        .state(StateDef::new("Value1").remove(["Value2", "Value3"]))
-        .state(StateDef::new("Value2").remove(["Value1", "Value3"]))
-        .state(StateDef::new("Value3").remove(["Value1", "Value2"]))
-        .state(StateDef::new("CallOp").multi().require(["Start"]))
-        .build()
-        .expect("valid")
+    let def = toml::from_str(include_str!("../../topologies/schemas/sgp.toml"))
+        .expect("the shipped schema parses");
+    Schema::new(def).expect("the shipped schema is valid")
 }
 
 /// A server with one source named `worker`, listening on the scheme; returns the endpoint

@@ -128,9 +128,9 @@ impl Pair {
     fn connect(acl: Acl, id: &str) -> Pair {
         let mut pair = Pair::new(acl, id);
         pair.client.connect(ms(0));
-        pair.to_server(ms(0));
+        pair.send_up(ms(0));
         pair.answer_hello(ms(0));
-        pair.to_client(ms(0));
+        pair.send_down(ms(0));
         pair
     }
 
@@ -145,7 +145,7 @@ impl Pair {
                         queue_tick: self.source.clock.queue_tick,
                     },
                 };
-                if let Ok(accepted) = self.server.accept(offer) {
+                if let Some(accepted) = self.server.accept(offer) {
                     let start = self.source.clock.clone();
                     self.server.welcome(
                         accepted,
@@ -159,13 +159,13 @@ impl Pair {
         }
     }
 
-    fn to_server(&mut self, now: Moment) {
+    fn send_up(&mut self, now: Moment) {
         let mut bytes = Vec::new();
         self.client.take_transmit(&mut bytes);
         self.server.handle_bytes(&bytes, now, &self.source);
     }
 
-    fn to_client(&mut self, now: Moment) {
+    fn send_down(&mut self, now: Moment) {
         let mut bytes = Vec::new();
         self.server.take_transmit(&mut bytes);
         self.client.handle_bytes(&bytes, now);
@@ -203,10 +203,10 @@ fn a_welcome_makes_the_client_ready_with_the_sources_clock_and_schema() {
     let mut pair = Pair::new(Acl::default(), "leaf");
     pair.source.tick(&[2, 0, 1]);
     pair.client.connect(ms(0));
-    pair.to_server(ms(0));
+    pair.send_up(ms(0));
     pair.answer_hello(ms(0));
     assert!(pair.server.is_ready());
-    pair.to_client(ms(1));
+    pair.send_down(ms(1));
     let events = pair.client_events();
     assert!(matches!(events[0], ClientEvent::Ready { reconnect: false }));
     assert!(events.iter().any(|e| matches!(
@@ -229,13 +229,13 @@ fn a_refusal_reaches_the_client_as_a_failed_handshake_with_its_reason() {
     };
     let mut pair = Pair::new(acl, "leaf");
     pair.client.connect(ms(0));
-    pair.to_server(ms(0));
+    pair.send_up(ms(0));
     assert!(
         pair.server.poll_event().is_none(),
         "refused before the source is looked up"
     );
     assert_eq!(pair.server.closed(), Some(&CloseReason::Handshake));
-    pair.to_client(ms(1));
+    pair.send_down(ms(1));
     match pair.client_events().as_slice() {
         [ClientEvent::HandshakeFailed(HandshakeError::Refused { kind, reason })] => {
             assert_eq!(*kind, RefusalKind::Auth);
@@ -297,7 +297,7 @@ fn a_plain_diff_goes_out_on_the_pushers_path_and_merges_what_came_between() {
         CatchUp::Sent { merged: 2 }
     );
     assert_eq!(pair.server.push(&latest, &pair.cache), CatchUp::Nothing);
-    pair.to_client(ms(1));
+    pair.send_down(ms(1));
     assert_eq!(pair.client.ticks(), [2, 1, 0, 0]);
     match pair.client_events().as_slice() {
         [ClientEvent::ClockChanged { changed, diffs, .. }] => {
@@ -317,14 +317,14 @@ fn the_pusher_leaves_to_the_writer_what_is_more_than_a_diff() {
             Some(7),
         )
         .expect("ready");
-    pair.to_server(ms(1));
+    pair.send_up(ms(1));
     pair.source.tick(&[1, 0, 0]);
     assert_eq!(
         pair.server.push(&pair.source.latest(), &pair.cache),
         CatchUp::Writer
     );
     pair.run_mutations(ms(2));
-    pair.to_client(ms(2));
+    pair.send_down(ms(2));
     let events = pair.client_events();
     assert!(
         matches!(
@@ -354,7 +354,7 @@ fn the_pusher_leaves_to_the_writer_what_is_more_than_a_diff() {
         pair.server.catch_up(ms(3), &pair.source, &pair.cache),
         CatchUp::Sent { merged: 0 }
     );
-    pair.to_client(ms(3));
+    pair.send_down(ms(3));
     assert_eq!(pair.client.upstream(), ["root", "new-upstream"]);
     assert_eq!(pair.client.ticks(), [2, 0, 1, 0]);
 }
@@ -364,7 +364,7 @@ fn a_clock_that_went_back_is_sent_whole() {
     let mut pair = Pair::connect(Acl::default(), "leaf");
     pair.source.tick(&[5, 5, 1]);
     pair.server.catch_up(ms(1), &pair.source, &pair.cache);
-    pair.to_client(ms(1));
+    pair.send_down(ms(1));
     // The source restarted: its ticks are lower.
     pair.source.tick(&[1, 0, 0]);
     assert_eq!(
@@ -376,7 +376,7 @@ fn a_clock_that_went_back_is_sent_whole() {
         messages(pair.server.transmit()).as_slice(),
         [Message::Snapshot { id: 0, .. }]
     ));
-    pair.to_client(ms(2));
+    pair.send_down(ms(2));
     assert_eq!(pair.client.ticks(), [1, 0, 0, 0]);
 }
 
@@ -403,8 +403,8 @@ fn a_checksum_mismatch_asks_for_a_snapshot_and_the_snapshot_heals_it() {
         [Message::Sync { id: 0 }]
     ));
     pair.source.tick(&[3, 0, 1]);
-    pair.to_server(ms(2));
-    pair.to_client(ms(2));
+    pair.send_up(ms(2));
+    pair.send_down(ms(2));
     assert_eq!(pair.client.ticks(), [3, 0, 1, 0]);
 }
 
@@ -491,10 +491,10 @@ fn a_mutation_off_the_clients_list_is_answered_with_the_reason_and_not_run() {
             Some(3),
         )
         .expect("ready");
-    pair.to_server(ms(1));
+    pair.send_up(ms(1));
     assert!(pair.server.poll_event().is_none(), "nothing to run");
     assert_eq!(pair.stats.refusals.load(Ordering::Relaxed), 1);
-    pair.to_client(ms(1));
+    pair.send_down(ms(1));
     let events = pair.client_events();
     assert!(
         matches!(events.last(), Some(ClientEvent::Answered { pending: 3, result: Err(MutationError::Refused(reason)) }) if reason.contains("may not mutate B")),
@@ -509,7 +509,7 @@ fn request_ids_are_reused_and_end_with_the_connection() {
     for n in 0..3 {
         pair.client.mutate(add(), Some(n)).expect("ready");
     }
-    pair.to_server(ms(1));
+    pair.send_up(ms(1));
     // The server hands out one mutation at a time, the next once the last one's result is in.
     let mut ids = Vec::new();
     while let Some(event) = pair.server.poll_event() {
@@ -554,9 +554,9 @@ fn keepalive_pings_are_answered_and_silence_ends_both_sides() {
         messages(pair.server.transmit()).as_slice(),
         [Message::Ping(1)]
     ));
-    pair.to_client(ms(101));
-    pair.to_server(ms(101));
-    pair.to_client(ms(101));
+    pair.send_down(ms(101));
+    pair.send_up(ms(101));
+    pair.send_down(ms(101));
     assert_eq!(pair.server.closed(), None);
     assert_eq!(pair.client.phase(), Phase::Ready);
     // Then nothing: the server drops the client at its idle limit, with a bye.
@@ -597,7 +597,7 @@ fn a_source_with_another_schema_ends_the_session_with_a_bye() {
         CatchUp::Closed
     );
     assert_eq!(pair.server.closed(), Some(&CloseReason::SchemaChanged));
-    pair.to_client(ms(1));
+    pair.send_down(ms(1));
     assert!(matches!(
         pair.client_events().last(),
         Some(ClientEvent::Closed(reason)) if reason.contains("schema changed")
@@ -618,9 +618,9 @@ fn a_push_interval_holds_pushes_until_it_passes() {
         ms(0),
     );
     pair.client.connect(ms(0));
-    pair.to_server(ms(0));
+    pair.send_up(ms(0));
     pair.answer_hello(ms(0));
-    pair.to_client(ms(0));
+    pair.send_down(ms(0));
     pair.source.tick(&[1, 0, 0]);
     assert_eq!(
         pair.server.push(&pair.source.latest(), &pair.cache),
@@ -639,7 +639,7 @@ fn a_push_interval_holds_pushes_until_it_passes() {
     pair.source.tick(&[3, 0, 0]);
     pair.server
         .handle_timeout(ms(60), &pair.source, &pair.cache);
-    pair.to_client(ms(60));
+    pair.send_down(ms(60));
     assert_eq!(
         pair.client.ticks(),
         [3, 0, 0, 0],

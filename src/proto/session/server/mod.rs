@@ -19,22 +19,30 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use tracing::{debug, info, warn};
 
-use super::cache::{DiffCache, Versioned, options_key};
+mod catch_up;
+mod close;
+mod handshake;
+mod stats;
+
+pub use handshake::server_full;
+
+pub use close::CloseReason;
+pub use stats::ServerStats;
+
+use super::cache::{DiffCache, Versioned};
 use super::time::Moment;
 use crate::machine::{Mutation, Outcome, Schema};
 use crate::proto::acl::Acl;
-use crate::proto::acl::{admit, admit_status, check_mutation};
+use crate::proto::acl::check_mutation;
 use crate::proto::config::Limits;
-use crate::proto::diff::{self, Tracked, went_back};
-use crate::proto::handshake::{Accepted, Offer, decide};
+use crate::proto::diff::{self, Tracked};
 use crate::proto::limits::MAX_HELLO_FRAME;
 use crate::proto::message::{
-    Hello, MutateReply, MutateRequest, NodeStatus, Payload, Refusal, RefusalKind, Snapshot,
+    Hello, MutateReply, MutateRequest, Payload, Refusal, RefusalKind, Snapshot,
 };
 use crate::proto::{
     Compression, FrameConfig, FrameReader, Message, encode_frame, with_foreign_hint,
@@ -47,31 +55,6 @@ pub struct ServerSessionConfig {
     /// Compression offered to clients that ask; `None` to never compress.
     pub compression: Option<Compression>,
     pub acl: Acl,
-}
-
-/// Counters of one server, all since it started; sessions count into them.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    pub connections: AtomicU64,
-    pub clients: AtomicU64,
-    pub refusals: AtomicU64,
-    /// Connections whose transport handshake (TLS, WebSocket, QUIC) failed.
-    pub transport_errors: AtomicU64,
-    pub protocol_errors: AtomicU64,
-    pub frames_in: AtomicU64,
-    pub frames_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub diffs_sent: AtomicU64,
-    /// Source versions folded into a later diff because the client's connection was busy.
-    pub diffs_merged: AtomicU64,
-    pub mutations: AtomicU64,
-    /// Clients dropped because a write to them stayed blocked past the write deadline.
-    pub write_stalls: AtomicU64,
-    /// Clients dropped because their payloads could not be queued.
-    pub payload_overflows: AtomicU64,
-    /// Time from receiving a mutation to its result, at this server.
-    pub mutation_latency: crate::metrics::Histogram,
 }
 
 /// The source a session serves, as the session reads it.
@@ -111,68 +94,10 @@ pub enum CatchUp {
     Closed,
 }
 
-/// Why a session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    PeerBye,
-    PeerClosed,
-    PeerError(String),
-    Protocol(String),
-    Idle(Duration),
-    Io(String),
-    Shutdown,
-    /// Too slow for its payloads.
-    Kicked,
-    WriteStalled(Duration),
-    /// The source's schema is not the one the client was given.
-    SchemaChanged,
-    /// The handshake ended in a refusal or a status answer.
-    Handshake,
-}
-
-impl std::fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CloseReason::PeerBye => f.write_str("the client said bye"),
-            CloseReason::PeerClosed => f.write_str("the client closed the connection"),
-            // Quoted: the peer's words must not forge log lines.
-            CloseReason::PeerError(message) => {
-                write!(f, "the client reported an error: {message:?}")
-            }
-            CloseReason::Protocol(message) => write!(f, "protocol error: {message}"),
-            CloseReason::Idle(after) => write!(f, "nothing received for {after:?}"),
-            CloseReason::Io(e) => write!(f, "i/o error: {e}"),
-            CloseReason::Shutdown => f.write_str("server shutdown"),
-            CloseReason::Kicked => f.write_str("too slow to keep up"),
-            CloseReason::WriteStalled(after) => write!(f, "a write stalled for {after:?}"),
-            CloseReason::SchemaChanged => f.write_str("the source's schema changed"),
-            CloseReason::Handshake => f.write_str("the handshake was answered"),
-        }
-    }
-}
-
-impl CloseReason {
-    /// What to tell the peer on the way out, if anything.
-    fn farewell(&self) -> Option<Message> {
-        let bye = |reason: &str| {
-            Some(Message::Bye {
-                reason: reason.to_owned(),
-            })
-        };
-        match self {
-            CloseReason::Protocol(message) => Some(Message::Error {
-                message: message.clone(),
-            }),
-            CloseReason::Idle(after) => bye(&format!("idle for {after:?}")),
-            CloseReason::Shutdown => bye("server shutting down"),
-            CloseReason::Kicked => bye("too slow to keep up; reconnect"),
-            CloseReason::SchemaChanged => {
-                bye("the source's schema changed; reconnect to get the new one")
-            }
-            _ => None,
-        }
-    }
-}
+/// A client's backlog has no room for a payload: it does not read fast enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client's backlog is full: it does not read what it is sent")]
+pub struct Backlogged;
 
 /// How many bytes may wait to be sent before the session reads no more requests
 /// ([`ServerSession::backlogged`]): a client that sends faster than it reads its answers is
@@ -376,50 +301,6 @@ impl ServerSession {
         }
     }
 
-    /// The first message of a connection.
-    fn handle_first(&mut self, message: Message, now: Moment) {
-        match message {
-            Message::Hello(mut hello) => {
-                if let Some(identity) = &self.identity
-                    && *identity != hello.client_id
-                {
-                    info!(claimed = ?hello.client_id, %identity, "client id taken from its certificate");
-                    hello.client_id = identity.clone();
-                }
-                // A peer that is not let in learns nothing of what is served here, not even
-                // the names.
-                if let Err(refusal) =
-                    admit(&self.config.acl, &hello.client_id, hello.token.as_deref())
-                {
-                    self.refuse(refusal);
-                    return;
-                }
-                self.phase = Phase::Answering {
-                    since: now,
-                    hello: Some(Box::new(hello.clone())),
-                };
-                self.events.push_back(ServerEvent::Hello(hello));
-            }
-            Message::StatusRequest { token } => {
-                self.phase = Phase::Answering {
-                    since: now,
-                    hello: None,
-                };
-                self.events.push_back(ServerEvent::StatusRequest { token });
-            }
-            other => {
-                let reason = with_foreign_hint(
-                    format!("expected Hello as the first message, got {}", other.name()),
-                    self.reader.opening(),
-                );
-                self.refuse(Refusal {
-                    kind: RefusalKind::BadHello,
-                    reason,
-                });
-            }
-        }
-    }
-
     /// A message from an accepted client.
     fn handle_request(&mut self, message: Message, now: Moment, feed: &dyn ClockFeed) {
         match message {
@@ -596,108 +477,11 @@ impl ServerSession {
 
     // Mutators.
 
-    /// Answers a hello from [`ServerEvent::Hello`] with what the source offers: decides the
-    /// handshake. `Ok` is the connection's settings, to be confirmed with
-    /// [`ServerSession::welcome`] once the driver has room for the client; `Err` has been
-    /// sent as the refusal.
-    pub fn accept(&mut self, offer: Offer<'_>) -> Result<Accepted, ()> {
-        let Phase::Answering {
-            hello: Some(hello), ..
-        } = &self.phase
-        else {
-            return Err(());
-        };
-        match decide(
-            hello,
-            offer,
-            &self.config.acl,
-            self.config.compression.is_some(),
-        ) {
-            Ok(accepted) => Ok(accepted),
-            Err(refusal) => {
-                self.refuse(refusal);
-                Err(())
-            }
-        }
-    }
-
-    /// Sends the welcome of an accepted handshake, then reads what the client sent after its
-    /// hello: `start` is the source's clock the welcome's snapshot was taken from, `schema` the
-    /// schema its positions are of.
-    pub fn welcome(
-        &mut self,
-        accepted: Accepted,
-        schema: Arc<Schema>,
-        start: Versioned,
-        now: Moment,
-        feed: &dyn ClockFeed,
-    ) {
-        let Phase::Answering {
-            hello: Some(hello), ..
-        } = &mut self.phase
-        else {
-            return;
-        };
-        let id = std::mem::take(&mut hello.client_id);
-        self.frame.compression = if accepted.compression {
-            self.config.compression
-        } else {
-            None
-        };
-        self.reader.set_config(self.frame);
-        // A client that asked for compression can decode it: the welcome (schema and
-        // snapshot, the largest message of a session) is the first frame to benefit.
-        self.send(&Message::Welcome(accepted.welcome));
-        info!(client = %id, compression = accepted.compression, "client ready");
-        self.phase = Phase::Ready(Box::new(Client {
-            id,
-            options: options_key(&accepted.tracked, &self.frame),
-            tracked: accepted.tracked,
-            mutable: accepted.mutable,
-            schema,
-            ancestry: start.ancestry,
-            last: start,
-            replies_pending: 0,
-            last_push: Moment::ZERO,
-            push_due: None,
-        }));
-        self.last_heard = now;
-        self.next_ping = now + self.config.limits.keepalive;
-        self.read_messages(now, feed);
-    }
-
-    /// Refuses the client with a reason a person can act on, and ends the session.
-    pub fn refuse(&mut self, refusal: Refusal) {
-        self.stats.refusals.fetch_add(1, Ordering::Relaxed);
-        info!(kind = ?refusal.kind, reason = %refusal.reason, "refusing client");
-        // A refusal goes out uncompressed: the client may not have asked for compression.
-        self.frame.compression = None;
-        self.send(&Message::Refused(refusal));
-        self.phase = Phase::Closed(CloseReason::Handshake);
-    }
-
-    /// Answers a status request from [`ServerEvent::StatusRequest`]: `schemas` are those of
-    /// every source the status shows.
-    pub fn answer_status<'a>(
-        &mut self,
-        token: Option<&str>,
-        schemas: impl IntoIterator<Item = &'a Schema>,
-        status: impl FnOnce() -> NodeStatus,
-    ) {
-        match admit_status(&self.config.acl, schemas, self.identity.as_deref(), token) {
-            Ok(()) => {
-                self.send(&Message::Status(status()));
-                self.phase = Phase::Closed(CloseReason::Handshake);
-            }
-            Err(refusal) => self.refuse(refusal),
-        }
-    }
-
     /// Queues named data for the client; `Err` when its backlog has no room for it (the
     /// client is too slow: close it with [`CloseReason::Kicked`]).
-    pub fn send_payload(&mut self, payload: &Payload) -> Result<(), ()> {
+    pub fn send_payload(&mut self, payload: &Payload) -> Result<(), Backlogged> {
         if !self.is_ready() || self.transmit.len() + payload.data.len() > self.backlog_limit() {
-            return Err(());
+            return Err(Backlogged);
         }
         self.send(&Message::Payload(payload.clone()));
         Ok(())
@@ -742,158 +526,9 @@ impl ServerSession {
         std::mem::swap(&mut self.transmit, buf);
     }
 
-    /// The pusher's catch-up: appends the diff that takes the client to `latest`, when a plain
-    /// diff is all it needs and nothing waits to be sent before it; anything more is the
-    /// writer's ([`CatchUp::Writer`]). Counts nothing: the pusher counts a pass at once.
-    pub fn push(&mut self, latest: &Versioned, cache: &DiffCache) -> CatchUp {
-        let paced = self.config.limits.min_push_interval.is_some();
-        let pending = !self.transmit.is_empty();
-        let Phase::Ready(client) = &mut self.phase else {
-            return CatchUp::Nothing;
-        };
-        if client.last.version == latest.version && client.ancestry == latest.ancestry {
-            return CatchUp::Nothing;
-        }
-        // A changed schema ends the session, which is the writer's to do.
-        if paced
-            || pending
-            || latest.schema != client.schema.hash()
-            || client.ancestry != latest.ancestry
-            || client.replies_pending > 0
-            || went_back(client.last.clock(), latest.clock(), &client.tracked)
-        {
-            return CatchUp::Writer;
-        }
-        // With nothing tracked changed there is no frame, and the client's clock stays where
-        // it was: the next diff then carries this version's queue growth too.
-        let Some(bytes) = cache.diff_frame(
-            &client.last,
-            latest,
-            &client.tracked,
-            &self.frame,
-            client.options,
-        ) else {
-            return CatchUp::Nothing;
-        };
-        self.transmit.extend_from_slice(&bytes);
-        let merged = merged(&client.last, latest);
-        client.last = latest.clone();
-        CatchUp::Sent { merged }
-    }
-
-    /// The writer's catch-up: everything that takes the client to the source's latest clock
-    /// (an ancestry update, a snapshot when the clock went back, a diff), unless a push
-    /// interval holds it back; ends the session when the source's schema changed.
-    pub fn catch_up(&mut self, now: Moment, feed: &dyn ClockFeed, cache: &DiffCache) -> CatchUp {
-        let interval = self.config.limits.min_push_interval;
-        let latest = self.latest(feed);
-        if self.closed().is_some() {
-            return CatchUp::Closed;
-        }
-        let Phase::Ready(client) = &mut self.phase else {
-            return CatchUp::Nothing;
-        };
-        if client.last.version == latest.version {
-            return CatchUp::Nothing;
-        }
-        if let Some(interval) = interval {
-            if client.push_due.is_some() {
-                return CatchUp::Nothing;
-            }
-            if client.last_push != Moment::ZERO && now < client.last_push + interval {
-                client.push_due = Some(client.last_push + interval);
-                return CatchUp::Nothing;
-            }
-        }
-        client.last_push = now;
-        if self.resync_if_went_back(&latest) {
-            return CatchUp::Sent { merged: 0 };
-        }
-        let Phase::Ready(client) = &mut self.phase else {
-            return CatchUp::Nothing;
-        };
-        let Some(bytes) = cache.diff_frame(
-            &client.last,
-            &latest,
-            &client.tracked,
-            &self.frame,
-            client.options,
-        ) else {
-            return CatchUp::Nothing;
-        };
-        let merged = merged(&client.last, &latest);
-        client.last = latest;
-        self.transmit.extend_from_slice(&bytes);
-        let stats = &self.stats;
-        stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        stats.diffs_sent.fetch_add(1, Ordering::Relaxed);
-        if merged > 0 {
-            stats.diffs_merged.fetch_add(merged, Ordering::Relaxed);
-        }
-        CatchUp::Sent { merged }
-    }
-
-    /// The source's latest clock; first queues the source's ancestry when it changed since
-    /// the client last had it, and ends the session when the source's schema is not the
-    /// client's. The version's own record says when to look; the source says whether the
-    /// schema really changed (it can change without a transition, and the record lags until
-    /// the next one).
-    fn latest(&mut self, feed: &dyn ClockFeed) -> Versioned {
-        let latest = feed.latest();
-        let Phase::Ready(client) = &mut self.phase else {
-            return latest;
-        };
-        let mine = client.schema.hash();
-        if latest.schema != mine && feed.schema_hash() != mine {
-            self.close(CloseReason::SchemaChanged);
-            return latest;
-        }
-        if latest.ancestry != client.ancestry {
-            client.ancestry = latest.ancestry;
-            self.send(&Message::Ancestry(feed.ancestry()));
-        }
-        latest
-    }
-
-    /// When the source's clock went back (it restarted and a mirror resynced to it), no diff
-    /// can express the change: sends an unsolicited snapshot (id 0) and takes it as sent.
-    fn resync_if_went_back(&mut self, latest: &Versioned) -> bool {
-        let Phase::Ready(client) = &mut self.phase else {
-            return false;
-        };
-        if !went_back(client.last.clock(), latest.clock(), &client.tracked) {
-            return false;
-        }
-        let snapshot = Snapshot {
-            ticks: client.tracked.mask(&latest.ticks),
-            queue_tick: latest.queue_tick,
-        };
-        client.last = latest.clone();
-        self.send(&Message::Snapshot { id: 0, snapshot });
-        true
-    }
-
     /// Queues one message.
     fn send(&mut self, message: &Message) {
         encode_frame(&self.frame, message, &mut self.transmit);
         self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Versions between the client's and the latest, folded into one diff.
-fn merged(last: &Versioned, latest: &Versioned) -> u64 {
-    latest
-        .version
-        .saturating_sub(last.version)
-        .saturating_sub(1)
-}
-
-/// The refusal of a client the server has no room for.
-pub fn server_full(max_clients: usize) -> Refusal {
-    Refusal {
-        kind: RefusalKind::Full,
-        reason: format!(
-            "server is full ({max_clients} clients); try again later or use another server"
-        ),
     }
 }

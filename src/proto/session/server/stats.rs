@@ -1,0 +1,28 @@
+//! A server's counters, which its sessions and drivers count into.
+
+use std::sync::atomic::AtomicU64;
+
+/// Counters of one server, all since it started; sessions count into them.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub connections: AtomicU64,
+    pub clients: AtomicU64,
+    pub refusals: AtomicU64,
+    /// Connections whose transport handshake (TLS, WebSocket, QUIC) failed.
+    pub transport_errors: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub diffs_sent: AtomicU64,
+    /// Source versions folded into a later diff because the client's connection was busy.
+    pub diffs_merged: AtomicU64,
+    pub mutations: AtomicU64,
+    /// Clients dropped because a write to them stayed blocked past the write deadline.
+    pub write_stalls: AtomicU64,
+    /// Clients dropped because their payloads could not be queued.
+    pub payload_overflows: AtomicU64,
+    /// Time from receiving a mutation to its result, at this server.
+    pub mutation_latency: crate::metrics::Histogram,
+}
