@@ -1,5 +1,5 @@
-//! Async glue between [`crate::proto`] and a transport stream, for the one-shot status client:
-//! read the next whole message, counting bytes as they arrive.
+//! Async glue between [`crate::proto`] and the runtime, shared by the drivers: reading a whole
+//! message from a stream (the one-shot status client), and a session's timer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,5 +41,48 @@ pub(crate) async fn read_message<R: AsyncRead + Unpin>(
             return Err(ReadError::Closed);
         }
         bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// A session's next timeout as one long-lived timer, for the drivers.
+///
+/// A session's deadline moves with nearly every message (the idle rule counts from the last
+/// one heard); arming a new timer for each would insert into and remove from the runtime's
+/// timer wheel per message, which showed up in profiles. This one is re-armed only when the
+/// session wants an earlier moment than the armed one; when it fires early (the deadline moved
+/// later meanwhile), the session finds nothing due and the driver arms it again.
+pub(crate) struct SessionTimer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: Option<tokio::time::Instant>,
+}
+
+impl SessionTimer {
+    pub(crate) fn new() -> Self {
+        SessionTimer {
+            // Never polled before it is armed.
+            sleep: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
+            armed: None,
+        }
+    }
+
+    /// Makes sure the timer fires by `at` (it may fire earlier).
+    pub(crate) fn arm(&mut self, at: Option<tokio::time::Instant>) {
+        match (at, self.armed) {
+            (Some(at), Some(armed)) if armed <= at => {}
+            (Some(at), _) => {
+                self.sleep.as_mut().reset(at);
+                self.armed = Some(at);
+            }
+            (None, _) => {}
+        }
+    }
+
+    /// Resolves when the armed moment passes; never, when nothing is armed. Cancel-safe.
+    pub(crate) async fn fired(&mut self) {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::{Notify, oneshot, watch};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
 use super::config::{ConnState, MirrorError};
@@ -17,6 +17,7 @@ use super::replica::Effects;
 use super::{Shared, backoff};
 use crate::proto::session::{Moment, Phase};
 use crate::transport::{self, BoxStream, TransportError};
+use crate::wire::SessionTimer;
 
 /// Reads ask for at least this much room; the buffer grows when frames need more.
 const READ_CHUNK: usize = 4096;
@@ -149,7 +150,11 @@ async fn run(
     drop(shared);
     wake.notify_one();
     let writer = write_loop(weak.clone(), wake.clone(), wr);
-    tokio::pin!(writer);
+    // Both live as long as the connection: made anew per message, each would register with
+    // the runtime (a waiter list, the timer wheel) and leave it again.
+    let stopped = stop.wait_for(|s| *s);
+    let mut timer = SessionTimer::new();
+    tokio::pin!(writer, stopped);
     let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         let Some(shared) = weak.upgrade() else {
@@ -157,7 +162,7 @@ async fn run(
         };
         let deadline = shared.replica().session.poll_timeout();
         drop(shared);
-        let deadline = deadline.map(|at| epoch + at.elapsed());
+        timer.arm(deadline.map(|at| epoch + at.elapsed()));
         buf.clear();
         enum Input {
             Read(std::io::Result<usize>),
@@ -165,9 +170,9 @@ async fn run(
         }
         let input = tokio::select! {
             ended = &mut writer => return ended,
-            _ = stop.wait_for(|s| *s) => None,
+            _ = &mut stopped => None,
             read = rd.read_buf(&mut buf) => Some(Input::Read(read)),
-            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Some(Input::Time),
+            () = timer.fired() => Some(Input::Time),
         };
         let Some(input) = input else {
             // Closed or dropped: the last word (a bye) goes out if it can.

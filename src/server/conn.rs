@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::wire::SessionTimer;
 use tracing::{Instrument, debug, warn};
 
 use super::hub::Hub;
@@ -336,7 +338,7 @@ async fn read_loop(
         }
         buf.clear();
         let read = rd.read_buf(&mut buf).await;
-        {
+        let for_writer = {
             let mut state = outlet.lock();
             let session = &mut state.session;
             match read {
@@ -344,8 +346,13 @@ async fn read_loop(
                 Ok(_) => session.handle_bytes(&buf, clock.now(), hub),
                 Err(e) => session.close(CloseReason::Io(e.to_string())),
             }
+            !session.transmit().is_empty() || session.closed().is_some()
+        };
+        // The writer re-reads the session's deadline when woken; a message that only moved
+        // it later (most do: the idle rule counts from the last one) needs no wake-up.
+        if for_writer {
+            outlet.nudge.notify_one();
         }
-        outlet.nudge.notify_one();
     }
 }
 
@@ -357,18 +364,19 @@ async fn write_loop(inner: &Inner, hub: &Hub, outlet: &Outlet, clock: Clock) {
     let shutdown = shutdown.wait_for(|stop| *stop);
     tokio::pin!(shutdown);
     let write_limit = inner.session_config.limits.idle_timeout;
+    let mut timer = SessionTimer::new();
     // Grows on first use and keeps its size; an idle client never needs more than a ping.
     let mut out = Vec::new();
     loop {
         let deadline = outlet.lock().session.poll_timeout();
-        let deadline = deadline.map(|at| clock.instant(at));
+        timer.arm(deadline.map(|at| clock.instant(at)));
         let mut ended = None;
         let mut timed_out = false;
         tokio::select! {
             biased;
             _ = &mut shutdown => ended = Some(CloseReason::Shutdown),
             () = outlet.nudge.notified() => {}
-            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => timed_out = true,
+            () = timer.fired() => timed_out = true,
         }
         // What to send and the write half to send it with, under one lock: no push of the
         // pusher's comes between bytes taken here and their write.
