@@ -78,6 +78,7 @@ pub struct MirrorOptions {
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub tag: u64,
+    pub uid: String,
     pub at: SourceAt,
     pub result: Result<Outcome, MutationError>,
     pub ticks: Vec<u64>,
@@ -106,6 +107,8 @@ pub struct Sim {
     executed: Vec<Executed>,
     answers: Vec<Answer>,
     next_tag: u64,
+    /// The `uid` of each tag's mutation.
+    uids: BTreeMap<u64, String>,
 }
 
 impl Sim {
@@ -122,6 +125,7 @@ impl Sim {
             executed: Vec::new(),
             answers: Vec::new(),
             next_tag: 1,
+            uids: BTreeMap::new(),
         }
     }
 
@@ -144,7 +148,17 @@ impl Sim {
     /// Sets a node's access policy, for connections made after.
     pub fn set_policy(&mut self, node: &str, policy: Policy) {
         let n = self.node(node);
-        self.nodes[n].config = server_config(policy);
+        let config = Arc::make_mut(&mut self.nodes[n].config);
+        config.acl = Policy {
+            compression: true,
+            ..policy
+        };
+    }
+
+    /// Paces a node's pushes: at most one per interval per client, for connections made after.
+    pub fn set_push_interval(&mut self, node: &str, interval: Option<Duration>) {
+        let n = self.node(node);
+        Arc::make_mut(&mut self.nodes[n].config).min_push_interval = interval;
     }
 
     /// A root: a local machine with the node's name as its id, `start` activated.
@@ -332,10 +346,11 @@ impl Sim {
             if let Kind::Mirror(side) = &source.kind {
                 let _ = write!(
                     out,
-                    " {:?} link {:?} retry {:?} sessions {} in flight {} last failure {:?}",
+                    " {:?} link {:?} timer {:?} retry {:?} sessions {} in flight {} last failure {:?}",
                     side.session.phase(),
                     side.link,
-                    side.reconnect_at.map(|t| t.elapsed()),
+                    side.session.poll_timeout().map(Moment::elapsed),
+                    side.reconnect_at.map(Moment::elapsed),
                     side.sessions,
                     side.session.in_flight(),
                     side.failures.last().map(ToString::to_string),
@@ -346,14 +361,15 @@ impl Sim {
         for (id, link) in &self.links {
             let _ = writeln!(
                 out,
-                "  link {id}: {} -> {} ready {} closed {:?} gone {} queued {}/{}",
+                "  link {id}: {} -> {} ready {} closed {:?} gone {} timer {:?} due up {:?} down {:?}",
                 self.nodes[link.client.node].name,
                 self.nodes[link.server].name,
                 link.session.is_ready(),
                 link.session.closed(),
                 link.client_gone,
-                !link.up.is_empty(),
-                !link.down.is_empty(),
+                link.session.poll_timeout().map(Moment::elapsed),
+                link.up.due().map(Moment::elapsed),
+                link.down.due().map(Moment::elapsed),
             );
         }
         let _ = writeln!(out, "  cut: {:?}", self.cut);
@@ -389,13 +405,17 @@ impl Sim {
                 });
                 self.answers.push(Answer {
                     tag,
+                    uid: uid.to_owned(),
                     at,
                     result,
                     ticks: root.machine.clock(),
                     queue_tick: root.machine.queue_tick(),
                 });
             }
-            Kind::Mirror(side) => side.session.mutate(mutation, Some(Pending::Local(tag)))?,
+            Kind::Mirror(side) => {
+                side.session.mutate(mutation, Some(Pending::Local(tag)))?;
+                self.uids.insert(tag, uid.to_owned());
+            }
         }
         self.pump();
         Ok(tag)
@@ -411,8 +431,8 @@ impl Sim {
         self.pump();
     }
 
-    /// Cuts two nodes apart: bytes between them vanish and dials fail, until healed. Sessions
-    /// notice through their idle timers.
+    /// Cuts two nodes apart until healed: bytes between them are held (a byte stream loses
+    /// nothing; it stalls) and dials fail. Sessions notice through their idle timers.
     pub fn partition(&mut self, a: usize, b: usize) {
         self.cut.insert((a.min(b), a.max(b)));
     }
@@ -485,7 +505,12 @@ impl Sim {
             match self.next_due().filter(|&due| due <= end) {
                 Some(due) => {
                     spins = if due > self.now { 0 } else { spins + 1 };
-                    assert!(spins < SPIN_LIMIT, "time stands still: {}", self.describe());
+                    assert!(
+                        spins < SPIN_LIMIT,
+                        "time stands still at {:?}: {}",
+                        due.elapsed(),
+                        self.describe()
+                    );
                     self.advance(due);
                 }
                 None => {
@@ -511,12 +536,14 @@ impl Sim {
         }
     }
 
-    /// Runs until nothing is in flight and every mirror that can reach its upstream is
-    /// connected with no request waiting.
+    /// Runs until the tree is [quiet](Sim::quiet).
     pub fn run_until_quiet(&mut self) {
         self.run_until(QUIET_LIMIT, Sim::quiet);
     }
 
+    /// Nothing in flight, no push held back by pacing (every client has its source's
+    /// published clock), and every mirror that can reach its upstream connected with no
+    /// request waiting.
     pub fn quiet(&self) -> bool {
         let links = self.links.values().all(|link| {
             link.up.is_empty()
@@ -524,6 +551,12 @@ impl Sim {
                 && !link.server_closed
                 && !link.client_gone
                 && link.session.is_ready()
+                && link.served.is_some_and(|s| {
+                    let published = self.nodes[link.server].sources[s].published();
+                    let client = self.source(link.client);
+                    *published.ticks == *client.ticks()
+                        && published.queue_tick == client.queue_tick()
+                })
         });
         links
             && self.sources().all(|at| match &self.source(at).kind {
@@ -542,10 +575,12 @@ impl Sim {
 
     /// The earliest delivery, session timer or reconnect.
     fn next_due(&self) -> Option<Moment> {
-        let links = self
-            .links
-            .values()
-            .flat_map(|link| [link.up.due(), link.down.due(), link.session.poll_timeout()]);
+        let links = self.links.values().flat_map(|link| {
+            // Bytes held by a partition are due when it heals.
+            let held = self.is_cut(link.client.node, link.server);
+            let due = |pipe: &Pipe| pipe.due().filter(|_| !held);
+            [due(&link.up), due(&link.down), link.session.poll_timeout()]
+        });
         let mirrors = self.nodes.iter().flat_map(|node| {
             node.sources.iter().flat_map(|source| match &source.kind {
                 Kind::Mirror(side) => [side.session.poll_timeout(), side.reconnect_at],
@@ -572,7 +607,9 @@ impl Sim {
         ids
     }
 
-    /// Delivers every chunk that has arrived, connection by connection.
+    /// Delivers every chunk that has arrived, connection by connection. Across a partition
+    /// nothing arrives, and nothing is lost either: a byte stream holds its bytes until the
+    /// partition heals or a session gives up on the connection.
     fn deliver(&mut self) {
         let now = self.now;
         for id in self.link_order() {
@@ -580,12 +617,12 @@ impl Sim {
                 let Some(link) = self.links.get_mut(&id) else {
                     break;
                 };
-                let cut = self.cut.contains(&(
-                    link.client.node.min(link.server),
-                    link.client.node.max(link.server),
-                ));
+                let (a, b) = (link.client.node, link.server);
+                if self.cut.contains(&(a.min(b), a.max(b))) {
+                    break;
+                }
                 if let Some(bytes) = link.up.take_due(now) {
-                    if cut || link.server_closed {
+                    if link.server_closed {
                         continue;
                     }
                     let node = &self.nodes[link.server];
@@ -600,7 +637,7 @@ impl Sim {
                         None => link.session.handle_bytes(&bytes, now, &NoSource),
                     }
                 } else if let Some(bytes) = link.down.take_due(now) {
-                    if cut || link.client_gone {
+                    if link.client_gone {
                         continue;
                     }
                     let client = link.client;
@@ -879,6 +916,7 @@ impl Sim {
                         result,
                     } => self.answers.push(Answer {
                         tag,
+                        uid: self.uids.remove(&tag).unwrap_or_default(),
                         at,
                         result,
                         ticks: side.session.ticks().to_vec(),
