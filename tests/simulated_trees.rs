@@ -220,6 +220,33 @@ fn a_root_restarted_with_a_clock_that_went_back_reaches_every_mirror_by_snapshot
 }
 
 #[test]
+fn a_queue_tick_that_went_back_alone_reaches_the_leaves() {
+    let mut sim = Sim::new(10);
+    let nodes = chain(&mut sim, &["root", "mid", "leaf"]);
+    let (root, leaf) = (nodes[0], nodes[2]);
+    sim.run_until_quiet();
+    // A removal of an inactive state moves the queue tick alone; the next change publishes it.
+    sim.mutate(root, MutationKind::Remove, &["Red"], "no-op")
+        .expect("runs");
+    sim.mutate(root, MutationKind::Add, &["Green"], "green")
+        .expect("runs");
+    sim.run_until_quiet();
+    assert_eq!(sim.clock(leaf), (sim.clock(root).0, 3));
+    // Back with the same ticks and an earlier queue tick: only the queue tick changes.
+    sim.restart_root(root, schema(), &["Start"]);
+    sim.mutate(root, MutationKind::Add, &["Green"], "green again")
+        .expect("runs");
+    sim.run_until_quiet();
+    assert_eq!(
+        sim.clock(leaf),
+        (sim.clock(root).0, 2),
+        "{}",
+        sim.describe()
+    );
+    assert_converged(&sim, root);
+}
+
+#[test]
 fn a_node_that_would_mirror_its_own_descendant_is_refused_as_a_loop() {
     let mut sim = Sim::new(7);
     let nodes = chain(&mut sim, &["r", "a", "b"]);

@@ -204,16 +204,16 @@ impl Drop for Root {
 }
 
 impl MirrorSide {
-    /// After a session event: publishes the replica's clock as a new version when it changed,
-    /// as the mirror's observers make the hub do.
+    /// After a session event: publishes the replica's clock as a new version when its ticks
+    /// changed or its queue tick went back, as the mirror's observers make the hub do.
     pub fn publish(&mut self, clock: &Mutex<Versioned>, changed: bool, schema_changed: bool) {
         if schema_changed && let Some(schema) = self.session.schema() {
             self.schema = schema.clone();
         }
-        if !changed {
+        let mut v = lock(clock);
+        if !changed && self.session.queue_tick() >= v.queue_tick {
             return;
         }
-        let mut v = lock(clock);
         v.version += 1;
         v.ticks = Arc::from(self.session.ticks());
         v.queue_tick = self.session.queue_tick();
