@@ -312,15 +312,30 @@ impl Sim {
         &self.executed
     }
 
-    /// Mirrors downstream of `root` whose clock is not the root's: the ticks must be the
-    /// machine's, the queue tick the one its server publishes.
+    /// Mirrors downstream of `root` whose clock (ticks and queue tick) is not the root
+    /// machine's. The queue tick travels with tick changes: after a mutation that changed no
+    /// tick (a no-op, a cancel) mirrors have it only once a later one does.
     pub fn divergent(&self, root: SourceAt) -> Vec<String> {
         let machine = self.machine(root);
-        let want = (machine.clock(), self.source(root).published().queue_tick);
+        self.differing(root, (machine.clock(), machine.queue_tick()), |clock| clock)
+    }
+
+    /// Mirrors downstream of `root` whose ticks are not the root machine's.
+    pub fn divergent_ticks(&self, root: SourceAt) -> Vec<String> {
+        let machine = self.machine(root);
+        self.differing(root, (machine.clock(), 0), |(ticks, _)| (ticks, 0))
+    }
+
+    fn differing(
+        &self,
+        root: SourceAt,
+        want: (Vec<u64>, u64),
+        compared: impl Fn((Vec<u64>, u64)) -> (Vec<u64>, u64),
+    ) -> Vec<String> {
         self.sources()
             .filter(|&at| at != root && self.root_of(at) == Some(root))
             .filter_map(|at| {
-                let have = self.clock(at);
+                let have = compared(self.clock(at));
                 (have != want).then(|| {
                     format!(
                         "{}/{}: {have:?}, root {want:?}",
