@@ -60,8 +60,11 @@ enum Op {
     Latency {
         max_ms: u64,
     },
-    /// The root's node restarts with a fresh machine: its clock goes back.
-    Restart,
+    /// A node restarts: a root with a fresh machine (its clock goes back), a mirror from an
+    /// all-zero clock; every connection it serves breaks.
+    Restart {
+        node: usize,
+    },
     Wait {
         ms: u64,
     },
@@ -75,7 +78,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..MAX_NODES).prop_map(|node| Op::Partition { node }),
         1 => (0..MAX_NODES).prop_map(|node| Op::Heal { node }),
         1 => (0..50u64).prop_map(|max_ms| Op::Latency { max_ms }),
-        1 => Just(Op::Restart),
+        1 => (0..MAX_NODES).prop_map(|node| Op::Restart { node }),
         3 => prop_oneof![0..20u64, 0..40_000u64].prop_map(|ms| Op::Wait { ms }),
     ]
 }
@@ -164,7 +167,8 @@ fn play(case: &Case) -> Result<(), TestCaseError> {
             Op::Partition { node } if node % n > 0 => sim.partition(node % n, parents[node % n]),
             Op::Heal { node } if node % n > 0 => sim.heal(node % n, parents[node % n]),
             Op::Latency { max_ms } => sim.knobs.latency.1 = Duration::from_millis(max_ms),
-            Op::Restart => sim.restart_root(root, schema(), &["Start"]),
+            Op::Restart { node } if node % n == 0 => sim.restart_root(root, schema(), &["Start"]),
+            Op::Restart { node } => sim.restart_mirror(nodes[node % n]),
             Op::Wait { ms } => sim.run_for(Duration::from_millis(ms)),
             _ => {}
         }
@@ -208,7 +212,7 @@ fn check(sim: &Sim, root: SourceAt) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn every_mirror_converges_and_no_acknowledged_mutation_is_lost(case in case()) {

@@ -357,3 +357,29 @@ fn a_client_may_only_mutate_the_states_its_acl_lists() {
     assert_converged(&sim, nodes[0]);
     assert_eq!(sim.tick(leaf, "Green"), 1);
 }
+
+#[test]
+fn leaves_reconverge_after_their_mid_restarts_under_load() {
+    let mut sim = Sim::new(11);
+    sim.knobs.latency = (Duration::from_millis(1), Duration::from_millis(10));
+    let root = sim.add_root("root", "demo", schema(), &["Start"]);
+    let mid = mirror(&mut sim, "mid", "root");
+    let leaves: Vec<SourceAt> = (0..3)
+        .map(|i| mirror(&mut sim, &format!("leaf{i}"), "mid"))
+        .collect();
+    sim.run_until_quiet();
+    for i in 0..20 {
+        sim.mutate(root, MutationKind::Add, &["Tick"], &format!("t{i}"))
+            .expect("runs");
+        sim.run_for(Duration::from_millis(3));
+        if i == 7 {
+            sim.restart_mirror(mid);
+        }
+    }
+    sim.run_until_quiet();
+    assert_converged(&sim, root);
+    for &leaf in &leaves {
+        assert_eq!(sim.tick(leaf, "Tick"), 39);
+        assert!(sim.mirror(leaf).sessions >= 2, "the leaf reconnected");
+    }
+}

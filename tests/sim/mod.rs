@@ -200,10 +200,26 @@ impl Sim {
             keepalive: KEEPALIVE,
             idle_timeout: IDLE_TIMEOUT,
         };
-        let side = MirrorSide {
-            session: ClientSession::new(config, options.schema.clone()),
-            schema: options.schema.unwrap_or_else(empty_schema),
-            upstream: up,
+        let side = self.fresh_mirror(up, config, options.schema);
+        self.nodes[n].sources.push(Source::mirror(source, side));
+        SourceAt {
+            node: n,
+            source: self.nodes[n].sources.len() - 1,
+        }
+    }
+
+    /// A mirror as it starts: an all-zero clock, dialing at once.
+    fn fresh_mirror(
+        &mut self,
+        upstream: usize,
+        config: ClientConfig,
+        expected: Option<Arc<Schema>>,
+    ) -> MirrorSide {
+        MirrorSide {
+            session: ClientSession::new(config, expected.clone()),
+            schema: expected.clone().unwrap_or_else(empty_schema),
+            expected,
+            upstream,
             link: None,
             attempt: None,
             reconnect_at: Some(self.now),
@@ -212,11 +228,6 @@ impl Sim {
             closes: Vec::new(),
             sessions: 0,
             resyncs: 0,
-        };
-        self.nodes[n].sources.push(Source::mirror(source, side));
-        SourceAt {
-            node: n,
-            source: self.nodes[n].sources.len() - 1,
         }
     }
 
@@ -476,6 +487,29 @@ impl Sim {
         let source = &mut node.sources[at.source];
         assert!(source.machine().is_some(), "only a root restarts");
         *source = Source::root(&source.name, start_machine(&node.name, schema, start));
+        self.pump();
+    }
+
+    /// Restarts a mirror's node: every connection the node serves breaks, and so does the
+    /// mirror's own; the mirror starts over from an all-zero clock and dials again.
+    pub fn restart_mirror(&mut self, at: SourceAt) {
+        let ended: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, link)| link.server == at.node || link.client == at)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            self.break_link_id(id);
+        }
+        let (upstream, config, expected) = {
+            let side = self.mirror(at);
+            let config = side.session.config().clone();
+            (side.upstream, config, side.expected.clone())
+        };
+        let side = self.fresh_mirror(upstream, config, expected);
+        let source = &mut self.nodes[at.node].sources[at.source];
+        *source = Source::mirror(&source.name, side);
         self.pump();
     }
 

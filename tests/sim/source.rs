@@ -51,6 +51,8 @@ pub struct MirrorSide {
     pub session: ClientSession<Pending>,
     /// The replica's schema: the expected one, else empty until a welcome brings one.
     pub schema: Arc<Schema>,
+    /// The schema the source must serve, if set.
+    pub expected: Option<Arc<Schema>>,
     /// The node it dials.
     pub upstream: usize,
     /// Its connection, while it has one.
