@@ -662,10 +662,7 @@ impl Sim {
     fn deliver(&mut self) {
         let now = self.now;
         for id in self.link_order() {
-            loop {
-                let Some(link) = self.links.get_mut(&id) else {
-                    break;
-                };
+            while let Some(link) = self.links.get_mut(&id) {
                 let (a, b) = (link.client.node, link.server);
                 if self.cut.contains(&(a.min(b), a.max(b))) {
                     break;
@@ -707,7 +704,7 @@ impl Sim {
     fn timeouts(&mut self) {
         let now = self.now;
         for link in self.links.values_mut() {
-            if !link.session.poll_timeout().is_some_and(|due| due <= now) {
+            if link.session.poll_timeout().is_none_or(|due| due > now) {
                 continue;
             }
             let node = &self.nodes[link.server];
@@ -816,13 +813,7 @@ impl Sim {
     fn serve_events(&mut self) -> bool {
         let mut progress = false;
         for id in self.link_order() {
-            loop {
-                let Some(link) = self.links.get_mut(&id) else {
-                    break;
-                };
-                let Some(event) = link.session.poll_event() else {
-                    break;
-                };
+            while let Some(event) = self.links.get_mut(&id).and_then(|l| l.session.poll_event()) {
                 progress = true;
                 match event {
                     ServerEvent::Hello(hello) => self.answer_hello(id, &hello),
