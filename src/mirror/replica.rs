@@ -29,6 +29,8 @@ pub(super) struct Replica {
     pub observers: Observers,
     /// Why the last connection attempt failed (cleared on success).
     pub last_error: Option<String>,
+    /// The queue tick observers were last told of (the current one while there are none).
+    told_queue_tick: u64,
 }
 
 /// What the session's events call for once the lock is released.
@@ -55,6 +57,7 @@ impl Replica {
             schema,
             observers: Observers::default(),
             last_error: None,
+            told_queue_tick: 0,
         }
     }
 
@@ -84,12 +87,21 @@ impl Replica {
                     }
                     let ticks = self.session.ticks();
                     self.waiters.clock_changed(ticks, changed.iter().copied());
-                    if !changed.is_empty() && !self.observers.is_empty() {
+                    // A snapshot can move the queue tick alone. Growth rides along with the
+                    // next change, but a queue tick that went back (the source restarted)
+                    // must reach a server serving this mirror now, or its clients keep a
+                    // queue tick the source no longer has.
+                    let queue_tick = self.session.queue_tick();
+                    let went_back = queue_tick < self.told_queue_tick;
+                    if self.observers.is_empty() {
+                        self.told_queue_tick = queue_tick;
+                    } else if !changed.is_empty() || went_back {
+                        self.told_queue_tick = queue_tick;
                         effects.notices.push(Notice {
                             before,
                             after: ticks.to_vec(),
                             changed,
-                            queue_tick: self.session.queue_tick(),
+                            queue_tick,
                             observers: self.observers.snapshot(),
                         });
                     }
@@ -150,5 +162,87 @@ impl Notice {
             queue_tick: self.queue_tick,
             transition: None,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::proto::message::{Granted, Snapshot, Welcome};
+    use crate::proto::session::{ClientConfig, Moment};
+    use crate::proto::{FrameConfig, Message, encode_frame};
+
+    fn schema() -> Arc<Schema> {
+        let def = crate::machine::SchemaDef {
+            states: vec![crate::machine::StateDef::new("A")],
+        };
+        Arc::new(Schema::new(def).expect("valid"))
+    }
+
+    fn frame(message: &Message) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(&FrameConfig::default(), message, &mut out);
+        out
+    }
+
+    /// The queue ticks observers are told of.
+    #[derive(Default)]
+    struct Told(Mutex<Vec<u64>>);
+
+    impl crate::machine::Observer for Told {
+        fn clock_changed(&self, change: &ClockChange<'_>) {
+            self.0.lock().expect("not poisoned").push(change.queue_tick);
+        }
+    }
+
+    #[test]
+    fn a_snapshot_that_takes_only_the_queue_tick_back_reaches_observers() {
+        let config = ClientConfig {
+            client_id: "mid".into(),
+            source: String::new(),
+            compression: false,
+            track: None,
+            token: None,
+            max_frame: crate::proto::frame::DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+        };
+        let schema = schema();
+        let mut replica = Replica::new(ClientSession::new(config, Some(schema.clone())), schema);
+        let told = Arc::new(Told::default());
+        replica.observers.add(told.clone());
+        let stats = MirrorStats::default();
+        let drain = |replica: &mut Replica| {
+            let mut effects = Effects::default();
+            replica.drain("mid", &stats, &mut effects);
+            effects.apply(&tokio::sync::broadcast::channel(1).0);
+        };
+        replica.session.connect(Moment::ZERO);
+        let welcome = Welcome {
+            ancestry: vec!["root".into()],
+            schema: None,
+            snapshot: Snapshot {
+                ticks: vec![1, 0],
+                queue_tick: 5,
+            },
+            granted: Granted::default(),
+        };
+        replica
+            .session
+            .handle_bytes(&frame(&Message::Welcome(welcome)), Moment::ZERO);
+        drain(&mut replica);
+        // The source restarted: the same ticks, an earlier queue tick.
+        let snapshot = Snapshot {
+            ticks: vec![1, 0],
+            queue_tick: 2,
+        };
+        let resync = Message::Snapshot { id: 0, snapshot };
+        replica.session.handle_bytes(&frame(&resync), Moment::ZERO);
+        drain(&mut replica);
+        assert_eq!(*told.0.lock().expect("not poisoned"), [5, 2]);
     }
 }
