@@ -10,31 +10,15 @@
 mod sim;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use asyncmachine::machine::{MutationKind, Outcome, Schema, SchemaDef, StateDef};
+use asyncmachine::machine::{MutationKind, Outcome};
 use proptest::prelude::*;
-use sim::{MirrorOptions, Sim, SourceAt};
+use sim::{MirrorOptions, Sim, SourceAt, schema};
 
 const STATES: [&str; 5] = ["Start", "Flag", "Tick", "Green", "Red"];
 const MAX_NODES: usize = 12;
 const MAX_DEPTH: usize = 5;
-
-fn schema() -> Arc<Schema> {
-    Arc::new(
-        Schema::new(SchemaDef {
-            states: vec![
-                StateDef::new("Start"),
-                StateDef::new("Flag").require(["Start"]),
-                StateDef::new("Tick").multi(),
-                StateDef::new("Green").remove(["Red"]),
-                StateDef::new("Red").remove(["Green"]),
-            ],
-        })
-        .expect("valid schema"),
-    )
-}
 
 /// One thing that happens to the tree. Node numbers are taken modulo the tree's size.
 #[derive(Debug, Clone)]

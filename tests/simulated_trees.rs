@@ -11,22 +11,7 @@ use asyncmachine::machine::{MutationError, MutationKind, Outcome, Schema, Schema
 use asyncmachine::proto::acl::Acl;
 use asyncmachine::proto::message::RefusalKind;
 use asyncmachine::proto::session::{HandshakeError, Phase};
-use sim::{MirrorOptions, Sim, SourceAt};
-
-fn schema() -> Arc<Schema> {
-    Arc::new(
-        Schema::new(SchemaDef {
-            states: vec![
-                StateDef::new("Start"),
-                StateDef::new("Flag").require(["Start"]),
-                StateDef::new("Tick").multi(),
-                StateDef::new("Green").remove(["Red"]),
-                StateDef::new("Red").remove(["Green"]),
-            ],
-        })
-        .expect("valid schema"),
-    )
-}
+use sim::{MirrorOptions, Sim, SourceAt, schema};
 
 /// A chain: `root` then mirrors, each of the one before.
 fn chain(sim: &mut Sim, names: &[&str]) -> Vec<SourceAt> {

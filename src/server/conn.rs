@@ -21,7 +21,7 @@ use crate::machine::MutationError;
 use crate::proto::handshake::Offer;
 use crate::proto::message::Hello;
 use crate::proto::session::{
-    ClockFeed, CloseReason, Moment, ServerEvent, ServerSession, Versioned, server_full,
+    CloseReason, DiffCache, Moment, NoSource, ServerEvent, ServerSession, server_full,
 };
 use crate::transport::{BoxStream, Handshake, PeerInfo};
 
@@ -66,29 +66,6 @@ impl Clock {
 
     fn instant(self, at: Moment) -> Instant {
         self.0 + at.elapsed()
-    }
-}
-
-/// Before a hello names a source, the session reads no clock: it only decodes and admits.
-struct NoSource;
-
-impl ClockFeed for NoSource {
-    fn latest(&self) -> Versioned {
-        Versioned {
-            version: 0,
-            ticks: Arc::from(Vec::new()),
-            queue_tick: 0,
-            ancestry: 0,
-            schema: 0,
-        }
-    }
-
-    fn schema_hash(&self) -> u64 {
-        0
-    }
-
-    fn ancestry(&self) -> Vec<String> {
-        Vec::new()
     }
 }
 
@@ -204,7 +181,7 @@ async fn handshake(
                 }
             },
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                session.handle_timeout(clock.now(), &NoSource, &crate::proto::session::DiffCache::default());
+                session.handle_timeout(clock.now(), &NoSource, &DiffCache::default());
             }
         }
     }

@@ -9,11 +9,11 @@ use asyncmachine::mirror::backoff::delay;
 use asyncmachine::proto::handshake::Offer;
 use asyncmachine::proto::message::{Hello, Refusal, RefusalKind, Snapshot};
 use asyncmachine::proto::session::{
-    CatchUp, ClientEvent, CloseReason, DiffCache, Phase, ServerEvent, ServerSession,
+    CatchUp, ClientEvent, CloseReason, DiffCache, NoSource, Phase, ServerEvent, ServerSession,
 };
 
 use super::net::{Link, Pipe};
-use super::source::{Feed, Kind, NoSource, Pending, as_reply, lock};
+use super::source::{Feed, Kind, Pending, as_reply, lock};
 use super::{Answer, BACKOFF_INITIAL, BACKOFF_MAX, Executed, Sim, SourceAt};
 
 impl Sim {

@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use asyncmachine::machine::{
-    Args, Machine, Mutation, MutationError, MutationKind, Outcome, Schema, StateSource,
+    Args, Machine, Mutation, MutationError, MutationKind, Outcome, Schema, SchemaDef, StateDef,
+    StateSource,
 };
 use asyncmachine::mirror::backoff::Jitter;
 use asyncmachine::proto::Compression;
@@ -44,6 +45,23 @@ pub use net::{Knobs, SourceAt};
 use net::{Link, Pipe, Rng};
 pub use source::{Kind, MirrorSide, Source};
 use source::{Pending, empty_schema};
+
+/// The schema the simulated trees run: a start state, one that requires it, a multi state and
+/// two that remove each other.
+pub fn schema() -> Arc<Schema> {
+    Arc::new(
+        Schema::new(SchemaDef {
+            states: vec![
+                StateDef::new("Start"),
+                StateDef::new("Flag").require(["Start"]),
+                StateDef::new("Tick").multi(),
+                StateDef::new("Green").remove(["Red"]),
+                StateDef::new("Red").remove(["Green"]),
+            ],
+        })
+        .expect("valid schema"),
+    )
+}
 
 /// The drivers' defaults (`ServerConfig`, `MirrorConfig`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -8,25 +8,22 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use asyncmachine::mirror::backoff::Jitter;
 use asyncmachine::proto::session::{Moment, ServerSession};
 
-/// A small xorshift generator: the simulator's only source of randomness.
+/// The simulator's only source of randomness: the mirrors' own xorshift jitter generator,
+/// seeded.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(Jitter);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        // Zero is xorshift's fixed point; spread small seeds over the bits.
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        // Spread small seeds over the bits: nearby seeds would start alike.
+        Rng(Jitter::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
+        self.0.draw()
     }
 
     /// A number in `0..n` (`n` > 0).

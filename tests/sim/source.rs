@@ -248,29 +248,6 @@ impl ClockFeed for Feed<'_> {
     }
 }
 
-/// What a server session reads before its hello named a source: nothing.
-pub struct NoSource;
-
-impl ClockFeed for NoSource {
-    fn latest(&self) -> Versioned {
-        Versioned {
-            version: 0,
-            ticks: Arc::from(Vec::new()),
-            queue_tick: 0,
-            ancestry: 0,
-            schema: 0,
-        }
-    }
-
-    fn schema_hash(&self) -> u64 {
-        0
-    }
-
-    fn ancestry(&self) -> Vec<String> {
-        Vec::new()
-    }
-}
-
 /// A mutation's result as a server hands it to its session: a refusal from further up passes
 /// down as its reason alone (as the server's connection does).
 pub fn as_reply(result: Result<Outcome, MutationError>) -> Result<Outcome, String> {

@@ -23,8 +23,8 @@ pub use cache::{DiffCache, Versioned, options_key};
 pub use client::{ClientConfig, ClientEvent, ClientSession, HandshakeError, Phase};
 pub use requests::{MAX_IN_FLIGHT, Requests};
 pub use server::{
-    Backlogged, CatchUp, ClockFeed, CloseReason, ServerEvent, ServerSession, ServerSessionConfig,
-    ServerStats, server_full,
+    Backlogged, CatchUp, ClockFeed, CloseReason, NoSource, ServerEvent, ServerSession,
+    ServerSessionConfig, ServerStats, server_full,
 };
 pub use time::Moment;
 

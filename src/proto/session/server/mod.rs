@@ -67,6 +67,31 @@ pub trait ClockFeed {
     fn ancestry(&self) -> Vec<String>;
 }
 
+/// The feed of a session whose hello has not named a source yet: before it, a session only
+/// decodes and admits, and reads no clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSource;
+
+impl ClockFeed for NoSource {
+    fn latest(&self) -> Versioned {
+        Versioned {
+            version: 0,
+            ticks: Arc::from(Vec::new()),
+            queue_tick: 0,
+            ancestry: 0,
+            schema: 0,
+        }
+    }
+
+    fn schema_hash(&self) -> u64 {
+        0
+    }
+
+    fn ancestry(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// Work for the driver.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerEvent {
