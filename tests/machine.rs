@@ -213,10 +213,10 @@ fn handlers_run_in_order_negotiation_then_final() {
     assert_eq!(
         log.take(),
         [
-            "any_enter:add",
             "B:exit",
             "A:enter",
             "C:enter",
+            "any_enter:add",
             "B:end",
             "A:state",
             "C:state",

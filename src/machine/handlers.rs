@@ -1,7 +1,8 @@
 //! Handlers: the functions a machine runs during a transition, and the [`Event`] they receive.
 //!
-//! Negotiation handlers (`enter`, `exit`, `any_enter`) run before the clock changes and may
-//! cancel by returning `false`; final handlers (`state`, `end`, `any_state`) run after. A
+//! Negotiation handlers run before the clock changes and may cancel by returning `false`:
+//! `exit` of leaving states, `enter` of arriving states, then `any_enter`. Final handlers run
+//! after: `end` of left states, `state` of arrived states, then `any_state`. A
 //! handler that returns an error or panics activates `Exception` with the error as argument.
 //! Handlers are plain functions bounded in time; long work is spawned and bound to a state
 //! context.

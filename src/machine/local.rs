@@ -250,8 +250,8 @@ impl Machine {
         self.register_final(HandlerKind::End, state, f)
     }
 
-    /// Negotiation handler of every transition that changes the clock; runs before the
-    /// per-state ones.
+    /// Negotiation handler of every transition that changes the clock; runs after the
+    /// per-state `exit` and `enter` handlers, and only when none of them refused.
     pub fn on_any_enter<F, R>(&self, f: F)
     where
         F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
@@ -532,9 +532,14 @@ impl Machine {
         arriving: &[usize],
         event: &impl Fn(Option<usize>) -> Event<'e>,
     ) -> Result<(), CancelReason> {
-        let steps = std::iter::once((HandlerKind::AnyEnter, None))
-            .chain(plan.exiting.iter().map(|&s| (HandlerKind::Exit, Some(s))))
-            .chain(arriving.iter().map(|&s| (HandlerKind::Enter, Some(s))));
+        // As in asyncmachine: the per-state handlers first, so that a state's refusal stops the
+        // transition before the any-enter handler sees it.
+        let steps = plan
+            .exiting
+            .iter()
+            .map(|&s| (HandlerKind::Exit, Some(s)))
+            .chain(arriving.iter().map(|&s| (HandlerKind::Enter, Some(s))))
+            .chain(std::iter::once((HandlerKind::AnyEnter, None)));
         for (kind, state) in steps {
             for f in handlers.negotiation(kind, state) {
                 let e = event(state);

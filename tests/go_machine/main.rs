@@ -166,6 +166,33 @@ fn single_to_multi_state_transition() {
     history.assert_counts(1);
 }
 
+/// Go: TestMultiToSingleStateTransition (machine_test.go). Without `AC` and `BC` (part 3).
+/// `AnyEnter` runs after the per-state negotiation handlers.
+#[test]
+fn multi_to_single_state_transition() {
+    let m = no_rels(&["A", "B"]);
+    let history = History::track(&m);
+    m.set(&["C"], Args::new()).expect("known states");
+    assert_states(&m, &["C"]);
+    history.assert_order(&[
+        "AExit", "BExit", "CEnter", "AnyEnter", "AEnd", "BEnd", "CState", "AnyState",
+    ]);
+    history.assert_counts(1);
+}
+
+/// Go: TestSelfHandlersOrder (machine_test.go). Without the self handler `AA` and the
+/// state-to-state `AB` (part 3); the rest keeps Go's exact order.
+#[test]
+fn self_handlers_order() {
+    let m = no_rels(&["A"]);
+    let history = History::track(&m);
+    m.set(&["A", "B"], Args::new()).expect("known states");
+    assert_eq!(
+        history.order(),
+        ["BEnter", "AnyEnter", "BState", "AnyState"]
+    );
+}
+
 /// Go: TestAfterRelationWhenEntering (machine_test.go). Without `AD` and `AC` (part 3).
 #[test]
 fn after_relation_when_entering() {
