@@ -521,7 +521,7 @@ impl Machine {
             .chain(&plan.reentering)
             .copied()
             .collect();
-        arriving.sort_by_key(|&s| self.schema_ref().handler_rank(s));
+        self.schema_ref().sort_states(&mut arriving);
         arriving
     }
 

@@ -328,10 +328,9 @@ fn plan(schema: &Schema, ticks: &[u64], kind: MutationKind, class: &[Class]) -> 
             _ => {}
         }
     }
-    let rank = |s: &usize| schema.handler_rank(*s);
-    plan.exiting.sort_by_key(rank);
-    plan.entering.sort_by_key(rank);
-    plan.reentering.sort_by_key(rank);
+    schema.sort_states(&mut plan.exiting);
+    schema.sort_states(&mut plan.entering);
+    schema.sort_states(&mut plan.reentering);
     plan
 }
 

@@ -228,6 +228,42 @@ fn after_relation_when_exiting() {
     history.assert_counts(1);
 }
 
+/// Go: TestRequireOrder (machine_test.go). Handlers of states linked by `require` run in the
+/// depth-first post-order of the require graph. The resolver's own part (Go sorts lists with
+/// `SortStates`) is `Schema::sort_states` here.
+#[test]
+fn require_order() {
+    let m = machine(vec![
+        StateDef::new("A").auto().require(["B", "C"]),
+        StateDef::new("B").auto().require(["D"]),
+        StateDef::new("C").auto(),
+        StateDef::new("D").auto(),
+        StateDef::new("Start"),
+    ]);
+    let history = History::track(&m);
+    m.add(&["Start"], Args::new()).expect("known states");
+    history.assert_order(&["DState", "BState", "AState"]);
+    history.assert_order(&["CState", "AState"]);
+    assert_states(&m, &["A", "B", "C", "D", "Start"]);
+    for (name, count) in history.counts() {
+        // the global handlers also run for the auto transition
+        let expected = if name.starts_with("Any") { 2 } else { 1 };
+        assert_eq!(count, expected, "{name}");
+    }
+
+    let schema = m.schema();
+    for given in [
+        ["A", "B", "C", "D"],
+        ["C", "D", "A", "B"],
+        ["D", "A", "C", "B"],
+    ] {
+        let mut order = schema.indices(&given).expect("known states");
+        schema.sort_states(&mut order);
+        let names: Vec<&str> = order.iter().map(|&s| schema.name(s)).collect();
+        assert_eq!(names, ["D", "B", "C", "A"], "from {given:?}");
+    }
+}
+
 /// Go: TestHandlerArgs (machine_test.go)
 #[test]
 fn handler_args() {
