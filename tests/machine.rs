@@ -230,12 +230,12 @@ fn a_negotiation_handler_can_cancel() {
     let m = abc();
     let log = Log::default();
     log_all(&m, &log, &["B"]);
-    // C's enter runs after B's (schema order), so B's negotiation is seen before the refusal.
+    // C's enter runs after B's (mutation order), so B's negotiation is seen before the refusal.
     m.on_enter("C", |e: &Event<'_>| {
         e.arg("allow").and_then(|v| v.as_bool()).unwrap_or(false)
     })
     .expect("known state");
-    assert_eq!(m.add(&["C", "B"], Args::new()), Ok(Outcome::Canceled));
+    assert_eq!(m.add(&["B", "C"], Args::new()), Ok(Outcome::Canceled));
     assert_eq!(log.take(), ["B:enter"], "final handlers must not run");
     assert!(m.not(&["B", "C"]));
     assert_eq!(

@@ -62,11 +62,7 @@ impl<'a> Event<'a> {
 
     pub fn entering(&self) -> impl Iterator<Item = &'a str> + 'a {
         let schema: &'a Schema = self.machine.schema_ref();
-        self.plan
-            .entering
-            .iter()
-            .chain(&self.plan.reentering)
-            .map(move |&s| schema.name(s))
+        self.plan.arriving().map(move |s| schema.name(s))
     }
 
     pub fn exiting(&self) -> impl Iterator<Item = &'a str> + 'a {

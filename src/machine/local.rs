@@ -122,6 +122,9 @@ fn abandon(queue: VecDeque<Queued>) {
 
 struct Core {
     ticks: Vec<u64>,
+    /// The active states in the order the last transition listed them (its plan's targets):
+    /// asyncmachine orders the handlers of unrelated states by it.
+    order: Vec<usize>,
     queue: VecDeque<Queued>,
     queue_tick: u64,
     /// Whether some thread is running transitions (and will drain the queue).
@@ -176,6 +179,7 @@ impl MachineBuilder {
                 schema: self.schema,
                 core: Mutex::new(Core {
                     ticks: vec![0; n],
+                    order: Vec::new(),
                     queue: VecDeque::new(),
                     queue_tick: 0,
                     processing: false,
@@ -419,10 +423,14 @@ impl Machine {
     fn run(&self, mutation: Mutation) -> Outcome {
         let schema = self.schema_ref();
         let handlers = lock(&self.shared.handlers).clone();
-        let before = self.core().ticks.clone();
+        let (before, order) = {
+            let core = self.core();
+            (core.ticks.clone(), core.order.clone())
+        };
         let plan = match resolve(
             schema,
             &before,
+            &order,
             mutation.kind,
             &mutation.states,
             mutation.auto,
@@ -431,7 +439,9 @@ impl Machine {
             Err(reason) => return self.canceled(&mutation, &reason),
         };
         if !plan.changes_clock() {
-            self.core().queue_tick += 1;
+            let mut core = self.core();
+            core.queue_tick += 1;
+            core.order = plan.targets;
             return Outcome::Executed;
         }
         let arriving = self.arriving(&plan);
@@ -450,6 +460,7 @@ impl Machine {
             let mut core = self.core();
             let core = &mut *core;
             plan.apply(&mut core.ticks);
+            core.order.clone_from(&plan.targets);
             core.queue_tick += 1;
             core.waiters.clock_changed(&core.ticks, plan.changed());
             let after = if core.observers.is_empty() {
@@ -512,17 +523,7 @@ impl Machine {
 
     /// States that arrive (enter, or enter again), in handler order.
     fn arriving(&self, plan: &Plan) -> Vec<usize> {
-        if plan.reentering.is_empty() {
-            return plan.entering.clone();
-        }
-        let mut arriving: Vec<usize> = plan
-            .entering
-            .iter()
-            .chain(&plan.reentering)
-            .copied()
-            .collect();
-        self.schema_ref().sort_states(&mut arriving);
-        arriving
+        plan.arriving().collect()
     }
 
     fn negotiate<'e>(

@@ -2,8 +2,12 @@
 //!
 //! A [`SchemaDef`] is plain data (built in Rust with [`StateDef`]'s builder methods, or loaded
 //! with serde from a topology file); [`Schema`] is its validated form, with relations resolved
-//! to state positions, the handler order computed and a stable hash. Nothing here runs a
-//! transition: that is `resolve`'s job.
+//! to state positions, the `require` order of handlers computed and a stable hash. Nothing
+//! here runs a transition: that is `resolve`'s job.
+//!
+//! Differs from asyncmachine on purpose: a state listing itself in a relation is refused with
+//! [`SchemaError::SelfRelation`], where Go drops the entry silently; a schema that says
+//! something impossible is a mistake to report, not to mend.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -421,14 +425,6 @@ fn topo_sort(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
         }
     }
     (order.len() == n).then_some(order)
-}
-
-fn ranks(order: &[usize]) -> Vec<u32> {
-    let mut rank = vec![0; order.len()];
-    for (r, &i) in order.iter().enumerate() {
-        rank[i] = r as u32;
-    }
-    rank
 }
 
 /// States left over when Kahn's algorithm stalls: the members of (or behind) a cycle.

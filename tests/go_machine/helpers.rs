@@ -42,19 +42,6 @@ pub fn no_rels_but(defs: Vec<StateDef>, active: &[&str]) -> Machine {
     with_active(machine(states), active)
 }
 
-/// The Go suite's `NewRels`: A auto requires C, B multi adds C, C after D, D adds C and B.
-pub fn rels(active: &[&str]) -> Machine {
-    with_active(
-        machine(vec![
-            StateDef::new("A").auto().require(["C"]),
-            StateDef::new("B").multi().add(["C"]),
-            StateDef::new("C").after(["D"]),
-            StateDef::new("D").add(["C", "B"]),
-        ]),
-        active,
-    )
-}
-
 fn with_active(m: Machine, active: &[&str]) -> Machine {
     if !active.is_empty() {
         m.set(active, Args::new()).expect("known states");

@@ -69,7 +69,7 @@ use asyncmachine::machine::{
     StateSource, is_active,
 };
 
-use helpers::{History, assert_states, machine, no_rels, no_rels_but, rels, soon};
+use helpers::{History, assert_states, machine, no_rels, no_rels_but, soon};
 
 // ----- states and mutations -----
 
@@ -163,6 +163,19 @@ fn single_to_multi_state_transition() {
     m.set(&["B", "C"], Args::new()).expect("known states");
     assert_states(&m, &["B", "C"]);
     history.assert_order(&["AExit", "BEnter", "CEnter", "BState", "CState"]);
+    history.assert_counts(1);
+}
+
+/// Go: TestMultiToMultiStateTransition (machine_test.go). Without `AD`, `AC`, `BD`, `BC`
+/// (part 3). Unrelated states keep the order of the mutation: D enters before C.
+#[test]
+fn multi_to_multi_state_transition() {
+    let m = no_rels(&["A", "B"]);
+    let history = History::track(&m);
+    m.set(&["D", "C"], Args::new()).expect("known states");
+    assert_states(&m, &["D", "C"]);
+    history.assert_order(&["AExit", "BExit", "DEnter", "CEnter", "CState"]);
+    history.assert_order(&["DState", "CState"]);
     history.assert_counts(1);
 }
 
