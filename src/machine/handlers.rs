@@ -2,7 +2,9 @@
 //!
 //! Negotiation handlers run before the clock changes and may cancel by returning `false`:
 //! `exit` of leaving states, `enter` of arriving states, then `any_enter`. Final handlers run
-//! after: `end` of left states, `state` of arrived states, then `any_state`. A
+//! after: `end` of left states, `state` of arrived states, then `any_state`. In an auto
+//! mutation, an auto state whose `enter` refuses is dropped, with what only it implied, and the
+//! other auto states go ahead (as in asyncmachine). A
 //! handler that returns an error or panics activates `Exception` with the error as argument.
 //! Handlers are plain functions bounded in time; long work is spawned and bound to a state
 //! context.

@@ -444,7 +444,42 @@ impl Machine {
             core.order = plan.targets;
             return Outcome::Executed;
         }
-        let arriving = self.arriving(&plan);
+        let rejected = {
+            let event = |state| Event {
+                machine: self,
+                mutation: &mutation,
+                plan: &plan,
+                before: &before,
+                state,
+            };
+            match self.negotiate(&handlers, &plan, &mutation.states, &event) {
+                Ok(rejected) => rejected,
+                Err(reason) => return self.canceled(&mutation, &reason),
+            }
+        };
+        // Partial acceptance of an auto mutation: resolve again without the refused states, so
+        // that what they would have implied or removed goes too. Handlers do not run again.
+        let plan = if rejected.is_empty() {
+            plan
+        } else {
+            let called: Vec<usize> = mutation
+                .states
+                .iter()
+                .copied()
+                .filter(|s| !rejected.contains(s))
+                .collect();
+            match resolve(schema, &before, &order, mutation.kind, &called, true) {
+                Ok(plan) if plan.changes_clock() => plan,
+                _ => {
+                    let reason = CancelReason::Refused {
+                        state: None,
+                        handler: HandlerKind::Enter.name(),
+                    };
+                    return self.canceled(&mutation, &reason);
+                }
+            }
+        };
+        let arriving: Vec<usize> = plan.arriving().collect();
         let event = |state| Event {
             machine: self,
             mutation: &mutation,
@@ -452,9 +487,6 @@ impl Machine {
             before: &before,
             state,
         };
-        if let Err(reason) = self.negotiate(&handlers, &plan, &arriving, &event) {
-            return self.canceled(&mutation, &reason);
-        }
 
         let (after, observers, queue_tick) = {
             let mut core = self.core();
@@ -521,27 +553,36 @@ impl Machine {
         Outcome::Canceled
     }
 
-    /// States that arrive (enter, or enter again), in handler order.
-    fn arriving(&self, plan: &Plan) -> Vec<usize> {
-        plan.arriving().collect()
-    }
-
+    /// Runs the negotiation handlers: `exit` of leaving states, `enter` of arriving states,
+    /// then `any_enter`. Returns the auto states whose `enter` refused in an auto mutation
+    /// (asyncmachine accepts the rest of it), or why the transition is canceled.
     fn negotiate<'e>(
         &self,
         handlers: &HandlerTable,
         plan: &Plan,
-        arriving: &[usize],
+        called: &[usize],
         event: &impl Fn(Option<usize>) -> Event<'e>,
-    ) -> Result<(), CancelReason> {
+    ) -> Result<Vec<usize>, CancelReason> {
+        let schema = self.schema_ref();
+        let mut rejected = Vec::new();
         // As in asyncmachine: the per-state handlers first, so that a state's refusal stops the
         // transition before the any-enter handler sees it.
         let steps = plan
             .exiting
             .iter()
             .map(|&s| (HandlerKind::Exit, Some(s)))
-            .chain(arriving.iter().map(|&s| (HandlerKind::Enter, Some(s))))
+            .chain(plan.arriving().map(|s| (HandlerKind::Enter, Some(s))))
             .chain(std::iter::once((HandlerKind::AnyEnter, None)));
         for (kind, state) in steps {
+            if kind == HandlerKind::AnyEnter && !rejected.is_empty() {
+                let mut accepted = plan.arriving().filter(|s| !rejected.contains(s));
+                if !accepted.any(|s| called.contains(&s)) {
+                    return Err(CancelReason::Refused {
+                        state: None,
+                        handler: HandlerKind::Enter.name(),
+                    });
+                }
+            }
             for f in handlers.negotiation(kind, state) {
                 let e = event(state);
                 let failure = match catch_unwind(AssertUnwindSafe(|| f(&e))) {
@@ -550,24 +591,27 @@ impl Machine {
                     Ok(Err(message)) => Some(message),
                     Err(panic) => Some(panic_message(panic.as_ref())),
                 };
-                let name = state.map(|s| self.schema_ref().name(s).to_owned());
                 let handler = kind.name();
-                return Err(match failure {
-                    None => CancelReason::Refused {
-                        state: name,
-                        handler,
-                    },
-                    Some(message) => {
-                        self.raise(&e, kind, message);
-                        CancelReason::HandlerFailed {
-                            state: name,
-                            handler,
-                        }
+                if let Some(message) = &failure {
+                    self.raise(&e, kind, message.clone());
+                }
+                match state {
+                    Some(s)
+                        if kind == HandlerKind::Enter && e.is_auto() && schema.resolved(s).auto =>
+                    {
+                        rejected.push(s);
+                        break;
                     }
+                    _ => {}
+                }
+                let state = state.map(|s| schema.name(s).to_owned());
+                return Err(match failure {
+                    None => CancelReason::Refused { state, handler },
+                    Some(_) => CancelReason::HandlerFailed { state, handler },
                 });
             }
         }
-        Ok(())
+        Ok(rejected)
     }
 
     fn call_finals(&self, finals: &[FinalFn], event: &Event<'_>, kind: HandlerKind) {

@@ -533,6 +533,28 @@ fn partial_auto_states() {
     assert_states(&m, &["A", "D"]);
 }
 
+/// Go: TestPartialAutoStatesByEnter (machine_test.go). B's enter refuses the auto mutation
+/// of A and B: A goes ahead, and D, which only B would have added, stays out.
+#[tokio::test]
+async fn partial_auto_states_by_enter() {
+    let m = machine(vec![
+        StateDef::new("A").auto(),
+        StateDef::new("B").auto().add(["D"]),
+        StateDef::new("C"),
+        StateDef::new("D"),
+    ]);
+    let b_state = Arc::new(Mutex::new(0));
+    m.on_enter("B", |_| false).expect("known state");
+    let b = b_state.clone();
+    m.on_state("B", move |_| *b.lock().expect("lock") += 1)
+        .expect("known state");
+    let adder = m.clone();
+    std::thread::spawn(move || adder.add(&["C"], Args::new()));
+    soon(m.when(&["C", "A"])).await.expect("not disposed");
+    assert_states(&m, &["C", "A"]);
+    assert_eq!(*b_state.lock().expect("lock"), 0, "BState must not run");
+}
+
 /// Go: TestPartialAuto (machine_test.go)
 #[test]
 fn partial_auto() {
