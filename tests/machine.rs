@@ -413,12 +413,12 @@ fn a_handler_error_activates_exception_with_the_error() {
         ));
     })
     .expect("Exception is in every schema");
-    assert_eq!(
-        m.add(&["A"], Args::new()),
-        Ok(Outcome::Executed),
-        "final handlers cannot cancel"
-    );
-    assert!(m.is(&["A", "Exception"]));
+    // As in asyncmachine, a failing final handler stops the transition: A's state handler did
+    // not complete, so A is deactivated again and the mutation reports `Canceled`.
+    assert_eq!(m.add(&["A"], Args::new()), Ok(Outcome::Canceled));
+    assert!(m.not(&["A"]));
+    assert_eq!(m.tick("A"), 2);
+    assert!(m.is1("Exception"));
     assert_eq!(*seen.lock().expect("lock"), ["disk full in state of A"]);
 }
 
@@ -447,10 +447,11 @@ fn a_failing_exception_handler_does_not_loop() {
     })
     .expect("known state");
     m.on_any_state(|_| Err::<(), _>("any_state fails every time"));
-    assert_eq!(m.add(&["A"], Args::new()), Ok(Outcome::Executed));
-    // A's failure and any_state's failure each raise once; failures inside Exception's own
-    // transitions only log.
-    assert_eq!(m.tick("Exception"), 3);
+    assert_eq!(m.add(&["A"], Args::new()), Ok(Outcome::Canceled));
+    // A's failure raises once and stops A's transition before any_state. The failure inside
+    // Exception's own transition only logs; it stops that transition too, so Exception is
+    // deactivated again (as in asyncmachine), and nothing is queued.
+    assert_eq!(m.tick("Exception"), 2);
     assert_eq!(m.queue_len(), 0);
 }
 

@@ -4,8 +4,16 @@
 //! `exit` of leaving states, `enter` of arriving states, then `any_enter`. Final handlers run
 //! after: `end` of left states, `state` of arrived states, then `any_state`. In an auto
 //! mutation, an auto state whose `enter` refuses is dropped, with what only it implied, and the
-//! other auto states go ahead (as in asyncmachine). A
-//! handler that returns an error or panics activates `Exception` with the error as argument.
+//! other auto states go ahead (as in asyncmachine).
+//!
+//! A handler that returns an error or panics activates `Exception` with the error as argument
+//! (queued first). A failing negotiation handler cancels the transition. A failing final
+//! handler stops it where it is, as in asyncmachine: later final handlers and the auto
+//! mutation do not run, the mutation's outcome is `Canceled`, and if it was the `state`
+//! handler of an arriving state, that state and those arriving after it are deactivated again
+//! (`add(A, B, C)` with B's `state` handler failing ends with A and `Exception` active). Rust
+//! handlers report failure with `Err` as Go's do with a panic, so both stop alike.
+//!
 //! Handlers are plain functions bounded in time; long work is spawned and bound to a state
 //! context.
 

@@ -488,49 +488,66 @@ impl Machine {
             state,
         };
 
-        let (after, observers, queue_tick) = {
+        let (observers, queue_tick) = {
             let mut core = self.core();
             let core = &mut *core;
             plan.apply(&mut core.ticks);
             core.order.clone_from(&plan.targets);
             core.queue_tick += 1;
             core.waiters.clock_changed(&core.ticks, plan.changed());
-            let after = if core.observers.is_empty() {
-                Vec::new()
-            } else {
-                core.ticks.clone()
-            };
-            (after, core.observers.snapshot(), core.queue_tick)
+            (core.observers.snapshot(), core.queue_tick)
         };
 
+        // As in asyncmachine, a failing final handler stops the transition there: the final
+        // handlers after it do not run, no auto mutation follows, and when it was the `state`
+        // handler of an arriving state, that state and the ones arriving after it are
+        // deactivated again (their handlers never completed).
+        let mut stopped = false;
+        let mut unfinished: &[usize] = &[];
         for &s in &plan.exiting {
-            self.call_finals(
-                handlers.finals(HandlerKind::End, Some(s)),
-                &event(Some(s)),
-                HandlerKind::End,
-            );
+            let finals = handlers.finals(HandlerKind::End, Some(s));
+            if !self.call_finals(finals, &event(Some(s)), HandlerKind::End) {
+                stopped = true;
+                break;
+            }
         }
-        for &s in &arriving {
-            self.call_finals(
-                handlers.finals(HandlerKind::State, Some(s)),
-                &event(Some(s)),
-                HandlerKind::State,
-            );
+        if !stopped {
+            for (i, &s) in arriving.iter().enumerate() {
+                let finals = handlers.finals(HandlerKind::State, Some(s));
+                if !self.call_finals(finals, &event(Some(s)), HandlerKind::State) {
+                    stopped = true;
+                    unfinished = &arriving[i..];
+                    break;
+                }
+            }
         }
-        self.call_finals(
-            handlers.finals(HandlerKind::AnyState, None),
-            &event(None),
-            HandlerKind::AnyState,
-        );
+        if !stopped {
+            let finals = handlers.finals(HandlerKind::AnyState, None);
+            stopped = !self.call_finals(finals, &event(None), HandlerKind::AnyState);
+        }
+        if !unfinished.is_empty() {
+            let mut core = self.core();
+            let core = &mut *core;
+            for &s in unfinished {
+                // Arrived states are active (odd ticks): one more tick deactivates them.
+                core.ticks[s] += 1;
+            }
+            core.order.retain(|s| !unfinished.contains(s));
+            core.waiters
+                .clock_changed(&core.ticks, unfinished.iter().copied());
+        }
 
         if !observers.is_empty() {
+            let after = self.core().ticks.clone();
             let transition = Transition {
                 kind: mutation.kind,
                 called: &mutation.states,
                 args: &mutation.args,
                 auto: mutation.auto,
             };
-            let changed: Vec<usize> = plan.changed().collect();
+            let changed: Vec<usize> = (0..after.len())
+                .filter(|&s| after[s] != before[s])
+                .collect();
             observers.clock_changed(&ClockChange {
                 before: &before,
                 after: &after,
@@ -538,6 +555,9 @@ impl Machine {
                 queue_tick,
                 transition: Some(&transition),
             });
+        }
+        if stopped {
+            return Outcome::Canceled;
         }
         if !mutation.auto {
             self.queue_auto();
@@ -614,7 +634,8 @@ impl Machine {
         Ok(rejected)
     }
 
-    fn call_finals(&self, finals: &[FinalFn], event: &Event<'_>, kind: HandlerKind) {
+    /// Runs final handlers until one fails (returns an error or panics); whether all succeeded.
+    fn call_finals(&self, finals: &[FinalFn], event: &Event<'_>, kind: HandlerKind) -> bool {
         for f in finals {
             let message = match catch_unwind(AssertUnwindSafe(|| f(event))) {
                 Ok(Ok(())) => continue,
@@ -622,12 +643,15 @@ impl Machine {
                 Err(panic) => panic_message(panic.as_ref()),
             };
             self.raise(event, kind, message);
+            return false;
         }
+        true
     }
 
-    /// Queues the activation of `Exception` for a failed handler, with the error as argument.
-    /// Failures while handling an `Exception` mutation are only logged, so a failing exception
-    /// handler cannot loop.
+    /// Queues the activation of `Exception` for a failed handler, with the error as argument,
+    /// at the head of the queue (as asyncmachine does), so it runs next. Failures while
+    /// handling an `Exception` mutation are only logged, so a failing exception handler cannot
+    /// loop.
     fn raise(&self, event: &Event<'_>, kind: HandlerKind, message: String) {
         let schema = self.schema_ref();
         let exception = schema.exception();
@@ -646,7 +670,7 @@ impl Machine {
         // Errors bypass the queue limit: losing one would hide the failure.
         self.core()
             .queue
-            .push_back(Mutation::new(MutationKind::Add, vec![exception], args).into());
+            .push_front(Mutation::new(MutationKind::Add, vec![exception], args).into());
     }
 
     /// Prepends an auto mutation of every inactive auto state, when there are any.

@@ -601,6 +601,24 @@ fn partial_negotiation_panic() {
     assert_states(&m, &["A", "Exception"]);
 }
 
+/// Go: TestPartialFinalPanic (machine_test.go): B's state handler panics in add(A, B, C).
+/// The transition stops there: B and C, whose state handlers did not complete, are
+/// deactivated again, and the mutation is canceled.
+#[test]
+fn partial_final_panic() {
+    let m = no_rels(&[]);
+    let c_state = Arc::new(Mutex::new(0));
+    m.on_state("B", |_| -> () { panic!("BState panic") })
+        .expect("known state");
+    let c = c_state.clone();
+    m.on_state("C", move |_| *c.lock().expect("lock") += 1)
+        .expect("known state");
+    assert_eq!(m.add(&["A", "B", "C"], Args::new()), Ok(Outcome::Canceled));
+    assert_states(&m, &["A", "Exception"]);
+    assert_eq!(*c_state.lock().expect("lock"), 0, "CState must not run");
+    assert_eq!(m.time(&["A", "B", "C"]), [1, 2, 2]);
+}
+
 // ----- clock and reads -----
 
 /// Go: TestTime (machine_test.go). Go's `Time.After` and `Time.Sum` are written out here
