@@ -908,3 +908,20 @@ fn state_ctx() {
     assert_states(&m, &[]);
     assert!(ctx.is_canceled(), "state context should be canceled");
 }
+
+/// Go: TestStateCtxBasic (machine_test.go): a context lives until its state's tick changes,
+/// for an inactive state as well.
+#[test]
+fn state_ctx_basic() {
+    let m = no_rels(&[]);
+    m.add(&["A"], Args::new()).expect("known states");
+    let ctx1 = m.state_ctx("A");
+    assert!(!ctx1.is_canceled());
+    m.remove(&["A"], Args::new()).expect("known states");
+    assert!(ctx1.is_canceled());
+
+    let ctx2 = m.state_ctx("B");
+    assert!(!ctx2.is_canceled(), "an inactive state's context lives on");
+    m.add(&["B"], Args::new()).expect("known states");
+    assert!(ctx2.is_canceled());
+}
