@@ -735,6 +735,31 @@ fn an_async_mutation_queued_behind_a_transition_resolves_with_its_real_outcome()
 }
 
 #[test]
+fn a_duplicate_of_a_queued_mutation_is_skipped_and_shares_its_outcome() {
+    let m = abc();
+    let (entered_rx, release_tx) = hold_in(&m, "A");
+    let m2 = m.clone();
+    let busy = std::thread::spawn(move || m2.add(&["A"], Args::new()));
+    entered_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("handler runs");
+    let first = StateSource::add(&m, &["B"], Args::new());
+    let second = StateSource::add(&m, &["B"], Args::new());
+    assert_eq!(m.queue_len(), 1, "the duplicate is not queued");
+    assert_eq!(m.add(&["B"], Args::new().with("n", 1)), Ok(Outcome::Queued));
+    assert_eq!(
+        m.queue_len(),
+        2,
+        "a mutation with arguments is never a duplicate"
+    );
+    release_tx.send(()).expect("worker alive");
+    assert_eq!(block_on(first), Ok(Outcome::Executed));
+    assert_eq!(block_on(second), Ok(Outcome::Executed));
+    assert_eq!(busy.join().expect("no panic"), Ok(Outcome::Executed));
+    assert_eq!(m.tick("B"), 1);
+}
+
+#[test]
 fn dispose_fails_queued_async_mutations() {
     let m = abc();
     let queued = Arc::new(Mutex::new(None));

@@ -2,7 +2,9 @@
 //!
 //! There is no thread or task of its own. A mutation runs on the thread that makes it; a
 //! mutation made while a transition is running (from a handler, or from another thread) is
-//! queued and run by the thread that is already processing, before that thread returns.
+//! queued and run by the thread that is already processing, before that thread returns. As in
+//! asyncmachine, a mutation that duplicates one already waiting in the queue (same kind and
+//! states, no arguments, no multi state) is skipped; its caller gets the waiting one's outcome.
 //! Handlers run without the machine's lock held, so they can read the machine; the lock guards
 //! only the clock, the queue, the waiters and the observer list.
 
@@ -54,18 +56,37 @@ struct Shared {
     queue_limit: usize,
 }
 
-/// A mutation waiting in the queue, with the slot of a caller who waits for its outcome.
+/// A mutation waiting in the queue, with the slots of callers who wait for its outcome (more
+/// than one when duplicates of it were skipped).
 struct Queued {
     mutation: Mutation,
-    done: Option<Arc<OutcomeSlot>>,
+    done: Vec<Arc<OutcomeSlot>>,
 }
 
 impl From<Mutation> for Queued {
     fn from(mutation: Mutation) -> Self {
         Queued {
             mutation,
-            done: None,
+            done: Vec::new(),
         }
+    }
+}
+
+impl Queued {
+    /// Whether `other` would do what this queued mutation does, as asyncmachine decides it
+    /// for skipping: same kind, the same states, and neither has arguments. Mutations of
+    /// multi states are never duplicates (each call is a new activation), nor are the
+    /// machine's own auto mutations.
+    fn duplicates(&self, other: &Mutation, schema: &Schema) -> bool {
+        let queued = &self.mutation;
+        !queued.auto
+            && !other.auto
+            && queued.kind == other.kind
+            && queued.args.is_empty()
+            && other.args.is_empty()
+            && queued.states.len() == other.states.len()
+            && other.states.iter().all(|s| queued.states.contains(s))
+            && !other.states.iter().any(|&s| schema.resolved(s).multi)
     }
 }
 
@@ -114,7 +135,7 @@ enum Submitted {
 /// Fails the waiting callers of mutations that will never run.
 fn abandon(queue: VecDeque<Queued>) {
     for queued in queue {
-        if let Some(done) = queued.done {
+        for done in queued.done {
             done.complete(Err(MutationError::Disposed));
         }
     }
@@ -371,6 +392,19 @@ impl Machine {
                 return Err(MutationError::Disposed);
             }
             if core.processing {
+                let schema = self.schema_ref();
+                if let Some(queued) = core
+                    .queue
+                    .iter_mut()
+                    .find(|q| q.duplicates(&mutation, schema))
+                {
+                    // As in asyncmachine, a duplicate of a queued mutation is skipped; a caller
+                    // who waits gets the queued one's outcome.
+                    debug!(machine = %self.shared.id, kind = %mutation.kind, "duplicate of a queued mutation; skipped");
+                    let done = track.then(|| Arc::new(OutcomeSlot::default()));
+                    queued.done.extend(done.clone());
+                    return Ok(Submitted::Queued(done));
+                }
                 let limit = self.shared.queue_limit;
                 if core.queue.len() >= limit {
                     warn!(machine = %self.shared.id, limit, "mutation queue full; refusing mutation");
@@ -379,7 +413,7 @@ impl Machine {
                 let done = track.then(|| Arc::new(OutcomeSlot::default()));
                 core.queue.push_back(Queued {
                     mutation,
-                    done: done.clone(),
+                    done: done.iter().cloned().collect(),
                 });
                 return Ok(Submitted::Queued(done));
             }
@@ -413,7 +447,7 @@ impl Machine {
                 }
             };
             let outcome = self.run(next.mutation);
-            if let Some(done) = next.done {
+            for done in next.done {
                 done.complete(Ok(outcome));
             }
         }

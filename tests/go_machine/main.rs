@@ -591,6 +591,31 @@ fn queue() {
     assert_states(&m, &["C", "B"]);
 }
 
+/// Go: TestNestedMutation (machine_test.go): a duplicate of a queued mutation (same kind and
+/// states, no arguments, no multi state) is skipped.
+#[test]
+fn nested_mutation() {
+    let m = no_rels(&["B"]);
+    let lengths = Arc::new(Mutex::new(Vec::new()));
+    let l = lengths.clone();
+    m.on_state("A", move |e| {
+        let m = e.machine();
+        let mut l = l.lock().expect("lock");
+        for _ in 0..3 {
+            assert_eq!(m.add(&["B"], Args::new()), Ok(Outcome::Queued));
+        }
+        l.push(m.queue_len());
+        m.remove(&["B"], Args::new()).expect("known");
+        l.push(m.queue_len());
+        m.remove(&["B"], Args::new()).expect("known");
+        l.push(m.queue_len());
+    })
+    .expect("known state");
+    m.add(&["A"], Args::new()).expect("known states");
+    assert_eq!(*lengths.lock().expect("lock"), [1, 2, 2]);
+    assert_states(&m, &["A"]);
+}
+
 /// Go: TestPartialNegotiationPanic (machine_test.go)
 #[test]
 fn partial_negotiation_panic() {
