@@ -778,3 +778,15 @@ fn dispose_fails_queued_async_mutations() {
         .expect("queued during the handler");
     assert_eq!(block_on(fut), Err(MutationError::Disposed));
 }
+
+#[test]
+fn a_disposed_machine_answers_reads_empty() {
+    let m = abc();
+    m.add(&["A", "B"], Args::new()).expect("taken in");
+    m.dispose();
+    assert!(m.active_states().is_empty());
+    assert!(m.clock().is_empty());
+    assert_eq!(m.time(&["A", "B"]), [0, 0]);
+    assert!(m.not(&["A", "B"]));
+    assert!(m.state_ctx("C").is_canceled());
+}

@@ -724,7 +724,9 @@ impl Machine {
     // ----- lifecycle and introspection -----
 
     /// Ends the machine: waiters end with [`WaitError::Disposed`], queued mutations are dropped
-    /// and new ones are refused.
+    /// and new ones are refused, and reads answer empty (no clock, every tick 0, no active
+    /// state), as asyncmachine's do. Go answers mutations of a disposed machine `Canceled`;
+    /// here they are [`MutationError::Disposed`], an error the caller can tell apart.
     pub fn dispose(&self) {
         let queued = {
             let mut core = self.core();
@@ -793,12 +795,22 @@ impl StateSource for Machine {
         self.shared.schema.clone()
     }
 
+    /// Empty once disposed, as asyncmachine answers reads of a disposed machine.
     fn clock(&self) -> Vec<u64> {
-        self.core().ticks.clone()
+        let core = self.core();
+        if core.disposed {
+            return Vec::new();
+        }
+        core.ticks.clone()
     }
 
+    /// 0 once disposed.
     fn tick_at(&self, idx: usize) -> u64 {
-        self.core().ticks.get(idx).copied().unwrap_or(0)
+        let core = self.core();
+        if core.disposed {
+            return 0;
+        }
+        core.ticks.get(idx).copied().unwrap_or(0)
     }
 
     fn queue_tick(&self) -> u64 {

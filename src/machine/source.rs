@@ -137,7 +137,7 @@ pub trait StateSource: Send + Sync {
 
     fn schema(&self) -> Arc<Schema>;
 
-    /// The whole clock: one tick per state, in schema order.
+    /// The whole clock: one tick per state, in schema order; empty for a disposed machine.
     fn clock(&self) -> Vec<u64>;
 
     /// The tick of the state at a position (0 outside the schema).
@@ -209,8 +209,9 @@ pub trait StateSource: Send + Sync {
 
     fn active_states(&self) -> Vec<String> {
         let schema = self.schema();
+        // A clock may be shorter than the schema: a disposed machine's is empty.
         let clock = self.clock();
-        (0..schema.len())
+        (0..schema.len().min(clock.len()))
             .filter(|&i| is_active(clock[i]))
             .map(|i| schema.name(i).to_owned())
             .collect()

@@ -66,7 +66,7 @@ use std::sync::{Arc, Mutex};
 
 use asyncmachine::machine::{
     Args, Event, MutationError, MutationKind, Outcome, Relation, Schema, SchemaError, StateDef,
-    StateSource, is_active,
+    StateSource, WaitError, is_active,
 };
 
 use helpers::{History, assert_states, machine, no_rels, no_rels_but, soon};
@@ -949,4 +949,34 @@ fn state_ctx_basic() {
     assert!(!ctx2.is_canceled(), "an inactive state's context lives on");
     m.add(&["B"], Args::new()).expect("known states");
     assert!(ctx2.is_canceled());
+}
+
+/// Go: TestDisposedNoOp (machine_test.go), for what exists here. Rust: mutations of a
+/// disposed machine are `Err(Disposed)` (Go: `Canceled`), and its waits end with
+/// `Err(Disposed)` (Go: a closed channel). Toggle, AddErrState, IsQueued, Has, String, Inspect,
+/// Eval and the queue-end waits are part 3 of issue 14.
+#[tokio::test]
+async fn disposed_no_op() {
+    let m = no_rels(&[]);
+    m.dispose();
+    for result in [
+        m.set(&["A"], Args::new()),
+        m.add(&["A"], Args::new()),
+        m.remove(&["A"], Args::new()),
+    ] {
+        assert_eq!(result, Err(MutationError::Disposed));
+    }
+    assert_eq!(
+        StateSource::add(&m, &["A"], Args::new()).await,
+        Err(MutationError::Disposed)
+    );
+    assert_eq!(m.queue_len(), 0);
+    assert!(m.active_states().is_empty());
+    assert!(m.clock().is_empty());
+    assert_eq!(m.tick("A"), 0);
+    assert!(!m.is1("A"));
+    assert_eq!(m.when(&["A"]).await, Err(WaitError::Disposed));
+    assert_eq!(m.when_not(&["A"]).await, Err(WaitError::Disposed));
+    assert_eq!(m.when_time(&["A"], &[0]).await, Err(WaitError::Disposed));
+    assert!(m.state_ctx("A").is_canceled());
 }
