@@ -23,6 +23,7 @@
 //!   and the clock say the same.
 //!
 //! Ported: 60. NOT PORTED (63), with the reason:
+//!
 //! Feature missing, part 3 of issue 14:
 //! - TestGetStateRelations, TestGetRelationsBetweenStates, TestGetRelationsBetween
 //!   (RelationsOf / RelationsBetween).
@@ -46,11 +47,14 @@
 //! - TestUnbindHandlers (bind / unbind).
 //! - TestAddErr (AddErr, AddErrState, PanicToErr).
 //! - TestOpts (tags, parent id, log level options), TestGroups (state groups).
+//!
 //! Feature missing, not in issue 14:
 //! - TestWhenQuery (a wait on an arbitrary predicate over the clock).
+//!
 //! Skipped or empty in Go itself (nothing to port):
 //! - TestAutoStatesHeartbeat, TestDoubleHandlers, TestQueueLimit, TestSubmachines,
 //!   TestAnyEnterHandler, TestHandlerDeadline.
+//!
 //! Not applicable in Rust:
 //! - TestChanReuse: Go hands identical waits one shared channel; a Rust future belongs to its
 //!   caller, and sharing would be an allocation detail, not behaviour.

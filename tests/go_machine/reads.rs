@@ -12,7 +12,14 @@ use crate::helpers::{assert_states, no_rels, no_rels_but};
 fn time() {
     let m = no_rels_but(vec![StateDef::new("B").multi()], &[]);
     let abcd = ["A", "B", "C", "D"];
-    let steps: [(MutationKind, &[&str], &[&str], [u64; 4]); 7] = [
+    // (mutation, called states, active states after, ticks of A B C D after)
+    type Step = (
+        MutationKind,
+        &'static [&'static str],
+        &'static [&'static str],
+        [u64; 4],
+    );
+    let steps: [Step; 7] = [
         (MutationKind::Add, &["A", "B"], &["A", "B"], [1, 1, 0, 0]),
         (MutationKind::Add, &["A", "B"], &["A", "B"], [1, 3, 0, 0]),
         (
