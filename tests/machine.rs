@@ -213,10 +213,10 @@ fn handlers_run_in_order_negotiation_then_final() {
     assert_eq!(
         log.take(),
         [
-            "any_enter:add",
             "B:exit",
             "A:enter",
             "C:enter",
+            "any_enter:add",
             "B:end",
             "A:state",
             "C:state",
@@ -230,12 +230,12 @@ fn a_negotiation_handler_can_cancel() {
     let m = abc();
     let log = Log::default();
     log_all(&m, &log, &["B"]);
-    // C's enter runs after B's (schema order), so B's negotiation is seen before the refusal.
+    // C's enter runs after B's (mutation order), so B's negotiation is seen before the refusal.
     m.on_enter("C", |e: &Event<'_>| {
         e.arg("allow").and_then(|v| v.as_bool()).unwrap_or(false)
     })
     .expect("known state");
-    assert_eq!(m.add(&["C", "B"], Args::new()), Ok(Outcome::Canceled));
+    assert_eq!(m.add(&["B", "C"], Args::new()), Ok(Outcome::Canceled));
     assert_eq!(log.take(), ["B:enter"], "final handlers must not run");
     assert!(m.not(&["B", "C"]));
     assert_eq!(
@@ -413,12 +413,12 @@ fn a_handler_error_activates_exception_with_the_error() {
         ));
     })
     .expect("Exception is in every schema");
-    assert_eq!(
-        m.add(&["A"], Args::new()),
-        Ok(Outcome::Executed),
-        "final handlers cannot cancel"
-    );
-    assert!(m.is(&["A", "Exception"]));
+    // As in asyncmachine, a failing final handler stops the transition: A's state handler did
+    // not complete, so A is deactivated again and the mutation reports `Canceled`.
+    assert_eq!(m.add(&["A"], Args::new()), Ok(Outcome::Canceled));
+    assert!(m.not(&["A"]));
+    assert_eq!(m.tick("A"), 2);
+    assert!(m.is1("Exception"));
     assert_eq!(*seen.lock().expect("lock"), ["disk full in state of A"]);
 }
 
@@ -447,10 +447,11 @@ fn a_failing_exception_handler_does_not_loop() {
     })
     .expect("known state");
     m.on_any_state(|_| Err::<(), _>("any_state fails every time"));
-    assert_eq!(m.add(&["A"], Args::new()), Ok(Outcome::Executed));
-    // A's failure and any_state's failure each raise once; failures inside Exception's own
-    // transitions only log.
-    assert_eq!(m.tick("Exception"), 3);
+    assert_eq!(m.add(&["A"], Args::new()), Ok(Outcome::Canceled));
+    // A's failure raises once and stops A's transition before any_state. The failure inside
+    // Exception's own transition only logs; it stops that transition too, so Exception is
+    // deactivated again (as in asyncmachine), and nothing is queued.
+    assert_eq!(m.tick("Exception"), 2);
     assert_eq!(m.queue_len(), 0);
 }
 
@@ -581,13 +582,13 @@ fn waiters_work_under_any_executor_across_threads() {
 #[test]
 fn a_state_context_is_canceled_when_its_state_ticks() {
     let m = machine(vec![StateDef::new("A"), StateDef::new("M").multi()]);
-    assert!(
-        m.state_ctx("A").is_canceled(),
-        "inactive state: canceled from the start"
-    );
+    // As in asyncmachine, the context of an inactive state lives until its tick changes.
+    let ctx_inactive = m.state_ctx("A");
+    assert!(!ctx_inactive.is_canceled(), "inactive state: lives on");
     assert!(m.state_ctx("Nope").is_canceled());
 
     m.add(&["A", "M"], Args::new()).expect("taken in");
+    assert!(ctx_inactive.is_canceled(), "A's tick changed");
     let ctx_a = m.state_ctx("A");
     let ctx_m = m.state_ctx("M");
     let mut canceled = ctx_a.canceled();
@@ -734,6 +735,31 @@ fn an_async_mutation_queued_behind_a_transition_resolves_with_its_real_outcome()
 }
 
 #[test]
+fn a_duplicate_of_a_queued_mutation_is_skipped_and_shares_its_outcome() {
+    let m = abc();
+    let (entered_rx, release_tx) = hold_in(&m, "A");
+    let m2 = m.clone();
+    let busy = std::thread::spawn(move || m2.add(&["A"], Args::new()));
+    entered_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("handler runs");
+    let first = StateSource::add(&m, &["B"], Args::new());
+    let second = StateSource::add(&m, &["B"], Args::new());
+    assert_eq!(m.queue_len(), 1, "the duplicate is not queued");
+    assert_eq!(m.add(&["B"], Args::new().with("n", 1)), Ok(Outcome::Queued));
+    assert_eq!(
+        m.queue_len(),
+        2,
+        "a mutation with arguments is never a duplicate"
+    );
+    release_tx.send(()).expect("worker alive");
+    assert_eq!(block_on(first), Ok(Outcome::Executed));
+    assert_eq!(block_on(second), Ok(Outcome::Executed));
+    assert_eq!(busy.join().expect("no panic"), Ok(Outcome::Executed));
+    assert_eq!(m.tick("B"), 1);
+}
+
+#[test]
 fn dispose_fails_queued_async_mutations() {
     let m = abc();
     let queued = Arc::new(Mutex::new(None));
@@ -751,4 +777,16 @@ fn dispose_fails_queued_async_mutations() {
         .take()
         .expect("queued during the handler");
     assert_eq!(block_on(fut), Err(MutationError::Disposed));
+}
+
+#[test]
+fn a_disposed_machine_answers_reads_empty() {
+    let m = abc();
+    m.add(&["A", "B"], Args::new()).expect("taken in");
+    m.dispose();
+    assert!(m.active_states().is_empty());
+    assert!(m.clock().is_empty());
+    assert_eq!(m.time(&["A", "B"]), [0, 0]);
+    assert!(m.not(&["A", "B"]));
+    assert!(m.state_ctx("C").is_canceled());
 }

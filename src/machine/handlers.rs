@@ -1,8 +1,19 @@
 //! Handlers: the functions a machine runs during a transition, and the [`Event`] they receive.
 //!
-//! Negotiation handlers (`enter`, `exit`, `any_enter`) run before the clock changes and may
-//! cancel by returning `false`; final handlers (`state`, `end`, `any_state`) run after. A
-//! handler that returns an error or panics activates `Exception` with the error as argument.
+//! Negotiation handlers run before the clock changes and may cancel by returning `false`:
+//! `exit` of leaving states, `enter` of arriving states, then `any_enter`. Final handlers run
+//! after: `end` of left states, `state` of arrived states, then `any_state`. In an auto
+//! mutation, an auto state whose `enter` refuses is dropped, with what only it implied, and the
+//! other auto states go ahead (as in asyncmachine).
+//!
+//! A handler that returns an error or panics activates `Exception` with the error as argument
+//! (queued first). A failing negotiation handler cancels the transition. A failing final
+//! handler stops it where it is, as in asyncmachine: later final handlers and the auto
+//! mutation do not run, the mutation's outcome is `Canceled`, and if it was the `state`
+//! handler of an arriving state, that state and those arriving after it are deactivated again
+//! (`add(A, B, C)` with B's `state` handler failing ends with A and `Exception` active). Rust
+//! handlers report failure with `Err` as Go's do with a panic, so both stop alike.
+//!
 //! Handlers are plain functions bounded in time; long work is spawned and bound to a state
 //! context.
 
@@ -61,11 +72,7 @@ impl<'a> Event<'a> {
 
     pub fn entering(&self) -> impl Iterator<Item = &'a str> + 'a {
         let schema: &'a Schema = self.machine.schema_ref();
-        self.plan
-            .entering
-            .iter()
-            .chain(&self.plan.reentering)
-            .map(move |&s| schema.name(s))
+        self.plan.arriving().map(move |s| schema.name(s))
     }
 
     pub fn exiting(&self) -> impl Iterator<Item = &'a str> + 'a {

@@ -2,7 +2,9 @@
 //!
 //! There is no thread or task of its own. A mutation runs on the thread that makes it; a
 //! mutation made while a transition is running (from a handler, or from another thread) is
-//! queued and run by the thread that is already processing, before that thread returns.
+//! queued and run by the thread that is already processing, before that thread returns. As in
+//! asyncmachine, a mutation that duplicates one already waiting in the queue (same kind and
+//! states, no arguments, no multi state) is skipped; its caller gets the waiting one's outcome.
 //! Handlers run without the machine's lock held, so they can read the machine; the lock guards
 //! only the clock, the queue, the waiters and the observer list.
 
@@ -54,18 +56,37 @@ struct Shared {
     queue_limit: usize,
 }
 
-/// A mutation waiting in the queue, with the slot of a caller who waits for its outcome.
+/// A mutation waiting in the queue, with the slots of callers who wait for its outcome (more
+/// than one when duplicates of it were skipped).
 struct Queued {
     mutation: Mutation,
-    done: Option<Arc<OutcomeSlot>>,
+    done: Vec<Arc<OutcomeSlot>>,
 }
 
 impl From<Mutation> for Queued {
     fn from(mutation: Mutation) -> Self {
         Queued {
             mutation,
-            done: None,
+            done: Vec::new(),
         }
+    }
+}
+
+impl Queued {
+    /// Whether `other` would do what this queued mutation does, as asyncmachine decides it
+    /// for skipping: same kind, the same states, and neither has arguments. Mutations of
+    /// multi states are never duplicates (each call is a new activation), nor are the
+    /// machine's own auto mutations.
+    fn duplicates(&self, other: &Mutation, schema: &Schema) -> bool {
+        let queued = &self.mutation;
+        !queued.auto
+            && !other.auto
+            && queued.kind == other.kind
+            && queued.args.is_empty()
+            && other.args.is_empty()
+            && queued.states.len() == other.states.len()
+            && other.states.iter().all(|s| queued.states.contains(s))
+            && !other.states.iter().any(|&s| schema.resolved(s).multi)
     }
 }
 
@@ -114,7 +135,7 @@ enum Submitted {
 /// Fails the waiting callers of mutations that will never run.
 fn abandon(queue: VecDeque<Queued>) {
     for queued in queue {
-        if let Some(done) = queued.done {
+        for done in queued.done {
             done.complete(Err(MutationError::Disposed));
         }
     }
@@ -122,6 +143,9 @@ fn abandon(queue: VecDeque<Queued>) {
 
 struct Core {
     ticks: Vec<u64>,
+    /// The active states in the order the last transition listed them (its plan's targets):
+    /// asyncmachine orders the handlers of unrelated states by it.
+    order: Vec<usize>,
     queue: VecDeque<Queued>,
     queue_tick: u64,
     /// Whether some thread is running transitions (and will drain the queue).
@@ -176,6 +200,7 @@ impl MachineBuilder {
                 schema: self.schema,
                 core: Mutex::new(Core {
                     ticks: vec![0; n],
+                    order: Vec::new(),
                     queue: VecDeque::new(),
                     queue_tick: 0,
                     processing: false,
@@ -250,8 +275,8 @@ impl Machine {
         self.register_final(HandlerKind::End, state, f)
     }
 
-    /// Negotiation handler of every transition that changes the clock; runs before the
-    /// per-state ones.
+    /// Negotiation handler of every transition that changes the clock; runs after the
+    /// per-state `exit` and `enter` handlers, and only when none of them refused.
     pub fn on_any_enter<F, R>(&self, f: F)
     where
         F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
@@ -367,6 +392,19 @@ impl Machine {
                 return Err(MutationError::Disposed);
             }
             if core.processing {
+                let schema = self.schema_ref();
+                if let Some(queued) = core
+                    .queue
+                    .iter_mut()
+                    .find(|q| q.duplicates(&mutation, schema))
+                {
+                    // As in asyncmachine, a duplicate of a queued mutation is skipped; a caller
+                    // who waits gets the queued one's outcome.
+                    debug!(machine = %self.shared.id, kind = %mutation.kind, "duplicate of a queued mutation; skipped");
+                    let done = track.then(|| Arc::new(OutcomeSlot::default()));
+                    queued.done.extend(done.clone());
+                    return Ok(Submitted::Queued(done));
+                }
                 let limit = self.shared.queue_limit;
                 if core.queue.len() >= limit {
                     warn!(machine = %self.shared.id, limit, "mutation queue full; refusing mutation");
@@ -375,7 +413,7 @@ impl Machine {
                 let done = track.then(|| Arc::new(OutcomeSlot::default()));
                 core.queue.push_back(Queued {
                     mutation,
-                    done: done.clone(),
+                    done: done.iter().cloned().collect(),
                 });
                 return Ok(Submitted::Queued(done));
             }
@@ -409,7 +447,7 @@ impl Machine {
                 }
             };
             let outcome = self.run(next.mutation);
-            if let Some(done) = next.done {
+            for done in next.done {
                 done.complete(Ok(outcome));
             }
         }
@@ -419,10 +457,14 @@ impl Machine {
     fn run(&self, mutation: Mutation) -> Outcome {
         let schema = self.schema_ref();
         let handlers = lock(&self.shared.handlers).clone();
-        let before = self.core().ticks.clone();
+        let (before, order) = {
+            let core = self.core();
+            (core.ticks.clone(), core.order.clone())
+        };
         let plan = match resolve(
             schema,
             &before,
+            &order,
             mutation.kind,
             &mutation.states,
             mutation.auto,
@@ -431,10 +473,47 @@ impl Machine {
             Err(reason) => return self.canceled(&mutation, &reason),
         };
         if !plan.changes_clock() {
-            self.core().queue_tick += 1;
+            let mut core = self.core();
+            core.queue_tick += 1;
+            core.order = plan.targets;
             return Outcome::Executed;
         }
-        let arriving = self.arriving(&plan);
+        let rejected = {
+            let event = |state| Event {
+                machine: self,
+                mutation: &mutation,
+                plan: &plan,
+                before: &before,
+                state,
+            };
+            match self.negotiate(&handlers, &plan, &mutation.states, &event) {
+                Ok(rejected) => rejected,
+                Err(reason) => return self.canceled(&mutation, &reason),
+            }
+        };
+        // Partial acceptance of an auto mutation: resolve again without the refused states, so
+        // that what they would have implied or removed goes too. Handlers do not run again.
+        let plan = if rejected.is_empty() {
+            plan
+        } else {
+            let called: Vec<usize> = mutation
+                .states
+                .iter()
+                .copied()
+                .filter(|s| !rejected.contains(s))
+                .collect();
+            match resolve(schema, &before, &order, mutation.kind, &called, true) {
+                Ok(plan) if plan.changes_clock() => plan,
+                _ => {
+                    let reason = CancelReason::Refused {
+                        state: None,
+                        handler: HandlerKind::Enter.name(),
+                    };
+                    return self.canceled(&mutation, &reason);
+                }
+            }
+        };
+        let arriving: Vec<usize> = plan.arriving().collect();
         let event = |state| Event {
             machine: self,
             mutation: &mutation,
@@ -442,52 +521,67 @@ impl Machine {
             before: &before,
             state,
         };
-        if let Err(reason) = self.negotiate(&handlers, &plan, &arriving, &event) {
-            return self.canceled(&mutation, &reason);
-        }
 
-        let (after, observers, queue_tick) = {
+        let (observers, queue_tick) = {
             let mut core = self.core();
             let core = &mut *core;
             plan.apply(&mut core.ticks);
+            core.order.clone_from(&plan.targets);
             core.queue_tick += 1;
             core.waiters.clock_changed(&core.ticks, plan.changed());
-            let after = if core.observers.is_empty() {
-                Vec::new()
-            } else {
-                core.ticks.clone()
-            };
-            (after, core.observers.snapshot(), core.queue_tick)
+            (core.observers.snapshot(), core.queue_tick)
         };
 
+        // As in asyncmachine, a failing final handler stops the transition there: the final
+        // handlers after it do not run, no auto mutation follows, and when it was the `state`
+        // handler of an arriving state, that state and the ones arriving after it are
+        // deactivated again (their handlers never completed).
+        let mut stopped = false;
+        let mut unfinished: &[usize] = &[];
         for &s in &plan.exiting {
-            self.call_finals(
-                handlers.finals(HandlerKind::End, Some(s)),
-                &event(Some(s)),
-                HandlerKind::End,
-            );
+            let finals = handlers.finals(HandlerKind::End, Some(s));
+            if !self.call_finals(finals, &event(Some(s)), HandlerKind::End) {
+                stopped = true;
+                break;
+            }
         }
-        for &s in &arriving {
-            self.call_finals(
-                handlers.finals(HandlerKind::State, Some(s)),
-                &event(Some(s)),
-                HandlerKind::State,
-            );
+        if !stopped {
+            for (i, &s) in arriving.iter().enumerate() {
+                let finals = handlers.finals(HandlerKind::State, Some(s));
+                if !self.call_finals(finals, &event(Some(s)), HandlerKind::State) {
+                    stopped = true;
+                    unfinished = &arriving[i..];
+                    break;
+                }
+            }
         }
-        self.call_finals(
-            handlers.finals(HandlerKind::AnyState, None),
-            &event(None),
-            HandlerKind::AnyState,
-        );
+        if !stopped {
+            let finals = handlers.finals(HandlerKind::AnyState, None);
+            stopped = !self.call_finals(finals, &event(None), HandlerKind::AnyState);
+        }
+        if !unfinished.is_empty() {
+            let mut core = self.core();
+            let core = &mut *core;
+            for &s in unfinished {
+                // Arrived states are active (odd ticks): one more tick deactivates them.
+                core.ticks[s] += 1;
+            }
+            core.order.retain(|s| !unfinished.contains(s));
+            core.waiters
+                .clock_changed(&core.ticks, unfinished.iter().copied());
+        }
 
         if !observers.is_empty() {
+            let after = self.core().ticks.clone();
             let transition = Transition {
                 kind: mutation.kind,
                 called: &mutation.states,
                 args: &mutation.args,
                 auto: mutation.auto,
             };
-            let changed: Vec<usize> = plan.changed().collect();
+            let changed: Vec<usize> = (0..after.len())
+                .filter(|&s| after[s] != before[s])
+                .collect();
             observers.clock_changed(&ClockChange {
                 before: &before,
                 after: &after,
@@ -495,6 +589,9 @@ impl Machine {
                 queue_tick,
                 transition: Some(&transition),
             });
+        }
+        if stopped {
+            return Outcome::Canceled;
         }
         if !mutation.auto {
             self.queue_auto();
@@ -510,32 +607,36 @@ impl Machine {
         Outcome::Canceled
     }
 
-    /// States that arrive (enter, or enter again), in handler order.
-    fn arriving(&self, plan: &Plan) -> Vec<usize> {
-        if plan.reentering.is_empty() {
-            return plan.entering.clone();
-        }
-        let mut arriving: Vec<usize> = plan
-            .entering
-            .iter()
-            .chain(&plan.reentering)
-            .copied()
-            .collect();
-        arriving.sort_by_key(|&s| self.schema_ref().handler_rank(s));
-        arriving
-    }
-
+    /// Runs the negotiation handlers: `exit` of leaving states, `enter` of arriving states,
+    /// then `any_enter`. Returns the auto states whose `enter` refused in an auto mutation
+    /// (asyncmachine accepts the rest of it), or why the transition is canceled.
     fn negotiate<'e>(
         &self,
         handlers: &HandlerTable,
         plan: &Plan,
-        arriving: &[usize],
+        called: &[usize],
         event: &impl Fn(Option<usize>) -> Event<'e>,
-    ) -> Result<(), CancelReason> {
-        let steps = std::iter::once((HandlerKind::AnyEnter, None))
-            .chain(plan.exiting.iter().map(|&s| (HandlerKind::Exit, Some(s))))
-            .chain(arriving.iter().map(|&s| (HandlerKind::Enter, Some(s))));
+    ) -> Result<Vec<usize>, CancelReason> {
+        let schema = self.schema_ref();
+        let mut rejected = Vec::new();
+        // As in asyncmachine: the per-state handlers first, so that a state's refusal stops the
+        // transition before the any-enter handler sees it.
+        let steps = plan
+            .exiting
+            .iter()
+            .map(|&s| (HandlerKind::Exit, Some(s)))
+            .chain(plan.arriving().map(|s| (HandlerKind::Enter, Some(s))))
+            .chain(std::iter::once((HandlerKind::AnyEnter, None)));
         for (kind, state) in steps {
+            if kind == HandlerKind::AnyEnter && !rejected.is_empty() {
+                let mut accepted = plan.arriving().filter(|s| !rejected.contains(s));
+                if !accepted.any(|s| called.contains(&s)) {
+                    return Err(CancelReason::Refused {
+                        state: None,
+                        handler: HandlerKind::Enter.name(),
+                    });
+                }
+            }
             for f in handlers.negotiation(kind, state) {
                 let e = event(state);
                 let failure = match catch_unwind(AssertUnwindSafe(|| f(&e))) {
@@ -544,27 +645,31 @@ impl Machine {
                     Ok(Err(message)) => Some(message),
                     Err(panic) => Some(panic_message(panic.as_ref())),
                 };
-                let name = state.map(|s| self.schema_ref().name(s).to_owned());
                 let handler = kind.name();
-                return Err(match failure {
-                    None => CancelReason::Refused {
-                        state: name,
-                        handler,
-                    },
-                    Some(message) => {
-                        self.raise(&e, kind, message);
-                        CancelReason::HandlerFailed {
-                            state: name,
-                            handler,
-                        }
+                if let Some(message) = &failure {
+                    self.raise(&e, kind, message.clone());
+                }
+                match state {
+                    Some(s)
+                        if kind == HandlerKind::Enter && e.is_auto() && schema.resolved(s).auto =>
+                    {
+                        rejected.push(s);
+                        break;
                     }
+                    _ => {}
+                }
+                let state = state.map(|s| schema.name(s).to_owned());
+                return Err(match failure {
+                    None => CancelReason::Refused { state, handler },
+                    Some(_) => CancelReason::HandlerFailed { state, handler },
                 });
             }
         }
-        Ok(())
+        Ok(rejected)
     }
 
-    fn call_finals(&self, finals: &[FinalFn], event: &Event<'_>, kind: HandlerKind) {
+    /// Runs final handlers until one fails (returns an error or panics); whether all succeeded.
+    fn call_finals(&self, finals: &[FinalFn], event: &Event<'_>, kind: HandlerKind) -> bool {
         for f in finals {
             let message = match catch_unwind(AssertUnwindSafe(|| f(event))) {
                 Ok(Ok(())) => continue,
@@ -572,12 +677,15 @@ impl Machine {
                 Err(panic) => panic_message(panic.as_ref()),
             };
             self.raise(event, kind, message);
+            return false;
         }
+        true
     }
 
-    /// Queues the activation of `Exception` for a failed handler, with the error as argument.
-    /// Failures while handling an `Exception` mutation are only logged, so a failing exception
-    /// handler cannot loop.
+    /// Queues the activation of `Exception` for a failed handler, with the error as argument,
+    /// at the head of the queue (as asyncmachine does), so it runs next. Failures while
+    /// handling an `Exception` mutation are only logged, so a failing exception handler cannot
+    /// loop.
     fn raise(&self, event: &Event<'_>, kind: HandlerKind, message: String) {
         let schema = self.schema_ref();
         let exception = schema.exception();
@@ -596,7 +704,7 @@ impl Machine {
         // Errors bypass the queue limit: losing one would hide the failure.
         self.core()
             .queue
-            .push_back(Mutation::new(MutationKind::Add, vec![exception], args).into());
+            .push_front(Mutation::new(MutationKind::Add, vec![exception], args).into());
     }
 
     /// Prepends an auto mutation of every inactive auto state, when there are any.
@@ -616,7 +724,9 @@ impl Machine {
     // ----- lifecycle and introspection -----
 
     /// Ends the machine: waiters end with [`WaitError::Disposed`], queued mutations are dropped
-    /// and new ones are refused.
+    /// and new ones are refused, and reads answer empty (no clock, every tick 0, no active
+    /// state), as asyncmachine's do. Go answers mutations of a disposed machine `Canceled`;
+    /// here they are [`MutationError::Disposed`], an error the caller can tell apart.
     pub fn dispose(&self) {
         let queued = {
             let mut core = self.core();
@@ -685,12 +795,22 @@ impl StateSource for Machine {
         self.shared.schema.clone()
     }
 
+    /// Empty once disposed, as asyncmachine answers reads of a disposed machine.
     fn clock(&self) -> Vec<u64> {
-        self.core().ticks.clone()
+        let core = self.core();
+        if core.disposed {
+            return Vec::new();
+        }
+        core.ticks.clone()
     }
 
+    /// 0 once disposed.
     fn tick_at(&self, idx: usize) -> u64 {
-        self.core().ticks.get(idx).copied().unwrap_or(0)
+        let core = self.core();
+        if core.disposed {
+            return 0;
+        }
+        core.ticks.get(idx).copied().unwrap_or(0)
     }
 
     fn queue_tick(&self) -> u64 {

@@ -2,7 +2,8 @@
 //! the reason the mutation is canceled. A pure function of its inputs; handlers, queues and
 //! clocks are the machine's business.
 //!
-//! Order, as in asyncmachine: expand adds, drop blocked, apply removes, check requires, sort.
+//! Order, as in asyncmachine: expand adds, drop blocked, apply removes, check requires, sort
+//! (mutation order, then [`Schema::sort_states`]; see [`Plan`]).
 //! Every state in play has a class, and a higher class wins a conflict:
 //! - **called**: named by an `add`/`set` mutation. Two called states that remove one another
 //!   cancel the mutation; so does a called state blocked by an active state that stays, or a
@@ -101,6 +102,11 @@ impl fmt::Display for CancelReason {
 }
 
 /// The accepted outcome of resolution: who leaves, who arrives, each in handler order.
+///
+/// Handler order is asyncmachine's: the called states in mutation order, then the states that
+/// stay active (in the order they were left), then implied states; sorted by
+/// [`Schema::sort_states`] (`require` post-order, then `after`). Leaving states keep the order
+/// they were active in, sorted the same way.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Active before, inactive after.
@@ -109,6 +115,8 @@ pub struct Plan {
     pub entering: Vec<usize>,
     /// Active multi states called again: a new activation (tick + 2).
     pub reentering: Vec<usize>,
+    /// Every state active after, in handler order; the next resolution's `active_order`.
+    pub targets: Vec<usize>,
 }
 
 impl Plan {
@@ -125,6 +133,14 @@ impl Plan {
         for &s in &self.reentering {
             ticks[s] += 2;
         }
+    }
+
+    /// The states that arrive (enter, or enter again), in handler order.
+    pub fn arriving(&self) -> impl Iterator<Item = usize> + '_ {
+        self.targets
+            .iter()
+            .copied()
+            .filter(|s| self.entering.contains(s) || self.reentering.contains(s))
     }
 
     /// The states whose ticks the plan changes.
@@ -160,9 +176,14 @@ pub fn is_active(tick: u64) -> bool {
 
 /// Resolves a mutation against a clock. With `auto`, the called states are only tried (an auto
 /// mutation accepts whatever part it can). Called positions must be inside the schema.
+///
+/// `active_order` is the order of the active states, as the previous plan's `targets` left
+/// them (states it misses follow in schema order): it decides the order of the handlers of
+/// states that no relation orders.
 pub fn resolve(
     schema: &Schema,
     ticks: &[u64],
+    active_order: &[usize],
     kind: MutationKind,
     called: &[usize],
     auto: bool,
@@ -170,7 +191,15 @@ pub fn resolve(
     let mut excluded = vec![false; schema.len()];
     loop {
         match attempt(schema, ticks, kind, called, auto, &excluded) {
-            Attempt::Accepted(class) => return Ok(plan(schema, ticks, kind, &class)),
+            Attempt::Accepted(class) => {
+                let order = Order {
+                    ticks,
+                    active_order,
+                    kind,
+                    called,
+                };
+                return Ok(plan(schema, &order, &class));
+            }
             Attempt::DropImplied(s) => excluded[s] = true,
             Attempt::Canceled(reason) => return Err(reason),
         }
@@ -310,29 +339,83 @@ fn attempt(
     }
 }
 
-fn plan(schema: &Schema, ticks: &[u64], kind: MutationKind, class: &[Class]) -> Plan {
-    let mut plan = Plan::default();
-    for (s, &c) in class.iter().enumerate() {
-        let before = is_active(ticks[s]);
-        let after = c != Class::Absent;
-        match (before, after) {
-            (true, false) => plan.exiting.push(s),
-            (false, true) => plan.entering.push(s),
-            (true, true)
-                if c == Class::Called
-                    && kind != MutationKind::Remove
-                    && schema.resolved(s).multi =>
-            {
-                plan.reentering.push(s)
-            }
-            _ => {}
+/// What decides the order of a plan's states besides relations.
+struct Order<'a> {
+    ticks: &'a [u64],
+    active_order: &'a [usize],
+    kind: MutationKind,
+    called: &'a [usize],
+}
+
+fn plan(schema: &Schema, order: &Order<'_>, class: &[Class]) -> Plan {
+    let n = schema.len();
+    let was_active = |s: usize| is_active(order.ticks[s]);
+    // The states active before, in the order the previous transition left them.
+    let mut listed = vec![false; n];
+    let mut before: Vec<usize> = Vec::with_capacity(n);
+    for &s in order.active_order.iter().chain(&(0..n).collect::<Vec<_>>()) {
+        if s < n && was_active(s) && !listed[s] {
+            listed[s] = true;
+            before.push(s);
         }
     }
-    let rank = |s: &usize| schema.handler_rank(*s);
-    plan.exiting.sort_by_key(rank);
-    plan.entering.sort_by_key(rank);
-    plan.reentering.sort_by_key(rank);
-    plan
+
+    // Targets as asyncmachine lists them before sorting: the called states in mutation order,
+    // then the states that stay active, then the states implied by `add`, as found.
+    let mut taken = vec![false; n];
+    let mut targets = Vec::with_capacity(n);
+    let mut take = |s: usize, targets: &mut Vec<usize>| {
+        if class[s] != Class::Absent && !taken[s] {
+            taken[s] = true;
+            targets.push(s);
+        }
+    };
+    if order.kind != MutationKind::Remove {
+        for &s in order.called {
+            take(s, &mut targets);
+        }
+    }
+    for &s in &before {
+        take(s, &mut targets);
+    }
+    let mut i = 0;
+    while i < targets.len() {
+        for &a in &schema.resolved(targets[i]).add {
+            take(a, &mut targets);
+        }
+        i += 1;
+    }
+    for s in 0..n {
+        take(s, &mut targets);
+    }
+    schema.sort_states(&mut targets);
+
+    let mut exiting: Vec<usize> = before
+        .into_iter()
+        .filter(|&s| class[s] == Class::Absent)
+        .collect();
+    schema.sort_states(&mut exiting);
+    let entering = targets
+        .iter()
+        .copied()
+        .filter(|&s| !was_active(s))
+        .collect();
+    let reentering = targets
+        .iter()
+        .copied()
+        .filter(|&s| {
+            was_active(s)
+                && class[s] == Class::Called
+                && order.kind != MutationKind::Remove
+                && schema.resolved(s).multi
+        })
+        .collect();
+    Plan {
+        exiting,
+        entering,
+        reentering,
+        targets,
+    }
 }
 
 #[cfg(test)]
@@ -364,7 +447,7 @@ mod tests {
 
         fn run(&mut self, kind: MutationKind, names: &[&str]) -> Result<Plan, CancelReason> {
             let called = self.idx(names);
-            let plan = resolve(&self.schema, &self.ticks, kind, &called, false)?;
+            let plan = resolve(&self.schema, &self.ticks, &[], kind, &called, false)?;
             plan.apply(&mut self.ticks);
             Ok(plan)
         }
@@ -570,7 +653,8 @@ mod tests {
             StateDef::new("Start"),
         ]);
         let called = f.idx(&["Ready", "Idle"]);
-        let plan = resolve(&f.schema, &f.ticks, MutationKind::Add, &called, true).expect("partial");
+        let plan =
+            resolve(&f.schema, &f.ticks, &[], MutationKind::Add, &called, true).expect("partial");
         plan.apply(&mut f.ticks);
         assert_eq!(f.active(), ["Idle"]);
     }
@@ -586,5 +670,33 @@ mod tests {
             .run(MutationKind::Add, &["A", "B", "C"])
             .expect("executes");
         assert_eq!(plan.entering, f.idx(&["B", "A", "C"]));
+    }
+
+    #[test]
+    fn unrelated_states_keep_mutation_order() {
+        let mut f = Fixture::new(vec![
+            StateDef::new("A"),
+            StateDef::new("B"),
+            StateDef::new("C"),
+            StateDef::new("D"),
+        ]);
+        let plan = f.run(MutationKind::Set, &["D", "C"]).expect("executes");
+        assert_eq!(plan.entering, f.idx(&["D", "C"]));
+        let order = plan.targets.clone();
+        let called = f.idx(&["A"]);
+        let plan = resolve(
+            &f.schema,
+            &f.ticks,
+            &order,
+            MutationKind::Set,
+            &called,
+            false,
+        )
+        .expect("executes");
+        assert_eq!(
+            plan.exiting,
+            f.idx(&["D", "C"]),
+            "in the order they were active"
+        );
     }
 }

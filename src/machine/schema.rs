@@ -2,8 +2,12 @@
 //!
 //! A [`SchemaDef`] is plain data (built in Rust with [`StateDef`]'s builder methods, or loaded
 //! with serde from a topology file); [`Schema`] is its validated form, with relations resolved
-//! to state positions, the handler order computed and a stable hash. Nothing here runs a
-//! transition: that is `resolve`'s job.
+//! to state positions, the `require` order of handlers computed and a stable hash. Nothing
+//! here runs a transition: that is `resolve`'s job.
+//!
+//! Differs from asyncmachine on purpose: a state listing itself in a relation is refused with
+//! [`SchemaError::SelfRelation`], where Go drops the entry silently; a schema that says
+//! something impossible is a mistake to report, not to mend.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -142,6 +146,7 @@ pub(crate) struct Resolved {
     pub require: Vec<usize>,
     pub add: Vec<usize>,
     pub remove: Vec<usize>,
+    pub after: Vec<usize>,
     pub auto: bool,
     pub multi: bool,
 }
@@ -154,8 +159,9 @@ pub struct Schema {
     def: SchemaDef,
     index: HashMap<String, usize>,
     resolved: Vec<Resolved>,
-    /// Position of each state in handler order (`after` and `require` respected).
-    handler_rank: Vec<u32>,
+    /// Each state's place in the depth-first post-order of the `require` graph (required
+    /// states first); `None` for states outside it, and for all when `require` has a cycle.
+    require_rank: Vec<Option<u32>>,
     hash: u64,
     exception: usize,
 }
@@ -207,25 +213,25 @@ impl Schema {
             Ok(out)
         };
         let mut resolved = Vec::with_capacity(def.states.len());
-        let mut after = Vec::with_capacity(def.states.len());
         for state in &def.states {
             resolved.push(Resolved {
                 require: lookup(state, Relation::Require, &state.require)?,
                 add: lookup(state, Relation::Add, &state.add)?,
                 remove: lookup(state, Relation::Remove, &state.remove)?,
+                after: lookup(state, Relation::After, &state.after)?,
                 auto: state.auto,
                 multi: state.multi,
             });
-            after.push(lookup(state, Relation::After, &state.after)?);
         }
-        let handler_rank = handler_order(&def, &resolved, &after)?;
+        check_after_cycles(&def, &resolved)?;
+        let require_rank = require_order(&resolved);
         let exception = index[EXCEPTION];
         let hash = schema_hash(&def);
         Ok(Schema {
             def,
             index,
             resolved,
-            handler_rank,
+            require_rank,
             hash,
             exception,
         })
@@ -278,8 +284,25 @@ impl Schema {
         &self.resolved[idx]
     }
 
-    pub(crate) fn handler_rank(&self, idx: usize) -> u32 {
-        self.handler_rank[idx]
+    /// Sorts states into handler order, as asyncmachine does: first by the depth-first
+    /// post-order of the `require` graph (a state after the states it requires; states outside
+    /// that graph first), keeping the given order among equals; then a state listed in
+    /// another's `after` is moved before it. The second pass compares only direct `after`
+    /// links, with an insertion sort, so that it orders exactly as the Go original does.
+    pub fn sort_states(&self, states: &mut [usize]) {
+        states.sort_by_key(|&s| self.require_rank[s].map_or(-1, i64::from));
+        for i in 1..states.len() {
+            let mut j = i;
+            while j > 0 && self.runs_before(states[j], states[j - 1]) {
+                states.swap(j, j - 1);
+                j -= 1;
+            }
+        }
+    }
+
+    /// Whether `a`'s handlers must run before `b`'s by a direct `after` link.
+    fn runs_before(&self, a: usize, b: usize) -> bool {
+        !self.resolved[a].after.contains(&b) && self.resolved[b].after.contains(&a)
     }
 
     /// Positions of the named states, or the first unknown name.
@@ -319,31 +342,64 @@ impl SchemaBuilder {
     }
 }
 
-/// Orders handlers: a state runs after the states in its `after` list and, where that leaves a
-/// choice, after the states it requires; ties keep schema order. `after` cycles are errors;
-/// `require` edges are dropped when they would make a cycle (two states may require each other).
-fn handler_order(
-    def: &SchemaDef,
-    resolved: &[Resolved],
-    after: &[Vec<usize>],
-) -> Result<Vec<u32>, SchemaError> {
-    let with_require: Vec<Vec<usize>> = after
-        .iter()
-        .zip(resolved)
-        .map(|(a, r)| a.iter().chain(&r.require).copied().collect())
-        .collect();
-    if let Some(order) = topo_sort(&with_require) {
-        return Ok(ranks(&order));
+/// `after` cycles are errors: the handlers of the states in one cannot be ordered.
+fn check_after_cycles(def: &SchemaDef, resolved: &[Resolved]) -> Result<(), SchemaError> {
+    let after: Vec<Vec<usize>> = resolved.iter().map(|r| r.after.clone()).collect();
+    if topo_sort(&after).is_some() {
+        return Ok(());
     }
-    match topo_sort(after) {
-        Some(order) => Ok(ranks(&order)),
-        None => {
-            let cyclic = cycle_members(after)
-                .into_iter()
-                .map(|i| def.states[i].name.clone());
-            Err(SchemaError::AfterCycle(cyclic.collect()))
+    let cyclic = cycle_members(&after)
+        .into_iter()
+        .map(|i| def.states[i].name.clone());
+    Err(SchemaError::AfterCycle(cyclic.collect()))
+}
+
+/// Depth-first post-order of the `require` graph: from each state that requires others (in
+/// schema order), visit its requirements in the order listed, and number a state once all it
+/// requires is numbered. A cycle leaves every state unranked: the order then falls back to
+/// the `after` pass alone (two states may require each other).
+fn require_order(resolved: &[Resolved]) -> Vec<Option<u32>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    let n = resolved.len();
+    let mut rank = vec![None; n];
+    let mut mark = vec![Mark::New; n];
+    let mut next = 0u32;
+    for root in (0..n).filter(|&s| !resolved[s].require.is_empty()) {
+        if mark[root] != Mark::New {
+            continue;
+        }
+        // (state, how many of its requirements were visited)
+        let mut stack = vec![(root, 0usize)];
+        mark[root] = Mark::Open;
+        while let Some((s, visited)) = stack.last_mut() {
+            let s = *s;
+            match resolved[s].require.get(*visited) {
+                Some(&r) => {
+                    *visited += 1;
+                    match mark[r] {
+                        Mark::New => {
+                            mark[r] = Mark::Open;
+                            stack.push((r, 0));
+                        }
+                        Mark::Open => return vec![None; n],
+                        Mark::Done => {}
+                    }
+                }
+                None => {
+                    mark[s] = Mark::Done;
+                    rank[s] = Some(next);
+                    next += 1;
+                    stack.pop();
+                }
+            }
         }
     }
+    rank
 }
 
 /// Kahn's algorithm; `deps[i]` lists the states that must come before `i`. Among ready states
@@ -369,14 +425,6 @@ fn topo_sort(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
         }
     }
     (order.len() == n).then_some(order)
-}
-
-fn ranks(order: &[usize]) -> Vec<u32> {
-    let mut rank = vec![0; order.len()];
-    for (r, &i) in order.iter().enumerate() {
-        rank[i] = r as u32;
-    }
-    rank
 }
 
 /// States left over when Kahn's algorithm stalls: the members of (or behind) a cycle.
@@ -430,7 +478,7 @@ mod tests {
     use super::*;
 
     fn names(schema: &Schema, mut idx: Vec<usize>) -> Vec<&str> {
-        idx.sort_by_key(|&i| schema.handler_rank(i));
+        schema.sort_states(&mut idx);
         idx.into_iter().map(|i| schema.name(i)).collect()
     }
 
@@ -494,7 +542,18 @@ mod tests {
     }
 
     #[test]
-    fn handler_order_follows_after_then_require_then_schema_order() {
+    fn handler_order_is_require_post_order_then_after() {
+        // Go: the resolver part of TestRequireOrder.
+        let schema = Schema::builder()
+            .state(StateDef::new("A").require(["B", "C"]))
+            .state(StateDef::new("B").require(["D"]))
+            .state(StateDef::new("C"))
+            .state(StateDef::new("D"))
+            .build()
+            .expect("valid");
+        for given in [vec![0, 1, 2, 3], vec![2, 3, 0, 1], vec![3, 0, 2, 1]] {
+            assert_eq!(names(&schema, given), ["D", "B", "C", "A"]);
+        }
         let schema = Schema::builder()
             .state(StateDef::new("A").after(["C"]))
             .state(StateDef::new("B").require(["D"]))
@@ -503,16 +562,17 @@ mod tests {
             .build()
             .expect("valid");
         assert_eq!(names(&schema, vec![0, 1, 2, 3]), ["C", "A", "D", "B"]);
+        assert_eq!(names(&schema, vec![3, 2, 1, 0]), ["C", "A", "D", "B"]);
     }
 
     #[test]
-    fn mutual_requires_are_allowed() {
+    fn mutual_requires_are_allowed_and_keep_the_given_order() {
         let schema = Schema::builder()
             .state(StateDef::new("A").require(["B"]))
             .state(StateDef::new("B").require(["A"]))
             .build()
             .expect("mutual require is valid");
-        assert_eq!(names(&schema, vec![1, 0]), ["A", "B"]);
+        assert_eq!(names(&schema, vec![1, 0]), ["B", "A"]);
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub trait StateSource: Send + Sync {
 
     fn schema(&self) -> Arc<Schema>;
 
-    /// The whole clock: one tick per state, in schema order.
+    /// The whole clock: one tick per state, in schema order; empty for a disposed machine.
     fn clock(&self) -> Vec<u64>;
 
     /// The tick of the state at a position (0 outside the schema).
@@ -149,13 +149,10 @@ pub trait StateSource: Send + Sync {
     /// A future that resolves when `condition` holds.
     fn wait(&self, condition: Condition) -> When;
 
-    /// A context canceled when the state at `idx` changes its tick; canceled from the start
-    /// for an inactive state.
+    /// A context canceled when the state at `idx` changes its tick. As in asyncmachine, that
+    /// holds for an inactive state too: its context lives until the state is activated.
     fn state_ctx_at(&self, idx: usize) -> StateCtx {
         let tick = self.tick_at(idx);
-        if !is_active(tick) {
-            return StateCtx::canceled_from_start();
-        }
         // The tick may move between the read and the registration; then the condition already
         // holds and the context starts canceled, which is what it should be.
         StateCtx::new(self.wait(Condition::TickChanged(idx, tick)))
@@ -212,8 +209,9 @@ pub trait StateSource: Send + Sync {
 
     fn active_states(&self) -> Vec<String> {
         let schema = self.schema();
+        // A clock may be shorter than the schema: a disposed machine's is empty.
         let clock = self.clock();
-        (0..schema.len())
+        (0..schema.len().min(clock.len()))
             .filter(|&i| is_active(clock[i]))
             .map(|i| schema.name(i).to_owned())
             .collect()
@@ -266,8 +264,8 @@ pub trait StateSource: Send + Sync {
         self.wait(Condition::Active(vec![exception]))
     }
 
-    /// A context canceled when the state's tick changes; canceled at once for an inactive or
-    /// unknown state.
+    /// A context canceled when the state's tick changes (for an inactive state: when it is
+    /// activated); canceled at once for an unknown state.
     fn state_ctx(&self, state: &str) -> StateCtx {
         match self.schema().index(state) {
             Some(i) => self.state_ctx_at(i),

@@ -317,9 +317,9 @@ impl Drop for When {
     }
 }
 
-/// A cancellation bound to one activation of a state: it fires when that state's tick changes
-/// (the state leaves, or a multi state is activated again). Created for an inactive state, it
-/// is canceled from the start. Clones share one registration.
+/// A cancellation bound to one tick of a state: it fires when that state's tick changes (the
+/// state leaves, or a multi state is activated again; for an inactive state, it is activated),
+/// as asyncmachine's state contexts do. Clones share one registration.
 #[derive(Clone, Debug)]
 pub struct StateCtx {
     inner: Arc<When>,

@@ -1,0 +1,194 @@
+//! Ported tests of states, mutations and relations.
+
+use asyncmachine::machine::{Args, MutationError, Outcome, StateDef, StateSource};
+
+use crate::helpers::{History, assert_states, machine, no_rels, no_rels_but};
+
+/// Go: TestSingleStateActive (machine_test.go)
+#[test]
+fn single_state_active() {
+    let m = no_rels(&["A"]);
+    assert_states(&m, &["A"]);
+}
+
+/// Go: TestMultipleStatesActive (machine_test.go)
+#[test]
+fn multiple_states_active() {
+    let m = no_rels(&["A"]);
+    m.add(&["B"], Args::new()).expect("known states");
+    assert_states(&m, &["A", "B"]);
+}
+
+/// Go: TestExposeAllStateNames (machine_test.go)
+#[test]
+fn expose_all_state_names() {
+    let m = no_rels(&["A"]);
+    let names: Vec<String> = m.schema().names().map(str::to_owned).collect();
+    assert_eq!(names, ["A", "B", "C", "D", "Exception"]);
+}
+
+/// Go: TestStateSet (machine_test.go)
+#[test]
+fn state_set() {
+    let m = no_rels(&["A"]);
+    m.set(&["B"], Args::new()).expect("known states");
+    assert_states(&m, &["B"]);
+}
+
+/// Go: TestStateAdd (machine_test.go)
+#[test]
+fn state_add() {
+    let m = no_rels(&["A"]);
+    m.add(&["B"], Args::new()).expect("known states");
+    assert_states(&m, &["A", "B"]);
+}
+
+/// Go: TestStateRemove (machine_test.go)
+#[test]
+fn state_remove() {
+    let m = no_rels(&["B", "C"]);
+    m.remove(&["C"], Args::new()).expect("known states");
+    assert_states(&m, &["B"]);
+}
+
+/// Go: TestPanicWhenStateIsUnknown (machine_test.go). Rust: an error, not a panic.
+#[test]
+fn panic_when_state_is_unknown() {
+    let m = no_rels(&["A"]);
+    assert_eq!(
+        m.set(&["E"], Args::new()),
+        Err(MutationError::UnknownState("E".into()))
+    );
+    assert_states(&m, &["A"]);
+}
+
+/// Go: TestTransitionToActiveState (machine_test.go)
+#[test]
+fn transition_to_active_state() {
+    let m = no_rels(&["A", "B"]);
+    let history = History::track(&m);
+    m.set(&["A"], Args::new()).expect("known states");
+    assert_states(&m, &["A"]);
+    assert_eq!(history.count("AExit"), 0);
+}
+
+/// Go: TestRemoveRelation (machine_test.go)
+#[test]
+fn remove_relation() {
+    let m = no_rels_but(vec![StateDef::new("C").remove(["D"])], &["D"]);
+    m.add(&["C"], Args::new()).expect("known states");
+    assert_states(&m, &["C"]);
+}
+
+/// Go: TestRemoveRelationSimultaneous (machine_test.go)
+#[test]
+fn remove_relation_simultaneous() {
+    let m = no_rels_but(vec![StateDef::new("C").remove(["D"])], &["D"]);
+    assert_eq!(m.set(&["C", "D"], Args::new()), Ok(Outcome::Canceled));
+    assert_states(&m, &["D"]);
+}
+
+/// Go: TestRemoveRelationCrossBlocking (machine_test.go), its four cases.
+#[test]
+fn remove_relation_cross_blocking() {
+    let cross = || {
+        no_rels_but(
+            vec![
+                StateDef::new("C").remove(["D"]),
+                StateDef::new("D").remove(["C"]),
+            ],
+            &["D"],
+        )
+    };
+    // Set de-activates the old one, both ways.
+    for both_ways in [false, true] {
+        let m = cross();
+        m.set(&["C"], Args::new()).expect("known states");
+        assert_states(&m, &["C"]);
+        if both_ways {
+            m.set(&["D"], Args::new()).expect("known states");
+            assert_states(&m, &["D"]);
+        }
+    }
+    // Add de-activates the old one, both ways.
+    for both_ways in [false, true] {
+        let m = cross();
+        m.add(&["C"], Args::new()).expect("known states");
+        assert_states(&m, &["C"]);
+        if both_ways {
+            m.add(&["D"], Args::new()).expect("known states");
+            assert_states(&m, &["D"]);
+        }
+    }
+}
+
+/// Go: TestAddRelation (machine_test.go)
+#[test]
+fn add_relation() {
+    let m = no_rels_but(
+        vec![
+            StateDef::new("A").remove(["D"]),
+            StateDef::new("C").add(["D"]),
+        ],
+        &[],
+    );
+    m.set(&["C"], Args::new()).expect("known states");
+    assert_states(&m, &["C", "D"]);
+    m.set(&["A", "C"], Args::new()).expect("known states");
+    assert_states(&m, &["A", "C"]);
+}
+
+/// Go: TestRequireRelation (machine_test.go)
+#[test]
+fn require_relation() {
+    let m = no_rels_but(vec![StateDef::new("C").require(["D"])], &["A"]);
+    m.set(&["C", "D"], Args::new()).expect("known states");
+    assert_states(&m, &["C", "D"]);
+}
+
+/// Go: TestRequireRelationWhenRequiredIsntActive (machine_test.go)
+#[test]
+fn require_relation_when_required_isnt_active() {
+    let m = no_rels_but(vec![StateDef::new("C").require(["D"])], &["A"]);
+    assert_eq!(m.set(&["C", "A"], Args::new()), Ok(Outcome::Canceled));
+    assert_states(&m, &["A"]);
+}
+
+/// Go: TestRemoveMultiImplied (machine_test.go)
+#[test]
+fn remove_multi_implied() {
+    let m = no_rels_but(
+        vec![
+            StateDef::new("A").multi().add(["B"]).require(["C"]),
+            StateDef::new("B").require(["C"]),
+        ],
+        &["A", "B", "C"],
+    );
+    m.remove(&["B"], Args::new()).expect("known states");
+    assert_states(&m, &["A", "C"]);
+}
+
+/// Go: TestRegressionRemoveCrossBlockedByImplied (machine_test.go)
+#[test]
+fn regression_remove_cross_blocked_by_implied() {
+    let m = machine(vec![
+        StateDef::new("A").remove(["B"]),
+        StateDef::new("B").remove(["A"]),
+        StateDef::new("Z").add(["B"]),
+    ]);
+    m.set(&["Z"], Args::new()).expect("known states");
+    assert_states(&m, &["Z", "B"]);
+}
+
+/// Go: TestRegressionImpliedBlockByBeingRemoved (machine_test.go)
+#[test]
+fn regression_implied_block_by_being_removed() {
+    let m = machine(vec![
+        StateDef::new("Dry").remove(["Wet"]),
+        StateDef::new("Water").add(["Wet"]).remove(["Dry"]),
+        StateDef::new("Wet").require(["Water"]),
+    ]);
+    m.set(&["Dry"], Args::new()).expect("known states");
+    m.set(&["Water"], Args::new()).expect("known states");
+    assert_states(&m, &["Water", "Wet"]);
+}
