@@ -1,0 +1,284 @@
+//! The command line's arguments, per command.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use asyncmachine::transport::{Endpoint, Scheme, TlsConfig, TransportConfig};
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Args)]
+pub(crate) struct FaultProxyArgs {
+    /// Where to forward: host:port.
+    pub(crate) target: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The topology file (TOML), e.g. topologies/demo.toml.
+    pub(crate) file: PathBuf,
+    /// Run only this node (repeatable): one file deploys a tree across hosts.
+    #[arg(long = "node")]
+    pub(crate) nodes: Vec<String>,
+    /// Print what the nodes hold this often (milliseconds); 0 for never.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) report_ms: u64,
+}
+
+/// TLS material for tls://, quic:// and wss:// endpoints.
+#[derive(Debug, Args)]
+pub(crate) struct TlsArgs {
+    /// PEM CA to verify the server with.
+    #[arg(long, global = true)]
+    pub(crate) ca: Option<PathBuf>,
+    /// PEM certificate to present (mutual TLS); with --key.
+    #[arg(long, global = true, requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, global = true, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The transport for `endpoint`: TLS-based schemes need --ca to verify the server.
+    pub(crate) fn transport(&self, endpoint: &Endpoint) -> anyhow::Result<TransportConfig> {
+        if self.ca.is_none() && matches!(endpoint.scheme, Scheme::Tls | Scheme::Quic | Scheme::Wss)
+        {
+            bail!(
+                "{}:// needs the CA that signed the server's certificate: pass --ca FILE (ca.pem from `am-node certs`), and --cert and --key if the server requires a client certificate",
+                endpoint.scheme.as_str()
+            );
+        }
+        if self.ca.is_none() && self.cert.is_none() {
+            return Ok(TransportConfig::default());
+        }
+        let tls = TlsConfig::from_pem_files(
+            self.cert.as_deref(),
+            self.key.as_deref(),
+            self.ca.as_deref(),
+            false,
+        )
+        .context("cannot load the TLS files")?;
+        Ok(TransportConfig::with_tls(tls))
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Connect {
+    /// Where the machine is served: tcp://host:port/MACHINE (the machine may be left out when
+    /// the node serves only one). Through am-relay: ws://relay:port/TARGET, with the relay's
+    /// token as ?token=T when it differs from --token.
+    pub(crate) endpoint: String,
+    /// The server's token, if it needs one. Over ws:// and wss:// it also goes in the
+    /// WebSocket upgrade (?token=), which is where am-relay looks for its token.
+    #[arg(long)]
+    pub(crate) token: Option<String>,
+    /// The client id to present: what the node's `acl.allow`, `see` and `mutate` lists name
+    /// (default: am-node-COMMAND-PID). Under mutual TLS the certificate's name wins.
+    #[arg(long)]
+    pub(crate) id: Option<String>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    #[command(flatten)]
+    pub(crate) connect: Connect,
+    /// Print the current states once and exit.
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Exit (code 0) once this state is active.
+    #[arg(long)]
+    pub(crate) until: Option<String>,
+    /// Give up (exit code 1) after this many seconds.
+    #[arg(long)]
+    pub(crate) timeout: Option<f64>,
+    /// Print every tick, not just the active states.
+    #[arg(long)]
+    pub(crate) ticks: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MutateArgs {
+    #[command(flatten)]
+    pub(crate) connect: Connect,
+    /// The states to mutate.
+    #[arg(required = true)]
+    pub(crate) states: Vec<String>,
+    /// An argument for the handlers, key=value (repeatable); numbers and true/false are typed.
+    #[arg(long = "arg", value_name = "KEY=VALUE")]
+    pub(crate) args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The node: tcp://host:port (or tls://, quic://, ws://, wss://).
+    pub(crate) endpoint: String,
+    /// The node's token (`acl.token` in its topology), if it needs one.
+    #[arg(long)]
+    pub(crate) token: Option<String>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsArgs {
+    /// Where to write the files.
+    pub(crate) dir: PathBuf,
+    /// Names to issue certificates for (each name is the identity its certificate proves).
+    #[arg(required = true)]
+    pub(crate) names: Vec<String>,
+    /// Replace the CA in DIR with a new one. Without it, a CA already in DIR (ca.pem, ca.key)
+    /// signs the new certificates, so those it signed before keep verifying.
+    #[arg(long)]
+    pub(crate) new_ca: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Scenario {
+    /// subscribe-get-process: a mirror waits for Event, reads ValueN locally, calls CallOp
+    /// synchronously; bytes counted by a TCP proxy between mirror and server.
+    Sgp(SgpArgs),
+    /// Propagation from a root through a chain of mirrors (1..N hops), and the round trip of a
+    /// mutation from the deepest mirror to the root and back.
+    Chain(ChainArgs),
+    /// What am-relay costs: a small WebSocket echo through the relay against bare TCP, and the
+    /// bulk rate of large messages bridged each way.
+    Relay(RelayArgs),
+    /// One server, N mirrors: convergence after a flip at the root, sustained throughput, lag.
+    Fanout(FanoutArgs),
+    /// Wire bytes of a large schema's handshake and of each single-state change, with and
+    /// without zstd.
+    Bytes(BytesArgs),
+    /// The root side of `fanout --split`, run by it as a child process: serves the root,
+    /// prints its endpoint, then follows commands on stdin.
+    #[command(hide = true)]
+    FanoutRoot(FanoutRootArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FanoutRootArgs {
+    #[arg(long)]
+    pub(crate) mirrors: usize,
+    #[arg(long, default_value = "tcp")]
+    pub(crate) transport: String,
+    #[arg(long, default_value_t = 2)]
+    pub(crate) threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BytesArgs {
+    /// States in the schema.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) states: usize,
+    /// Single-state changes to count.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) changes: u64,
+    /// Transport between mirror and server: tcp, tls, quic, ws or wss.
+    #[arg(long, default_value = "tcp")]
+    pub(crate) transport: String,
+    /// Also print the result as one JSON line at the end.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FanoutArgs {
+    /// Mirror counts to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [10usize, 100, 1000])]
+    pub(crate) mirrors: Vec<usize>,
+    /// Flips for the convergence figures.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) flips: u64,
+    /// Milliseconds of sustained mutation.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) sustained_ms: u64,
+    /// Transport between mirrors and server: tcp, tls, quic, ws or wss.
+    #[arg(long, default_value = "tcp")]
+    pub(crate) transport: String,
+    /// Tokio worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) threads: usize,
+    /// Run the root and its server in a child process (it hands its CA to this one for the
+    /// TLS-based transports): this process then needs one descriptor per mirror instead of
+    /// two, which 10 000 TCP, TLS or WebSocket mirrors need here, and the root's writers and
+    /// the mirrors' readers no longer share one scheduler.
+    #[arg(long)]
+    pub(crate) split: bool,
+    /// Also print the result as one JSON line at the end.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
+    /// Echo round trips measured each way (direct and through the relay).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) round_trips: u64,
+    /// Bytes per echo message.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) message: usize,
+    /// Bytes per bulk message.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub(crate) bulk_message: usize,
+    /// MiB moved each way in the bulk runs.
+    #[arg(long, default_value_t = 512)]
+    pub(crate) bulk_mib: u64,
+    /// Tokio worker threads; 1 runs client, relay and target on one thread.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+    /// Also print the result as one JSON line at the end.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ChainArgs {
+    /// Mirrors in the chain.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) hops: usize,
+    /// Measured changes (and as many round trips).
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) iterations: u64,
+    /// Changes before measuring.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) warmup: u64,
+    /// Transport between the nodes: tcp, tls, quic, ws or wss.
+    #[arg(long, default_value = "tcp")]
+    pub(crate) transport: String,
+    /// Tokio worker threads; 1 runs every node on one thread.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+    /// Also print the result as one JSON object on the last line.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SgpArgs {
+    /// Measured loops.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) loops: u64,
+    /// Loops before measuring.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) warmup: u64,
+    /// Transport between mirror and server: tcp, tls, quic, ws or wss.
+    #[arg(long, default_value = "tcp")]
+    pub(crate) transport: String,
+    /// Ask for zstd compression.
+    #[arg(long)]
+    pub(crate) compression: bool,
+    /// Mirror -> am-relay (ws) -> node (tcp) instead of mirror -> node.
+    #[arg(long)]
+    pub(crate) via_relay: bool,
+    /// Tokio worker threads; 1 runs mirror, proxy and server on one thread (no cross-CPU
+    /// wake-ups: the protocol's own cost).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+    /// Also print the result as one JSON object on the last line.
+    #[arg(long)]
+    pub(crate) json: bool,
+}

@@ -1,0 +1,216 @@
+//! `am-node bench`: runs a scenario of am-node's library and prints its report.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::args::*;
+use crate::runtime;
+
+pub(crate) fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
+    use am_node::bench::sgp::{SgpOptions, run};
+    let options = SgpOptions {
+        loops: args.loops,
+        warmup: args.warmup,
+        compression: args.compression,
+        transport: am_node::bench::scheme(&args.transport)?,
+        via_relay: args.via_relay,
+    };
+    let progress = progress("sgp loops");
+    let report = runtime(args.threads)?
+        .block_on(run(&options, &progress))
+        .context("bench sgp failed")?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{report}")?;
+    json_line(&mut out, args.json, &report)?;
+    anyhow::ensure!(
+        report.errors == 0,
+        "the worker counted {} errors",
+        report.errors
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
+    use am_node::bench::chain::{ChainOptions, run};
+    anyhow::ensure!((1..=16).contains(&args.hops), "--hops must be 1 to 16");
+    let options = ChainOptions {
+        hops: args.hops,
+        iterations: args.iterations,
+        warmup: args.warmup,
+        transport: am_node::bench::scheme(&args.transport)?,
+    };
+    let progress = progress("chain");
+    let report = runtime(args.threads)?
+        .block_on(run(&options, &progress))
+        .context("bench chain failed")?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{report}")?;
+    json_line(&mut out, args.json, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn bench_relay(args: &RelayArgs) -> anyhow::Result<ExitCode> {
+    use am_node::bench::relay::{RelayOptions, run};
+    let options = RelayOptions {
+        round_trips: args.round_trips,
+        message: args.message,
+        bulk_message: args.bulk_message,
+        bulk_bytes: args.bulk_mib << 20,
+    };
+    let progress = progress("relay");
+    let report = runtime(args.threads)?
+        .block_on(run(&options, &progress))
+        .context("bench relay failed")?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{report}")?;
+    json_line(&mut out, args.json, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the open-file limit to what `needed` descriptors require (root may raise the hard
+/// limit too).
+pub(crate) fn raise_nofile(needed: u64) -> anyhow::Result<()> {
+    let (soft, hard) = rlimit::Resource::NOFILE
+        .get()
+        .context("cannot read the open-file limit")?;
+    if soft >= needed {
+        return Ok(());
+    }
+    let target = needed.max(soft);
+    let result = if target <= hard {
+        rlimit::Resource::NOFILE.set(target, hard)
+    } else {
+        rlimit::Resource::NOFILE.set(target, target)
+    };
+    result.with_context(|| {
+        format!("{needed} file descriptors needed, the limit is {soft} (hard {hard}) and cannot be raised; run as root or raise `ulimit -n`")
+    })
+}
+
+pub(crate) fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
+    use am_node::bench::fanout::{FanoutOptions, FanoutTable, run_with};
+    use asyncmachine::transport::Scheme;
+    let transport = am_node::bench::scheme(&args.transport)?;
+    let largest = args.mirrors.iter().copied().max().unwrap_or(0) as u64;
+    // Both ends of every connection live in this process unless split; QUIC needs one socket
+    // per client and one for the server.
+    let per_mirror = if transport == Scheme::Quic || args.split {
+        1
+    } else {
+        2
+    };
+    raise_nofile(largest * per_mirror + 256)?;
+    let rt = runtime(args.threads)?;
+    let mut reports = Vec::new();
+    for &mirrors in &args.mirrors {
+        let options = FanoutOptions {
+            mirrors,
+            flips: args.flips,
+            sustained: Duration::from_millis(args.sustained_ms),
+            transport,
+        };
+        let progress = |done: u64, total: u64| {
+            let end = if done == total { "\n" } else { "" };
+            let _ = write!(
+                std::io::stderr(),
+                "\rfanout {mirrors}: {done}/{total} mirrors connected{end}"
+            );
+        };
+        let report = rt.block_on(async {
+            let remote = if args.split {
+                Some(spawn_root(&args.transport, mirrors, args.threads).await?)
+            } else {
+                None
+            };
+            anyhow::Ok(run_with(&options, remote, &progress).await?)
+        });
+        reports
+            .push(report.with_context(|| format!("bench fanout with {mirrors} mirrors failed"))?);
+    }
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", FanoutTable(&reports))?;
+    json_line(&mut out, args.json, &reports)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The root of `bench fanout --split`: this same program, `bench fanout-root`, as a child
+/// process driven over its stdin and stdout; killed when the root is dropped.
+pub(crate) async fn spawn_root(
+    transport: &str,
+    mirrors: usize,
+    threads: usize,
+) -> anyhow::Result<am_node::bench::fanout::RemoteRoot> {
+    let exe = std::env::current_exe().context("cannot find this program to run the root")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["bench", "fanout-root", "--transport", transport])
+        .args(["--mirrors", &mirrors.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the root's process")?;
+    let (Some(commands), Some(replies)) = (child.stdin.take(), child.stdout.take()) else {
+        anyhow::bail!("the root's process has no stdin or stdout");
+    };
+    let replies = tokio::io::BufReader::new(replies);
+    am_node::bench::fanout::RemoteRoot::start(commands, replies, child)
+        .await
+        .context("starting the root's process")
+}
+
+pub(crate) fn bench_fanout_root(args: &FanoutRootArgs) -> anyhow::Result<ExitCode> {
+    let transport = am_node::bench::scheme(&args.transport)?;
+    raise_nofile(args.mirrors as u64 + 256)?;
+    runtime(args.threads)?
+        .block_on(am_node::bench::fanout::serve_remote_root(
+            transport,
+            args.mirrors,
+            tokio::io::BufReader::new(tokio::io::stdin()),
+            tokio::io::stdout(),
+        ))
+        .context("serving the fanout root")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn bench_bytes(args: &BytesArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.states > 0, "--states must be at least 1");
+    let reports = runtime(1)?
+        .block_on(am_node::bench::bytes::run(
+            args.states,
+            args.changes,
+            am_node::bench::scheme(&args.transport)?,
+        ))
+        .context("bench bytes failed")?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", am_node::bench::bytes::BytesTable(&reports))?;
+    json_line(&mut out, args.json, &reports)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `label: done/total` on one stderr line (stdout stays the table and the JSON line).
+pub(crate) fn progress(label: &'static str) -> impl Fn(u64, u64) {
+    move |done, total| {
+        let end = if done == total { "\n" } else { "" };
+        let _ = write!(std::io::stderr(), "\r{label}: {done}/{total}{end}");
+    }
+}
+
+/// Prints a report as one JSON line when asked.
+pub(crate) fn json_line(
+    out: &mut impl std::io::Write,
+    json: bool,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(report).context("encoding the report")?
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! The commands a person runs against a tree: run nodes, watch, mutate, status, certificates,
+//! the fault proxy.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use asyncmachine::machine::{
+    Args as MutationArgs, ClockChange, MutationKind, Outcome, StateSource,
+};
+use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
+use asyncmachine::printable::printable;
+use asyncmachine::transport::{Endpoint, Scheme};
+
+use crate::args::*;
+
+/// Exit code of a mutation that was canceled.
+pub(crate) const EXIT_CANCELED: u8 = 3;
+
+pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let topology = asyncmachine::topology::load(&args.file)?;
+    let running = asyncmachine::node::start_topology(&topology, &args.nodes).await?;
+    let mut out = std::io::stdout();
+    for node in running.nodes() {
+        let listeners: Vec<String> = node.endpoints().iter().map(ToString::to_string).collect();
+        let machines: Vec<&str> = node.machines().map(|(name, _)| name).collect();
+        writeln!(
+            out,
+            "node {:<10} machines: {:<20} listening: {}",
+            node.name(),
+            machines.join(", "),
+            if listeners.is_empty() {
+                "-".into()
+            } else {
+                listeners.join(", ")
+            }
+        )?;
+    }
+    writeln!(
+        out,
+        "running {} node(s) from {}; Ctrl-C to stop",
+        running.nodes().len(),
+        args.file.display()
+    )?;
+    let report = async {
+        if args.report_ms == 0 {
+            return std::future::pending().await;
+        }
+        let mut every = tokio::time::interval(Duration::from_millis(args.report_ms));
+        let mut last = Vec::new();
+        loop {
+            every.tick().await;
+            let lines = running.report();
+            if lines != last {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "--- {}", clock_time());
+                for line in &lines {
+                    let _ = writeln!(out, "{line}");
+                }
+                last = lines;
+            }
+        }
+    };
+    tokio::select! {
+        _ = asyncmachine::node::shutdown_signal() => {}
+        () = report => {}
+    }
+    writeln!(out, "shutting down")?;
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn clock_time() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        now.subsec_millis()
+    )
+}
+
+pub(crate) fn endpoint(text: &str) -> anyhow::Result<Endpoint> {
+    text.parse()
+        .with_context(|| format!("bad endpoint {text:?}"))
+}
+
+pub(crate) async fn connect_mirror(connect: &Connect, role: &str) -> anyhow::Result<Mirror> {
+    let mut endpoint = endpoint(&connect.endpoint)?;
+    if endpoint.upgrade_token.is_none() && matches!(endpoint.scheme, Scheme::Ws | Scheme::Wss) {
+        // A relay checks its token at the upgrade, before any hello.
+        endpoint.upgrade_token = connect.token.as_deref().map(Into::into);
+    }
+    let config = MirrorConfig {
+        client_id: connect
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("am-node-{role}-{}", std::process::id())),
+        token: connect.token.clone(),
+        transport: connect.tls.transport(&endpoint)?,
+        ..MirrorConfig::default()
+    };
+    let mirror = Mirror::connect(&endpoint, config).await;
+    mirror.map_err(|e| {
+        // am-relay refuses a missing or wrong token at the WebSocket upgrade, before any hello:
+        // with close code 4401 (or, from an older relay, an HTTP 401).
+        let text = e.to_string();
+        let refused_upgrade = text.contains("(4401)") || text.contains("401 Unauthorized");
+        let e = anyhow::Error::new(e).context(format!("cannot mirror {endpoint}"));
+        if refused_upgrade {
+            e.context(
+                "the WebSocket upgrade was refused for its token (am-relay checks one): pass \
+                 --token T, or write the relay's token in the endpoint as ?token=T",
+            )
+        } else {
+            e
+        }
+    })
+}
+
+pub(crate) fn states_line(source: &dyn StateSource, ticks: bool) -> String {
+    if ticks {
+        let schema = source.schema();
+        let clock = source.clock();
+        schema
+            .names()
+            .zip(clock)
+            .map(|(n, t)| format!("{}={t}", printable(n)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    } else {
+        let active = source.active_states();
+        if active.is_empty() {
+            "(none active)".to_owned()
+        } else {
+            printable(&active.join(" ")).into_owned()
+        }
+    }
+}
+
+pub(crate) async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
+    let mirror = connect_mirror(&args.connect, "watch").await?;
+    if let Some(until) = &args.until
+        && mirror.schema().index(until).is_none()
+    {
+        bail!(
+            "unknown state {until:?}; the machine has: {}",
+            printable(&mirror.schema().names().collect::<Vec<_>>().join(", "))
+        );
+    }
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "{}  {}",
+        clock_time(),
+        states_line(&mirror, args.ticks)
+    )?;
+    if args.once {
+        mirror.close().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let notify = changed.clone();
+    mirror.observe(Arc::new(move |_: &ClockChange<'_>| notify.notify_one()));
+    let mut connection = mirror.connection_changes();
+    let mut last_line = states_line(&mirror, args.ticks);
+    let follow = async {
+        loop {
+            if let Some(until) = &args.until
+                && mirror.is1(until)
+            {
+                return;
+            }
+            tokio::select! {
+                () = changed.notified() => {
+                    // A change of ticks alone (a multi state again) shows with --ticks.
+                    let line = states_line(&mirror, args.ticks);
+                    if line != last_line {
+                        let _ = writeln!(std::io::stdout(), "{}  {line}", clock_time());
+                        last_line = line;
+                    }
+                }
+                Ok(()) = connection.changed() => {
+                    let state = *connection.borrow_and_update();
+                    let note = match state {
+                        ConnState::Ready => "connected".to_owned(),
+                        ConnState::Connecting => "connecting".to_owned(),
+                        ConnState::Disconnected => format!("disconnected: {}", printable(&mirror.last_error().unwrap_or_default())),
+                    };
+                    let _ = writeln!(std::io::stdout(), "{}  ({note})", clock_time());
+                }
+            }
+        }
+    };
+    let limit = args.timeout.map(Duration::from_secs_f64);
+    let code = tokio::select! {
+        () = follow => ExitCode::SUCCESS,
+        _ = asyncmachine::node::shutdown_signal() => ExitCode::SUCCESS,
+        () = async { match limit { Some(l) => tokio::time::sleep(l).await, None => std::future::pending().await } } => {
+            let _ = writeln!(std::io::stderr(), "error: gave up after {:?}", limit.unwrap_or_default());
+            ExitCode::FAILURE
+        }
+    };
+    mirror.close().await;
+    Ok(code)
+}
+
+pub(crate) async fn mutate(kind: MutationKind, args: &MutateArgs) -> anyhow::Result<ExitCode> {
+    let mut mutation_args = MutationArgs::new();
+    for arg in &args.args {
+        let (key, value) = asyncmachine::machine::value::parse_arg(arg)?;
+        mutation_args.insert(key, value);
+    }
+    let mirror = connect_mirror(&args.connect, "mutate").await?;
+    let states: Vec<&str> = args.states.iter().map(String::as_str).collect();
+    let result = mirror.mutate_named(kind, &states, mutation_args).await;
+    let line = states_line(&mirror, false);
+    mirror.close().await;
+    let outcome = result.with_context(|| format!("{kind} {} failed", states.join(" ")))?;
+    let mut out = std::io::stdout();
+    writeln!(out, "{outcome:?}  now: {line}")?;
+    Ok(match outcome {
+        Outcome::Executed | Outcome::Queued => ExitCode::SUCCESS,
+        Outcome::Canceled => ExitCode::from(EXIT_CANCELED),
+    })
+}
+
+pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let endpoint = endpoint(&args.endpoint)?;
+    let status = asyncmachine::client::fetch_status(
+        &endpoint,
+        &args.tls.transport(&endpoint)?,
+        args.token.clone(),
+        Duration::from_secs(5),
+    )
+    .await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&status).context("encoding the status")?
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Every string here came from the node, and the client ids from its clients.
+    writeln!(out, "node {}", printable(&status.node))?;
+    writeln!(out, "machines:")?;
+    for s in &status.sources {
+        writeln!(
+            out,
+            "  {:<12} clients={:<4} queue={:<8} [{}]",
+            printable(&s.name),
+            s.clients,
+            s.queue_tick,
+            printable(&s.active.join(" "))
+        )?;
+        if let (Some(up), Some(state)) = (&s.upstream, &s.connection) {
+            writeln!(
+                out,
+                "  {:<12} upstream {} ({}){}",
+                "",
+                printable(up),
+                printable(state),
+                s.last_error
+                    .as_ref()
+                    .map(|e| format!(": {}", printable(e)))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
+    writeln!(out, "clients:")?;
+    if status.clients.is_empty() {
+        writeln!(out, "  (none)")?;
+    }
+    for c in &status.clients {
+        writeln!(
+            out,
+            "  {:<24} {:<12} {}",
+            printable(&c.id),
+            printable(&c.source),
+            printable(&c.peer)
+        )?;
+    }
+    writeln!(out, "counters:")?;
+    for (name, value) in &status.counters {
+        writeln!(out, "  {:<16} {value}", printable(name))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn fault_proxy(args: &FaultProxyArgs) -> anyhow::Result<ExitCode> {
+    use am_node::fault::{Fault, FaultProxy};
+    use tokio::io::AsyncBufReadExt as _;
+
+    let proxy = FaultProxy::start(args.target)
+        .await
+        .context("starting the proxy on 127.0.0.1")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", proxy.addr)?;
+    out.flush()?;
+    drop(out);
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await.context("reading commands")? {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["pass"] => proxy.set(Fault::Pass),
+            ["cut"] => proxy.set(Fault::Cut),
+            ["stall"] => proxy.set(Fault::Stall),
+            ["reset"] => proxy.reset_all(),
+            ["delay", ms] => {
+                let ms: u64 = ms
+                    .parse()
+                    .with_context(|| format!("delay {ms:?}: not milliseconds"))?;
+                proxy.set(Fault::Delay(Duration::from_millis(ms)));
+            }
+            [] => {}
+            _ => bail!("unknown command {line:?}; use pass, cut, stall, delay MS or reset"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
+    use asyncmachine::certs::{CaOrigin, CaPolicy};
+    let policy = if args.new_ca {
+        CaPolicy::Replace
+    } else {
+        CaPolicy::Reuse
+    };
+    let certs = asyncmachine::certs::write_dev_certs(&args.dir, &args.names, policy).map_err(
+        |e| match e.hint() {
+            Some(hint) => anyhow::anyhow!("{e}\n  hint: {hint}"),
+            None => anyhow::Error::new(e),
+        },
+    )?;
+    let ca = args.dir.join("ca.pem");
+    let note = match certs.ca {
+        CaOrigin::Created => format!("made a new CA: {}", ca.display()),
+        CaOrigin::Reused => format!(
+            "signed with the CA already in {} (pass --new-ca to replace it)",
+            ca.display()
+        ),
+        CaOrigin::Replaced => format!(
+            "replaced the CA {}: certificates it signed before no longer verify",
+            ca.display()
+        ),
+    };
+    writeln!(std::io::stderr(), "{note}")?;
+    let mut out = std::io::stdout().lock();
+    for path in certs.written {
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    writeln!(
+        out,
+        "use them in a topology: tls = {{ cert = \"NAME.pem\", key = \"NAME.key\", ca = \"ca.pem\" }}"
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
