@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::http;
-use crate::proto::message::NodeStatus;
+use crate::proto::message::{NodeStatus, SourceStatus};
 
 /// Buckets: up to 1 µs, 2 µs, 4 µs, ... 2^24 µs (about 17 s), then everything above.
 const BUCKETS: usize = 26;
@@ -93,42 +93,33 @@ pub fn render(status: &NodeStatus, latency: &Histogram) -> String {
             "# TYPE {metric} {kind}\n{metric}{{node=\"{node}\"}} {value}"
         );
     }
-    let _ = writeln!(out, "# TYPE am_source_clients gauge");
-    for s in &status.sources {
-        let _ = writeln!(
-            out,
-            "am_source_clients{{node=\"{node}\",source=\"{}\"}} {}",
-            escape(&s.name),
-            s.clients
-        );
-    }
-    let _ = writeln!(out, "# TYPE am_source_queue_tick gauge");
-    for s in &status.sources {
-        let _ = writeln!(
-            out,
-            "am_source_queue_tick{{node=\"{node}\",source=\"{}\"}} {}",
-            escape(&s.name),
-            s.queue_tick
-        );
-    }
-    let _ = writeln!(out, "# TYPE am_upstream_ready gauge");
-    for s in status.sources.iter().filter(|s| s.upstream.is_some()) {
-        let ready = u8::from(s.connection.as_deref() == Some("ready"));
-        let _ = writeln!(
-            out,
-            "am_upstream_ready{{node=\"{node}\",source=\"{}\"}} {ready}",
-            escape(&s.name)
-        );
-    }
-    let _ = writeln!(out, "# TYPE am_upstream_reconnects_total counter");
-    for s in status.sources.iter().filter(|s| s.upstream.is_some()) {
-        let _ = writeln!(
-            out,
-            "am_upstream_reconnects_total{{node=\"{node}\",source=\"{}\"}} {}",
-            escape(&s.name),
-            s.reconnects
-        );
-    }
+    // One series per source: every source, or only mirrors (those with an upstream).
+    let mut per_source =
+        |metric: &str, kind: &str, mirrors_only: bool, value: &dyn Fn(&SourceStatus) -> u64| {
+            let _ = writeln!(out, "# TYPE {metric} {kind}");
+            for s in status
+                .sources
+                .iter()
+                .filter(|s| !mirrors_only || s.upstream.is_some())
+            {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{node=\"{node}\",source=\"{}\"}} {}",
+                    escape(&s.name),
+                    value(s)
+                );
+            }
+        };
+    per_source("am_source_clients", "gauge", false, &|s| {
+        u64::from(s.clients)
+    });
+    per_source("am_source_queue_tick", "gauge", false, &|s| s.queue_tick);
+    per_source("am_upstream_ready", "gauge", true, &|s| {
+        u64::from(s.connection.as_deref() == Some("ready"))
+    });
+    per_source("am_upstream_reconnects_total", "counter", true, &|s| {
+        s.reconnects
+    });
     let (counts, sum_us) = latency.snapshot();
     let _ = writeln!(out, "# TYPE am_mutation_latency_seconds histogram");
     let mut cumulative = 0;
