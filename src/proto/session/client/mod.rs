@@ -8,24 +8,24 @@
 //! notices a server that went silent. Whatever the driver or the mirror's owner must act on
 //! comes out of [`ClientSession::poll_event`].
 
+mod clock;
+mod handshake;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::info;
 
 use super::requests::Requests;
 use super::time::Moment;
 use crate::machine::{Mutation, MutationError, Outcome, Schema, SchemaError};
 use crate::printable::printable;
-use crate::proto::diff::{ApplyError, Tracked, apply as apply_diff};
-use crate::proto::message::{
-    ClockDiff, Hello, MutateRequest, Payload, Refusal, RefusalKind, Snapshot, WantedOptions,
-    Welcome,
-};
+use crate::proto::diff::Tracked;
+use crate::proto::message::{Hello, MutateRequest, Payload, RefusalKind, WantedOptions};
 use crate::proto::{
     Compression, FrameConfig, FrameReader, Message, PROTOCOL_VERSION, encode_frame,
-    foreign_protocol, with_foreign_hint,
+    foreign_protocol,
 };
 
 /// Who the mirror is and what it asks of the source.
@@ -408,66 +408,6 @@ impl<P> ClientSession<P> {
             })
     }
 
-    /// The server's answer to the hello.
-    fn handle_answer(&mut self, message: Message, now: Moment) {
-        match message {
-            Message::Welcome(welcome) => {
-                if let Err(e) = self.adopt(welcome, now) {
-                    self.handshake_failed(e);
-                }
-            }
-            Message::Refused(Refusal { kind, reason }) => {
-                self.handshake_failed(HandshakeError::Refused {
-                    kind,
-                    reason: printable(&reason).into_owned(),
-                });
-            }
-            other => {
-                let reason = with_foreign_hint(
-                    format!("expected Welcome, got {}", other.name()),
-                    self.reader.opening(),
-                );
-                self.handshake_failed(HandshakeError::Failed(reason));
-            }
-        }
-    }
-
-    /// Takes a welcome in: checks its schema, applies its snapshot, opens the session.
-    fn adopt(&mut self, welcome: Welcome, now: Moment) -> Result<(), HandshakeError> {
-        let schema = match welcome.schema {
-            Some(def) => Some(Arc::new(
-                Schema::new(def).map_err(HandshakeError::BadSchema)?,
-            )),
-            None if self.schema.is_none() => {
-                return Err(HandshakeError::Failed(
-                    "the server sent no schema although the mirror has none".into(),
-                ));
-            }
-            None => None,
-        };
-        if let (Some(expected), Some(found)) = (&self.expected, &schema)
-            && expected.hash() != found.hash()
-        {
-            return Err(HandshakeError::SchemaMismatch {
-                expected: expected.names().collect::<Vec<_>>().join(", "),
-                found: printable(&found.names().collect::<Vec<_>>().join(", ")).into_owned(),
-            });
-        }
-        self.frame.compression = welcome.granted.compression.then(Compression::default);
-        self.reader.set_config(self.frame);
-        self.tracked = Tracked::from_granted(welcome.granted.tracked.as_deref());
-        self.phase = Phase::Ready;
-        self.last_heard = now;
-        self.next_ping = now + self.config.keepalive;
-        self.events.push_back(ClientEvent::Ready {
-            reconnect: self.sessions > 0,
-        });
-        self.sessions += 1;
-        self.replace(schema, &welcome.snapshot);
-        self.set_upstream(welcome.ancestry);
-        Ok(())
-    }
-
     /// A message of an open session.
     fn handle_message(&mut self, message: Message) {
         match message {
@@ -510,89 +450,6 @@ impl<P> ClientSession<P> {
         if let Some(pending) = self.requests.take(id) {
             self.events
                 .push_back(ClientEvent::Answered { pending, result });
-        }
-    }
-
-    /// Applies diffs in order, as one change: diffs that arrived together reach waiters and
-    /// observers once, with the latest clock (the latest wins, as on the server). A checksum
-    /// mismatch asks for a snapshot (the diffs after it are dropped: the snapshot supersedes
-    /// them); a state outside the schema ends the session.
-    fn apply_diffs(&mut self, diffs: &[ClockDiff]) {
-        let before = self.ticks.clone();
-        let mut changed = Vec::new();
-        let mut failed = None;
-        for diff in diffs {
-            match apply_diff(&mut self.ticks, diff, &self.tracked) {
-                Ok(states) => changed.extend(states),
-                Err(ApplyError::Checksum) => {
-                    changed.extend(diff.changes.iter().map(|&(s, _)| s as usize));
-                    failed = Some(ApplyError::Checksum);
-                }
-                // Nothing of this diff was applied.
-                Err(e @ ApplyError::BadState { .. }) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            self.queue_tick = self.queue_tick.saturating_add(diff.queue_delta);
-            if failed.is_some() {
-                break;
-            }
-        }
-        if diffs.len() > 1 {
-            changed.sort_unstable();
-            changed.dedup();
-        }
-        self.events.push_back(ClientEvent::ClockChanged {
-            before,
-            changed,
-            schema_changed: false,
-            diffs: diffs.len(),
-        });
-        match failed {
-            None => {}
-            Some(ApplyError::Checksum) => {
-                warn!(mirror = %self.config.client_id, "clock checksum mismatch; asking for a full sync");
-                self.events.push_back(ClientEvent::Resync);
-                // Id 0: no caller waits; the snapshot replaces the clock when it comes.
-                self.send(&Message::Sync { id: 0 });
-            }
-            Some(e) => self.end(e.to_string()),
-        }
-    }
-
-    /// Replaces the clock, and the schema when it changed.
-    fn replace(&mut self, schema: Option<Arc<Schema>>, snapshot: &Snapshot) {
-        let mut schema_changed = false;
-        if let Some(schema) =
-            schema.filter(|s| self.schema.as_ref().map(|m| m.hash()) != Some(s.hash()))
-        {
-            schema_changed = true;
-            self.ticks = vec![0; schema.len()];
-            self.schema = Some(schema);
-        }
-        let before = self.ticks.clone();
-        for (s, tick) in self.ticks.iter_mut().enumerate() {
-            *tick = snapshot.ticks.get(s).copied().unwrap_or(0);
-        }
-        self.queue_tick = snapshot.queue_tick;
-        // A new schema is news to observers (a server serving this mirror) even when no tick
-        // differs: their clock is of the old one.
-        let changed = (0..self.ticks.len())
-            .filter(|&s| schema_changed || before.get(s) != self.ticks.get(s))
-            .collect();
-        self.events.push_back(ClientEvent::ClockChanged {
-            before,
-            changed,
-            schema_changed,
-            diffs: 0,
-        });
-    }
-
-    fn set_upstream(&mut self, ancestry: Vec<String>) {
-        if self.upstream != ancestry {
-            self.upstream = ancestry.clone();
-            self.events.push_back(ClientEvent::Ancestry(ancestry));
         }
     }
 

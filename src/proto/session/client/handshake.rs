@@ -1,0 +1,74 @@
+//! A client session's handshake: the server's answer to the hello, and what a welcome must be
+//! (a valid schema, the one the mirror expects) to open the session.
+
+use std::sync::Arc;
+
+use super::{ClientEvent, ClientSession, HandshakeError, Phase};
+use crate::machine::Schema;
+use crate::printable::printable;
+use crate::proto::diff::Tracked;
+use crate::proto::message::{Refusal, Welcome};
+use crate::proto::session::time::Moment;
+use crate::proto::{Compression, Message, with_foreign_hint};
+
+impl<P> ClientSession<P> {
+    /// The server's answer to the hello.
+    pub(super) fn handle_answer(&mut self, message: Message, now: Moment) {
+        match message {
+            Message::Welcome(welcome) => {
+                if let Err(e) = self.adopt(welcome, now) {
+                    self.handshake_failed(e);
+                }
+            }
+            Message::Refused(Refusal { kind, reason }) => {
+                self.handshake_failed(HandshakeError::Refused {
+                    kind,
+                    reason: printable(&reason).into_owned(),
+                });
+            }
+            other => {
+                let reason = with_foreign_hint(
+                    format!("expected Welcome, got {}", other.name()),
+                    self.reader.opening(),
+                );
+                self.handshake_failed(HandshakeError::Failed(reason));
+            }
+        }
+    }
+
+    /// Takes a welcome in: checks its schema, applies its snapshot, opens the session.
+    fn adopt(&mut self, welcome: Welcome, now: Moment) -> Result<(), HandshakeError> {
+        let schema = match welcome.schema {
+            Some(def) => Some(Arc::new(
+                Schema::new(def).map_err(HandshakeError::BadSchema)?,
+            )),
+            None if self.schema.is_none() => {
+                return Err(HandshakeError::Failed(
+                    "the server sent no schema although the mirror has none".into(),
+                ));
+            }
+            None => None,
+        };
+        if let (Some(expected), Some(found)) = (&self.expected, &schema)
+            && expected.hash() != found.hash()
+        {
+            return Err(HandshakeError::SchemaMismatch {
+                expected: expected.names().collect::<Vec<_>>().join(", "),
+                found: printable(&found.names().collect::<Vec<_>>().join(", ")).into_owned(),
+            });
+        }
+        self.frame.compression = welcome.granted.compression.then(Compression::default);
+        self.reader.set_config(self.frame);
+        self.tracked = Tracked::from_granted(welcome.granted.tracked.as_deref());
+        self.phase = Phase::Ready;
+        self.last_heard = now;
+        self.next_ping = now + self.config.keepalive;
+        self.events.push_back(ClientEvent::Ready {
+            reconnect: self.sessions > 0,
+        });
+        self.sessions += 1;
+        self.replace(schema, &welcome.snapshot);
+        self.set_upstream(welcome.ancestry);
+        Ok(())
+    }
+}
