@@ -4,6 +4,11 @@
 //! is local or replicated. Required methods work on state positions; the provided methods take
 //! names. Reads treat an unknown name as a never-active state (tick 0); waits and mutations
 //! report it as an error.
+//!
+//! The checks and dumps of asyncmachine's Api (`has`, `is_clock`, `is_time`, `time_sum`,
+//! `count_active`, `summary`, `inspect`, ...) are provided methods answered from the source's own
+//! schema and clock: local on a mirror too, as in Go's aRPC. `toggle` is a mutation and goes to
+//! the source.
 
 use std::future::Future;
 use std::pin::Pin;
