@@ -1,6 +1,7 @@
 //! Mirror behaviour that a well-behaved server never triggers, driven by a scripted server
 //! written with the protocol primitives: checksum mismatch and resync, schema change, a server
-//! that answers garbage.
+//! that answers garbage. Also the reads and checks a mirror answers from its own clock, over a
+//! real server on the `mem://` transport.
 
 mod common;
 
@@ -198,4 +199,72 @@ async fn a_server_that_answers_garbage_is_a_clear_error() {
         other => panic!("expected a handshake error, got {other:?}"),
     }
     within("server", server).await.expect("ran");
+}
+
+/// The reads and checks of `StateSource` (Go's local Api: Has, Index, Not1, Any, CountActive,
+/// IsClock, IsTime, TimeSum, String, StringAll, Inspect, relation lookups) answer on a mirror
+/// exactly as on its source, from the replicated clock; `toggle` goes to the source. Groups,
+/// tags and the parent id are local to the source and not replicated.
+#[tokio::test]
+async fn a_mirror_answers_the_reads_from_its_own_clock() {
+    use std::sync::Arc;
+
+    use asyncmachine::machine::{Machine, Relation, Schema, StateDef};
+    use asyncmachine::server::ServerConfig;
+
+    let schema = Schema::builder()
+        .state(StateDef::new("A").auto().require(["C"]))
+        .state(StateDef::new("B").multi().add(["C"]))
+        .state(StateDef::new("C").after(["D"]))
+        .state(StateDef::new("D").add(["C", "B"]))
+        .build()
+        .expect("valid")
+        .with_group("Pair", &["B", "D"])
+        .expect("known states");
+    let source = Machine::builder(schema)
+        .parent("root")
+        .tags(["worker"])
+        .build();
+    source.set(&["A", "C"], Args::new()).expect("known states");
+    let (_server, endpoint) = serve(Arc::new(source.clone()), ServerConfig::default(), "mem").await;
+    let mirror = mirror(&endpoint, "reader").await;
+    converged(&mirror, &source.clock()).await;
+
+    let names = ["A", "B", "C", "D", "Exception"];
+    assert!(mirror.has(&["A", "D"]) && !mirror.has1("Nope"));
+    assert_eq!(mirror.index("D"), Some(3));
+    assert!(mirror.not1("B") && !mirror.not1("A"));
+    assert!(mirror.any_of(&[&["B"], &["A", "C"]]));
+    assert_eq!(mirror.count_active(&names), 2);
+    assert!(mirror.is_clock(&[("A", 1), ("C", 1)]));
+    assert!(mirror.is_time(&source.clock(), &names));
+    assert_eq!(mirror.time_sum(&names), 2);
+    assert_eq!(mirror.summary(), "(A:1 C:1)");
+    assert_eq!(mirror.summary_all(), source.summary_all());
+    assert_eq!(mirror.inspect(&[]), source.inspect(&[]));
+    assert_eq!(
+        mirror.schema().relations_between("D", "B"),
+        Ok(vec![Relation::Add])
+    );
+    assert_eq!(
+        mirror.schema().inbound_relations_of("C"),
+        Ok(vec!["A", "B", "D"])
+    );
+
+    // Toggle decides on the mirror's clock and mutates the source.
+    let outcome = within("toggle", mirror.toggle(&["D"], Args::new())).await;
+    assert_eq!(outcome, Ok(Outcome::Executed));
+    assert!(source.is1("D"));
+    converged(&mirror, &source.clock()).await;
+    assert_eq!(mirror.summary(), source.summary());
+    assert!(mirror.is1("D"));
+    assert!(mirror.is_clock(&[("D", 1)]));
+
+    // Not replicated: the source's groups, tags and parent id.
+    assert_eq!(source.switch_group("Pair").as_deref(), Some("B"));
+    assert_eq!(mirror.switch_group("Pair"), None);
+    assert_eq!(source.parent_id(), Some("root"));
+    assert_eq!(mirror.parent_id(), None);
+    assert_eq!(source.tags(), ["worker"]);
+    assert!(mirror.tags().is_empty());
 }

@@ -34,10 +34,9 @@ use super::waiters::{Condition, WaiterHost, WaiterSet, When, make_when};
 /// Default bound of the mutation queue.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
 
-/// A handler was registered for a state the schema does not have.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown state {0:?}; check the name against the schema")]
-pub struct UnknownState(pub String);
+/// A handler was registered for a state the schema does not have (defined with the schema,
+/// whose lookups report it too).
+pub use super::schema::UnknownState;
 
 /// A local state machine. Cheap to clone: clones share one machine.
 ///
@@ -54,6 +53,8 @@ struct Shared {
     core: Mutex<Core>,
     handlers: Mutex<Arc<HandlerTable>>,
     queue_limit: usize,
+    parent_id: Option<String>,
+    tags: Mutex<Vec<String>>,
 }
 
 /// A mutation waiting in the queue, with the slots of callers who wait for its outcome (more
@@ -173,6 +174,8 @@ pub struct MachineBuilder {
     schema: Arc<Schema>,
     id: Option<String>,
     queue_limit: usize,
+    parent_id: Option<String>,
+    tags: Vec<String>,
 }
 
 impl MachineBuilder {
@@ -185,6 +188,19 @@ impl MachineBuilder {
     /// [`MutationError::QueueFull`].
     pub fn queue_limit(mut self, limit: usize) -> Self {
         self.queue_limit = limit.max(1);
+        self
+    }
+
+    /// The id of the machine this one belongs to (Go's `Opts.Parent`), answered by
+    /// [`StateSource::parent_id`].
+    pub fn parent(mut self, parent_id: impl Into<String>) -> Self {
+        self.parent_id = Some(parent_id.into());
+        self
+    }
+
+    /// Free-form labels of the machine (Go's `Opts.Tags`), answered by [`StateSource::tags`].
+    pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
+        self.tags = tags.into_iter().map(Into::into).collect();
         self
     }
 
@@ -210,6 +226,8 @@ impl MachineBuilder {
                 }),
                 handlers: Mutex::new(Arc::new(HandlerTable::new(n))),
                 queue_limit: self.queue_limit,
+                parent_id: self.parent_id,
+                tags: Mutex::new(self.tags),
             }),
         }
     }
@@ -225,7 +243,14 @@ impl Machine {
             schema: schema.into(),
             id: None,
             queue_limit: DEFAULT_QUEUE_LIMIT,
+            parent_id: None,
+            tags: Vec::new(),
         }
+    }
+
+    /// Replaces the machine's tags (Go's `SetTags`).
+    pub fn set_tags<I: IntoIterator<Item = S>, S: Into<String>>(&self, tags: I) {
+        *lock(&self.shared.tags) = tags.into_iter().map(Into::into).collect();
     }
 
     pub(crate) fn schema_ref(&self) -> &Schema {
@@ -793,6 +818,14 @@ impl StateSource for Machine {
 
     fn schema(&self) -> Arc<Schema> {
         self.shared.schema.clone()
+    }
+
+    fn parent_id(&self) -> Option<&str> {
+        self.shared.parent_id.as_deref()
+    }
+
+    fn tags(&self) -> Vec<String> {
+        lock(&self.shared.tags).clone()
     }
 
     /// Empty once disposed, as asyncmachine answers reads of a disposed machine.

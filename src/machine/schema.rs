@@ -8,9 +8,20 @@
 //! Differs from asyncmachine on purpose: a state listing itself in a relation is refused with
 //! [`SchemaError::SelfRelation`], where Go drops the entry silently; a schema that says
 //! something impossible is a mistake to report, not to mend.
+//!
+//! Relation lookups ([`Schema::relations_of`], [`Schema::relations_between`],
+//! [`Schema::inbound_relations_of`]) answer what asyncmachine's resolver answers, with one
+//! difference: inbound relations list each state once, in schema order, where Go lists a state
+//! once per relation kind, in its map's random order.
+//!
+//! State groups ([`Schema::with_group`]) are named sets of states, in the order they were
+//! given, as asyncmachine's `SetGroups` makes them. They belong to the schema value, not to its
+//! definition: they are not in [`SchemaDef`], not in the hash and not on the wire, so a mirror's
+//! schema has none of its source's groups.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +131,11 @@ pub enum SchemaError {
     TooManyStates(usize),
 }
 
+/// A name the schema does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {0:?}; check the name against the schema")]
+pub struct UnknownState(pub String);
+
 /// A kind of relation between two states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relation {
@@ -164,6 +180,8 @@ pub struct Schema {
     require_rank: Vec<Option<u32>>,
     hash: u64,
     exception: usize,
+    /// Named sets of state positions, in the order given; shared between clones.
+    groups: Arc<Vec<(String, Vec<usize>)>>,
 }
 
 impl Schema {
@@ -234,6 +252,7 @@ impl Schema {
             require_rank,
             hash,
             exception,
+            groups: Arc::default(),
         })
     }
 
@@ -303,6 +322,98 @@ impl Schema {
     /// Whether `a`'s handlers must run before `b`'s by a direct `after` link.
     fn runs_before(&self, a: usize, b: usize) -> bool {
         !self.resolved[a].after.contains(&b) && self.resolved[b].after.contains(&a)
+    }
+
+    /// The kinds of relation the state has to any state, in asyncmachine's order: add,
+    /// require, remove, after (Go's `RelationsOf`).
+    pub fn relations_of(&self, state: &str) -> Result<Vec<Relation>, UnknownState> {
+        let from = self.known(state)?;
+        let r = &self.resolved[from];
+        let lists = [
+            (Relation::Add, &r.add),
+            (Relation::Require, &r.require),
+            (Relation::Remove, &r.remove),
+            (Relation::After, &r.after),
+        ];
+        Ok(lists
+            .into_iter()
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(relation, _)| relation)
+            .collect())
+    }
+
+    /// The kinds of relation from one state to another, in the order of
+    /// [`relations_of`](Self::relations_of) (Go's `RelationsBetween`); outbound only.
+    pub fn relations_between(&self, from: &str, to: &str) -> Result<Vec<Relation>, UnknownState> {
+        let (from, to) = (self.known(from)?, self.known(to)?);
+        let r = &self.resolved[from];
+        let lists = [
+            (Relation::Add, &r.add),
+            (Relation::Require, &r.require),
+            (Relation::Remove, &r.remove),
+            (Relation::After, &r.after),
+        ];
+        Ok(lists
+            .into_iter()
+            .filter(|(_, list)| list.contains(&to))
+            .map(|(relation, _)| relation)
+            .collect())
+    }
+
+    /// The states that have a relation of any kind to the state, each once, in schema order
+    /// (Go's `InboundRelationsOf`, which repeats a state per relation kind in random order).
+    pub fn inbound_relations_of(&self, state: &str) -> Result<Vec<&str>, UnknownState> {
+        let to = self.known(state)?;
+        Ok((0..self.len())
+            .filter(|&from| {
+                let r = &self.resolved[from];
+                [&r.add, &r.require, &r.remove, &r.after]
+                    .iter()
+                    .any(|list| list.contains(&to))
+            })
+            .map(|from| self.name(from))
+            .collect())
+    }
+
+    fn known(&self, state: &str) -> Result<usize, UnknownState> {
+        self.index(state)
+            .ok_or_else(|| UnknownState(state.to_owned()))
+    }
+
+    /// This schema with a named group of states (Go's `SetGroups`), used to switch over
+    /// mutually exclusive states or check several at once. A group of an existing name replaces
+    /// it in place. Groups are local to this value: see the module docs.
+    pub fn with_group(
+        mut self,
+        name: impl Into<String>,
+        states: &[&str],
+    ) -> Result<Self, UnknownState> {
+        let name = name.into();
+        let members = self
+            .indices(states)
+            .map_err(|unknown| UnknownState(unknown.to_owned()))?;
+        let groups = Arc::make_mut(&mut self.groups);
+        match groups.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, slot)) => *slot = members,
+            None => groups.push((name, members)),
+        }
+        Ok(self)
+    }
+
+    /// The positions of a group's states, in the order given.
+    pub fn group(&self, name: &str) -> Option<&[usize]> {
+        self.groups
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, members)| members.as_slice())
+    }
+
+    /// Every group with its states' positions, in the order the groups were added (Go's
+    /// `Groups`).
+    pub fn groups(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.groups
+            .iter()
+            .map(|(name, members)| (name.as_str(), members.as_slice()))
     }
 
     /// Positions of the named states, or the first unknown name.

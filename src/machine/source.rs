@@ -4,6 +4,11 @@
 //! is local or replicated. Required methods work on state positions; the provided methods take
 //! names. Reads treat an unknown name as a never-active state (tick 0); waits and mutations
 //! report it as an error.
+//!
+//! The checks and dumps of asyncmachine's Api (`has`, `is_clock`, `is_time`, `time_sum`,
+//! `count_active`, `summary`, `inspect`, ...) are provided methods answered from the source's own
+//! schema and clock: local on a mirror too, as in Go's aRPC. `toggle` is a mutation and goes to
+//! the source.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -222,6 +227,142 @@ pub trait StateSource: Send + Sync {
         group.iter().copied().find(|s| self.is1(s))
     }
 
+    // ----- provided: checks, dumps, groups and identity (Go's Api, answered locally) -----
+    //
+    // Answered from this source's own schema and clock, on a mirror as on a local machine.
+
+    /// The id of the machine this one belongs to (Go's `ParentId`); `None` when it has none.
+    /// A mirror answers `None`: it replicates a machine rather than belonging to one, the
+    /// parent id is not part of the handshake, and its source is named by
+    /// [`ancestry`](Self::ancestry).
+    fn parent_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// Free-form labels of the machine (Go's `Tags`); a mirror has none of its source's.
+    fn tags(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Whether the schema has all the states (Go's `Has`).
+    fn has(&self, states: &[&str]) -> bool {
+        let schema = self.schema();
+        states.iter().all(|s| schema.index(s).is_some())
+    }
+
+    /// Whether the schema has the state (Go's `Has1`).
+    fn has1(&self, state: &str) -> bool {
+        self.schema().index(state).is_some()
+    }
+
+    /// The state's position in the schema and the clock (Go's `Index1`, which answers -1 for
+    /// an unknown state).
+    fn index(&self, state: &str) -> Option<usize> {
+        self.schema().index(state)
+    }
+
+    /// Whether the state is inactive (Go's `Not1`).
+    fn not1(&self, state: &str) -> bool {
+        !self.is1(state)
+    }
+
+    /// Whether all the states of at least one of the sets are active (Go's `Any`; Go's `Any1`,
+    /// one of several states, is [`any`](Self::any)).
+    fn any_of(&self, sets: &[&[&str]]) -> bool {
+        sets.iter().any(|set| self.is(set))
+    }
+
+    /// How many of the states are active (Go's `len(ActiveStates(states))`).
+    fn count_active(&self, states: &[&str]) -> usize {
+        states.iter().filter(|s| self.is1(s)).count()
+    }
+
+    /// Whether each named state's tick equals the tick paired with it (Go's `IsClock`): false
+    /// as soon as one state changed since the clock was read. Unknown names have tick 0.
+    fn is_clock(&self, clock: &[(&str, u64)]) -> bool {
+        clock.iter().all(|&(state, tick)| self.tick(state) == tick)
+    }
+
+    /// Whether the states' ticks equal `ticks`, position by position (Go's `IsTime`); false
+    /// when the lengths differ. For the whole clock, pass every name of the schema.
+    fn is_time(&self, ticks: &[u64], states: &[&str]) -> bool {
+        ticks.len() == states.len() && states.iter().zip(ticks).all(|(s, &t)| self.tick(s) == t)
+    }
+
+    /// The sum of the states' ticks (Go's `TimeSum`): it grows with every change of any of
+    /// them, so two sums tell whether something changed in between.
+    fn time_sum(&self, states: &[&str]) -> u64 {
+        states.iter().map(|s| self.tick(s)).sum()
+    }
+
+    /// The first active state of a named group of the schema (Go's `Switch` over a group);
+    /// `None` when none is active or the schema has no such group.
+    fn switch_group(&self, group: &str) -> Option<String> {
+        let schema = self.schema();
+        let members = schema.group(group)?;
+        let clock = self.clock();
+        members
+            .iter()
+            .find(|&&i| clock.get(i).copied().is_some_and(is_active))
+            .map(|&i| schema.name(i).to_owned())
+    }
+
+    /// The active states with their ticks, in schema order, on one line (Go's `String`):
+    /// `(A:1 B:3)`. Empty for a disposed machine, as in Go.
+    fn summary(&self) -> String {
+        summarize(&self.schema(), &self.clock(), false)
+    }
+
+    /// Every state with its tick, the active ones first in parentheses, the inactive ones in
+    /// brackets (Go's `StringAll`): `(A:1 B:3) [C:0 Exception:0]`. Empty for a disposed
+    /// machine.
+    fn summary_all(&self) -> String {
+        summarize(&self.schema(), &self.clock(), true)
+    }
+
+    /// A multi-line dump of the states (all of them, in schema order, when `states` is empty):
+    /// active or not, tick, flags and relations, in Go's `Inspect` layout. Unknown names are
+    /// skipped; empty for a disposed machine.
+    fn inspect(&self, states: &[&str]) -> String {
+        let schema = self.schema();
+        let clock = self.clock();
+        if clock.len() < schema.len() {
+            return String::new();
+        }
+        let positions: Vec<usize> = if states.is_empty() {
+            (0..schema.len()).collect()
+        } else {
+            states.iter().filter_map(|s| schema.index(s)).collect()
+        };
+        let mut out = String::new();
+        for i in positions {
+            let Some(def) = schema.state(i) else { continue };
+            let tick = clock[i];
+            out += &format!(
+                "{} {}\n    |Tick     {tick}\n",
+                u8::from(is_active(tick)),
+                def.name
+            );
+            if def.auto {
+                out += "    |Auto     true\n";
+            }
+            if def.multi {
+                out += "    |Multi    true\n";
+            }
+            for (label, list) in [
+                ("Add", &def.add),
+                ("Require", &def.require),
+                ("Remove", &def.remove),
+                ("After", &def.after),
+            ] {
+                if !list.is_empty() {
+                    out += &format!("    |{label:<9}{}\n", list.join(" "));
+                }
+            }
+        }
+        out
+    }
+
     // ----- provided: waits -----
 
     /// Resolves when all the states are active.
@@ -296,4 +437,32 @@ pub trait StateSource: Send + Sync {
     fn set(&self, states: &[&str], args: Args) -> MutationFuture {
         self.mutate_named(MutationKind::Set, states, args)
     }
+
+    /// Removes the states when all are active, adds them otherwise (Go's `Toggle`; with one
+    /// state, Go's `Toggle1`). Decided on this source's clock when called.
+    fn toggle(&self, states: &[&str], args: Args) -> MutationFuture {
+        if self.is(states) {
+            self.remove(states, args)
+        } else {
+            self.add(states, args)
+        }
+    }
+}
+
+/// Go's `String` and `StringAll` layouts: `(A:1 B:3)`, or with `all`, `(A:1) [B:0 C:2]`.
+/// Empty when the clock is shorter than the schema (a disposed machine's).
+fn summarize(schema: &Schema, clock: &[u64], all: bool) -> String {
+    if clock.len() < schema.len() {
+        return String::new();
+    }
+    let entry = |i: usize| format!("{}:{}", schema.name(i), clock[i]);
+    let (active, inactive): (Vec<usize>, Vec<usize>) =
+        (0..schema.len()).partition(|&i| is_active(clock[i]));
+    let active: Vec<String> = active.into_iter().map(entry).collect();
+    let mut out = format!("({})", active.join(" "));
+    if all {
+        let inactive: Vec<String> = inactive.into_iter().map(entry).collect();
+        out += &format!(" [{}]", inactive.join(" "));
+    }
+    out
 }

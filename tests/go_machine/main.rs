@@ -22,11 +22,9 @@
 //! - Go's tests assert log lines; logs here go to `tracing` and are not asserted: the outcome
 //!   and the clock say the same.
 //!
-//! Ported: 60. NOT PORTED (63), with the reason:
+//! Ported: 72. NOT PORTED (51), with the reason:
 //!
 //! Feature missing, part 3 of issue 14:
-//! - TestGetStateRelations, TestGetRelationsBetweenStates, TestGetRelationsBetween
-//!   (RelationsOf / RelationsBetween).
 //! - TestPartialAutoStatesByStateState, TestHandlerStateState, TestHandlerNegotiationStateState
 //!   (state-to-state handlers `AB`).
 //! - TestPartialAutoStatesBySelfHandler, TestSelfHandlersCancellable,
@@ -39,14 +37,10 @@
 //! - TestWhenCtx (waits bound to a cancellation), TestWhenArgs (WhenArgs).
 //! - TestTracers, TestBindTracer, TestWithOpts (tracers, options with tracers).
 //! - TestSetStates (schema change at run time).
-//! - TestInspect, TestString (Inspect / String).
-//! - TestHas, TestIsClock, TestIsTime, TestTimeMethods, TestCountActive, TestToggle
-//!   (Has, IsClock, IsTime, Time helpers, CountActive, Toggle).
 //! - TestExportImport (Export / Import).
 //! - TestHandlerTimeout (handler timeouts).
 //! - TestUnbindHandlers (bind / unbind).
 //! - TestAddErr (AddErr, AddErrState, PanicToErr).
-//! - TestOpts (tags, parent id, log level options), TestGroups (state groups).
 //!
 //! Feature missing, not in issue 14:
 //! - TestWhenQuery (a wait on an arbitrary predicate over the clock).
@@ -58,6 +52,8 @@
 //! Not applicable in Rust:
 //! - TestChanReuse: Go hands identical waits one shared channel; a Rust future belongs to its
 //!   caller, and sharing would be an allocation detail, not behaviour.
+//! - TestTimeMethods: methods of Go's `Time` type (`Is1`, `Any1`, `Add`, `DiffSince`); a
+//!   time here is a plain `Vec<u64>` of ticks.
 //! - TestNewCommon, TestNewCommonLessCommon: constructors that bind a handler struct by
 //!   reflection; handlers here are closures.
 //! - TestNilCtx: there is no parent context to pass as nil.

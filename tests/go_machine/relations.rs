@@ -1,6 +1,8 @@
 //! Ported tests of states, mutations and relations.
 
-use asyncmachine::machine::{Args, MutationError, Outcome, StateDef, StateSource};
+use asyncmachine::machine::{
+    Args, MutationError, Outcome, Relation, StateDef, StateSource, UnknownState,
+};
 
 use crate::helpers::{History, assert_states, machine, no_rels, no_rels_but};
 
@@ -191,4 +193,80 @@ fn regression_implied_block_by_being_removed() {
     m.set(&["Dry"], Args::new()).expect("known states");
     m.set(&["Water"], Args::new()).expect("known states");
     assert_states(&m, &["Water", "Wet"]);
+}
+
+/// Go: TestGetStateRelations (machine_test.go). Go asks the resolver; the schema answers here.
+#[test]
+fn get_state_relations() {
+    let m = machine(vec![
+        StateDef::new("A").add(["B"]).require(["B"]).auto(),
+        StateDef::new("B"),
+    ]);
+    let of = m.schema().relations_of("A").expect("all states are known");
+    assert_eq!(of, [Relation::Add, Relation::Require]);
+    assert_eq!(m.schema().relations_of("B"), Ok(vec![]));
+}
+
+/// Go: TestGetRelationsBetweenStates (machine_test.go)
+#[test]
+fn get_relations_between_states() {
+    let m = machine(vec![
+        StateDef::new("A").add(["B"]).require(["C"]).auto(),
+        StateDef::new("B"),
+        StateDef::new("C"),
+    ]);
+    let between = m.schema().relations_between("A", "B");
+    assert_eq!(between, Ok(vec![Relation::Add]));
+}
+
+/// Go: TestGetRelationsBetween (machine_test.go). Go edits the schema of a running machine;
+/// here the relations are given when it is built. Unknown states are `UnknownState` errors.
+#[test]
+fn get_relations_between() {
+    let m = no_rels_but(
+        vec![
+            StateDef::new("A").add(["B", "C"]).after(["B"]),
+            StateDef::new("B").remove(["C"]).add(["A"]),
+            StateDef::new("C").after(["D"]),
+            StateDef::new("D").require(["A"]),
+        ],
+        &[],
+    );
+    let schema = m.schema();
+    let rels = |from, to| schema.relations_between(from, to).expect("known states");
+    assert_eq!(rels("A", "B"), [Relation::Add, Relation::After]);
+    assert_eq!(rels("B", "C"), [Relation::Remove]);
+    assert_eq!(rels("C", "D"), [Relation::After]);
+    assert_eq!(rels("D", "A"), [Relation::Require]);
+    assert_eq!(
+        schema.relations_between("Unknown1", "A"),
+        Err(UnknownState("Unknown1".into()))
+    );
+    assert_eq!(
+        schema.relations_between("A", "Unknown1"),
+        Err(UnknownState("Unknown1".into()))
+    );
+}
+
+/// Go's `InboundRelationsOf` has no test of its own in Go; this pins ours: each state once,
+/// in schema order (Go repeats a state per relation kind, in its map's random order).
+#[test]
+fn inbound_relations_of() {
+    let m = no_rels_but(
+        vec![
+            StateDef::new("A").add(["B", "C"]).after(["B"]),
+            StateDef::new("B").remove(["C"]).add(["A"]),
+            StateDef::new("C").after(["D"]),
+            StateDef::new("D").require(["A"]),
+        ],
+        &[],
+    );
+    let schema = m.schema();
+    assert_eq!(schema.inbound_relations_of("A"), Ok(vec!["B", "D"]));
+    assert_eq!(schema.inbound_relations_of("C"), Ok(vec!["A", "B"]));
+    assert_eq!(schema.inbound_relations_of("Exception"), Ok(vec![]));
+    assert_eq!(
+        schema.inbound_relations_of("Nope"),
+        Err(UnknownState("Nope".into()))
+    );
 }
