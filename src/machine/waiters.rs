@@ -645,6 +645,85 @@ mod tests {
         );
     }
 
+    #[test]
+    fn args_waiters_fire_on_matching_activations_only() {
+        let mut set = WaiterSet::new(2);
+        let want = Args::new().with("foo", "bar");
+        let Registration::Pending(_, signal) = set.register_args(1, want.clone()) else {
+            panic!("must wait");
+        };
+        // A clock change alone does not fire it, nor an activation of another state.
+        set.clock_changed(&[0, 1], [1]);
+        set.activated([0], &want);
+        set.activated([1], &Args::new().with("foo", "foo"));
+        assert_eq!(signal.state(), PENDING);
+        set.activated([1], &want.clone().with("more", 1));
+        assert_eq!(signal.state(), FIRED);
+        assert_eq!(set.len(), 0);
+    }
+
+    #[test]
+    fn queue_waiters_fire_on_their_tick_and_at_the_queue_end() {
+        let mut set = WaiterSet::new(1);
+        assert!(matches!(
+            set.register_queue_tick(3, 3),
+            Registration::Done(FIRED)
+        ));
+        assert!(matches!(
+            set.register_queue_ends(false),
+            Registration::Done(FIRED)
+        ));
+        let Registration::Pending(_, tick) = set.register_queue_tick(3, 5) else {
+            panic!("must wait");
+        };
+        let Registration::Pending(_, ends) = set.register_queue_ends(true) else {
+            panic!("must wait");
+        };
+        set.queue_advanced(4);
+        assert_eq!((tick.state(), ends.state()), (PENDING, PENDING));
+        set.queue_advanced(5);
+        assert_eq!((tick.state(), ends.state()), (FIRED, PENDING));
+        set.queue_ended();
+        assert_eq!(ends.state(), FIRED);
+    }
+
+    #[test]
+    fn a_disposal_wait_succeeds_when_the_set_closes() {
+        let mut set = WaiterSet::new(1);
+        let host: Weak<dyn WaiterHost> = Weak::<NoHost>::new();
+        let mut disposed = make_when(host.clone(), set.register(&[0], Condition::Disposed));
+        let mut other = make_when(host.clone(), set.register(&[0], Condition::Active(vec![0])));
+        set.clock_changed(&[2], [0]);
+        assert!(poll_once(&mut disposed).is_pending());
+        assert!(poll_once(&mut other).is_pending());
+        set.close();
+        assert_eq!(poll_once(&mut disposed), Poll::Ready(Ok(())));
+        assert_eq!(poll_once(&mut other), Poll::Ready(Err(WaitError::Disposed)));
+        let mut late = make_when(host, set.register(&[0], Condition::Disposed));
+        assert_eq!(poll_once(&mut late), Poll::Ready(Ok(())));
+    }
+
+    #[test]
+    fn until_ends_a_wait_with_canceled_and_drops_its_waiter() {
+        let host = Arc::new(TestHost(Mutex::new(WaiterSet::new(1))));
+        let weak: Weak<dyn WaiterHost> = Arc::downgrade(&host) as Weak<dyn WaiterHost>;
+        let when = make_when(
+            weak,
+            host.0.lock().expect("lock").register(&[0], Condition::Active(vec![0])),
+        );
+        assert_eq!(host.0.lock().expect("lock").len(), 1);
+        let mut until = when.until(std::future::ready(()));
+        assert_eq!(poll_once(&mut until), Poll::Ready(Err(WaitError::Canceled)));
+        assert_eq!(host.0.lock().expect("lock").len(), 0);
+    }
+
+    struct TestHost(Mutex<WaiterSet>);
+    impl WaiterHost for TestHost {
+        fn cancel_waiter(&self, id: u64) {
+            self.0.lock().expect("lock").remove(id);
+        }
+    }
+
     struct NoHost;
     impl WaiterHost for NoHost {
         fn cancel_waiter(&self, _: u64) {}
