@@ -39,6 +39,7 @@ use super::handlers::{
 };
 use super::observers::Observers;
 use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
+use super::schema::EXCEPTION;
 use super::schema::Schema;
 use super::source::{
     ClockChange, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
@@ -46,7 +47,6 @@ use super::source::{
 };
 use super::value::Args;
 use super::waiters::{Condition, WaitError, WaiterHost, WaiterSet, When, make_when};
-use super::schema::EXCEPTION;
 
 /// Default bound of the mutation queue.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
@@ -817,7 +817,11 @@ impl Machine {
     /// Activates `Exception` with the error as its `error` argument (merged into `args`), as a
     /// failing handler does (Go's `AddErr`). Like any mutation, it is queued when the machine
     /// is busy. The error becomes [`Machine::last_error`].
-    pub fn add_err(&self, error: impl std::fmt::Display, args: Args) -> Result<Outcome, MutationError> {
+    pub fn add_err(
+        &self,
+        error: impl std::fmt::Display,
+        args: Args,
+    ) -> Result<Outcome, MutationError> {
         self.add_err_state(EXCEPTION, error, args)
     }
 
@@ -1043,7 +1047,10 @@ impl StateSource for Machine {
     fn wait(&self, condition: Condition) -> When {
         let mut core = self.core();
         let core = &mut *core;
-        make_when(self.waiter_host(), core.waiters.register(&core.ticks, condition))
+        make_when(
+            self.waiter_host(),
+            core.waiters.register(&core.ticks, condition),
+        )
     }
 
     fn mutate(&self, mutation: Mutation) -> MutationFuture {

@@ -280,7 +280,10 @@ impl WaiterSet {
     /// Fires the waiters of queue ticks up to `now`.
     pub fn queue_advanced(&mut self, now: u64) {
         if !self.queue.is_empty() {
-            self.fire_where(None, |watch| matches!(watch, Watch::QueueTick(t) if *t <= now));
+            self.fire_where(
+                None,
+                |watch| matches!(watch, Watch::QueueTick(t) if *t <= now),
+            );
         }
     }
 
@@ -329,6 +332,31 @@ impl WaiterSet {
 
     pub fn remove(&mut self, id: u64) {
         self.entries.remove(&id);
+    }
+
+    /// For a clock whose schema changed (a mirror's): ends every waiter on states with
+    /// [`WaitError::Disposed`], as their positions mean other states now, and keeps the waits
+    /// that do not depend on the schema (for the disposal, the queue), sized for `states`.
+    /// [`WaiterSet::close`] would also answer the waits for the disposal, wrongly.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "for the mirror's schema change (src/mirror/replica.rs), outside this change"
+        )
+    )]
+    pub fn reset(&mut self, states: usize) {
+        self.entries.retain(|_, entry| {
+            let keep = matches!(
+                entry.watch,
+                Watch::Clock(Condition::Disposed) | Watch::QueueTick(_) | Watch::QueueEnds
+            );
+            if !keep {
+                entry.signal.fire(CLOSED);
+            }
+            keep
+        });
+        self.by_state = vec![Vec::new(); states];
     }
 
     /// Ends every waiter with [`WaitError::Disposed`]; later registrations end at once.
@@ -704,12 +732,32 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_ends_the_waits_on_states_and_keeps_the_disposal_wait() {
+        let mut set = WaiterSet::new(1);
+        let host: Weak<dyn WaiterHost> = Weak::<NoHost>::new();
+        let mut disposed = make_when(host.clone(), set.register(&[0], Condition::Disposed));
+        let mut active = make_when(host, set.register(&[0], Condition::Active(vec![0])));
+        set.reset(2);
+        assert_eq!(
+            poll_once(&mut active),
+            Poll::Ready(Err(WaitError::Disposed))
+        );
+        assert!(poll_once(&mut disposed).is_pending());
+        assert_eq!(set.len(), 1);
+        set.close();
+        assert_eq!(poll_once(&mut disposed), Poll::Ready(Ok(())));
+    }
+
+    #[test]
     fn until_ends_a_wait_with_canceled_and_drops_its_waiter() {
         let host = Arc::new(TestHost(Mutex::new(WaiterSet::new(1))));
         let weak: Weak<dyn WaiterHost> = Arc::downgrade(&host) as Weak<dyn WaiterHost>;
         let when = make_when(
             weak,
-            host.0.lock().expect("lock").register(&[0], Condition::Active(vec![0])),
+            host.0
+                .lock()
+                .expect("lock")
+                .register(&[0], Condition::Active(vec![0])),
         );
         assert_eq!(host.0.lock().expect("lock").len(), 1);
         let mut until = when.until(std::future::ready(()));

@@ -33,7 +33,11 @@ fn queue_checkable() {
         assert_eq!(m.queue_len(), 3, "queue should have 3 mutations scheduled");
         count.fetch_add(1, Ordering::Relaxed);
 
-        assert_eq!(m.find_queued(MutationKind::Add, &["C"]), Some(1), "C queued");
+        assert_eq!(
+            m.find_queued(MutationKind::Add, &["C"]),
+            Some(1),
+            "C queued"
+        );
         assert!(m.will_be(&["C"]), "C should be queued");
         count.fetch_add(1, Ordering::Relaxed);
 
@@ -60,7 +64,11 @@ async fn when_queue_ends() {
     let go_ready = Mutex::new(go_ready);
     m.on_state("A", move |e| {
         ready_mut.send(()).expect("the waiting thread lives");
-        go_ready.lock().expect("lock").recv().expect("the waiting thread lives");
+        go_ready
+            .lock()
+            .expect("lock")
+            .recv()
+            .expect("the waiting thread lives");
         e.machine().add(&["B"], Args::new()).expect("known state");
     })
     .expect("known state");

@@ -180,7 +180,10 @@ async fn disposed_no_op() {
         m.add_err_state("A", "e", Args::new()),
         Err(MutationError::Disposed)
     );
-    assert_eq!(m.when_args("A", Args::new()).await, Err(WaitError::Disposed));
+    assert_eq!(
+        m.when_args("A", Args::new()).await,
+        Err(WaitError::Disposed)
+    );
     assert_eq!(m.when_queue_ends().await, Err(WaitError::Disposed));
     assert_eq!(m.find_queued(MutationKind::Add, &["A"]), None);
     assert_eq!(m.when_disposed().await, Ok(()));
