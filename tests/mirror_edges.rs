@@ -171,6 +171,7 @@ async fn a_schema_change_replaces_schema_and_clock_and_ends_old_waiters() {
     });
     let mirror = mirror(&endpoint, "m").await;
     let old_waiter = mirror.when(&["C"]);
+    let disposal = mirror.when_disposed();
     // The reply comes after the schema change, so it is answered in the new schema.
     let out = within("cue", mirror.add(&["A"], Args::new())).await;
     assert_eq!(out, Ok(Outcome::Canceled));
@@ -182,6 +183,8 @@ async fn a_schema_change_replaces_schema_and_clock_and_ends_old_waiters() {
         within("old waiter", old_waiter).await,
         Err(asyncmachine::machine::WaitError::Disposed)
     );
+    // A wait for the disposal does not depend on the schema: it outlives the change.
+    assert!(!disposal.is_ready(), "a schema change is not a disposal");
     drop(within("server script", server).await.expect("script ran"));
 }
 

@@ -7,6 +7,22 @@
 //! states, no arguments, no multi state) is skipped; its caller gets the waiting one's outcome.
 //! Handlers run without the machine's lock held, so they can read the machine; the lock guards
 //! only the clock, the queue, the waiters and the observer list.
+//!
+//! The queue tick counts the mutations the machine has taken from its callers and processed;
+//! as in asyncmachine, the ones it prepends itself (auto mutations, the `Exception` of a failed
+//! handler) take none. So a queued mutation knows its queue tick in advance:
+//! [`Machine::mutate_tracked`] returns it in a [`Receipt`] and [`Machine::when_queue`] waits
+//! for it. Go's `Result` is that tick for a queued mutation; our [`Outcome`] stays a plain
+//! enum, because it is part of the wire format (`MutateResult`), hence the separate method.
+//!
+//! Errors: [`Machine::add_err`] and [`Machine::add_err_state`] activate `Exception` with the
+//! error as the `error` argument, as a failed handler does; [`Machine::last_error`] is the last
+//! one (Go's `Err()`), and [`StateSource::is_err`] whether `Exception` is active.
+//!
+//! Dry runs ([`Machine::can_add`], [`Machine::can_remove`]) resolve the relations against the
+//! current clock without applying anything. Go's also run the negotiation handlers (through
+//! the queue, so from inside a handler they only come back `Queued`); ours run no handler, so
+//! a dry run has no side effect and answers at once, from anywhere.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,13 +39,14 @@ use super::handlers::{
 };
 use super::observers::Observers;
 use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
+use super::schema::EXCEPTION;
 use super::schema::Schema;
 use super::source::{
     ClockChange, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
     StateSource, Transition,
 };
 use super::value::Args;
-use super::waiters::{Condition, WaiterHost, WaiterSet, When, make_when};
+use super::waiters::{Condition, WaitError, WaiterHost, WaiterSet, When, make_when};
 
 /// Default bound of the mutation queue.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
@@ -62,15 +79,30 @@ struct Shared {
 struct Queued {
     mutation: Mutation,
     done: Vec<Arc<OutcomeSlot>>,
+    /// The queue tick it takes when processed; `None` for the machine's own prepended
+    /// mutations, which take none.
+    tick: Option<u64>,
 }
 
 impl From<Mutation> for Queued {
+    /// A mutation the machine prepends itself (no queue tick).
     fn from(mutation: Mutation) -> Self {
         Queued {
             mutation,
             done: Vec::new(),
+            tick: None,
         }
     }
+}
+
+/// What a mutation returned, with its queue tick; see [`Machine::mutate_tracked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub outcome: Outcome,
+    /// The queue tick the mutation took (it ran) or will take (it is queued): once
+    /// [`StateSource::queue_tick`] reaches it, the mutation has been processed. A skipped
+    /// duplicate has the tick of the queued mutation it duplicates.
+    pub queue_tick: u64,
 }
 
 impl Queued {
@@ -128,9 +160,11 @@ impl Future for QueuedOutcome {
 
 /// What became of a submitted mutation.
 enum Submitted {
-    Done(Outcome),
-    /// Queued behind a running transition; with a slot when the caller waits for the outcome.
-    Queued(Option<Arc<OutcomeSlot>>),
+    /// Ran now, taking this queue tick.
+    Done(Outcome, u64),
+    /// Queued behind a running transition, to take this queue tick; with a slot when the
+    /// caller waits for the outcome.
+    Queued(Option<Arc<OutcomeSlot>>, u64),
 }
 
 /// Fails the waiting callers of mutations that will never run.
@@ -149,8 +183,12 @@ struct Core {
     order: Vec<usize>,
     queue: VecDeque<Queued>,
     queue_tick: u64,
+    /// Queued mutations that will take a queue tick (the ones callers queued).
+    pending_ticks: u64,
     /// Whether some thread is running transitions (and will drain the queue).
     processing: bool,
+    /// The last error a handler failed with or [`Machine::add_err`] added.
+    last_error: Option<String>,
     waiters: WaiterSet,
     observers: Observers,
     disposed: bool,
@@ -219,7 +257,9 @@ impl MachineBuilder {
                     order: Vec::new(),
                     queue: VecDeque::new(),
                     queue_tick: 0,
+                    pending_ticks: 0,
                     processing: false,
+                    last_error: None,
                     waiters: WaiterSet::new(n),
                     observers: Observers::default(),
                     disposed: false,
@@ -400,10 +440,33 @@ impl Machine {
     /// [`Outcome::Queued`]). The async [`StateSource::mutate`] instead waits for a queued
     /// mutation to run and returns its real outcome.
     pub fn mutate_now(&self, mutation: Mutation) -> Result<Outcome, MutationError> {
-        match self.submit(mutation, false)? {
-            Submitted::Done(outcome) => Ok(outcome),
-            Submitted::Queued(_) => Ok(Outcome::Queued),
-        }
+        self.mutate_tracked(mutation).map(|receipt| receipt.outcome)
+    }
+
+    /// [`Machine::mutate_now`] with the queue tick the mutation takes (Go's `Result` of a
+    /// queued mutation): wait for it to be processed with [`Machine::when_queue`].
+    pub fn mutate_tracked(&self, mutation: Mutation) -> Result<Receipt, MutationError> {
+        Ok(match self.submit(mutation, false)? {
+            Submitted::Done(outcome, queue_tick) => Receipt {
+                outcome,
+                queue_tick,
+            },
+            Submitted::Queued(_, queue_tick) => Receipt {
+                outcome: Outcome::Queued,
+                queue_tick,
+            },
+        })
+    }
+
+    /// A mutation of the named states, for [`Machine::mutate_tracked`] and
+    /// [`StateSource::mutate`].
+    pub fn mutation(
+        &self,
+        kind: MutationKind,
+        states: &[&str],
+        args: Args,
+    ) -> Result<Mutation, MutationError> {
+        self.named(kind, states, args)
     }
 
     fn submit(&self, mutation: Mutation, track: bool) -> Result<Submitted, MutationError> {
@@ -428,7 +491,9 @@ impl Machine {
                     debug!(machine = %self.shared.id, kind = %mutation.kind, "duplicate of a queued mutation; skipped");
                     let done = track.then(|| Arc::new(OutcomeSlot::default()));
                     queued.done.extend(done.clone());
-                    return Ok(Submitted::Queued(done));
+                    // A duplicate is never the machine's own (those are not compared).
+                    let tick = queued.tick.unwrap_or(core.queue_tick);
+                    return Ok(Submitted::Queued(done, tick));
                 }
                 let limit = self.shared.queue_limit;
                 if core.queue.len() >= limit {
@@ -436,11 +501,14 @@ impl Machine {
                     return Err(MutationError::QueueFull { limit });
                 }
                 let done = track.then(|| Arc::new(OutcomeSlot::default()));
+                core.pending_ticks += 1;
+                let tick = core.queue_tick + core.pending_ticks;
                 core.queue.push_back(Queued {
                     mutation,
                     done: done.iter().cloned().collect(),
+                    tick: Some(tick),
                 });
-                return Ok(Submitted::Queued(done));
+                return Ok(Submitted::Queued(done, tick));
             }
             core.processing = true;
         }
@@ -448,10 +516,10 @@ impl Machine {
             machine: self,
             armed: true,
         };
-        let outcome = self.run(mutation);
+        let (outcome, tick) = self.run(mutation, true);
         self.drain();
         guard.armed = false;
-        Ok(Submitted::Done(outcome))
+        Ok(Submitted::Done(outcome, tick))
     }
 
     /// Runs queued mutations until the queue is empty, then gives up the processing role.
@@ -460,26 +528,50 @@ impl Machine {
             let next = {
                 let mut core = self.core();
                 match core.queue.pop_front() {
-                    Some(next) if !core.disposed => next,
+                    Some(next) if !core.disposed => {
+                        if next.tick.is_some() {
+                            core.pending_ticks -= 1;
+                        }
+                        next
+                    }
                     popped => {
                         let mut rest = std::mem::take(&mut core.queue);
                         rest.extend(popped);
                         core.processing = false;
+                        core.pending_ticks = 0;
+                        core.waiters.queue_ended();
                         drop(core);
                         abandon(rest);
                         return;
                     }
                 }
             };
-            let outcome = self.run(next.mutation);
+            let (outcome, _) = self.run(next.mutation, next.tick.is_some());
             for done in next.done {
                 done.complete(Ok(outcome));
             }
         }
     }
 
+    /// Runs one transition, taking a queue tick when `ticked` (see the module docs), and
+    /// returns its outcome and the queue tick after it.
+    fn run(&self, mutation: Mutation, ticked: bool) -> (Outcome, u64) {
+        if ticked {
+            // As in asyncmachine, the tick is taken when the mutation leaves the queue, so the
+            // handlers of the transition already see it.
+            self.core().queue_tick += 1;
+        }
+        let outcome = self.transition(&mutation);
+        let mut core = self.core();
+        if ticked {
+            let now = core.queue_tick;
+            core.waiters.queue_advanced(now);
+        }
+        (outcome, core.queue_tick)
+    }
+
     /// Runs one transition: resolve, negotiate, apply, finalize, notify.
-    fn run(&self, mutation: Mutation) -> Outcome {
+    fn transition(&self, mutation: &Mutation) -> Outcome {
         let schema = self.schema_ref();
         let handlers = lock(&self.shared.handlers).clone();
         let (before, order) = {
@@ -495,25 +587,23 @@ impl Machine {
             mutation.auto,
         ) {
             Ok(plan) => plan,
-            Err(reason) => return self.canceled(&mutation, &reason),
+            Err(reason) => return self.canceled(mutation, &reason),
         };
         if !plan.changes_clock() {
-            let mut core = self.core();
-            core.queue_tick += 1;
-            core.order = plan.targets;
+            self.core().order = plan.targets;
             return Outcome::Executed;
         }
         let rejected = {
             let event = |state| Event {
                 machine: self,
-                mutation: &mutation,
+                mutation,
                 plan: &plan,
                 before: &before,
                 state,
             };
             match self.negotiate(&handlers, &plan, &mutation.states, &event) {
                 Ok(rejected) => rejected,
-                Err(reason) => return self.canceled(&mutation, &reason),
+                Err(reason) => return self.canceled(mutation, &reason),
             }
         };
         // Partial acceptance of an auto mutation: resolve again without the refused states, so
@@ -534,14 +624,14 @@ impl Machine {
                         state: None,
                         handler: HandlerKind::Enter.name(),
                     };
-                    return self.canceled(&mutation, &reason);
+                    return self.canceled(mutation, &reason);
                 }
             }
         };
         let arriving: Vec<usize> = plan.arriving().collect();
         let event = |state| Event {
             machine: self,
-            mutation: &mutation,
+            mutation,
             plan: &plan,
             before: &before,
             state,
@@ -552,8 +642,9 @@ impl Machine {
             let core = &mut *core;
             plan.apply(&mut core.ticks);
             core.order.clone_from(&plan.targets);
-            core.queue_tick += 1;
             core.waiters.clock_changed(&core.ticks, plan.changed());
+            core.waiters
+                .activated(arriving.iter().copied(), &mutation.args);
             (core.observers.snapshot(), core.queue_tick)
         };
 
@@ -625,7 +716,6 @@ impl Machine {
     }
 
     fn canceled(&self, mutation: &Mutation, reason: &CancelReason) -> Outcome {
-        self.core().queue_tick += 1;
         if !mutation.auto {
             debug!(machine = %self.shared.id, kind = %mutation.kind, %reason, "mutation canceled");
         }
@@ -716,6 +806,7 @@ impl Machine {
         let exception = schema.exception();
         let state = event.state.map(|s| schema.name(s));
         error!(machine = %self.shared.id, state, handler = kind.name(), error = %message, "handler failed");
+        self.core().last_error = Some(message.clone());
         if event.mutation.kind != MutationKind::Remove && event.mutation.states.contains(&exception)
         {
             return;
@@ -746,6 +837,139 @@ impl Machine {
         }
     }
 
+    // ----- errors -----
+
+    /// Activates `Exception` with the error as its `error` argument (merged into `args`), as a
+    /// failing handler does (Go's `AddErr`). Like any mutation, it is queued when the machine
+    /// is busy. The error becomes [`Machine::last_error`].
+    pub fn add_err(
+        &self,
+        error: impl std::fmt::Display,
+        args: Args,
+    ) -> Result<Outcome, MutationError> {
+        self.add_err_state(EXCEPTION, error, args)
+    }
+
+    /// Activates an error state together with `Exception` (Go's `AddErrState`), the error as the
+    /// `error` argument: `state` is typically one that requires `Exception`, such as a
+    /// network-error state, so that handlers can tell kinds of failure apart.
+    pub fn add_err_state(
+        &self,
+        state: &str,
+        error: impl std::fmt::Display,
+        mut args: Args,
+    ) -> Result<Outcome, MutationError> {
+        if self.is_disposed() {
+            return Err(MutationError::Disposed);
+        }
+        let message = error.to_string();
+        let states: &[&str] = if state == EXCEPTION {
+            &[EXCEPTION]
+        } else {
+            &[state, EXCEPTION]
+        };
+        let mutation = self.named(MutationKind::Add, states, Args::new())?;
+        self.core().last_error = Some(message.clone());
+        args.insert("error", message);
+        self.mutate_now(Mutation { args, ..mutation })
+    }
+
+    /// The last error: of [`Machine::add_err`] or a failing handler (Go's `Err()`). It stays
+    /// after `Exception` is removed, until the next error.
+    pub fn last_error(&self) -> Option<String> {
+        self.core().last_error.clone()
+    }
+
+    // ----- waits only a running machine can answer -----
+
+    /// Resolves when `state` is activated (or, for a multi state, activated again) by a
+    /// mutation whose arguments include all of `args`, compared by value (Go's `WhenArgs`).
+    /// Meant for multi states, to pick out one call among many.
+    pub fn when_args(&self, state: &str, args: Args) -> When {
+        let Some(s) = self.schema_ref().index(state) else {
+            return When::failed(WaitError::UnknownState(state.to_owned()));
+        };
+        let registration = self.core().waiters.register_args(s, args);
+        make_when(self.waiter_host(), registration)
+    }
+
+    /// Resolves when the queue tick reaches `tick`: the mutation of that [`Receipt`] has been
+    /// processed (Go's `WhenQueue`). At once when it already has.
+    pub fn when_queue(&self, tick: u64) -> When {
+        let mut core = self.core();
+        let core = &mut *core;
+        let registration = core.waiters.register_queue_tick(core.queue_tick, tick);
+        make_when(self.waiter_host(), registration)
+    }
+
+    /// Resolves when the running queue is empty (Go's `WhenQueueEnds`); at once when no
+    /// mutation is running.
+    pub fn when_queue_ends(&self) -> When {
+        let mut core = self.core();
+        let core = &mut *core;
+        let registration = core.waiters.register_queue_ends(core.processing);
+        make_when(self.waiter_host(), registration)
+    }
+
+    fn waiter_host(&self) -> Weak<dyn WaiterHost> {
+        Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>
+    }
+
+    // ----- the queue -----
+
+    /// The position in the queue of the first waiting mutation of `kind` whose called states
+    /// include all of `states` (Go's `IsQueued` with its defaults: arguments and extra
+    /// states allowed); `None` when there is none, or a name is unknown.
+    pub fn find_queued(&self, kind: MutationKind, states: &[&str]) -> Option<usize> {
+        let idx = self.schema_ref().indices(states).ok()?;
+        let core = self.core();
+        core.queue.iter().position(|q| {
+            q.mutation.kind == kind && idx.iter().all(|s| q.mutation.states.contains(s))
+        })
+    }
+
+    /// Whether a waiting mutation will activate all of `states` (called, not implied ones;
+    /// Go's `WillBe`).
+    pub fn will_be(&self, states: &[&str]) -> bool {
+        self.find_queued(MutationKind::Add, states).is_some()
+    }
+
+    /// Whether a waiting mutation will deactivate all of `states` (called ones; Go's
+    /// `WillBeRemoved`).
+    pub fn will_be_removed(&self, states: &[&str]) -> bool {
+        self.find_queued(MutationKind::Remove, states).is_some()
+    }
+
+    /// A dry run of [`Machine::add`]: `Executed` when the relations would let it through
+    /// from the current clock, `Canceled` when not; nothing is applied and no handler runs
+    /// (see the module docs for how this differs from Go's `CanAdd`).
+    pub fn can_add(&self, states: &[&str]) -> Result<Outcome, MutationError> {
+        self.dry_run(MutationKind::Add, states)
+    }
+
+    /// A dry run of [`Machine::remove`]; see [`Machine::can_add`].
+    pub fn can_remove(&self, states: &[&str]) -> Result<Outcome, MutationError> {
+        self.dry_run(MutationKind::Remove, states)
+    }
+
+    fn dry_run(&self, kind: MutationKind, states: &[&str]) -> Result<Outcome, MutationError> {
+        let mutation = self.named(kind, states, Args::new())?;
+        let (ticks, order) = {
+            let core = self.core();
+            if core.disposed {
+                return Err(MutationError::Disposed);
+            }
+            (core.ticks.clone(), core.order.clone())
+        };
+        let schema = self.schema_ref();
+        Ok(
+            match resolve(schema, &ticks, &order, kind, &mutation.states, false) {
+                Ok(_) => Outcome::Executed,
+                Err(_) => Outcome::Canceled,
+            },
+        )
+    }
+
     // ----- lifecycle and introspection -----
 
     /// Ends the machine: waiters end with [`WaitError::Disposed`], queued mutations are dropped
@@ -758,6 +982,7 @@ impl Machine {
             core.disposed = true;
             core.waiters.close();
             core.observers.clear();
+            core.pending_ticks = 0;
             std::mem::take(&mut core.queue)
         };
         abandon(queued);
@@ -793,6 +1018,8 @@ impl Drop for ProcessingGuard<'_> {
         let queued = {
             let mut core = self.machine.core();
             core.processing = false;
+            core.pending_ticks = 0;
+            core.waiters.queue_ended();
             std::mem::take(&mut core.queue)
         };
         abandon(queued);
@@ -851,17 +1078,19 @@ impl StateSource for Machine {
     }
 
     fn wait(&self, condition: Condition) -> When {
-        let host: Weak<dyn WaiterHost> = Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>;
         let mut core = self.core();
         let core = &mut *core;
-        make_when(host, core.waiters.register(&core.ticks, condition))
+        make_when(
+            self.waiter_host(),
+            core.waiters.register(&core.ticks, condition),
+        )
     }
 
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
         match self.submit(mutation, true) {
-            Ok(Submitted::Queued(Some(done))) => Box::pin(QueuedOutcome(done)),
-            Ok(Submitted::Queued(None)) => Box::pin(std::future::ready(Ok(Outcome::Queued))),
-            Ok(Submitted::Done(outcome)) => Box::pin(std::future::ready(Ok(outcome))),
+            Ok(Submitted::Queued(Some(done), _)) => Box::pin(QueuedOutcome(done)),
+            Ok(Submitted::Queued(None, _)) => Box::pin(std::future::ready(Ok(Outcome::Queued))),
+            Ok(Submitted::Done(outcome, _)) => Box::pin(std::future::ready(Ok(outcome))),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }

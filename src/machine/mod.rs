@@ -23,7 +23,7 @@ pub mod value;
 pub mod waiters;
 
 pub use handlers::{Completion, Event, HandlerKind, Verdict};
-pub use local::{Machine, MachineBuilder, UnknownState};
+pub use local::{Machine, MachineBuilder, Receipt, UnknownState};
 pub use resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 pub use schema::{EXCEPTION, Relation, Schema, SchemaBuilder, SchemaDef, SchemaError, StateDef};
 pub use source::{
@@ -31,4 +31,4 @@ pub use source::{
     StateSource, Transition, UpstreamInfo,
 };
 pub use value::{Args, Value};
-pub use waiters::{Bound, Canceled, Condition, StateCtx, WaitError, When};
+pub use waiters::{Bound, Canceled, Condition, StateCtx, Until, WaitError, When};

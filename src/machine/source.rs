@@ -447,6 +447,25 @@ pub trait StateSource: Send + Sync {
             self.add(states, args)
         }
     }
+
+    // ----- provided: errors and waits answered from the clock (issue 14, part 3) -----
+
+    /// Whether `Exception` is active (Go's `IsErr`).
+    fn is_err(&self) -> bool {
+        self.is1(super::schema::EXCEPTION)
+    }
+
+    /// Resolves when the state's tick has reached `tick` (Go's `WhenTicksEq`, now `WhenTime1`):
+    /// an absolute tick, where [`StateSource::when_ticks`] counts from now.
+    fn when_tick_reaches(&self, state: &str, tick: u64) -> When {
+        self.when_time(&[state], &[tick])
+    }
+
+    /// Resolves when the machine is disposed (Go's `WhenDisposed`); at once when it already
+    /// is. Never fails: the disposal is what it waits for.
+    fn when_disposed(&self) -> When {
+        self.wait(Condition::Disposed)
+    }
 }
 
 /// Go's `String` and `StringAll` layouts: `(A:1 B:3)`, or with `all`, `(A:1) [B:0 C:2]`.

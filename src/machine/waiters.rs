@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
 use super::resolve::is_active;
+use super::value::Args;
 
 /// Why a wait ended without its condition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,6 +23,9 @@ pub enum WaitError {
     UnknownState(String),
     #[error("the machine was disposed while waiting")]
     Disposed,
+    /// The cancellation the wait was bound to (see [`When::until`]) fired first.
+    #[error("the wait was canceled before its condition held")]
+    Canceled,
 }
 
 /// What a waiter waits for, by state position.
@@ -35,6 +39,9 @@ pub enum Condition {
     TicksAtLeast(Vec<(usize, u64)>),
     /// The state's tick differs from the given one (a state context).
     TickChanged(usize, u64),
+    /// The machine is disposed: never holds for a clock; the waiter resolves (with `Ok`)
+    /// when its waiter set is closed.
+    Disposed,
 }
 
 impl Condition {
@@ -44,6 +51,7 @@ impl Condition {
             Condition::Inactive(states) => states.iter().all(|&s| !is_active(ticks[s])),
             Condition::TicksAtLeast(pairs) => pairs.iter().all(|&(s, t)| ticks[s] >= t),
             Condition::TickChanged(s, t) => ticks[*s] != *t,
+            Condition::Disposed => false,
         }
     }
 
@@ -52,6 +60,7 @@ impl Condition {
             Condition::Active(states) | Condition::Inactive(states) => states.clone(),
             Condition::TicksAtLeast(pairs) => pairs.iter().map(|&(s, _)| s).collect(),
             Condition::TickChanged(s, _) => vec![*s],
+            Condition::Disposed => Vec::new(),
         }
     }
 }
@@ -117,9 +126,22 @@ pub(crate) trait WaiterHost: Send + Sync {
     fn cancel_waiter(&self, id: u64);
 }
 
+/// What a registered waiter watches: the clock, or (on a local machine only) the arguments
+/// of activations and the queue.
+#[derive(Debug)]
+enum Watch {
+    Clock(Condition),
+    /// The state is activated by a mutation whose arguments include all of these.
+    Args(usize, Args),
+    /// The queue tick has reached this one.
+    QueueTick(u64),
+    /// The queue runs empty.
+    QueueEnds,
+}
+
 #[derive(Debug)]
 struct Entry {
-    condition: Condition,
+    watch: Watch,
     signal: Arc<Signal>,
 }
 
@@ -130,6 +152,8 @@ pub(crate) struct WaiterSet {
     entries: HashMap<u64, Entry>,
     /// Ids of waiters watching each state; may hold ids already gone (pruned lazily).
     by_state: Vec<Vec<u64>>,
+    /// Ids of waiters on the queue (queue ticks and queue ends); may hold ids already gone.
+    queue: Vec<u64>,
     closed: bool,
 }
 
@@ -148,6 +172,7 @@ impl WaiterSet {
             next_id: 0,
             entries: HashMap::new(),
             by_state: vec![Vec::new(); states],
+            queue: Vec::new(),
             closed: false,
         }
     }
@@ -162,30 +187,133 @@ impl WaiterSet {
             return Registration::OutOfSchema(condition);
         }
         if self.closed {
-            return Registration::Done(CLOSED);
+            // A wait for the disposal is answered by it.
+            let state = if condition == Condition::Disposed {
+                FIRED
+            } else {
+                CLOSED
+            };
+            return Registration::Done(state);
         }
         if condition.holds(ticks) {
             return Registration::Done(FIRED);
         }
+        let states = condition.states();
+        self.insert(Watch::Clock(condition), &states)
+    }
+
+    /// Registers a wait for an activation of `state` whose arguments include all of `args`
+    /// (compared by value). Only a machine that runs the transitions can answer it.
+    pub fn register_args(&mut self, state: usize, args: Args) -> Registration {
+        if state >= self.by_state.len() {
+            return Registration::OutOfSchema(Condition::Active(vec![state]));
+        }
+        if self.closed {
+            return Registration::Done(CLOSED);
+        }
+        self.insert(Watch::Args(state, args), &[state])
+    }
+
+    /// Registers a wait for the queue tick to reach `tick`, given the queue tick `now`.
+    pub fn register_queue_tick(&mut self, now: u64, tick: u64) -> Registration {
+        if self.closed {
+            return Registration::Done(CLOSED);
+        }
+        if now >= tick {
+            return Registration::Done(FIRED);
+        }
+        self.insert(Watch::QueueTick(tick), &[])
+    }
+
+    /// Registers a wait for the end of the running queue; done at once when none runs.
+    pub fn register_queue_ends(&mut self, running: bool) -> Registration {
+        if self.closed {
+            return Registration::Done(CLOSED);
+        }
+        if !running {
+            return Registration::Done(FIRED);
+        }
+        self.insert(Watch::QueueEnds, &[])
+    }
+
+    fn insert(&mut self, watch: Watch, states: &[usize]) -> Registration {
         let id = self.next_id;
         self.next_id += 1;
-        for s in condition.states() {
-            let list = &mut self.by_state[s];
+        let entries = &self.entries;
+        let index = |list: &mut Vec<u64>| {
             // Keep lists of dropped waiters from growing without bound on quiet states.
             if list.len() >= 32 && list.len().is_power_of_two() {
-                list.retain(|id| self.entries.contains_key(id));
+                list.retain(|id| entries.contains_key(id));
             }
             list.push(id);
+        };
+        match watch {
+            Watch::QueueTick(_) | Watch::QueueEnds => index(&mut self.queue),
+            _ => states.iter().for_each(|&s| index(&mut self.by_state[s])),
         }
         let signal = Signal::new(PENDING);
         self.entries.insert(
             id,
             Entry {
-                condition,
+                watch,
                 signal: signal.clone(),
             },
         );
         Registration::Pending(id, signal)
+    }
+
+    /// Fires the waiters of activations of `states` whose arguments `args` include.
+    pub fn activated(&mut self, states: impl IntoIterator<Item = usize>, args: &Args) {
+        if self.entries.is_empty() {
+            return;
+        }
+        for s in states {
+            self.fire_where(Some(s), |watch| match watch {
+                Watch::Args(state, want) => {
+                    *state == s && want.iter().all(|(k, v)| args.get(k) == Some(v))
+                }
+                _ => false,
+            });
+        }
+    }
+
+    /// Fires the waiters of queue ticks up to `now`.
+    pub fn queue_advanced(&mut self, now: u64) {
+        if !self.queue.is_empty() {
+            self.fire_where(
+                None,
+                |watch| matches!(watch, Watch::QueueTick(t) if *t <= now),
+            );
+        }
+    }
+
+    /// Fires the waiters of the end of the queue.
+    pub fn queue_ended(&mut self) {
+        if !self.queue.is_empty() {
+            self.fire_where(None, |watch| matches!(watch, Watch::QueueEnds));
+        }
+    }
+
+    /// Fires and removes the waiters listed for a state (`None`: on the queue) whose watch
+    /// `done` accepts; prunes ids already gone.
+    fn fire_where(&mut self, state: Option<usize>, done: impl Fn(&Watch) -> bool) {
+        let entries = &mut self.entries;
+        let list = match state {
+            Some(s) => &mut self.by_state[s],
+            None => &mut self.queue,
+        };
+        list.retain(|id| {
+            let Some(entry) = entries.get(id) else {
+                return false;
+            };
+            if done(&entry.watch) {
+                if let Some(entry) = entries.remove(id) {
+                    entry.signal.fire(FIRED);
+                }
+                return false;
+            }
+            true
+        });
     }
 
     /// Fires the waiters of the changed states whose conditions now hold.
@@ -194,18 +322,10 @@ impl WaiterSet {
             return;
         }
         for s in changed {
-            let entries = &mut self.entries;
-            self.by_state[s].retain(|id| {
-                let Some(entry) = entries.get(id) else {
-                    return false;
-                };
-                if entry.condition.holds(ticks) {
-                    if let Some(entry) = entries.remove(id) {
-                        entry.signal.fire(FIRED);
-                    }
-                    return false;
-                }
-                true
+            // Waiters on arguments share the state's list and stay: activations fire them.
+            self.fire_where(Some(s), |watch| match watch {
+                Watch::Clock(condition) => condition.holds(ticks),
+                _ => false,
             });
         }
     }
@@ -214,13 +334,36 @@ impl WaiterSet {
         self.entries.remove(&id);
     }
 
+    /// For a clock whose schema changed (a mirror's): ends every waiter on states with
+    /// [`WaitError::Disposed`], as their positions mean other states now, and keeps the waits
+    /// that do not depend on the schema (for the disposal, the queue), sized for `states`.
+    /// [`WaiterSet::close`] would also answer the waits for the disposal, wrongly.
+    pub fn reset(&mut self, states: usize) {
+        self.entries.retain(|_, entry| {
+            let keep = matches!(
+                entry.watch,
+                Watch::Clock(Condition::Disposed) | Watch::QueueTick(_) | Watch::QueueEnds
+            );
+            if !keep {
+                entry.signal.fire(CLOSED);
+            }
+            keep
+        });
+        self.by_state = vec![Vec::new(); states];
+    }
+
     /// Ends every waiter with [`WaitError::Disposed`]; later registrations end at once.
     pub fn close(&mut self) {
         self.closed = true;
         for (_, entry) in self.entries.drain() {
-            entry.signal.fire(CLOSED);
+            let state = match entry.watch {
+                Watch::Clock(Condition::Disposed) => FIRED,
+                _ => CLOSED,
+            };
+            entry.signal.fire(state);
         }
         self.by_state.iter_mut().for_each(Vec::clear);
+        self.queue.clear();
     }
 }
 
@@ -282,6 +425,54 @@ impl When {
     /// Whether the condition has held (without waiting).
     pub fn is_ready(&self) -> bool {
         self.signal.state() == FIRED
+    }
+
+    /// Binds the wait to a cancellation (asyncmachine's `ctx` argument of its waits): it ends
+    /// with [`WaitError::Canceled`] when `cancel` resolves first, and its registration is
+    /// dropped at that moment rather than when the future is. `cancel` is any future, e.g.
+    /// [`StateCtx::canceled`] to end the wait with a state, or a runtime's cancellation token.
+    /// Go closes the channel on a canceled context, the same as on success; here the two are
+    /// told apart.
+    pub fn until<C: Future<Output = ()>>(self, cancel: C) -> Until<C> {
+        Until {
+            when: Some(self),
+            cancel: Box::pin(cancel),
+        }
+    }
+}
+
+/// A [`When`] bound to a cancellation; see [`When::until`].
+#[must_use = "a wait does nothing unless awaited"]
+pub struct Until<C> {
+    when: Option<When>,
+    cancel: Pin<Box<C>>,
+}
+
+impl<C> std::fmt::Debug for Until<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Until")
+            .field("when", &self.when)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Future<Output = ()>> Future for Until<C> {
+    type Output = Result<(), WaitError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(when) = self.when.as_mut() else {
+            return Poll::Ready(Err(WaitError::Canceled));
+        };
+        if let Poll::Ready(result) = Pin::new(when).poll(cx) {
+            self.when = None;
+            return Poll::Ready(result);
+        }
+        if self.cancel.as_mut().poll(cx).is_ready() {
+            // Dropping the When deregisters its waiter now.
+            self.when = None;
+            return Poll::Ready(Err(WaitError::Canceled));
+        }
+        Poll::Pending
     }
 }
 
@@ -473,6 +664,105 @@ mod tests {
             "list grew to {}",
             set.by_state[0].len()
         );
+    }
+
+    #[test]
+    fn args_waiters_fire_on_matching_activations_only() {
+        let mut set = WaiterSet::new(2);
+        let want = Args::new().with("foo", "bar");
+        let Registration::Pending(_, signal) = set.register_args(1, want.clone()) else {
+            panic!("must wait");
+        };
+        // A clock change alone does not fire it, nor an activation of another state.
+        set.clock_changed(&[0, 1], [1]);
+        set.activated([0], &want);
+        set.activated([1], &Args::new().with("foo", "foo"));
+        assert_eq!(signal.state(), PENDING);
+        set.activated([1], &want.clone().with("more", 1));
+        assert_eq!(signal.state(), FIRED);
+        assert_eq!(set.len(), 0);
+    }
+
+    #[test]
+    fn queue_waiters_fire_on_their_tick_and_at_the_queue_end() {
+        let mut set = WaiterSet::new(1);
+        assert!(matches!(
+            set.register_queue_tick(3, 3),
+            Registration::Done(FIRED)
+        ));
+        assert!(matches!(
+            set.register_queue_ends(false),
+            Registration::Done(FIRED)
+        ));
+        let Registration::Pending(_, tick) = set.register_queue_tick(3, 5) else {
+            panic!("must wait");
+        };
+        let Registration::Pending(_, ends) = set.register_queue_ends(true) else {
+            panic!("must wait");
+        };
+        set.queue_advanced(4);
+        assert_eq!((tick.state(), ends.state()), (PENDING, PENDING));
+        set.queue_advanced(5);
+        assert_eq!((tick.state(), ends.state()), (FIRED, PENDING));
+        set.queue_ended();
+        assert_eq!(ends.state(), FIRED);
+    }
+
+    #[test]
+    fn a_disposal_wait_succeeds_when_the_set_closes() {
+        let mut set = WaiterSet::new(1);
+        let host: Weak<dyn WaiterHost> = Weak::<NoHost>::new();
+        let mut disposed = make_when(host.clone(), set.register(&[0], Condition::Disposed));
+        let mut other = make_when(host.clone(), set.register(&[0], Condition::Active(vec![0])));
+        set.clock_changed(&[2], [0]);
+        assert!(poll_once(&mut disposed).is_pending());
+        assert!(poll_once(&mut other).is_pending());
+        set.close();
+        assert_eq!(poll_once(&mut disposed), Poll::Ready(Ok(())));
+        assert_eq!(poll_once(&mut other), Poll::Ready(Err(WaitError::Disposed)));
+        let mut late = make_when(host, set.register(&[0], Condition::Disposed));
+        assert_eq!(poll_once(&mut late), Poll::Ready(Ok(())));
+    }
+
+    #[test]
+    fn a_reset_ends_the_waits_on_states_and_keeps_the_disposal_wait() {
+        let mut set = WaiterSet::new(1);
+        let host: Weak<dyn WaiterHost> = Weak::<NoHost>::new();
+        let mut disposed = make_when(host.clone(), set.register(&[0], Condition::Disposed));
+        let mut active = make_when(host, set.register(&[0], Condition::Active(vec![0])));
+        set.reset(2);
+        assert_eq!(
+            poll_once(&mut active),
+            Poll::Ready(Err(WaitError::Disposed))
+        );
+        assert!(poll_once(&mut disposed).is_pending());
+        assert_eq!(set.len(), 1);
+        set.close();
+        assert_eq!(poll_once(&mut disposed), Poll::Ready(Ok(())));
+    }
+
+    #[test]
+    fn until_ends_a_wait_with_canceled_and_drops_its_waiter() {
+        let host = Arc::new(TestHost(Mutex::new(WaiterSet::new(1))));
+        let weak: Weak<dyn WaiterHost> = Arc::downgrade(&host) as Weak<dyn WaiterHost>;
+        let when = make_when(
+            weak,
+            host.0
+                .lock()
+                .expect("lock")
+                .register(&[0], Condition::Active(vec![0])),
+        );
+        assert_eq!(host.0.lock().expect("lock").len(), 1);
+        let mut until = when.until(std::future::ready(()));
+        assert_eq!(poll_once(&mut until), Poll::Ready(Err(WaitError::Canceled)));
+        assert_eq!(host.0.lock().expect("lock").len(), 0);
+    }
+
+    struct TestHost(Mutex<WaiterSet>);
+    impl WaiterHost for TestHost {
+        fn cancel_waiter(&self, id: u64) {
+            self.0.lock().expect("lock").remove(id);
+        }
     }
 
     struct NoHost;

@@ -79,11 +79,11 @@ impl Replica {
                 } => {
                     stats.diffs.fetch_add(diffs as u64, Ordering::Relaxed);
                     if schema_changed && let Some(schema) = self.session.schema() {
-                        // State positions mean other states now: waiters on the old schema
-                        // cannot be answered, so they end.
+                        // State positions mean other states now: waiters on the old schema's
+                        // states cannot be answered, so they end (a wait for the disposal
+                        // stays).
                         self.schema = schema.clone();
-                        self.waiters.close();
-                        self.waiters = WaiterSet::new(schema.len());
+                        self.waiters.reset(schema.len());
                     }
                     let ticks = self.session.ticks();
                     self.waiters.clock_changed(ticks, changed.iter().copied());

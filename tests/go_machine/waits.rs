@@ -2,9 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use asyncmachine::machine::{Args, MutationError, StateSource, WaitError};
+use asyncmachine::machine::{Args, MutationError, MutationKind, StateDef, StateSource, WaitError};
 
-use crate::helpers::{assert_states, no_rels, soon};
+use crate::helpers::{assert_states, machine, no_rels, soon};
+use crate::queue::rels;
 
 /// Go: TestWhen (machine_test.go). Go's handler sleeps before each add; the thread here adds
 /// at once, and the wait has a timeout.
@@ -149,8 +150,8 @@ fn state_ctx_basic() {
 
 /// Go: TestDisposedNoOp (machine_test.go), for what exists here. Rust: mutations of a
 /// disposed machine are `Err(Disposed)` (Go: `Canceled`), and its waits end with
-/// `Err(Disposed)` (Go: a closed channel). Toggle, AddErrState, IsQueued, Has, String, Inspect,
-/// Eval and the queue-end waits are part 3 of issue 14.
+/// `Err(Disposed)` (Go: a closed channel). Toggle, Has, String, Inspect and Eval are part 3
+/// of issue 14, with other helpers.
 #[tokio::test]
 async fn disposed_no_op() {
     let m = no_rels(&[]);
@@ -175,4 +176,78 @@ async fn disposed_no_op() {
     assert_eq!(m.when_not(&["A"]).await, Err(WaitError::Disposed));
     assert_eq!(m.when_time(&["A"], &[0]).await, Err(WaitError::Disposed));
     assert!(m.state_ctx("A").is_canceled());
+    assert_eq!(
+        m.add_err_state("A", "e", Args::new()),
+        Err(MutationError::Disposed)
+    );
+    assert_eq!(
+        m.when_args("A", Args::new()).await,
+        Err(WaitError::Disposed)
+    );
+    assert_eq!(m.when_queue_ends().await, Err(WaitError::Disposed));
+    assert_eq!(m.find_queued(MutationKind::Add, &["A"]), None);
+    assert_eq!(m.when_disposed().await, Ok(()));
+}
+
+/// Go: TestWhenArgs (machine_test.go)
+#[tokio::test]
+async fn when_args() {
+    let m = rels();
+    let when = m.when_args("B", Args::new().with("foo", "bar"));
+
+    // incorrect args
+    m.add(&["B"], Args::new().with("foo", "foo"))
+        .expect("known state");
+    assert!(!when.is_ready(), "when shouldn't be resolved");
+
+    // correct args
+    m.add(&["B"], Args::new().with("foo", "bar"))
+        .expect("known state");
+    assert!(when.is_ready(), "when should be resolved");
+    assert_eq!(when.await, Ok(()));
+
+    // dispose
+    m.dispose();
+    soon(m.when_disposed()).await.expect("resolves on disposal");
+}
+
+/// Go: TestWhenCtx (machine_test.go). Rust: Go passes a context to each wait; here a wait is
+/// bound to a cancellation with `When::until`, here the state context of D, canceled by
+/// activating D. A canceled wait ends with `Err(Canceled)` (Go closes the channel as on
+/// success), and its waiter is gone at once (Go collects it at the next mutation). Go's last
+/// part checks that `WhenTime` with more states than ticks raises an error; ours pairs the two
+/// lists and cannot raise one from a read-only source, so that part is not ported.
+#[tokio::test]
+async fn when_ctx() {
+    let m = machine(vec![
+        StateDef::new("A"),
+        StateDef::new("B"),
+        StateDef::new("C"),
+        StateDef::new("D").multi(),
+    ]);
+    m.set(&["A", "B"], Args::new()).expect("known states");
+
+    // wait on "when" methods bound to a cancellation
+    let ctx = m.state_ctx("D");
+    let when_time = m.when_time(&["A", "B"], &[3, 3]).until(ctx.canceled());
+    let when_ticks1 = m.when_ticks("A", 2).until(ctx.canceled());
+    let when_ticks2 = m.when_tick_reaches("B", 3).until(ctx.canceled());
+    let when_args = m
+        .when_args("B", Args::new().with("foo", "bar"))
+        .until(ctx.canceled());
+    let when = m.when(&["C"]).until(ctx.canceled());
+    assert_eq!(m.waiter_count(), 6, "five waits and D's context");
+
+    let canceler = m.clone();
+    std::thread::spawn(move || {
+        canceler.add(&["D"], Args::new()).expect("known state");
+    });
+    for wait in [when, when_args, when_time, when_ticks1, when_ticks2] {
+        assert_eq!(soon(wait).await, Err(WaitError::Canceled));
+    }
+    assert_eq!(m.waiter_count(), 0, "the canceled waits are gone");
+
+    // dispose
+    m.dispose();
+    soon(m.when_disposed()).await.expect("resolves on disposal");
 }
