@@ -351,18 +351,20 @@ fn plan(schema: &Schema, order: &Order<'_>, class: &[Class]) -> Plan {
     let n = schema.len();
     let was_active = |s: usize| is_active(order.ticks[s]);
     // The states active before, in the order the previous transition left them.
-    let mut listed = vec![false; n];
+    // One buffer of flags for both passes below: "listed", then "taken".
+    let mut seen = vec![false; n];
     let mut before: Vec<usize> = Vec::with_capacity(n);
-    for &s in order.active_order.iter().chain(&(0..n).collect::<Vec<_>>()) {
-        if s < n && was_active(s) && !listed[s] {
-            listed[s] = true;
+    for s in order.active_order.iter().copied().chain(0..n) {
+        if s < n && was_active(s) && !seen[s] {
+            seen[s] = true;
             before.push(s);
         }
     }
 
     // Targets as asyncmachine lists them before sorting: the called states in mutation order,
     // then the states that stay active, then the states implied by `add`, as found.
-    let mut taken = vec![false; n];
+    seen.fill(false);
+    let mut taken = seen;
     let mut targets = Vec::with_capacity(n);
     let mut take = |s: usize, targets: &mut Vec<usize>| {
         if class[s] != Class::Absent && !taken[s] {
