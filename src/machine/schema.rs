@@ -324,18 +324,23 @@ impl Schema {
         !self.resolved[a].after.contains(&b) && self.resolved[b].after.contains(&a)
     }
 
-    /// The kinds of relation the state has to any state, in asyncmachine's order: add,
-    /// require, remove, after (Go's `RelationsOf`).
-    pub fn relations_of(&self, state: &str) -> Result<Vec<Relation>, UnknownState> {
-        let from = self.known(state)?;
-        let r = &self.resolved[from];
-        let lists = [
+    /// A state's relations by kind, in asyncmachine's order: add, require, remove, after.
+    fn relation_lists(&self, state: usize) -> [(Relation, &Vec<usize>); 4] {
+        let r = &self.resolved[state];
+        [
             (Relation::Add, &r.add),
             (Relation::Require, &r.require),
             (Relation::Remove, &r.remove),
             (Relation::After, &r.after),
-        ];
-        Ok(lists
+        ]
+    }
+
+    /// The kinds of relation the state has to any state, in asyncmachine's order: add,
+    /// require, remove, after (Go's `RelationsOf`).
+    pub fn relations_of(&self, state: &str) -> Result<Vec<Relation>, UnknownState> {
+        let from = self.known(state)?;
+        Ok(self
+            .relation_lists(from)
             .into_iter()
             .filter(|(_, list)| !list.is_empty())
             .map(|(relation, _)| relation)
@@ -346,14 +351,8 @@ impl Schema {
     /// [`relations_of`](Self::relations_of) (Go's `RelationsBetween`); outbound only.
     pub fn relations_between(&self, from: &str, to: &str) -> Result<Vec<Relation>, UnknownState> {
         let (from, to) = (self.known(from)?, self.known(to)?);
-        let r = &self.resolved[from];
-        let lists = [
-            (Relation::Add, &r.add),
-            (Relation::Require, &r.require),
-            (Relation::Remove, &r.remove),
-            (Relation::After, &r.after),
-        ];
-        Ok(lists
+        Ok(self
+            .relation_lists(from)
             .into_iter()
             .filter(|(_, list)| list.contains(&to))
             .map(|(relation, _)| relation)
@@ -366,10 +365,9 @@ impl Schema {
         let to = self.known(state)?;
         Ok((0..self.len())
             .filter(|&from| {
-                let r = &self.resolved[from];
-                [&r.add, &r.require, &r.remove, &r.after]
+                self.relation_lists(from)
                     .iter()
-                    .any(|list| list.contains(&to))
+                    .any(|(_, list)| list.contains(&to))
             })
             .map(|from| self.name(from))
             .collect())
