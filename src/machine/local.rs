@@ -574,18 +574,21 @@ impl Machine {
     fn transition(&self, mutation: &Mutation) -> Outcome {
         let schema = self.schema_ref();
         let handlers = lock(&self.shared.handlers).clone();
-        let (before, order) = {
+        // Resolved under the lock: a pure function of the clock and the last order, cheaper
+        // than copying the order out for every transition.
+        let (before, resolved) = {
             let core = self.core();
-            (core.ticks.clone(), core.order.clone())
+            let resolved = resolve(
+                schema,
+                &core.ticks,
+                &core.order,
+                mutation.kind,
+                &mutation.states,
+                mutation.auto,
+            );
+            (core.ticks.clone(), resolved)
         };
-        let plan = match resolve(
-            schema,
-            &before,
-            &order,
-            mutation.kind,
-            &mutation.states,
-            mutation.auto,
-        ) {
+        let plan = match resolved {
             Ok(plan) => plan,
             Err(reason) => return self.canceled(mutation, &reason),
         };
@@ -617,7 +620,11 @@ impl Machine {
                 .copied()
                 .filter(|s| !rejected.contains(s))
                 .collect();
-            match resolve(schema, &before, &order, mutation.kind, &called, true) {
+            let again = {
+                let core = self.core();
+                resolve(schema, &before, &core.order, mutation.kind, &called, true)
+            };
+            match again {
                 Ok(plan) if plan.changes_clock() => plan,
                 _ => {
                     let reason = CancelReason::Refused {
@@ -954,16 +961,20 @@ impl Machine {
 
     fn dry_run(&self, kind: MutationKind, states: &[&str]) -> Result<Outcome, MutationError> {
         let mutation = self.named(kind, states, Args::new())?;
-        let (ticks, order) = {
-            let core = self.core();
-            if core.disposed {
-                return Err(MutationError::Disposed);
-            }
-            (core.ticks.clone(), core.order.clone())
-        };
         let schema = self.schema_ref();
+        let core = self.core();
+        if core.disposed {
+            return Err(MutationError::Disposed);
+        }
         Ok(
-            match resolve(schema, &ticks, &order, kind, &mutation.states, false) {
+            match resolve(
+                schema,
+                &core.ticks,
+                &core.order,
+                kind,
+                &mutation.states,
+                false,
+            ) {
                 Ok(_) => Outcome::Executed,
                 Err(_) => Outcome::Canceled,
             },

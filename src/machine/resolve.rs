@@ -339,6 +339,43 @@ fn attempt(
     }
 }
 
+/// A set of state positions, without an allocation for schemas of up to 64 states (a plan is
+/// made for every transition).
+enum Flags {
+    Small(u64),
+    Large(Vec<bool>),
+}
+
+impl Flags {
+    fn new(states: usize) -> Flags {
+        if states <= 64 {
+            Flags::Small(0)
+        } else {
+            Flags::Large(vec![false; states])
+        }
+    }
+
+    /// Adds `s`; whether it was not in the set yet.
+    fn insert(&mut self, s: usize) -> bool {
+        match self {
+            Flags::Small(bits) => {
+                let bit = 1u64 << s;
+                let new = *bits & bit == 0;
+                *bits |= bit;
+                new
+            }
+            Flags::Large(flags) => !std::mem::replace(&mut flags[s], true),
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Flags::Small(bits) => *bits = 0,
+            Flags::Large(flags) => flags.fill(false),
+        }
+    }
+}
+
 /// What decides the order of a plan's states besides relations.
 struct Order<'a> {
     ticks: &'a [u64],
@@ -351,24 +388,22 @@ fn plan(schema: &Schema, order: &Order<'_>, class: &[Class]) -> Plan {
     let n = schema.len();
     let was_active = |s: usize| is_active(order.ticks[s]);
     // The states active before, in the order the previous transition left them.
-    // One buffer of flags for both passes below: "listed", then "taken".
-    let mut seen = vec![false; n];
+    // One set of flags for both passes below: "listed", then "taken".
+    let mut seen = Flags::new(n);
     let mut before: Vec<usize> = Vec::with_capacity(n);
     for s in order.active_order.iter().copied().chain(0..n) {
-        if s < n && was_active(s) && !seen[s] {
-            seen[s] = true;
+        if s < n && was_active(s) && seen.insert(s) {
             before.push(s);
         }
     }
 
     // Targets as asyncmachine lists them before sorting: the called states in mutation order,
     // then the states that stay active, then the states implied by `add`, as found.
-    seen.fill(false);
+    seen.clear();
     let mut taken = seen;
     let mut targets = Vec::with_capacity(n);
     let mut take = |s: usize, targets: &mut Vec<usize>| {
-        if class[s] != Class::Absent && !taken[s] {
-            taken[s] = true;
+        if class[s] != Class::Absent && taken.insert(s) {
             targets.push(s);
         }
     };
