@@ -78,7 +78,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         peer.identity.clone(),
         clock.now(),
     );
-    let Some((hub, slot)) = handshake(inner, &mut session, &mut rd, clock).await else {
+    let Some((hub, permit)) = handshake(inner, &mut session, &mut rd, clock).await else {
         farewell(&mut session, &mut wr, inner).await;
         return;
     };
@@ -92,10 +92,10 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     let outlet = Arc::new(Outlet::new(wr, session));
     // Listed before the welcome goes out (a client that is ready is a client the server lists
     // and can send payloads to), unlisted when the guard drops.
-    let _slot = ClientSlot::register(
+    let slot = ClientSlot::register(
         inner,
         conn,
-        slot,
+        permit,
         ClientEntry {
             info: ClientInfo {
                 id: client,
@@ -112,6 +112,9 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
         () = write_loop(inner, &hub, &outlet, clock) => {}
     }
     drop(attached);
+    // Unlisted before the last word: a client that got it is a client the server no longer
+    // lists.
+    drop(slot);
     // The write half is not there when the connection ended in the middle of a write: a last
     // word after half a frame would not parse anyway.
     let (wr, last_word) = {
