@@ -6,7 +6,8 @@
 //!
 //! - [`schema`]: states, relations, flags; validation and the stable schema hash.
 //! - [`resolve`]: from a clock and a mutation to who exits and enters, or why not.
-//! - [`local`]: [`Machine`], the local machine that runs handlers and owns a queue.
+//! - [`local`]: [`Machine`], the local machine that runs handlers and owns a queue (its handler
+//!   registration and its queries of errors, waits and the queue in files of their own).
 //! - [`source`]: [`StateSource`], the one trait for local machines and remote mirrors.
 //! - [`observers`]: the observer registry both keep.
 //! - [`waiters`]: [`When`] futures and [`StateCtx`] cancellations.
