@@ -30,6 +30,8 @@ use super::value::{Args, Value};
 #[derive(Debug)]
 pub struct Event<'a> {
     pub(crate) machine: &'a Machine,
+    /// The schema the transition runs under.
+    pub(crate) schema: &'a Schema,
     pub(crate) mutation: &'a Mutation,
     pub(crate) plan: &'a Plan,
     pub(crate) before: &'a [u64],
@@ -61,22 +63,22 @@ impl<'a> Event<'a> {
 
     /// The state whose handler runs, or `None` in an any-state handler.
     pub fn state(&self) -> Option<&'a str> {
-        let schema: &'a Schema = self.machine.schema_ref();
+        let schema: &'a Schema = self.schema;
         self.state.map(|s| schema.name(s))
     }
 
     pub fn called(&self) -> impl Iterator<Item = &'a str> + 'a {
-        let schema: &'a Schema = self.machine.schema_ref();
+        let schema: &'a Schema = self.schema;
         self.mutation.states.iter().map(move |&s| schema.name(s))
     }
 
     pub fn entering(&self) -> impl Iterator<Item = &'a str> + 'a {
-        let schema: &'a Schema = self.machine.schema_ref();
+        let schema: &'a Schema = self.schema;
         self.plan.arriving().map(move |s| schema.name(s))
     }
 
     pub fn exiting(&self) -> impl Iterator<Item = &'a str> + 'a {
-        let schema: &'a Schema = self.machine.schema_ref();
+        let schema: &'a Schema = self.schema;
         self.plan.exiting.iter().map(move |&s| schema.name(s))
     }
 
@@ -168,6 +170,16 @@ impl HandlerTable {
             end: vec![Vec::new(); states],
             any_enter: Vec::new(),
             any_state: Vec::new(),
+        }
+    }
+
+    /// Room for the states of a schema enlarged at its end.
+    pub fn grow(&mut self, states: usize) {
+        for per_state in [&mut self.enter, &mut self.exit] {
+            per_state.resize(states, Vec::new());
+        }
+        for per_state in [&mut self.state, &mut self.end] {
+            per_state.resize(states, Vec::new());
         }
     }
 

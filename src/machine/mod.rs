@@ -24,7 +24,7 @@ pub mod value;
 pub mod waiters;
 
 pub use handlers::{Completion, Event, HandlerKind, Verdict};
-pub use local::{Machine, MachineBuilder, Receipt, UnknownState};
+pub use local::{Machine, MachineBuilder, Receipt, SchemaChangeError, UnknownState};
 pub use resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 pub use schema::{EXCEPTION, Relation, Schema, SchemaBuilder, SchemaDef, SchemaError, StateDef};
 pub use source::{

@@ -26,6 +26,9 @@
 
 mod handlers;
 mod queries;
+mod schema_change;
+
+pub use schema_change::SchemaChangeError;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -69,7 +72,6 @@ pub struct Machine {
 
 struct Shared {
     id: String,
-    schema: Arc<Schema>,
     core: Mutex<Core>,
     handlers: Mutex<Arc<HandlerTable>>,
     queue_limit: usize,
@@ -180,6 +182,8 @@ fn abandon(queue: VecDeque<Queued>) {
 }
 
 struct Core {
+    /// Replaced whole by [`Machine::set_schema`]; a transition works on the one it started with.
+    schema: Arc<Schema>,
     ticks: Vec<u64>,
     /// The active states in the order the last transition listed them (its plan's targets):
     /// asyncmachine orders the handlers of unrelated states by it.
@@ -254,8 +258,8 @@ impl MachineBuilder {
         Machine {
             shared: Arc::new(Shared {
                 id,
-                schema: self.schema,
                 core: Mutex::new(Core {
+                    schema: self.schema,
                     ticks: vec![0; n],
                     order: Vec::new(),
                     queue: VecDeque::new(),
@@ -296,8 +300,9 @@ impl Machine {
         *lock(&self.shared.tags) = tags.into_iter().map(Into::into).collect();
     }
 
-    pub(crate) fn schema_ref(&self) -> &Schema {
-        &self.shared.schema
+    /// The schema now (shared: [`Machine::set_schema`] replaces it, never edits it).
+    pub(crate) fn schema_ref(&self) -> Arc<Schema> {
+        self.core().schema.clone()
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
@@ -369,17 +374,18 @@ impl Machine {
     }
 
     fn submit(&self, mutation: Mutation, track: bool) -> Result<Submitted, MutationError> {
-        let n = self.schema_ref().len();
-        if let Some(&bad) = mutation.states.iter().find(|&&s| s >= n) {
-            return Err(MutationError::BadIndex(bad));
-        }
         {
             let mut core = self.core();
+            let core = &mut *core;
+            let n = core.schema.len();
+            if let Some(&bad) = mutation.states.iter().find(|&&s| s >= n) {
+                return Err(MutationError::BadIndex(bad));
+            }
             if core.disposed {
                 return Err(MutationError::Disposed);
             }
             if core.processing {
-                let schema = self.schema_ref();
+                let schema = &core.schema;
                 if let Some(queued) = core
                     .queue
                     .iter_mut()
@@ -472,6 +478,7 @@ impl Machine {
     /// Runs one transition: resolve, negotiate, apply, finalize, notify.
     fn transition(&self, mutation: &Mutation) -> Outcome {
         let schema = self.schema_ref();
+        let schema: &Schema = &schema;
         let handlers = lock(&self.shared.handlers).clone();
         // Resolved under the lock: a pure function of the clock and the last order, cheaper
         // than copying the order out for every transition.
@@ -498,6 +505,7 @@ impl Machine {
         let rejected = {
             let event = |state| Event {
                 machine: self,
+                schema,
                 mutation,
                 plan: &plan,
                 before: &before,
@@ -537,6 +545,7 @@ impl Machine {
         let arriving: Vec<usize> = plan.arriving().collect();
         let event = |state| Event {
             machine: self,
+            schema,
             mutation,
             plan: &plan,
             before: &before,
@@ -638,7 +647,7 @@ impl Machine {
         called: &[usize],
         event: &impl Fn(Option<usize>) -> Event<'e>,
     ) -> Result<Vec<usize>, CancelReason> {
-        let schema = self.schema_ref();
+        let schema = event(None).schema;
         let mut rejected = Vec::new();
         // As in asyncmachine: the per-state handlers first, so that a state's refusal stops the
         // transition before the any-enter handler sees it.
@@ -708,7 +717,7 @@ impl Machine {
     /// handling an `Exception` mutation are only logged, so a failing exception handler cannot
     /// loop.
     fn raise(&self, event: &Event<'_>, kind: HandlerKind, message: String) {
-        let schema = self.schema_ref();
+        let schema = event.schema;
         let exception = schema.exception();
         let state = event.state.map(|s| schema.name(s));
         error!(machine = %self.shared.id, state, handler = kind.name(), error = %message, "handler failed");
@@ -731,8 +740,8 @@ impl Machine {
 
     /// Prepends an auto mutation of every inactive auto state, when there are any.
     fn queue_auto(&self) {
-        let schema = self.schema_ref();
         let mut core = self.core();
+        let schema = &core.schema;
         let states: Vec<usize> = (0..schema.len())
             .filter(|&s| schema.resolved(s).auto && !is_active(core.ticks[s]))
             .collect();
@@ -817,7 +826,7 @@ impl StateSource for Machine {
     }
 
     fn schema(&self) -> Arc<Schema> {
-        self.shared.schema.clone()
+        self.schema_ref()
     }
 
     fn parent_id(&self) -> Option<&str> {

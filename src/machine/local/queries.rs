@@ -121,14 +121,13 @@ impl Machine {
 
     fn dry_run(&self, kind: MutationKind, states: &[&str]) -> Result<Outcome, MutationError> {
         let mutation = self.named(kind, states, Args::new())?;
-        let schema = self.schema_ref();
         let core = self.core();
         if core.disposed {
             return Err(MutationError::Disposed);
         }
         Ok(
             match resolve(
-                schema,
+                &core.schema,
                 &core.ticks,
                 &core.order,
                 kind,
