@@ -35,7 +35,8 @@ fn only_an_enlargement_that_keeps_every_position_is_taken() {
         m.set_schema(reordered),
         Err(SchemaChangeError::Reordered { position: 2, .. })
     ));
-    m.set_schema(enlarged(&m, &["C"])).expect("enlarged at the end");
+    m.set_schema(enlarged(&m, &["C"]))
+        .expect("enlarged at the end");
     assert_eq!(m.schema().len(), 4);
     m.dispose();
     assert_eq!(

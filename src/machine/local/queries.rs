@@ -91,7 +91,8 @@ impl Machine {
         let idx = self.schema_ref().indices(states).ok()?;
         let core = self.core();
         core.queue.iter().position(|q| {
-            q.mutation.kind == kind && idx.iter().all(|s| q.mutation.states.contains(s))
+            q.mutation()
+                .is_some_and(|m| m.kind == kind && idx.iter().all(|s| m.states.contains(s)))
         })
     }
 

@@ -35,7 +35,9 @@ impl Machine {
     /// new positions, so a server serving the machine passes the new schema on.
     pub fn set_schema(&self, schema: impl Into<Arc<Schema>>) -> Result<(), SchemaChangeError> {
         let schema = schema.into();
-        let (before, after, changed, queue_tick, observers) = {
+        let (old, before, after, changed, queue_tick, observers) = {
+            // The handlers' lock before the core's, as binding takes them.
+            let mut handlers = lock(&self.shared.handlers);
             let mut core = self.core();
             let core = &mut *core;
             if core.disposed {
@@ -67,10 +69,11 @@ impl Machine {
             let before = core.ticks.clone();
             core.ticks.resize(schema.len(), 0);
             core.waiters.grow(schema.len());
-            Arc::make_mut(&mut lock(&self.shared.handlers)).grow(schema.len());
-            core.schema = schema;
+            Arc::make_mut(&mut handlers).grow(schema.len());
+            let old = std::mem::replace(&mut core.schema, schema);
             debug!(machine = %self.shared.id, states = core.schema.len(), "schema enlarged");
             (
+                old,
                 before,
                 core.ticks.clone(),
                 (current..core.ticks.len()).collect::<Vec<_>>(),
@@ -85,6 +88,10 @@ impl Machine {
             queue_tick,
             transition: None,
         });
+        let handlers = lock(&self.shared.handlers).clone();
+        for (_, tracer) in handlers.tracers() {
+            tracer.schema_change(self, &old);
+        }
         Ok(())
     }
 }
