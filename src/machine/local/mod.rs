@@ -267,6 +267,7 @@ pub struct MachineBuilder {
     handler_timeout: Option<std::time::Duration>,
     time_source: Option<TimeSource>,
     log_level: LogLevel,
+    tracers: Vec<Arc<dyn Tracer>>,
 }
 
 impl std::fmt::Debug for MachineBuilder {
@@ -336,13 +337,20 @@ impl MachineBuilder {
         self
     }
 
+    /// A tracer bound from the start (Go's `Opts.Tracers`), so it sees the first transition.
+    pub fn tracer(mut self, tracer: Arc<dyn Tracer>) -> Self {
+        self.tracers.push(tracer);
+        self
+    }
+
     pub fn build(self) -> Machine {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = self
             .id
             .unwrap_or_else(|| format!("machine-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
         let n = self.schema.len();
-        Machine {
+        let tracers = self.tracers;
+        let machine = Machine {
             shared: Arc::new(Shared {
                 id,
                 core: Mutex::new(Core {
@@ -374,7 +382,11 @@ impl MachineBuilder {
                 log_args: Mutex::new(None),
                 dispose_hooks: Mutex::new(Vec::new()),
             }),
+        };
+        for tracer in tracers {
+            machine.bind_tracer(tracer);
         }
+        machine
     }
 }
 
@@ -393,6 +405,7 @@ impl Machine {
             handler_timeout: None,
             time_source: None,
             log_level: LogLevel::Nothing,
+            tracers: Vec::new(),
         }
     }
 
