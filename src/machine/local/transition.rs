@@ -220,15 +220,20 @@ impl Machine {
                 .clock_changed(&core.ticks, unfinished.iter().copied());
         }
 
-        let after = if changes {
+        // The clock after and what changed, for whoever looks: observers, the log, tracers.
+        let watched = !observers.is_empty() || tx.level >= LogLevel::Changes || tx.steps.is_some();
+        let after = if watched && (changes || !unfinished.is_empty()) {
             self.core().ticks.clone()
         } else {
-            before.clone()
+            Vec::new()
         };
-        let changed: Vec<usize> = (0..after.len())
-            .filter(|&s| after[s] != before[s])
-            .collect();
-        self.log_changes(&tx, &after, &changed);
+        let after: &[u64] = if after.is_empty() { &before } else { &after };
+        let changed: Vec<usize> = if watched {
+            (0..after.len()).filter(|&s| after[s] != before[s]).collect()
+        } else {
+            Vec::new()
+        };
+        self.log_changes(&tx, after, &changed);
         if !changed.is_empty() && !observers.is_empty() {
             let transition = Transition {
                 kind: mutation.kind,
@@ -238,19 +243,19 @@ impl Machine {
             };
             observers.clock_changed(&ClockChange {
                 before: &before,
-                after: &after,
+                after,
                 changed: &changed,
                 queue_tick,
                 transition: Some(&transition),
             });
         }
         if stopped {
-            return tx.end(&after, Outcome::Canceled);
+            return tx.end(after, Outcome::Canceled);
         }
         if changes && !mutation.auto {
             self.queue_auto();
         }
-        tx.end(&after, Outcome::Executed)
+        tx.end(after, Outcome::Executed)
     }
 
     fn canceled(&self, tx: &Tx<'_>, reason: &CancelReason) -> Outcome {
@@ -500,17 +505,16 @@ impl Machine {
 
     /// The steps the resolution decided, and the states relations implied (logged).
     fn record_plan(&self, tx: &mut Tx<'_>, plan: &Plan) {
-        let implied: Vec<usize> = plan
-            .entering
-            .iter()
-            .copied()
-            .filter(|s| !tx.mutation.states.contains(s))
-            .collect();
-        if !implied.is_empty() {
-            tx.log(LogLevel::Decisions, || {
-                let names: Vec<&str> = implied.iter().map(|&s| tx.schema.name(s)).collect();
-                format!("[implied] {}", names.join(" "))
-            });
+        if tx.level >= LogLevel::Decisions {
+            let implied: Vec<&str> = plan
+                .entering
+                .iter()
+                .filter(|s| !tx.mutation.states.contains(s))
+                .map(|&s| tx.schema.name(s))
+                .collect();
+            if !implied.is_empty() {
+                tx.log(LogLevel::Decisions, || format!("[implied] {}", implied.join(" ")));
+            }
         }
         if tx.steps.is_none() {
             return;
