@@ -1,6 +1,7 @@
 //! A machine's own log (Go's semantic logger): what it does, at a level set per machine.
 //!
-//! Off by default ([`LogLevel::Nothing`]). Each level adds to the one before: `External`
+//! Off by default ([`LogLevel::Nothing`]), or the level of the `AM_LOG` environment
+//! variable (a number from 0 to 5, or a level's name) when a machine is built. Each level adds to the one before: `External`
 //! shows the messages of [`Machine::log`](super::Machine::log); `Changes` the states that
 //! became active or inactive; `Ops` each mutation (with the arguments the log-args filter
 //! lets through) and each cancellation; `Decisions` the auto mutations and the states implied
@@ -40,6 +41,28 @@ impl LogLevel {
         }
     }
 
+    /// The level an environment variable sets (Go's `EnvLogLevel`): a number from 0
+    /// (nothing) to 5 (everything), read from `AM_LOG` when `name` is empty. Unset or not a
+    /// number is nothing; above 5 is everything.
+    pub fn from_env(name: &str) -> Self {
+        let name = if name.is_empty() { ENV_LOG } else { name };
+        std::env::var(name)
+            .ok()
+            .and_then(|value| Self::parse(&value))
+            .unwrap_or_default()
+    }
+
+    /// A level from its number (`"3"` is ops) or its name (`"ops"`).
+    pub fn parse(value: &str) -> Option<Self> {
+        let value = value.trim();
+        if let Ok(n) = value.parse::<u64>() {
+            return Some(Self::from_u8(n.min(5) as u8));
+        }
+        (0..=5)
+            .map(Self::from_u8)
+            .find(|level| level.name().eq_ignore_ascii_case(value))
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             LogLevel::Nothing => "nothing",
@@ -57,6 +80,10 @@ impl std::fmt::Display for LogLevel {
         f.write_str(self.name())
     }
 }
+
+/// The environment variable that sets the log level of machines built without one (Go's
+/// `AM_LOG`).
+pub const ENV_LOG: &str = "AM_LOG";
 
 /// Where a machine's log lines go: the level of the line and the line.
 pub type Logger = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
@@ -84,22 +111,27 @@ impl LogArgs {
         }
     }
 
-    /// ` (key=value key2=value2)` for the keys present, or nothing.
-    pub(crate) fn render(&self, args: &Args) -> String {
-        let shown: Vec<String> = self
-            .keys
+    /// The arguments shown, by key, each cut to `max_len` (Go's mapper function).
+    pub fn shown(&self, args: &Args) -> Vec<(String, String)> {
+        self.keys
             .iter()
             .filter_map(|key| {
                 // Strings as they are (Go's `%v`), everything else in its display form.
                 let value = args.get(key)?;
-                Some((
-                    key,
-                    value
-                        .as_str()
-                        .map_or_else(|| value.to_string(), str::to_owned),
-                ))
+                let value = value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_owned);
+                Some((key.clone(), truncate(&value, self.max_len)))
             })
-            .map(|(key, value)| format!("{key}={}", truncate(&value, self.max_len)))
+            .collect()
+    }
+
+    /// ` (key=value key2=value2)` for the keys present, or nothing.
+    pub(crate) fn render(&self, args: &Args) -> String {
+        let shown: Vec<String> = self
+            .shown(args)
+            .into_iter()
+            .map(|(key, value)| format!("{key}={value}"))
             .collect();
         if shown.is_empty() {
             String::new()
@@ -109,12 +141,16 @@ impl LogArgs {
     }
 }
 
-/// Cuts `value` to `max` characters, the last three of them `...`.
+/// Cuts `value` to `max` characters, the last three of them `...` when there is room for
+/// more than two others (as asyncmachine cuts them).
 fn truncate(value: &str, max: usize) -> String {
     if value.chars().count() <= max {
         return value.to_owned();
     }
-    let kept: String = value.chars().take(max.saturating_sub(3)).collect();
+    if max < 5 {
+        return value.chars().take(max).collect();
+    }
+    let kept: String = value.chars().take(max - 3).collect();
     format!("{kept}...")
 }
 

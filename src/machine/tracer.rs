@@ -36,6 +36,20 @@ pub enum StepKind {
     Cancel,
 }
 
+impl StepKind {
+    /// asyncmachine's name for the step.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Requested => "called",
+            StepKind::Set => "activate",
+            StepKind::Remove => "deactivate",
+            StepKind::RemoveNotActive => "deactivate-passive",
+            StepKind::Handler(_) => "handler",
+            StepKind::Cancel => "cancel",
+        }
+    }
+}
+
 /// One step of a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {

@@ -278,3 +278,70 @@ fn eval_nested_handlers() {
     assert_eq!(a.load(Ordering::Relaxed), 1);
     assert!(m.is_err(), "the direct eval raised an error");
 }
+
+/// Go: TestEnv (mach_utils_test.go): `AM_LOG=1` is the external level. Setting a process's
+/// environment races with the tests running beside this one, so the value is parsed as
+/// `LogLevel::from_env` parses it, and the variable read is an unset one.
+#[test]
+fn env() {
+    assert_eq!(LogLevel::parse("1"), Some(LogLevel::External));
+    assert_eq!(LogLevel::parse("everything"), Some(LogLevel::Everything));
+    assert_eq!(LogLevel::parse("9"), Some(LogLevel::Everything));
+    assert_eq!(LogLevel::parse("loud"), None);
+    assert_eq!(
+        LogLevel::from_env("AM_LOG_UNSET_IN_THIS_TEST"),
+        LogLevel::Nothing
+    );
+}
+
+/// Go: TestWithOpts (mach_misc_test.go): Go's option helpers set a
+/// handler timeout and tracers; the builder's methods do here. Go's `DontPanicToException`
+/// has no counterpart: a panic is always caught and becomes `Exception`.
+#[test]
+fn with_opts() {
+    let tracer: Arc<dyn Tracer> = Arc::new(Counting::default());
+    let m = Machine::builder(
+        Schema::new(SchemaDef {
+            states: vec![StateDef::new("A")],
+        })
+        .expect("valid schema"),
+    )
+    .handler_timeout(Duration::from_secs(600))
+    .tracer(tracer.clone())
+    .build();
+    assert!(Arc::ptr_eq(&m.tracers()[0], &tracer));
+    m.set_log_args(Some(LogArgs::new(10, ["arg"])));
+    assert_eq!(m.add(&["A"], Args::new()), Ok(Outcome::Executed));
+}
+
+/// Go: TestNewArgsMapper (mach_misc_test.go): short limits cut, longer ones end with `...`.
+#[test]
+fn new_args_mapper() {
+    let shown = |max, args: Args| LogArgs::new(max, ["arg", "arg2"]).shown(&args);
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    assert_eq!(
+        shown(2, Args::new().with("arg", "foo")),
+        [pair("arg", "fo")]
+    );
+    assert_eq!(
+        shown(2, Args::new().with("arg", "foo").with("arg2", "bar")),
+        [pair("arg", "fo"), pair("arg2", "ba")]
+    );
+    assert_eq!(
+        shown(5, Args::new().with("arg", "foofoofoo")),
+        [pair("arg", "fo...")]
+    );
+}
+
+/// Go: TestStepTypeString (mach_misc_test.go). Go's relation step (`rel`) has no counterpart:
+/// the resolver does not record which relation decided (see `machine::tracer`).
+#[test]
+fn step_type_string() {
+    use asyncmachine::machine::{HandlerKind, StepKind};
+    assert_eq!(StepKind::Handler(HandlerKind::Enter).name(), "handler");
+    assert_eq!(StepKind::Set.name(), "activate");
+    assert_eq!(StepKind::Remove.name(), "deactivate");
+    assert_eq!(StepKind::RemoveNotActive.name(), "deactivate-passive");
+    assert_eq!(StepKind::Requested.name(), "called");
+    assert_eq!(StepKind::Cancel.name(), "cancel");
+}

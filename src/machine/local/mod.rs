@@ -331,7 +331,8 @@ impl MachineBuilder {
         self
     }
 
-    /// How much the machine logs (see [`crate::machine::log`]); nothing by default.
+    /// How much the machine logs (see [`crate::machine::log`]); by default the level of the
+    /// `AM_LOG` environment variable, or nothing.
     pub fn log_level(mut self, level: LogLevel) -> Self {
         self.log_level = level;
         self
@@ -404,7 +405,7 @@ impl Machine {
             tags: Vec::new(),
             handler_timeout: None,
             time_source: None,
-            log_level: LogLevel::Nothing,
+            log_level: LogLevel::from_env(""),
             tracers: Vec::new(),
         }
     }

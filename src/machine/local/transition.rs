@@ -229,7 +229,9 @@ impl Machine {
         };
         let after: &[u64] = if after.is_empty() { &before } else { &after };
         let changed: Vec<usize> = if watched {
-            (0..after.len()).filter(|&s| after[s] != before[s]).collect()
+            (0..after.len())
+                .filter(|&s| after[s] != before[s])
+                .collect()
         } else {
             Vec::new()
         };
@@ -513,7 +515,9 @@ impl Machine {
                 .map(|&s| tx.schema.name(s))
                 .collect();
             if !implied.is_empty() {
-                tx.log(LogLevel::Decisions, || format!("[implied] {}", implied.join(" ")));
+                tx.log(LogLevel::Decisions, || {
+                    format!("[implied] {}", implied.join(" "))
+                });
             }
         }
         if tx.steps.is_none() {
