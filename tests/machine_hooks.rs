@@ -293,3 +293,41 @@ fn an_eval_waits_for_a_busy_machine_and_a_dropped_one_never_runs() {
         "the dropped eval did not run"
     );
 }
+
+#[test]
+fn a_prepended_mutation_runs_before_the_queue_and_takes_no_queue_tick() {
+    let m = machine(vec![
+        StateDef::new("A"),
+        StateDef::new("B"),
+        StateDef::new("C"),
+    ]);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    for s in ["B", "C"] {
+        let order = order.clone();
+        m.on_state(s, move |_| order.lock().expect("lock").push(s))
+            .expect("known state");
+    }
+    m.on_state("A", |e| {
+        let m = e.machine();
+        let b = m.mutation(
+            asyncmachine::machine::MutationKind::Add,
+            &["B"],
+            Args::new(),
+        );
+        let c = m.mutation(
+            asyncmachine::machine::MutationKind::Add,
+            &["C"],
+            Args::new(),
+        );
+        assert_eq!(m.mutate_now(b.expect("known")), Ok(Outcome::Queued));
+        assert_eq!(m.prepend(c.expect("known")), Ok(Outcome::Queued));
+    })
+    .expect("known state");
+    m.add(&["A"], Args::new()).expect("known state");
+    assert_eq!(*order.lock().expect("lock"), vec!["C", "B"]);
+    assert_eq!(
+        m.queue_tick(),
+        2,
+        "add(A) and the queued add(B); not the prepended add(C)"
+    );
+}

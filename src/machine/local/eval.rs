@@ -125,21 +125,16 @@ impl Machine {
                 });
                 return EvalFuture { slot };
             }
-            core.processing = true;
-            core.processing_thread = Some(me);
+            core.start_processing();
         }
-        let mut guard = ProcessingGuard {
-            machine: self,
-            armed: true,
-        };
         let slot = Arc::new(EvalSlot::default());
-        self.run_eval(EvalJob {
-            source: source.to_owned(),
-            run: Box::new(f),
-            slot: slot.clone(),
+        self.process(|| {
+            self.run_eval(EvalJob {
+                source: source.to_owned(),
+                run: Box::new(f),
+                slot: slot.clone(),
+            })
         });
-        self.drain();
-        guard.armed = false;
         EvalFuture { slot }
     }
 

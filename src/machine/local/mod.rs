@@ -245,6 +245,26 @@ struct Core {
     disposed: bool,
 }
 
+impl Core {
+    /// Whether a mutation may be taken: its states exist and the machine is not disposed.
+    fn admit(&self, mutation: &Mutation) -> Result<(), MutationError> {
+        let n = self.schema.len();
+        if let Some(&bad) = mutation.states.iter().find(|&&s| s >= n) {
+            return Err(MutationError::BadIndex(bad));
+        }
+        if self.disposed {
+            return Err(MutationError::Disposed);
+        }
+        Ok(())
+    }
+
+    /// The calling thread becomes the one that runs transitions and drains the queue.
+    fn start_processing(&mut self) {
+        self.processing = true;
+        self.processing_thread = Some(std::thread::current().id());
+    }
+}
+
 impl WaiterHost for Shared {
     fn cancel_waiter(&self, id: u64) {
         lock(&self.core).waiters.remove(id);
@@ -488,17 +508,41 @@ impl Machine {
         self.named(kind, states, args)
     }
 
+    /// Runs a mutation now, or puts it at the head of the queue when a transition is in
+    /// progress (Go's `PrependMut`): it runs before everything queued, and, like the machine's
+    /// own prepended mutations, takes no queue tick. For a mutation that must not wait behind
+    /// others, such as an error report; use sparingly, since it reorders what callers queued.
+    pub fn prepend(&self, mutation: Mutation) -> Result<Outcome, MutationError> {
+        {
+            let mut core = self.core();
+            core.admit(&mutation)?;
+            if core.processing {
+                core.queue.push_front(mutation.into());
+                return Ok(Outcome::Queued);
+            }
+            core.start_processing();
+        }
+        Ok(self.process(|| self.run(mutation, false).0))
+    }
+
+    /// Runs `first` as the processing thread (the caller has taken the role), then everything
+    /// queued meanwhile, then gives the role up.
+    fn process<T>(&self, first: impl FnOnce() -> T) -> T {
+        let mut guard = ProcessingGuard {
+            machine: self,
+            armed: true,
+        };
+        let out = first();
+        self.drain();
+        guard.armed = false;
+        out
+    }
+
     fn submit(&self, mutation: Mutation, track: bool) -> Result<Submitted, MutationError> {
         {
             let mut core = self.core();
             let core = &mut *core;
-            let n = core.schema.len();
-            if let Some(&bad) = mutation.states.iter().find(|&&s| s >= n) {
-                return Err(MutationError::BadIndex(bad));
-            }
-            if core.disposed {
-                return Err(MutationError::Disposed);
-            }
+            core.admit(&mutation)?;
             if core.processing {
                 let schema = &core.schema;
                 if let Some(queued) = core
@@ -530,16 +574,9 @@ impl Machine {
                 });
                 return Ok(Submitted::Queued(done, tick));
             }
-            core.processing = true;
-            core.processing_thread = Some(std::thread::current().id());
+            core.start_processing();
         }
-        let mut guard = ProcessingGuard {
-            machine: self,
-            armed: true,
-        };
-        let (outcome, tick) = self.run(mutation, true);
-        self.drain();
-        guard.armed = false;
+        let (outcome, tick) = self.process(|| self.run(mutation, true));
         Ok(Submitted::Done(outcome, tick))
     }
 
