@@ -13,7 +13,10 @@
 //! - [`waiters`]: [`When`] futures and [`StateCtx`] cancellations.
 //! - [`handlers`]: the [`Event`] handlers receive and what they may return.
 //! - [`value`]: [`Args`] and [`Value`], arguments any language can send.
+//! - [`export`]: [`ExportedState`], a machine's state as a file keeps it (Go's `Serialized`),
+//!   and why an import is refused.
 
+pub mod export;
 pub mod handlers;
 pub mod local;
 pub mod observers;
@@ -23,6 +26,7 @@ pub mod source;
 pub mod value;
 pub mod waiters;
 
+pub use export::{EXPORT_FORMAT, ExportedState, ImportError, MAX_EXPORT_BYTES};
 pub use handlers::{Completion, Event, HandlerKind, Verdict};
 pub use local::{Machine, MachineBuilder, Receipt, UnknownState};
 pub use resolve::{CancelReason, MutationKind, Plan, is_active, resolve};

@@ -25,6 +25,7 @@
 //! a dry run has no side effect and answers at once, from anywhere.
 
 mod handlers;
+mod import;
 mod queries;
 
 use std::collections::VecDeque;
