@@ -49,6 +49,18 @@ pub(crate) fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_directory(path)
 }
 
+/// Checks that the file's directory takes a save: writes and flushes the temporary file a
+/// save would write, then removes it. The state file itself is left as it is.
+pub(crate) fn probe(path: &Path) -> io::Result<()> {
+    let temporary = temporary(path);
+    {
+        let mut file = File::create(&temporary)?;
+        file.write_all(b"{}")?;
+        file.sync_all()?;
+    }
+    fs::remove_file(&temporary)
+}
+
 /// Where a save is written before it replaces the file.
 pub(crate) fn temporary(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -90,6 +102,7 @@ mod tests {
         assert!(read(&path).expect("no error").is_none(), "no file yet");
         replace(&path, b"one").expect("saves");
         replace(&path, b"two").expect("saves again");
+        probe(&path).expect("the directory takes a save");
         assert_eq!(read(&path).expect("reads").as_deref(), Some(&b"two"[..]));
         assert!(!temporary(&path).exists());
         let _ = fs::remove_dir_all(&dir);
@@ -114,6 +127,7 @@ mod tests {
         let path = dir.join("gone").join("m.json");
         let err = replace(&path, b"x").expect_err("no directory");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(probe(&path).is_err());
         let _ = fs::remove_dir_all(&dir);
     }
 }

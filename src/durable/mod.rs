@@ -147,21 +147,27 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl DurableMachine {
     /// Makes `machine` durable with its state in `path`: restores the file when there is one
-    /// (its parent directory is created when missing), saves the state it starts from (so a
-    /// directory that cannot be written is found now, not at the first mutation), and starts
-    /// the writer task. Needs a tokio runtime. Open a machine before it is used: the import
-    /// is refused while a transition runs.
+    /// (its parent directory is created when missing), checks that the directory takes a save
+    /// (so one that cannot be written is found now, not at the first mutation), and starts
+    /// the writer task. The file is written with the first change; until then a machine
+    /// opened without one has nothing to lose (its restart starts it from zero again). Needs a
+    /// tokio runtime. Open a machine before it is used: the import is refused while a
+    /// transition runs.
     pub async fn open(machine: Machine, path: impl Into<PathBuf>) -> Result<Self, DurableError> {
         let path = path.into();
-        let (restored, start) = {
+        let restored = {
             let (machine, at) = (machine.clone(), path.clone());
-            tokio::task::spawn_blocking(move || restore_and_save(&machine, &at))
+            tokio::task::spawn_blocking(move || restore(&machine, &at))
                 .await
                 .map_err(|e| DurableError::Write {
                     path: path.clone(),
                     error: std::io::Error::other(format!("the opening thread failed: {e}")),
                 })??
         };
+        // What a restart would start from: the file's clock, or zero without one.
+        let saved = restored
+            .clone()
+            .unwrap_or_else(|| vec![0; machine.schema().len()]);
         let shared = Arc::new(Shared {
             id: machine.id().to_owned(),
             schema: machine.schema(),
@@ -172,20 +178,21 @@ impl DurableMachine {
             closing: Notify::new(),
             told: Mutex::new(Told {
                 observers: Observers::default(),
-                ticks: start.ticks.clone(),
+                ticks: saved.clone(),
             }),
             stats: Stats::default(),
         });
         let (feed, now) = machine.observe(Arc::new(Feed(Arc::downgrade(&shared))));
-        if now != start.ticks {
-            // Changed between the save and the registration: save that too.
+        if now != saved {
+            // A machine used before it was opened, or changed since its import: its mirrors
+            // must not hear of that clock before it is saved.
             shared.progress().hear(&now, machine.queue_tick());
         }
         let writer = tokio::spawn(writer::run(shared.clone()));
         Ok(DurableMachine {
             machine,
             shared,
-            restored,
+            restored: restored.is_some(),
             feed,
             writer: Mutex::new(Some(writer)),
         })
@@ -226,15 +233,16 @@ impl DurableMachine {
     }
 }
 
-/// Restores `path` into `machine` when the file exists, then saves the machine's state there.
-fn restore_and_save(machine: &Machine, path: &Path) -> Result<(bool, ExportedState), DurableError> {
+/// Restores `path` into `machine` when the file exists (returning the restored clock), and
+/// checks that its directory takes a save.
+fn restore(machine: &Machine, path: &Path) -> Result<Option<Vec<u64>>, DurableError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|error| DurableError::Directory {
             path: parent.to_path_buf(),
             error,
         })?;
     }
-    let restore = |error| DurableError::Restore {
+    let refused = |error| DurableError::Restore {
         path: path.to_path_buf(),
         error,
     };
@@ -243,18 +251,17 @@ fn restore_and_save(machine: &Machine, path: &Path) -> Result<(bool, ExportedSta
         error,
     })? {
         Some(bytes) => {
-            let state = ExportedState::from_json(&bytes).map_err(restore)?;
-            machine.import(state).map_err(restore)?;
-            true
+            let state = ExportedState::from_json(&bytes).map_err(refused)?;
+            machine.import(state).map_err(refused)?;
+            Some(machine.clock())
         }
-        None => false,
+        None => None,
     };
-    let start = machine.export();
-    file::replace(path, &start.to_json()).map_err(|error| DurableError::Write {
+    file::probe(path).map_err(|error| DurableError::Write {
         path: path.to_path_buf(),
         error,
     })?;
-    Ok((restored, start))
+    Ok(restored)
 }
 
 impl Shared {

@@ -45,7 +45,10 @@ async fn an_acknowledged_mutation_is_on_disk_and_a_reopened_machine_continues() 
     let path = dir.join("state").join("root.json");
     let durable = DurableMachine::open(machine(), &path).await.expect("opens");
     assert!(!durable.restored());
-    assert_eq!(on_disk(&path).ticks, vec![0, 0, 0], "the start is saved");
+    assert!(
+        !path.exists() && path.parent().is_some_and(Path::exists),
+        "the directory is made; the file waits for a change"
+    );
     for _ in 0..5 {
         let outcome = within("a mutation", durable.add(&["Counter"], Args::new()))
             .await
@@ -142,6 +145,9 @@ async fn a_state_file_of_another_schema_is_refused_at_open() {
     .id("root")
     .build();
     let durable = DurableMachine::open(other, &path).await.expect("opens");
+    within("a mutation", durable.add(&["Other"], Args::new()))
+        .await
+        .expect("runs");
     durable.close().await;
     drop(durable);
     let err = DurableMachine::open(machine(), &path)
@@ -154,6 +160,24 @@ async fn a_state_file_of_another_schema_is_refused_at_open() {
         .await
         .expect_err("not JSON");
     assert!(matches!(err, DurableError::Restore { .. }), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_machine_used_before_it_was_opened_is_saved_before_its_observers_hear_of_it() {
+    let dir = scratch("used");
+    let path = dir.join("root.json");
+    let used = machine();
+    used.add(&["Start"], Args::new()).expect("runs");
+    let durable = DurableMachine::open(used, &path).await.expect("opens");
+    let (_, start) = durable.observe(Arc::new(|_: &ClockChange<'_>| {}));
+    assert_eq!(
+        start,
+        vec![0, 0, 0],
+        "nothing saved yet: observers start from zero"
+    );
+    durable.close().await;
+    assert_eq!(on_disk(&path).ticks, vec![1, 0, 0], "saved by the writer");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

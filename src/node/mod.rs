@@ -224,8 +224,10 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
     })
 }
 
-/// A root machine: restored from its state file when it has one (then its `start` states
-/// are not applied: it continues where it was), and served as a [`DurableMachine`].
+/// A root machine; with a state file, a [`DurableMachine`] restored from it when the file
+/// exists (its `start` states are then not applied: it continues where it was). Without a
+/// file, the `start` states are its first change, saved like any other: killed before that
+/// save, it starts from zero again.
 async fn start_root(
     plan: &NodePlan,
     machine: &MachinePlan,
