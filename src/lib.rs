@@ -16,6 +16,8 @@
 //!   its session and reconnects.
 //! - [`topology`], [`node`]: topology files (parsing, validation, resolution) and starting a
 //!   node from its plan.
+//! - [`durable`]: a machine whose state is saved to a file on every change and restored at
+//!   start; a mutation through it is acknowledged once its state is on disk.
 //! - [`relay`]: the WebSocket bridge that lets browsers into a tree.
 //! - [`certs`]: development certificates; [`client`]: the one-shot status request;
 //!   [`metrics`]: Prometheus text and latency histograms; [`printable`]: peer text made safe
@@ -49,6 +51,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod durable;
 mod http;
 pub mod machine;
 pub mod metrics;

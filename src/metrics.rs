@@ -1,5 +1,6 @@
-//! Metrics: a lock-free latency histogram, the Prometheus text exposition of a node's status,
-//! and the optional admin listener that serves it (`/metrics`, `/healthz`).
+//! Metrics: a lock-free latency histogram, the Prometheus text exposition of a node's status
+//! and of its durable machines' saves, and the optional admin listener that serves it
+//! (`/metrics`, `/healthz`).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use crate::durable::DurableStats;
 use crate::http;
 use crate::proto::message::{NodeStatus, SourceStatus};
 
@@ -144,6 +146,34 @@ pub fn render(status: &NodeStatus, latency: &Histogram) -> String {
         out,
         "am_mutation_latency_seconds_count{{node=\"{node}\"}} {cumulative}"
     );
+    out
+}
+
+/// The Prometheus text of a node's durable machines: saves and failed saves, per machine.
+pub fn render_saves(node: &str, machines: &[(String, DurableStats)]) -> String {
+    if machines.is_empty() {
+        return String::new();
+    }
+    let node = escape(node);
+    let mut out = String::new();
+    for (metric, failures) in [
+        ("am_state_saves_total", false),
+        ("am_state_save_failures_total", true),
+    ] {
+        let _ = writeln!(out, "# TYPE {metric} counter");
+        for (machine, stats) in machines {
+            let _ = writeln!(
+                out,
+                "{metric}{{node=\"{node}\",source=\"{}\"}} {}",
+                escape(machine),
+                if failures {
+                    stats.failures
+                } else {
+                    stats.saves
+                }
+            );
+        }
+    }
     out
 }
 

@@ -16,8 +16,11 @@
 //! - [`tracer`]: the [`Tracer`] hooks and the steps of a transition they see.
 //! - [`log`]: a machine's own log and its levels.
 //! - [`value`]: [`Args`] and [`Value`], arguments any language can send.
+//! - [`export`]: [`ExportedState`], a machine's state as a file keeps it (Go's `Serialized`),
+//!   and why an import is refused.
 
 pub mod bind;
+pub mod export;
 pub mod handlers;
 pub mod local;
 pub mod log;
@@ -30,6 +33,7 @@ pub mod value;
 pub mod waiters;
 
 pub use bind::{Binding, Handlers, TracerId};
+pub use export::{EXPORT_FORMAT, ExportedState, ImportError, MAX_EXPORT_BYTES};
 pub use handlers::{Completion, Event, HandlerCall, HandlerKind, Verdict};
 pub use local::{
     EvalFuture, Machine, MachineBuilder, Receipt, SchemaChangeError, TimeSource, UnknownState,

@@ -182,6 +182,20 @@ pub trait StateSource: Send + Sync {
         None
     }
 
+    /// This source's state as a file keeps it (Go's `Export`): its id, the schema's names and
+    /// hash, the clock and the queue tick; [`super::export`] documents the format. A mirror
+    /// exports its replica. The clock and the queue tick are read one after the other, so a
+    /// mutation between the two reads shows in the queue tick only; a disposed machine exports
+    /// an empty clock, which no machine imports.
+    fn export(&self) -> super::export::ExportedState {
+        super::export::ExportedState::new(
+            self.id(),
+            &self.schema(),
+            self.clock(),
+            self.queue_tick(),
+        )
+    }
+
     // ----- provided: reads -----
 
     fn tick(&self, state: &str) -> u64 {

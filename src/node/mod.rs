@@ -2,6 +2,11 @@
 //! server that serves all of them under their names on the node's listeners, and the drivers
 //! that mutate machines on a schedule. `am-node run` is [`start_topology`] plus a report loop
 //! and a signal handler; tests call the same functions in-process.
+//!
+//! A root machine with a state file (`state_dir`) is a [`DurableMachine`]: restored from its
+//! file before the node serves it (its `start` states are then not applied again: it continues
+//! where it was), served in its place so that mutations are acknowledged once saved, and
+//! closed, after the server, when the node stops.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +14,13 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
+use crate::durable::{DurableError, DurableMachine};
 use crate::machine::{Args, Machine, StateSource};
 use crate::mirror::{Mirror, MirrorConfig, MirrorError};
 use crate::printable::printable;
 use crate::proto::Compression;
 use crate::server::{Server, ServerConfig, ServerError};
-use crate::topology::{DriverSpec, MachineKind, NodePlan, Topology};
+use crate::topology::{DriverSpec, MachineKind, MachinePlan, NodePlan, Topology};
 use crate::transport::{Endpoint, TlsConfig, TlsError, TransportConfig};
 
 /// Why a node could not start.
@@ -54,6 +60,16 @@ pub enum NodeError {
         address: String,
         error: std::io::Error,
     },
+    #[error(
+        "{at}: node {node}: machine {machine}: {error}\n  hint: state_dir is relative to the topology file; each root machine keeps STATE_DIR/MACHINE.json"
+    )]
+    State {
+        /// `file:line` of the `state_dir`.
+        at: String,
+        node: String,
+        machine: String,
+        error: DurableError,
+    },
     #[error("node {node}: machine {machine} cannot start: {reason}")]
     Start {
         node: String,
@@ -69,6 +85,8 @@ pub struct RunningNode {
     endpoints: Vec<Endpoint>,
     machines: Vec<(String, Arc<dyn StateSource>)>,
     mirrors: Vec<Mirror>,
+    /// The durable root machines, by name, to close after the server.
+    durables: Vec<(String, Arc<DurableMachine>)>,
     drivers: Vec<JoinHandle<()>>,
     admin: Option<std::net::SocketAddr>,
     admin_stop: tokio::sync::watch::Sender<bool>,
@@ -114,34 +132,16 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
     let admin_stop = tokio::sync::watch::channel(false).0;
     let mut machines = Vec::new();
     let mut mirrors = Vec::new();
+    let mut durables = Vec::new();
     let mut drivers = Vec::new();
     for machine in &plan.machines {
         let source: Arc<dyn StateSource> = match &machine.kind {
             MachineKind::Root => {
-                let root = Machine::builder(machine.schema.clone())
-                    .id(&plan.name)
-                    .build();
-                if !machine.start.is_empty() {
-                    let states: Vec<&str> = machine.start.iter().map(String::as_str).collect();
-                    let outcome = root
-                        .add(&states, Args::new())
-                        .map_err(|e| NodeError::Start {
-                            node: plan.name.clone(),
-                            machine: machine.name.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    if outcome == crate::machine::Outcome::Canceled {
-                        return Err(NodeError::Start {
-                            node: plan.name.clone(),
-                            machine: machine.name.clone(),
-                            reason: format!(
-                                "activating {} was canceled by the schema's relations",
-                                states.join(", ")
-                            ),
-                        });
-                    }
+                let (root, durable) = start_root(plan, machine).await?;
+                if let Some(durable) = durable {
+                    durables.push((machine.name.clone(), durable));
                 }
-                Arc::new(root)
+                root
             }
             MachineKind::Mirror {
                 upstream,
@@ -182,8 +182,11 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
         None => None,
         Some(address) => {
             let metrics_server = server.clone();
-            let render: Arc<dyn Fn() -> String + Send + Sync> =
-                Arc::new(move || metrics_server.metrics());
+            let (node, saved) = (plan.name.clone(), durables.clone());
+            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+                let stats: Vec<_> = saved.iter().map(|(n, d)| (n.clone(), d.stats())).collect();
+                metrics_server.metrics() + &crate::metrics::render_saves(&node, &stats)
+            });
             let addr = crate::metrics::serve_admin(address, render, admin_stop.subscribe())
                 .await
                 .map_err(|error| NodeError::Admin {
@@ -214,9 +217,65 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
         endpoints,
         machines,
         mirrors,
+        durables,
         drivers,
         admin,
         admin_stop,
+    })
+}
+
+/// A root machine; with a state file, a [`DurableMachine`] restored from it when the file
+/// exists (its `start` states are then not applied: it continues where it was). Without a
+/// file, the `start` states are its first change, saved like any other: killed before that
+/// save, it starts from zero again.
+async fn start_root(
+    plan: &NodePlan,
+    machine: &MachinePlan,
+) -> Result<(Arc<dyn StateSource>, Option<Arc<DurableMachine>>), NodeError> {
+    let root = Machine::builder(machine.schema.clone())
+        .id(&plan.name)
+        .build();
+    let durable = match &machine.state {
+        None => None,
+        Some(state) => {
+            let durable = DurableMachine::open(root.clone(), &state.file)
+                .await
+                .map_err(|error| NodeError::State {
+                    at: state.at.clone(),
+                    node: plan.name.clone(),
+                    machine: machine.name.clone(),
+                    error,
+                })?;
+            if durable.restored() {
+                info!(node = %plan.name, machine = %machine.name, path = %state.file.display(), clock = %durable.summary(), "state restored");
+            }
+            Some(Arc::new(durable))
+        }
+    };
+    let restored = durable.as_ref().is_some_and(|d| d.restored());
+    if !machine.start.is_empty() && !restored {
+        let states: Vec<&str> = machine.start.iter().map(String::as_str).collect();
+        let outcome = root
+            .add(&states, Args::new())
+            .map_err(|e| NodeError::Start {
+                node: plan.name.clone(),
+                machine: machine.name.clone(),
+                reason: e.to_string(),
+            })?;
+        if outcome == crate::machine::Outcome::Canceled {
+            return Err(NodeError::Start {
+                node: plan.name.clone(),
+                machine: machine.name.clone(),
+                reason: format!(
+                    "activating {} was canceled by the schema's relations",
+                    states.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(match durable {
+        Some(durable) => (durable.clone(), Some(durable)),
+        None => (Arc::new(root), None),
     })
 }
 
@@ -250,6 +309,14 @@ impl RunningNode {
         self.machines.iter().map(|(n, m)| (n.as_str(), m))
     }
 
+    /// A root machine with a state file, by name.
+    pub fn durable(&self, name: &str) -> Option<&Arc<DurableMachine>> {
+        self.durables
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d)
+    }
+
     /// Stops drivers, says goodbye upstream and to clients, and waits for connections to end.
     pub async fn shutdown(self) {
         for driver in &self.drivers {
@@ -260,6 +327,10 @@ impl RunningNode {
             mirror.close().await;
         }
         self.server.shutdown(Duration::from_secs(3)).await;
+        // After the server: mutations still answering wait for their saves.
+        for (_, durable) in &self.durables {
+            durable.close().await;
+        }
         info!(node = %self.name, "node stopped");
     }
 }

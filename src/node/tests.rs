@@ -118,3 +118,86 @@ machines = [{ name = "m", schema = "s" }]
     assert!(e.to_string().contains("hint: "), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_durable_root_continues_its_clock_across_starts_and_refuses_a_damaged_file() {
+    let dir = temp_dir("durable");
+    let t = topology(
+        &dir,
+        r#"
+[schemas.s]
+states = [{ name = "Start" }, { name = "Counter", multi = true }]
+
+[[nodes]]
+name = "root"
+state_dir = "state"
+admin = "127.0.0.1:0"
+machines = [{ name = "m", schema = "s", start = ["Start"] }]
+"#,
+    );
+    let running = start_topology(&t, &[]).await.expect("starts");
+    let root = running.node("root").expect("the node");
+    let machine = root.machine("m").expect("the machine");
+    assert!(machine.is1("Start"), "a new machine gets its start states");
+    for _ in 0..3 {
+        tokio::time::timeout(LIMIT, machine.add(&["Counter"], Args::new()))
+            .await
+            .expect("in time")
+            .expect("runs");
+    }
+    let durable = root.durable("m").expect("durable");
+    assert!(!durable.restored());
+    assert!(durable.stats().saves >= 1);
+    let admin = root.admin().expect("an admin listener");
+    let metrics = tokio::time::timeout(LIMIT, async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(admin)
+            .await
+            .expect("connects");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("writes");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("reads");
+        out
+    })
+    .await
+    .expect("the metrics in time");
+    assert!(
+        metrics.contains("am_state_saves_total{node=\"root\",source=\"m\"}"),
+        "{metrics}"
+    );
+    let before = machine.clock();
+    drop(machine);
+    running.shutdown().await;
+
+    // Start states are not applied again: the machine continues where it was.
+    let running = start_topology(&t, &[]).await.expect("starts again");
+    let root = running.node("root").expect("the node");
+    assert!(root.durable("m").expect("durable").restored());
+    let machine = root.machine("m").expect("the machine");
+    machine.remove(&["Start"], Args::new()).await.expect("runs");
+    let mut expected = before.clone();
+    expected[0] += 1;
+    assert_eq!(machine.clock(), expected);
+    drop(machine);
+    running.shutdown().await;
+    let running = start_topology(&t, &[]).await.expect("starts a third time");
+    let machine = running
+        .node("root")
+        .and_then(|n| n.machine("m"))
+        .expect("the machine");
+    assert!(
+        !machine.is1("Start"),
+        "removed before the restart, not started again"
+    );
+    drop(machine);
+    running.shutdown().await;
+
+    std::fs::write(dir.join("state").join("m.json"), b"{ damaged").expect("written");
+    let e = start_topology(&t, &[]).await.expect_err("a damaged file");
+    let file = dir.join("t.toml").display().to_string();
+    assert!(e.to_string().starts_with(&format!("{file}:7: ")), "{e}");
+    assert!(e.to_string().contains("move the file away"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

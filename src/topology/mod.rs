@@ -135,9 +135,20 @@ pub struct MachinePlan {
     pub name: String,
     pub schema: Arc<Schema>,
     pub kind: MachineKind,
-    /// States a root machine activates at start.
+    /// States a root machine activates at start (when it has no saved state to restore).
     pub start: Vec<String>,
     pub driver: Option<DriverSpec>,
+    /// Where a durable root machine keeps its state; `None`: it starts from zero each time.
+    pub state: Option<StatePlan>,
+}
+
+/// Where a durable root machine keeps its state (`crate::durable`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePlan {
+    /// `STATE_DIR/MACHINE.json`, the directory relative to the topology file.
+    pub file: PathBuf,
+    /// `file:line` of the `state_dir` that made it durable, for errors found when it starts.
+    pub at: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

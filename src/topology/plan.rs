@@ -2,7 +2,7 @@
 //! does (a TLS listener needs a certificate, a TLS upstream a CA, a limit of 0 stops it).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +15,9 @@ use crate::transport::{Endpoint, Scheme};
 use super::resolve::{Nodes, machine_key};
 use super::spec::{LimitsSpec, MachineSpec, NodeSpec, TlsFileSpec};
 use super::upstreams::Up;
-use super::{Cx, MachineKind, MachinePlan, NodeLines, NodePlan, TlsSpec, TopologyError};
+use super::{Cx, MachineKind, MachinePlan, NodeLines, NodePlan, StatePlan, TlsSpec, TopologyError};
 
-/// Plans: each node's plan, in the file's order.
+/// Plans: each node's plan, in the file's order; no two durable machines share a state file.
 pub(super) fn plans(
     cx: &Cx<'_>,
     base: &Path,
@@ -26,10 +26,41 @@ pub(super) fn plans(
     schema_of: &HashMap<String, Arc<Schema>>,
     ups: &HashMap<String, Up>,
 ) -> Result<Vec<NodePlan>, TopologyError> {
-    written
+    let plans = written
         .iter()
         .map(|node| plan_node(cx, base, node, nodes, schema_of, ups))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut files: HashMap<&Path, String> = HashMap::new();
+    for (node, plan) in written.iter().zip(&plans) {
+        for (machine, planned) in node.get_ref().machines.iter().zip(&plan.machines) {
+            let Some(state) = &planned.state else {
+                continue;
+            };
+            let key = machine_key(&plan.name, &planned.name);
+            if let Some(other) = files.insert(&state.file, key.clone()) {
+                let span = state_dir_span(node.get_ref(), machine.get_ref())
+                    .unwrap_or_else(|| machine.span());
+                return Err(cx.err(
+                    span,
+                    format!(
+                        "{key} would keep its state in {}, as {other} does",
+                        state.file.display()
+                    ),
+                    "each durable machine needs a file of its own (STATE_DIR/MACHINE.json): give                      one of them another state_dir",
+                ));
+            }
+        }
+    }
+    Ok(plans)
+}
+
+/// Where a root machine's `state_dir` is written: its own, else its node's.
+fn state_dir_span(node: &NodeSpec, machine: &MachineSpec) -> Option<std::ops::Range<usize>> {
+    machine
+        .state_dir
+        .as_ref()
+        .or(node.state_dir.as_ref())
+        .map(Spanned::span)
 }
 
 /// One node's plan: its machines, TLS material, ACL and limits.
@@ -46,8 +77,18 @@ fn plan_node(
     let machines = n
         .machines
         .iter()
-        .map(|machine| plan_machine(cx, &node_name, machine, nodes, schema_of, ups))
+        .map(|machine| plan_machine(cx, base, n, machine, nodes, schema_of, ups))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(dir) = &n.state_dir
+        && !machines.iter().any(|m| m.kind == MachineKind::Root)
+    {
+        return Err(cx.err(
+            dir.span(),
+            format!("node {node_name:?} has a state_dir but no root machine"),
+            "only root machines keep a state; a mirror takes its clock from its upstream: \
+             remove state_dir, or set it on the node of the root",
+        ));
+    }
     let tls = plan_tls(cx, base, n, &machines)?;
     let acl = n
         .acl
@@ -91,13 +132,15 @@ fn plan_node(
 
 fn plan_machine(
     cx: &Cx<'_>,
-    node_name: &str,
+    base: &Path,
+    node: &NodeSpec,
     machine: &Spanned<MachineSpec>,
     nodes: &Nodes<'_>,
     schema_of: &HashMap<String, Arc<Schema>>,
     ups: &HashMap<String, Up>,
 ) -> Result<MachinePlan, TopologyError> {
     let m = machine.get_ref();
+    let node_name = node.name.get_ref().as_str();
     let key = machine_key(node_name, m.name.get_ref());
     let schema = schema_of[&key].clone();
     let states_hint = || format!("states: {}", schema.names().collect::<Vec<_>>().join(", "));
@@ -162,13 +205,60 @@ fn plan_machine(
             }
         }
     };
+    let state = plan_state(cx, base, node, machine, &kind)?;
     Ok(MachinePlan {
         name: m.name.get_ref().clone(),
         schema,
         kind,
         start: m.start.clone(),
         driver: m.driver.as_ref().map(|d| d.get_ref().clone()),
+        state,
     })
+}
+
+/// Where a root machine keeps its state: `STATE_DIR/MACHINE.json`, from its own `state_dir`
+/// or else its node's; mirrors keep none.
+fn plan_state(
+    cx: &Cx<'_>,
+    base: &Path,
+    node: &NodeSpec,
+    machine: &Spanned<MachineSpec>,
+    kind: &MachineKind,
+) -> Result<Option<StatePlan>, TopologyError> {
+    let m = machine.get_ref();
+    let name = m.name.get_ref();
+    if let (Some(dir), MachineKind::Mirror { .. }) = (&m.state_dir, kind) {
+        return Err(cx.err(
+            dir.span(),
+            format!("machine {name:?} is a mirror; `state_dir` is for root machines"),
+            "a mirror takes its clock from its upstream: remove state_dir here, and make the \
+             root durable instead",
+        ));
+    }
+    if *kind != MachineKind::Root {
+        return Ok(None);
+    }
+    let Some(dir) = m.state_dir.as_ref().or(node.state_dir.as_ref()) else {
+        return Ok(None);
+    };
+    if dir.get_ref().is_empty() {
+        return Err(cx.err(
+            dir.span(),
+            "an empty state_dir",
+            "name a directory, relative to the topology file, e.g. state_dir = \"state\"",
+        ));
+    }
+    // Lexically normalized (`a/./b` is `a/b`), so that two ways of writing one directory
+    // are found to collide.
+    let file: PathBuf = base
+        .join(dir.get_ref())
+        .join(format!("{name}.json"))
+        .components()
+        .collect();
+    Ok(Some(StatePlan {
+        file,
+        at: format!("{}:{}", cx.file(), cx.line(&dir.span())),
+    }))
 }
 
 /// The node's TLS material, checked against what its listeners and mirrors need.

@@ -59,6 +59,8 @@ pub(super) struct NodeSpec {
     pub acl: Option<Spanned<Acl>>,
     /// A plain HTTP listener for /metrics (Prometheus text) and /healthz, e.g. "127.0.0.1:9100".
     pub admin: Option<Spanned<String>>,
+    /// Where the node's root machines keep their state (relative to the topology file).
+    pub state_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,4 +102,6 @@ pub(super) struct MachineSpec {
     #[serde(default)]
     pub start: Vec<String>,
     pub driver: Option<Spanned<DriverSpec>>,
+    /// Where this root machine keeps its state, over its node's `state_dir`.
+    pub state_dir: Option<Spanned<String>>,
 }

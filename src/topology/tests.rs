@@ -511,3 +511,76 @@ fn an_outside_upstream_through_a_relay_carries_the_relay_token() {
         "acl",
     );
 }
+
+#[test]
+fn state_dirs_make_root_machines_durable_and_are_checked() {
+    let acl = "acl = { token = \"t\", allow = [\"mid\"] }";
+    let durable = TREE.replace(acl, &format!("{acl}\nstate_dir = \"state\""));
+    let t = parse_str(&durable).expect("valid");
+    let state = t.node("root").expect("root").machines[0]
+        .state
+        .clone()
+        .expect("the root machine is durable");
+    assert_eq!(state.file, Path::new("state/demo.json"));
+    assert_eq!(state.at, "test.toml:15");
+    assert!(
+        t.node("mid").expect("mid").machines[0].state.is_none(),
+        "mirrors keep no state"
+    );
+    // A machine's own state_dir wins over its node's, relative to the file's directory.
+    let own = durable.replace(
+        "schema = \"demo\"\ndriver",
+        "schema = \"demo\"\nstate_dir = \"./elsewhere\"\ndriver",
+    );
+    let t = parse(Path::new("topologies/x.toml"), &own).expect("valid");
+    let state = t.node("root").expect("root").machines[0]
+        .state
+        .clone()
+        .expect("durable");
+    assert_eq!(state.file, Path::new("topologies/elsewhere/demo.json"));
+    assert_eq!(state.at, "topologies/x.toml:20");
+
+    refused(
+        &TREE.replace(
+            "upstream = \"root\"\ntoken",
+            "upstream = \"root\"\nstate_dir = \"s\"\ntoken",
+        ),
+        28,
+        "is a mirror; `state_dir` is for root machines",
+        "make the root durable",
+    );
+    refused(
+        &TREE.replace(
+            "listen = [\"tcp://127.0.0.1:7701\"]",
+            "listen = [\"tcp://127.0.0.1:7701\"]\nstate_dir = \"s\"",
+        ),
+        24,
+        "has a state_dir but no root machine",
+        "upstream",
+    );
+    refused(
+        &TREE.replace(acl, &format!("{acl}\nstate_dir = \"\"")),
+        15,
+        "an empty state_dir",
+        "state_dir = \"state\"",
+    );
+    // Two roots named alike in one directory would overwrite each other's state.
+    refused(
+        r#"
+[schemas.s]
+states = [{ name = "A" }]
+
+[[nodes]]
+name = "a"
+state_dir = "state"
+machines = [{ name = "m", schema = "s" }]
+
+[[nodes]]
+name = "b"
+machines = [{ name = "m", schema = "s", state_dir = "state/." }]
+"#,
+        12,
+        "b/m would keep its state in state/m.json, as a/m does",
+        "a file of its own",
+    );
+}

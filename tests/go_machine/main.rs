@@ -24,10 +24,7 @@
 //! - Go's handler timeout is a timer; ours is checked when the handler returns, against a
 //!   clock the test moves by hand.
 //!
-//! Ported: 103 of 123. NOT PORTED (20), with the reason:
-//!
-//! Feature missing, part 3 of issue 14 (waiting for a branch that adds it):
-//! - TestExportImport (Export / Import).
+//! Ported: 104 of 123. NOT PORTED (19), with the reason:
 //!
 //! Feature missing, not in issue 14:
 //! - TestWhenQuery (a wait on an arbitrary predicate over the clock).

@@ -26,6 +26,7 @@
 
 mod eval;
 mod handlers;
+mod import;
 mod queries;
 mod schema_change;
 mod transition;
