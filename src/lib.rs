@@ -23,6 +23,10 @@
 //!   [`metrics`]: Prometheus text and latency histograms; [`printable`]: peer text made safe
 //!   to print.
 //!
+//! Features: `net` (default) brings everything from [`transport`] down in this list, which
+//! needs sockets, a runtime or files. Without it the library is [`machine`], [`proto`] (with
+//! the sessions) and [`metrics`]' histogram: what the WebAssembly build (`web/`) is made of.
+//!
 //! The benchmark scenarios, the sgp worker and the fault-injecting proxy are not part of this
 //! library: they live in the `am-node` crate (`node/`).
 //!
@@ -49,20 +53,32 @@
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
 //! ```
 
-pub mod certs;
-pub mod client;
-pub mod durable;
-mod http;
 pub mod machine;
 pub mod metrics;
-pub mod mirror;
-pub mod node;
 pub mod printable;
 pub mod proto;
+
+#[cfg(feature = "net")]
+pub mod certs;
+#[cfg(feature = "net")]
+pub mod client;
+#[cfg(feature = "net")]
+pub mod durable;
+#[cfg(feature = "net")]
+mod http;
+#[cfg(feature = "net")]
+pub mod mirror;
+#[cfg(feature = "net")]
+pub mod node;
+#[cfg(feature = "net")]
 pub mod relay;
+#[cfg(feature = "net")]
 pub mod server;
+#[cfg(feature = "net")]
 pub mod topology;
+#[cfg(feature = "net")]
 pub mod transport;
+#[cfg(feature = "net")]
 mod wire;
 
 /// The names most programs need: `use asyncmachine::prelude::*;`.

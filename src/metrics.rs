@@ -3,18 +3,11 @@
 //! (`/metrics`, `/healthz`).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tracing::{debug, info};
-
-use crate::durable::DurableStats;
-use crate::http;
 use crate::proto::message::{NodeStatus, SourceStatus};
+#[cfg(feature = "net")]
+pub use admin::{render_saves, serve_admin};
 
 /// Buckets: up to 1 µs, 2 µs, 4 µs, ... 2^24 µs (about 17 s), then everything above.
 const BUCKETS: usize = 26;
@@ -36,7 +29,7 @@ impl Default for Histogram {
 }
 
 impl Histogram {
-    pub fn record(&self, elapsed: Duration) {
+    pub fn record(&self, elapsed: std::time::Duration) {
         let us = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
         let bucket = (64 - us.saturating_sub(1).leading_zeros() as usize).min(BUCKETS - 1);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
@@ -149,97 +142,116 @@ pub fn render(status: &NodeStatus, latency: &Histogram) -> String {
     out
 }
 
-/// The Prometheus text of a node's durable machines: saves and failed saves, per machine.
-pub fn render_saves(node: &str, machines: &[(String, DurableStats)]) -> String {
-    if machines.is_empty() {
-        return String::new();
-    }
-    let node = escape(node);
-    let mut out = String::new();
-    for (metric, failures) in [
-        ("am_state_saves_total", false),
-        ("am_state_save_failures_total", true),
-    ] {
-        let _ = writeln!(out, "# TYPE {metric} counter");
-        for (machine, stats) in machines {
-            let _ = writeln!(
-                out,
-                "{metric}{{node=\"{node}\",source=\"{}\"}} {}",
-                escape(machine),
-                if failures {
-                    stats.failures
-                } else {
-                    stats.saves
-                }
-            );
-        }
-    }
-    out
-}
+/// What needs the `net` feature: durable machines' counters and the admin listener.
+#[cfg(feature = "net")]
+mod admin {
+    use std::fmt::Write as _;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
 
-/// Serves `/metrics` (Prometheus text) and `/healthz` on a plain HTTP listener until
-/// `shutdown`; returns the bound address.
-pub async fn serve_admin(
-    address: &str,
-    metrics: Arc<dyn Fn() -> String + Send + Sync>,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(address).await?;
-    let local = listener.local_addr()?;
-    info!(%local, "admin listener: /metrics, /healthz");
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
-                accepted = listener.accept() => accepted,
-            };
-            let Ok((mut stream, _)) = accepted else {
-                continue;
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let head =
-                    tokio::time::timeout(Duration::from_secs(5), http::read_head(&mut stream))
-                        .await;
-                let result = match head {
-                    Ok(Ok((request, _))) => {
-                        match (request.method.as_str(), request.path.as_str()) {
-                            ("GET", "/metrics") => {
-                                http::respond(
-                                    &mut stream,
-                                    200,
-                                    "text/plain; version=0.0.4",
-                                    &metrics(),
-                                )
-                                .await
-                            }
-                            ("GET", "/healthz") => {
-                                http::respond(&mut stream, 200, "text/plain", "ok\n").await
-                            }
-                            _ => {
-                                http::respond(
-                                    &mut stream,
-                                    404,
-                                    "text/plain",
-                                    "try /metrics or /healthz\n",
-                                )
-                                .await
+    use tokio::net::TcpListener;
+    use tokio::sync::watch;
+    use tracing::{debug, info};
+
+    use super::escape;
+    use crate::durable::DurableStats;
+    use crate::http;
+
+    /// The Prometheus text of a node's durable machines: saves and failed saves, per machine.
+    pub fn render_saves(node: &str, machines: &[(String, DurableStats)]) -> String {
+        if machines.is_empty() {
+            return String::new();
+        }
+        let node = escape(node);
+        let mut out = String::new();
+        for (metric, failures) in [
+            ("am_state_saves_total", false),
+            ("am_state_save_failures_total", true),
+        ] {
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for (machine, stats) in machines {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{node=\"{node}\",source=\"{}\"}} {}",
+                    escape(machine),
+                    if failures {
+                        stats.failures
+                    } else {
+                        stats.saves
+                    }
+                );
+            }
+        }
+        out
+    }
+
+    /// Serves `/metrics` (Prometheus text) and `/healthz` on a plain HTTP listener until
+    /// `shutdown`; returns the bound address.
+    pub async fn serve_admin(
+        address: &str,
+        metrics: Arc<dyn Fn() -> String + Send + Sync>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(address).await?;
+        let local = listener.local_addr()?;
+        info!(%local, "admin listener: /metrics, /healthz");
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((mut stream, _)) = accepted else {
+                    continue;
+                };
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    let head =
+                        tokio::time::timeout(Duration::from_secs(5), http::read_head(&mut stream))
+                            .await;
+                    let result = match head {
+                        Ok(Ok((request, _))) => {
+                            match (request.method.as_str(), request.path.as_str()) {
+                                ("GET", "/metrics") => {
+                                    http::respond(
+                                        &mut stream,
+                                        200,
+                                        "text/plain; version=0.0.4",
+                                        &metrics(),
+                                    )
+                                    .await
+                                }
+                                ("GET", "/healthz") => {
+                                    http::respond(&mut stream, 200, "text/plain", "ok\n").await
+                                }
+                                _ => {
+                                    http::respond(
+                                        &mut stream,
+                                        404,
+                                        "text/plain",
+                                        "try /metrics or /healthz\n",
+                                    )
+                                    .await
+                                }
                             }
                         }
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = result {
+                        debug!(error = %e, "admin request failed");
                     }
-                    _ => Ok(()),
-                };
-                if let Err(e) = result {
-                    debug!(error = %e, "admin request failed");
-                }
-            });
-        }
-    });
-    Ok(local)
+                });
+            }
+        });
+        Ok(local)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

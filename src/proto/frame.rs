@@ -115,7 +115,7 @@ impl FrameConfig {
     pub fn encode(&self, body: &[u8], out: &mut Vec<u8>) {
         if let Some(c) = self.compression
             && body.len() >= c.threshold
-            && let Ok(packed) = zstd::bulk::compress(body, c.level)
+            && let Some(packed) = super::compress::compress(body, c.level)
             && packed.len() < body.len()
         {
             put_varint(out, (packed.len() as u64) << 1 | HEAD_ZSTD);
@@ -150,10 +150,10 @@ impl FrameConfig {
             return Ok(None);
         };
         let body = if compressed {
-            let unpacked = zstd::bulk::decompress(body, self.max_frame).map_err(|e| {
+            let unpacked = super::compress::decompress(body, self.max_frame).map_err(|reason| {
                 FrameError::Decompress {
                     max: self.max_frame,
-                    reason: e.to_string(),
+                    reason,
                 }
             })?;
             Cow::Owned(unpacked)

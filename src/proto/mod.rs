@@ -1,6 +1,7 @@
 //! The wire protocol (aRPC), sans-IO: bytes in, bytes out, no sockets, no runtime.
 //!
-//! - [`frame`]: varints and length-delimited frames, negotiated zstd.
+//! - [`frame`]: varints and length-delimited frames, negotiated zstd (its codec in `compress`:
+//!   the C library with the `net` feature, a pure-Rust one without).
 //! - [`message`]: the messages and their bincode body encoding.
 //! - [`diff`]: clock diffs, merging, checksums, tracked subsets.
 //! - [`handshake`]: the server's decision on a client's hello.
@@ -14,6 +15,7 @@
 //! bytes. PROTOCOL.md at the repository root documents the format byte by byte.
 
 pub mod acl;
+mod compress;
 pub mod config;
 pub mod diff;
 pub mod frame;
