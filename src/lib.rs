@@ -19,6 +19,8 @@
 //! - [`durable`]: a machine whose state is saved to a file on every change and restored at
 //!   start; a mutation through it is acknowledged once its state is on disk.
 //! - [`relay`]: the WebSocket bridge that lets browsers into a tree.
+//! - [`driven`]: a mirror whose connection an outside event loop drives (a browser's, through
+//!   `web/`): bytes and time in, bytes out, a `StateSource` like the others.
 //! - [`certs`]: development certificates; [`client`]: the one-shot status request;
 //!   [`metrics`]: Prometheus text and latency histograms; [`printable`]: peer text made safe
 //!   to print.
@@ -53,6 +55,7 @@
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
 //! ```
 
+pub mod driven;
 pub mod machine;
 pub mod metrics;
 pub mod printable;

@@ -1,0 +1,210 @@
+//! The driven mirror against a server's bytes made by hand: the handshake, diffs waking
+//! waiters and observers, a mutation's bytes and answer, a lost connection and a close.
+
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use super::{DrivenMirror, MirrorEvent};
+use crate::machine::{
+    Args, ClockChange, MutationError, Outcome, SchemaDef, StateDef, StateSource, WaitError,
+};
+use crate::proto::diff::{ClockRef, Tracked, diff};
+use crate::proto::message::{Granted, MutateReply, Snapshot, Welcome};
+use crate::proto::session::{ClientConfig, Moment, Phase};
+use crate::proto::{FrameConfig, FrameReader, Message, encode_frame};
+
+fn config() -> ClientConfig {
+    ClientConfig {
+        client_id: "page".into(),
+        source: "demo".into(),
+        compression: false,
+        track: None,
+        token: None,
+        max_frame: crate::proto::frame::DEFAULT_MAX_FRAME,
+        handshake_timeout: Duration::from_secs(5),
+        keepalive: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(30),
+    }
+}
+
+fn frame(message: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(&FrameConfig::default(), message, &mut out);
+    out
+}
+
+/// The messages a mirror sent.
+fn sent(mirror: &DrivenMirror) -> Vec<Message> {
+    let mut bytes = Vec::new();
+    mirror.take_transmit(&mut bytes);
+    let mut reader = FrameReader::new(FrameConfig::default());
+    reader.push(&bytes);
+    std::iter::from_fn(|| reader.next_message().expect("valid frames")).collect()
+}
+
+fn poll<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// A mirror of a source with states A and B (and Exception), ready with A active.
+fn ready_mirror(outbound: Arc<AtomicUsize>) -> DrivenMirror {
+    let mirror = DrivenMirror::new("page", "ws://relay/arpc/demo", config(), None, move || {
+        outbound.fetch_add(1, Ordering::Relaxed);
+    });
+    assert!(mirror.connected(Moment::ZERO).is_empty());
+    assert!(matches!(sent(&mirror)[..], [Message::Hello(_)]));
+    let welcome = Welcome {
+        ancestry: vec!["root".into()],
+        schema: Some(SchemaDef {
+            states: vec![StateDef::new("A"), StateDef::new("B")],
+        }),
+        snapshot: Snapshot {
+            ticks: vec![1, 0, 0],
+            queue_tick: 1,
+        },
+        granted: Granted::default(),
+    };
+    let events = mirror.handle_bytes(&frame(&Message::Welcome(welcome)), Moment::ZERO);
+    assert!(
+        matches!(events[..], [MirrorEvent::Ready { reconnect: false }]),
+        "{events:?}"
+    );
+    mirror
+}
+
+fn diff_to(before: &[u64], after: &[u64], queue: (u64, u64)) -> Message {
+    Message::Diff(diff(
+        ClockRef {
+            ticks: before,
+            queue_tick: queue.0,
+        },
+        ClockRef {
+            ticks: after,
+            queue_tick: queue.1,
+        },
+        &Tracked::All,
+    ))
+}
+
+#[test]
+fn the_welcome_brings_the_schema_and_diffs_wake_waiters_and_observers() {
+    let mirror = ready_mirror(Arc::default());
+    assert_eq!(mirror.phase(), Phase::Ready);
+    assert_eq!(mirror.active_states(), ["A"]);
+    assert_eq!(mirror.schema().len(), 3);
+    assert_eq!(mirror.ancestry(), ["page", "root"]);
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let told = seen.clone();
+    mirror.observe(Arc::new(move |change: &ClockChange<'_>| {
+        told.lock()
+            .expect("not poisoned")
+            .push(change.changed.to_vec());
+    }));
+    let mut when_b = pin!(mirror.when(&["B"]));
+    assert!(poll(when_b.as_mut()).is_pending());
+
+    let events = mirror.handle_bytes(
+        &frame(&diff_to(&[1, 0, 0], &[1, 1, 0], (1, 2))),
+        Moment::ZERO,
+    );
+    assert!(events.is_empty());
+    assert_eq!(poll(when_b.as_mut()), Poll::Ready(Ok(())));
+    assert_eq!(*seen.lock().expect("not poisoned"), [vec![1]]);
+    assert_eq!(mirror.queue_tick(), 2);
+}
+
+#[test]
+fn a_mutation_goes_out_and_its_answer_comes_back_with_the_diff() {
+    let outbound = Arc::new(AtomicUsize::new(0));
+    let mirror = ready_mirror(outbound.clone());
+    let mut added = pin!(mirror.add(&["B"], Args::new().with("n", 1)));
+    assert!(poll(added.as_mut()).is_pending());
+    assert_eq!(outbound.load(Ordering::Relaxed), 1, "the loop was told");
+    let [Message::Mutate(request)] = &sent(&mirror)[..] else {
+        panic!("one mutation");
+    };
+    assert_eq!(request.states, [1]);
+    let Message::Diff(diff) = diff_to(&[1, 0, 0], &[1, 1, 0], (1, 2)) else {
+        unreachable!()
+    };
+    let reply = Message::MutateReply(MutateReply {
+        id: request.id,
+        result: Ok(Outcome::Executed).into(),
+        diff,
+    });
+    mirror.handle_bytes(&frame(&reply), Moment::ZERO);
+    assert_eq!(poll(added.as_mut()), Poll::Ready(Ok(Outcome::Executed)));
+    assert!(
+        mirror.is(&["A", "B"]),
+        "the clock holds the change on return"
+    );
+
+    // A refusal comes back as its reason.
+    let mut refused = pin!(mirror.remove(&["A"], Args::new()));
+    let [Message::Mutate(request)] = &sent(&mirror)[..] else {
+        panic!("one mutation");
+    };
+    let Message::Diff(diff) = diff_to(&[1, 1, 0], &[1, 1, 0], (2, 2)) else {
+        unreachable!()
+    };
+    let reply = Message::MutateReply(MutateReply {
+        id: request.id,
+        result: Err::<Outcome, _>("not in your mutate list".to_owned()).into(),
+        diff,
+    });
+    mirror.handle_bytes(&frame(&reply), Moment::ZERO);
+    let Poll::Ready(Err(MutationError::Refused(reason))) = poll(refused.as_mut()) else {
+        panic!("refused");
+    };
+    assert!(reason.contains("not in your mutate list"), "{reason}");
+}
+
+#[test]
+fn a_lost_connection_fails_mutations_and_keeps_the_clock_and_close_ends_waits() {
+    let mirror = ready_mirror(Arc::default());
+    let mut added = pin!(mirror.add(&["B"], Args::new()));
+    assert!(poll(added.as_mut()).is_pending());
+    let mut when_b = pin!(mirror.when(&["B"]));
+    let events = mirror.handle_lost("the relay went away".into());
+    assert!(
+        matches!(&events[..], [MirrorEvent::Closed(r)] if r.contains("relay went away")),
+        "{events:?}"
+    );
+    assert_eq!(
+        poll(added.as_mut()),
+        Poll::Ready(Err(MutationError::Disconnected))
+    );
+    assert_eq!(mirror.active_states(), ["A"], "the last clock known");
+    assert!(mirror.upstream().is_some_and(|u| u.state == "disconnected"
+        && u.last_error.is_some_and(|e| e.contains("relay went away"))));
+    // Mutating while disconnected fails at once.
+    let mut late = pin!(mirror.add(&["B"], Args::new()));
+    assert_eq!(
+        poll(late.as_mut()),
+        Poll::Ready(Err(MutationError::Disconnected))
+    );
+    mirror.close();
+    assert_eq!(poll(when_b.as_mut()), Poll::Ready(Err(WaitError::Disposed)));
+}
+
+#[test]
+fn a_refused_hello_is_a_failed_handshake_with_its_reason() {
+    let mirror = DrivenMirror::new("page", "ws://relay/arpc/demo", config(), None, || {});
+    mirror.connected(Moment::ZERO);
+    let refusal = crate::proto::message::Refusal {
+        kind: crate::proto::message::RefusalKind::Auth,
+        reason: "wrong token".into(),
+    };
+    let events = mirror.handle_bytes(&frame(&Message::Refused(refusal)), Moment::ZERO);
+    assert!(
+        matches!(&events[..], [MirrorEvent::HandshakeFailed(e)] if e.to_string().contains("wrong token")),
+        "{events:?}"
+    );
+    // Nothing is known of the source yet: reads answer empty.
+    assert!(mirror.active_states().is_empty());
+    assert_eq!(mirror.clock(), Vec::<u64>::new());
+}
