@@ -219,8 +219,9 @@ pub(crate) async fn respond_with<S: AsyncWrite + Unpin>(
     content_type: &str,
     csp: &str,
     extra_headers: &[(&str, &str)],
-    body: &str,
+    body: impl AsRef<[u8]>,
 ) -> std::io::Result<()> {
+    let body = body.as_ref();
     let mut head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nContent-Security-Policy: {csp}\r\nX-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n",
         reason(status),
@@ -232,7 +233,7 @@ pub(crate) async fn respond_with<S: AsyncWrite + Unpin>(
     head.push_str("\r\n");
     // One write: a client that reads only what has arrived still gets the reason with the status.
     let mut response = head.into_bytes();
-    response.extend_from_slice(body.as_bytes());
+    response.extend_from_slice(body);
     stream.write_all(&response).await?;
     stream.flush().await?;
     stream.shutdown().await

@@ -61,6 +61,10 @@ struct Cli {
     /// PEM CA certificate that tls:// and quic:// targets' certificates must chain to.
     #[arg(long, value_name = "PEM")]
     ca: Option<PathBuf>,
+    /// The WebAssembly module pages load as /am.wasm (default: target/wasm/am.wasm of this
+    /// source tree, where scripts/build-wasm.sh leaves it).
+    #[arg(long, value_name = "FILE")]
+    wasm: Option<PathBuf>,
     /// Log filter, as RUST_LOG (e.g. debug, or asyncmachine=debug).
     #[arg(long, default_value = "info")]
     log: String,
@@ -101,6 +105,9 @@ fn config(cli: &Cli) -> anyhow::Result<RelayConfig> {
     }
     if let Some(ms) = cli.idle_timeout_ms {
         config.idle_timeout = Duration::from_millis(ms);
+    }
+    if let Some(wasm) = &cli.wasm {
+        config.wasm = wasm.clone();
     }
     if cli.cert.is_some() || cli.ca.is_some() {
         let tls = TlsConfig::from_pem_files(

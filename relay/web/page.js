@@ -1,7 +1,8 @@
 // The demo page: mirrors a relay target and lets a person toggle its states. Everything that
 // comes from a node or the relay (state names, reasons) reaches the document as text
 // (textContent, dataset), never as markup; the relay serves this page with a policy that runs
-// no inline script.
+// no inline script. Buttons are made once per schema and updated in place on every change, so
+// focus and a press that spans a change survive.
 import { Mirror, DEFAULT_KEEPALIVE_MS } from "./am.js";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +11,9 @@ const token = params.get("token");
 const wsBase = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/arpc/`;
 let mirror = null;
 let keepaliveMs = DEFAULT_KEEPALIVE_MS;
+/** The buttons by state name, for the schema they were made for. */
+let buttons = new Map();
+let builtFor = null;
 
 /** Shows why the relay or the node refused, or hides the notice. */
 function showReason(title, text) {
@@ -28,17 +32,17 @@ function showReason(title, text) {
 function setStatus(state) {
   $("status").dataset.state = state;
   $("status").textContent = state;
+  // The clock shown is the last one known until the mirror is ready again.
+  $("states").dataset.stale = String(state !== "ready");
 }
 
-function stateButton(state, tick) {
+function stateButton(state) {
   const button = document.createElement("button");
   button.type = "button";
   button.dataset.state = state.name;
-  button.setAttribute("aria-pressed", String(tick % 2 === 1));
   const name = document.createElement("span");
   name.textContent = state.name;
   const detail = document.createElement("small");
-  detail.textContent = `tick ${tick}${state.multi ? " · multi" : ""}`;
   button.append(name, detail);
   button.addEventListener("click", async () => {
     const kind = mirror.is(state.name) ? "remove" : "add";
@@ -51,15 +55,29 @@ function stateButton(state, tick) {
   });
   const item = document.createElement("li");
   item.append(button);
-  return item;
+  return { item, button, detail, multi: state.multi };
 }
 
+/** Makes the buttons when the schema is new, then sets each one's state in place. */
 function render() {
-  $("states").replaceChildren(...mirror.schema.map((state, i) => stateButton(state, mirror.clock[i])));
+  if (builtFor !== mirror.schemaHash) {
+    builtFor = mirror.schemaHash;
+    buttons = new Map(mirror.schema.map((state) => [state.name, stateButton(state)]));
+    $("states").replaceChildren(...[...buttons.values()].map((b) => b.item));
+  }
+  mirror.schema.forEach((state, i) => {
+    const b = buttons.get(state.name);
+    const tick = mirror.clock[i] ?? 0;
+    const pressed = String(tick % 2 === 1);
+    if (b.button.getAttribute("aria-pressed") !== pressed) b.button.setAttribute("aria-pressed", pressed);
+    const text = `tick ${tick}${b.multi ? " · multi" : ""}`;
+    if (b.detail.textContent !== text) b.detail.textContent = text;
+  });
 }
 
 function follow(target) {
   mirror?.close();
+  builtFor = null;
   const url = wsBase + encodeURIComponent(target.name) + (token ? `?token=${encodeURIComponent(token)}` : "");
   mirror = new Mirror(url, { source: target.machine, keepaliveMs });
   mirror.addEventListener("status", (e) => {
@@ -69,11 +87,15 @@ function follow(target) {
       showReason(`Refused${code ? ` (${code})` : ""}; not retrying.`, reason);
     } else if (state === "ready") {
       showReason(null);
+      render();
     } else if (state === "disconnected" && reason) {
       showReason(`Disconnected${code ? ` (${code})` : ""}; retrying.`, reason);
     }
   });
-  mirror.addEventListener("change", render);
+  mirror.addEventListener("change", (e) => {
+    render();
+    if (e.detail.changed.length) $("changed").textContent = `changed: ${e.detail.changed.join(", ")}`;
+  });
   mirror.start();
 }
 

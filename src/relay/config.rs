@@ -30,6 +30,8 @@ struct RelaySpec {
     max_message: Option<usize>,
     idle_timeout_ms: Option<u64>,
     tls: Option<TlsSpec>,
+    /// The WebAssembly module pages load (default: where scripts/build-wasm.sh leaves it).
+    wasm: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +95,9 @@ fn configure(path: &Path, source: &TomlFile<'_>) -> Result<RelayConfig, String> 
     }
     if let Some(ms) = spec.idle_timeout_ms {
         config.idle_timeout = Duration::from_millis(ms);
+    }
+    if let Some(wasm) = spec.wasm {
+        config.wasm = base.join(wasm);
     }
     if let Some(tls) = spec.tls {
         let at = |p: &Option<String>| p.as_deref().map(|p| base.join(p));

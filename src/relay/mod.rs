@@ -21,6 +21,7 @@ use crate::http;
 use host::HostCheck;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -73,6 +74,8 @@ pub struct RelayConfig {
     pub handshake_timeout: Duration,
     /// TLS for wss:// termination and for tls:// and quic:// targets.
     pub transport: TransportConfig,
+    /// The WebAssembly module pages load as `/am.wasm` (read once, at start).
+    pub wasm: PathBuf,
 }
 
 impl Default for RelayConfig {
@@ -88,6 +91,7 @@ impl Default for RelayConfig {
             idle_timeout: Duration::from_secs(120),
             handshake_timeout: Duration::from_secs(5),
             transport: TransportConfig::default(),
+            wasm: PathBuf::from(pages::DEFAULT_WASM),
         }
     }
 }
@@ -125,6 +129,8 @@ pub struct RelayStats {
 
 struct Inner {
     config: RelayConfig,
+    /// The module's bytes, or why the page cannot have them.
+    wasm: Result<Vec<u8>, String>,
     targets: BTreeMap<String, Target>,
     tls: Option<TlsAcceptor>,
     hosts: HostCheck,
@@ -192,7 +198,13 @@ impl Relay {
             error,
         })?;
         let local = Endpoint::new(config.listen.scheme, local_addr.to_string());
+        // A relay without the module still bridges; its page says what is missing.
+        let wasm = tokio::fs::read(&config.wasm).await.map_err(|error| {
+            warn!(path = %config.wasm.display(), %error, "no am.wasm: pages cannot run; build it with scripts/build-wasm.sh");
+            pages::wasm_missing(&config.wasm, &error)
+        });
         let inner = Arc::new(Inner {
+            wasm,
             slots: Arc::new(Semaphore::new(config.max_connections)),
             hosts: HostCheck::new(local_addr.ip(), &config.hosts),
             config,
@@ -396,6 +408,14 @@ async fn serve_http<S: AsyncWrite + Unpin>(
     }
     if let Some(file) = pages::file(route) {
         return http::respond_with(stream, 200, file.content_type, &policy, &[], file.body).await;
+    }
+    if route == "/am.wasm" {
+        return match &inner.wasm {
+            Ok(bytes) => {
+                http::respond_with(stream, 200, pages::WASM_TYPE, &policy, &[], bytes).await
+            }
+            Err(why) => http::respond(stream, 503, "text/plain", why).await,
+        };
     }
     if route != "/targets" {
         return http::respond(stream, 404, "text/plain", "not found\n").await;

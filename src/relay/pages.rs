@@ -29,12 +29,29 @@ pub(crate) fn file(route: &str) -> Option<PageFile> {
     Some(PageFile { content_type, body })
 }
 
+/// Where `am.wasm` is looked for when the configuration names no file: where
+/// scripts/build-wasm.sh leaves it in this source tree.
+pub const DEFAULT_WASM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/wasm/am.wasm");
+
+/// The content type of the WebAssembly module (browsers compile it while it streams in).
+pub(crate) const WASM_TYPE: &str = "application/wasm";
+
+/// Why `/am.wasm` cannot be served: said to the page, which shows it.
+pub(crate) fn wasm_missing(path: &std::path::Path, error: &std::io::Error) -> String {
+    format!(
+        "this relay has no am.wasm ({}: {error}); build it with scripts/build-wasm.sh, or give \
+         its path with --wasm or `wasm` in the [relay] table, and restart the relay\n",
+        path.display()
+    )
+}
+
 /// The Content-Security-Policy of the page's files, for a relay reached as `host` (already
-/// checked: it names the relay and holds no separator) over `ws` or `wss`.
+/// checked: it names the relay and holds no separator) over `ws` or `wss`. The page compiles
+/// its own am.wasm ('wasm-unsafe-eval' allows WebAssembly, not JavaScript's eval).
 pub(crate) fn policy(host: &str, secure: bool) -> String {
     let ws = if secure { "wss" } else { "ws" };
     format!(
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+        "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self'; \
          connect-src 'self' {ws}://{host}; base-uri 'none'; form-action 'none'; \
          frame-ancestors 'none'"
     )
