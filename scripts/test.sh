@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit, integration, property and process tests of every package,
 # doc tests, each benchmark once in test mode, the JavaScript client's tests (node --test), and
-# the browser test in headless Chromium. Installs what the suite needs that a fresh machine
-# lacks (Chromium, from Debian's packages).
+# the browser tests in headless Chromium. Builds the WebAssembly module those run on
+# (scripts/build-wasm.sh) and installs what the suite needs that a fresh machine lacks
+# (Chromium, and the wasm toolchain when rustup has no wasm target, from Debian's packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,9 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 # The browser test must run here, never skip.
 export AM_REQUIRE_BROWSER=1
+
+# The page's module: the JavaScript tests and the browser tests load it.
+scripts/build-wasm.sh --locked
 
 cargo test --workspace --locked
 cargo test --workspace --locked --benches

@@ -301,7 +301,13 @@ export class Source extends EventTarget {
    * @param {"add"|"remove"|"set"} kind
    */
   mutate(kind, states, args, options) {
-    return this._task({ op: "mutate", h: this.handle, kind, states: list(states), args: wireArgs(args) }, options);
+    let wire;
+    try {
+      wire = wireArgs(args);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this._task({ op: "mutate", h: this.handle, kind, states: list(states), args: wire }, options);
   }
   add(states, args, options) { return this.mutate("add", states, args, options); }
   remove(states, args, options) { return this.mutate("remove", states, args, options); }

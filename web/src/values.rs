@@ -161,7 +161,7 @@ pub fn value_to_json(value: &Value) -> Json {
         Value::Null => Json::Null,
         Value::Bool(b) => Json::Bool(*b),
         // Beyond 2^53 a JS number is not exact: the glue makes those bigints.
-        Value::Int(i) if i.unsigned_abs() <= (1 << 53) - 1 => Json::Number((*i).into()),
+        Value::Int(i) if i.unsigned_abs() < (1 << 53) => Json::Number((*i).into()),
         Value::Int(i) => json!({ "$i": i.to_string() }),
         Value::Float(f) => match Number::from_f64(*f) {
             Some(n) if !(*f == 0.0 && f.is_sign_negative()) => json!({ "$f": n }),
