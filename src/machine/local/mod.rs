@@ -45,7 +45,7 @@ use std::task::{Context, Poll, Waker};
 use tracing::{debug, error, warn};
 
 use super::bind::{Binding, HandlerTable, Handlers, TracerId};
-use super::handlers::{Completion, Event, HandlerKind, NegotiationFn, Verdict, panic_message};
+use super::handlers::{Completion, Event, HandlerKind, Verdict, panic_message};
 use super::log::{LogArgs, LogLevel, Logger};
 use super::observers::Observers;
 use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
@@ -79,8 +79,6 @@ pub struct Machine {
 struct Shared {
     id: String,
     core: Mutex<Core>,
-    /// Handlers and tracers, copied on write (see [`crate::machine::bind`]).
-    handlers: Mutex<Arc<HandlerTable>>,
     next_binding: AtomicU64,
     queue_limit: usize,
     parent_id: Option<String>,
@@ -226,6 +224,9 @@ fn abandon(queue: VecDeque<Queued>) {
 struct Core {
     /// Replaced whole by [`Machine::set_schema`]; a transition works on the one it started with.
     schema: Arc<Schema>,
+    /// Handlers and tracers, copied on write (see [`crate::machine::bind`]); a transition works
+    /// on the table it started with.
+    handlers: Arc<HandlerTable>,
     ticks: Vec<u64>,
     /// The active states in the order the last transition listed them (its plan's targets):
     /// asyncmachine orders the handlers of unrelated states by it.
@@ -377,6 +378,7 @@ impl MachineBuilder {
                 id,
                 core: Mutex::new(Core {
                     schema: self.schema,
+                    handlers: Arc::new(HandlerTable::new(n)),
                     ticks: vec![0; n],
                     order: Vec::new(),
                     queue: VecDeque::new(),
@@ -390,7 +392,6 @@ impl MachineBuilder {
                     observers: Observers::default(),
                     disposed: false,
                 }),
-                handlers: Mutex::new(Arc::new(HandlerTable::new(n))),
                 next_binding: AtomicU64::new(1),
                 queue_limit: self.queue_limit,
                 parent_id: self.parent_id,
@@ -450,17 +451,36 @@ impl Machine {
     /// Activates the states. From inside a handler, or while another thread is running a
     /// transition, the mutation is queued and the result is [`Outcome::Queued`].
     pub fn add(&self, states: &[&str], args: Args) -> Result<Outcome, MutationError> {
-        self.mutate_now(self.named(MutationKind::Add, states, args)?)
+        self.mutate_named(MutationKind::Add, states, args)
     }
 
     /// Deactivates the states.
     pub fn remove(&self, states: &[&str], args: Args) -> Result<Outcome, MutationError> {
-        self.mutate_now(self.named(MutationKind::Remove, states, args)?)
+        self.mutate_named(MutationKind::Remove, states, args)
     }
 
     /// Activates exactly the states, deactivating all others.
     pub fn set(&self, states: &[&str], args: Args) -> Result<Outcome, MutationError> {
-        self.mutate_now(self.named(MutationKind::Set, states, args)?)
+        self.mutate_named(MutationKind::Set, states, args)
+    }
+
+    /// A mutation of named states, its names resolved under the same lock that takes it.
+    fn mutate_named(
+        &self,
+        kind: MutationKind,
+        states: &[&str],
+        args: Args,
+    ) -> Result<Outcome, MutationError> {
+        let make = |schema: &Schema| {
+            let idx = schema
+                .indices(states)
+                .map_err(|name| MutationError::UnknownState(name.to_owned()))?;
+            Ok(Mutation::new(kind, idx, args))
+        };
+        Ok(match self.submit(false, make)? {
+            Submitted::Done(outcome, _) => outcome,
+            Submitted::Queued(..) => Outcome::Queued,
+        })
     }
 
     fn named(
@@ -486,7 +506,7 @@ impl Machine {
     /// [`Machine::mutate_now`] with the queue tick the mutation takes (Go's `Result` of a
     /// queued mutation): wait for it to be processed with [`Machine::when_queue`].
     pub fn mutate_tracked(&self, mutation: Mutation) -> Result<Receipt, MutationError> {
-        Ok(match self.submit(mutation, false)? {
+        Ok(match self.submit(false, |_| Ok(mutation))? {
             Submitted::Done(outcome, queue_tick) => Receipt {
                 outcome,
                 queue_tick,
@@ -539,10 +559,18 @@ impl Machine {
         out
     }
 
-    fn submit(&self, mutation: Mutation, track: bool) -> Result<Submitted, MutationError> {
+    /// Takes a mutation in (`make` builds it from the schema, under the core's lock): runs it
+    /// now, or queues it behind a running transition.
+    fn submit(
+        &self,
+        track: bool,
+        make: impl FnOnce(&Schema) -> Result<Mutation, MutationError>,
+    ) -> Result<Submitted, MutationError> {
+        let mutation;
         {
             let mut core = self.core();
             let core = &mut *core;
+            mutation = make(&core.schema)?;
             core.admit(&mutation)?;
             if core.processing {
                 let schema = &core.schema;
@@ -600,9 +628,9 @@ impl Machine {
                         core.processing_thread = None;
                         core.pending_ticks = 0;
                         core.waiters.queue_ended();
+                        let handlers = core.handlers.clone();
                         drop(core);
                         abandon(rest);
-                        let handlers = lock(&self.shared.handlers).clone();
                         for (_, tracer) in handlers.tracers() {
                             tracer.queue_end(self);
                         }
@@ -625,18 +653,7 @@ impl Machine {
     /// Runs one transition, taking a queue tick when `ticked` (see the module docs), and
     /// returns its outcome and the queue tick after it.
     fn run(&self, mutation: Mutation, ticked: bool) -> (Outcome, u64) {
-        if ticked {
-            // As in asyncmachine, the tick is taken when the mutation leaves the queue, so the
-            // handlers of the transition already see it.
-            self.core().queue_tick += 1;
-        }
-        let outcome = self.transition(&mutation);
-        let mut core = self.core();
-        if ticked {
-            let now = core.queue_tick;
-            core.waiters.queue_advanced(now);
-        }
-        (outcome, core.queue_tick)
+        self.transition(&mutation, ticked)
     }
 
     // ----- lifecycle and introspection -----
@@ -667,7 +684,7 @@ impl Machine {
                 error!(machine = %self.shared.id, error = %panic_message(panic.as_ref()), "dispose hook failed");
             }
         }
-        let handlers = lock(&self.shared.handlers).clone();
+        let handlers = self.core().handlers.clone();
         for (_, tracer) in handlers.tracers() {
             tracer.machine_dispose(&self.shared.id);
         }
@@ -787,7 +804,7 @@ impl StateSource for Machine {
     }
 
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
-        match self.submit(mutation, true) {
+        match self.submit(true, |_| Ok(mutation)) {
             Ok(Submitted::Queued(Some(done), _)) => Box::pin(QueuedOutcome(done)),
             Ok(Submitted::Queued(None, _)) => Box::pin(std::future::ready(Ok(Outcome::Queued))),
             Ok(Submitted::Done(outcome, _)) => Box::pin(std::future::ready(Ok(outcome))),
