@@ -28,8 +28,8 @@ pub use local::{Machine, MachineBuilder, Receipt, UnknownState};
 pub use resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 pub use schema::{EXCEPTION, Relation, Schema, SchemaBuilder, SchemaDef, SchemaError, StateDef};
 pub use source::{
-    ClockChange, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
-    StateSource, Transition, UpstreamInfo,
+    ClockChange, ERROR_ARG, ErrFuture, Mutation, MutationError, MutationFuture, Observer,
+    ObserverId, Outcome, StateSource, Transition, UpstreamInfo,
 };
 pub use value::{Args, Value};
 pub use waiters::{Bound, Canceled, Condition, StateCtx, Until, WaitError, When};

@@ -45,7 +45,7 @@ use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 use super::schema::EXCEPTION;
 use super::schema::Schema;
 use super::source::{
-    ClockChange, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
+    ClockChange, ErrFuture, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
     StateSource, Transition,
 };
 use super::value::Args;
@@ -373,6 +373,7 @@ impl Machine {
         if let Some(&bad) = mutation.states.iter().find(|&&s| s >= n) {
             return Err(MutationError::BadIndex(bad));
         }
+        self.note_error(&mutation);
         {
             let mut core = self.core();
             if core.disposed {
@@ -876,5 +877,13 @@ impl StateSource for Machine {
 
     fn unobserve(&self, id: ObserverId) -> bool {
         self.core().observers.remove(id)
+    }
+
+    fn when_args(&self, state: &str, args: Args) -> When {
+        self.wait_for_args(state, args)
+    }
+
+    fn err(&self) -> ErrFuture {
+        Box::pin(std::future::ready(Ok(self.last_error())))
     }
 }

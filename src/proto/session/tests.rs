@@ -13,6 +13,8 @@ use crate::proto::handshake::Offer;
 use crate::proto::message::{Message, RefusalKind, Snapshot};
 use crate::proto::{FrameConfig, FrameReader, encode_frame};
 
+mod remote;
+
 fn schema() -> Arc<Schema> {
     Arc::new(
         Schema::builder()

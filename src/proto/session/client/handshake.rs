@@ -69,6 +69,7 @@ impl<P> ClientSession<P> {
         self.sessions += 1;
         self.replace(schema, &welcome.snapshot);
         self.set_upstream(welcome.ancestry);
+        self.resend_waits();
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! A server's session with one client: every protocol decision about that connection.
 //!
 //! The handshake (admission, the source's offer, the welcome or a refusal), status requests,
-//! the ACL on each mutation, replies that carry the diff up to their time, snapshots on
+//! the ACL on each mutation, remote waits and last-error requests (`remote.rs`), replies that
+//! carry the diff up to their time, snapshots on
 //! request and when the source's clock went back, ancestry updates, the end of a session whose
 //! source changed its schema, keepalive pings, the idle rule, pacing by a minimum push
 //! interval, and the last word to a peer that is leaving.
@@ -17,7 +18,7 @@
 //! then says [`CatchUp::Writer`]); the second is the connection's own writer's, which does
 //! everything.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -26,6 +27,7 @@ use tracing::{debug, info, warn};
 mod catch_up;
 mod close;
 mod handshake;
+mod remote;
 mod stats;
 
 pub use handshake::server_full;
@@ -35,7 +37,7 @@ pub use stats::ServerStats;
 
 use super::cache::{DiffCache, Versioned};
 use super::time::Moment;
-use crate::machine::{Mutation, Outcome, Schema};
+use crate::machine::{Args, Mutation, Outcome, Schema};
 use crate::proto::acl::Acl;
 use crate::proto::acl::check_mutation;
 use crate::proto::config::Limits;
@@ -103,6 +105,21 @@ pub enum ServerEvent {
     /// Run this mutation on the source and hand its result to
     /// [`ServerSession::handle_mutation_result`].
     Mutate { id: u64, mutation: Mutation },
+    /// Wait on the source for an activation of `state` with `args` (its `when_args`), and hand
+    /// how the wait ended to [`ServerSession::handle_wait_result`] with `id` and `wait`;
+    /// unless [`ServerEvent::CancelWait`] with the same `wait` comes first.
+    WhenArgs {
+        id: u64,
+        /// The session's key of this wait.
+        wait: u64,
+        state: String,
+        args: Args,
+    },
+    /// The client withdrew the wait with this key: drop it (its result is not wanted).
+    CancelWait { wait: u64 },
+    /// Read the source's last error (its `err`) and hand it to
+    /// [`ServerSession::handle_err_result`].
+    Err { id: u64 },
 }
 
 /// What a catch-up did.
@@ -164,6 +181,11 @@ struct Client {
     replies_pending: usize,
     last_push: Moment,
     push_due: Option<Moment>,
+    /// Remote waits handed to the driver and not answered yet: the client's id to the
+    /// session's key.
+    waits: HashMap<u64, u64>,
+    /// Waits refused for the limit since one of the client's waits last ended.
+    waits_refused: usize,
 }
 
 /// A server's session with one client.
@@ -181,10 +203,12 @@ pub struct ServerSession {
     last_heard: Moment,
     next_ping: Moment,
     nonce: u64,
-    /// Mutations handed to the driver whose result has not come back. Reading stops
-    /// meanwhile: what a client sends after a mutation (a sync, another mutation) is answered
-    /// after it, in order.
+    /// Mutations (and last-error requests) handed to the driver whose result has not come
+    /// back. Reading stops meanwhile: what a client sends after a mutation (a sync, another
+    /// mutation) is answered after it, in order.
     running: usize,
+    /// The key of the next remote wait.
+    next_wait: u64,
 }
 
 impl ServerSession {
@@ -219,6 +243,7 @@ impl ServerSession {
             last_heard: now,
             nonce: 0,
             running: 0,
+            next_wait: 1,
         }
     }
 
@@ -342,6 +367,9 @@ impl ServerSession {
                 client.last = latest;
                 self.send(&Message::Snapshot { id, snapshot });
             }
+            Message::WhenArgs(request) => self.handle_when_args(request, feed),
+            Message::WhenArgsCancel { id } => self.handle_cancel_wait(id),
+            Message::ErrRequest { id } => self.handle_err_request(id),
             Message::Ping(nonce) => self.send(&Message::Pong(nonce)),
             Message::Pong(_) => {}
             Message::Bye { reason } => {
