@@ -1,10 +1,15 @@
 //! Handlers: the functions a machine runs during a transition, and the [`Event`] they receive.
 //!
-//! Negotiation handlers run before the clock changes and may cancel by returning `false`:
-//! `exit` of leaving states, `enter` of arriving states, then `any_enter`. Final handlers run
-//! after: `end` of left states, `state` of arrived states, then `any_state`. In an auto
-//! mutation, an auto state whose `enter` refuses is dropped, with what only it implied, and the
-//! other auto states go ahead (as in asyncmachine).
+//! Negotiation handlers run before the clock changes and may cancel by returning `false`, in
+//! asyncmachine's order: `exit` of leaving states, `enter` of arriving states, `self` of the
+//! target states that are active already (Go's `AA`; not in a remove), `from_to` of each pair
+//! of a state active before and a target state (Go's `AB`), then `any_enter`. Final handlers
+//! run after: `end` of left states, `state` of arrived states, then `any_state`. In an auto
+//! mutation, an auto state whose `enter`, `self` or `from_to` refuses is dropped, with what
+//! only it implied, and the other auto states go ahead (as in asyncmachine).
+//!
+//! As in asyncmachine, a mutation that changes no tick (adding an active state) still runs the
+//! handlers that concern it: `self`, `from_to`, `any_enter` and `any_state`.
 //!
 //! A handler that returns an error or panics activates `Exception` with the error as argument
 //! (queued first). A failing negotiation handler cancels the transition. A failing final
@@ -15,7 +20,8 @@
 //! handlers report failure with `Err` as Go's do with a panic, so both stop alike.
 //!
 //! Handlers are plain functions bounded in time; long work is spawned and bound to a state
-//! context.
+//! context. A machine built with a handler timeout fails a handler that ran longer (after it
+//! returns: a synchronous handler cannot be preempted), as Go's `HandlerTimeout` does.
 
 use std::fmt::Display;
 use std::sync::Arc;
@@ -30,10 +36,17 @@ use super::value::{Args, Value};
 #[derive(Debug)]
 pub struct Event<'a> {
     pub(crate) machine: &'a Machine,
+    /// The schema the transition runs under.
+    pub(crate) schema: &'a Schema,
     pub(crate) mutation: &'a Mutation,
     pub(crate) plan: &'a Plan,
     pub(crate) before: &'a [u64],
+    /// Which handler runs.
+    pub(crate) handler: HandlerKind,
+    /// The state whose handler runs (the `from` state of a `from_to` handler).
     pub(crate) state: Option<usize>,
+    /// The target state of a `from_to` handler.
+    pub(crate) to: Option<usize>,
 }
 
 impl<'a> Event<'a> {
@@ -59,24 +72,41 @@ impl<'a> Event<'a> {
         self.mutation.auto
     }
 
-    /// The state whose handler runs, or `None` in an any-state handler.
+    /// The state whose handler runs (for a `from_to` handler, the state it leaves from), or
+    /// `None` in an any-state handler.
     pub fn state(&self) -> Option<&'a str> {
-        let schema: &'a Schema = self.machine.schema_ref();
+        let schema: &'a Schema = self.schema;
         self.state.map(|s| schema.name(s))
     }
 
+    /// The target state of a `from_to` handler.
+    pub fn to_state(&self) -> Option<&'a str> {
+        let schema: &'a Schema = self.schema;
+        self.to.map(|s| schema.name(s))
+    }
+
+    /// Which handler runs.
+    pub fn handler(&self) -> HandlerKind {
+        self.handler
+    }
+
+    /// The handler's name as asyncmachine spells it (`AEnter`, `AB`, `AnyState`).
+    pub fn handler_name(&self) -> String {
+        HandlerCall::new(self.schema, self.handler, self.state, self.to).to_string()
+    }
+
     pub fn called(&self) -> impl Iterator<Item = &'a str> + 'a {
-        let schema: &'a Schema = self.machine.schema_ref();
+        let schema: &'a Schema = self.schema;
         self.mutation.states.iter().map(move |&s| schema.name(s))
     }
 
     pub fn entering(&self) -> impl Iterator<Item = &'a str> + 'a {
-        let schema: &'a Schema = self.machine.schema_ref();
+        let schema: &'a Schema = self.schema;
         self.plan.arriving().map(move |s| schema.name(s))
     }
 
     pub fn exiting(&self) -> impl Iterator<Item = &'a str> + 'a {
-        let schema: &'a Schema = self.machine.schema_ref();
+        let schema: &'a Schema = self.schema;
         self.plan.exiting.iter().map(move |&s| schema.name(s))
     }
 
@@ -128,6 +158,10 @@ pub(crate) type FinalFn = Arc<dyn Fn(&Event<'_>) -> Result<(), String> + Send + 
 pub enum HandlerKind {
     Enter,
     Exit,
+    /// A target state that is active already (Go's `AA`).
+    SelfEnter,
+    /// A state active before to a target state (Go's `AB`).
+    FromTo,
     State,
     End,
     AnyEnter,
@@ -139,6 +173,8 @@ impl HandlerKind {
         match self {
             HandlerKind::Enter => "enter",
             HandlerKind::Exit => "exit",
+            HandlerKind::SelfEnter => "self",
+            HandlerKind::FromTo => "from_to",
             HandlerKind::State => "state",
             HandlerKind::End => "end",
             HandlerKind::AnyEnter => "any_enter",
@@ -147,60 +183,41 @@ impl HandlerKind {
     }
 }
 
-/// All handlers of one machine. Copied on write: a transition works on a snapshot, so
-/// registering a handler never waits for a transition.
-#[derive(Clone, Default)]
-pub(crate) struct HandlerTable {
-    pub enter: Vec<Vec<NegotiationFn>>,
-    pub exit: Vec<Vec<NegotiationFn>>,
-    pub state: Vec<Vec<FinalFn>>,
-    pub end: Vec<Vec<FinalFn>>,
-    pub any_enter: Vec<NegotiationFn>,
-    pub any_state: Vec<FinalFn>,
+/// A handler of a transition as asyncmachine names it: `AEnter`, `AExit`, `AA` (self), `AB`
+/// (from A to B), `AState`, `AEnd`, `AnyEnter`, `AnyState`. What tracers and logs show.
+#[derive(Debug, Clone, Copy)]
+pub struct HandlerCall<'a> {
+    pub kind: HandlerKind,
+    pub state: Option<&'a str>,
+    pub to: Option<&'a str>,
 }
 
-impl HandlerTable {
-    pub fn new(states: usize) -> Self {
-        HandlerTable {
-            enter: vec![Vec::new(); states],
-            exit: vec![Vec::new(); states],
-            state: vec![Vec::new(); states],
-            end: vec![Vec::new(); states],
-            any_enter: Vec::new(),
-            any_state: Vec::new(),
-        }
-    }
-
-    pub fn negotiation(&self, kind: HandlerKind, state: Option<usize>) -> &[NegotiationFn] {
-        match (kind, state) {
-            (HandlerKind::Enter, Some(s)) => &self.enter[s],
-            (HandlerKind::Exit, Some(s)) => &self.exit[s],
-            (HandlerKind::AnyEnter, None) => &self.any_enter,
-            _ => &[],
-        }
-    }
-
-    pub fn finals(&self, kind: HandlerKind, state: Option<usize>) -> &[FinalFn] {
-        match (kind, state) {
-            (HandlerKind::State, Some(s)) => &self.state[s],
-            (HandlerKind::End, Some(s)) => &self.end[s],
-            (HandlerKind::AnyState, None) => &self.any_state,
-            _ => &[],
+impl<'a> HandlerCall<'a> {
+    pub(crate) fn new(
+        schema: &'a Schema,
+        kind: HandlerKind,
+        state: Option<usize>,
+        to: Option<usize>,
+    ) -> Self {
+        HandlerCall {
+            kind,
+            state: state.map(|s| schema.name(s)),
+            to: to.map(|s| schema.name(s)),
         }
     }
 }
 
-impl std::fmt::Debug for HandlerTable {
+impl std::fmt::Display for HandlerCall<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let count = |v: &Vec<Vec<_>>| v.iter().map(Vec::len).sum::<usize>();
-        f.debug_struct("HandlerTable")
-            .field("enter", &count(&self.enter))
-            .field("exit", &count(&self.exit))
-            .field("state", &self.state.iter().map(Vec::len).sum::<usize>())
-            .field("end", &self.end.iter().map(Vec::len).sum::<usize>())
-            .field("any_enter", &self.any_enter.len())
-            .field("any_state", &self.any_state.len())
-            .finish()
+        let state = self.state.unwrap_or("Any");
+        match self.kind {
+            HandlerKind::Enter | HandlerKind::AnyEnter => write!(f, "{state}Enter"),
+            HandlerKind::Exit => write!(f, "{state}Exit"),
+            HandlerKind::SelfEnter => write!(f, "{state}{state}"),
+            HandlerKind::FromTo => write!(f, "{state}{}", self.to.unwrap_or("Any")),
+            HandlerKind::State | HandlerKind::AnyState => write!(f, "{state}State"),
+            HandlerKind::End => write!(f, "{state}End"),
+        }
     }
 }
 

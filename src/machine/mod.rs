@@ -12,24 +12,35 @@
 //! - [`observers`]: the observer registry both keep.
 //! - [`waiters`]: [`When`] futures and [`StateCtx`] cancellations.
 //! - [`handlers`]: the [`Event`] handlers receive and what they may return.
+//! - [`bind`]: binding sets of handlers and tracers, and unbinding them.
+//! - [`tracer`]: the [`Tracer`] hooks and the steps of a transition they see.
+//! - [`log`]: a machine's own log and its levels.
 //! - [`value`]: [`Args`] and [`Value`], arguments any language can send.
 
+pub mod bind;
 pub mod handlers;
 pub mod local;
+pub mod log;
 pub mod observers;
 pub mod resolve;
 pub mod schema;
 pub mod source;
+pub mod tracer;
 pub mod value;
 pub mod waiters;
 
-pub use handlers::{Completion, Event, HandlerKind, Verdict};
-pub use local::{Machine, MachineBuilder, Receipt, UnknownState};
+pub use bind::{Binding, Handlers, TracerId};
+pub use handlers::{Completion, Event, HandlerCall, HandlerKind, Verdict};
+pub use local::{
+    EvalFuture, Machine, MachineBuilder, Receipt, SchemaChangeError, TimeSource, UnknownState,
+};
+pub use log::{LogArgs, LogLevel, Logger};
 pub use resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 pub use schema::{EXCEPTION, Relation, Schema, SchemaBuilder, SchemaDef, SchemaError, StateDef};
 pub use source::{
     ClockChange, ERROR_ARG, ErrFuture, Mutation, MutationError, MutationFuture, Observer,
     ObserverId, Outcome, StateSource, Transition, UpstreamInfo,
 };
+pub use tracer::{Step, StepKind, Tracer, TransitionTrace};
 pub use value::{Args, Value};
 pub use waiters::{Bound, Canceled, Condition, StateCtx, Until, WaitError, When};

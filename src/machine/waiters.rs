@@ -412,6 +412,14 @@ impl WaiterSet {
         self.by_state = vec![Vec::new(); states];
     }
 
+    /// For a schema enlarged at its end (positions keep their states): room for the new
+    /// states; every waiter stays.
+    pub fn grow(&mut self, states: usize) {
+        if states > self.by_state.len() {
+            self.by_state.resize(states, Vec::new());
+        }
+    }
+
     /// Ends every waiter with [`WaitError::Disposed`]; later registrations end at once.
     pub fn close(&mut self) {
         self.closed = true;

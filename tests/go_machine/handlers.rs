@@ -6,44 +6,45 @@ use asyncmachine::machine::{Args, Event, MutationKind, Outcome, StateDef, StateS
 
 use crate::helpers::{History, assert_states, machine, no_rels, no_rels_but, soon};
 
-/// Go: TestSingleToSingleStateTransition (machine_test.go). Without `AC` and `BC`:
-/// state-to-state handlers are part 3 of issue 14.
+/// Go: TestSingleToSingleStateTransition (machine_test.go)
 #[test]
 fn single_to_single_state_transition() {
     let m = no_rels(&["A", "B"]);
     let history = History::track(&m);
     m.set(&["C"], Args::new()).expect("known states");
     assert_states(&m, &["C"]);
-    history.assert_order(&["AExit", "BExit", "CEnter", "CState"]);
+    history.assert_order(&["AExit", "BExit", "CEnter", "AC", "BC", "CState"]);
     history.assert_counts(1);
 }
 
-/// Go: TestSingleToMultiStateTransition (machine_test.go). Without `AB` and `AC` (part 3).
+/// Go: TestSingleToMultiStateTransition (machine_test.go)
 #[test]
 fn single_to_multi_state_transition() {
     let m = no_rels(&["A"]);
     let history = History::track(&m);
     m.set(&["B", "C"], Args::new()).expect("known states");
     assert_states(&m, &["B", "C"]);
-    history.assert_order(&["AExit", "BEnter", "CEnter", "BState", "CState"]);
+    history.assert_order(&["AExit", "BEnter", "CEnter", "AB", "AC", "BState", "CState"]);
     history.assert_counts(1);
 }
 
-/// Go: TestMultiToMultiStateTransition (machine_test.go). Without `AD`, `AC`, `BD`, `BC`
-/// (part 3). Unrelated states keep the order of the mutation: D enters before C.
+/// Go: TestMultiToMultiStateTransition (machine_test.go). Unrelated states keep the order of
+/// the mutation: D enters before C.
 #[test]
 fn multi_to_multi_state_transition() {
     let m = no_rels(&["A", "B"]);
     let history = History::track(&m);
     m.set(&["D", "C"], Args::new()).expect("known states");
     assert_states(&m, &["D", "C"]);
-    history.assert_order(&["AExit", "BExit", "DEnter", "CEnter", "CState"]);
+    history.assert_order(&[
+        "AExit", "BExit", "DEnter", "CEnter", "AD", "AC", "BD", "BC", "CState",
+    ]);
     history.assert_order(&["DState", "CState"]);
     history.assert_counts(1);
 }
 
-/// Go: TestMultiToSingleStateTransition (machine_test.go). Without `AC` and `BC` (part 3).
-/// `AnyEnter` runs after the per-state negotiation handlers.
+/// Go: TestMultiToSingleStateTransition (machine_test.go). `AnyEnter` runs after the
+/// per-state negotiation handlers.
 #[test]
 fn multi_to_single_state_transition() {
     let m = no_rels(&["A", "B"]);
@@ -51,13 +52,12 @@ fn multi_to_single_state_transition() {
     m.set(&["C"], Args::new()).expect("known states");
     assert_states(&m, &["C"]);
     history.assert_order(&[
-        "AExit", "BExit", "CEnter", "AnyEnter", "AEnd", "BEnd", "CState", "AnyState",
+        "AExit", "BExit", "CEnter", "AC", "BC", "AnyEnter", "AEnd", "BEnd", "CState", "AnyState",
     ]);
     history.assert_counts(1);
 }
 
-/// Go: TestSelfHandlersOrder (machine_test.go). Without the self handler `AA` and the
-/// state-to-state `AB` (part 3); the rest keeps Go's exact order.
+/// Go: TestSelfHandlersOrder (machine_test.go), Go's exact order.
 #[test]
 fn self_handlers_order() {
     let m = no_rels(&["A"]);
@@ -65,11 +65,11 @@ fn self_handlers_order() {
     m.set(&["A", "B"], Args::new()).expect("known states");
     assert_eq!(
         history.order(),
-        ["BEnter", "AnyEnter", "BState", "AnyState"]
+        ["BEnter", "AA", "AB", "AnyEnter", "BState", "AnyState"]
     );
 }
 
-/// Go: TestAfterRelationWhenEntering (machine_test.go). Without `AD` and `AC` (part 3).
+/// Go: TestAfterRelationWhenEntering (machine_test.go)
 #[test]
 fn after_relation_when_entering() {
     let m = no_rels_but(
@@ -82,12 +82,14 @@ fn after_relation_when_entering() {
     let history = History::track(&m);
     m.set(&["C", "D"], Args::new()).expect("known states");
     assert_states(&m, &["C", "D"]);
-    history.assert_order(&["DEnter", "CEnter"]);
+    history.assert_order(&["DEnter", "CEnter", "AD", "AC"]);
     history.assert_counts(1);
 }
 
-/// Go: TestAfterRelationWhenExiting (machine_test.go). Without `AD`, `AC`, `BD`, `BC`
-/// (part 3).
+/// Go: TestAfterRelationWhenExiting (machine_test.go). Go expects `AD`, `AC`, `BD`, `BC`:
+/// its machine activated A and B before the test added `A after B`, so A stayed first among
+/// the active states; here the relation exists from the start, B is first, and the pairs
+/// from B run first (the order of the pairs follows the order of the active states in both).
 #[test]
 fn after_relation_when_exiting() {
     let m = no_rels_but(
@@ -100,7 +102,7 @@ fn after_relation_when_exiting() {
     let history = History::track(&m);
     m.set(&["C", "D"], Args::new()).expect("known states");
     assert_states(&m, &["C", "D"]);
-    history.assert_order(&["BExit", "AExit"]);
+    history.assert_order(&["BExit", "AExit", "BD", "BC", "AD", "AC"]);
     history.assert_counts(1);
 }
 
@@ -380,4 +382,112 @@ fn partial_final_panic() {
     assert_states(&m, &["A", "Exception"]);
     assert_eq!(*c_state.lock().expect("lock"), 0, "CState must not run");
     assert_eq!(m.time(&["A", "B", "C"]), [1, 2, 2]);
+}
+
+/// Go: TestHandlerStateState (machine_test.go): A active, add B runs `AB` and not `BA`.
+#[test]
+fn handler_state_state() {
+    let m = no_rels(&["A"]);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    for (from, to) in [("A", "B"), ("B", "A")] {
+        let calls = calls.clone();
+        m.on_from_to(from, to, move |_| {
+            calls.lock().expect("lock").push(format!("{from}{to}"));
+            true
+        })
+        .expect("known states");
+    }
+    m.add(&["B"], Args::new()).expect("known state");
+    assert_eq!(*calls.lock().expect("lock"), ["AB"]);
+}
+
+/// Go: TestHandlerNegotiationStateState (machine_test.go): a refusing `AB` cancels.
+#[test]
+fn handler_negotiation_state_state() {
+    let m = no_rels(&["A"]);
+    m.on_from_to("A", "B", |_| false).expect("known states");
+    m.on_from_to("B", "A", |_| true).expect("known states");
+    assert_eq!(m.add(&["B"], Args::new()), Ok(Outcome::Canceled));
+}
+
+/// The Go suite's schema of two auto states and a plain one.
+fn two_autos() -> asyncmachine::machine::Machine {
+    machine(vec![
+        StateDef::new("A").auto(),
+        StateDef::new("B").auto(),
+        StateDef::new("C"),
+    ])
+}
+
+/// Go: TestPartialAutoStatesByStateState (machine_test.go): `CB` refuses B in the auto
+/// mutation that follows add(C); A, the other auto state, goes ahead.
+#[tokio::test]
+async fn partial_auto_states_by_state_state() {
+    let m = two_autos();
+    m.on_from_to("C", "B", |_| false).expect("known states");
+    let b_state = Arc::new(Mutex::new(0));
+    let b2 = b_state.clone();
+    m.on_state("B", move |_| *b2.lock().expect("lock") += 1)
+        .expect("known state");
+    m.add(&["C"], Args::new()).expect("known state");
+    soon(m.when_queue_ends()).await.expect("the queue ends");
+    assert_states(&m, &["C", "A"]);
+    assert_eq!(
+        *b_state.lock().expect("lock"),
+        0,
+        "BState should not be called"
+    );
+}
+
+/// Go: TestPartialAutoStatesBySelfHandler (machine_test.go): `CC` refuses the auto mutation,
+/// in which C is a target again; C is not an auto state, so the whole auto mutation goes.
+#[tokio::test]
+async fn partial_auto_states_by_self_handler() {
+    let m = two_autos();
+    m.on_self("C", |_| false).expect("known state");
+    let b_state = Arc::new(Mutex::new(0));
+    let b2 = b_state.clone();
+    m.on_state("B", move |_| *b2.lock().expect("lock") += 1)
+        .expect("known state");
+    m.add(&["C"], Args::new()).expect("known state");
+    soon(m.when_queue_ends()).await.expect("the queue ends");
+    assert_states(&m, &["C"]);
+    assert_eq!(
+        *b_state.lock().expect("lock"),
+        0,
+        "BState should not be called"
+    );
+}
+
+/// Go: TestSelfHandlersCancellable (machine_test.go): set(A, B) with A active runs `AA`
+/// once, which refuses; no `AnyB`-style final handler runs. Go counts the calls through an
+/// argument holding a pointer; a shared counter does it here.
+#[test]
+fn self_handlers_cancellable() {
+    let m = no_rels(&["A"]);
+    let history = History::track(&m);
+    let counter = Arc::new(Mutex::new(0));
+    let c2 = counter.clone();
+    m.on_self("A", move |_| {
+        *c2.lock().expect("lock") += 1;
+        false
+    })
+    .expect("known state");
+    assert_eq!(m.set(&["A", "B"], Args::new()), Ok(Outcome::Canceled));
+    assert_eq!(*counter.lock().expect("lock"), 1, "AA call count");
+    assert_eq!(history.count("AA"), 1, "History handler called");
+    assert_eq!(history.count("BState"), 0, "no final handler ran");
+    assert_states(&m, &["A"]);
+}
+
+/// Go: TestSelfHandlersForAllNoChangeStates (machine_test.go): self handlers run for every
+/// target state that is active already, also in a mutation that changes no tick.
+#[test]
+fn self_handlers_for_all_no_change_states() {
+    let m = no_rels(&["A"]);
+    let history = History::track(&m);
+    m.add(&["B"], Args::new()).expect("known state");
+    m.add(&["A"], Args::new()).expect("known state");
+    assert_eq!(history.count("AA"), 2, "AA call count");
+    assert_eq!(history.count("BB"), 1, "BB call count");
 }

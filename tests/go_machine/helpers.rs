@@ -67,7 +67,7 @@ pub async fn soon<F: Future>(fut: F) -> F::Output {
 }
 
 /// The handlers Go's `History` type defines, recorded by their Go names (`AExit`, `BEnter`,
-/// `AnyState`, ...). Go binds them from a struct's methods; here each is a closure.
+/// `AA`, `AB`, `AnyState`, ...). Go binds them from a struct's methods; here each is a closure.
 #[derive(Clone, Default)]
 pub struct History(Arc<Mutex<Vec<String>>>);
 
@@ -101,6 +101,34 @@ impl History {
                 };
                 registered.expect("known state");
             }
+        }
+        // Go's History has these self and state-to-state handlers, and no others.
+        for (from, to) in [
+            ("A", "A"),
+            ("A", "B"),
+            ("A", "C"),
+            ("A", "D"),
+            ("B", "B"),
+            ("B", "C"),
+            ("B", "D"),
+        ] {
+            if !has(from) || !has(to) {
+                continue;
+            }
+            let h = history.clone();
+            let name = format!("{from}{to}");
+            let registered = if from == to {
+                m.on_self(from, move |_| {
+                    h.push(&name);
+                    true
+                })
+            } else {
+                m.on_from_to(from, to, move |_| {
+                    h.push(&name);
+                    true
+                })
+            };
+            registered.expect("known states");
         }
         let h = history.clone();
         m.on_any_enter(move |_| {

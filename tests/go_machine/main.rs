@@ -65,6 +65,7 @@
 mod errors;
 mod handlers;
 mod helpers;
+mod hooks;
 mod queue;
 mod reads;
 mod relations;

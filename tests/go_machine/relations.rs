@@ -1,7 +1,7 @@
 //! Ported tests of states, mutations and relations.
 
 use asyncmachine::machine::{
-    Args, MutationError, Outcome, Relation, StateDef, StateSource, UnknownState,
+    Args, MutationError, Outcome, Relation, Schema, StateDef, StateSource, UnknownState,
 };
 
 use crate::helpers::{History, assert_states, machine, no_rels, no_rels_but};
@@ -269,4 +269,29 @@ fn inbound_relations_of() {
         schema.inbound_relations_of("Nope"),
         Err(UnknownState("Nope".into()))
     );
+}
+
+/// Go: TestSetStates (machine_test.go). Go edits the schema map and passes the names; here the
+/// new schema is the current definition with the relations changed and `E` added at the end
+/// (after `Exception`, which our schemas hold as a state). Go's `SchemaVer` is the length.
+#[test]
+fn set_states() {
+    let m = no_rels(&["A", "C"]);
+    let mut def = m.schema().def().clone();
+    for state in &mut def.states {
+        match state.name.as_str() {
+            "A" => *state = StateDef::new("A").multi(),
+            "B" => *state = StateDef::new("B").remove(["C"]),
+            "D" => *state = StateDef::new("D").add(["E"]),
+            _ => {}
+        }
+    }
+    def.states.push(StateDef::new("E"));
+    let version = m.schema().len();
+    m.set_schema(Schema::new(def).expect("valid schema"))
+        .expect("an enlarged schema is taken");
+    assert_ne!(version, m.schema().len(), "the schema's version changed");
+
+    m.set(&["A", "B", "D"], Args::new()).expect("known states");
+    assert_states(&m, &["A", "B", "D", "E"]);
 }

@@ -1,9 +1,35 @@
-//! Registering a machine's handlers: negotiation and final handlers per state and for any state.
+//! What a machine runs and who watches it: binding handlers (one at a time or as a set) and
+//! tracers, and the machine's own log.
 
 use super::*;
 
 impl Machine {
     // ----- handlers -----
+
+    /// Binds a set of handlers at once (Go's `BindHandlers`); nothing is bound when a state
+    /// name is unknown. The [`Binding`] unbinds the set again.
+    pub fn bind(&self, handlers: Handlers) -> Result<Binding, UnknownState> {
+        let binding = self.shared.next_binding.fetch_add(1, Ordering::Relaxed);
+        // The schema under the table's lock: a schema change grows the table under it too.
+        let mut table = lock(&self.shared.handlers);
+        let schema = self.schema_ref();
+        let mut next = (**table).clone();
+        next.bind(&schema, binding, handlers)?;
+        *table = Arc::new(next);
+        Ok(Binding(binding))
+    }
+
+    /// Unbinds a set bound with [`Machine::bind`] (Go's `DetachHandlers`); whether it was
+    /// bound. A transition that is running finishes with the handlers it started with.
+    pub fn unbind(&self, binding: Binding) -> bool {
+        let mut table = lock(&self.shared.handlers);
+        Arc::make_mut(&mut table).unbind(binding.0)
+    }
+
+    /// Handlers bound, of every kind.
+    pub fn handler_count(&self) -> usize {
+        lock(&self.shared.handlers).len()
+    }
 
     /// Negotiation handler of a state that is about to become active (or, for a multi state,
     /// active again). Return `false` (or an error) to cancel the transition.
@@ -12,7 +38,7 @@ impl Machine {
         F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
         R: Verdict,
     {
-        self.register_negotiation(HandlerKind::Enter, state, f)
+        self.bind(Handlers::new().on_enter(state, f)).map(drop)
     }
 
     /// Negotiation handler of a state that is about to become inactive.
@@ -21,7 +47,27 @@ impl Machine {
         F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
         R: Verdict,
     {
-        self.register_negotiation(HandlerKind::Exit, state, f)
+        self.bind(Handlers::new().on_exit(state, f)).map(drop)
+    }
+
+    /// Negotiation handler of an active state that is a target again (Go's `AA`); see
+    /// [`Handlers::on_self`].
+    pub fn on_self<F, R>(&self, state: &str, f: F) -> Result<(), UnknownState>
+    where
+        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
+        R: Verdict,
+    {
+        self.bind(Handlers::new().on_self(state, f)).map(drop)
+    }
+
+    /// Negotiation handler of a state active before a transition that targets `to` (Go's
+    /// `AB`); see [`Handlers::on_from_to`].
+    pub fn on_from_to<F, R>(&self, from: &str, to: &str, f: F) -> Result<(), UnknownState>
+    where
+        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
+        R: Verdict,
+    {
+        self.bind(Handlers::new().on_from_to(from, to, f)).map(drop)
     }
 
     /// Final handler of a state that became active.
@@ -30,7 +76,7 @@ impl Machine {
         F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
         R: Completion,
     {
-        self.register_final(HandlerKind::State, state, f)
+        self.bind(Handlers::new().on_state(state, f)).map(drop)
     }
 
     /// Final handler of a state that became inactive.
@@ -39,71 +85,86 @@ impl Machine {
         F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
         R: Completion,
     {
-        self.register_final(HandlerKind::End, state, f)
+        self.bind(Handlers::new().on_end(state, f)).map(drop)
     }
 
-    /// Negotiation handler of every transition that changes the clock; runs after the
-    /// per-state `exit` and `enter` handlers, and only when none of them refused.
+    /// Negotiation handler of every transition; runs after the per-state negotiation handlers,
+    /// and only when none of them refused.
     pub fn on_any_enter<F, R>(&self, f: F)
     where
         F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
         R: Verdict,
     {
-        let f: NegotiationFn = Arc::new(move |e| f(e).into_verdict());
-        self.update_handlers(|t| t.any_enter.push(f));
+        // A set without state names always binds.
+        let _ = self.bind(Handlers::new().on_any_enter(f));
     }
 
-    /// Final handler of every transition that changed the clock; runs after the per-state ones.
+    /// Final handler of every accepted transition; runs after the per-state ones.
     pub fn on_any_state<F, R>(&self, f: F)
     where
         F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
         R: Completion,
     {
-        let f: FinalFn = Arc::new(move |e| f(e).into_completion());
-        self.update_handlers(|t| t.any_state.push(f));
+        let _ = self.bind(Handlers::new().on_any_state(f));
     }
 
-    fn register_negotiation<F, R>(
-        &self,
-        kind: HandlerKind,
-        state: &str,
-        f: F,
-    ) -> Result<(), UnknownState>
-    where
-        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
-        R: Verdict,
-    {
-        let s = self
-            .schema_ref()
-            .index(state)
-            .ok_or_else(|| UnknownState(state.to_owned()))?;
-        let f: NegotiationFn = Arc::new(move |e| f(e).into_verdict());
-        self.update_handlers(|t| match kind {
-            HandlerKind::Enter => t.enter[s].push(f),
-            _ => t.exit[s].push(f),
-        });
-        Ok(())
+    // ----- tracers -----
+
+    /// Binds a tracer (Go's `BindTracer`); its `machine_init` runs now.
+    pub fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId {
+        let id = self.shared.next_binding.fetch_add(1, Ordering::Relaxed);
+        Arc::make_mut(&mut lock(&self.shared.handlers)).bind_tracer(id, tracer.clone());
+        tracer.machine_init(self);
+        TracerId(id)
     }
 
-    fn register_final<F, R>(&self, kind: HandlerKind, state: &str, f: F) -> Result<(), UnknownState>
-    where
-        F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
-        R: Completion,
-    {
-        let s = self
-            .schema_ref()
-            .index(state)
-            .ok_or_else(|| UnknownState(state.to_owned()))?;
-        let f: FinalFn = Arc::new(move |e| f(e).into_completion());
-        self.update_handlers(|t| match kind {
-            HandlerKind::State => t.state[s].push(f),
-            _ => t.end[s].push(f),
-        });
-        Ok(())
+    /// Detaches a tracer (Go's `DetachTracer`); whether it was bound.
+    pub fn detach_tracer(&self, id: TracerId) -> bool {
+        Arc::make_mut(&mut lock(&self.shared.handlers)).detach_tracer(id.0)
     }
 
-    fn update_handlers(&self, change: impl FnOnce(&mut HandlerTable)) {
-        let mut table = lock(&self.shared.handlers);
-        change(Arc::make_mut(&mut table));
+    /// The tracers bound (Go's `Tracers`).
+    pub fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
+        let table = lock(&self.shared.handlers);
+        table.tracers().iter().map(|(_, t)| t.clone()).collect()
+    }
+
+    // ----- the machine's log -----
+
+    pub fn log_level(&self) -> LogLevel {
+        LogLevel::from_u8(self.shared.log_level.load(Ordering::Relaxed))
+    }
+
+    /// How much the machine logs from now on (Go's `SetLogLevel`).
+    pub fn set_log_level(&self, level: LogLevel) {
+        self.shared.log_level.store(level as u8, Ordering::Relaxed);
+    }
+
+    /// Where the log goes: a function of the level and the line (Go's `SetLogger`); `None`
+    /// goes back to `tracing`.
+    pub fn set_logger(&self, logger: Option<Logger>) {
+        *lock(&self.shared.logger) = logger;
+    }
+
+    /// Which arguments mutation lines show (Go's log-args mapper); `None` shows none.
+    pub fn set_log_args(&self, log_args: Option<LogArgs>) {
+        *lock(&self.shared.log_args) = log_args;
+    }
+
+    /// A line of the user's in the machine's log, at [`LogLevel::External`] (Go's `Log`).
+    /// Lines are single: line breaks become spaces.
+    pub fn log(&self, message: &str) {
+        if self.log_level() >= LogLevel::External && !self.is_disposed() {
+            let line = format!("[extern] {}", message.replace(['\n', '\r'], " "));
+            self.emit_log(LogLevel::External, &line);
+        }
+    }
+
+    pub(super) fn emit_log(&self, level: LogLevel, line: &str) {
+        let logger = lock(&self.shared.logger).clone();
+        match logger {
+            Some(logger) => logger(level, line),
+            None => crate::machine::log::to_tracing(&self.shared.id, level, line),
+        }
     }
 }

@@ -24,22 +24,28 @@
 //! the queue, so from inside a handler they only come back `Queued`); ours run no handler, so
 //! a dry run has no side effect and answers at once, from anywhere.
 
+mod eval;
 mod handlers;
 mod queries;
+mod schema_change;
+mod transition;
+
+pub use eval::EvalFuture;
+pub use schema_change::SchemaChangeError;
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
 use tracing::{debug, error, warn};
 
-use super::handlers::{
-    Completion, Event, FinalFn, HandlerKind, HandlerTable, NegotiationFn, Verdict, panic_message,
-};
+use super::bind::{Binding, HandlerTable, Handlers, TracerId};
+use super::handlers::{Completion, Event, HandlerKind, NegotiationFn, Verdict, panic_message};
+use super::log::{LogArgs, LogLevel, Logger};
 use super::observers::Observers;
 use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 use super::schema::EXCEPTION;
@@ -48,8 +54,11 @@ use super::source::{
     ClockChange, ErrFuture, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
     StateSource, Transition,
 };
+use super::tracer::Tracer;
 use super::value::Args;
 use super::waiters::{Condition, WaitError, WaiterHost, WaiterSet, When, make_when};
+use eval::EvalJob;
+use queries::note_error;
 
 /// Default bound of the mutation queue.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
@@ -69,18 +78,41 @@ pub struct Machine {
 
 struct Shared {
     id: String,
-    schema: Arc<Schema>,
     core: Mutex<Core>,
+    /// Handlers and tracers, copied on write (see [`crate::machine::bind`]).
     handlers: Mutex<Arc<HandlerTable>>,
+    next_binding: AtomicU64,
     queue_limit: usize,
     parent_id: Option<String>,
     tags: Mutex<Vec<String>>,
+    /// The handler timeout and the clock it is measured with, when set.
+    timing: Option<HandlerTiming>,
+    log_level: AtomicU8,
+    logger: Mutex<Option<Logger>>,
+    log_args: Mutex<Option<LogArgs>>,
+    dispose_hooks: Mutex<Vec<DisposeHook>>,
+}
+
+type DisposeHook = Box<dyn FnOnce(&str) + Send>;
+
+/// A monotonic clock for handler timeouts: the time since any fixed start.
+pub type TimeSource = Arc<dyn Fn() -> std::time::Duration + Send + Sync>;
+
+struct HandlerTiming {
+    limit: std::time::Duration,
+    now: TimeSource,
+}
+
+/// What waits in the queue: a mutation, or a closure to run in the machine's turn.
+enum Item {
+    Mutation(Mutation),
+    Eval(EvalJob),
 }
 
 /// A mutation waiting in the queue, with the slots of callers who wait for its outcome (more
 /// than one when duplicates of it were skipped).
 struct Queued {
-    mutation: Mutation,
+    item: Item,
     done: Vec<Arc<OutcomeSlot>>,
     /// The queue tick it takes when processed; `None` for the machine's own prepended
     /// mutations, which take none.
@@ -91,7 +123,7 @@ impl From<Mutation> for Queued {
     /// A mutation the machine prepends itself (no queue tick).
     fn from(mutation: Mutation) -> Self {
         Queued {
-            mutation,
+            item: Item::Mutation(mutation),
             done: Vec::new(),
             tick: None,
         }
@@ -109,12 +141,21 @@ pub struct Receipt {
 }
 
 impl Queued {
+    fn mutation(&self) -> Option<&Mutation> {
+        match &self.item {
+            Item::Mutation(mutation) => Some(mutation),
+            Item::Eval(_) => None,
+        }
+    }
+
     /// Whether `other` would do what this queued mutation does, as asyncmachine decides it
     /// for skipping: same kind, the same states, and neither has arguments. Mutations of
     /// multi states are never duplicates (each call is a new activation), nor are the
     /// machine's own auto mutations.
     fn duplicates(&self, other: &Mutation, schema: &Schema) -> bool {
-        let queued = &self.mutation;
+        let Some(queued) = self.mutation() else {
+            return false;
+        };
         !queued.auto
             && !other.auto
             && queued.kind == other.kind
@@ -176,10 +217,15 @@ fn abandon(queue: VecDeque<Queued>) {
         for done in queued.done {
             done.complete(Err(MutationError::Disposed));
         }
+        if let Item::Eval(job) = queued.item {
+            job.abandon();
+        }
     }
 }
 
 struct Core {
+    /// Replaced whole by [`Machine::set_schema`]; a transition works on the one it started with.
+    schema: Arc<Schema>,
     ticks: Vec<u64>,
     /// The active states in the order the last transition listed them (its plan's targets):
     /// asyncmachine orders the handlers of unrelated states by it.
@@ -188,8 +234,11 @@ struct Core {
     queue_tick: u64,
     /// Queued mutations that will take a queue tick (the ones callers queued).
     pending_ticks: u64,
-    /// Whether some thread is running transitions (and will drain the queue).
+    /// Whether some thread is running transitions (and will drain the queue), and which.
     processing: bool,
+    processing_thread: Option<std::thread::ThreadId>,
+    /// Whether the processing thread is running an eval (not a handler).
+    in_eval: bool,
     /// The last error a handler failed with or [`Machine::add_err`] added.
     last_error: Option<String>,
     waiters: WaiterSet,
@@ -210,13 +259,34 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Configures a [`Machine`].
-#[derive(Debug)]
 pub struct MachineBuilder {
     schema: Arc<Schema>,
     id: Option<String>,
     queue_limit: usize,
     parent_id: Option<String>,
     tags: Vec<String>,
+    handler_timeout: Option<std::time::Duration>,
+    time_source: Option<TimeSource>,
+    log_level: LogLevel,
+    tracers: Vec<Arc<dyn Tracer>>,
+}
+
+impl std::fmt::Debug for MachineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MachineBuilder")
+            .field("states", &self.schema.len())
+            .field("id", &self.id)
+            .field("queue_limit", &self.queue_limit)
+            .field("handler_timeout", &self.handler_timeout)
+            .field("log_level", &self.log_level)
+            .finish()
+    }
+}
+
+/// Time since a fixed start, from the system's monotonic clock.
+fn monotonic() -> TimeSource {
+    let start = std::time::Instant::now();
+    Arc::new(move || start.elapsed())
 }
 
 impl MachineBuilder {
@@ -245,34 +315,79 @@ impl MachineBuilder {
         self
     }
 
+    /// Fails a handler that runs longer than `limit` (Go's `HandlerTimeout`): a negotiation
+    /// handler cancels its transition, a final one stops it, and `Exception` is activated with
+    /// a "handler timeout" error. Checked when the handler returns, since a synchronous
+    /// handler cannot be preempted. Off by default.
+    pub fn handler_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.handler_timeout = Some(limit);
+        self
+    }
+
+    /// The clock handler timeouts are measured with: any monotonic time since a fixed start.
+    /// By default the system's (`std::time::Instant`); give one where that has none (in
+    /// WebAssembly, `performance.now()`), or a manual one in tests.
+    pub fn time_source(mut self, now: TimeSource) -> Self {
+        self.time_source = Some(now);
+        self
+    }
+
+    /// How much the machine logs (see [`crate::machine::log`]); nothing by default.
+    pub fn log_level(mut self, level: LogLevel) -> Self {
+        self.log_level = level;
+        self
+    }
+
+    /// A tracer bound from the start (Go's `Opts.Tracers`), so it sees the first transition.
+    pub fn tracer(mut self, tracer: Arc<dyn Tracer>) -> Self {
+        self.tracers.push(tracer);
+        self
+    }
+
     pub fn build(self) -> Machine {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = self
             .id
             .unwrap_or_else(|| format!("machine-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
         let n = self.schema.len();
-        Machine {
+        let tracers = self.tracers;
+        let machine = Machine {
             shared: Arc::new(Shared {
                 id,
-                schema: self.schema,
                 core: Mutex::new(Core {
+                    schema: self.schema,
                     ticks: vec![0; n],
                     order: Vec::new(),
                     queue: VecDeque::new(),
                     queue_tick: 0,
                     pending_ticks: 0,
                     processing: false,
+                    processing_thread: None,
+                    in_eval: false,
                     last_error: None,
                     waiters: WaiterSet::new(n),
                     observers: Observers::default(),
                     disposed: false,
                 }),
                 handlers: Mutex::new(Arc::new(HandlerTable::new(n))),
+                next_binding: AtomicU64::new(1),
                 queue_limit: self.queue_limit,
                 parent_id: self.parent_id,
                 tags: Mutex::new(self.tags),
+                timing: self.handler_timeout.map(|limit| HandlerTiming {
+                    limit,
+                    now: self.time_source.unwrap_or_else(monotonic),
+                }),
+                log_level: AtomicU8::new(self.log_level as u8),
+                logger: Mutex::new(None),
+                log_args: Mutex::new(None),
+                dispose_hooks: Mutex::new(Vec::new()),
             }),
+        };
+        for tracer in tracers {
+            machine.bind_tracer(tracer);
         }
+        machine
     }
 }
 
@@ -288,6 +403,10 @@ impl Machine {
             queue_limit: DEFAULT_QUEUE_LIMIT,
             parent_id: None,
             tags: Vec::new(),
+            handler_timeout: None,
+            time_source: None,
+            log_level: LogLevel::Nothing,
+            tracers: Vec::new(),
         }
     }
 
@@ -296,8 +415,9 @@ impl Machine {
         *lock(&self.shared.tags) = tags.into_iter().map(Into::into).collect();
     }
 
-    pub(crate) fn schema_ref(&self) -> &Schema {
-        &self.shared.schema
+    /// The schema now (shared: [`Machine::set_schema`] replaces it, never edits it).
+    pub(crate) fn schema_ref(&self) -> Arc<Schema> {
+        self.core().schema.clone()
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
@@ -369,18 +489,19 @@ impl Machine {
     }
 
     fn submit(&self, mutation: Mutation, track: bool) -> Result<Submitted, MutationError> {
-        let n = self.schema_ref().len();
-        if let Some(&bad) = mutation.states.iter().find(|&&s| s >= n) {
-            return Err(MutationError::BadIndex(bad));
-        }
-        self.note_error(&mutation);
         {
             let mut core = self.core();
+            let core = &mut *core;
+            let n = core.schema.len();
+            if let Some(&bad) = mutation.states.iter().find(|&&s| s >= n) {
+                return Err(MutationError::BadIndex(bad));
+            }
             if core.disposed {
                 return Err(MutationError::Disposed);
             }
+            note_error(core, &mutation);
             if core.processing {
-                let schema = self.schema_ref();
+                let schema = &core.schema;
                 if let Some(queued) = core
                     .queue
                     .iter_mut()
@@ -404,13 +525,14 @@ impl Machine {
                 core.pending_ticks += 1;
                 let tick = core.queue_tick + core.pending_ticks;
                 core.queue.push_back(Queued {
-                    mutation,
+                    item: Item::Mutation(mutation),
                     done: done.iter().cloned().collect(),
                     tick: Some(tick),
                 });
                 return Ok(Submitted::Queued(done, tick));
             }
             core.processing = true;
+            core.processing_thread = Some(std::thread::current().id());
         }
         let mut guard = ProcessingGuard {
             machine: self,
@@ -438,17 +560,27 @@ impl Machine {
                         let mut rest = std::mem::take(&mut core.queue);
                         rest.extend(popped);
                         core.processing = false;
+                        core.processing_thread = None;
                         core.pending_ticks = 0;
                         core.waiters.queue_ended();
                         drop(core);
                         abandon(rest);
+                        let handlers = lock(&self.shared.handlers).clone();
+                        for (_, tracer) in handlers.tracers() {
+                            tracer.queue_end(self);
+                        }
                         return;
                     }
                 }
             };
-            let (outcome, _) = self.run(next.mutation, next.tick.is_some());
-            for done in next.done {
-                done.complete(Ok(outcome));
+            match next.item {
+                Item::Mutation(mutation) => {
+                    let (outcome, _) = self.run(mutation, next.tick.is_some());
+                    for done in next.done {
+                        done.complete(Ok(outcome));
+                    }
+                }
+                Item::Eval(job) => self.run_eval(job),
             }
         }
     }
@@ -470,289 +602,21 @@ impl Machine {
         (outcome, core.queue_tick)
     }
 
-    /// Runs one transition: resolve, negotiate, apply, finalize, notify.
-    fn transition(&self, mutation: &Mutation) -> Outcome {
-        let schema = self.schema_ref();
-        let handlers = lock(&self.shared.handlers).clone();
-        // Resolved under the lock: a pure function of the clock and the last order, cheaper
-        // than copying the order out for every transition.
-        let (before, resolved) = {
-            let core = self.core();
-            let resolved = resolve(
-                schema,
-                &core.ticks,
-                &core.order,
-                mutation.kind,
-                &mutation.states,
-                mutation.auto,
-            );
-            (core.ticks.clone(), resolved)
-        };
-        let plan = match resolved {
-            Ok(plan) => plan,
-            Err(reason) => return self.canceled(mutation, &reason),
-        };
-        if !plan.changes_clock() {
-            self.core().order = plan.targets;
-            return Outcome::Executed;
-        }
-        let rejected = {
-            let event = |state| Event {
-                machine: self,
-                mutation,
-                plan: &plan,
-                before: &before,
-                state,
-            };
-            match self.negotiate(&handlers, &plan, &mutation.states, &event) {
-                Ok(rejected) => rejected,
-                Err(reason) => return self.canceled(mutation, &reason),
-            }
-        };
-        // Partial acceptance of an auto mutation: resolve again without the refused states, so
-        // that what they would have implied or removed goes too. Handlers do not run again.
-        let plan = if rejected.is_empty() {
-            plan
-        } else {
-            let called: Vec<usize> = mutation
-                .states
-                .iter()
-                .copied()
-                .filter(|s| !rejected.contains(s))
-                .collect();
-            let again = {
-                let core = self.core();
-                resolve(schema, &before, &core.order, mutation.kind, &called, true)
-            };
-            match again {
-                Ok(plan) if plan.changes_clock() => plan,
-                _ => {
-                    let reason = CancelReason::Refused {
-                        state: None,
-                        handler: HandlerKind::Enter.name(),
-                    };
-                    return self.canceled(mutation, &reason);
-                }
-            }
-        };
-        let arriving: Vec<usize> = plan.arriving().collect();
-        let event = |state| Event {
-            machine: self,
-            mutation,
-            plan: &plan,
-            before: &before,
-            state,
-        };
-
-        let (observers, queue_tick) = {
-            let mut core = self.core();
-            let core = &mut *core;
-            plan.apply(&mut core.ticks);
-            core.order.clone_from(&plan.targets);
-            core.waiters.clock_changed(&core.ticks, plan.changed());
-            core.waiters
-                .activated(arriving.iter().copied(), &mutation.args);
-            (core.observers.snapshot(), core.queue_tick)
-        };
-
-        // As in asyncmachine, a failing final handler stops the transition there: the final
-        // handlers after it do not run, no auto mutation follows, and when it was the `state`
-        // handler of an arriving state, that state and the ones arriving after it are
-        // deactivated again (their handlers never completed).
-        let mut stopped = false;
-        let mut unfinished: &[usize] = &[];
-        for &s in &plan.exiting {
-            let finals = handlers.finals(HandlerKind::End, Some(s));
-            if !self.call_finals(finals, &event(Some(s)), HandlerKind::End) {
-                stopped = true;
-                break;
-            }
-        }
-        if !stopped {
-            for (i, &s) in arriving.iter().enumerate() {
-                let finals = handlers.finals(HandlerKind::State, Some(s));
-                if !self.call_finals(finals, &event(Some(s)), HandlerKind::State) {
-                    stopped = true;
-                    unfinished = &arriving[i..];
-                    break;
-                }
-            }
-        }
-        if !stopped {
-            let finals = handlers.finals(HandlerKind::AnyState, None);
-            stopped = !self.call_finals(finals, &event(None), HandlerKind::AnyState);
-        }
-        if !unfinished.is_empty() {
-            let mut core = self.core();
-            let core = &mut *core;
-            for &s in unfinished {
-                // Arrived states are active (odd ticks): one more tick deactivates them.
-                core.ticks[s] += 1;
-            }
-            core.order.retain(|s| !unfinished.contains(s));
-            core.waiters
-                .clock_changed(&core.ticks, unfinished.iter().copied());
-        }
-
-        if !observers.is_empty() {
-            let after = self.core().ticks.clone();
-            let transition = Transition {
-                kind: mutation.kind,
-                called: &mutation.states,
-                args: &mutation.args,
-                auto: mutation.auto,
-            };
-            let changed: Vec<usize> = (0..after.len())
-                .filter(|&s| after[s] != before[s])
-                .collect();
-            observers.clock_changed(&ClockChange {
-                before: &before,
-                after: &after,
-                changed: &changed,
-                queue_tick,
-                transition: Some(&transition),
-            });
-        }
-        if stopped {
-            return Outcome::Canceled;
-        }
-        if !mutation.auto {
-            self.queue_auto();
-        }
-        Outcome::Executed
-    }
-
-    fn canceled(&self, mutation: &Mutation, reason: &CancelReason) -> Outcome {
-        if !mutation.auto {
-            debug!(machine = %self.shared.id, kind = %mutation.kind, %reason, "mutation canceled");
-        }
-        Outcome::Canceled
-    }
-
-    /// Runs the negotiation handlers: `exit` of leaving states, `enter` of arriving states,
-    /// then `any_enter`. Returns the auto states whose `enter` refused in an auto mutation
-    /// (asyncmachine accepts the rest of it), or why the transition is canceled.
-    fn negotiate<'e>(
-        &self,
-        handlers: &HandlerTable,
-        plan: &Plan,
-        called: &[usize],
-        event: &impl Fn(Option<usize>) -> Event<'e>,
-    ) -> Result<Vec<usize>, CancelReason> {
-        let schema = self.schema_ref();
-        let mut rejected = Vec::new();
-        // As in asyncmachine: the per-state handlers first, so that a state's refusal stops the
-        // transition before the any-enter handler sees it.
-        let steps = plan
-            .exiting
-            .iter()
-            .map(|&s| (HandlerKind::Exit, Some(s)))
-            .chain(plan.arriving().map(|s| (HandlerKind::Enter, Some(s))))
-            .chain(std::iter::once((HandlerKind::AnyEnter, None)));
-        for (kind, state) in steps {
-            if kind == HandlerKind::AnyEnter && !rejected.is_empty() {
-                let mut accepted = plan.arriving().filter(|s| !rejected.contains(s));
-                if !accepted.any(|s| called.contains(&s)) {
-                    return Err(CancelReason::Refused {
-                        state: None,
-                        handler: HandlerKind::Enter.name(),
-                    });
-                }
-            }
-            for f in handlers.negotiation(kind, state) {
-                let e = event(state);
-                let failure = match catch_unwind(AssertUnwindSafe(|| f(&e))) {
-                    Ok(Ok(true)) => continue,
-                    Ok(Ok(false)) => None,
-                    Ok(Err(message)) => Some(message),
-                    Err(panic) => Some(panic_message(panic.as_ref())),
-                };
-                let handler = kind.name();
-                if let Some(message) = &failure {
-                    self.raise(&e, kind, message.clone());
-                }
-                match state {
-                    Some(s)
-                        if kind == HandlerKind::Enter && e.is_auto() && schema.resolved(s).auto =>
-                    {
-                        rejected.push(s);
-                        break;
-                    }
-                    _ => {}
-                }
-                let state = state.map(|s| schema.name(s).to_owned());
-                return Err(match failure {
-                    None => CancelReason::Refused { state, handler },
-                    Some(_) => CancelReason::HandlerFailed { state, handler },
-                });
-            }
-        }
-        Ok(rejected)
-    }
-
-    /// Runs final handlers until one fails (returns an error or panics); whether all succeeded.
-    fn call_finals(&self, finals: &[FinalFn], event: &Event<'_>, kind: HandlerKind) -> bool {
-        for f in finals {
-            let message = match catch_unwind(AssertUnwindSafe(|| f(event))) {
-                Ok(Ok(())) => continue,
-                Ok(Err(message)) => message,
-                Err(panic) => panic_message(panic.as_ref()),
-            };
-            self.raise(event, kind, message);
-            return false;
-        }
-        true
-    }
-
-    /// Queues the activation of `Exception` for a failed handler, with the error as argument,
-    /// at the head of the queue (as asyncmachine does), so it runs next. Failures while
-    /// handling an `Exception` mutation are only logged, so a failing exception handler cannot
-    /// loop.
-    fn raise(&self, event: &Event<'_>, kind: HandlerKind, message: String) {
-        let schema = self.schema_ref();
-        let exception = schema.exception();
-        let state = event.state.map(|s| schema.name(s));
-        error!(machine = %self.shared.id, state, handler = kind.name(), error = %message, "handler failed");
-        self.core().last_error = Some(message.clone());
-        if event.mutation.kind != MutationKind::Remove && event.mutation.states.contains(&exception)
-        {
-            return;
-        }
-        let mut args = Args::new()
-            .with("error", message)
-            .with("handler", kind.name());
-        if let Some(state) = state {
-            args.insert("state", state);
-        }
-        // Errors bypass the queue limit: losing one would hide the failure.
-        self.core()
-            .queue
-            .push_front(Mutation::new(MutationKind::Add, vec![exception], args).into());
-    }
-
-    /// Prepends an auto mutation of every inactive auto state, when there are any.
-    fn queue_auto(&self) {
-        let schema = self.schema_ref();
-        let mut core = self.core();
-        let states: Vec<usize> = (0..schema.len())
-            .filter(|&s| schema.resolved(s).auto && !is_active(core.ticks[s]))
-            .collect();
-        if !states.is_empty() {
-            let mut auto = Mutation::new(MutationKind::Add, states, Args::new());
-            auto.auto = true;
-            core.queue.push_front(auto.into());
-        }
-    }
-
     // ----- lifecycle and introspection -----
 
     /// Ends the machine: waiters end with [`WaitError::Disposed`], queued mutations are dropped
     /// and new ones are refused, and reads answer empty (no clock, every tick 0, no active
     /// state), as asyncmachine's do. Go answers mutations of a disposed machine `Canceled`;
     /// here they are [`MutationError::Disposed`], an error the caller can tell apart.
+    ///
+    /// The first call runs the dispose hooks ([`Machine::on_dispose`]) and tells the tracers;
+    /// later calls do nothing.
     pub fn dispose(&self) {
         let queued = {
             let mut core = self.core();
+            if core.disposed {
+                return;
+            }
             core.disposed = true;
             core.waiters.close();
             core.observers.clear();
@@ -760,6 +624,29 @@ impl Machine {
             std::mem::take(&mut core.queue)
         };
         abandon(queued);
+        let hooks = std::mem::take(&mut *lock(&self.shared.dispose_hooks));
+        for hook in hooks {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(&self.shared.id))) {
+                error!(machine = %self.shared.id, error = %panic_message(panic.as_ref()), "dispose hook failed");
+            }
+        }
+        let handlers = lock(&self.shared.handlers).clone();
+        for (_, tracer) in handlers.tracers() {
+            tracer.machine_dispose(&self.shared.id);
+        }
+    }
+
+    /// Runs `hook` with the machine's id when the machine is disposed (Go's `OnDispose`); at
+    /// once when it already is.
+    pub fn on_dispose(&self, hook: impl FnOnce(&str) + Send + 'static) {
+        // Checked under the hooks' lock: a dispose that starts now takes the hooks after.
+        let mut hooks = lock(&self.shared.dispose_hooks);
+        if !self.is_disposed() {
+            hooks.push(Box::new(hook));
+            return;
+        }
+        drop(hooks);
+        hook(&self.shared.id);
     }
 
     pub fn is_disposed(&self) -> bool {
@@ -792,6 +679,8 @@ impl Drop for ProcessingGuard<'_> {
         let queued = {
             let mut core = self.machine.core();
             core.processing = false;
+            core.processing_thread = None;
+            core.in_eval = false;
             core.pending_ticks = 0;
             core.waiters.queue_ended();
             std::mem::take(&mut core.queue)
@@ -818,7 +707,7 @@ impl StateSource for Machine {
     }
 
     fn schema(&self) -> Arc<Schema> {
-        self.shared.schema.clone()
+        self.schema_ref()
     }
 
     fn parent_id(&self) -> Option<&str> {

@@ -30,7 +30,7 @@ impl Machine {
         args: Args,
     ) -> Result<Outcome, MutationError> {
         self.mutate_now(err_mutation(
-            self.schema_ref(),
+            &self.schema_ref(),
             state,
             error.to_string(),
             args,
@@ -42,28 +42,6 @@ impl Machine {
     /// to a mirror's caller too.
     pub fn last_error(&self) -> Option<String> {
         self.core().last_error.clone()
-    }
-
-    /// Keeps the error of a mutation that activates `Exception` with an `error` argument as
-    /// the last error, when it is taken in (as Go's `AddErrState` keeps it before adding):
-    /// [`StateSource::add_err`] is such a mutation, wherever it comes from (a mirror's too),
-    /// so the root of a tree knows the errors added through its mirrors.
-    pub(super) fn note_error(&self, mutation: &Mutation) {
-        let exception = self.schema_ref().exception();
-        if mutation.kind == MutationKind::Remove || !mutation.states.contains(&exception) {
-            return;
-        }
-        let Some(error) = mutation.args.get(ERROR_ARG) else {
-            return;
-        };
-        let error = match error.as_str() {
-            Some(text) => text.to_owned(),
-            None => error.to_string(),
-        };
-        let mut core = self.core();
-        if !core.disposed {
-            core.last_error = Some(error);
-        }
     }
 
     // ----- waits only a running machine can answer -----
@@ -109,7 +87,8 @@ impl Machine {
         let idx = self.schema_ref().indices(states).ok()?;
         let core = self.core();
         core.queue.iter().position(|q| {
-            q.mutation.kind == kind && idx.iter().all(|s| q.mutation.states.contains(s))
+            q.mutation()
+                .is_some_and(|m| m.kind == kind && idx.iter().all(|s| m.states.contains(s)))
         })
     }
 
@@ -139,14 +118,13 @@ impl Machine {
 
     fn dry_run(&self, kind: MutationKind, states: &[&str]) -> Result<Outcome, MutationError> {
         let mutation = self.named(kind, states, Args::new())?;
-        let schema = self.schema_ref();
         let core = self.core();
         if core.disposed {
             return Err(MutationError::Disposed);
         }
         Ok(
             match resolve(
-                schema,
+                &core.schema,
                 &core.ticks,
                 &core.order,
                 kind,
@@ -157,5 +135,22 @@ impl Machine {
                 Err(_) => Outcome::Canceled,
             },
         )
+    }
+}
+
+/// Keeps the error of a mutation that activates `Exception` with an `error` argument as the
+/// last error, when it is taken in (as Go's `AddErrState` keeps it before adding):
+/// [`StateSource::add_err`] is such a mutation, wherever it comes from (a mirror's too), so
+/// the root of a tree knows the errors added through its mirrors.
+pub(super) fn note_error(core: &mut Core, mutation: &Mutation) {
+    let exception = core.schema.exception();
+    if mutation.kind == MutationKind::Remove || !mutation.states.contains(&exception) {
+        return;
+    }
+    if let Some(error) = mutation.args.get(ERROR_ARG) {
+        core.last_error = Some(match error.as_str() {
+            Some(text) => text.to_owned(),
+            None => error.to_string(),
+        });
     }
 }
