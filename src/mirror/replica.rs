@@ -96,11 +96,16 @@ impl Replica {
                 } => {
                     stats.diffs.fetch_add(diffs as u64, Ordering::Relaxed);
                     if schema_changed && let Some(schema) = self.session.schema() {
-                        // State positions mean other states now: waiters on the old schema's
-                        // states cannot be answered, so they end (a wait for the disposal
-                        // stays).
+                        if schema.extends(&self.schema) {
+                            // Enlarged: every position keeps its state, every waiter stays.
+                            self.waiters.grow(schema.len());
+                        } else {
+                            // State positions mean other states now: waiters on the old
+                            // schema's states cannot be answered, so they end (a wait for the
+                            // disposal stays).
+                            self.waiters.reset(schema.len());
+                        }
                         self.schema = schema.clone();
-                        self.waiters.reset(schema.len());
                     }
                     let ticks = self.session.ticks();
                     self.waiters.clock_changed(ticks, changed.iter().copied());

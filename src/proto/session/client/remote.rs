@@ -160,7 +160,7 @@ impl<P> ClientSession<P> {
     /// extends the old one (its states come first, in the same order); otherwise a position
     /// may name another state now, and every wait ends with [`WaitError::Disposed`].
     pub(super) fn schema_moved(&mut self, old: Option<&Schema>, new: &Schema) {
-        if old.is_none_or(|old| extends(new, old)) {
+        if old.is_none_or(|old| new.extends(old)) {
             return;
         }
         let ids: Vec<u64> = self
@@ -212,10 +212,4 @@ impl<P> ClientSession<P> {
         };
         self.send(&Message::WhenArgs(request));
     }
-}
-
-/// Whether `new` keeps every state of `old` at its position: `old`'s names are a prefix of
-/// `new`'s.
-pub(crate) fn extends(new: &Schema, old: &Schema) -> bool {
-    old.len() <= new.len() && old.names().zip(new.names()).all(|(a, b)| a == b)
 }

@@ -3,8 +3,9 @@
 //! The handshake (admission, the source's offer, the welcome or a refusal), status requests,
 //! the ACL on each mutation, remote waits and last-error requests (`remote.rs`), replies that
 //! carry the diff up to their time, snapshots on
-//! request and when the source's clock went back, ancestry updates, the end of a session whose
-//! source changed its schema, keepalive pings, the idle rule, pacing by a minimum push
+//! request and when the source's clock went back, ancestry updates, a source's schema change
+//! passed on when it enlarges the client's schema and the end of the session otherwise,
+//! keepalive pings, the idle rule, pacing by a minimum push
 //! interval, and the last word to a peer that is leaving.
 //!
 //! Bytes come in through [`ServerSession::handle_bytes`], time through
@@ -65,6 +66,9 @@ pub trait ClockFeed {
     fn latest(&self) -> Versioned;
     /// The hash of the source's schema now (the latest version's may lag behind it).
     fn schema_hash(&self) -> u64;
+    /// The source's schema now, for a client whose schema it enlarged; `None` when there is
+    /// no source (yet).
+    fn schema(&self) -> Option<Arc<Schema>>;
     /// The source's id and its upstream sources' ids, nearest first.
     fn ancestry(&self) -> Vec<String>;
 }
@@ -89,9 +93,19 @@ impl ClockFeed for NoSource {
         0
     }
 
+    fn schema(&self) -> Option<Arc<Schema>> {
+        None
+    }
+
     fn ancestry(&self) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// Whether positions of `schema` (a client's) still name the same states in the source's
+/// schema now: it is the same one, or an enlargement of it.
+fn schema_fits(schema: &Schema, feed: &dyn ClockFeed) -> bool {
+    feed.schema_hash() == schema.hash() || feed.schema().is_some_and(|now| now.extends(schema))
 }
 
 /// Work for the driver.
@@ -392,8 +406,8 @@ impl ServerSession {
         let Phase::Ready(client) = &mut self.phase else {
             return;
         };
-        // Positions of another schema would name other states.
-        if feed.schema_hash() != client.schema.hash() {
+        // Positions of another schema would name other states (an enlarged one keeps them).
+        if !schema_fits(&client.schema, feed) {
             self.close(CloseReason::SchemaChanged);
             return;
         }

@@ -44,8 +44,8 @@ impl ServerSession {
                 "WhenArgs id {id} is already waiting; an id is free again once its WhenArgsDone came"
             )));
         }
-        // Positions of another schema would name other states.
-        if feed.schema_hash() != client.schema.hash() {
+        // Positions of another schema would name other states (an enlarged one keeps them).
+        if !super::schema_fits(&client.schema, feed) {
             return self.close(CloseReason::SchemaChanged);
         }
         let refusal = if state as usize >= client.schema.len() {
