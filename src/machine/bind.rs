@@ -337,7 +337,11 @@ impl HandlerTable {
         list.iter().filter(move |b| b.to == to).map(|b| &b.f)
     }
 
-    pub fn finals(&self, kind: HandlerKind, state: Option<usize>) -> impl Iterator<Item = &FinalFn> {
+    pub fn finals(
+        &self,
+        kind: HandlerKind,
+        state: Option<usize>,
+    ) -> impl Iterator<Item = &FinalFn> {
         let list: &[Bound<FinalFn>] = match (kind, state) {
             (HandlerKind::State, Some(s)) => &self.state[s],
             (HandlerKind::End, Some(s)) => &self.end[s],

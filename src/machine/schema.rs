@@ -288,6 +288,14 @@ impl Schema {
         &self.def
     }
 
+    /// Whether this schema keeps every state of `old` at its position: `old`'s names come
+    /// first here, in the same order (what [`Machine::set_schema`](super::Machine::set_schema)
+    /// allows, and what a clock, a waiter or a grant of positions of `old` stays valid under).
+    /// Equal schemas extend each other.
+    pub fn extends(&self, old: &Schema) -> bool {
+        old.len() <= self.len() && old.names().zip(self.names()).all(|(a, b)| a == b)
+    }
+
     /// A stable 64-bit hash of the definition (FNV-1a over a canonical encoding, see
     /// PROTOCOL.md): equal definitions hash equal on every platform and version.
     pub fn hash(&self) -> u64 {
@@ -589,6 +597,24 @@ mod tests {
     fn names(schema: &Schema, mut idx: Vec<usize>) -> Vec<&str> {
         schema.sort_states(&mut idx);
         idx.into_iter().map(|i| schema.name(i)).collect()
+    }
+
+    #[test]
+    fn a_schema_extends_the_ones_whose_states_it_starts_with() {
+        let build = |names: &[&str]| {
+            let mut builder = Schema::builder();
+            for name in names {
+                builder = builder.state(StateDef::new(*name));
+            }
+            builder.build().expect("valid")
+        };
+        let old = build(&["A", "B", EXCEPTION]);
+        assert!(old.extends(&old));
+        assert!(build(&["A", "B", EXCEPTION, "C"]).extends(&old));
+        // Built without it, Exception comes last: B's successor moved.
+        assert!(!build(&["A", "B", "C"]).extends(&old));
+        assert!(!build(&["B", "A", EXCEPTION, "C"]).extends(&old));
+        assert!(!build(&["A", EXCEPTION]).extends(&old));
     }
 
     #[test]

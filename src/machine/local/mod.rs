@@ -52,13 +52,14 @@ use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 use super::schema::EXCEPTION;
 use super::schema::Schema;
 use super::source::{
-    ClockChange, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
+    ClockChange, ErrFuture, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
     StateSource, Transition,
 };
 use super::tracer::Tracer;
 use super::value::Args;
 use super::waiters::{Condition, WaitError, WaiterHost, WaiterSet, When, make_when};
 use eval::EvalJob;
+use queries::note_error;
 
 /// Default bound of the mutation queue.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
@@ -537,6 +538,7 @@ impl Machine {
         {
             let mut core = self.core();
             core.admit(&mutation)?;
+            note_error(&mut core, &mutation);
             if core.processing {
                 core.queue.push_front(mutation.into());
                 return Ok(Outcome::Queued);
@@ -572,6 +574,7 @@ impl Machine {
             let core = &mut *core;
             mutation = make(&core.schema)?;
             core.admit(&mutation)?;
+            note_error(core, &mutation);
             if core.processing {
                 let schema = &core.schema;
                 if let Some(queued) = core
@@ -820,5 +823,13 @@ impl StateSource for Machine {
 
     fn unobserve(&self, id: ObserverId) -> bool {
         self.core().observers.remove(id)
+    }
+
+    fn when_args(&self, state: &str, args: Args) -> When {
+        self.wait_for_args(state, args)
+    }
+
+    fn err(&self) -> ErrFuture {
+        Box::pin(std::future::ready(Ok(self.last_error())))
     }
 }
