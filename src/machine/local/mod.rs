@@ -48,7 +48,9 @@ use super::bind::{Binding, HandlerTable, Handlers, TracerId};
 use super::handlers::{Completion, Event, HandlerKind, Verdict, panic_message};
 use super::log::{LogArgs, LogLevel, Logger};
 use super::observers::Observers;
-use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
+use super::resolve::{
+    CancelReason, MutationKind, Order, Plan, Scratch, is_active, resolve, resolve_in,
+};
 use super::schema::EXCEPTION;
 use super::schema::Schema;
 use super::source::{
@@ -229,6 +231,11 @@ struct Core {
     /// on the table it started with.
     handlers: Arc<HandlerTable>,
     ticks: Vec<u64>,
+    /// Buffers a transition works in, kept between transitions so that the hot path
+    /// allocates little: resolution's, the last plan's and the last clock copy's.
+    scratch: Scratch,
+    spare_plan: Option<Plan>,
+    spare_ticks: Vec<u64>,
     /// The active states in the order the last transition listed them (its plan's targets):
     /// asyncmachine orders the handlers of unrelated states by it.
     order: Vec<usize>,
@@ -381,6 +388,9 @@ impl MachineBuilder {
                     schema: self.schema,
                     handlers: Arc::new(HandlerTable::new(n)),
                     ticks: vec![0; n],
+                    scratch: Scratch::default(),
+                    spare_plan: None,
+                    spare_ticks: Vec::new(),
                     order: Vec::new(),
                     queue: VecDeque::new(),
                     queue_tick: 0,
