@@ -794,3 +794,49 @@ fn a_disposed_machine_answers_reads_empty() {
     assert!(m.not(&["A", "B"]));
     assert!(m.state_ctx("C").is_canceled());
 }
+
+#[test]
+fn errors_added_through_the_trait_or_by_a_plain_mutation_are_the_last_error() {
+    let m = abc();
+    let source: &dyn StateSource = &m;
+    assert_eq!(poll_now(&mut source.err()), Poll::Ready(Ok(None)));
+    let added = poll_now(&mut source.add_err_state("B", &"net down", Args::new().with("n", 1)));
+    assert_eq!(added, Poll::Ready(Ok(Outcome::Executed)));
+    assert!(m.is(&["B", "Exception"]));
+    assert_eq!(
+        poll_now(&mut source.err()),
+        Poll::Ready(Ok(Some("net down".into())))
+    );
+    // What a mirror sends for add_err: Exception with an `error` argument, as a mutation.
+    m.add(&["Exception"], Args::new().with("error", "from a leaf"))
+        .expect("known state");
+    assert_eq!(m.last_error().as_deref(), Some("from a leaf"));
+    // Without the argument, or removing Exception, nothing is recorded.
+    m.remove(&["Exception"], Args::new().with("error", "not an error"))
+        .expect("known state");
+    m.add(&["Exception"], Args::new()).expect("known state");
+    assert_eq!(m.last_error().as_deref(), Some("from a leaf"));
+    assert_eq!(
+        poll_now(&mut source.add_err_state("Nope", &"x", Args::new())),
+        Poll::Ready(Err(MutationError::UnknownState("Nope".into())))
+    );
+}
+
+#[test]
+fn when_args_through_the_trait_waits_for_the_arguments() {
+    let m = machine(vec![StateDef::new("Tick").multi()]);
+    let source: &dyn StateSource = &m;
+    let mut when = source.when_args("Tick", Args::new().with("id", 2));
+    m.add(&["Tick"], Args::new().with("id", 1))
+        .expect("known state");
+    assert!(poll_now(&mut when).is_pending());
+    assert_eq!(m.waiter_count(), 1);
+    m.add(&["Tick"], Args::new().with("id", 2).with("more", true))
+        .expect("known state");
+    assert_eq!(poll_now(&mut when), Poll::Ready(Ok(())));
+    assert_eq!(m.waiter_count(), 0);
+    assert_eq!(
+        poll_now(&mut source.when_args("Nope", Args::new())),
+        Poll::Ready(Err(WaitError::UnknownState("Nope".into())))
+    );
+}

@@ -18,8 +18,9 @@ use asyncmachine::proto::limits::{
     MAX_ANCESTRY, MAX_ARGS, MAX_DEPTH, MAX_KEY_LEN, MAX_NAME_LEN, MAX_STATES, MAX_TOKEN_LEN,
 };
 use asyncmachine::proto::message::{
-    ClientStatus, ClockDiff, Granted, Hello, MutateReply, MutateRequest, MutateResult, NodeStatus,
-    Payload, Refusal, RefusalKind, Snapshot, SourceStatus, WantedOptions, Welcome,
+    ClientStatus, ClockDiff, ErrResult, Granted, Hello, MutateReply, MutateRequest, MutateResult,
+    NodeStatus, Payload, Refusal, RefusalKind, Snapshot, SourceStatus, WaitResult, WantedOptions,
+    Welcome, WhenArgsRequest,
 };
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -220,7 +221,7 @@ fn status(u: &mut Unstructured<'_>) -> Result<NodeStatus> {
 }
 
 fn message(u: &mut Unstructured<'_>) -> Result<Message> {
-    Ok(match u.int_in_range(0..=16u8)? {
+    Ok(match u.int_in_range(0..=21u8)? {
         0 => Message::Hello(Hello {
             version: u.arbitrary()?,
             client_id: text(u, MAX_NAME_LEN)?,
@@ -313,6 +314,30 @@ fn message(u: &mut Unstructured<'_>) -> Result<Message> {
             },
         },
         15 => Message::Status(status(u)?),
-        _ => Message::Ancestry(names(u, MAX_ANCESTRY)?),
+        16 => Message::Ancestry(names(u, MAX_ANCESTRY)?),
+        17 => Message::WhenArgs(WhenArgsRequest {
+            id: u.arbitrary()?,
+            state: u.arbitrary()?,
+            args: args(u)?,
+        }),
+        18 => Message::WhenArgsDone {
+            id: u.arbitrary()?,
+            result: match u.int_in_range(0..=3u8)? {
+                0 => WaitResult::Done,
+                1 => WaitResult::Disposed,
+                2 => WaitResult::Canceled,
+                _ => WaitResult::Refused(u.arbitrary()?),
+            },
+        },
+        19 => Message::WhenArgsCancel { id: u.arbitrary()? },
+        20 => Message::ErrRequest { id: u.arbitrary()? },
+        _ => Message::ErrReply {
+            id: u.arbitrary()?,
+            result: match u.int_in_range(0..=2u8)? {
+                0 => ErrResult::NoError,
+                1 => ErrResult::Error(u.arbitrary()?),
+                _ => ErrResult::Refused(u.arbitrary()?),
+            },
+        },
     })
 }

@@ -321,6 +321,22 @@ export class Source extends EventTarget {
   whenTicks(state, n, options) { return this._task({ op: "when", h: this.handle, kind: "ticks", states: [state], n }, options); }
 
   /**
+   * Resolves when `state` is activated by a mutation whose arguments include all of `args`
+   * (Go's WhenArgs); a mirror asks its source, through every hop up to the root.
+   */
+  whenArgs(state, args, options) {
+    let wire;
+    try {
+      wire = wireArgs(args);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this._task({ op: "when", h: this.handle, kind: "args", states: [state], args: wire }, options);
+  }
+  /** The machine's last error (of a failed handler), or null; a mirror asks its source. */
+  err(options) { return this._task({ op: "err", h: this.handle }, options); }
+
+  /**
    * The changes from now on, as an async iterator: `for await (const change of m.changes())`.
    * Changes that come while the loop body runs are kept, in order. Ends on `signal`.
    */

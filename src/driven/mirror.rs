@@ -9,14 +9,15 @@
 //! [`MirrorEvent::Closed`] or a failed handshake it connects again when it likes, and the clock
 //! stays the last one known meanwhile.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use super::reply::Reply;
 use crate::machine::observers::Observers;
-use crate::machine::waiters::{WaiterHost, WaiterSet, make_when};
+use crate::machine::waiters::{Registration, WaiterHost, WaiterSet, make_when};
 use crate::machine::{
-    ClockChange, Condition, Mutation, MutationError, MutationFuture, Observer, ObserverId, Schema,
-    StateSource, UpstreamInfo, When,
+    Args, ClockChange, Condition, ErrFuture, Mutation, MutationError, MutationFuture, Observer,
+    ObserverId, Outcome, Schema, StateSource, UpstreamInfo, WaitError, When,
 };
 use crate::proto::message::Payload;
 use crate::proto::session::{
@@ -38,6 +39,15 @@ pub enum MirrorEvent {
 
 type Hook = Box<dyn Fn() + Send + Sync>;
 
+/// Who waits for what the session hands back.
+#[derive(Debug)]
+enum Pending {
+    Answer(Reply<Result<Outcome, MutationError>>),
+    Err(Reply<Result<Option<String>, MutationError>>),
+    /// A remote wait: its waiter in the mirror's waiter set.
+    Wait(u64),
+}
+
 /// A mirror of a remote source over a connection driven from outside.
 #[derive(Clone)]
 pub struct DrivenMirror {
@@ -53,9 +63,11 @@ struct Shared {
 }
 
 struct Inner {
-    session: ClientSession<Reply>,
+    session: ClientSession<Pending>,
     schema: Arc<Schema>,
     waiters: WaiterSet,
+    /// Remote waits (`when_args`) by waiter: their ids in the session.
+    remote_waits: HashMap<u64, u64>,
     observers: Observers,
     last_error: Option<String>,
     reconnects: u64,
@@ -68,7 +80,14 @@ struct Inner {
 struct Effects {
     notices: Vec<Notice>,
     ancestry: Vec<(Vec<String>, crate::machine::observers::ObserverSnapshot)>,
-    answers: Vec<(Reply, Result<crate::machine::Outcome, MutationError>)>,
+    answers: Vec<(
+        Reply<Result<Outcome, MutationError>>,
+        Result<Outcome, MutationError>,
+    )>,
+    errs: Vec<(
+        Reply<Result<Option<String>, MutationError>>,
+        Result<Option<String>, MutationError>,
+    )>,
     events: Vec<MirrorEvent>,
 }
 
@@ -90,8 +109,22 @@ impl std::fmt::Debug for DrivenMirror {
 }
 
 impl WaiterHost for Shared {
+    /// A waiter was dropped before it ended; a remote one is withdrawn at the source too.
     fn cancel_waiter(&self, id: u64) {
-        self.lock().waiters.remove(id);
+        let withdrawn = {
+            let mut inner = self.lock();
+            inner.waiters.remove(id);
+            match inner.remote_waits.remove(&id) {
+                Some(wait) => {
+                    inner.session.cancel_wait(wait);
+                    true
+                }
+                None => false,
+            }
+        };
+        if withdrawn {
+            (self.outbound)();
+        }
     }
 }
 
@@ -120,6 +153,7 @@ impl DrivenMirror {
                 inner: Mutex::new(Inner {
                     waiters: WaiterSet::new(clock_schema.len()),
                     session: ClientSession::new(config, schema),
+                    remote_waits: HashMap::new(),
                     schema: clock_schema,
                     observers: Observers::default(),
                     last_error: None,
@@ -186,7 +220,7 @@ impl DrivenMirror {
         events
     }
 
-    fn input(&self, f: impl FnOnce(&mut ClientSession<Reply>)) -> Vec<MirrorEvent> {
+    fn input(&self, f: impl FnOnce(&mut ClientSession<Pending>)) -> Vec<MirrorEvent> {
         let mut effects = Effects::default();
         {
             let mut inner = self.shared.lock();
@@ -220,9 +254,14 @@ impl Inner {
                     ..
                 } => {
                     if schema_changed && let Some(schema) = self.session.schema() {
-                        // Positions mean other states now: waits on the old ones end.
+                        if schema.extends(&self.schema) {
+                            // Enlarged: every position keeps its state, every waiter stays.
+                            self.waiters.grow(schema.len());
+                        } else {
+                            // Positions mean other states now: waits on the old ones end.
+                            self.waiters.reset(schema.len());
+                        }
                         self.schema = schema.clone();
-                        self.waiters.reset(schema.len());
                     }
                     let ticks = self.session.ticks();
                     self.waiters.clock_changed(ticks, changed.iter().copied());
@@ -239,9 +278,25 @@ impl Inner {
                     }
                     self.told_queue_tick = queue_tick;
                 }
-                ClientEvent::Answered { pending, result } => {
-                    effects.answers.push((pending, result))
+                ClientEvent::Answered {
+                    pending: Pending::Answer(answer),
+                    result,
+                } => effects.answers.push((answer, result)),
+                ClientEvent::ErrAnswered {
+                    pending: Pending::Err(answer),
+                    result,
+                } => effects.errs.push((answer, result)),
+                ClientEvent::WaitEnded {
+                    pending: Pending::Wait(waiter),
+                    result,
+                } => {
+                    self.remote_waits.remove(&waiter);
+                    self.waiters.finish(waiter, result);
                 }
+                // The session hands each kind of request back as the event of its kind.
+                ClientEvent::Answered { .. }
+                | ClientEvent::ErrAnswered { .. }
+                | ClientEvent::WaitEnded { .. } => {}
                 ClientEvent::Payload(payload) => effects.events.push(MirrorEvent::Payload(payload)),
                 ClientEvent::Ancestry(upstream) => {
                     let mine = std::iter::once(id.to_owned()).chain(upstream).collect();
@@ -273,6 +328,9 @@ impl Effects {
             observers.ancestry_changed(ancestry);
         }
         for (reply, result) in self.answers {
+            reply.send(result);
+        }
+        for (reply, result) in self.errs {
             reply.send(result);
         }
         self.events
@@ -316,13 +374,51 @@ impl StateSource for DrivenMirror {
         )
     }
 
+    /// Asked of the source, which waits (through every hop up to the root) and answers;
+    /// dropping the future withdraws the wait up there too.
+    fn when_args(&self, state: &str, args: Args) -> When {
+        let host = Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>;
+        let when = {
+            let mut inner = self.shared.lock();
+            let inner = &mut *inner;
+            let Some(idx) = inner.schema.index(state) else {
+                return When::failed(WaitError::UnknownState(state.to_owned()));
+            };
+            let registration = inner.waiters.register_remote();
+            if let Registration::Pending(waiter, _) = &registration {
+                match inner.session.when_args(idx, args, Pending::Wait(*waiter)) {
+                    Ok(wait) => {
+                        inner.remote_waits.insert(*waiter, wait);
+                    }
+                    Err(e) => inner.waiters.finish(*waiter, Err(e)),
+                }
+            }
+            make_when(host, registration)
+        };
+        (self.shared.outbound)();
+        when
+    }
+
+    /// Asked of the source; fails with `Disconnected` while the mirror is not connected.
+    fn err(&self) -> ErrFuture {
+        let reply = Reply::default();
+        let asked = self.shared.lock().session.err(Pending::Err(reply.clone()));
+        match asked {
+            Ok(()) => {
+                (self.shared.outbound)();
+                Box::pin(reply.wait())
+            }
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
         let reply = Reply::default();
         let queued = self
             .shared
             .lock()
             .session
-            .mutate(mutation, Some(reply.clone()));
+            .mutate(mutation, Some(Pending::Answer(reply.clone())));
         match queued {
             Ok(()) => {
                 (self.shared.outbound)();

@@ -1,29 +1,40 @@
-//! A one-shot slot for a mutation's answer, and the future that waits on it: what a
-//! [`DrivenMirror`](super::DrivenMirror)'s session holds per request, without a runtime's
-//! channel.
+//! A one-shot slot for a request's answer (a mutation's outcome, the source's last error), and
+//! the future that waits on it: what a [`DrivenMirror`](super::DrivenMirror)'s session holds
+//! per request, without a runtime's channel.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use crate::machine::{MutationError, Outcome};
-
-type Answer = Result<Outcome, MutationError>;
-
-#[derive(Debug, Default)]
-struct Slot {
-    answer: Option<Answer>,
+#[derive(Debug)]
+struct Slot<T> {
+    answer: Option<T>,
     waker: Option<Waker>,
 }
 
 /// Where the session's answer to one request goes.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Reply(Arc<Mutex<Slot>>);
+#[derive(Debug)]
+pub(crate) struct Reply<T>(Arc<Mutex<Slot<T>>>);
 
-impl Reply {
+impl<T> Clone for Reply<T> {
+    fn clone(&self) -> Self {
+        Reply(self.0.clone())
+    }
+}
+
+impl<T> Default for Reply<T> {
+    fn default() -> Self {
+        Reply(Arc::new(Mutex::new(Slot {
+            answer: None,
+            waker: None,
+        })))
+    }
+}
+
+impl<T> Reply<T> {
     /// Leaves the answer and wakes the caller (if it still waits).
-    pub fn send(&self, answer: Answer) {
+    pub fn send(&self, answer: T) {
         let waker = {
             let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             slot.answer = Some(answer);
@@ -35,19 +46,19 @@ impl Reply {
     }
 
     /// The future that resolves with the answer.
-    pub fn wait(&self) -> ReplyFuture {
+    pub fn wait(&self) -> ReplyFuture<T> {
         ReplyFuture(self.clone())
     }
 }
 
 /// Resolves with a request's answer.
 #[derive(Debug)]
-pub(crate) struct ReplyFuture(Reply);
+pub(crate) struct ReplyFuture<T>(Reply<T>);
 
-impl Future for ReplyFuture {
-    type Output = Answer;
+impl<T> Future for ReplyFuture<T> {
+    type Output = T;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let mut slot = (self.0).0.lock().unwrap_or_else(PoisonError::into_inner);
         match slot.answer.take() {
             Some(answer) => Poll::Ready(answer),

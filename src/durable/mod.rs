@@ -46,8 +46,8 @@ use tokio::task::JoinHandle;
 
 use crate::machine::observers::Observers;
 use crate::machine::{
-    ClockChange, Condition, ExportedState, ImportError, Machine, Mutation, MutationError,
-    MutationFuture, Observer, ObserverId, Schema, StateSource, When,
+    Args, ClockChange, Condition, ErrFuture, ExportedState, ImportError, Machine, Mutation,
+    MutationError, MutationFuture, Observer, ObserverId, Schema, StateSource, When,
 };
 
 use progress::{Change, Progress, Status, Verdict};
@@ -383,6 +383,14 @@ impl StateSource for DurableMachine {
 
     fn tags(&self) -> Vec<String> {
         self.machine.tags()
+    }
+
+    fn when_args(&self, state: &str, args: Args) -> When {
+        self.machine.when_args(state, args)
+    }
+
+    fn err(&self) -> ErrFuture {
+        self.machine.err()
     }
 
     /// Runs the mutation, then resolves once a save includes it (see the module docs).

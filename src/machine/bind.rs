@@ -178,23 +178,29 @@ impl Handlers {
 #[derive(Clone)]
 pub(crate) struct Bound<F> {
     pub binding: u64,
+    /// The target state of a from-to handler (`usize::MAX` for the others).
+    pub to: usize,
     pub f: F,
 }
+
+type NegotiationList = Vec<Bound<NegotiationFn>>;
+type FinalList = Vec<Bound<FinalFn>>;
 
 /// Everything bound to one machine.
 #[derive(Clone, Default)]
 pub(crate) struct HandlerTable {
-    enter: Vec<Vec<Bound<NegotiationFn>>>,
-    exit: Vec<Vec<Bound<NegotiationFn>>>,
-    self_enter: Vec<Vec<Bound<NegotiationFn>>>,
-    /// By the `from` state: the `to` state and the handler.
-    from_to: Vec<Vec<(usize, Bound<NegotiationFn>)>>,
-    state: Vec<Vec<Bound<FinalFn>>>,
-    end: Vec<Vec<Bound<FinalFn>>>,
-    any_enter: Vec<Bound<NegotiationFn>>,
-    any_state: Vec<Bound<FinalFn>>,
+    enter: Vec<NegotiationList>,
+    exit: Vec<NegotiationList>,
+    self_enter: Vec<NegotiationList>,
+    /// By the `from` state; each knows its `to` state.
+    from_to: Vec<NegotiationList>,
+    state: Vec<FinalList>,
+    end: Vec<FinalList>,
+    any_enter: NegotiationList,
+    any_state: FinalList,
     /// Handlers that run even when a transition changes no tick (self, from-to, any).
     unchanged: usize,
+    self_count: usize,
     from_to_count: usize,
     tracers: Vec<(u64, Arc<dyn Tracer>)>,
 }
@@ -208,10 +214,14 @@ impl HandlerTable {
 
     /// Room for the states of a schema enlarged at its end.
     pub fn grow(&mut self, states: usize) {
-        self.enter.resize(states, Vec::new());
-        self.exit.resize(states, Vec::new());
-        self.self_enter.resize(states, Vec::new());
-        self.from_to.resize(states, Vec::new());
+        for lists in [
+            &mut self.enter,
+            &mut self.exit,
+            &mut self.self_enter,
+            &mut self.from_to,
+        ] {
+            lists.resize(states, Vec::new());
+        }
         self.state.resize(states, Vec::new());
         self.end.resize(states, Vec::new());
     }
@@ -238,26 +248,22 @@ impl HandlerTable {
                 Pending::Negotiation { state, to, .. } => (index(state)?, index(to)?),
                 Pending::Final { state, .. } => (index(state)?, None),
             };
-            resolved.push((pending, state, to));
+            resolved.push((pending, state, to.unwrap_or(usize::MAX)));
         }
         for (pending, state, to) in resolved {
-            match (pending, state) {
-                (Pending::Negotiation { kind, f, .. }, state) => {
-                    let bound = Bound { binding, f };
+            match pending {
+                Pending::Negotiation { kind, f, .. } => {
+                    let bound = Bound { binding, to, f };
                     match (kind, state) {
                         (HandlerKind::Enter, Some(s)) => self.enter[s].push(bound),
                         (HandlerKind::Exit, Some(s)) => self.exit[s].push(bound),
                         (HandlerKind::SelfEnter, Some(s)) => self.self_enter[s].push(bound),
-                        (HandlerKind::FromTo, Some(s)) => {
-                            // Built only by `Handlers::on_from_to`, which names both.
-                            let to = to.unwrap_or(s);
-                            self.from_to[s].push((to, bound))
-                        }
+                        (HandlerKind::FromTo, Some(s)) => self.from_to[s].push(bound),
                         _ => self.any_enter.push(bound),
                     }
                 }
-                (Pending::Final { kind, f, .. }, state) => {
-                    let bound = Bound { binding, f };
+                Pending::Final { kind, f, .. } => {
+                    let bound = Bound { binding, to, f };
                     match (kind, state) {
                         (HandlerKind::State, Some(s)) => self.state[s].push(bound),
                         (HandlerKind::End, Some(s)) => self.end[s].push(bound),
@@ -273,16 +279,10 @@ impl HandlerTable {
     /// Unbinds a set; whether it was bound.
     pub fn unbind(&mut self, binding: u64) -> bool {
         let before = self.len();
-        let lists = self
-            .enter
-            .iter_mut()
-            .chain(&mut self.exit)
-            .chain(&mut self.self_enter);
+        let lists = self.enter.iter_mut().chain(&mut self.exit);
+        let lists = lists.chain(&mut self.self_enter).chain(&mut self.from_to);
         for list in lists.chain(std::iter::once(&mut self.any_enter)) {
             list.retain(|b| b.binding != binding);
-        }
-        for list in &mut self.from_to {
-            list.retain(|(_, b)| b.binding != binding);
         }
         let finals = self.state.iter_mut().chain(&mut self.end);
         for list in finals.chain(std::iter::once(&mut self.any_state)) {
@@ -294,10 +294,9 @@ impl HandlerTable {
 
     fn recount(&mut self) {
         self.from_to_count = self.from_to.iter().map(Vec::len).sum();
-        self.unchanged = self.self_enter.iter().map(Vec::len).sum::<usize>()
-            + self.from_to_count
-            + self.any_enter.len()
-            + self.any_state.len();
+        self.self_count = self.self_enter.iter().map(Vec::len).sum();
+        self.unchanged =
+            self.self_count + self.from_to_count + self.any_enter.len() + self.any_state.len();
     }
 
     /// Whether some handler runs on a transition that changes no tick.
@@ -309,32 +308,33 @@ impl HandlerTable {
         self.from_to_count > 0
     }
 
+    pub fn has_self(&self) -> bool {
+        self.self_count > 0
+    }
+
+    /// Whether `from` has any from-to handler.
+    pub fn has_from(&self, from: usize) -> bool {
+        !self.from_to[from].is_empty()
+    }
+
+    /// The negotiation handlers of a step: of `state` (the `from` state of a from-to handler,
+    /// whose target is `to`), or of any state.
     pub fn negotiation(
         &self,
         kind: HandlerKind,
         state: Option<usize>,
+        to: Option<usize>,
     ) -> impl Iterator<Item = &NegotiationFn> {
         let list: &[Bound<NegotiationFn>] = match (kind, state) {
             (HandlerKind::Enter, Some(s)) => &self.enter[s],
             (HandlerKind::Exit, Some(s)) => &self.exit[s],
             (HandlerKind::SelfEnter, Some(s)) => &self.self_enter[s],
+            (HandlerKind::FromTo, Some(s)) => &self.from_to[s],
             (HandlerKind::AnyEnter, None) => &self.any_enter,
             _ => &[],
         };
-        list.iter().map(|b| &b.f)
-    }
-
-    /// The `from_to` handlers of the pair `from` to `to`.
-    pub fn pair(&self, from: usize, to: usize) -> impl Iterator<Item = &NegotiationFn> {
-        self.from_to[from]
-            .iter()
-            .filter(move |(t, _)| *t == to)
-            .map(|(_, b)| &b.f)
-    }
-
-    /// Whether `from` has any `from_to` handler.
-    pub fn has_from(&self, from: usize) -> bool {
-        !self.from_to[from].is_empty()
+        let to = to.unwrap_or(usize::MAX);
+        list.iter().filter(move |b| b.to == to).map(|b| &b.f)
     }
 
     pub fn finals(
@@ -353,13 +353,14 @@ impl HandlerTable {
 
     /// Handlers bound, of every kind.
     pub fn len(&self) -> usize {
-        let per_state = |v: &Vec<Vec<Bound<NegotiationFn>>>| v.iter().map(Vec::len).sum::<usize>();
-        per_state(&self.enter)
-            + per_state(&self.exit)
-            + per_state(&self.self_enter)
-            + self.from_to.iter().map(Vec::len).sum::<usize>()
-            + self.state.iter().map(Vec::len).sum::<usize>()
-            + self.end.iter().map(Vec::len).sum::<usize>()
+        let count = |lists: &Vec<NegotiationList>| lists.iter().map(Vec::len).sum::<usize>();
+        let finals = |lists: &Vec<FinalList>| lists.iter().map(Vec::len).sum::<usize>();
+        count(&self.enter)
+            + count(&self.exit)
+            + count(&self.self_enter)
+            + count(&self.from_to)
+            + finals(&self.state)
+            + finals(&self.end)
             + self.any_enter.len()
             + self.any_state.len()
     }

@@ -42,8 +42,8 @@ pub use log::{LogArgs, LogLevel, Logger};
 pub use resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 pub use schema::{EXCEPTION, Relation, Schema, SchemaBuilder, SchemaDef, SchemaError, StateDef};
 pub use source::{
-    ClockChange, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
-    StateSource, Transition, UpstreamInfo,
+    ClockChange, ERROR_ARG, ErrFuture, Mutation, MutationError, MutationFuture, Observer,
+    ObserverId, Outcome, StateSource, Transition, UpstreamInfo,
 };
 pub use tracer::{Step, StepKind, Tracer, TransitionTrace};
 pub use value::{Args, Value};

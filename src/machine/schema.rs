@@ -19,7 +19,9 @@
 //! definition: they are not in [`SchemaDef`], not in the hash and not on the wire, so a mirror's
 //! schema has none of its source's groups.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -173,7 +175,9 @@ pub(crate) struct Resolved {
 #[serde(try_from = "SchemaDef", into = "SchemaDef")]
 pub struct Schema {
     def: SchemaDef,
-    index: HashMap<String, usize>,
+    /// Names to positions. Fx hashing: a lookup per named mutation is on the hot path, and
+    /// a schema is bounded ([`MAX_STATES`]) and hashed once, when it is built.
+    index: FxHashMap<String, usize>,
     resolved: Vec<Resolved>,
     /// Each state's place in the depth-first post-order of the `require` graph (required
     /// states first); `None` for states outside it, and for all when `require` has a cycle.
@@ -199,7 +203,7 @@ impl Schema {
         if def.states.len() > MAX_STATES {
             return Err(SchemaError::TooManyStates(def.states.len()));
         }
-        let mut index = HashMap::with_capacity(def.states.len());
+        let mut index = FxHashMap::with_capacity_and_hasher(def.states.len(), Default::default());
         for (i, state) in def.states.iter().enumerate() {
             if state.name.is_empty() {
                 return Err(SchemaError::EmptyName);
@@ -286,6 +290,14 @@ impl Schema {
 
     pub fn def(&self) -> &SchemaDef {
         &self.def
+    }
+
+    /// Whether this schema keeps every state of `old` at its position: `old`'s names come
+    /// first here, in the same order (what [`Machine::set_schema`](super::Machine::set_schema)
+    /// allows, and what a clock, a waiter or a grant of positions of `old` stays valid under).
+    /// Equal schemas extend each other.
+    pub fn extends(&self, old: &Schema) -> bool {
+        old.len() <= self.len() && old.names().zip(self.names()).all(|(a, b)| a == b)
     }
 
     /// A stable 64-bit hash of the definition (FNV-1a over a canonical encoding, see
@@ -589,6 +601,24 @@ mod tests {
     fn names(schema: &Schema, mut idx: Vec<usize>) -> Vec<&str> {
         schema.sort_states(&mut idx);
         idx.into_iter().map(|i| schema.name(i)).collect()
+    }
+
+    #[test]
+    fn a_schema_extends_the_ones_whose_states_it_starts_with() {
+        let build = |names: &[&str]| {
+            let mut builder = Schema::builder();
+            for name in names {
+                builder = builder.state(StateDef::new(*name));
+            }
+            builder.build().expect("valid")
+        };
+        let old = build(&["A", "B", EXCEPTION]);
+        assert!(old.extends(&old));
+        assert!(build(&["A", "B", EXCEPTION, "C"]).extends(&old));
+        // Built without it, Exception comes last: B's successor moved.
+        assert!(!build(&["A", "B", "C"]).extends(&old));
+        assert!(!build(&["B", "A", EXCEPTION, "C"]).extends(&old));
+        assert!(!build(&["A", EXCEPTION]).extends(&old));
     }
 
     #[test]

@@ -9,13 +9,19 @@
 //! `count_active`, `summary`, `inspect`, ...) are provided methods answered from the source's own
 //! schema and clock: local on a mirror too, as in Go's aRPC. `toggle` is a mutation and goes to
 //! the source.
+//!
+//! Three parts of the Api only the machine that runs the transitions can answer, so a mirror
+//! asks its source for them, through every hop of a tree: [`StateSource::when_args`] (Go's
+//! `WhenArgs`: activations carry arguments, clocks do not), [`StateSource::err`] (Go's
+//! `Err()`), and the mutations [`StateSource::add_err`] and [`StateSource::add_err_state`]
+//! (Go's `AddErr`, `AddErrState`), built here once on [`StateSource::mutate`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use super::resolve::{MutationKind, is_active};
-use super::schema::Schema;
+use super::schema::{EXCEPTION, Schema};
 use super::value::Args;
 use super::waiters::{Condition, StateCtx, WaitError, When};
 
@@ -135,6 +141,35 @@ pub struct ObserverId(pub(crate) u64);
 pub type MutationFuture =
     Pin<Box<dyn Future<Output = Result<Outcome, MutationError>> + Send + 'static>>;
 
+/// What [`StateSource::err`] returns: the source's last error (`None` when it has had none),
+/// or why it could not be asked (a mirror's source out of reach, a refusal on the way).
+pub type ErrFuture =
+    Pin<Box<dyn Future<Output = Result<Option<String>, MutationError>> + Send + 'static>>;
+
+/// The argument that carries the error of an `Exception` activation, as a failing handler and
+/// [`StateSource::add_err`] give it.
+pub const ERROR_ARG: &str = "error";
+
+/// The mutation of Go's `AddErrState`: activates `state` and `Exception` (only `Exception` when
+/// `state` is `Exception`), with `message` as the [`ERROR_ARG`] argument merged into `args`.
+pub(crate) fn err_mutation(
+    schema: &Schema,
+    state: &str,
+    message: String,
+    mut args: Args,
+) -> Result<Mutation, MutationError> {
+    let states: &[&str] = if state == EXCEPTION {
+        &[EXCEPTION]
+    } else {
+        &[state, EXCEPTION]
+    };
+    let idx = schema
+        .indices(states)
+        .map_err(|name| MutationError::UnknownState(name.to_owned()))?;
+    args.insert(ERROR_ARG, message);
+    Ok(Mutation::new(MutationKind::Add, idx, args))
+}
+
 /// Reads, waits, mutations and observation of a state machine, local or remote.
 pub trait StateSource: Send + Sync {
     /// The machine's id, unique within its tree.
@@ -153,6 +188,19 @@ pub trait StateSource: Send + Sync {
 
     /// A future that resolves when `condition` holds.
     fn wait(&self, condition: Condition) -> When;
+
+    /// Resolves when `state` is activated (or, for a multi state, activated again) by a
+    /// mutation whose arguments include all of `args`, compared by value (Go's `WhenArgs`).
+    /// Meant for multi states, to pick out one call among many. Only the machine that runs
+    /// the transition sees its arguments: a mirror asks its source, which waits (through
+    /// every hop up to the root) and answers; dropping the future, or a cancellation bound
+    /// with [`When::until`], withdraws the wait up there too.
+    fn when_args(&self, state: &str, args: Args) -> When;
+
+    /// The last error of the machine (Go's `Err()`): of a failed handler or an
+    /// [`add_err`](Self::add_err), kept after `Exception` is removed, until the next one.
+    /// A mirror asks its source, through every hop up to the root.
+    fn err(&self) -> ErrFuture;
 
     /// A context canceled when the state at `idx` changes its tick. As in asyncmachine, that
     /// holds for an inactive state too: its context lives until the state is activated.
@@ -459,6 +507,28 @@ pub trait StateSource: Send + Sync {
             self.remove(states, args)
         } else {
             self.add(states, args)
+        }
+    }
+
+    /// Activates `Exception` with the error as its [`ERROR_ARG`] argument, merged into `args`
+    /// (Go's `AddErr`): what a failing handler does. It becomes the machine's last error
+    /// ([`err`](Self::err)). On a mirror it goes to the source like any mutation.
+    fn add_err(&self, error: &dyn std::fmt::Display, args: Args) -> MutationFuture {
+        self.add_err_state(EXCEPTION, error, args)
+    }
+
+    /// Activates an error state together with `Exception` (Go's `AddErrState`), the error as
+    /// the [`ERROR_ARG`] argument: `state` is typically one that requires `Exception`, such
+    /// as a network-error state, so that handlers can tell kinds of failure apart.
+    fn add_err_state(
+        &self,
+        state: &str,
+        error: &dyn std::fmt::Display,
+        args: Args,
+    ) -> MutationFuture {
+        match err_mutation(&self.schema(), state, error.to_string(), args) {
+            Ok(mutation) => self.mutate(mutation),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
 

@@ -26,6 +26,11 @@ pub enum WaitError {
     /// The cancellation the wait was bound to (see [`When::until`]) fired first.
     #[error("the wait was canceled before its condition held")]
     Canceled,
+    /// The source (or a node on the way to it) refused a wait it answers itself, such as a
+    /// mirror's `when_args`: the state is not one this client may see, or too many of its
+    /// waits are pending there.
+    #[error("the source refused the wait: {0}")]
+    Refused(String),
 }
 
 /// What a waiter waits for, by state position.
@@ -68,12 +73,16 @@ impl Condition {
 const PENDING: u8 = 0;
 const FIRED: u8 = 1;
 const CLOSED: u8 = 2;
+/// Ended with the error in the signal's `error`.
+const FAILED: u8 = 3;
 
 /// A one-shot signal shared by a waiter's entry and its future(s).
 #[derive(Debug)]
 pub(crate) struct Signal {
     state: AtomicU8,
     wakers: Mutex<Vec<Waker>>,
+    /// Why a remote wait failed, set before the state becomes [`FAILED`].
+    error: Mutex<Option<WaitError>>,
 }
 
 impl Signal {
@@ -81,7 +90,30 @@ impl Signal {
         Arc::new(Signal {
             state: AtomicU8::new(state),
             wakers: Mutex::new(Vec::new()),
+            error: Mutex::new(None),
         })
+    }
+
+    /// Ends the wait with `error` (unless it ended already).
+    fn fail(&self, error: WaitError) {
+        if self.state() == PENDING {
+            *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+            self.fire(FAILED);
+        }
+    }
+
+    /// What a waiter's future answers for an ended state.
+    fn outcome(&self, state: u8) -> Result<(), WaitError> {
+        match state {
+            FIRED => Ok(()),
+            FAILED => Err(self
+                .error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or(WaitError::Disposed)),
+            _ => Err(WaitError::Disposed),
+        }
     }
 
     fn fire(&self, state: u8) {
@@ -137,6 +169,9 @@ enum Watch {
     QueueTick(u64),
     /// The queue runs empty.
     QueueEnds,
+    /// Answered by someone else (a mirror's source, for `when_args`) through
+    /// [`WaiterSet::finish`].
+    Remote,
 }
 
 #[derive(Debug)]
@@ -236,6 +271,26 @@ impl WaiterSet {
         self.insert(Watch::QueueEnds, &[])
     }
 
+    /// Registers a wait that only [`WaiterSet::finish`] ends (or the set's closing): a
+    /// mirror's wait that its source answers. Indexed under no state.
+    pub fn register_remote(&mut self) -> Registration {
+        if self.closed {
+            return Registration::Done(CLOSED);
+        }
+        self.insert(Watch::Remote, &[])
+    }
+
+    /// Ends a wait registered with [`WaiterSet::register_remote`] with its answer; nothing
+    /// when it is gone (dropped, or ended by the set's closing).
+    pub fn finish(&mut self, id: u64, result: Result<(), WaitError>) {
+        if let Some(entry) = self.entries.remove(&id) {
+            match result {
+                Ok(()) => entry.signal.fire(FIRED),
+                Err(error) => entry.signal.fail(error),
+            }
+        }
+    }
+
     fn insert(&mut self, watch: Watch, states: &[usize]) -> Registration {
         let id = self.next_id;
         self.next_id += 1;
@@ -249,6 +304,7 @@ impl WaiterSet {
         };
         match watch {
             Watch::QueueTick(_) | Watch::QueueEnds => index(&mut self.queue),
+            Watch::Remote => {}
             _ => states.iter().for_each(|&s| index(&mut self.by_state[s])),
         }
         let signal = Signal::new(PENDING);
@@ -336,13 +392,17 @@ impl WaiterSet {
 
     /// For a clock whose schema changed (a mirror's): ends every waiter on states with
     /// [`WaitError::Disposed`], as their positions mean other states now, and keeps the waits
-    /// that do not depend on the schema (for the disposal, the queue), sized for `states`.
-    /// [`WaiterSet::close`] would also answer the waits for the disposal, wrongly.
+    /// that do not depend on the schema (for the disposal, the queue) and the remote ones
+    /// (whoever answers them decides), sized for `states`. [`WaiterSet::close`] would also
+    /// answer the waits for the disposal, wrongly.
     pub fn reset(&mut self, states: usize) {
         self.entries.retain(|_, entry| {
             let keep = matches!(
                 entry.watch,
-                Watch::Clock(Condition::Disposed) | Watch::QueueTick(_) | Watch::QueueEnds
+                Watch::Clock(Condition::Disposed)
+                    | Watch::QueueTick(_)
+                    | Watch::QueueEnds
+                    | Watch::Remote
             );
             if !keep {
                 entry.signal.fire(CLOSED);
@@ -495,11 +555,7 @@ impl Future for When {
             Poll::Pending => Poll::Pending,
             Poll::Ready(state) => {
                 self.registration = None;
-                Poll::Ready(if state == FIRED {
-                    Ok(())
-                } else {
-                    Err(WaitError::Disposed)
-                })
+                Poll::Ready(self.signal.outcome(state))
             }
         }
     }
@@ -747,6 +803,41 @@ mod tests {
         assert_eq!(set.len(), 1);
         set.close();
         assert_eq!(poll_once(&mut disposed), Poll::Ready(Ok(())));
+    }
+
+    #[test]
+    fn a_remote_wait_ends_only_with_its_answer() {
+        let mut set = WaiterSet::new(1);
+        let host: Weak<dyn WaiterHost> = Weak::<NoHost>::new();
+        let registration = set.register_remote();
+        let Registration::Pending(refused, _) = &registration else {
+            panic!("must wait");
+        };
+        let refused = *refused;
+        let mut when = make_when(host.clone(), registration);
+        set.clock_changed(&[1], [0]);
+        set.activated([0], &Args::new());
+        set.reset(2);
+        assert!(poll_once(&mut when).is_pending(), "only its answer ends it");
+        set.finish(refused, Err(WaitError::Refused("not seen".into())));
+        assert_eq!(
+            poll_once(&mut when),
+            Poll::Ready(Err(WaitError::Refused("not seen".into())))
+        );
+        let registration = set.register_remote();
+        let Registration::Pending(done, _) = &registration else {
+            panic!("must wait");
+        };
+        let done = *done;
+        let mut when = make_when(host, registration);
+        set.finish(done, Ok(()));
+        set.finish(done, Err(WaitError::Disposed));
+        assert_eq!(
+            poll_once(&mut when),
+            Poll::Ready(Ok(())),
+            "the first answer wins"
+        );
+        assert_eq!(set.len(), 0);
     }
 
     #[test]

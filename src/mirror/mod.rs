@@ -2,6 +2,8 @@
 //!
 //! Reads and waits are answered from the local clock; mutations go upstream and their replies
 //! carry the diff that brings the clock up to date before the mutation's future resolves.
+//! What only the source can answer, waits on arguments (`when_args`) and the last error
+//! (`err`), is asked of it, and a source that is itself a mirror asks on up the tree.
 //! The protocol is the session's ([`ClientSession`]); this module is its owner's side:
 //!
 //! - [`config`](MirrorConfig): configuration, connection states, errors, counters;
@@ -21,17 +23,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::time::timeout;
 
-use crate::machine::waiters::{WaiterHost, make_when};
+use crate::machine::waiters::{Registration, WaiterHost, make_when};
 use crate::machine::{
-    Condition, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome, Schema,
-    SchemaDef, StateSource, UpstreamInfo, When,
+    Args, Condition, ErrFuture, Mutation, MutationError, MutationFuture, Observer, ObserverId,
+    Schema, SchemaDef, StateSource, UpstreamInfo, WaitError, When,
 };
 use crate::proto::message::Payload;
 use crate::proto::session::{ClientSession, Phase};
 use crate::transport::Endpoint;
 
 pub use config::{ConnState, MirrorConfig, MirrorError, MirrorStats};
-use replica::{Effects, Replica};
+use replica::{Effects, Pending, Replica};
 
 /// How many bytes of mutations without replies may wait to be sent before `mutate_no_reply`
 /// waits for the connection to take them.
@@ -61,8 +63,22 @@ struct Shared {
 }
 
 impl WaiterHost for Shared {
+    /// A waiter was dropped before it ended; a remote one is withdrawn at the source too.
     fn cancel_waiter(&self, id: u64) {
-        self.replica().waiters.remove(id);
+        let withdrawn = {
+            let mut replica = self.replica();
+            replica.waiters.remove(id);
+            match replica.remote_waits.remove(&id) {
+                Some(wait) => {
+                    replica.session.cancel_wait(wait);
+                    true
+                }
+                None => false,
+            }
+        };
+        if withdrawn {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -166,7 +182,7 @@ impl Mirror {
     /// Asks the source for its whole clock and waits until it is applied.
     pub async fn sync(&self) -> Result<(), MutationError> {
         let (tx, rx) = oneshot::channel();
-        self.shared.replica().session.sync(tx)?;
+        self.shared.replica().session.sync(Pending::Answer(tx))?;
         self.shared.wake.notify_one();
         self.shared.await_reply(rx).await.map(drop)
     }
@@ -225,10 +241,10 @@ impl Shared {
 
     /// Waits for the answer; on a timeout the id stays taken until the answer comes or the
     /// connection ends (see [`crate::proto::session::Requests`]).
-    async fn await_reply(
+    async fn await_reply<T>(
         &self,
-        rx: oneshot::Receiver<Result<Outcome, MutationError>>,
-    ) -> Result<Outcome, MutationError> {
+        rx: oneshot::Receiver<Result<T, MutationError>>,
+    ) -> Result<T, MutationError> {
         let limit = self.config.mutation_timeout;
         match timeout(limit, rx).await {
             Ok(Ok(result)) => result,
@@ -289,7 +305,49 @@ impl StateSource for Mirror {
         let shared = self.shared.clone();
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            shared.replica().session.mutate(mutation, Some(tx))?;
+            shared
+                .replica()
+                .session
+                .mutate(mutation, Some(Pending::Answer(tx)))?;
+            shared.wake.notify_one();
+            shared.await_reply(rx).await
+        })
+    }
+
+    /// Asked of the source: only the machine that runs a transition sees its arguments. The
+    /// wait outlives a reconnect (it is sent again on the new connection; an activation while
+    /// the link was down is missed) and ends with `Disposed` when the mirror closes or the
+    /// source's schema changes other than by growing.
+    fn when_args(&self, state: &str, args: Args) -> When {
+        let host: Weak<dyn WaiterHost> = Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>;
+        let when = {
+            let mut replica = self.shared.replica();
+            let replica = &mut *replica;
+            let Some(idx) = replica.schema.index(state) else {
+                return When::failed(WaitError::UnknownState(state.to_owned()));
+            };
+            let registration = replica.waiters.register_remote();
+            if let Registration::Pending(waiter, _) = &registration {
+                match replica.session.when_args(idx, args, Pending::Wait(*waiter)) {
+                    Ok(wait) => {
+                        replica.remote_waits.insert(*waiter, wait);
+                    }
+                    Err(e) => replica.waiters.finish(*waiter, Err(e)),
+                }
+            }
+            make_when(host, registration)
+        };
+        self.shared.wake.notify_one();
+        when
+    }
+
+    /// Asked of the source, as a request bounded by the mutation timeout; fails with
+    /// `Disconnected` while the mirror is not connected.
+    fn err(&self) -> ErrFuture {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            shared.replica().session.err(Pending::Err(tx))?;
             shared.wake.notify_one();
             shared.await_reply(rx).await
         })

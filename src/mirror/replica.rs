@@ -4,6 +4,7 @@
 //! Everything here runs under the mirror's lock except telling observers and answering
 //! callers, which [`Effects`] does after the lock is released.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -17,8 +18,20 @@ use crate::proto::session::{ClientEvent, ClientSession, HandshakeError};
 
 use super::config::MirrorStats;
 
-/// A caller waiting for the source's answer.
-pub(super) type Pending = oneshot::Sender<Result<Outcome, MutationError>>;
+/// A caller of a mutation or a sync, waiting for the source's answer.
+pub(super) type Answer = oneshot::Sender<Result<Outcome, MutationError>>;
+
+/// A caller of `err`, waiting for the source's last error.
+pub(super) type ErrAnswer = oneshot::Sender<Result<Option<String>, MutationError>>;
+
+/// Who waits for what the session hands back.
+#[derive(Debug)]
+pub(super) enum Pending {
+    Answer(Answer),
+    Err(ErrAnswer),
+    /// A remote wait: its waiter in the replica's waiter set.
+    Wait(u64),
+}
 
 /// The mirror's state behind its lock.
 pub(super) struct Replica {
@@ -26,6 +39,8 @@ pub(super) struct Replica {
     /// The clock's schema; the session's once a welcome came.
     pub schema: Arc<Schema>,
     pub waiters: WaiterSet,
+    /// Remote waits: the waiter's id in `waiters` to the wait's id in the session.
+    pub remote_waits: HashMap<u64, u64>,
     pub observers: Observers,
     /// Why the last connection attempt failed (cleared on success).
     pub last_error: Option<String>,
@@ -37,7 +52,8 @@ pub(super) struct Replica {
 #[derive(Default)]
 pub(super) struct Effects {
     notices: Vec<Notice>,
-    answers: Vec<(Pending, Result<Outcome, MutationError>)>,
+    answers: Vec<(Answer, Result<Outcome, MutationError>)>,
+    errs: Vec<(ErrAnswer, Result<Option<String>, MutationError>)>,
     payloads: Vec<Payload>,
     /// The mirror's new ancestry (its id first), and the observers to tell.
     ancestry: Option<(Vec<String>, ObserverSnapshot)>,
@@ -53,6 +69,7 @@ impl Replica {
     pub fn new(session: ClientSession<Pending>, schema: Arc<Schema>) -> Replica {
         Replica {
             waiters: WaiterSet::new(schema.len()),
+            remote_waits: HashMap::new(),
             session,
             schema,
             observers: Observers::default(),
@@ -79,11 +96,16 @@ impl Replica {
                 } => {
                     stats.diffs.fetch_add(diffs as u64, Ordering::Relaxed);
                     if schema_changed && let Some(schema) = self.session.schema() {
-                        // State positions mean other states now: waiters on the old schema's
-                        // states cannot be answered, so they end (a wait for the disposal
-                        // stays).
+                        if schema.extends(&self.schema) {
+                            // Enlarged: every position keeps its state, every waiter stays.
+                            self.waiters.grow(schema.len());
+                        } else {
+                            // State positions mean other states now: waiters on the old
+                            // schema's states cannot be answered, so they end (a wait for the
+                            // disposal stays).
+                            self.waiters.reset(schema.len());
+                        }
                         self.schema = schema.clone();
-                        self.waiters.reset(schema.len());
                     }
                     let ticks = self.session.ticks();
                     self.waiters.clock_changed(ticks, changed.iter().copied());
@@ -106,9 +128,25 @@ impl Replica {
                         });
                     }
                 }
-                ClientEvent::Answered { pending, result } => {
-                    effects.answers.push((pending, result));
+                ClientEvent::Answered {
+                    pending: Pending::Answer(answer),
+                    result,
+                } => effects.answers.push((answer, result)),
+                ClientEvent::ErrAnswered {
+                    pending: Pending::Err(answer),
+                    result,
+                } => effects.errs.push((answer, result)),
+                ClientEvent::WaitEnded {
+                    pending: Pending::Wait(waiter),
+                    result,
+                } => {
+                    self.remote_waits.remove(&waiter);
+                    self.waiters.finish(waiter, result);
                 }
+                // The session hands each kind of request back as the event of its kind.
+                ClientEvent::Answered { .. }
+                | ClientEvent::ErrAnswered { .. }
+                | ClientEvent::WaitEnded { .. } => {}
                 ClientEvent::Payload(payload) => effects.payloads.push(payload),
                 ClientEvent::Ancestry(upstream) => {
                     let mine = std::iter::once(id.to_owned()).chain(upstream).collect();
@@ -133,9 +171,12 @@ impl Effects {
         if let Some((ancestry, observers)) = &self.ancestry {
             observers.ancestry_changed(ancestry);
         }
-        for (pending, result) in self.answers {
+        for (answer, result) in self.answers {
             // A caller that gave up is not waiting.
-            let _ = pending.send(result);
+            let _ = answer.send(result);
+        }
+        for (answer, result) in self.errs {
+            let _ = answer.send(result);
         }
         for payload in self.payloads {
             // No receivers is fine: nobody asked for payloads.

@@ -168,6 +168,7 @@ pub fn within_limits(m: &Message) -> bool {
         Message::Diff(d) => d.changes.len() <= MAX_STATES,
         Message::MutateReply(r) => r.diff.changes.len() <= MAX_STATES,
         Message::Mutate(r) => r.states.len() <= MAX_STATES && args_within_limits(&r.args),
+        Message::WhenArgs(r) => args_within_limits(&r.args),
         Message::Snapshot { snapshot: s, .. } | Message::SchemaChanged { snapshot: s, .. } => {
             snapshot(s)
         }
@@ -180,7 +181,11 @@ pub fn within_limits(m: &Message) -> bool {
         | Message::Pong(_)
         | Message::Bye { .. }
         | Message::Error { .. }
-        | Message::Status(_) => true,
+        | Message::Status(_)
+        | Message::WhenArgsDone { .. }
+        | Message::WhenArgsCancel { .. }
+        | Message::ErrRequest { .. }
+        | Message::ErrReply { .. } => true,
     }
 }
 

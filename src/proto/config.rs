@@ -1,11 +1,15 @@
 //! A server's limits ([`Limits`]): how many clients it takes, how long a handshake and a
-//! silence may last, how often it pings, how large a frame may be, how often it pushes. The one
-//! type a topology plans, the server runs with and its sessions read; every limit has the
-//! default a person would expect.
+//! silence may last, how often it pings, how large a frame may be, how often it pushes, how
+//! many remote waits a client may have pending. The one type a topology plans, the server runs
+//! with and its sessions read; every limit has the default a person would expect.
 
 use std::time::Duration;
 
 use super::frame::DEFAULT_MAX_FRAME;
+
+/// Default of [`Limits::max_remote_waits`]: a wait costs the server a waiter on its source
+/// and a task, so ten thousand clients at the limit are ten million waiters at most.
+pub const DEFAULT_MAX_REMOTE_WAITS: usize = 1024;
 
 /// The bounds a server keeps to, for every client alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +26,9 @@ pub struct Limits {
     pub max_frame: usize,
     /// Fewer, larger diffs: at most one push per interval per client.
     pub min_push_interval: Option<Duration>,
+    /// Most remote waits (`WhenArgs`) one client may have pending; more are refused with a
+    /// reason, and a client that goes on asking as many times again is disconnected.
+    pub max_remote_waits: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +40,7 @@ impl Default for Limits {
             keepalive: Duration::from_secs(10),
             max_frame: DEFAULT_MAX_FRAME,
             min_push_interval: None,
+            max_remote_waits: DEFAULT_MAX_REMOTE_WAITS,
         }
     }
 }

@@ -67,6 +67,28 @@ pub enum Message {
     /// Server -> client: the source's ancestry changed (a served mirror reached its upstream,
     /// or reconnected elsewhere); keeps loop detection right all the way down a tree.
     Ancestry(#[serde(deserialize_with = "limits::ancestry")] Vec<String>),
+    /// Client -> server: wait for an activation of a state with these arguments at the source
+    /// (Go's `WhenArgs`), answered once by `WhenArgsDone` with the same id.
+    WhenArgs(WhenArgsRequest),
+    /// Server -> client: the end of a wait: it held, or why not.
+    WhenArgsDone {
+        id: u64,
+        result: WaitResult,
+    },
+    /// Client -> server: withdraw a pending wait; its `WhenArgsDone` (`Canceled`, unless it
+    /// had ended already) still comes, and only then is the id free again.
+    WhenArgsCancel {
+        id: u64,
+    },
+    /// Client -> server: the source's last error (Go's `Err()`), answered by `ErrReply`.
+    ErrRequest {
+        id: u64,
+    },
+    /// Server -> client: the answer to `ErrRequest`.
+    ErrReply {
+        id: u64,
+        result: ErrResult,
+    },
 }
 
 impl Message {
@@ -90,6 +112,11 @@ impl Message {
             Message::StatusRequest { .. } => "StatusRequest",
             Message::Status(_) => "Status",
             Message::Ancestry(_) => "Ancestry",
+            Message::WhenArgs(_) => "WhenArgs",
+            Message::WhenArgsDone { .. } => "WhenArgsDone",
+            Message::WhenArgsCancel { .. } => "WhenArgsCancel",
+            Message::ErrRequest { .. } => "ErrRequest",
+            Message::ErrReply { .. } => "ErrReply",
         }
     }
 }
@@ -261,6 +288,43 @@ impl From<MutateResult> for Result<Outcome, String> {
             MutateResult::Refused(reason) => Err(reason),
         }
     }
+}
+
+/// A wait for an activation with arguments, sent upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhenArgsRequest {
+    /// Echoed in the answer; never 0 (a wait always has an answer).
+    pub id: u64,
+    /// The state's position in the schema the client was given.
+    pub state: u32,
+    /// What the activation's arguments must include.
+    pub args: Args,
+}
+
+/// How a remote wait ended. One byte on the wire but for a refusal's reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaitResult {
+    /// The state was activated with the arguments.
+    Done,
+    /// The source was disposed, or its schema changed under the wait.
+    Disposed,
+    /// The client withdrew it (`WhenArgsCancel`).
+    Canceled,
+    /// Not waited for, with a reason a person can read (a state the client may not see, too
+    /// many waits pending, the source out of reach further up).
+    Refused(String),
+}
+
+/// The answer to `ErrRequest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrResult {
+    /// The source has had no error.
+    NoError,
+    /// The source's last error.
+    Error(String),
+    /// Not answered, with a reason a person can read (the client may not see `Exception`,
+    /// the source is out of reach further up).
+    Refused(String),
 }
 
 /// Named binary data from the source.

@@ -1,7 +1,9 @@
 //! One client connection, pumped: bytes from the socket into its [`ServerSession`], bytes
 //! from the session to the socket, time to the session when it asks; the session decides
 //! everything else. A reader and a writer run until the session ends; the last word it queued
-//! (a bye or an error) then goes out within a short deadline.
+//! (a bye or an error) then goes out within a short deadline. The reader runs what the session
+//! hands out on the served source: mutations and last-error requests one at a time, remote
+//! waits as tasks of their own (`waits.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,6 +18,7 @@ use tracing::{Instrument, debug, warn};
 
 use super::hub::Hub;
 use super::push::Outlet;
+use super::waits::Waits;
 use super::{ClientEntry, ClientInfo, Inner};
 use crate::machine::MutationError;
 use crate::proto::handshake::Offer;
@@ -163,7 +166,11 @@ async fn handshake(
                         || inner.status(),
                     );
                 }
-                ServerEvent::Mutate { .. } => {}
+                // Only an accepted client's requests hand these out.
+                ServerEvent::Mutate { .. }
+                | ServerEvent::WhenArgs { .. }
+                | ServerEvent::CancelWait { .. }
+                | ServerEvent::Err { .. } => {}
             }
         }
         if session.closed().is_some() {
@@ -264,16 +271,18 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
-/// Reads bytes into the session and runs the mutations it hands out, until it ends.
+/// Reads bytes into the session and runs the mutations, waits and requests it hands out,
+/// until it ends (the waits end with it).
 async fn read_loop(
     inner: &Inner,
     hub: &Hub,
-    outlet: &Outlet,
+    outlet: &Arc<Outlet>,
     rd: &mut ReadHalf<BoxStream>,
     clock: Clock,
 ) {
     let mut buf = Vec::with_capacity(READ_CHUNK);
     let mut events = Vec::new();
+    let mut waits = Waits::default();
     loop {
         // What the session hands out: from the bytes just read, or (the first time) from
         // those that came with the hello; a result lets it read on, which may hand out more.
@@ -283,22 +292,36 @@ async fn read_loop(
                 break;
             }
             for event in events.drain(..) {
-                let ServerEvent::Mutate { id, mutation } = event else {
-                    continue;
-                };
-                let started = std::time::Instant::now();
-                let result = hub.source.mutate(mutation).await;
-                inner.stats.mutation_latency.record(started.elapsed());
-                // A refusal from further up (this source is a mirror) is passed on as its
-                // reason alone: the client wraps it once, however many hops up it was refused.
-                let result = result.map_err(|e| match e {
-                    MutationError::Refused(reason) => reason,
-                    other => other.to_string(),
-                });
-                outlet
-                    .lock()
-                    .session
-                    .handle_mutation_result(id, result, clock.now(), hub);
+                match event {
+                    ServerEvent::Mutate { id, mutation } => {
+                        let started = std::time::Instant::now();
+                        let result = hub.source.mutate(mutation).await;
+                        inner.stats.mutation_latency.record(started.elapsed());
+                        outlet.lock().session.handle_mutation_result(
+                            id,
+                            result.map_err(reason),
+                            clock.now(),
+                            hub,
+                        );
+                    }
+                    ServerEvent::Err { id } => {
+                        let result = hub.source.err().await;
+                        outlet.lock().session.handle_err_result(
+                            id,
+                            result.map_err(reason),
+                            clock.now(),
+                            hub,
+                        );
+                    }
+                    ServerEvent::WhenArgs {
+                        id,
+                        wait,
+                        state,
+                        args,
+                    } => waits.start(hub, outlet, (id, wait), &state, args),
+                    ServerEvent::CancelWait { wait } => waits.cancel(wait),
+                    ServerEvent::Hello(_) | ServerEvent::StatusRequest { .. } => {}
+                }
                 outlet.nudge.notify_one();
             }
         }
@@ -333,6 +356,16 @@ async fn read_loop(
         if for_writer {
             outlet.nudge.notify_one();
         }
+    }
+}
+
+/// Why the source did not answer, for the client. A refusal from further up (this source is a
+/// mirror) is passed on as its reason alone: the client wraps it once, however many hops up
+/// it was refused.
+fn reason(error: MutationError) -> String {
+    match error {
+        MutationError::Refused(reason) => reason,
+        other => other.to_string(),
     }
 }
 

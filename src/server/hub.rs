@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use tokio::sync::watch;
 
-use crate::machine::{ClockChange, ObserverId, StateSource};
+use crate::machine::{ClockChange, ObserverId, Schema, StateSource};
 use crate::proto::session::{ClockFeed, DiffCache, Versioned};
 
 use super::Inner;
@@ -144,6 +144,10 @@ impl ClockFeed for Hub {
 
     fn schema_hash(&self) -> u64 {
         self.source.schema().hash()
+    }
+
+    fn schema(&self) -> Option<Arc<Schema>> {
+        Some(self.source.schema())
     }
 
     fn ancestry(&self) -> Vec<String> {

@@ -12,6 +12,7 @@
 mod conn;
 mod hub;
 mod push;
+mod waits;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

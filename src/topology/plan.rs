@@ -427,6 +427,7 @@ fn limits(
         min_push_interval: push_interval_ms
             .map(Duration::from_millis)
             .filter(|d| !d.is_zero()),
+        max_remote_waits: default.max_remote_waits,
     })
 }
 

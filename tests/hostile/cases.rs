@@ -158,6 +158,12 @@ pub enum Expect {
     Welcome,
     /// Valid: the node answers the mutation with this result and keeps the connection.
     Reply(Answer),
+    /// Valid: the node refuses the remote wait (`WhenArgsDone` with `Refused`) and keeps the
+    /// connection.
+    WaitRefused,
+    /// Waits past the node's limit: refusals (`WhenArgsDone` with `Refused`, at least one),
+    /// then an `Error` once the peer keeps going, and the connection closes.
+    WaitsRefusedThenError,
     /// No connection comes of it, and the node counts none.
     NoConnection,
     /// The connection goes on serving the protocol, or the node drops it; either way within
@@ -232,6 +238,7 @@ pub fn table() -> Vec<Case> {
     protocol_cases::hellos(&mut cases);
     protocol_cases::message_types(&mut cases);
     protocol_cases::mutations(&mut cases);
+    protocol_cases::remote_requests(&mut cases);
     protocol_cases::compression(&mut cases);
     protocol_cases::slow_and_stalled(&mut cases);
     transport_cases::websocket(&mut cases);

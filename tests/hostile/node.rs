@@ -68,6 +68,9 @@ impl Kind {
     }
 }
 
+/// Remote waits one client may have pending: small, so that a flood passes it quickly.
+pub const MAX_REMOTE_WAITS: usize = 16;
+
 pub fn server_config() -> ServerConfig {
     ServerConfig {
         name: "hostile".into(),
@@ -76,6 +79,7 @@ pub fn server_config() -> ServerConfig {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             keepalive: Duration::from_millis(200),
+            max_remote_waits: MAX_REMOTE_WAITS,
             ..Limits::default()
         },
         acl: Acl {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use asyncmachine::machine::{Args, MutationKind, Schema, StateDef};
 use asyncmachine::proto::frame::put_varint;
 use asyncmachine::proto::message::{
-    ClockDiff, Granted, Hello, MutateReply, MutateResult, NodeStatus, Payload, Refusal,
-    RefusalKind, Snapshot, WantedOptions, Welcome,
+    ClockDiff, ErrResult, Granted, Hello, MutateReply, MutateResult, NodeStatus, Payload, Refusal,
+    RefusalKind, Snapshot, WaitResult, WantedOptions, Welcome, WhenArgsRequest,
 };
 use asyncmachine::proto::{Message, PROTOCOL_VERSION};
 
@@ -19,7 +19,7 @@ use crate::cases::{
     Answer, CLAIMS, Case, Expect, Input, NESTING_LIMIT, Peer, after_hello, before_hello, case,
     family,
 };
-use crate::node::MAX_FRAME;
+use crate::node::{MAX_FRAME, MAX_REMOTE_WAITS};
 
 /// Frame heads: empty, varints of every width, overflowing, too large, compressed unasked.
 pub(crate) fn framing(cases: &mut Vec<Case>) {
@@ -387,6 +387,21 @@ fn every_message() -> Vec<Message> {
         },
         Message::Status(NodeStatus::default()),
         Message::Ancestry(vec!["x".into()]),
+        Message::WhenArgs(WhenArgsRequest {
+            id: 1,
+            state: 0,
+            args: Args::new(),
+        }),
+        Message::WhenArgsDone {
+            id: 1,
+            result: WaitResult::Done,
+        },
+        Message::WhenArgsCancel { id: 1 },
+        Message::ErrRequest { id: 1 },
+        Message::ErrReply {
+            id: 1,
+            result: ErrResult::NoError,
+        },
     ]
 }
 
@@ -409,7 +424,13 @@ pub(crate) fn message_types(cases: &mut Vec<Case>) {
         // After the handshake: what a client may send is served elsewhere; the rest is the
         // wrong direction.
         let expect = match message {
-            Message::Mutate(_) | Message::Sync { .. } | Message::Ping(_) | Message::Pong(_) => {
+            Message::Mutate(_)
+            | Message::Sync { .. }
+            | Message::Ping(_)
+            | Message::Pong(_)
+            | Message::WhenArgs(_)
+            | Message::WhenArgsCancel { .. }
+            | Message::ErrRequest { .. } => {
                 continue;
             }
             Message::Bye { .. } | Message::Error { .. } => Expect::Closed,
@@ -421,15 +442,15 @@ pub(crate) fn message_types(cases: &mut Vec<Case>) {
             expect,
         ));
     }
-    // Every type index past the last (16), as one byte of body; a sample of them on every
+    // Every type index past the last (21), as one byte of body; a sample of them on every
     // listener, all of them on tcp.
-    for index in 17..=250u64 {
+    for index in 22..=250u64 {
         let unknown = case(
             format!("unknown_type_{index}"),
             before_hello(frame(&uv(index))),
             Expect::Refused(RefusalKind::BadHello),
         );
-        cases.push(family(unknown, [17, 128, 250].contains(&index)));
+        cases.push(family(unknown, [22, 128, 250].contains(&index)));
     }
     // The bytes that start wider varints, alone and with the widths they announce.
     for marker in 251..=255u8 {
@@ -447,7 +468,7 @@ pub(crate) fn message_types(cases: &mut Vec<Case>) {
             Expect::Refused(RefusalKind::BadHello),
         ));
     }
-    for index in [17u64, 255] {
+    for index in [22u64, 255] {
         cases.push(case(
             format!("after_hello_unknown_type_{index}"),
             after_hello(frame(&uv(index))),
@@ -463,6 +484,84 @@ pub(crate) fn message_types(cases: &mut Vec<Case>) {
         cases.push(case(
             format!("after_hello_{name}_length_u64_max"),
             after_hello(frame(&[body, uv(u64::MAX), b"abc".to_vec()].concat())),
+            Expect::Error,
+        ));
+    }
+}
+
+/// A `WhenArgs` body: a wait on `state` with the encoded `args` map.
+fn when_args_body(id: u64, state: u64, args: &[u8]) -> Vec<u8> {
+    [vec![17], uv(id), uv(state), args.to_vec()].concat()
+}
+
+/// Remote waits and error requests: past the limit of pending waits, without an id, with a
+/// taken id, on a state outside the schema, with arguments past the limits.
+pub(crate) fn remote_requests(cases: &mut Vec<Case>) {
+    // The limit accepted, as many again refused, then one more: the node has had enough.
+    let flood: Vec<u8> = (1..=2 * MAX_REMOTE_WAITS as u64 + 2)
+        .flat_map(|id| frame(&when_args_body(id, 0, &[0])))
+        .collect();
+    cases.push(case(
+        "when_args_flood_past_the_limit",
+        after_hello(flood),
+        Expect::WaitsRefusedThenError,
+    ));
+    let taken = [1u64, 1]
+        .iter()
+        .flat_map(|&id| frame(&when_args_body(id, 0, &[0])))
+        .collect();
+    let too_many_args: Vec<u8> = [
+        uv(257),
+        (0..257u32)
+            .flat_map(|n| [bstr(format!("k{n}").as_bytes()), vec![0]].concat())
+            .collect(),
+    ]
+    .concat();
+    let bad: [(&str, Vec<u8>, Expect); 8] = [
+        (
+            "when_args_id_0",
+            frame(&when_args_body(0, 0, &[0])),
+            Expect::Error,
+        ),
+        ("when_args_id_taken", taken, Expect::Error),
+        (
+            "when_args_state_outside_schema",
+            frame(&when_args_body(1, 4, &[0])),
+            Expect::WaitRefused,
+        ),
+        (
+            "when_args_state_u32_max",
+            frame(&when_args_body(1, u64::from(u32::MAX), &[0])),
+            Expect::WaitRefused,
+        ),
+        (
+            "when_args_state_index_past_u32",
+            frame(&when_args_body(1, u64::from(u32::MAX) + 1, &[0])),
+            Expect::Error,
+        ),
+        (
+            "when_args_args_nested_past_the_limit",
+            frame(&when_args_body(
+                1,
+                0,
+                &one_arg("k", &nested(NESTING_LIMIT + 1, false)),
+            )),
+            Expect::Error,
+        ),
+        (
+            "when_args_257_args",
+            frame(&when_args_body(1, 0, &too_many_args)),
+            Expect::Error,
+        ),
+        ("err_request_id_0", frame(&[20, 0]), Expect::Error),
+    ];
+    for (name, bytes, expect) in bad {
+        cases.push(case(name, after_hello(bytes), expect));
+    }
+    for (claim_name, claim) in CLAIMS {
+        cases.push(case(
+            format!("when_args_args_count_{claim_name}"),
+            after_hello(frame(&when_args_body(1, 0, &uv(claim)))),
             Expect::Error,
         ));
     }

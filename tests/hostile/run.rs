@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use asyncmachine::proto::Message;
-use asyncmachine::proto::message::{MutateResult, RefusalKind};
+use asyncmachine::proto::message::{MutateResult, RefusalKind, WaitResult};
 use tokio::io::AsyncWriteExt;
 
 use crate::bodies::frame;
@@ -264,6 +264,36 @@ pub async fn judge(
                 return Err(format!("expected {answer:?}, got {:?}", reply.result));
             }
             still_open(link).await
+        }
+        (Expect::WaitRefused, M(Message::WhenArgsDone { result, .. })) => {
+            if !matches!(result, WaitResult::Refused(_)) {
+                return Err(format!("expected a refused wait, got {result:?}"));
+            }
+            still_open(link).await
+        }
+        (
+            Expect::WaitsRefusedThenError,
+            M(Message::WhenArgsDone {
+                result: WaitResult::Refused(_),
+                ..
+            }),
+        ) => {
+            // Refusals until the node has had enough.
+            loop {
+                match bounded(significant(link)).await? {
+                    Received::Message(Message::WhenArgsDone {
+                        result: WaitResult::Refused(_),
+                        ..
+                    }) => {}
+                    Received::Message(Message::Error { .. }) => return closes(link).await,
+                    other => {
+                        return Err(format!(
+                            "expected refusals then an Error, got {}",
+                            describe(&other)
+                        ));
+                    }
+                }
+            }
         }
         (expect, got) => Err(format!("expected {expect:?}, got {}", describe(&got))),
     }

@@ -194,6 +194,11 @@ impl Sim {
                         id: request,
                         mutation,
                     } => self.run_mutation(id, request, mutation),
+                    ServerEvent::WhenArgs { .. }
+                    | ServerEvent::CancelWait { .. }
+                    | ServerEvent::Err { .. } => {
+                        panic!("the simulator's mirrors send no remote waits or error requests")
+                    }
                 }
             }
         }
@@ -332,6 +337,9 @@ impl Sim {
                         ticks: side.session.ticks().to_vec(),
                         queue_tick: side.session.queue_tick(),
                     }),
+                    ClientEvent::WaitEnded { .. } | ClientEvent::ErrAnswered { .. } => {
+                        panic!("the simulator's mirrors send no remote waits or error requests")
+                    }
                     ClientEvent::Payload(_) => {}
                     ClientEvent::Ancestry(_) => lock(&clock).ancestry += 1,
                     ClientEvent::Resync => side.resyncs += 1,

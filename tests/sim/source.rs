@@ -243,6 +243,10 @@ impl ClockFeed for Feed<'_> {
         self.source.schema().hash()
     }
 
+    fn schema(&self) -> Option<Arc<Schema>> {
+        Some(self.source.schema())
+    }
+
     fn ancestry(&self) -> Vec<String> {
         self.source.ancestry(self.node)
     }

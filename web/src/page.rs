@@ -188,6 +188,12 @@ impl Page {
             "read" => Ok(read_json(source.as_ref())),
             "mutate" => self.mutate(source, command),
             "when" => self.wait(source, command),
+            "err" => {
+                let err = source.err();
+                self.start(Box::pin(async move {
+                    err.await.map(|e| json!(e)).map_err(WebError::from)
+                }))
+            }
             "on" => {
                 let machine = entry.machine.as_ref().ok_or_else(|| {
                     WebError::bad_request("handlers run on the machine that owns the states: bind them at the source, not on a mirror")
@@ -386,6 +392,14 @@ impl Page {
                     .and_then(|t| t.iter().map(Json::as_u64).collect())
                     .ok_or_else(|| WebError::bad_request("\"ticks\" must be ticks"))?;
                 source.when_time(&refs, &ticks)
+            }
+            "args" => {
+                let [state] = &refs[..] else {
+                    return Err(WebError::bad_request("whenArgs takes one state"));
+                };
+                let args = args_from_json(command.get("args").unwrap_or(&Json::Null))
+                    .map_err(|e| WebError::bad_request(e.0))?;
+                source.when_args(state, args)
             }
             other => return Err(WebError::bad_request(format!("unknown wait {other:?}"))),
         };
@@ -607,6 +621,7 @@ impl From<WaitError> for WebError {
             WaitError::UnknownState(_) => "unknown_state",
             WaitError::Disposed => "disposed",
             WaitError::Canceled => "canceled",
+            WaitError::Refused(_) => "refused",
         };
         WebError::new(code, e.to_string())
     }

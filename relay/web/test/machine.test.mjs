@@ -55,8 +55,10 @@ test("handlers: enter cancels, state mutates from inside, a throw activates Exce
   assert.equal(await fromHandler, "Executed", "queued, then run");
   assert.ok(m.is(["A", "B"]));
   m.on("end", "B", () => { throw new Error("boom"); });
+  assert.equal(await m.err(), null);
   await m.remove("B");
   assert.ok(m.is("Exception"), "the failure activated Exception");
+  assert.match(await m.err(), /boom/, "the last error");
   m.on("anyState", (e) => seen.push(`any:${e.called.join(",")}`));
   await m.add("C");
   assert.deepEqual(seen, ["CEnter", "CEnter", "any:C"]);
@@ -75,6 +77,10 @@ test("waits resolve with the clock; unknown states and disposal reject with a co
   await gone;
   for (let i = 0; i < 2; i++) await m.add("B");
   await ticks;
+  const picked = m.whenArgs("B", { id: 2 });
+  await m.add("B", { id: 1 });
+  await m.add("B", { id: 2 });
+  await picked;
   await assert.rejects(m.when("Nope"), (e) => e.code === "unknown_state");
   const never = m.when("A");
   m.dispose();

@@ -10,25 +10,24 @@ impl Machine {
     /// name is unknown. The [`Binding`] unbinds the set again.
     pub fn bind(&self, handlers: Handlers) -> Result<Binding, UnknownState> {
         let binding = self.shared.next_binding.fetch_add(1, Ordering::Relaxed);
-        // The schema under the table's lock: a schema change grows the table under it too.
-        let mut table = lock(&self.shared.handlers);
-        let schema = self.schema_ref();
-        let mut next = (**table).clone();
-        next.bind(&schema, binding, handlers)?;
-        *table = Arc::new(next);
+        let mut core = self.core();
+        let core = &mut *core;
+        // Built aside, so that a set with an unknown state leaves the table as it was.
+        let mut next = (*core.handlers).clone();
+        next.bind(&core.schema, binding, handlers)?;
+        core.handlers = Arc::new(next);
         Ok(Binding(binding))
     }
 
     /// Unbinds a set bound with [`Machine::bind`] (Go's `DetachHandlers`); whether it was
     /// bound. A transition that is running finishes with the handlers it started with.
     pub fn unbind(&self, binding: Binding) -> bool {
-        let mut table = lock(&self.shared.handlers);
-        Arc::make_mut(&mut table).unbind(binding.0)
+        Arc::make_mut(&mut self.core().handlers).unbind(binding.0)
     }
 
     /// Handlers bound, of every kind.
     pub fn handler_count(&self) -> usize {
-        lock(&self.shared.handlers).len()
+        self.core().handlers.len()
     }
 
     /// Negotiation handler of a state that is about to become active (or, for a multi state,
@@ -113,19 +112,19 @@ impl Machine {
     /// Binds a tracer (Go's `BindTracer`); its `machine_init` runs now.
     pub fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId {
         let id = self.shared.next_binding.fetch_add(1, Ordering::Relaxed);
-        Arc::make_mut(&mut lock(&self.shared.handlers)).bind_tracer(id, tracer.clone());
+        Arc::make_mut(&mut self.core().handlers).bind_tracer(id, tracer.clone());
         tracer.machine_init(self);
         TracerId(id)
     }
 
     /// Detaches a tracer (Go's `DetachTracer`); whether it was bound.
     pub fn detach_tracer(&self, id: TracerId) -> bool {
-        Arc::make_mut(&mut lock(&self.shared.handlers)).detach_tracer(id.0)
+        Arc::make_mut(&mut self.core().handlers).detach_tracer(id.0)
     }
 
     /// The tracers bound (Go's `Tracers`).
     pub fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
-        let table = lock(&self.shared.handlers);
+        let table = self.core().handlers.clone();
         table.tracers().iter().map(|(_, t)| t.clone()).collect()
     }
 

@@ -45,20 +45,23 @@ use std::task::{Context, Poll, Waker};
 use tracing::{debug, error, warn};
 
 use super::bind::{Binding, HandlerTable, Handlers, TracerId};
-use super::handlers::{Completion, Event, HandlerKind, NegotiationFn, Verdict, panic_message};
+use super::handlers::{Completion, Event, HandlerKind, Verdict, panic_message};
 use super::log::{LogArgs, LogLevel, Logger};
 use super::observers::Observers;
-use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
+use super::resolve::{
+    CancelReason, MutationKind, Order, Plan, Scratch, is_active, resolve, resolve_in,
+};
 use super::schema::EXCEPTION;
 use super::schema::Schema;
 use super::source::{
-    ClockChange, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
+    ClockChange, ErrFuture, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
     StateSource, Transition,
 };
 use super::tracer::Tracer;
 use super::value::Args;
 use super::waiters::{Condition, WaitError, WaiterHost, WaiterSet, When, make_when};
 use eval::EvalJob;
+use queries::note_error;
 
 /// Default bound of the mutation queue.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
@@ -79,8 +82,6 @@ pub struct Machine {
 struct Shared {
     id: String,
     core: Mutex<Core>,
-    /// Handlers and tracers, copied on write (see [`crate::machine::bind`]).
-    handlers: Mutex<Arc<HandlerTable>>,
     next_binding: AtomicU64,
     queue_limit: usize,
     parent_id: Option<String>,
@@ -226,7 +227,15 @@ fn abandon(queue: VecDeque<Queued>) {
 struct Core {
     /// Replaced whole by [`Machine::set_schema`]; a transition works on the one it started with.
     schema: Arc<Schema>,
+    /// Handlers and tracers, copied on write (see [`crate::machine::bind`]); a transition works
+    /// on the table it started with.
+    handlers: Arc<HandlerTable>,
     ticks: Vec<u64>,
+    /// Buffers a transition works in, kept between transitions so that the hot path
+    /// allocates little: resolution's, the last plan's and the last clock copy's.
+    scratch: Scratch,
+    spare_plan: Option<Plan>,
+    spare_ticks: Vec<u64>,
     /// The active states in the order the last transition listed them (its plan's targets):
     /// asyncmachine orders the handlers of unrelated states by it.
     order: Vec<usize>,
@@ -377,7 +386,11 @@ impl MachineBuilder {
                 id,
                 core: Mutex::new(Core {
                     schema: self.schema,
+                    handlers: Arc::new(HandlerTable::new(n)),
                     ticks: vec![0; n],
+                    scratch: Scratch::default(),
+                    spare_plan: None,
+                    spare_ticks: Vec::new(),
                     order: Vec::new(),
                     queue: VecDeque::new(),
                     queue_tick: 0,
@@ -390,7 +403,6 @@ impl MachineBuilder {
                     observers: Observers::default(),
                     disposed: false,
                 }),
-                handlers: Mutex::new(Arc::new(HandlerTable::new(n))),
                 next_binding: AtomicU64::new(1),
                 queue_limit: self.queue_limit,
                 parent_id: self.parent_id,
@@ -450,17 +462,36 @@ impl Machine {
     /// Activates the states. From inside a handler, or while another thread is running a
     /// transition, the mutation is queued and the result is [`Outcome::Queued`].
     pub fn add(&self, states: &[&str], args: Args) -> Result<Outcome, MutationError> {
-        self.mutate_now(self.named(MutationKind::Add, states, args)?)
+        self.mutate_named(MutationKind::Add, states, args)
     }
 
     /// Deactivates the states.
     pub fn remove(&self, states: &[&str], args: Args) -> Result<Outcome, MutationError> {
-        self.mutate_now(self.named(MutationKind::Remove, states, args)?)
+        self.mutate_named(MutationKind::Remove, states, args)
     }
 
     /// Activates exactly the states, deactivating all others.
     pub fn set(&self, states: &[&str], args: Args) -> Result<Outcome, MutationError> {
-        self.mutate_now(self.named(MutationKind::Set, states, args)?)
+        self.mutate_named(MutationKind::Set, states, args)
+    }
+
+    /// A mutation of named states, its names resolved under the same lock that takes it.
+    fn mutate_named(
+        &self,
+        kind: MutationKind,
+        states: &[&str],
+        args: Args,
+    ) -> Result<Outcome, MutationError> {
+        let make = |schema: &Schema| {
+            let idx = schema
+                .indices(states)
+                .map_err(|name| MutationError::UnknownState(name.to_owned()))?;
+            Ok(Mutation::new(kind, idx, args))
+        };
+        Ok(match self.submit(false, make)? {
+            Submitted::Done(outcome, _) => outcome,
+            Submitted::Queued(..) => Outcome::Queued,
+        })
     }
 
     fn named(
@@ -486,7 +517,7 @@ impl Machine {
     /// [`Machine::mutate_now`] with the queue tick the mutation takes (Go's `Result` of a
     /// queued mutation): wait for it to be processed with [`Machine::when_queue`].
     pub fn mutate_tracked(&self, mutation: Mutation) -> Result<Receipt, MutationError> {
-        Ok(match self.submit(mutation, false)? {
+        Ok(match self.submit(false, |_| Ok(mutation))? {
             Submitted::Done(outcome, queue_tick) => Receipt {
                 outcome,
                 queue_tick,
@@ -517,6 +548,7 @@ impl Machine {
         {
             let mut core = self.core();
             core.admit(&mutation)?;
+            note_error(&mut core, &mutation);
             if core.processing {
                 core.queue.push_front(mutation.into());
                 return Ok(Outcome::Queued);
@@ -539,11 +571,20 @@ impl Machine {
         out
     }
 
-    fn submit(&self, mutation: Mutation, track: bool) -> Result<Submitted, MutationError> {
+    /// Takes a mutation in (`make` builds it from the schema, under the core's lock): runs it
+    /// now, or queues it behind a running transition.
+    fn submit(
+        &self,
+        track: bool,
+        make: impl FnOnce(&Schema) -> Result<Mutation, MutationError>,
+    ) -> Result<Submitted, MutationError> {
+        let mutation;
         {
             let mut core = self.core();
             let core = &mut *core;
+            mutation = make(&core.schema)?;
             core.admit(&mutation)?;
+            note_error(core, &mutation);
             if core.processing {
                 let schema = &core.schema;
                 if let Some(queued) = core
@@ -600,9 +641,9 @@ impl Machine {
                         core.processing_thread = None;
                         core.pending_ticks = 0;
                         core.waiters.queue_ended();
+                        let handlers = core.handlers.clone();
                         drop(core);
                         abandon(rest);
-                        let handlers = lock(&self.shared.handlers).clone();
                         for (_, tracer) in handlers.tracers() {
                             tracer.queue_end(self);
                         }
@@ -625,18 +666,7 @@ impl Machine {
     /// Runs one transition, taking a queue tick when `ticked` (see the module docs), and
     /// returns its outcome and the queue tick after it.
     fn run(&self, mutation: Mutation, ticked: bool) -> (Outcome, u64) {
-        if ticked {
-            // As in asyncmachine, the tick is taken when the mutation leaves the queue, so the
-            // handlers of the transition already see it.
-            self.core().queue_tick += 1;
-        }
-        let outcome = self.transition(&mutation);
-        let mut core = self.core();
-        if ticked {
-            let now = core.queue_tick;
-            core.waiters.queue_advanced(now);
-        }
-        (outcome, core.queue_tick)
+        self.transition(&mutation, ticked)
     }
 
     // ----- lifecycle and introspection -----
@@ -667,7 +697,7 @@ impl Machine {
                 error!(machine = %self.shared.id, error = %panic_message(panic.as_ref()), "dispose hook failed");
             }
         }
-        let handlers = lock(&self.shared.handlers).clone();
+        let handlers = self.core().handlers.clone();
         for (_, tracer) in handlers.tracers() {
             tracer.machine_dispose(&self.shared.id);
         }
@@ -787,7 +817,7 @@ impl StateSource for Machine {
     }
 
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
-        match self.submit(mutation, true) {
+        match self.submit(true, |_| Ok(mutation)) {
             Ok(Submitted::Queued(Some(done), _)) => Box::pin(QueuedOutcome(done)),
             Ok(Submitted::Queued(None, _)) => Box::pin(std::future::ready(Ok(Outcome::Queued))),
             Ok(Submitted::Done(outcome, _)) => Box::pin(std::future::ready(Ok(outcome))),
@@ -803,5 +833,13 @@ impl StateSource for Machine {
 
     fn unobserve(&self, id: ObserverId) -> bool {
         self.core().observers.remove(id)
+    }
+
+    fn when_args(&self, state: &str, args: Args) -> When {
+        self.wait_for_args(state, args)
+    }
+
+    fn err(&self) -> ErrFuture {
+        Box::pin(std::future::ready(Ok(self.last_error())))
     }
 }

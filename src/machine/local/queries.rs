@@ -2,13 +2,15 @@
 //! and dry runs of the queue and the relations.
 
 use super::*;
+use crate::machine::source::{ERROR_ARG, err_mutation};
 
 impl Machine {
     // ----- errors -----
 
     /// Activates `Exception` with the error as its `error` argument (merged into `args`), as a
     /// failing handler does (Go's `AddErr`). Like any mutation, it is queued when the machine
-    /// is busy. The error becomes [`Machine::last_error`].
+    /// is busy. The error becomes [`Machine::last_error`]. The synchronous form of
+    /// [`StateSource::add_err`], which a mirror sends to its source.
     pub fn add_err(
         &self,
         error: impl std::fmt::Display,
@@ -19,40 +21,34 @@ impl Machine {
 
     /// Activates an error state together with `Exception` (Go's `AddErrState`), the error as the
     /// `error` argument: `state` is typically one that requires `Exception`, such as a
-    /// network-error state, so that handlers can tell kinds of failure apart.
+    /// network-error state, so that handlers can tell kinds of failure apart. The synchronous
+    /// form of [`StateSource::add_err_state`].
     pub fn add_err_state(
         &self,
         state: &str,
         error: impl std::fmt::Display,
-        mut args: Args,
+        args: Args,
     ) -> Result<Outcome, MutationError> {
-        if self.is_disposed() {
-            return Err(MutationError::Disposed);
-        }
-        let message = error.to_string();
-        let states: &[&str] = if state == EXCEPTION {
-            &[EXCEPTION]
-        } else {
-            &[state, EXCEPTION]
-        };
-        let mutation = self.named(MutationKind::Add, states, Args::new())?;
-        self.core().last_error = Some(message.clone());
-        args.insert("error", message);
-        self.mutate_now(Mutation { args, ..mutation })
+        self.mutate_now(err_mutation(
+            &self.schema_ref(),
+            state,
+            error.to_string(),
+            args,
+        )?)
     }
 
     /// The last error: of [`Machine::add_err`] or a failing handler (Go's `Err()`). It stays
-    /// after `Exception` is removed, until the next error.
+    /// after `Exception` is removed, until the next error. [`StateSource::err`] answers it,
+    /// to a mirror's caller too.
     pub fn last_error(&self) -> Option<String> {
         self.core().last_error.clone()
     }
 
     // ----- waits only a running machine can answer -----
 
-    /// Resolves when `state` is activated (or, for a multi state, activated again) by a
-    /// mutation whose arguments include all of `args`, compared by value (Go's `WhenArgs`).
-    /// Meant for multi states, to pick out one call among many.
-    pub fn when_args(&self, state: &str, args: Args) -> When {
+    /// The local side of [`StateSource::when_args`]: a waiter on the arguments of the state's
+    /// activations.
+    pub(super) fn wait_for_args(&self, state: &str, args: Args) -> When {
         let Some(s) = self.schema_ref().index(state) else {
             return When::failed(WaitError::UnknownState(state.to_owned()));
         };
@@ -139,5 +135,22 @@ impl Machine {
                 Err(_) => Outcome::Canceled,
             },
         )
+    }
+}
+
+/// Keeps the error of a mutation that activates `Exception` with an `error` argument as the
+/// last error, when it is taken in (as Go's `AddErrState` keeps it before adding):
+/// [`StateSource::add_err`] is such a mutation, wherever it comes from (a mirror's too), so
+/// the root of a tree knows the errors added through its mirrors.
+pub(super) fn note_error(core: &mut Core, mutation: &Mutation) {
+    let exception = core.schema.exception();
+    if mutation.kind == MutationKind::Remove || !mutation.states.contains(&exception) {
+        return;
+    }
+    if let Some(error) = mutation.args.get(ERROR_ARG) {
+        core.last_error = Some(match error.as_str() {
+            Some(text) => text.to_owned(),
+            None => error.to_string(),
+        });
     }
 }

@@ -36,8 +36,6 @@ impl Machine {
     pub fn set_schema(&self, schema: impl Into<Arc<Schema>>) -> Result<(), SchemaChangeError> {
         let schema = schema.into();
         let (old, before, after, changed, queue_tick, observers) = {
-            // The handlers' lock before the core's, as binding takes them.
-            let mut handlers = lock(&self.shared.handlers);
             let mut core = self.core();
             let core = &mut *core;
             if core.disposed {
@@ -69,7 +67,7 @@ impl Machine {
             let before = core.ticks.clone();
             core.ticks.resize(schema.len(), 0);
             core.waiters.grow(schema.len());
-            Arc::make_mut(&mut handlers).grow(schema.len());
+            Arc::make_mut(&mut core.handlers).grow(schema.len());
             let old = std::mem::replace(&mut core.schema, schema);
             debug!(machine = %self.shared.id, states = core.schema.len(), "schema enlarged");
             (
@@ -88,7 +86,7 @@ impl Machine {
             queue_tick,
             transition: None,
         });
-        let handlers = lock(&self.shared.handlers).clone();
+        let handlers = self.core().handlers.clone();
         for (_, tracer) in handlers.tracers() {
             tracer.schema_change(self, &old);
         }

@@ -103,31 +103,57 @@ fn timeout_message(call: &HandlerCall<'_>, took: Duration, limit: Duration) -> S
 }
 
 impl Machine {
-    /// Runs one transition: resolve, negotiate, apply, finalize, notify.
-    pub(super) fn transition(&self, mutation: &Mutation) -> Outcome {
-        let schema = self.schema_ref();
-        let schema: &Schema = &schema;
-        let handlers = lock(&self.shared.handlers).clone();
-        // Resolved under the lock: a pure function of the clock and the last order, cheaper
-        // than copying the order out for every transition.
-        let (before, before_order, queue_tick, resolved) = {
-            let core = self.core();
-            let resolved = resolve(
-                schema,
-                &core.ticks,
-                &core.order,
-                mutation.kind,
-                &mutation.states,
+    /// Runs one transition: resolve, negotiate, apply, finalize, notify; taking a queue tick
+    /// when `ticked` (see the module docs of `machine::local`). Returns the outcome and the
+    /// queue tick after it.
+    ///
+    /// The core's lock is taken three times: to start (queue tick, schema, handlers, resolution,
+    /// the clock before), to apply the plan, and to close (what final handlers undid, the auto
+    /// mutation, the queue tick's waiters); handlers, observers and tracers run outside it.
+    pub(super) fn transition(&self, mutation: &Mutation, ticked: bool) -> (Outcome, u64) {
+        let (schema, handlers, before, before_order, queue_tick, resolved) = {
+            let mut core = self.core();
+            let core = &mut *core;
+            if ticked {
+                // As in asyncmachine, the tick is taken when the mutation leaves the queue, so
+                // the handlers of the transition already see it.
+                core.queue_tick += 1;
+            }
+            // Resolved under the lock: a pure function of the clock and the last order,
+            // cheaper than copying the order out for every transition.
+            let order = Order {
+                ticks: &core.ticks,
+                active_order: &core.order,
+                kind: mutation.kind,
+                called: &mutation.states,
+            };
+            let buffers = core.spare_plan.take().unwrap_or_default();
+            let resolved = resolve_in(
+                &mut core.scratch,
+                buffers,
+                &core.schema,
+                &order,
                 mutation.auto,
             );
+            let mut before = std::mem::take(&mut core.spare_ticks);
+            before.clear();
+            before.extend_from_slice(&core.ticks);
             // The active states in their order, for the from-to handlers only.
-            let before_order = if handlers.has_from_to() {
+            let before_order = if core.handlers.has_from_to() {
                 core.order.clone()
             } else {
                 Vec::new()
             };
-            (core.ticks.clone(), before_order, core.queue_tick, resolved)
+            (
+                core.schema.clone(),
+                core.handlers.clone(),
+                before,
+                before_order,
+                core.queue_tick,
+                resolved,
+            )
         };
+        let schema: &Schema = &schema;
         let mut tx = Tx {
             machine: self,
             schema,
@@ -142,19 +168,24 @@ impl Machine {
         for &s in &mutation.states {
             tx.step(StepKind::Requested, None, Some(s));
         }
-        let plan = match resolved {
+        let mut plan = match resolved {
             Ok(plan) => plan,
             Err(reason) => {
                 tx.step(StepKind::Cancel, None, None);
                 self.trace_init(&tx);
-                return self.canceled(&tx, &reason);
+                return self.canceled(&tx, ticked, &reason);
             }
         };
         self.record_plan(&mut tx, &plan);
         self.trace_init(&tx);
         if !plan.changes_clock() && !handlers.runs_unchanged() {
-            self.core().order = plan.targets;
-            return tx.end(&before, Outcome::Executed);
+            let outcome = tx.end(&before, Outcome::Executed);
+            let (_, tick) = self.close(ticked, |core| {
+                std::mem::swap(&mut core.order, &mut plan.targets);
+                core.spare_plan = Some(plan);
+                core.spare_ticks = before;
+            });
+            return (outcome, tick);
         }
         if tx.steps.is_some() {
             let trace = tx.trace(&before, None);
@@ -163,7 +194,7 @@ impl Machine {
 
         let rejected = match self.negotiate(&mut tx, &plan, &before_order) {
             Ok(rejected) => rejected,
-            Err(reason) => return self.canceled(&tx, &reason),
+            Err(reason) => return self.canceled(&tx, ticked, &reason),
         };
         // Partial acceptance of an auto mutation: resolve again without the refused states, so
         // that what they would have implied or removed goes too. Handlers do not run again.
@@ -177,8 +208,15 @@ impl Machine {
                 .filter(|s| !rejected.contains(s))
                 .collect();
             let again = {
-                let core = self.core();
-                resolve(schema, &before, &core.order, mutation.kind, &called, true)
+                let mut core = self.core();
+                let core = &mut *core;
+                let order = Order {
+                    ticks: &before,
+                    active_order: &core.order,
+                    kind: mutation.kind,
+                    called: &called,
+                };
+                resolve_in(&mut core.scratch, plan, schema, &order, true)
             };
             match again {
                 Ok(plan) if plan.changes_clock() => plan,
@@ -187,11 +225,11 @@ impl Machine {
                         state: None,
                         handler: HandlerKind::Enter.name(),
                     };
-                    return self.canceled(&tx, &reason);
+                    return self.canceled(&tx, ticked, &reason);
                 }
             }
         };
-        let arriving: Vec<usize> = plan.arriving().collect();
+        let arriving = plan.arriving_states();
         let changes = plan.changes_clock();
 
         let observers = {
@@ -207,35 +245,49 @@ impl Machine {
             core.observers.snapshot()
         };
 
-        let (stopped, unfinished) = self.finalize(&mut tx, &plan, &arriving);
-        if !unfinished.is_empty() {
-            let mut core = self.core();
-            let core = &mut *core;
-            for &s in unfinished {
+        let (stopped, unfinished) = self.finalize(&mut tx, &plan, arriving);
+        // Copied out (rarely more than none) so that the plan's buffers can go back.
+        let unfinished = unfinished.to_vec();
+        let outcome = if stopped {
+            Outcome::Canceled
+        } else {
+            Outcome::Executed
+        };
+        // The clock after and what changed, for whoever looks: observers, the log, tracers.
+        let watched = !observers.is_empty() || tx.level >= LogLevel::Changes || tx.steps.is_some();
+        let undo_and_follow = |core: &mut Core| {
+            for &s in &unfinished {
                 // Arrived states are active (odd ticks): one more tick deactivates them.
                 core.ticks[s] += 1;
             }
-            core.order.retain(|s| !unfinished.contains(s));
-            core.waiters
-                .clock_changed(&core.ticks, unfinished.iter().copied());
+            if !unfinished.is_empty() {
+                core.order.retain(|s| !unfinished.contains(s));
+                core.waiters
+                    .clock_changed(&core.ticks, unfinished.iter().copied());
+            }
+            if changes && !stopped && !mutation.auto {
+                queue_auto(core);
+            }
+        };
+        if !watched {
+            // Nobody looks at the clock after: the buffers go back in the closing turn.
+            let outcome = tx.end(&[], outcome);
+            let ((), tick) = self.close(ticked, |core| {
+                undo_and_follow(core);
+                core.spare_plan = Some(plan);
+                core.spare_ticks = before;
+            });
+            return (outcome, tick);
         }
-
-        // The clock after and what changed, for whoever looks: observers, the log, tracers.
-        let watched = !observers.is_empty() || tx.level >= LogLevel::Changes || tx.steps.is_some();
-        let after = if watched && (changes || !unfinished.is_empty()) {
-            self.core().ticks.clone()
-        } else {
-            Vec::new()
-        };
-        let after: &[u64] = if after.is_empty() { &before } else { &after };
-        let changed: Vec<usize> = if watched {
-            (0..after.len())
-                .filter(|&s| after[s] != before[s])
-                .collect()
-        } else {
-            Vec::new()
-        };
-        self.log_changes(&tx, after, &changed);
+        let (after, tick) = self.close(ticked, |core| {
+            undo_and_follow(core);
+            core.spare_plan = Some(plan);
+            core.ticks.clone()
+        });
+        let changed: Vec<usize> = (0..after.len())
+            .filter(|&s| after[s] != before[s])
+            .collect();
+        self.log_changes(&tx, &after, &changed);
         if !changed.is_empty() && !observers.is_empty() {
             let transition = Transition {
                 kind: mutation.kind,
@@ -245,22 +297,28 @@ impl Machine {
             };
             observers.clock_changed(&ClockChange {
                 before: &before,
-                after,
+                after: &after,
                 changed: &changed,
                 queue_tick,
                 transition: Some(&transition),
             });
         }
-        if stopped {
-            return tx.end(after, Outcome::Canceled);
-        }
-        if changes && !mutation.auto {
-            self.queue_auto();
-        }
-        tx.end(after, Outcome::Executed)
+        (tx.end(&after, outcome), tick)
     }
 
-    fn canceled(&self, tx: &Tx<'_>, reason: &CancelReason) -> Outcome {
+    /// The transition's last turn under the core's lock: `last`, then the queue tick's waiters
+    /// when the transition took a tick. Returns what `last` returned and the queue tick.
+    fn close<T>(&self, ticked: bool, last: impl FnOnce(&mut Core) -> T) -> (T, u64) {
+        let mut core = self.core();
+        let out = last(&mut core);
+        if ticked {
+            let now = core.queue_tick;
+            core.waiters.queue_advanced(now);
+        }
+        (out, core.queue_tick)
+    }
+
+    fn canceled(&self, tx: &Tx<'_>, ticked: bool, reason: &CancelReason) -> (Outcome, u64) {
         if !tx.mutation.auto {
             debug!(machine = %self.shared.id, kind = %tx.mutation.kind, %reason, "mutation canceled");
         }
@@ -273,7 +331,8 @@ impl Machine {
                 .collect();
             format!("[cancel] ({}) {reason}", called.join(" "))
         });
-        tx.end(tx.before, Outcome::Canceled)
+        let ((), tick) = self.close(ticked, |_| ());
+        (tx.end(tx.before, Outcome::Canceled), tick)
     }
 
     /// Runs the negotiation handlers in asyncmachine's order (see [`crate::machine::handlers`]).
@@ -289,15 +348,14 @@ impl Machine {
         let handlers = tx.handlers;
         let mutation = tx.mutation;
         let mut rejected = Vec::new();
-        let selves: Vec<usize> = if mutation.kind == MutationKind::Remove {
-            Vec::new()
-        } else {
-            plan.targets
-                .iter()
-                .copied()
-                .filter(|&s| is_active(tx.before[s]))
-                .collect()
-        };
+        // Self handlers: the targets active before, except in a remove.
+        let self_kind = handlers.has_self() && mutation.kind != MutationKind::Remove;
+        let before = tx.before;
+        let selves = plan
+            .targets
+            .iter()
+            .filter(move |&&s| self_kind && is_active(before[s]))
+            .map(|&s| (HandlerKind::SelfEnter, Some(s), None));
         let pairs = before_order.iter().flat_map(|&from| {
             let to = if handlers.has_from(from) {
                 &plan.targets[..]
@@ -313,11 +371,7 @@ impl Machine {
             .iter()
             .map(|&s| (HandlerKind::Exit, Some(s), None))
             .chain(plan.arriving().map(|s| (HandlerKind::Enter, Some(s), None)))
-            .chain(
-                selves
-                    .iter()
-                    .map(|&s| (HandlerKind::SelfEnter, Some(s), None)),
-            )
+            .chain(selves)
             .chain(pairs)
             .chain(std::iter::once((HandlerKind::AnyEnter, None, None)));
         for (kind, state, to) in steps {
@@ -339,11 +393,7 @@ impl Machine {
                     });
                 }
             }
-            let list: Vec<&NegotiationFn> = match kind {
-                HandlerKind::FromTo => handlers.pair(state.unwrap_or(0), to.unwrap_or(0)).collect(),
-                _ => handlers.negotiation(kind, state).collect(),
-            };
-            for f in list {
+            for f in handlers.negotiation(kind, state, to) {
                 let event = self.event(tx, plan, kind, state, to);
                 match tx.call(kind, state, to, || f(&event)) {
                     Ok(true) => continue,
@@ -467,20 +517,6 @@ impl Machine {
             .push_front(Mutation::new(MutationKind::Add, vec![exception], args).into());
     }
 
-    /// Prepends an auto mutation of every inactive auto state, when there are any.
-    fn queue_auto(&self) {
-        let mut core = self.core();
-        let schema = &core.schema;
-        let states: Vec<usize> = (0..schema.len())
-            .filter(|&s| schema.resolved(s).auto && !is_active(core.ticks[s]))
-            .collect();
-        if !states.is_empty() {
-            let mut auto = Mutation::new(MutationKind::Add, states, Args::new());
-            auto.auto = true;
-            core.queue.push_front(auto.into());
-        }
-    }
-
     // ----- what the log and the tracers see -----
 
     fn log_mutation(&self, tx: &Tx<'_>) {
@@ -559,5 +595,18 @@ impl Machine {
                 .collect();
             format!("[state] {}", marks.join(" "))
         });
+    }
+}
+
+/// Prepends an auto mutation of every inactive auto state, when there are any.
+fn queue_auto(core: &mut Core) {
+    let schema = &core.schema;
+    let states: Vec<usize> = (0..schema.len())
+        .filter(|&s| schema.resolved(s).auto && !is_active(core.ticks[s]))
+        .collect();
+    if !states.is_empty() {
+        let mut auto = Mutation::new(MutationKind::Add, states, Args::new());
+        auto.auto = true;
+        core.queue.push_front(auto.into());
     }
 }

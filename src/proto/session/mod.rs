@@ -2,9 +2,11 @@
 //! passed in and bytes and events taken out.
 //!
 //! - [`ServerSession`]: one client of a server: its handshake, the catch-up that brings it
-//!   to the source's latest clock, the ACL on its mutations, resyncs, keepalive and idle rules.
+//!   to the source's latest clock, the ACL on its mutations, its remote waits and last-error
+//!   requests, resyncs, keepalive and idle rules.
 //! - [`ClientSession`]: a mirror's side: its hello, the replica clock it keeps across
-//!   connections, diffs and checksums, request ids, keepalive and idle rules.
+//!   connections, diffs and checksums, request ids, remote waits kept across connections,
+//!   keepalive and idle rules.
 //! - [`Versioned`] and [`DiffCache`]: a source's clock as numbered versions, and the diff
 //!   frames encoded once for every client with the same options.
 //! - [`Moment`]: the time sessions are given (drivers measure it; simulators step it).

@@ -60,6 +60,32 @@ impl<P> Requests<P> {
         Some(pending)
     }
 
+    /// The request with this id, if one waits.
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut P> {
+        let slot = usize::try_from(id.checked_sub(1)?).ok()?;
+        self.slots.get_mut(slot)?.as_mut()
+    }
+
+    /// The waiting requests with their ids, in id order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut P)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(slot, p)| Some((slot as u64 + 1, p.as_mut()?)))
+    }
+
+    /// Keeps the requests `keep` accepts, freeing the ids of the others.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64, &mut P) -> bool) {
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            if let Some(pending) = entry
+                && !keep(slot as u64 + 1, pending)
+            {
+                *entry = None;
+                self.free.push(slot);
+            }
+        }
+    }
+
     /// Takes every waiting request: the connection that would answer them ended.
     pub fn take_all(&mut self) -> Vec<P> {
         self.free.clear();
@@ -111,6 +137,28 @@ mod tests {
         assert_eq!(requests.insert(()), None);
         assert!(requests.take(8).is_some());
         assert_eq!(requests.insert(()), Some(8), "an answer frees its id");
+    }
+
+    #[test]
+    fn retained_requests_keep_their_ids_and_the_others_free_theirs() {
+        let mut requests = Requests::default();
+        for n in 0..4 {
+            requests.insert(n);
+        }
+        requests.retain(|_, n| *n % 2 == 0);
+        let left: Vec<(u64, i32)> = requests.iter_mut().map(|(id, n)| (id, *n)).collect();
+        assert_eq!(left, [(1, 0), (3, 2)]);
+        assert_eq!(requests.in_flight(), 2);
+        if let Some(n) = requests.get_mut(3) {
+            *n = 7;
+        }
+        assert_eq!(requests.take(3), Some(7));
+        assert!(requests.get_mut(2).is_none(), "a freed id holds nothing");
+        let reused = [requests.insert(8), requests.insert(9)];
+        assert!(
+            reused[0] != reused[1] && reused.iter().all(|id| matches!(id, Some(2..=4))),
+            "freed ids are reused: {reused:?}"
+        );
     }
 
     #[test]

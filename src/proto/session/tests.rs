@@ -13,6 +13,9 @@ use crate::proto::handshake::Offer;
 use crate::proto::message::{Message, RefusalKind, Snapshot};
 use crate::proto::{FrameConfig, FrameReader, encode_frame};
 
+mod remote;
+mod schema_change;
+
 fn schema() -> Arc<Schema> {
     Arc::new(
         Schema::builder()
@@ -68,6 +71,10 @@ impl ClockFeed for Source {
 
     fn schema_hash(&self) -> u64 {
         self.schema.hash()
+    }
+
+    fn schema(&self) -> Option<Arc<Schema>> {
+        Some(self.schema.clone())
     }
 
     fn ancestry(&self) -> Vec<String> {

@@ -60,7 +60,8 @@ impl<P> ClientSession<P> {
         }
     }
 
-    /// Replaces the clock, and the schema when it changed.
+    /// Replaces the clock, and the schema when it changed (remote waits end unless the new
+    /// schema keeps their states' positions).
     pub(super) fn replace(&mut self, schema: Option<Arc<Schema>>, snapshot: &Snapshot) {
         let mut schema_changed = false;
         if let Some(schema) =
@@ -68,7 +69,8 @@ impl<P> ClientSession<P> {
         {
             schema_changed = true;
             self.ticks = vec![0; schema.len()];
-            self.schema = Some(schema);
+            let old = self.schema.replace(schema.clone());
+            self.schema_moved(old.as_deref(), &schema);
         }
         let before = self.ticks.clone();
         for (s, tick) in self.ticks.iter_mut().enumerate() {

@@ -1,5 +1,5 @@
 //! A client session's handshake: the server's answer to the hello, and what a welcome must be
-//! (a valid schema, the one the mirror expects) to open the session.
+//! (a valid schema, the one the mirror expects or an enlargement of it) to open the session.
 
 use std::sync::Arc;
 
@@ -49,8 +49,10 @@ impl<P> ClientSession<P> {
             }
             None => None,
         };
+        // An enlargement of the expected schema keeps every state the mirror's owner expects
+        // where it expects it (the source's schema grew while this mirror was away).
         if let (Some(expected), Some(found)) = (&self.expected, &schema)
-            && expected.hash() != found.hash()
+            && !found.extends(expected)
         {
             return Err(HandshakeError::SchemaMismatch {
                 expected: expected.names().collect::<Vec<_>>().join(", "),
@@ -69,6 +71,7 @@ impl<P> ClientSession<P> {
         self.sessions += 1;
         self.replace(schema, &welcome.snapshot);
         self.set_upstream(welcome.ancestry);
+        self.resend_waits();
         Ok(())
     }
 }

@@ -5,11 +5,13 @@
 //! [`ClientSession::connect`]. It writes the hello, checks the welcome (the schema the mirror
 //! expects, a schema that is not valid), applies diffs and checks their checksums (a mismatch
 //! asks for a snapshot), gives out request ids, answers pings and pings a quiet server, and
-//! notices a server that went silent. Whatever the driver or the mirror's owner must act on
-//! comes out of [`ClientSession::poll_event`].
+//! notices a server that went silent. Remote waits and last-error requests (`remote.rs`) are
+//! the parts of the Api only the source can answer. Whatever the driver or the mirror's owner
+//! must act on comes out of [`ClientSession::poll_event`].
 
 mod clock;
 mod handshake;
+mod remote;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use tracing::info;
 
 use super::requests::Requests;
 use super::time::Moment;
-use crate::machine::{Mutation, MutationError, Outcome, Schema, SchemaError};
+use crate::machine::{Mutation, MutationError, Outcome, Schema, SchemaError, WaitError};
 use crate::printable::printable;
 use crate::proto::diff::Tracked;
 use crate::proto::message::{Hello, MutateRequest, Payload, RefusalKind, WantedOptions};
@@ -98,6 +100,16 @@ pub enum ClientEvent<P> {
         pending: P,
         result: Result<Outcome, MutationError>,
     },
+    /// A remote wait ended (see [`ClientSession::when_args`]).
+    WaitEnded {
+        pending: P,
+        result: Result<(), WaitError>,
+    },
+    /// The answer to [`ClientSession::err`] (or its end with the connection).
+    ErrAnswered {
+        pending: P,
+        result: Result<Option<String>, MutationError>,
+    },
     Payload(Payload),
     /// The source's ancestry changed.
     Ancestry(Vec<String>),
@@ -106,6 +118,15 @@ pub enum ClientEvent<P> {
     /// The server ended the session (or broke the protocol); the connection is to be
     /// dropped. The reason quotes the server printably.
     Closed(String),
+}
+
+/// A request waiting for its answer, by what answers it.
+#[derive(Debug)]
+enum Request<P> {
+    /// A mutation's reply or a snapshot.
+    Answer(P),
+    /// An `ErrReply`.
+    Err(P),
 }
 
 /// A mirror's session with its source.
@@ -120,7 +141,9 @@ pub struct ClientSession<P> {
     tracked: Tracked,
     /// The source's ancestry, from the last welcome or update.
     upstream: Vec<String>,
-    requests: Requests<P>,
+    requests: Requests<Request<P>>,
+    /// Remote waits, kept across connections.
+    waits: Requests<remote::RemoteWait<P>>,
     phase: Phase,
     since: Moment,
     /// Sessions established so far.
@@ -152,6 +175,7 @@ impl<P> ClientSession<P> {
             tracked: Tracked::All,
             upstream: Vec::new(),
             requests: Requests::default(),
+            waits: Requests::default(),
             phase: Phase::Idle,
             since: Moment::ZERO,
             sessions: 0,
@@ -222,6 +246,7 @@ impl<P> ClientSession<P> {
             return;
         }
         self.fail_requests();
+        self.reset_waits();
         self.phase = Phase::Handshake;
         self.since = now;
         self.hello_failed = None;
@@ -350,7 +375,10 @@ impl<P> ClientSession<P> {
         if let Some(&bad) = mutation.states.iter().find(|&&s| s >= len) {
             return Err(MutationError::BadIndex(bad));
         }
-        let id = self.take_id(pending)?;
+        let id = match pending {
+            Some(pending) => self.take_id(Request::Answer(pending))?,
+            None => 0,
+        };
         self.send(&Message::Mutate(MutateRequest {
             id,
             kind: mutation.kind,
@@ -363,7 +391,7 @@ impl<P> ClientSession<P> {
     /// Asks the source for its whole clock; the answer comes back with `pending`.
     pub fn sync(&mut self, pending: P) -> Result<(), MutationError> {
         self.check_ready()?;
-        let id = self.take_id(Some(pending))?;
+        let id = self.take_id(Request::Answer(pending))?;
         self.send(&Message::Sync { id });
         Ok(())
     }
@@ -377,6 +405,7 @@ impl<P> ClientSession<P> {
         }
         self.phase = Phase::Closed;
         self.fail_requests();
+        self.dispose_waits();
     }
 
     /// Takes the next event.
@@ -397,10 +426,7 @@ impl<P> ClientSession<P> {
         }
     }
 
-    fn take_id(&mut self, pending: Option<P>) -> Result<u64, MutationError> {
-        let Some(pending) = pending else {
-            return Ok(0);
-        };
+    fn take_id(&mut self, pending: Request<P>) -> Result<u64, MutationError> {
         self.requests
             .insert(pending)
             .ok_or(MutationError::QueueFull {
@@ -435,6 +461,8 @@ impl<P> ClientSession<P> {
             Message::Ping(nonce) => self.send(&Message::Pong(nonce)),
             Message::Pong(_) => {}
             Message::Ancestry(ancestry) => self.set_upstream(ancestry),
+            Message::WhenArgsDone { id, result } => self.wait_done(id, result),
+            Message::ErrReply { id, result } => self.err_answered(id, result),
             Message::Bye { reason } => {
                 self.end(format!("the server said bye: {}", printable(&reason)));
             }
@@ -447,9 +475,19 @@ impl<P> ClientSession<P> {
     }
 
     fn answer(&mut self, id: u64, result: Result<Outcome, MutationError>) {
-        if let Some(pending) = self.requests.take(id) {
-            self.events
-                .push_back(ClientEvent::Answered { pending, result });
+        match self.requests.take(id) {
+            Some(Request::Answer(pending)) => {
+                self.events
+                    .push_back(ClientEvent::Answered { pending, result });
+            }
+            Some(other) => {
+                // Answered wrongly, the request still ends.
+                self.fail_request(other, MutationError::Disconnected);
+                self.end(format!(
+                    "the server answered request {id} with a mutation's reply or a snapshot"
+                ));
+            }
+            None => {}
         }
     }
 
@@ -466,12 +504,22 @@ impl<P> ClientSession<P> {
     }
 
     fn fail_requests(&mut self) {
-        for pending in self.requests.take_all() {
-            self.events.push_back(ClientEvent::Answered {
-                pending,
-                result: Err(MutationError::Disconnected),
-            });
+        for request in self.requests.take_all() {
+            self.fail_request(request, MutationError::Disconnected);
         }
+    }
+
+    fn fail_request(&mut self, request: Request<P>, error: MutationError) {
+        self.events.push_back(match request {
+            Request::Answer(pending) => ClientEvent::Answered {
+                pending,
+                result: Err(error),
+            },
+            Request::Err(pending) => ClientEvent::ErrAnswered {
+                pending,
+                result: Err(error),
+            },
+        });
     }
 
     fn send(&mut self, message: &Message) {

@@ -1,11 +1,23 @@
 //! The catch-up of a client to its source's latest clock: one path with two entries, the
 //! pusher's (a plain diff or nothing, else the writer's turn) and the writer's (everything:
-//! ancestry, a snapshot when the clock went back, pacing, the end of a session whose source
-//! changed its schema).
+//! ancestry, a snapshot when the clock went back, pacing, a source's schema change: passed on
+//! when the new schema enlarges the client's, the end of the session otherwise).
+//!
+//! An enlarged schema keeps every state at its position, so what the client holds stays
+//! valid: its tracked states, the states it may mutate, its pending waits and requests. The
+//! client gets `SchemaChanged` with the new schema and a snapshot of the source's clock in it,
+//! and goes on. Its grant stays as given, in positions: a client that sees every state sees
+//! the new ones too; one whose view was narrowed (a track list, a `see` rule) keeps its view,
+//! and a `mutate` list its states, until it reconnects.
 
 use std::sync::atomic::Ordering;
 
+use std::sync::Arc;
+
+use tracing::info;
+
 use super::{CatchUp, ClockFeed, CloseReason, Phase, ServerSession};
+use crate::machine::Schema;
 use crate::proto::diff::went_back;
 use crate::proto::message::{Message, Snapshot};
 use crate::proto::session::cache::{DiffCache, Versioned};
@@ -24,7 +36,7 @@ impl ServerSession {
         if client.last.version == latest.version && client.ancestry == latest.ancestry {
             return CatchUp::Nothing;
         }
-        // A changed schema ends the session, which is the writer's to do.
+        // A changed schema is the writer's to pass on (or to end the session for).
         if paced
             || pending
             || latest.schema != client.schema.hash()
@@ -104,25 +116,63 @@ impl ServerSession {
     }
 
     /// The source's latest clock; first queues the source's ancestry when it changed since
-    /// the client last had it, and ends the session when the source's schema is not the
-    /// client's. The version's own record says when to look; the source says whether the
-    /// schema really changed (it can change without a transition, and the record lags until
-    /// the next one).
+    /// the client last had it, and deals with a source's schema that is not the client's:
+    /// passes it on when it enlarges the client's, ends the session otherwise. The version's
+    /// own record says when to look; the source says whether the schema really changed (it
+    /// can change without a transition, and the record lags until the next one).
     pub(super) fn latest(&mut self, feed: &dyn ClockFeed) -> Versioned {
         let latest = feed.latest();
         let Phase::Ready(client) = &mut self.phase else {
             return latest;
         };
         let mine = client.schema.hash();
-        if latest.schema != mine && feed.schema_hash() != mine {
-            self.close(CloseReason::SchemaChanged);
-            return latest;
+        if latest.schema != mine {
+            match feed.schema() {
+                // The record's clock is of the source's schema now, which keeps the client's
+                // positions.
+                Some(now)
+                    if now.hash() == latest.schema
+                        && now.len() == latest.ticks.len()
+                        && now.extends(&client.schema) =>
+                {
+                    self.enlarge_schema(now, &latest);
+                }
+                // The record lags behind a source whose schema is the client's again.
+                _ if feed.schema_hash() == mine => {}
+                _ => {
+                    self.close(CloseReason::SchemaChanged);
+                    return latest;
+                }
+            }
         }
+        let Phase::Ready(client) = &mut self.phase else {
+            return latest;
+        };
         if latest.ancestry != client.ancestry {
             client.ancestry = latest.ancestry;
             self.send(&Message::Ancestry(feed.ancestry()));
         }
         latest
+    }
+
+    /// Passes on a schema that enlarges the client's: the new schema and a snapshot of `latest`
+    /// (a clock of it), which the client then has.
+    fn enlarge_schema(&mut self, schema: Arc<Schema>, latest: &Versioned) {
+        let Phase::Ready(client) = &mut self.phase else {
+            return;
+        };
+        info!(client = %client.id, from = client.schema.len(), to = schema.len(), "the source's schema grew; passing it on");
+        let snapshot = Snapshot {
+            ticks: client.tracked.mask(&latest.ticks),
+            queue_tick: latest.queue_tick,
+        };
+        client.schema = schema;
+        client.last = latest.clone();
+        let def = client.schema.def().clone();
+        self.send(&Message::SchemaChanged {
+            schema: def,
+            snapshot,
+        });
     }
 
     /// When the source's clock went back (it restarted and a mirror resynced to it), no diff

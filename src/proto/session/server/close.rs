@@ -17,7 +17,7 @@ pub enum CloseReason {
     /// Too slow for its payloads.
     Kicked,
     WriteStalled(Duration),
-    /// The source's schema is not the one the client was given.
+    /// The source's schema is neither the one the client was given nor an enlargement of it.
     SchemaChanged,
     /// The handshake ended in a refusal or a status answer.
     Handshake,

@@ -120,6 +120,8 @@ impl ServerSession {
             replies_pending: 0,
             last_push: Moment::ZERO,
             push_due: None,
+            waits: Default::default(),
+            waits_refused: 0,
         }));
         self.last_heard = now;
         self.next_ping = now + self.config.limits.keepalive;

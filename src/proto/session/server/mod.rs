@@ -1,9 +1,11 @@
 //! A server's session with one client: every protocol decision about that connection.
 //!
 //! The handshake (admission, the source's offer, the welcome or a refusal), status requests,
-//! the ACL on each mutation, replies that carry the diff up to their time, snapshots on
-//! request and when the source's clock went back, ancestry updates, the end of a session whose
-//! source changed its schema, keepalive pings, the idle rule, pacing by a minimum push
+//! the ACL on each mutation, remote waits and last-error requests (`remote.rs`), replies that
+//! carry the diff up to their time, snapshots on
+//! request and when the source's clock went back, ancestry updates, a source's schema change
+//! passed on when it enlarges the client's schema and the end of the session otherwise,
+//! keepalive pings, the idle rule, pacing by a minimum push
 //! interval, and the last word to a peer that is leaving.
 //!
 //! Bytes come in through [`ServerSession::handle_bytes`], time through
@@ -17,7 +19,7 @@
 //! then says [`CatchUp::Writer`]); the second is the connection's own writer's, which does
 //! everything.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -26,6 +28,7 @@ use tracing::{debug, info, warn};
 mod catch_up;
 mod close;
 mod handshake;
+mod remote;
 mod stats;
 
 pub use handshake::server_full;
@@ -35,7 +38,7 @@ pub use stats::ServerStats;
 
 use super::cache::{DiffCache, Versioned};
 use super::time::Moment;
-use crate::machine::{Mutation, Outcome, Schema};
+use crate::machine::{Args, Mutation, Outcome, Schema};
 use crate::proto::acl::Acl;
 use crate::proto::acl::check_mutation;
 use crate::proto::config::Limits;
@@ -63,6 +66,9 @@ pub trait ClockFeed {
     fn latest(&self) -> Versioned;
     /// The hash of the source's schema now (the latest version's may lag behind it).
     fn schema_hash(&self) -> u64;
+    /// The source's schema now, for a client whose schema it enlarged; `None` when there is
+    /// no source (yet).
+    fn schema(&self) -> Option<Arc<Schema>>;
     /// The source's id and its upstream sources' ids, nearest first.
     fn ancestry(&self) -> Vec<String>;
 }
@@ -87,9 +93,19 @@ impl ClockFeed for NoSource {
         0
     }
 
+    fn schema(&self) -> Option<Arc<Schema>> {
+        None
+    }
+
     fn ancestry(&self) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// Whether positions of `schema` (a client's) still name the same states in the source's
+/// schema now: it is the same one, or an enlargement of it.
+fn schema_fits(schema: &Schema, feed: &dyn ClockFeed) -> bool {
+    feed.schema_hash() == schema.hash() || feed.schema().is_some_and(|now| now.extends(schema))
 }
 
 /// Work for the driver.
@@ -103,6 +119,21 @@ pub enum ServerEvent {
     /// Run this mutation on the source and hand its result to
     /// [`ServerSession::handle_mutation_result`].
     Mutate { id: u64, mutation: Mutation },
+    /// Wait on the source for an activation of `state` with `args` (its `when_args`), and hand
+    /// how the wait ended to [`ServerSession::handle_wait_result`] with `id` and `wait`;
+    /// unless [`ServerEvent::CancelWait`] with the same `wait` comes first.
+    WhenArgs {
+        id: u64,
+        /// The session's key of this wait.
+        wait: u64,
+        state: String,
+        args: Args,
+    },
+    /// The client withdrew the wait with this key: drop it (its result is not wanted).
+    CancelWait { wait: u64 },
+    /// Read the source's last error (its `err`) and hand it to
+    /// [`ServerSession::handle_err_result`].
+    Err { id: u64 },
 }
 
 /// What a catch-up did.
@@ -164,6 +195,11 @@ struct Client {
     replies_pending: usize,
     last_push: Moment,
     push_due: Option<Moment>,
+    /// Remote waits handed to the driver and not answered yet: the client's id to the
+    /// session's key.
+    waits: HashMap<u64, u64>,
+    /// Waits refused for the limit since one of the client's waits last ended.
+    waits_refused: usize,
 }
 
 /// A server's session with one client.
@@ -181,10 +217,12 @@ pub struct ServerSession {
     last_heard: Moment,
     next_ping: Moment,
     nonce: u64,
-    /// Mutations handed to the driver whose result has not come back. Reading stops
-    /// meanwhile: what a client sends after a mutation (a sync, another mutation) is answered
-    /// after it, in order.
+    /// Mutations (and last-error requests) handed to the driver whose result has not come
+    /// back. Reading stops meanwhile: what a client sends after a mutation (a sync, another
+    /// mutation) is answered after it, in order.
     running: usize,
+    /// The key of the next remote wait.
+    next_wait: u64,
 }
 
 impl ServerSession {
@@ -219,6 +257,7 @@ impl ServerSession {
             last_heard: now,
             nonce: 0,
             running: 0,
+            next_wait: 1,
         }
     }
 
@@ -342,6 +381,9 @@ impl ServerSession {
                 client.last = latest;
                 self.send(&Message::Snapshot { id, snapshot });
             }
+            Message::WhenArgs(request) => self.handle_when_args(request, feed),
+            Message::WhenArgsCancel { id } => self.handle_cancel_wait(id),
+            Message::ErrRequest { id } => self.handle_err_request(id),
             Message::Ping(nonce) => self.send(&Message::Pong(nonce)),
             Message::Pong(_) => {}
             Message::Bye { reason } => {
@@ -364,8 +406,8 @@ impl ServerSession {
         let Phase::Ready(client) = &mut self.phase else {
             return;
         };
-        // Positions of another schema would name other states.
-        if feed.schema_hash() != client.schema.hash() {
+        // Positions of another schema would name other states (an enlarged one keeps them).
+        if !schema_fits(&client.schema, feed) {
             self.close(CloseReason::SchemaChanged);
             return;
         }
