@@ -5,6 +5,9 @@
 //!   [`ClientSession`](crate::proto::session::ClientSession): reads and waits answered from
 //!   its clock, mutations sent to the source, the session's events turned into waiter wake-ups,
 //!   observer calls and answers to callers.
+//! - [`DrivenServer`]: a served source, one
+//!   [`ServerSession`](crate::proto::session::ServerSession) per connection the loop drives: a
+//!   page that hosts a machine nodes mirror (the relay's listen route).
 //!
 //! Nothing here reads a socket or a clock or spawns: every input is a call with the time, and
 //! what must be sent is taken with `take_transmit`. The futures these types hand out use plain
@@ -12,8 +15,10 @@
 
 mod mirror;
 mod reply;
+mod server;
 
 pub use mirror::{DrivenMirror, MirrorEvent};
+pub use server::{DrivenServer, ServerDrive};
 
 #[cfg(test)]
 mod tests;

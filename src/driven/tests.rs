@@ -208,3 +208,139 @@ fn a_refused_hello_is_a_failed_handshake_with_its_reason() {
     assert!(mirror.active_states().is_empty());
     assert_eq!(mirror.clock(), Vec::<u64>::new());
 }
+
+/// A driven server and a driven mirror, bytes handed across until both are quiet.
+mod served {
+    use super::*;
+    use crate::driven::{DrivenServer, ServerDrive};
+    use crate::machine::{Machine, Schema, StateSource};
+    use crate::proto::session::ServerSessionConfig;
+
+    fn machine() -> Machine {
+        let schema = Schema::new(SchemaDef {
+            states: vec![StateDef::new("Foo"), StateDef::new("Bar").require(["Foo"])],
+        })
+        .expect("valid");
+        Machine::builder(schema).id("bar").build()
+    }
+
+    /// Moves bytes both ways (and pumps the server) until nothing moves.
+    fn settle(server: &DrivenServer, mirror: &DrivenMirror, now: Moment) -> Vec<ServerDrive> {
+        let mut drives = Vec::new();
+        for _ in 0..100 {
+            drives.extend(server.pump(now));
+            let mut down = Vec::new();
+            server.take_transmit(1, &mut down);
+            let mut up = Vec::new();
+            mirror.take_transmit(&mut up);
+            if down.is_empty() && up.is_empty() {
+                return drives;
+            }
+            if !down.is_empty() {
+                mirror.handle_bytes(&down, now);
+            }
+            if !up.is_empty() {
+                drives.extend(server.handle_bytes(1, &up, now));
+            }
+        }
+        panic!("never quiet");
+    }
+
+    fn connected(source: &str) -> (Machine, DrivenServer, DrivenMirror) {
+        let m = machine();
+        let server = DrivenServer::new(
+            "bar",
+            Arc::new(m.clone()),
+            ServerSessionConfig::default(),
+            || {},
+        );
+        let config = ClientConfig {
+            source: source.into(),
+            ..config()
+        };
+        let mirror = DrivenMirror::new("node", "ws://relay/listen/bar", config, None, || {});
+        server.open(1, Moment::ZERO);
+        mirror.connected(Moment::ZERO);
+        (m, server, mirror)
+    }
+
+    #[test]
+    fn a_mirror_follows_a_served_machine_and_mutates_it() {
+        let (m, server, mirror) = connected("bar");
+        m.add(&["Foo"], Args::new()).expect("taken");
+        settle(&server, &mirror, Moment::ZERO);
+        assert_eq!(mirror.phase(), Phase::Ready);
+        assert_eq!(mirror.active_states(), ["Foo"]);
+        assert_eq!(mirror.ancestry(), ["node", "bar"]);
+
+        // A change at the machine reaches the mirror with the next pump.
+        m.remove(&["Foo"], Args::new()).expect("taken");
+        settle(&server, &mirror, Moment::ZERO);
+        assert!(mirror.active_states().is_empty());
+
+        // A mutation from the mirror runs on the machine; its answer carries the diff.
+        m.on_state("Foo", |e| e.machine().add(&["Bar"], Args::new()).map(drop))
+            .expect("bound");
+        let mut added = pin!(mirror.add(&["Foo"], Args::new()));
+        assert!(poll(added.as_mut()).is_pending());
+        settle(&server, &mirror, Moment::ZERO);
+        assert_eq!(poll(added.as_mut()), Poll::Ready(Ok(Outcome::Executed)));
+        assert_eq!(m.active_states(), ["Foo", "Bar"]);
+        assert_eq!(mirror.active_states(), ["Foo", "Bar"]);
+
+        // The last error and an argument wait, asked of the served machine.
+        let mut err = pin!(mirror.err());
+        settle(&server, &mirror, Moment::ZERO);
+        assert_eq!(poll(err.as_mut()), Poll::Ready(Ok(None)));
+        let mut picked = pin!(mirror.when_args("Bar", Args::new().with("id", 2)));
+        settle(&server, &mirror, Moment::ZERO);
+        assert!(poll(picked.as_mut()).is_pending());
+        m.remove(&["Bar"], Args::new()).expect("taken");
+        m.add(&["Bar"], Args::new().with("id", 2)).expect("taken");
+        settle(&server, &mirror, Moment::ZERO);
+        assert_eq!(poll(picked.as_mut()), Poll::Ready(Ok(())));
+        assert_eq!(server.connections(), 1);
+    }
+
+    #[test]
+    fn a_hello_for_another_machine_is_refused_and_the_session_ends() {
+        let (_m, server, mirror) = connected("foo");
+        let mut failures = Vec::new();
+        for _ in 0..10 {
+            let mut up = Vec::new();
+            mirror.take_transmit(&mut up);
+            let drives = server.handle_bytes(1, &up, Moment::ZERO);
+            let mut down = Vec::new();
+            server.take_transmit(1, &mut down);
+            failures.extend(mirror.handle_bytes(&down, Moment::ZERO));
+            if !drives.is_empty() {
+                assert!(matches!(drives[..], [ServerDrive::Closed { conn: 1, .. }]));
+                break;
+            }
+        }
+        assert!(
+            matches!(&failures[..], [MirrorEvent::HandshakeFailed(e)] if e.to_string().contains("serves \"bar\", not \"foo\"")),
+            "{failures:?}"
+        );
+        server.handle_lost(1);
+        assert_eq!(server.connections(), 0);
+    }
+
+    #[test]
+    fn a_silent_client_is_dropped_on_its_timeout() {
+        let (_m, server, mirror) = connected("");
+        settle(&server, &mirror, Moment::ZERO);
+        assert_eq!(
+            mirror.phase(),
+            Phase::Ready,
+            "an empty name asks for the only source"
+        );
+        let due = server.poll_timeout(1).expect("a deadline");
+        let late = due + Duration::from_secs(60);
+        let drives = server.handle_timeout(1, late);
+        assert!(
+            matches!(&drives[..], [ServerDrive::Closed { conn: 1, reason }] if reason.contains("idle") || reason.contains("silent") || !reason.is_empty()),
+            "{drives:?}"
+        );
+    }
+}
