@@ -61,6 +61,10 @@ struct Cli {
     /// PEM CA certificate that tls:// and quic:// targets' certificates must chain to.
     #[arg(long, value_name = "PEM")]
     ca: Option<PathBuf>,
+    /// A name pages may offer a machine under (/offer/NAME), for nodes to mirror at
+    /// ws://relay/listen/NAME (repeatable).
+    #[arg(long = "offer", value_name = "NAME")]
+    offers: Vec<String>,
     /// The WebAssembly module pages load as /am.wasm (default: target/wasm/am.wasm of this
     /// source tree, where scripts/build-wasm.sh leaves it).
     #[arg(long, value_name = "FILE")]
@@ -93,6 +97,7 @@ fn config(cli: &Cli) -> anyhow::Result<RelayConfig> {
         });
     }
     config.origins.extend(cli.origins.iter().cloned());
+    config.offers.extend(cli.offers.iter().cloned());
     config.hosts.extend(cli.hosts.iter().cloned());
     if cli.token.is_some() {
         config.token = cli.token.clone();
@@ -125,8 +130,9 @@ fn config(cli: &Cli) -> anyhow::Result<RelayConfig> {
          max_message and idle_timeout_ms) must be above 0; leave them out for the defaults"
     );
     anyhow::ensure!(
-        !config.targets.is_empty(),
-        "no targets: give --target NAME=ENDPOINT or a --config with [relay] targets"
+        !config.targets.is_empty() || !config.offers.is_empty(),
+        "no targets and no offers: give --target NAME=ENDPOINT or --offer NAME, or a --config \
+         with [relay] targets or offers"
     );
     Ok(config)
 }

@@ -32,6 +32,9 @@ struct RelaySpec {
     tls: Option<TlsSpec>,
     /// The WebAssembly module pages load (default: where scripts/build-wasm.sh leaves it).
     wasm: Option<String>,
+    /// Names pages may offer machines under, for nodes to mirror at ws://relay/listen/NAME.
+    #[serde(default)]
+    offers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +88,7 @@ fn configure(path: &Path, source: &TomlFile<'_>) -> Result<RelayConfig, String> 
         });
     }
     config.origins = spec.origins;
+    config.offers = spec.offers;
     config.hosts = spec.hosts;
     config.token = spec.token;
     if let Some(n) = spec.max_connections {

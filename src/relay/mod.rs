@@ -12,6 +12,7 @@
 
 pub mod config;
 mod host;
+mod listen;
 mod pages;
 mod refusal;
 
@@ -76,6 +77,9 @@ pub struct RelayConfig {
     pub transport: TransportConfig,
     /// The WebAssembly module pages load as `/am.wasm` (read once, at start).
     pub wasm: PathBuf,
+    /// Names pages may offer machines under (`/offer/NAME`), for nodes to mirror at
+    /// `ws://relay/listen/NAME`.
+    pub offers: Vec<String>,
 }
 
 impl Default for RelayConfig {
@@ -92,6 +96,7 @@ impl Default for RelayConfig {
             handshake_timeout: Duration::from_secs(5),
             transport: TransportConfig::default(),
             wasm: PathBuf::from(pages::DEFAULT_WASM),
+            offers: Vec::new(),
         }
     }
 }
@@ -129,6 +134,8 @@ pub struct RelayStats {
 
 struct Inner {
     config: RelayConfig,
+    /// Machines pages offer now, and node connections waiting for their page.
+    offers: listen::Offers,
     /// The module's bytes, or why the page cannot have them.
     wasm: Result<Vec<u8>, String>,
     targets: BTreeMap<String, Target>,
@@ -204,6 +211,7 @@ impl Relay {
             pages::wasm_missing(&config.wasm, &error)
         });
         let inner = Arc::new(Inner {
+            offers: listen::Offers::default(),
             wasm,
             slots: Arc::new(Semaphore::new(config.max_connections)),
             hosts: HostCheck::new(local_addr.ip(), &config.hosts),
@@ -216,6 +224,11 @@ impl Relay {
         info!(endpoint = %local, targets = ?inner.targets.keys().collect::<Vec<_>>(), "relay listening");
         tokio::spawn(accept_loop(inner.clone(), listener));
         Ok(Relay { inner, local })
+    }
+
+    /// The names pages offer machines under now (the listen route).
+    pub fn offered(&self) -> Vec<String> {
+        self.inner.offers.names()
     }
 
     /// Where browsers connect (real port when bound to 0).
@@ -347,6 +360,35 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
     };
 
+    // The listen route: pages offering machines, nodes mirroring them.
+    if let Some(listen_route) = listen::ListenRoute::parse(&route) {
+        let admitted = admit_peer(inner, &request, &host)
+            .and_then(|permit| listen::check(inner, &listen_route).map(|()| permit));
+        http::accept_upgrade(&mut stream, &key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ws = WebSocketStream::from_partially_read(
+            stream,
+            rest,
+            Role::Server,
+            Some(browser_limits(inner.config.max_message)),
+        )
+        .await;
+        return match admitted {
+            Err((close, reason)) => {
+                inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+                info!(?route, code = close.code(), %reason, "relay refused a listen-route peer");
+                close_with(ws, CloseCode::from(close.code()), &reason, limit).await;
+                Err(reason)
+            }
+            Ok(permit) => {
+                let result = listen::serve(inner, ws, listen_route).await;
+                drop(permit);
+                result
+            }
+        };
+    }
+
     // Checked before the upgrade, told after it: a browser sees only a close frame.
     let admitted = match admit(inner, &request, &route, &host) {
         Ok((target, permit)) => connect_upstream(inner, &target)
@@ -447,6 +489,32 @@ async fn serve_http<S: AsyncWrite + Unpin>(
         &body,
     )
     .await
+}
+
+/// Whether a peer may open a socket at all: its origin, its token, a free slot.
+fn admit_peer(
+    inner: &Inner,
+    request: &http::Request,
+    host: &str,
+) -> Result<OwnedSemaphorePermit, Refused> {
+    if let Some(origin) = request.header("origin")
+        && !host::origin_allowed(origin, host, &inner.config.origins)
+    {
+        return Err((
+            RelayClose::Origin,
+            format!("origin {origin:?} may not use this relay; add it to the relay's origins"),
+        ));
+    }
+    check_token(inner, http::query(&request.path, "token").as_deref())?;
+    inner.slots.clone().try_acquire_owned().map_err(|_| {
+        (
+            RelayClose::Full,
+            format!(
+                "the relay is full ({} connections); try again later",
+                inner.config.max_connections
+            ),
+        )
+    })
 }
 
 /// Whether a browser may open a bridge: its origin, its token, its target, a free slot.

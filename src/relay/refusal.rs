@@ -23,6 +23,8 @@ pub enum RelayClose {
     Full,
     /// The target did not answer within the handshake timeout.
     TargetTimeout,
+    /// A page offers a name another page offers already (the listen route).
+    Offered,
 }
 
 impl RelayClose {
@@ -36,6 +38,7 @@ impl RelayClose {
             RelayClose::TargetUnreachable => 4502,
             RelayClose::Full => 4503,
             RelayClose::TargetTimeout => 4504,
+            RelayClose::Offered => 4409,
         }
     }
 
@@ -43,12 +46,15 @@ impl RelayClose {
     pub fn is_permanent(self) -> bool {
         matches!(
             self,
-            RelayClose::Token | RelayClose::Origin | RelayClose::UnknownTarget
+            RelayClose::Token
+                | RelayClose::Origin
+                | RelayClose::UnknownTarget
+                | RelayClose::Offered
         )
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [RelayClose; 7] = [
+    pub const ALL: [RelayClose; 8] = [
         RelayClose::Token,
         RelayClose::Origin,
         RelayClose::UnknownTarget,
@@ -56,6 +62,7 @@ impl RelayClose {
         RelayClose::TargetUnreachable,
         RelayClose::Full,
         RelayClose::TargetTimeout,
+        RelayClose::Offered,
     ];
 }
 
