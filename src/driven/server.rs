@@ -64,8 +64,9 @@ pub struct DrivenServer {
 }
 
 struct Shared {
-    /// The names a hello may ask for (an empty name asks for the only source).
-    name: String,
+    /// The names a hello may ask for, the first the one told (an empty name asks for the only
+    /// source).
+    names: Vec<String>,
     source: Arc<dyn StateSource>,
     config: Arc<ServerSessionConfig>,
     stats: Arc<ServerStats>,
@@ -78,7 +79,7 @@ struct Shared {
 impl std::fmt::Debug for DrivenServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DrivenServer")
-            .field("name", &self.shared.name)
+            .field("names", &self.shared.names)
             .field("connections", &lock(&self.shared.conns).len())
             .finish()
     }
@@ -119,9 +120,10 @@ impl Wake for LoopWaker {
 }
 
 impl DrivenServer {
-    /// Serves `source` as `name`; `outbound` is called when [`DrivenServer::pump`] is due.
+    /// Serves `source` under `names` (a hello may name any; the first is the one quoted);
+    /// `outbound` is called when [`DrivenServer::pump`] is due.
     pub fn new(
-        name: impl Into<String>,
+        names: Vec<String>,
         source: Arc<dyn StateSource>,
         config: ServerSessionConfig,
         outbound: impl Fn() + Send + Sync + 'static,
@@ -135,7 +137,7 @@ impl DrivenServer {
             schema: source.schema().hash(),
         };
         let shared = Arc::new(Shared {
-            name: name.into(),
+            names,
             config: Arc::new(config),
             stats: Arc::default(),
             published: Mutex::new(published),
@@ -231,6 +233,13 @@ impl DrivenServer {
             c.session.take_transmit(&mut taken);
             out.extend_from_slice(&taken);
         }
+    }
+
+    /// The connections open now.
+    pub fn conns(&self) -> Vec<u32> {
+        let mut conns: Vec<u32> = lock(&self.shared.conns).keys().copied().collect();
+        conns.sort_unstable();
+        conns
     }
 
     /// The connections with bytes to send.
@@ -395,10 +404,14 @@ impl DrivenServer {
         let Some(c) = conns.get_mut(&conn) else {
             return;
         };
-        if !hello.source.is_empty() && hello.source != shared.name {
+        if !hello.source.is_empty() && !shared.names.contains(&hello.source) {
             c.session.refuse(Refusal {
                 kind: RefusalKind::UnknownSource,
-                reason: format!("this page serves {:?}, not {:?}", shared.name, hello.source),
+                reason: format!(
+                    "this page serves {:?}, not {:?}",
+                    shared.names.first().map_or("", String::as_str),
+                    hello.source
+                ),
             });
             return;
         }

@@ -249,7 +249,7 @@ mod served {
     fn connected(source: &str) -> (Machine, DrivenServer, DrivenMirror) {
         let m = machine();
         let server = DrivenServer::new(
-            "bar",
+            vec!["bar".into(), "listen/bar".into()],
             Arc::new(m.clone()),
             ServerSessionConfig::default(),
             || {},

@@ -138,3 +138,19 @@ pub extern "C" fn am_take(handle: u32) -> usize {
     put_outbox(bytes);
     len
 }
+
+/// Bytes from connection `conn` of served machine `server` (in the inbox), read at `now_ms`.
+#[unsafe(no_mangle)]
+pub extern "C" fn am_server_bytes(server: u32, conn: u32, now_ms: f64) -> u32 {
+    let input = take_inbox();
+    answer(PAGE.with(|page| page.server_bytes(server, conn, &input, now_ms)))
+}
+
+/// What connection `conn` of served machine `server` has to send, into the outbox; its length.
+#[unsafe(no_mangle)]
+pub extern "C" fn am_server_take(server: u32, conn: u32) -> usize {
+    let bytes = PAGE.with(|page| page.server_take(server, conn));
+    let len = bytes.len();
+    put_outbox(bytes);
+    len
+}

@@ -16,14 +16,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use asyncmachine::driven::{DrivenMirror, MirrorEvent};
+use asyncmachine::driven::{DrivenMirror, DrivenServer, MirrorEvent, ServerDrive};
 use asyncmachine::machine::{
     ClockChange, Event, Machine, MutationError, MutationKind, Outcome, Schema, SchemaDef,
     StateSource, WaitError,
 };
+use asyncmachine::proto::Compression;
 use asyncmachine::proto::frame::DEFAULT_MAX_FRAME;
 use asyncmachine::proto::message::RefusalKind;
-use asyncmachine::proto::session::{ClientConfig, HandshakeError, Moment};
+use asyncmachine::proto::session::{ClientConfig, HandshakeError, Moment, ServerSessionConfig};
 use serde_json::{Value as Json, json};
 
 use crate::error::WebError;
@@ -57,6 +58,8 @@ struct Entry {
 struct Registry {
     next: u32,
     entries: HashMap<u32, Entry>,
+    /// Machines the page serves (the relay's listen route), by handle.
+    servers: HashMap<u32, Arc<DrivenServer>>,
     tasks: HashMap<u32, Task>,
 }
 
@@ -153,6 +156,9 @@ impl Page {
             "machine" => self.create_machine(command),
             "mirror" => self.create_mirror(command),
             "poll" => Ok(self.poll()),
+            "serverOpen" | "serverTimeout" | "serverLost" | "serverPump" | "unserve" => {
+                self.on_server(op, command)
+            }
             "cancel" => {
                 let task = field(command, "task")?.as_u64().unwrap_or(0) as u32;
                 lock(&self.registry).tasks.remove(&task);
@@ -221,6 +227,23 @@ impl Page {
                 }));
                 Ok(Json::Null)
             }
+            "serve" => {
+                let name = string(command, "name")?;
+                let host = self.host.clone();
+                // A hello names the machine as offered, or as the relay's path to it.
+                let names = vec![name.to_owned(), format!("listen/{name}")];
+                // Nodes that ask for compression get it (ruzstd in this build).
+                let config = ServerSessionConfig {
+                    compression: Some(Compression::default()),
+                    ..ServerSessionConfig::default()
+                };
+                let server = DrivenServer::new(names, source.clone(), config, move || host.wake());
+                let mut registry = lock(&self.registry);
+                registry.next += 1;
+                let s = registry.next;
+                registry.servers.insert(s, Arc::new(server));
+                Ok(json!({ "s": s }))
+            }
             "dispose" => {
                 if let Some(machine) = &entry.machine {
                     machine.dispose();
@@ -245,6 +268,69 @@ impl Page {
             }
             _ => Err(WebError::bad_request(format!("unknown op {op:?}"))),
         }
+    }
+
+    fn server(&self, command: &Json) -> Result<(u32, Arc<DrivenServer>), WebError> {
+        let s = field(command, "s")?
+            .as_u64()
+            .ok_or_else(|| WebError::bad_request("\"s\" must be a server handle"))?
+            as u32;
+        lock(&self.registry)
+            .servers
+            .get(&s)
+            .cloned()
+            .map(|server| (s, server))
+            .ok_or_else(|| WebError::disposed(format!("no server with handle {s}")))
+    }
+
+    /// A served machine's connections, driven by the glue.
+    fn on_server(&self, op: &str, command: &Json) -> Result<Json, WebError> {
+        let (s, server) = self.server(command)?;
+        let conn = || {
+            field(command, "conn")?
+                .as_u64()
+                .map(|c| c as u32)
+                .ok_or_else(|| WebError::bad_request("\"conn\" must be a connection number"))
+        };
+        let drives = match op {
+            "serverOpen" => {
+                server.open(conn()?, moment(now(command)?));
+                Vec::new()
+            }
+            "serverTimeout" => server.handle_timeout(conn()?, moment(now(command)?)),
+            "serverLost" => {
+                server.handle_lost(conn()?);
+                Vec::new()
+            }
+            "unserve" => {
+                lock(&self.registry).servers.remove(&s);
+                return Ok(Json::Null);
+            }
+            _ => server.pump(moment(now(command)?)),
+        };
+        Ok(server_reply(&server, &drives))
+    }
+
+    /// Bytes from a served machine's connection `conn`.
+    pub fn server_bytes(
+        &self,
+        s: u32,
+        conn: u32,
+        bytes: &[u8],
+        now_ms: f64,
+    ) -> Result<Json, WebError> {
+        let (_, server) = self.server(&json!({ "s": s }))?;
+        let drives = server.handle_bytes(conn, bytes, moment(now_ms));
+        Ok(server_reply(&server, &drives))
+    }
+
+    /// What a served machine's connection `conn` has to send.
+    pub fn server_take(&self, s: u32, conn: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Ok((_, server)) = self.server(&json!({ "s": s })) {
+            server.take_transmit(conn, &mut out);
+        }
+        out
     }
 
     /// Bytes from a mirror's WebSocket.
@@ -490,6 +576,26 @@ impl Page {
         }
         Json::Array(done)
     }
+}
+
+/// What the glue acts on after a served machine's input: connections to close, connections
+/// with bytes to send, and each connection's next timeout (milliseconds, or null).
+fn server_reply(server: &DrivenServer, drives: &[ServerDrive]) -> Json {
+    let closed: Vec<Json> = drives
+        .iter()
+        .map(|ServerDrive::Closed { conn, reason }| json!({ "conn": conn, "reason": reason }))
+        .collect();
+    let timeouts: Vec<Json> = server
+        .conns()
+        .into_iter()
+        .map(|conn| {
+            let at = server
+                .poll_timeout(conn)
+                .map(|m| m.elapsed().as_secs_f64() * 1000.0);
+            json!([conn, at])
+        })
+        .collect();
+    json!({ "closed": closed, "pending": server.pending(), "timeouts": timeouts })
 }
 
 fn now(command: &Json) -> Result<f64, WebError> {

@@ -308,3 +308,72 @@ fn a_refusal_says_whether_to_retry() {
     assert_eq!(event["code"], "auth");
     assert_eq!(event["permanent"], true);
 }
+
+#[test]
+fn a_served_machine_is_mirrored_through_the_glue_commands() {
+    let (page, _host) = page();
+    let h = machine(&page);
+    let s = page
+        .call(&json!({ "op": "serve", "h": h, "name": "bar" }))
+        .expect("served")["s"]
+        .as_u64()
+        .expect("server") as u32;
+    // A mirror in the same page stands for a node; the test carries the bytes.
+    let m = page
+        .call(&json!({ "op": "mirror", "id": "node", "source": "listen/bar", "compression": true }))
+        .expect("made")["h"]
+        .as_u64()
+        .expect("handle") as u32;
+    page.call(&json!({ "op": "serverOpen", "s": s, "conn": 1, "now": 0.0 }))
+        .expect("open");
+    page.call(&json!({ "op": "connected", "h": m, "now": 0.0 }))
+        .expect("connected");
+    let settle = || {
+        for _ in 0..50 {
+            let pumped = page
+                .call(&json!({ "op": "serverPump", "s": s, "now": 1.0 }))
+                .expect("pumped");
+            assert_eq!(pumped["closed"], json!([]));
+            let down = page.server_take(s, 1);
+            let up = page.take(m);
+            if down.is_empty() && up.is_empty() {
+                return;
+            }
+            if !down.is_empty() {
+                page.bytes(m, &down, 1.0).expect("read");
+            }
+            if !up.is_empty() {
+                let reply = page.server_bytes(s, 1, &up, 1.0).expect("read");
+                assert_eq!(reply["timeouts"][0][0], json!(1));
+            }
+        }
+        panic!("never quiet");
+    };
+    settle();
+    assert_eq!(
+        page.call(&json!({ "op": "read", "h": m })).expect("read")["connection"],
+        "ready"
+    );
+    // The node's mutation runs on the page's machine; the page's own change reaches the node.
+    let task = page
+        .call(&json!({ "op": "mutate", "h": m, "kind": "add", "states": ["A"] }))
+        .expect("sent")["task"]
+        .as_u64()
+        .expect("pending");
+    settle();
+    assert_eq!(
+        page.call(&json!({ "op": "poll" })).expect("polled"),
+        json!([{ "task": task, "ok": "Executed" }])
+    );
+    assert_eq!(clock(&page, h), json!([1, 0, 0, 0]));
+    page.call(&json!({ "op": "mutate", "h": h, "kind": "add", "states": ["C"] }))
+        .expect("taken");
+    settle();
+    assert_eq!(clock(&page, u64::from(m)), json!([1, 0, 1, 0]));
+    page.call(&json!({ "op": "serverLost", "s": s, "conn": 1 }))
+        .expect("lost");
+    let pumped = page
+        .call(&json!({ "op": "serverPump", "s": s, "now": 2.0 }))
+        .expect("pumped");
+    assert_eq!(pumped["timeouts"], json!([]), "no connection left");
+}
