@@ -55,6 +55,8 @@ const decoder = new TextDecoder();
 const handlers = new Map();
 const sources = new Map();
 const tasks = new Map();
+/** Offers by server handle, for the pump. */
+const offers = new Map();
 let nextHandler = 0;
 let pumpQueued = false;
 
@@ -120,6 +122,7 @@ function pump() {
     else task.resolve(done.ok);
   }
   for (const source of sources.values()) source._flush?.();
+  for (const offer of offers.values()) offer._pump();
 }
 
 /**
@@ -592,6 +595,180 @@ export class Mirror extends Source {
     this.#status("disconnected", why, error ? 0 : code);
     this.retryTimer = setTimeout(() => this.#connect(), retryDelay(this.attempt++));
   }
+}
+
+// ----- offers (listen mode) -----
+
+/**
+ * A machine of this page offered through am-relay: nodes mirror it at
+ * `ws://relay/listen/NAME` (and `am-node watch` reaches it there), and mutate it as they
+ * would a node's. The page runs the server's side of the protocol in the module; the relay
+ * only carries bytes. Events: "status" ({state: "connecting" | "offering" | "disconnected" |
+ * "refused" | "closed", reason, code}), "connection" ({conn, state: "open" | "closed",
+ * reason}). A name the relay does not take, or one another page offers already (4409), is
+ * refused for good; other closes are retried with backoff.
+ */
+export class Offer extends EventTarget {
+  /**
+   * @param {Machine} machine the machine to serve
+   * @param {string} url ws(s)://relay/offer/NAME, with ?token=... when the relay wants one
+   * @param {{keepaliveMs?: number, WebSocket?: typeof WebSocket}} [options]
+   */
+  constructor(machine, url, { keepaliveMs = DEFAULT_KEEPALIVE_MS, WebSocket: Socket = globalThis.WebSocket } = {}) {
+    super();
+    const parsed = new URL(url);
+    const name = decodeURIComponent(parsed.pathname.replace(/^\/offer\//, ""));
+    if (!name || name.includes("/")) throw new TypeError(`${url} is not ws(s)://relay/offer/NAME`);
+    Object.assign(this, { machine, url, name, keepaliveMs, Socket });
+    this.state = "closed";
+    this.attempt = 0;
+    this.closed = true;
+    /** Open node connections: conn -> {ws, timer}. */
+    this.conns = new Map();
+  }
+
+  /** Offers the machine, and offers it again after transient closes, until close(). */
+  start() {
+    this.closed = false;
+    if (this.s === undefined) {
+      this.s = call({ op: "serve", h: this.machine.handle, name: this.name }).s;
+      offers.set(this.s, this);
+    }
+    this.#connect();
+    return this;
+  }
+
+  /** Resolves once the relay took the offer. */
+  ready() {
+    if (this.state === "offering") return Promise.resolve(this);
+    return new Promise((resolve, reject) => {
+      const on = (e) => {
+        if (e.detail.state === "offering") { this.removeEventListener("status", on); resolve(this); }
+        if (e.detail.state === "refused" || e.detail.state === "closed") { this.removeEventListener("status", on); reject(new RefusedError("refused", e.detail.reason)); }
+      };
+      this.addEventListener("status", on);
+    });
+  }
+
+  /** Withdraws the offer: node connections end, the relay forgets the name. */
+  close() {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    clearInterval(this.keepalive);
+    for (const conn of [...this.conns.keys()]) this.#dropConn(conn, "offer closed");
+    this.ws?.close(1000, "offer closed");
+    if (this.s !== undefined) {
+      call({ op: "unserve", s: this.s });
+      offers.delete(this.s);
+      this.s = undefined;
+    }
+    this.#status("closed");
+  }
+
+  #status(state, reason = "", code = 0) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("status", { detail: { state, reason, code } }));
+  }
+
+  #connect() {
+    this.#status("connecting");
+    const ws = new this.Socket(this.url);
+    this.ws = ws;
+    ws.onopen = () => {
+      this.attempt = 0;
+      this.#status("offering");
+      clearInterval(this.keepalive);
+      // The relay closes an offer it hears nothing from.
+      this.keepalive = setInterval(() => ws.readyState === 1 && ws.send("ping"), this.keepaliveMs);
+    };
+    ws.onmessage = (event) => {
+      if (typeof event.data !== "string") return;
+      let note;
+      try { note = JSON.parse(event.data); } catch { return; }
+      if (Number.isInteger(note.open)) this.#take(note.open);
+    };
+    ws.onclose = (event) => {
+      clearInterval(this.keepalive);
+      if (this.closed) return;
+      const reason = event.reason || `closed (${event.code})`;
+      if (PERMANENT_CLOSE_CODES.has(event.code) || event.code === 4409) {
+        this.closed = true;
+        this.#status("refused", reason, event.code);
+        return;
+      }
+      this.#status("disconnected", reason, event.code);
+      this.retryTimer = setTimeout(() => this.#connect(), retryDelay(this.attempt++));
+    };
+    ws.onerror = () => {};
+  }
+
+  /** Takes node connection `conn`: a socket of its own, bridged by the relay to the node. */
+  #take(conn) {
+    const url = new URL(this.url);
+    url.pathname += `/${conn}`;
+    const ws = new this.Socket(url.href);
+    ws.binaryType = "arraybuffer";
+    this.conns.set(conn, { ws, timer: undefined });
+    ws.onopen = () => {
+      this.#act(call({ op: "serverOpen", s: this.s, conn, now: performance.now() }));
+      this.dispatchEvent(new CustomEvent("connection", { detail: { conn, state: "open" } }));
+    };
+    ws.onmessage = (event) => {
+      if (!(event.data instanceof ArrayBuffer) || this.s === undefined) return;
+      toInbox(new Uint8Array(event.data));
+      const status = wasm.exports.am_server_bytes(this.s, conn, performance.now());
+      const answer = JSON.parse(outboxText());
+      if (status !== 0) return this.#dropConn(conn, answer.message);
+      this.#act(answer);
+    };
+    ws.onclose = (event) => this.#dropConn(conn, event.reason || `closed (${event.code})`);
+    ws.onerror = () => {};
+  }
+
+  #dropConn(conn, reason) {
+    const c = this.conns.get(conn);
+    if (!c) return;
+    this.conns.delete(conn);
+    clearTimeout(c.timer);
+    if (c.ws.readyState <= 1) c.ws.close(1000, closeReason(reason));
+    if (this.s !== undefined) call({ op: "serverLost", s: this.s, conn });
+    this.dispatchEvent(new CustomEvent("connection", { detail: { conn, state: "closed", reason } }));
+  }
+
+  /** @internal The machine changed or work finished: push to every connection. */
+  _pump() {
+    if (this.s !== undefined) this.#act(call({ op: "serverPump", s: this.s, now: performance.now() }));
+  }
+
+  /** Sends what the connections have, arms their timeouts, closes the ended ones. */
+  #act(reply) {
+    for (const conn of reply.pending) {
+      const c = this.conns.get(conn);
+      const len = wasm.exports.am_server_take(this.s, conn);
+      if (c && len > 0 && c.ws.readyState === 1) c.ws.send(outbox().slice());
+    }
+    for (const [conn, at] of reply.timeouts) {
+      const c = this.conns.get(conn);
+      if (!c) continue;
+      clearTimeout(c.timer);
+      if (at !== null) {
+        c.timer = setTimeout(() => {
+          if (this.s !== undefined && this.conns.has(conn)) this.#act(call({ op: "serverTimeout", s: this.s, conn, now: performance.now() }));
+        }, Math.max(0, at - performance.now()));
+      }
+    }
+    for (const { conn, reason } of reply.closed) this.#dropConn(conn, reason);
+  }
+}
+
+/**
+ * Offers `machine` through a relay, once the relay took it:
+ * `await offer(bar, "ws://relay/offer/bar")`.
+ * @returns {Promise<Offer>}
+ */
+export async function offer(machine, url, options) {
+  await load();
+  return new Offer(machine, url, options).start().ready();
 }
 
 /**

@@ -1,5 +1,5 @@
-//! The files a relay serves (the demo page, its script and style, the JavaScript client) and
-//! the policy they are served under.
+//! The files a relay serves (the demo page, its script and style, the JavaScript client, the
+//! foo/bar example) and the policy they are served under.
 //!
 //! The page runs in the relay's origin, where a token may sit in its address: it loads only
 //! its own scripts and style (no inline script, so markup injected through data cannot run),
@@ -16,6 +16,8 @@ const INDEX_HTML: &str = include_str!("../../relay/web/index.html");
 const PAGE_JS: &str = include_str!("../../relay/web/page.js");
 const PAGE_CSS: &str = include_str!("../../relay/web/page.css");
 const AM_JS: &str = include_str!("../../relay/web/am.js");
+const FOOBAR_HTML: &str = include_str!("../../relay/web/foobar.html");
+const FOOBAR_JS: &str = include_str!("../../relay/web/foobar.js");
 
 /// The file served at a route, if any.
 pub(crate) fn file(route: &str) -> Option<PageFile> {
@@ -24,6 +26,8 @@ pub(crate) fn file(route: &str) -> Option<PageFile> {
         "/page.js" => ("text/javascript; charset=utf-8", PAGE_JS),
         "/am.js" => ("text/javascript; charset=utf-8", AM_JS),
         "/page.css" => ("text/css; charset=utf-8", PAGE_CSS),
+        "/foobar.html" => ("text/html; charset=utf-8", FOOBAR_HTML),
+        "/foobar.js" => ("text/javascript; charset=utf-8", FOOBAR_JS),
         _ => return None,
     };
     Some(PageFile { content_type, body })
@@ -70,7 +74,7 @@ mod tests {
             1,
             "one script, by reference"
         );
-        for file in [INDEX_HTML, PAGE_JS, AM_JS] {
+        for file in [INDEX_HTML, PAGE_JS, AM_JS, FOOBAR_HTML, FOOBAR_JS] {
             assert!(!file.contains("innerHTML"), "no innerHTML anywhere");
             assert!(!file.contains("outerHTML") && !file.contains("insertAdjacentHTML"));
             assert!(!file.contains(" onclick=") && !file.contains("style="));

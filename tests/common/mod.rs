@@ -4,6 +4,7 @@
     reason = "each test binary uses a different part of these helpers"
 )]
 
+pub mod chromium;
 pub mod raw;
 
 use std::future::Future;

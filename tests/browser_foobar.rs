@@ -1,0 +1,139 @@
+//! The foo/bar example (asyncmachine-go's WASM example, re-created) in headless Chromium: a
+//! node serves `foo` and mirrors the page's `bar` through the relay's listen route; the page
+//! (relay/web/foobar.html) hosts `bar`, offers it, and mirrors `foo`. foo's handler answers a
+//! message with a reply to bar, bar's handler (JavaScript, in the page) answers one with a
+//! reply to foo: a mutation started in the page reaches foo and comes back as a mutation of
+//! bar, and the reverse. A second tab that offers bar too is refused with the reason.
+
+mod common;
+
+use std::sync::Arc;
+
+use asyncmachine::machine::{Args, Machine, Schema, SchemaDef, StateDef, StateSource};
+use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
+use asyncmachine::relay::{Relay, RelayConfig, Target};
+use asyncmachine::server::ServerConfig;
+use common::chromium::{Chromium, chromium_or_skip};
+use common::*;
+use serde_json::json;
+
+/// foo's and bar's schema, as relay/web/foobar.js has it.
+fn schema() -> Arc<Schema> {
+    Arc::new(
+        Schema::new(SchemaDef {
+            states: vec![StateDef::new("Msg").multi(), StateDef::new("Reply").multi()],
+        })
+        .expect("valid"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foo_and_bar_mutate_each_other_through_the_relay() {
+    let Some(path) = chromium_or_skip() else {
+        return;
+    };
+    // The node: foo served over tcp, behind the relay as the target "foo".
+    let foo = Machine::builder(schema()).id("foo").build();
+    let (_server, endpoint) = serve(Arc::new(foo.clone()), ServerConfig::default(), "tcp").await;
+    let relay = Relay::start(RelayConfig {
+        listen: any_port("ws"),
+        targets: vec![Target {
+            name: "foo".into(),
+            endpoint,
+        }],
+        offers: vec!["bar".into()],
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay starts");
+    let address = relay.local_endpoint().address.clone();
+    // foo mirrors the page's bar; it retries until the page offers it.
+    let bar = Mirror::start(
+        &format!("ws://{address}/listen/bar")
+            .parse()
+            .expect("endpoint"),
+        MirrorConfig {
+            client_id: "foo".into(),
+            schema: Some(schema()),
+            ..MirrorConfig::default()
+        },
+    )
+    .expect("mirror starts");
+    // foo's handler: a message to foo is answered with a reply to bar.
+    let to_bar = bar.clone();
+    foo.on_state("Msg", move |e| {
+        let n = e
+            .arg("n")
+            .cloned()
+            .unwrap_or(asyncmachine::machine::Value::Int(0));
+        let reply = to_bar.add(&["Reply"], Args::new().with("from", "foo").with("n", n));
+        tokio::spawn(reply);
+    })
+    .expect("bound");
+
+    let mut chromium = Chromium::launch(&path).await;
+    let page = format!("http://{address}/foobar.html");
+    chromium.open(&page).await;
+    chromium
+        .until(
+            "the page to offer bar and mirror foo",
+            "window.foobar?.offer.state === 'offering' && window.foobar?.foo.state === 'ready'",
+        )
+        .await;
+    within("foo's mirror of bar", bar.wait_connection(ConnState::Ready)).await;
+    assert_eq!(relay.offered(), ["bar"]);
+    assert_eq!(bar.ancestry(), ["foo", "bar"], "bar is the page's machine");
+
+    // Page -> foo -> bar: the page messages foo; foo's handler replies to the page's bar.
+    chromium
+        .eval("window.foobar.foo.add('Msg', { n: 1 })")
+        .await;
+    within("foo got the message", foo.when_tick_reaches("Msg", 1))
+        .await
+        .expect("waits");
+    chromium
+        .until(
+            "bar's reply from foo, in the page",
+            "window.foobar.bar.tick('Reply') === 1 && document.getElementById('bar-Reply').textContent === '1'",
+        )
+        .await;
+    within("the reply at foo's mirror of bar", bar.when(&["Reply"]))
+        .await
+        .expect("waits");
+
+    // foo -> bar -> foo: the node messages bar; bar's handler (JS) replies to foo.
+    bar.add(&["Msg"], Args::new().with("n", 2))
+        .await
+        .expect("taken in by the page");
+    within("foo's reply from bar", foo.when(&["Reply"]))
+        .await
+        .expect("waits");
+    assert_eq!(foo.tick("Reply"), 1);
+    chromium
+        .until(
+            "the page's mirror of foo shows it",
+            "document.getElementById('foo-Reply').textContent === '1'",
+        )
+        .await;
+
+    // A second tab: bar is offered already, so its offer is refused with the reason; it still
+    // mirrors foo.
+    chromium.open(&page).await;
+    chromium
+        .until(
+            "the second tab's offer refused, foo mirrored",
+            "window.foobar?.offer.state === 'refused' && window.foobar?.foo.state === 'ready'",
+        )
+        .await;
+    let reason = chromium
+        .eval("document.getElementById('reason').textContent")
+        .await;
+    assert!(
+        reason
+            .as_str()
+            .is_some_and(|r| r.contains("offered by another page")),
+        "{reason}"
+    );
+    assert_eq!(relay.offered(), ["bar"], "the first tab keeps it");
+    assert_eq!(json!(foo.tick("Msg")), json!(1));
+}
