@@ -794,6 +794,15 @@ impl StateSource for Machine {
         core.ticks.clone()
     }
 
+    /// One turn of the lock for the name and the tick (the provided method takes two).
+    fn tick(&self, state: &str) -> u64 {
+        let core = self.core();
+        if core.disposed {
+            return 0;
+        }
+        core.schema.index(state).map_or(0, |i| core.ticks[i])
+    }
+
     /// 0 once disposed.
     fn tick_at(&self, idx: usize) -> u64 {
         let core = self.core();

@@ -351,10 +351,10 @@ impl Machine {
         // Self handlers: the targets active before, except in a remove.
         let self_kind = handlers.has_self() && mutation.kind != MutationKind::Remove;
         let before = tx.before;
-        let selves = plan
-            .targets
+        let candidates = if self_kind { &plan.targets[..] } else { &[] };
+        let selves = candidates
             .iter()
-            .filter(move |&&s| self_kind && is_active(before[s]))
+            .filter(move |&&s| is_active(before[s]))
             .map(|&s| (HandlerKind::SelfEnter, Some(s), None));
         let pairs = before_order.iter().flat_map(|&from| {
             let to = if handlers.has_from(from) {
