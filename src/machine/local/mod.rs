@@ -555,7 +555,7 @@ impl Machine {
             }
             core.start_processing();
         }
-        Ok(self.process(|| self.run(mutation, false).0))
+        Ok(self.process(|| self.transition(&mutation, false, None).0))
     }
 
     /// Runs `first` as the processing thread (the caller has taken the role), then everything
@@ -579,9 +579,9 @@ impl Machine {
         make: impl FnOnce(&Schema) -> Result<Mutation, MutationError>,
     ) -> Result<Submitted, MutationError> {
         let mutation;
+        let mut guard = self.core();
         {
-            let mut core = self.core();
-            let core = &mut *core;
+            let core = &mut *guard;
             mutation = make(&core.schema)?;
             core.admit(&mutation)?;
             note_error(core, &mutation);
@@ -618,21 +618,22 @@ impl Machine {
             }
             core.start_processing();
         }
-        let (outcome, tick) = self.process(|| self.run(mutation, true));
+        // The transition starts in this turn of the lock.
+        let (outcome, tick) = self.process(|| self.transition(&mutation, true, Some(guard)));
         Ok(Submitted::Done(outcome, tick))
     }
 
     /// Runs queued mutations until the queue is empty, then gives up the processing role.
     fn drain(&self) {
         loop {
-            let next = {
+            let (next, core) = {
                 let mut core = self.core();
                 match core.queue.pop_front() {
                     Some(next) if !core.disposed => {
                         if next.tick.is_some() {
                             core.pending_ticks -= 1;
                         }
-                        next
+                        (next, core)
                     }
                     popped => {
                         let mut rest = std::mem::take(&mut core.queue);
@@ -653,20 +654,19 @@ impl Machine {
             };
             match next.item {
                 Item::Mutation(mutation) => {
-                    let (outcome, _) = self.run(mutation, next.tick.is_some());
+                    // The transition starts in the turn of the lock that took it out.
+                    let ticked = next.tick.is_some();
+                    let (outcome, _) = self.transition(&mutation, ticked, Some(core));
                     for done in next.done {
                         done.complete(Ok(outcome));
                     }
                 }
-                Item::Eval(job) => self.run_eval(job),
+                Item::Eval(job) => {
+                    drop(core);
+                    self.run_eval(job)
+                }
             }
         }
-    }
-
-    /// Runs one transition, taking a queue tick when `ticked` (see the module docs), and
-    /// returns its outcome and the queue tick after it.
-    fn run(&self, mutation: Mutation, ticked: bool) -> (Outcome, u64) {
-        self.transition(&mutation, ticked)
     }
 
     // ----- lifecycle and introspection -----

@@ -110,9 +110,16 @@ impl Machine {
     /// The core's lock is taken three times: to start (queue tick, schema, handlers, resolution,
     /// the clock before), to apply the plan, and to close (what final handlers undid, the auto
     /// mutation, the queue tick's waiters); handlers, observers and tracers run outside it.
-    pub(super) fn transition(&self, mutation: &Mutation, ticked: bool) -> (Outcome, u64) {
+    ///
+    /// `held` is the core's lock when the caller holds it already (it took the mutation in).
+    pub(super) fn transition(
+        &self,
+        mutation: &Mutation,
+        ticked: bool,
+        held: Option<MutexGuard<'_, Core>>,
+    ) -> (Outcome, u64) {
         let (schema, handlers, before, before_order, queue_tick, resolved) = {
-            let mut core = self.core();
+            let mut core = held.unwrap_or_else(|| self.core());
             let core = &mut *core;
             if ticked {
                 // As in asyncmachine, the tick is taken when the mutation leaves the queue, so
