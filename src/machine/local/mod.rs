@@ -61,6 +61,7 @@ use super::tracer::Tracer;
 use super::value::Args;
 use super::waiters::{Condition, WaitError, WaiterHost, WaiterSet, When, make_when};
 use eval::EvalJob;
+use transition::Turn;
 use queries::note_error;
 
 /// Default bound of the mutation queue.
@@ -555,18 +556,21 @@ impl Machine {
             }
             core.start_processing();
         }
-        Ok(self.process(|| self.transition(&mutation, false, None).0))
+        Ok(self.process(|turn| self.transition(turn, &mutation, false, None).0))
     }
 
     /// Runs `first` as the processing thread (the caller has taken the role), then everything
     /// queued meanwhile, then gives the role up.
-    fn process<T>(&self, first: impl FnOnce() -> T) -> T {
+    fn process<T>(&self, first: impl FnOnce(&mut Option<Turn>) -> T) -> T {
         let mut guard = ProcessingGuard {
             machine: self,
             armed: true,
         };
-        let out = first();
-        self.drain();
+        // The schema and handlers this processing turn works with, kept across its
+        // transitions (see `Turn`).
+        let mut turn = None;
+        let out = first(&mut turn);
+        self.drain(&mut turn);
         guard.armed = false;
         out
     }
@@ -619,12 +623,13 @@ impl Machine {
             core.start_processing();
         }
         // The transition starts in this turn of the lock.
-        let (outcome, tick) = self.process(|| self.transition(&mutation, true, Some(guard)));
+        let (outcome, tick) =
+            self.process(|turn| self.transition(turn, &mutation, true, Some(guard)));
         Ok(Submitted::Done(outcome, tick))
     }
 
     /// Runs queued mutations until the queue is empty, then gives up the processing role.
-    fn drain(&self) {
+    fn drain(&self, turn: &mut Option<Turn>) {
         loop {
             let (next, core) = {
                 let mut core = self.core();
@@ -656,7 +661,7 @@ impl Machine {
                 Item::Mutation(mutation) => {
                     // The transition starts in the turn of the lock that took it out.
                     let ticked = next.tick.is_some();
-                    let (outcome, _) = self.transition(&mutation, ticked, Some(core));
+                    let (outcome, _) = self.transition(turn, &mutation, ticked, Some(core));
                     for done in next.done {
                         done.complete(Ok(outcome));
                     }
