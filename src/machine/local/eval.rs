@@ -128,7 +128,7 @@ impl Machine {
             core.start_processing();
         }
         let slot = Arc::new(EvalSlot::default());
-        self.process(|| {
+        self.process(|_| {
             self.run_eval(EvalJob {
                 source: source.to_owned(),
                 run: Box::new(f),

@@ -67,7 +67,7 @@ impl Machine {
             let observers = (queue_moved || !changed.is_empty()).then(|| core.observers.snapshot());
             (before, core.ticks.clone(), changed, observers)
         };
-        self.process(|| {
+        self.process(|_| {
             if let Some(observers) = observers {
                 observers.clock_changed(&ClockChange {
                     before: &before,

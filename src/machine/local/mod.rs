@@ -61,6 +61,7 @@ use super::tracer::Tracer;
 use super::value::Args;
 use super::waiters::{Condition, WaitError, WaiterHost, WaiterSet, When, make_when};
 use eval::EvalJob;
+use transition::Turn;
 use queries::note_error;
 
 /// Default bound of the mutation queue.
@@ -555,18 +556,21 @@ impl Machine {
             }
             core.start_processing();
         }
-        Ok(self.process(|| self.run(mutation, false).0))
+        Ok(self.process(|turn| self.transition(turn, &mutation, false, None).0))
     }
 
     /// Runs `first` as the processing thread (the caller has taken the role), then everything
     /// queued meanwhile, then gives the role up.
-    fn process<T>(&self, first: impl FnOnce() -> T) -> T {
+    fn process<T>(&self, first: impl FnOnce(&mut Option<Turn>) -> T) -> T {
         let mut guard = ProcessingGuard {
             machine: self,
             armed: true,
         };
-        let out = first();
-        self.drain();
+        // The schema and handlers this processing turn works with, kept across its
+        // transitions (see `Turn`).
+        let mut turn = None;
+        let out = first(&mut turn);
+        self.drain(&mut turn);
         guard.armed = false;
         out
     }
@@ -579,9 +583,9 @@ impl Machine {
         make: impl FnOnce(&Schema) -> Result<Mutation, MutationError>,
     ) -> Result<Submitted, MutationError> {
         let mutation;
+        let mut guard = self.core();
         {
-            let mut core = self.core();
-            let core = &mut *core;
+            let core = &mut *guard;
             mutation = make(&core.schema)?;
             core.admit(&mutation)?;
             note_error(core, &mutation);
@@ -618,21 +622,23 @@ impl Machine {
             }
             core.start_processing();
         }
-        let (outcome, tick) = self.process(|| self.run(mutation, true));
+        // The transition starts in this turn of the lock.
+        let (outcome, tick) =
+            self.process(|turn| self.transition(turn, &mutation, true, Some(guard)));
         Ok(Submitted::Done(outcome, tick))
     }
 
     /// Runs queued mutations until the queue is empty, then gives up the processing role.
-    fn drain(&self) {
+    fn drain(&self, turn: &mut Option<Turn>) {
         loop {
-            let next = {
+            let (next, core) = {
                 let mut core = self.core();
                 match core.queue.pop_front() {
                     Some(next) if !core.disposed => {
                         if next.tick.is_some() {
                             core.pending_ticks -= 1;
                         }
-                        next
+                        (next, core)
                     }
                     popped => {
                         let mut rest = std::mem::take(&mut core.queue);
@@ -653,20 +659,19 @@ impl Machine {
             };
             match next.item {
                 Item::Mutation(mutation) => {
-                    let (outcome, _) = self.run(mutation, next.tick.is_some());
+                    // The transition starts in the turn of the lock that took it out.
+                    let ticked = next.tick.is_some();
+                    let (outcome, _) = self.transition(turn, &mutation, ticked, Some(core));
                     for done in next.done {
                         done.complete(Ok(outcome));
                     }
                 }
-                Item::Eval(job) => self.run_eval(job),
+                Item::Eval(job) => {
+                    drop(core);
+                    self.run_eval(job)
+                }
             }
         }
-    }
-
-    /// Runs one transition, taking a queue tick when `ticked` (see the module docs), and
-    /// returns its outcome and the queue tick after it.
-    fn run(&self, mutation: Mutation, ticked: bool) -> (Outcome, u64) {
-        self.transition(&mutation, ticked)
     }
 
     // ----- lifecycle and introspection -----
@@ -792,6 +797,15 @@ impl StateSource for Machine {
             return Vec::new();
         }
         core.ticks.clone()
+    }
+
+    /// One turn of the lock for the name and the tick (the provided method takes two).
+    fn tick(&self, state: &str) -> u64 {
+        let core = self.core();
+        if core.disposed {
+            return 0;
+        }
+        core.schema.index(state).map_or(0, |i| core.ticks[i])
     }
 
     /// 0 once disposed.

@@ -8,6 +8,15 @@ use crate::machine::handlers::HandlerCall;
 use crate::machine::log::LogLevel;
 use crate::machine::tracer::{Step, StepKind, TransitionTrace};
 
+/// The schema and the handler table a processing turn works with: taken once and kept while
+/// the core still holds the same ones, so that a turn of many transitions does not count
+/// references for each (set_schema is refused while a turn runs; binding replaces the table,
+/// which the pointer comparison notices).
+pub(super) struct Turn {
+    schema: Arc<Schema>,
+    handlers: Arc<HandlerTable>,
+}
+
 /// What a transition shares with its handlers, its log and its tracers.
 struct Tx<'a> {
     machine: &'a Machine,
@@ -110,10 +119,30 @@ impl Machine {
     /// The core's lock is taken three times: to start (queue tick, schema, handlers, resolution,
     /// the clock before), to apply the plan, and to close (what final handlers undid, the auto
     /// mutation, the queue tick's waiters); handlers, observers and tracers run outside it.
-    pub(super) fn transition(&self, mutation: &Mutation, ticked: bool) -> (Outcome, u64) {
-        let (schema, handlers, before, before_order, queue_tick, resolved) = {
-            let mut core = self.core();
+    ///
+    /// `held` is the core's lock when the caller holds it already (it took the mutation in).
+    pub(super) fn transition(
+        &self,
+        turn: &mut Option<Turn>,
+        mutation: &Mutation,
+        ticked: bool,
+        held: Option<MutexGuard<'_, Core>>,
+    ) -> (Outcome, u64) {
+        let (current, before, before_order, queue_tick, resolved) = {
+            let mut core = held.unwrap_or_else(|| self.core());
             let core = &mut *core;
+            let current: &Turn = match turn {
+                Some(t)
+                    if Arc::ptr_eq(&t.schema, &core.schema)
+                        && Arc::ptr_eq(&t.handlers, &core.handlers) =>
+                {
+                    t
+                }
+                _ => turn.insert(Turn {
+                    schema: core.schema.clone(),
+                    handlers: core.handlers.clone(),
+                }),
+            };
             if ticked {
                 // As in asyncmachine, the tick is taken when the mutation leaves the queue, so
                 // the handlers of the transition already see it.
@@ -145,20 +174,20 @@ impl Machine {
                 Vec::new()
             };
             (
-                core.schema.clone(),
-                core.handlers.clone(),
+                current,
                 before,
                 before_order,
                 core.queue_tick,
                 resolved,
             )
         };
-        let schema: &Schema = &schema;
+        let schema: &Schema = &current.schema;
+        let handlers: &HandlerTable = &current.handlers;
         let mut tx = Tx {
             machine: self,
             schema,
             mutation,
-            handlers: &handlers,
+            handlers,
             before: &before,
             queue_tick,
             level: self.log_level(),
@@ -242,7 +271,8 @@ impl Machine {
                     .activated(arriving.iter().copied(), &mutation.args);
             }
             core.order.clone_from(&plan.targets);
-            core.observers.snapshot()
+            // No reference counted when nobody observes.
+            (!core.observers.is_empty()).then(|| core.observers.snapshot())
         };
 
         let (stopped, unfinished) = self.finalize(&mut tx, &plan, arriving);
@@ -254,7 +284,7 @@ impl Machine {
             Outcome::Executed
         };
         // The clock after and what changed, for whoever looks: observers, the log, tracers.
-        let watched = !observers.is_empty() || tx.level >= LogLevel::Changes || tx.steps.is_some();
+        let watched = observers.is_some() || tx.level >= LogLevel::Changes || tx.steps.is_some();
         let undo_and_follow = |core: &mut Core| {
             for &s in &unfinished {
                 // Arrived states are active (odd ticks): one more tick deactivates them.
@@ -288,7 +318,7 @@ impl Machine {
             .filter(|&s| after[s] != before[s])
             .collect();
         self.log_changes(&tx, &after, &changed);
-        if !changed.is_empty() && !observers.is_empty() {
+        if let Some(observers) = observers.filter(|_| !changed.is_empty()) {
             let transition = Transition {
                 kind: mutation.kind,
                 called: &mutation.states,
@@ -351,10 +381,10 @@ impl Machine {
         // Self handlers: the targets active before, except in a remove.
         let self_kind = handlers.has_self() && mutation.kind != MutationKind::Remove;
         let before = tx.before;
-        let selves = plan
-            .targets
+        let candidates = if self_kind { &plan.targets[..] } else { &[] };
+        let selves = candidates
             .iter()
-            .filter(move |&&s| self_kind && is_active(before[s]))
+            .filter(move |&&s| is_active(before[s]))
             .map(|&s| (HandlerKind::SelfEnter, Some(s), None));
         let pairs = before_order.iter().flat_map(|&from| {
             let to = if handlers.has_from(from) {
