@@ -33,8 +33,13 @@ async fn foo_and_bar_mutate_each_other_through_the_relay() {
         return;
     };
     // The node: foo served over tcp, behind the relay as the target "foo".
-    let foo = Machine::builder(schema()).id("foo").build();
-    let (_server, endpoint) = serve(Arc::new(foo.clone()), ServerConfig::default(), "tcp").await;
+    let foo_machine = Machine::builder(schema()).id("foo").build();
+    let (_server, endpoint) = serve(
+        Arc::new(foo_machine.clone()),
+        ServerConfig::default(),
+        "tcp",
+    )
+    .await;
     let relay = Relay::start(RelayConfig {
         listen: any_port("ws"),
         targets: vec![Target {
@@ -48,7 +53,7 @@ async fn foo_and_bar_mutate_each_other_through_the_relay() {
     .expect("relay starts");
     let address = relay.local_endpoint().address.clone();
     // foo mirrors the page's bar; it retries until the page offers it.
-    let bar = Mirror::start(
+    let bar_mirror = Mirror::start(
         &format!("ws://{address}/listen/bar")
             .parse()
             .expect("endpoint"),
@@ -60,16 +65,17 @@ async fn foo_and_bar_mutate_each_other_through_the_relay() {
     )
     .expect("mirror starts");
     // foo's handler: a message to foo is answered with a reply to bar.
-    let to_bar = bar.clone();
-    foo.on_state("Msg", move |e| {
-        let n = e
-            .arg("n")
-            .cloned()
-            .unwrap_or(asyncmachine::machine::Value::Int(0));
-        let reply = to_bar.add(&["Reply"], Args::new().with("from", "foo").with("n", n));
-        tokio::spawn(reply);
-    })
-    .expect("bound");
+    let to_bar = bar_mirror.clone();
+    foo_machine
+        .on_state("Msg", move |e| {
+            let n = e
+                .arg("n")
+                .cloned()
+                .unwrap_or(asyncmachine::machine::Value::Int(0));
+            let reply = to_bar.add(&["Reply"], Args::new().with("from", "foo").with("n", n));
+            tokio::spawn(reply);
+        })
+        .expect("bound");
 
     let mut chromium = Chromium::launch(&path).await;
     let page = format!("http://{address}/foobar.html");
@@ -80,35 +86,50 @@ async fn foo_and_bar_mutate_each_other_through_the_relay() {
             "window.foobar?.offer.state === 'offering' && window.foobar?.foo.state === 'ready'",
         )
         .await;
-    within("foo's mirror of bar", bar.wait_connection(ConnState::Ready)).await;
+    within(
+        "foo's mirror of bar",
+        bar_mirror.wait_connection(ConnState::Ready),
+    )
+    .await;
     assert_eq!(relay.offered(), ["bar"]);
-    assert_eq!(bar.ancestry(), ["foo", "bar"], "bar is the page's machine");
+    assert_eq!(
+        bar_mirror.ancestry(),
+        ["foo", "bar"],
+        "bar is the page's machine"
+    );
 
     // Page -> foo -> bar: the page messages foo; foo's handler replies to the page's bar.
     chromium
         .eval("window.foobar.foo.add('Msg', { n: 1 })")
         .await;
-    within("foo got the message", foo.when_tick_reaches("Msg", 1))
-        .await
-        .expect("waits");
+    within(
+        "foo got the message",
+        foo_machine.when_tick_reaches("Msg", 1),
+    )
+    .await
+    .expect("waits");
     chromium
         .until(
             "bar's reply from foo, in the page",
             "window.foobar.bar.tick('Reply') === 1 && document.getElementById('bar-Reply').textContent === '1'",
         )
         .await;
-    within("the reply at foo's mirror of bar", bar.when(&["Reply"]))
-        .await
-        .expect("waits");
+    within(
+        "the reply at foo's mirror of bar",
+        bar_mirror.when(&["Reply"]),
+    )
+    .await
+    .expect("waits");
 
     // foo -> bar -> foo: the node messages bar; bar's handler (JS) replies to foo.
-    bar.add(&["Msg"], Args::new().with("n", 2))
+    bar_mirror
+        .add(&["Msg"], Args::new().with("n", 2))
         .await
         .expect("taken in by the page");
-    within("foo's reply from bar", foo.when(&["Reply"]))
+    within("foo's reply from bar", foo_machine.when(&["Reply"]))
         .await
         .expect("waits");
-    assert_eq!(foo.tick("Reply"), 1);
+    assert_eq!(foo_machine.tick("Reply"), 1);
     chromium
         .until(
             "the page's mirror of foo shows it",
@@ -135,5 +156,5 @@ async fn foo_and_bar_mutate_each_other_through_the_relay() {
         "{reason}"
     );
     assert_eq!(relay.offered(), ["bar"], "the first tab keeps it");
-    assert_eq!(json!(foo.tick("Msg")), json!(1));
+    assert_eq!(json!(foo_machine.tick("Msg")), json!(1));
 }

@@ -35,15 +35,15 @@ async fn main() -> anyhow::Result<()> {
     let schema = plan.schema.clone();
     let relay_config = asyncmachine::relay::config::load(&file).map_err(anyhow::Error::msg)?;
 
-    let foo = Machine::builder(schema.clone()).id("foo").build();
+    let foo_machine = Machine::builder(schema.clone()).id("foo").build();
     let server = Server::new(ServerConfig::default());
-    server.add_source("foo", Arc::new(foo.clone()))?;
+    server.add_source("foo", Arc::new(foo_machine.clone()))?;
     for endpoint in &node.listen {
         server.listen(endpoint).await?;
     }
     let relay = Relay::start(relay_config).await?;
     let bar_at = format!("ws://{}/listen/bar", relay.local_endpoint().address);
-    let bar = Mirror::start(
+    let bar_mirror = Mirror::start(
         &bar_at.parse()?,
         MirrorConfig {
             client_id: "foo".into(),
@@ -52,8 +52,8 @@ async fn main() -> anyhow::Result<()> {
         },
     )?;
     // foo's handler: a message to foo is answered with a reply to bar.
-    let to_bar = bar.clone();
-    foo.on_state("Msg", move |e| {
+    let to_bar = bar_mirror.clone();
+    foo_machine.on_state("Msg", move |e| {
         let n = e.arg("n").cloned().unwrap_or(Value::Int(0));
         let reply = to_bar.add(&["Reply"], Args::new().with("from", "foo").with("n", n));
         tokio::spawn(async move {

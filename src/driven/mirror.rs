@@ -39,11 +39,14 @@ pub enum MirrorEvent {
 
 type Hook = Box<dyn Fn() + Send + Sync>;
 
+type MutationAnswer = Result<Outcome, MutationError>;
+type ErrAnswer = Result<Option<String>, MutationError>;
+
 /// Who waits for what the session hands back.
 #[derive(Debug)]
 enum Pending {
-    Answer(Reply<Result<Outcome, MutationError>>),
-    Err(Reply<Result<Option<String>, MutationError>>),
+    Answer(Reply<MutationAnswer>),
+    Err(Reply<ErrAnswer>),
     /// A remote wait: its waiter in the mirror's waiter set.
     Wait(u64),
 }
@@ -80,14 +83,8 @@ struct Inner {
 struct Effects {
     notices: Vec<Notice>,
     ancestry: Vec<(Vec<String>, crate::machine::observers::ObserverSnapshot)>,
-    answers: Vec<(
-        Reply<Result<Outcome, MutationError>>,
-        Result<Outcome, MutationError>,
-    )>,
-    errs: Vec<(
-        Reply<Result<Option<String>, MutationError>>,
-        Result<Option<String>, MutationError>,
-    )>,
+    answers: Vec<(Reply<MutationAnswer>, MutationAnswer)>,
+    errs: Vec<(Reply<ErrAnswer>, ErrAnswer)>,
     events: Vec<MirrorEvent>,
 }
 
