@@ -785,3 +785,125 @@ async fn a_mirror_reaches_a_node_through_a_wss_relay() {
     machine.add(&["C"], Args::new()).expect("taken in");
     converged(&mirror, &machine.clock()).await;
 }
+
+/// Waits until the relay's offered names are `names`.
+async fn offered(relay: &Relay, names: &[&str]) {
+    within("the offered names", async {
+        while relay.offered() != names {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// The next `{"open": N}` the relay sends on an offer socket.
+async fn announced(offer: &mut Ws) -> u64 {
+    within("a node connection announced", async {
+        loop {
+            match offer.next().await {
+                Some(Ok(WsMessage::Text(text))) => {
+                    let note: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                    return note["open"].as_u64().expect("a connection number");
+                }
+                Some(Ok(_)) => {}
+                other => panic!("expected an announcement, got {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_route_takes_allowed_names_once_and_hands_nodes_to_the_page() {
+    let (_machine, relay, _server) = setup(RelayConfig {
+        offers: vec!["bar".into()],
+        handshake_timeout: Duration::from_millis(500),
+        ..RelayConfig::default()
+    })
+    .await;
+    let own = format!("http://{}", relay.local_endpoint().address);
+    let (code, reason) = refused(&relay, "/offer/nope").await;
+    assert_eq!(code, 4404, "{reason}");
+    assert!(reason.contains("takes offers of: bar"), "{reason}");
+    let (code, reason) = refused(&relay, "/listen/bar").await;
+    assert_eq!(
+        code, 4502,
+        "nobody offers it yet, so a node retries: {reason}"
+    );
+
+    let mut offer = open(&relay, "/offer/bar", Some(&own))
+        .await
+        .expect("offers");
+    offered(&relay, &["bar"]).await;
+    let (code, reason) = refused(&relay, "/offer/bar").await;
+    assert_eq!(code, 4409, "{reason}");
+    assert!(reason.contains("offered by another page"), "{reason}");
+    let (code, _) = refused(&relay, "/offer/bar/999").await;
+    assert_eq!(code, 4404, "no node waits as connection 999");
+
+    // A node connects; the page is told, takes the connection, and bytes pass both ways.
+    let mut node = open(&relay, "/listen/bar", None).await.expect("upgraded");
+    let n = announced(&mut offer).await;
+    let mut page = open(&relay, &format!("/offer/bar/{n}"), Some(&own))
+        .await
+        .expect("taken");
+    node.send(WsMessage::binary(b"hello".to_vec()))
+        .await
+        .expect("sent");
+    let got = within("bytes at the page", async {
+        loop {
+            if let Some(Ok(WsMessage::Binary(data))) = page.next().await {
+                return data;
+            }
+        }
+    })
+    .await;
+    assert_eq!(&got[..], b"hello");
+    page.send(WsMessage::binary(b"welcome".to_vec()))
+        .await
+        .expect("sent");
+    let got = within("bytes at the node", async {
+        loop {
+            if let Some(Ok(WsMessage::Binary(data))) = node.next().await {
+                return data;
+            }
+        }
+    })
+    .await;
+    assert_eq!(&got[..], b"welcome");
+
+    // A node connection the page does not take ends with 4504 after the handshake timeout.
+    let mut late = open(&relay, "/listen/bar", None).await.expect("upgraded");
+    announced(&mut offer).await;
+    let frame = close_of(&mut late).await;
+    assert_eq!(u16::from(frame.code), 4504, "{}", frame.reason);
+
+    // The offer ends: the name is free again, and nodes are told nobody offers it.
+    offer.close(None).await.expect("closed");
+    offered(&relay, &[]).await;
+    let (code, _) = refused(&relay, "/listen/bar").await;
+    assert_eq!(code, 4502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_needs_the_token_and_an_allowed_origin() {
+    let (_machine, relay, _server) = setup(RelayConfig {
+        offers: vec!["bar".into()],
+        token: Some("s3cret".into()),
+        ..RelayConfig::default()
+    })
+    .await;
+    let (code, reason) = refused(&relay, "/offer/bar").await;
+    assert_eq!(code, 4401, "{reason}");
+    let mut ws = open(
+        &relay,
+        "/offer/bar?token=s3cret",
+        Some("https://evil.example"),
+    )
+    .await
+    .expect("upgraded");
+    assert_eq!(u16::from(close_of(&mut ws).await.code), 4403);
+    let (code, _) = refused(&relay, "/listen/bar").await;
+    assert_eq!(code, 4401, "a node needs the token too");
+    assert!(relay.offered().is_empty());
+}
