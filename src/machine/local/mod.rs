@@ -38,7 +38,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -46,7 +46,7 @@ use tracing::{debug, error, warn};
 
 use super::bind::{Binding, HandlerTable, Handlers, TracerId};
 use super::handlers::{Completion, Event, HandlerKind, Verdict, panic_message};
-use super::log::{LogArgs, LogLevel, Logger};
+use super::log::{LogArgs, LogLevel, Logger, MachineLog};
 use super::observers::Observers;
 use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 use super::schema::EXCEPTION;
@@ -86,9 +86,7 @@ struct Shared {
     tags: Mutex<Vec<String>>,
     /// The handler timeout and the clock it is measured with, when set.
     timing: Option<HandlerTiming>,
-    log_level: AtomicU8,
-    logger: Mutex<Option<Logger>>,
-    log_args: Mutex<Option<LogArgs>>,
+    log: MachineLog,
     dispose_hooks: Mutex<Vec<DisposeHook>>,
 }
 
@@ -401,9 +399,7 @@ impl MachineBuilder {
                     limit,
                     now: self.time_source.unwrap_or_else(monotonic),
                 }),
-                log_level: AtomicU8::new(self.log_level as u8),
-                logger: Mutex::new(None),
-                log_args: Mutex::new(None),
+                log: MachineLog::new(self.log_level),
                 dispose_hooks: Mutex::new(Vec::new()),
             }),
         };

@@ -497,20 +497,19 @@ impl Machine {
         } else {
             LogLevel::Ops
         };
-        tx.log(level, || {
-            let called: Vec<&str> = tx
-                .mutation
-                .states
-                .iter()
-                .map(|&s| tx.schema.name(s))
-                .collect();
-            let auto = if tx.mutation.auto { ":auto" } else { "" };
-            let args = lock(&self.shared.log_args)
-                .as_ref()
-                .map(|log_args| log_args.render(&tx.mutation.args))
-                .unwrap_or_default();
-            format!("[{}{auto}] {}{args}", tx.mutation.kind, called.join(" "))
-        });
+        if tx.level >= level {
+            let m = tx.mutation;
+            let log = &self.shared.log;
+            log.mutation(
+                &self.shared.id,
+                level,
+                tx.schema,
+                m.kind,
+                &m.states,
+                &m.args,
+                m.auto,
+            );
+        }
     }
 
     /// The steps the resolution decided, and the states relations implied (logged).
@@ -554,19 +553,11 @@ impl Machine {
     }
 
     fn log_changes(&self, tx: &Tx<'_>, after: &[u64], changed: &[usize]) {
-        if changed.is_empty() {
-            return;
+        if tx.level >= LogLevel::Changes {
+            self.shared
+                .log
+                .changes(&self.shared.id, tx.schema, after, changed);
         }
-        tx.log(LogLevel::Changes, || {
-            let marks: Vec<String> = changed
-                .iter()
-                .map(|&s| {
-                    let sign = if is_active(after[s]) { '+' } else { '-' };
-                    format!("{sign}{}", tx.schema.name(s))
-                })
-                .collect();
-            format!("[state] {}", marks.join(" "))
-        });
     }
 }
 
