@@ -19,8 +19,9 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::resolve::{MutationKind, is_active};
+use super::resolve::is_active;
 use super::schema::Schema;
+use super::source::Mutation;
 use super::value::Args;
 
 /// How much a machine logs; see the module docs.
@@ -223,26 +224,17 @@ impl MachineLog {
 
     /// `[add] A B (key=value)`: a mutation (`:auto` for the machine's own), at `level`, with
     /// the arguments the log-args filter lets through.
-    pub fn mutation(
-        &self,
-        id: &str,
-        level: LogLevel,
-        schema: &Schema,
-        kind: MutationKind,
-        states: &[usize],
-        args: &Args,
-        auto: bool,
-    ) {
+    pub fn mutation(&self, id: &str, level: LogLevel, schema: &Schema, mutation: &Mutation) {
         if !self.shows(level) {
             return;
         }
-        let called: Vec<&str> = states.iter().map(|&s| schema.name(s)).collect();
-        let auto = if auto { ":auto" } else { "" };
+        let called: Vec<&str> = mutation.states.iter().map(|&s| schema.name(s)).collect();
+        let auto = if mutation.auto { ":auto" } else { "" };
         let args = lock(&self.args)
             .as_ref()
-            .map(|log_args| log_args.render(args))
+            .map(|log_args| log_args.render(&mutation.args))
             .unwrap_or_default();
-        let line = format!("[{kind}{auto}] {}{args}", called.join(" "));
+        let line = format!("[{}{auto}] {}{args}", mutation.kind, called.join(" "));
         self.emit(id, level, &line);
     }
 
@@ -287,6 +279,7 @@ fn to_tracing(machine: &str, level: LogLevel, line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::MutationKind;
 
     #[test]
     fn a_log_writes_the_lines_of_its_level_to_its_logger() {
@@ -307,27 +300,12 @@ mod tests {
         log.set_level(LogLevel::Changes);
         log.external("m", "two\nlines");
         log.changes("m", &schema, &[1, 2, 0], &[0, 1]);
-        log.mutation(
-            "m",
-            LogLevel::Ops,
-            &schema,
-            MutationKind::Add,
-            &[0],
-            &Args::new(),
-            false,
-        );
+        let add = |states: Vec<usize>, args| Mutation::new(MutationKind::Add, states, args);
+        log.mutation("m", LogLevel::Ops, &schema, &add(vec![0], Args::new()));
         log.set_level(LogLevel::Ops);
         log.set_args(Some(LogArgs::new(0, ["n"])));
         let args = Args::new().with("n", 3);
-        log.mutation(
-            "m",
-            LogLevel::Ops,
-            &schema,
-            MutationKind::Add,
-            &[0, 1],
-            &args,
-            false,
-        );
+        log.mutation("m", LogLevel::Ops, &schema, &add(vec![0, 1], args));
         assert_eq!(
             *lines.lock().expect("lock"),
             [

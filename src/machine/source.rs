@@ -20,8 +20,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::bind::TracerId;
+use super::final_handlers::{FinalBinding, FinalHandlers, FinalObserver};
+use super::log::{LogArgs, LogLevel, Logger};
 use super::resolve::{MutationKind, is_active};
-use super::schema::{EXCEPTION, Schema};
+use super::schema::{EXCEPTION, Schema, UnknownState};
+use super::tracer::Tracer;
 use super::value::Args;
 use super::waiters::{Condition, StateCtx, WaitError, When};
 
@@ -91,8 +95,12 @@ pub struct Transition<'a> {
 }
 
 /// A change of a source's clock, as observers see it.
-#[derive(Debug)]
 pub struct ClockChange<'a> {
+    /// The source whose clock changed (on a [`DurableMachine`](crate::durable::DurableMachine),
+    /// its machine).
+    pub source: &'a dyn StateSource,
+    /// The schema the positions of the change refer to.
+    pub schema: &'a Schema,
     /// The clock before and after.
     pub before: &'a [u64],
     pub after: &'a [u64],
@@ -103,6 +111,19 @@ pub struct ClockChange<'a> {
     /// The transition that made the change, on a local machine. A mirror's clock changes by
     /// the diffs and snapshots its source sends: it knows what changed, not why.
     pub transition: Option<&'a Transition<'a>>,
+}
+
+impl std::fmt::Debug for ClockChange<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClockChange")
+            .field("source", &self.source.id())
+            .field("before", &self.before)
+            .field("after", &self.after)
+            .field("changed", &self.changed)
+            .field("queue_tick", &self.queue_tick)
+            .field("transition", &self.transition)
+            .finish()
+    }
 }
 
 /// A hook that sees every change of a source's clock, after a transition's final handlers.
@@ -145,6 +166,9 @@ pub type MutationFuture =
 /// or why it could not be asked (a mirror's source out of reach, a refusal on the way).
 pub type ErrFuture =
     Pin<Box<dyn Future<Output = Result<Option<String>, MutationError>> + Send + 'static>>;
+
+/// A hook run with a source's id when it is disposed ([`StateSource::on_dispose`]).
+pub type DisposeHook = Box<dyn FnOnce(&str) + Send>;
 
 /// The argument that carries the error of an `Exception` activation, as a failing handler and
 /// [`StateSource::add_err`] give it.
@@ -242,6 +266,67 @@ pub trait StateSource: Send + Sync {
             self.clock(),
             self.queue_tick(),
         )
+    }
+
+    // ----- what watches the source: tracers, its log, its end (local on a mirror too) -----
+
+    /// Binds a tracer (Go's `BindTracer`); its `machine_init` runs now. A mirror calls its
+    /// tracers around each update of its clock ([`super::tracer`] says which hooks).
+    fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId;
+
+    /// Detaches a tracer (Go's `DetachTracer`); whether it was bound.
+    fn detach_tracer(&self, id: TracerId) -> bool;
+
+    /// The tracers bound (Go's `Tracers`).
+    fn tracers(&self) -> Vec<Arc<dyn Tracer>>;
+
+    /// How much the source logs ([`super::log`]).
+    fn log_level(&self) -> LogLevel;
+
+    /// How much the source logs from now on (Go's `SetLogLevel`).
+    fn set_log_level(&self, level: LogLevel);
+
+    /// Where the log goes: a function of the level and the line (Go's `SetLogger`); `None`
+    /// goes back to `tracing`.
+    fn set_logger(&self, logger: Option<Logger>);
+
+    /// Which arguments mutation lines show (Go's log-args mapper); `None` shows none.
+    fn set_log_args(&self, log_args: Option<LogArgs>);
+
+    /// A line of the user's in the source's log, at [`LogLevel::External`] (Go's `Log`).
+    /// Lines are single: line breaks become spaces. Nothing once disposed.
+    fn log(&self, message: &str);
+
+    /// Ends the source (Go's `Dispose`): waiters end with [`WaitError::Disposed`], observers
+    /// (and final handlers) are dropped, mutations are refused with
+    /// [`MutationError::Disposed`], reads answer empty (no clock, every tick 0). The first call
+    /// runs the dispose hooks, then tells the tracers; later calls do nothing. A mirror also
+    /// says goodbye to its server and stops reconnecting.
+    fn dispose(&self);
+
+    /// Runs `hook` with the source's id when it is disposed (Go's `OnDispose`); at once when it
+    /// already is.
+    fn on_dispose(&self, hook: DisposeHook);
+
+    /// Whether the source was disposed (Go's `IsDisposed`).
+    fn is_disposed(&self) -> bool;
+
+    // ----- provided: final handlers on any source -----
+
+    /// Binds a set of final handlers, run after each change of the clock is applied, on a
+    /// machine and on a mirror alike ([`super::final_handlers`]); nothing is bound when a state
+    /// name is unknown. Go's `BindHandlers` as a network machine takes it: final handlers
+    /// only, since negotiation happens where the transition runs.
+    fn bind_final(&self, handlers: FinalHandlers) -> Result<FinalBinding, UnknownState> {
+        let observer = FinalObserver::new(&self.schema(), handlers)?;
+        let (id, _) = self.observe(Arc::new(observer));
+        Ok(FinalBinding(id))
+    }
+
+    /// Unbinds a set bound with [`bind_final`](Self::bind_final) (Go's `DetachHandlers`);
+    /// whether it was bound.
+    fn unbind_final(&self, binding: FinalBinding) -> bool {
+        self.unobserve(binding.0)
     }
 
     // ----- provided: reads -----

@@ -52,8 +52,8 @@ use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 use super::schema::EXCEPTION;
 use super::schema::Schema;
 use super::source::{
-    ClockChange, ErrFuture, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
-    StateSource, Transition,
+    ClockChange, DisposeHook, ErrFuture, Mutation, MutationError, MutationFuture, Observer,
+    ObserverId, Outcome, StateSource, Transition,
 };
 use super::tracer::Tracer;
 use super::value::Args;
@@ -89,8 +89,6 @@ struct Shared {
     log: MachineLog,
     dispose_hooks: Mutex<Vec<DisposeHook>>,
 }
-
-type DisposeHook = Box<dyn FnOnce(&str) + Send>;
 
 /// A monotonic clock for handler timeouts: the time since any fixed start.
 pub type TimeSource = Arc<dyn Fn() -> std::time::Duration + Send + Sync>;
@@ -827,5 +825,49 @@ impl StateSource for Machine {
 
     fn err(&self) -> ErrFuture {
         Box::pin(std::future::ready(Ok(self.last_error())))
+    }
+
+    fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId {
+        Machine::bind_tracer(self, tracer)
+    }
+
+    fn detach_tracer(&self, id: TracerId) -> bool {
+        Machine::detach_tracer(self, id)
+    }
+
+    fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
+        Machine::tracers(self)
+    }
+
+    fn log_level(&self) -> LogLevel {
+        Machine::log_level(self)
+    }
+
+    fn set_log_level(&self, level: LogLevel) {
+        Machine::set_log_level(self, level);
+    }
+
+    fn set_logger(&self, logger: Option<Logger>) {
+        Machine::set_logger(self, logger);
+    }
+
+    fn set_log_args(&self, log_args: Option<LogArgs>) {
+        Machine::set_log_args(self, log_args);
+    }
+
+    fn log(&self, message: &str) {
+        Machine::log(self, message);
+    }
+
+    fn dispose(&self) {
+        Machine::dispose(self);
+    }
+
+    fn on_dispose(&self, hook: DisposeHook) {
+        Machine::on_dispose(self, hook);
+    }
+
+    fn is_disposed(&self) -> bool {
+        Machine::is_disposed(self)
     }
 }

@@ -32,7 +32,7 @@ impl Tx<'_> {
         TransitionTrace {
             machine: &self.machine.shared.id,
             schema: self.schema,
-            mutation: self.mutation,
+            mutation: Some(self.mutation),
             queue_tick: self.queue_tick,
             before: self.before,
             after,
@@ -263,6 +263,8 @@ impl Machine {
                 auto: mutation.auto,
             };
             observers.clock_changed(&ClockChange {
+                source: self,
+                schema,
                 before: &before,
                 after,
                 changed: &changed,
@@ -498,17 +500,8 @@ impl Machine {
             LogLevel::Ops
         };
         if tx.level >= level {
-            let m = tx.mutation;
             let log = &self.shared.log;
-            log.mutation(
-                &self.shared.id,
-                level,
-                tx.schema,
-                m.kind,
-                &m.states,
-                &m.args,
-                m.auto,
-            );
+            log.mutation(&self.shared.id, level, tx.schema, tx.mutation);
         }
     }
 
