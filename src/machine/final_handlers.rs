@@ -2,11 +2,11 @@
 //! change of the clock is applied, on a local machine and on a mirror alike (Go's network
 //! machine runs a handler struct's `State`, `End` and `AnyState` methods on each clock update).
 //!
-//! A [`FinalHandlers`] set is bound with [`StateSource::bind_final`](super::StateSource::bind_final)
-//! and runs as an observer of the source: on a [`Machine`](super::Machine) after each
-//! transition that changed a tick (after its own handlers, with the [`Transition`] that made
-//! the change), on a mirror after each update from its source (a diff, a mutation's reply, a
-//! snapshot; with no transition: the mirror knows what changed, not why). For each change:
+//! A [`FinalHandlers`] set is bound with [`StateSource::bind_final`] and runs as an observer of
+//! the source: on a [`Machine`](super::Machine) after each transition that changed a tick
+//! (after its own handlers, with the [`Transition`] that made the change), on a mirror after
+//! each update from its source (a diff, a mutation's reply, a snapshot; with no transition:
+//! the mirror knows what changed, not why). For each change:
 //!
 //! - `end` of each state that was active and is not any more;
 //! - `state` of each state that is active and whose tick changed (it became active, or a multi
@@ -119,7 +119,7 @@ impl FinalHandlers {
     }
 }
 
-/// A bound [`FinalHandlers`] set, for [`StateSource::unbind_final`](super::StateSource::unbind_final).
+/// A bound [`FinalHandlers`] set, for [`StateSource::unbind_final`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FinalBinding(pub(crate) ObserverId);
 

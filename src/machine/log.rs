@@ -9,7 +9,7 @@
 //! logger, by default `tracing` events (target `asyncmachine::machine`, field `machine`), or
 //! to a function set with [`Machine::set_logger`](super::Machine::set_logger).
 //!
-//! A mirror keeps a log of its own with the same levels and lines ([`MachineLog`] holds
+//! A mirror keeps a log of its own with the same levels and lines (`MachineLog` holds
 //! both kinds'): `External` for its [`log`](super::StateSource::log), `Changes` for the states
 //! each update from its source activated or deactivated, `Ops` for the mutations it sends.
 //!

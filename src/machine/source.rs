@@ -15,6 +15,10 @@
 //! `WhenArgs`: activations carry arguments, clocks do not), [`StateSource::err`] (Go's
 //! `Err()`), and the mutations [`StateSource::add_err`] and [`StateSource::add_err_state`]
 //! (Go's `AddErr`, `AddErrState`), built here once on [`StateSource::mutate`].
+//!
+//! What watches a source is the source's own, on a mirror as on a machine: final handlers
+//! ([`StateSource::bind_final`]), tracers, the log, disposal. The trait's docs list the whole
+//! Api, name by name.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -195,6 +199,66 @@ pub(crate) fn err_mutation(
 }
 
 /// Reads, waits, mutations and observation of a state machine, local or remote.
+///
+/// # asyncmachine's Api, method by method
+///
+/// Every method of asyncmachine's `Api` (the interface its aRPC network machine implements),
+/// what it is here, and where it is answered: *local* from the source's own schema and clock
+/// (on a mirror: its replica), *remote* by the machine that runs the transitions (a mirror
+/// asks its source, which asks on up a tree to the root). A [`Machine`](super::Machine)
+/// answers everything locally; so does a [`DurableMachine`](crate::durable::DurableMachine),
+/// whose mutations resolve once saved.
+///
+/// | Go | here | on a Mirror |
+/// |---|---|---|
+/// | `Add1`, `Add` | [`add`](Self::add) (`Machine::add` runs at once) | remote |
+/// | `Remove1`, `Remove` | [`remove`](Self::remove) | remote |
+/// | `Set` | [`set`](Self::set) | remote |
+/// | `AddErr` | [`add_err`](Self::add_err) | remote |
+/// | `AddErrState` | [`add_err_state`](Self::add_err_state) | remote |
+/// | `WhenArgs` | [`when_args`](Self::when_args) | remote |
+/// | `Err` | [`err`](Self::err) | remote |
+/// | `IsErr` | [`is_err`](Self::is_err) | local |
+/// | `Is`, `Is1` | [`is`](Self::is), [`is1`](Self::is1) | local |
+/// | `Not`, `Not1` | [`not`](Self::not), [`not1`](Self::not1) | local |
+/// | `Any`, `Any1` | [`any_of`](Self::any_of), [`any`](Self::any) | local |
+/// | `Has`, `Has1` | [`has`](Self::has), [`has1`](Self::has1) | local |
+/// | `IsTime` | [`is_time`](Self::is_time) | local |
+/// | `IsClock` | [`is_clock`](Self::is_clock) | local |
+/// | `When`, `When1` | [`when`](Self::when) | local |
+/// | `WhenNot`, `WhenNot1` | [`when_not`](Self::when_not) | local |
+/// | `WhenTime` | [`when_time`](Self::when_time) | local |
+/// | `WhenTicks` | [`when_ticks`](Self::when_ticks) | local |
+/// | `WhenTicksEq` | [`when_tick_reaches`](Self::when_tick_reaches) | local |
+/// | `WhenErr` | [`when_err`](Self::when_err) | local |
+/// | `StateNames` | [`schema`](Self::schema)`().names()` | local |
+/// | `ActiveStates` | [`active_states`](Self::active_states) | local |
+/// | `Tick` | [`tick`](Self::tick) | local |
+/// | `Clock`, `Time` | [`time`](Self::time) (ticks of the states given), [`clock`](Self::clock) (all) | local |
+/// | `TimeSum` | [`time_sum`](Self::time_sum) | local |
+/// | `NewStateCtx` | [`state_ctx`](Self::state_ctx) | local |
+/// | `Export` | [`export`](Self::export) | local (a mirror exports its replica) |
+/// | `GetStruct` | [`schema`](Self::schema) | local |
+/// | `Switch` | [`switch`](Self::switch), [`switch_group`](Self::switch_group) | local |
+/// | `Log` | [`log`](Self::log) | local: the mirror's own log |
+/// | `Id` | [`id`](Self::id) | local: the mirror's id |
+/// | `ParentId` | [`parent_id`](Self::parent_id) | local (a mirror has none) |
+/// | `SetLogger`, `SetLoggerSimple`, `SetLoggerEmpty` | [`set_logger`](Self::set_logger) (`None`: back to `tracing`; a function that drops lines: empty), with [`set_log_level`](Self::set_log_level) | local |
+/// | `SetLogLevel` | [`set_log_level`](Self::set_log_level), [`log_level`](Self::log_level) | local |
+/// | (log-args mapper) | [`set_log_args`](Self::set_log_args) | local |
+/// | `SetLogId`, `GetLogId` | none: the id goes with each line (the `machine` field of `tracing`) | |
+/// | `Ctx` | [`when_disposed`](Self::when_disposed), the end a context would signal | local |
+/// | `String`, `StringAll` | [`summary`](Self::summary), [`summary_all`](Self::summary_all) | local |
+/// | `Inspect` | [`inspect`](Self::inspect) | local |
+/// | `Index` | [`index`](Self::index) | local |
+/// | `BindHandlers` | [`bind_final`](Self::bind_final) (final handlers, after each change); negotiation and in-transition handlers: `Machine::bind` | local: final handlers only |
+/// | `DetachHandlers` | [`unbind_final`](Self::unbind_final); `Machine::unbind` | local |
+/// | `StatesVerified` | none: a [`Schema`] is checked when built, and a mirror takes its source's | |
+/// | `BindTracer`, `DetachTracer`, `Tracers` | [`bind_tracer`](Self::bind_tracer), [`detach_tracer`](Self::detach_tracer), [`tracers`](Self::tracers) | local: each update is a transition without a mutation |
+/// | `Dispose` | [`dispose`](Self::dispose) | local, and the mirror's connection ends |
+/// | `WhenDisposed` | [`when_disposed`](Self::when_disposed) | local |
+/// | `IsDisposed` | [`is_disposed`](Self::is_disposed) | local |
+/// | (`OnDispose`) | [`on_dispose`](Self::on_dispose) | local |
 pub trait StateSource: Send + Sync {
     /// The machine's id, unique within its tree.
     fn id(&self) -> &str;
