@@ -117,6 +117,8 @@ pub struct Plan {
     pub reentering: Vec<usize>,
     /// Every state active after, in handler order; the next resolution's `active_order`.
     pub targets: Vec<usize>,
+    /// `entering` and `reentering` together, in handler order.
+    arriving: Vec<usize>,
 }
 
 impl Plan {
@@ -137,10 +139,21 @@ impl Plan {
 
     /// The states that arrive (enter, or enter again), in handler order.
     pub fn arriving(&self) -> impl Iterator<Item = usize> + '_ {
-        self.targets
-            .iter()
-            .copied()
-            .filter(|s| self.entering.contains(s) || self.reentering.contains(s))
+        self.arriving.iter().copied()
+    }
+
+    /// [`Plan::arriving`] as a slice.
+    pub fn arriving_states(&self) -> &[usize] {
+        &self.arriving
+    }
+
+    /// Empties the plan, keeping its buffers for the next resolution.
+    fn clear(&mut self) {
+        self.exiting.clear();
+        self.entering.clear();
+        self.reentering.clear();
+        self.targets.clear();
+        self.arriving.clear();
     }
 
     /// The states whose ticks the plan changes.
@@ -162,7 +175,8 @@ enum Class {
 }
 
 enum Attempt {
-    Accepted(Vec<Class>),
+    /// The classes in the scratch buffer are the outcome.
+    Accepted,
     /// An implied state misses a requirement: drop it and resolve again, so that its removals
     /// do not apply either.
     DropImplied(usize),
@@ -188,35 +202,68 @@ pub fn resolve(
     called: &[usize],
     auto: bool,
 ) -> Result<Plan, CancelReason> {
-    let mut excluded = vec![false; schema.len()];
+    let order = Order {
+        ticks,
+        active_order,
+        kind,
+        called,
+    };
+    resolve_in(
+        &mut Scratch::default(),
+        Plan::default(),
+        schema,
+        &order,
+        auto,
+    )
+}
+
+/// Buffers resolution works in, kept by a machine between transitions so that resolving
+/// allocates nothing once they have grown to the schema.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    excluded: Vec<bool>,
+    class: Vec<Class>,
+    stack: Vec<usize>,
+    before: Vec<usize>,
+}
+
+/// [`resolve`] in a machine's buffers: `scratch` for the work, `plan`'s vectors for the result
+/// (whatever they held is cleared).
+pub(crate) fn resolve_in(
+    scratch: &mut Scratch,
+    mut plan: Plan,
+    schema: &Schema,
+    order: &Order<'_>,
+    auto: bool,
+) -> Result<Plan, CancelReason> {
+    scratch.excluded.clear();
+    scratch.excluded.resize(schema.len(), false);
     loop {
-        match attempt(schema, ticks, kind, called, auto, &excluded) {
-            Attempt::Accepted(class) => {
-                let order = Order {
-                    ticks,
-                    active_order,
-                    kind,
-                    called,
-                };
-                return Ok(plan(schema, &order, &class));
+        match attempt(schema, order, auto, scratch) {
+            Attempt::Accepted => {
+                plan.clear();
+                fill_plan(schema, order, scratch, &mut plan);
+                return Ok(plan);
             }
-            Attempt::DropImplied(s) => excluded[s] = true,
+            Attempt::DropImplied(s) => scratch.excluded[s] = true,
             Attempt::Canceled(reason) => return Err(reason),
         }
     }
 }
 
-fn attempt(
-    schema: &Schema,
-    ticks: &[u64],
-    kind: MutationKind,
-    called: &[usize],
-    auto: bool,
-    excluded: &[bool],
-) -> Attempt {
+fn attempt(schema: &Schema, order: &Order<'_>, auto: bool, scratch: &mut Scratch) -> Attempt {
+    let Order {
+        ticks,
+        kind,
+        called,
+        ..
+    } = *order;
     let n = schema.len();
     let was_active = |s: usize| is_active(ticks[s]);
-    let mut class = vec![Class::Absent; n];
+    let excluded = &scratch.excluded;
+    let class = &mut scratch.class;
+    class.clear();
+    class.resize(n, Class::Absent);
     if kind != MutationKind::Set {
         for (s, c) in class.iter_mut().enumerate() {
             if was_active(s) {
@@ -235,12 +282,12 @@ fn attempt(
 
     // Expand adds: only states being activated pull in their `add` lists; an already-active
     // state (that is not a multi re-activation) activates nothing.
-    let mut stack: Vec<usize> = (0..n)
-        .filter(|&s| {
-            matches!(class[s], Class::Called | Class::Implied)
-                && (!was_active(s) || schema.resolved(s).multi)
-        })
-        .collect();
+    let stack = &mut scratch.stack;
+    stack.clear();
+    stack.extend((0..n).filter(|&s| {
+        matches!(class[s], Class::Called | Class::Implied)
+            && (!was_active(s) || schema.resolved(s).multi)
+    }));
     while let Some(s) = stack.pop() {
         for &a in &schema.resolved(s).add {
             if class[a] == Class::Absent && !excluded[a] {
@@ -334,7 +381,7 @@ fn attempt(
             }
         }
         if !changed {
-            return Attempt::Accepted(class);
+            return Attempt::Accepted;
         }
     }
 }
@@ -376,21 +423,24 @@ impl Flags {
     }
 }
 
-/// What decides the order of a plan's states besides relations.
-struct Order<'a> {
-    ticks: &'a [u64],
-    active_order: &'a [usize],
-    kind: MutationKind,
-    called: &'a [usize],
+/// What resolution starts from: the clock, the order of the active states, the mutation.
+#[derive(Clone, Copy)]
+pub(crate) struct Order<'a> {
+    pub ticks: &'a [u64],
+    pub active_order: &'a [usize],
+    pub kind: MutationKind,
+    pub called: &'a [usize],
 }
 
-fn plan(schema: &Schema, order: &Order<'_>, class: &[Class]) -> Plan {
+fn fill_plan(schema: &Schema, order: &Order<'_>, scratch: &mut Scratch, plan: &mut Plan) {
     let n = schema.len();
+    let class = &scratch.class;
     let was_active = |s: usize| is_active(order.ticks[s]);
     // The states active before, in the order the previous transition left them.
     // One set of flags for both passes below: "listed", then "taken".
     let mut seen = Flags::new(n);
-    let mut before: Vec<usize> = Vec::with_capacity(n);
+    let before = &mut scratch.before;
+    before.clear();
     for s in order.active_order.iter().copied().chain(0..n) {
         if s < n && was_active(s) && seen.insert(s) {
             before.push(s);
@@ -401,7 +451,7 @@ fn plan(schema: &Schema, order: &Order<'_>, class: &[Class]) -> Plan {
     // then the states that stay active, then the states implied by `add`, as found.
     seen.clear();
     let mut taken = seen;
-    let mut targets = Vec::with_capacity(n);
+    let targets = &mut plan.targets;
     let mut take = |s: usize, targets: &mut Vec<usize>| {
         if class[s] != Class::Absent && taken.insert(s) {
             targets.push(s);
@@ -409,49 +459,45 @@ fn plan(schema: &Schema, order: &Order<'_>, class: &[Class]) -> Plan {
     };
     if order.kind != MutationKind::Remove {
         for &s in order.called {
-            take(s, &mut targets);
+            take(s, targets);
         }
     }
-    for &s in &before {
-        take(s, &mut targets);
+    for &s in before.iter() {
+        take(s, targets);
     }
     let mut i = 0;
     while i < targets.len() {
         for &a in &schema.resolved(targets[i]).add {
-            take(a, &mut targets);
+            take(a, targets);
         }
         i += 1;
     }
     for s in 0..n {
-        take(s, &mut targets);
+        take(s, targets);
     }
-    schema.sort_states(&mut targets);
+    schema.sort_states(targets);
 
-    let mut exiting: Vec<usize> = before
-        .into_iter()
-        .filter(|&s| class[s] == Class::Absent)
-        .collect();
-    schema.sort_states(&mut exiting);
-    let entering = targets
-        .iter()
-        .copied()
-        .filter(|&s| !was_active(s))
-        .collect();
-    let reentering = targets
-        .iter()
-        .copied()
-        .filter(|&s| {
-            was_active(s)
-                && class[s] == Class::Called
-                && order.kind != MutationKind::Remove
-                && schema.resolved(s).multi
-        })
-        .collect();
-    Plan {
-        exiting,
-        entering,
-        reentering,
-        targets,
+    plan.exiting.extend(
+        before
+            .iter()
+            .copied()
+            .filter(|&s| class[s] == Class::Absent),
+    );
+    schema.sort_states(&mut plan.exiting);
+    let reenters = |s: usize| {
+        was_active(s)
+            && class[s] == Class::Called
+            && order.kind != MutationKind::Remove
+            && schema.resolved(s).multi
+    };
+    for &s in plan.targets.iter() {
+        if !was_active(s) {
+            plan.entering.push(s);
+            plan.arriving.push(s);
+        } else if reenters(s) {
+            plan.reentering.push(s);
+            plan.arriving.push(s);
+        }
     }
 }
 

@@ -19,7 +19,9 @@
 //! definition: they are not in [`SchemaDef`], not in the hash and not on the wire, so a mirror's
 //! schema has none of its source's groups.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -173,7 +175,9 @@ pub(crate) struct Resolved {
 #[serde(try_from = "SchemaDef", into = "SchemaDef")]
 pub struct Schema {
     def: SchemaDef,
-    index: HashMap<String, usize>,
+    /// Names to positions. Fx hashing: a lookup per named mutation is on the hot path, and
+    /// a schema is bounded ([`MAX_STATES`]) and hashed once, when it is built.
+    index: FxHashMap<String, usize>,
     resolved: Vec<Resolved>,
     /// Each state's place in the depth-first post-order of the `require` graph (required
     /// states first); `None` for states outside it, and for all when `require` has a cycle.
@@ -199,7 +203,7 @@ impl Schema {
         if def.states.len() > MAX_STATES {
             return Err(SchemaError::TooManyStates(def.states.len()));
         }
-        let mut index = HashMap::with_capacity(def.states.len());
+        let mut index = FxHashMap::with_capacity_and_hasher(def.states.len(), Default::default());
         for (i, state) in def.states.iter().enumerate() {
             if state.name.is_empty() {
                 return Err(SchemaError::EmptyName);

@@ -48,7 +48,9 @@ use super::bind::{Binding, HandlerTable, Handlers, TracerId};
 use super::handlers::{Completion, Event, HandlerKind, Verdict, panic_message};
 use super::log::{LogArgs, LogLevel, Logger, MachineLog};
 use super::observers::Observers;
-use super::resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
+use super::resolve::{
+    CancelReason, MutationKind, Order, Plan, Scratch, is_active, resolve, resolve_in,
+};
 use super::schema::EXCEPTION;
 use super::schema::Schema;
 use super::source::{
@@ -225,6 +227,11 @@ struct Core {
     /// on the table it started with.
     handlers: Arc<HandlerTable>,
     ticks: Vec<u64>,
+    /// Buffers a transition works in, kept between transitions so that the hot path
+    /// allocates little: resolution's, the last plan's and the last clock copy's.
+    scratch: Scratch,
+    spare_plan: Option<Plan>,
+    spare_ticks: Vec<u64>,
     /// The active states in the order the last transition listed them (its plan's targets):
     /// asyncmachine orders the handlers of unrelated states by it.
     order: Vec<usize>,
@@ -377,6 +384,9 @@ impl MachineBuilder {
                     schema: self.schema,
                     handlers: Arc::new(HandlerTable::new(n)),
                     ticks: vec![0; n],
+                    scratch: Scratch::default(),
+                    spare_plan: None,
+                    spare_ticks: Vec::new(),
                     order: Vec::new(),
                     queue: VecDeque::new(),
                     queue_tick: 0,
@@ -539,7 +549,7 @@ impl Machine {
             }
             core.start_processing();
         }
-        Ok(self.process(|| self.run(mutation, false).0))
+        Ok(self.process(|| self.transition(&mutation, false, None).0))
     }
 
     /// Runs `first` as the processing thread (the caller has taken the role), then everything
@@ -563,9 +573,9 @@ impl Machine {
         make: impl FnOnce(&Schema) -> Result<Mutation, MutationError>,
     ) -> Result<Submitted, MutationError> {
         let mutation;
+        let mut guard = self.core();
         {
-            let mut core = self.core();
-            let core = &mut *core;
+            let core = &mut *guard;
             mutation = make(&core.schema)?;
             core.admit(&mutation)?;
             note_error(core, &mutation);
@@ -602,21 +612,22 @@ impl Machine {
             }
             core.start_processing();
         }
-        let (outcome, tick) = self.process(|| self.run(mutation, true));
+        // The transition starts in this turn of the lock.
+        let (outcome, tick) = self.process(|| self.transition(&mutation, true, Some(guard)));
         Ok(Submitted::Done(outcome, tick))
     }
 
     /// Runs queued mutations until the queue is empty, then gives up the processing role.
     fn drain(&self) {
         loop {
-            let next = {
+            let (next, core) = {
                 let mut core = self.core();
                 match core.queue.pop_front() {
                     Some(next) if !core.disposed => {
                         if next.tick.is_some() {
                             core.pending_ticks -= 1;
                         }
-                        next
+                        (next, core)
                     }
                     popped => {
                         let mut rest = std::mem::take(&mut core.queue);
@@ -637,20 +648,19 @@ impl Machine {
             };
             match next.item {
                 Item::Mutation(mutation) => {
-                    let (outcome, _) = self.run(mutation, next.tick.is_some());
+                    // The transition starts in the turn of the lock that took it out.
+                    let ticked = next.tick.is_some();
+                    let (outcome, _) = self.transition(&mutation, ticked, Some(core));
                     for done in next.done {
                         done.complete(Ok(outcome));
                     }
                 }
-                Item::Eval(job) => self.run_eval(job),
+                Item::Eval(job) => {
+                    drop(core);
+                    self.run_eval(job)
+                }
             }
         }
-    }
-
-    /// Runs one transition, taking a queue tick when `ticked` (see the module docs), and
-    /// returns its outcome and the queue tick after it.
-    fn run(&self, mutation: Mutation, ticked: bool) -> (Outcome, u64) {
-        self.transition(&mutation, ticked)
     }
 
     // ----- lifecycle and introspection -----
@@ -776,6 +786,15 @@ impl StateSource for Machine {
             return Vec::new();
         }
         core.ticks.clone()
+    }
+
+    /// One turn of the lock for the name and the tick (the provided method takes two).
+    fn tick(&self, state: &str) -> u64 {
+        let core = self.core();
+        if core.disposed {
+            return 0;
+        }
+        core.schema.index(state).map_or(0, |i| core.ticks[i])
     }
 
     /// 0 once disposed.

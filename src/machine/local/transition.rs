@@ -110,9 +110,16 @@ impl Machine {
     /// The core's lock is taken three times: to start (queue tick, schema, handlers, resolution,
     /// the clock before), to apply the plan, and to close (what final handlers undid, the auto
     /// mutation, the queue tick's waiters); handlers, observers and tracers run outside it.
-    pub(super) fn transition(&self, mutation: &Mutation, ticked: bool) -> (Outcome, u64) {
+    ///
+    /// `held` is the core's lock when the caller holds it already (it took the mutation in).
+    pub(super) fn transition(
+        &self,
+        mutation: &Mutation,
+        ticked: bool,
+        held: Option<MutexGuard<'_, Core>>,
+    ) -> (Outcome, u64) {
         let (schema, handlers, before, before_order, queue_tick, resolved) = {
-            let mut core = self.core();
+            let mut core = held.unwrap_or_else(|| self.core());
             let core = &mut *core;
             if ticked {
                 // As in asyncmachine, the tick is taken when the mutation leaves the queue, so
@@ -121,14 +128,23 @@ impl Machine {
             }
             // Resolved under the lock: a pure function of the clock and the last order,
             // cheaper than copying the order out for every transition.
-            let resolved = resolve(
+            let order = Order {
+                ticks: &core.ticks,
+                active_order: &core.order,
+                kind: mutation.kind,
+                called: &mutation.states,
+            };
+            let buffers = core.spare_plan.take().unwrap_or_default();
+            let resolved = resolve_in(
+                &mut core.scratch,
+                buffers,
                 &core.schema,
-                &core.ticks,
-                &core.order,
-                mutation.kind,
-                &mutation.states,
+                &order,
                 mutation.auto,
             );
+            let mut before = std::mem::take(&mut core.spare_ticks);
+            before.clear();
+            before.extend_from_slice(&core.ticks);
             // The active states in their order, for the from-to handlers only.
             let before_order = if core.handlers.has_from_to() {
                 core.order.clone()
@@ -138,7 +154,7 @@ impl Machine {
             (
                 core.schema.clone(),
                 core.handlers.clone(),
-                core.ticks.clone(),
+                before,
                 before_order,
                 core.queue_tick,
                 resolved,
@@ -159,7 +175,7 @@ impl Machine {
         for &s in &mutation.states {
             tx.step(StepKind::Requested, None, Some(s));
         }
-        let plan = match resolved {
+        let mut plan = match resolved {
             Ok(plan) => plan,
             Err(reason) => {
                 tx.step(StepKind::Cancel, None, None);
@@ -170,8 +186,13 @@ impl Machine {
         self.record_plan(&mut tx, &plan);
         self.trace_init(&tx);
         if !plan.changes_clock() && !handlers.runs_unchanged() {
-            let (_, tick) = self.close(ticked, |core| core.order = plan.targets);
-            return (tx.end(&before, Outcome::Executed), tick);
+            let outcome = tx.end(&before, Outcome::Executed);
+            let (_, tick) = self.close(ticked, |core| {
+                std::mem::swap(&mut core.order, &mut plan.targets);
+                core.spare_plan = Some(plan);
+                core.spare_ticks = before;
+            });
+            return (outcome, tick);
         }
         if tx.steps.is_some() {
             let trace = tx.trace(&before, None);
@@ -194,8 +215,15 @@ impl Machine {
                 .filter(|s| !rejected.contains(s))
                 .collect();
             let again = {
-                let core = self.core();
-                resolve(schema, &before, &core.order, mutation.kind, &called, true)
+                let mut core = self.core();
+                let core = &mut *core;
+                let order = Order {
+                    ticks: &before,
+                    active_order: &core.order,
+                    kind: mutation.kind,
+                    called: &called,
+                };
+                resolve_in(&mut core.scratch, plan, schema, &order, true)
             };
             match again {
                 Ok(plan) if plan.changes_clock() => plan,
@@ -208,7 +236,7 @@ impl Machine {
                 }
             }
         };
-        let arriving: Vec<usize> = plan.arriving().collect();
+        let arriving = plan.arriving_states();
         let changes = plan.changes_clock();
 
         let observers = {
@@ -224,11 +252,18 @@ impl Machine {
             core.observers.snapshot()
         };
 
-        let (stopped, unfinished) = self.finalize(&mut tx, &plan, &arriving);
+        let (stopped, unfinished) = self.finalize(&mut tx, &plan, arriving);
+        // Copied out (rarely more than none) so that the plan's buffers can go back.
+        let unfinished = unfinished.to_vec();
+        let outcome = if stopped {
+            Outcome::Canceled
+        } else {
+            Outcome::Executed
+        };
         // The clock after and what changed, for whoever looks: observers, the log, tracers.
         let watched = !observers.is_empty() || tx.level >= LogLevel::Changes || tx.steps.is_some();
-        let (after, tick) = self.close(ticked, |core| {
-            for &s in unfinished {
+        let undo_and_follow = |core: &mut Core| {
+            for &s in &unfinished {
                 // Arrived states are active (odd ticks): one more tick deactivates them.
                 core.ticks[s] += 1;
             }
@@ -240,21 +275,26 @@ impl Machine {
             if changes && !stopped && !mutation.auto {
                 queue_auto(core);
             }
-            if watched && (changes || !unfinished.is_empty()) {
-                core.ticks.clone()
-            } else {
-                Vec::new()
-            }
-        });
-        let after: &[u64] = if after.is_empty() { &before } else { &after };
-        let changed: Vec<usize> = if watched {
-            (0..after.len())
-                .filter(|&s| after[s] != before[s])
-                .collect()
-        } else {
-            Vec::new()
         };
-        self.log_changes(&tx, after, &changed);
+        if !watched {
+            // Nobody looks at the clock after: the buffers go back in the closing turn.
+            let outcome = tx.end(&[], outcome);
+            let ((), tick) = self.close(ticked, |core| {
+                undo_and_follow(core);
+                core.spare_plan = Some(plan);
+                core.spare_ticks = before;
+            });
+            return (outcome, tick);
+        }
+        let (after, tick) = self.close(ticked, |core| {
+            undo_and_follow(core);
+            core.spare_plan = Some(plan);
+            core.ticks.clone()
+        });
+        let changed: Vec<usize> = (0..after.len())
+            .filter(|&s| after[s] != before[s])
+            .collect();
+        self.log_changes(&tx, &after, &changed);
         if !changed.is_empty() && !observers.is_empty() {
             let transition = Transition {
                 kind: mutation.kind,
@@ -266,18 +306,13 @@ impl Machine {
                 source: self,
                 schema,
                 before: &before,
-                after,
+                after: &after,
                 changed: &changed,
                 queue_tick,
                 transition: Some(&transition),
             });
         }
-        let outcome = if stopped {
-            Outcome::Canceled
-        } else {
-            Outcome::Executed
-        };
-        (tx.end(after, outcome), tick)
+        (tx.end(&after, outcome), tick)
     }
 
     /// The transition's last turn under the core's lock: `last`, then the queue tick's waiters
@@ -325,10 +360,10 @@ impl Machine {
         // Self handlers: the targets active before, except in a remove.
         let self_kind = handlers.has_self() && mutation.kind != MutationKind::Remove;
         let before = tx.before;
-        let selves = plan
-            .targets
+        let candidates = if self_kind { &plan.targets[..] } else { &[] };
+        let selves = candidates
             .iter()
-            .filter(move |&&s| self_kind && is_active(before[s]))
+            .filter(move |&&s| is_active(before[s]))
             .map(|&s| (HandlerKind::SelfEnter, Some(s), None));
         let pairs = before_order.iter().flat_map(|&from| {
             let to = if handlers.has_from(from) {
