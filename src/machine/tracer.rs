@@ -15,8 +15,8 @@
 //! it, with no mutation ([`TransitionTrace::mutation`] is `None`: the mirror knows what changed,
 //! not why) and the states that became active or inactive as its steps; its final handlers
 //! ([`super::FinalHandlers`]) run between start and end. `machine_init` runs when the tracer is
-//! bound, `schema_change` when the source's schema grows, `machine_dispose` when the mirror is
-//! disposed; `handler_*` and `queue_end` never run on a mirror.
+//! bound, `schema_change` when its source's schema changes, `machine_dispose` when the mirror
+//! is disposed; `handler_*` and `queue_end` never run on a mirror.
 //!
 //! The steps of a transition are what the resolution decided and what the handlers did, in
 //! order: the states requested, those that become active or inactive and which handler ran.

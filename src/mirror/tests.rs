@@ -293,6 +293,50 @@ fn tracers_see_each_update_as_a_transition_without_a_mutation() {
     assert!(lines.take().is_empty(), "a detached tracer hears nothing");
 }
 
+/// Records schema changes.
+struct SchemaWatch(Lines);
+
+impl Tracer for SchemaWatch {
+    fn schema_change(&self, source: &dyn StateSource, old: &Schema) {
+        self.0
+            .push(format!("schema {} -> {}", old.len(), source.schema().len()));
+    }
+}
+
+#[test]
+fn a_grown_schema_reaches_tracers_and_handlers_keep_their_states() {
+    let h = Harness::new();
+    let lines = Lines::default();
+    h.mirror.bind_tracer(Arc::new(SchemaWatch(lines.clone())));
+    let handled = lines.clone();
+    h.mirror
+        .bind_final(FinalHandlers::new().on_state("B", move |e| {
+            handled.push(format!("BState {:?}", e.after()));
+        }))
+        .expect("known state");
+    let old = h.mirror.schema();
+    let mut def = old.def().clone();
+    def.states.push(StateDef::new("C"));
+    let grown = Schema::new(def.clone()).expect("valid");
+    assert!(
+        grown.extends(&old),
+        "C comes after every state of the old schema"
+    );
+    h.receive(&Message::SchemaChanged {
+        schema: def,
+        snapshot: Snapshot {
+            ticks: vec![0, 0, 0, 0, 1],
+            queue_tick: 2,
+        },
+    });
+    h.push(&[("B", 1)]);
+    assert_eq!(
+        lines.take(),
+        ["schema 4 -> 5", "BState [0, 1, 0, 0, 1]"],
+        "the handler bound by name still runs for B"
+    );
+}
+
 #[test]
 fn the_log_writes_changes_and_the_users_lines_at_its_level() {
     let h = Harness::new();
