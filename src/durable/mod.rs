@@ -463,6 +463,7 @@ impl StateSource for DurableMachine {
     /// [`DurableMachine::close`] does, without waiting for it).
     fn dispose(&self) {
         self.machine.dispose();
+        lock(&self.shared.told).observers.clear();
         self.shared.close();
     }
 
