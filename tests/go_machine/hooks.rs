@@ -36,7 +36,7 @@ struct Counting {
 }
 
 impl Tracer for Counting {
-    fn machine_init(&self, _: &Machine) {
+    fn machine_init(&self, _: &dyn asyncmachine::machine::StateSource) {
         self.inits.fetch_add(1, Ordering::Relaxed);
     }
 
