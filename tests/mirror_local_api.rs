@@ -6,14 +6,13 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use asyncmachine::machine::{
     Args, FinalHandlers, LogArgs, LogLevel, Machine, MutationError, Schema, StateDef, StateSource,
     Tracer, TransitionTrace, WaitError,
 };
-use asyncmachine::mirror::{ConnState, Mirror};
-use asyncmachine::server::{Server, ServerConfig};
+use asyncmachine::mirror::ConnState;
+use asyncmachine::server::ServerConfig;
 use common::*;
 
 fn machine() -> Machine {
@@ -24,44 +23,6 @@ fn machine() -> Machine {
         .build()
         .expect("valid schema");
     Machine::builder(schema).id("root").build()
-}
-
-/// A root machine and three mirrors in a chain, each served to the next.
-struct Tree {
-    root: Machine,
-    b: Mirror,
-    c: Mirror,
-    _a: Mirror,
-    /// The servers of the root, `a` and `b`.
-    servers: Vec<Server>,
-}
-
-async fn tree(scheme: &str) -> Tree {
-    let root = machine();
-    let (root_server, root_at) =
-        serve(Arc::new(root.clone()), ServerConfig::default(), scheme).await;
-    let a = mirror(&root_at, "a").await;
-    let (a_server, a_at) = serve(Arc::new(a.clone()), ServerConfig::default(), scheme).await;
-    let b = mirror(&a_at, "b").await;
-    let (b_server, b_at) = serve(Arc::new(b.clone()), ServerConfig::default(), scheme).await;
-    let c = mirror(&b_at, "c").await;
-    Tree {
-        root,
-        b,
-        c,
-        _a: a,
-        servers: vec![root_server, a_server, b_server],
-    }
-}
-
-/// Waits, within the tests' limit, until `holds` is true (for what no future reports).
-async fn eventually(what: &str, holds: impl Fn() -> bool) {
-    within(what, async {
-        while !holds() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
 }
 
 /// Lines pushed by handlers, tracers and loggers.
@@ -113,7 +74,7 @@ impl Tracer for Recorder {
 }
 
 pub async fn a_leaf_runs_handlers_tracers_and_its_log_for_the_roots_changes(scheme: &str) {
-    let tree = tree(scheme).await;
+    let tree = chain(machine(), scheme, ServerConfig::default()).await;
     let handled = Lines::default();
     let (on_ready, on_end, on_any) = (handled.clone(), handled.clone(), handled.clone());
     tree.c
@@ -197,7 +158,7 @@ pub async fn a_leaf_runs_handlers_tracers_and_its_log_for_the_roots_changes(sche
 }
 
 pub async fn disposing_a_leaf_ends_it_and_nothing_above_it(scheme: &str) {
-    let tree = tree(scheme).await;
+    let tree = chain(machine(), scheme, ServerConfig::default()).await;
     let b_server = &tree.servers[2];
     assert_eq!(b_server.clients().len(), 1, "the leaf is b's client");
     let lines = Lines::default();

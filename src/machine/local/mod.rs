@@ -61,8 +61,8 @@ use super::tracer::Tracer;
 use super::value::Args;
 use super::waiters::{Condition, WaitError, WaiterHost, WaiterSet, When, make_when};
 use eval::EvalJob;
-use transition::Turn;
 use queries::note_error;
+use transition::Turn;
 
 /// Default bound of the mutation queue.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1024;

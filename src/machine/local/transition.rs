@@ -173,13 +173,7 @@ impl Machine {
             } else {
                 Vec::new()
             };
-            (
-                current,
-                before,
-                before_order,
-                core.queue_tick,
-                resolved,
-            )
+            (current, before, before_order, core.queue_tick, resolved)
         };
         let schema: &Schema = &current.schema;
         let handlers: &HandlerTable = &current.handlers;
