@@ -217,9 +217,7 @@ mod tests {
     use crate::proto::{FrameConfig, Message, encode_frame};
 
     fn schema() -> Arc<Schema> {
-        let def = crate::machine::SchemaDef {
-            states: vec![crate::machine::StateDef::new("A")],
-        };
+        let def = crate::machine::SchemaDef::of_states(vec![crate::machine::StateDef::new("A")]);
         Arc::new(Schema::new(def).expect("valid"))
     }
 
@@ -271,6 +269,8 @@ mod tests {
                 queue_tick: 5,
             },
             granted: Granted::default(),
+            parent_id: None,
+            tags: Vec::new(),
         };
         replica
             .session

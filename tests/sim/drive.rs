@@ -229,6 +229,7 @@ impl Sim {
         let schema = source.schema();
         let start = source.start_clock(schema.hash());
         let ancestry = source.ancestry(&node.name);
+        let (parent_id, tags) = source.identity();
         let offer = Offer {
             schema: &schema,
             ancestry: &ancestry,
@@ -236,6 +237,8 @@ impl Sim {
                 ticks: start.ticks.to_vec(),
                 queue_tick: start.queue_tick,
             },
+            parent_id,
+            tags,
         };
         let Some(accepted) = link.session.accept(offer) else {
             return;

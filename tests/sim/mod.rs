@@ -50,15 +50,13 @@ use source::{Pending, empty_schema};
 /// two that remove each other.
 pub fn schema() -> Arc<Schema> {
     Arc::new(
-        Schema::new(SchemaDef {
-            states: vec![
-                StateDef::new("Start"),
-                StateDef::new("Flag").require(["Start"]),
-                StateDef::new("Tick").multi(),
-                StateDef::new("Green").remove(["Red"]),
-                StateDef::new("Red").remove(["Green"]),
-            ],
-        })
+        Schema::new(SchemaDef::of_states(vec![
+            StateDef::new("Start"),
+            StateDef::new("Flag").require(["Start"]),
+            StateDef::new("Tick").multi(),
+            StateDef::new("Green").remove(["Red"]),
+            StateDef::new("Red").remove(["Green"]),
+        ]))
         .expect("valid schema"),
     )
 }

@@ -166,6 +166,18 @@ impl Source {
         }
     }
 
+    /// The source's parent id and tags, as a welcome carries them: a root's own, a mirror's
+    /// source's (from its last welcome).
+    pub fn identity(&self) -> (Option<String>, Vec<String>) {
+        match &self.kind {
+            Kind::Root(root) => (root.machine.parent_id(), root.machine.tags()),
+            Kind::Mirror(side) => (
+                side.session.parent_id().map(str::to_owned),
+                side.session.tags().to_vec(),
+            ),
+        }
+    }
+
     pub fn published(&self) -> Versioned {
         lock(&self.clock).clone()
     }
@@ -225,7 +237,7 @@ impl MirrorSide {
 
 /// The schema of a mirror that has none yet (as `Mirror::connect` starts).
 pub fn empty_schema() -> Arc<Schema> {
-    Arc::new(Schema::new(SchemaDef { states: Vec::new() }).expect("an empty schema is valid"))
+    Arc::new(Schema::new(SchemaDef::of_states(Vec::new())).expect("an empty schema is valid"))
 }
 
 /// A source as its server sessions read it.
