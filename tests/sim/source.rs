@@ -14,13 +14,22 @@ use asyncmachine::proto::session::{
     ClientSession, ClockFeed, DiffCache, HandshakeError, Moment, Versioned,
 };
 
-/// Who waits for the answer to a mutation a mirror sent upstream.
+/// Who waits for what a mirror asked upstream: a mutation's answer, a remote wait's end, the
+/// last error.
 #[derive(Debug)]
 pub enum Pending {
     /// A client of this node, on this connection, under this request id.
     Forward { link: u64, id: u64 },
     /// The test, under this tag (see [`super::Answer`]).
     Local(u64),
+    /// A client's remote wait, forwarded: its connection, its id and the server session's key.
+    ForwardWait { link: u64, id: u64, wait: u64 },
+    /// The test's remote wait, under this tag.
+    LocalWait(u64),
+    /// A client's last-error request, forwarded: its connection and request id.
+    ForwardErr { link: u64, id: u64 },
+    /// The test's last-error request, under this tag.
+    LocalErr(u64),
 }
 
 /// A source a node serves.
@@ -267,8 +276,14 @@ impl ClockFeed for Feed<'_> {
 /// A mutation's result as a server hands it to its session: a refusal from further up passes
 /// down as its reason alone (as the server's connection does).
 pub fn as_reply(result: Result<Outcome, MutationError>) -> Result<Outcome, String> {
-    result.map_err(|e| match e {
+    result.map_err(reason)
+}
+
+/// A request's failure as a server hands it to its session (the server's connection's
+/// `reason`).
+pub fn reason(error: MutationError) -> String {
+    match error {
         MutationError::Refused(reason) => reason,
         other => other.to_string(),
-    })
+    }
 }
