@@ -16,6 +16,15 @@ export const DEPTH_LIMIT = 32;
 /** At most this many named arguments in one mutation, each name at most MAX_KEY_LEN UTF-8 bytes (PROTOCOL.md, "Limits"). */
 export const MAX_ARGS = 256;
 export const MAX_KEY_LEN = 1024;
+/**
+ * What a welcome may say of its source (PROTOCOL.md, "Limits"): at most MAX_TAGS tags, at most
+ * MAX_GROUPS groups in its schema each listing at most MAX_STATES states, and every tag, group
+ * name and the parent id at most MAX_NAME_LEN UTF-8 bytes.
+ */
+export const MAX_NAME_LEN = 1024;
+export const MAX_TAGS = 256;
+export const MAX_GROUPS = 1024;
+export const MAX_STATES = 4096;
 
 /** How often a ready mirror pings, unless told otherwise: well under a relay's idle timeout. */
 export const DEFAULT_KEEPALIVE_MS = 10000;
@@ -175,9 +184,27 @@ export class Reader {
   bool() { const v = this.u8(); if (v > 1) throw new ProtocolError("bad bool"); return v === 1; }
   f64() { this.need(8); const v = new DataView(this.b.buffer, this.b.byteOffset + this.at, 8).getFloat64(0, true); this.at += 8; return v; }
   str() { const n = this.uint(); this.need(n); const s = new TextDecoder("utf-8", { fatal: true }).decode(this.b.subarray(this.at, this.at + n)); this.at += n; return s; }
+  /** A string of at most `max` UTF-8 bytes, refused by its length before it is read. */
+  name(what, max = MAX_NAME_LEN) {
+    const n = this.uint();
+    if (n > max) throw new ProtocolError(`${what} of ${n} bytes is over the protocol's limit of ${max}`);
+    this.need(n);
+    const s = new TextDecoder("utf-8", { fatal: true }).decode(this.b.subarray(this.at, this.at + n));
+    this.at += n;
+    return s;
+  }
   bytes() { const n = this.uint(); this.need(n); const b = this.b.slice(this.at, this.at + n); this.at += n; return b; }
   option(read) { const tag = this.u8(); if (tag === 0) return null; if (tag === 1) return read(); throw new ProtocolError("bad option"); }
   vec(read) { const n = this.uint(); if (n > this.b.length - this.at) throw new ProtocolError("sequence longer than its message"); const out = []; for (let i = 0; i < n; i++) out.push(read()); return out; }
+  /** A sequence of at most `max` items, refused by its count before any is read. */
+  bounded(what, max, read) {
+    const n = this.uint();
+    if (n > max) throw new ProtocolError(`${what} of ${n} items is over the protocol's limit of ${max}`);
+    if (n > this.b.length - this.at) throw new ProtocolError("sequence longer than its message");
+    const out = [];
+    for (let i = 0; i < n; i++) out.push(read());
+    return out;
+  }
   value(depth = 0) {
     const tag = this.uint();
     // Lists and maps count, scalars do not: the Rust decoder's rule.
@@ -209,9 +236,15 @@ export class Reader {
 
 const strings = (r) => r.vec(() => r.str());
 const snapshot = (r) => ({ ticks: r.vec(() => r.uint()), queueTick: r.uint() });
-const schemaDef = (r) => r.vec(() => ({
-  name: r.str(), require: strings(r), add: strings(r), remove: strings(r), after: strings(r), auto: r.bool(), multi: r.bool(),
-}));
+// A schema: its states, then its groups (name, and the names of its states).
+const schemaDef = (r) => ({
+  states: r.vec(() => ({
+    name: r.str(), require: strings(r), add: strings(r), remove: strings(r), after: strings(r), auto: r.bool(), multi: r.bool(),
+  })),
+  groups: r.bounded("a schema's groups", MAX_GROUPS, () => ({
+    name: r.name("a group's name"), states: r.bounded("a group's states", MAX_STATES, () => r.str()),
+  })),
+});
 const u32le = (r) => { r.need(4); const b = r.b, i = r.at; r.at += 4; return (b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | (b[i + 3] << 24)) >>> 0; };
 const clockDiff = (r) => ({ changes: r.vec(() => [r.uint(), r.uint()]), queueDelta: r.uint(), checksum: u32le(r) });
 
@@ -223,7 +256,8 @@ export function decodeMessage(body) {
   switch (type) {
     case MESSAGE.Welcome:
       m = { type: "Welcome", ancestry: strings(r), schema: r.option(() => schemaDef(r)), snapshot: snapshot(r),
-        granted: { compression: r.bool(), tracked: r.option(() => r.vec(() => r.uint())), mutable: r.option(() => r.vec(() => r.uint())) } };
+        granted: { compression: r.bool(), tracked: r.option(() => r.vec(() => r.uint())), mutable: r.option(() => r.vec(() => r.uint())) },
+        parentId: r.option(() => r.name("a parent id")), tags: r.bounded("a list of tags", MAX_TAGS, () => r.name("a name")) };
       break;
     case MESSAGE.Refused: m = { type: "Refused", kind: REFUSALS[r.uint()] ?? "Unknown", reason: r.str() }; break;
     case MESSAGE.Diff: m = { type: "Diff", diff: clockDiff(r) }; break;
@@ -341,8 +375,9 @@ export function retryDelay(attempt, random = Math.random) {
 }
 
 /**
- * A mirror of a remote machine. Events: "change" ({clock, changed}), "status" ({state, reason,
- * code}), "payload" ({name, data}). States: "connecting", "ready", "disconnected" (it will
+ * A mirror of a remote machine: `schema` (its states), `groups`, `parentId` and `tags` are the
+ * source's, as its welcome (and a schema change) carried them. Events: "change" ({clock,
+ * changed}), "status" ({state, reason, code}), "payload" ({name, data}). States: "connecting", "ready", "disconnected" (it will
  * retry), "refused" (a permanent refusal: a relay close code in PERMANENT_CLOSE_CODES or a
  * server refusal in PERMANENT_REFUSALS; it does not retry, `reason` says why).
  * A ready mirror pings every `keepaliveMs`, so a relay's idle timeout never closes a live page.
@@ -364,6 +399,9 @@ export class Mirror extends EventTarget {
     super();
     Object.assign(this, { url, source, clientId, token, track, keepaliveMs });
     this.schema = [];
+    this.groups = [];
+    this.parentId = null;
+    this.tags = [];
     this.index = new Map();
     this.clock = [];
     this.queueTick = 0;
@@ -387,6 +425,8 @@ export class Mirror extends EventTarget {
   is(name) { const i = this.index.get(name); return i !== undefined && this.clock[i] % 2 === 1; }
   tick(name) { const i = this.index.get(name); return i === undefined ? 0 : this.clock[i]; }
   active() { return this.schema.filter((_, i) => this.clock[i] % 2 === 1).map((s) => s.name); }
+  /** The first active state of the source's group `name` (its schema's), or null. */
+  switchGroup(name) { return this.groups.find((g) => g.name === name)?.states.find((s) => this.is(s)) ?? null; }
 
   add(states, args) { return this.mutate("add", states, args); }
   remove(states, args) { return this.mutate("remove", states, args); }
@@ -465,6 +505,14 @@ export class Mirror extends EventTarget {
     this.dispatchEvent(new CustomEvent("change", { detail: { clock: ticks, changed } }));
   }
 
+  /** A schema from the server: its states (by position), its groups, a clock to fill. */
+  #adopt(def) {
+    this.schema = def.states;
+    this.groups = def.groups;
+    this.index = new Map(def.states.map((s, i) => [s.name, i]));
+    this.clock = def.states.map(() => 0);
+  }
+
   #replace(snap) {
     const changed = [];
     this.schema.forEach((_, i) => { const t = snap.ticks[i] ?? 0; if (t !== this.clock[i]) changed.push(i); this.clock[i] = t; });
@@ -489,13 +537,11 @@ export class Mirror extends EventTarget {
   #handle(m) {
     switch (m.type) {
       case "Welcome":
-        if (m.schema) {
-          this.schema = m.schema;
-          this.index = new Map(m.schema.map((s, i) => [s.name, i]));
-          this.clock = m.schema.map(() => 0);
-        }
+        if (m.schema) this.#adopt(m.schema);
         this.tracked = m.granted.tracked;
         this.ancestry = m.ancestry;
+        this.parentId = m.parentId;
+        this.tags = m.tags;
         this.attempt = 0;
         this.#replace(m.snapshot);
         this.#status("ready");
@@ -513,9 +559,7 @@ export class Mirror extends EventTarget {
       }
       case "Snapshot": this.#replace(m.snapshot); break;
       case "SchemaChanged":
-        this.schema = m.schema;
-        this.index = new Map(m.schema.map((s, i) => [s.name, i]));
-        this.clock = m.schema.map(() => 0);
+        this.#adopt(m.schema);
         this.#replace(m.snapshot);
         break;
       case "Payload": this.dispatchEvent(new CustomEvent("payload", { detail: { name: m.name, data: m.data } })); break;

@@ -383,7 +383,7 @@ impl StateSource for DurableMachine {
         self.machine.wait(condition)
     }
 
-    fn parent_id(&self) -> Option<&str> {
+    fn parent_id(&self) -> Option<String> {
         self.machine.parent_id()
     }
 

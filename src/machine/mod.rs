@@ -5,6 +5,7 @@
 //! [`MutationFuture`]) use plain `std::task` wakers and run under any executor.
 //!
 //! - [`schema`]: states, relations, flags; validation and the stable schema hash.
+//! - [`groups`]: named sets of a schema's states, part of its definition.
 //! - [`resolve`]: from a clock and a mutation to who exits and enters, or why not.
 //! - [`local`]: [`Machine`], the local machine that runs handlers and owns a queue (its handler
 //!   registration and its queries of errors, waits and the queue in files of their own).
@@ -21,8 +22,10 @@
 //!   and why an import is refused.
 
 pub mod bind;
+pub(crate) mod bounded;
 pub mod export;
 pub mod final_handlers;
+pub mod groups;
 pub mod handlers;
 pub mod local;
 pub mod log;
@@ -37,6 +40,7 @@ pub mod waiters;
 pub use bind::{Binding, Handlers, TracerId};
 pub use export::{EXPORT_FORMAT, ExportedState, ImportError, MAX_EXPORT_BYTES};
 pub use final_handlers::{FinalBinding, FinalEvent, FinalHandlers};
+pub use groups::{GroupDef, MAX_GROUPS};
 pub use handlers::{Completion, Event, HandlerCall, HandlerKind, Verdict};
 pub use local::{
     EvalFuture, Machine, MachineBuilder, Receipt, SchemaChangeError, TimeSource, UnknownState,

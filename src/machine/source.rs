@@ -443,14 +443,14 @@ pub trait StateSource: Send + Sync {
     // Answered from this source's own schema and clock, on a mirror as on a local machine.
 
     /// The id of the machine this one belongs to (Go's `ParentId`); `None` when it has none.
-    /// A mirror answers `None`: it replicates a machine rather than belonging to one, the
-    /// parent id is not part of the handshake, and its source is named by
-    /// [`ancestry`](Self::ancestry).
-    fn parent_id(&self) -> Option<&str> {
+    /// A mirror answers its source's, as its last handshake carried it (at any depth of a
+    /// tree: each hop passes on what it was given).
+    fn parent_id(&self) -> Option<String> {
         None
     }
 
-    /// Free-form labels of the machine (Go's `Tags`); a mirror has none of its source's.
+    /// Free-form labels of the machine (Go's `Tags`). A mirror answers its source's, as its
+    /// last handshake carried them: tags set at the source later reach it when it reconnects.
     fn tags(&self) -> Vec<String> {
         Vec::new()
     }

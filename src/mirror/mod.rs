@@ -107,7 +107,7 @@ impl Mirror {
         // schema; nobody sees it, the mirror is handed out once the welcome is in.
         let schema = match &config.schema {
             Some(schema) => schema.clone(),
-            None => Arc::new(Schema::new(SchemaDef { states: Vec::new() })?),
+            None => Arc::new(Schema::new(SchemaDef::of_states(Vec::new()))?),
         };
         let shared = Shared::new(endpoint, config, schema);
         let (first, outcome) = oneshot::channel();
@@ -326,6 +326,16 @@ impl StateSource for Mirror {
 
     fn schema(&self) -> Arc<Schema> {
         self.shared.replica().schema.clone()
+    }
+
+    /// The source's, as the last welcome carried it; `None` before the first.
+    fn parent_id(&self) -> Option<String> {
+        self.shared.replica().session.parent_id().map(str::to_owned)
+    }
+
+    /// The source's, as the last welcome carried them; none before the first.
+    fn tags(&self) -> Vec<String> {
+        self.shared.replica().session.tags().to_vec()
     }
 
     /// Empty once disposed, as a disposed machine answers.

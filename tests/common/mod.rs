@@ -57,9 +57,9 @@ pub fn any_port(scheme: &str) -> Endpoint {
 }
 
 pub fn abc_schema() -> Schema {
-    Schema::new(SchemaDef {
-        states: ["A", "B", "C"].map(StateDef::new).to_vec(),
-    })
+    Schema::new(SchemaDef::of_states(
+        ["A", "B", "C"].map(StateDef::new).to_vec(),
+    ))
     .expect("valid")
 }
 

@@ -2,7 +2,7 @@
 // test documented_examples_are_what_the_encoder_writes pins), so both sides agree byte for byte.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Reader, Writer, FrameReader, checksum, decodeMessage, encode, frame } from "../am.js";
+import { Reader, Writer, FrameReader, MAX_NAME_LEN, MAX_TAGS, checksum, decodeMessage, encode, frame } from "../am.js";
 
 const hex = (s) => Uint8Array.from(s.trim().split(/\s+/).map((b) => parseInt(b, 16)));
 const toHex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(" ");
@@ -16,16 +16,19 @@ test("hello and mutate encode as documented", () => {
 
 test("welcome, diff and reply decode as documented", () => {
   const frames = new FrameReader();
-  frames.push(hex(`60 01 01 01 77 01 03 01 41 00 00 00 00 00 00 01 42 01 01 41 00 00 00 00 00
-    09 45 78 63 65 70 74 69 6f 6e 00 00 00 00 00 01 03 01 00 00 01 00 00 00`));
+  frames.push(hex(`66 01 01 01 77 01 03 01 41 00 00 00 00 00 00 01 42 01 01 41 00 00 00 00 00
+    09 45 78 63 65 70 74 69 6f 6e 00 00 00 00 00 01 00 03 01 00 00 01 00 00 00 00 00`));
   frames.push(hex("12 03 01 01 01 01 86 fc cf ff"));
   frames.push(hex("16 05 01 00 01 01 01 01 86 fc cf ff"));
   const welcome = decodeMessage(frames.next());
   assert.deepEqual(welcome.ancestry, ["w"]);
-  assert.deepEqual(welcome.schema.map((s) => s.name), ["A", "B", "Exception"]);
-  assert.deepEqual(welcome.schema[1].require, ["A"]);
-  assert.equal(welcome.schema[2].multi, true);
+  assert.deepEqual(welcome.schema.states.map((s) => s.name), ["A", "B", "Exception"]);
+  assert.deepEqual(welcome.schema.states[1].require, ["A"]);
+  assert.equal(welcome.schema.states[2].multi, true);
+  assert.deepEqual(welcome.schema.groups, []);
   assert.deepEqual(welcome.snapshot, { ticks: [1, 0, 0], queueTick: 1 });
+  assert.equal(welcome.parentId, null);
+  assert.deepEqual(welcome.tags, []);
   const diff = decodeMessage(frames.next());
   assert.deepEqual(diff.diff, { changes: [[1, 1]], queueDelta: 1, checksum: 0xffcffc86 });
   const reply = decodeMessage(frames.next());
@@ -35,6 +38,31 @@ test("welcome, diff and reply decode as documented", () => {
   assert.equal(frames.next(), null, "nothing more buffered");
   assert.equal(checksum([1, 1, 0]), 0xffcffc86, "the checksum the Rust side computed");
   assert.equal(checksum([1, 2]), (0x77179803 ^ 0x63c8e066) >>> 0);
+});
+
+test("a welcome with groups, a parent id and tags decodes as documented", () => {
+  const frames = new FrameReader();
+  frames.push(hex(`7c 01 01 01 77 01 03 01 41 00 00 00 00 00 00 01 42 01 01 41 00 00 00 00 00
+    09 45 78 63 65 70 74 69 6f 6e 00 00 00 00 00 01 01 01 47 02 01 42 01 41
+    03 01 00 00 01 00 00 00 01 01 70 01 01 74`));
+  const welcome = decodeMessage(frames.next());
+  assert.deepEqual(welcome.schema.groups, [{ name: "G", states: ["B", "A"] }]);
+  assert.equal(welcome.parentId, "p");
+  assert.deepEqual(welcome.tags, ["t"]);
+});
+
+test("a welcome past the identity limits is refused, naming the limit", () => {
+  // Welcome: ancestry [], no schema, snapshot [] 0, granted 00 00 00, then parent id / tags.
+  const head = [0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00];
+  const tag = [0x01, 0x74];
+  const tags = (n) => [0xfb, n & 0xff, n >> 8, ...Array(n).fill(tag).flat()];
+  assert.equal(decodeMessage(Uint8Array.from([...head, 0x00, ...tags(MAX_TAGS)])).tags.length, MAX_TAGS);
+  assert.throws(() => decodeMessage(Uint8Array.from([...head, 0x00, ...tags(MAX_TAGS + 1)])), /a list of tags of 257 items is over the protocol's limit of 256/);
+  const long = (n) => [0xfb, n & 0xff, n >> 8, ...Array(n).fill(0x70)];
+  assert.equal(decodeMessage(Uint8Array.from([...head, 0x01, ...long(MAX_NAME_LEN), 0x00])).parentId.length, MAX_NAME_LEN);
+  assert.throws(() => decodeMessage(Uint8Array.from([...head, 0x01, ...long(MAX_NAME_LEN + 1), 0x00])), /a parent id of 1025 bytes/);
+  // SchemaChanged: no states, 1025 groups claimed.
+  assert.throws(() => decodeMessage(Uint8Array.from([0x09, 0x00, 0xfb, 0x01, 0x04])), /a schema's groups of 1025 items/);
 });
 
 test("frames arrive in any chunking", () => {

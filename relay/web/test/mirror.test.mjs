@@ -41,7 +41,8 @@ function statuses(mirror) {
 }
 
 // A welcome with schema [A] and clock [1] (PROTOCOL.md 6), then a Refused of a given kind.
-const welcome = Uint8Array.from([0x01, 0x01, 0x01, 0x77, 0x01, 0x01, 0x01, 0x41, 0, 0, 0, 0, 0, 0, 0x01, 0x01, 0x01, 0x00, 0x00, 0x00]);
+// (no groups, no parent id, no tags).
+const welcome = Uint8Array.from([0x01, 0x01, 0x01, 0x77, 0x01, 0x01, 0x01, 0x41, 0, 0, 0, 0, 0, 0, 0x00, 0x01, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00]);
 const refusedMessage = (kind) => Uint8Array.from([0x02, kind, 0x02, 0x6e, 0x6f]);
 
 test("permanent relay close codes end the mirror with the reason, no retry", withSockets(async () => {
@@ -163,3 +164,35 @@ test("close reasons are cut to 123 UTF-8 bytes on a character boundary", async (
   assert.equal(cut, "ż".repeat(61));
   assert.equal(closeReason("x".repeat(1 << 20)).length, 123);
 });
+
+test("a mirror answers its source's groups, parent id and tags", withSockets(async () => {
+  const mirror = new Mirror("ws://relay/arpc/demo");
+  mirror.start();
+  const socket = ScriptedSocket.made[0];
+  socket.open();
+  // PROTOCOL.md's second welcome: A, B, Exception; group G = [B, A]; A active; parent "p",
+  // tag "t".
+  socket.deliver(frame(Uint8Array.from([
+    0x01, 0x01, 0x01, 0x77, 0x01, 0x03,
+    0x01, 0x41, 0, 0, 0, 0, 0, 0,
+    0x01, 0x42, 0x01, 0x01, 0x41, 0, 0, 0, 0, 0,
+    0x09, 0x45, 0x78, 0x63, 0x65, 0x70, 0x74, 0x69, 0x6f, 0x6e, 0, 0, 0, 0, 0, 0x01,
+    0x01, 0x01, 0x47, 0x02, 0x01, 0x42, 0x01, 0x41,
+    0x03, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x01, 0x70, 0x01, 0x01, 0x74,
+  ])));
+  assert.equal(mirror.state, "ready");
+  assert.deepEqual(mirror.groups, [{ name: "G", states: ["B", "A"] }]);
+  assert.equal(mirror.parentId, "p");
+  assert.deepEqual(mirror.tags, ["t"]);
+  assert.equal(mirror.switchGroup("G"), "A");
+  assert.equal(mirror.switchGroup("Nope"), null);
+  // A diff activates B (checksum of [1, 1, 0]): the group's first active state is B now.
+  socket.deliver(frame(Uint8Array.from([0x03, 0x01, 0x01, 0x01, 0x01, 0x86, 0xfc, 0xcf, 0xff])));
+  assert.equal(mirror.switchGroup("G"), "B");
+  // A schema change without groups takes them away.
+  socket.deliver(frame(Uint8Array.from([0x09, 0x01, 0x01, 0x41, 0, 0, 0, 0, 0, 0, 0x00, 0x01, 0x01, 0x02])));
+  assert.deepEqual(mirror.groups, []);
+  assert.equal(mirror.switchGroup("G"), null);
+  assert.ok(mirror.is("A"));
+  mirror.close();
+}));

@@ -776,8 +776,8 @@ impl StateSource for Machine {
         self.schema_ref()
     }
 
-    fn parent_id(&self) -> Option<&str> {
-        self.shared.parent_id.as_deref()
+    fn parent_id(&self) -> Option<String> {
+        self.shared.parent_id.clone()
     }
 
     fn tags(&self) -> Vec<String> {
