@@ -87,6 +87,7 @@ mod wire;
 /// The names most programs need: `use asyncmachine::prelude::*;`.
 pub mod prelude {
     pub use crate::machine::{
-        Args, Event, Machine, MutationKind, Outcome, Schema, StateDef, StateSource, Value,
+        Args, Event, FinalHandlers, Machine, MutationKind, Outcome, Schema, StateDef, StateSource,
+        Value,
     };
 }

@@ -119,14 +119,12 @@ async fn only_clients_on_the_allow_list_get_in() {
 
 /// The schema: `Start`; `Flag` adds `Extra` and removes `Other`; `Extra`; `Other`.
 fn flag_schema() -> Schema {
-    Schema::new(SchemaDef {
-        states: vec![
-            StateDef::new("Start"),
-            StateDef::new("Flag").add(["Extra"]).remove(["Other"]),
-            StateDef::new("Extra"),
-            StateDef::new("Other"),
-        ],
-    })
+    Schema::new(SchemaDef::of_states(vec![
+        StateDef::new("Start"),
+        StateDef::new("Flag").add(["Extra"]).remove(["Other"]),
+        StateDef::new("Extra"),
+        StateDef::new("Other"),
+    ]))
     .expect("valid")
 }
 
@@ -598,10 +596,7 @@ async fn a_no_reply_set_from_a_restricted_client_does_not_run_either() {
 
 /// `Start`, `Flag`, `Other` in the given order.
 fn ordered_schema(order: [&str; 3]) -> Schema {
-    Schema::new(SchemaDef {
-        states: order.map(StateDef::new).to_vec(),
-    })
-    .expect("valid")
+    Schema::new(SchemaDef::of_states(order.map(StateDef::new).to_vec())).expect("valid")
 }
 
 /// An upstream written by hand: welcomes with `Start, Flag, Other` (Start active), changes its
@@ -639,6 +634,8 @@ async fn scripted_upstream(
                     schema: Some(ordered_schema(["Start", "Flag", "Other"]).def().clone()),
                     snapshot: snapshot(vec![1, 0, 0, 0]),
                     granted: Granted::default(),
+                    parent_id: None,
+                    tags: Vec::new(),
                 }),
                 Message::Mutate(request) => {
                     let _ = mutated.send(request.states.clone());

@@ -99,11 +99,11 @@ async fn state_names_that_look_like_markup_stay_text() {
         return;
     };
     let hostile = r#"<img src=x onerror="window.pwned=1">"#;
-    let schema = Schema::new(SchemaDef {
-        states: [hostile, "<b>bold</b>", "Plain"]
+    let schema = Schema::new(SchemaDef::of_states(
+        [hostile, "<b>bold</b>", "Plain"]
             .map(StateDef::new)
             .to_vec(),
-    })
+    ))
     .expect("any name is a name");
     let machine = Machine::builder(schema).id("root").build();
     machine.add(&[hostile], Args::new()).expect("taken in");

@@ -12,9 +12,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use asyncmachine::machine::{Args, MutationKind, Schema, StateDef, Value};
+use asyncmachine::machine::{Args, GroupDef, MutationKind, Schema, SchemaDef, StateDef, Value};
 use asyncmachine::proto::checks;
-use asyncmachine::proto::limits::{MAX_ANCESTRY, MAX_ARGS, MAX_DEPTH, MAX_NAME_LEN, MAX_STATES};
+use asyncmachine::proto::limits::{
+    MAX_ANCESTRY, MAX_ARGS, MAX_DEPTH, MAX_GROUPS, MAX_NAME_LEN, MAX_STATES, MAX_TAGS,
+};
 use asyncmachine::proto::message::{
     ClockDiff, Granted, Hello, MutateRequest, Snapshot, WantedOptions, Welcome, encode_to_vec,
 };
@@ -118,7 +120,43 @@ fn at_and_past_limits() -> Vec<(&'static str, Message)> {
             "ancestry-past-limit",
             Message::Ancestry(vec!["n".into(); MAX_ANCESTRY + 1]),
         ),
+        ("tags-at-limit", identity(None, vec!["t".into(); MAX_TAGS])),
+        (
+            "tags-past-limit",
+            identity(None, vec!["t".into(); MAX_TAGS + 1]),
+        ),
+        (
+            "parent-id-past-limit",
+            identity(Some("p".repeat(MAX_NAME_LEN + 1)), Vec::new()),
+        ),
+        ("groups-at-limit", groups(MAX_GROUPS)),
+        ("groups-past-limit", groups(MAX_GROUPS + 1)),
     ]
+}
+
+/// A welcome with this parent id and these tags.
+fn identity(parent_id: Option<String>, tags: Vec<String>) -> Message {
+    Message::Welcome(Welcome {
+        ancestry: vec!["root".into()],
+        schema: None,
+        snapshot: Snapshot::default(),
+        granted: Granted::default(),
+        parent_id,
+        tags,
+    })
+}
+
+/// A schema change whose schema has `n` groups.
+fn groups(n: usize) -> Message {
+    Message::SchemaChanged {
+        schema: SchemaDef {
+            states: vec![StateDef::new("A")],
+            groups: (0..n)
+                .map(|i| GroupDef::new(format!("g{i}"), ["A"]))
+                .collect(),
+        },
+        snapshot: Snapshot::default(),
+    }
 }
 
 /// Bodies no encoder writes: the 10,000-deep argument and counts claiming far more
@@ -148,6 +186,7 @@ fn samples() -> Vec<(&'static str, Message)> {
         .state(StateDef::new("A"))
         .state(StateDef::new("B").require(["A"]))
         .build()
+        .and_then(|s| s.with_group("G", &["B", "A"]))
         .expect("schema");
     vec![
         (
@@ -178,6 +217,8 @@ fn samples() -> Vec<(&'static str, Message)> {
                     tracked: Some(vec![0, 2]),
                     mutable: None,
                 },
+                parent_id: Some("owner".into()),
+                tags: vec!["worker".into(), "eu".into()],
             }),
         ),
         (

@@ -14,7 +14,7 @@ use asyncmachine::machine::{
 };
 
 fn machine(states: Vec<StateDef>) -> Machine {
-    Machine::new(Schema::new(SchemaDef { states }).expect("valid schema"))
+    Machine::new(Schema::new(SchemaDef::of_states(states)).expect("valid schema"))
 }
 
 fn abc() -> Machine {
@@ -324,9 +324,10 @@ fn mutations_from_handlers_are_queued_fifo_with_auto_first() {
 
 #[test]
 fn the_queue_is_bounded() {
-    let schema = Schema::new(SchemaDef {
-        states: vec![StateDef::new("A"), StateDef::new("M").multi()],
-    })
+    let schema = Schema::new(SchemaDef::of_states(vec![
+        StateDef::new("A"),
+        StateDef::new("M").multi(),
+    ]))
     .expect("valid");
     let m = Machine::builder(schema).queue_limit(2).build();
     let results = Arc::new(Mutex::new(Vec::new()));

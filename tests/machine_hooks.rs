@@ -12,7 +12,7 @@ use asyncmachine::machine::{
 };
 
 fn machine(states: Vec<StateDef>) -> Machine {
-    Machine::new(Schema::new(SchemaDef { states }).expect("valid schema"))
+    Machine::new(Schema::new(SchemaDef::of_states(states)).expect("valid schema"))
 }
 
 /// Records every hook as a line.
@@ -222,10 +222,7 @@ fn a_negotiation_handler_past_the_timeout_cancels_and_raises() {
     let now = Arc::new(AtomicU64::new(0));
     let clock = now.clone();
     let m = Machine::builder(
-        Schema::new(SchemaDef {
-            states: vec![StateDef::new("A")],
-        })
-        .expect("valid schema"),
+        Schema::new(SchemaDef::of_states(vec![StateDef::new("A")])).expect("valid schema"),
     )
     .handler_timeout(Duration::from_millis(100))
     .time_source(Arc::new(move || {

@@ -81,7 +81,7 @@ fn build(states: &[RandomState]) -> Schema {
             multi: s.multi,
         })
         .collect();
-    Schema::new(SchemaDef { states: defs }).expect("random schemas are valid by construction")
+    Schema::new(SchemaDef::of_states(defs)).expect("random schemas are valid by construction")
 }
 
 #[derive(Debug, Clone)]

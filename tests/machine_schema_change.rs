@@ -8,9 +8,9 @@ use asyncmachine::machine::{
 };
 
 fn schema(names: &[&str]) -> Schema {
-    Schema::new(SchemaDef {
-        states: names.iter().map(|&n| StateDef::new(n)).collect(),
-    })
+    Schema::new(SchemaDef::of_states(
+        names.iter().map(|&n| StateDef::new(n)).collect(),
+    ))
     .expect("valid schema")
 }
 

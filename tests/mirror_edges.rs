@@ -68,6 +68,8 @@ impl Scripted {
                 queue_tick: 1,
             },
             granted: Granted::default(),
+            parent_id: None,
+            tags: Vec::new(),
         }))
         .await;
     }
@@ -204,10 +206,72 @@ async fn a_server_that_answers_garbage_is_a_clear_error() {
     within("server", server).await.expect("ran");
 }
 
+/// A server whose welcome holds more than the protocol's limits (too many tags, a parent id too
+/// long, too many groups in its schema) is refused by the mirror with the limit named, not
+/// taken in.
+#[tokio::test]
+async fn a_welcome_past_the_identity_limits_is_a_clear_error() {
+    use asyncmachine::machine::{GroupDef, SchemaDef};
+    use asyncmachine::proto::limits::{MAX_GROUPS, MAX_NAME_LEN, MAX_TAGS};
+
+    let mut grouped = abc_schema().def().clone();
+    grouped.groups = (0..=MAX_GROUPS)
+        .map(|i| GroupDef::new(format!("g{i}"), ["A"]))
+        .collect::<Vec<_>>();
+    let cases: [(Option<String>, Vec<String>, SchemaDef, &str); 3] = [
+        (
+            None,
+            vec!["t".into(); MAX_TAGS + 1],
+            abc_schema().def().clone(),
+            "a list of tags of 257 items is over the protocol's limit of 256",
+        ),
+        (
+            Some("p".repeat(MAX_NAME_LEN + 1)),
+            Vec::new(),
+            abc_schema().def().clone(),
+            "a parent id of 1025 bytes is over the protocol's limit of 1024",
+        ),
+        (
+            None,
+            Vec::new(),
+            grouped,
+            "a schema's groups of 1025 items is over the protocol's limit of 1024",
+        ),
+    ];
+    for (parent_id, tags, schema, expected) in cases {
+        let (listener, endpoint) = listen().await;
+        let server = tokio::spawn(async move {
+            let mut script = Scripted::accept(&listener).await;
+            assert!(matches!(script.recv().await, Message::Hello(_)));
+            script
+                .send(Message::Welcome(Welcome {
+                    ancestry: vec!["scripted".into()],
+                    schema: Some(schema),
+                    snapshot: Snapshot {
+                        ticks: vec![0, 0, 0, 0],
+                        queue_tick: 1,
+                    },
+                    granted: Granted::default(),
+                    parent_id,
+                    tags,
+                }))
+                .await;
+            script
+        });
+        match within("connect", Mirror::connect(&endpoint, mirror_config("m"))).await {
+            Err(MirrorError::Handshake { reason, .. }) => {
+                assert!(reason.contains(expected), "{reason}");
+            }
+            other => panic!("expected a handshake error, got {other:?}"),
+        }
+        drop(within("server script", server).await.expect("script ran"));
+    }
+}
+
 /// The reads and checks of `StateSource` (Go's local Api: Has, Index, Not1, Any, CountActive,
 /// IsClock, IsTime, TimeSum, String, StringAll, Inspect, relation lookups) answer on a mirror
 /// exactly as on its source, from the replicated clock; `toggle` goes to the source. Groups,
-/// tags and the parent id are local to the source and not replicated.
+/// tags and the parent id are the source's, from the welcome.
 #[tokio::test]
 async fn a_mirror_answers_the_reads_from_its_own_clock() {
     use std::sync::Arc;
@@ -263,11 +327,15 @@ async fn a_mirror_answers_the_reads_from_its_own_clock() {
     assert!(mirror.is1("D"));
     assert!(mirror.is_clock(&[("D", 1)]));
 
-    // Not replicated: the source's groups, tags and parent id.
+    // The source's groups (in its schema), tags and parent id came with the welcome.
     assert_eq!(source.switch_group("Pair").as_deref(), Some("B"));
-    assert_eq!(mirror.switch_group("Pair"), None);
-    assert_eq!(source.parent_id(), Some("root"));
-    assert_eq!(mirror.parent_id(), None);
+    assert_eq!(mirror.switch_group("Pair").as_deref(), Some("B"));
+    assert_eq!(
+        mirror.schema().groups().collect::<Vec<_>>(),
+        source.schema().groups().collect::<Vec<_>>()
+    );
+    assert_eq!(source.parent_id().as_deref(), Some("root"));
+    assert_eq!(mirror.parent_id().as_deref(), Some("root"));
     assert_eq!(source.tags(), ["worker"]);
-    assert!(mirror.tags().is_empty());
+    assert_eq!(mirror.tags(), ["worker"]);
 }

@@ -521,6 +521,58 @@ async fn an_oversized_message_closes_that_bridge_only() {
     assert!(matches!(small.recv().await, Message::Diff(_)));
 }
 
+/// A node that refuses a frame over its limit answers and closes while the browser is still
+/// sending the frame; the relay's next write to it fails. The refusal must still reach the
+/// browser, ahead of the close, every time (it was lost to "upstream: Broken pipe" about one
+/// time in four when the failed write ended the bridge at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_mid_message_reaches_the_browser_before_the_close() {
+    use asyncmachine::proto::frame::put_varint;
+    use asyncmachine::proto::message::RefusalKind;
+    let (_machine, relay, _server) = setup(RelayConfig::default()).await;
+    let max_frame = asyncmachine::proto::config::Limits::default().max_frame;
+    for round in 0..20 {
+        let ws = open(&relay, "/arpc/demo", None).await.expect("upgrade");
+        let mut client = Client {
+            ws,
+            reader: FrameReader::new(FrameConfig::default()),
+            clock: Vec::new(),
+        };
+        // A head claiming one byte over the node's limit, then the body in 64 KiB messages.
+        let mut head = Vec::new();
+        put_varint(&mut head, ((max_frame as u64) + 1) << 1);
+        let _ = within("ws send", client.ws.send(WsMessage::binary(head))).await;
+        for _ in 0..=(max_frame / 65536) {
+            let sent = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.ws.send(WsMessage::binary(vec![0u8; 65536])),
+            )
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                break;
+            }
+        }
+        let refusal = within("the refusal", async {
+            loop {
+                if let Some(m) = client.reader.next_message().expect("protocol") {
+                    return Ok(m);
+                }
+                match client.ws.next().await {
+                    Some(Ok(WsMessage::Binary(data))) => client.reader.push(&data),
+                    Some(Ok(WsMessage::Close(frame))) => return Err(frame),
+                    Some(Ok(_)) => {}
+                    other => panic!("round {round}: the bridge ended without a close: {other:?}"),
+                }
+            }
+        })
+        .await;
+        match refusal {
+            Ok(Message::Refused(r)) => assert_eq!(r.kind, RefusalKind::BadHello, "{r:?}"),
+            other => panic!("round {round}: expected the node's refusal, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_target_says_so() {
     let dead = Target {

@@ -14,10 +14,9 @@ use std::time::Duration;
 use asyncmachine::machine::{
     Args, Machine, MutationError, Outcome, Schema, StateDef, StateSource, WaitError,
 };
-use asyncmachine::mirror::{ConnState, Mirror};
+use asyncmachine::mirror::ConnState;
 use asyncmachine::proto::acl::Acl;
 use asyncmachine::server::{Server, ServerConfig};
-use asyncmachine::transport::Endpoint;
 use common::*;
 
 fn machine() -> Machine {
@@ -31,53 +30,12 @@ fn machine() -> Machine {
     Machine::builder(schema).id("root").build()
 }
 
-/// A root machine and three mirrors in a chain, each served to the next.
-struct Tree {
-    root: Machine,
-    b: Mirror,
-    c: Mirror,
-    _a: Mirror,
-    /// The servers of the root, `a` and `b`, and where `b` is served.
-    servers: Vec<Server>,
-    b_at: Endpoint,
-}
-
-/// The chain root <- a <- b <- c; `a_serves_with` configures the server in front of `a`.
-async fn tree(scheme: &str, a_serves_with: ServerConfig) -> Tree {
-    let root = machine();
-    let (root_server, root_at) =
-        serve(Arc::new(root.clone()), ServerConfig::default(), scheme).await;
-    let a = mirror(&root_at, "a").await;
-    let (a_server, a_at) = serve(Arc::new(a.clone()), a_serves_with, scheme).await;
-    let b = mirror(&a_at, "b").await;
-    let (b_server, b_at) = serve(Arc::new(b.clone()), ServerConfig::default(), scheme).await;
-    let c = mirror(&b_at, "c").await;
-    Tree {
-        root,
-        b,
-        c,
-        _a: a,
-        servers: vec![root_server, a_server, b_server],
-        b_at,
-    }
-}
-
-/// Waits, within the tests' limit, until `holds` is true (for counts no future reports).
-async fn eventually(what: &str, holds: impl Fn() -> bool) {
-    within(what, async {
-        while !holds() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-}
-
 fn poll_now<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     Pin::new(fut).poll(&mut Context::from_waker(Waker::noop()))
 }
 
 pub async fn when_args_at_depth_three_resolves_for_its_arguments_only(scheme: &str) {
-    let tree = tree(scheme, ServerConfig::default()).await;
+    let tree = chain(machine(), scheme, ServerConfig::default()).await;
     let mut wait = tree.c.when_args("Tick", Args::new().with("id", 2));
     eventually("the wait to reach the root", || {
         tree.root.waiter_count() == 1
@@ -103,7 +61,7 @@ pub async fn when_args_at_depth_three_resolves_for_its_arguments_only(scheme: &s
 }
 
 pub async fn the_roots_last_error_reaches_a_leaf(scheme: &str) {
-    let tree = tree(scheme, ServerConfig::default()).await;
+    let tree = chain(machine(), scheme, ServerConfig::default()).await;
     tree.root
         .on_state("Fail", |_| Err::<(), _>("boom at the root"))
         .expect("known state");
@@ -117,7 +75,7 @@ pub async fn the_roots_last_error_reaches_a_leaf(scheme: &str) {
 }
 
 pub async fn add_err_state_from_a_leaf_reaches_the_root(scheme: &str) {
-    let tree = tree(scheme, ServerConfig::default()).await;
+    let tree = chain(machine(), scheme, ServerConfig::default()).await;
     let added = within(
         "add_err_state",
         tree.c
@@ -141,7 +99,7 @@ pub async fn add_err_state_from_a_leaf_reaches_the_root(scheme: &str) {
 }
 
 pub async fn a_withdrawn_wait_is_gone_at_every_hop(scheme: &str) {
-    let tree = tree(scheme, ServerConfig::default()).await;
+    let tree = chain(machine(), scheme, ServerConfig::default()).await;
     let wait = tree.c.when_args("Tick", Args::new().with("id", 1));
     eventually("the wait to reach the root", || {
         tree.root.waiter_count() == 1
@@ -176,7 +134,8 @@ pub async fn a_hop_that_may_not_see_refuses_and_the_reason_comes_down(scheme: &s
         see: [("b".to_owned(), vec!["Start".to_owned(), "Tick".to_owned()])].into(),
         ..Acl::default()
     };
-    let tree = tree(
+    let tree = chain(
+        machine(),
         scheme,
         ServerConfig {
             acl,
@@ -211,7 +170,7 @@ pub async fn a_hop_that_may_not_see_refuses_and_the_reason_comes_down(scheme: &s
 }
 
 pub async fn a_wait_outlives_a_restart_of_the_hop_below_it(scheme: &str) {
-    let mut tree = tree(scheme, ServerConfig::default()).await;
+    let mut tree = chain(machine(), scheme, ServerConfig::default()).await;
     let wait = tree.c.when_args("Tick", Args::new().with("id", 7));
     eventually("the wait to reach the root", || {
         tree.root.waiter_count() == 1

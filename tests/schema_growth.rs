@@ -11,9 +11,7 @@ use std::sync::atomic::Ordering;
 use asyncmachine::machine::{
     Args, EXCEPTION, Machine, Outcome, Schema, StateDef, StateSource, WaitError,
 };
-use asyncmachine::mirror::Mirror;
 use asyncmachine::server::{Server, ServerConfig};
-use asyncmachine::transport::Endpoint;
 use common::*;
 
 fn states(extra: bool) -> Schema {
@@ -29,52 +27,15 @@ fn states(extra: bool) -> Schema {
     builder.build().expect("valid schema")
 }
 
-/// A chain: the root, its server and where it serves, and the mirrors a <- b <- c with their
-/// servers (which must live as long as the mirrors are used).
-struct Chain {
-    root: Machine,
-    root_at: Endpoint,
-    mirrors: Vec<Mirror>,
-    servers: Vec<Server>,
-}
-
-async fn chain(scheme: &str) -> Chain {
-    let root = Machine::builder(states(false)).id("root").build();
-    let (root_server, root_at) =
-        serve(Arc::new(root.clone()), ServerConfig::default(), scheme).await;
-    let mut at = root_at.clone();
-    let mut servers = vec![root_server];
-    let mut mirrors = Vec::new();
-    for id in ["a", "b", "c"] {
-        let m = mirror(&at, id).await;
-        if id != "c" {
-            let (server, next) = serve(Arc::new(m.clone()), ServerConfig::default(), scheme).await;
-            servers.push(server);
-            at = next;
-        }
-        mirrors.push(m);
-    }
-    Chain {
-        root,
-        root_at,
-        mirrors,
-        servers,
-    }
-}
-
-/// Waits, within the tests' limit, until `holds` is true (for what no future reports).
-async fn eventually(what: &str, holds: impl Fn() -> bool) {
-    within(what, async {
-        while !holds() {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+fn root() -> Machine {
+    Machine::builder(states(false)).id("root").build()
 }
 
 pub async fn a_grown_schema_reaches_a_leaf_without_a_reconnect(scheme: &str) {
-    let Chain { root, mirrors, .. } = chain(scheme).await;
-    let leaf = &mirrors[2];
+    let tree = chain(root(), scheme, ServerConfig::default()).await;
+    let root = &tree.root;
+    let mirrors = [&tree.a, &tree.b, &tree.c];
+    let leaf = mirrors[2];
     root.add(&["Start"], Args::new()).expect("known state");
     converged(leaf, &root.clock()).await;
     // Waits of the old schema, at the leaf: one on its clock, one asked of the root.
@@ -83,11 +44,11 @@ pub async fn a_grown_schema_reaches_a_leaf_without_a_reconnect(scheme: &str) {
     let removed = leaf.when_not(&["Start"]);
 
     root.set_schema(states(true)).expect("an enlargement");
-    for m in &mirrors {
+    for m in mirrors {
         eventually("the new schema", || m.schema().len() == 5).await;
     }
     converged(leaf, &root.clock()).await;
-    for m in &mirrors {
+    for m in mirrors {
         assert_eq!(m.schema().hash(), root.schema().hash(), "{}", m.id());
         assert_eq!(
             m.stats().reconnects.load(Ordering::Relaxed),
@@ -122,10 +83,11 @@ pub async fn a_schema_that_moves_states_ends_the_waits_of_the_old_one(scheme: &s
     let Chain {
         root,
         root_at,
-        mirrors,
+        c: leaf,
         servers,
-    } = chain(scheme).await;
-    let leaf = &mirrors[2];
+        ..
+    } = chain(root(), scheme, ServerConfig::default()).await;
+    let leaf = &leaf;
     let wait = leaf.when(&["Tick"]);
     let remote = leaf.when_args("Tick", Args::new());
     eventually("the wait to reach the root", || root.waiter_count() == 1).await;

@@ -286,9 +286,10 @@ fn an_upstream_back_with_another_schema_sends_the_mids_clients_away_to_fetch_it(
         assert_eq!(sim.source(leaf).schema().hash(), schema().hash());
     }
     let other = Arc::new(
-        Schema::new(SchemaDef {
-            states: vec![StateDef::new("Up"), StateDef::new("Down").remove(["Up"])],
-        })
+        Schema::new(SchemaDef::of_states(vec![
+            StateDef::new("Up"),
+            StateDef::new("Down").remove(["Up"]),
+        ]))
         .expect("valid schema"),
     );
     sim.restart_root(root, other.clone(), &["Up"]);

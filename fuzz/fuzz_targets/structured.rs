@@ -1,8 +1,8 @@
 //! Fuzz target: messages built from the input with `arbitrary` rather than raw bytes, shaped to
 //! reach the decoder's limits: arguments nested to the depth limit and past it, lists, names,
-//! tokens and argument maps at their limits, one past them, or anywhere in between. Each is
-//! encoded and decoded as a body and as frames; see `asyncmachine::proto::checks::structured`
-//! for what must hold.
+//! tokens, tags, a schema's groups and argument maps at their limits, one past them, or
+//! anywhere in between. Each is encoded and decoded as a body and as frames; see
+//! `asyncmachine::proto::checks::structured` for what must hold.
 //!
 //! The byte-level targets (`frames`, `message`, `handshake`) cannot get here: a random byte
 //! string almost never encodes a well-formed 33-deep list or a 4097-item clock.
@@ -11,11 +11,12 @@
 use std::collections::BTreeMap;
 
 use arbitrary::{Result, Unstructured};
-use asyncmachine::machine::{Args, MutationKind, SchemaDef, StateDef, Value};
+use asyncmachine::machine::{Args, GroupDef, MutationKind, SchemaDef, StateDef, Value};
 use asyncmachine::proto::Message;
 use asyncmachine::proto::checks;
 use asyncmachine::proto::limits::{
-    MAX_ANCESTRY, MAX_ARGS, MAX_DEPTH, MAX_KEY_LEN, MAX_NAME_LEN, MAX_STATES, MAX_TOKEN_LEN,
+    MAX_ANCESTRY, MAX_ARGS, MAX_DEPTH, MAX_GROUPS, MAX_KEY_LEN, MAX_NAME_LEN, MAX_STATES,
+    MAX_TAGS, MAX_TOKEN_LEN,
 };
 use asyncmachine::proto::message::{
     ClientStatus, ClockDiff, ErrResult, Granted, Hello, MutateReply, MutateRequest, MutateResult,
@@ -172,6 +173,9 @@ fn kind(u: &mut Unstructured<'_>) -> Result<MutationKind> {
     Ok(*u.choose(&[MutationKind::Add, MutationKind::Remove, MutationKind::Set])?)
 }
 
+/// A schema of a few states and groups: the groups' count, one group's name and one group's
+/// states at their limits, one past them, or anywhere in between (states are not bounded while
+/// decoding; a decoded schema is validated after).
 fn schema(u: &mut Unstructured<'_>) -> Result<SchemaDef> {
     let n = u.int_in_range(0..=4)?;
     let states = (0..n)
@@ -183,7 +187,14 @@ fn schema(u: &mut Unstructured<'_>) -> Result<SchemaDef> {
             Ok(def)
         })
         .collect::<Result<_>>()?;
-    Ok(SchemaDef { states })
+    let mut groups: Vec<GroupDef> = (0..count(u, MAX_GROUPS)?)
+        .map(|i| GroupDef::new(format!("g{i}"), ["S0"]))
+        .collect();
+    if let Some(first) = groups.first_mut() {
+        first.name = text(u, MAX_NAME_LEN)?;
+        first.states = names(u, MAX_STATES)?;
+    }
+    Ok(SchemaDef { states, groups })
 }
 
 fn status(u: &mut Unstructured<'_>) -> Result<NodeStatus> {
@@ -254,6 +265,12 @@ fn message(u: &mut Unstructured<'_>) -> Result<Message> {
                 tracked: optional_states(u)?,
                 mutable: optional_states(u)?,
             },
+            parent_id: if u.arbitrary()? {
+                Some(text(u, MAX_NAME_LEN)?)
+            } else {
+                None
+            },
+            tags: names(u, MAX_TAGS)?,
         }),
         2 => Message::Refused(Refusal {
             kind: *u.choose(&[

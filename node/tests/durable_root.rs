@@ -43,9 +43,10 @@ fn free_port() -> u16 {
 
 fn schema() -> Arc<Schema> {
     Arc::new(
-        Schema::new(SchemaDef {
-            states: vec![StateDef::new("Start"), StateDef::new("Counter").multi()],
-        })
+        Schema::new(SchemaDef::of_states(vec![
+            StateDef::new("Start"),
+            StateDef::new("Counter").multi(),
+        ]))
         .expect("valid schema"),
     )
 }

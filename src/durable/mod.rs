@@ -46,8 +46,9 @@ use tokio::task::JoinHandle;
 
 use crate::machine::observers::Observers;
 use crate::machine::{
-    Args, ClockChange, Condition, ErrFuture, ExportedState, ImportError, Machine, Mutation,
-    MutationError, MutationFuture, Observer, ObserverId, Schema, StateSource, When,
+    Args, ClockChange, Condition, DisposeHook, ErrFuture, ExportedState, ImportError, LogArgs,
+    LogLevel, Logger, Machine, Mutation, MutationError, MutationFuture, Observer, ObserverId,
+    Schema, StateSource, Tracer, TracerId, When,
 };
 
 use progress::{Change, Progress, Status, Verdict};
@@ -108,6 +109,8 @@ pub struct DurableMachine {
 /// What the machine's thread, the writer task and waiting mutations share.
 struct Shared {
     id: String,
+    /// The machine, for observers to reach (it holds this only weakly, through its feed).
+    machine: Machine,
     schema: Arc<Schema>,
     path: PathBuf,
     progress: Mutex<Progress>,
@@ -170,6 +173,7 @@ impl DurableMachine {
             .unwrap_or_else(|| vec![0; machine.schema().len()]);
         let shared = Arc::new(Shared {
             id: machine.id().to_owned(),
+            machine: machine.clone(),
             schema: machine.schema(),
             path,
             progress: Mutex::new(Progress::new()),
@@ -291,6 +295,8 @@ impl Shared {
             .filter(|&s| before.get(s) != change.ticks.get(s))
             .collect();
         observers.clock_changed(&ClockChange {
+            source: &self.machine,
+            schema: &self.schema,
             before: &before,
             after: &change.ticks,
             changed: &changed,
@@ -377,7 +383,7 @@ impl StateSource for DurableMachine {
         self.machine.wait(condition)
     }
 
-    fn parent_id(&self) -> Option<&str> {
+    fn parent_id(&self) -> Option<String> {
         self.machine.parent_id()
     }
 
@@ -418,6 +424,55 @@ impl StateSource for DurableMachine {
 
     fn unobserve(&self, id: ObserverId) -> bool {
         lock(&self.shared.told).observers.remove(id)
+    }
+
+    /// Bound to the machine: tracers see its transitions, saved or not yet.
+    fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId {
+        self.machine.bind_tracer(tracer)
+    }
+
+    fn detach_tracer(&self, id: TracerId) -> bool {
+        self.machine.detach_tracer(id)
+    }
+
+    fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
+        self.machine.tracers()
+    }
+
+    fn log_level(&self) -> LogLevel {
+        self.machine.log_level()
+    }
+
+    fn set_log_level(&self, level: LogLevel) {
+        self.machine.set_log_level(level);
+    }
+
+    fn set_logger(&self, logger: Option<Logger>) {
+        self.machine.set_logger(logger);
+    }
+
+    fn set_log_args(&self, log_args: Option<LogArgs>) {
+        self.machine.set_log_args(log_args);
+    }
+
+    fn log(&self, message: &str) {
+        self.machine.log(message);
+    }
+
+    /// Disposes the machine and stops the writer once it has saved what is pending (as
+    /// [`DurableMachine::close`] does, without waiting for it).
+    fn dispose(&self) {
+        self.machine.dispose();
+        lock(&self.shared.told).observers.clear();
+        self.shared.close();
+    }
+
+    fn on_dispose(&self, hook: DisposeHook) {
+        self.machine.on_dispose(hook);
+    }
+
+    fn is_disposed(&self) -> bool {
+        self.machine.is_disposed()
     }
 }
 

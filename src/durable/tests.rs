@@ -196,3 +196,43 @@ async fn closing_saves_what_was_changed_on_the_machine_directly() {
     assert_eq!(durable.stats().failures, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn final_handlers_run_for_saved_changes_and_dispose_stops_the_writer() {
+    let dir = scratch("finals");
+    let path = dir.join("root.json");
+    let durable = DurableMachine::open(machine(), &path).await.expect("opens");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    durable
+        .bind_final(
+            crate::machine::FinalHandlers::new().on_state("Start", move |e| {
+                // Told after the save: the file holds what the handler sees.
+                let saved = on_disk(&dir.join("root.json")).ticks;
+                sink.lock().expect("lock").push((
+                    e.source().id().to_owned(),
+                    e.after().to_vec(),
+                    saved,
+                ));
+            }),
+        )
+        .expect("known state");
+    within("a mutation", durable.add(&["Start"], Args::new()))
+        .await
+        .expect("runs");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    let (source, after, saved) = &seen[0];
+    assert_eq!(
+        source, "root",
+        "the event's source is the durable machine's"
+    );
+    assert_eq!(after, saved);
+
+    durable.dispose();
+    assert!(durable.is_disposed());
+    assert!(matches!(
+        durable.add(&["Counter"], Args::new()).await,
+        Err(MutationError::Disposed)
+    ));
+}

@@ -19,6 +19,9 @@
 //! (`add(A, B, C)` with B's `state` handler failing ends with A and `Exception` active). Rust
 //! handlers report failure with `Err` as Go's do with a panic, so both stop alike.
 //!
+//! These handlers run inside the transition, on the machine that runs it. Final handlers that
+//! run after a change, on a mirror as on a machine, are [`super::FinalHandlers`].
+//!
 //! Handlers are plain functions bounded in time; long work is spawned and bound to a state
 //! context. A machine built with a handler timeout fails a handler that ran longer (after it
 //! returns: a synchronous handler cannot be preempted), as Go's `HandlerTimeout` does.

@@ -9,11 +9,19 @@
 //! logger, by default `tracing` events (target `asyncmachine::machine`, field `machine`), or
 //! to a function set with [`Machine::set_logger`](super::Machine::set_logger).
 //!
+//! A mirror keeps a log of its own with the same levels and lines (`MachineLog` holds
+//! both kinds'): `External` for its [`log`](super::StateSource::log), `Changes` for the states
+//! each update from its source activated or deactivated, `Ops` for the mutations it sends.
+//!
 //! This log is separate from the library's operational `tracing` events (a failing handler,
 //! a full queue), which are always emitted.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::resolve::is_active;
+use super::schema::Schema;
+use super::source::Mutation;
 use super::value::Args;
 
 /// How much a machine logs; see the module docs.
@@ -154,8 +162,106 @@ fn truncate(value: &str, max: usize) -> String {
     format!("{kept}...")
 }
 
+/// A source's log: its level, where lines go and which arguments they show. Shared by the
+/// local machine and the mirror, so both write the same lines.
+pub(crate) struct MachineLog {
+    level: AtomicU8,
+    logger: Mutex<Option<Logger>>,
+    args: Mutex<Option<LogArgs>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while these locks are held (loggers are called after they are released).
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MachineLog {
+    pub fn new(level: LogLevel) -> Self {
+        MachineLog {
+            level: AtomicU8::new(level as u8),
+            logger: Mutex::new(None),
+            args: Mutex::new(None),
+        }
+    }
+
+    pub fn level(&self) -> LogLevel {
+        LogLevel::from_u8(self.level.load(Ordering::Relaxed))
+    }
+
+    pub fn set_level(&self, level: LogLevel) {
+        self.level.store(level as u8, Ordering::Relaxed);
+    }
+
+    pub fn set_logger(&self, logger: Option<Logger>) {
+        *lock(&self.logger) = logger;
+    }
+
+    pub fn set_args(&self, args: Option<LogArgs>) {
+        *lock(&self.args) = args;
+    }
+
+    /// Whether lines of `level` are written.
+    pub fn shows(&self, level: LogLevel) -> bool {
+        level != LogLevel::Nothing && self.level() >= level
+    }
+
+    /// Writes a line to the logger, or to `tracing` without one.
+    pub fn emit(&self, id: &str, level: LogLevel, line: &str) {
+        let logger = lock(&self.logger).clone();
+        match logger {
+            Some(logger) => logger(level, line),
+            None => to_tracing(id, level, line),
+        }
+    }
+
+    /// A line of the user's (`[extern] ...`), single: line breaks become spaces.
+    pub fn external(&self, id: &str, message: &str) {
+        if self.shows(LogLevel::External) {
+            let line = format!("[extern] {}", message.replace(['\n', '\r'], " "));
+            self.emit(id, LogLevel::External, &line);
+        }
+    }
+
+    /// `[add] A B (key=value)`: a mutation (`:auto` for the machine's own), at `level`, with
+    /// the arguments the log-args filter lets through.
+    pub fn mutation(&self, id: &str, level: LogLevel, schema: &Schema, mutation: &Mutation) {
+        if !self.shows(level) {
+            return;
+        }
+        let called: Vec<&str> = mutation.states.iter().map(|&s| schema.name(s)).collect();
+        let auto = if mutation.auto { ":auto" } else { "" };
+        let args = lock(&self.args)
+            .as_ref()
+            .map(|log_args| log_args.render(&mutation.args))
+            .unwrap_or_default();
+        let line = format!("[{}{auto}] {}{args}", mutation.kind, called.join(" "));
+        self.emit(id, level, &line);
+    }
+
+    /// `[state] +A -B`: the states whose tick changed, `+` when active after, at `Changes`.
+    pub fn changes(&self, id: &str, schema: &Schema, after: &[u64], changed: &[usize]) {
+        if changed.is_empty() || !self.shows(LogLevel::Changes) {
+            return;
+        }
+        let marks: Vec<String> = changed
+            .iter()
+            .filter(|&&s| s < schema.len())
+            .map(|&s| {
+                let active = after.get(s).copied().is_some_and(is_active);
+                let sign = if active { '+' } else { '-' };
+                format!("{sign}{}", schema.name(s))
+            })
+            .collect();
+        self.emit(
+            id,
+            LogLevel::Changes,
+            &format!("[state] {}", marks.join(" ")),
+        );
+    }
+}
+
 /// The default logger: a `tracing` event per line.
-pub(crate) fn to_tracing(machine: &str, level: LogLevel, line: &str) {
+fn to_tracing(machine: &str, level: LogLevel, line: &str) {
     match level {
         LogLevel::Nothing => {}
         LogLevel::External | LogLevel::Changes => {
@@ -173,6 +279,42 @@ pub(crate) fn to_tracing(machine: &str, level: LogLevel, line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::MutationKind;
+
+    #[test]
+    fn a_log_writes_the_lines_of_its_level_to_its_logger() {
+        let schema = Schema::new(crate::machine::SchemaDef {
+            states: vec![
+                crate::machine::StateDef::new("A"),
+                crate::machine::StateDef::new("B"),
+            ],
+        })
+        .expect("valid");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let log = MachineLog::new(LogLevel::Nothing);
+        log.set_logger(Some(Arc::new(move |level: LogLevel, line: &str| {
+            sink.lock().expect("lock").push(format!("{level}: {line}"));
+        })));
+        log.external("m", "unseen");
+        log.set_level(LogLevel::Changes);
+        log.external("m", "two\nlines");
+        log.changes("m", &schema, &[1, 2, 0], &[0, 1]);
+        let add = |states: Vec<usize>, args| Mutation::new(MutationKind::Add, states, args);
+        log.mutation("m", LogLevel::Ops, &schema, &add(vec![0], Args::new()));
+        log.set_level(LogLevel::Ops);
+        log.set_args(Some(LogArgs::new(0, ["n"])));
+        let args = Args::new().with("n", 3);
+        log.mutation("m", LogLevel::Ops, &schema, &add(vec![0, 1], args));
+        assert_eq!(
+            *lines.lock().expect("lock"),
+            [
+                "external: [extern] two lines",
+                "changes: [state] +A -B",
+                "ops: [add] A B (n=3)",
+            ]
+        );
+    }
 
     #[test]
     fn long_values_are_cut_as_asyncmachine_cuts_them() {

@@ -5,6 +5,7 @@
 //! [`MutationFuture`]) use plain `std::task` wakers and run under any executor.
 //!
 //! - [`schema`]: states, relations, flags; validation and the stable schema hash.
+//! - [`groups`]: named sets of a schema's states, part of its definition.
 //! - [`resolve`]: from a clock and a mutation to who exits and enters, or why not.
 //! - [`local`]: [`Machine`], the local machine that runs handlers and owns a queue (its handler
 //!   registration and its queries of errors, waits and the queue in files of their own).
@@ -12,6 +13,7 @@
 //! - [`observers`]: the observer registry both keep.
 //! - [`waiters`]: [`When`] futures and [`StateCtx`] cancellations.
 //! - [`handlers`]: the [`Event`] handlers receive and what they may return.
+//! - [`final_handlers`]: [`FinalHandlers`], run after a change on any source (a mirror too).
 //! - [`bind`]: binding sets of handlers and tracers, and unbinding them.
 //! - [`tracer`]: the [`Tracer`] hooks and the steps of a transition they see.
 //! - [`log`]: a machine's own log and its levels.
@@ -20,7 +22,10 @@
 //!   and why an import is refused.
 
 pub mod bind;
+pub(crate) mod bounded;
 pub mod export;
+pub mod final_handlers;
+pub mod groups;
 pub mod handlers;
 pub mod local;
 pub mod log;
@@ -34,6 +39,8 @@ pub mod waiters;
 
 pub use bind::{Binding, Handlers, TracerId};
 pub use export::{EXPORT_FORMAT, ExportedState, ImportError, MAX_EXPORT_BYTES};
+pub use final_handlers::{FinalBinding, FinalEvent, FinalHandlers};
+pub use groups::{GroupDef, MAX_GROUPS};
 pub use handlers::{Completion, Event, HandlerCall, HandlerKind, Verdict};
 pub use local::{
     EvalFuture, Machine, MachineBuilder, Receipt, SchemaChangeError, TimeSource, UnknownState,
@@ -42,8 +49,8 @@ pub use log::{LogArgs, LogLevel, Logger};
 pub use resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 pub use schema::{EXCEPTION, Relation, Schema, SchemaBuilder, SchemaDef, SchemaError, StateDef};
 pub use source::{
-    ClockChange, ERROR_ARG, ErrFuture, Mutation, MutationError, MutationFuture, Observer,
-    ObserverId, Outcome, StateSource, Transition, UpstreamInfo,
+    ClockChange, DisposeHook, ERROR_ARG, ErrFuture, Mutation, MutationError, MutationFuture,
+    Observer, ObserverId, Outcome, StateSource, Transition, UpstreamInfo,
 };
 pub use tracer::{Step, StepKind, Tracer, TransitionTrace};
 pub use value::{Args, Value};

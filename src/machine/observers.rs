@@ -87,6 +87,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::machine::StateSource;
 
     #[test]
     fn a_snapshot_tells_the_observers_of_its_time() {
@@ -99,7 +100,16 @@ mod tests {
         let before = observers.snapshot();
         assert!(observers.remove(id));
         assert!(!observers.remove(id), "removed once");
+        let machine = crate::machine::Machine::new(
+            crate::machine::Schema::new(crate::machine::SchemaDef {
+                states: vec![crate::machine::StateDef::new("A")],
+            })
+            .expect("valid"),
+        );
+        let schema = machine.schema();
         let change = ClockChange {
+            source: &machine,
+            schema: &schema,
             before: &[0],
             after: &[1],
             changed: &[0],

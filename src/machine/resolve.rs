@@ -513,7 +513,8 @@ mod tests {
 
     impl Fixture {
         fn new(states: Vec<StateDef>) -> Self {
-            let schema = Schema::new(crate::machine::schema::SchemaDef { states }).expect("valid");
+            let schema =
+                Schema::new(crate::machine::schema::SchemaDef::of_states(states)).expect("valid");
             let ticks = vec![0; schema.len()];
             Fixture { schema, ticks }
         }

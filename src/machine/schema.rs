@@ -14,18 +14,20 @@
 //! difference: inbound relations list each state once, in schema order, where Go lists a state
 //! once per relation kind, in its map's random order.
 //!
-//! State groups ([`Schema::with_group`]) are named sets of states, in the order they were
-//! given, as asyncmachine's `SetGroups` makes them. They belong to the schema value, not to its
-//! definition: they are not in [`SchemaDef`], not in the hash and not on the wire, so a mirror's
-//! schema has none of its source's groups.
+//! State groups ([`SchemaDef::groups`], [`Schema::with_group`]) are named sets of states, in
+//! the order they were given, as asyncmachine's `SetGroups` makes them ([`super::groups`]).
+//! They belong to the definition: validated with it, in its hash and on the wire, so a mirror
+//! has its source's groups. A schema without groups hashes as it did before groups travelled.
 
 use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap;
 use std::fmt;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use super::bounded::MAX_NAME_LEN;
+use super::groups::{self, GroupDef, MAX_GROUPS};
 
 /// The name of the state that every schema has, activated by errors and panics in handlers.
 pub const EXCEPTION: &str = "Exception";
@@ -108,6 +110,19 @@ impl StateDef {
 #[serde(deny_unknown_fields)]
 pub struct SchemaDef {
     pub states: Vec<StateDef>,
+    /// Named sets of states (Go's `SetGroups`), in order: see [`super::groups`].
+    #[serde(default, deserialize_with = "groups::bounded")]
+    pub groups: Vec<GroupDef>,
+}
+
+impl SchemaDef {
+    /// A definition of these states and no groups.
+    pub fn of_states(states: Vec<StateDef>) -> Self {
+        SchemaDef {
+            states,
+            groups: Vec::new(),
+        }
+    }
 }
 
 /// What is wrong with a schema definition.
@@ -131,6 +146,18 @@ pub enum SchemaError {
     AfterCycle(Vec<String>),
     #[error("the schema has {0} states; at most {MAX_STATES} are supported")]
     TooManyStates(usize),
+    #[error("a group has an empty name; give every group a name")]
+    EmptyGroupName,
+    #[error("a group's name is {0} bytes long; at most {MAX_NAME_LEN} are supported")]
+    GroupNameTooLong(usize),
+    #[error("group {0:?} is defined twice; group names must be unique")]
+    DuplicateGroup(String),
+    #[error("the schema has {0} groups; at most {MAX_GROUPS} are supported")]
+    TooManyGroups(usize),
+    #[error("group {group:?} lists {count} states; at most {MAX_STATES} are supported")]
+    TooManyGroupStates { group: String, count: usize },
+    #[error("group {group:?} lists unknown state {state:?}; define it or fix the name")]
+    UnknownGroupState { group: String, state: String },
 }
 
 /// A name the schema does not have.
@@ -184,8 +211,8 @@ pub struct Schema {
     require_rank: Vec<Option<u32>>,
     hash: u64,
     exception: usize,
-    /// Named sets of state positions, in the order given; shared between clones.
-    groups: Arc<Vec<(String, Vec<usize>)>>,
+    /// The definition's groups as state positions, in the order given.
+    groups: Vec<(String, Vec<usize>)>,
 }
 
 impl Schema {
@@ -246,6 +273,7 @@ impl Schema {
             });
         }
         check_after_cycles(&def, &resolved)?;
+        let groups = groups::resolve(&def.groups, &index)?;
         let require_rank = require_order(&resolved);
         let exception = index[EXCEPTION];
         let hash = schema_hash(&def);
@@ -256,7 +284,7 @@ impl Schema {
             require_rank,
             hash,
             exception,
-            groups: Arc::default(),
+            groups,
         })
     }
 
@@ -392,22 +420,16 @@ impl Schema {
 
     /// This schema with a named group of states (Go's `SetGroups`), used to switch over
     /// mutually exclusive states or check several at once. A group of an existing name replaces
-    /// it in place. Groups are local to this value: see the module docs.
-    pub fn with_group(
-        mut self,
-        name: impl Into<String>,
-        states: &[&str],
-    ) -> Result<Self, UnknownState> {
-        let name = name.into();
-        let members = self
-            .indices(states)
-            .map_err(|unknown| UnknownState(unknown.to_owned()))?;
-        let groups = Arc::make_mut(&mut self.groups);
-        match groups.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, slot)) => *slot = members,
-            None => groups.push((name, members)),
+    /// it in place. The group is part of the definition ([`SchemaDef::groups`]), so the hash
+    /// changes with it and mirrors get it.
+    pub fn with_group(self, name: impl Into<String>, states: &[&str]) -> Result<Self, SchemaError> {
+        let group = GroupDef::new(name, states.iter().copied());
+        let mut def = self.def;
+        match def.groups.iter_mut().find(|g| g.name == group.name) {
+            Some(slot) => *slot = group,
+            None => def.groups.push(group),
         }
-        Ok(self)
+        Schema::new(def)
     }
 
     /// The positions of a group's states, in the order given.
@@ -568,7 +590,7 @@ fn cycle_members(deps: &[Vec<usize>]) -> Vec<usize> {
 /// FNV-1a 64 over the canonical encoding documented in PROTOCOL.md: for each state in order,
 /// its name, a flags byte, then the four relation lists (require, add, remove, after), each as a
 /// count followed by names; every string is its UTF-8 bytes followed by a 0 byte, every count
-/// a little-endian u32.
+/// a little-endian u32; then the groups, when there are any ([`groups::hash`]).
 fn schema_hash(def: &SchemaDef) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -591,6 +613,7 @@ fn schema_hash(def: &SchemaDef) -> u64 {
             }
         }
     }
+    groups::hash(&def.groups, &mut feed);
     hash
 }
 
@@ -737,9 +760,10 @@ mod tests {
 
     #[test]
     fn loads_from_serde_data_and_validates() {
-        let def = SchemaDef {
-            states: vec![StateDef::new("A").add(["B"]), StateDef::new("B").auto()],
-        };
+        let def = SchemaDef::of_states(vec![
+            StateDef::new("A").add(["B"]),
+            StateDef::new("B").auto(),
+        ]);
         let bytes =
             bincode::serde::encode_to_vec(&def, bincode::config::standard()).expect("encodes");
         let (schema, _): (Schema, usize) =
@@ -748,9 +772,7 @@ mod tests {
         assert_eq!(schema.index("B"), Some(1));
         assert!(schema.resolved(1).auto);
 
-        let bad = SchemaDef {
-            states: vec![StateDef::new("A").add(["Nope"])],
-        };
+        let bad = SchemaDef::of_states(vec![StateDef::new("A").add(["Nope"])]);
         let bytes =
             bincode::serde::encode_to_vec(&bad, bincode::config::standard()).expect("encodes");
         let decoded: Result<(Schema, usize), _> =

@@ -15,13 +15,21 @@
 //! `WhenArgs`: activations carry arguments, clocks do not), [`StateSource::err`] (Go's
 //! `Err()`), and the mutations [`StateSource::add_err`] and [`StateSource::add_err_state`]
 //! (Go's `AddErr`, `AddErrState`), built here once on [`StateSource::mutate`].
+//!
+//! What watches a source is the source's own, on a mirror as on a machine: final handlers
+//! ([`StateSource::bind_final`]), tracers, the log, disposal. The trait's docs list the whole
+//! Api, name by name.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::bind::TracerId;
+use super::final_handlers::{FinalBinding, FinalHandlers, FinalObserver};
+use super::log::{LogArgs, LogLevel, Logger};
 use super::resolve::{MutationKind, is_active};
-use super::schema::{EXCEPTION, Schema};
+use super::schema::{EXCEPTION, Schema, UnknownState};
+use super::tracer::Tracer;
 use super::value::Args;
 use super::waiters::{Condition, StateCtx, WaitError, When};
 
@@ -91,8 +99,12 @@ pub struct Transition<'a> {
 }
 
 /// A change of a source's clock, as observers see it.
-#[derive(Debug)]
 pub struct ClockChange<'a> {
+    /// The source whose clock changed (on a [`DurableMachine`](crate::durable::DurableMachine),
+    /// its machine).
+    pub source: &'a dyn StateSource,
+    /// The schema the positions of the change refer to.
+    pub schema: &'a Schema,
     /// The clock before and after.
     pub before: &'a [u64],
     pub after: &'a [u64],
@@ -103,6 +115,19 @@ pub struct ClockChange<'a> {
     /// The transition that made the change, on a local machine. A mirror's clock changes by
     /// the diffs and snapshots its source sends: it knows what changed, not why.
     pub transition: Option<&'a Transition<'a>>,
+}
+
+impl std::fmt::Debug for ClockChange<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClockChange")
+            .field("source", &self.source.id())
+            .field("before", &self.before)
+            .field("after", &self.after)
+            .field("changed", &self.changed)
+            .field("queue_tick", &self.queue_tick)
+            .field("transition", &self.transition)
+            .finish()
+    }
 }
 
 /// A hook that sees every change of a source's clock, after a transition's final handlers.
@@ -146,6 +171,9 @@ pub type MutationFuture =
 pub type ErrFuture =
     Pin<Box<dyn Future<Output = Result<Option<String>, MutationError>> + Send + 'static>>;
 
+/// A hook run with a source's id when it is disposed ([`StateSource::on_dispose`]).
+pub type DisposeHook = Box<dyn FnOnce(&str) + Send>;
+
 /// The argument that carries the error of an `Exception` activation, as a failing handler and
 /// [`StateSource::add_err`] give it.
 pub const ERROR_ARG: &str = "error";
@@ -171,6 +199,66 @@ pub(crate) fn err_mutation(
 }
 
 /// Reads, waits, mutations and observation of a state machine, local or remote.
+///
+/// # asyncmachine's Api, method by method
+///
+/// Every method of asyncmachine's `Api` (the interface its aRPC network machine implements),
+/// what it is here, and where it is answered: *local* from the source's own schema and clock
+/// (on a mirror: its replica), *remote* by the machine that runs the transitions (a mirror
+/// asks its source, which asks on up a tree to the root). A [`Machine`](super::Machine)
+/// answers everything locally; so does a [`DurableMachine`](crate::durable::DurableMachine),
+/// whose mutations resolve once saved.
+///
+/// | Go | here | on a Mirror |
+/// |---|---|---|
+/// | `Add1`, `Add` | [`add`](Self::add) (`Machine::add` runs at once) | remote |
+/// | `Remove1`, `Remove` | [`remove`](Self::remove) | remote |
+/// | `Set` | [`set`](Self::set) | remote |
+/// | `AddErr` | [`add_err`](Self::add_err) | remote |
+/// | `AddErrState` | [`add_err_state`](Self::add_err_state) | remote |
+/// | `WhenArgs` | [`when_args`](Self::when_args) | remote |
+/// | `Err` | [`err`](Self::err) | remote |
+/// | `IsErr` | [`is_err`](Self::is_err) | local |
+/// | `Is`, `Is1` | [`is`](Self::is), [`is1`](Self::is1) | local |
+/// | `Not`, `Not1` | [`not`](Self::not), [`not1`](Self::not1) | local |
+/// | `Any`, `Any1` | [`any_of`](Self::any_of), [`any`](Self::any) | local |
+/// | `Has`, `Has1` | [`has`](Self::has), [`has1`](Self::has1) | local |
+/// | `IsTime` | [`is_time`](Self::is_time) | local |
+/// | `IsClock` | [`is_clock`](Self::is_clock) | local |
+/// | `When`, `When1` | [`when`](Self::when) | local |
+/// | `WhenNot`, `WhenNot1` | [`when_not`](Self::when_not) | local |
+/// | `WhenTime` | [`when_time`](Self::when_time) | local |
+/// | `WhenTicks` | [`when_ticks`](Self::when_ticks) | local |
+/// | `WhenTicksEq` | [`when_tick_reaches`](Self::when_tick_reaches) | local |
+/// | `WhenErr` | [`when_err`](Self::when_err) | local |
+/// | `StateNames` | [`schema`](Self::schema)`().names()` | local |
+/// | `ActiveStates` | [`active_states`](Self::active_states) | local |
+/// | `Tick` | [`tick`](Self::tick) | local |
+/// | `Clock`, `Time` | [`time`](Self::time) (ticks of the states given), [`clock`](Self::clock) (all) | local |
+/// | `TimeSum` | [`time_sum`](Self::time_sum) | local |
+/// | `NewStateCtx` | [`state_ctx`](Self::state_ctx) | local |
+/// | `Export` | [`export`](Self::export) | local (a mirror exports its replica) |
+/// | `GetStruct` | [`schema`](Self::schema) | local |
+/// | `Switch` | [`switch`](Self::switch), [`switch_group`](Self::switch_group) | local |
+/// | `Log` | [`log`](Self::log) | local: the mirror's own log |
+/// | `Id` | [`id`](Self::id) | local: the mirror's id |
+/// | `ParentId` | [`parent_id`](Self::parent_id) | local (a mirror has none) |
+/// | `SetLogger`, `SetLoggerSimple`, `SetLoggerEmpty` | [`set_logger`](Self::set_logger) (`None`: back to `tracing`; a function that drops lines: empty), with [`set_log_level`](Self::set_log_level) | local |
+/// | `SetLogLevel` | [`set_log_level`](Self::set_log_level), [`log_level`](Self::log_level) | local |
+/// | (log-args mapper) | [`set_log_args`](Self::set_log_args) | local |
+/// | `SetLogId`, `GetLogId` | none: the id goes with each line (the `machine` field of `tracing`) | |
+/// | `Ctx` | [`when_disposed`](Self::when_disposed), the end a context would signal | local |
+/// | `String`, `StringAll` | [`summary`](Self::summary), [`summary_all`](Self::summary_all) | local |
+/// | `Inspect` | [`inspect`](Self::inspect) | local |
+/// | `Index` | [`index`](Self::index) | local |
+/// | `BindHandlers` | [`bind_final`](Self::bind_final) (final handlers, after each change); negotiation and in-transition handlers: `Machine::bind` | local: final handlers only |
+/// | `DetachHandlers` | [`unbind_final`](Self::unbind_final); `Machine::unbind` | local |
+/// | `StatesVerified` | none: a [`Schema`] is checked when built, and a mirror takes its source's | |
+/// | `BindTracer`, `DetachTracer`, `Tracers` | [`bind_tracer`](Self::bind_tracer), [`detach_tracer`](Self::detach_tracer), [`tracers`](Self::tracers) | local: each update is a transition without a mutation |
+/// | `Dispose` | [`dispose`](Self::dispose) | local, and the mirror's connection ends |
+/// | `WhenDisposed` | [`when_disposed`](Self::when_disposed) | local |
+/// | `IsDisposed` | [`is_disposed`](Self::is_disposed) | local |
+/// | (`OnDispose`) | [`on_dispose`](Self::on_dispose) | local |
 pub trait StateSource: Send + Sync {
     /// The machine's id, unique within its tree.
     fn id(&self) -> &str;
@@ -244,6 +332,67 @@ pub trait StateSource: Send + Sync {
         )
     }
 
+    // ----- what watches the source: tracers, its log, its end (local on a mirror too) -----
+
+    /// Binds a tracer (Go's `BindTracer`); its `machine_init` runs now. A mirror calls its
+    /// tracers around each update of its clock ([`super::tracer`] says which hooks).
+    fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId;
+
+    /// Detaches a tracer (Go's `DetachTracer`); whether it was bound.
+    fn detach_tracer(&self, id: TracerId) -> bool;
+
+    /// The tracers bound (Go's `Tracers`).
+    fn tracers(&self) -> Vec<Arc<dyn Tracer>>;
+
+    /// How much the source logs ([`super::log`]).
+    fn log_level(&self) -> LogLevel;
+
+    /// How much the source logs from now on (Go's `SetLogLevel`).
+    fn set_log_level(&self, level: LogLevel);
+
+    /// Where the log goes: a function of the level and the line (Go's `SetLogger`); `None`
+    /// goes back to `tracing`.
+    fn set_logger(&self, logger: Option<Logger>);
+
+    /// Which arguments mutation lines show (Go's log-args mapper); `None` shows none.
+    fn set_log_args(&self, log_args: Option<LogArgs>);
+
+    /// A line of the user's in the source's log, at [`LogLevel::External`] (Go's `Log`).
+    /// Lines are single: line breaks become spaces. Nothing once disposed.
+    fn log(&self, message: &str);
+
+    /// Ends the source (Go's `Dispose`): waiters end with [`WaitError::Disposed`], observers
+    /// (and final handlers) are dropped, mutations are refused with
+    /// [`MutationError::Disposed`], reads answer empty (no clock, every tick 0). The first call
+    /// runs the dispose hooks, then tells the tracers; later calls do nothing. A mirror also
+    /// says goodbye to its server and stops reconnecting.
+    fn dispose(&self);
+
+    /// Runs `hook` with the source's id when it is disposed (Go's `OnDispose`); at once when it
+    /// already is.
+    fn on_dispose(&self, hook: DisposeHook);
+
+    /// Whether the source was disposed (Go's `IsDisposed`).
+    fn is_disposed(&self) -> bool;
+
+    // ----- provided: final handlers on any source -----
+
+    /// Binds a set of final handlers, run after each change of the clock is applied, on a
+    /// machine and on a mirror alike ([`super::final_handlers`]); nothing is bound when a state
+    /// name is unknown. Go's `BindHandlers` as a network machine takes it: final handlers
+    /// only, since negotiation happens where the transition runs.
+    fn bind_final(&self, handlers: FinalHandlers) -> Result<FinalBinding, UnknownState> {
+        let observer = FinalObserver::new(&self.schema(), handlers)?;
+        let (id, _) = self.observe(Arc::new(observer));
+        Ok(FinalBinding(id))
+    }
+
+    /// Unbinds a set bound with [`bind_final`](Self::bind_final) (Go's `DetachHandlers`);
+    /// whether it was bound.
+    fn unbind_final(&self, binding: FinalBinding) -> bool {
+        self.unobserve(binding.0)
+    }
+
     // ----- provided: reads -----
 
     fn tick(&self, state: &str) -> u64 {
@@ -294,14 +443,14 @@ pub trait StateSource: Send + Sync {
     // Answered from this source's own schema and clock, on a mirror as on a local machine.
 
     /// The id of the machine this one belongs to (Go's `ParentId`); `None` when it has none.
-    /// A mirror answers `None`: it replicates a machine rather than belonging to one, the
-    /// parent id is not part of the handshake, and its source is named by
-    /// [`ancestry`](Self::ancestry).
-    fn parent_id(&self) -> Option<&str> {
+    /// A mirror answers its source's, as its last handshake carried it (at any depth of a
+    /// tree: each hop passes on what it was given).
+    fn parent_id(&self) -> Option<String> {
         None
     }
 
-    /// Free-form labels of the machine (Go's `Tags`); a mirror has none of its source's.
+    /// Free-form labels of the machine (Go's `Tags`). A mirror answers its source's, as its
+    /// last handshake carried them: tags set at the source later reach it when it reconnects.
     fn tags(&self) -> Vec<String> {
         Vec::new()
     }

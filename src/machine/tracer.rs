@@ -1,23 +1,35 @@
 //! Tracers: hooks that see a machine's life and each transition step by step (Go's `Tracer`),
 //! for debuggers, telemetry and tests.
 //!
-//! A tracer is bound with [`Machine::bind_tracer`](super::Machine::bind_tracer) and called on
-//! the thread that runs the transition, outside the machine's lock (it may read the machine).
-//! Every hook has an empty default, so a tracer implements only what it needs. The order, for
-//! one mutation: `transition_init` (resolved, before any handler), `transition_start` (the
-//! handlers are about to run; not when the relations refused it), `handler_start` and
-//! `handler_end` around each handler, `transition_end` (with the outcome and the clock after),
-//! and `queue_end` when the machine has no more mutations to run.
+//! A tracer is bound with [`StateSource::bind_tracer`] and called on the thread that runs the
+//! transition, outside the machine's lock (it may read the machine). Every hook has an empty
+//! default, so a tracer implements only what it needs. The order, for one mutation:
+//! `transition_init` (resolved, before any handler), `transition_start` (the handlers are about
+//! to run; not when the relations refused it), `handler_start` and `handler_end` around each
+//! handler, `transition_end` (with the outcome and the clock after), and `queue_end` when the
+//! machine has no more mutations to run.
+//!
+//! A mirror runs no transition: its source does. As asyncmachine's network machine does, it
+//! calls `transition_init`, `transition_start` and `transition_end` around each update of its
+//! clock that changed a tick (a diff, a mutation's reply, a snapshot), on the task that applied
+//! it, with no mutation ([`TransitionTrace::mutation`] is `None`: the mirror knows what changed,
+//! not why) and the states that became active or inactive as its steps; its final handlers
+//! ([`super::FinalHandlers`]) run between start and end. `machine_init` runs when the tracer is
+//! bound, `schema_change` when its source's schema changes, `machine_dispose` when the mirror
+//! is disposed; `handler_*` and `queue_end` never run on a mirror.
 //!
 //! The steps of a transition are what the resolution decided and what the handlers did, in
 //! order: the states requested, those that become active or inactive and which handler ran.
 //! They do not say which relation implied or removed a state (asyncmachine's relation steps):
 //! the resolver does not record its reasons, to stay cheap when nobody traces.
 
+use std::sync::Arc;
+
 use super::handlers::{HandlerCall, HandlerKind};
 use super::local::Machine;
+use super::resolve::is_active;
 use super::schema::Schema;
-use super::source::{Mutation, Outcome};
+use super::source::{Mutation, Outcome, StateSource};
 
 /// What happened in a transition, one step each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +76,8 @@ pub struct TransitionTrace<'a> {
     /// The machine's id.
     pub machine: &'a str,
     pub schema: &'a Schema,
-    pub mutation: &'a Mutation,
+    /// The mutation of a local transition; `None` for a mirror's update.
+    pub mutation: Option<&'a Mutation>,
     /// The machine's queue tick while the transition runs.
     pub queue_tick: u64,
     /// The clock before the transition.
@@ -77,9 +90,10 @@ pub struct TransitionTrace<'a> {
 }
 
 impl TransitionTrace<'_> {
-    /// The names of the states the mutation called.
+    /// The names of the states the mutation called (none for a mirror's update).
     pub fn called(&self) -> impl Iterator<Item = &str> {
-        self.mutation.states.iter().map(|&s| self.schema.name(s))
+        let states = self.mutation.map_or(&[][..], |m| &m.states[..]);
+        states.iter().map(|&s| self.schema.name(s))
     }
 
     /// Whether the transition was accepted (in `transition_end`).
@@ -90,9 +104,9 @@ impl TransitionTrace<'_> {
 
 /// Hooks into a machine's life; see the module docs for when each is called.
 pub trait Tracer: Send + Sync {
-    /// Bound to a machine (Go calls it when the machine starts with the tracer).
-    fn machine_init(&self, _machine: &Machine) {}
-    /// The machine was disposed.
+    /// Bound to a machine or a mirror (Go calls it when the machine starts with the tracer).
+    fn machine_init(&self, _source: &dyn StateSource) {}
+    /// The machine (or the mirror) was disposed.
     fn machine_dispose(&self, _machine: &str) {}
     fn transition_init(&self, _transition: &TransitionTrace<'_>) {}
     fn transition_start(&self, _transition: &TransitionTrace<'_>) {}
@@ -108,6 +122,62 @@ pub trait Tracer: Send + Sync {
     }
     /// The queue ran empty.
     fn queue_end(&self, _machine: &Machine) {}
-    /// The schema was enlarged; `old` is the one before.
-    fn schema_change(&self, _machine: &Machine, _old: &Schema) {}
+    /// The schema was enlarged (on a mirror: its source's schema changed); `old` is the one
+    /// before.
+    fn schema_change(&self, _source: &dyn StateSource, _old: &Schema) {}
+}
+
+/// The tracers bound to a mirror, by id: copied on write, so a snapshot is told outside the
+/// lock that guards the list.
+#[derive(Clone, Default)]
+pub(crate) struct Tracers {
+    list: Arc<Vec<(u64, Arc<dyn Tracer>)>>,
+    next: u64,
+}
+
+impl Tracers {
+    pub fn add(&mut self, tracer: Arc<dyn Tracer>) -> u64 {
+        self.next += 1;
+        Arc::make_mut(&mut self.list).push((self.next, tracer));
+        self.next
+    }
+
+    /// Whether the tracer was bound.
+    pub fn remove(&mut self, id: u64) -> bool {
+        let before = self.list.len();
+        Arc::make_mut(&mut self.list).retain(|(i, _)| *i != id);
+        before != self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn snapshot(&self) -> Arc<Vec<(u64, Arc<dyn Tracer>)>> {
+        self.list.clone()
+    }
+
+    pub fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
+        self.list.iter().map(|(_, t)| t.clone()).collect()
+    }
+}
+
+/// The steps of a clock change made elsewhere (a mirror's update): `Remove` for each state
+/// that became inactive, then `Set` for each that became active or was activated again.
+pub(crate) fn change_steps(before: &[u64], after: &[u64], changed: &[usize]) -> Vec<Step> {
+    let tick = |clock: &[u64], s: usize| clock.get(s).copied().unwrap_or(0);
+    let step = |kind, s| Step {
+        kind,
+        from: None,
+        to: Some(s),
+    };
+    let removed = changed
+        .iter()
+        .filter(|&&s| is_active(tick(before, s)) && !is_active(tick(after, s)))
+        .map(|&s| step(StepKind::Remove, s));
+    let set = changed
+        .iter()
+        .filter(|&&s| is_active(tick(after, s)))
+        .map(|&s| step(StepKind::Set, s));
+    removed.chain(set).collect()
 }

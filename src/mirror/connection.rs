@@ -206,7 +206,7 @@ async fn run(
         let ready = effects.ready.take();
         let failed = effects.handshake_failed.take();
         let closed = effects.closed.take();
-        effects.apply(&shared.payloads);
+        effects.apply(&shared.handle());
         if let Some(reconnect) = ready {
             // Counted before Ready is announced, so whoever sees Ready sees the count.
             stats

@@ -4,6 +4,13 @@
 //! carry the diff that brings the clock up to date before the mutation's future resolves.
 //! What only the source can answer, waits on arguments (`when_args`) and the last error
 //! (`err`), is asked of it, and a source that is itself a mirror asks on up the tree.
+//!
+//! What watches a mirror is its own, as on a local machine: final handlers
+//! ([`StateSource::bind_final`]) run after each update of its clock, tracers see each update as
+//! a transition without a mutation ([`crate::machine::tracer`]), its log writes the changes it
+//! applies and the mutations it sends, and `dispose` ends it (goodbye to the server, waiters
+//! ended, reads empty, dispose hooks, tracers told).
+//!
 //! The protocol is the session's ([`ClientSession`]); this module is its owner's side:
 //!
 //! - [`config`](MirrorConfig): configuration, connection states, errors, counters;
@@ -17,16 +24,20 @@ mod config;
 mod connection;
 mod replica;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::time::timeout;
 
+use crate::machine::handlers::panic_message;
+use crate::machine::log::MachineLog;
 use crate::machine::waiters::{Registration, WaiterHost, make_when};
 use crate::machine::{
-    Args, Condition, ErrFuture, Mutation, MutationError, MutationFuture, Observer, ObserverId,
-    Schema, SchemaDef, StateSource, UpstreamInfo, WaitError, When,
+    Args, Condition, DisposeHook, ErrFuture, LogArgs, LogLevel, Logger, Mutation, MutationError,
+    MutationFuture, Observer, ObserverId, Schema, SchemaDef, StateSource, Tracer, TracerId,
+    UpstreamInfo, WaitError, When,
 };
 use crate::proto::message::Payload;
 use crate::proto::session::{ClientSession, Phase};
@@ -34,6 +45,9 @@ use crate::transport::Endpoint;
 
 pub use config::{ConnState, MirrorConfig, MirrorError, MirrorStats};
 use replica::{Effects, Pending, Replica};
+
+#[cfg(test)]
+mod tests;
 
 /// How many bytes of mutations without replies may wait to be sent before `mutate_no_reply`
 /// waits for the connection to take them.
@@ -60,6 +74,9 @@ struct Shared {
     wake: Arc<Notify>,
     /// Told when the writer took the queued bytes.
     drained: Notify,
+    /// The mirror's own log; the replica shares it to know when changes are logged.
+    log: Arc<MachineLog>,
+    dispose_hooks: Mutex<Vec<DisposeHook>>,
 }
 
 impl WaiterHost for Shared {
@@ -90,7 +107,7 @@ impl Mirror {
         // schema; nobody sees it, the mirror is handed out once the welcome is in.
         let schema = match &config.schema {
             Some(schema) => schema.clone(),
-            None => Arc::new(Schema::new(SchemaDef { states: Vec::new() })?),
+            None => Arc::new(Schema::new(SchemaDef::of_states(Vec::new()))?),
         };
         let shared = Shared::new(endpoint, config, schema);
         let (first, outcome) = oneshot::channel();
@@ -162,6 +179,7 @@ impl Mirror {
     /// Sends a mutation without waiting for its result; `sync` fetches the clock after. Waits
     /// while much is queued already (the connection is slower than the caller).
     pub async fn mutate_no_reply(&self, mutation: Mutation) -> Result<(), MutationError> {
+        self.shared.log_mutation(&mutation);
         loop {
             let drained = self.shared.drained.notified();
             {
@@ -187,28 +205,45 @@ impl Mirror {
         self.shared.await_reply(rx).await.map(drop)
     }
 
-    /// Says goodbye to the server and stops reconnecting; waiters end with `Disposed`.
+    /// Disposes the mirror ([`StateSource::dispose`]): says goodbye to the server, stops
+    /// reconnecting, ends waiters with `Disposed`. Kept as the name of a shutdown step.
     pub async fn close(&self) {
-        let mut effects = Effects::default();
-        {
-            let mut replica = self.shared.replica();
-            replica.session.close();
-            replica.waiters.close();
-            replica.drain(&self.shared.id, &self.shared.stats, &mut effects);
-        }
-        effects.apply(&self.shared.payloads);
-        self.shared.wake.notify_one();
-        self.shared.stop.send_replace(true);
+        StateSource::dispose(self);
     }
+
+    /// Runs `hook` with the mirror's id when it is disposed (Go's `OnDispose`); at once when it
+    /// already is.
+    pub fn on_dispose(&self, hook: impl FnOnce(&str) + Send + 'static) {
+        // Checked under the hooks' lock: a dispose that starts now takes the hooks after.
+        let mut hooks = lock(&self.shared.dispose_hooks);
+        if !self.shared.replica().disposed {
+            hooks.push(Box::new(hook));
+            return;
+        }
+        drop(hooks);
+        hook(&self.shared.id);
+    }
+
+    /// Whether the mirror was disposed (Go's `IsDisposed`).
+    pub fn is_disposed(&self) -> bool {
+        self.shared.replica().disposed
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Hooks run after their list is taken out: nothing panics while it is held.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
     fn new(endpoint: &Endpoint, config: MirrorConfig, schema: Arc<Schema>) -> Arc<Shared> {
         let session = ClientSession::new(config.session(endpoint), config.schema.clone());
+        // Silent until asked, as asyncmachine's network machines are.
+        let log = Arc::new(MachineLog::new(LogLevel::Nothing));
         Arc::new(Shared {
             id: config.client_id.clone(),
             endpoint: endpoint.clone(),
-            replica: Mutex::new(Replica::new(session, schema)),
+            replica: Mutex::new(Replica::new(session, schema, log.clone())),
             config,
             conn: watch::channel(ConnState::Connecting).0,
             // Allocated up front per mirror: payloads are rare, a lagging receiver loses the
@@ -218,7 +253,27 @@ impl Shared {
             stats: Arc::new(MirrorStats::default()),
             wake: Arc::new(Notify::new()),
             drained: Notify::new(),
+            log,
+            dispose_hooks: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The mirror's handle, for what needs one (observers hear of the mirror as their source).
+    fn handle(self: &Arc<Self>) -> Mirror {
+        Mirror {
+            shared: self.clone(),
+        }
+    }
+
+    /// `[add] A B (args)` in the mirror's log, at `Ops`: a mutation sent to the source.
+    fn log_mutation(&self, mutation: &Mutation) {
+        if self.log.shows(LogLevel::Ops) {
+            let schema = self.replica().schema.clone();
+            if mutation.states.iter().all(|&s| s < schema.len()) {
+                self.log
+                    .mutation(&self.id, LogLevel::Ops, &schema, mutation);
+            }
+        }
     }
 
     fn replica(&self) -> MutexGuard<'_, Replica> {
@@ -228,14 +283,14 @@ impl Shared {
 
     /// A connection ended: the session hears of it (requests waiting on it fail) and the
     /// mirror says it is disconnected.
-    fn end_session(&self, reason: &str) {
+    fn end_session(self: &Arc<Self>, reason: &str) {
         let mut effects = Effects::default();
         {
             let mut replica = self.replica();
             replica.session.handle_lost(reason.to_owned());
             replica.drain(&self.id, &self.stats, &mut effects);
         }
-        effects.apply(&self.payloads);
+        effects.apply(&self.handle());
         self.conn.send_replace(ConnState::Disconnected);
     }
 
@@ -273,18 +328,32 @@ impl StateSource for Mirror {
         self.shared.replica().schema.clone()
     }
 
-    fn clock(&self) -> Vec<u64> {
-        self.shared.replica().session.ticks().to_vec()
+    /// The source's, as the last welcome carried it; `None` before the first.
+    fn parent_id(&self) -> Option<String> {
+        self.shared.replica().session.parent_id().map(str::to_owned)
     }
 
+    /// The source's, as the last welcome carried them; none before the first.
+    fn tags(&self) -> Vec<String> {
+        self.shared.replica().session.tags().to_vec()
+    }
+
+    /// Empty once disposed, as a disposed machine answers.
+    fn clock(&self) -> Vec<u64> {
+        let replica = self.shared.replica();
+        if replica.disposed {
+            return Vec::new();
+        }
+        replica.session.ticks().to_vec()
+    }
+
+    /// 0 once disposed.
     fn tick_at(&self, idx: usize) -> u64 {
-        self.shared
-            .replica()
-            .session
-            .ticks()
-            .get(idx)
-            .copied()
-            .unwrap_or(0)
+        let replica = self.shared.replica();
+        if replica.disposed {
+            return 0;
+        }
+        replica.session.ticks().get(idx).copied().unwrap_or(0)
     }
 
     fn queue_tick(&self) -> u64 {
@@ -304,6 +373,7 @@ impl StateSource for Mirror {
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
         let shared = self.shared.clone();
         Box::pin(async move {
+            shared.log_mutation(&mutation);
             let (tx, rx) = oneshot::channel();
             shared
                 .replica()
@@ -381,5 +451,81 @@ impl StateSource for Mirror {
             last_error: self.last_error(),
             reconnects: self.shared.stats.reconnects.load(Ordering::Relaxed),
         })
+    }
+
+    fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId {
+        let id = self.shared.replica().tracers.add(tracer.clone());
+        tracer.machine_init(self);
+        TracerId(id)
+    }
+
+    fn detach_tracer(&self, id: TracerId) -> bool {
+        self.shared.replica().tracers.remove(id.0)
+    }
+
+    fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
+        self.shared.replica().tracers.tracers()
+    }
+
+    fn log_level(&self) -> LogLevel {
+        self.shared.log.level()
+    }
+
+    fn set_log_level(&self, level: LogLevel) {
+        self.shared.log.set_level(level);
+    }
+
+    fn set_logger(&self, logger: Option<Logger>) {
+        self.shared.log.set_logger(logger);
+    }
+
+    fn set_log_args(&self, log_args: Option<LogArgs>) {
+        self.shared.log.set_args(log_args);
+    }
+
+    fn log(&self, message: &str) {
+        if !self.is_disposed() {
+            self.shared.log.external(&self.shared.id, message);
+        }
+    }
+
+    /// As a disposed machine: waiters (remote ones too) end with `Disposed`, requests waiting
+    /// for an answer fail with it, observers and final handlers are dropped, reads answer
+    /// empty; and the connection ends: a goodbye to the server (when connected), no
+    /// reconnecting. Then the dispose hooks run and the tracers hear of it. asyncmachine's
+    /// network machine leaves the connection to its client; a mirror owns its own.
+    fn dispose(&self) {
+        let mut effects = Effects::default();
+        {
+            let mut replica = self.shared.replica();
+            if replica.disposed {
+                return;
+            }
+            replica.disposed = true;
+            replica.observers.clear();
+            replica.session.close();
+            replica.waiters.close();
+            replica.drain(&self.shared.id, &self.shared.stats, &mut effects);
+        }
+        effects.apply(self);
+        self.shared.wake.notify_one();
+        self.shared.stop.send_replace(true);
+        let hooks = std::mem::take(&mut *lock(&self.shared.dispose_hooks));
+        for hook in hooks {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(&self.shared.id))) {
+                tracing::error!(mirror = %self.shared.id, error = %panic_message(panic.as_ref()), "dispose hook failed");
+            }
+        }
+        for tracer in StateSource::tracers(self) {
+            tracer.machine_dispose(&self.shared.id);
+        }
+    }
+
+    fn on_dispose(&self, hook: DisposeHook) {
+        Mirror::on_dispose(self, hook);
+    }
+
+    fn is_disposed(&self) -> bool {
+        Mirror::is_disposed(self)
     }
 }

@@ -1,8 +1,9 @@
 //! The replica: the mirror's session (which holds the clock) with the machine side around it,
-//! its waiters and observers, and what the session's events mean to them.
+//! its waiters, observers and tracers, and what the session's events mean to them.
 //!
-//! Everything here runs under the mirror's lock except telling observers and answering
-//! callers, which [`Effects`] does after the lock is released.
+//! Everything here runs under the mirror's lock except telling observers (and so running final
+//! handlers), tracers and the log, and answering callers, which [`Effects`] does after the lock
+//! is released.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,12 +11,17 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
+use crate::machine::log::MachineLog;
 use crate::machine::observers::{ObserverSnapshot, Observers};
+use crate::machine::tracer::{Tracers, change_steps};
 use crate::machine::waiters::WaiterSet;
-use crate::machine::{ClockChange, MutationError, Outcome, Schema};
+use crate::machine::{
+    ClockChange, LogLevel, MutationError, Outcome, Schema, Tracer, TransitionTrace,
+};
 use crate::proto::message::Payload;
 use crate::proto::session::{ClientEvent, ClientSession, HandshakeError};
 
+use super::Mirror;
 use super::config::MirrorStats;
 
 /// A caller of a mutation or a sync, waiting for the source's answer.
@@ -42,6 +48,11 @@ pub(super) struct Replica {
     /// Remote waits: the waiter's id in `waiters` to the wait's id in the session.
     pub remote_waits: HashMap<u64, u64>,
     pub observers: Observers,
+    pub tracers: Tracers,
+    /// The mirror's log (shared with its handle): changes are gathered for it when it shows them.
+    log: Arc<MachineLog>,
+    /// Set once by `dispose`: reads answer empty from then on.
+    pub disposed: bool,
     /// Why the last connection attempt failed (cleared on success).
     pub last_error: Option<String>,
     /// The queue tick observers were last told of (the current one while there are none).
@@ -66,13 +77,20 @@ pub(super) struct Effects {
 }
 
 impl Replica {
-    pub fn new(session: ClientSession<Pending>, schema: Arc<Schema>) -> Replica {
+    pub fn new(
+        session: ClientSession<Pending>,
+        schema: Arc<Schema>,
+        log: Arc<MachineLog>,
+    ) -> Replica {
         Replica {
             waiters: WaiterSet::new(schema.len()),
             remote_waits: HashMap::new(),
             session,
             schema,
             observers: Observers::default(),
+            tracers: Tracers::default(),
+            log,
+            disposed: false,
             last_error: None,
             told_queue_tick: 0,
         }
@@ -95,6 +113,7 @@ impl Replica {
                     diffs,
                 } => {
                     stats.diffs.fetch_add(diffs as u64, Ordering::Relaxed);
+                    let mut old_schema = None;
                     if schema_changed && let Some(schema) = self.session.schema() {
                         if schema.extends(&self.schema) {
                             // Enlarged: every position keeps its state, every waiter stays.
@@ -105,7 +124,7 @@ impl Replica {
                             // disposal stays).
                             self.waiters.reset(schema.len());
                         }
-                        self.schema = schema.clone();
+                        old_schema = Some(std::mem::replace(&mut self.schema, schema.clone()));
                     }
                     let ticks = self.session.ticks();
                     self.waiters.clock_changed(ticks, changed.iter().copied());
@@ -115,16 +134,23 @@ impl Replica {
                     // queue tick the source no longer has.
                     let queue_tick = self.session.queue_tick();
                     let went_back = queue_tick < self.told_queue_tick;
-                    if self.observers.is_empty() {
+                    // Gathered only when someone looks: most mirrors have no observer.
+                    let watched = !self.observers.is_empty()
+                        || !self.tracers.is_empty()
+                        || self.log.shows(LogLevel::Changes);
+                    if !watched {
                         self.told_queue_tick = queue_tick;
-                    } else if !changed.is_empty() || went_back {
+                    } else if !changed.is_empty() || went_back || old_schema.is_some() {
                         self.told_queue_tick = queue_tick;
                         effects.notices.push(Notice {
                             before,
                             after: ticks.to_vec(),
                             changed,
                             queue_tick,
+                            schema: self.schema.clone(),
+                            old_schema,
                             observers: self.observers.snapshot(),
+                            tracers: self.tracers.snapshot(),
                         });
                     }
                 }
@@ -162,11 +188,11 @@ impl Replica {
 }
 
 impl Effects {
-    /// Tells observers and callers, in the order the changes happened; payloads go to
-    /// `payloads`.
-    pub fn apply(self, payloads: &tokio::sync::broadcast::Sender<Payload>) {
+    /// Tells observers, tracers and the log of `mirror`, then callers, in the order the changes
+    /// happened; payloads go to the mirror's receivers.
+    pub fn apply(self, mirror: &Mirror) {
         for notice in self.notices {
-            notice.tell();
+            notice.tell(mirror);
         }
         if let Some((ancestry, observers)) = &self.ancestry {
             observers.ancestry_changed(ancestry);
@@ -180,110 +206,73 @@ impl Effects {
         }
         for payload in self.payloads {
             // No receivers is fine: nobody asked for payloads.
-            let _ = payloads.send(payload);
+            let _ = mirror.shared.payloads.send(payload);
         }
     }
 }
 
-/// A clock change to tell observers about, outside the lock.
+/// A clock change to tell observers, tracers and the log about, outside the lock.
 struct Notice {
     before: Vec<u64>,
     after: Vec<u64>,
     changed: Vec<usize>,
     queue_tick: u64,
+    schema: Arc<Schema>,
+    /// The schema before, when the change came with a new one.
+    old_schema: Option<Arc<Schema>>,
     observers: ObserverSnapshot,
+    tracers: Arc<Vec<(u64, Arc<dyn Tracer>)>>,
 }
 
 impl Notice {
-    fn tell(self) {
+    /// As asyncmachine's network machine applies a clock: tracers' `transition_init` and
+    /// `transition_start`, the observers (final handlers among them), `transition_end`.
+    fn tell(self, mirror: &Mirror) {
+        let id = &mirror.shared.id;
+        let tracers = self.tracers.iter().map(|(_, t)| t);
+        if let Some(old) = &self.old_schema {
+            tracers.clone().for_each(|t| t.schema_change(mirror, old));
+        }
+        let traced = !self.changed.is_empty() && !self.tracers.is_empty();
+        let steps = if traced {
+            change_steps(&self.before, &self.after, &self.changed)
+        } else {
+            Vec::new()
+        };
+        let trace = |after| TransitionTrace {
+            machine: id,
+            schema: &self.schema,
+            mutation: None,
+            queue_tick: self.queue_tick,
+            before: &self.before,
+            after,
+            steps: &steps,
+            outcome: None,
+        };
+        if traced {
+            let init = trace(&self.before);
+            tracers.clone().for_each(|t| t.transition_init(&init));
+            tracers.clone().for_each(|t| t.transition_start(&init));
+        }
+        mirror
+            .shared
+            .log
+            .changes(id, &self.schema, &self.after, &self.changed);
         self.observers.clock_changed(&ClockChange {
+            source: mirror,
+            schema: &self.schema,
             before: &self.before,
             after: &self.after,
             changed: &self.changed,
             queue_tick: self.queue_tick,
             transition: None,
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-    use std::time::Duration;
-
-    use super::*;
-    use crate::proto::message::{Granted, Snapshot, Welcome};
-    use crate::proto::session::{ClientConfig, Moment};
-    use crate::proto::{FrameConfig, Message, encode_frame};
-
-    fn schema() -> Arc<Schema> {
-        let def = crate::machine::SchemaDef {
-            states: vec![crate::machine::StateDef::new("A")],
-        };
-        Arc::new(Schema::new(def).expect("valid"))
-    }
-
-    fn frame(message: &Message) -> Vec<u8> {
-        let mut out = Vec::new();
-        encode_frame(&FrameConfig::default(), message, &mut out);
-        out
-    }
-
-    /// The queue ticks observers are told of.
-    #[derive(Default)]
-    struct Told(Mutex<Vec<u64>>);
-
-    impl crate::machine::Observer for Told {
-        fn clock_changed(&self, change: &ClockChange<'_>) {
-            self.0.lock().expect("not poisoned").push(change.queue_tick);
+        if traced {
+            let end = TransitionTrace {
+                outcome: Some(Outcome::Executed),
+                ..trace(&self.after)
+            };
+            tracers.for_each(|t| t.transition_end(&end));
         }
-    }
-
-    #[test]
-    fn a_snapshot_that_takes_only_the_queue_tick_back_reaches_observers() {
-        let config = ClientConfig {
-            client_id: "mid".into(),
-            source: String::new(),
-            compression: false,
-            track: None,
-            token: None,
-            max_frame: crate::proto::frame::DEFAULT_MAX_FRAME,
-            handshake_timeout: Duration::from_secs(5),
-            keepalive: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
-        };
-        let schema = schema();
-        let mut replica = Replica::new(ClientSession::new(config, Some(schema.clone())), schema);
-        let told = Arc::new(Told::default());
-        replica.observers.add(told.clone());
-        let stats = MirrorStats::default();
-        let drain = |replica: &mut Replica| {
-            let mut effects = Effects::default();
-            replica.drain("mid", &stats, &mut effects);
-            effects.apply(&tokio::sync::broadcast::channel(1).0);
-        };
-        replica.session.connect(Moment::ZERO);
-        let welcome = Welcome {
-            ancestry: vec!["root".into()],
-            schema: None,
-            snapshot: Snapshot {
-                ticks: vec![1, 0],
-                queue_tick: 5,
-            },
-            granted: Granted::default(),
-        };
-        replica
-            .session
-            .handle_bytes(&frame(&Message::Welcome(welcome)), Moment::ZERO);
-        drain(&mut replica);
-        // The source restarted: the same ticks, an earlier queue tick.
-        let snapshot = Snapshot {
-            ticks: vec![1, 0],
-            queue_tick: 2,
-        };
-        let resync = Message::Snapshot { id: 0, snapshot };
-        replica.session.handle_bytes(&frame(&resync), Moment::ZERO);
-        drain(&mut replica);
-        assert_eq!(*told.0.lock().expect("not poisoned"), [5, 2]);
     }
 }

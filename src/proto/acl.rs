@@ -296,13 +296,11 @@ mod tests {
 
     /// Start, Flag, Other, and the Exception every schema has (position 3).
     fn schema() -> Schema {
-        Schema::new(SchemaDef {
-            states: vec![
-                StateDef::new("Start"),
-                StateDef::new("Flag").require(["Start"]),
-                StateDef::new("Other").remove(["Flag"]),
-            ],
-        })
+        Schema::new(SchemaDef::of_states(vec![
+            StateDef::new("Start"),
+            StateDef::new("Flag").require(["Start"]),
+            StateDef::new("Other").remove(["Flag"]),
+        ]))
         .expect("valid")
     }
 
@@ -601,7 +599,7 @@ mod tests {
     #[test]
     fn long_lists_of_untouchable_states_are_shortened() {
         let states: Vec<StateDef> = (0..20).map(|i| StateDef::new(format!("S{i}"))).collect();
-        let schema = Schema::new(SchemaDef { states }).expect("valid");
+        let schema = Schema::new(SchemaDef::of_states(states)).expect("valid");
         let denied = check_mutation(&schema, "c", Some(&[0]), MutationKind::Set, &[0])
             .expect_err("restricted set");
         let MutationDenied::SetForbidden { untouchable, .. } = denied else {

@@ -14,11 +14,12 @@ use super::acl::Acl;
 use super::diff::{self, Tracked};
 use super::handshake::{self, Offer};
 use super::limits::{
-    MAX_ANCESTRY, MAX_ARGS, MAX_DEPTH, MAX_KEY_LEN, MAX_NAME_LEN, MAX_STATES, MAX_TOKEN_LEN,
+    MAX_ANCESTRY, MAX_ARGS, MAX_DEPTH, MAX_GROUPS, MAX_KEY_LEN, MAX_NAME_LEN, MAX_STATES, MAX_TAGS,
+    MAX_TOKEN_LEN,
 };
 use super::message::{self, Message, Snapshot};
 use super::{Compression, FrameConfig, FrameError, FrameReader, ProtoError};
-use crate::machine::{Args, Schema, StateDef};
+use crate::machine::{Args, Schema, SchemaDef, StateDef};
 
 /// Small enough that hostile lengths are hit often, large enough for real messages.
 const MAX_FRAME: usize = 64 * 1024;
@@ -161,17 +162,22 @@ pub fn within_limits(m: &Message) -> bool {
         }
         Message::Welcome(w) => {
             names(&w.ancestry, MAX_ANCESTRY)
+                && w.schema.as_ref().is_none_or(schema_within_limits)
                 && snapshot(&w.snapshot)
                 && states(&w.granted.tracked)
                 && states(&w.granted.mutable)
+                && w.parent_id.as_ref().is_none_or(name)
+                && names(&w.tags, MAX_TAGS)
         }
         Message::Diff(d) => d.changes.len() <= MAX_STATES,
         Message::MutateReply(r) => r.diff.changes.len() <= MAX_STATES,
         Message::Mutate(r) => r.states.len() <= MAX_STATES && args_within_limits(&r.args),
         Message::WhenArgs(r) => args_within_limits(&r.args),
-        Message::Snapshot { snapshot: s, .. } | Message::SchemaChanged { snapshot: s, .. } => {
-            snapshot(s)
-        }
+        Message::Snapshot { snapshot: s, .. } => snapshot(s),
+        Message::SchemaChanged {
+            schema,
+            snapshot: s,
+        } => schema_within_limits(schema) && snapshot(s),
         Message::Payload(p) => name(&p.name),
         Message::StatusRequest { token: t } => token(t),
         Message::Ancestry(a) => names(a, MAX_ANCESTRY),
@@ -187,6 +193,15 @@ pub fn within_limits(m: &Message) -> bool {
         | Message::ErrRequest { .. }
         | Message::ErrReply { .. } => true,
     }
+}
+
+/// A schema's groups: their count, each name's length and each one's count of states.
+fn schema_within_limits(schema: &SchemaDef) -> bool {
+    schema.groups.len() <= MAX_GROUPS
+        && schema
+            .groups
+            .iter()
+            .all(|g| g.name.len() <= MAX_NAME_LEN && g.states.len() <= MAX_STATES)
 }
 
 fn args_within_limits(args: &Args) -> bool {
@@ -232,6 +247,8 @@ pub fn handshake(data: &[u8]) {
                     ticks: (1..=schema.len() as u64).collect(),
                     queue_tick: 7,
                 },
+                parent_id: Some("parent".to_string()),
+                tags: vec!["tag".to_string()],
             };
             let (acl, compression_offered) = acl(knobs);
             let Ok(accepted) = handshake::decide(&hello, offer, &acl, compression_offered) else {

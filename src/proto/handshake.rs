@@ -2,8 +2,11 @@
 //! welcome with the options granted, or a refusal a person can act on. Pure: the driver looks
 //! up the source and takes the snapshot; this decides.
 
+use tracing::warn;
+
 use super::acl::Acl;
 use super::diff::Tracked;
+use super::limits::{MAX_NAME_LEN, MAX_TAGS};
 use super::message::{Granted, Hello, PROTOCOL_VERSION, Refusal, RefusalKind, Snapshot, Welcome};
 use crate::machine::Schema;
 
@@ -27,6 +30,10 @@ pub struct Offer<'a> {
     /// The source's id and its upstream sources' ids, nearest first.
     pub ancestry: &'a [String],
     pub snapshot: Snapshot,
+    /// The source's parent id (Go's `ParentId`).
+    pub parent_id: Option<String>,
+    /// The source's tags (Go's `Tags`).
+    pub tags: Vec<String>,
 }
 
 /// An accepted handshake: what to send, and the connection's settings.
@@ -121,17 +128,56 @@ pub fn decide(
         },
         mutable: mutable.clone(),
     };
+    let (parent_id, tags) = sendable_identity(offer.parent_id, offer.tags);
     Ok(Accepted {
         welcome: Welcome {
             ancestry: offer.ancestry.to_vec(),
             schema,
             snapshot,
             granted,
+            parent_id,
+            tags,
         },
         tracked,
         compression,
         mutable,
     })
+}
+
+/// The parent id and tags as the protocol can carry them: a machine's own may be longer or more
+/// than a peer decodes ([`MAX_NAME_LEN`], [`MAX_TAGS`]), and a welcome past a limit would fail
+/// every client. What does not fit is left out, and said so.
+fn sendable_identity(
+    parent_id: Option<String>,
+    tags: Vec<String>,
+) -> (Option<String>, Vec<String>) {
+    let parent_id = parent_id.filter(|id| {
+        let fits = id.len() <= MAX_NAME_LEN;
+        if !fits {
+            warn!(
+                bytes = id.len(),
+                limit = MAX_NAME_LEN,
+                "the source's parent id is too long for the protocol; not sent"
+            );
+        }
+        fits
+    });
+    let count = tags.len();
+    let sent: Vec<String> = tags
+        .into_iter()
+        .filter(|tag| tag.len() <= MAX_NAME_LEN)
+        .take(MAX_TAGS)
+        .collect();
+    if sent.len() < count {
+        warn!(
+            tags = count,
+            sent = sent.len(),
+            limit = MAX_TAGS,
+            name_limit = MAX_NAME_LEN,
+            "the source has tags the protocol cannot carry (too many, or too long); not all sent"
+        );
+    }
+    (parent_id, sent)
 }
 
 #[cfg(test)]
@@ -165,7 +211,52 @@ mod tests {
                 ticks: vec![1, 2, 0, 0, 0, 3, 0],
                 queue_tick: 4,
             },
+            parent_id: None,
+            tags: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_welcome_carries_the_parent_id_and_tags_within_the_limits() {
+        let schema = sgp_schema();
+        let accepted = decide(
+            &hello(),
+            Offer {
+                parent_id: Some("root".into()),
+                tags: vec!["worker".into(), "eu".into()],
+                ..offer(&schema)
+            },
+            &Acl::default(),
+            false,
+        )
+        .expect("accepted");
+        assert_eq!(accepted.welcome.parent_id.as_deref(), Some("root"));
+        assert_eq!(accepted.welcome.tags, ["worker", "eu"]);
+
+        // What a client could not decode is left out, and the rest still goes.
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        let mut tags = vec![long.clone()];
+        tags.extend((0..MAX_TAGS + 5).map(|i| format!("t{i}")));
+        let accepted = decide(
+            &hello(),
+            Offer {
+                parent_id: Some(long),
+                tags,
+                ..offer(&schema)
+            },
+            &Acl::default(),
+            false,
+        )
+        .expect("accepted");
+        assert_eq!(accepted.welcome.parent_id, None);
+        assert_eq!(accepted.welcome.tags.len(), MAX_TAGS);
+        assert_eq!(accepted.welcome.tags[0], "t0");
+        let body =
+            crate::proto::message::encode_to_vec(&crate::proto::Message::Welcome(accepted.welcome));
+        assert!(
+            crate::proto::message::decode(&body).is_ok(),
+            "a client decodes it"
+        );
     }
 
     #[test]

@@ -9,17 +9,18 @@
 //! `#[serde(deserialize_with = ...)]` in [`super::message`]; encoding is unchanged.
 
 use std::fmt;
-use std::marker::PhantomData;
 
 use serde::Deserializer;
-use serde::de::{self, Deserialize, DeserializeSeed, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Visitor};
 
+pub use crate::machine::bounded::PREALLOC;
+use crate::machine::bounded::{BoundedSeq, string, strings};
 pub use crate::machine::schema::MAX_STATES;
 pub use crate::machine::value::{MAX_ARGS, MAX_DEPTH, MAX_KEY_LEN};
 
-/// Longest client id, source name, state name in a tracking list, ancestry id or payload name,
-/// in bytes.
-pub const MAX_NAME_LEN: usize = 1024;
+/// Longest client id, source name, state name in a tracking list, ancestry id, payload name,
+/// group name, tag or parent id, in bytes.
+pub use crate::machine::bounded::MAX_NAME_LEN;
 
 /// Longest auth token, in bytes.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -27,86 +28,18 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Most ids in an ancestry: the depth of a state-source tree above a server.
 pub const MAX_ANCESTRY: usize = 64;
 
+/// Most tags of a source a welcome carries (each a name, at most [`MAX_NAME_LEN`] bytes).
+pub const MAX_TAGS: usize = 256;
+
+/// Most groups of a schema (each named in at most [`MAX_NAME_LEN`] bytes, listing at most
+/// [`MAX_STATES`] states); the schema's own decoding keeps it (`machine::groups`).
+pub use crate::machine::groups::MAX_GROUPS;
+
 /// Largest frame a server reads before a client's hello is accepted: what a connection that has
 /// not said who it is may make the server hold. A hello is names and a token (a few KiB); a
 /// tracking list of thousands of long names is the one thing that could need more (track
 /// everything instead).
 pub const MAX_HELLO_FRAME: usize = 64 * 1024;
-
-/// Items reserved up front for any decoded list, whatever count it claims: a claimed count is
-/// only a promise, so the list grows as items really arrive.
-pub const PREALLOC: usize = 64;
-
-/// `what` of `len` units is over `max`: the error a field's bound raises.
-fn over<E: de::Error>(what: &str, len: usize, max: usize, unit: &str) -> E {
-    E::custom(format_args!(
-        "{what} of {len} {unit} is over the protocol's limit of {max}"
-    ))
-}
-
-/// A list of `T` with at most `max` items.
-struct BoundedSeq<T> {
-    what: &'static str,
-    max: usize,
-    item: PhantomData<T>,
-}
-
-impl<T> BoundedSeq<T> {
-    fn new(what: &'static str, max: usize) -> Self {
-        BoundedSeq {
-            what,
-            max,
-            item: PhantomData,
-        }
-    }
-}
-
-impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for BoundedSeq<T> {
-    type Value = Vec<T>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
-        deserializer.deserialize_seq(self)
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Visitor<'de> for BoundedSeq<T> {
-    type Value = Vec<T>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (at most {} items)", self.what, self.max)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-        let claimed = seq.size_hint().unwrap_or(0);
-        if claimed > self.max {
-            return Err(over(self.what, claimed, self.max, "items"));
-        }
-        let mut items = Vec::with_capacity(claimed.min(PREALLOC));
-        while let Some(item) = seq.next_element()? {
-            if items.len() == self.max {
-                return Err(over(self.what, self.max + 1, self.max, "items"));
-            }
-            items.push(item);
-        }
-        Ok(items)
-    }
-}
-
-/// A string of at most `MAX` bytes. Its bytes are already in the frame when this runs, and the
-/// codec's allocation limit follows the frame's size, so checking after reading costs nothing
-/// a frame could not.
-#[derive(Debug)]
-struct BoundedString<const MAX: usize>(String);
-
-impl<'de, const MAX: usize> Deserialize<'de> for BoundedString<MAX> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        if s.len() > MAX {
-            return Err(over("a name", s.len(), MAX, "bytes"));
-        }
-        Ok(BoundedString(s))
-    }
-}
 
 /// `Some` of what `seed` reads, or `None`.
 struct OptionOf<S>(S);
@@ -131,31 +64,36 @@ impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for OptionOf<S> {
     }
 }
 
-fn string<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    what: &'static str,
-    max: usize,
-) -> Result<String, D::Error> {
-    let s = String::deserialize(deserializer)?;
-    if s.len() > max {
-        return Err(over(what, s.len(), max, "bytes"));
-    }
-    Ok(s)
-}
-
 fn names<'de, D: Deserializer<'de>>(
     deserializer: D,
     what: &'static str,
     max: usize,
 ) -> Result<Vec<String>, D::Error> {
-    let bounded = BoundedSeq::<BoundedString<MAX_NAME_LEN>>::new(what, max);
-    let items = bounded.deserialize(deserializer)?;
-    Ok(items.into_iter().map(|s| s.0).collect())
+    strings::<D, MAX_NAME_LEN>(deserializer, what, max)
 }
 
 /// A client id, source name or payload name.
 pub fn name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     string(deserializer, "a name", MAX_NAME_LEN)
+}
+
+/// An optional name: a source's parent id.
+pub fn optional_name<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    struct Name;
+    impl<'de> DeserializeSeed<'de> for Name {
+        type Value = String;
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+            string(deserializer, "a parent id", MAX_NAME_LEN)
+        }
+    }
+    deserializer.deserialize_option(OptionOf(Name))
+}
+
+/// A source's tags.
+pub fn tags<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    names(deserializer, "a list of tags", MAX_TAGS)
 }
 
 /// An optional auth token.
@@ -219,7 +157,7 @@ pub fn changes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<(u32, u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{Args, MutationKind, Value};
+    use crate::machine::{Args, GroupDef, MutationKind, SchemaDef, StateDef, Value};
     use crate::proto::message::{
         self, ClockDiff, Hello, MutateRequest, Payload, WantedOptions, Welcome,
     };
@@ -374,7 +312,47 @@ mod tests {
                 schema: None,
                 snapshot: Default::default(),
                 granted: Default::default(),
+                parent_id: None,
+                tags: Vec::new(),
             })
+        };
+        let identity = |parent_id: Option<String>, tags: Vec<String>| {
+            Message::Welcome(Welcome {
+                ancestry: Vec::new(),
+                schema: None,
+                snapshot: Default::default(),
+                granted: Default::default(),
+                parent_id,
+                tags,
+            })
+        };
+        // A schema's groups, in a welcome and in a schema change (states are not checked while
+        // decoding: the schema is validated after).
+        let grouped = |groups: Vec<GroupDef>, change: bool| {
+            let schema = SchemaDef {
+                states: vec![StateDef::new("A")],
+                groups,
+            };
+            if change {
+                Message::SchemaChanged {
+                    schema,
+                    snapshot: Default::default(),
+                }
+            } else {
+                Message::Welcome(Welcome {
+                    ancestry: Vec::new(),
+                    schema: Some(schema),
+                    snapshot: Default::default(),
+                    granted: Default::default(),
+                    parent_id: None,
+                    tags: Vec::new(),
+                })
+            }
+        };
+        let groups = |count: usize| {
+            (0..count)
+                .map(|i| GroupDef::new(format!("g{i}"), ["A"]))
+                .collect::<Vec<_>>()
         };
         let args = |count: usize, key_len: usize| {
             Message::Mutate(MutateRequest {
@@ -422,6 +400,48 @@ mod tests {
                 Message::Ancestry(names(MAX_ANCESTRY, 8)),
                 Message::Ancestry(names(MAX_ANCESTRY + 1, 8)),
                 "an ancestry of 65 items",
+            ),
+            (
+                "tags",
+                identity(None, names(MAX_TAGS, 8)),
+                identity(None, names(MAX_TAGS + 1, 8)),
+                "a list of tags of 257 items",
+            ),
+            (
+                "tag length",
+                identity(None, names(1, MAX_NAME_LEN)),
+                identity(None, names(1, MAX_NAME_LEN + 1)),
+                "a name of 1025 bytes",
+            ),
+            (
+                "parent id",
+                identity(Some(name(MAX_NAME_LEN)), Vec::new()),
+                identity(Some(name(MAX_NAME_LEN + 1)), Vec::new()),
+                "a parent id of 1025 bytes",
+            ),
+            (
+                "groups in a welcome",
+                grouped(groups(MAX_GROUPS), false),
+                grouped(groups(MAX_GROUPS + 1), false),
+                "a schema's groups of 1025 items",
+            ),
+            (
+                "groups in a schema change",
+                grouped(groups(MAX_GROUPS), true),
+                grouped(groups(MAX_GROUPS + 1), true),
+                "a schema's groups of 1025 items",
+            ),
+            (
+                "group name",
+                grouped(vec![GroupDef::new(name(MAX_NAME_LEN), ["A"])], true),
+                grouped(vec![GroupDef::new(name(MAX_NAME_LEN + 1), ["A"])], true),
+                "a group's name of 1025 bytes",
+            ),
+            (
+                "group states",
+                grouped(vec![GroupDef::new("g", names(MAX_STATES, 1))], false),
+                grouped(vec![GroupDef::new("g", names(MAX_STATES + 1, 1))], false),
+                "a group's states of 4097 items",
             ),
             (
                 "payload name",

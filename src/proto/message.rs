@@ -160,6 +160,12 @@ pub struct Welcome {
     pub schema: Option<SchemaDef>,
     pub snapshot: Snapshot,
     pub granted: Granted,
+    /// The id of the machine the source belongs to (Go's `ParentId`), if any.
+    #[serde(deserialize_with = "limits::optional_name")]
+    pub parent_id: Option<String>,
+    /// The source's tags (Go's `Tags`).
+    #[serde(deserialize_with = "limits::tags")]
+    pub tags: Vec<String>,
 }
 
 /// Options in force for the connection.

@@ -67,18 +67,25 @@ fn outcome() -> impl Strategy<Value = Result<Outcome, String>> {
 }
 
 fn schema_def() -> impl Strategy<Value = crate::machine::SchemaDef> {
-    proptest::collection::vec(("[A-Z][a-z]{0,6}", any::<bool>(), any::<bool>()), 0..5).prop_map(
-        |states| crate::machine::SchemaDef {
-            states: states
-                .into_iter()
-                .map(|(name, auto, multi)| StateDef {
-                    auto,
-                    multi,
-                    ..StateDef::new(name)
-                })
-                .collect(),
-        },
-    )
+    let states = proptest::collection::vec(("[A-Z][a-z]{0,6}", any::<bool>(), any::<bool>()), 0..5);
+    let groups = proptest::collection::vec(
+        (".{0,6}", proptest::collection::vec("[A-Z][a-z]{0,6}", 0..4)),
+        0..3,
+    );
+    (states, groups).prop_map(|(states, groups)| crate::machine::SchemaDef {
+        states: states
+            .into_iter()
+            .map(|(name, auto, multi)| StateDef {
+                auto,
+                multi,
+                ..StateDef::new(name)
+            })
+            .collect(),
+        groups: groups
+            .into_iter()
+            .map(|(name, states)| crate::machine::GroupDef::new(name, states))
+            .collect(),
+    })
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -121,21 +128,27 @@ fn message() -> impl Strategy<Value = Message> {
             snapshot(),
             any::<bool>(),
             tracked.clone(),
-            tracked
+            tracked,
+            (
+                proptest::option::of(".{0,8}"),
+                proptest::collection::vec(".{0,6}", 0..3)
+            )
         )
             .prop_map(
-                |(ancestry, schema, snapshot, compression, tracked, mutable)| Message::Welcome(
-                    Welcome {
+                |(ancestry, schema, snapshot, compression, tracked, mutable, (parent_id, tags))| {
+                    Message::Welcome(Welcome {
                         ancestry,
                         schema,
                         snapshot,
                         granted: Granted {
                             compression,
                             tracked,
-                            mutable
+                            mutable,
                         },
-                    }
-                )
+                        parent_id,
+                        tags,
+                    })
+                }
             ),
         (refusal_kind, ".{0,30}")
             .prop_map(|(kind, reason)| Message::Refused(Refusal { kind, reason })),
@@ -343,12 +356,36 @@ fn documented_examples_are_what_the_encoder_writes() {
             queue_tick: 1,
         },
         granted: Granted::default(),
+        parent_id: None,
+        tags: Vec::new(),
     });
     assert_eq!(
         frame_hex(&welcome),
-        "60 01 01 01 77 01 03 01 41 00 00 00 00 00 00 01 42 01 01 41 00 00 00 00 00 \
-         09 45 78 63 65 70 74 69 6f 6e 00 00 00 00 00 01 03 01 00 00 01 00 00 00"
+        "66 01 01 01 77 01 03 01 41 00 00 00 00 00 00 01 42 01 01 41 00 00 00 00 00 \
+         09 45 78 63 65 70 74 69 6f 6e 00 00 00 00 00 01 00 03 01 00 00 01 00 00 00 00 00"
     );
+    // The same schema with a group, and a source with a parent id and a tag.
+    let grouped = schema.clone().with_group("G", &["B", "A"]).expect("known");
+    let welcome = Message::Welcome(Welcome {
+        ancestry: vec!["w".into()],
+        schema: Some(grouped.def().clone()),
+        snapshot: Snapshot {
+            ticks: vec![1, 0, 0],
+            queue_tick: 1,
+        },
+        granted: Granted::default(),
+        parent_id: Some("p".into()),
+        tags: vec!["t".into()],
+    });
+    assert_eq!(
+        frame_hex(&welcome),
+        "7c 01 01 01 77 01 03 01 41 00 00 00 00 00 00 01 42 01 01 41 00 00 00 00 00 \
+         09 45 78 63 65 70 74 69 6f 6e 00 00 00 00 00 01 01 01 47 02 01 42 01 41 \
+         03 01 00 00 01 00 00 00 01 01 70 01 01 74"
+    );
+    // Pinned, computed independently from PROTOCOL.md's encoding: groups change the hash, a
+    // schema without them hashes as before they travelled.
+    assert_eq!(grouped.hash(), 0xccbf_81cf_2bfa_bc6c);
     let clock = |ticks, queue_tick| diff::ClockRef { ticks, queue_tick };
     let diff = diff::diff(clock(&[1, 0, 0], 1), clock(&[1, 1, 0], 2), &Tracked::All);
     assert_eq!(diff.checksum, 0xffcf_fc86);

@@ -22,6 +22,7 @@ use crate::http;
 use host::HostCheck;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -636,8 +637,30 @@ async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(
     .await;
 }
 
+/// How a bridge's pump ended.
+enum Ended {
+    /// The browser closed, or said it was done.
+    Browser,
+    /// A write to the target failed: the target has closed, and may have sent its last word
+    /// (a refusal, an error) before it did. That is still to be forwarded.
+    UpstreamWrite(String),
+    /// Anything else: close the browser with this code and reason.
+    Close(CloseCode, String),
+}
+
+/// How long a bridge whose writes to the target failed keeps forwarding what the target sent
+/// before it closed. The target has closed already, so its bytes are in flight or buffered:
+/// this bounds only a target that half-closed and went quiet.
+const LAST_WORD: Duration = Duration::from_secs(2);
+
 /// Pumps bytes both ways until either side ends, the relay stops, or the browser sends nothing
 /// for the idle timeout.
+///
+/// A target that refuses a browser's input (a frame over its limit, a bad hello) answers and
+/// closes while the browser may still be sending. The relay's next write to it then fails
+/// (`Broken pipe`, `Connection reset`) while the answer sits unread in the relay's socket:
+/// the bridge then goes on forwarding from the target until it ends (or [`LAST_WORD`]
+/// passes), so the browser gets the target's reason rather than the relay's write error.
 async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
     inner: &Inner,
     ws: WebSocketStream<S>,
@@ -660,36 +683,35 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
         let browser_to_upstream = async {
             loop {
                 let message = match from_browser.next().await {
-                    None => return Ok(()),
+                    None => return Ended::Browser,
                     Some(Ok(message)) => message,
                     Some(Err(tungstenite::Error::Capacity(e))) => {
-                        return Err((CloseCode::Size, format!("message too large: {e}")));
+                        return Ended::Close(CloseCode::Size, format!("message too large: {e}"));
                     }
-                    Some(Err(e)) => return Err((CloseCode::Protocol, e.to_string())),
+                    Some(Err(e)) => return Ended::Close(CloseCode::Protocol, e.to_string()),
                 };
                 touch();
                 match message {
                     Message::Binary(data) => {
-                        up_write
-                            .write_all(&data)
-                            .await
-                            .map_err(|e| (CloseCode::Away, format!("upstream: {e}")))?;
-                        up_write
-                            .flush()
-                            .await
-                            .map_err(|e| (CloseCode::Away, format!("upstream: {e}")))?;
+                        let written = async {
+                            up_write.write_all(&data).await?;
+                            up_write.flush().await
+                        };
+                        if let Err(e) = written.await {
+                            return Ended::UpstreamWrite(format!("upstream: {e}"));
+                        }
                         inner
                             .stats
                             .bytes_to_upstream
                             .fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
                     Message::Text(_) => {
-                        return Err((
+                        return Ended::Close(
                             CloseCode::Unsupported,
                             "aRPC travels in binary messages".into(),
-                        ));
+                        );
                     }
-                    Message::Close(_) => return Ok(()),
+                    Message::Close(_) => return Ended::Browser,
                     // Pings (answered by tungstenite) and pongs only keep the bridge alive.
                     _ => {}
                 }
@@ -703,7 +725,7 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
                     .await
                     .map_err(|e| (CloseCode::Away, format!("upstream: {e}")))?;
                 if n == 0 {
-                    return Err((
+                    return Err::<Infallible, _>((
                         CloseCode::Away,
                         "the target closed the connection".to_owned(),
                     ));
@@ -752,11 +774,30 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         };
-        tokio::select! {
-            r = browser_to_upstream => r,
-            r = upstream_to_browser => r,
-            e = idle_watch => Err(e),
-            _ = shutdown.wait_for(|s| *s) => Err((CloseCode::Away, "relay shutting down".into())),
+        // Pinned here rather than moved into the select: after a failed write the same pump
+        // goes on, with whatever it had read and not yet sent.
+        tokio::pin!(upstream_to_browser);
+        let first = tokio::select! {
+            ended = browser_to_upstream => ended,
+            r = &mut upstream_to_browser => {
+                let Err((code, reason)) = r;
+                Ended::Close(code, reason)
+            }
+            e = idle_watch => Ended::Close(e.0, e.1),
+            _ = shutdown.wait_for(|s| *s) => Ended::Close(CloseCode::Away, "relay shutting down".into()),
+        };
+        match first {
+            Ended::Browser => Ok(()),
+            Ended::Close(code, reason) => Err((code, reason)),
+            Ended::UpstreamWrite(reason) => {
+                debug!(%reason, "a write to the target failed; forwarding its last bytes");
+                match timeout(LAST_WORD, &mut upstream_to_browser).await {
+                    // The target's own end (it closed, or reset after its last bytes) is the
+                    // reason the browser gets; the failed write told nothing more.
+                    Ok(Err(ended)) => Err(ended),
+                    Err(_) => Err((CloseCode::Away, reason)),
+                }
+            }
         }
     };
     let _ = up_write.shutdown().await;

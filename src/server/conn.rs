@@ -227,6 +227,8 @@ fn answer_hello(
             ticks: start.ticks.to_vec(),
             queue_tick: start.queue_tick,
         },
+        parent_id: hub.source.parent_id(),
+        tags: hub.source.tags(),
     };
     let accepted = session.accept(offer)?;
     // A slot is taken only by an accepted client: refused handshakes never crowd others out

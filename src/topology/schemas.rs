@@ -74,9 +74,7 @@ fn build_schema(
     states: &[Spanned<StateDef>],
     whole: Range<usize>,
 ) -> Result<Schema, TopologyError> {
-    let def = SchemaDef {
-        states: states.iter().map(|s| s.get_ref().clone()).collect(),
-    };
+    let def = SchemaDef::of_states(states.iter().map(|s| s.get_ref().clone()).collect());
     Schema::new(def).map_err(|e| {
         let span = state_of_error(&e, states).unwrap_or(whole);
         cx.err(span, format!("schema {name:?}: {e}"), schema_hint(&e))

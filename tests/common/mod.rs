@@ -58,9 +58,9 @@ pub fn any_port(scheme: &str) -> Endpoint {
 }
 
 pub fn abc_schema() -> Schema {
-    Schema::new(SchemaDef {
-        states: ["A", "B", "C"].map(StateDef::new).to_vec(),
-    })
+    Schema::new(SchemaDef::of_states(
+        ["A", "B", "C"].map(StateDef::new).to_vec(),
+    ))
     .expect("valid")
 }
 
@@ -105,6 +105,50 @@ pub async fn mirror(endpoint: &Endpoint, id: &str) -> Mirror {
     )
     .await
     .expect("mirror connects")
+}
+
+/// Waits, within [`LIMIT`], until `holds` is true (for what no future reports).
+pub async fn eventually(what: &str, holds: impl Fn() -> bool) {
+    within(what, async {
+        while !holds() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+}
+
+/// A tree of depth three: `root` <- a <- b <- c, each served to the next over one scheme.
+/// The servers must live as long as the mirrors are used.
+pub struct Chain {
+    pub root: Machine,
+    pub root_at: Endpoint,
+    pub a: Mirror,
+    pub b: Mirror,
+    pub c: Mirror,
+    /// The servers of the root, `a` and `b`.
+    pub servers: Vec<Server>,
+    /// Where `b` is served (what `c` mirrors).
+    pub b_at: Endpoint,
+}
+
+/// Builds a [`Chain`] over `root`; `a_serves_with` configures the server in front of `a`.
+pub async fn chain(root: Machine, scheme: &str, a_serves_with: ServerConfig) -> Chain {
+    let (root_server, root_at) =
+        serve(Arc::new(root.clone()), ServerConfig::default(), scheme).await;
+    let a = mirror(&root_at, "a").await;
+    let (a_server, a_at) = serve(Arc::new(a.clone()), a_serves_with, scheme).await;
+    let b = mirror(&a_at, "b").await;
+    let (b_server, b_at) = serve(Arc::new(b.clone()), ServerConfig::default(), scheme).await;
+    let c = mirror(&b_at, "c").await;
+    Chain {
+        root,
+        root_at,
+        a,
+        b,
+        c,
+        servers: vec![root_server, a_server, b_server],
+        b_at,
+    }
 }
 
 /// Waits until the mirror's clock has caught up with `target` (ticks only grow between

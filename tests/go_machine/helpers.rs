@@ -12,7 +12,7 @@ use asyncmachine::machine::{Args, Machine, Schema, SchemaDef, StateDef, StateSou
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
 pub fn machine(states: Vec<StateDef>) -> Machine {
-    Machine::new(Schema::new(SchemaDef { states }).expect("valid schema"))
+    Machine::new(Schema::new(SchemaDef::of_states(states)).expect("valid schema"))
 }
 
 /// States A, B, C and D without relations, then `Set(active)` (Go's `NewNoRels`). Go sorts

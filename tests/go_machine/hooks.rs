@@ -36,7 +36,7 @@ struct Counting {
 }
 
 impl Tracer for Counting {
-    fn machine_init(&self, _: &Machine) {
+    fn machine_init(&self, _: &dyn asyncmachine::machine::StateSource) {
         self.inits.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -52,10 +52,7 @@ impl Tracer for Counting {
 fn tracers() {
     let tracer = Arc::new(Counting::default());
     let m = Machine::builder(
-        Schema::new(SchemaDef {
-            states: vec![StateDef::new("A")],
-        })
-        .expect("valid schema"),
+        Schema::new(SchemaDef::of_states(vec![StateDef::new("A")])).expect("valid schema"),
     )
     .parent("parent")
     .tracer(tracer.clone())
@@ -87,9 +84,9 @@ fn handler_timeout() {
     let now = Arc::new(AtomicU64::new(0));
     let clock = now.clone();
     let m = Machine::builder(
-        Schema::new(SchemaDef {
-            states: ["A", "B", "C", "D"].map(StateDef::new).into(),
-        })
+        Schema::new(SchemaDef::of_states(
+            ["A", "B", "C", "D"].map(StateDef::new).into(),
+        ))
         .expect("valid schema"),
     )
     .handler_timeout(Duration::from_millis(450))
@@ -301,10 +298,7 @@ fn env() {
 fn with_opts() {
     let tracer: Arc<dyn Tracer> = Arc::new(Counting::default());
     let m = Machine::builder(
-        Schema::new(SchemaDef {
-            states: vec![StateDef::new("A")],
-        })
-        .expect("valid schema"),
+        Schema::new(SchemaDef::of_states(vec![StateDef::new("A")])).expect("valid schema"),
     )
     .handler_timeout(Duration::from_secs(600))
     .tracer(tracer.clone())
@@ -361,9 +355,9 @@ fn export_import() {
     let json = exported.to_json();
 
     let schema = || {
-        Schema::new(SchemaDef {
-            states: ["A", "B", "C", "D"].map(StateDef::new).into(),
-        })
+        Schema::new(SchemaDef::of_states(
+            ["A", "B", "C", "D"].map(StateDef::new).into(),
+        ))
         .expect("valid schema")
     };
     let other = Machine::new(schema());

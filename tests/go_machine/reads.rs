@@ -2,7 +2,7 @@
 
 use asyncmachine::machine::{
     Args, Machine, MutationError, MutationKind, Outcome, Relation, Schema, SchemaError, StateDef,
-    StateSource, UnknownState, is_active,
+    StateSource, is_active,
 };
 
 use crate::helpers::{assert_states, machine, no_rels, no_rels_but};
@@ -385,7 +385,10 @@ fn groups() {
     assert_eq!(schema.group("Nope"), None);
     assert_eq!(
         schema.clone().with_group("Bad", &["State99"]).err(),
-        Some(UnknownState("State99".into()))
+        Some(SchemaError::UnknownGroupState {
+            group: "Bad".into(),
+            state: "State99".into()
+        })
     );
 
     // Groups serve `switch_group`, answered from the clock.
@@ -418,7 +421,7 @@ fn opts() {
         .tags(["a", "b"])
         .queue_limit(10)
         .build();
-    assert_eq!(m2.parent_id(), Some(m.id()));
+    assert_eq!(m2.parent_id().as_deref(), Some(m.id()));
     assert_eq!(m2.tags(), ["a", "b"]);
     m2.set_tags(["c"]);
     assert_eq!(m2.tags(), ["c"]);

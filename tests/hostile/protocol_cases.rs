@@ -340,6 +340,8 @@ fn every_message() -> Vec<Message> {
                 queue_tick: 1,
             },
             granted: Granted::default(),
+            parent_id: None,
+            tags: Vec::new(),
         }),
         Message::Refused(Refusal {
             kind: RefusalKind::Full,

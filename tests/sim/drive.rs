@@ -1,8 +1,10 @@
 //! The drivers' work, between two moments: deliver what arrived, fire the timers that came
 //! due, dial for mirrors whose backoff ended, then pump until nothing more follows: hellos
-//! answered, mutations run at roots or forwarded upstream, mirror events taken (clocks
-//! published, answers sent down, lost connections redialed), clients caught up through the
-//! pusher or the writer, bytes put on the wire, and ended connections told to the other side.
+//! answered, mutations run at roots or forwarded upstream, remote waits and last-error
+//! requests run or forwarded (`remote`), mirror events taken (clocks published, answers and
+//! the ends of waits sent down, lost connections redialed), roots' waiters polled, clients
+//! caught up through the pusher or the writer, bytes put on the wire, and ended connections
+//! told to the other side (their waits withdrawn).
 
 use asyncmachine::machine::{Mutation, Value};
 use asyncmachine::mirror::backoff::delay;
@@ -170,6 +172,7 @@ impl Sim {
         loop {
             let mut progress = self.serve_events();
             progress |= self.mirror_events();
+            progress |= self.poll_waits();
             progress |= self.catch_up();
             self.flush();
             progress |= self.reap();
@@ -179,7 +182,8 @@ impl Sim {
         }
     }
 
-    /// Server sessions' work: hellos to answer, mutations to run.
+    /// Server sessions' work: hellos to answer, mutations to run, waits and last-error requests
+    /// to run or forward.
     fn serve_events(&mut self) -> bool {
         let mut progress = false;
         for id in self.link_order() {
@@ -194,11 +198,14 @@ impl Sim {
                         id: request,
                         mutation,
                     } => self.run_mutation(id, request, mutation),
-                    ServerEvent::WhenArgs { .. }
-                    | ServerEvent::CancelWait { .. }
-                    | ServerEvent::Err { .. } => {
-                        panic!("the simulator's mirrors send no remote waits or error requests")
-                    }
+                    ServerEvent::WhenArgs {
+                        id: request,
+                        wait,
+                        state,
+                        args,
+                    } => self.start_wait(id, (request, wait), &state, args),
+                    ServerEvent::CancelWait { wait } => self.drop_served_wait(id, wait),
+                    ServerEvent::Err { id: request } => self.answer_err(id, request),
                 }
             }
         }
@@ -229,6 +236,7 @@ impl Sim {
         let schema = source.schema();
         let start = source.start_clock(schema.hash());
         let ancestry = source.ancestry(&node.name);
+        let (parent_id, tags) = source.identity();
         let offer = Offer {
             schema: &schema,
             ancestry: &ancestry,
@@ -236,6 +244,8 @@ impl Sim {
                 ticks: start.ticks.to_vec(),
                 queue_tick: start.queue_tick,
             },
+            parent_id,
+            tags,
         };
         let Some(accepted) = link.session.accept(offer) else {
             return;
@@ -309,6 +319,8 @@ impl Sim {
             };
             let mut failed = false;
             let mut replies = Vec::new();
+            let mut waits_ended = Vec::new();
+            let mut errs = Vec::new();
             while let Some(event) = side.session.poll_event() {
                 progress = true;
                 match event {
@@ -337,9 +349,12 @@ impl Sim {
                         ticks: side.session.ticks().to_vec(),
                         queue_tick: side.session.queue_tick(),
                     }),
-                    ClientEvent::WaitEnded { .. } | ClientEvent::ErrAnswered { .. } => {
-                        panic!("the simulator's mirrors send no remote waits or error requests")
+                    // The session hands each kind of request back as the event of its kind.
+                    ClientEvent::Answered { .. } => {}
+                    ClientEvent::WaitEnded { pending, result } => {
+                        waits_ended.push((pending, result))
                     }
+                    ClientEvent::ErrAnswered { pending, result } => errs.push((pending, result)),
                     ClientEvent::Payload(_) => {}
                     ClientEvent::Ancestry(_) => lock(&clock).ancestry += 1,
                     ClientEvent::Resync => side.resyncs += 1,
@@ -375,6 +390,27 @@ impl Sim {
                     };
                     link.session
                         .handle_mutation_result(request, as_reply(result), now, &feed);
+                }
+            }
+            // Waits and last errors, after the clock too.
+            for (pending, result) in waits_ended {
+                match pending {
+                    Pending::ForwardWait { link, id, wait } => {
+                        self.forwarded_wait_ended((link, id, wait), result);
+                    }
+                    Pending::LocalWait(tag) => self.test_wait_ended(tag, result),
+                    _ => {}
+                }
+            }
+            for (pending, result) in errs {
+                match pending {
+                    Pending::ForwardErr { link, id } => {
+                        self.forwarded_err_answered(at, (link, id), result);
+                    }
+                    Pending::LocalErr(tag) => {
+                        self.err_answers.insert(tag, result);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -461,6 +497,7 @@ impl Sim {
                 progress = true;
                 let (client, notify) = (link.client, link.server_closed && !link.client_gone);
                 self.links.remove(&id);
+                self.drop_waits_of(id);
                 if notify {
                     self.client_lost(client, id, "the server closed the connection");
                 }

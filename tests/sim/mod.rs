@@ -12,6 +12,7 @@
 //! - `net`: connections (two byte pipes), the knobs and the random numbers;
 //! - `source`: roots and mirrors, and the versioned clock their server sessions read;
 //! - `drive`: the drivers' work between two moments;
+//! - `remote`: remote waits and last-error requests, run at roots and forwarded by mirrors;
 //! - this file: building a tree, reading it, mutations, faults and the clock.
 
 #![allow(
@@ -21,6 +22,7 @@
 
 mod drive;
 mod net;
+mod remote;
 mod source;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +32,7 @@ use std::time::Duration;
 
 use asyncmachine::machine::{
     Args, Machine, Mutation, MutationError, MutationKind, Outcome, Schema, SchemaDef, StateDef,
-    StateSource,
+    StateSource, WaitError,
 };
 use asyncmachine::mirror::backoff::Jitter;
 use asyncmachine::proto::Compression;
@@ -43,6 +45,7 @@ use asyncmachine::proto::session::{
 
 pub use net::{Knobs, SourceAt};
 use net::{Link, Pipe, Rng};
+use remote::{ServedWait, TestWait};
 pub use source::{Kind, MirrorSide, Source};
 use source::{Pending, empty_schema};
 
@@ -50,15 +53,13 @@ use source::{Pending, empty_schema};
 /// two that remove each other.
 pub fn schema() -> Arc<Schema> {
     Arc::new(
-        Schema::new(SchemaDef {
-            states: vec![
-                StateDef::new("Start"),
-                StateDef::new("Flag").require(["Start"]),
-                StateDef::new("Tick").multi(),
-                StateDef::new("Green").remove(["Red"]),
-                StateDef::new("Red").remove(["Green"]),
-            ],
-        })
+        Schema::new(SchemaDef::of_states(vec![
+            StateDef::new("Start"),
+            StateDef::new("Flag").require(["Start"]),
+            StateDef::new("Tick").multi(),
+            StateDef::new("Green").remove(["Red"]),
+            StateDef::new("Red").remove(["Green"]),
+        ]))
         .expect("valid schema"),
     )
 }
@@ -128,6 +129,13 @@ pub struct Sim {
     next_tag: u64,
     /// The `uid` of each tag's mutation.
     uids: BTreeMap<u64, String>,
+    /// Waits nodes' servers run for their clients, by connection and the session's key.
+    served_waits: BTreeMap<(u64, u64), ServedWait>,
+    /// The test's waits not ended yet, and the ends of the others, by tag.
+    test_waits: BTreeMap<u64, TestWait>,
+    wait_results: BTreeMap<u64, Result<(), WaitError>>,
+    /// Answers to the test's last-error requests, by tag.
+    err_answers: BTreeMap<u64, Result<Option<String>, MutationError>>,
 }
 
 impl Sim {
@@ -145,6 +153,10 @@ impl Sim {
             answers: Vec::new(),
             next_tag: 1,
             uids: BTreeMap::new(),
+            served_waits: BTreeMap::new(),
+            test_waits: BTreeMap::new(),
+            wait_results: BTreeMap::new(),
+            err_answers: BTreeMap::new(),
         }
     }
 
@@ -500,6 +512,7 @@ impl Sim {
         for id in served {
             self.break_link_id(id);
         }
+        self.dispose_test_waits_at(at);
         let node = &mut self.nodes[at.node];
         let source = &mut node.sources[at.source];
         assert!(source.machine().is_some(), "only a root restarts");
@@ -524,6 +537,7 @@ impl Sim {
             let config = side.session.config().clone();
             (side.upstream, config, side.expected.clone())
         };
+        self.dispose_test_waits_at(at);
         let side = self.fresh_mirror(upstream, config, expected);
         let source = &mut self.nodes[at.node].sources[at.source];
         *source = Source::mirror(&source.name, side);
@@ -534,6 +548,7 @@ impl Sim {
         let Some(mut link) = self.links.remove(&id) else {
             return;
         };
+        self.drop_waits_of(id);
         link.session
             .close(CloseReason::Io("the connection broke".into()));
         if !link.client_gone {

@@ -14,13 +14,22 @@ use asyncmachine::proto::session::{
     ClientSession, ClockFeed, DiffCache, HandshakeError, Moment, Versioned,
 };
 
-/// Who waits for the answer to a mutation a mirror sent upstream.
+/// Who waits for what a mirror asked upstream: a mutation's answer, a remote wait's end, the
+/// last error.
 #[derive(Debug)]
 pub enum Pending {
     /// A client of this node, on this connection, under this request id.
     Forward { link: u64, id: u64 },
     /// The test, under this tag (see [`super::Answer`]).
     Local(u64),
+    /// A client's remote wait, forwarded: its connection, its id and the server session's key.
+    ForwardWait { link: u64, id: u64, wait: u64 },
+    /// The test's remote wait, under this tag.
+    LocalWait(u64),
+    /// A client's last-error request, forwarded: its connection and request id.
+    ForwardErr { link: u64, id: u64 },
+    /// The test's last-error request, under this tag.
+    LocalErr(u64),
 }
 
 /// A source a node serves.
@@ -166,6 +175,18 @@ impl Source {
         }
     }
 
+    /// The source's parent id and tags, as a welcome carries them: a root's own, a mirror's
+    /// source's (from its last welcome).
+    pub fn identity(&self) -> (Option<String>, Vec<String>) {
+        match &self.kind {
+            Kind::Root(root) => (root.machine.parent_id(), root.machine.tags()),
+            Kind::Mirror(side) => (
+                side.session.parent_id().map(str::to_owned),
+                side.session.tags().to_vec(),
+            ),
+        }
+    }
+
     pub fn published(&self) -> Versioned {
         lock(&self.clock).clone()
     }
@@ -225,7 +246,7 @@ impl MirrorSide {
 
 /// The schema of a mirror that has none yet (as `Mirror::connect` starts).
 pub fn empty_schema() -> Arc<Schema> {
-    Arc::new(Schema::new(SchemaDef { states: Vec::new() }).expect("an empty schema is valid"))
+    Arc::new(Schema::new(SchemaDef::of_states(Vec::new())).expect("an empty schema is valid"))
 }
 
 /// A source as its server sessions read it.
@@ -255,8 +276,14 @@ impl ClockFeed for Feed<'_> {
 /// A mutation's result as a server hands it to its session: a refusal from further up passes
 /// down as its reason alone (as the server's connection does).
 pub fn as_reply(result: Result<Outcome, MutationError>) -> Result<Outcome, String> {
-    result.map_err(|e| match e {
+    result.map_err(reason)
+}
+
+/// A request's failure as a server hands it to its session (the server's connection's
+/// `reason`).
+pub fn reason(error: MutationError) -> String {
+    match error {
         MutationError::Refused(reason) => reason,
         other => other.to_string(),
-    })
+    }
 }

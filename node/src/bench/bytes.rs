@@ -84,7 +84,7 @@ async fn run_one(
             }
         })
         .collect();
-    let schema = Schema::new(SchemaDef { states: defs }).map_err(|e| setup("schema", &e))?;
+    let schema = Schema::new(SchemaDef::of_states(defs)).map_err(|e| setup("schema", &e))?;
     let machine = Machine::new(schema);
     let transport = super::transport_for(scheme)?;
     let server = Server::new(ServerConfig {

@@ -131,39 +131,34 @@ impl Machine {
     // ----- the machine's log -----
 
     pub fn log_level(&self) -> LogLevel {
-        LogLevel::from_u8(self.shared.log_level.load(Ordering::Relaxed))
+        self.shared.log.level()
     }
 
     /// How much the machine logs from now on (Go's `SetLogLevel`).
     pub fn set_log_level(&self, level: LogLevel) {
-        self.shared.log_level.store(level as u8, Ordering::Relaxed);
+        self.shared.log.set_level(level);
     }
 
     /// Where the log goes: a function of the level and the line (Go's `SetLogger`); `None`
     /// goes back to `tracing`.
     pub fn set_logger(&self, logger: Option<Logger>) {
-        *lock(&self.shared.logger) = logger;
+        self.shared.log.set_logger(logger);
     }
 
     /// Which arguments mutation lines show (Go's log-args mapper); `None` shows none.
     pub fn set_log_args(&self, log_args: Option<LogArgs>) {
-        *lock(&self.shared.log_args) = log_args;
+        self.shared.log.set_args(log_args);
     }
 
     /// A line of the user's in the machine's log, at [`LogLevel::External`] (Go's `Log`).
     /// Lines are single: line breaks become spaces.
     pub fn log(&self, message: &str) {
-        if self.log_level() >= LogLevel::External && !self.is_disposed() {
-            let line = format!("[extern] {}", message.replace(['\n', '\r'], " "));
-            self.emit_log(LogLevel::External, &line);
+        if !self.is_disposed() {
+            self.shared.log.external(&self.shared.id, message);
         }
     }
 
     pub(super) fn emit_log(&self, level: LogLevel, line: &str) {
-        let logger = lock(&self.shared.logger).clone();
-        match logger {
-            Some(logger) => logger(level, line),
-            None => crate::machine::log::to_tracing(&self.shared.id, level, line),
-        }
+        self.shared.log.emit(&self.shared.id, level, line);
     }
 }

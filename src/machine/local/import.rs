@@ -70,6 +70,8 @@ impl Machine {
         self.process(|_| {
             if let Some(observers) = observers {
                 observers.clock_changed(&ClockChange {
+                    source: self,
+                    schema: &schema,
                     before: &before,
                     after: &after,
                     changed: &changed,

@@ -38,7 +38,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -46,7 +46,7 @@ use tracing::{debug, error, warn};
 
 use super::bind::{Binding, HandlerTable, Handlers, TracerId};
 use super::handlers::{Completion, Event, HandlerKind, Verdict, panic_message};
-use super::log::{LogArgs, LogLevel, Logger};
+use super::log::{LogArgs, LogLevel, Logger, MachineLog};
 use super::observers::Observers;
 use super::resolve::{
     CancelReason, MutationKind, Order, Plan, Scratch, is_active, resolve, resolve_in,
@@ -54,8 +54,8 @@ use super::resolve::{
 use super::schema::EXCEPTION;
 use super::schema::Schema;
 use super::source::{
-    ClockChange, ErrFuture, Mutation, MutationError, MutationFuture, Observer, ObserverId, Outcome,
-    StateSource, Transition,
+    ClockChange, DisposeHook, ErrFuture, Mutation, MutationError, MutationFuture, Observer,
+    ObserverId, Outcome, StateSource, Transition,
 };
 use super::tracer::Tracer;
 use super::value::Args;
@@ -89,13 +89,9 @@ struct Shared {
     tags: Mutex<Vec<String>>,
     /// The handler timeout and the clock it is measured with, when set.
     timing: Option<HandlerTiming>,
-    log_level: AtomicU8,
-    logger: Mutex<Option<Logger>>,
-    log_args: Mutex<Option<LogArgs>>,
+    log: MachineLog,
     dispose_hooks: Mutex<Vec<DisposeHook>>,
 }
-
-type DisposeHook = Box<dyn FnOnce(&str) + Send>;
 
 /// A monotonic clock for handler timeouts: the time since any fixed start.
 pub type TimeSource = Arc<dyn Fn() -> std::time::Duration + Send + Sync>;
@@ -412,9 +408,7 @@ impl MachineBuilder {
                     limit,
                     now: self.time_source.unwrap_or_else(monotonic),
                 }),
-                log_level: AtomicU8::new(self.log_level as u8),
-                logger: Mutex::new(None),
-                log_args: Mutex::new(None),
+                log: MachineLog::new(self.log_level),
                 dispose_hooks: Mutex::new(Vec::new()),
             }),
         };
@@ -782,8 +776,8 @@ impl StateSource for Machine {
         self.schema_ref()
     }
 
-    fn parent_id(&self) -> Option<&str> {
-        self.shared.parent_id.as_deref()
+    fn parent_id(&self) -> Option<String> {
+        self.shared.parent_id.clone()
     }
 
     fn tags(&self) -> Vec<String> {
@@ -855,5 +849,49 @@ impl StateSource for Machine {
 
     fn err(&self) -> ErrFuture {
         Box::pin(std::future::ready(Ok(self.last_error())))
+    }
+
+    fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId {
+        Machine::bind_tracer(self, tracer)
+    }
+
+    fn detach_tracer(&self, id: TracerId) -> bool {
+        Machine::detach_tracer(self, id)
+    }
+
+    fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
+        Machine::tracers(self)
+    }
+
+    fn log_level(&self) -> LogLevel {
+        Machine::log_level(self)
+    }
+
+    fn set_log_level(&self, level: LogLevel) {
+        Machine::set_log_level(self, level);
+    }
+
+    fn set_logger(&self, logger: Option<Logger>) {
+        Machine::set_logger(self, logger);
+    }
+
+    fn set_log_args(&self, log_args: Option<LogArgs>) {
+        Machine::set_log_args(self, log_args);
+    }
+
+    fn log(&self, message: &str) {
+        Machine::log(self, message);
+    }
+
+    fn dispose(&self) {
+        Machine::dispose(self);
+    }
+
+    fn on_dispose(&self, hook: DisposeHook) {
+        Machine::on_dispose(self, hook);
+    }
+
+    fn is_disposed(&self) -> bool {
+        Machine::is_disposed(self)
     }
 }

@@ -68,7 +68,7 @@ impl Machine {
             core.ticks.resize(schema.len(), 0);
             core.waiters.grow(schema.len());
             Arc::make_mut(&mut core.handlers).grow(schema.len());
-            let old = std::mem::replace(&mut core.schema, schema);
+            let old = std::mem::replace(&mut core.schema, schema.clone());
             debug!(machine = %self.shared.id, states = core.schema.len(), "schema enlarged");
             (
                 old,
@@ -80,6 +80,8 @@ impl Machine {
             )
         };
         observers.clock_changed(&ClockChange {
+            source: self,
+            schema: &schema,
             before: &before,
             after: &after,
             changed: &changed,

@@ -41,7 +41,7 @@ impl Tx<'_> {
         TransitionTrace {
             machine: &self.machine.shared.id,
             schema: self.schema,
-            mutation: self.mutation,
+            mutation: Some(self.mutation),
             queue_tick: self.queue_tick,
             before: self.before,
             after,
@@ -320,6 +320,8 @@ impl Machine {
                 auto: mutation.auto,
             };
             observers.clock_changed(&ClockChange {
+                source: self,
+                schema,
                 before: &before,
                 after: &after,
                 changed: &changed,
@@ -549,20 +551,10 @@ impl Machine {
         } else {
             LogLevel::Ops
         };
-        tx.log(level, || {
-            let called: Vec<&str> = tx
-                .mutation
-                .states
-                .iter()
-                .map(|&s| tx.schema.name(s))
-                .collect();
-            let auto = if tx.mutation.auto { ":auto" } else { "" };
-            let args = lock(&self.shared.log_args)
-                .as_ref()
-                .map(|log_args| log_args.render(&tx.mutation.args))
-                .unwrap_or_default();
-            format!("[{}{auto}] {}{args}", tx.mutation.kind, called.join(" "))
-        });
+        if tx.level >= level {
+            let log = &self.shared.log;
+            log.mutation(&self.shared.id, level, tx.schema, tx.mutation);
+        }
     }
 
     /// The steps the resolution decided, and the states relations implied (logged).
@@ -606,19 +598,11 @@ impl Machine {
     }
 
     fn log_changes(&self, tx: &Tx<'_>, after: &[u64], changed: &[usize]) {
-        if changed.is_empty() {
-            return;
+        if tx.level >= LogLevel::Changes {
+            self.shared
+                .log
+                .changes(&self.shared.id, tx.schema, after, changed);
         }
-        tx.log(LogLevel::Changes, || {
-            let marks: Vec<String> = changed
-                .iter()
-                .map(|&s| {
-                    let sign = if is_active(after[s]) { '+' } else { '-' };
-                    format!("{sign}{}", tx.schema.name(s))
-                })
-                .collect();
-            format!("[state] {}", marks.join(" "))
-        });
     }
 }
 

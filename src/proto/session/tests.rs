@@ -13,6 +13,7 @@ use crate::proto::handshake::Offer;
 use crate::proto::message::{Message, RefusalKind, Snapshot};
 use crate::proto::{FrameConfig, FrameReader, encode_frame};
 
+mod identity;
 mod remote;
 mod schema_change;
 
@@ -36,6 +37,8 @@ struct Source {
     schema: Arc<Schema>,
     clock: Versioned,
     ancestry: Vec<String>,
+    parent_id: Option<String>,
+    tags: Vec<String>,
 }
 
 impl Source {
@@ -51,6 +54,8 @@ impl Source {
             },
             schema,
             ancestry: vec!["root".into()],
+            parent_id: None,
+            tags: Vec::new(),
         }
     }
 
@@ -151,6 +156,8 @@ impl Pair {
                         ticks: self.source.clock.ticks.to_vec(),
                         queue_tick: self.source.clock.queue_tick,
                     },
+                    parent_id: self.source.parent_id.clone(),
+                    tags: self.source.tags.clone(),
                 };
                 if let Some(accepted) = self.server.accept(offer) {
                     let start = self.source.clock.clone();

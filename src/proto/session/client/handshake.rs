@@ -1,5 +1,6 @@
 //! A client session's handshake: the server's answer to the hello, and what a welcome must be
-//! (a valid schema, the one the mirror expects or an enlargement of it) to open the session.
+//! (a valid schema, the one the mirror expects or an enlargement of it) to open the session;
+//! the source's identity it carries (ancestry, parent id, tags).
 
 use std::sync::Arc;
 
@@ -69,6 +70,8 @@ impl<P> ClientSession<P> {
             reconnect: self.sessions > 0,
         });
         self.sessions += 1;
+        self.parent_id = welcome.parent_id;
+        self.tags = welcome.tags;
         self.replace(schema, &welcome.snapshot);
         self.set_upstream(welcome.ancestry);
         self.resend_waits();

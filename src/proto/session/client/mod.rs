@@ -141,6 +141,9 @@ pub struct ClientSession<P> {
     tracked: Tracked,
     /// The source's ancestry, from the last welcome or update.
     upstream: Vec<String>,
+    /// The source's parent id and tags, from the last welcome.
+    parent_id: Option<String>,
+    tags: Vec<String>,
     requests: Requests<Request<P>>,
     /// Remote waits, kept across connections.
     waits: Requests<remote::RemoteWait<P>>,
@@ -174,6 +177,8 @@ impl<P> ClientSession<P> {
             queue_tick: 0,
             tracked: Tracked::All,
             upstream: Vec::new(),
+            parent_id: None,
+            tags: Vec::new(),
             requests: Requests::default(),
             waits: Requests::default(),
             phase: Phase::Idle,
@@ -217,6 +222,16 @@ impl<P> ClientSession<P> {
     /// The source's id and its upstreams' ids, nearest first.
     pub fn upstream(&self) -> &[String] {
         &self.upstream
+    }
+
+    /// The source's parent id (Go's `ParentId`), as the last welcome carried it.
+    pub fn parent_id(&self) -> Option<&str> {
+        self.parent_id.as_deref()
+    }
+
+    /// The source's tags (Go's `Tags`), as the last welcome carried them.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
     }
 
     /// Requests waiting for answers.

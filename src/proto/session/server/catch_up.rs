@@ -3,8 +3,8 @@
 //! ancestry, a snapshot when the clock went back, pacing, a source's schema change: passed on
 //! when the new schema enlarges the client's, the end of the session otherwise).
 //!
-//! An enlarged schema keeps every state at its position, so what the client holds stays
-//! valid: its tracked states, the states it may mutate, its pending waits and requests. The
+//! An enlarged schema (or one that only changed its groups) keeps every state at its position,
+//! so what the client holds stays valid: its tracked states, the states it may mutate, its pending waits and requests. The
 //! client gets `SchemaChanged` with the new schema and a snapshot of the source's clock in it,
 //! and goes on. Its grant stays as given, in positions: a client that sees every state sees
 //! the new ones too; one whose view was narrowed (a track list, a `see` rule) keeps its view,
@@ -161,7 +161,7 @@ impl ServerSession {
         let Phase::Ready(client) = &mut self.phase else {
             return;
         };
-        info!(client = %client.id, from = client.schema.len(), to = schema.len(), "the source's schema grew; passing it on");
+        info!(client = %client.id, from = client.schema.len(), to = schema.len(), "the source's schema changed and keeps the client's states; passing it on");
         let snapshot = Snapshot {
             ticks: client.tracked.mask(&latest.ticks),
             queue_tick: latest.queue_tick,
