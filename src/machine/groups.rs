@@ -11,7 +11,7 @@
 //!
 //! [`SchemaDef::groups`]: super::SchemaDef::groups
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use serde::de::DeserializeSeed;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -64,7 +64,7 @@ fn members<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D:
 /// The groups with their states' positions, in the order given; or what is wrong with them.
 pub(crate) fn resolve(
     groups: &[GroupDef],
-    index: &HashMap<String, usize>,
+    index: &FxHashMap<String, usize>,
 ) -> Result<Vec<(String, Vec<usize>)>, SchemaError> {
     if groups.len() > MAX_GROUPS {
         return Err(SchemaError::TooManyGroups(groups.len()));

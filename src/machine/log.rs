@@ -283,12 +283,10 @@ mod tests {
 
     #[test]
     fn a_log_writes_the_lines_of_its_level_to_its_logger() {
-        let schema = Schema::new(crate::machine::SchemaDef {
-            states: vec![
-                crate::machine::StateDef::new("A"),
-                crate::machine::StateDef::new("B"),
-            ],
-        })
+        let schema = Schema::new(crate::machine::SchemaDef::of_states(vec![
+            crate::machine::StateDef::new("A"),
+            crate::machine::StateDef::new("B"),
+        ]))
         .expect("valid");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();

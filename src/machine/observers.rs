@@ -101,9 +101,9 @@ mod tests {
         assert!(observers.remove(id));
         assert!(!observers.remove(id), "removed once");
         let machine = crate::machine::Machine::new(
-            crate::machine::Schema::new(crate::machine::SchemaDef {
-                states: vec![crate::machine::StateDef::new("A")],
-            })
+            crate::machine::Schema::new(crate::machine::SchemaDef::of_states(vec![
+                crate::machine::StateDef::new("A"),
+            ]))
             .expect("valid"),
         );
         let schema = machine.schema();

@@ -19,13 +19,11 @@ use crate::proto::{FrameConfig, Message, encode_frame};
 
 /// `A`, `B`, `M` (multi) and `Exception`.
 fn schema() -> Arc<Schema> {
-    let def = SchemaDef {
-        states: vec![
-            StateDef::new("A"),
-            StateDef::new("B"),
-            StateDef::new("M").multi(),
-        ],
-    };
+    let def = SchemaDef::of_states(vec![
+        StateDef::new("A"),
+        StateDef::new("B"),
+        StateDef::new("M").multi(),
+    ]);
     Arc::new(Schema::new(def).expect("valid"))
 }
 
@@ -68,6 +66,8 @@ impl Harness {
                 queue_tick: 1,
             },
             granted: Granted::default(),
+            parent_id: None,
+            tags: Vec::new(),
         }));
         harness
     }

@@ -138,7 +138,7 @@ fn unknown_names_bind_nothing_unbinding_and_disposal_stop_them() {
 fn a_schema_that_moved_states_runs_any_state_only_and_names_follow_it() {
     let schema = |names: &[&str]| {
         let states = names.iter().map(|&n| StateDef::new(n)).collect();
-        Schema::new(SchemaDef { states }).expect("valid")
+        Schema::new(SchemaDef::of_states(states)).expect("valid")
     };
     let old = schema(&["A", "B", "Exception"]);
     let moved = schema(&["B", "A", "Exception"]);
