@@ -60,6 +60,7 @@ pub mod machine;
 pub mod metrics;
 pub mod printable;
 pub mod proto;
+mod replica;
 
 #[cfg(feature = "net")]
 pub mod certs;

@@ -20,9 +20,10 @@ use serde_json::json;
 /// foo's and bar's schema, as relay/web/foobar.js has it.
 fn schema() -> Arc<Schema> {
     Arc::new(
-        Schema::new(SchemaDef {
-            states: vec![StateDef::new("Msg").multi(), StateDef::new("Reply").multi()],
-        })
+        Schema::new(SchemaDef::of_states(vec![
+            StateDef::new("Msg").multi(),
+            StateDef::new("Reply").multi(),
+        ]))
         .expect("valid"),
     )
 }

@@ -9,47 +9,19 @@
 //! [`MirrorEvent::Closed`] or a failed handshake it connects again when it likes, and the clock
 //! stays the last one known meanwhile.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::reply::Reply;
-use crate::machine::observers::Observers;
-use crate::machine::waiters::{Registration, WaiterHost, WaiterSet, make_when};
 use crate::machine::{
-    Args, ClockChange, Condition, ErrFuture, Mutation, MutationError, MutationFuture, Observer,
-    ObserverId, Outcome, Schema, StateSource, UpstreamInfo, WaitError, When,
+    Args, Condition, DisposeHook, ErrFuture, LogArgs, LogLevel, Logger, Mutation, MutationError,
+    MutationFuture, Observer, ObserverId, Schema, StateSource, Tracer, TracerId, UpstreamInfo,
+    When,
 };
-use crate::proto::message::Payload;
-use crate::proto::session::{
-    ClientConfig, ClientEvent, ClientSession, HandshakeError, Moment, Phase,
-};
+use crate::proto::session::{ClientConfig, ClientSession, Moment, Phase};
+use crate::replica::{Pending, ReplicaCore};
 
 /// What the event loop (or the page) is told after an input.
-#[derive(Debug)]
-pub enum MirrorEvent {
-    /// The handshake succeeded: the clock is the source's (`reconnect` after the first).
-    Ready { reconnect: bool },
-    /// The handshake failed: close the transport; a refusal may be permanent.
-    HandshakeFailed(HandshakeError),
-    /// The source ended the session (or broke the protocol): close the transport.
-    Closed(String),
-    /// A payload the source sent.
-    Payload(Payload),
-}
-
-type Hook = Box<dyn Fn() + Send + Sync>;
-
-type MutationAnswer = Result<Outcome, MutationError>;
-type ErrAnswer = Result<Option<String>, MutationError>;
-
-/// Who waits for what the session hands back.
-#[derive(Debug)]
-enum Pending {
-    Answer(Reply<MutationAnswer>),
-    Err(Reply<ErrAnswer>),
-    /// A remote wait: its waiter in the mirror's waiter set.
-    Wait(u64),
-}
+pub use crate::replica::ReplicaEvent as MirrorEvent;
 
 /// A mirror of a remote source over a connection driven from outside.
 #[derive(Clone)]
@@ -58,76 +30,18 @@ pub struct DrivenMirror {
 }
 
 struct Shared {
-    id: String,
     endpoint: String,
-    inner: Mutex<Inner>,
-    /// Called when bytes were queued outside a driver call (a mutation).
-    outbound: Hook,
-}
-
-struct Inner {
-    session: ClientSession<Pending>,
-    schema: Arc<Schema>,
-    waiters: WaiterSet,
-    /// Remote waits (`when_args`) by waiter: their ids in the session.
-    remote_waits: HashMap<u64, u64>,
-    observers: Observers,
-    last_error: Option<String>,
-    reconnects: u64,
-    /// The queue tick observers were last told of.
-    told_queue_tick: u64,
-}
-
-/// What an input calls for once the lock is released, in the order it happened.
-#[derive(Default)]
-struct Effects {
-    notices: Vec<Notice>,
-    ancestry: Vec<(Vec<String>, crate::machine::observers::ObserverSnapshot)>,
-    answers: Vec<(Reply<MutationAnswer>, MutationAnswer)>,
-    errs: Vec<(Reply<ErrAnswer>, ErrAnswer)>,
-    events: Vec<MirrorEvent>,
-}
-
-struct Notice {
-    before: Vec<u64>,
-    after: Vec<u64>,
-    changed: Vec<usize>,
-    queue_tick: u64,
-    observers: crate::machine::observers::ObserverSnapshot,
+    /// The session, the clock and what watches it (`crate::replica`, as in a network mirror).
+    core: Arc<ReplicaCore>,
+    reconnects: AtomicU64,
 }
 
 impl std::fmt::Debug for DrivenMirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DrivenMirror")
-            .field("id", &self.shared.id)
+            .field("id", &self.shared.core.id)
             .field("endpoint", &self.shared.endpoint)
             .finish()
-    }
-}
-
-impl WaiterHost for Shared {
-    /// A waiter was dropped before it ended; a remote one is withdrawn at the source too.
-    fn cancel_waiter(&self, id: u64) {
-        let withdrawn = {
-            let mut inner = self.lock();
-            inner.waiters.remove(id);
-            match inner.remote_waits.remove(&id) {
-                Some(wait) => {
-                    inner.session.cancel_wait(wait);
-                    true
-                }
-                None => false,
-            }
-        };
-        if withdrawn {
-            (self.outbound)();
-        }
-    }
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -145,46 +59,41 @@ impl DrivenMirror {
         let clock_schema = schema.clone().unwrap_or_else(placeholder);
         DrivenMirror {
             shared: Arc::new(Shared {
-                id: id.into(),
                 endpoint: endpoint.into(),
-                inner: Mutex::new(Inner {
-                    waiters: WaiterSet::new(clock_schema.len()),
-                    session: ClientSession::new(config, schema),
-                    remote_waits: HashMap::new(),
-                    schema: clock_schema,
-                    observers: Observers::default(),
-                    last_error: None,
-                    reconnects: 0,
-                    told_queue_tick: 0,
-                }),
-                outbound: Box::new(outbound),
+                core: ReplicaCore::new(
+                    id.into(),
+                    ClientSession::new(config, schema),
+                    clock_schema,
+                    Box::new(outbound),
+                ),
+                reconnects: AtomicU64::new(0),
             }),
         }
     }
 
     /// Where the session is.
     pub fn phase(&self) -> Phase {
-        self.shared.lock().session.phase()
+        self.shared.core.lock().session.phase()
     }
 
     /// Why the last connection failed or ended, until the next one is ready.
     pub fn last_error(&self) -> Option<String> {
-        self.shared.lock().last_error.clone()
+        self.shared.core.last_error()
     }
 
     /// When [`DrivenMirror::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Moment> {
-        self.shared.lock().session.poll_timeout()
+        self.shared.core.lock().session.poll_timeout()
     }
 
     /// Takes the bytes to send, in order (appended to `out`).
     pub fn take_transmit(&self, out: &mut Vec<u8>) {
-        let mut inner = self.shared.lock();
+        let mut replica = self.shared.core.lock();
         if out.is_empty() {
-            inner.session.take_transmit(out);
+            replica.session.take_transmit(out);
         } else {
             let mut taken = Vec::new();
-            inner.session.take_transmit(&mut taken);
+            replica.session.take_transmit(&mut taken);
             out.extend_from_slice(&taken);
         }
     }
@@ -209,251 +118,161 @@ impl DrivenMirror {
         self.input(|session| session.handle_lost(reason))
     }
 
-    /// Says goodbye (when connected; take the bytes) and ends the mirror: waits end with
-    /// `Disposed`, mutations fail.
+    /// Disposes the mirror ([`StateSource::dispose`]): says goodbye (when connected; take the
+    /// bytes), waits end with `Disposed`, mutations fail, reads answer empty. The session's
+    /// last events (none when it was disposed already).
     pub fn close(&self) -> Vec<MirrorEvent> {
-        let events = self.input(ClientSession::close);
-        self.shared.lock().waiters.close();
-        events
+        self.shared.core.dispose(self).unwrap_or_default()
     }
 
-    fn input(&self, f: impl FnOnce(&mut ClientSession<Pending>)) -> Vec<MirrorEvent> {
-        let mut effects = Effects::default();
-        {
-            let mut inner = self.shared.lock();
-            f(&mut inner.session);
-            inner.drain(&self.shared.id, &mut effects);
-        }
-        effects.apply()
-    }
-}
-
-impl Inner {
-    /// Takes the session's events: waiters and the schema now, the rest gathered for later.
-    fn drain(&mut self, id: &str, effects: &mut Effects) {
-        while let Some(event) = self.session.poll_event() {
-            match event {
-                ClientEvent::Ready { reconnect } => {
-                    self.last_error = None;
-                    if reconnect {
-                        self.reconnects += 1;
-                    }
-                    effects.events.push(MirrorEvent::Ready { reconnect });
-                }
-                ClientEvent::HandshakeFailed(e) => {
-                    self.last_error = Some(e.to_string());
-                    effects.events.push(MirrorEvent::HandshakeFailed(e));
-                }
-                ClientEvent::ClockChanged {
-                    before,
-                    changed,
-                    schema_changed,
-                    ..
-                } => {
-                    if schema_changed && let Some(schema) = self.session.schema() {
-                        if schema.extends(&self.schema) {
-                            // Enlarged: every position keeps its state, every waiter stays.
-                            self.waiters.grow(schema.len());
-                        } else {
-                            // Positions mean other states now: waits on the old ones end.
-                            self.waiters.reset(schema.len());
-                        }
-                        self.schema = schema.clone();
-                    }
-                    let ticks = self.session.ticks();
-                    self.waiters.clock_changed(ticks, changed.iter().copied());
-                    let queue_tick = self.session.queue_tick();
-                    let went_back = queue_tick < self.told_queue_tick;
-                    if !self.observers.is_empty() && (!changed.is_empty() || went_back) {
-                        effects.notices.push(Notice {
-                            before,
-                            after: ticks.to_vec(),
-                            changed,
-                            queue_tick,
-                            observers: self.observers.snapshot(),
-                        });
-                    }
-                    self.told_queue_tick = queue_tick;
-                }
-                ClientEvent::Answered {
-                    pending: Pending::Answer(answer),
-                    result,
-                } => effects.answers.push((answer, result)),
-                ClientEvent::ErrAnswered {
-                    pending: Pending::Err(answer),
-                    result,
-                } => effects.errs.push((answer, result)),
-                ClientEvent::WaitEnded {
-                    pending: Pending::Wait(waiter),
-                    result,
-                } => {
-                    self.remote_waits.remove(&waiter);
-                    self.waiters.finish(waiter, result);
-                }
-                // The session hands each kind of request back as the event of its kind.
-                ClientEvent::Answered { .. }
-                | ClientEvent::ErrAnswered { .. }
-                | ClientEvent::WaitEnded { .. } => {}
-                ClientEvent::Payload(payload) => effects.events.push(MirrorEvent::Payload(payload)),
-                ClientEvent::Ancestry(upstream) => {
-                    let mine = std::iter::once(id.to_owned()).chain(upstream).collect();
-                    effects.ancestry.push((mine, self.observers.snapshot()));
-                }
-                ClientEvent::Resync => {}
-                ClientEvent::Closed(reason) => {
-                    self.last_error = Some(reason.clone());
-                    effects.events.push(MirrorEvent::Closed(reason));
-                }
-            }
-        }
+    fn input(&self, input: impl FnOnce(&mut ClientSession<Pending>)) -> Vec<MirrorEvent> {
+        let drained = self.shared.core.input(self, input);
+        let reconnects = drained
+            .events
+            .iter()
+            .filter(|e| matches!(e, MirrorEvent::Ready { reconnect: true }))
+            .count();
+        self.shared
+            .reconnects
+            .fetch_add(reconnects as u64, Ordering::Relaxed);
+        drained.events
     }
 }
 
-impl Effects {
-    /// Tells observers, then callers; gives the driver its events.
-    fn apply(self) -> Vec<MirrorEvent> {
-        for notice in self.notices {
-            notice.observers.clock_changed(&ClockChange {
-                before: &notice.before,
-                after: &notice.after,
-                changed: &notice.changed,
-                queue_tick: notice.queue_tick,
-                transition: None,
-            });
+/// A canceled answer: the mirror (and its session) went away before the source answered.
+fn answer<T>(
+    asked: Result<futures_channel::oneshot::Receiver<Result<T, MutationError>>, MutationError>,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<T, MutationError>> + Send>>
+where
+    T: Send + 'static,
+{
+    Box::pin(async move {
+        match asked?.await {
+            Ok(result) => result,
+            Err(_) => Err(MutationError::Disconnected),
         }
-        for (ancestry, observers) in &self.ancestry {
-            observers.ancestry_changed(ancestry);
-        }
-        for (reply, result) in self.answers {
-            reply.send(result);
-        }
-        for (reply, result) in self.errs {
-            reply.send(result);
-        }
-        self.events
-    }
+    })
 }
 
+/// Reads, waits, watchers and disposal are the replica's, as on a network mirror; requests
+/// to the source wait for its answer without a deadline (the page's glue sets one).
 impl StateSource for DrivenMirror {
     fn id(&self) -> &str {
-        &self.shared.id
+        &self.shared.core.id
     }
 
     fn schema(&self) -> Arc<Schema> {
-        self.shared.lock().schema.clone()
+        self.shared.core.schema()
+    }
+
+    fn parent_id(&self) -> Option<String> {
+        self.shared.core.parent_id()
+    }
+
+    fn tags(&self) -> Vec<String> {
+        self.shared.core.tags()
     }
 
     fn clock(&self) -> Vec<u64> {
-        self.shared.lock().session.ticks().to_vec()
+        self.shared.core.clock()
     }
 
     fn tick_at(&self, idx: usize) -> u64 {
-        self.shared
-            .lock()
-            .session
-            .ticks()
-            .get(idx)
-            .copied()
-            .unwrap_or(0)
+        self.shared.core.tick_at(idx)
     }
 
     fn queue_tick(&self) -> u64 {
-        self.shared.lock().session.queue_tick()
+        self.shared.core.queue_tick()
     }
 
     fn wait(&self, condition: Condition) -> When {
-        let host = Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>;
-        let mut inner = self.shared.lock();
-        let inner = &mut *inner;
-        make_when(
-            host,
-            inner.waiters.register(inner.session.ticks(), condition),
-        )
+        self.shared.core.wait(condition)
     }
 
     /// Asked of the source, which waits (through every hop up to the root) and answers;
     /// dropping the future withdraws the wait up there too.
     fn when_args(&self, state: &str, args: Args) -> When {
-        let host = Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>;
-        let when = {
-            let mut inner = self.shared.lock();
-            let inner = &mut *inner;
-            let Some(idx) = inner.schema.index(state) else {
-                return When::failed(WaitError::UnknownState(state.to_owned()));
-            };
-            let registration = inner.waiters.register_remote();
-            if let Registration::Pending(waiter, _) = &registration {
-                match inner.session.when_args(idx, args, Pending::Wait(*waiter)) {
-                    Ok(wait) => {
-                        inner.remote_waits.insert(*waiter, wait);
-                    }
-                    Err(e) => inner.waiters.finish(*waiter, Err(e)),
-                }
-            }
-            make_when(host, registration)
-        };
-        (self.shared.outbound)();
-        when
+        self.shared.core.when_args(state, args)
     }
 
     /// Asked of the source; fails with `Disconnected` while the mirror is not connected.
     fn err(&self) -> ErrFuture {
-        let reply = Reply::default();
-        let asked = self.shared.lock().session.err(Pending::Err(reply.clone()));
-        match asked {
-            Ok(()) => {
-                (self.shared.outbound)();
-                Box::pin(reply.wait())
-            }
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
+        answer(self.shared.core.err())
     }
 
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
-        let reply = Reply::default();
-        let queued = self
-            .shared
-            .lock()
-            .session
-            .mutate(mutation, Some(Pending::Answer(reply.clone())));
-        match queued {
-            Ok(()) => {
-                (self.shared.outbound)();
-                Box::pin(reply.wait())
-            }
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
+        answer(self.shared.core.mutate(mutation))
     }
 
     fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>) {
-        let mut inner = self.shared.lock();
-        let id = inner.observers.add(observer);
-        (id, inner.session.ticks().to_vec())
+        self.shared.core.observe(observer)
     }
 
     fn unobserve(&self, id: ObserverId) -> bool {
-        self.shared.lock().observers.remove(id)
+        self.shared.core.unobserve(id)
     }
 
     fn ancestry(&self) -> Vec<String> {
-        let inner = self.shared.lock();
-        std::iter::once(self.shared.id.clone())
-            .chain(inner.session.upstream().iter().cloned())
-            .collect()
+        self.shared.core.ancestry()
     }
 
     fn upstream(&self) -> Option<UpstreamInfo> {
-        let inner = self.shared.lock();
         Some(UpstreamInfo {
             endpoint: self.shared.endpoint.clone(),
-            state: match inner.session.phase() {
+            state: match self.phase() {
                 Phase::Ready => "ready",
                 Phase::Handshake => "connecting",
                 Phase::Idle | Phase::Closed => "disconnected",
             },
-            last_error: inner.last_error.clone(),
-            reconnects: inner.reconnects,
+            last_error: self.last_error(),
+            reconnects: self.shared.reconnects.load(Ordering::Relaxed),
         })
+    }
+
+    fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId {
+        self.shared.core.bind_tracer(self, tracer)
+    }
+
+    fn detach_tracer(&self, id: TracerId) -> bool {
+        self.shared.core.detach_tracer(id)
+    }
+
+    fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
+        self.shared.core.tracers()
+    }
+
+    fn log_level(&self) -> LogLevel {
+        self.shared.core.log_level()
+    }
+
+    fn set_log_level(&self, level: LogLevel) {
+        self.shared.core.set_log_level(level);
+    }
+
+    fn set_logger(&self, logger: Option<Logger>) {
+        self.shared.core.set_logger(logger);
+    }
+
+    fn set_log_args(&self, log_args: Option<LogArgs>) {
+        self.shared.core.set_log_args(log_args);
+    }
+
+    fn log(&self, message: &str) {
+        self.shared.core.log(message);
+    }
+
+    /// Says goodbye (the loop takes the bytes and closes its transport) and ends the mirror
+    /// as a disposed machine ends.
+    fn dispose(&self) {
+        self.close();
+    }
+
+    fn on_dispose(&self, hook: DisposeHook) {
+        self.shared.core.on_dispose(hook);
+    }
+
+    fn is_disposed(&self) -> bool {
+        self.shared.core.is_disposed()
     }
 }
 

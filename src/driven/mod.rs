@@ -14,7 +14,6 @@
 //! `std::task` wakers, so any executor (or the web crate's few lines of one) polls them.
 
 mod mirror;
-mod reply;
 mod server;
 
 pub use mirror::{DrivenMirror, MirrorEvent};

@@ -426,6 +426,8 @@ impl DrivenServer {
                 ticks: start.ticks.to_vec(),
                 queue_tick: start.queue_tick,
             },
+            parent_id: shared.source.parent_id(),
+            tags: shared.source.tags(),
         };
         if let Some(accepted) = c.session.accept(offer) {
             c.session.welcome(accepted, schema, start, now, &feed);

@@ -58,14 +58,17 @@ fn ready_mirror(outbound: Arc<AtomicUsize>) -> DrivenMirror {
     assert!(matches!(sent(&mirror)[..], [Message::Hello(_)]));
     let welcome = Welcome {
         ancestry: vec!["root".into()],
-        schema: Some(SchemaDef {
-            states: vec![StateDef::new("A"), StateDef::new("B")],
-        }),
+        schema: Some(SchemaDef::of_states(vec![
+            StateDef::new("A"),
+            StateDef::new("B"),
+        ])),
         snapshot: Snapshot {
             ticks: vec![1, 0, 0],
             queue_tick: 1,
         },
         granted: Granted::default(),
+        parent_id: None,
+        tags: Vec::new(),
     };
     let events = mirror.handle_bytes(&frame(&Message::Welcome(welcome)), Moment::ZERO);
     assert!(
@@ -217,9 +220,10 @@ mod served {
     use crate::proto::session::ServerSessionConfig;
 
     fn machine() -> Machine {
-        let schema = Schema::new(SchemaDef {
-            states: vec![StateDef::new("Foo"), StateDef::new("Bar").require(["Foo"])],
-        })
+        let schema = Schema::new(SchemaDef::of_states(vec![
+            StateDef::new("Foo"),
+            StateDef::new("Bar").require(["Foo"]),
+        ]))
         .expect("valid");
         Machine::builder(schema).id("bar").build()
     }
@@ -343,4 +347,71 @@ mod served {
             "{drives:?}"
         );
     }
+}
+
+/// What watches a driven mirror is what watches a network one (the replica is shared): final
+/// handlers and tracers hear each diff, the log writes it, dispose ends waits, empties reads,
+/// runs its hooks and says goodbye.
+#[test]
+fn final_handlers_tracers_the_log_and_dispose_work_as_on_a_network_mirror() {
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+    impl crate::machine::Tracer for Recorder {
+        fn transition_end(&self, trace: &crate::machine::TransitionTrace<'_>) {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .push(format!("end {:?}", trace.after));
+        }
+        fn machine_dispose(&self, id: &str) {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .push(format!("dispose {id}"));
+        }
+    }
+    let mirror = ready_mirror(Arc::default());
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (handler, logger, hook) = (lines.clone(), lines.clone(), lines.clone());
+    mirror
+        .bind_final(
+            crate::machine::FinalHandlers::new().on_state("B", move |_| {
+                handler.lock().expect("not poisoned").push("BState".into());
+            }),
+        )
+        .expect("known states");
+    mirror.bind_tracer(Arc::new(Recorder(lines.clone())));
+    mirror.set_log_level(crate::machine::LogLevel::Changes);
+    mirror.set_logger(Some(Arc::new(move |_level, line: &str| {
+        logger.lock().expect("not poisoned").push(line.to_owned());
+    })));
+    mirror.on_dispose(Box::new(move |id| {
+        hook.lock()
+            .expect("not poisoned")
+            .push(format!("hook {id}"));
+    }));
+
+    mirror.handle_bytes(
+        &frame(&diff_to(&[1, 0, 0], &[1, 1, 0], (1, 2))),
+        Moment::ZERO,
+    );
+    let taken = std::mem::take(&mut *lines.lock().expect("not poisoned"));
+    assert_eq!(taken.len(), 3, "{taken:?}");
+    assert!(taken[0].contains("+B"), "the log's line first: {taken:?}");
+    assert_eq!(taken[1..], ["BState", "end [1, 1, 0]"]);
+
+    let mut when_never = pin!(mirror.when(&["Exception"]));
+    assert!(poll(when_never.as_mut()).is_pending());
+    let _ = sent(&mirror);
+    mirror.close();
+    assert_eq!(
+        poll(when_never.as_mut()),
+        Poll::Ready(Err(WaitError::Disposed))
+    );
+    assert!(mirror.is_disposed());
+    assert!(mirror.clock().is_empty(), "a disposed mirror reads empty");
+    assert!(matches!(sent(&mirror)[..], [Message::Bye { .. }]));
+    assert_eq!(
+        *lines.lock().expect("not poisoned"),
+        ["hook page", "dispose page"]
+    );
 }

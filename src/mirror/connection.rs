@@ -13,9 +13,9 @@ use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
 use super::config::{ConnState, MirrorError};
-use super::replica::Effects;
 use super::{Shared, backoff};
 use crate::proto::session::{Moment, Phase};
+use crate::replica::ReplicaEvent;
 use crate::transport::{self, BoxStream, TransportError};
 use crate::wire::SessionTimer;
 
@@ -61,7 +61,7 @@ pub(super) async fn drive(
             }
         }
         let Some(shared) = weak.upgrade() else { return };
-        if shared.replica().session.phase() == Phase::Closed {
+        if shared.core.lock().session.phase() == Phase::Closed {
             return;
         }
         shared.conn.send_replace(ConnState::Connecting);
@@ -78,7 +78,7 @@ pub(super) async fn drive(
         shared.end_session("the connection ended");
         match ended {
             Ended::Stopped => {
-                debug!(mirror = %shared.id, "mirror stopped");
+                debug!(mirror = %shared.id(), "mirror stopped");
                 return;
             }
             Ended::Handshake(e) => {
@@ -93,20 +93,20 @@ pub(super) async fn drive(
                         MirrorError::Refused { .. } | MirrorError::SchemaMismatch { .. }
                     )
                 {
-                    warn!(mirror = %shared.id, %endpoint, error = %e, "cannot connect; retrying with backoff");
+                    warn!(mirror = %shared.id(), %endpoint, error = %e, "cannot connect; retrying with backoff");
                 } else {
-                    debug!(mirror = %shared.id, %endpoint, error = %e, attempt = n, "reconnect failed");
+                    debug!(mirror = %shared.id(), %endpoint, error = %e, attempt = n, "reconnect failed");
                 }
-                shared.replica().last_error = Some(e.to_string());
+                shared.core.lock().last_error = Some(e.to_string());
                 attempt = Some(n);
             }
             Ended::Lost(reason) => {
-                if *stop.borrow() || shared.replica().session.phase() == Phase::Closed {
-                    debug!(mirror = %shared.id, "mirror stopped");
+                if *stop.borrow() || shared.core.lock().session.phase() == Phase::Closed {
+                    debug!(mirror = %shared.id(), "mirror stopped");
                     return;
                 }
-                warn!(mirror = %shared.id, endpoint = %shared.endpoint, %reason, "disconnected; reconnecting");
-                shared.replica().last_error = Some(reason);
+                warn!(mirror = %shared.id(), endpoint = %shared.endpoint, %reason, "disconnected; reconnecting");
+                shared.core.lock().last_error = Some(reason);
                 attempt = Some(0);
             }
         }
@@ -146,7 +146,7 @@ async fn run(
         return Ended::Stopped;
     };
     let (wake, stats) = (shared.wake.clone(), shared.stats.clone());
-    shared.replica().session.connect(now());
+    shared.core.lock().session.connect(now());
     drop(shared);
     wake.notify_one();
     let writer = write_loop(weak.clone(), wake.clone(), wr);
@@ -160,7 +160,7 @@ async fn run(
         let Some(shared) = weak.upgrade() else {
             return Ended::Stopped;
         };
-        let deadline = shared.replica().session.poll_timeout();
+        let deadline = shared.core.lock().session.poll_timeout();
         drop(shared);
         timer.arm(deadline.map(|at| epoch + at.elapsed()));
         buf.clear();
@@ -183,36 +183,34 @@ async fn run(
         let Some(shared) = weak.upgrade() else {
             return Ended::Stopped;
         };
-        let mut effects = Effects::default();
-        let wants_write = {
-            let mut replica = shared.replica();
-            let session = &mut replica.session;
-            match input {
-                Input::Read(Ok(0)) => {
-                    session.handle_lost("the server closed the connection".into())
-                }
-                Input::Read(Ok(n)) => {
-                    stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                    session.handle_bytes(&buf, now());
-                }
-                Input::Read(Err(e)) => {
-                    session.handle_lost(crate::transport::tls::explain(e).to_string());
-                }
-                Input::Time => session.handle_timeout(now()),
+        if let Input::Read(Ok(n)) = input {
+            stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let drained = shared.input(|session| match input {
+            Input::Read(Ok(0)) => session.handle_lost("the server closed the connection".into()),
+            Input::Read(Ok(_)) => session.handle_bytes(&buf, now()),
+            Input::Read(Err(e)) => {
+                session.handle_lost(crate::transport::tls::explain(e).to_string());
             }
-            replica.drain(&shared.id, &stats, &mut effects);
-            !replica.session.transmit().is_empty()
-        };
-        let ready = effects.ready.take();
-        let failed = effects.handshake_failed.take();
-        let closed = effects.closed.take();
-        effects.apply(&shared.handle());
+            Input::Time => session.handle_timeout(now()),
+        });
+        let (mut ready, mut failed, mut closed) = (None, None, None);
+        for event in drained.events {
+            match event {
+                ReplicaEvent::Ready { reconnect } => ready = Some(reconnect),
+                ReplicaEvent::HandshakeFailed(e) => failed = Some(e),
+                ReplicaEvent::Closed(reason) => closed = Some(reason),
+                // Taken by `Shared::input`.
+                ReplicaEvent::Payload(_) => {}
+            }
+        }
+        let wants_write = drained.wants_write;
         if let Some(reconnect) = ready {
             // Counted before Ready is announced, so whoever sees Ready sees the count.
             stats
                 .reconnects
                 .fetch_add(u64::from(reconnect), Ordering::Relaxed);
-            info!(mirror = %shared.id, endpoint = %shared.endpoint, "connected; clock synced");
+            info!(mirror = %shared.id(), endpoint = %shared.endpoint, "connected; clock synced");
             shared.conn.send_replace(ConnState::Ready);
             if let Some(first) = first.take() {
                 let _ = first.send(Ok(()));
@@ -227,7 +225,7 @@ async fn run(
         if let Some(reason) = closed {
             return Ended::Lost(reason);
         }
-        if shared.replica().session.phase() == Phase::Idle {
+        if shared.core.lock().session.phase() == Phase::Idle {
             return Ended::Lost("the connection ended".into());
         }
     }
@@ -245,7 +243,7 @@ async fn write_loop(weak: Weak<Shared>, wake: Arc<Notify>, mut wr: WriteHalf<Box
             return Ended::Stopped;
         };
         let phase = {
-            let mut replica = shared.replica();
+            let mut replica = shared.core.lock();
             replica.session.take_transmit(&mut out);
             replica.session.phase()
         };
@@ -269,7 +267,7 @@ async fn write_loop(weak: Weak<Shared>, wake: Arc<Notify>, mut wr: WriteHalf<Box
                     let Some(shared) = weak.upgrade() else {
                         return Ended::Stopped;
                     };
-                    let mut replica = shared.replica();
+                    let mut replica = shared.core.lock();
                     if replica.session.phase() != Phase::Handshake {
                         return Ended::Lost(format!("i/o error: {e}"));
                     }

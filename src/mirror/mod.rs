@@ -11,10 +11,11 @@
 //! applies and the mutations it sends, and `dispose` ends it (goodbye to the server, waiters
 //! ended, reads empty, dispose hooks, tracers told).
 //!
-//! The protocol is the session's ([`ClientSession`]); this module is its owner's side:
+//! The protocol is the session's ([`ClientSession`]), and what the session's events mean to
+//! waiters and watchers is the replica's (`crate::replica`, shared with the driven mirror a
+//! page runs); this module is the pump around them over a network:
 //!
 //! - [`config`](MirrorConfig): configuration, connection states, errors, counters;
-//! - `replica`: the session with the waiters and observers around its clock;
 //! - `connection`: the task that pumps the session over a transport and reconnects with
 //!   backoff and jitter (while disconnected the mirror keeps its last clock);
 //! - this file: the `Mirror` handle and its [`StateSource`] face.
@@ -22,29 +23,24 @@
 pub mod backoff;
 mod config;
 mod connection;
-mod replica;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::time::timeout;
 
-use crate::machine::handlers::panic_message;
-use crate::machine::log::MachineLog;
-use crate::machine::waiters::{Registration, WaiterHost, make_when};
 use crate::machine::{
     Args, Condition, DisposeHook, ErrFuture, LogArgs, LogLevel, Logger, Mutation, MutationError,
     MutationFuture, Observer, ObserverId, Schema, SchemaDef, StateSource, Tracer, TracerId,
-    UpstreamInfo, WaitError, When,
+    UpstreamInfo, When,
 };
 use crate::proto::message::Payload;
 use crate::proto::session::{ClientSession, Phase};
+use crate::replica::{Drained, ReplicaCore, ReplicaEvent};
 use crate::transport::Endpoint;
 
 pub use config::{ConnState, MirrorConfig, MirrorError, MirrorStats};
-use replica::{Effects, Pending, Replica};
 
 #[cfg(test)]
 mod tests;
@@ -60,10 +56,10 @@ pub struct Mirror {
 }
 
 struct Shared {
-    id: String,
     endpoint: Endpoint,
     config: MirrorConfig,
-    replica: Mutex<Replica>,
+    /// The session, the clock and what watches it (`crate::replica`).
+    core: Arc<ReplicaCore>,
     conn: watch::Sender<ConnState>,
     payloads: broadcast::Sender<Payload>,
     /// Set when closed, and dropped with the last handle: either ends the connection task.
@@ -74,29 +70,6 @@ struct Shared {
     wake: Arc<Notify>,
     /// Told when the writer took the queued bytes.
     drained: Notify,
-    /// The mirror's own log; the replica shares it to know when changes are logged.
-    log: Arc<MachineLog>,
-    dispose_hooks: Mutex<Vec<DisposeHook>>,
-}
-
-impl WaiterHost for Shared {
-    /// A waiter was dropped before it ended; a remote one is withdrawn at the source too.
-    fn cancel_waiter(&self, id: u64) {
-        let withdrawn = {
-            let mut replica = self.replica();
-            replica.waiters.remove(id);
-            match replica.remote_waits.remove(&id) {
-                Some(wait) => {
-                    replica.session.cancel_wait(wait);
-                    true
-                }
-                None => false,
-            }
-        };
-        if withdrawn {
-            self.wake.notify_one();
-        }
-    }
 }
 
 impl Mirror {
@@ -144,7 +117,7 @@ impl Mirror {
 
     /// Why the last connection attempt failed, while the mirror is not connected.
     pub fn last_error(&self) -> Option<String> {
-        self.shared.replica().last_error.clone()
+        self.shared.core.last_error()
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -179,11 +152,11 @@ impl Mirror {
     /// Sends a mutation without waiting for its result; `sync` fetches the clock after. Waits
     /// while much is queued already (the connection is slower than the caller).
     pub async fn mutate_no_reply(&self, mutation: Mutation) -> Result<(), MutationError> {
-        self.shared.log_mutation(&mutation);
+        self.shared.core.log_mutation(&mutation);
         loop {
             let drained = self.shared.drained.notified();
             {
-                let mut replica = self.shared.replica();
+                let mut replica = self.shared.core.lock();
                 if replica.session.transmit().len() < OUTBOX_BYTES
                     || replica.session.phase() != Phase::Ready
                 {
@@ -199,10 +172,8 @@ impl Mirror {
 
     /// Asks the source for its whole clock and waits until it is applied.
     pub async fn sync(&self) -> Result<(), MutationError> {
-        let (tx, rx) = oneshot::channel();
-        self.shared.replica().session.sync(Pending::Answer(tx))?;
-        self.shared.wake.notify_one();
-        self.shared.await_reply(rx).await.map(drop)
+        let answer = self.shared.core.sync()?;
+        self.shared.await_reply(answer).await.map(drop)
     }
 
     /// Disposes the mirror ([`StateSource::dispose`]): says goodbye to the server, stops
@@ -214,36 +185,28 @@ impl Mirror {
     /// Runs `hook` with the mirror's id when it is disposed (Go's `OnDispose`); at once when it
     /// already is.
     pub fn on_dispose(&self, hook: impl FnOnce(&str) + Send + 'static) {
-        // Checked under the hooks' lock: a dispose that starts now takes the hooks after.
-        let mut hooks = lock(&self.shared.dispose_hooks);
-        if !self.shared.replica().disposed {
-            hooks.push(Box::new(hook));
-            return;
-        }
-        drop(hooks);
-        hook(&self.shared.id);
+        self.shared.core.on_dispose(Box::new(hook));
     }
 
     /// Whether the mirror was disposed (Go's `IsDisposed`).
     pub fn is_disposed(&self) -> bool {
-        self.shared.replica().disposed
+        self.shared.core.is_disposed()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Hooks run after their list is taken out: nothing panics while it is held.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
     fn new(endpoint: &Endpoint, config: MirrorConfig, schema: Arc<Schema>) -> Arc<Shared> {
         let session = ClientSession::new(config.session(endpoint), config.schema.clone());
-        // Silent until asked, as asyncmachine's network machines are.
-        let log = Arc::new(MachineLog::new(LogLevel::Nothing));
+        let wake = Arc::new(Notify::new());
+        let waker = wake.clone();
         Arc::new(Shared {
-            id: config.client_id.clone(),
+            core: ReplicaCore::new(
+                config.client_id.clone(),
+                session,
+                schema,
+                Box::new(move || waker.notify_one()),
+            ),
             endpoint: endpoint.clone(),
-            replica: Mutex::new(Replica::new(session, schema, log.clone())),
             config,
             conn: watch::channel(ConnState::Connecting).0,
             // Allocated up front per mirror: payloads are rare, a lagging receiver loses the
@@ -251,11 +214,13 @@ impl Shared {
             payloads: broadcast::channel(16).0,
             stop: watch::channel(false).0,
             stats: Arc::new(MirrorStats::default()),
-            wake: Arc::new(Notify::new()),
+            wake,
             drained: Notify::new(),
-            log,
-            dispose_hooks: Mutex::new(Vec::new()),
         })
+    }
+
+    fn id(&self) -> &str {
+        &self.core.id
     }
 
     /// The mirror's handle, for what needs one (observers hear of the mirror as their source).
@@ -265,32 +230,32 @@ impl Shared {
         }
     }
 
-    /// `[add] A B (args)` in the mirror's log, at `Ops`: a mutation sent to the source.
-    fn log_mutation(&self, mutation: &Mutation) {
-        if self.log.shows(LogLevel::Ops) {
-            let schema = self.replica().schema.clone();
-            if mutation.states.iter().all(|&s| s < schema.len()) {
-                self.log
-                    .mutation(&self.id, LogLevel::Ops, &schema, mutation);
+    /// Runs `input` on the session and applies what it calls for: observers, tracers and the
+    /// log told, callers answered, payloads to the mirror's receivers, counters counted.
+    /// Connection events are the caller's.
+    fn input(
+        self: &Arc<Self>,
+        input: impl FnOnce(&mut ClientSession<crate::replica::Pending>),
+    ) -> Drained {
+        let mut drained = self.core.input(&self.handle(), input);
+        self.stats.diffs.fetch_add(drained.diffs, Ordering::Relaxed);
+        self.stats
+            .resyncs
+            .fetch_add(drained.resyncs, Ordering::Relaxed);
+        for event in std::mem::take(&mut drained.events) {
+            match event {
+                // No receivers is fine: nobody asked for payloads.
+                ReplicaEvent::Payload(payload) => drop(self.payloads.send(payload)),
+                event => drained.events.push(event),
             }
         }
-    }
-
-    fn replica(&self) -> MutexGuard<'_, Replica> {
-        // No code holding this lock calls out to user code or can panic on peer input.
-        self.replica.lock().unwrap_or_else(PoisonError::into_inner)
+        drained
     }
 
     /// A connection ended: the session hears of it (requests waiting on it fail) and the
     /// mirror says it is disconnected.
     fn end_session(self: &Arc<Self>, reason: &str) {
-        let mut effects = Effects::default();
-        {
-            let mut replica = self.replica();
-            replica.session.handle_lost(reason.to_owned());
-            replica.drain(&self.id, &self.stats, &mut effects);
-        }
-        effects.apply(&self.handle());
+        self.input(|session| session.handle_lost(reason.to_owned()));
         self.conn.send_replace(ConnState::Disconnected);
     }
 
@@ -298,10 +263,10 @@ impl Shared {
     /// connection ends (see [`crate::proto::session::Requests`]).
     async fn await_reply<T>(
         &self,
-        rx: oneshot::Receiver<Result<T, MutationError>>,
+        answer: futures_channel::oneshot::Receiver<Result<T, MutationError>>,
     ) -> Result<T, MutationError> {
         let limit = self.config.mutation_timeout;
-        match timeout(limit, rx).await {
+        match timeout(limit, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(MutationError::Disconnected),
             Err(_) => Err(MutationError::Timeout(limit)),
@@ -312,75 +277,57 @@ impl Shared {
 impl std::fmt::Debug for Mirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mirror")
-            .field("id", &self.shared.id)
+            .field("id", &self.shared.id())
             .field("endpoint", &self.shared.endpoint.to_string())
             .field("connection", &self.connection())
             .finish()
     }
 }
 
+/// Reads, waits, watchers and disposal are the replica's (`crate::replica`); requests to the
+/// source are bounded by the mutation timeout; `upstream` is the connection's.
 impl StateSource for Mirror {
     fn id(&self) -> &str {
-        &self.shared.id
+        self.shared.id()
     }
 
     fn schema(&self) -> Arc<Schema> {
-        self.shared.replica().schema.clone()
+        self.shared.core.schema()
     }
 
     /// The source's, as the last welcome carried it; `None` before the first.
     fn parent_id(&self) -> Option<String> {
-        self.shared.replica().session.parent_id().map(str::to_owned)
+        self.shared.core.parent_id()
     }
 
     /// The source's, as the last welcome carried them; none before the first.
     fn tags(&self) -> Vec<String> {
-        self.shared.replica().session.tags().to_vec()
+        self.shared.core.tags()
     }
 
     /// Empty once disposed, as a disposed machine answers.
     fn clock(&self) -> Vec<u64> {
-        let replica = self.shared.replica();
-        if replica.disposed {
-            return Vec::new();
-        }
-        replica.session.ticks().to_vec()
+        self.shared.core.clock()
     }
 
     /// 0 once disposed.
     fn tick_at(&self, idx: usize) -> u64 {
-        let replica = self.shared.replica();
-        if replica.disposed {
-            return 0;
-        }
-        replica.session.ticks().get(idx).copied().unwrap_or(0)
+        self.shared.core.tick_at(idx)
     }
 
     fn queue_tick(&self) -> u64 {
-        self.shared.replica().session.queue_tick()
+        self.shared.core.queue_tick()
     }
 
     fn wait(&self, condition: Condition) -> When {
-        let host: Weak<dyn WaiterHost> = Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>;
-        let mut replica = self.shared.replica();
-        let replica = &mut *replica;
-        make_when(
-            host,
-            replica.waiters.register(replica.session.ticks(), condition),
-        )
+        self.shared.core.wait(condition)
     }
 
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
         let shared = self.shared.clone();
         Box::pin(async move {
-            shared.log_mutation(&mutation);
-            let (tx, rx) = oneshot::channel();
-            shared
-                .replica()
-                .session
-                .mutate(mutation, Some(Pending::Answer(tx)))?;
-            shared.wake.notify_one();
-            shared.await_reply(rx).await
+            let answer = shared.core.mutate(mutation)?;
+            shared.await_reply(answer).await
         })
     }
 
@@ -389,26 +336,7 @@ impl StateSource for Mirror {
     /// the link was down is missed) and ends with `Disposed` when the mirror closes or the
     /// source's schema changes other than by growing.
     fn when_args(&self, state: &str, args: Args) -> When {
-        let host: Weak<dyn WaiterHost> = Arc::downgrade(&self.shared) as Weak<dyn WaiterHost>;
-        let when = {
-            let mut replica = self.shared.replica();
-            let replica = &mut *replica;
-            let Some(idx) = replica.schema.index(state) else {
-                return When::failed(WaitError::UnknownState(state.to_owned()));
-            };
-            let registration = replica.waiters.register_remote();
-            if let Registration::Pending(waiter, _) = &registration {
-                match replica.session.when_args(idx, args, Pending::Wait(*waiter)) {
-                    Ok(wait) => {
-                        replica.remote_waits.insert(*waiter, wait);
-                    }
-                    Err(e) => replica.waiters.finish(*waiter, Err(e)),
-                }
-            }
-            make_when(host, registration)
-        };
-        self.shared.wake.notify_one();
-        when
+        self.shared.core.when_args(state, args)
     }
 
     /// Asked of the source, as a request bounded by the mutation timeout; fails with
@@ -416,28 +344,21 @@ impl StateSource for Mirror {
     fn err(&self) -> ErrFuture {
         let shared = self.shared.clone();
         Box::pin(async move {
-            let (tx, rx) = oneshot::channel();
-            shared.replica().session.err(Pending::Err(tx))?;
-            shared.wake.notify_one();
-            shared.await_reply(rx).await
+            let answer = shared.core.err()?;
+            shared.await_reply(answer).await
         })
     }
 
     fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>) {
-        let mut replica = self.shared.replica();
-        let id = replica.observers.add(observer);
-        (id, replica.session.ticks().to_vec())
+        self.shared.core.observe(observer)
     }
 
     fn unobserve(&self, id: ObserverId) -> bool {
-        self.shared.replica().observers.remove(id)
+        self.shared.core.unobserve(id)
     }
 
     fn ancestry(&self) -> Vec<String> {
-        let replica = self.shared.replica();
-        std::iter::once(self.shared.id.clone())
-            .chain(replica.session.upstream().iter().cloned())
-            .collect()
+        self.shared.core.ancestry()
     }
 
     fn upstream(&self) -> Option<UpstreamInfo> {
@@ -454,78 +375,52 @@ impl StateSource for Mirror {
     }
 
     fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId {
-        let id = self.shared.replica().tracers.add(tracer.clone());
-        tracer.machine_init(self);
-        TracerId(id)
+        self.shared.core.bind_tracer(self, tracer)
     }
 
     fn detach_tracer(&self, id: TracerId) -> bool {
-        self.shared.replica().tracers.remove(id.0)
+        self.shared.core.detach_tracer(id)
     }
 
     fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
-        self.shared.replica().tracers.tracers()
+        self.shared.core.tracers()
     }
 
     fn log_level(&self) -> LogLevel {
-        self.shared.log.level()
+        self.shared.core.log_level()
     }
 
     fn set_log_level(&self, level: LogLevel) {
-        self.shared.log.set_level(level);
+        self.shared.core.set_log_level(level);
     }
 
     fn set_logger(&self, logger: Option<Logger>) {
-        self.shared.log.set_logger(logger);
+        self.shared.core.set_logger(logger);
     }
 
     fn set_log_args(&self, log_args: Option<LogArgs>) {
-        self.shared.log.set_args(log_args);
+        self.shared.core.set_log_args(log_args);
     }
 
     fn log(&self, message: &str) {
-        if !self.is_disposed() {
-            self.shared.log.external(&self.shared.id, message);
-        }
+        self.shared.core.log(message);
     }
 
-    /// As a disposed machine: waiters (remote ones too) end with `Disposed`, requests waiting
-    /// for an answer fail with it, observers and final handlers are dropped, reads answer
-    /// empty; and the connection ends: a goodbye to the server (when connected), no
-    /// reconnecting. Then the dispose hooks run and the tracers hear of it. asyncmachine's
-    /// network machine leaves the connection to its client; a mirror owns its own.
+    /// As a disposed machine (the replica's disposal), and the connection ends: a goodbye
+    /// to the server (when connected), no reconnecting. asyncmachine's network machine leaves
+    /// the connection to its client; a mirror owns its own.
     fn dispose(&self) {
-        let mut effects = Effects::default();
-        {
-            let mut replica = self.shared.replica();
-            if replica.disposed {
-                return;
-            }
-            replica.disposed = true;
-            replica.observers.clear();
-            replica.session.close();
-            replica.waiters.close();
-            replica.drain(&self.shared.id, &self.shared.stats, &mut effects);
-        }
-        effects.apply(self);
-        self.shared.wake.notify_one();
-        self.shared.stop.send_replace(true);
-        let hooks = std::mem::take(&mut *lock(&self.shared.dispose_hooks));
-        for hook in hooks {
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(&self.shared.id))) {
-                tracing::error!(mirror = %self.shared.id, error = %panic_message(panic.as_ref()), "dispose hook failed");
-            }
-        }
-        for tracer in StateSource::tracers(self) {
-            tracer.machine_dispose(&self.shared.id);
+        // The connection task ends the connection; the session's last events are its no more.
+        if self.shared.core.dispose(self).is_some() {
+            self.shared.stop.send_replace(true);
         }
     }
 
     fn on_dispose(&self, hook: DisposeHook) {
-        Mirror::on_dispose(self, hook);
+        self.shared.core.on_dispose(hook);
     }
 
     fn is_disposed(&self) -> bool {
-        Mirror::is_disposed(self)
+        self.shared.core.is_disposed()
     }
 }

@@ -72,20 +72,15 @@ impl Harness {
         harness
     }
 
-    fn replica(&self) -> MutexGuard<'_, Replica> {
-        self.mirror.shared.replica()
+    fn replica(&self) -> std::sync::MutexGuard<'_, crate::replica::Replica> {
+        self.mirror.shared.core.lock()
     }
 
     /// Hands a message to the session and applies what it changed.
     fn receive(&self, message: &Message) {
-        let shared = &self.mirror.shared;
-        let mut effects = Effects::default();
-        {
-            let mut replica = shared.replica();
-            replica.session.handle_bytes(&frame(message), Moment::ZERO);
-            replica.drain(&shared.id, &shared.stats, &mut effects);
-        }
-        effects.apply(&self.mirror);
+        self.mirror
+            .shared
+            .input(|session| session.handle_bytes(&frame(message), Moment::ZERO));
     }
 
     /// A diff from the source: each named state's tick grows by its delta.

@@ -222,14 +222,16 @@ fn a_mirror_is_driven_by_the_glue_and_answers_like_a_machine() {
 
     let welcome = Welcome {
         ancestry: vec!["root".into()],
-        schema: Some(asyncmachine::machine::SchemaDef {
-            states: vec![asyncmachine::machine::StateDef::new("A")],
-        }),
+        schema: Some(asyncmachine::machine::SchemaDef::of_states(vec![
+            asyncmachine::machine::StateDef::new("A"),
+        ])),
         snapshot: Snapshot {
             ticks: vec![0, 0],
             queue_tick: 0,
         },
         granted: Granted::default(),
+        parent_id: None,
+        tags: Vec::new(),
     };
     let reply = page
         .bytes(h as u32, &frame(&Message::Welcome(welcome)), 10.0)
