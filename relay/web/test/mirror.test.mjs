@@ -30,9 +30,10 @@ class ScriptedSocket {
 
 /** A frame around a message body (PROTOCOL.md 3: the head is the length times two). */
 const frame = (body) => Uint8Array.from([body.length * 2, ...body]);
-// A welcome (type 1): ancestry ["w"], schema [A] (Exception added by the mirror), clock
-// [1, 0], queue tick 1, nothing granted beyond the defaults.
-const welcome = frame([0x01, 0x01, 0x01, 0x77, 0x01, 0x01, 0x01, 0x41, 0, 0, 0, 0, 0, 0, 0x02, 0x01, 0x00, 0x01, 0x00, 0x00, 0x00]);
+// A welcome (type 1): ancestry ["w"], schema [A] (Exception added by the mirror) without
+// groups, clock [1, 0], queue tick 1, nothing granted beyond the defaults, no parent id, no
+// tags.
+const welcome = frame([0x01, 0x01, 0x01, 0x77, 0x01, 0x01, 0x01, 0x41, 0, 0, 0, 0, 0, 0, 0x00, 0x02, 0x01, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00]);
 const refused = (kind, reason = "no") => frame([0x02, kind, reason.length, ...new TextEncoder().encode(reason)]);
 
 function statuses(mirror) {
