@@ -23,7 +23,16 @@ async fn relay_for(
     machine: &Machine,
     config: RelayConfig,
 ) -> (Relay, asyncmachine::server::Server) {
-    let (server, endpoint) = serve(Arc::new(machine.clone()), ServerConfig::default(), "tcp").await;
+    relay_for_server(machine, ServerConfig::default(), config).await
+}
+
+/// A relay in front of a server of `machine` configured as `server` says (its ACL).
+async fn relay_for_server(
+    machine: &Machine,
+    server: ServerConfig,
+    config: RelayConfig,
+) -> (Relay, asyncmachine::server::Server) {
+    let (server, endpoint) = serve(Arc::new(machine.clone()), server, "tcp").await;
     let relay = Relay::start(RelayConfig {
         listen: any_port("ws"),
         targets: vec![Target {
@@ -137,6 +146,65 @@ async fn state_names_that_look_like_markup_stay_text() {
         chromium.eval("typeof window.pwned").await,
         json!("undefined")
     );
+}
+
+/// The source's ACL in the page: a state it hides is shown as hidden, one it may not mutate
+/// as read-only, both disabled; the others stay toggleable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn states_the_acl_hides_or_keeps_from_the_page_are_shown_as_such() {
+    let Some(path) = chromium_or_skip() else {
+        return;
+    };
+    let machine = Machine::builder(abc_schema()).id("root").build();
+    machine.add(&["B", "C"], Args::new()).expect("taken in");
+    let acl = asyncmachine::proto::acl::Acl {
+        see: [("*".to_owned(), vec!["A".to_owned(), "B".to_owned()])].into(),
+        mutate: [("*".to_owned(), vec!["A".to_owned()])].into(),
+        ..Default::default()
+    };
+    let (relay, _server) = relay_for_server(
+        &machine,
+        ServerConfig {
+            acl,
+            ..ServerConfig::default()
+        },
+        RelayConfig::default(),
+    )
+    .await;
+    let mut chromium = Chromium::launch(&path).await;
+    chromium.open(&relay.page_url()).await;
+    chromium
+        .until(
+            "the page to connect",
+            "document.getElementById('status')?.dataset.state === 'ready'",
+        )
+        .await;
+    chromium.until("B active in the page", &pressed("B")).await;
+    let shown = chromium
+        .eval(
+            "[...document.querySelectorAll('#states li')].map((li) => { \
+               const b = li.querySelector('button'); \
+               return [b.dataset.state, li.dataset.access ?? '', b.disabled, b.textContent]; })",
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!([
+            ["A", "", false, "Atick 0"],
+            ["B", "read-only", true, "Btick 1 · read-only"],
+            ["C", "hidden", true, "Chidden by ACL"],
+            ["Exception", "hidden", true, "Exceptionhidden by ACL"],
+        ]),
+        "C is active at the root, yet hidden here"
+    );
+    chromium.screenshots("demo-acl").await;
+    // The toggleable one still works.
+    chromium
+        .eval("document.querySelector('button[data-state=\"A\"]').click()")
+        .await;
+    within("A at the root", machine.when(&["A"]))
+        .await
+        .expect("waits");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,6 +108,10 @@ export class Source extends EventTarget {
   /** Ticks by position (odd: active). */
   readonly clock: number[];
   readonly queueTick: number;
+  /** States the source's ACL hides from this mirror (their ticks stay 0); empty on a machine. */
+  readonly hidden: ReadonlySet<string>;
+  /** States this mirror may see but not mutate (the source refuses them); empty on a machine. */
+  readonly readOnly: ReadonlySet<string>;
   /** The state names, in schema order. */
   readonly states: string[];
   is(states: string | string[]): boolean;

@@ -268,6 +268,10 @@ export class Source extends EventTarget {
     if (read.schemaHash !== this.schemaHash) this._schema(read.schemaHash);
     this.clock = read.clock;
     this.queueTick = read.queueTick;
+    /** States the source's ACL hides from this mirror (their ticks stay 0); none on a machine. */
+    this.hidden = new Set(read.hidden ?? []);
+    /** States this mirror may see but not mutate (the source refuses); none on a machine. */
+    this.readOnly = new Set(read.readOnly ?? []);
     return read;
   }
 

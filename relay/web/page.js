@@ -68,9 +68,19 @@ function render() {
   mirror.schema.forEach((state, i) => {
     const b = buttons.get(state.name);
     const tick = mirror.clock[i] ?? 0;
-    const pressed = String(tick % 2 === 1);
+    // The source's ACL: a hidden state's tick is unknown here (0 on the wire), a read-only
+    // one would be refused. Both are shown as such instead of as inactive buttons.
+    const access = mirror.hidden.has(state.name) ? "hidden" : mirror.readOnly.has(state.name) ? "read-only" : "";
+    if ((b.item.dataset.access ?? "") !== access) {
+      if (access) b.item.dataset.access = access; else delete b.item.dataset.access;
+      b.button.disabled = access !== "";
+      b.button.title = access === "hidden" ? "hidden from this client by the source's ACL"
+        : access === "read-only" ? "this client may not mutate it (the source's ACL)" : "";
+    }
+    const pressed = access === "hidden" ? "mixed" : String(tick % 2 === 1);
     if (b.button.getAttribute("aria-pressed") !== pressed) b.button.setAttribute("aria-pressed", pressed);
-    const text = `tick ${tick}${b.multi ? " · multi" : ""}`;
+    const text = access === "hidden" ? "hidden by ACL"
+      : `tick ${tick}${b.multi ? " · multi" : ""}${access === "read-only" ? " · read-only" : ""}`;
     if (b.detail.textContent !== text) b.detail.textContent = text;
   });
 }
@@ -94,7 +104,9 @@ function follow(target) {
   });
   mirror.addEventListener("change", (e) => {
     render();
-    if (e.detail.changed.length) $("changed").textContent = `changed: ${e.detail.changed.join(", ")}`;
+    // A hidden state's tick is not this page's to know: it is never named as changed.
+    const changed = e.detail.changed.filter((name) => !mirror.hidden.has(name));
+    if (changed.length) $("changed").textContent = `changed: ${changed.join(", ")}`;
   });
   mirror.start();
 }

@@ -81,6 +81,24 @@ impl DrivenMirror {
         self.shared.core.last_error()
     }
 
+    /// The source's ACL as the last welcome granted it: the names of the states hidden from
+    /// this mirror (their ticks stay 0 here) and of those it may see but not mutate. Both
+    /// empty before the first welcome.
+    pub fn acl(&self) -> (Vec<String>, Vec<String>) {
+        let replica = self.shared.core.lock();
+        let schema = &replica.schema;
+        let session = &replica.session;
+        let named = |keep: &dyn Fn(usize) -> bool| -> Vec<String> {
+            (0..schema.len())
+                .filter(|&i| keep(i))
+                .map(|i| schema.name(i).to_owned())
+                .collect()
+        };
+        let hidden = named(&|i| !session.sees(i));
+        let read_only = named(&|i| session.sees(i) && !session.may_mutate(i));
+        (hidden, read_only)
+    }
+
     /// When [`DrivenMirror::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Moment> {
         self.shared.core.lock().session.poll_timeout()

@@ -137,6 +137,33 @@ impl Chromium {
         result["result"]["value"].clone()
     }
 
+    /// With `AM_SCREENSHOTS=DIR` set, saves the page as DIR/NAME-1280.png and DIR/NAME-390.png
+    /// (a desktop and a phone width) for a person to look at; without it, does nothing.
+    pub async fn screenshots(&mut self, name: &str) {
+        use base64::Engine as _;
+        let Some(dir) = std::env::var_os("AM_SCREENSHOTS") else {
+            return;
+        };
+        std::fs::create_dir_all(&dir).expect("the screenshot directory is writable");
+        for (width, height, mobile) in [(1280, 800, false), (390, 844, true)] {
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
+            )
+            .await;
+            let shot = self
+                .call("Page.captureScreenshot", json!({ "format": "png" }))
+                .await;
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(shot["data"].as_str().expect("a screenshot"))
+                .expect("base64 from DevTools");
+            let path = std::path::Path::new(&dir).join(format!("{name}-{width}.png"));
+            std::fs::write(&path, png).expect("the screenshot is written");
+        }
+        self.call("Emulation.clearDeviceMetricsOverride", json!({}))
+            .await;
+    }
+
     /// Evaluates until the expression is true.
     pub async fn until(&mut self, what: &str, expression: &str) {
         within(what, async {

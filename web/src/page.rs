@@ -191,7 +191,15 @@ impl Page {
         let source = &entry.source;
         match op {
             "schema" => Ok(schema_json(&source.schema())),
-            "read" => Ok(read_json(source.as_ref())),
+            "read" => {
+                let mut read = read_json(source.as_ref());
+                if let Some(mirror) = &entry.mirror {
+                    let (hidden, read_only) = mirror.acl();
+                    read["hidden"] = json!(hidden);
+                    read["readOnly"] = json!(read_only);
+                }
+                Ok(read)
+            }
             "mutate" => self.mutate(source, command),
             "when" => self.wait(source, command),
             "err" => {

@@ -63,6 +63,7 @@ impl<P> ClientSession<P> {
         self.frame.compression = welcome.granted.compression.then(Compression::default);
         self.reader.set_config(self.frame);
         self.tracked = Tracked::from_granted(welcome.granted.tracked.as_deref());
+        self.mutable = Tracked::from_granted(welcome.granted.mutable.as_deref());
         self.phase = Phase::Ready;
         self.last_heard = now;
         self.next_ping = now + self.config.keepalive;

@@ -139,6 +139,8 @@ pub struct ClientSession<P> {
     ticks: Vec<u64>,
     queue_tick: u64,
     tracked: Tracked,
+    /// The states the client may mutate (`Tracked::All` for every one), from the last welcome.
+    mutable: Tracked,
     /// The source's ancestry, from the last welcome or update.
     upstream: Vec<String>,
     /// The source's parent id and tags, from the last welcome.
@@ -176,6 +178,7 @@ impl<P> ClientSession<P> {
             ticks,
             queue_tick: 0,
             tracked: Tracked::All,
+            mutable: Tracked::All,
             upstream: Vec::new(),
             parent_id: None,
             tags: Vec::new(),
@@ -232,6 +235,18 @@ impl<P> ClientSession<P> {
     /// The source's tags (Go's `Tags`), as the last welcome carried them.
     pub fn tags(&self) -> &[String] {
         &self.tags
+    }
+
+    /// Whether the source's ACL lets this client see the state at `idx` (a hidden state's
+    /// tick stays 0 here), as the last welcome granted.
+    pub fn sees(&self, idx: usize) -> bool {
+        self.tracked.contains(idx)
+    }
+
+    /// Whether the source's ACL lets this client mutate the state at `idx`, as the last
+    /// welcome granted (the source checks again; this is for showing it).
+    pub fn may_mutate(&self, idx: usize) -> bool {
+        self.mutable.contains(idx)
     }
 
     /// Requests waiting for answers.
