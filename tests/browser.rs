@@ -100,6 +100,7 @@ async fn the_demo_page_mirrors_a_node_and_mutates_it() {
         .await;
     chromium.until("C active in the page", &pressed("C")).await;
     assert_eq!(machine.active_states(), ["B", "C"]);
+    chromium.screenshots("demo").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

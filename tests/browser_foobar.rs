@@ -137,6 +137,7 @@ async fn foo_and_bar_mutate_each_other_through_the_relay() {
             "document.getElementById('foo-Reply').textContent === '1'",
         )
         .await;
+    chromium.screenshots("foobar").await;
 
     // A second tab: bar is offered already, so its offer is refused with the reason; it still
     // mirrors foo.
@@ -156,6 +157,7 @@ async fn foo_and_bar_mutate_each_other_through_the_relay() {
             .is_some_and(|r| r.contains("offered by another page")),
         "{reason}"
     );
+    chromium.screenshots("foobar-second-tab").await;
     assert_eq!(relay.offered(), ["bar"], "the first tab keeps it");
     assert_eq!(json!(foo_machine.tick("Msg")), json!(1));
 }
