@@ -209,6 +209,9 @@ pub struct Schema {
     /// Each state's place in the depth-first post-order of the `require` graph (required
     /// states first); `None` for states outside it, and for all when `require` has a cycle.
     require_rank: Vec<Option<u32>>,
+    /// Whether any state has an `after` relation: sorting skips its pass when none has (a
+    /// plan sorts two lists per transition).
+    any_after: bool,
     hash: u64,
     exception: usize,
     /// The definition's groups as state positions, in the order given.
@@ -275,6 +278,7 @@ impl Schema {
         check_after_cycles(&def, &resolved)?;
         let groups = groups::resolve(&def.groups, &index)?;
         let require_rank = require_order(&resolved);
+        let any_after = resolved.iter().any(|r| !r.after.is_empty());
         let exception = index[EXCEPTION];
         let hash = schema_hash(&def);
         Ok(Schema {
@@ -282,6 +286,7 @@ impl Schema {
             index,
             resolved,
             require_rank,
+            any_after,
             hash,
             exception,
             groups,
@@ -349,7 +354,13 @@ impl Schema {
     /// another's `after` is moved before it. The second pass compares only direct `after`
     /// links, with an insertion sort, so that it orders exactly as the Go original does.
     pub fn sort_states(&self, states: &mut [usize]) {
+        if states.len() < 2 {
+            return;
+        }
         states.sort_by_key(|&s| self.require_rank[s].map_or(-1, i64::from));
+        if !self.any_after {
+            return;
+        }
         for i in 1..states.len() {
             let mut j = i;
             while j > 0 && self.runs_before(states[j], states[j - 1]) {
