@@ -3,7 +3,9 @@
 //! (relay/web/foobar.html) hosts `bar`, offers it, and mirrors `foo`. foo's handler answers a
 //! message with a reply to bar, bar's handler (JavaScript, in the page) answers one with a
 //! reply to foo: a mutation started in the page reaches foo and comes back as a mutation of
-//! bar, and the reverse. A second tab that offers bar too is refused with the reason.
+//! bar, and the reverse. A node started from a topology that names `ws://relay/listen/bar` as
+//! its upstream mirrors the page's bar too. A second tab that offers bar too is refused with
+//! the reason.
 
 mod common;
 
@@ -78,6 +80,22 @@ async fn foo_and_bar_mutate_each_other_through_the_relay() {
         })
         .expect("bound");
 
+    // A node run from a topology file that names the page's machine as its upstream, as a
+    // deployment would: it mirrors bar through the relay's listen route, then serves it.
+    let topology = format!(
+        "[schemas.foobar]\nfile = \"{schemas}/foobar.toml\"\n\n[[nodes]]\nname = \"watcher\"\nlisten = [\"tcp://127.0.0.1:0\"]\nmachines = [{{ name = \"bar\", schema = \"foobar\", upstream = \"ws://{address}/listen/bar\" }}]\n",
+        schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/topologies/schemas"),
+    );
+    let plan = asyncmachine::topology::parse(std::path::Path::new("inline.toml"), &topology)
+        .expect("a valid topology");
+    let watcher = within(
+        "the watcher node",
+        asyncmachine::node::start_node(plan.node("watcher").expect("planned")),
+    )
+    .await
+    .expect("starts");
+    let watched_bar = watcher.machine("bar").expect("the node's mirror of bar");
+
     let mut chromium = Chromium::launch(&path).await;
     let page = format!("http://{address}/foobar.html");
     chromium.open(&page).await;
@@ -131,6 +149,13 @@ async fn foo_and_bar_mutate_each_other_through_the_relay() {
         .await
         .expect("waits");
     assert_eq!(foo_machine.tick("Reply"), 1);
+    within(
+        "the topology node's mirror of bar follows the page",
+        watched_bar.when_tick_reaches("Msg", 1),
+    )
+    .await
+    .expect("waits");
+    assert_eq!(watched_bar.ancestry(), ["watcher", "bar"]);
     chromium
         .until(
             "the page's mirror of foo shows it",
