@@ -5,8 +5,11 @@
 //! - [`bench`]: the benchmark scenarios of DESIGN.md section 9 (`am-node bench`), their
 //!   reports and the tables those print.
 //! - [`sgp`]: the subscribe-get-process scenario's schema, worker and consumer loop.
+//! - [`diagram`]: diagrams of a topology's schemas and tree (`am-node diagram`): graphs,
+//!   SVG, mermaid, DOT.
 //! - [`fault`]: a fault-injecting TCP proxy (`am-node fault-proxy`, the fault tests).
 
 pub mod bench;
+pub mod diagram;
 pub mod fault;
 pub mod sgp;

@@ -13,6 +13,32 @@ pub(crate) struct FaultProxyArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct DiagramArgs {
+    /// The topology file (TOML), e.g. topologies/demo.toml.
+    pub(crate) file: PathBuf,
+    /// Output format: svg (laid out, to open in a browser), mermaid or dot (text for other
+    /// tools: a Markdown page, Graphviz).
+    #[arg(long, value_enum, default_value = "svg")]
+    pub(crate) format: DiagramFormat,
+    /// Only this machine's schema (MACHINE or NODE/MACHINE), without the tree.
+    #[arg(long, conflicts_with = "tree")]
+    pub(crate) machine: Option<String>,
+    /// Only the tree (nodes, machines, who mirrors whom), without the schemas.
+    #[arg(long)]
+    pub(crate) tree: bool,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub(crate) output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum DiagramFormat {
+    Svg,
+    Mermaid,
+    Dot,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// The topology file (TOML), e.g. topologies/demo.toml.
     pub(crate) file: PathBuf,

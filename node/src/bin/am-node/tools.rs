@@ -327,6 +327,27 @@ pub(crate) async fn fault_proxy(args: &FaultProxyArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+pub(crate) fn diagram(args: &DiagramArgs) -> anyhow::Result<ExitCode> {
+    use am_node::diagram::{Diagram, Format, Scope};
+    let topology = asyncmachine::topology::load(&args.file)?;
+    let scope = Scope {
+        machine: args.machine.clone(),
+        tree_only: args.tree,
+    };
+    let format = match args.format {
+        DiagramFormat::Svg => Format::Svg,
+        DiagramFormat::Mermaid => Format::Mermaid,
+        DiagramFormat::Dot => Format::Dot,
+    };
+    let text = Diagram::of_topology(&topology, &scope)?.render(format)?;
+    match &args.output {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write the diagram to {}", path.display()))?,
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) fn certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
     use asyncmachine::certs::{CaOrigin, CaPolicy};
     let policy = if args.new_ca {

@@ -1,0 +1,164 @@
+//! SVG of a diagram: each graph laid out and drawn by layout-rs (rank assignment, crossing
+//! reduction, placement, edge routing), then stacked under its title in one picture.
+
+use std::fmt::Write as _;
+
+use layout::backends::svg::SVGWriter;
+use layout::core::base::Orientation;
+use layout::core::color::Color;
+use layout::core::style::{LineStyleKind, StyleAttr};
+use layout::std_shapes::render::get_shape_size;
+use layout::std_shapes::shapes::{Arrow, Element, LineEndKind, ShapeKind};
+use layout::topo::layout::VisualGraph;
+
+use super::text::fill;
+use super::{DiagramError, EdgeKind, Graph, MAX_SVG_ELEMENTS, NodeKind, label, node_label};
+
+/// Space for each graph's title above it.
+const TITLE_HEIGHT: f64 = 32.0;
+/// Space between two graphs.
+const GAP: f64 = 24.0;
+
+pub(super) fn render(graphs: &[Graph]) -> Result<String, DiagramError> {
+    let mut body = String::new();
+    let (mut width, mut height) = (0.0_f64, 0.0_f64);
+    for (g, graph) in graphs.iter().enumerate() {
+        let (section, w, h) = section(graph, g)?;
+        let _ = writeln!(
+            body,
+            "<text x=\"8\" y=\"{}\" class=\"am-title\">{}</text>",
+            height + TITLE_HEIGHT * 0.7,
+            xml_text(&label(&graph.title))
+        );
+        let _ = writeln!(
+            body,
+            "<svg x=\"0\" y=\"{}\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">{section}</svg>",
+            height + TITLE_HEIGHT
+        );
+        width = width.max(w);
+        height += TITLE_HEIGHT + h + GAP;
+    }
+    width = width.max(320.0);
+    Ok(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?>\n\
+         <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">\n\
+         <style>.am-title {{ font: bold 16px Helvetica, Arial, sans-serif; }}</style>\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n{body}</svg>\n"
+    ))
+}
+
+/// One graph laid out: the inside of its `<svg>` (ids made unique to the section), its width
+/// and height.
+fn section(graph: &Graph, g: usize) -> Result<(String, f64, f64), DiagramError> {
+    let elements = graph.elements();
+    if elements > MAX_SVG_ELEMENTS {
+        return Err(DiagramError::TooLarge {
+            graph: label(&graph.title),
+            elements,
+            max: MAX_SVG_ELEMENTS,
+        });
+    }
+    if graph.nodes.is_empty() {
+        return Ok((String::new(), 1.0, 1.0));
+    }
+    let drawn = std::panic::catch_unwind(|| lay_out(graph)).map_err(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the layout library panicked".to_owned());
+        DiagramError::Layout {
+            graph: label(&graph.title),
+            reason: label(&reason),
+        }
+    })?;
+    let (w, h) = (attr(&drawn, "width"), attr(&drawn, "height"));
+    // Keep what is inside the library's <svg>, and make its ids (markers, edge paths that
+    // labels follow, clips) unique to this section: the sections share one document.
+    let inner = drawn
+        .find("<svg")
+        .and_then(|start| drawn[start..].find('>').map(|end| start + end + 1))
+        .map_or("", |from| {
+            let to = drawn.rfind("</svg>").unwrap_or(drawn.len());
+            &drawn[from..to.max(from)]
+        });
+    let inner = inner
+        .replace("id=\"", &format!("id=\"s{g}-"))
+        .replace("url(#", &format!("url(#s{g}-"))
+        .replace("href=\"#", &format!("href=\"#s{g}-"));
+    Ok((inner, w.unwrap_or(1.0), h.unwrap_or(1.0)))
+}
+
+fn lay_out(graph: &Graph) -> String {
+    let dir = Orientation::TopToBottom;
+    let mut vg = VisualGraph::new(dir);
+    let handles: Vec<_> = graph
+        .nodes
+        .iter()
+        .map(|node| {
+            let text = node_label(node);
+            let shape = ShapeKind::new_box(&text);
+            let rounded = if matches!(node.kind, NodeKind::State { .. }) {
+                8
+            } else {
+                0
+            };
+            let look = StyleAttr::new(
+                Color::fast(match node.kind {
+                    NodeKind::External => "gray",
+                    _ => "black",
+                }),
+                1,
+                Color::from_name(fill(node.kind)),
+                rounded,
+                14,
+            );
+            let size = get_shape_size(dir, &shape, look.font_size, false);
+            vg.add_node(Element::create(shape, look, dir, size))
+        })
+        .collect();
+    for edge in &graph.edges {
+        let (color, style, width) = match edge.kind {
+            EdgeKind::Require => ("#333333", LineStyleKind::Normal, 1),
+            EdgeKind::Add => ("#1565c0", LineStyleKind::Normal, 2),
+            EdgeKind::Remove => ("#c62828", LineStyleKind::Dashed, 1),
+            EdgeKind::After => ("#757575", LineStyleKind::Dotted, 1),
+            EdgeKind::Runs => ("#9e9e9e", LineStyleKind::Normal, 1),
+            EdgeKind::Mirrors(_) => ("#2e7d32", LineStyleKind::Normal, 2),
+        };
+        let look = StyleAttr::new(Color::fast(color), width, None, 0, 11);
+        let end = match edge.kind {
+            EdgeKind::Runs => LineEndKind::None,
+            _ => LineEndKind::Arrow,
+        };
+        let arrow = Arrow::new(
+            LineEndKind::None,
+            end,
+            style,
+            edge.kind.label(),
+            &look,
+            &None,
+            &None,
+        );
+        vg.add_edge(arrow, handles[edge.from], handles[edge.to]);
+    }
+    let mut writer = SVGWriter::new();
+    vg.do_it(false, false, false, &mut writer);
+    writer.finalize()
+}
+
+/// A number attribute of the first `<svg` element.
+fn attr(svg: &str, name: &str) -> Option<f64> {
+    let tag = &svg[svg.find("<svg")?..];
+    let tag = &tag[..tag.find('>')?];
+    let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let value = &tag[at..];
+    value[..value.find('"')?].parse().ok()
+}
+
+/// Text as XML character data.
+fn xml_text(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
