@@ -53,6 +53,11 @@ enum Command {
     /// multi and auto states marked) and the tree (nodes, machines, who mirrors whom over
     /// which transport). SVG by default; --format mermaid or dot for text.
     Diagram(DiagramArgs),
+    /// A prompt over mirrors of running machines: add, remove, set (with typed arguments),
+    /// when, when-not, when-time, inspect, list, status, watch; line editing, history, Tab
+    /// completion of commands, machines and states. With `-- COMMAND` runs one command and
+    /// exits with its status.
+    Repl(ReplArgs),
     /// Shows a node's machines, clients, upstreams and counters.
     Status(StatusArgs),
     /// Writes a development CA and certificates for the named nodes (or clients) into DIR:
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
             runtime(1).and_then(|rt| rt.block_on(mutate(MutationKind::Set, &args)))
         }
         Command::Diagram(args) => diagram(&args),
+        Command::Repl(args) => repl(&args),
         Command::Status(args) => runtime(1).and_then(|rt| rt.block_on(status(&args))),
         Command::Certs(args) => certs(&args),
         Command::FaultProxy(args) => runtime(1).and_then(|rt| rt.block_on(fault_proxy(&args))),
