@@ -116,7 +116,8 @@ pub fn complete(line: &str, pos: usize, cx: Context<'_>) -> Completion {
         })
         .take(MAX_CANDIDATES)
         .collect();
-    candidates.sort();
+    // In name order, quotes aside.
+    candidates.sort_by(|a, b| a.trim_start_matches('"').cmp(b.trim_start_matches('"')));
     candidates.dedup();
     Completion { start, candidates }
 }

@@ -144,6 +144,8 @@ pub fn run_interactive(
         match runtime.block_on(session.run(parsed, &mut stdout, interrupted())) {
             Ok(Ran::Exit) => break,
             Ok(_) => {}
+            // The terminal echoed ^C on the prompt's line: the message starts on its own.
+            Err(e) if e.to_string() == session::INTERRUPTED => writeln!(stderr, "\n{e}")?,
             Err(e) => writeln!(stderr, "error: {}", printable_error(&e))?,
         }
         stdout.flush()?;

@@ -17,6 +17,9 @@ use asyncmachine::transport::{Endpoint, Scheme, TransportConfig};
 use super::command::{COMMANDS, Command, Line, check_states};
 use super::complete::{Completion, Context, MachineInfo, complete};
 
+/// The error of a wait that Ctrl-C ended.
+pub const INTERRUPTED: &str = "interrupted (Ctrl-C)";
+
 /// Longest machine name the REPL gives (names come from endpoints).
 const MAX_NAME: usize = 32;
 
@@ -234,9 +237,10 @@ impl Session {
                     ran = self.run_on(&entry, command, out) => ran,
                     () = interrupt => {
                         if matches!(command, Command::Watch { .. }) {
+                            writeln!(out, "\n{}  stopped watching", clock_time())?;
                             Ok(Ran::Done)
                         } else {
-                            bail!("interrupted")
+                            bail!(INTERRUPTED)
                         }
                     }
                 }
