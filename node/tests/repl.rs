@@ -233,7 +233,11 @@ fn interactive_session_completes_on_tab() {
         .output()
         .is_err()
     {
-        eprintln!("tmux is not installed: the terminal session is not tested here");
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "tmux is not installed: the terminal session is not tested here"
+        );
         return;
     }
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");

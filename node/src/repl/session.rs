@@ -23,12 +23,15 @@ pub const INTERRUPTED: &str = "interrupted (Ctrl-C)";
 /// Longest machine name the REPL gives (names come from endpoints).
 const MAX_NAME: usize = 32;
 
+/// Makes the transport (TLS material) for an endpoint; an error says what is missing.
+pub type TransportFor = Box<dyn Fn(&Endpoint) -> anyhow::Result<TransportConfig> + Send + Sync>;
+
 /// How the REPL connects: what it presents, the transport for an endpoint.
 pub struct ConnectOptions {
     pub client_id: String,
     pub token: Option<String>,
     /// The transport (TLS material) for an endpoint; an error says what is missing.
-    pub transport: Box<dyn Fn(&Endpoint) -> anyhow::Result<TransportConfig> + Send + Sync>,
+    pub transport: TransportFor,
 }
 
 impl std::fmt::Debug for ConnectOptions {
