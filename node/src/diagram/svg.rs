@@ -16,6 +16,14 @@ use super::{DiagramError, EdgeKind, Graph, MAX_SVG_ELEMENTS, NodeKind, label, no
 
 /// Space for each graph's title above it.
 const TITLE_HEIGHT: f64 = 32.0;
+/// Space for the legend under a schema's title.
+const LEGEND_HEIGHT: f64 = 22.0;
+/// What a schema's edges and fills mean, in their colours.
+const SCHEMA_LEGEND: &str = "<tspan fill=\"#333333\">require ──</tspan>\
+    <tspan dx=\"16\" fill=\"#1565c0\" font-weight=\"bold\">add ━━</tspan>\
+    <tspan dx=\"16\" fill=\"#c62828\">remove ╌╌</tspan>\
+    <tspan dx=\"16\" fill=\"#757575\">after ┈┈</tspan>\
+    <tspan dx=\"16\" fill=\"#1565c0\">■ multi</tspan><tspan dx=\"16\" fill=\"#2e7d32\">■ auto</tspan>";
 /// Space between two graphs.
 const GAP: f64 = 24.0;
 
@@ -30,19 +38,31 @@ pub(super) fn render(graphs: &[Graph]) -> Result<String, DiagramError> {
             height + TITLE_HEIGHT * 0.7,
             xml_text(&label(&graph.title))
         );
+        height += TITLE_HEIGHT;
+        if graph
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, NodeKind::State { .. }))
+        {
+            let _ = writeln!(
+                body,
+                "<text x=\"8\" y=\"{}\" class=\"am-legend\">{SCHEMA_LEGEND}</text>",
+                height + LEGEND_HEIGHT * 0.5
+            );
+            height += LEGEND_HEIGHT;
+        }
         let _ = writeln!(
             body,
-            "<svg x=\"0\" y=\"{}\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">{section}</svg>",
-            height + TITLE_HEIGHT
+            "<svg x=\"0\" y=\"{height}\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">{section}</svg>"
         );
         width = width.max(w);
-        height += TITLE_HEIGHT + h + GAP;
+        height += h + GAP;
     }
     width = width.max(320.0);
     Ok(format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?>\n\
          <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">\n\
-         <style>.am-title {{ font: bold 16px Helvetica, Arial, sans-serif; }}</style>\n\
+         <style>.am-title {{ font: bold 16px Helvetica, Arial, sans-serif; }} .am-legend {{ font: 12px Helvetica, Arial, sans-serif; }}</style>\n\
          <rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n{body}</svg>\n"
     ))
 }

@@ -345,7 +345,9 @@ impl Session {
                 until,
                 timeout,
             } => {
-                watch(entry, *ticks, until.as_deref(), *timeout, out).await?;
+                // Waiting for a state is bounded as the other waits are; watching alone is not.
+                let timeout = timeout.or(until.as_ref().map(|_| self.default_timeout));
+                watch(entry, *ticks, until.as_deref(), timeout, out).await?;
                 Ok(Ran::Done)
             }
             _ => Ok(Ran::Done),
@@ -614,6 +616,7 @@ async fn watch(
         if let Some(state) = until
             && mirror.is1(state)
         {
+            writeln!(out, "{}  {} is active", clock_time(), printable(state))?;
             break Ok(());
         }
         let expired = async {
