@@ -21,9 +21,10 @@ use asyncmachine::transport::{Endpoint, Scheme};
 /// Longest label drawn, in characters; a longer name is cut and ends with `…`.
 pub const MAX_LABEL_CHARS: usize = 48;
 
-/// Most nodes plus edges of one graph laid out as SVG: layout grows faster than linearly,
-/// so a bigger graph is refused with a pointer to the text formats.
-pub const MAX_SVG_ELEMENTS: usize = 1500;
+/// Most nodes plus edges of one graph laid out as SVG: layout-rs's cost grows steeply with
+/// the size (a dense 50-state schema takes a minute), so a bigger graph is refused with a
+/// pointer to the text formats, which have no layout to do.
+pub const MAX_SVG_ELEMENTS: usize = 300;
 
 /// What went wrong making a diagram, and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,6 +16,12 @@ use super::{DiagramError, EdgeKind, Graph, MAX_SVG_ELEMENTS, NodeKind, label, no
 
 /// Space for each graph's title above it.
 const TITLE_HEIGHT: f64 = 32.0;
+/// Graphs up to this many nodes and edges get labelled edges.
+const LABELLED_ELEMENTS: usize = 150;
+/// Graphs up to this many nodes and edges get crossing reduction, the costly pass.
+const OPTIMIZED_ELEMENTS: usize = 60;
+/// How long one graph's layout may take.
+const LAYOUT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 /// Space for the legend under a schema's title.
 const LEGEND_HEIGHT: f64 = 22.0;
 /// What a schema's edges and fills mean, in their colours.
@@ -81,17 +87,41 @@ fn section(graph: &Graph, g: usize) -> Result<(String, f64, f64), DiagramError> 
     if graph.nodes.is_empty() {
         return Ok((String::new(), 1.0, 1.0));
     }
-    let drawn = std::panic::catch_unwind(|| lay_out(graph)).map_err(|panic| {
-        let reason = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "the layout library panicked".to_owned());
-        DiagramError::Layout {
-            graph: label(&graph.title),
-            reason: label(&reason),
+    let labelled = elements <= LABELLED_ELEMENTS;
+    let optimized = elements <= OPTIMIZED_ELEMENTS;
+    // The layout runs on a thread of its own, so a graph that takes it too long (its cost
+    // grows steeply with long edges) is an error after LAYOUT_DEADLINE instead of a hang, and
+    // a panic in the library is an error too. A thread past its deadline is left to finish
+    // on its own: the library cannot be stopped.
+    let (done, result) = std::sync::mpsc::channel();
+    let owned = graph.clone();
+    let spawned = std::thread::Builder::new()
+        .name("diagram-layout".into())
+        .spawn(move || {
+            let drawn = std::panic::catch_unwind(|| lay_out(&owned, labelled, optimized));
+            let _ = done.send(drawn.map_err(|panic| {
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "the layout library panicked".to_owned())
+            }));
+        });
+    let failed = |reason: String| DiagramError::Layout {
+        graph: label(&graph.title),
+        reason: label(&reason),
+    };
+    spawned.map_err(|e| failed(format!("cannot start the layout thread: {e}")))?;
+    let drawn = match result.recv_timeout(LAYOUT_DEADLINE) {
+        Ok(Ok(drawn)) => drawn,
+        Ok(Err(reason)) => return Err(failed(reason)),
+        Err(_) => {
+            return Err(failed(format!(
+                "it took longer than {}s",
+                LAYOUT_DEADLINE.as_secs()
+            )));
         }
-    })?;
+    };
     let (w, h) = (attr(&drawn, "width"), attr(&drawn, "height"));
     // Keep what is inside the library's <svg>, and make its ids (markers, edge paths that
     // labels follow, clips) unique to this section: the sections share one document.
@@ -109,7 +139,9 @@ fn section(graph: &Graph, g: usize) -> Result<(String, f64, f64), DiagramError> 
     Ok((inner, w.unwrap_or(1.0), h.unwrap_or(1.0)))
 }
 
-fn lay_out(graph: &Graph) -> String {
+/// Lays out and draws one graph: its edges labelled with their kind when `labelled` (a larger
+/// graph relies on the edges' colours and the legend), crossings reduced when `optimized`.
+fn lay_out(graph: &Graph, labelled: bool, optimized: bool) -> String {
     let dir = Orientation::TopToBottom;
     let mut vg = VisualGraph::new(dir);
     let handles: Vec<_> = graph
@@ -155,7 +187,7 @@ fn lay_out(graph: &Graph) -> String {
             LineEndKind::None,
             end,
             style,
-            edge.kind.label(),
+            if labelled { edge.kind.label() } else { "" },
             &look,
             &None,
             &None,
@@ -163,7 +195,7 @@ fn lay_out(graph: &Graph) -> String {
         vg.add_edge(arrow, handles[edge.from], handles[edge.to]);
     }
     let mut writer = SVGWriter::new();
-    vg.do_it(false, false, false, &mut writer);
+    vg.do_it(false, !optimized, false, &mut writer);
     writer.finalize()
 }
 

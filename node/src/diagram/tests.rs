@@ -237,3 +237,38 @@ fn a_graph_too_large_to_lay_out_is_refused_for_svg_only() {
         .expect("text has no layout to do");
     assert!(dot.contains(&format!("label=\"S{}\"", MAX_SVG_ELEMENTS - 1)));
 }
+
+#[test]
+fn a_larger_graph_is_drawn_with_unlabelled_edges() {
+    // 60 states, each requiring the one before and removing the one two before: 60 + 117
+    // elements, past the labelled size, within the SVG limit.
+    let states: Vec<String> = (0..60)
+        .map(|i| match i {
+            0 => "{ name = \"S0\" }".to_owned(),
+            1 => "{ name = \"S1\", require = [\"S0\"] }".to_owned(),
+            _ => format!(
+                "{{ name = \"S{i}\", require = [\"S{}\"], remove = [\"S{}\"] }}",
+                i - 1,
+                i - 2
+            ),
+        })
+        .collect();
+    let text = format!(
+        "[schemas.s]\nstates = [{}]\n\n[[nodes]]\nname = \"n\"\nlisten = [\"tcp://127.0.0.1:7999\"]\n\
+         machines = [{{ name = \"m\", schema = \"s\" }}]\n",
+        states.join(", ")
+    );
+    let topology = topology::parse(Path::new("mid.toml"), &text).expect("valid");
+    let scope = Scope {
+        machine: Some("m".into()),
+        ..Scope::default()
+    };
+    let svg = Diagram::of_topology(&topology, &scope)
+        .and_then(|d| d.render(Format::Svg))
+        .expect("renders");
+    let texts = svg_texts(&svg);
+    for i in 0..60 {
+        assert!(texts.iter().any(|t| *t == format!("S{i}")), "S{i}");
+    }
+    assert!(!texts.iter().any(|t| t == "require"), "edges unlabelled");
+}
