@@ -169,8 +169,27 @@ fn lay_out(graph: &Graph, labelled: bool, optimized: bool) -> String {
             vg.add_node(Element::create(shape, look, dir, size))
         })
         .collect();
-    for edge in &graph.edges {
-        let (color, style, width) = match edge.kind {
+    // layout-rs checks every edge it adds for a path back (a search that can take
+    // exponential time) and, by default, the whole graph after each one. So the graph goes in
+    // acyclic already: back edges of a depth-first order are turned around here (their arrow
+    // drawn at the other end), and edges are added in that order, so that each edge's head
+    // has no edges yet when it is added and the search ends at once.
+    vg.dag.set_validate(false);
+    let position = depth_first_positions(graph);
+    let mut edges: Vec<(usize, usize, bool, EdgeKind)> = graph
+        .edges
+        .iter()
+        .map(|e| {
+            if position[e.from] <= position[e.to] {
+                (e.from, e.to, false, e.kind)
+            } else {
+                (e.to, e.from, true, e.kind)
+            }
+        })
+        .collect();
+    edges.sort_by_key(|&(from, ..)| position[from]);
+    for (from, to, turned, kind) in edges {
+        let (color, style, width) = match kind {
             EdgeKind::Require => ("#333333", LineStyleKind::Normal, 1),
             EdgeKind::Add => ("#1565c0", LineStyleKind::Normal, 2),
             EdgeKind::Remove => ("#c62828", LineStyleKind::Dashed, 1),
@@ -179,24 +198,65 @@ fn lay_out(graph: &Graph, labelled: bool, optimized: bool) -> String {
             EdgeKind::Mirrors(_) => ("#2e7d32", LineStyleKind::Normal, 2),
         };
         let look = StyleAttr::new(Color::fast(color), width, None, 0, 11);
-        let end = match edge.kind {
+        let head = match kind {
             EdgeKind::Runs => LineEndKind::None,
             _ => LineEndKind::Arrow,
         };
+        let (start, end) = if turned {
+            (head, LineEndKind::None)
+        } else {
+            (LineEndKind::None, head)
+        };
         let arrow = Arrow::new(
-            LineEndKind::None,
+            start,
             end,
             style,
-            if labelled { edge.kind.label() } else { "" },
+            if labelled { kind.label() } else { "" },
             &look,
             &None,
             &None,
         );
-        vg.add_edge(arrow, handles[edge.from], handles[edge.to]);
+        vg.add_edge(arrow, handles[from], handles[to]);
     }
     let mut writer = SVGWriter::new();
     vg.do_it(false, !optimized, false, &mut writer);
     writer.finalize()
+}
+
+/// Each node's position in a depth-first order (reverse postorder, iterative): every edge
+/// that is not a back edge of the search goes from a lower position to a higher one.
+fn depth_first_positions(graph: &Graph) -> Vec<usize> {
+    let n = graph.nodes.len();
+    let mut successors = vec![Vec::new(); n];
+    for e in &graph.edges {
+        successors[e.from].push(e.to);
+    }
+    let mut visited = vec![false; n];
+    let mut postorder = Vec::with_capacity(n);
+    for root in 0..n {
+        if visited[root] {
+            continue;
+        }
+        visited[root] = true;
+        let mut stack = vec![(root, 0_usize)];
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            if let Some(&succ) = successors[node].get(*next) {
+                *next += 1;
+                if !visited[succ] {
+                    visited[succ] = true;
+                    stack.push((succ, 0));
+                }
+            } else {
+                postorder.push(node);
+                stack.pop();
+            }
+        }
+    }
+    let mut position = vec![0; n];
+    for (i, node) in postorder.into_iter().rev().enumerate() {
+        position[node] = i;
+    }
+    position
 }
 
 /// A number attribute of the first `<svg` element.
