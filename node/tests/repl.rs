@@ -157,6 +157,15 @@ async fn one_shot_inspect_list_and_errors() {
         text(&out)
     );
 
+    let out = repl(&endpoint, &["@nope", "list"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out)
+            .1
+            .contains("no machine named \"nope\"; connected: worker"),
+        "{:?}",
+        text(&out)
+    );
     let out = repl(&endpoint, &["add", "Nope"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(

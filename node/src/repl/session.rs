@@ -206,6 +206,10 @@ impl Session {
         interrupt: impl Future<Output = ()>,
     ) -> anyhow::Result<Ran> {
         let selector = line.machine.as_deref();
+        if let Some(name) = selector {
+            // `@NAME` names a connected machine, whatever the command.
+            self.entry(Some(name))?;
+        }
         match &line.command {
             Command::Nothing => Ok(Ran::Done),
             Command::Exit => Ok(Ran::Exit),
