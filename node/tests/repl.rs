@@ -129,7 +129,7 @@ async fn one_shot_when_waits_or_times_out() {
         "{:?}",
         text(&out)
     );
-    let out = repl(&endpoint, &["when-not", "Ready", "--timeout", "5"]).await;
+    let out = repl(&endpoint, &["when-not", "Ready", "--timeout", "300ms"]).await;
     assert_eq!(out.status.code(), Some(1), "Ready stays active");
 }
 

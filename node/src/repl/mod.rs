@@ -3,12 +3,14 @@
 //! - `command`: the language, a line into a command, pure and bounded;
 //! - `complete`: completion of commands, machines and states, pure;
 //! - `session`: the connected machines and what each command does to them;
+//! - `views`: what `inspect`, `watch` and `help` print;
 //! - here: the line editor (rustyline: editing, bounded history in a file, Tab through
 //!   [`ReplHelper`]) and the two ways to run: a prompt, or one command and exit.
 
 pub mod command;
 pub mod complete;
 pub mod session;
+mod views;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -9,19 +9,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-use asyncmachine::machine::{ClockChange, MutationKind, Outcome, StateSource, is_active};
+use asyncmachine::machine::{MutationKind, Outcome, StateSource};
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
 use asyncmachine::printable::printable;
 use asyncmachine::transport::{Endpoint, Scheme, TransportConfig};
 
-use super::command::{COMMANDS, Command, Line, check_states};
+use super::command::{Command, Line, check_states};
 use super::complete::{Completion, Context, MachineInfo, complete};
+use super::views::{active_line, clock_time, conn_name, help, inspect, seconds, watch};
 
 /// The error of a wait that Ctrl-C ended.
 pub const INTERRUPTED: &str = "interrupted (Ctrl-C)";
 
 /// Longest machine name the REPL gives (names come from endpoints).
-const MAX_NAME: usize = 32;
+pub(super) const MAX_NAME: usize = 32;
 
 /// Makes the transport (TLS material) for an endpoint; an error says what is missing.
 pub type TransportFor = Box<dyn Fn(&Endpoint) -> anyhow::Result<TransportConfig> + Send + Sync>;
@@ -229,7 +230,7 @@ impl Session {
             }
             Command::Inspect(name) => {
                 let entry = self.entry(name.as_deref().or(selector))?;
-                inspect(&entry, out).map(|()| Ran::Done)
+                inspect(&entry.name, &entry.mirror, out).map(|()| Ran::Done)
             }
             Command::Status => {
                 let entry = self.entry(selector)?;
@@ -351,7 +352,15 @@ impl Session {
             } => {
                 // Waiting for a state is bounded as the other waits are; watching alone is not.
                 let timeout = timeout.or(until.as_ref().map(|_| self.default_timeout));
-                watch(entry, *ticks, until.as_deref(), timeout, out).await?;
+                watch(
+                    &entry.name,
+                    &entry.mirror,
+                    *ticks,
+                    until.as_deref(),
+                    timeout,
+                    out,
+                )
+                .await?;
                 Ok(Ran::Done)
             }
             _ => Ok(Ran::Done),
@@ -473,213 +482,4 @@ fn kind_name(kind: MutationKind) -> &'static str {
         MutationKind::Remove => "remove",
         _ => "set",
     }
-}
-
-fn conn_name(state: ConnState) -> &'static str {
-    match state {
-        ConnState::Ready => "connected",
-        ConnState::Connecting => "connecting",
-        ConnState::Disconnected => "disconnected",
-    }
-}
-
-fn seconds(d: Duration) -> String {
-    format!("{:.2}s", d.as_secs_f64())
-}
-
-fn active_line(source: &dyn StateSource) -> String {
-    let active = source.active_states();
-    if active.is_empty() {
-        "(none active)".to_owned()
-    } else {
-        printable(&active.join(" ")).into_owned()
-    }
-}
-
-fn help(topic: Option<&str>, out: &mut dyn Write) -> anyhow::Result<()> {
-    let shown: Vec<_> = COMMANDS
-        .iter()
-        .filter(|(name, ..)| topic.is_none_or(|t| t == *name))
-        .collect();
-    if shown.is_empty() {
-        bail!(
-            "no command {:?}; `help` lists them",
-            printable(topic.unwrap_or_default())
-        );
-    }
-    let width = shown
-        .iter()
-        .map(|(n, u, _)| n.len() + u.len() + 1)
-        .max()
-        .unwrap_or(0);
-    for (name, usage, what) in shown {
-        writeln!(out, "  {:<width$}  {what}", format!("{name} {usage}"))?;
-    }
-    if topic.is_none() {
-        writeln!(
-            out,
-            "\n  @NAME COMMAND runs one command on machine NAME; `use NAME` selects it for the rest.\n  \
-             Tab completes commands, machines and states. Timeouts: 5, 2.5s, 500ms."
-        )?;
-    }
-    Ok(())
-}
-
-/// Every state with its tick, whether it is active, its flags and relations.
-fn inspect(entry: &Entry, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mirror = &entry.mirror;
-    let schema = mirror.schema();
-    let clock = mirror.clock();
-    writeln!(
-        out,
-        "{}  {}  {}  queue tick {}",
-        entry.name,
-        mirror.endpoint(),
-        conn_name(mirror.connection()),
-        mirror.queue_tick(),
-    )?;
-    let width = schema
-        .names()
-        .map(|n| printable(n).chars().count())
-        .max()
-        .unwrap_or(0)
-        .min(MAX_NAME);
-    let tick_width = clock
-        .iter()
-        .map(|t| t.to_string().len())
-        .max()
-        .unwrap_or(1)
-        .max(4);
-    writeln!(
-        out,
-        "  {:<width$}  {:>tick_width$}  relations",
-        "state", "tick"
-    )?;
-    for i in 0..schema.len() {
-        let tick = clock.get(i).copied().unwrap_or(0);
-        let mark = if is_active(tick) { '*' } else { ' ' };
-        let mut notes = Vec::new();
-        if let Some(def) = schema.state(i) {
-            if def.multi {
-                notes.push("multi".to_owned());
-            }
-            if def.auto {
-                notes.push("auto".to_owned());
-            }
-            for (what, names) in [
-                ("require", &def.require),
-                ("add", &def.add),
-                ("remove", &def.remove),
-                ("after", &def.after),
-            ] {
-                if !names.is_empty() {
-                    notes.push(format!("{what} {}", printable(&names.join(","))));
-                }
-            }
-        }
-        let row = format!(
-            "{mark} {:<width$}  {tick:>tick_width$}  {}",
-            printable(schema.name(i)),
-            notes.join("; ")
-        );
-        writeln!(out, "{}", row.trim_end())?;
-    }
-    writeln!(
-        out,
-        "  (* active; tick odd = active, each activation and deactivation adds 1)"
-    )?;
-    Ok(())
-}
-
-/// Prints each change of the machine's states (`+State`, `-State`, or every tick with
-/// `ticks`) and of its connection, until `until` is active, `timeout` passes, or the caller
-/// stops polling (Ctrl-C).
-async fn watch(
-    entry: &Entry,
-    ticks: bool,
-    until: Option<&str>,
-    timeout: Option<Duration>,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let mirror = &entry.mirror;
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let notify = changed.clone();
-    let (observer, _) = mirror.observe(Arc::new(move |_: &ClockChange<'_>| notify.notify_one()));
-    let mut connection = mirror.connection_changes();
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    writeln!(
-        out,
-        "{}  watching {}: {}  (Ctrl-C to stop)",
-        clock_time(),
-        entry.name,
-        active_line(mirror)
-    )?;
-    out.flush()?;
-    let mut last = mirror.clock();
-    let result = loop {
-        if let Some(state) = until
-            && mirror.is1(state)
-        {
-            writeln!(out, "{}  {} is active", clock_time(), printable(state))?;
-            break Ok(());
-        }
-        let expired = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = changed.notified() => {
-                let schema = mirror.schema();
-                let now = mirror.clock();
-                let parts: Vec<String> = (0..schema.len().min(now.len()))
-                    .filter(|&i| last.get(i) != now.get(i))
-                    .map(|i| {
-                        let name = printable(schema.name(i));
-                        if ticks {
-                            format!("{name}={}", now[i])
-                        } else if is_active(now[i]) {
-                            format!("+{name}")
-                        } else {
-                            format!("-{name}")
-                        }
-                    })
-                    .collect();
-                if !parts.is_empty() {
-                    writeln!(out, "{}  {:<24}  [{}]", clock_time(), parts.join(" "), active_line(mirror))?;
-                    out.flush()?;
-                }
-                last = now;
-            }
-            Ok(()) = connection.changed() => {
-                let state = *connection.borrow_and_update();
-                let why = mirror.last_error().filter(|_| state != ConnState::Ready).map(|e| format!(": {}", printable(&e))).unwrap_or_default();
-                writeln!(out, "{}  ({}{why})", clock_time(), conn_name(state))?;
-                out.flush()?;
-            }
-            () = expired => break if until.is_some() {
-                Err(anyhow!("timed out waiting for {} to be active", printable(until.unwrap_or_default())))
-            } else {
-                Ok(())
-            },
-        }
-    };
-    mirror.unobserve(observer);
-    result
-}
-
-/// Wall-clock time of day (UTC), for watch lines.
-pub fn clock_time() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() % 86_400;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        now.subsec_millis()
-    )
 }
