@@ -11,7 +11,7 @@
 //! watch [--ticks] [--until STATE] [--timeout T]   help [COMMAND]   exit
 //! ```
 //!
-//! A word with an `=` outside quotes is an argument: its value is typed as on the command
+//! `#` at the start of a word begins a comment. A word with an `=` outside quotes is an argument: its value is typed as on the command
 //! line (`n=1` an integer, `x=0.5` a float, `flag=true` a boolean, anything else a string),
 //! and a quoted value is always a string (`name="1"`).
 
@@ -159,7 +159,8 @@ pub struct Split {
 }
 
 /// Splits a line into words as a shell would: whitespace separates, `"..."` and `'...'`
-/// quote, `\` escapes the next character (outside single quotes).
+/// quote, `\` escapes the next character (outside single quotes), and a `#` that begins a
+/// word begins a comment.
 pub fn split(line: &str) -> Split {
     let mut words = Vec::new();
     let mut current: Option<Word> = None;
@@ -173,6 +174,10 @@ pub fn split(line: &str) -> Split {
             }
             last_start = at + c.len_utf8();
             continue;
+        }
+        if quote.is_none() && current.is_none() && c == '#' {
+            // A comment, to the end of the line (scripts piped in, examples pasted).
+            break;
         }
         let word = current.get_or_insert_with(|| {
             last_start = at;

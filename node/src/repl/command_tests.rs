@@ -52,6 +52,16 @@ fn quotes_and_escapes_make_one_word() {
         "a quoted = is part of a state"
     );
     assert_eq!(args.get("msg"), Some(&Value::Str("say \"hi\"".into())));
+    let Command::Mutate { states, .. } = parse("add A \"#B\" C#D # a comment \"").expect("parses")
+    else {
+        panic!("a mutation");
+    };
+    assert_eq!(
+        states,
+        ["A", "#B", "C#D"],
+        "a # inside a word or quotes is no comment"
+    );
+    assert_eq!(parse("# only a comment"), Ok(Command::Nothing));
 }
 
 #[test]

@@ -184,7 +184,7 @@ pub(super) async fn watch(
                     })
                     .collect();
                 if !parts.is_empty() {
-                    writeln!(out, "{}  {:<24}  [{}]", clock_time(), parts.join(" "), active_line(mirror))?;
+                    writeln!(out, "{}  {:<32}  [{}]", clock_time(), parts.join(" "), active_line(mirror))?;
                     out.flush()?;
                 }
                 last = now;
