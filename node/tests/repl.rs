@@ -276,6 +276,16 @@ fn interactive_session_completes_on_tab() {
         &command,
     ]);
     assert!(started.status.success(), "{started:?}");
+    // A failed assertion below must not leave the session (and the REPL in it) running.
+    struct KillOnDrop(String);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .output();
+        }
+    }
+    let _session = KillOnDrop(name.clone());
     let screen =
         || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &name]).stdout).into_owned();
     let wait_for = |what: &str| {
