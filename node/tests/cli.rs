@@ -615,3 +615,85 @@ async fn watch_escapes_hostile_state_names() {
         );
     }
 }
+
+fn topology_path(name: &str) -> String {
+    format!("{}/../topologies/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn diagram_writes_svg_mermaid_and_dot() {
+    let out = am_node(&["diagram", &topology_path("demo.toml")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = String::from_utf8(out.stdout).expect("UTF-8");
+    let doc = roxmltree::Document::parse(&svg).expect("the SVG parses");
+    let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).collect();
+    for shown in [
+        "Flag",
+        "Heartbeat (multi)",
+        "node hub-a",
+        "leaf/demo (mirror)",
+    ] {
+        assert!(texts.contains(&shown), "{shown} in {texts:?}");
+    }
+    let out = am_node(&[
+        "diagram",
+        &topology_path("demo.toml"),
+        "--format",
+        "mermaid",
+        "--tree",
+    ]);
+    let mermaid = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && mermaid.starts_with("flowchart TB"),
+        "{mermaid}"
+    );
+    assert!(
+        !mermaid.contains("Heartbeat"),
+        "--tree leaves the schemas out"
+    );
+    let out = am_node(&[
+        "diagram",
+        &topology_path("demo.toml"),
+        "--format",
+        "dot",
+        "--machine",
+        "leaf/demo",
+    ]);
+    let dot = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && dot.starts_with("digraph"), "{dot}");
+    assert!(
+        dot.contains("Heartbeat") && !dot.contains("node hub-a"),
+        "{dot}"
+    );
+}
+
+#[test]
+fn diagram_of_bad_input_is_a_clear_error() {
+    let out = am_node(&["diagram", "/nonexistent/topology.toml"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read the topology file"), "{stderr}");
+    let dir = std::env::temp_dir().join(format!("am-diagram-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[nodes]\nname = ").expect("written");
+    let out = am_node(&["diagram", bad.to_str().expect("UTF-8 path")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml:1") && stderr.contains("hint:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = am_node(&["diagram", &topology_path("demo.toml"), "--machine", "x<y>"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no machine named \"x<y>\""),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

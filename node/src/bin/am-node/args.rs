@@ -13,6 +13,32 @@ pub(crate) struct FaultProxyArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct DiagramArgs {
+    /// The topology file (TOML), e.g. topologies/demo.toml.
+    pub(crate) file: PathBuf,
+    /// Output format: svg (laid out, to open in a browser), mermaid or dot (text for other
+    /// tools: a Markdown page, Graphviz).
+    #[arg(long, value_enum, default_value = "svg")]
+    pub(crate) format: DiagramFormat,
+    /// Only this machine's schema (MACHINE or NODE/MACHINE), without the tree.
+    #[arg(long, conflicts_with = "tree")]
+    pub(crate) machine: Option<String>,
+    /// Only the tree (nodes, machines, who mirrors whom), without the schemas.
+    #[arg(long)]
+    pub(crate) tree: bool,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub(crate) output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum DiagramFormat {
+    Svg,
+    Mermaid,
+    Dot,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// The topology file (TOML), e.g. topologies/demo.toml.
     pub(crate) file: PathBuf,
@@ -108,6 +134,39 @@ pub(crate) struct MutateArgs {
     /// An argument for the handlers, key=value (repeatable); numbers and true/false are typed.
     #[arg(long = "arg", value_name = "KEY=VALUE")]
     pub(crate) args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplArgs {
+    /// Machines to mirror: tcp://host:port/MACHINE (or tls://, quic://, ws://, wss://). Each
+    /// is named after its MACHINE part (demo, demo-2, ...); the first is selected.
+    #[arg(required = true)]
+    pub(crate) endpoints: Vec<String>,
+    /// The servers' token, if they need one (also the WebSocket upgrade's, as for `watch`).
+    #[arg(long)]
+    pub(crate) token: Option<String>,
+    /// The client id to present (default: am-node-repl-PID).
+    #[arg(long)]
+    pub(crate) id: Option<String>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+    /// How long `when`, `when-not`, `when-time` and `watch --until` wait without their own
+    /// --timeout: seconds (5, 2.5) or with a unit (500ms, 3s, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    pub(crate) timeout: std::time::Duration,
+    /// The history file (default: $XDG_DATA_HOME/am-node/repl_history or
+    /// ~/.local/share/am-node/repl_history); the last 1000 lines are kept.
+    #[arg(long)]
+    pub(crate) history: Option<PathBuf>,
+    /// One command to run instead of a prompt, after `--`: prints its result and exits 0 on
+    /// success, 3 when a mutation was canceled, 1 on errors (a timeout among them). E.g.
+    /// `am-node repl tcp://127.0.0.1:7400/demo -- when Ready --timeout 5`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
+}
+
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    am_node::repl::command::parse_duration(text)
 }
 
 #[derive(Debug, Args)]

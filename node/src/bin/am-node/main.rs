@@ -49,6 +49,15 @@ enum Command {
     Remove(MutateArgs),
     /// Activates exactly these states of a machine. Exit code 3 when canceled, 1 on errors.
     Set(MutateArgs),
+    /// Draws a topology file: each schema's states and relations (require, add, remove, after;
+    /// multi and auto states marked) and the tree (nodes, machines, who mirrors whom over
+    /// which transport). SVG by default; --format mermaid or dot for text.
+    Diagram(DiagramArgs),
+    /// A prompt over mirrors of running machines: add, remove, set (with typed arguments),
+    /// when, when-not, when-time, inspect, list, status, watch; line editing, history, Tab
+    /// completion of commands, machines and states. With `-- COMMAND` runs one command and
+    /// exits with its status.
+    Repl(ReplArgs),
     /// Shows a node's machines, clients, upstreams and counters.
     Status(StatusArgs),
     /// Writes a development CA and certificates for the named nodes (or clients) into DIR:
@@ -83,6 +92,8 @@ fn main() -> ExitCode {
         Command::Set(args) => {
             runtime(1).and_then(|rt| rt.block_on(mutate(MutationKind::Set, &args)))
         }
+        Command::Diagram(args) => diagram(&args),
+        Command::Repl(args) => repl(&args),
         Command::Status(args) => runtime(1).and_then(|rt| rt.block_on(status(&args))),
         Command::Certs(args) => certs(&args),
         Command::FaultProxy(args) => runtime(1).and_then(|rt| rt.block_on(fault_proxy(&args))),

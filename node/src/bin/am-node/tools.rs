@@ -327,6 +327,78 @@ pub(crate) async fn fault_proxy(args: &FaultProxyArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+pub(crate) fn diagram(args: &DiagramArgs) -> anyhow::Result<ExitCode> {
+    use am_node::diagram::{Diagram, Format, Scope};
+    let topology = asyncmachine::topology::load(&args.file)?;
+    let scope = Scope {
+        machine: args.machine.clone(),
+        tree_only: args.tree,
+    };
+    let format = match args.format {
+        DiagramFormat::Svg => Format::Svg,
+        DiagramFormat::Mermaid => Format::Mermaid,
+        DiagramFormat::Dot => Format::Dot,
+    };
+    let text = Diagram::of_topology(&topology, &scope)?.render(format)?;
+    match &args.output {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write the diagram to {}", path.display()))?,
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn repl(args: &ReplArgs) -> anyhow::Result<ExitCode> {
+    use am_node::repl::{ConnectOptions, Ran, Session};
+    let tls = TlsArgs {
+        ca: args.tls.ca.clone(),
+        cert: args.tls.cert.clone(),
+        key: args.tls.key.clone(),
+    };
+    let options = ConnectOptions {
+        client_id: args
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("am-node-repl-{}", std::process::id())),
+        token: args.token.clone(),
+        transport: Box::new(move |endpoint| tls.transport(endpoint)),
+    };
+    let session = Session::new(options, args.timeout);
+    // Two threads: the mirrors keep their connections while the prompt waits for a line.
+    let runtime = crate::runtime(2)?;
+    let mut connected = 0;
+    for endpoint in &args.endpoints {
+        match runtime.block_on(session.connect(endpoint)) {
+            Ok(_) => connected += 1,
+            // A one-shot command needs every machine it was given; a prompt can go on
+            // with the others and `connect` later.
+            Err(e) if args.command.is_empty() => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "error: {}",
+                    am_node::repl::printable_error(&e)
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if args.command.is_empty() {
+        if connected == 0 {
+            bail!("could not connect to any of the endpoints given");
+        }
+        let history = args.history.clone().or_else(am_node::repl::default_history);
+        am_node::repl::run_interactive(&session, &runtime, history.as_deref())?;
+        runtime.block_on(session.close());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ran = runtime.block_on(am_node::repl::run_one_shot(&session, &args.command));
+    runtime.block_on(session.close());
+    Ok(match ran? {
+        Ran::Done | Ran::Exit => ExitCode::SUCCESS,
+        Ran::Canceled => ExitCode::from(EXIT_CANCELED),
+    })
+}
+
 pub(crate) fn certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
     use asyncmachine::certs::{CaOrigin, CaPolicy};
     let policy = if args.new_ca {
