@@ -25,8 +25,19 @@ if ! command -v chromium >/dev/null 2>&1; then
     exit 1
   fi
 fi
-# The browser test must run here, never skip.
+if ! command -v tmux >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing tmux for the REPL's terminal test..." >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null
+  else
+    echo "tmux is missing: sudo apt-get install tmux (the REPL's terminal test needs it)" >&2
+    exit 1
+  fi
+fi
+# The browser tests and the REPL's terminal test must run here, never skip.
 export AM_REQUIRE_BROWSER=1
+export AM_REQUIRE_TMUX=1
 
 # The page's module: the JavaScript tests and the browser tests load it.
 scripts/build-wasm.sh --locked

@@ -242,6 +242,11 @@ fn interactive_session_completes_on_tab() {
         .output()
         .is_err()
     {
+        // scripts/test.sh installs tmux and sets this: the suite never skips the terminal.
+        assert!(
+            std::env::var_os("AM_REQUIRE_TMUX").is_none(),
+            "tmux is missing: scripts/test.sh installs it (apt-get install tmux)"
+        );
         use std::io::Write as _;
         let _ = writeln!(
             std::io::stderr(),
