@@ -72,13 +72,15 @@ async fn link(machine: &Machine, other_at: &Endpoint) -> Result<Mirror, Error> {
     Ok(other)
 }
 
-/// The second process: serves bar, says where on stdout, mirrors foo, sends foo a message,
-/// and runs until foo closes its stdin.
+/// The second process: serves bar, mirrors foo, says where it serves on stdout, sends foo a
+/// message, and runs until foo closes its stdin.
 async fn bar(foo_at: Endpoint) -> Result<(), Error> {
     let (machine, server, endpoint) = peer("bar").await?;
+    // Linked (its handler bound) before foo hears where bar is: foo's first message must find
+    // the handler that answers it.
+    let foo_mirror = link(&machine, &foo_at).await?;
     println!("{endpoint}");
     std::io::stdout().flush()?;
-    let foo_mirror = link(&machine, &foo_at).await?;
     tokio::time::timeout(WITHIN, machine.when_tick_reaches("Msg", 1)).await??;
     foo_mirror.add(&["Msg"], Args::new()).await?;
     tokio::time::timeout(WITHIN, machine.when(&["Reply"])).await??;

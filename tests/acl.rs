@@ -574,6 +574,7 @@ async fn a_no_reply_set_from_a_restricted_client_does_not_run_either() {
             kind: MutationKind::Set,
             states: vec![flag],
             args: Args::new(),
+            key: None,
         }))
         .await;
     client.send(&Message::Sync { id: 9 }).await;
@@ -750,6 +751,7 @@ async fn a_schema_change_under_a_served_mirror_ends_its_clients_sessions() {
             kind: MutationKind::Add,
             states: vec![1],
             args: Args::new(),
+            key: None,
         }),
         &mut out,
     );
@@ -821,6 +823,7 @@ async fn snapshots_and_replies_carry_only_what_a_client_sees() {
             kind: MutationKind::Add,
             states: vec![0, 1],
             args: Args::new(),
+            key: None,
         }))
         .await;
     client.send(&Message::Sync { id: 5 }).await;

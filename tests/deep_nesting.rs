@@ -28,12 +28,15 @@ fn nested_mutate_frame(id: u64, depth: usize) -> Vec<u8> {
         kind: MutationKind::Add,
         states: vec![0],
         args: Args::new().with("deep", Value::Null),
+        key: None,
     }));
-    assert_eq!(body.pop(), Some(0), "the body ends with the null's tag");
+    assert_eq!(body.pop(), Some(0), "the body ends with the key's None");
+    assert_eq!(body.pop(), Some(0), "after the null's tag");
     for _ in 0..depth {
         body.extend_from_slice(&[LIST, 1]);
     }
     body.push(0);
+    body.push(0); // no key
     let mut frame = Vec::new();
     put_varint(&mut frame, (body.len() as u64) << 1);
     frame.extend_from_slice(&body);

@@ -77,6 +77,7 @@ fn nested_mutate(depth: usize) -> Message {
         kind: MutationKind::Add,
         states: vec![0],
         args: Args::new().with("a", deep),
+        key: None,
     })
 }
 
@@ -98,6 +99,20 @@ fn at_and_past_limits() -> Vec<(&'static str, Message)> {
             kind: MutationKind::Set,
             states: vec![0; n],
             args: Args::new(),
+            key: None,
+        })
+    };
+    let keyed = |origin: String| {
+        Message::Mutate(MutateRequest {
+            id: 1,
+            kind: MutationKind::Add,
+            states: vec![0],
+            args: Args::new(),
+            key: Some(asyncmachine::machine::MutationKey {
+                origin,
+                epoch: u64::MAX,
+                seq: u64::MAX,
+            }),
         })
     };
     let many_args = |n: usize| {
@@ -106,6 +121,7 @@ fn at_and_past_limits() -> Vec<(&'static str, Message)> {
             kind: MutationKind::Add,
             states: vec![],
             args: (0..n).map(|i| (format!("a{i}"), i as i64)).collect(),
+            key: None,
         })
     };
     vec![
@@ -114,6 +130,8 @@ fn at_and_past_limits() -> Vec<(&'static str, Message)> {
         ("states-at-limit", mutate_states(MAX_STATES)),
         ("states-past-limit", mutate_states(MAX_STATES + 1)),
         ("args-at-limit", many_args(MAX_ARGS)),
+        ("key-origin-at-limit", keyed("k".repeat(MAX_NAME_LEN))),
+        ("key-origin-past-limit", keyed("k".repeat(MAX_NAME_LEN + 1))),
         ("args-past-limit", many_args(MAX_ARGS + 1)),
         ("client-id-past-limit", hello("i".repeat(MAX_NAME_LEN + 1))),
         (
@@ -236,6 +254,7 @@ fn samples() -> Vec<(&'static str, Message)> {
                 kind: MutationKind::Add,
                 states: vec![0, 1],
                 args: Args::new().with("op", 2),
+                key: None,
             }),
         ),
         ("ping", Message::Ping(42)),

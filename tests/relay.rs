@@ -255,6 +255,7 @@ async fn several_browsers_share_one_target() {
                 kind,
                 states: vec![index],
                 args: Args::new().with("from", i as i64),
+                key: None,
             }))
             .await;
         loop {
@@ -688,6 +689,7 @@ async fn idle_means_nothing_from_the_browser_whatever_the_node_pushes() {
             kind: MutationKind::Add,
             states: vec![0],
             args: Args::new(),
+            key: None,
         }))
         .await;
     loop {

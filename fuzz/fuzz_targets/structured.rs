@@ -291,6 +291,7 @@ fn message(u: &mut Unstructured<'_>) -> Result<Message> {
             kind: kind(u)?,
             states: states(u)?,
             args: args(u)?,
+            key: None,
         }),
         5 => Message::MutateReply(MutateReply {
             id: u.arbitrary()?,

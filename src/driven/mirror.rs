@@ -34,6 +34,9 @@ struct Shared {
     /// The session, the clock and what watches it (`crate::replica`, as in a network mirror).
     core: Arc<ReplicaCore>,
     reconnects: AtomicU64,
+    /// The latest time the loop handed in (nanoseconds of its `Moment`s): the clock a mutation
+    /// is made at, for its retry deadline.
+    last_now: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for DrivenMirror {
@@ -57,6 +60,8 @@ impl DrivenMirror {
         outbound: impl Fn() + Send + Sync + 'static,
     ) -> DrivenMirror {
         let clock_schema = schema.clone().unwrap_or_else(placeholder);
+        let last_now = Arc::new(AtomicU64::new(0));
+        let seen = last_now.clone();
         DrivenMirror {
             shared: Arc::new(Shared {
                 endpoint: endpoint.into(),
@@ -65,8 +70,14 @@ impl DrivenMirror {
                     ClientSession::new(config, schema),
                     clock_schema,
                     Box::new(outbound),
+                    Box::new(move || {
+                        Moment::since_epoch(std::time::Duration::from_nanos(
+                            seen.load(Ordering::Relaxed),
+                        ))
+                    }),
                 ),
                 reconnects: AtomicU64::new(0),
+                last_now,
             }),
         }
     }
@@ -118,17 +129,26 @@ impl DrivenMirror {
 
     /// The transport is up: the hello is queued.
     pub fn connected(&self, now: Moment) -> Vec<MirrorEvent> {
+        self.saw(now);
         self.input(|session| session.connect(now))
     }
 
     /// Bytes read from the transport.
     pub fn handle_bytes(&self, bytes: &[u8], now: Moment) -> Vec<MirrorEvent> {
+        self.saw(now);
         self.input(|session| session.handle_bytes(bytes, now))
     }
 
     /// The time, when [`DrivenMirror::poll_timeout`] was due (or later).
     pub fn handle_timeout(&self, now: Moment) -> Vec<MirrorEvent> {
+        self.saw(now);
         self.input(|session| session.handle_timeout(now))
+    }
+
+    /// Keeps the latest time the loop handed in.
+    fn saw(&self, now: Moment) {
+        let nanos = u64::try_from(now.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.shared.last_now.fetch_max(nanos, Ordering::Relaxed);
     }
 
     /// The transport ended (`reason` from it); waiting mutations fail with `Disconnected`.

@@ -27,6 +27,8 @@ fn config() -> ClientConfig {
         handshake_timeout: Duration::from_secs(5),
         keepalive: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(30),
+        retry: crate::proto::session::RetryPolicy::NONE,
+        key_epoch: 1,
     }
 }
 

@@ -50,7 +50,7 @@ pub use resolve::{CancelReason, MutationKind, Plan, is_active, resolve};
 pub use schema::{EXCEPTION, Relation, Schema, SchemaBuilder, SchemaDef, SchemaError, StateDef};
 pub use source::{
     ClockChange, DisposeHook, ERROR_ARG, ErrFuture, Mutation, MutationError, MutationFuture,
-    Observer, ObserverId, Outcome, StateSource, Transition, UpstreamInfo,
+    MutationKey, Observer, ObserverId, Outcome, StateSource, Transition, UpstreamInfo,
 };
 pub use tracer::{Step, StepKind, Tracer, TransitionTrace};
 pub use value::{Args, Value};

@@ -61,6 +61,42 @@ pub enum MutationError {
     Refused(String),
     #[error("no answer from the source within {0:?}; the mutation may or may not have run")]
     Timeout(std::time::Duration),
+    /// The link to the source stayed down for the mirror's whole retry deadline: the mutation
+    /// was not sent, or was sent and its answer lost; a later retry with the same key cannot run
+    /// it twice, but this one gave up.
+    #[error(
+        "the source could not be reached within {0:?} (the link is down); the mutation did not run, or ran and its answer was lost"
+    )]
+    Unreachable(std::time::Duration),
+    /// More mutations wait for the link than the mirror's retry policy allows.
+    #[error(
+        "{waiting} mutations already wait for the link to the source (the limit); slow down or raise the mirror's retry limits"
+    )]
+    RetryQueueFull { waiting: usize },
+}
+
+/// A mutation's identity across retries and hops (its idempotency key): the mirror that first
+/// sent it (its client id and the epoch of its session, new each time the mirror starts) and
+/// its number there. A server that has run a key answers a repeat of it from its record
+/// instead of running it again; a node forwarding a mutation upstream keeps its key, so a
+/// retry at any hop of a tree cannot run it twice (PROTOCOL.md, "Retries and exactly once").
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct MutationKey {
+    /// The client id of the mirror that first sent it.
+    #[serde(deserialize_with = "key_origin")]
+    pub origin: String,
+    /// Chosen when that mirror started, so its numbers after a restart are new keys.
+    pub epoch: u64,
+    /// Its number in that mirror's session, from 1.
+    pub seq: u64,
+}
+
+fn key_origin<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    super::bounded::string(
+        deserializer,
+        "a mutation key's origin",
+        super::bounded::MAX_NAME_LEN,
+    )
 }
 
 /// A mutation: what to do with which states, and the arguments handlers see.
@@ -71,6 +107,9 @@ pub struct Mutation {
     pub args: Args,
     /// Set by the machine for its own auto mutations.
     pub(crate) auto: bool,
+    /// Its identity across retries and hops, once a mirror sent it (or a server received it);
+    /// `None` for a mutation made on a local machine.
+    pub key: Option<MutationKey>,
 }
 
 impl Mutation {
@@ -80,7 +119,14 @@ impl Mutation {
             states,
             args,
             auto: false,
+            key: None,
         }
+    }
+
+    /// The same mutation with an idempotency key (a server passing on what a client sent).
+    pub fn with_key(mut self, key: Option<MutationKey>) -> Self {
+        self.key = key;
+        self
     }
 
     pub fn is_auto(&self) -> bool {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::machine::Schema;
 use crate::proto::frame::DEFAULT_MAX_FRAME;
-use crate::proto::session::{ClientConfig, HandshakeError};
+use crate::proto::session::{ClientConfig, HandshakeError, RetryPolicy};
 use crate::transport::{Endpoint, TransportConfig, TransportError};
 
 /// How a mirror connects and behaves.
@@ -34,6 +34,10 @@ pub struct MirrorConfig {
     pub backoff_max: Duration,
     /// TLS material for tls://, quic:// and wss:// upstreams.
     pub transport: TransportConfig,
+    /// How mutations outlive a broken link: they wait for it up to a deadline and run once
+    /// (PROTOCOL.md, "Retries and exactly once"). [`RetryPolicy::NONE`] fails them at once
+    /// while disconnected.
+    pub retry: RetryPolicy,
 }
 
 impl Default for MirrorConfig {
@@ -53,6 +57,7 @@ impl Default for MirrorConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             transport: TransportConfig::default(),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -115,6 +120,8 @@ impl MirrorConfig {
             handshake_timeout: self.handshake_timeout,
             keepalive: self.keepalive,
             idle_timeout: self.idle_timeout,
+            retry: self.retry,
+            key_epoch: key_epoch(),
         }
     }
 }
@@ -142,4 +149,16 @@ impl MirrorError {
             },
         }
     }
+}
+
+/// An epoch for a new session's mutation keys: the wall clock in nanoseconds mixed with the
+/// process id and a per-process counter, so two mirrors (or one restarted) never share one.
+fn key_epoch() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let made = MADE.fetch_add(1, Ordering::Relaxed);
+    nanos ^ (u64::from(std::process::id()) << 32) ^ made.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::{Notify, oneshot, watch};
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use super::config::{ConnState, MirrorError};
@@ -55,9 +55,15 @@ pub(super) async fn drive(
         drop(shared);
         if let Some(n) = attempt {
             let wait = backoff::delay(n, config.backoff_initial, config.backoff_max, jitter.draw());
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|s| *s) => return,
+            let slept = with_session_timers(&weak, async {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => true,
+                    _ = stop.wait_for(|s| *s) => false,
+                }
+            })
+            .await;
+            if slept != Some(true) {
+                return;
             }
         }
         let Some(shared) = weak.upgrade() else { return };
@@ -66,9 +72,15 @@ pub(super) async fn drive(
         }
         shared.conn.send_replace(ConnState::Connecting);
         drop(shared);
-        let connected = tokio::select! {
-            connected = connect(&endpoint, &config) => connected,
-            _ = stop.wait_for(|s| *s) => return,
+        let connected = with_session_timers(&weak, async {
+            tokio::select! {
+                connected = connect(&endpoint, &config) => Some(connected),
+                _ = stop.wait_for(|s| *s) => None,
+            }
+        })
+        .await;
+        let Some(Some(connected)) = connected else {
+            return;
         };
         let ended = match connected {
             Ok(stream) => run(&weak, stream, &mut stop, &mut first).await,
@@ -113,6 +125,33 @@ pub(super) async fn drive(
     }
 }
 
+/// Runs `work` (a backoff, a connect) while firing the session's timers as they come due:
+/// mutations waiting for the link fail at their deadline even while no connection is up.
+/// `None` when the mirror is gone.
+async fn with_session_timers<F: std::future::Future>(
+    weak: &Weak<Shared>,
+    work: F,
+) -> Option<F::Output> {
+    tokio::pin!(work);
+    let mut timer = SessionTimer::new();
+    loop {
+        let deadline = {
+            let shared = weak.upgrade()?;
+            let at = shared.core.lock().session.poll_timeout();
+            at.map(|at| shared.epoch + at.elapsed())
+        };
+        timer.arm(deadline);
+        tokio::select! {
+            out = &mut work => return Some(out),
+            () = timer.fired() => {
+                let shared = weak.upgrade()?;
+                let now = shared.now();
+                shared.input(|session| session.handle_timeout(now));
+            }
+        }
+    }
+}
+
 /// Connects the transport within the connect timeout.
 async fn connect(
     endpoint: &crate::transport::Endpoint,
@@ -140,11 +179,11 @@ async fn run(
     first: &mut Option<oneshot::Sender<Result<(), MirrorError>>>,
 ) -> Ended {
     let (mut rd, wr) = tokio::io::split(stream);
-    let epoch = Instant::now();
-    let now = || Moment::since_epoch(epoch.elapsed());
     let Some(shared) = weak.upgrade() else {
         return Ended::Stopped;
     };
+    let epoch = shared.epoch;
+    let now = || Moment::since_epoch(epoch.elapsed());
     let (wake, stats) = (shared.wake.clone(), shared.stats.clone());
     shared.core.lock().session.connect(now());
     drop(shared);

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::{Notify, broadcast, oneshot, watch};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 use crate::machine::{
     Args, Condition, DisposeHook, ErrFuture, LogArgs, LogLevel, Logger, Mutation, MutationError,
@@ -36,7 +36,7 @@ use crate::machine::{
     UpstreamInfo, When,
 };
 use crate::proto::message::Payload;
-use crate::proto::session::{ClientSession, Phase};
+use crate::proto::session::{ClientSession, Moment, Phase};
 use crate::replica::{Drained, ReplicaCore, ReplicaEvent};
 use crate::transport::Endpoint;
 
@@ -70,6 +70,9 @@ struct Shared {
     wake: Arc<Notify>,
     /// Told when the writer took the queued bytes.
     drained: Notify,
+    /// The origin of the session's time (`Moment`s), for the mirror's whole life: a mutation
+    /// made while disconnected has its deadline on the same clock as the connections after.
+    epoch: Instant,
 }
 
 impl Mirror {
@@ -160,7 +163,7 @@ impl Mirror {
                 if replica.session.transmit().len() < OUTBOX_BYTES
                     || replica.session.phase() != Phase::Ready
                 {
-                    replica.session.mutate(mutation, None)?;
+                    replica.session.mutate(mutation, None, self.shared.now())?;
                     break;
                 }
             }
@@ -199,13 +202,16 @@ impl Shared {
         let session = ClientSession::new(config.session(endpoint), config.schema.clone());
         let wake = Arc::new(Notify::new());
         let waker = wake.clone();
+        let epoch = Instant::now();
         Arc::new(Shared {
             core: ReplicaCore::new(
                 config.client_id.clone(),
                 session,
                 schema,
                 Box::new(move || waker.notify_one()),
+                Box::new(move || Moment::since_epoch(epoch.elapsed())),
             ),
+            epoch,
             endpoint: endpoint.clone(),
             config,
             conn: watch::channel(ConnState::Connecting).0,
@@ -221,6 +227,11 @@ impl Shared {
 
     fn id(&self) -> &str {
         &self.core.id
+    }
+
+    /// The session's time now (see `epoch`).
+    fn now(&self) -> Moment {
+        Moment::since_epoch(self.epoch.elapsed())
     }
 
     /// The mirror's handle, for what needs one (observers hear of the mirror as their source).

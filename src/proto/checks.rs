@@ -171,7 +171,11 @@ pub fn within_limits(m: &Message) -> bool {
         }
         Message::Diff(d) => d.changes.len() <= MAX_STATES,
         Message::MutateReply(r) => r.diff.changes.len() <= MAX_STATES,
-        Message::Mutate(r) => r.states.len() <= MAX_STATES && args_within_limits(&r.args),
+        Message::Mutate(r) => {
+            r.states.len() <= MAX_STATES
+                && args_within_limits(&r.args)
+                && r.key.as_ref().is_none_or(|k| name(&k.origin))
+        }
         Message::WhenArgs(r) => args_within_limits(&r.args),
         Message::Snapshot { snapshot: s, .. } => snapshot(s),
         Message::SchemaChanged {

@@ -29,6 +29,11 @@ pub struct Limits {
     /// Most remote waits (`WhenArgs`) one client may have pending; more are refused with a
     /// reason, and a client that goes on asking as many times again is disconnected.
     pub max_remote_waits: usize,
+    /// Keyed mutations each source keeps the result of, so a retry of one is answered from
+    /// the record instead of running again (PROTOCOL.md, "Retries and exactly once").
+    pub dedup_window: usize,
+    /// How long a recorded result is kept at least (unless the window is full).
+    pub dedup_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -41,6 +46,8 @@ impl Default for Limits {
             max_frame: DEFAULT_MAX_FRAME,
             min_push_interval: None,
             max_remote_waits: DEFAULT_MAX_REMOTE_WAITS,
+            dedup_window: crate::proto::dedup::DEFAULT_DEDUP_WINDOW,
+            dedup_ttl: crate::proto::dedup::DEFAULT_DEDUP_TTL,
         }
     }
 }

@@ -175,8 +175,10 @@ mod tests {
             kind: MutationKind::Add,
             states: vec![0],
             args: Args::new().with("a", Value::Null),
+            key: None,
         }));
-        assert_eq!(body.pop(), Some(0), "the encoding ends with the null's tag");
+        assert_eq!(body.pop(), Some(0), "the encoding ends with the key's None");
+        assert_eq!(body.pop(), Some(0), "after the null's tag");
         for _ in 0..depth {
             body.push(container);
             body.push(1); // one item (a list) or one entry (a map)
@@ -185,6 +187,7 @@ mod tests {
             }
         }
         body.push(0);
+        body.push(0); // no key
         body
     }
 
@@ -280,8 +283,10 @@ mod tests {
             kind: MutationKind::Add,
             states: vec![],
             args: Args::new().with("a", Value::Null),
+            key: None,
         }));
-        body.pop();
+        body.pop(); // the key's None
+        body.pop(); // the null's tag
         body.push(5); // Value::Bytes
         put_len(&mut body, 60 << 20);
         assert!(decode_err(&body).contains("LimitExceeded"));
@@ -362,6 +367,7 @@ mod tests {
                 args: (0..count)
                     .map(|i| (format!("{i:0>key_len$}"), Value::Null))
                     .collect(),
+                key: None,
             })
         };
         let cases: Vec<(&str, Message, Message, &str)> = vec![

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::limits;
 
-use crate::machine::{Args, MutationKind, Outcome, SchemaDef};
+use crate::machine::{Args, MutationKey, MutationKind, Outcome, SchemaDef};
 
 /// The protocol version this build speaks. A server refuses other versions with a reason.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// One protocol message: the body of one frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +247,9 @@ pub struct MutateRequest {
     #[serde(deserialize_with = "limits::states")]
     pub states: Vec<u32>,
     pub args: Args,
+    /// The mutation's idempotency key: a server answers a key it has run from its record
+    /// (PROTOCOL.md, "Retries and exactly once"). `None` from clients that do not retry.
+    pub key: Option<MutationKey>,
 }
 
 impl MutateRequest {

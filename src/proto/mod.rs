@@ -10,6 +10,8 @@
 //! - [`limits`]: the bounds on counts, names and nesting a peer's message may hold.
 //! - [`config`]: a server's limits (clients, timeouts, frame size, push interval).
 //! - [`session`]: the server's and the client's sessions: every decision of a connection.
+//! - [`dedup`]: the keys of the mutations a source ran and their results, so a retried
+//!   mutation runs once.
 //!
 //! [`FrameReader`] turns a byte stream into messages; [`encode_frame`] turns a message into
 //! bytes. PROTOCOL.md at the repository root documents the format byte by byte.
@@ -17,6 +19,7 @@
 pub mod acl;
 mod compress;
 pub mod config;
+pub mod dedup;
 pub mod diff;
 pub mod frame;
 pub mod handshake;

@@ -164,6 +164,7 @@ fn message() -> impl Strategy<Value = Message> {
                 kind,
                 states,
                 args,
+                key: None,
             })),
         (any::<u64>(), outcome(), diff()).prop_map(|(id, result, diff)| {
             Message::MutateReply(MutateReply {
@@ -346,7 +347,7 @@ fn documented_examples_are_what_the_encoder_writes() {
     });
     assert_eq!(
         frame_hex(&hello),
-        "1a 00 02 04 6c 65 61 66 01 77 00 00 00 00"
+        "1a 00 03 04 6c 65 61 66 01 77 00 00 00 00"
     );
     let welcome = Message::Welcome(Welcome {
         ancestry: vec!["w".into()],
@@ -398,8 +399,25 @@ fn documented_examples_are_what_the_encoder_writes() {
         kind: MutationKind::Add,
         states: vec![1],
         args: Args::new().with("op", 2),
+        key: None,
     });
-    assert_eq!(frame_hex(&mutate), "16 04 01 00 01 01 01 02 6f 70 02 04");
+    assert_eq!(frame_hex(&mutate), "18 04 01 00 01 01 01 02 6f 70 02 04 00");
+    // The same mutation as a retrying mirror sends it: with its key.
+    let keyed = Message::Mutate(MutateRequest {
+        id: 1,
+        kind: MutationKind::Add,
+        states: vec![1],
+        args: Args::new().with("op", 2),
+        key: Some(crate::machine::MutationKey {
+            origin: "leaf".into(),
+            epoch: 7,
+            seq: 1,
+        }),
+    });
+    assert_eq!(
+        frame_hex(&keyed),
+        "26 04 01 00 01 01 01 02 6f 70 02 04 01 04 6c 65 61 66 07 01"
+    );
     let reply = Message::MutateReply(MutateReply {
         id: 1,
         result: MutateResult::Executed,

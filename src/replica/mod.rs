@@ -28,7 +28,7 @@ use crate::machine::{
     Args, Condition, DisposeHook, LogArgs, LogLevel, Logger, Mutation, MutationError, Observer,
     ObserverId, Schema, StateSource, Tracer, TracerId, WaitError, When,
 };
-use crate::proto::session::ClientSession;
+use crate::proto::session::{ClientSession, Moment};
 
 pub(crate) use effects::Effects;
 pub use effects::ReplicaEvent;
@@ -37,6 +37,10 @@ pub(crate) use state::{ErrAnswer, MutationAnswer, Pending, Replica};
 /// Called when the session queued bytes outside an input (a mutation, a withdrawn wait): the
 /// pump should take them.
 pub(crate) type Wake = Box<dyn Fn() + Send + Sync>;
+
+/// The pump's clock, the one it hands the session's inputs: when a mutation is made, for its
+/// retry deadline.
+pub(crate) type Clock = Box<dyn Fn() -> Moment + Send + Sync>;
 
 /// The replica shared by a mirror's handles: its state behind one lock, its log and dispose
 /// hooks, and how to wake its pump.
@@ -47,6 +51,7 @@ pub(crate) struct ReplicaCore {
     pub log: Arc<MachineLog>,
     dispose_hooks: Mutex<Vec<DisposeHook>>,
     wake: Wake,
+    clock: Clock,
 }
 
 /// What one input to the session did, once its effects were applied.
@@ -97,6 +102,7 @@ impl ReplicaCore {
         session: ClientSession<Pending>,
         schema: Arc<Schema>,
         wake: Wake,
+        clock: Clock,
     ) -> Arc<ReplicaCore> {
         let log = Arc::new(MachineLog::new(LogLevel::Nothing));
         Arc::new(ReplicaCore {
@@ -105,6 +111,7 @@ impl ReplicaCore {
             log,
             dispose_hooks: Mutex::new(Vec::new()),
             wake,
+            clock,
         })
     }
 
@@ -150,17 +157,18 @@ impl ReplicaCore {
         }
     }
 
-    /// Sends `mutation` to the source; the receiver gets its answer (a canceled receiver
-    /// means the replica is gone).
+    /// Sends `mutation` to the source (or keeps it until the link is back, as the retry policy
+    /// allows); the receiver gets its answer (a canceled receiver means the replica is gone).
     pub fn mutate(
         &self,
         mutation: Mutation,
     ) -> Result<oneshot::Receiver<MutationAnswer>, MutationError> {
         self.log_mutation(&mutation);
         let (tx, rx) = oneshot::channel();
+        let now = (self.clock)();
         self.lock()
             .session
-            .mutate(mutation, Some(Pending::Answer(tx)))?;
+            .mutate(mutation, Some(Pending::Answer(tx)), now)?;
         self.wake();
         Ok(rx)
     }

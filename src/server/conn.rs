@@ -21,6 +21,7 @@ use super::push::Outlet;
 use super::waits::Waits;
 use super::{ClientEntry, ClientInfo, Inner};
 use crate::machine::MutationError;
+use crate::proto::dedup::Begin;
 use crate::proto::handshake::Offer;
 use crate::proto::message::Hello;
 use crate::proto::session::{
@@ -297,14 +298,13 @@ async fn read_loop(
                 match event {
                     ServerEvent::Mutate { id, mutation } => {
                         let started = std::time::Instant::now();
-                        let result = hub.source.mutate(mutation).await;
+                        let client = outlet.lock().session.client_id().map(str::to_owned);
+                        let result = run_once(inner, hub, client.as_deref(), mutation).await;
                         inner.stats.mutation_latency.record(started.elapsed());
-                        outlet.lock().session.handle_mutation_result(
-                            id,
-                            result.map_err(reason),
-                            clock.now(),
-                            hub,
-                        );
+                        outlet
+                            .lock()
+                            .session
+                            .handle_mutation_result(id, result, clock.now(), hub);
                     }
                     ServerEvent::Err { id } => {
                         let result = hub.source.err().await;
@@ -359,6 +359,67 @@ async fn read_loop(
             outlet.nudge.notify_one();
         }
     }
+}
+
+/// Runs a client's mutation on the source, once per key: a key this source ran already is
+/// answered from its record, and one whose first copy is running waits for that result
+/// (PROTOCOL.md, "Retries and exactly once"). A mutation without a key just runs.
+async fn run_once(
+    inner: &Inner,
+    hub: &Hub,
+    client: Option<&str>,
+    mutation: crate::machine::Mutation,
+) -> Result<crate::machine::Outcome, String> {
+    let (Some(client), Some(key)) = (client, mutation.key.clone()) else {
+        return hub.source.mutate(mutation).await.map_err(reason);
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let begun = lock_dedup(hub).begin(client, key.clone(), hub.now(), tx);
+    match begun {
+        Begin::Done(answer) => {
+            inner
+                .stats
+                .mutations_deduplicated
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(client, origin = %key.origin, seq = key.seq, "a repeated mutation answered from the record");
+            answer
+        }
+        Begin::Joined => {
+            inner
+                .stats
+                .mutations_deduplicated
+                .fetch_add(1, Ordering::Relaxed);
+            rx.await.unwrap_or_else(|_| {
+                Err("the first copy of this mutation ended without a result; retry".to_owned())
+            })
+        }
+        Begin::Unrecorded(_) => {
+            inner
+                .stats
+                .mutations_unrecorded
+                .fetch_add(1, Ordering::Relaxed);
+            hub.source.mutate(mutation).await.map_err(reason)
+        }
+        Begin::Run => {
+            // Recorded even when this connection goes away meanwhile: the run goes on.
+            let answer = hub.source.mutate(mutation).await.map_err(reason);
+            let waiters = lock_dedup(hub).finish(client, key, &answer, hub.now());
+            for waiter in waiters {
+                // A duplicate whose connection ended is not waiting any more.
+                let _ = waiter.send(answer.clone());
+            }
+            answer
+        }
+    }
+}
+
+fn lock_dedup(
+    hub: &Hub,
+) -> std::sync::MutexGuard<'_, crate::proto::dedup::Dedup<super::hub::DedupWaiter>> {
+    // Nothing that holds the record's lock runs user code or can panic on peer input.
+    hub.dedup
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Why the source did not answer, for the client. A refusal from further up (this source is a

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use tokio::sync::watch;
 
 use crate::machine::{ClockChange, ObserverId, Schema, StateSource};
+use crate::proto::dedup::Dedup;
 use crate::proto::session::{ClockFeed, DiffCache, Versioned};
 
 use super::Inner;
@@ -50,7 +51,14 @@ pub(crate) struct Hub {
     /// Started by the first client (they need the runtime).
     pushers: Mutex<Option<Pushers>>,
     observer: ObserverId,
+    /// The keyed mutations this source ran for clients, so a retried one runs once.
+    pub dedup: Mutex<Dedup<DedupWaiter>>,
+    /// The origin of the record's time: one clock for every connection of the source.
+    epoch: std::time::Instant,
 }
+
+/// How a duplicate that arrived while its first copy ran hears the result.
+pub(crate) type DedupWaiter = tokio::sync::oneshot::Sender<crate::proto::dedup::Answer>;
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,7 +70,11 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    pub fn new(name: String, source: Arc<dyn StateSource>) -> Self {
+    pub fn new(
+        name: String,
+        source: Arc<dyn StateSource>,
+        limits: &crate::proto::config::Limits,
+    ) -> Self {
         let empty = Versioned {
             version: 0,
             ticks: Arc::from(Vec::new()),
@@ -93,7 +105,14 @@ impl Hub {
             cache: Arc::default(),
             pushers: Mutex::new(None),
             observer,
+            dedup: Mutex::new(Dedup::new(limits.dedup_window, limits.dedup_ttl)),
+            epoch: std::time::Instant::now(),
         }
+    }
+
+    /// The time on the record's clock (see `epoch`).
+    pub fn now(&self) -> crate::proto::session::Moment {
+        crate::proto::session::Moment::since_epoch(self.epoch.elapsed())
     }
 
     /// The source's clock as of now.

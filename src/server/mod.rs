@@ -159,7 +159,11 @@ impl Server {
         if hubs.contains_key(name) {
             return Err(ServerError::DuplicateSource(name.to_owned()));
         }
-        hubs.insert(name.to_owned(), Arc::new(Hub::new(name.to_owned(), source)));
+        let limits = &self.inner.session_config.limits;
+        hubs.insert(
+            name.to_owned(),
+            Arc::new(Hub::new(name.to_owned(), source, limits)),
+        );
         Ok(())
     }
 

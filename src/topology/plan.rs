@@ -428,6 +428,8 @@ fn limits(
             .map(Duration::from_millis)
             .filter(|d| !d.is_zero()),
         max_remote_waits: default.max_remote_waits,
+        dedup_window: default.dedup_window,
+        dedup_ttl: default.dedup_ttl,
     })
 }
 

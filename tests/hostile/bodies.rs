@@ -106,6 +106,7 @@ pub fn mutate_body(id: u64, kind: u64, states: &[u32], args: &[u8]) -> Vec<u8> {
         body.extend(uv(u64::from(s)));
     }
     body.extend_from_slice(args);
+    body.push(0); // key: None (no retries)
     body
 }
 

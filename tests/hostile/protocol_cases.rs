@@ -176,7 +176,9 @@ pub(crate) fn hellos(cases: &mut Vec<Case>) {
             cases.push(family(lying, claim == u64::MAX));
         }
     }
-    for version in [0u64, 1, 3, u64::from(u32::MAX)] {
+    // Every version but this build's (the one before it and the one after it among them).
+    let current = u64::from(asyncmachine::proto::message::PROTOCOL_VERSION);
+    for version in [0u64, 1, current - 1, current + 1, u64::from(u32::MAX)] {
         let mut parts = HelloParts::valid("hostile");
         parts.version = uv(version);
         cases.push(case(
@@ -357,6 +359,7 @@ fn every_message() -> Vec<Message> {
             kind: MutationKind::Add,
             states: vec![0],
             args: Args::new(),
+            key: None,
         }),
         Message::MutateReply(MutateReply {
             id: 1,

@@ -292,6 +292,7 @@ impl Sim {
                         link: id,
                         id: request,
                     }),
+                    now,
                 )
                 .err()
                 .map(Err),

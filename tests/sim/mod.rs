@@ -228,6 +228,8 @@ impl Sim {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             keepalive: KEEPALIVE,
             idle_timeout: IDLE_TIMEOUT,
+            retry: asyncmachine::proto::session::RetryPolicy::NONE,
+            key_epoch: 1,
         };
         let side = self.fresh_mirror(up, config, options.schema);
         self.nodes[n].sources.push(Source::mirror(source, side));
@@ -468,7 +470,8 @@ impl Sim {
                 });
             }
             Kind::Mirror(side) => {
-                side.session.mutate(mutation, Some(Pending::Local(tag)))?;
+                side.session
+                    .mutate(mutation, Some(Pending::Local(tag)), self.now)?;
                 self.uids.insert(tag, uid.to_owned());
             }
         }

@@ -428,6 +428,10 @@ impl Page {
             handshake_timeout: ms("handshakeTimeoutMs", 5_000),
             keepalive: ms("keepaliveMs", 10_000),
             idle_timeout: ms("idleTimeoutMs", 30_000),
+            retry: asyncmachine::proto::session::RetryPolicy::NONE,
+            // A page retries nothing itself (its glue has its own timeouts), so its
+            // mutations carry no key and the epoch is unused.
+            key_epoch: 0,
         };
         let id = opt_str("id").unwrap_or_else(|| config.client_id.clone());
         let endpoint = opt_str("endpoint").unwrap_or_default();
@@ -721,7 +725,8 @@ impl From<MutationError> for WebError {
             MutationError::UnknownState(_) | MutationError::BadIndex(_) => "unknown_state",
             MutationError::QueueFull { .. } => "queue_full",
             MutationError::Disposed => "disposed",
-            MutationError::Disconnected => "not_connected",
+            MutationError::Disconnected | MutationError::Unreachable(_) => "not_connected",
+            MutationError::RetryQueueFull { .. } => "queue_full",
             MutationError::Refused(_) => "refused",
             MutationError::Timeout(_) => "timeout",
         };

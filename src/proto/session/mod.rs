@@ -22,7 +22,9 @@ pub mod server;
 mod time;
 
 pub use cache::{DiffCache, Versioned, options_key};
-pub use client::{ClientConfig, ClientEvent, ClientSession, HandshakeError, Phase};
+pub use client::{
+    ClientConfig, ClientEvent, ClientSession, HandshakeError, Phase, RetryPolicy, RetryStats,
+};
 pub use requests::{MAX_IN_FLIGHT, Requests};
 pub use server::{
     Backlogged, CatchUp, ClockFeed, CloseReason, NoSource, ServerEvent, ServerSession,

@@ -15,6 +15,7 @@ use crate::proto::{FrameConfig, FrameReader, encode_frame};
 
 mod identity;
 mod remote;
+mod retry;
 mod schema_change;
 
 fn schema() -> Arc<Schema> {
@@ -112,6 +113,8 @@ fn client_config(id: &str) -> ClientConfig {
         handshake_timeout: Duration::from_millis(100),
         keepalive: Duration::from_millis(100),
         idle_timeout: Duration::from_millis(300),
+        retry: crate::proto::session::RetryPolicy::NONE,
+        key_epoch: 1,
     }
 }
 
@@ -126,14 +129,28 @@ struct Pair {
 
 impl Pair {
     fn new(acl: Acl, id: &str) -> Pair {
+        Pair::with_client(acl, client_config(id))
+    }
+
+    fn with_client(acl: Acl, config: ClientConfig) -> Pair {
         let stats = Arc::new(ServerStats::default());
         Pair {
             source: Source::new(),
             cache: DiffCache::default(),
             server: ServerSession::new(server_config(acl), stats.clone(), None, ms(0)),
-            client: ClientSession::new(client_config(id), None),
+            client: ClientSession::new(config, None),
             stats,
         }
+    }
+
+    /// The client connects again, to a new server session (a new connection), at `now`.
+    fn reconnect(&mut self, now: Moment) {
+        self.server =
+            ServerSession::new(server_config(Acl::default()), self.stats.clone(), None, now);
+        self.client.connect(now);
+        self.send_up(now);
+        self.answer_hello(now);
+        self.send_down(now);
     }
 
     /// Connects and runs the handshake as a server driver would.
@@ -329,6 +346,7 @@ fn the_pusher_leaves_to_the_writer_what_is_more_than_a_diff() {
         .mutate(
             Mutation::new(MutationKind::Add, vec![2], Args::new()),
             Some(7),
+            Moment::ZERO,
         )
         .expect("ready");
     pair.send_up(ms(1));
@@ -464,6 +482,7 @@ fn a_diff_naming_a_state_outside_the_schema_ends_the_session() {
         .mutate(
             Mutation::new(MutationKind::Add, vec![0], Args::new()),
             Some(1),
+            Moment::ZERO,
         )
         .expect("ready");
     pair.client_events();
@@ -503,6 +522,7 @@ fn a_mutation_off_the_clients_list_is_answered_with_the_reason_and_not_run() {
         .mutate(
             Mutation::new(MutationKind::Add, vec![1], Args::new()),
             Some(3),
+            Moment::ZERO,
         )
         .expect("ready");
     pair.send_up(ms(1));
@@ -521,7 +541,9 @@ fn request_ids_are_reused_and_end_with_the_connection() {
     let mut pair = Pair::connect(Acl::default(), "leaf");
     let add = || Mutation::new(MutationKind::Add, vec![0], Args::new());
     for n in 0..3 {
-        pair.client.mutate(add(), Some(n)).expect("ready");
+        pair.client
+            .mutate(add(), Some(n), Moment::ZERO)
+            .expect("ready");
     }
     pair.send_up(ms(1));
     // The server hands out one mutation at a time, the next once the last one's result is in.
@@ -552,7 +574,7 @@ fn request_ids_are_reused_and_end_with_the_connection() {
     assert_eq!(failed, [0, 1, 2]);
     assert_eq!(pair.client.in_flight(), 0);
     assert_eq!(
-        pair.client.mutate(add(), Some(9)),
+        pair.client.mutate(add(), Some(9), Moment::ZERO),
         Err(MutationError::Disconnected)
     );
 }

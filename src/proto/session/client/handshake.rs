@@ -76,6 +76,9 @@ impl<P> ClientSession<P> {
         self.replace(schema, &welcome.snapshot);
         self.set_upstream(welcome.ancestry);
         self.resend_waits();
+        // Mutations that waited for the link (or whose connection ended unanswered) go out
+        // now, in the order they were made.
+        self.send_waiting();
         Ok(())
     }
 }

@@ -12,6 +12,9 @@
 mod clock;
 mod handshake;
 mod remote;
+mod retry;
+
+pub use retry::{RetryPolicy, RetryStats};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,10 +24,10 @@ use tracing::info;
 
 use super::requests::Requests;
 use super::time::Moment;
-use crate::machine::{Mutation, MutationError, Outcome, Schema, SchemaError, WaitError};
+use crate::machine::{MutationError, Outcome, Schema, SchemaError, WaitError};
 use crate::printable::printable;
 use crate::proto::diff::Tracked;
-use crate::proto::message::{Hello, MutateRequest, Payload, RefusalKind, WantedOptions};
+use crate::proto::message::{Hello, Payload, RefusalKind, WantedOptions};
 use crate::proto::{
     Compression, FrameConfig, FrameReader, Message, PROTOCOL_VERSION, encode_frame,
     foreign_protocol,
@@ -47,6 +50,11 @@ pub struct ClientConfig {
     pub keepalive: Duration,
     /// A server silent for this long is taken as gone.
     pub idle_timeout: Duration,
+    /// How mutations outlive a broken link ([`RetryPolicy`]).
+    pub retry: RetryPolicy,
+    /// Chosen when the mirror starts (from the time and the process): the epoch of its
+    /// mutations' keys, so its numbers after a restart are new keys.
+    pub key_epoch: u64,
 }
 
 /// Where a session is.
@@ -123,7 +131,9 @@ pub enum ClientEvent<P> {
 /// A request waiting for its answer, by what answers it.
 #[derive(Debug)]
 enum Request<P> {
-    /// A mutation's reply or a snapshot.
+    /// A mutation's reply, kept to be sent again if its connection ends unanswered.
+    Mutation(retry::InFlight<P>),
+    /// A snapshot (`Sync`).
     Answer(P),
     /// An `ErrReply`.
     Err(P),
@@ -162,6 +172,7 @@ pub struct ClientSession<P> {
     nonce: u64,
     /// The hello could not be written; reported if no answer comes either.
     hello_failed: Option<String>,
+    retries: retry::Retries<P>,
 }
 
 impl<P> ClientSession<P> {
@@ -195,6 +206,7 @@ impl<P> ClientSession<P> {
             next_ping: Moment::ZERO,
             nonce: 0,
             hello_failed: None,
+            retries: retry::Retries::new(config.retry, config.key_epoch),
             config,
         }
     }
@@ -261,10 +273,15 @@ impl<P> ClientSession<P> {
 
     /// When [`ClientSession::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Moment> {
-        match self.phase {
+        let connection = match self.phase {
             Phase::Handshake => Some(self.since + self.config.handshake_timeout),
             Phase::Ready => Some((self.last_heard + self.config.idle_timeout).min(self.next_ping)),
             Phase::Idle | Phase::Closed => None,
+        };
+        // Mutations waiting for the link fail at their deadline, connected or not.
+        match (connection, self.retries.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -275,7 +292,7 @@ impl<P> ClientSession<P> {
         if self.phase == Phase::Closed {
             return;
         }
-        self.fail_requests();
+        self.requeue_or_fail(MutationError::Disconnected);
         self.reset_waits();
         self.phase = Phase::Handshake;
         self.since = now;
@@ -347,8 +364,10 @@ impl<P> ClientSession<P> {
         }
     }
 
-    /// Time passed: the handshake deadline, a silent server, keepalive pings.
+    /// Time passed: the handshake deadline, a silent server, keepalive pings, and the
+    /// deadlines of mutations waiting for the link.
     pub fn handle_timeout(&mut self, now: Moment) {
+        self.expire_waiting(now);
         match self.phase {
             Phase::Handshake if now >= self.since + self.config.handshake_timeout => {
                 self.handshake_failed(HandshakeError::Timeout(self.config.handshake_timeout));
@@ -397,27 +416,6 @@ impl<P> ClientSession<P> {
 
     // Mutators.
 
-    /// Queues a mutation. With `pending`, its answer comes back as [`ClientEvent::Answered`];
-    /// without, none is asked for (`sync` fetches the clock after).
-    pub fn mutate(&mut self, mutation: Mutation, pending: Option<P>) -> Result<(), MutationError> {
-        self.check_ready()?;
-        let len = self.ticks.len();
-        if let Some(&bad) = mutation.states.iter().find(|&&s| s >= len) {
-            return Err(MutationError::BadIndex(bad));
-        }
-        let id = match pending {
-            Some(pending) => self.take_id(Request::Answer(pending))?,
-            None => 0,
-        };
-        self.send(&Message::Mutate(MutateRequest {
-            id,
-            kind: mutation.kind,
-            states: mutation.states.iter().map(|&s| s as u32).collect(),
-            args: mutation.args,
-        }));
-        Ok(())
-    }
-
     /// Asks the source for its whole clock; the answer comes back with `pending`.
     pub fn sync(&mut self, pending: P) -> Result<(), MutationError> {
         self.check_ready()?;
@@ -435,6 +433,7 @@ impl<P> ClientSession<P> {
         }
         self.phase = Phase::Closed;
         self.fail_requests();
+        self.fail_waiting(MutationError::Disposed);
         self.dispose_waits();
     }
 
@@ -506,7 +505,7 @@ impl<P> ClientSession<P> {
 
     fn answer(&mut self, id: u64, result: Result<Outcome, MutationError>) {
         match self.requests.take(id) {
-            Some(Request::Answer(pending)) => {
+            Some(Request::Answer(pending) | Request::Mutation(retry::InFlight { pending, .. })) => {
                 self.events
                     .push_back(ClientEvent::Answered { pending, result });
             }
@@ -529,7 +528,7 @@ impl<P> ClientSession<P> {
     /// The session ended from the server's side (or by its fault).
     fn end(&mut self, reason: String) {
         self.phase = Phase::Idle;
-        self.fail_requests();
+        self.requeue_or_fail(MutationError::Disconnected);
         self.events.push_back(ClientEvent::Closed(reason));
     }
 
@@ -541,10 +540,12 @@ impl<P> ClientSession<P> {
 
     fn fail_request(&mut self, request: Request<P>, error: MutationError) {
         self.events.push_back(match request {
-            Request::Answer(pending) => ClientEvent::Answered {
-                pending,
-                result: Err(error),
-            },
+            Request::Answer(pending) | Request::Mutation(retry::InFlight { pending, .. }) => {
+                ClientEvent::Answered {
+                    pending,
+                    result: Err(error),
+                }
+            }
             Request::Err(pending) => ClientEvent::ErrAnswered {
                 pending,
                 result: Err(error),

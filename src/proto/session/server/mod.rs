@@ -416,6 +416,7 @@ impl ServerSession {
             kind,
             states,
             args,
+            key,
         } = request;
         match check_mutation(
             &client.schema,
@@ -432,7 +433,7 @@ impl ServerSession {
                 let states = states.into_iter().map(|s| s as usize).collect();
                 self.events.push_back(ServerEvent::Mutate {
                     id,
-                    mutation: Mutation::new(kind, states, args),
+                    mutation: Mutation::new(kind, states, args).with_key(key),
                 });
             }
             Err(denied) => {

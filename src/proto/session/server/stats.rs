@@ -19,6 +19,11 @@ pub struct ServerStats {
     /// Source versions folded into a later diff because the client's connection was busy.
     pub diffs_merged: AtomicU64,
     pub mutations: AtomicU64,
+    /// Keyed mutations answered from the record of their first run instead of running again
+    /// (a client's retry).
+    pub mutations_deduplicated: AtomicU64,
+    /// Keyed mutations run without a record because the record was full of running ones.
+    pub mutations_unrecorded: AtomicU64,
     /// Clients dropped because a write to them stayed blocked past the write deadline.
     pub write_stalls: AtomicU64,
     /// Clients dropped because their payloads could not be queued.

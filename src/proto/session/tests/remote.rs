@@ -74,6 +74,7 @@ fn a_remote_wait_is_handed_out_and_answered_once() {
         .mutate(
             Mutation::new(MutationKind::Add, vec![0], Args::new()),
             Some(1),
+            Moment::ZERO,
         )
         .expect("ready");
     pair.send_up(ms(1));
@@ -414,6 +415,7 @@ fn an_answer_of_the_wrong_kind_ends_the_session() {
         .mutate(
             Mutation::new(MutationKind::Add, vec![0], Args::new()),
             Some(1),
+            Moment::ZERO,
         )
         .expect("ready");
     let reply = frame(&Message::ErrReply {

@@ -85,6 +85,7 @@ fn a_schema_that_grows_is_passed_on_and_the_session_goes_on() {
         .mutate(
             Mutation::new(MutationKind::Add, vec![4], Args::new()),
             Some(1),
+            Moment::ZERO,
         )
         .expect("a state of the new schema");
     pair.send_up(ms(4));
@@ -124,6 +125,7 @@ fn a_request_of_the_old_schema_still_runs_and_its_reply_follows_the_new_schema()
         .mutate(
             Mutation::new(MutationKind::Add, vec![0], Args::new()),
             Some(1),
+            Moment::ZERO,
         )
         .expect("ready");
     pair.client
