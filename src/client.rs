@@ -16,13 +16,33 @@ use crate::wire::{self, ReadError};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]
+    /// Connecting failed (address, TLS or certificate problem); its message says which.
     Transport(#[from] TransportError),
     #[error("no answer from {endpoint} within {after:?}")]
-    Timeout { endpoint: Endpoint, after: Duration },
+    /// The node accepted the connection but did not answer in time; it may be overloaded, or the
+    /// endpoint is not an aRPC server.
+    Timeout {
+        /// The node asked.
+        endpoint: Endpoint,
+        /// How long the request waited.
+        after: Duration,
+    },
     #[error("{endpoint} refused: {reason}")]
-    Refused { endpoint: Endpoint, reason: String },
+    /// The node refused the request (a wrong token, or its ACL denies status).
+    Refused {
+        /// The node asked.
+        endpoint: Endpoint,
+        /// The node's reason, escaped.
+        reason: String,
+    },
     #[error("{endpoint} did not answer as an aRPC server: {reason}")]
-    Protocol { endpoint: Endpoint, reason: String },
+    /// The peer answered with something that is not the aRPC protocol (or another version).
+    Protocol {
+        /// The node asked.
+        endpoint: Endpoint,
+        /// What was wrong with its answer.
+        reason: String,
+    },
 }
 
 /// Asks a node what it serves, who is connected, and its counters.

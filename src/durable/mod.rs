@@ -60,26 +60,42 @@ pub enum DurableError {
         "cannot create the state directory {}: {error}; make its parent writable or pick another state_dir",
         .path.display()
     )]
+    /// The state directory could not be created.
     Directory {
+        /// The directory.
         path: PathBuf,
+        /// The operating system's error.
         error: std::io::Error,
     },
     #[error("cannot read the state file {}: {error}; check its permissions", .path.display())]
+    /// The state file exists but could not be read.
     Read {
+        /// The state file.
         path: PathBuf,
+        /// The operating system's error.
         error: std::io::Error,
     },
     #[error(
         "the state file {} cannot be restored: {error}; to start the machine from zero instead, move the file away",
         .path.display()
     )]
-    Restore { path: PathBuf, error: ImportError },
+    /// The state file was read but does not hold a state this machine can take (corrupt, another
+    /// machine's, another schema).
+    Restore {
+        /// The state file.
+        path: PathBuf,
+        /// Why the import refused it.
+        error: ImportError,
+    },
     #[error(
         "cannot save the state file {}: {error}; the directory must be writable and have free space",
         .path.display()
     )]
+    /// The trial write at opening failed: changes could not be saved.
     Write {
+        /// The state file.
         path: PathBuf,
+        /// The operating system's error.
         error: std::io::Error,
     },
 }
@@ -212,10 +228,12 @@ impl DurableMachine {
         self.restored
     }
 
+    /// The state file (`STATE_DIR/MACHINE.json`).
     pub fn path(&self) -> &Path {
         &self.shared.path
     }
 
+    /// Saves and failures so far.
     pub fn stats(&self) -> DurableStats {
         let stats = &self.shared.stats;
         DurableStats {

@@ -27,12 +27,15 @@ pub const MAX_GROUPS: usize = 1024;
 #[serde(deny_unknown_fields)]
 pub struct GroupDef {
     #[serde(deserialize_with = "group_name")]
+    /// The group's name, not empty, at most 1024 bytes.
     pub name: String,
     #[serde(deserialize_with = "members")]
+    /// The names of its states, in order; each must be a state of the schema.
     pub states: Vec<String>,
 }
 
 impl GroupDef {
+    /// A group named `name` of these states.
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(
         name: impl Into<String>,
         states: I,

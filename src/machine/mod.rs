@@ -29,7 +29,7 @@ pub mod groups;
 pub mod handlers;
 pub mod local;
 pub mod log;
-pub mod observers;
+pub(crate) mod observers;
 pub mod resolve;
 pub mod schema;
 pub mod source;

@@ -20,8 +20,10 @@ use super::value::Args;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WaitError {
     #[error("unknown state {0:?}; check the name against the schema")]
+    /// A state named in the wait is not in the schema.
     UnknownState(String),
     #[error("the machine was disposed while waiting")]
+    /// The machine (or mirror) was disposed before the condition held.
     Disposed,
     /// The cancellation the wait was bound to (see [`When::until`]) fired first.
     #[error("the wait was canceled before its condition held")]
@@ -50,6 +52,8 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// Whether the condition holds for this clock (one tick per state position; the positions
+    /// must be within it).
     pub fn holds(&self, ticks: &[u64]) -> bool {
         match self {
             Condition::Active(states) => states.iter().all(|&s| is_active(ticks[s])),
@@ -596,6 +600,8 @@ impl StateCtx {
         })
     }
 
+    /// Whether the context is canceled: its state's tick has changed (the state was deactivated
+    /// or, for a multi state, activated again) or the machine was disposed.
     pub fn is_canceled(&self) -> bool {
         self.inner.signal.state() != PENDING
     }

@@ -131,6 +131,7 @@ impl From<Mutation> for Queued {
 /// What a mutation returned, with its queue tick; see [`Machine::mutate_tracked`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
+    /// Whether the mutation was executed, canceled or queued.
     pub outcome: Outcome,
     /// The queue tick the mutation took (it ran) or will take (it is queued): once
     /// [`StateSource::queue_tick`] reaches it, the mutation has been processed. A skipped
@@ -316,6 +317,8 @@ fn monotonic() -> TimeSource {
 }
 
 impl MachineBuilder {
+    /// The machine's id, as mirrors, logs and exported states name it; `machine-N` (a number
+    /// unique in this process) when not set.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
         self
@@ -371,6 +374,7 @@ impl MachineBuilder {
         self
     }
 
+    /// The machine, with the tracers given bound.
     pub fn build(self) -> Machine {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = self
@@ -420,10 +424,14 @@ impl MachineBuilder {
 }
 
 impl Machine {
+    /// A machine of this schema with every state inactive and the default options (see
+    /// [`Machine::builder`]).
     pub fn new(schema: impl Into<Arc<Schema>>) -> Self {
         Self::builder(schema).build()
     }
 
+    /// A builder for a machine of this schema, to set its id, queue limit (default
+    /// [`DEFAULT_QUEUE_LIMIT`]), handler timeout, log level (default from `AM_LOG`) and tracers.
     pub fn builder(schema: impl Into<Arc<Schema>>) -> MachineBuilder {
         MachineBuilder {
             schema: schema.into(),
@@ -715,6 +723,8 @@ impl Machine {
         hook(&self.shared.id);
     }
 
+    /// Whether [`dispose`](StateSource::dispose) was called: a disposed machine answers reads
+    /// empty and refuses mutations with `Disposed`.
     pub fn is_disposed(&self) -> bool {
         self.core().disposed
     }
