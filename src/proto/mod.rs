@@ -35,8 +35,10 @@ pub use message::{DecodeError, Message, PROTOCOL_VERSION};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
     #[error(transparent)]
+    /// The framing is broken (length, compression).
     Frame(#[from] FrameError),
     #[error(transparent)]
+    /// A frame's body is not a valid message.
     Decode(#[from] DecodeError),
 }
 
@@ -61,6 +63,7 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
+    /// A reader with these frame settings and an empty buffer.
     pub fn new(config: FrameConfig) -> Self {
         FrameReader {
             config,
@@ -78,6 +81,7 @@ impl FrameReader {
         self.config = config;
     }
 
+    /// The frame settings in force.
     pub fn config(&self) -> &FrameConfig {
         &self.config
     }
