@@ -24,18 +24,31 @@ pub(crate) const ALPN: &[u8] = b"arpc/1";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {what} {path}: {error}")]
+    /// A certificate, key or CA file could not be read.
     Read {
+        /// Which file it is (`certificate`, `key`, `CA`).
         what: &'static str,
+        /// Its path.
         path: String,
+        /// The operating system's error.
         error: io::Error,
     },
     #[error("{what} is not valid PEM: {reason}")]
-    Pem { what: &'static str, reason: String },
+    /// A file is not valid PEM.
+    Pem {
+        /// Which file it is.
+        what: &'static str,
+        /// The parser's error.
+        reason: String,
+    },
     #[error("{0} holds no certificate")]
+    /// A file (named) holds no certificate.
     NoCertificate(&'static str),
     #[error("the TLS configuration is not usable: {0}")]
+    /// rustls refused the configuration (a key that does not match its certificate, say).
     Rustls(String),
     #[error("requiring client certificates needs a CA to verify them with (`ca`)")]
+    /// `require_client_cert` is set without a CA to verify clients with.
     ClientAuthWithoutCa,
 }
 
