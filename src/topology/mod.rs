@@ -205,6 +205,8 @@ pub fn load(path: &Path) -> Result<Topology, TopologyError> {
 }
 
 /// Parses and validates topology text; `path` names it in errors and anchors relative paths.
+/// Nothing is bound or read here but the schema files it names; a node that others mirror
+/// needs a fixed port (they must know where to connect), the others may listen on port 0.
 ///
 /// ```
 /// use std::path::Path;
@@ -220,7 +222,7 @@ pub fn load(path: &Path) -> Result<Topology, TopologyError> {
 ///
 /// [[nodes]]
 /// name = "root"
-/// listen = ["tcp://127.0.0.1:0"]
+/// listen = ["tcp://127.0.0.1:7400"]
 /// machines = [{ name = "demo", schema = "demo", start = ["Start"] }]
 ///
 /// [[nodes]]

@@ -75,6 +75,41 @@ pub use super::schema::UnknownState;
 ///
 /// Handlers should reach the machine through [`Event::machine`] rather than capture a clone:
 /// a captured clone keeps the machine alive for as long as the handler is registered.
+///
+/// Mutations called from outside a handler run at once and return their [`Outcome`]; called
+/// from a handler they are queued and run after the current transition. Reads, waits and
+/// observation come from [`StateSource`], which a `Machine` implements.
+///
+/// ```
+/// use asyncmachine::prelude::*;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let schema = Schema::builder()
+///     .state(StateDef::new("Connected"))
+///     .state(StateDef::new("Downloading").require(["Connected"]))
+///     .state(StateDef::new("Done").remove(["Downloading"]))
+///     .build()?;
+/// let machine = Machine::builder(schema).id("download").build();
+///
+/// // A negotiation handler may refuse the transition: no download without a URL.
+/// machine.on_enter("Downloading", |e| e.arg("url").is_some())?;
+/// // A final handler runs once the state is active; its mutation is queued.
+/// machine.on_state("Downloading", |e| e.machine().add(&["Done"], Args::new()).map(drop))?;
+///
+/// // Refused by the relations: Downloading requires Connected.
+/// assert_eq!(machine.add(&["Downloading"], Args::new())?, Outcome::Canceled);
+/// machine.add(&["Connected"], Args::new())?;
+/// // Refused by the handler: no `url` argument.
+/// assert_eq!(machine.add(&["Downloading"], Args::new())?, Outcome::Canceled);
+/// let args = Args::new().with("url", "https://example.invalid/a");
+/// assert_eq!(machine.add(&["Downloading"], args)?, Outcome::Executed);
+/// // Done ran right after and removed Downloading.
+/// assert!(machine.is(&["Connected", "Done"]) && machine.not(&["Downloading"]));
+/// // Ticks count activations and deactivations: odd is active.
+/// assert_eq!(machine.tick("Downloading"), 2);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Machine {
     shared: Arc<Shared>,
