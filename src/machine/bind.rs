@@ -5,7 +5,7 @@
 //! a set with an unknown state binds nothing. Binding returns a [`Binding`] that unbinds the
 //! set again. [`Machine::on_enter`](super::Machine::on_enter) and its kin bind a set of one.
 //!
-//! The machine keeps what is bound in one [`HandlerTable`], copied on write: a transition works
+//! The machine keeps what is bound in one `HandlerTable`, copied on write: a transition works
 //! on the snapshot it started with, so binding never waits for a transition, and a handler
 //! unbound during a transition still finishes that transition.
 

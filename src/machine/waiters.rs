@@ -1,6 +1,6 @@
 //! Waiters: futures and state contexts that resolve from the clock alone.
 //!
-//! A [`WaiterSet`] lives beside a clock (in a machine or a mirror) under the same lock, so a
+//! A `WaiterSet` lives beside a clock (in a machine or a mirror) under the same lock, so a
 //! waiter is checked against exactly the clocks that clock goes through and never misses one.
 //! Waiters are indexed by the states they watch: a transition only looks at the waiters of the
 //! states whose ticks it changed, so thousands of idle waiters cost nothing per transition.

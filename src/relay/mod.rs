@@ -3,7 +3,7 @@
 //!
 //! It bridges bytes and parses no more of the protocol than it must: none of it. Browsers reach
 //! only the targets named in the configuration (`/arpc/NAME`), never a host or port taken from
-//! the request. Every request must name the relay in `Host` ([`host`], against DNS rebinding);
+//! the request. Every request must name the relay in `Host` (`host`, against DNS rebinding);
 //! one that does not, or is not HTTP, gets an HTTP status. An upgrade that is refused after that
 //! (origin, token, target, connection limit, unreachable target) is accepted and closed at once
 //! with a [`RelayClose`] code and a reason, because a browser sees nothing of a refused upgrade.
