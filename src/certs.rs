@@ -19,27 +19,27 @@ use rcgen::{
 /// Why certificates could not be made or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    #[error("generating a certificate failed: {0}")]
     /// rcgen could not generate a key or sign a certificate (an invalid name is the usual cause).
+    #[error("generating a certificate failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("cannot write {path}: {error}")]
     /// A certificate or key file could not be written; check the directory exists and is writable.
+    #[error("cannot write {path}: {error}")]
     Write {
         /// The file that was being written.
         path: String,
         /// The operating system's error.
         error: std::io::Error,
     },
-    #[error("cannot read {path}: {error}")]
     /// An existing certificate, key or CA file could not be read.
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file that was being read.
         path: String,
         /// The operating system's error.
         error: std::io::Error,
     },
-    #[error("{dir} holds {found} but not {missing}, so its CA cannot sign")]
     /// The directory holds only half of a CA (its certificate without its key, or the reverse).
+    #[error("{dir} holds {found} but not {missing}, so its CA cannot sign")]
     HalfCa {
         /// The directory that was looked in.
         dir: String,
@@ -48,16 +48,16 @@ pub enum CertError {
         /// The CA file that is not.
         missing: &'static str,
     },
-    #[error("the CA in {dir} cannot sign certificates that verify against it: {reason}")]
     /// The directory's CA cannot be used to sign (unparsable, or its key does not match).
+    #[error("the CA in {dir} cannot sign certificates that verify against it: {reason}")]
     UnusableCa {
         /// The directory holding the CA.
         dir: String,
         /// What is wrong with it.
         reason: String,
     },
-    #[error("{cert} does not verify against {ca}: {reason}")]
     /// A certificate just signed does not verify against the CA: a bug or a corrupted CA.
+    #[error("{cert} does not verify against {ca}: {reason}")]
     NotSignedBy {
         /// The certificate's file.
         cert: String,

@@ -15,28 +15,28 @@ use crate::wire::{self, ReadError};
 /// Why a one-shot request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(transparent)]
     /// Connecting failed (address, TLS or certificate problem); its message says which.
+    #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("no answer from {endpoint} within {after:?}")]
     /// The node accepted the connection but did not answer in time; it may be overloaded, or the
     /// endpoint is not an aRPC server.
+    #[error("no answer from {endpoint} within {after:?}")]
     Timeout {
         /// The node asked.
         endpoint: Endpoint,
         /// How long the request waited.
         after: Duration,
     },
-    #[error("{endpoint} refused: {reason}")]
     /// The node refused the request (a wrong token, or its ACL denies status).
+    #[error("{endpoint} refused: {reason}")]
     Refused {
         /// The node asked.
         endpoint: Endpoint,
         /// The node's reason, escaped.
         reason: String,
     },
-    #[error("{endpoint} did not answer as an aRPC server: {reason}")]
     /// The peer answered with something that is not the aRPC protocol (or another version).
+    #[error("{endpoint} did not answer as an aRPC server: {reason}")]
     Protocol {
         /// The node asked.
         endpoint: Endpoint,

@@ -26,11 +26,11 @@ pub const MAX_GROUPS: usize = 1024;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupDef {
-    #[serde(deserialize_with = "group_name")]
     /// The group's name, not empty, at most 1024 bytes.
+    #[serde(deserialize_with = "group_name")]
     pub name: String,
-    #[serde(deserialize_with = "members")]
     /// The names of its states, in order; each must be a state of the schema.
+    #[serde(deserialize_with = "members")]
     pub states: Vec<String>,
 }
 

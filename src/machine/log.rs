@@ -28,8 +28,8 @@ use super::value::Args;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(u8)]
 pub enum LogLevel {
-    #[default]
     /// Logs nothing (the default).
+    #[default]
     Nothing = 0,
     /// The messages of [`Machine::log`](super::Machine::log) only.
     External = 1,

@@ -79,11 +79,11 @@ impl StateDef {
         self
     }
 
+    /// Adds states to [`add`](Self::add): activating this state also tries to activate them.
     #[allow(
         clippy::should_implement_trait,
         reason = "named after the relation, as in files"
     )]
-    /// Adds states to [`add`](Self::add): activating this state also tries to activate them.
     pub fn add<I: IntoIterator<Item = S>, S: Into<String>>(mut self, states: I) -> Self {
         self.add.extend(states.into_iter().map(Into::into));
         self
@@ -138,16 +138,16 @@ impl SchemaDef {
 /// What is wrong with a schema definition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemaError {
-    #[error("a state has an empty name; give every state a name")]
     /// A state's name is empty.
+    #[error("a state has an empty name; give every state a name")]
     EmptyName,
-    #[error("state {0:?} is defined twice; state names must be unique")]
     /// Two states have the same name.
+    #[error("state {0:?} is defined twice; state names must be unique")]
     DuplicateState(String),
+    /// A relation names a state the schema does not define.
     #[error(
         "state {state:?} lists unknown state {target:?} in `{relation}`; define it or fix the name"
     )]
-    /// A relation names a state the schema does not define.
     UnknownState {
         /// The state whose relation it is.
         state: String,
@@ -156,42 +156,42 @@ pub enum SchemaError {
         /// The name it lists that is not defined.
         target: String,
     },
-    #[error("state {state:?} lists itself in `{relation}`; remove that entry")]
     /// A state lists itself in a relation.
+    #[error("state {state:?} lists itself in `{relation}`; remove that entry")]
     SelfRelation {
         /// The state.
         state: String,
         /// The relation that lists it.
         relation: Relation,
     },
-    #[error("the `after` relations form a cycle through {0:?}; handlers cannot be ordered")]
     /// The `after` relations form a cycle (the states on it).
+    #[error("the `after` relations form a cycle through {0:?}; handlers cannot be ordered")]
     AfterCycle(Vec<String>),
-    #[error("the schema has {0} states; at most {MAX_STATES} are supported")]
     /// More than [`MAX_STATES`] states (the count, `Exception` included).
+    #[error("the schema has {0} states; at most {MAX_STATES} are supported")]
     TooManyStates(usize),
-    #[error("a group has an empty name; give every group a name")]
     /// A group's name is empty.
+    #[error("a group has an empty name; give every group a name")]
     EmptyGroupName,
-    #[error("a group's name is {0} bytes long; at most {MAX_NAME_LEN} are supported")]
     /// A group's name is longer than the limit (its length in bytes).
+    #[error("a group's name is {0} bytes long; at most {MAX_NAME_LEN} are supported")]
     GroupNameTooLong(usize),
-    #[error("group {0:?} is defined twice; group names must be unique")]
     /// Two groups have the same name.
+    #[error("group {0:?} is defined twice; group names must be unique")]
     DuplicateGroup(String),
-    #[error("the schema has {0} groups; at most {MAX_GROUPS} are supported")]
     /// More than [`MAX_GROUPS`] groups (the count).
+    #[error("the schema has {0} groups; at most {MAX_GROUPS} are supported")]
     TooManyGroups(usize),
-    #[error("group {group:?} lists {count} states; at most {MAX_STATES} are supported")]
     /// A group lists more than [`MAX_STATES`] states.
+    #[error("group {group:?} lists {count} states; at most {MAX_STATES} are supported")]
     TooManyGroupStates {
         /// The group.
         group: String,
         /// How many states it lists.
         count: usize,
     },
-    #[error("group {group:?} lists unknown state {state:?}; define it or fix the name")]
     /// A group lists a state the schema does not define.
+    #[error("group {group:?} lists unknown state {state:?}; define it or fix the name")]
     UnknownGroupState {
         /// The group.
         group: String,

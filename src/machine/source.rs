@@ -47,31 +47,31 @@ pub enum Outcome {
 /// Why a mutation was not taken in at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MutationError {
-    #[error("unknown state {0:?}; check the name against the schema")]
     /// A state named in the mutation is not in the schema.
+    #[error("unknown state {0:?}; check the name against the schema")]
     UnknownState(String),
-    #[error("state position {0} is outside the schema")]
     /// A state position is outside the schema.
+    #[error("state position {0} is outside the schema")]
     BadIndex(usize),
-    #[error("the mutation queue is full ({limit} waiting); the machine is overloaded, retry later")]
     /// The machine's queue holds its limit of waiting mutations.
+    #[error("the mutation queue is full ({limit} waiting); the machine is overloaded, retry later")]
     QueueFull {
         /// The queue's limit ([`MachineBuilder::queue_limit`](super::MachineBuilder::queue_limit)).
         limit: usize,
     },
-    #[error("the machine was disposed")]
     /// The machine (or mirror) was disposed; it takes no more mutations.
+    #[error("the machine was disposed")]
     Disposed,
-    #[error("not connected to the source; wait for the mirror to be ready")]
     /// A mirror has no session with its source now (connecting or reconnecting); retry once it
     /// is ready, or wait for its `Ready` state.
+    #[error("not connected to the source; wait for the mirror to be ready")]
     Disconnected,
-    #[error("the source refused the mutation: {0}")]
     /// The source, or a node on the way, refused it (the ACL, a limit); the reason says which.
+    #[error("the source refused the mutation: {0}")]
     Refused(String),
-    #[error("no answer from the source within {0:?}; the mutation may or may not have run")]
     /// No answer came within this time; the mutation may have run at the source: read the clock
     /// before retrying.
+    #[error("no answer from the source within {0:?}; the mutation may or may not have run")]
     Timeout(std::time::Duration),
 }
 

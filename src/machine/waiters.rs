@@ -19,11 +19,11 @@ use super::value::Args;
 /// Why a wait ended without its condition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WaitError {
-    #[error("unknown state {0:?}; check the name against the schema")]
     /// A state named in the wait is not in the schema.
+    #[error("unknown state {0:?}; check the name against the schema")]
     UnknownState(String),
-    #[error("the machine was disposed while waiting")]
     /// The machine (or mirror) was disposed before the condition held.
+    #[error("the machine was disposed while waiting")]
     Disposed,
     /// The cancellation the wait was bound to (see [`When::until`]) fired first.
     #[error("the wait was canceled before its condition held")]

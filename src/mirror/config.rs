@@ -78,11 +78,11 @@ pub enum ConnState {
 /// Why a mirror could not (first) connect.
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
-    #[error(transparent)]
     /// Connecting failed (address, TLS, WebSocket); see its message.
+    #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("{endpoint} refused the mirror ({kind:?}): {reason}")]
     /// The server refused the hello.
+    #[error("{endpoint} refused the mirror ({kind:?}): {reason}")]
     Refused {
         /// The server.
         endpoint: Endpoint,
@@ -91,29 +91,29 @@ pub enum MirrorError {
         /// The server's reason, escaped.
         reason: String,
     },
-    #[error("no handshake answer from {endpoint} within {after:?}")]
     /// The server did not answer the hello in time.
+    #[error("no handshake answer from {endpoint} within {after:?}")]
     HandshakeTimeout {
         /// The server.
         endpoint: Endpoint,
         /// The handshake timeout.
         after: Duration,
     },
-    #[error("handshake with {endpoint} failed: {reason}")]
     /// The server's answer to the hello was not a welcome or a refusal.
+    #[error("handshake with {endpoint} failed: {reason}")]
     Handshake {
         /// The server.
         endpoint: Endpoint,
         /// What was wrong with it.
         reason: String,
     },
-    #[error("the server sent a schema that is not valid: {0}")]
     /// The welcome's schema does not validate.
+    #[error("the server sent a schema that is not valid: {0}")]
     BadSchema(#[from] crate::machine::SchemaError),
+    /// The source's schema is not the one set in [`MirrorConfig::schema`].
     #[error(
         "{endpoint} serves a different schema (states: {found}) than this mirror expects (states: {expected}); update one side or leave the mirror's schema unset to take the server's"
     )]
-    /// The source's schema is not the one set in [`MirrorConfig::schema`].
     SchemaMismatch {
         /// The server.
         endpoint: Endpoint,

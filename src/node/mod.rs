@@ -26,10 +26,10 @@ use crate::transport::{Endpoint, TlsConfig, TlsError, TransportConfig};
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The node's TLS settings (certificate, key, CA) could not be loaded.
     #[error(
         "{at}: node {node}: {error}\n  hint: the tls table's paths are relative to the topology file; `am-node certs DIR NAME` writes development certificates"
     )]
-    /// The node's TLS settings (certificate, key, CA) could not be loaded.
     Tls {
         /// `file:line` of the node's tls table.
         at: String,
@@ -38,21 +38,21 @@ pub enum NodeError {
         /// What is wrong with the files.
         error: TlsError,
     },
-    #[error("node {0:?} is not in the topology; nodes: {1}")]
     /// `--node` named a node the topology does not have (the name, and the nodes it has).
+    #[error("node {0:?} is not in the topology; nodes: {1}")]
     UnknownNode(String, String),
-    #[error("node {node}: {error}")]
     /// The node's server could not be built.
+    #[error("node {node}: {error}")]
     Server {
         /// The node's name.
         node: String,
         /// The server's error.
         error: ServerError,
     },
+    /// A listener could not bind its address.
     #[error(
         "{at}: node {node}: {error}\n  hint: another process (or another node of this file) may hold the port; pick a free one, or 0 for any"
     )]
-    /// A listener could not bind its address.
     Listen {
         /// `file:line` of the listener.
         at: String,
@@ -61,18 +61,18 @@ pub enum NodeError {
         /// The bind error.
         error: ServerError,
     },
-    #[error("node {node}: {error}")]
     /// A mirror could not be built from its plan (a bad endpoint or TLS setting).
+    #[error("node {node}: {error}")]
     Mirror {
         /// The node's name.
         node: String,
         /// The mirror's error.
         error: MirrorError,
     },
+    /// The admin (metrics and health) listener could not bind.
     #[error(
         "{at}: node {node}: cannot serve metrics on {address}: {error}\n  hint: `admin` is an address of this host that is free, e.g. 127.0.0.1:9100"
     )]
-    /// The admin (metrics and health) listener could not bind.
     Admin {
         /// `file:line` of the node's `admin`.
         at: String,
@@ -83,10 +83,10 @@ pub enum NodeError {
         /// The bind error.
         error: std::io::Error,
     },
+    /// A root machine's state file could not be opened or restored.
     #[error(
         "{at}: node {node}: machine {machine}: {error}\n  hint: state_dir is relative to the topology file; each root machine keeps STATE_DIR/MACHINE.json"
     )]
-    /// A root machine's state file could not be opened or restored.
     State {
         /// `file:line` of the `state_dir`.
         at: String,
@@ -97,9 +97,9 @@ pub enum NodeError {
         /// What went wrong with its file.
         error: DurableError,
     },
-    #[error("node {node}: machine {machine} cannot start: {reason}")]
     /// A root machine's `start` states could not be activated (unknown, or its relations
     /// refused them).
+    #[error("node {node}: machine {machine} cannot start: {reason}")]
     Start {
         /// The node's name.
         node: String,

@@ -11,8 +11,8 @@ use super::message::ClockDiff;
 /// Which states a connection tracks: all, or a sorted subset of positions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Tracked {
-    #[default]
     /// Every state of the schema.
+    #[default]
     All,
     /// Only these positions, sorted and without duplicates.
     Only(Vec<u32>),
@@ -121,16 +121,16 @@ pub fn went_back(sent: ClockRef<'_>, now: ClockRef<'_>, tracked: &Tracked) -> bo
 /// Why a diff could not be applied as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
-    #[error("diff names state {state}, but the schema has {len} states")]
     /// A change names a position outside the client's schema; nothing was applied.
+    #[error("diff names state {state}, but the schema has {len} states")]
     BadState {
         /// The position named.
         state: u32,
         /// How many states the client's schema has.
         len: usize,
     },
-    #[error("clock checksum mismatch after the diff; a full sync is needed")]
     /// The clock after the diff does not match the source's checksum: ask for a snapshot.
+    #[error("clock checksum mismatch after the diff; a full sync is needed")]
     Checksum,
 }
 

@@ -24,27 +24,27 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 /// Why bytes are not a valid frame. Each closes the connection that sent them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// The frame's length prefix claims more than the limit.
     #[error(
         "frame of {len} bytes is over the limit of {max}; raise max_frame on both sides if this is expected"
     )]
-    /// The frame's length prefix claims more than the limit.
     TooLarge {
         /// The length claimed, in bytes.
         len: u64,
         /// The limit (`max_frame`).
         max: usize,
     },
-    #[error("malformed length prefix (varint longer than 10 bytes or over 64 bits)")]
     /// The length prefix is not a valid varint.
+    #[error("malformed length prefix (varint longer than 10 bytes or over 64 bits)")]
     BadVarint,
-    #[error("empty frame: every frame carries a message")]
     /// A frame of length zero.
+    #[error("empty frame: every frame carries a message")]
     Empty,
-    #[error("compressed frame, but compression was not negotiated")]
     /// A compressed frame on a connection that did not agree to compression.
+    #[error("compressed frame, but compression was not negotiated")]
     CompressionNotNegotiated,
-    #[error("compressed body does not decompress within {max} bytes: {reason}")]
     /// A compressed body is corrupt or decompresses past the limit.
+    #[error("compressed body does not decompress within {max} bytes: {reason}")]
     Decompress {
         /// The limit it had to decompress within (`max_frame`).
         max: usize,

@@ -67,8 +67,8 @@ pub enum Message {
     /// Client -> server, instead of `Hello`: describe the node; answered by `Status`, then the
     /// server closes.
     StatusRequest {
-        #[serde(deserialize_with = "limits::token")]
         /// The server's token, if it requires one (at most 16 KiB).
+        #[serde(deserialize_with = "limits::token")]
         token: Option<String>,
     },
     /// Server -> client: what the node serves, who is connected, its counters.
@@ -152,9 +152,9 @@ pub struct Hello {
     pub schema_hash: u64,
     /// Compression and tracking the client would like.
     pub options: WantedOptions,
-    #[serde(deserialize_with = "limits::token")]
     /// The server's shared secret, if it requires one (at most 16 KiB); a wrong or missing one is
     /// refused with [`RefusalKind::Auth`].
+    #[serde(deserialize_with = "limits::token")]
     pub token: Option<String>,
 }
 
@@ -206,8 +206,8 @@ pub struct Granted {
 /// A whole clock: one tick per state of the schema (0 for untracked states).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
-    #[serde(deserialize_with = "limits::ticks")]
     /// One tick per state of the client's schema, at most 4096 (0 for untracked states).
+    #[serde(deserialize_with = "limits::ticks")]
     pub ticks: Vec<u64>,
     /// How many mutations the source has processed.
     pub queue_tick: u64,
@@ -252,8 +252,8 @@ pub struct Refusal {
 /// does: on a busy source that is 2-4 bytes saved per diff.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClockDiff {
-    #[serde(deserialize_with = "limits::changes")]
     /// `(state position, tick increase)` per changed tracked state; at most 4096 entries.
+    #[serde(deserialize_with = "limits::changes")]
     pub changes: Vec<(u32, u64)>,
     /// How much the source's queue tick grew.
     pub queue_delta: u64,
@@ -282,8 +282,8 @@ pub struct MutateRequest {
     pub id: u64,
     /// Add, remove or set.
     pub kind: MutationKind,
-    #[serde(deserialize_with = "limits::states")]
     /// The states' positions in the schema the client was given; at most 4096.
+    #[serde(deserialize_with = "limits::states")]
     pub states: Vec<u32>,
     /// The mutation's arguments (at most 256, nested at most 32 deep).
     pub args: Args,
@@ -383,11 +383,11 @@ pub enum ErrResult {
 /// Named binary data from the source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload {
-    #[serde(deserialize_with = "limits::name")]
     /// What the data is, chosen by the source (at most 1024 bytes).
+    #[serde(deserialize_with = "limits::name")]
     pub name: String,
-    #[serde(deserialize_with = "limits::bytes")]
     /// The data, up to the frame limit.
+    #[serde(deserialize_with = "limits::bytes")]
     pub data: Vec<u8>,
 }
 
@@ -443,11 +443,11 @@ pub struct ClientStatus {
 /// Why a frame body is not a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("undecodable message: {0}")]
     /// Not a message of this protocol version, or past a limit (the decoder's words).
+    #[error("undecodable message: {0}")]
     Invalid(String),
-    #[error("{0} trailing bytes after the message")]
     /// The body holds this many bytes after a complete message.
+    #[error("{0} trailing bytes after the message")]
     Trailing(usize),
 }
 

@@ -34,11 +34,11 @@ pub use message::{DecodeError, Message, PROTOCOL_VERSION};
 /// Why a connection's bytes are not protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
-    #[error(transparent)]
     /// The framing is broken (length, compression).
-    Frame(#[from] FrameError),
     #[error(transparent)]
+    Frame(#[from] FrameError),
     /// A frame's body is not a valid message.
+    #[error(transparent)]
     Decode(#[from] DecodeError),
 }
 

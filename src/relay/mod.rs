@@ -107,27 +107,27 @@ impl Default for RelayConfig {
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("the relay listens on ws:// or wss://, not {0}")]
     /// The listen endpoint is not `ws://` or `wss://`.
+    #[error("the relay listens on ws:// or wss://, not {0}")]
     BadListen(Endpoint),
-    #[error("target {0:?} is defined twice")]
     /// Two targets have the same name.
+    #[error("target {0:?} is defined twice")]
     DuplicateTarget(String),
+    /// A target's scheme is one the relay cannot reach (`tcp://`, `tls://`, `quic://` only).
     #[error(
         "target {name:?}: the relay reaches tcp://, tls:// and quic:// endpoints, not {endpoint}"
     )]
-    /// A target's scheme is one the relay cannot reach (`tcp://`, `tls://`, `quic://` only).
     BadTarget {
         /// The target's name.
         name: String,
         /// Its endpoint.
         endpoint: Endpoint,
     },
-    #[error("wss:// needs a certificate and key (tls)")]
     /// `wss://` without a certificate and key in `transport`.
+    #[error("wss:// needs a certificate and key (tls)")]
     NoTls,
-    #[error("cannot listen on {endpoint}: {error}")]
     /// The listen address could not be bound (taken, or not this host's).
+    #[error("cannot listen on {endpoint}: {error}")]
     Bind {
         /// The listen endpoint.
         endpoint: Endpoint,

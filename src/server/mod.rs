@@ -63,17 +63,17 @@ impl Default for ServerConfig {
 /// Why the server could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("a source named {0:?} is already served; source names must be unique")]
     /// [`Server::add_source`] was given a name already served.
+    #[error("a source named {0:?} is already served; source names must be unique")]
     DuplicateSource(String),
-    #[error("no source named {0:?} is served here")]
     /// No source is served under that name.
+    #[error("no source named {0:?} is served here")]
     UnknownSource(String),
-    #[error("the server is shut down")]
     /// The server was shut down; it serves nothing more.
+    #[error("the server is shut down")]
     ShutDown,
-    #[error(transparent)]
     /// A listener could not bind (the port is taken, TLS material is missing).
+    #[error(transparent)]
     Transport(#[from] TransportError),
 }
 

@@ -173,8 +173,8 @@ pub struct StatePlan {
     pub at: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
 /// Whether a machine of a node is its own source or a replica of another's.
+#[derive(Debug, Clone, PartialEq)]
 pub enum MachineKind {
     /// A source of its own.
     Root,

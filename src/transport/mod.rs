@@ -194,37 +194,37 @@ impl fmt::Display for Endpoint {
 /// Why an endpoint string is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
-    #[error("endpoint {0:?} has no scheme; write it as tcp://host:port[/machine]")]
     /// No `scheme://` in the string.
+    #[error("endpoint {0:?} has no scheme; write it as tcp://host:port[/machine]")]
     NoScheme(String),
-    #[error("unknown scheme {scheme:?} in {endpoint:?}; use tcp, tls, quic, ws, wss or mem")]
     /// A scheme this library does not speak.
+    #[error("unknown scheme {scheme:?} in {endpoint:?}; use tcp, tls, quic, ws, wss or mem")]
     UnknownScheme {
         /// The scheme written.
         scheme: String,
         /// The whole endpoint.
         endpoint: String,
     },
-    #[error("endpoint {0:?} has no address after the scheme")]
     /// Nothing after `scheme://`.
+    #[error("endpoint {0:?} has no address after the scheme")]
     NoAddress(String),
-    #[error("endpoint {0:?} needs a port: host:port")]
     /// A network scheme without `:port`.
+    #[error("endpoint {0:?} needs a port: host:port")]
     NoPort(String),
+    /// The port is not a number from 0 to 65535.
     #[error(
         "port {port:?} in {endpoint:?} is not a port; ports are 1 to 65535 (0 to listen on any)"
     )]
-    /// The port is not a number from 0 to 65535.
     BadPort {
         /// The port written.
         port: String,
         /// The whole endpoint.
         endpoint: String,
     },
+    /// A query on a scheme that takes none, or a query other than `?token=`.
     #[error(
         "endpoint {0:?}: only ws:// and wss:// take a query, and only `?token=` (am-relay's token)"
     )]
-    /// A query on a scheme that takes none, or a query other than `?token=`.
     BadQuery(String),
 }
 
@@ -296,26 +296,26 @@ impl FromStr for Endpoint {
 /// Why a transport could not bind or connect.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot listen on {endpoint}: {error}")]
     /// The listener could not bind (the port is taken, or the address is not this host's).
+    #[error("cannot listen on {endpoint}: {error}")]
     Bind {
         /// The endpoint to listen on.
         endpoint: Endpoint,
         /// The operating system's error.
         error: io::Error,
     },
-    #[error("cannot connect to {endpoint}: {error}")]
     /// Connecting failed (refused, unreachable, or its TLS or WebSocket handshake failed).
+    #[error("cannot connect to {endpoint}: {error}")]
     Connect {
         /// The endpoint connected to.
         endpoint: Endpoint,
         /// The error.
         error: io::Error,
     },
+    /// A TLS scheme (named) was used without TLS settings.
     #[error(
         "{0}:// needs TLS material: a CA to verify servers with, and a certificate and key to listen (`am-node certs DIR` writes development ones)"
     )]
-    /// A TLS scheme (named) was used without TLS settings.
     NoTls(&'static str),
 }
 

@@ -23,8 +23,8 @@ pub(crate) const ALPN: &[u8] = b"arpc/1";
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} {path}: {error}")]
     /// A certificate, key or CA file could not be read.
+    #[error("cannot read {what} {path}: {error}")]
     Read {
         /// Which file it is (`certificate`, `key`, `CA`).
         what: &'static str,
@@ -33,22 +33,22 @@ pub enum TlsError {
         /// The operating system's error.
         error: io::Error,
     },
-    #[error("{what} is not valid PEM: {reason}")]
     /// A file is not valid PEM.
+    #[error("{what} is not valid PEM: {reason}")]
     Pem {
         /// Which file it is.
         what: &'static str,
         /// The parser's error.
         reason: String,
     },
-    #[error("{0} holds no certificate")]
     /// A file (named) holds no certificate.
+    #[error("{0} holds no certificate")]
     NoCertificate(&'static str),
-    #[error("the TLS configuration is not usable: {0}")]
     /// rustls refused the configuration (a key that does not match its certificate, say).
+    #[error("the TLS configuration is not usable: {0}")]
     Rustls(String),
-    #[error("requiring client certificates needs a CA to verify them with (`ca`)")]
     /// `require_client_cert` is set without a CA to verify clients with.
+    #[error("requiring client certificates needs a CA to verify them with (`ca`)")]
     ClientAuthWithoutCa,
 }
 

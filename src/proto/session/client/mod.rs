@@ -69,27 +69,27 @@ pub enum Phase {
 /// Why a handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
-    #[error("refused ({kind:?}): {reason}")]
     /// The server refused the hello.
+    #[error("refused ({kind:?}): {reason}")]
     Refused {
         /// The refusal's kind (retrying can help for `Loop`, `Full` and `Timeout`).
         kind: RefusalKind,
         /// The server's reason, escaped.
         reason: String,
     },
-    #[error("no handshake answer within {0:?}")]
     /// No answer to the hello within the handshake timeout.
+    #[error("no handshake answer within {0:?}")]
     Timeout(Duration),
-    #[error("{0}")]
     /// The server answered with something other than a welcome or a refusal (or not aRPC).
+    #[error("{0}")]
     Failed(String),
-    #[error("the server sent a schema that is not valid: {0}")]
     /// The schema in the welcome does not validate.
+    #[error("the server sent a schema that is not valid: {0}")]
     BadSchema(SchemaError),
+    /// The source's schema is not the one this mirror was configured with.
     #[error(
         "the source serves a different schema (states: {found}) than this mirror expects (states: {expected}); update one side or leave the mirror's schema unset to take the server's"
     )]
-    /// The source's schema is not the one this mirror was configured with.
     SchemaMismatch {
         /// The states this mirror expects.
         expected: String,
