@@ -107,7 +107,7 @@ pub struct DriverSpec {
 // ----- the resolved topology -----
 
 /// A validated topology, ready to start: made by [`load`] from a file or [`parse`] from text
-/// (see [`parse`] for an example), started by `crate::node::start_topology`.
+/// (see [`parse`] for an example), started by [`crate::node::start_topology`].
 #[derive(Debug, Clone)]
 pub struct Topology {
     /// The topology file's path; relative paths in it (schemas, TLS, state) are resolved
