@@ -70,8 +70,8 @@ pub enum ConnState {
     Connecting,
     /// Welcomed: the clock is the source's and mutations go up.
     Ready,
-    /// The connection ended; the mirror retries with backoff unless it was refused for good or
-    /// closed.
+    /// The connection ended or an attempt failed (see [`Mirror::last_error`](super::Mirror::last_error));
+    /// the mirror retries with backoff until it is disposed, keeping its last clock.
     Disconnected,
 }
 

@@ -26,7 +26,7 @@ pub enum TlsError {
     /// A certificate, key or CA file could not be read.
     #[error("cannot read {what} {path}: {error}")]
     Read {
-        /// Which file it is (`certificate`, `key`, `CA`).
+        /// Which file it is (`certificate`, `private key`, `CA certificate`).
         what: &'static str,
         /// Its path.
         path: String,
