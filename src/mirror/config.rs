@@ -71,7 +71,7 @@ pub enum ConnState {
     /// Welcomed: the clock is the source's and mutations go up.
     Ready,
     /// The connection ended or an attempt failed (see [`Mirror::last_error`](super::Mirror::last_error));
-    /// the mirror retries with backoff until it is disposed, keeping its last clock.
+    /// the mirror retries with backoff until it is disposed or dropped, keeping its last clock.
     Disconnected,
 }
 
