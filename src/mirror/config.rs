@@ -70,8 +70,9 @@ pub enum ConnState {
     Connecting,
     /// Welcomed: the clock is the source's and mutations go up.
     Ready,
-    /// The connection ended or an attempt failed (see [`Mirror::last_error`](super::Mirror::last_error));
-    /// the mirror retries with backoff until it is disposed or dropped, keeping its last clock.
+    /// The connection ended or an attempt failed (the reason:
+    /// [`Mirror::last_error`](super::Mirror::last_error)); the mirror retries with backoff
+    /// until it is disposed or dropped, keeping its last clock.
     Disconnected,
 }
 
