@@ -19,24 +19,51 @@ use rcgen::{
 /// Why certificates could not be made or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
+    /// rcgen could not generate a key or sign a certificate (an invalid name is the usual cause).
     #[error("generating a certificate failed: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A certificate or key file could not be written; check the directory exists and is writable.
     #[error("cannot write {path}: {error}")]
-    Write { path: String, error: std::io::Error },
+    Write {
+        /// The file that was being written.
+        path: String,
+        /// The operating system's error.
+        error: std::io::Error,
+    },
+    /// An existing certificate, key or CA file could not be read.
     #[error("cannot read {path}: {error}")]
-    Read { path: String, error: std::io::Error },
+    Read {
+        /// The file that was being read.
+        path: String,
+        /// The operating system's error.
+        error: std::io::Error,
+    },
+    /// The directory holds only half of a CA (its certificate without its key, or the reverse).
     #[error("{dir} holds {found} but not {missing}, so its CA cannot sign")]
     HalfCa {
+        /// The directory that was looked in.
         dir: String,
+        /// The CA file that is there (`ca.pem` or `ca.key`).
         found: &'static str,
+        /// The CA file that is not.
         missing: &'static str,
     },
+    /// The directory's CA cannot be used to sign (unparsable, or its key does not match).
     #[error("the CA in {dir} cannot sign certificates that verify against it: {reason}")]
-    UnusableCa { dir: String, reason: String },
+    UnusableCa {
+        /// The directory holding the CA.
+        dir: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate just signed does not verify against the CA: a bug or a corrupted CA.
     #[error("{cert} does not verify against {ca}: {reason}")]
     NotSignedBy {
+        /// The certificate's file.
         cert: String,
+        /// The CA's file.
         ca: String,
+        /// The verifier's error.
         reason: String,
     },
 }
@@ -56,7 +83,9 @@ impl CertError {
 /// A certificate and its private key, PEM-encoded.
 #[derive(Debug, Clone)]
 pub struct PemPair {
+    /// The certificate, PEM (`-----BEGIN CERTIFICATE-----`).
     pub cert: String,
+    /// Its private key, PEM (PKCS#8), unencrypted.
     pub key: String,
 }
 
@@ -162,6 +191,7 @@ pub enum CaOrigin {
 /// What `write_dev_certs` did.
 #[derive(Debug, Clone)]
 pub struct DevCerts {
+    /// Where the CA that signed the certificates came from.
     pub ca: CaOrigin,
     /// Every file written, in order.
     pub written: Vec<PathBuf>,

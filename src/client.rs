@@ -15,14 +15,34 @@ use crate::wire::{self, ReadError};
 /// Why a one-shot request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Connecting failed (address, TLS or certificate problem); its message says which.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The node accepted the connection but did not answer in time; it may be overloaded, or the
+    /// endpoint is not an aRPC server.
     #[error("no answer from {endpoint} within {after:?}")]
-    Timeout { endpoint: Endpoint, after: Duration },
+    Timeout {
+        /// The node asked.
+        endpoint: Endpoint,
+        /// How long the request waited.
+        after: Duration,
+    },
+    /// The node refused the request (a wrong token, or its ACL denies status).
     #[error("{endpoint} refused: {reason}")]
-    Refused { endpoint: Endpoint, reason: String },
+    Refused {
+        /// The node asked.
+        endpoint: Endpoint,
+        /// The node's reason, escaped.
+        reason: String,
+    },
+    /// The peer answered with something that is not the aRPC protocol (or another version).
     #[error("{endpoint} did not answer as an aRPC server: {reason}")]
-    Protocol { endpoint: Endpoint, reason: String },
+    Protocol {
+        /// The node asked.
+        endpoint: Endpoint,
+        /// What was wrong with its answer.
+        reason: String,
+    },
 }
 
 /// Asks a node what it serves, who is connected, and its counters.

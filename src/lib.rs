@@ -55,6 +55,8 @@
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod driven;
 pub mod machine;
 pub mod metrics;

@@ -29,6 +29,7 @@ impl Default for Histogram {
 }
 
 impl Histogram {
+    /// Counts one latency into its power-of-two bucket (microseconds).
     pub fn record(&self, elapsed: std::time::Duration) {
         let us = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
         let bucket = (64 - us.saturating_sub(1).leading_zeros() as usize).min(BUCKETS - 1);

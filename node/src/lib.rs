@@ -2,7 +2,7 @@
 //! are `asyncmachine::node`), kept out of the `asyncmachine` library that users build.
 //!
 //! Layout:
-//! - [`bench`]: the benchmark scenarios of DESIGN.md section 9 (`am-node bench`), their
+//! - [`bench`](mod@bench): the benchmark scenarios of DESIGN.md section 9 (`am-node bench`), their
 //!   reports and the tables those print.
 //! - [`repl`]: `am-node repl`, a prompt over mirrors: its language and completion (pure),
 //!   the commands on the machines, the line editor.

@@ -16,7 +16,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "am-relay", version, about, long_about = None)]
 struct Cli {
-    /// A file with a [relay] table (its own, or a topology file such as topologies/browser.toml).
+    /// A file with a `relay` table (its own, or a topology file such as topologies/browser.toml).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Where browsers connect: ws://host:port or wss://host:port.

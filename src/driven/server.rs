@@ -28,7 +28,12 @@ type Hook = Arc<dyn Fn() + Send + Sync>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerDrive {
     /// The session ended: send what is left, then close the connection.
-    Closed { conn: u32, reason: String },
+    Closed {
+        /// The connection, as the loop numbered it when it opened it.
+        conn: u32,
+        /// Why the session ended, for logs and the peer's close reason.
+        reason: String,
+    },
 }
 
 /// Work a session handed out whose answer comes later.

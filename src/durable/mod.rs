@@ -56,30 +56,46 @@ use progress::{Change, Progress, Status, Verdict};
 /// Why a durable machine could not be opened; each says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum DurableError {
+    /// The state directory could not be created.
     #[error(
         "cannot create the state directory {}: {error}; make its parent writable or pick another state_dir",
         .path.display()
     )]
     Directory {
+        /// The directory.
         path: PathBuf,
+        /// The operating system's error.
         error: std::io::Error,
     },
+    /// The state file exists but could not be read.
     #[error("cannot read the state file {}: {error}; check its permissions", .path.display())]
     Read {
+        /// The state file.
         path: PathBuf,
+        /// The operating system's error.
         error: std::io::Error,
     },
+    /// The state file was read but does not hold a state this machine can take (corrupt, another
+    /// machine's, another schema).
     #[error(
         "the state file {} cannot be restored: {error}; to start the machine from zero instead, move the file away",
         .path.display()
     )]
-    Restore { path: PathBuf, error: ImportError },
+    Restore {
+        /// The state file.
+        path: PathBuf,
+        /// Why the import refused it.
+        error: ImportError,
+    },
+    /// The trial write at opening failed: changes could not be saved.
     #[error(
         "cannot save the state file {}: {error}; the directory must be writable and have free space",
         .path.display()
     )]
     Write {
+        /// The state file.
         path: PathBuf,
+        /// The operating system's error.
         error: std::io::Error,
     },
 }
@@ -212,10 +228,12 @@ impl DurableMachine {
         self.restored
     }
 
+    /// The state file (`STATE_DIR/MACHINE.json`).
     pub fn path(&self) -> &Path {
         &self.shared.path
     }
 
+    /// Saves and failures so far.
     pub fn stats(&self) -> DurableStats {
         let stats = &self.shared.stats;
         DurableStats {

@@ -5,7 +5,7 @@
 //! a set with an unknown state binds nothing. Binding returns a [`Binding`] that unbinds the
 //! set again. [`Machine::on_enter`](super::Machine::on_enter) and its kin bind a set of one.
 //!
-//! The machine keeps what is bound in one [`HandlerTable`], copied on write: a transition works
+//! The machine keeps what is bound in one `HandlerTable`, copied on write: a transition works
 //! on the snapshot it started with, so binding never waits for a transition, and a handler
 //! unbound during a transition still finishes that transition.
 
@@ -54,6 +54,8 @@ impl std::fmt::Debug for Handlers {
 }
 
 impl Handlers {
+    /// An empty set; add handlers with the `on_*` methods, then bind it with
+    /// [`Machine::bind`](super::Machine::bind).
     pub fn new() -> Self {
         Self::default()
     }
@@ -165,10 +167,12 @@ impl Handlers {
         self.final_handler(HandlerKind::AnyState, None, f)
     }
 
+    /// How many handlers the set holds.
     pub fn len(&self) -> usize {
         self.pending.len()
     }
 
+    /// Whether the set holds no handler (binding it does nothing).
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }

@@ -59,44 +59,77 @@ pub const MAX_EXPORT_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportedState {
+    /// The layout's version, [`EXPORT_FORMAT`].
     pub format: u32,
+    /// The machine's id; a machine imports only a state with its own id.
     pub id: String,
+    /// The schema's states in schema order (the order of `ticks`), `Exception` included.
     pub state_names: Vec<String>,
+    /// The schema's hash, informative (import matches by names); 16 hex digits in JSON.
     #[serde(with = "hex_u64")]
     pub schema_hash: u64,
+    /// The clock: one tick per name, in the same order; odd = active.
     pub ticks: Vec<u64>,
+    /// How many mutations the machine had processed.
     pub queue_tick: u64,
 }
 
 /// Why an exported state cannot be read or imported; each says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImportError {
+    /// The input is over [`MAX_EXPORT_BYTES`].
     #[error(
         "the state is {len} bytes, over the limit of {max}; this is not a state file this library wrote"
     )]
-    TooLarge { len: u64, max: usize },
+    TooLarge {
+        /// The input's length in bytes.
+        len: u64,
+        /// The limit, [`MAX_EXPORT_BYTES`].
+        max: usize,
+    },
+    /// Not JSON of this layout (the parser's message says where).
     #[error("the state is not valid JSON of the export format: {0}")]
     Malformed(String),
+    /// A format version this library does not read.
     #[error(
         "the state is in format {found}; this version reads format {EXPORT_FORMAT}: export it again with a matching version"
     )]
-    Format { found: u32 },
+    Format {
+        /// The version the input declares.
+        found: u32,
+    },
+    /// The names and ticks are of different lengths: a damaged file.
     #[error(
         "the state lists {names} state names but {ticks} ticks; the file is damaged: restore a copy or remove it to start from zero"
     )]
-    Inconsistent { names: usize, ticks: usize },
+    Inconsistent {
+        /// How many state names the input lists.
+        names: usize,
+        /// How many ticks it lists.
+        ticks: usize,
+    },
+    /// More states than [`MAX_STATES`] (the count it lists).
     #[error("the state lists {0} states, over the limit of {MAX_STATES}")]
     TooManyStates(usize),
+    /// The state is another machine's.
     #[error(
         "the state is of machine {found:?}, not of {expected:?}: import a machine's own state (a file of another machine was put in its place)"
     )]
-    OtherMachine { found: String, expected: String },
+    OtherMachine {
+        /// The id in the input.
+        found: String,
+        /// The id of the machine importing it.
+        expected: String,
+    },
+    /// The state's names do not fit the machine's schema (renamed, removed or reordered states).
     #[error(
         "the state does not fit the schema: {0}; a schema may only grow at its end (keep the states in order and add new ones after them)"
     )]
     Schema(String),
+    /// A transition was running; import again between mutations.
     #[error("a transition is running; import before the machine is used, or between mutations")]
     Busy,
+    /// The machine was disposed; it takes no state any more.
     #[error("the machine was disposed")]
     Disposed,
 }

@@ -66,6 +66,8 @@ impl std::fmt::Debug for FinalHandlers {
 }
 
 impl FinalHandlers {
+    /// An empty set; add handlers with the `on_*` methods, then bind it with
+    /// [`StateSource::bind_final`].
     pub fn new() -> Self {
         Self::default()
     }
@@ -110,10 +112,12 @@ impl FinalHandlers {
         self.with(HandlerKind::AnyState, None, f)
     }
 
+    /// How many handlers the set holds.
     pub fn len(&self) -> usize {
         self.handlers.len()
     }
 
+    /// Whether the set holds no handler.
     pub fn is_empty(&self) -> bool {
         self.handlers.is_empty()
     }
@@ -158,6 +162,7 @@ impl<'a> FinalEvent<'a> {
         self.state.map(|s| schema.name(s))
     }
 
+    /// Which kind of handler runs (`State`, `End` or `AnyState`).
     pub fn handler(&self) -> HandlerKind {
         self.handler
     }

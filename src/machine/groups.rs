@@ -26,13 +26,16 @@ pub const MAX_GROUPS: usize = 1024;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupDef {
+    /// The group's name, not empty, at most 1024 bytes.
     #[serde(deserialize_with = "group_name")]
     pub name: String,
+    /// The names of its states, in order; each must be a state of the schema.
     #[serde(deserialize_with = "members")]
     pub states: Vec<String>,
 }
 
 impl GroupDef {
+    /// A group named `name` of these states.
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(
         name: impl Into<String>,
         states: I,

@@ -58,14 +58,17 @@ impl<'a> Event<'a> {
         self.machine
     }
 
+    /// Whether the mutation is an add, a remove or a set.
     pub fn kind(&self) -> MutationKind {
         self.mutation.kind
     }
 
+    /// The mutation's arguments (empty when it was made without any).
     pub fn args(&self) -> &'a Args {
         &self.mutation.args
     }
 
+    /// One argument of the mutation, or `None` when it was not passed.
     pub fn arg(&self, key: &str) -> Option<&'a Value> {
         self.mutation.args.get(key)
     }
@@ -98,16 +101,19 @@ impl<'a> Event<'a> {
         HandlerCall::new(self.schema, self.handler, self.state, self.to).to_string()
     }
 
+    /// The states the mutation named, in the order given.
     pub fn called(&self) -> impl Iterator<Item = &'a str> + 'a {
         let schema: &'a Schema = self.schema;
         self.mutation.states.iter().map(move |&s| schema.name(s))
     }
 
+    /// The states this transition activates (inactive before, active after).
     pub fn entering(&self) -> impl Iterator<Item = &'a str> + 'a {
         let schema: &'a Schema = self.schema;
         self.plan.arriving().map(move |s| schema.name(s))
     }
 
+    /// The states this transition deactivates.
     pub fn exiting(&self) -> impl Iterator<Item = &'a str> + 'a {
         let schema: &'a Schema = self.schema;
         self.plan.exiting.iter().map(move |&s| schema.name(s))
@@ -121,6 +127,8 @@ impl<'a> Event<'a> {
 
 /// What a negotiation handler may return: `bool`, or `Result<bool, E>`.
 pub trait Verdict {
+    /// `Ok(true)` lets the transition go on; `Ok(false)` or `Err` (its message noted as the
+    /// machine's error) cancels it.
     fn into_verdict(self) -> Result<bool, String>;
 }
 
@@ -138,6 +146,7 @@ impl<E: Display> Verdict for Result<bool, E> {
 
 /// What a final handler may return: `()`, or `Result<(), E>`.
 pub trait Completion {
+    /// `Ok(())`, or `Err` with a message the machine records as its error.
     fn into_completion(self) -> Result<(), String>;
 }
 
@@ -159,19 +168,28 @@ pub(crate) type FinalFn = Arc<dyn Fn(&Event<'_>) -> Result<(), String> + Send + 
 /// Which handler of a state (or of any state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandlerKind {
+    /// A state being activated (Go's `AEnter`); may cancel the transition.
     Enter,
+    /// A state being deactivated (Go's `AExit`); may cancel the transition.
     Exit,
     /// A target state that is active already (Go's `AA`).
     SelfEnter,
     /// A state active before to a target state (Go's `AB`).
     FromTo,
+    /// A state that became active, or was activated again (Go's `AState`); runs after the
+    /// clock changed.
     State,
+    /// A state that became inactive (Go's `AEnd`); runs after the clock changed.
     End,
+    /// Every transition, after the per-state negotiation handlers (Go's `AnyEnter`); may cancel.
     AnyEnter,
+    /// Every transition that changed the clock, after the per-state final handlers (Go's
+    /// `AnyState`).
     AnyState,
 }
 
 impl HandlerKind {
+    /// The kind's name in snake case (`enter`, `from_to`, `any_state`), as the log writes it.
     pub fn name(self) -> &'static str {
         match self {
             HandlerKind::Enter => "enter",
@@ -190,8 +208,11 @@ impl HandlerKind {
 /// (from A to B), `AState`, `AEnd`, `AnyEnter`, `AnyState`. What tracers and logs show.
 #[derive(Debug, Clone, Copy)]
 pub struct HandlerCall<'a> {
+    /// Which handler.
     pub kind: HandlerKind,
+    /// The state whose handler it is (the `from` state of `AB`), `None` for the any-state ones.
     pub state: Option<&'a str>,
+    /// The target state of an `AB` handler.
     pub to: Option<&'a str>,
 }
 

@@ -28,12 +28,18 @@ use super::value::Args;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(u8)]
 pub enum LogLevel {
+    /// Logs nothing (the default).
     #[default]
     Nothing = 0,
+    /// The messages of [`Machine::log`](super::Machine::log) only.
     External = 1,
+    /// Also the states each transition activated or deactivated.
     Changes = 2,
+    /// Also each mutation (with the arguments [`LogArgs`] lets through) and each cancellation.
     Ops = 3,
+    /// Also auto mutations and the states relations implied or removed.
     Decisions = 4,
+    /// Also each handler that runs.
     Everything = 5,
 }
 
@@ -71,6 +77,7 @@ impl LogLevel {
             .find(|level| level.name().eq_ignore_ascii_case(value))
     }
 
+    /// The level's name in lower case (`"ops"`), as [`parse`](Self::parse) reads it.
     pub fn name(self) -> &'static str {
         match self {
             LogLevel::Nothing => "nothing",
@@ -99,6 +106,7 @@ pub type Logger = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
 /// Which arguments a mutation's log line shows, and how much of each (Go's log-args mapper).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogArgs {
+    /// The argument keys shown, in this order; others are left out.
     pub keys: Vec<String>,
     /// The longest value shown; longer ones are cut and end with `...`.
     pub max_len: usize,
@@ -108,6 +116,8 @@ impl LogArgs {
     /// The default of asyncmachine's mapper for a `max_len` of 0.
     pub const DEFAULT_MAX_LEN: usize = 20;
 
+    /// Show these keys, each value cut at `max_len` characters (0 means
+    /// [`DEFAULT_MAX_LEN`](Self::DEFAULT_MAX_LEN)).
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(max_len: usize, keys: I) -> Self {
         LogArgs {
             keys: keys.into_iter().map(Into::into).collect(),

@@ -6,11 +6,11 @@
 //!
 //! - [`schema`]: states, relations, flags; validation and the stable schema hash.
 //! - [`groups`]: named sets of a schema's states, part of its definition.
-//! - [`resolve`]: from a clock and a mutation to who exits and enters, or why not.
+//! - [`resolve`](mod@resolve): from a clock and a mutation to who exits and enters, or why not.
 //! - [`local`]: [`Machine`], the local machine that runs handlers and owns a queue (its handler
 //!   registration and its queries of errors, waits and the queue in files of their own).
 //! - [`source`]: [`StateSource`], the one trait for local machines and remote mirrors.
-//! - [`observers`]: the observer registry both keep.
+//! - `observers`: the observer registry both keep.
 //! - [`waiters`]: [`When`] futures and [`StateCtx`] cancellations.
 //! - [`handlers`]: the [`Event`] handlers receive and what they may return.
 //! - [`final_handlers`]: [`FinalHandlers`], run after a change on any source (a mirror too).
@@ -29,7 +29,7 @@ pub mod groups;
 pub mod handlers;
 pub mod local;
 pub mod log;
-pub mod observers;
+pub(crate) mod observers;
 pub mod resolve;
 pub mod schema;
 pub mod source;

@@ -63,10 +63,6 @@ impl Observers {
 }
 
 impl ObserverSnapshot {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Tells every observer of a clock change.
     pub fn clock_changed(&self, change: &ClockChange<'_>) {
         for (_, observer) in self.0.iter() {

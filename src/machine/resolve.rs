@@ -43,19 +43,38 @@ impl fmt::Display for MutationKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelReason {
     /// Two called states remove one another (or one removes the other).
-    Conflict { state: String, removes: String },
+    Conflict {
+        /// A called state.
+        state: String,
+        /// The called state it removes (or that removes it).
+        removes: String,
+    },
     /// A called state is removed by an active state that stays active.
-    BlockedBy { state: String, by: String },
+    BlockedBy {
+        /// The called state.
+        state: String,
+        /// The active state whose `remove` relation blocks it.
+        by: String,
+    },
     /// A called state requires a state that is not and will not be active.
-    MissingRequire { state: String, missing: String },
+    MissingRequire {
+        /// The called state.
+        state: String,
+        /// The state it requires that is not and will not be active.
+        missing: String,
+    },
     /// A negotiation handler said no.
     Refused {
+        /// The state whose handler refused; `None` for `any_enter`.
         state: Option<String>,
+        /// Which handler refused (`enter`, `exit`, `self`, `from_to`, `any_enter`).
         handler: &'static str,
     },
     /// A negotiation handler failed; the error went to `Exception`.
     HandlerFailed {
+        /// The state whose handler failed; `None` for `any_enter`.
         state: Option<String>,
+        /// Which handler failed.
         handler: &'static str,
     },
 }

@@ -39,6 +39,8 @@ pub const MAX_STATES: usize = 4096;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateDef {
+    /// The state's name: unique in the schema and not empty; a peer's schema is refused when
+    /// a name is over 1024 bytes.
     pub name: String,
     /// May only be active while all of these are active (or become active in the same
     /// transition).
@@ -63,6 +65,7 @@ pub struct StateDef {
 }
 
 impl StateDef {
+    /// A state named `name` with no relations, neither auto nor multi.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -70,11 +73,13 @@ impl StateDef {
         }
     }
 
+    /// Adds states to [`require`](Self::require): this state may only be active while they are.
     pub fn require<I: IntoIterator<Item = S>, S: Into<String>>(mut self, states: I) -> Self {
         self.require.extend(states.into_iter().map(Into::into));
         self
     }
 
+    /// Adds states to [`add`](Self::add): activating this state also tries to activate them.
     #[allow(
         clippy::should_implement_trait,
         reason = "named after the relation, as in files"
@@ -84,21 +89,25 @@ impl StateDef {
         self
     }
 
+    /// Adds states to [`remove`](Self::remove): activating this state deactivates them.
     pub fn remove<I: IntoIterator<Item = S>, S: Into<String>>(mut self, states: I) -> Self {
         self.remove.extend(states.into_iter().map(Into::into));
         self
     }
 
+    /// Adds states to [`after`](Self::after): this state's handlers run after theirs.
     pub fn after<I: IntoIterator<Item = S>, S: Into<String>>(mut self, states: I) -> Self {
         self.after.extend(states.into_iter().map(Into::into));
         self
     }
 
+    /// Makes the state [`auto`](Self::auto): tried after every transition that changed the clock.
     pub fn auto(mut self) -> Self {
         self.auto = true;
         self
     }
 
+    /// Makes the state [`multi`](Self::multi): activating it while active activates it again.
     pub fn multi(mut self) -> Self {
         self.multi = true;
         self
@@ -109,6 +118,7 @@ impl StateDef {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaDef {
+    /// The states in order: a state's position here is its position in the clock.
     pub states: Vec<StateDef>,
     /// Named sets of states (Go's `SetGroups`), in order: see [`super::groups`].
     #[serde(default, deserialize_with = "groups::bounded")]
@@ -128,36 +138,66 @@ impl SchemaDef {
 /// What is wrong with a schema definition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemaError {
+    /// A state's name is empty.
     #[error("a state has an empty name; give every state a name")]
     EmptyName,
+    /// Two states have the same name.
     #[error("state {0:?} is defined twice; state names must be unique")]
     DuplicateState(String),
+    /// A relation names a state the schema does not define.
     #[error(
         "state {state:?} lists unknown state {target:?} in `{relation}`; define it or fix the name"
     )]
     UnknownState {
+        /// The state whose relation it is.
         state: String,
+        /// Which relation.
         relation: Relation,
+        /// The name it lists that is not defined.
         target: String,
     },
+    /// A state lists itself in a relation.
     #[error("state {state:?} lists itself in `{relation}`; remove that entry")]
-    SelfRelation { state: String, relation: Relation },
+    SelfRelation {
+        /// The state.
+        state: String,
+        /// The relation that lists it.
+        relation: Relation,
+    },
+    /// The `after` relations form a cycle (the states on it).
     #[error("the `after` relations form a cycle through {0:?}; handlers cannot be ordered")]
     AfterCycle(Vec<String>),
+    /// More than [`MAX_STATES`] states (the count, `Exception` included).
     #[error("the schema has {0} states; at most {MAX_STATES} are supported")]
     TooManyStates(usize),
+    /// A group's name is empty.
     #[error("a group has an empty name; give every group a name")]
     EmptyGroupName,
+    /// A group's name is longer than the limit (its length in bytes).
     #[error("a group's name is {0} bytes long; at most {MAX_NAME_LEN} are supported")]
     GroupNameTooLong(usize),
+    /// Two groups have the same name.
     #[error("group {0:?} is defined twice; group names must be unique")]
     DuplicateGroup(String),
+    /// More than [`MAX_GROUPS`] groups (the count).
     #[error("the schema has {0} groups; at most {MAX_GROUPS} are supported")]
     TooManyGroups(usize),
+    /// A group lists more than [`MAX_STATES`] states.
     #[error("group {group:?} lists {count} states; at most {MAX_STATES} are supported")]
-    TooManyGroupStates { group: String, count: usize },
+    TooManyGroupStates {
+        /// The group.
+        group: String,
+        /// How many states it lists.
+        count: usize,
+    },
+    /// A group lists a state the schema does not define.
     #[error("group {group:?} lists unknown state {state:?}; define it or fix the name")]
-    UnknownGroupState { group: String, state: String },
+    UnknownGroupState {
+        /// The group.
+        group: String,
+        /// The name it lists that is not defined.
+        state: String,
+    },
 }
 
 /// A name the schema does not have.
@@ -168,9 +208,13 @@ pub struct UnknownState(pub String);
 /// A kind of relation between two states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relation {
+    /// `require`: may only be active while the targets are.
     Require,
+    /// `add`: activating it also tries to activate the targets.
     Add,
+    /// `remove`: activating it deactivates the targets and blocks them while it stays.
     Remove,
+    /// `after`: its handlers run after the targets'.
     After,
 }
 
@@ -198,6 +242,33 @@ pub(crate) struct Resolved {
 
 /// A validated schema. States are addressed by their position (schema order), which is also
 /// their position in the clock.
+///
+/// Built from a [`SchemaDef`] with [`Schema::new`], state by state with [`Schema::builder`],
+/// or deserialized (it validates as it deserializes, as topology files load it):
+///
+/// ```
+/// use asyncmachine::machine::{Schema, SchemaDef, SchemaError, StateDef, EXCEPTION};
+///
+/// let schema = Schema::builder()
+///     .state(StateDef::new("Ready").require(["Connected"]))
+///     .state(StateDef::new("Connected"))
+///     .state(StateDef::new("Offline").remove(["Connected"]))
+///     .build()?;
+/// // `Exception` is appended, so the schema has four states.
+/// assert_eq!(schema.len(), 4);
+/// assert_eq!(schema.index("Connected"), Some(1));
+/// assert_eq!(schema.name(3), EXCEPTION);
+///
+/// // A definition from a file: the same fields, in TOML or JSON.
+/// let def: SchemaDef = toml::from_str(r#"
+///     [[states]]
+///     name = "A"
+///     require = ["B"]
+/// "#)?;
+/// // B is not defined: refused with the state, the relation and the name.
+/// assert!(matches!(Schema::new(def), Err(SchemaError::UnknownState { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "SchemaDef", into = "SchemaDef")]
 pub struct Schema {
@@ -219,6 +290,7 @@ pub struct Schema {
 }
 
 impl Schema {
+    /// A builder that adds states one by one; see [`SchemaBuilder`].
     pub fn builder() -> SchemaBuilder {
         SchemaBuilder::default()
     }
@@ -298,6 +370,7 @@ impl Schema {
         self.def.states.len()
     }
 
+    /// Always `false` for a built schema (it holds `Exception` at least).
     pub fn is_empty(&self) -> bool {
         self.def.states.is_empty()
     }
@@ -313,14 +386,17 @@ impl Schema {
         &self.def.states[idx].name
     }
 
+    /// The states' names in schema order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.def.states.iter().map(|s| s.name.as_str())
     }
 
+    /// The definition of the state at a position, or `None` outside the schema.
     pub fn state(&self, idx: usize) -> Option<&StateDef> {
         self.def.states.get(idx)
     }
 
+    /// The definition this schema was validated from (with `Exception` added).
     pub fn def(&self) -> &SchemaDef {
         &self.def
     }
@@ -486,11 +562,13 @@ pub struct SchemaBuilder {
 }
 
 impl SchemaBuilder {
+    /// Adds a state after those added before (its position is their count).
     pub fn state(mut self, state: StateDef) -> Self {
         self.def.states.push(state);
         self
     }
 
+    /// Validates the states added, as [`Schema::new`] does.
     pub fn build(self) -> Result<Schema, SchemaError> {
         Schema::new(self.def)
     }

@@ -47,18 +47,30 @@ pub enum Outcome {
 /// Why a mutation was not taken in at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MutationError {
+    /// A state named in the mutation is not in the schema.
     #[error("unknown state {0:?}; check the name against the schema")]
     UnknownState(String),
+    /// A state position is outside the schema.
     #[error("state position {0} is outside the schema")]
     BadIndex(usize),
+    /// The machine's queue holds its limit of waiting mutations.
     #[error("the mutation queue is full ({limit} waiting); the machine is overloaded, retry later")]
-    QueueFull { limit: usize },
+    QueueFull {
+        /// The queue's limit ([`MachineBuilder::queue_limit`](super::MachineBuilder::queue_limit)).
+        limit: usize,
+    },
+    /// The machine (or mirror) was disposed; it takes no more mutations.
     #[error("the machine was disposed")]
     Disposed,
+    /// A mirror has no session with its source now (connecting or reconnecting); retry once it
+    /// is ready, or wait for its `Ready` state.
     #[error("not connected to the source; wait for the mirror to be ready")]
     Disconnected,
+    /// The source, or a node on the way, refused it (the ACL, a limit); the reason says which.
     #[error("the source refused the mutation: {0}")]
     Refused(String),
+    /// No answer came within this time; the mutation may have run at the source: read the clock
+    /// before retrying.
     #[error("no answer from the source within {0:?}; the mutation may or may not have run")]
     Timeout(std::time::Duration),
     /// The link to the source stayed down for the mirror's whole retry deadline: the mutation
@@ -72,7 +84,10 @@ pub enum MutationError {
     #[error(
         "{waiting} mutations already wait for the link to the source (the limit); slow down or raise the mirror's retry limits"
     )]
-    RetryQueueFull { waiting: usize },
+    RetryQueueFull {
+        /// How many wait now (the policy's `max_waiting`).
+        waiting: usize,
+    },
 }
 
 /// A mutation's identity across retries and hops (its idempotency key): the mirror that first
@@ -102,8 +117,11 @@ fn key_origin<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Strin
 /// A mutation: what to do with which states, and the arguments handlers see.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mutation {
+    /// Add, remove or set.
     pub kind: MutationKind,
+    /// The called states, by position in the source's schema.
     pub states: Vec<usize>,
+    /// The arguments handlers see (and `when_args` matches).
     pub args: Args,
     /// Set by the machine for its own auto mutations.
     pub(crate) auto: bool,
@@ -113,6 +131,7 @@ pub struct Mutation {
 }
 
 impl Mutation {
+    /// A mutation of these states (positions in the schema), not auto.
     pub fn new(kind: MutationKind, states: Vec<usize>, args: Args) -> Self {
         Mutation {
             kind,
@@ -129,6 +148,7 @@ impl Mutation {
         self
     }
 
+    /// Whether the machine made it itself for its auto states.
     pub fn is_auto(&self) -> bool {
         self.auto
     }
@@ -137,10 +157,13 @@ impl Mutation {
 /// The transition behind a clock change, on the machine that ran it.
 #[derive(Debug)]
 pub struct Transition<'a> {
+    /// Add, remove or set.
     pub kind: MutationKind,
     /// Positions of the called states.
     pub called: &'a [usize],
+    /// The mutation's arguments.
     pub args: &'a Args,
+    /// Whether it was the machine's own auto mutation.
     pub auto: bool,
 }
 
@@ -153,6 +176,7 @@ pub struct ClockChange<'a> {
     pub schema: &'a Schema,
     /// The clock before and after.
     pub before: &'a [u64],
+    /// The clock after the change.
     pub after: &'a [u64],
     /// The positions whose tick changed (every position when a mirror's schema changed).
     pub changed: &'a [usize],
@@ -181,6 +205,7 @@ impl std::fmt::Debug for ClockChange<'_> {
 /// Called on the thread that made the change: keep it short and non-blocking (servers only
 /// note the change and wake a task).
 pub trait Observer: Send + Sync {
+    /// The clock changed; `change` holds the clocks before and after and what changed.
     fn clock_changed(&self, change: &ClockChange<'_>);
 
     /// The source's ancestry changed (a mirror reached, or changed, its upstream).
@@ -196,9 +221,11 @@ impl<F: Fn(&ClockChange<'_>) + Send + Sync> Observer for F {
 /// The upstream of a replicated source, for status displays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamInfo {
+    /// The upstream's endpoint (`tcp://host:port/name` and the like).
     pub endpoint: String,
     /// `connecting`, `ready` or `disconnected`.
     pub state: &'static str,
+    /// Why the last session ended or failed, escaped; `None` if none did.
     pub last_error: Option<String>,
     /// Sessions established after the first.
     pub reconnects: u64,
@@ -245,6 +272,35 @@ pub(crate) fn err_mutation(
 }
 
 /// Reads, waits, mutations and observation of a state machine, local or remote.
+///
+/// Code written against `StateSource` works on a [`Machine`](super::Machine), a network
+/// [`Mirror`](crate::mirror::Mirror), a driven mirror or a durable machine alike:
+///
+/// ```
+/// use asyncmachine::prelude::*;
+///
+/// /// Waits until the source is Ready, whichever kind of source it is.
+/// async fn ready(source: &dyn StateSource) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+///     if source.not(&["Ready"]) {
+///         source.add(&["Ready"], Args::new().with("by", "demo")).await?;
+///     }
+///     source.when(&["Ready"]).await?;
+///     Ok(source.active_states())
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let schema = Schema::builder()
+///     .state(StateDef::new("Ready"))
+///     .state(StateDef::new("Busy").remove(["Ready"]))
+///     .build()?;
+/// let machine = Machine::new(schema);
+/// let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+/// let active = runtime.block_on(ready(&machine))?;
+/// assert_eq!(active, ["Ready"]);
+/// assert_eq!(machine.tick("Ready"), 1); // odd: active
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # asyncmachine's Api, method by method
 ///
@@ -309,6 +365,7 @@ pub trait StateSource: Send + Sync {
     /// The machine's id, unique within its tree.
     fn id(&self) -> &str;
 
+    /// The schema the clock's positions refer to; a mirror's may grow when its source's does.
     fn schema(&self) -> Arc<Schema>;
 
     /// The whole clock: one tick per state, in schema order; empty for a disposed machine.
@@ -345,12 +402,16 @@ pub trait StateSource: Send + Sync {
         StateCtx::new(self.wait(Condition::TickChanged(idx, tick)))
     }
 
+    /// Runs (or queues, or on a mirror sends) a mutation of state positions; the future
+    /// resolves with its outcome. Most code uses [`add`](Self::add), [`remove`](Self::remove)
+    /// or [`set`](Self::set) by name.
     fn mutate(&self, mutation: Mutation) -> MutationFuture;
 
     /// Registers an observer and returns the clock it starts from, atomically: the observer
     /// sees every transition after that clock and none before.
     fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>);
 
+    /// Ends an observer's registration; whether it was registered.
     fn unobserve(&self, id: ObserverId) -> bool;
 
     /// This source's id followed by the ids of the sources it mirrors, nearest first. Servers
@@ -441,6 +502,7 @@ pub trait StateSource: Send + Sync {
 
     // ----- provided: reads -----
 
+    /// The tick of a state by name (0 for an unknown state).
     fn tick(&self, state: &str) -> u64 {
         self.schema().index(state).map_or(0, |i| self.tick_at(i))
     }
@@ -450,6 +512,7 @@ pub trait StateSource: Send + Sync {
         states.iter().all(|s| is_active(self.tick(s)))
     }
 
+    /// Whether the state is active (false for an unknown state).
     fn is1(&self, state: &str) -> bool {
         is_active(self.tick(state))
     }
@@ -469,6 +532,7 @@ pub trait StateSource: Send + Sync {
         states.iter().map(|s| self.tick(s)).collect()
     }
 
+    /// The names of the active states, in schema order.
     fn active_states(&self) -> Vec<String> {
         let schema = self.schema();
         // A clock may be shorter than the schema: a disposed machine's is empty.
@@ -673,6 +737,8 @@ pub trait StateSource: Send + Sync {
 
     // ----- provided: mutations -----
 
+    /// A mutation of states by name; an unknown name fails with
+    /// [`MutationError::UnknownState`] and nothing is done.
     fn mutate_named(&self, kind: MutationKind, states: &[&str], args: Args) -> MutationFuture {
         match self.schema().indices(states) {
             Ok(idx) => self.mutate(Mutation::new(kind, idx, args)),
@@ -683,14 +749,17 @@ pub trait StateSource: Send + Sync {
         }
     }
 
+    /// Activates the states (Go's `Add`), resolving with the outcome.
     fn add(&self, states: &[&str], args: Args) -> MutationFuture {
         self.mutate_named(MutationKind::Add, states, args)
     }
 
+    /// Deactivates the states (Go's `Remove`).
     fn remove(&self, states: &[&str], args: Args) -> MutationFuture {
         self.mutate_named(MutationKind::Remove, states, args)
     }
 
+    /// Makes these states the only active ones, besides those their relations keep (Go's `Set`).
     fn set(&self, states: &[&str], args: Args) -> MutationFuture {
         self.mutate_named(MutationKind::Set, states, args)
     }

@@ -65,8 +65,11 @@ impl StepKind {
 /// One step of a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
+    /// What the step is.
     pub kind: StepKind,
+    /// The state it concerns (position in the schema); for a handler, the handler's state.
     pub from: Option<usize>,
+    /// The target state of a `from_to` handler step.
     pub to: Option<usize>,
 }
 
@@ -75,6 +78,7 @@ pub struct Step {
 pub struct TransitionTrace<'a> {
     /// The machine's id.
     pub machine: &'a str,
+    /// The schema the positions in `before`, `after` and `steps` refer to.
     pub schema: &'a Schema,
     /// The mutation of a local transition; `None` for a mirror's update.
     pub mutation: Option<&'a Mutation>,
@@ -84,6 +88,7 @@ pub struct TransitionTrace<'a> {
     pub before: &'a [u64],
     /// The clock after it: the same as `before` until the transition ends.
     pub after: &'a [u64],
+    /// The steps so far (all of them in `transition_end`).
     pub steps: &'a [Step],
     /// In `transition_end`: what the transition returned.
     pub outcome: Option<Outcome>,
@@ -108,9 +113,13 @@ pub trait Tracer: Send + Sync {
     fn machine_init(&self, _source: &dyn StateSource) {}
     /// The machine (or the mirror) was disposed.
     fn machine_dispose(&self, _machine: &str) {}
+    /// The mutation was resolved, before any handler runs.
     fn transition_init(&self, _transition: &TransitionTrace<'_>) {}
+    /// The negotiation handlers are about to run (not called when the relations refused it).
     fn transition_start(&self, _transition: &TransitionTrace<'_>) {}
+    /// The transition ended; `outcome` and `after` are set.
     fn transition_end(&self, _transition: &TransitionTrace<'_>) {}
+    /// A handler is about to run.
     fn handler_start(&self, _transition: &TransitionTrace<'_>, _handler: &HandlerCall<'_>) {}
     /// `failure` is the error (or panic, or timeout) the handler failed with, if any.
     fn handler_end(

@@ -32,13 +32,21 @@ const LIST_PREALLOC: usize = 64;
 /// One argument value.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Value {
+    /// No value (JSON `null`).
     Null,
+    /// A boolean.
     Bool(bool),
+    /// A signed 64-bit integer.
     Int(i64),
+    /// A 64-bit float.
     Float(f64),
+    /// UTF-8 text.
     Str(String),
+    /// Raw bytes (a JSON array of numbers when shown as JSON).
     Bytes(Vec<u8>),
+    /// A list; lists and maps nest at most [`MAX_DEPTH`] levels on the wire.
     List(Vec<Value>),
+    /// Values by key, ordered by key.
     Map(BTreeMap<String, Value>),
 }
 
@@ -59,6 +67,7 @@ impl Value {
         deepest
     }
 
+    /// The integer, if this is an `Int`.
     pub fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(v) => Some(*v),
@@ -66,6 +75,7 @@ impl Value {
         }
     }
 
+    /// The number, if this is a `Float` or an `Int` (converted, possibly losing precision).
     pub fn as_float(&self) -> Option<f64> {
         match self {
             Value::Float(v) => Some(*v),
@@ -74,6 +84,7 @@ impl Value {
         }
     }
 
+    /// The boolean, if this is a `Bool`.
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Value::Bool(v) => Some(*v),
@@ -81,6 +92,7 @@ impl Value {
         }
     }
 
+    /// The text, if this is a `Str`.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(v) => Some(v),
@@ -88,6 +100,7 @@ impl Value {
         }
     }
 
+    /// The bytes, if this is `Bytes`.
     pub fn as_bytes(&self) -> Option<&[u8]> {
         match self {
             Value::Bytes(v) => Some(v),
@@ -452,6 +465,7 @@ impl<'de> Visitor<'de> for ArgsVisitor {
 }
 
 impl Args {
+    /// No arguments.
     pub fn new() -> Self {
         Self::default()
     }
@@ -462,22 +476,27 @@ impl Args {
         self
     }
 
+    /// Adds an argument, replacing one with the same key.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
         self.0.insert(key.into(), value.into());
     }
 
+    /// The argument with this key, or `None`.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.0.get(key)
     }
 
+    /// Whether there are no arguments.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// How many arguments there are.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// The arguments ordered by key.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v))
     }

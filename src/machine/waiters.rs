@@ -1,6 +1,6 @@
 //! Waiters: futures and state contexts that resolve from the clock alone.
 //!
-//! A [`WaiterSet`] lives beside a clock (in a machine or a mirror) under the same lock, so a
+//! A `WaiterSet` lives beside a clock (in a machine or a mirror) under the same lock, so a
 //! waiter is checked against exactly the clocks that clock goes through and never misses one.
 //! Waiters are indexed by the states they watch: a transition only looks at the waiters of the
 //! states whose ticks it changed, so thousands of idle waiters cost nothing per transition.
@@ -19,8 +19,10 @@ use super::value::Args;
 /// Why a wait ended without its condition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WaitError {
+    /// A state named in the wait is not in the schema.
     #[error("unknown state {0:?}; check the name against the schema")]
     UnknownState(String),
+    /// The machine (or mirror) was disposed before the condition held.
     #[error("the machine was disposed while waiting")]
     Disposed,
     /// The cancellation the wait was bound to (see [`When::until`]) fired first.
@@ -50,6 +52,8 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// Whether the condition holds for this clock (one tick per state position; the positions
+    /// must be within it).
     pub fn holds(&self, ticks: &[u64]) -> bool {
         match self {
             Condition::Active(states) => states.iter().all(|&s| is_active(ticks[s])),
@@ -596,6 +600,8 @@ impl StateCtx {
         })
     }
 
+    /// Whether the context is canceled: its state's tick has changed (the state was deactivated
+    /// or, for a multi state, activated again) or the machine was disposed.
     pub fn is_canceled(&self) -> bool {
         self.inner.signal.state() != PENDING
     }

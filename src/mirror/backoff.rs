@@ -19,10 +19,12 @@ pub fn delay(attempt: u32, initial: Duration, max: Duration, random: u64) -> Dur
 pub struct Jitter(u64);
 
 impl Jitter {
+    /// A generator from a seed (any value; equal seeds give equal sequences).
     pub fn new(seed: u64) -> Self {
         Jitter(seed | 1)
     }
 
+    /// The next pseudo-random number.
     pub fn draw(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;

@@ -14,13 +14,17 @@ use crate::transport::{Endpoint, TransportConfig, TransportError};
 pub struct MirrorConfig {
     /// Who this mirror is to the server (for a node, its node id).
     pub client_id: String,
+    /// Ask for zstd compression of frames above the server's threshold (default off).
     pub compression: bool,
     /// Track only these states; `None` for all.
     pub track: Option<Vec<String>>,
+    /// The server's shared secret, if it requires one.
     pub token: Option<String>,
     /// The schema the mirror expects, if known: the server then skips sending it.
     pub schema: Option<Arc<Schema>>,
+    /// How long one connection attempt may take, TLS included (default 5 s).
     pub connect_timeout: Duration,
+    /// How long the hello may wait for its answer (default 5 s).
     pub handshake_timeout: Duration,
     /// How often the mirror pings the server.
     pub keepalive: Duration,
@@ -28,9 +32,11 @@ pub struct MirrorConfig {
     pub idle_timeout: Duration,
     /// How long a mutation waits for its reply.
     pub mutation_timeout: Duration,
+    /// The largest frame body in bytes (default 1 MiB); must allow what the server sends.
     pub max_frame: usize,
     /// First reconnect delay; it doubles up to `backoff_max`, with jitter.
     pub backoff_initial: Duration,
+    /// The longest reconnect delay (default 5 s; the first is `backoff_initial`, 50 ms).
     pub backoff_max: Duration,
     /// TLS material for tls://, quic:// and wss:// upstreams.
     pub transport: TransportConfig,
@@ -65,34 +71,61 @@ impl Default for MirrorConfig {
 /// The state of a mirror's connection, for a person or a program to wait on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnState {
+    /// Connecting, or waiting for the handshake's answer.
     Connecting,
+    /// Welcomed: the clock is the source's and mutations go up.
     Ready,
+    /// The connection ended or an attempt failed (the reason:
+    /// [`Mirror::last_error`](super::Mirror::last_error)); the mirror retries with backoff
+    /// until it is disposed or dropped, keeping its last clock.
     Disconnected,
 }
 
 /// Why a mirror could not (first) connect.
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
+    /// Connecting failed (address, TLS, WebSocket); see its message.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The server refused the hello.
     #[error("{endpoint} refused the mirror ({kind:?}): {reason}")]
     Refused {
+        /// The server.
         endpoint: Endpoint,
+        /// The refusal's kind (retrying can help for `Loop`, `Full` and `Timeout`).
         kind: crate::proto::message::RefusalKind,
+        /// The server's reason, escaped.
         reason: String,
     },
+    /// The server did not answer the hello in time.
     #[error("no handshake answer from {endpoint} within {after:?}")]
-    HandshakeTimeout { endpoint: Endpoint, after: Duration },
+    HandshakeTimeout {
+        /// The server.
+        endpoint: Endpoint,
+        /// The handshake timeout.
+        after: Duration,
+    },
+    /// The server's answer to the hello was not a welcome or a refusal.
     #[error("handshake with {endpoint} failed: {reason}")]
-    Handshake { endpoint: Endpoint, reason: String },
+    Handshake {
+        /// The server.
+        endpoint: Endpoint,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The welcome's schema does not validate.
     #[error("the server sent a schema that is not valid: {0}")]
     BadSchema(#[from] crate::machine::SchemaError),
+    /// The source's schema is not the one set in [`MirrorConfig::schema`].
     #[error(
         "{endpoint} serves a different schema (states: {found}) than this mirror expects (states: {expected}); update one side or leave the mirror's schema unset to take the server's"
     )]
     SchemaMismatch {
+        /// The server.
         endpoint: Endpoint,
+        /// The states the mirror expects.
         expected: String,
+        /// The states the source serves.
         found: String,
     },
 }
@@ -100,10 +133,15 @@ pub enum MirrorError {
 /// Counters of one mirror.
 #[derive(Debug, Default)]
 pub struct MirrorStats {
+    /// Bytes read from the upstream, on the wire.
     pub bytes_in: AtomicU64,
+    /// Bytes written to the upstream, on the wire.
     pub bytes_out: AtomicU64,
+    /// Diffs applied.
     pub diffs: AtomicU64,
+    /// Snapshots asked for after a checksum mismatch.
     pub resyncs: AtomicU64,
+    /// Sessions established after the first.
     pub reconnects: AtomicU64,
 }
 

@@ -50,6 +50,47 @@ mod tests;
 const OUTBOX_BYTES: usize = 256 << 10;
 
 /// A replica of a remote source. Cheap to clone: clones share one mirror.
+///
+/// A mirror is a [`StateSource`]: reads and waits are answered from its own copy of the
+/// source's clock, mutations run on the source (and resolve once the mirror's clock holds
+/// their result), and it can be served again by a [`Server`](crate::server::Server), which is
+/// how trees are built. It reconnects by itself with backoff; while disconnected it keeps its
+/// last clock.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
+/// use asyncmachine::prelude::*;
+/// use asyncmachine::server::{Server, ServerConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+/// let schema = Schema::builder()
+///     .state(StateDef::new("Connected"))
+///     .state(StateDef::new("Downloading").require(["Connected"]))
+///     .build()?;
+/// let source = Machine::builder(schema).id("download").build();
+/// let server = Server::new(ServerConfig::default());
+/// server.add_source("download", Arc::new(source.clone()))?;
+/// let endpoint = server.listen(&"tcp://127.0.0.1:0".parse()?).await?;
+///
+/// // Returns once the mirror holds the source's schema and clock.
+/// let config = MirrorConfig { client_id: "doc".into(), ..MirrorConfig::default() };
+/// let mirror = Mirror::connect(&endpoint.with_machine("download"), config).await?;
+/// assert_eq!(mirror.connection(), ConnState::Ready);
+///
+/// // Runs on the source; its relations refuse it there: Downloading requires Connected.
+/// assert_eq!(mirror.add(&["Downloading"], Args::new()).await?, Outcome::Canceled);
+/// mirror.add(&["Connected"], Args::new()).await?;
+/// assert_eq!(mirror.add(&["Downloading"], Args::new()).await?, Outcome::Executed);
+/// // The reply brought the clock along: the mirror reads it locally.
+/// assert!(mirror.is(&["Connected", "Downloading"]));
+/// assert!(source.is(&["Downloading"]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Mirror {
     shared: Arc<Shared>,
@@ -123,10 +164,12 @@ impl Mirror {
         self.shared.core.last_error()
     }
 
+    /// The source's endpoint this mirror connects to.
     pub fn endpoint(&self) -> &Endpoint {
         &self.shared.endpoint
     }
 
+    /// The connection's state now.
     pub fn connection(&self) -> ConnState {
         *self.shared.conn.borrow()
     }
@@ -148,6 +191,7 @@ impl Mirror {
         self.shared.payloads.subscribe()
     }
 
+    /// The mirror's counters (bytes, diffs, resyncs, reconnects).
     pub fn stats(&self) -> &MirrorStats {
         &self.shared.stats
     }

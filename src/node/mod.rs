@@ -26,54 +26,86 @@ use crate::transport::{Endpoint, TlsConfig, TlsError, TransportConfig};
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The node's TLS settings (certificate, key, CA) could not be loaded.
     #[error(
         "{at}: node {node}: {error}\n  hint: the tls table's paths are relative to the topology file; `am-node certs DIR NAME` writes development certificates"
     )]
     Tls {
         /// `file:line` of the node's tls table.
         at: String,
+        /// The node's name.
         node: String,
+        /// What is wrong with the files.
         error: TlsError,
     },
+    /// `--node` named a node the topology does not have (the name, and the nodes it has).
     #[error("node {0:?} is not in the topology; nodes: {1}")]
     UnknownNode(String, String),
+    /// The node's server could not be built.
     #[error("node {node}: {error}")]
-    Server { node: String, error: ServerError },
+    Server {
+        /// The node's name.
+        node: String,
+        /// The server's error.
+        error: ServerError,
+    },
+    /// A listener could not bind its address.
     #[error(
         "{at}: node {node}: {error}\n  hint: another process (or another node of this file) may hold the port; pick a free one, or 0 for any"
     )]
     Listen {
         /// `file:line` of the listener.
         at: String,
+        /// The node's name.
         node: String,
+        /// The bind error.
         error: ServerError,
     },
+    /// A mirror could not be built from its plan (a bad endpoint or TLS setting).
     #[error("node {node}: {error}")]
-    Mirror { node: String, error: MirrorError },
+    Mirror {
+        /// The node's name.
+        node: String,
+        /// The mirror's error.
+        error: MirrorError,
+    },
+    /// The admin (metrics and health) listener could not bind.
     #[error(
         "{at}: node {node}: cannot serve metrics on {address}: {error}\n  hint: `admin` is an address of this host that is free, e.g. 127.0.0.1:9100"
     )]
     Admin {
         /// `file:line` of the node's `admin`.
         at: String,
+        /// The node's name.
         node: String,
+        /// The address it tried.
         address: String,
+        /// The bind error.
         error: std::io::Error,
     },
+    /// A root machine's state file could not be opened or restored.
     #[error(
         "{at}: node {node}: machine {machine}: {error}\n  hint: state_dir is relative to the topology file; each root machine keeps STATE_DIR/MACHINE.json"
     )]
     State {
         /// `file:line` of the `state_dir`.
         at: String,
+        /// The node's name.
         node: String,
+        /// The machine's name.
         machine: String,
+        /// What went wrong with its file.
         error: DurableError,
     },
+    /// A root machine's `start` states could not be activated (unknown, or its relations
+    /// refused them).
     #[error("node {node}: machine {machine} cannot start: {reason}")]
     Start {
+        /// The node's name.
         node: String,
+        /// The machine's name.
         machine: String,
+        /// Why, for a person.
         reason: String,
     },
 }
@@ -280,6 +312,7 @@ async fn start_root(
 }
 
 impl RunningNode {
+    /// The node's name in the topology.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -289,6 +322,7 @@ impl RunningNode {
         &self.endpoints
     }
 
+    /// The server that serves the node's machines: its stats, clients and shutdown.
     pub fn server(&self) -> &Server {
         &self.server
     }
@@ -298,6 +332,7 @@ impl RunningNode {
         self.admin
     }
 
+    /// A machine of the node by name (a root, a durable root or a mirror).
     pub fn machine(&self, name: &str) -> Option<Arc<dyn StateSource>> {
         self.machines
             .iter()
@@ -305,6 +340,7 @@ impl RunningNode {
             .map(|(_, m)| m.clone())
     }
 
+    /// The node's machines with their names, in the topology's order.
     pub fn machines(&self) -> impl Iterator<Item = (&str, &Arc<dyn StateSource>)> {
         self.machines.iter().map(|(n, m)| (n.as_str(), m))
     }
@@ -423,14 +459,18 @@ pub async fn start_topology(
 }
 
 impl RunningTopology {
+    /// The nodes started, in the topology's order.
     pub fn nodes(&self) -> &[RunningNode] {
         &self.nodes
     }
 
+    /// A started node by name.
     pub fn node(&self, name: &str) -> Option<&RunningNode> {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// Stops every node, leaves first (so upstreams do not see their clients reconnect), and
+    /// waits for each to close.
     pub async fn shutdown(self) {
         // Leaves first, so that upstreams do not see their clients drop and reconnect.
         for node in self.nodes.into_iter().rev() {

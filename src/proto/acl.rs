@@ -76,12 +76,20 @@ const NAMES_SHOWN: usize = 8;
 pub enum MutationDenied {
     /// The request names a position the schema does not have (a peer bug, not an ACL matter).
     #[error("state {state} is outside the schema of {states} states")]
-    OutsideSchema { state: u32, states: usize },
+    OutsideSchema {
+        /// The position asked for.
+        state: u32,
+        /// How many states the schema has.
+        states: usize,
+    },
     /// The request calls a state that is not on the client's list.
     #[error("client {client:?} may not mutate {state}; it may mutate: {allowed}")]
     Forbidden {
+        /// The client's id.
         client: String,
+        /// The state it may not mutate.
         state: String,
+        /// The states it may mutate, as a list for a person (cut after a few).
         allowed: String,
     },
     /// A `set` from a client whose list does not cover the states it would deactivate.
@@ -89,8 +97,11 @@ pub enum MutationDenied {
         "client {client:?} may not set: a set deactivates every state it does not name, and the client may not mutate {untouchable}; use add and remove instead; it may mutate: {allowed}"
     )]
     SetForbidden {
+        /// The client's id.
         client: String,
+        /// States the set would deactivate that the client may not mutate.
         untouchable: String,
+        /// The states it may mutate, as a list for a person (cut after a few).
         allowed: String,
     },
 }

@@ -90,6 +90,7 @@ impl<W> Dedup<W> {
         self.entries.len()
     }
 
+    /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

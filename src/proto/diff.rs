@@ -11,12 +11,16 @@ use super::message::ClockDiff;
 /// Which states a connection tracks: all, or a sorted subset of positions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Tracked {
+    /// Every state of the schema.
     #[default]
     All,
+    /// Only these positions, sorted and without duplicates.
     Only(Vec<u32>),
 }
 
 impl Tracked {
+    /// What a connection's granted `tracked` option means: `None` is all, a list is sorted and
+    /// deduplicated.
     pub fn from_granted(granted: Option<&[u32]>) -> Self {
         match granted {
             None => Tracked::All,
@@ -29,6 +33,7 @@ impl Tracked {
         }
     }
 
+    /// Whether the state at this position is tracked.
     pub fn contains(&self, state: usize) -> bool {
         match self {
             Tracked::All => true,
@@ -80,7 +85,9 @@ pub fn checksum(ticks: &[u64], tracked: &Tracked) -> u32 {
 /// A clock as sent to a client: its ticks and the source's queue tick.
 #[derive(Debug, Clone, Copy)]
 pub struct ClockRef<'a> {
+    /// One tick per state of the schema.
     pub ticks: &'a [u64],
+    /// How many mutations the source had processed.
     pub queue_tick: u64,
 }
 
@@ -114,8 +121,15 @@ pub fn went_back(sent: ClockRef<'_>, now: ClockRef<'_>, tracked: &Tracked) -> bo
 /// Why a diff could not be applied as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
+    /// A change names a position outside the client's schema; nothing was applied.
     #[error("diff names state {state}, but the schema has {len} states")]
-    BadState { state: u32, len: usize },
+    BadState {
+        /// The position named.
+        state: u32,
+        /// How many states the client's schema has.
+        len: usize,
+    },
+    /// The clock after the diff does not match the source's checksum: ask for a snapshot.
     #[error("clock checksum mismatch after the diff; a full sync is needed")]
     Checksum,
 }

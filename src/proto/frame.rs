@@ -24,18 +24,33 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 /// Why bytes are not a valid frame. Each closes the connection that sent them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// The frame's length prefix claims more than the limit.
     #[error(
         "frame of {len} bytes is over the limit of {max}; raise max_frame on both sides if this is expected"
     )]
-    TooLarge { len: u64, max: usize },
+    TooLarge {
+        /// The length claimed, in bytes.
+        len: u64,
+        /// The limit (`max_frame`).
+        max: usize,
+    },
+    /// The length prefix is not a valid varint.
     #[error("malformed length prefix (varint longer than 10 bytes or over 64 bits)")]
     BadVarint,
+    /// A frame of length zero.
     #[error("empty frame: every frame carries a message")]
     Empty,
+    /// A compressed frame on a connection that did not agree to compression.
     #[error("compressed frame, but compression was not negotiated")]
     CompressionNotNegotiated,
+    /// A compressed body is corrupt or decompresses past the limit.
     #[error("compressed body does not decompress within {max} bytes: {reason}")]
-    Decompress { max: usize, reason: String },
+    Decompress {
+        /// The limit it had to decompress within (`max_frame`).
+        max: usize,
+        /// The decompressor's error.
+        reason: String,
+    },
 }
 
 /// Appends `value` as an unsigned LEB128 varint.
@@ -80,6 +95,7 @@ pub struct DecodedFrame<'a> {
 pub struct Compression {
     /// Bodies shorter than this are never compressed.
     pub threshold: usize,
+    /// zstd's compression level (1 is fast; higher is smaller and slower).
     pub level: i32,
 }
 
@@ -95,6 +111,8 @@ impl Default for Compression {
 /// Frame settings of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameConfig {
+    /// The largest frame body in bytes, before and after decompression (default
+    /// [`DEFAULT_MAX_FRAME`], 1 MiB); both sides must allow what the other sends.
     pub max_frame: usize,
     /// `Some` once both sides agreed to compress.
     pub compression: Option<Compression>,

@@ -26,9 +26,11 @@ fn positions(schema: &Schema, names: &[String]) -> Vec<u32> {
 /// What the server offers for the source the client asked for.
 #[derive(Debug)]
 pub struct Offer<'a> {
+    /// The source's schema.
     pub schema: &'a Schema,
     /// The source's id and its upstream sources' ids, nearest first.
     pub ancestry: &'a [String],
+    /// The source's clock now.
     pub snapshot: Snapshot,
     /// The source's parent id (Go's `ParentId`).
     pub parent_id: Option<String>,
@@ -39,8 +41,11 @@ pub struct Offer<'a> {
 /// An accepted handshake: what to send, and the connection's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Accepted {
+    /// The `Welcome` to send.
     pub welcome: Welcome,
+    /// The states the connection tracks (granted from the hello's `track`).
     pub tracked: Tracked,
+    /// Whether the connection compresses its frames.
     pub compression: bool,
     /// Positions the client may mutate; `None` for all.
     pub mutable: Option<Vec<u32>>,

@@ -31,34 +31,43 @@ pub enum Message {
     MutateReply(MutateReply),
     /// Client -> server: send the whole clock (after a checksum mismatch, or on demand).
     Sync {
+        /// Echoed in the `Snapshot` that answers it.
         id: u64,
     },
     /// Server -> client: the whole clock, in answer to `Sync` (`id` echoes it).
     Snapshot {
+        /// The `id` of the `Sync` this answers (0 when the server sends one unasked).
         id: u64,
+        /// The whole tracked clock.
         snapshot: Snapshot,
     },
     /// Server -> client: named binary data from the source.
     Payload(Payload),
     /// Server -> client: the source's schema changed; the snapshot is in the new schema.
     SchemaChanged {
+        /// The new schema (it only grows at its end).
         schema: SchemaDef,
+        /// The clock in the new schema.
         snapshot: Snapshot,
     },
     /// Either way: keepalive probe, answered by `Pong` with the same nonce.
     Ping(u64),
+    /// Either way: the answer to a `Ping`, with its nonce.
     Pong(u64),
     /// Either way: a graceful close, with a reason.
     Bye {
+        /// Why the sender is closing, for logs.
         reason: String,
     },
     /// Either way: the peer broke the protocol; the sender closes the connection.
     Error {
+        /// What the peer did wrong.
         message: String,
     },
     /// Client -> server, instead of `Hello`: describe the node; answered by `Status`, then the
     /// server closes.
     StatusRequest {
+        /// The server's token, if it requires one (at most 16 KiB).
         #[serde(deserialize_with = "limits::token")]
         token: Option<String>,
     },
@@ -72,21 +81,27 @@ pub enum Message {
     WhenArgs(WhenArgsRequest),
     /// Server -> client: the end of a wait: it held, or why not.
     WhenArgsDone {
+        /// The `WhenArgs` id this ends.
         id: u64,
+        /// How the wait ended.
         result: WaitResult,
     },
     /// Client -> server: withdraw a pending wait; its `WhenArgsDone` (`Canceled`, unless it
     /// had ended already) still comes, and only then is the id free again.
     WhenArgsCancel {
+        /// The `WhenArgs` id to withdraw.
         id: u64,
     },
     /// Client -> server: the source's last error (Go's `Err()`), answered by `ErrReply`.
     ErrRequest {
+        /// Echoed in the `ErrReply`.
         id: u64,
     },
     /// Server -> client: the answer to `ErrRequest`.
     ErrReply {
+        /// The `ErrRequest` id this answers.
         id: u64,
+        /// The last error, none, or a refusal.
         result: ErrResult,
     },
 }
@@ -124,6 +139,7 @@ impl Message {
 /// The client's side of the handshake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The protocol version the client speaks, [`PROTOCOL_VERSION`]; others are refused.
     pub version: u32,
     /// Who the client is; for a node, its node id (used for loop detection).
     #[serde(deserialize_with = "limits::name")]
@@ -134,7 +150,10 @@ pub struct Hello {
     /// Hash of the schema the client already has, 0 for none: the server sends the schema only
     /// when it differs.
     pub schema_hash: u64,
+    /// Compression and tracking the client would like.
     pub options: WantedOptions,
+    /// The server's shared secret, if it requires one (at most 16 KiB); a wrong or missing one is
+    /// refused with [`RefusalKind::Auth`].
     #[serde(deserialize_with = "limits::token")]
     pub token: Option<String>,
 }
@@ -158,7 +177,9 @@ pub struct Welcome {
     pub ancestry: Vec<String>,
     /// The schema, when the client's hash differed.
     pub schema: Option<SchemaDef>,
+    /// The source's whole clock now.
     pub snapshot: Snapshot,
+    /// The options in force for this connection.
     pub granted: Granted,
     /// The id of the machine the source belongs to (Go's `ParentId`), if any.
     #[serde(deserialize_with = "limits::optional_name")]
@@ -171,6 +192,7 @@ pub struct Welcome {
 /// Options in force for the connection.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Granted {
+    /// Whether frames above the server's threshold are zstd-compressed both ways.
     pub compression: bool,
     /// Positions of the states the client sees; `None` for all. Diffs and checksums cover
     /// only these.
@@ -184,28 +206,41 @@ pub struct Granted {
 /// A whole clock: one tick per state of the schema (0 for untracked states).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// One tick per state of the client's schema, at most 4096 (0 for untracked states).
     #[serde(deserialize_with = "limits::ticks")]
     pub ticks: Vec<u64>,
+    /// How many mutations the source has processed.
     pub queue_tick: u64,
 }
 
 /// Why a handshake was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RefusalKind {
+    /// The client speaks another protocol version.
     Version,
+    /// The server serves no source of that name (the reason lists those it does).
     UnknownSource,
+    /// A missing or wrong token.
     Auth,
+    /// The client's id is not on the allow-list.
     Acl,
+    /// The client's id is in the source's ancestry: a node would mirror itself or a descendant.
     Loop,
+    /// No free client slot.
     Full,
+    /// The first message was not a valid `Hello` (or tracks an unknown state, or is too large).
     BadHello,
+    /// No `Hello` came in time.
     Timeout,
 }
 
 /// A refusal with a reason a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
+    /// What kind of refusal: retrying can help after `Loop`, `Full` and `Timeout` (the tree or
+    /// the load may change); the others need a change of configuration.
     pub kind: RefusalKind,
+    /// What to do about it, for a person (escaped peer text).
     pub reason: String,
 }
 
@@ -217,8 +252,10 @@ pub struct Refusal {
 /// does: on a busy source that is 2-4 bytes saved per diff.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClockDiff {
+    /// `(state position, tick increase)` per changed tracked state; at most 4096 entries.
     #[serde(deserialize_with = "limits::changes")]
     pub changes: Vec<(u32, u64)>,
+    /// How much the source's queue tick grew.
     pub queue_delta: u64,
     /// Four little-endian bytes: a hash has no small values for a varint to save on.
     #[serde(with = "fixed_u32")]
@@ -243,9 +280,12 @@ mod fixed_u32 {
 pub struct MutateRequest {
     /// Echoed in the reply. 0 asks for no reply: nothing is answered, `Sync` fetches the clock.
     pub id: u64,
+    /// Add, remove or set.
     pub kind: MutationKind,
+    /// The states' positions in the schema the client was given; at most 4096.
     #[serde(deserialize_with = "limits::states")]
     pub states: Vec<u32>,
+    /// The mutation's arguments (at most 256, nested at most 32 deep).
     pub args: Args,
     /// The mutation's idempotency key: a server answers a key it has run from its record
     /// (PROTOCOL.md, "Retries and exactly once"). `None` from clients that do not retry.
@@ -253,6 +293,7 @@ pub struct MutateRequest {
 }
 
 impl MutateRequest {
+    /// Whether the client asked for a `MutateReply` (a non-zero id).
     pub fn wants_reply(&self) -> bool {
         self.id != 0
     }
@@ -261,8 +302,11 @@ impl MutateRequest {
 /// The answer to a mutation, with the clock diff that brings the client up to date with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MutateReply {
+    /// The request's id.
     pub id: u64,
+    /// What became of the mutation.
     pub result: MutateResult,
+    /// The clock changes up to and including the mutation's, for this client.
     pub diff: ClockDiff,
 }
 
@@ -270,8 +314,11 @@ pub struct MutateReply {
 /// wire for the outcomes (a `Result<Outcome, _>` would take two).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MutateResult {
+    /// The transition ran.
     Executed,
+    /// The relations or a handler refused it.
     Canceled,
+    /// The source was busy; it runs after the mutations before it.
     Queued,
     /// Not run, with a reason a person can read (e.g. a position outside the schema).
     Refused(String),
@@ -339,8 +386,10 @@ pub enum ErrResult {
 /// Named binary data from the source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload {
+    /// What the data is, chosen by the source (at most 1024 bytes).
     #[serde(deserialize_with = "limits::name")]
     pub name: String,
+    /// The data, up to the frame limit.
     #[serde(deserialize_with = "limits::bytes")]
     pub data: Vec<u8>,
 }
@@ -348,8 +397,11 @@ pub struct Payload {
 /// A node as `am-node status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
+    /// The node's id.
     pub node: String,
+    /// Each source it serves.
     pub sources: Vec<SourceStatus>,
+    /// Each connected client.
     pub clients: Vec<ClientStatus>,
     /// Counter name and value, in a stable order.
     pub counters: Vec<(String, u64)>,
@@ -358,14 +410,21 @@ pub struct NodeStatus {
 /// One served source.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceStatus {
+    /// The name it is served under.
     pub name: String,
+    /// The source machine's id.
     pub id: String,
     /// For a mirror: the endpoint it mirrors, its connection state, its last error.
     pub upstream: Option<String>,
+    /// For a mirror: `connecting`, `ready` or `disconnected`.
     pub connection: Option<String>,
+    /// For a mirror: why its last session ended or failed.
     pub last_error: Option<String>,
+    /// The names of the active states.
     pub active: Vec<String>,
+    /// How many mutations it has processed.
     pub queue_tick: u64,
+    /// How many clients are connected to it.
     pub clients: u32,
     /// For a mirror: sessions established after the first.
     pub reconnects: u64,
@@ -376,16 +435,21 @@ pub struct SourceStatus {
 /// One connected client.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientStatus {
+    /// The client's id from its hello.
     pub id: String,
+    /// The source it mirrors.
     pub source: String,
+    /// Its network address.
     pub peer: String,
 }
 
 /// Why a frame body is not a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// Not a message of this protocol version, or past a limit (the decoder's words).
     #[error("undecodable message: {0}")]
     Invalid(String),
+    /// The body holds this many bytes after a complete message.
     #[error("{0} trailing bytes after the message")]
     Trailing(usize),
 }

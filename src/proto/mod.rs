@@ -37,8 +37,10 @@ pub use message::{DecodeError, Message, PROTOCOL_VERSION};
 /// Why a connection's bytes are not protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
+    /// The framing is broken (length, compression).
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// A frame's body is not a valid message.
     #[error(transparent)]
     Decode(#[from] DecodeError),
 }
@@ -64,6 +66,7 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
+    /// A reader with these frame settings and an empty buffer.
     pub fn new(config: FrameConfig) -> Self {
         FrameReader {
             config,
@@ -81,6 +84,7 @@ impl FrameReader {
         self.config = config;
     }
 
+    /// The frame settings in force.
     pub fn config(&self) -> &FrameConfig {
         &self.config
     }

@@ -3,7 +3,7 @@
 //!
 //! It bridges bytes and parses no more of the protocol than it must: none of it. Browsers reach
 //! only the targets named in the configuration (`/arpc/NAME`), never a host or port taken from
-//! the request. Every request must name the relay in `Host` ([`host`], against DNS rebinding);
+//! the request. Every request must name the relay in `Host` (`host`, against DNS rebinding);
 //! one that does not, or is not HTTP, gets an HTTP status. An upgrade that is refused after that
 //! (origin, token, target, connection limit, unreachable target) is accepted and closed at once
 //! with a [`RelayClose`] code and a reason, because a browser sees nothing of a refused upgrade.
@@ -45,6 +45,7 @@ use crate::transport::{self, Endpoint, Scheme, TransportConfig};
 /// One target browsers may reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The name pages ask for (a WebSocket to `/arpc/NAME` or `/NAME`) and `/targets` lists.
     pub name: String,
     /// The node's endpoint; its machine (if any) is what the page mirrors.
     pub endpoint: Endpoint,
@@ -55,6 +56,7 @@ pub struct Target {
 pub struct RelayConfig {
     /// `ws://host:port` or `wss://host:port` (then `transport` needs a certificate).
     pub listen: Endpoint,
+    /// The nodes browsers may reach, by name.
     pub targets: Vec<Target>,
     /// Origins (`scheme://host:port`) whose pages may connect. The relay's own origin is always
     /// allowed; a request with no Origin header (not a browser) is allowed.
@@ -105,19 +107,31 @@ impl Default for RelayConfig {
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// The listen endpoint is not `ws://` or `wss://`.
     #[error("the relay listens on ws:// or wss://, not {0}")]
     BadListen(Endpoint),
+    /// Two targets have the same name.
     #[error("target {0:?} is defined twice")]
     DuplicateTarget(String),
+    /// A target's scheme is one the relay cannot reach (`tcp://`, `tls://`, `quic://` only).
     #[error(
         "target {name:?}: the relay reaches tcp://, tls:// and quic:// endpoints, not {endpoint}"
     )]
-    BadTarget { name: String, endpoint: Endpoint },
+    BadTarget {
+        /// The target's name.
+        name: String,
+        /// Its endpoint.
+        endpoint: Endpoint,
+    },
+    /// `wss://` without a certificate and key in `transport`.
     #[error("wss:// needs a certificate and key (tls)")]
     NoTls,
+    /// The listen address could not be bound (taken, or not this host's).
     #[error("cannot listen on {endpoint}: {error}")]
     Bind {
+        /// The listen endpoint.
         endpoint: Endpoint,
+        /// The operating system's error.
         error: std::io::Error,
     },
 }
@@ -125,11 +139,17 @@ pub enum RelayError {
 /// Counters of one relay.
 #[derive(Debug, Default)]
 pub struct RelayStats {
+    /// HTTP connections accepted.
     pub connections: AtomicU64,
+    /// Bridges opened between a browser and a target (or a node and an offering page).
     pub bridges: AtomicU64,
+    /// Requests refused (Host, Origin, token, unknown target, full).
     pub refused: AtomicU64,
+    /// Bridges whose target could not be reached.
     pub upstream_failures: AtomicU64,
+    /// Bytes forwarded from browsers to targets.
     pub bytes_to_upstream: AtomicU64,
+    /// Bytes forwarded from targets to browsers.
     pub bytes_to_browser: AtomicU64,
 }
 
@@ -247,6 +267,7 @@ impl Relay {
         format!("{scheme}://{}/", self.local.address)
     }
 
+    /// The relay's counters since it started.
     pub fn stats(&self) -> &RelayStats {
         &self.inner.stats
     }

@@ -19,7 +19,10 @@ use super::state::{ErrAnswer, MutationAnswer};
 #[derive(Debug)]
 pub enum ReplicaEvent {
     /// The handshake succeeded: the clock is the source's (`reconnect` after the first).
-    Ready { reconnect: bool },
+    Ready {
+        /// Whether this is a session after the first.
+        reconnect: bool,
+    },
     /// The handshake failed: close the transport; a refusal may be permanent.
     HandshakeFailed(HandshakeError),
     /// The source ended the session (or broke the protocol): close the transport.

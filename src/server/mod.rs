@@ -37,6 +37,8 @@ use hub::Hub;
 pub struct ServerConfig {
     /// The node's name, as `status` shows it.
     pub name: String,
+    /// Bounds on clients, frames, timeouts and pending requests ([`Limits::default`] for the
+    /// defaults).
     pub limits: Limits,
     /// Compression offered to clients that ask; `None` to never compress.
     pub compression: Option<Compression>,
@@ -61,12 +63,16 @@ impl Default for ServerConfig {
 /// Why the server could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// [`Server::add_source`] was given a name already served.
     #[error("a source named {0:?} is already served; source names must be unique")]
     DuplicateSource(String),
+    /// No source is served under that name.
     #[error("no source named {0:?} is served here")]
     UnknownSource(String),
+    /// The server was shut down; it serves nothing more.
     #[error("the server is shut down")]
     ShutDown,
+    /// A listener could not bind (the port is taken, TLS material is missing).
     #[error(transparent)]
     Transport(#[from] TransportError),
 }
@@ -76,8 +82,11 @@ pub use crate::proto::session::ServerStats;
 /// A connected client, as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
+    /// The client's id from its hello.
     pub id: String,
+    /// The name of the source it mirrors.
     pub source: String,
+    /// Its network address.
     pub peer: String,
 }
 
@@ -102,7 +111,42 @@ pub(crate) struct Inner {
     stats: Arc<ServerStats>,
 }
 
-/// A server. Cheap to clone: clones share one server.
+/// Serves named [`StateSource`]s to any number of mirrors over any transport. Cheap to clone:
+/// clones share one server.
+///
+/// Each clock change of a source is pushed to its clients as a diff; mutations from clients
+/// run on the source, checked against the [`Acl`]. A server listens on as many endpoints as
+/// wanted; [`shutdown`](Self::shutdown) says goodbye to every client.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use asyncmachine::mirror::{Mirror, MirrorConfig};
+/// use asyncmachine::prelude::*;
+/// use asyncmachine::server::{Server, ServerConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+/// let schema = Schema::builder().state(StateDef::new("Ready")).build()?;
+/// let machine = Machine::builder(schema).id("root").build();
+///
+/// let server = Server::new(ServerConfig::default());
+/// server.add_source("root", Arc::new(machine.clone()))?;
+/// // Port 0: any free port; `listen` answers with the real one.
+/// let endpoint = server.listen(&"tcp://127.0.0.1:0".parse()?).await?;
+/// assert_eq!(server.source_names(), ["root"]);
+///
+/// let mirror = Mirror::connect(&endpoint.with_machine("root"), MirrorConfig::default()).await?;
+/// machine.add(&["Ready"], Args::new())?;
+/// mirror.when(&["Ready"]).await?; // the diff reached the mirror
+/// assert_eq!(server.clients().len(), 1);
+///
+/// server.shutdown(Duration::from_secs(1)).await;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Server {
     inner: Arc<Inner>,
@@ -118,6 +162,8 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
+    /// A server serving nothing yet: add sources with [`add_source`](Self::add_source), then
+    /// [`listen`](Self::listen) on one or more endpoints.
     pub fn new(config: ServerConfig) -> Self {
         let ServerConfig {
             name,
@@ -167,6 +213,7 @@ impl Server {
         Ok(())
     }
 
+    /// The names of the sources served, sorted.
     pub fn source_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .inner
@@ -253,6 +300,7 @@ impl Server {
         Ok(sent)
     }
 
+    /// The clients connected now.
     pub fn clients(&self) -> Vec<ClientInfo> {
         let clients = self.inner.clients();
         let mut infos: Vec<ClientInfo> = clients.values().map(|c| c.info.clone()).collect();
@@ -260,6 +308,7 @@ impl Server {
         infos
     }
 
+    /// The server's counters since it started.
     pub fn stats(&self) -> &ServerStats {
         &self.inner.stats
     }

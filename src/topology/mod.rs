@@ -34,9 +34,13 @@ use toml_file::TomlFile;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}{message}\n  hint: {hint}", location(file, *line))]
 pub struct TopologyError {
+    /// The file's path as given (or the name passed to [`parse`]).
     pub file: String,
+    /// The line (1-based) of the problem; 0 when it is about the file as a whole.
     pub line: usize,
+    /// What is wrong.
     pub message: String,
+    /// What to do about it.
     pub hint: String,
 }
 
@@ -55,6 +59,7 @@ pub struct TlsSpec {
     /// PEM certificate chain and private key of this node: needed to listen, and presented
     /// upstream (mutual TLS). A node that only connects may leave them out.
     pub cert: Option<String>,
+    /// PEM private key of this node's certificate (unencrypted).
     pub key: Option<String>,
     /// PEM CA to verify peers with.
     pub ca: Option<String>,
@@ -66,10 +71,13 @@ pub struct TlsSpec {
 /// missing on this host, an address that is taken).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeLines {
+    /// The topology file's path.
     pub file: String,
     /// The node's `name`.
     pub node: usize,
+    /// The node's `tls` table.
     pub tls: Option<usize>,
+    /// The node's `admin` address.
     pub admin: Option<usize>,
     /// Each listener's line, in `NodePlan::listen` order.
     pub listen: Vec<usize>,
@@ -86,6 +94,7 @@ impl NodeLines {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriverSpec {
+    /// How often the driver mutates, in milliseconds.
     pub every_ms: u64,
     /// States flipped one per tick, round robin (added when inactive, removed when active).
     #[serde(default)]
@@ -97,14 +106,19 @@ pub struct DriverSpec {
 
 // ----- the resolved topology -----
 
-/// A validated topology, ready to start.
+/// A validated topology, ready to start: made by [`load`] from a file or [`parse`] from text
+/// (see [`parse`] for an example), started by [`crate::node::start_topology`].
 #[derive(Debug, Clone)]
 pub struct Topology {
+    /// The topology file's path; relative paths in it (schemas, TLS, state) are resolved
+    /// against its directory.
     pub path: PathBuf,
+    /// The nodes, in file order (a node's upstreams come from nodes of the same file).
     pub nodes: Vec<NodePlan>,
 }
 
 impl Topology {
+    /// The plan of a node by name (what `am-node run --node NAME` starts).
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
     }
@@ -113,13 +127,18 @@ impl Topology {
 /// One node: what it runs and how it serves it.
 #[derive(Debug, Clone)]
 pub struct NodePlan {
+    /// The node's name; also its client id in handshakes (loop detection).
     pub name: String,
+    /// Where it serves all its machines (`tcp://`, `tls://`, `quic://`, `ws://`, `wss://`,
+    /// `mem://`).
     pub listen: Vec<Endpoint>,
+    /// Its machines, in file order.
     pub machines: Vec<MachinePlan>,
     /// Offer compression to clients that ask.
     pub compression: bool,
     /// The file's `limits` and `push_interval_ms` over the defaults.
     pub limits: Limits,
+    /// TLS material for TLS listeners and upstreams; `None` when the node uses none.
     pub tls: Option<TlsSpec>,
     /// Who is let in, what each client sees and may mutate (the file's `acl`).
     pub acl: Acl,
@@ -132,11 +151,15 @@ pub struct NodePlan {
 /// One machine of a node.
 #[derive(Debug, Clone)]
 pub struct MachinePlan {
+    /// The name it is served under; mirrors in other nodes name it in their endpoint.
     pub name: String,
+    /// Its schema: the file's for a root, the upstream's for a mirror.
     pub schema: Arc<Schema>,
+    /// A root of its own, or a mirror of an upstream.
     pub kind: MachineKind,
     /// States a root machine activates at start (when it has no saved state to restore).
     pub start: Vec<String>,
+    /// Mutations it makes on a schedule, if any (roots only).
     pub driver: Option<DriverSpec>,
     /// Where a durable root machine keeps its state; `None`: it starts from zero each time.
     pub state: Option<StatePlan>,
@@ -151,15 +174,20 @@ pub struct StatePlan {
     pub at: String,
 }
 
+/// Whether a machine of a node is its own source or a replica of another's.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MachineKind {
     /// A source of its own.
     Root,
     /// A replica of another node's machine.
     Mirror {
+        /// The endpoint of the machine it mirrors.
         upstream: Endpoint,
+        /// Only these states are tracked; `None`: all.
         track: Option<Vec<String>>,
+        /// Ask the upstream for compression.
         compression: bool,
+        /// The upstream's token, if it requires one.
         token: Option<String>,
     },
 }
@@ -178,6 +206,42 @@ pub fn load(path: &Path) -> Result<Topology, TopologyError> {
 }
 
 /// Parses and validates topology text; `path` names it in errors and anchors relative paths.
+/// Nothing is bound or read here but the schema files it names; a node that others mirror
+/// needs a fixed port (they must know where to connect), the others may listen on port 0.
+///
+/// ```
+/// use std::path::Path;
+///
+/// use asyncmachine::topology::{self, MachineKind};
+///
+/// let text = r#"
+/// [schemas.demo]
+/// states = [
+///   { name = "Start" },
+///   { name = "Flag", require = ["Start"] },
+/// ]
+///
+/// [[nodes]]
+/// name = "root"
+/// listen = ["tcp://127.0.0.1:7400"]
+/// machines = [{ name = "demo", schema = "demo", start = ["Start"] }]
+///
+/// [[nodes]]
+/// name = "leaf"
+/// listen = ["tcp://127.0.0.1:0"]
+/// machines = [{ name = "demo", upstream = "root" }]
+/// "#;
+/// let plan = topology::parse(Path::new("inline.toml"), text)?;
+/// let leaf = plan.node("leaf").expect("the file names it");
+/// assert!(matches!(leaf.machines[0].kind, MachineKind::Mirror { .. }));
+/// assert_eq!(leaf.machines[0].schema.index("Flag"), Some(1));
+///
+/// // Errors name the file and line, and say what to do.
+/// let err = topology::parse(Path::new("bad.toml"), "[[nodes]]\nname = \"x\"\nlisten = 7\n")
+///     .unwrap_err();
+/// assert_eq!((err.file.as_str(), err.line), ("bad.toml", 3));
+/// # Ok::<(), topology::TopologyError>(())
+/// ```
 pub fn parse(path: &Path, text: &str) -> Result<Topology, TopologyError> {
     resolve_file(path, TomlFile::new(path.display().to_string(), text))
 }

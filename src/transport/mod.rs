@@ -32,7 +32,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
+/// A connected stream of any transport, boxed.
 pub type BoxStream = Box<dyn Stream>;
+/// A boxed future that can be sent between threads.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Finishes an accepted connection's transport handshake.
@@ -55,6 +57,7 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
+    /// Settings with these certificates, for the TLS schemes.
     pub fn with_tls(tls: TlsConfig) -> Self {
         TransportConfig {
             tls: Some(Arc::new(tls)),
@@ -81,15 +84,22 @@ pub trait Listener: Send + Sync {
 /// A transport scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
+    /// Plain TCP (`tcp://host:port`).
     Tcp,
+    /// TLS over TCP (`tls://host:port`), optionally mutual.
     Tls,
+    /// QUIC (`quic://host:port`): one bidirectional stream per connection, TLS built in.
     Quic,
+    /// WebSocket over TCP (`ws://host:port`), binary messages.
     Ws,
+    /// WebSocket over TLS (`wss://host:port`).
     Wss,
+    /// In-process pipes (`mem://name`), for tests and nodes in one process.
     Mem,
 }
 
 impl Scheme {
+    /// The scheme as written in endpoints (`"tcp"`, `"quic"`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Tcp => "tcp",
@@ -105,6 +115,7 @@ impl Scheme {
 /// Where a source is served: `scheme://address[/machine][?token=T]`.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
+    /// The transport.
     pub scheme: Scheme,
     /// `host:port` for network schemes, a name for `mem`.
     pub address: String,
@@ -127,6 +138,8 @@ impl fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    /// An endpoint of this scheme and address (`host:port`, or a name for `mem`), with no
+    /// machine and no token.
     pub fn new(scheme: Scheme, address: impl Into<String>) -> Self {
         Endpoint {
             scheme,
@@ -153,6 +166,7 @@ impl Endpoint {
         path
     }
 
+    /// The same endpoint naming a machine (a named source on the server).
     pub fn with_machine(mut self, machine: impl Into<String>) -> Self {
         self.machine = Some(machine.into());
         self
@@ -180,18 +194,34 @@ impl fmt::Display for Endpoint {
 /// Why an endpoint string is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
+    /// No `scheme://` in the string.
     #[error("endpoint {0:?} has no scheme; write it as tcp://host:port[/machine]")]
     NoScheme(String),
+    /// A scheme this library does not speak.
     #[error("unknown scheme {scheme:?} in {endpoint:?}; use tcp, tls, quic, ws, wss or mem")]
-    UnknownScheme { scheme: String, endpoint: String },
+    UnknownScheme {
+        /// The scheme written.
+        scheme: String,
+        /// The whole endpoint.
+        endpoint: String,
+    },
+    /// Nothing after `scheme://`.
     #[error("endpoint {0:?} has no address after the scheme")]
     NoAddress(String),
+    /// A network scheme without `:port`.
     #[error("endpoint {0:?} needs a port: host:port")]
     NoPort(String),
+    /// The port is not a number from 0 to 65535.
     #[error(
         "port {port:?} in {endpoint:?} is not a port; ports are 1 to 65535 (0 to listen on any)"
     )]
-    BadPort { port: String, endpoint: String },
+    BadPort {
+        /// The port written.
+        port: String,
+        /// The whole endpoint.
+        endpoint: String,
+    },
+    /// A query on a scheme that takes none, or a query other than `?token=`.
     #[error(
         "endpoint {0:?}: only ws:// and wss:// take a query, and only `?token=` (am-relay's token)"
     )]
@@ -266,16 +296,23 @@ impl FromStr for Endpoint {
 /// Why a transport could not bind or connect.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// The listener could not bind (the port is taken, or the address is not this host's).
     #[error("cannot listen on {endpoint}: {error}")]
     Bind {
+        /// The endpoint to listen on.
         endpoint: Endpoint,
+        /// The operating system's error.
         error: io::Error,
     },
+    /// Connecting failed (refused, unreachable, or its TLS or WebSocket handshake failed).
     #[error("cannot connect to {endpoint}: {error}")]
     Connect {
+        /// The endpoint connected to.
         endpoint: Endpoint,
+        /// The error.
         error: io::Error,
     },
+    /// A TLS scheme (named) was used without TLS settings.
     #[error(
         "{0}:// needs TLS material: a CA to verify servers with, and a certificate and key to listen (`am-node certs DIR` writes development ones)"
     )]

@@ -23,18 +23,31 @@ pub(crate) const ALPN: &[u8] = b"arpc/1";
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate, key or CA file could not be read.
     #[error("cannot read {what} {path}: {error}")]
     Read {
+        /// Which file it is (`certificate`, `private key`, `CA certificate`).
         what: &'static str,
+        /// Its path.
         path: String,
+        /// The operating system's error.
         error: io::Error,
     },
+    /// A file is not valid PEM.
     #[error("{what} is not valid PEM: {reason}")]
-    Pem { what: &'static str, reason: String },
+    Pem {
+        /// Which file it is.
+        what: &'static str,
+        /// The parser's error.
+        reason: String,
+    },
+    /// A file (named) holds no certificate.
     #[error("{0} holds no certificate")]
     NoCertificate(&'static str),
+    /// rustls refused the configuration (a key that does not match its certificate, say).
     #[error("the TLS configuration is not usable: {0}")]
     Rustls(String),
+    /// `require_client_cert` is set without a CA to verify clients with.
     #[error("requiring client certificates needs a CA to verify them with (`ca`)")]
     ClientAuthWithoutCa,
 }

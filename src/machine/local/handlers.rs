@@ -130,6 +130,7 @@ impl Machine {
 
     // ----- the machine's log -----
 
+    /// How much the machine logs now (Go's `GetLogLevel`).
     pub fn log_level(&self) -> LogLevel {
         self.shared.log.level()
     }

@@ -75,6 +75,41 @@ pub use super::schema::UnknownState;
 ///
 /// Handlers should reach the machine through [`Event::machine`] rather than capture a clone:
 /// a captured clone keeps the machine alive for as long as the handler is registered.
+///
+/// Mutations called from outside a handler run at once and return their [`Outcome`]; called
+/// from a handler they are queued and run after the current transition. Reads, waits and
+/// observation come from [`StateSource`], which a `Machine` implements.
+///
+/// ```
+/// use asyncmachine::prelude::*;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let schema = Schema::builder()
+///     .state(StateDef::new("Connected"))
+///     .state(StateDef::new("Downloading").require(["Connected"]))
+///     .state(StateDef::new("Done").remove(["Downloading"]))
+///     .build()?;
+/// let machine = Machine::builder(schema).id("download").build();
+///
+/// // A negotiation handler may refuse the transition: no download without a URL.
+/// machine.on_enter("Downloading", |e| e.arg("url").is_some())?;
+/// // A final handler runs once the state is active; its mutation is queued.
+/// machine.on_state("Downloading", |e| e.machine().add(&["Done"], Args::new()).map(drop))?;
+///
+/// // Refused by the relations: Downloading requires Connected.
+/// assert_eq!(machine.add(&["Downloading"], Args::new())?, Outcome::Canceled);
+/// machine.add(&["Connected"], Args::new())?;
+/// // Refused by the handler: no `url` argument.
+/// assert_eq!(machine.add(&["Downloading"], Args::new())?, Outcome::Canceled);
+/// let args = Args::new().with("url", "https://example.invalid/a");
+/// assert_eq!(machine.add(&["Downloading"], args)?, Outcome::Executed);
+/// // Done ran right after and removed Downloading.
+/// assert!(machine.is(&["Connected", "Done"]) && machine.not(&["Downloading"]));
+/// // Ticks count activations and deactivations: odd is active.
+/// assert_eq!(machine.tick("Downloading"), 2);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Machine {
     shared: Arc<Shared>,
@@ -131,6 +166,7 @@ impl From<Mutation> for Queued {
 /// What a mutation returned, with its queue tick; see [`Machine::mutate_tracked`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
+    /// Whether the mutation was executed, canceled or queued.
     pub outcome: Outcome,
     /// The queue tick the mutation took (it ran) or will take (it is queued): once
     /// [`StateSource::queue_tick`] reaches it, the mutation has been processed. A skipped
@@ -316,6 +352,8 @@ fn monotonic() -> TimeSource {
 }
 
 impl MachineBuilder {
+    /// The machine's id, as mirrors, logs and exported states name it; `machine-N` (a number
+    /// unique in this process) when not set.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
         self
@@ -371,6 +409,7 @@ impl MachineBuilder {
         self
     }
 
+    /// The machine, with the tracers given bound.
     pub fn build(self) -> Machine {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = self
@@ -420,10 +459,14 @@ impl MachineBuilder {
 }
 
 impl Machine {
+    /// A machine of this schema with every state inactive and the default options (see
+    /// [`Machine::builder`]).
     pub fn new(schema: impl Into<Arc<Schema>>) -> Self {
         Self::builder(schema).build()
     }
 
+    /// A builder for a machine of this schema, to set its id, queue limit (default
+    /// [`DEFAULT_QUEUE_LIMIT`]), handler timeout, log level (default from `AM_LOG`) and tracers.
     pub fn builder(schema: impl Into<Arc<Schema>>) -> MachineBuilder {
         MachineBuilder {
             schema: schema.into(),
@@ -715,6 +758,8 @@ impl Machine {
         hook(&self.shared.id);
     }
 
+    /// Whether [`dispose`](StateSource::dispose) was called: a disposed machine answers reads
+    /// empty and refuses mutations with `Disposed`.
     pub fn is_disposed(&self) -> bool {
         self.core().disposed
     }

@@ -7,22 +7,34 @@ use super::*;
 /// Why a schema change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemaChangeError {
+    /// A transition is running (the change was made from a handler).
     #[error("a transition is running; change the schema outside of handlers and mutations")]
     Busy,
+    /// The machine was disposed.
     #[error("the machine is disposed")]
     Disposed,
+    /// The new schema has no more states than the current one.
     #[error(
         "the new schema has {new} states and the current one {current}: a schema can only be \
          enlarged (add the new states at its end)"
     )]
-    NotLarger { current: usize, new: usize },
+    NotLarger {
+        /// States in the current schema.
+        current: usize,
+        /// States in the new one.
+        new: usize,
+    },
+    /// A current state is missing from its position in the new schema.
     #[error(
         "state {position} is {current:?} now but {new:?} in the new schema: keep the current \
          states, in their order, and add the new ones at the end"
     )]
     Reordered {
+        /// The position (0-based) where the schemas differ.
         position: usize,
+        /// The current schema's state there.
         current: String,
+        /// The new schema's state there.
         new: String,
     },
 }

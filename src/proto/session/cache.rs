@@ -14,7 +14,9 @@ use crate::proto::{FrameConfig, encode_frame};
 pub struct Versioned {
     /// Grows by one with every clock change of the source.
     pub version: u64,
+    /// The clock: one tick per state of the source's schema.
     pub ticks: Arc<[u64]>,
+    /// How many mutations the source had processed.
     pub queue_tick: u64,
     /// Grows by one with every change of the source's ancestry (read the ancestry from the
     /// source); `version` stays: the clock did not change.
@@ -25,6 +27,7 @@ pub struct Versioned {
 }
 
 impl Versioned {
+    /// The clock as the diff functions take it.
     pub fn clock(&self) -> ClockRef<'_> {
         ClockRef {
             ticks: &self.ticks,

@@ -21,11 +21,11 @@ mod requests;
 pub mod server;
 mod time;
 
-pub use cache::{DiffCache, Versioned, options_key};
+pub use cache::{DiffCache, Versioned};
 pub use client::{
     ClientConfig, ClientEvent, ClientSession, HandshakeError, Phase, RetryPolicy, RetryStats,
 };
-pub use requests::{MAX_IN_FLIGHT, Requests};
+pub use requests::MAX_IN_FLIGHT;
 pub use server::{
     Backlogged, CatchUp, ClockFeed, CloseReason, NoSource, ServerEvent, ServerSession,
     ServerSessionConfig, ServerStats, server_full,

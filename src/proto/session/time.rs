@@ -11,8 +11,10 @@ use std::time::Duration;
 pub struct Moment(Duration);
 
 impl Moment {
+    /// The driver's epoch.
     pub const ZERO: Moment = Moment(Duration::ZERO);
 
+    /// The moment `elapsed` after the driver's epoch.
     pub fn since_epoch(elapsed: Duration) -> Moment {
         Moment(elapsed)
     }

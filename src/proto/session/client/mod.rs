@@ -40,11 +40,15 @@ pub struct ClientConfig {
     pub client_id: String,
     /// The source wanted; empty for the server's only source.
     pub source: String,
+    /// Ask for zstd compression of large frames (the server may refuse).
     pub compression: bool,
     /// Track only these states; `None` for all.
     pub track: Option<Vec<String>>,
+    /// The server's shared secret, if it requires one.
     pub token: Option<String>,
+    /// The largest frame body accepted and sent, in bytes; must match the server's.
     pub max_frame: usize,
+    /// How long the hello may wait for its answer before the attempt fails.
     pub handshake_timeout: Duration,
     /// How often the mirror pings the server.
     pub keepalive: Duration,
@@ -64,6 +68,7 @@ pub enum Phase {
     Idle,
     /// The hello is out, the welcome not in yet.
     Handshake,
+    /// Welcomed: the clock is the source's and mutations can go up.
     Ready,
     /// Closed by its owner: no more connections.
     Closed,
@@ -72,18 +77,33 @@ pub enum Phase {
 /// Why a handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
+    /// The server refused the hello.
     #[error("refused ({kind:?}): {reason}")]
-    Refused { kind: RefusalKind, reason: String },
+    Refused {
+        /// The refusal's kind (retrying can help for `Loop`, `Full` and `Timeout`).
+        kind: RefusalKind,
+        /// The server's reason, escaped.
+        reason: String,
+    },
+    /// No answer to the hello within the handshake timeout.
     #[error("no handshake answer within {0:?}")]
     Timeout(Duration),
+    /// The server answered with something other than a welcome or a refusal (or not aRPC).
     #[error("{0}")]
     Failed(String),
+    /// The schema in the welcome does not validate.
     #[error("the server sent a schema that is not valid: {0}")]
     BadSchema(SchemaError),
+    /// The source's schema is not the one this mirror was configured with.
     #[error(
         "the source serves a different schema (states: {found}) than this mirror expects (states: {expected}); update one side or leave the mirror's schema unset to take the server's"
     )]
-    SchemaMismatch { expected: String, found: String },
+    SchemaMismatch {
+        /// The states this mirror expects.
+        expected: String,
+        /// The states the source serves.
+        found: String,
+    },
 }
 
 /// What the mirror (or its driver) must act on.
@@ -91,6 +111,7 @@ pub enum HandshakeError {
 pub enum ClientEvent<P> {
     /// The handshake succeeded; the clock is the source's. `reconnect` after the first.
     Ready {
+        /// Whether this is a session after the first (the mirror reconnected).
         reconnect: bool,
     },
     /// The handshake failed; the connection is to be dropped.
@@ -98,26 +119,37 @@ pub enum ClientEvent<P> {
     /// The clock changed: the states whose tick changed (every state, with a new schema),
     /// and the clock before. `diffs` counts the diffs applied in this change.
     ClockChanged {
+        /// The clock before the change.
         before: Vec<u64>,
+        /// Positions whose tick changed.
         changed: Vec<usize>,
+        /// Whether the source's schema changed (the replica's schema is the new one).
         schema_changed: bool,
+        /// How many diffs were applied in this change.
         diffs: usize,
     },
     /// A request's answer (or its end with the connection).
     Answered {
+        /// The caller's handle given when the mutation was sent.
         pending: P,
+        /// Its outcome, or why it has none (refused, disconnected).
         result: Result<Outcome, MutationError>,
     },
     /// A remote wait ended (see [`ClientSession::when_args`]).
     WaitEnded {
+        /// The caller's handle given when the wait was sent.
         pending: P,
+        /// `Ok` when the state was activated with the arguments, else why the wait ended.
         result: Result<(), WaitError>,
     },
     /// The answer to [`ClientSession::err`] (or its end with the connection).
     ErrAnswered {
+        /// The caller's handle given when the request was sent.
         pending: P,
+        /// The source's last error (`None`: none), or why it could not be asked.
         result: Result<Option<String>, MutationError>,
     },
+    /// Named data the source sent.
     Payload(Payload),
     /// The source's ancestry changed.
     Ancestry(Vec<String>),
@@ -213,10 +245,12 @@ impl<P> ClientSession<P> {
 
     // Getters.
 
+    /// Where the session is.
     pub fn phase(&self) -> Phase {
         self.phase
     }
 
+    /// The configuration the session was made with.
     pub fn config(&self) -> &ClientConfig {
         &self.config
     }
@@ -226,10 +260,12 @@ impl<P> ClientSession<P> {
         self.schema.as_ref()
     }
 
+    /// The replica's clock: one tick per state of [`schema`](Self::schema).
     pub fn ticks(&self) -> &[u64] {
         &self.ticks
     }
 
+    /// How many mutations the source had processed, as last heard.
     pub fn queue_tick(&self) -> u64 {
         self.queue_tick
     }

@@ -7,15 +7,23 @@ use crate::proto::Message;
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
+    /// The client said `Bye`.
     PeerBye,
+    /// The client closed the connection.
     PeerClosed,
+    /// The client sent `Error` (its message, escaped).
     PeerError(String),
+    /// The client broke the protocol (what it did).
     Protocol(String),
+    /// The client was silent for this long (the idle timeout).
     Idle(Duration),
+    /// Reading or writing the connection failed (the error).
     Io(String),
+    /// The server is shutting down.
     Shutdown,
     /// Too slow for its payloads.
     Kicked,
+    /// A write to the client stayed blocked for this long (the write deadline).
     WriteStalled(Duration),
     /// The source's schema is neither the one the client was given nor an enlargement of it.
     SchemaChanged,

@@ -54,9 +54,11 @@ use crate::proto::{
 /// What every session of one server shares: its limits and access rules, built once.
 #[derive(Debug, Clone, Default)]
 pub struct ServerSessionConfig {
+    /// Bounds of clients, frames, timeouts and pending requests.
     pub limits: Limits,
     /// Compression offered to clients that ask; `None` to never compress.
     pub compression: Option<Compression>,
+    /// Who may connect, see which states and mutate which.
     pub acl: Acl,
 }
 
@@ -115,25 +117,42 @@ pub enum ServerEvent {
     /// [`ServerSession::accept`] or [`ServerSession::refuse`].
     Hello(Hello),
     /// A status request: answer with [`ServerSession::answer_status`].
-    StatusRequest { token: Option<String> },
+    StatusRequest {
+        /// The token the request carried.
+        token: Option<String>,
+    },
     /// Run this mutation on the source and hand its result to
     /// [`ServerSession::handle_mutation_result`].
-    Mutate { id: u64, mutation: Mutation },
+    Mutate {
+        /// The client's request id (0: it wants no reply).
+        id: u64,
+        /// The mutation, checked against the ACL and the schema.
+        mutation: Mutation,
+    },
     /// Wait on the source for an activation of `state` with `args` (its `when_args`), and hand
     /// how the wait ended to [`ServerSession::handle_wait_result`] with `id` and `wait`;
     /// unless [`ServerEvent::CancelWait`] with the same `wait` comes first.
     WhenArgs {
+        /// The client's request id.
         id: u64,
         /// The session's key of this wait.
         wait: u64,
+        /// The state to wait for.
         state: String,
+        /// What the activation's arguments must include.
         args: Args,
     },
     /// The client withdrew the wait with this key: drop it (its result is not wanted).
-    CancelWait { wait: u64 },
+    CancelWait {
+        /// The session's key of the wait.
+        wait: u64,
+    },
     /// Read the source's last error (its `err`) and hand it to
     /// [`ServerSession::handle_err_result`].
-    Err { id: u64 },
+    Err {
+        /// The client's request id.
+        id: u64,
+    },
 }
 
 /// What a catch-up did.
@@ -142,7 +161,10 @@ pub enum CatchUp {
     /// The client is up to date (or nothing it tracks changed, or its next push is paced).
     Nothing,
     /// A diff frame is in the transmit buffer; `merged` versions were folded into it.
-    Sent { merged: u64 },
+    Sent {
+        /// How many source versions the diff covers beyond one.
+        merged: u64,
+    },
     /// More than a plain diff is due: the connection's writer must call
     /// [`ServerSession::catch_up`].
     Writer,
@@ -274,6 +296,7 @@ impl ServerSession {
         }
     }
 
+    /// Whether the handshake is done and the client is being served.
     pub fn is_ready(&self) -> bool {
         matches!(self.phase, Phase::Ready(_))
     }
