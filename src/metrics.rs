@@ -116,6 +116,21 @@ pub fn render(status: &NodeStatus, latency: &Histogram) -> String {
     per_source("am_upstream_reconnects_total", "counter", true, &|s| {
         s.reconnects
     });
+    per_source(
+        "am_upstream_mutations_retried_total",
+        "counter",
+        true,
+        &|s| s.mutations_retried,
+    );
+    per_source(
+        "am_upstream_mutations_expired_total",
+        "counter",
+        true,
+        &|s| s.mutations_expired,
+    );
+    per_source("am_upstream_mutations_waiting", "gauge", true, &|s| {
+        s.mutations_waiting
+    });
     let (counts, sum_us) = latency.snapshot();
     let _ = writeln!(out, "# TYPE am_mutation_latency_seconds histogram");
     let mut cumulative = 0;

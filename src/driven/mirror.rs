@@ -255,6 +255,13 @@ impl StateSource for DrivenMirror {
     }
 
     fn upstream(&self) -> Option<UpstreamInfo> {
+        let (retry, waiting) = {
+            let replica = self.shared.core.lock();
+            (
+                replica.session.retry_stats(),
+                replica.session.waiting_mutations(),
+            )
+        };
         Some(UpstreamInfo {
             endpoint: self.shared.endpoint.clone(),
             state: match self.phase() {
@@ -264,6 +271,9 @@ impl StateSource for DrivenMirror {
             },
             last_error: self.last_error(),
             reconnects: self.shared.reconnects.load(Ordering::Relaxed),
+            mutations_retried: retry.retried,
+            mutations_expired: retry.expired,
+            mutations_waiting: waiting as u64,
         })
     }
 

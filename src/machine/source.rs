@@ -229,6 +229,12 @@ pub struct UpstreamInfo {
     pub last_error: Option<String>,
     /// Sessions established after the first.
     pub reconnects: u64,
+    /// Mutations sent again after their connection ended unanswered (same key).
+    pub mutations_retried: u64,
+    /// Mutations that failed at the retry deadline with the link down.
+    pub mutations_expired: u64,
+    /// Mutations waiting for the link now.
+    pub mutations_waiting: u64,
 }
 
 /// Identifies an observer registration, for [`StateSource::unobserve`].

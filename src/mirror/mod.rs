@@ -417,6 +417,13 @@ impl StateSource for Mirror {
     }
 
     fn upstream(&self) -> Option<UpstreamInfo> {
+        let (retry, waiting) = {
+            let replica = self.shared.core.lock();
+            (
+                replica.session.retry_stats(),
+                replica.session.waiting_mutations(),
+            )
+        };
         Some(UpstreamInfo {
             endpoint: self.shared.endpoint.to_string(),
             state: match self.connection() {
@@ -426,6 +433,9 @@ impl StateSource for Mirror {
             },
             last_error: self.last_error(),
             reconnects: self.shared.stats.reconnects.load(Ordering::Relaxed),
+            mutations_retried: retry.retried,
+            mutations_expired: retry.expired,
+            mutations_waiting: waiting as u64,
         })
     }
 

@@ -428,6 +428,13 @@ pub struct SourceStatus {
     pub clients: u32,
     /// For a mirror: sessions established after the first.
     pub reconnects: u64,
+    /// For a mirror: mutations sent again after a connection ended unanswered, failed at the
+    /// retry deadline, and waiting for the link now (PROTOCOL.md, "Retries and exactly once").
+    pub mutations_retried: u64,
+    /// See `mutations_retried`.
+    pub mutations_expired: u64,
+    /// See `mutations_retried`.
+    pub mutations_waiting: u64,
     /// The whole clock, one tick per state in schema order: compare nodes of a tree by it.
     pub ticks: Vec<u64>,
 }

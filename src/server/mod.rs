@@ -418,6 +418,9 @@ impl Inner {
                     upstream: upstream.as_ref().map(|u| u.endpoint.clone()),
                     connection: upstream.as_ref().map(|u| u.state.to_owned()),
                     reconnects: upstream.as_ref().map_or(0, |u| u.reconnects),
+                    mutations_retried: upstream.as_ref().map_or(0, |u| u.mutations_retried),
+                    mutations_expired: upstream.as_ref().map_or(0, |u| u.mutations_expired),
+                    mutations_waiting: upstream.as_ref().map_or(0, |u| u.mutations_waiting),
                     last_error: upstream.and_then(|u| u.last_error),
                     active: hub.source.active_states(),
                     queue_tick: hub.source.queue_tick(),
@@ -441,6 +444,8 @@ impl Inner {
             ("diffs_sent", &s.diffs_sent),
             ("diffs_merged", &s.diffs_merged),
             ("mutations", &s.mutations),
+            ("mutations_deduplicated", &s.mutations_deduplicated),
+            ("mutations_unrecorded", &s.mutations_unrecorded),
             ("write_stalls", &s.write_stalls),
             ("payload_overflows", &s.payload_overflows),
         ]
