@@ -71,6 +71,10 @@ pub struct Mutation {
     pub args: Args,
     /// Set by the machine for its own auto mutations.
     pub(crate) auto: bool,
+    /// Who asked for it, when a server runs it for a client: that client's id (a node's
+    /// mirrors use the node's name). Not sent on the wire: each hop of a tree sets its own,
+    /// and telemetry (`crate::telemetry`) links the hops. Tracers see it.
+    pub origin: Option<Arc<str>>,
 }
 
 impl Mutation {
@@ -80,7 +84,14 @@ impl Mutation {
             states,
             args,
             auto: false,
+            origin: None,
         }
+    }
+
+    /// The same mutation, asked for by the client `client` (see [`Mutation::origin`]).
+    pub fn with_origin(mut self, client: &str) -> Self {
+        self.origin = Some(Arc::from(client));
+        self
     }
 
     pub fn is_auto(&self) -> bool {

@@ -16,7 +16,8 @@
 //! not why) and the states that became active or inactive as its steps; its final handlers
 //! ([`super::FinalHandlers`]) run between start and end. `machine_init` runs when the tracer is
 //! bound, `schema_change` when its source's schema changes, `machine_dispose` when the mirror
-//! is disposed; `handler_*` and `queue_end` never run on a mirror.
+//! is disposed; `handler_*` and `queue_end` never run on a mirror. A mirror calls
+//! `mutation_sent` for each mutation it sends up (a machine never does).
 //!
 //! The steps of a transition are what the resolution decided and what the handlers did, in
 //! order: the states requested, those that become active or inactive and which handler ran.
@@ -122,6 +123,10 @@ pub trait Tracer: Send + Sync {
     }
     /// The queue ran empty.
     fn queue_end(&self, _machine: &Machine) {}
+    /// A mirror sent `mutation` to its source (its [`Mutation::origin`] says which client of
+    /// the mirror's node asked for it, when one did); called before the answer, on the
+    /// caller's thread. Never on a machine: its mutations are transitions.
+    fn mutation_sent(&self, _machine: &str, _schema: &Schema, _mutation: &Mutation) {}
     /// The schema was enlarged (on a mirror: its source's schema changed); `old` is the one
     /// before.
     fn schema_change(&self, _source: &dyn StateSource, _old: &Schema) {}
