@@ -13,6 +13,8 @@
 //!
 //! TELEMETRY.md documents the record, the dump format and the console.
 
+#[cfg(feature = "net")]
+pub mod collector;
 pub mod history;
 pub mod record;
 #[cfg(feature = "net")]
