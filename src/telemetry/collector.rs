@@ -297,19 +297,37 @@ async fn read_sender(inner: &Inner, mut stream: TcpStream) -> Result<(), String>
     }
 }
 
+/// How many recent entries a hop's record may complete the hops of.
+const RELINK: usize = 64;
+
 fn ingest(inner: &Inner, record: Record) {
-    let message = {
+    let mut messages = Vec::new();
+    {
         let mut history = inner.history();
         let status = match &record {
             Record::Status(s) => Some(json!({"t": "status", "status": s})),
             _ => None,
         };
+        let sent = matches!(record, Record::Sent(_));
         match history.ingest(record, now_ms()) {
-            Some(seq) => history.entry(seq).map(|e| entry_json(&history, e)),
-            None => status,
+            Some(seq) => messages.extend(history.entry(seq).map(|e| entry_json(&history, e))),
+            None => messages.extend(status),
         }
-    };
-    if let Some(message) = message {
+        // A hop's record can come after the transition it led to (nodes send on connections
+        // of their own): the transitions it may complete get their hops again.
+        if sent {
+            for entry in history.entries().rev().take(RELINK) {
+                if let Record::Transition(t) = &entry.record
+                    && t.origin.is_some()
+                {
+                    messages.push(
+                        json!({"t": "hops", "seq": entry.seq, "hops": history.hops(entry.seq)}),
+                    );
+                }
+            }
+        }
+    }
+    for message in messages {
         let _ = inner.live.send(Arc::from(message.to_string()));
     }
 }

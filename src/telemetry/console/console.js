@@ -79,6 +79,7 @@ function onMessage(m) {
     case "entry": return onEntry(m, true);
     case "status": S.nodes.set(m.status.node, m.status); return schedule();
     case "at": return onAt(m);
+    case "hops": return onHops(m);
     case "lagged":
       banner(`the console fell behind and missed ${m.missed} entries; catching up`);
       return send({ op: "hello", since: S.lastSeq });
@@ -128,6 +129,15 @@ function onEntry(e, live) {
     if (matches(e)) appendRow(e, true);
     schedule();
   }
+}
+
+// A hop's record came after the transition it led to: the transition's hops are longer now.
+function onHops(m) {
+  const e = S.entries.find((x) => x.seq === m.seq);
+  if (!e || (e.hops && e.hops.length >= m.hops.length)) return;
+  e.hops = m.hops;
+  const row = document.querySelector(`#log tr[data-seq="${m.seq}"]`);
+  if (row) row.lastElementChild.textContent = m.hops.join(" ← ");
 }
 
 function onAt(m) {
@@ -320,6 +330,7 @@ function renderTree() {
     if (up) ups.set(v.key, up);
   }
   for (const n of S.nodes.keys()) if (!nodes.has(n)) nodes.set(n, { name: n, machines: [], depth: 0 });
+  S.depth = new Map();
   // Depth: a node is one below the deepest node it mirrors from.
   for (let round = 0; round < nodes.size; round++) {
     for (const n of nodes.values()) {
@@ -329,10 +340,14 @@ function renderTree() {
       }
     }
   }
+  for (const n of nodes.values()) S.depth.set(n.name, n.depth);
   const rows = [];
   for (const n of [...nodes.values()].sort((a, b) => a.name.localeCompare(b.name))) (rows[n.depth] ||= []).push(n);
-  const W = 170, GAPX = 40, GAPY = 70, LINE = 17;
   const cols = Math.max(1, ...rows.filter(Boolean).map((r) => r.length));
+  // As wide as the panel allows: a phone gets narrower boxes rather than a scrolled tree.
+  const room = $("tree-wrap").clientWidth || 600;
+  const GAPX = room < 500 ? 16 : 40, GAPY = 70, LINE = 17;
+  const W = Math.max(110, Math.min(170, Math.floor((room - GAPX) / cols) - GAPX));
   const width = cols * (W + GAPX) + GAPX;
   const pos = new Map(); // machine key -> {x, y}
   let y = 14;
@@ -350,7 +365,7 @@ function renderTree() {
   const height = Math.max(y - GAPY + 14, 120);
   t.setAttribute("viewBox", `0 0 ${width} ${height}`);
   t.style.height = Math.min(height, 520) + "px";
-  t.style.minWidth = Math.min(width, 560) + "px";
+  t.style.minWidth = Math.min(width, room) + "px";
   const layers = [svg("g"), svg("g"), svg("g")];
   for (const [key, up] of ups) {
     const a = pos.get(key), b = pos.get(up.key);
@@ -412,7 +427,9 @@ function drawClients(g, n, x, y) {
 function renderMachines() {
   const box = $("machines");
   const cards = [];
-  const keys = [...S.machines.keys()].sort();
+  // Roots first, then each depth of the tree.
+  const depth = (k) => S.depth?.get(k.split("/")[0]) ?? 0;
+  const keys = [...S.machines.keys()].sort((a, b) => depth(a) - depth(b) || a.localeCompare(b));
   for (const key of keys) {
     const v = S.machines.get(key);
     const clock = clockOf(key);

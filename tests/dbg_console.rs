@@ -1,0 +1,232 @@
+//! am-dbg's web console in headless Chromium: a tree of depth three reports to a collector;
+//! the console shows a leaf's mutation in its log within 100 ms, and stepped back it shows
+//! the earlier clock on every machine; a deep link opens a machine at a transition; text
+//! from nodes stays text. Chromium is required (scripts/test.sh installs it).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use asyncmachine::machine::{Args, Machine, StateSource};
+use asyncmachine::server::{Server, ServerConfig};
+use asyncmachine::telemetry::collector::{Collector, CollectorConfig};
+use asyncmachine::telemetry::{History, Telemetry, TelemetryConfig};
+use asyncmachine::transport::Endpoint;
+use common::chromium::{Chromium, chromium_path};
+use common::*;
+use serde_json::json;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Telemetry of one "node" (named as its mirror's client id) serving `source` as `worker`.
+fn report(
+    collector: &Collector,
+    node: &str,
+    source: Arc<dyn StateSource>,
+    server: &Server,
+    at: &Endpoint,
+) -> Telemetry {
+    let config = TelemetryConfig::new(&format!("tcp://{}", collector.telemetry_addr()))
+        .expect("valid address");
+    let telemetry = Telemetry::start(node, config);
+    let status = server.clone();
+    telemetry.set_status(
+        Arc::new(move || status.status()),
+        vec![at.without_machine().to_string()],
+    );
+    telemetry.attach("worker", source);
+    telemetry
+}
+
+fn ticks_of(state: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#machines .card')].map(c => c.querySelector('li[data-state=\"{state}\"]')?.dataset.tick).join(',')"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_leafs_mutation_live_and_steps_back_across_machines() {
+    let path = chromium_path().expect(
+        "Chromium is required for this test: apt-get install chromium (scripts/test.sh does)",
+    );
+    let collector = Collector::start(
+        CollectorConfig {
+            telemetry: "127.0.0.1:0".into(),
+            console: "127.0.0.1:0".into(),
+            max_entries: 10_000,
+        },
+        History::default(),
+    )
+    .await
+    .expect("collector starts");
+
+    // root <- a <- b <- c over TCP, each "node" reporting.
+    let root = Machine::builder(abc_schema()).id("root").build();
+    let (root_server, root_at) =
+        serve(Arc::new(root.clone()), ServerConfig::default(), "tcp").await;
+    let a = mirror(&root_at, "a").await;
+    let (a_server, a_at) = serve(Arc::new(a.clone()), ServerConfig::default(), "tcp").await;
+    let b = mirror(&a_at, "b").await;
+    let (b_server, b_at) = serve(Arc::new(b.clone()), ServerConfig::default(), "tcp").await;
+    let c = mirror(&b_at, "c").await;
+    let (c_server, c_at) = serve(Arc::new(c.clone()), ServerConfig::default(), "tcp").await;
+    let senders = [
+        report(
+            &collector,
+            "root",
+            Arc::new(root.clone()),
+            &root_server,
+            &root_at,
+        ),
+        report(&collector, "a", Arc::new(a.clone()), &a_server, &a_at),
+        report(&collector, "b", Arc::new(b.clone()), &b_server, &b_at),
+        report(&collector, "c", Arc::new(c.clone()), &c_server, &c_at),
+    ];
+    eventually("every machine's first record", || {
+        collector.with_history(|h| h.machines().filter(|m| m.info.is_some()).count() == 4)
+    })
+    .await;
+    root.add(&["A"], Args::new()).expect("taken in");
+    converged(&c, &root.clock()).await;
+
+    let mut chromium = Chromium::launch(&path).await;
+    chromium.open(&collector.console_url()).await;
+    chromium
+        .until(
+            "the console to be live",
+            "document.getElementById('conn')?.dataset.state === 'live'",
+        )
+        .await;
+    chromium
+        .until(
+            "four machine cards with A active",
+            &format!("{} === '1,1,1,1'", ticks_of("A")),
+        )
+        .await;
+    chromium
+        .until(
+            "the tree drawn with three links",
+            "document.querySelectorAll('#tree .edge').length === 3",
+        )
+        .await;
+
+    // The leaf's mutation, live: its row appears within 100 ms of the call.
+    let asked = now_ms();
+    within(
+        "the leaf's mutation",
+        c.add(&["B"], Args::new().with("note", "<b>bold</b>")),
+    )
+    .await
+    .expect("runs at the root");
+    let sent_row =
+        "document.querySelector('#log tr[data-machine=\"c/worker\"][data-kind=\"sent\"]')";
+    chromium
+        .until("the leaf's mutation in the log", &format!("!!{sent_row}"))
+        .await;
+    let shown = chromium
+        .eval(&format!("Number({sent_row}.dataset.shownMs)"))
+        .await
+        .as_u64()
+        .expect("a time");
+    assert!(
+        shown.saturating_sub(asked) <= 100,
+        "the leaf's mutation took {} ms to reach the console's log",
+        shown.saturating_sub(asked)
+    );
+    chromium
+        .until(
+            "B on every machine",
+            &format!("{} === '1,1,1,1'", ticks_of("B")),
+        )
+        .await;
+    // The argument is text, not markup; the root's row names the hops.
+    assert_eq!(
+        chromium
+            .eval("document.querySelector('#log b') === null")
+            .await,
+        json!(true)
+    );
+    let root_row = "[...document.querySelectorAll('#log tr[data-machine=\"root/worker\"][data-kind=\"add\"]')].find(r => r.children[4].firstChild.textContent === 'B')";
+    chromium
+        .until(
+            "the hops of the leaf's mutation",
+            &format!("({root_row})?.lastElementChild.textContent === 'a ← b ← c'"),
+        )
+        .await;
+
+    // Time travel: at the root's transition, then one step back (across machines): every
+    // machine shows the clock before B.
+    let root_seq = chromium
+        .eval(&format!("Number(({root_row}).dataset.seq)"))
+        .await
+        .as_u64()
+        .expect("a sequence");
+    chromium.eval(&format!("({root_row}).click()")).await;
+    chromium
+        .until(
+            "at the root's transition",
+            &format!("document.getElementById('position').textContent === 'at #{root_seq}'"),
+        )
+        .await;
+    chromium
+        .eval("document.getElementById('back').click()")
+        .await;
+    chromium
+        .until("one step back", &format!("document.getElementById('position').textContent !== 'at #{root_seq}' && document.body.classList.contains('past')"))
+        .await;
+    chromium
+        .until(
+            "B inactive on every machine",
+            &format!("{} === '0,0,0,0'", ticks_of("B")),
+        )
+        .await;
+    assert_eq!(chromium.eval(&ticks_of("A")).await, json!("1,1,1,1"));
+    // Live again: the present clock.
+    chromium
+        .eval("document.getElementById('live').click()")
+        .await;
+    chromium
+        .until(
+            "B again on every machine",
+            &format!("{} === '1,1,1,1'", ticks_of("B")),
+        )
+        .await;
+
+    // A deep link names a machine and a transition.
+    let mut linked = Chromium::launch(&path).await;
+    linked
+        .open(&format!(
+            "{}#m=c/worker&at={root_seq}",
+            collector.console_url()
+        ))
+        .await;
+    linked
+        .until(
+            "the linked transition",
+            &format!("document.getElementById('position').textContent === 'at #{root_seq}'"),
+        )
+        .await;
+    linked
+        .until(
+            "the linked machine selected",
+            "document.querySelector('#machines .card.sel')?.dataset.key === 'c/worker'",
+        )
+        .await;
+    // At the root's transition the leaf had not heard of B yet; the root had.
+    linked
+        .until(
+            "each machine's clock at that moment",
+            &format!("{} === '1,0,0,0'", ticks_of("B")),
+        )
+        .await;
+
+    for s in &senders {
+        s.shutdown().await;
+    }
+    collector.shutdown();
+}
