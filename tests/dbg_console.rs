@@ -43,6 +43,41 @@ fn report(
     telemetry
 }
 
+/// With `AM_SCREENSHOTS=DIR`, the page at 1280 and 390 px wide, as DIR/NAME-desktop.png and
+/// DIR/NAME-mobile.png (for a person to look at).
+async fn screenshots(chromium: &mut Chromium, name: &str) {
+    use base64::Engine as _;
+    let Some(dir) = std::env::var_os("AM_SCREENSHOTS") else {
+        return;
+    };
+    for (label, width) in [("desktop", 1280), ("mobile", 390)] {
+        chromium
+            .call(
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": width < 500}),
+            )
+            .await;
+        // Two frames: the console redraws on the next animation frame after a resize.
+        chromium
+            .eval("new Promise(r => requestAnimationFrame(() => { window.dispatchEvent(new Event('resize')); requestAnimationFrame(() => setTimeout(r, 300)); }))")
+            .await;
+        let shot = chromium
+            .call(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true}),
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("image data"))
+            .expect("base64");
+        let path = std::path::Path::new(&dir).join(format!("{name}-{label}.png"));
+        std::fs::write(&path, png).expect("screenshot written");
+    }
+    chromium
+        .call("Emulation.clearDeviceMetricsOverride", json!({}))
+        .await;
+}
+
 fn ticks_of(state: &str) -> String {
     format!(
         "[...document.querySelectorAll('#machines .card')].map(c => c.querySelector('li[data-state=\"{state}\"]')?.dataset.tick).join(',')"
@@ -186,6 +221,7 @@ async fn the_console_shows_a_leafs_mutation_live_and_steps_back_across_machines(
         )
         .await;
     assert_eq!(chromium.eval(&ticks_of("A")).await, json!("1,1,1,1"));
+    screenshots(&mut chromium, "console-past").await;
     // Live again: the present clock.
     chromium
         .eval("document.getElementById('live').click()")
@@ -196,6 +232,7 @@ async fn the_console_shows_a_leafs_mutation_live_and_steps_back_across_machines(
             &format!("{} === '1,1,1,1'", ticks_of("B")),
         )
         .await;
+    screenshots(&mut chromium, "console-live").await;
 
     // A deep link names a machine and a transition.
     let mut linked = Chromium::launch(&path).await;

@@ -364,8 +364,8 @@ function renderTree() {
   }
   const height = Math.max(y - GAPY + 14, 120);
   t.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  t.style.height = Math.min(height, 520) + "px";
-  t.style.minWidth = Math.min(width, room) + "px";
+  // The drawing scales to the panel's width (never scrolled sideways).
+  t.style.height = Math.round(height * Math.min(1, room / width)) + "px";
   const layers = [svg("g"), svg("g"), svg("g")];
   for (const [key, up] of ups) {
     const a = pos.get(key), b = pos.get(up.key);
@@ -505,6 +505,7 @@ document.addEventListener("DOMContentLoaded", () => {
     else if (e.key === "ArrowRight") step(true);
     else if (e.key === "Escape") goLive();
   });
+  window.addEventListener("resize", schedule);
   readLink();
   updateLink();
   connect();
