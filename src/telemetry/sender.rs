@@ -206,6 +206,7 @@ pub struct Telemetry {
     control: mpsc::UnboundedSender<Control>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
     tracers: Arc<Mutex<Vec<(Arc<dyn StateSource>, TracerId)>>>,
+    drops: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -230,6 +231,7 @@ impl Telemetry {
             control,
             task: Arc::new(Mutex::new(Some(task))),
             tracers: Arc::default(),
+            drops: Arc::default(),
         }
     }
 
@@ -249,6 +251,10 @@ impl Telemetry {
             redaction: self.redaction.clone(),
             errors: Mutex::new(Vec::new()),
         });
+        self.drops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(dropped.clone());
         let id = source.bind_tracer(tracer);
         self.tracers
             .lock()
@@ -266,6 +272,16 @@ impl Telemetry {
     /// listeners.
     pub fn set_status(&self, status: StatusFn, listen: Vec<String>) {
         let _ = self.control.send(Control::Status(status, listen));
+    }
+
+    /// Records dropped so far over all machines (their buffers were full).
+    pub fn dropped(&self) -> u64 {
+        self.drops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Resolves once what the buffers held when called is written to the collector's socket
