@@ -31,12 +31,8 @@ fn sgp_in_process(c: &mut Criterion) {
     });
     let telemetry = runtime.as_ref().map(|rt| {
         let _entered = rt.enter();
-        am_node::bench::telemetry_from_env(
-            "bench",
-            "sgp",
-            std::sync::Arc::new(worker.clone()),
-        )
-        .expect("AM_DEBUG is tcp://HOST:PORT")
+        am_node::bench::telemetry_from_env("bench", "sgp", std::sync::Arc::new(worker.clone()))
+            .expect("AM_DEBUG is tcp://HOST:PORT")
     });
     let mut consumer = Consumer::new();
     c.bench_function("sgp_loop_in_process", |b| {
@@ -45,7 +41,10 @@ fn sgp_in_process(c: &mut Criterion) {
     if let Some(telemetry) = &telemetry {
         #[allow(clippy::print_stderr)]
         {
-            eprintln!("telemetry: {} records dropped (buffers full)", telemetry.dropped());
+            eprintln!(
+                "telemetry: {} records dropped (buffers full)",
+                telemetry.dropped()
+            );
         }
     }
     assert_eq!(

@@ -383,6 +383,19 @@ async fn serve_console<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => return Err("no request in time".into()),
     };
     let route = request.route().to_owned();
+    // Against DNS rebinding: a page of another site that resolves its own name to this
+    // address would carry that name. The console answers to addresses and localhost only.
+    let host = request.header("host").unwrap_or_default().to_owned();
+    if !host_allowed(&host) {
+        return http::respond(
+            &mut stream,
+            421,
+            "text/plain",
+            "the console answers to an IP address or localhost in Host; open it by its address\n",
+        )
+        .await
+        .map_err(|e| e.to_string());
+    }
     if !request.is_upgrade() {
         if request.method != "GET" {
             return http::respond(&mut stream, 405, "text/plain", "only GET is served here\n")
@@ -414,9 +427,8 @@ async fn serve_console<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|e| e.to_string());
     }
     // A page of another origin may not read the history (a WebSocket is not bound by CORS).
-    let host = request.header("host").unwrap_or_default();
     if let Some(origin) = request.header("origin")
-        && origin.split("://").nth(1) != Some(host)
+        && origin.split("://").nth(1) != Some(host.as_str())
     {
         return http::respond(
             &mut stream,
@@ -453,6 +465,15 @@ async fn serve_console<S: AsyncRead + AsyncWrite + Unpin>(
     .await;
     inner.consoles.fetch_sub(1, Ordering::AcqRel);
     result
+}
+
+/// Whether a `Host` header names an IP address or localhost (with any port).
+fn host_allowed(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// What a console asks.
@@ -559,6 +580,27 @@ async fn console_socket<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn the_console_answers_to_addresses_and_localhost_only() {
+        for ok in [
+            "127.0.0.1:6832",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:6832",
+            "10.0.0.2",
+        ] {
+            assert!(host_allowed(ok), "{ok}");
+        }
+        for bad in ["evil.example:6832", "", "127.0.0.1.evil.example"] {
+            assert!(!host_allowed(bad), "{bad}");
         }
     }
 }

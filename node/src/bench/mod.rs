@@ -21,7 +21,11 @@ use asyncmachine::transport::{Scheme, TlsConfig, TransportConfig};
 
 /// Telemetry of a benchmark's machine when `AM_DEBUG` names a collector (to measure what
 /// telemetry costs: BENCHMARKS.md); `None` without it, or outside a tokio runtime.
-pub fn telemetry_from_env(node: &str, name: &str, source: Arc<dyn StateSource>) -> Option<Telemetry> {
+pub fn telemetry_from_env(
+    node: &str,
+    name: &str,
+    source: Arc<dyn StateSource>,
+) -> Option<Telemetry> {
     tokio::runtime::Handle::try_current().ok()?;
     let config: TelemetryConfig = TelemetryConfig::from_env()?.ok()?;
     let telemetry = Telemetry::start(node, config);
