@@ -214,7 +214,12 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
             })?;
         endpoints.push(endpoint);
     }
-    let telemetry = start_telemetry(plan, &server, &machines, &endpoints)?;
+    let telemetry = start_telemetry(plan, &server, &machines, &endpoints).map_err(|error| {
+        NodeError::Telemetry {
+            node: plan.name.clone(),
+            error,
+        }
+    })?;
     info!(node = %plan.name, machines = machines.len(), listeners = ?endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), "node started");
     Ok(RunningNode {
         name: plan.name.clone(),
@@ -237,7 +242,7 @@ fn start_telemetry(
     server: &Server,
     machines: &[(String, Arc<dyn StateSource>)],
     endpoints: &[Endpoint],
-) -> Result<Option<Telemetry>, NodeError> {
+) -> Result<Option<Telemetry>, TelemetryError> {
     let config = match &plan.debug {
         Some(address) => Some(TelemetryConfig::new(address).map(|mut config| {
             if let Ok(list) = std::env::var("AM_DEBUG_REDACT") {
@@ -250,10 +255,7 @@ fn start_telemetry(
     let Some(config) = config else {
         return Ok(None);
     };
-    let config = config.map_err(|error| NodeError::Telemetry {
-        node: plan.name.clone(),
-        error,
-    })?;
+    let config = config?;
     info!(node = %plan.name, collector = %config.address, "sending telemetry");
     let telemetry = Telemetry::start(&plan.name, config);
     // The listeners first: each machine's first record names them.

@@ -174,7 +174,10 @@ impl Tracer for MachineTracer {
     }
 }
 
-/// What a machine's buffer holds.
+/// What a machine's buffer holds. Records go in unboxed: a box would be one more allocation
+/// on the machine's thread per transition, and the channel allocates its slots in small blocks
+/// as they fill.
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Record(Record),
     /// The schema changed: the task sends the machine's record again.
@@ -197,6 +200,9 @@ enum Control {
     Flush(oneshot::Sender<()>),
 }
 
+/// A source and the id of the tracer bound to it, to detach it.
+type Bound = (Arc<dyn StateSource>, TracerId);
+
 /// A node's telemetry: attach its machines, and a task sends what they do to the collector.
 #[derive(Clone)]
 pub struct Telemetry {
@@ -205,7 +211,7 @@ pub struct Telemetry {
     redaction: Arc<Redaction>,
     control: mpsc::UnboundedSender<Control>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
-    tracers: Arc<Mutex<Vec<(Arc<dyn StateSource>, TracerId)>>>,
+    tracers: Arc<Mutex<Vec<Bound>>>,
     drops: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
 }
 
