@@ -229,3 +229,48 @@ async fn a_sender_of_a_bad_line_is_dropped_and_the_collector_goes_on() {
     assert_eq!(collector.with_history(|h| h.entries().len()), 1);
     sender.shutdown().await;
 }
+
+/// A node of a topology with `debug` reports its machines and its status (listeners, clients)
+/// without any code of its own; a driver's transitions arrive as they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_node_with_debug_reports_its_machines_and_status() {
+    let collector = collector().await;
+    let text = format!(
+        r#"
+[schemas.demo]
+states = [{{ name = "Start" }}, {{ name = "Tick", multi = true }}]
+
+[[nodes]]
+name = "solo"
+listen = ["tcp://127.0.0.1:0"]
+debug = "tcp://{}"
+
+[[nodes.machines]]
+name = "demo"
+schema = "demo"
+start = ["Start"]
+driver = {{ every_ms = 20, add = ["Tick"] }}
+"#,
+        collector.telemetry_addr()
+    );
+    let topology =
+        asyncmachine::topology::parse(std::path::Path::new("t.toml"), &text).expect("valid");
+    let running = asyncmachine::node::start_topology(&topology, &[])
+        .await
+        .expect("starts");
+    eventually("the node's machine, status and ticks", || {
+        collector.with_history(|h| {
+            let listening = h.nodes().any(|s| s.node == "solo" && !s.listen.is_empty());
+            let ticks = h
+                .entries()
+                .filter(|e| matches!(&e.record, Record::Transition(t) if t.at.key() == "solo/demo" && t.called == ["Tick"]))
+                .count();
+            listening
+                && h.machine("solo/demo").is_some_and(|m| m.info.as_ref().is_some_and(|i| i.upstream.is_none() && !i.listen.is_empty()))
+                && ticks >= 3
+        })
+    })
+    .await;
+    running.shutdown().await;
+    collector.shutdown();
+}
