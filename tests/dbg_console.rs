@@ -267,3 +267,108 @@ async fn the_console_shows_a_leafs_mutation_live_and_steps_back_across_machines(
     }
     collector.shutdown();
 }
+
+/// The console reconnects by itself to a collector that restarted (here from an export of the
+/// first one's history), catches up what it missed, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_reconnects_and_shows_what_it_missed() {
+    let path = chromium_path().expect(
+        "Chromium is required for this test: apt-get install chromium (scripts/test.sh does)",
+    );
+    let config = |console: String| CollectorConfig {
+        telemetry: "127.0.0.1:0".into(),
+        console,
+        max_entries: 10_000,
+    };
+    let first = Collector::start(config("127.0.0.1:0".into()), History::default())
+        .await
+        .expect("collector starts");
+    let root = Machine::builder(abc_schema()).id("root").build();
+    let (server, at) = serve(Arc::new(root.clone()), ServerConfig::default(), "tcp").await;
+    let sender = report(&first, "root", Arc::new(root.clone()), &server, &at);
+    root.add(&["A"], Args::new()).expect("taken in");
+    let mut chromium = Chromium::launch(&path).await;
+    chromium.open(&first.console_url()).await;
+    chromium
+        .until("A in the console", &format!("{} === '1'", ticks_of("A")))
+        .await;
+
+    // The collector goes away; the console says so.
+    let dir = std::env::temp_dir().join(format!("am-dbg-console-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let dump = dir.join("history.amdbg");
+    first.export(&dump).expect("exports");
+    first.shutdown();
+    sender.shutdown().await;
+    chromium
+        .until(
+            "the console to notice",
+            "document.getElementById('conn').dataset.state === 'reconnecting'",
+        )
+        .await;
+
+    // While the console cannot reach it (its port held by a listener that answers nothing),
+    // a collector with that history hears more: C.
+    let holder = tokio::net::TcpListener::bind(first.console_addr())
+        .await
+        .expect("the console's port, held");
+    let hold = tokio::spawn(async move {
+        while let Ok((socket, _)) = holder.accept().await {
+            drop(socket);
+        }
+    });
+    let imported = asyncmachine::telemetry::collector::import(&dump, 10_000).expect("imports");
+    let meanwhile = Collector::start(config("127.0.0.1:0".into()), imported)
+        .await
+        .expect("collector starts");
+    let sender = report(&meanwhile, "root", Arc::new(root.clone()), &server, &at);
+    root.add(&["C"], Args::new()).expect("taken in");
+    eventually("C at the collector", || {
+        meanwhile.with_history(|h| {
+            h.machine("root/worker")
+                .is_some_and(|m| m.clock.get(2) == Some(&1))
+        })
+    })
+    .await;
+    sender.shutdown().await;
+    meanwhile.export(&dump).expect("exports");
+    meanwhile.shutdown();
+    // Back on the console's address with all of it.
+    hold.abort();
+    let _ = hold.await;
+    let imported = asyncmachine::telemetry::collector::import(&dump, 10_000).expect("imports");
+    let second = within("the console's port free again", async {
+        loop {
+            match Collector::start(config(first.console_addr().to_string()), imported.clone()).await
+            {
+                Ok(collector) => return collector,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    chromium
+        .until(
+            "live again",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    chromium
+        .until(
+            "C, which happened while it was away",
+            &format!("{} === '1'", ticks_of("C")),
+        )
+        .await;
+    chromium
+        .until("the banner saying what was caught up", "/reconnected: [1-9]\\d* entries caught up/.test(document.getElementById('banner').textContent)")
+        .await;
+    // Nothing shown twice: sequences in the log are strictly increasing.
+    assert_eq!(
+        chromium
+            .eval("[...document.querySelectorAll('#log tbody tr')].map(r => Number(r.dataset.seq)).every((s, i, a) => i === 0 || s > a[i - 1])")
+            .await,
+        json!(true)
+    );
+    second.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -88,6 +88,13 @@ function onMessage(m) {
 }
 
 function onSnapshot(m) {
+  if (m.since > 0 && m.next_seq <= S.lastSeq) {
+    // Another collector (restarted without its history): start over from what it has.
+    banner("the collector was restarted without its history: showing what it has now");
+    S.entries = []; S.lastSeq = 0; S.machines.clear(); S.nodes.clear();
+    goLive();
+    return send({ op: "hello", since: 0 });
+  }
   const caughtUp = m.entries.filter((e) => e.seq > S.lastSeq).length;
   if (m.since > 0) {
     S.lost += m.lost;
