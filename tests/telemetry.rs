@@ -274,3 +274,33 @@ driver = {{ every_ms = 20, add = ["Tick"] }}
     running.shutdown().await;
     collector.shutdown();
 }
+
+/// A failing handler's error is in its transition's record; a full buffer drops records and
+/// counts them, and the count reaches the collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_errors_and_drops_are_recorded() {
+    let collector = collector().await;
+    let root = Machine::builder(abc_schema()).id("root").build();
+    root.on_state("C", |_| Err::<(), _>("the disk is full"))
+        .expect("C exists");
+    let mut config = TelemetryConfig::new(&format!("tcp://{}", collector.telemetry_addr()))
+        .expect("valid address");
+    config.capacity = 4;
+    let telemetry = Telemetry::start("root", config);
+    telemetry.attach("worker", Arc::new(root.clone()));
+    root.add(&["C"], Args::new()).expect("taken in");
+    eventually("the failed transition", || {
+        collector.with_history(|h| {
+            h.entries().any(|e| matches!(&e.record, Record::Transition(t) if t.errors.iter().any(|e| e.contains("the disk is full"))))
+        })
+    })
+    .await;
+    // Far more than the buffer holds, at once from this thread: some are dropped, counted.
+    churn(&root, 2000);
+    eventually("the drops counted at the collector", || {
+        telemetry.dropped() > 0
+            && collector.with_history(|h| h.machine("root/worker").is_some_and(|m| m.dropped > 0))
+    })
+    .await;
+    telemetry.shutdown().await;
+}
