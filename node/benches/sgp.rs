@@ -20,6 +20,13 @@ fn ready<F: Future>(fut: F) -> F::Output {
 
 fn sgp_in_process(c: &mut Criterion) {
     let (worker, stats) = start_worker("sgp-worker", 7);
+    // With AM_BENCH_NULL_TRACER: a tracer that does nothing, for what the tracer interface
+    // itself costs the machine (BENCHMARKS.md, "Telemetry").
+    if std::env::var_os("AM_BENCH_NULL_TRACER").is_some() {
+        struct Null;
+        impl asyncmachine::machine::Tracer for Null {}
+        worker.bind_tracer(std::sync::Arc::new(Null));
+    }
     // With AM_DEBUG: the worker's transitions go to that collector, sent by a task on a
     // runtime of their own (the bench's thread only fills the buffer).
     let runtime = std::env::var_os("AM_DEBUG").map(|_| {

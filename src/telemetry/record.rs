@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::machine::{Mutation, MutationKind, Outcome, StateDef, TransitionTrace};
+use crate::machine::{Mutation, MutationKind, Outcome, Schema, StateDef, TransitionTrace};
 use crate::proto::message::NodeStatus;
 
 /// Longest line a collector reads; a longer one ends the sender's connection.
@@ -199,8 +199,87 @@ fn outcome_name(outcome: Option<Outcome>, local: bool) -> &'static str {
     }
 }
 
+/// What a tracer keeps of a transition on the machine's thread: copies, no names and no
+/// formatting (the sending task makes the record, [`TransitionRecord::from_raw`]).
+#[derive(Debug, Clone)]
+pub struct RawTransition {
+    pub time_ms: u64,
+    /// A copy of the mutation (`None` for a mirror's update).
+    pub mutation: Option<Mutation>,
+    pub outcome: Option<Outcome>,
+    pub queue_tick: u64,
+    /// The clock after.
+    pub clock: Vec<u64>,
+    pub errors: Vec<String>,
+    pub dropped: u64,
+}
+
+impl RawTransition {
+    pub fn of(
+        trace: &TransitionTrace<'_>,
+        errors: Vec<String>,
+        time_ms: u64,
+        dropped: u64,
+    ) -> Self {
+        RawTransition {
+            time_ms,
+            mutation: trace.mutation.cloned(),
+            outcome: trace.outcome,
+            queue_tick: trace.queue_tick,
+            clock: trace.after.to_vec(),
+            errors,
+            dropped,
+        }
+    }
+}
+
+/// The names of the positions that are in the schema.
+fn names(schema: &Schema, states: &[usize]) -> Vec<String> {
+    states
+        .iter()
+        .filter(|&&s| s < schema.len())
+        .map(|&s| schema.name(s).to_owned())
+        .collect()
+}
+
 impl TransitionRecord {
-    /// The record of a finished transition (a tracer's `transition_end`).
+    /// The record of a finished transition: `previous` is the clock before it (for the
+    /// sending task: the clock of the machine's previous record), `schema` names the states.
+    pub fn from_raw(
+        at: MachineRef,
+        raw: RawTransition,
+        schema: &Schema,
+        previous: &[u64],
+        redaction: &Redaction,
+    ) -> Self {
+        let changed = raw
+            .clock
+            .iter()
+            .enumerate()
+            .filter(|&(i, tick)| previous.get(i).unwrap_or(&0) != tick)
+            .map(|(i, _)| i as u32)
+            .collect();
+        let mutation = raw.mutation.as_ref();
+        TransitionRecord {
+            at,
+            time_ms: raw.time_ms,
+            kind: mutation.map(|m| kind_name(m.kind).to_owned()),
+            called: mutation
+                .map(|m| names(schema, &m.states))
+                .unwrap_or_default(),
+            args: mutation.map(|m| redaction.args(m)).unwrap_or_default(),
+            outcome: outcome_name(raw.outcome, mutation.is_some()).to_owned(),
+            auto: mutation.is_some_and(Mutation::is_auto),
+            queue_tick: raw.queue_tick,
+            clock: raw.clock,
+            changed,
+            errors: raw.errors,
+            origin: mutation.and_then(|m| m.origin.as_deref().map(str::to_owned)),
+            dropped: raw.dropped,
+        }
+    }
+
+    /// The record of a finished transition, from a tracer's view of it.
     pub fn of(
         at: MachineRef,
         trace: &TransitionTrace<'_>,
@@ -209,27 +288,28 @@ impl TransitionRecord {
         time_ms: u64,
         dropped: u64,
     ) -> Self {
-        let changed = trace
-            .after
-            .iter()
-            .enumerate()
-            .filter(|&(i, tick)| trace.before.get(i) != Some(tick))
-            .map(|(i, _)| i as u32)
-            .collect();
-        let mutation = trace.mutation;
-        TransitionRecord {
+        let raw = RawTransition::of(trace, errors, time_ms, dropped);
+        Self::from_raw(at, raw, trace.schema, trace.before, redaction)
+    }
+}
+
+impl SentRecord {
+    /// The record of a mutation a mirror sent (a copy the tracer took).
+    pub fn from_raw(
+        at: MachineRef,
+        mutation: &Mutation,
+        schema: &Schema,
+        redaction: &Redaction,
+        time_ms: u64,
+        dropped: u64,
+    ) -> Self {
+        SentRecord {
             at,
             time_ms,
-            kind: mutation.map(|m| kind_name(m.kind).to_owned()),
-            called: trace.called().map(str::to_owned).collect(),
-            args: mutation.map(|m| redaction.args(m)).unwrap_or_default(),
-            outcome: outcome_name(trace.outcome, mutation.is_some()).to_owned(),
-            auto: mutation.is_some_and(Mutation::is_auto),
-            queue_tick: trace.queue_tick,
-            clock: trace.after.to_vec(),
-            changed,
-            errors,
-            origin: mutation.and_then(|m| m.origin.as_deref().map(str::to_owned)),
+            kind: kind_name(mutation.kind).to_owned(),
+            called: names(schema, &mutation.states),
+            args: redaction.args(mutation),
+            origin: mutation.origin.as_deref().map(str::to_owned),
             dropped,
         }
     }
@@ -345,7 +425,7 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{Args, Schema};
+    use crate::machine::Args;
 
     fn at() -> MachineRef {
         MachineRef {

@@ -6,10 +6,8 @@
 //! network.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWriteExt;
@@ -19,8 +17,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 use super::record::{
-    MachineRecord, MachineRef, Record, Redaction, SentRecord, StatusRecord, TransitionRecord,
-    kind_name,
+    MachineRecord, MachineRef, RawTransition, Record, Redaction, SentRecord, StatusRecord,
+    TransitionRecord,
 };
 use crate::machine::handlers::HandlerCall;
 use crate::machine::{Mutation, Schema, StateSource, Tracer, TracerId, TransitionTrace};
@@ -37,6 +35,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Most records written in one go before the socket is flushed.
 const BATCH: usize = 512;
+/// How often the task takes what the buffers hold: a push never wakes it, so the machine's
+/// thread makes no system call for telemetry.
+const DRAIN_EVERY: Duration = Duration::from_millis(5);
 
 /// Where and how a node sends telemetry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,26 +93,48 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A machine's side: the tracer bound to it.
+/// A machine's side: the tracer bound to it. Per transition it copies what the record needs
+/// (the clock, the mutation) and pushes it on the machine's buffer: an unbounded channel
+/// bounded by a counter, so a full buffer is seen before anything is copied, and a push never
+/// wakes a thread (the task drains on a timer).
 struct MachineTracer {
-    at: MachineRef,
-    tx: mpsc::Sender<Item>,
-    dropped: Arc<AtomicU64>,
-    redaction: Arc<Redaction>,
+    tx: std::sync::mpsc::Sender<Item>,
+    buffer: Arc<Buffer>,
     /// Errors of the handlers of the running transition (one transition at a time runs on a
     /// machine; the lock is never held across anything but a push or a take).
     errors: Mutex<Vec<String>>,
 }
 
-impl MachineTracer {
-    fn push(&self, record: Record) {
-        if self.tx.try_send(Item::Record(record)).is_err() {
+/// A machine's buffer: how much it holds, its bound, what it dropped.
+#[derive(Debug)]
+struct Buffer {
+    queued: AtomicUsize,
+    capacity: usize,
+    dropped: AtomicU64,
+}
+
+impl Buffer {
+    /// Takes a place in the buffer, or counts a drop.
+    fn reserve(&self) -> bool {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        true
     }
 
     fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl MachineTracer {
+    fn push(&self, item: impl FnOnce(u64) -> Item) {
+        if self.buffer.reserve() && self.tx.send(item(self.buffer.dropped())).is_err() {
+            // The task is gone (telemetry shut down): nothing will read it.
+            self.buffer.queued.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -133,55 +156,32 @@ impl Tracer for MachineTracer {
     fn transition_end(&self, trace: &TransitionTrace<'_>) {
         let errors =
             std::mem::take(&mut *self.errors.lock().unwrap_or_else(PoisonError::into_inner));
-        let record = TransitionRecord::of(
-            self.at.clone(),
-            trace,
-            errors,
-            &self.redaction,
-            now_ms(),
-            self.dropped(),
-        );
-        self.push(Record::Transition(record));
+        self.push(|dropped| Item::Transition(RawTransition::of(trace, errors, now_ms(), dropped)));
     }
 
-    fn mutation_sent(&self, _machine: &str, schema: &Schema, mutation: &Mutation) {
-        let record = SentRecord {
-            at: self.at.clone(),
-            time_ms: now_ms(),
-            kind: kind_name(mutation.kind).to_owned(),
-            called: mutation
-                .states
-                .iter()
-                .filter(|&&s| s < schema.len())
-                .map(|&s| schema.name(s).to_owned())
-                .collect(),
-            args: self.redaction.args(mutation),
-            origin: mutation.origin.as_deref().map(str::to_owned),
-            dropped: self.dropped(),
-        };
-        self.push(Record::Sent(record));
+    fn mutation_sent(&self, _machine: &str, _schema: &Schema, mutation: &Mutation) {
+        self.push(|dropped| Item::Sent(mutation.clone(), now_ms(), dropped));
     }
 
     fn schema_change(&self, _source: &dyn StateSource, _old: &Schema) {
         // The task sends the new schema: it holds the source.
-        if self.tx.try_send(Item::SchemaChanged).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.push(|_| Item::SchemaChanged);
     }
 
     fn machine_dispose(&self, _machine: &str) {
-        self.push(Record::Dispose(self.at.clone()));
+        self.push(|_| Item::Dispose);
     }
 }
 
-/// What a machine's buffer holds. Records go in unboxed: a box would be one more allocation
-/// on the machine's thread per transition, and the channel allocates its slots in small blocks
-/// as they fill.
-#[allow(clippy::large_enum_variant)]
+/// What a machine's buffer holds: copies taken on the machine's thread; the task makes the
+/// records.
 enum Item {
-    Record(Record),
+    Transition(RawTransition),
+    /// A mutation a mirror sent, when, and the drops so far.
+    Sent(Mutation, u64, u64),
     /// The schema changed: the task sends the machine's record again.
     SchemaChanged,
+    Dispose,
 }
 
 /// What the node's status is, asked every half second.
@@ -190,8 +190,10 @@ pub type StatusFn = Arc<dyn Fn() -> NodeStatus + Send + Sync>;
 struct Attached {
     at: MachineRef,
     source: Arc<dyn StateSource>,
-    rx: mpsc::Receiver<Item>,
-    dropped: Arc<AtomicU64>,
+    rx: std::sync::mpsc::Receiver<Item>,
+    buffer: Arc<Buffer>,
+    /// The clock of the machine's last record: what the next one's `changed` is against.
+    last_clock: Vec<u64>,
 }
 
 enum Control {
@@ -208,11 +210,10 @@ type Bound = (Arc<dyn StateSource>, TracerId);
 pub struct Telemetry {
     node: String,
     config: Arc<TelemetryConfig>,
-    redaction: Arc<Redaction>,
     control: mpsc::UnboundedSender<Control>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
     tracers: Arc<Mutex<Vec<Bound>>>,
-    drops: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
+    buffers: Arc<Mutex<Vec<Arc<Buffer>>>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -232,12 +233,11 @@ impl Telemetry {
         let task = tokio::spawn(run(node.to_owned(), config.clone(), rx));
         Telemetry {
             node: node.to_owned(),
-            redaction: Arc::new(config.redaction.clone()),
             config,
             control,
             task: Arc::new(Mutex::new(Some(task))),
             tracers: Arc::default(),
-            drops: Arc::default(),
+            buffers: Arc::default(),
         }
     }
 
@@ -248,19 +248,21 @@ impl Telemetry {
             node: self.node.clone(),
             machine: name.to_owned(),
         };
-        let (tx, rx) = mpsc::channel(self.config.capacity.max(1));
-        let dropped = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let buffer = Arc::new(Buffer {
+            queued: AtomicUsize::new(0),
+            capacity: self.config.capacity.max(1),
+            dropped: AtomicU64::new(0),
+        });
         let tracer = Arc::new(MachineTracer {
-            at: at.clone(),
             tx,
-            dropped: dropped.clone(),
-            redaction: self.redaction.clone(),
+            buffer: buffer.clone(),
             errors: Mutex::new(Vec::new()),
         });
-        self.drops
+        self.buffers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(dropped.clone());
+            .push(buffer.clone());
         let id = source.bind_tracer(tracer);
         self.tracers
             .lock()
@@ -270,7 +272,8 @@ impl Telemetry {
             at,
             source,
             rx,
-            dropped,
+            buffer,
+            last_clock: Vec::new(),
         }));
     }
 
@@ -282,11 +285,11 @@ impl Telemetry {
 
     /// Records dropped so far over all machines (their buffers were full).
     pub fn dropped(&self) -> u64 {
-        self.drops
+        self.buffers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|d| d.load(Ordering::Relaxed))
+            .map(|b| b.dropped())
             .sum()
     }
 
@@ -324,35 +327,35 @@ impl Telemetry {
     }
 }
 
-fn machine_record(
-    at: &MachineRef,
-    source: &dyn StateSource,
-    listen: &[String],
-    dropped: u64,
-) -> Record {
-    let schema = source.schema();
+/// The machine's record (schema, clock, listeners); its clock is what the next transition's
+/// `changed` is against.
+fn machine_record(m: &mut Attached, listen: &[String]) -> Record {
+    let schema = m.source.schema();
+    let clock = m.source.clock();
+    m.last_clock.clone_from(&clock);
     Record::Machine(MachineRecord {
-        at: at.clone(),
-        id: source.id().to_owned(),
-        parent_id: source.parent_id(),
-        upstream: source.upstream().map(|u| u.endpoint),
+        at: m.at.clone(),
+        id: m.source.id().to_owned(),
+        parent_id: m.source.parent_id(),
+        upstream: m.source.upstream().map(|u| u.endpoint),
         listen: listen.to_vec(),
         states: schema.def().states.clone(),
-        clock: source.clock(),
-        queue_tick: source.queue_tick(),
+        clock,
+        queue_tick: m.source.queue_tick(),
         time_ms: now_ms(),
-        dropped,
+        dropped: m.buffer.dropped(),
     })
 }
 
-/// The node's task: connects, says what each machine is, then writes records as they come
-/// and the status every half second; reconnects with backoff when the collector goes away
-/// (meanwhile the buffers fill and then drop).
+/// The node's task: connects, says what each machine is, then every few milliseconds writes
+/// what the buffers hold, and the status every half second; reconnects with backoff when the
+/// collector goes away (meanwhile the buffers fill and then drop).
 async fn run(
     node: String,
     config: Arc<TelemetryConfig>,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
+    let redaction = config.redaction.clone();
     let mut machines: Vec<Attached> = Vec::new();
     let mut status: Option<StatusFn> = None;
     let mut listen: Vec<String> = Vec::new();
@@ -385,18 +388,12 @@ async fn run(
         info!(%node, address = %config.address, "telemetry: connected to the collector");
         backoff = BACKOFF_MIN;
         let mut out = String::new();
-        for m in &machines {
-            push_line(
-                &mut out,
-                &machine_record(
-                    &m.at,
-                    &*m.source,
-                    &listen,
-                    m.dropped.load(Ordering::Relaxed),
-                ),
-            );
+        for m in &mut machines {
+            push_line(&mut out, &machine_record(m, &listen));
         }
         let mut every = tokio::time::interval(STATUS_EVERY);
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
             if !out.is_empty() {
                 if let Err(e) = stream.write_all(out.as_bytes()).await {
@@ -412,20 +409,22 @@ async fn run(
             }
             tokio::select! {
                 ctl = control.recv() => match ctl {
-                    Some(Control::Attach(a)) => {
-                        push_line(&mut out, &machine_record(&a.at, &*a.source, &listen, 0));
+                    Some(Control::Attach(mut a)) => {
+                        push_line(&mut out, &machine_record(&mut a, &listen));
                         machines.push(a);
                     }
                     Some(Control::Status(s, l)) => { status = Some(s); listen = l; }
                     Some(Control::Flush(done)) => {
-                        drain_ready(&mut machines, &listen, &mut out);
+                        while drain_ready(&mut machines, &listen, &redaction, &mut out) == BATCH {}
                         flushes.push(done);
                     }
-                    None => { drain_ready(&mut machines, &listen, &mut out); closed = true; }
+                    None => {
+                        while drain_ready(&mut machines, &listen, &redaction, &mut out) == BATCH {}
+                        closed = true;
+                    }
                 },
-                (i, item) = next_record(&mut machines) => {
-                    push_record(&mut out, &machines[i], item, &listen);
-                    drain_ready(&mut machines, &listen, &mut out);
+                _ = drain.tick() => {
+                    drain_ready(&mut machines, &listen, &redaction, &mut out);
                 }
                 _ = every.tick() => {
                     if let Some(status) = &status {
@@ -451,41 +450,59 @@ fn push_line(out: &mut String, record: &Record) {
 }
 
 /// What a tracer buffered, as a line.
-fn push_record(out: &mut String, m: &Attached, item: Item, listen: &[String]) {
-    match item {
-        Item::SchemaChanged => push_line(
-            out,
-            &machine_record(&m.at, &*m.source, listen, m.dropped.load(Ordering::Relaxed)),
-        ),
-        Item::Record(record) => push_line(out, &record),
-    }
+fn push_record(
+    out: &mut String,
+    m: &mut Attached,
+    item: Item,
+    listen: &[String],
+    redaction: &Redaction,
+) {
+    let record = match item {
+        Item::SchemaChanged => machine_record(m, listen),
+        Item::Dispose => Record::Dispose(m.at.clone()),
+        Item::Sent(mutation, time_ms, dropped) => Record::Sent(SentRecord::from_raw(
+            m.at.clone(),
+            &mutation,
+            &m.source.schema(),
+            redaction,
+            time_ms,
+            dropped,
+        )),
+        Item::Transition(raw) => {
+            let record = TransitionRecord::from_raw(
+                m.at.clone(),
+                raw,
+                &m.source.schema(),
+                &m.last_clock,
+                redaction,
+            );
+            m.last_clock.clone_from(&record.clock);
+            Record::Transition(record)
+        }
+    };
+    push_line(out, &record);
 }
 
-/// Takes what the buffers hold now, up to a batch.
-fn drain_ready(machines: &mut [Attached], listen: &[String], out: &mut String) {
+/// Takes what the buffers hold now, up to a batch, round robin; returns how many.
+fn drain_ready(
+    machines: &mut [Attached],
+    listen: &[String],
+    redaction: &Redaction,
+    out: &mut String,
+) -> usize {
     let mut taken = 0;
     let mut pending: VecDeque<usize> = (0..machines.len()).collect();
     while let Some(i) = pending.pop_front() {
         if taken >= BATCH {
             break;
         }
-        if let Ok(item) = machines[i].rx.try_recv() {
-            push_record(out, &machines[i], item, listen);
+        let m = &mut machines[i];
+        if let Ok(item) = m.rx.try_recv() {
+            m.buffer.queued.fetch_sub(1, Ordering::AcqRel);
+            push_record(out, m, item, listen, redaction);
             taken += 1;
             pending.push_back(i);
         }
     }
-}
-
-/// The next item of any machine's buffer (pending while all are empty or closed).
-async fn next_record(machines: &mut [Attached]) -> (usize, Item) {
-    poll_fn(|cx| {
-        for (i, m) in machines.iter_mut().enumerate() {
-            if let Poll::Ready(Some(item)) = m.rx.poll_recv(cx) {
-                return Poll::Ready((i, item));
-            }
-        }
-        Poll::Pending
-    })
-    .await
+    taken
 }
