@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::history::{DEFAULT_MAX_ENTRIES, Entry, Filter, History};
 use super::record::{MAX_LINE, Record};
+use super::reorder::{DEFAULT_WINDOW_MS, Reorder};
 use super::sender::now_ms;
 use crate::http;
 
@@ -84,6 +85,8 @@ pub enum CollectorError {
 
 struct Inner {
     history: Mutex<History>,
+    /// Records held a moment to be put in the order they happened (`super::reorder`).
+    reorder: Mutex<Reorder>,
     /// Each new entry, as the console's JSON.
     live: broadcast::Sender<Arc<str>>,
     senders: AtomicUsize,
@@ -130,6 +133,7 @@ impl Collector {
         let console = bind(config.console.clone()).await?;
         let inner = Arc::new(Inner {
             history: Mutex::new(history),
+            reorder: Mutex::new(Reorder::new(DEFAULT_WINDOW_MS)),
             live: broadcast::channel(LIVE_BUFFER).0,
             senders: AtomicUsize::new(0),
             consoles: AtomicUsize::new(0),
@@ -156,7 +160,12 @@ impl Collector {
             telemetry,
             collector.stop.subscribe(),
         ));
-        tokio::spawn(accept_consoles(inner, console, collector.stop.subscribe()));
+        tokio::spawn(accept_consoles(
+            inner.clone(),
+            console,
+            collector.stop.subscribe(),
+        ));
+        tokio::spawn(release_due(inner, collector.stop.subscribe()));
         info!(telemetry = %collector.telemetry_addr, console = %collector.console_addr, "collector listening");
         Ok(collector)
     }
@@ -180,8 +189,10 @@ impl Collector {
         f(&self.inner.history())
     }
 
-    /// Writes the history to `path` (zstd-compressed dump lines).
+    /// Writes the history to `path` (zstd-compressed dump lines), with the records still held
+    /// for ordering.
     pub fn export(&self, path: &Path) -> Result<(), CollectorError> {
+        release(&self.inner, u64::MAX);
         let text = {
             let history = self.inner.history();
             let mut text = String::new();
@@ -288,7 +299,15 @@ async fn read_sender(inner: &Inner, mut stream: TcpStream) -> Result<(), String>
                 continue;
             }
             let record = Record::from_line(line).map_err(|e| e.to_string())?;
-            ingest(inner, record);
+            if matches!(record, Record::Status(_)) {
+                ingest(inner, [record]);
+            } else {
+                inner
+                    .reorder
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(record, now_ms());
+            }
         }
         buf.drain(..start);
         if buf.len() > MAX_LINE {
@@ -300,10 +319,36 @@ async fn read_sender(inner: &Inner, mut stream: TcpStream) -> Result<(), String>
 /// How many recent entries a hop's record may complete the hops of.
 const RELINK: usize = 64;
 
-fn ingest(inner: &Inner, record: Record) {
+/// How often held records are looked at.
+const RELEASE_EVERY: Duration = Duration::from_millis(5);
+
+async fn release_due(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(RELEASE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => release(&inner, now_ms()),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Takes into the history what the reorder window lets go at `now_ms`.
+fn release(inner: &Inner, now_ms: u64) {
+    let due = inner
+        .reorder
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .release(now_ms);
+    if !due.is_empty() {
+        ingest(inner, due);
+    }
+}
+
+fn ingest(inner: &Inner, records: impl IntoIterator<Item = Record>) {
     let mut messages = Vec::new();
-    {
-        let mut history = inner.history();
+    let mut history = inner.history();
+    for record in records {
         let status = match &record {
             Record::Status(s) => Some(json!({"t": "status", "status": s})),
             _ => None,

@@ -6,6 +6,8 @@
 //! - `history`: the collector's history and the questions asked of it (filters, every
 //!   machine's clock at an entry, stepping, the hops of a forwarded mutation, export and
 //!   import as lines); no I/O;
+//! - `reorder`: records of different nodes put back in the order they happened (held for a
+//!   short window, sorted by the sender's time); no I/O;
 //! - `sender` (`net`): the tracer bound to each machine (a bounded buffer filled with
 //!   `try_send`, drops counted) and the node's task that writes the buffers to the collector;
 //! - `collector` (`net`): the listener for senders, the dump files and the console (an HTTP
@@ -17,6 +19,7 @@
 pub mod collector;
 pub mod history;
 pub mod record;
+pub mod reorder;
 #[cfg(feature = "net")]
 pub mod sender;
 

@@ -68,7 +68,7 @@ pub struct MachineRecord {
     pub states: Vec<StateDef>,
     pub clock: Vec<u64>,
     pub queue_tick: u64,
-    pub time_ms: u64,
+    pub time_us: u64,
     /// Records of this machine dropped so far because its buffer was full.
     pub dropped: u64,
 }
@@ -77,8 +77,8 @@ pub struct MachineRecord {
 pub struct TransitionRecord {
     #[serde(flatten)]
     pub at: MachineRef,
-    /// Wall time on the sender, milliseconds since the Unix epoch.
-    pub time_ms: u64,
+    /// Wall time on the sender, microseconds since the Unix epoch.
+    pub time_us: u64,
     /// `add`, `remove` or `set`; `None` for a mirror's update (it knows what changed, not
     /// why).
     pub kind: Option<String>,
@@ -106,7 +106,7 @@ pub struct TransitionRecord {
 pub struct SentRecord {
     #[serde(flatten)]
     pub at: MachineRef,
-    pub time_ms: u64,
+    pub time_us: u64,
     pub kind: String,
     pub called: Vec<String>,
     pub args: Vec<(String, String)>,
@@ -203,7 +203,7 @@ fn outcome_name(outcome: Option<Outcome>, local: bool) -> &'static str {
 /// formatting (the sending task makes the record, [`TransitionRecord::from_raw`]).
 #[derive(Debug, Clone)]
 pub struct RawTransition {
-    pub time_ms: u64,
+    pub time_us: u64,
     /// A copy of the mutation (`None` for a mirror's update).
     pub mutation: Option<Mutation>,
     pub outcome: Option<Outcome>,
@@ -218,11 +218,11 @@ impl RawTransition {
     pub fn of(
         trace: &TransitionTrace<'_>,
         errors: Vec<String>,
-        time_ms: u64,
+        time_us: u64,
         dropped: u64,
     ) -> Self {
         RawTransition {
-            time_ms,
+            time_us,
             mutation: trace.mutation.cloned(),
             outcome: trace.outcome,
             queue_tick: trace.queue_tick,
@@ -262,7 +262,7 @@ impl TransitionRecord {
         let mutation = raw.mutation.as_ref();
         TransitionRecord {
             at,
-            time_ms: raw.time_ms,
+            time_us: raw.time_us,
             kind: mutation.map(|m| kind_name(m.kind).to_owned()),
             called: mutation
                 .map(|m| names(schema, &m.states))
@@ -285,10 +285,10 @@ impl TransitionRecord {
         trace: &TransitionTrace<'_>,
         errors: Vec<String>,
         redaction: &Redaction,
-        time_ms: u64,
+        time_us: u64,
         dropped: u64,
     ) -> Self {
-        let raw = RawTransition::of(trace, errors, time_ms, dropped);
+        let raw = RawTransition::of(trace, errors, time_us, dropped);
         Self::from_raw(at, raw, trace.schema, trace.before, redaction)
     }
 }
@@ -300,12 +300,12 @@ impl SentRecord {
         mutation: &Mutation,
         schema: &Schema,
         redaction: &Redaction,
-        time_ms: u64,
+        time_us: u64,
         dropped: u64,
     ) -> Self {
         SentRecord {
             at,
-            time_ms,
+            time_us,
             kind: kind_name(mutation.kind).to_owned(),
             called: names(schema, &mutation.states),
             args: redaction.args(mutation),
@@ -511,7 +511,7 @@ mod tests {
         );
         let many = Record::Sent(SentRecord {
             at: at(),
-            time_ms: 0,
+            time_us: 0,
             kind: "add".into(),
             called: vec![],
             args: vec![("a".into(), "b".into()); MAX_ITEMS + 1],

@@ -88,9 +88,14 @@ impl TelemetryConfig {
 }
 
 pub(crate) fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// Wall time in microseconds: records of one host sort in the order they happened.
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// A machine's side: the tracer bound to it. Per transition it copies what the record needs
@@ -156,11 +161,11 @@ impl Tracer for MachineTracer {
     fn transition_end(&self, trace: &TransitionTrace<'_>) {
         let errors =
             std::mem::take(&mut *self.errors.lock().unwrap_or_else(PoisonError::into_inner));
-        self.push(|dropped| Item::Transition(RawTransition::of(trace, errors, now_ms(), dropped)));
+        self.push(|dropped| Item::Transition(RawTransition::of(trace, errors, now_us(), dropped)));
     }
 
     fn mutation_sent(&self, _machine: &str, _schema: &Schema, mutation: &Mutation) {
-        self.push(|dropped| Item::Sent(mutation.clone(), now_ms(), dropped));
+        self.push(|dropped| Item::Sent(mutation.clone(), now_us(), dropped));
     }
 
     fn schema_change(&self, _source: &dyn StateSource, _old: &Schema) {
@@ -342,7 +347,7 @@ fn machine_record(m: &mut Attached, listen: &[String]) -> Record {
         states: schema.def().states.clone(),
         clock,
         queue_tick: m.source.queue_tick(),
-        time_ms: now_ms(),
+        time_us: now_us(),
         dropped: m.buffer.dropped(),
     })
 }
@@ -460,12 +465,12 @@ fn push_record(
     let record = match item {
         Item::SchemaChanged => machine_record(m, listen),
         Item::Dispose => Record::Dispose(m.at.clone()),
-        Item::Sent(mutation, time_ms, dropped) => Record::Sent(SentRecord::from_raw(
+        Item::Sent(mutation, time_us, dropped) => Record::Sent(SentRecord::from_raw(
             m.at.clone(),
             &mutation,
             &m.source.schema(),
             redaction,
-            time_ms,
+            time_us,
             dropped,
         )),
         Item::Transition(raw) => {

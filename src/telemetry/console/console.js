@@ -245,7 +245,7 @@ function rowFor(e) {
   const via = e.hops ? e.hops.join(" ← ") : (r.origin ? "from " + r.origin : "");
   const tr = el("tr", { "data-seq": String(e.seq), "data-machine": keyOf(r), "data-kind": kindOf(r), "data-shown-ms": String(Date.now()) },
     el("td", { class: "num", text: String(e.seq) }),
-    el("td", { class: "time", text: timeText(r.time_ms || e.received_ms) }),
+    el("td", { class: "time", text: timeText(r.time_us ? r.time_us / 1000 : e.received_ms) }),
     el("td", { text: keyOf(r) }),
     el("td", { text: kindOf(r) + (r.auto ? " (auto)" : "") }),
     statesCell,

@@ -19,7 +19,7 @@ fn machine(node: &str, clock: Vec<u64>) -> Record {
         states: vec![StateDef::new("A"), StateDef::new("B")],
         clock,
         queue_tick: 0,
-        time_ms: 0,
+        time_us: 0,
         dropped: 0,
     })
 }
@@ -27,7 +27,7 @@ fn machine(node: &str, clock: Vec<u64>) -> Record {
 fn transition(node: &str, clock: Vec<u64>, called: &[&str], origin: Option<&str>) -> Record {
     Record::Transition(TransitionRecord {
         at: at(node),
-        time_ms: 0,
+        time_us: 0,
         kind: origin.map(|_| "add".into()).or(Some("add".into())),
         called: called.iter().map(|s| s.to_string()).collect(),
         args: vec![],
@@ -54,7 +54,7 @@ fn update(node: &str, clock: Vec<u64>) -> Record {
 fn sent(node: &str, called: &[&str], origin: Option<&str>) -> Record {
     Record::Sent(SentRecord {
         at: at(node),
-        time_ms: 0,
+        time_us: 0,
         kind: "add".into(),
         called: called.iter().map(|s| s.to_string()).collect(),
         args: vec![],
