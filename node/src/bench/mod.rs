@@ -20,7 +20,8 @@ use asyncmachine::machine::{Schema, StateDef};
 use asyncmachine::transport::{Scheme, TlsConfig, TransportConfig};
 
 /// Telemetry of a benchmark's machine when `AM_DEBUG` names a collector (to measure what
-/// telemetry costs: BENCHMARKS.md); `None` without it, or outside a tokio runtime.
+/// telemetry costs: BENCHMARKS.md); `None` without it, or outside a tokio runtime. With
+/// `AM_BENCH_NULL_TRACER`, a tracer that does nothing is bound first.
 pub fn telemetry_from_env(
     node: &str,
     name: &str,
