@@ -110,6 +110,9 @@ struct MachineTracer {
     /// Errors of the handlers of the running transition (one transition at a time runs on a
     /// machine; the lock is never held across anything but a push or a take).
     errors: Mutex<Vec<String>>,
+    /// When the running transition began (µs): its record's time. Taken at the start, as
+    /// mirrors may apply its clock before the machine's `transition_end` runs.
+    started_us: AtomicU64,
 }
 
 /// A machine's buffer: how much it holds, its bound, what it dropped.
@@ -146,6 +149,10 @@ impl MachineTracer {
 }
 
 impl Tracer for MachineTracer {
+    fn transition_init(&self, _trace: &TransitionTrace<'_>) {
+        self.started_us.store(now_us(), Ordering::Relaxed);
+    }
+
     fn handler_end(
         &self,
         _transition: &TransitionTrace<'_>,
@@ -265,6 +272,7 @@ impl Telemetry {
             tx,
             buffer: buffer.clone(),
             errors: Mutex::new(Vec::new()),
+            started_us: AtomicU64::new(0),
         });
         self.buffers
             .lock()

@@ -416,17 +416,17 @@ function outsideClients(n) {
   const names = new Set([...S.machines.keys()].map((k) => k.split("/")[0]));
   return (st?.status?.clients || []).filter((c) => !names.has(c.id));
 }
-function clientsHeight(n) { return outsideClients(n).length ? 26 : 0; }
+function clientsHeight(n) { return outsideClients(n).length ? 34 : 0; }
 function drawClients(g, n, x, y) {
   const list = outsideClients(n);
-  list.slice(0, 5).forEach((c, i) => {
+  list.slice(0, 3).forEach((c, i) => {
     const cg = svg("g", { class: "client" });
-    cg.append(svg("circle", { cx: x + 14 + i * 32, cy: y + 10, r: 7 }));
-    cg.append(svg("text", { x: x + 6 + i * 32, y: y + 24 }, c.id.slice(0, 6)));
+    cg.append(svg("circle", { cx: x + 16 + i * 50, cy: y + 8, r: 6 }));
+    cg.append(svg("text", { x: x + 16 + i * 50, y: y + 24, "text-anchor": "middle" }, c.id.length > 8 ? c.id.slice(0, 7) + "…" : c.id));
     cg.append(svg("title", {}, `client ${c.id} of ${c.source} (${c.peer})`));
     g.append(cg);
   });
-  if (list.length > 5) g.append(svg("text", { x: x + 14 + 5 * 32, y: y + 14 }, `+${list.length - 5}`));
+  if (list.length > 3) g.append(svg("text", { x: x + 16 + 3 * 50, y: y + 12, "text-anchor": "end" }, `+${list.length - 3}`));
 }
 
 // ---- the machines ----
