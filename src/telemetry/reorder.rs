@@ -12,10 +12,18 @@ pub const DEFAULT_WINDOW_MS: u64 = 25;
 /// Most records held; past it, everything held is released.
 pub const MAX_HELD: usize = 100_000;
 
-/// The sender's time of a record, where it has one.
+/// How much later than its time a mirror's update sorts. Threads of one host can read the
+/// wall clock tens of microseconds apart (virtual CPUs), enough for a mirror's update to be
+/// timed before the source's transition that caused it; an update always comes a hop (over
+/// 10 µs) after its cause, so sorting it this much later puts it back after its cause, and
+/// moves it past nothing else but transitions of the same 100 µs.
+pub const MIRROR_UPDATE_LAG_US: u64 = 100;
+
+/// The time a record sorts by, where it has one.
 fn time_us(record: &Record) -> Option<u64> {
     match record {
         Record::Machine(m) => Some(m.time_us),
+        Record::Transition(t) if t.kind.is_none() => Some(t.time_us + MIRROR_UPDATE_LAG_US),
         Record::Transition(t) => Some(t.time_us),
         Record::Sent(s) => Some(s.time_us),
         Record::Status(_) | Record::Dispose(_) => None,
@@ -101,7 +109,7 @@ mod tests {
                 machine: "m".into(),
             },
             time_us,
-            kind: None,
+            kind: Some("add".into()),
             called: vec![],
             args: vec![],
             outcome: "update".into(),
@@ -131,6 +139,18 @@ mod tests {
         assert_eq!(r.next_due(), Some(125));
         assert_eq!(nodes(&r.release(125)), vec!["root", "mirror"]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_mirrors_update_timed_just_before_its_cause_sorts_after_it() {
+        let mut r = Reorder::new(25);
+        let Record::Transition(mut update) = at(1_000, "mirror") else {
+            unreachable!()
+        };
+        update.kind = None;
+        r.push(Record::Transition(update), 0);
+        r.push(at(1_030, "root"), 1);
+        assert_eq!(nodes(&r.release(30)), vec!["root", "mirror"]);
     }
 
     #[test]
