@@ -158,7 +158,7 @@ function onAt(m) {
   markRows();
   schedule();
   const row = document.querySelector(`#log tr[data-seq="${m.seq}"]`);
-  if (row) row.scrollIntoView({ block: "nearest" });
+  if (row) row.scrollIntoView({ block: "center" });
 }
 
 // ---- time travel ----
