@@ -304,3 +304,38 @@ async fn handler_errors_and_drops_are_recorded() {
     .await;
     telemetry.shutdown().await;
 }
+
+/// A mutation made while the machine is busy (from a handler) is reported as queued, then as
+/// the transition it becomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_mutation_is_reported_queued_then_run() {
+    let collector = collector().await;
+    let root = Machine::builder(abc_schema()).id("root").build();
+    root.on_state("A", |e| e.machine().add(&["B"], Args::new()).map(drop))
+        .expect("A exists");
+    let telemetry = attach(&collector, "root", Arc::new(root.clone()));
+    eventually("the machine's record", || {
+        collector.with_history(|h| h.machine("root/worker").is_some())
+    })
+    .await;
+    root.add(&["A"], Args::new()).expect("taken in");
+    eventually("B queued, then run", || {
+        collector.with_history(|h| {
+            let outcomes: Vec<(Vec<String>, String)> = h
+                .entries()
+                .filter_map(|e| match &e.record {
+                    Record::Transition(t) => Some((t.called.clone(), t.outcome.clone())),
+                    _ => None,
+                })
+                .collect();
+            let at = |called: &str, outcome: &str| {
+                outcomes
+                    .iter()
+                    .position(|(c, o)| c == &[called] && o == outcome)
+            };
+            matches!((at("B", "queued"), at("B", "executed")), (Some(q), Some(x)) if q < x)
+        })
+    })
+    .await;
+    telemetry.shutdown().await;
+}

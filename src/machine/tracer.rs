@@ -4,6 +4,7 @@
 //! A tracer is bound with [`StateSource::bind_tracer`] and called on the thread that runs the
 //! transition, outside the machine's lock (it may read the machine). Every hook has an empty
 //! default, so a tracer implements only what it needs. The order, for one mutation:
+//! `mutation_queued` when the machine was busy and the mutation waits in its queue, then
 //! `transition_init` (resolved, before any handler), `transition_start` (the handlers are about
 //! to run; not when the relations refused it), `handler_start` and `handler_end` around each
 //! handler, `transition_end` (with the outcome and the clock after), and `queue_end` when the
@@ -123,6 +124,9 @@ pub trait Tracer: Send + Sync {
     }
     /// The queue ran empty.
     fn queue_end(&self, _machine: &Machine) {}
+    /// The machine was busy: `mutation` waits in its queue and will run as the transition of
+    /// queue tick `tick` (its `transition_*` hooks come then). Never on a mirror.
+    fn mutation_queued(&self, _machine: &str, _schema: &Schema, _mutation: &Mutation, _tick: u64) {}
     /// A mirror sent `mutation` to its source (its [`Mutation::origin`] says which client of
     /// the mirror's node asked for it, when one did); called before the answer, on the
     /// caller's thread. Never on a machine: its mutations are transitions.

@@ -85,7 +85,8 @@ pub struct TransitionRecord {
     pub called: Vec<String>,
     /// Argument name and its value as text (redacted or cut: see [`Redaction`]).
     pub args: Vec<(String, String)>,
-    /// `executed`, `canceled` or `queued`; `update` for a mirror's update.
+    /// `executed` or `canceled`; `queued` for a mutation the busy machine queued (it is
+    /// reported again when it runs); `update` for a mirror's update.
     pub outcome: String,
     pub auto: bool,
     pub queue_tick: u64,
@@ -290,6 +291,38 @@ impl TransitionRecord {
     ) -> Self {
         let raw = RawTransition::of(trace, errors, time_us, dropped);
         Self::from_raw(at, raw, trace.schema, trace.before, redaction)
+    }
+}
+
+impl TransitionRecord {
+    /// The record of a mutation the machine queued (it was busy): outcome `queued`, no change,
+    /// `clock` as the machine's previous record left it, `queue_tick` the tick it will run as.
+    #[allow(clippy::too_many_arguments)]
+    pub fn queued(
+        at: MachineRef,
+        mutation: &Mutation,
+        schema: &Schema,
+        clock: Vec<u64>,
+        redaction: &Redaction,
+        time_us: u64,
+        tick: u64,
+        dropped: u64,
+    ) -> Self {
+        TransitionRecord {
+            at,
+            time_us,
+            kind: Some(kind_name(mutation.kind).to_owned()),
+            called: names(schema, &mutation.states),
+            args: redaction.args(mutation),
+            outcome: "queued".to_owned(),
+            auto: mutation.is_auto(),
+            queue_tick: tick,
+            clock,
+            changed: Vec::new(),
+            errors: Vec::new(),
+            origin: mutation.origin.as_deref().map(str::to_owned),
+            dropped,
+        }
     }
 }
 

@@ -173,6 +173,10 @@ impl Tracer for MachineTracer {
         self.push(|dropped| Item::Transition(RawTransition::of(trace, errors, now_us(), dropped)));
     }
 
+    fn mutation_queued(&self, _machine: &str, _schema: &Schema, mutation: &Mutation, tick: u64) {
+        self.push(|dropped| Item::Queued(mutation.clone(), now_us(), tick, dropped));
+    }
+
     fn mutation_sent(&self, _machine: &str, _schema: &Schema, mutation: &Mutation) {
         self.push(|dropped| Item::Sent(mutation.clone(), now_us(), dropped));
     }
@@ -193,6 +197,8 @@ enum Item {
     Transition(RawTransition),
     /// A mutation a mirror sent, when, and the drops so far.
     Sent(Mutation, u64, u64),
+    /// A mutation the machine queued, when, the queue tick it will run as, the drops so far.
+    Queued(Mutation, u64, u64, u64),
     /// The schema changed: the task sends the machine's record again.
     SchemaChanged,
     Dispose,
@@ -483,6 +489,18 @@ fn push_record(
             time_us,
             dropped,
         )),
+        Item::Queued(mutation, time_us, tick, dropped) => {
+            Record::Transition(TransitionRecord::queued(
+                m.at.clone(),
+                &mutation,
+                &m.source.schema(),
+                m.last_clock.clone(),
+                redaction,
+                time_us,
+                tick,
+                dropped,
+            ))
+        }
         Item::Transition(raw) => {
             let record = TransitionRecord::from_raw(
                 m.at.clone(),
