@@ -124,6 +124,11 @@ pub trait Tracer: Send + Sync {
     }
     /// The queue ran empty.
     fn queue_end(&self, _machine: &Machine) {}
+    /// Whether [`Tracer::mutation_queued`] is wanted now: asked under the machine's lock (so:
+    /// an atomic read, nothing more), before the machine copies the mutation for it.
+    fn wants_queued(&self) -> bool {
+        false
+    }
     /// The machine was busy: `mutation` waits in its queue and will run as the transition of
     /// queue tick `tick` (its `transition_*` hooks come then). Never on a mirror.
     fn mutation_queued(&self, _machine: &str, _schema: &Schema, _mutation: &Mutation, _tick: u64) {}

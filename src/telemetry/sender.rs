@@ -173,6 +173,11 @@ impl Tracer for MachineTracer {
         self.push(|dropped| Item::Transition(RawTransition::of(trace, errors, now_us(), dropped)));
     }
 
+    fn wants_queued(&self) -> bool {
+        // A full buffer would drop it: then the machine need not copy it.
+        self.buffer.queued.load(Ordering::Relaxed) < self.buffer.capacity
+    }
+
     fn mutation_queued(&self, _machine: &str, _schema: &Schema, mutation: &Mutation, tick: u64) {
         self.push(|dropped| Item::Queued(mutation.clone(), now_us(), tick, dropped));
     }
