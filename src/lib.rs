@@ -63,6 +63,7 @@ pub mod metrics;
 pub mod printable;
 pub mod proto;
 mod replica;
+pub mod telemetry;
 
 #[cfg(feature = "net")]
 pub mod certs;

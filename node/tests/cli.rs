@@ -693,6 +693,37 @@ fn diagram_of_bad_input_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("no machine named \"x<y>\""),
+#[test]
+fn dbg_and_run_debug_explain_bad_addresses_and_dumps() {
+    let out = am_node(&[
+        "run",
+        "../topologies/demo.toml",
+        "--debug",
+        "ws://127.0.0.1:1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--debug") && stderr.contains("tcp://host:port"),
+        "{stderr}"
+    );
+    let dir = std::env::temp_dir().join(format!("am-dbg-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let bad = dir.join("bad.amdbg");
+    std::fs::write(&bad, b"not a dump").expect("writes");
+    let out = am_node(&[
+        "dbg",
+        "--listen",
+        "127.0.0.1:0",
+        "--console",
+        "127.0.0.1:0",
+        "--import",
+        bad.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--import") && stderr.contains("--export"),
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -128,6 +128,10 @@ pub struct Mutation {
     /// Its identity across retries and hops, once a mirror sent it (or a server received it);
     /// `None` for a mutation made on a local machine.
     pub key: Option<MutationKey>,
+    /// Who asked for it, when a server runs it for a client: that client's id (a node's
+    /// mirrors use the node's name). Not sent on the wire: each hop of a tree sets its own,
+    /// and telemetry (`crate::telemetry`) links the hops. Tracers see it.
+    pub origin: Option<Arc<str>>,
 }
 
 impl Mutation {
@@ -139,12 +143,19 @@ impl Mutation {
             args,
             auto: false,
             key: None,
+            origin: None,
         }
     }
 
     /// The same mutation with an idempotency key (a server passing on what a client sent).
     pub fn with_key(mut self, key: Option<MutationKey>) -> Self {
         self.key = key;
+        self
+    }
+
+    /// The same mutation, asked for by the client `client` (see [`Mutation::origin`]).
+    pub fn with_origin(mut self, client: &str) -> Self {
+        self.origin = Some(Arc::from(client));
         self
     }
 

@@ -4,6 +4,7 @@
 //! A tracer is bound with [`StateSource::bind_tracer`] and called on the thread that runs the
 //! transition, outside the machine's lock (it may read the machine). Every hook has an empty
 //! default, so a tracer implements only what it needs. The order, for one mutation:
+//! `mutation_queued` when the machine was busy and the mutation waits in its queue, then
 //! `transition_init` (resolved, before any handler), `transition_start` (the handlers are about
 //! to run; not when the relations refused it), `handler_start` and `handler_end` around each
 //! handler, `transition_end` (with the outcome and the clock after), and `queue_end` when the
@@ -16,7 +17,8 @@
 //! not why) and the states that became active or inactive as its steps; its final handlers
 //! ([`super::FinalHandlers`]) run between start and end. `machine_init` runs when the tracer is
 //! bound, `schema_change` when its source's schema changes, `machine_dispose` when the mirror
-//! is disposed; `handler_*` and `queue_end` never run on a mirror.
+//! is disposed; `handler_*` and `queue_end` never run on a mirror. A mirror calls
+//! `mutation_sent` for each mutation it sends up (a machine never does).
 //!
 //! The steps of a transition are what the resolution decided and what the handlers did, in
 //! order: the states requested, those that become active or inactive and which handler ran.
@@ -131,6 +133,18 @@ pub trait Tracer: Send + Sync {
     }
     /// The queue ran empty.
     fn queue_end(&self, _machine: &Machine) {}
+    /// Whether [`Tracer::mutation_queued`] is wanted now: asked under the machine's lock (so:
+    /// an atomic read, nothing more), before the machine copies the mutation for it.
+    fn wants_queued(&self) -> bool {
+        false
+    }
+    /// The machine was busy: `mutation` waits in its queue and will run as the transition of
+    /// queue tick `tick` (its `transition_*` hooks come then). Never on a mirror.
+    fn mutation_queued(&self, _machine: &str, _schema: &Schema, _mutation: &Mutation, _tick: u64) {}
+    /// A mirror sent `mutation` to its source (its [`Mutation::origin`] says which client of
+    /// the mirror's node asked for it, when one did); called before the answer, on the
+    /// caller's thread. Never on a machine: its mutations are transitions.
+    fn mutation_sent(&self, _machine: &str, _schema: &Schema, _mutation: &Mutation) {}
     /// The schema was enlarged (on a mirror: its source's schema changed); `old` is the one
     /// before.
     fn schema_change(&self, _source: &dyn StateSource, _old: &Schema) {}

@@ -20,6 +20,7 @@ use crate::mirror::{Mirror, MirrorConfig, MirrorError};
 use crate::printable::printable;
 use crate::proto::Compression;
 use crate::server::{Server, ServerConfig, ServerError};
+use crate::telemetry::{Telemetry, TelemetryConfig, TelemetryError};
 use crate::topology::{DriverSpec, MachineKind, MachinePlan, NodePlan, Topology};
 use crate::transport::{Endpoint, TlsConfig, TlsError, TransportConfig};
 
@@ -97,6 +98,14 @@ pub enum NodeError {
         /// What went wrong with its file.
         error: DurableError,
     },
+    /// Telemetry could not be turned on for the node (its `debug` address).
+    #[error("node {node}: {error}")]
+    Telemetry {
+        /// The node's name.
+        node: String,
+        /// What went wrong.
+        error: TelemetryError,
+    },
     /// A root machine's `start` states could not be activated (unknown, or its relations
     /// refused them).
     #[error("node {node}: machine {machine} cannot start: {reason}")]
@@ -122,6 +131,7 @@ pub struct RunningNode {
     drivers: Vec<JoinHandle<()>>,
     admin: Option<std::net::SocketAddr>,
     admin_stop: tokio::sync::watch::Sender<bool>,
+    telemetry: Option<Telemetry>,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -242,6 +252,12 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
             })?;
         endpoints.push(endpoint);
     }
+    let telemetry = start_telemetry(plan, &server, &machines, &endpoints).map_err(|error| {
+        NodeError::Telemetry {
+            node: plan.name.clone(),
+            error,
+        }
+    })?;
     info!(node = %plan.name, machines = machines.len(), listeners = ?endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), "node started");
     Ok(RunningNode {
         name: plan.name.clone(),
@@ -253,7 +269,43 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
         drivers,
         admin,
         admin_stop,
+        telemetry,
     })
+}
+
+/// Telemetry of every machine of the node, when the plan's `debug` or `AM_DEBUG` names a
+/// collector (`AM_DEBUG_REDACT` replaces the words of the redaction rule).
+fn start_telemetry(
+    plan: &NodePlan,
+    server: &Server,
+    machines: &[(String, Arc<dyn StateSource>)],
+    endpoints: &[Endpoint],
+) -> Result<Option<Telemetry>, TelemetryError> {
+    let config = match &plan.debug {
+        Some(address) => Some(TelemetryConfig::new(address).map(|mut config| {
+            if let Ok(list) = std::env::var("AM_DEBUG_REDACT") {
+                config.redaction = crate::telemetry::Redaction::from_list(&list);
+            }
+            config
+        })),
+        None => TelemetryConfig::from_env(),
+    };
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let config = config?;
+    info!(node = %plan.name, collector = %config.address, "sending telemetry");
+    let telemetry = Telemetry::start(&plan.name, config);
+    // The listeners first: each machine's first record names them.
+    let status_of = server.clone();
+    telemetry.set_status(
+        Arc::new(move || status_of.status()),
+        endpoints.iter().map(ToString::to_string).collect(),
+    );
+    for (name, source) in machines {
+        telemetry.attach(name, source.clone());
+    }
+    Ok(Some(telemetry))
 }
 
 /// A root machine; with a state file, a [`DurableMachine`] restored from it when the file
@@ -357,6 +409,9 @@ impl RunningNode {
     pub async fn shutdown(self) {
         for driver in &self.drivers {
             driver.abort();
+        }
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.shutdown().await;
         }
         self.admin_stop.send_replace(true);
         for mirror in &self.mirrors {

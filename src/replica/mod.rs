@@ -147,7 +147,17 @@ impl ReplicaCore {
     }
 
     /// `[add] A B (args)` in the log, at `Ops`: a mutation sent to the source.
+    /// Tracers hear of it too (`Tracer::mutation_sent`).
     pub fn log_mutation(&self, mutation: &Mutation) {
+        let (tracers, schema) = {
+            let replica = self.lock();
+            (replica.tracers.snapshot(), replica.schema.clone())
+        };
+        if !tracers.is_empty() {
+            for (_, tracer) in tracers.iter() {
+                tracer.mutation_sent(&self.id, &schema, mutation);
+            }
+        }
         if self.log.shows(LogLevel::Ops) {
             let schema = self.lock().schema.clone();
             if mutation.states.iter().all(|&s| s < schema.len()) {

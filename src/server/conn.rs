@@ -297,6 +297,12 @@ async fn read_loop(
             for event in events.drain(..) {
                 match event {
                     ServerEvent::Mutate { id, mutation } => {
+                        // Who asked, for the source's tracers (telemetry links the hops).
+                        let client = outlet.lock().session.client_id().map(str::to_owned);
+                        let mutation = match client {
+                            Some(client) => mutation.with_origin(&client),
+                            None => mutation,
+                        };
                         let started = std::time::Instant::now();
                         let client = outlet.lock().session.client_id().map(str::to_owned);
                         let result = run_once(inner, hub, client.as_deref(), mutation).await;

@@ -144,6 +144,8 @@ pub struct NodePlan {
     pub acl: Acl,
     /// Address of the admin listener (/metrics, /healthz), if any.
     pub admin: Option<String>,
+    /// The collector the node sends telemetry to (`debug`; else `AM_DEBUG`), if any.
+    pub debug: Option<String>,
     /// Where the node is written, for errors found when it starts.
     pub lines: NodeLines,
 }

@@ -111,6 +111,16 @@ fn plan_node(
         ));
     }
     let limits = limits(cx, n.limits.as_ref(), n.push_interval_ms)?;
+    if let Some(debug) = &n.debug
+        && let Err(e) = crate::telemetry::TelemetryConfig::new(debug.get_ref())
+    {
+        return Err(cx.err(
+            debug.span(),
+            format!("node {node_name:?}: {e}"),
+            "debug is the address `am-node dbg` listens on for telemetry, e.g. \
+             debug = \"tcp://127.0.0.1:6831\"",
+        ));
+    }
     Ok(NodePlan {
         listen: nodes.listeners[node_name.as_str()].clone(),
         machines,
@@ -119,6 +129,7 @@ fn plan_node(
         tls,
         acl,
         admin: n.admin.as_ref().map(|a| a.get_ref().clone()),
+        debug: n.debug.as_ref().map(|d| d.get_ref().clone()),
         lines: NodeLines {
             file: cx.file().to_owned(),
             node: cx.line(&n.name.span()),

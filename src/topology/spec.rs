@@ -61,6 +61,9 @@ pub(super) struct NodeSpec {
     pub admin: Option<Spanned<String>>,
     /// Where the node's root machines keep their state (relative to the topology file).
     pub state_dir: Option<Spanned<String>>,
+    /// Send telemetry of every machine to this collector (`am-node dbg`), e.g.
+    /// "tcp://127.0.0.1:6831".
+    pub debug: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -584,3 +584,23 @@ machines = [{ name = "m", schema = "s", state_dir = "state/." }]
         "a file of its own",
     );
 }
+
+#[test]
+fn a_nodes_debug_names_a_tcp_collector() {
+    let mid = "listen = [\"tcp://127.0.0.1:7701\"]";
+    let t = parse_str(&TREE.replace(mid, &format!("{mid}\ndebug = \"tcp://127.0.0.1:6831\"")))
+        .expect("valid");
+    assert_eq!(
+        t.node("mid").and_then(|n| n.debug.clone()).as_deref(),
+        Some("tcp://127.0.0.1:6831")
+    );
+    assert_eq!(t.node("root").and_then(|n| n.debug.clone()), None);
+    for bad in ["ws://127.0.0.1:6831", "127.0.0.1:6831", "tcp://"] {
+        refused(
+            &TREE.replace(mid, &format!("{mid}\ndebug = \"{bad}\"")),
+            24,
+            "telemetry address",
+            "am-node dbg",
+        );
+    }
+}

@@ -10,10 +10,29 @@ pub mod proxy;
 pub mod relay;
 pub mod sgp;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use asyncmachine::machine::StateSource;
+use asyncmachine::telemetry::{Telemetry, TelemetryConfig};
 
 use asyncmachine::machine::{Schema, StateDef};
 use asyncmachine::transport::{Scheme, TlsConfig, TransportConfig};
+
+/// Telemetry of a benchmark's machine when `AM_DEBUG` names a collector (to measure what
+/// telemetry costs: BENCHMARKS.md); `None` without it, or outside a tokio runtime. With
+/// `AM_BENCH_NULL_TRACER`, a tracer that does nothing is bound first.
+pub fn telemetry_from_env(
+    node: &str,
+    name: &str,
+    source: Arc<dyn StateSource>,
+) -> Option<Telemetry> {
+    tokio::runtime::Handle::try_current().ok()?;
+    let config: TelemetryConfig = TelemetryConfig::from_env()?.ok()?;
+    let telemetry = Telemetry::start(node, config);
+    telemetry.attach(name, source);
+    Some(telemetry)
+}
 
 /// The schema the chain and fanout scenarios flip: one multi state, `Tick`, and its position.
 fn tick_schema() -> Result<(Schema, usize), BenchError> {

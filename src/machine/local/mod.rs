@@ -650,11 +650,24 @@ impl Machine {
                 let done = track.then(|| Arc::new(OutcomeSlot::default()));
                 core.pending_ticks += 1;
                 let tick = core.queue_tick + core.pending_ticks;
+                // Tracers hear of it outside the lock (a copy only when someone traces).
+                let traced = core
+                    .handlers
+                    .tracers()
+                    .iter()
+                    .any(|(_, t)| t.wants_queued())
+                    .then(|| (core.handlers.clone(), core.schema.clone(), mutation.clone()));
                 core.queue.push_back(Queued {
                     item: Item::Mutation(mutation),
                     done: done.iter().cloned().collect(),
                     tick: Some(tick),
                 });
+                drop(guard);
+                if let Some((handlers, schema, mutation)) = traced {
+                    for (_, tracer) in handlers.tracers().iter().filter(|(_, t)| t.wants_queued()) {
+                        tracer.mutation_queued(&self.shared.id, &schema, &mutation, tick);
+                    }
+                }
                 return Ok(Submitted::Queued(done, tick));
             }
             core.start_processing();

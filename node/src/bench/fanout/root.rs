@@ -35,6 +35,8 @@ pub(super) struct LocalRoot {
     pub(super) endpoint: Endpoint,
     /// The position of `Tick`.
     tick: usize,
+    /// With `AM_DEBUG`: the root's telemetry (kept for the run).
+    _telemetry: Option<asyncmachine::telemetry::Telemetry>,
 }
 
 impl LocalRoot {
@@ -67,11 +69,14 @@ impl LocalRoot {
             .await
             .map_err(|e| setup("binding", &e))?
             .with_machine("fan");
+        let telemetry =
+            crate::bench::telemetry_from_env("bench-root", "fan", Arc::new(machine.clone()));
         Ok(LocalRoot {
             machine,
             server,
             endpoint,
             tick,
+            _telemetry: telemetry,
         })
     }
 

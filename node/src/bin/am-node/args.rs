@@ -48,6 +48,33 @@ pub(crate) struct RunArgs {
     /// Print what the nodes hold this often (milliseconds); 0 for never.
     #[arg(long, default_value_t = 1000)]
     pub(crate) report_ms: u64,
+    /// Send telemetry of every machine of every node to this collector (`am-node dbg`), e.g.
+    /// tcp://127.0.0.1:6831; overrides the file's `debug` and AM_DEBUG.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) debug: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DbgArgs {
+    /// Where nodes send telemetry (host:port; a node's `debug` is tcp://THIS).
+    #[arg(long, default_value = "127.0.0.1:6831")]
+    pub(crate) listen: String,
+    /// Where the web console is served (host:port).
+    #[arg(long, default_value = "127.0.0.1:6832")]
+    pub(crate) console: String,
+    /// Most entries kept in memory; the oldest go first.
+    #[arg(long, default_value_t = asyncmachine::telemetry::history::DEFAULT_MAX_ENTRIES)]
+    pub(crate) max_entries: usize,
+    /// Start from a dump written by --export (TELEMETRY.md describes the format).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) import: Option<PathBuf>,
+    /// Write the history to FILE (zstd-compressed JSON lines) every --export-every seconds
+    /// and when stopped.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) export: Option<PathBuf>,
+    /// How often --export writes, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) export_every: u64,
 }
 
 /// TLS material for tls://, quic:// and wss:// endpoints.

@@ -41,6 +41,9 @@ enum Command {
     /// Runs the nodes of a topology file (all of them, or those named with --node) until
     /// Ctrl-C or SIGTERM.
     Run(RunArgs),
+    /// The debugger: collects telemetry from nodes (their `debug` address, or `run --debug`)
+    /// and serves a web console of the whole tree, live, with time travel.
+    Dbg(DbgArgs),
     /// Mirrors a machine and prints its active states whenever they change.
     Watch(WatchArgs),
     /// Activates states of a machine. Exit code 3 when canceled, 1 on errors.
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run(args) => runtime(2).and_then(|rt| rt.block_on(run(&args))),
+        Command::Dbg(args) => runtime(2).and_then(|rt| rt.block_on(dbg_command(&args))),
         Command::Watch(args) => runtime(1).and_then(|rt| rt.block_on(watch(&args))),
         Command::Add(args) => {
             runtime(1).and_then(|rt| rt.block_on(mutate(MutationKind::Add, &args)))

@@ -20,7 +20,13 @@ use crate::args::*;
 pub(crate) const EXIT_CANCELED: u8 = 3;
 
 pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let topology = asyncmachine::topology::load(&args.file)?;
+    let mut topology = asyncmachine::topology::load(&args.file)?;
+    if let Some(address) = &args.debug {
+        asyncmachine::telemetry::TelemetryConfig::new(address).context("--debug")?;
+        for node in &mut topology.nodes {
+            node.debug = Some(address.clone());
+        }
+    }
     let running = asyncmachine::node::start_topology(&topology, &args.nodes).await?;
     let mut out = std::io::stdout();
     for node in running.nodes() {
@@ -433,5 +439,67 @@ pub(crate) fn certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
         out,
         "use them in a topology: tls = {{ cert = \"NAME.pem\", key = \"NAME.key\", ca = \"ca.pem\" }}"
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `am-node dbg`: the collector and its console until Ctrl-C; with --export, the history is
+/// written every --export-every seconds and when stopped.
+pub(crate) async fn dbg_command(args: &DbgArgs) -> anyhow::Result<ExitCode> {
+    use asyncmachine::telemetry::History;
+    use asyncmachine::telemetry::collector::{self, Collector, CollectorConfig};
+    let history = match &args.import {
+        Some(path) => collector::import(path, args.max_entries)
+            .context("--import: the file must be a dump written by `am-node dbg --export`")?,
+        None => History::new(args.max_entries),
+    };
+    let imported = history.entries().len();
+    let collector = Collector::start(
+        CollectorConfig {
+            telemetry: args.listen.clone(),
+            console: args.console.clone(),
+            max_entries: args.max_entries,
+        },
+        history,
+    )
+    .await?;
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "am-dbg: telemetry on tcp://{} (a node's debug address), console at {}{}",
+        collector.telemetry_addr(),
+        collector.console_url(),
+        if imported > 0 {
+            format!("; {imported} entries imported")
+        } else {
+            String::new()
+        }
+    )?;
+    let export = |collector: &Collector| -> anyhow::Result<()> {
+        if let Some(path) = &args.export {
+            collector
+                .export(path)
+                .with_context(|| format!("--export {}", path.display()))?;
+        }
+        Ok(())
+    };
+    let saving = async {
+        let mut every = tokio::time::interval(Duration::from_secs(args.export_every.max(1)));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if let Err(e) = export(&collector) {
+                tracing::warn!(error = %format!("{e:#}"), "cannot write the history");
+            }
+        }
+    };
+    tokio::select! {
+        _ = asyncmachine::node::shutdown_signal() => {}
+        () = saving, if args.export.is_some() => {}
+    }
+    collector.shutdown();
+    export(&collector)?;
+    if let Some(path) = &args.export {
+        writeln!(out, "history written to {}", path.display())?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,507 @@
+//! A collector's history, without I/O: every record from every node in the order it arrived
+//! (numbered), bounded; each machine's latest schema and clock; each node's latest status;
+//! and the questions a debugger asks of it: which entries match a filter, what every
+//! machine's clock was at an entry (time travel), the next or previous transition from an
+//! entry, and through which hops a forwarded mutation came. Export and import as lines (the
+//! dump format of TELEMETRY.md; the driver compresses them).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::record::{MachineRecord, Record, RecordError, StatusRecord};
+
+/// Most entries kept by default; the oldest go first.
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+/// Most hops followed back from a transition.
+pub const MAX_HOPS: usize = 32;
+/// How many entries around a transition are searched for the hop that sent it.
+const HOP_WINDOW: usize = 1024;
+/// The first line of a dump.
+pub const DUMP_FORMAT: &str = "am-dbg-dump";
+pub const DUMP_VERSION: u32 = 1;
+
+/// One record as the collector keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Position in the collector's order, from 1, never reused.
+    pub seq: u64,
+    /// Wall time at the collector, ms since the Unix epoch.
+    pub received_ms: u64,
+    pub record: Record,
+}
+
+/// What the collector knows of a machine now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineView {
+    /// `node/machine`.
+    pub key: String,
+    /// The latest `Machine` record (schema, upstream, listeners); `None` until one came.
+    pub info: Option<MachineRecord>,
+    pub clock: Vec<u64>,
+    pub queue_tick: u64,
+    /// The sequence of its latest entry.
+    pub last_seq: u64,
+    /// Records its node dropped (its buffer was full), as last reported.
+    pub dropped: u64,
+    pub disposed: bool,
+}
+
+/// Which entries a console wants to see; every given field must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    /// `node/machine`.
+    pub machine: Option<String>,
+    /// A state called, or whose tick changed.
+    pub state: Option<String>,
+    /// `add`, `remove`, `set`, `update` (a mirror's), `sent`, `machine`, `dispose`.
+    pub kind: Option<String>,
+    /// `executed`, `canceled`, `queued`, `update`.
+    pub outcome: Option<String>,
+}
+
+/// A line of a dump.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "d", rename_all = "snake_case")]
+enum DumpLine {
+    Header {
+        format: String,
+        version: u32,
+        next_seq: u64,
+        evicted: u64,
+    },
+    /// A machine's clock before the oldest entry kept.
+    Base {
+        key: String,
+        clock: Vec<u64>,
+    },
+    Entry(Entry),
+    Machine(MachineView),
+    Status(StatusRecord),
+}
+
+/// Why a dump could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DumpError {
+    #[error("line {line}: {error}")]
+    Line { line: usize, error: String },
+    #[error(
+        "not an am-dbg dump (its first line is not the header); export one with `am-node dbg --export`"
+    )]
+    NoHeader,
+    #[error("dump version {0} is not supported; this build reads version {DUMP_VERSION}")]
+    Version(u32),
+    #[error("line {line}: {error}")]
+    Record { line: usize, error: RecordError },
+}
+
+/// The history of a collector.
+#[derive(Debug, Clone)]
+pub struct History {
+    max_entries: usize,
+    entries: VecDeque<Entry>,
+    next_seq: u64,
+    evicted: u64,
+    machines: BTreeMap<String, MachineView>,
+    /// Each machine's clock before the oldest entry kept.
+    base: BTreeMap<String, Vec<u64>>,
+    nodes: BTreeMap<String, StatusRecord>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History::new(DEFAULT_MAX_ENTRIES)
+    }
+}
+
+fn entry_clock(record: &Record) -> Option<(&[u64], u64)> {
+    match record {
+        Record::Machine(m) => Some((&m.clock, m.queue_tick)),
+        Record::Transition(t) => Some((&t.clock, t.queue_tick)),
+        _ => None,
+    }
+}
+
+impl History {
+    pub fn new(max_entries: usize) -> Self {
+        History {
+            max_entries: max_entries.max(1),
+            entries: VecDeque::new(),
+            next_seq: 1,
+            evicted: 0,
+            machines: BTreeMap::new(),
+            base: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    /// Takes a record in; returns its entry's sequence (`None` for a node's status, which is
+    /// kept as the node's latest, not as an entry).
+    pub fn ingest(&mut self, record: Record, now_ms: u64) -> Option<u64> {
+        if let Record::Status(status) = record {
+            self.nodes.insert(status.node.clone(), status);
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.apply(&record, seq);
+        self.entries.push_back(Entry {
+            seq,
+            received_ms: now_ms,
+            record,
+        });
+        while self.entries.len() > self.max_entries {
+            if let Some(old) = self.entries.pop_front() {
+                self.evicted += 1;
+                if let (Some(at), Some((clock, _))) =
+                    (old.record.machine(), entry_clock(&old.record))
+                {
+                    self.base.insert(at.key(), clock.to_vec());
+                }
+            }
+        }
+        Some(seq)
+    }
+
+    fn apply(&mut self, record: &Record, seq: u64) {
+        let Some(at) = record.machine() else {
+            return;
+        };
+        let key = at.key();
+        let view = self
+            .machines
+            .entry(key.clone())
+            .or_insert_with(|| MachineView {
+                key,
+                info: None,
+                clock: Vec::new(),
+                queue_tick: 0,
+                last_seq: 0,
+                dropped: 0,
+                disposed: false,
+            });
+        view.last_seq = seq;
+        match record {
+            Record::Machine(m) => {
+                view.info = Some(m.clone());
+                view.clock = m.clock.clone();
+                view.queue_tick = m.queue_tick;
+                view.dropped = m.dropped;
+                view.disposed = false;
+            }
+            Record::Transition(t) => {
+                view.clock = t.clock.clone();
+                view.queue_tick = t.queue_tick;
+                view.dropped = t.dropped;
+            }
+            Record::Sent(s) => view.dropped = s.dropped,
+            Record::Dispose(_) => view.disposed = true,
+            Record::Status(_) => {}
+        }
+    }
+
+    pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Entry> + ExactSizeIterator {
+        self.entries.iter()
+    }
+
+    /// The entry with this sequence, if still kept.
+    pub fn entry(&self, seq: u64) -> Option<&Entry> {
+        let first = self.entries.front()?.seq;
+        let at = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.entries.get(at)
+    }
+
+    /// The sequence the next entry will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Entries dropped to stay within the bound.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    pub fn machines(&self) -> impl Iterator<Item = &MachineView> {
+        self.machines.values()
+    }
+
+    pub fn machine(&self, key: &str) -> Option<&MachineView> {
+        self.machines.get(key)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &StatusRecord> {
+        self.nodes.values()
+    }
+
+    /// Entries after `seq` that match, the newest `limit` of them, oldest first.
+    pub fn query(&self, after: u64, filter: &Filter, limit: usize) -> Vec<&Entry> {
+        let mut found: Vec<&Entry> = self
+            .entries
+            .iter()
+            .rev()
+            .take_while(|e| e.seq > after)
+            .filter(|e| filter.matches(e, self))
+            .take(limit)
+            .collect();
+        found.reverse();
+        found
+    }
+
+    /// Every machine's clock right after entry `seq` (time travel): each machine's latest
+    /// clock at or before it. Machines that had not appeared yet are left out.
+    pub fn clocks_at(&self, seq: u64) -> BTreeMap<String, Vec<u64>> {
+        let mut clocks = self.base.clone();
+        for entry in self.entries.iter().take_while(|e| e.seq <= seq) {
+            if let (Some(at), Some((clock, _))) =
+                (entry.record.machine(), entry_clock(&entry.record))
+            {
+                clocks.insert(at.key(), clock.to_vec());
+            }
+        }
+        clocks
+    }
+
+    /// The next (`forward`) or previous transition from `seq` that matches `filter` (of any
+    /// machine, or one: step across machines or along one).
+    pub fn step(&self, seq: u64, forward: bool, filter: &Filter) -> Option<u64> {
+        let is_step =
+            |e: &&Entry| matches!(e.record, Record::Transition(_)) && filter.matches(e, self);
+        if forward {
+            self.entries
+                .iter()
+                .filter(|e| e.seq > seq)
+                .find(is_step)
+                .map(|e| e.seq)
+        } else {
+            self.entries
+                .iter()
+                .rev()
+                .filter(|e| e.seq < seq)
+                .find(is_step)
+                .map(|e| e.seq)
+        }
+    }
+
+    /// Through which clients a transition's mutation came, nearest first: the client that
+    /// asked this machine's server, then the client that asked that node's mirror, and so on
+    /// to the one that started it. Each hop is a `Sent` record of the node the previous hop
+    /// names, with the same kind and states, nearest in the history (records of different
+    /// nodes arrive on different connections, so it may come just after).
+    pub fn hops(&self, seq: u64) -> Vec<String> {
+        let Some(entry) = self.entry(seq) else {
+            return Vec::new();
+        };
+        let Record::Transition(t) = &entry.record else {
+            return Vec::new();
+        };
+        let (Some(kind), Some(first)) = (&t.kind, &t.origin) else {
+            return Vec::new();
+        };
+        let Some(front) = self.entries.front() else {
+            return Vec::new();
+        };
+        let mut pos = (seq - front.seq) as usize;
+        let mut hops = vec![first.clone()];
+        let mut next = first.clone();
+        while hops.len() < MAX_HOPS {
+            let lo = pos.saturating_sub(HOP_WINDOW);
+            let hi = (pos + HOP_WINDOW).min(self.entries.len());
+            let is_hop = |i: &usize| match &self.entries[*i].record {
+                Record::Sent(s) => s.at.node == next && &s.kind == kind && s.called == t.called,
+                _ => false,
+            };
+            let found = (lo..pos)
+                .rev()
+                .find(is_hop)
+                .or_else(|| (pos + 1..hi).find(is_hop));
+            let Some(at) = found else {
+                break;
+            };
+            let Record::Sent(sent) = &self.entries[at].record else {
+                break;
+            };
+            match &sent.origin {
+                Some(origin) if !hops.contains(origin) => {
+                    hops.push(origin.clone());
+                    next = origin.clone();
+                    pos = at;
+                }
+                _ => break,
+            }
+        }
+        hops
+    }
+
+    /// The history as dump lines (JSON, one a line, without line feeds).
+    pub fn export_lines(&self) -> impl Iterator<Item = String> + '_ {
+        let header = DumpLine::Header {
+            format: DUMP_FORMAT.into(),
+            version: DUMP_VERSION,
+            next_seq: self.next_seq,
+            evicted: self.evicted,
+        };
+        let base = self.base.iter().map(|(key, clock)| DumpLine::Base {
+            key: key.clone(),
+            clock: clock.clone(),
+        });
+        let entries = self.entries.iter().cloned().map(DumpLine::Entry);
+        let machines = self.machines.values().cloned().map(DumpLine::Machine);
+        let nodes = self.nodes.values().cloned().map(DumpLine::Status);
+        std::iter::once(header)
+            .chain(base)
+            .chain(entries)
+            .chain(machines)
+            .chain(nodes)
+            .map(|line| serde_json::to_string(&line).unwrap_or_default())
+    }
+
+    /// A history from dump lines, kept within `max_entries` (the oldest dropped). Each line is
+    /// bounded and every record checked as one from a sender is.
+    pub fn import_lines<'a>(
+        lines: impl IntoIterator<Item = &'a [u8]>,
+        max_entries: usize,
+    ) -> Result<History, DumpError> {
+        let mut history = History::new(max_entries);
+        let mut seen_header = false;
+        for (i, line) in lines.into_iter().enumerate() {
+            let n = i + 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if line.len() > super::record::MAX_LINE * 4 {
+                return Err(DumpError::Line {
+                    line: n,
+                    error: "line too long".into(),
+                });
+            }
+            let parsed: DumpLine = serde_json::from_slice(line).map_err(|e| DumpError::Line {
+                line: n,
+                error: e.to_string(),
+            })?;
+            match parsed {
+                DumpLine::Header {
+                    format,
+                    version,
+                    next_seq,
+                    evicted,
+                } => {
+                    if format != DUMP_FORMAT || seen_header {
+                        return Err(DumpError::NoHeader);
+                    }
+                    if version != DUMP_VERSION {
+                        return Err(DumpError::Version(version));
+                    }
+                    seen_header = true;
+                    history.next_seq = next_seq.max(1);
+                    history.evicted = evicted;
+                }
+                _ if !seen_header => return Err(DumpError::NoHeader),
+                DumpLine::Base { key, clock } => {
+                    if clock.len() > super::record::MAX_STATES {
+                        return Err(DumpError::Line {
+                            line: n,
+                            error: "too many ticks".into(),
+                        });
+                    }
+                    history.base.insert(key, clock);
+                }
+                DumpLine::Entry(entry) => {
+                    entry
+                        .record
+                        .check()
+                        .map_err(|error| DumpError::Record { line: n, error })?;
+                    if history.entries.back().is_some_and(|e| e.seq >= entry.seq)
+                        || entry.seq >= history.next_seq
+                    {
+                        return Err(DumpError::Line {
+                            line: n,
+                            error: "entries out of order".into(),
+                        });
+                    }
+                    history.entries.push_back(entry);
+                    if history.entries.len() > history.max_entries {
+                        history.entries.pop_front();
+                        history.evicted += 1;
+                    }
+                }
+                DumpLine::Machine(view) => {
+                    if let Some(info) = &view.info {
+                        Record::Machine(info.clone())
+                            .check()
+                            .map_err(|error| DumpError::Record { line: n, error })?;
+                    }
+                    history.machines.insert(view.key.clone(), view);
+                }
+                DumpLine::Status(status) => {
+                    Record::Status(status.clone())
+                        .check()
+                        .map_err(|error| DumpError::Record { line: n, error })?;
+                    history.nodes.insert(status.node.clone(), status);
+                }
+            }
+        }
+        if !seen_header {
+            return Err(DumpError::NoHeader);
+        }
+        Ok(history)
+    }
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self == &Filter::default()
+    }
+
+    /// Whether the entry is one the filter lets through (`history` names the states of a
+    /// change).
+    pub fn matches(&self, entry: &Entry, history: &History) -> bool {
+        let record = &entry.record;
+        if let Some(machine) = &self.machine
+            && record.machine().is_none_or(|m| &m.key() != machine)
+        {
+            return false;
+        }
+        let (kind, outcome, called): (&str, Option<&str>, &[String]) = match record {
+            Record::Transition(t) => (
+                t.kind.as_deref().unwrap_or("update"),
+                Some(t.outcome.as_str()),
+                &t.called,
+            ),
+            Record::Sent(s) => ("sent", None, &s.called),
+            Record::Machine(_) => ("machine", None, &[]),
+            Record::Dispose(_) => ("dispose", None, &[]),
+            Record::Status(_) => ("status", None, &[]),
+        };
+        if self.kind.as_deref().is_some_and(|k| k != kind) {
+            return false;
+        }
+        if let Some(want) = &self.outcome
+            && outcome != Some(want.as_str())
+        {
+            return false;
+        }
+        if let Some(state) = &self.state {
+            let changed = match record {
+                Record::Transition(t) => history
+                    .machines
+                    .get(&t.at.key())
+                    .and_then(|m| m.info.as_ref())
+                    .is_some_and(|info| {
+                        t.changed.iter().any(|&i| {
+                            info.states
+                                .get(i as usize)
+                                .is_some_and(|s| &s.name == state)
+                        })
+                    }),
+                _ => false,
+            };
+            if !changed && !called.iter().any(|c| c == state) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;
