@@ -693,6 +693,11 @@ fn diagram_of_bad_input_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("no machine named \"x<y>\""),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn dbg_and_run_debug_explain_bad_addresses_and_dumps() {
     let out = am_node(&[
@@ -727,4 +732,69 @@ fn dbg_and_run_debug_explain_bad_addresses_and_dumps() {
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `add` to a node that is not up yet waits for it (saying so), then runs the mutation once;
+/// to a node that never comes it gives up at `--timeout` with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_waits_for_a_node_that_is_not_up_yet() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let at = format!("tcp://127.0.0.1:{port}/m");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_am-node"))
+        .args(["add", &at, "A", "--timeout", "20s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("am-node runs");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let said = tokio::time::timeout(LIMIT, stderr.next_line())
+        .await
+        .expect("says it waits in time")
+        .expect("reads")
+        .expect("a line");
+    assert!(said.contains("waiting for") && said.contains(&at), "{said}");
+    // The node comes up on that port.
+    let server = asyncmachine::server::Server::new(asyncmachine::server::ServerConfig::default());
+    let machine = asyncmachine::machine::Machine::builder(schema())
+        .id("root")
+        .build();
+    server
+        .add_source("m", std::sync::Arc::new(machine.clone()))
+        .expect("a source");
+    server
+        .listen(&format!("tcp://127.0.0.1:{port}").parse().expect("valid"))
+        .await
+        .expect("binds the port the command waits on");
+    let out = tokio::time::timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("ends in time")
+        .expect("its output");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Executed"));
+    assert!(machine.is1("A"));
+    assert_eq!(machine.tick("A"), 1, "ran once");
+
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let run = live::am_node(&[
+        "add",
+        &format!("tcp://127.0.0.1:{nobody}/m"),
+        "A",
+        "--timeout",
+        "300ms",
+    ])
+    .await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("gave up after --timeout 300ms"),
+        "{}",
+        run.stderr
+    );
 }

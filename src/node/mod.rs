@@ -190,6 +190,7 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
                 track,
                 compression,
                 token,
+                retry,
             } => {
                 let config = MirrorConfig {
                     client_id: plan.name.clone(),
@@ -198,6 +199,7 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
                     track: track.clone(),
                     token: token.clone(),
                     transport: transport.clone(),
+                    retry: *retry,
                     ..MirrorConfig::default()
                 };
                 let mirror =

@@ -53,6 +53,8 @@ pub struct CollectorConfig {
     pub telemetry: String,
     /// `host:port` for the console (port 0: any).
     pub console: String,
+    /// Most entries the history keeps in memory (the oldest go first); default
+    /// [`DEFAULT_MAX_ENTRIES`] (100 000), `--max-entries` of `am-node dbg`.
     pub max_entries: usize,
 }
 
@@ -69,16 +71,32 @@ impl Default for CollectorConfig {
 /// Why the collector could not start, or a dump could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
+    /// A listener could not bind (the address is in use, not local, or not `host:port`).
+    /// Pick a free address (`--listen`, `--console`), or port 0 for any.
     #[error("cannot listen on {address}: {error}; pick a free address or port 0")]
     Listen {
+        /// The `host:port` it tried.
         address: String,
+        /// Why the bind failed.
         error: std::io::Error,
     },
+    /// A dump could not be read or written: the file is missing or not readable, its
+    /// directory not writable, it is not zstd, or it decompresses to over [`MAX_DUMP_BYTES`].
+    /// Check the path and its permissions.
     #[error("dump {path}: {error}")]
-    Io { path: String, error: std::io::Error },
+    Io {
+        /// The dump's path.
+        path: String,
+        /// What the file system or the decompressor said.
+        error: std::io::Error,
+    },
+    /// A dump was read but its content was refused (not a dump, another version, a bad line:
+    /// see [`DumpError`](super::history::DumpError)).
     #[error("dump {path}: {error}")]
     Dump {
+        /// The dump's path.
         path: String,
+        /// What was wrong with its content.
         error: super::history::DumpError,
     },
 }
@@ -175,6 +193,8 @@ impl Collector {
         self.telemetry_addr
     }
 
+    /// Where the console is served (the bound address: a real port when port 0 was asked);
+    /// [`Collector::console_url`] gives it as a URL.
     pub fn console_addr(&self) -> std::net::SocketAddr {
         self.console_addr
     }
@@ -205,6 +225,8 @@ impl Collector {
         write_dump(path, text.as_bytes())
     }
 
+    /// Stops listening for senders and consoles and stops releasing held records; open
+    /// connections end. Export first to keep what is held ([`Collector::export`]).
     pub fn shutdown(&self) {
         self.stop.send_replace(true);
     }

@@ -19,6 +19,8 @@ pub const MAX_HOPS: usize = 32;
 const HOP_WINDOW: usize = 1024;
 /// The first line of a dump.
 pub const DUMP_FORMAT: &str = "am-dbg-dump";
+/// The dump format version this build writes and reads; a dump of another version is refused
+/// ([`DumpError::Version`]).
 pub const DUMP_VERSION: u32 = 1;
 
 /// One record as the collector keeps it.
@@ -28,6 +30,7 @@ pub struct Entry {
     pub seq: u64,
     /// Wall time at the collector, ms since the Unix epoch.
     pub received_ms: u64,
+    /// The record as the sender wrote it (and the collector checked it).
     pub record: Record,
 }
 
@@ -38,12 +41,16 @@ pub struct MachineView {
     pub key: String,
     /// The latest `Machine` record (schema, upstream, listeners); `None` until one came.
     pub info: Option<MachineRecord>,
+    /// Its latest clock: one tick per state, in schema order (odd = active); empty until a
+    /// `Machine` or `Transition` record came.
     pub clock: Vec<u64>,
+    /// Its latest queue tick (how many mutations it had processed), as last reported.
     pub queue_tick: u64,
     /// The sequence of its latest entry.
     pub last_seq: u64,
     /// Records its node dropped (its buffer was full), as last reported.
     pub dropped: u64,
+    /// Whether its node reported it disposed (a later `Machine` record clears it).
     pub disposed: bool,
 }
 
@@ -83,16 +90,34 @@ enum DumpLine {
 /// Why a dump could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DumpError {
+    /// A line could not be read: not JSON of a dump line, too long, too many ticks, or entries
+    /// out of `seq` order. The dump is damaged or was edited; export it again.
     #[error("line {line}: {error}")]
-    Line { line: usize, error: String },
+    Line {
+        /// The line's number, from 1.
+        line: usize,
+        /// What was wrong with it.
+        error: String,
+    },
+    /// The file is not a dump of this format: its first line is not the header (or a second
+    /// header follows). Import only files written by `am-node dbg --export`.
     #[error(
         "not an am-dbg dump (its first line is not the header); export one with `am-node dbg --export`"
     )]
     NoHeader,
+    /// The dump is of another format version (the one given); this build reads only
+    /// [`DUMP_VERSION`]. Import it with the `am-node` that wrote it.
     #[error("dump version {0} is not supported; this build reads version {DUMP_VERSION}")]
     Version(u32),
+    /// A record in the dump is past the bounds a collector holds a sender to
+    /// ([`RecordError`]). The dump was edited or written by another program.
     #[error("line {line}: {error}")]
-    Record { line: usize, error: RecordError },
+    Record {
+        /// The line's number, from 1.
+        line: usize,
+        /// Which bound the record broke.
+        error: RecordError,
+    },
 }
 
 /// The history of a collector.
@@ -123,6 +148,8 @@ fn entry_clock(record: &Record) -> Option<(&[u64], u64)> {
 }
 
 impl History {
+    /// An empty history keeping at most `max_entries` entries (at least 1; the oldest go
+    /// first). `am-node dbg` uses [`DEFAULT_MAX_ENTRIES`] unless `--max-entries` says.
     pub fn new(max_entries: usize) -> Self {
         History {
             max_entries: max_entries.max(1),
@@ -200,6 +227,7 @@ impl History {
         }
     }
 
+    /// The entries kept, oldest first (ascending `seq`).
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Entry> + ExactSizeIterator {
         self.entries.iter()
     }
@@ -221,14 +249,17 @@ impl History {
         self.evicted
     }
 
+    /// Every machine the collector has heard of, disposed ones included, by `node/machine`.
     pub fn machines(&self) -> impl Iterator<Item = &MachineView> {
         self.machines.values()
     }
 
+    /// The machine named `key` (`node/machine`), if the collector has heard of it.
     pub fn machine(&self, key: &str) -> Option<&MachineView> {
         self.machines.get(key)
     }
 
+    /// Each node's latest status, by node name.
     pub fn nodes(&self) -> impl Iterator<Item = &StatusRecord> {
         self.nodes.values()
     }
@@ -448,6 +479,7 @@ impl History {
 }
 
 impl Filter {
+    /// Whether no field is given (the filter lets every entry through).
     pub fn is_empty(&self) -> bool {
         self == &Filter::default()
     }

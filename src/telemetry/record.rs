@@ -42,7 +42,11 @@ pub enum Record {
 /// Which machine: the node and the name it serves the machine under.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MachineRef {
+    /// The node's name (its topology table, or what `Telemetry::start` was given); never
+    /// empty in a record a collector accepts.
     pub node: String,
+    /// The name the node serves the machine under (a mirror's: the name it is served as on
+    /// this node, not its source's).
     pub machine: String,
 }
 
@@ -53,28 +57,43 @@ impl MachineRef {
     }
 }
 
+/// A machine as a collector first meets it (record `machine`): its schema, clock and place in
+/// the tree. Sent for each machine on every (re)connection of its node, so a collector can
+/// name the positions of later transitions and draw the tree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MachineRecord {
+    /// Which machine (serialized flat: `node` and `machine` fields).
     #[serde(flatten)]
     pub at: MachineRef,
     /// The machine's own id (`StateSource::id`).
     pub id: String,
+    /// The id of the machine this one belongs to (`StateSource::parent_id`); `None` when it
+    /// has none.
     pub parent_id: Option<String>,
     /// For a mirror: the endpoint it mirrors (`tcp://host:port/name`).
     pub upstream: Option<String>,
     /// The node's listeners (real ports), so a collector can tell which node a mirror's
     /// upstream is.
     pub listen: Vec<String>,
+    /// The schema: each state's name and relations (`require`, `add`, `remove`, `after`) and
+    /// flags (`auto`, `multi`), in position order. At most [`MAX_STATES`].
     pub states: Vec<StateDef>,
+    /// The clock when the record was made: one tick per state, in schema order (a state is
+    /// active when its tick is odd). Later transitions' `changed` is against it.
     pub clock: Vec<u64>,
+    /// How many mutations the machine has processed (`StateSource::queue_tick`).
     pub queue_tick: u64,
+    /// Wall time on the sender when the record was made, microseconds since the Unix epoch.
     pub time_us: u64,
     /// Records of this machine dropped so far because its buffer was full.
     pub dropped: u64,
 }
 
+/// A transition of a machine, a mutation it queued, or an update of a mirror's clock (record
+/// `transition`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransitionRecord {
+    /// Which machine (serialized flat: `node` and `machine` fields).
     #[serde(flatten)]
     pub at: MachineRef,
     /// Wall time on the sender, microseconds since the Unix epoch.
@@ -82,17 +101,23 @@ pub struct TransitionRecord {
     /// `add`, `remove` or `set`; `None` for a mirror's update (it knows what changed, not
     /// why).
     pub kind: Option<String>,
+    /// The names of the states the mutation called, in its order; empty for a mirror's
+    /// update (see `changed`).
     pub called: Vec<String>,
     /// Argument name and its value as text (redacted or cut: see [`Redaction`]).
     pub args: Vec<(String, String)>,
     /// `executed` or `canceled`; `queued` for a mutation the busy machine queued (it is
     /// reported again when it runs); `update` for a mirror's update.
     pub outcome: String,
+    /// Whether the machine made the mutation itself, for its auto states.
     pub auto: bool,
+    /// The machine's queue tick while the transition ran; for a queued mutation, the tick it
+    /// will run as.
     pub queue_tick: u64,
     /// The clock after the transition.
     pub clock: Vec<u64>,
-    /// Positions whose tick changed.
+    /// Schema positions whose tick changed since the machine's previous record (so the changes
+    /// of dropped records are included); empty for a queued mutation.
     pub changed: Vec<u32>,
     /// Errors of the handlers that failed in this transition.
     pub errors: Vec<String>,
@@ -103,24 +128,40 @@ pub struct TransitionRecord {
     pub dropped: u64,
 }
 
+/// A mutation a mirror sent up to its source (record `sent`). The source reports the
+/// transition it led to; a collector links the two by node, kind and states
+/// (`History::hops`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SentRecord {
+    /// Which mirror (serialized flat: `node` and `machine` fields).
     #[serde(flatten)]
     pub at: MachineRef,
+    /// Wall time on the sender, microseconds since the Unix epoch.
     pub time_us: u64,
+    /// `add`, `remove` or `set`.
     pub kind: String,
+    /// The names of the states the mutation called, in its order.
     pub called: Vec<String>,
+    /// Argument name and its value as text (redacted or cut: see [`Redaction`]).
     pub args: Vec<(String, String)>,
     /// The client of this node that asked for it; `None` when the node itself did.
     pub origin: Option<String>,
+    /// Records of this machine dropped so far because its buffer was full.
     pub dropped: u64,
 }
 
+/// What a node serves and who is connected to it (record `status`), sent every 500 ms. A
+/// collector keeps only each node's latest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusRecord {
+    /// The node's name; never empty in a record a collector accepts.
     pub node: String,
+    /// Wall time on the sender, milliseconds (not µs) since the Unix epoch.
     pub time_ms: u64,
+    /// The node's listeners (real ports, e.g. `tcp://127.0.0.1:7001`).
     pub listen: Vec<String>,
+    /// The node's `Server::status`: its sources with their upstream, connection state and
+    /// clients count, the clients with their ids, the counters.
     pub status: NodeStatus,
 }
 
@@ -128,6 +169,9 @@ pub struct StatusRecord {
 /// (ignoring case). The rest are sent as text, cut to [`MAX_ARG_CHARS`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redaction {
+    /// The words, lowercase (an argument name matches when it contains one, ignoring case).
+    /// Default: `password`, `secret`, `token`, `key`, `auth`, `cookie`; empty redacts
+    /// nothing.
     pub words: Vec<String>,
 }
 
@@ -153,6 +197,8 @@ impl Redaction {
         }
     }
 
+    /// Whether an argument called `name` is sent as [`REDACTED`]: its name contains one of
+    /// the words, ignoring case.
     pub fn hides(&self, name: &str) -> bool {
         let name = name.to_ascii_lowercase();
         self.words.iter().any(|w| name.contains(w.as_str()))
@@ -183,6 +229,7 @@ fn cut(text: &str, chars: usize) -> String {
     }
 }
 
+/// A mutation kind as records name it: `add`, `remove` or `set`.
 pub fn kind_name(kind: MutationKind) -> &'static str {
     match kind {
         MutationKind::Add => "add",
@@ -204,18 +251,26 @@ fn outcome_name(outcome: Option<Outcome>, local: bool) -> &'static str {
 /// formatting (the sending task makes the record, [`TransitionRecord::from_raw`]).
 #[derive(Debug, Clone)]
 pub struct RawTransition {
+    /// When the transition began on the sender, microseconds since the Unix epoch.
     pub time_us: u64,
     /// A copy of the mutation (`None` for a mirror's update).
     pub mutation: Option<Mutation>,
+    /// How the transition ended; `None` is reported as `canceled` for a local machine.
     pub outcome: Option<Outcome>,
+    /// The machine's queue tick while the transition ran.
     pub queue_tick: u64,
     /// The clock after.
     pub clock: Vec<u64>,
+    /// Errors of the handlers that failed in this transition.
     pub errors: Vec<String>,
+    /// Records of this machine dropped so far because its buffer was full.
     pub dropped: u64,
 }
 
 impl RawTransition {
+    /// The copy of a tracer's view of a finished transition: its mutation, outcome, queue
+    /// tick and clock after, with the failed handlers' `errors`, the time it began
+    /// (`time_us`, µs since the Unix epoch) and the drops so far.
     pub fn of(
         trace: &TransitionTrace<'_>,
         errors: Vec<String>,
@@ -351,10 +406,19 @@ impl SentRecord {
 /// Why a line from a sender was not taken.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
+    /// The line is longer than [`MAX_LINE`] bytes (256 KiB). The collector ends the sender's
+    /// connection; a sender of this crate never writes one, so look for another program
+    /// writing to the telemetry port.
     #[error("a telemetry line is over {MAX_LINE} bytes")]
     TooLong,
+    /// The line is not JSON of a known record (the text says what serde could not read):
+    /// something other than a telemetry sender, or a sender of an incompatible version, is
+    /// writing to the port. Point only nodes' `debug` at the collector, of the same version.
     #[error("not a telemetry record: {0}")]
     Invalid(String),
+    /// The record is well formed but past the bounds (more than [`MAX_STATES`] states, more
+    /// than [`MAX_ITEMS`] arguments, errors or listeners, a text over [`MAX_TEXT`] bytes, or
+    /// an empty node name). Give the node a name and keep schemas and arguments within them.
     #[error("a telemetry record is over the limits: {0}")]
     OverLimit(&'static str),
 }

@@ -40,6 +40,8 @@ pub struct Reorder {
 }
 
 impl Reorder {
+    /// Holds each record `window_ms` milliseconds after it arrives (the collector uses
+    /// [`DEFAULT_WINDOW_MS`]); with 0 every record is due at the next [`Reorder::release`].
     pub fn new(window_ms: u64) -> Self {
         Reorder {
             window_ms,
@@ -92,6 +94,7 @@ impl Reorder {
         keyed.into_iter().map(|(_, _, r)| r).collect()
     }
 
+    /// Whether no record is held.
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }

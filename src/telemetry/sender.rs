@@ -48,12 +48,17 @@ pub struct TelemetryConfig {
     pub address: String,
     /// Records each machine's buffer holds.
     pub capacity: usize,
+    /// Which arguments are sent as `<redacted>`; by default the words of
+    /// [`Redaction::default`], or `AM_DEBUG_REDACT` with [`TelemetryConfig::from_env`].
     pub redaction: Redaction,
 }
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    /// The collector's address (the one given) is not `tcp://host:port`: another scheme, or
+    /// not an endpoint. Use the address `am-node dbg` prints, `tcp://127.0.0.1:6831` by
+    /// default.
     #[error(
         "telemetry address {0:?} is not tcp://host:port; `am-node dbg` listens on tcp://127.0.0.1:6831 by default"
     )]
@@ -61,6 +66,9 @@ pub enum TelemetryError {
 }
 
 impl TelemetryConfig {
+    /// Sends to the collector at `address` (`tcp://host:port`), with buffers of
+    /// [`DEFAULT_CAPACITY`] records and the default redaction. Fails with
+    /// [`TelemetryError::Address`] for any other form.
     pub fn new(address: &str) -> Result<Self, TelemetryError> {
         let endpoint: Endpoint = address
             .parse()

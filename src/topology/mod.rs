@@ -191,6 +191,8 @@ pub enum MachineKind {
         compression: bool,
         /// The upstream's token, if it requires one.
         token: Option<String>,
+        /// How its mutations outlive a broken link (`retry_deadline_ms`, `retry_max_waiting`).
+        retry: crate::proto::session::RetryPolicy,
     },
 }
 

@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use crate::machine::Schema;
 use crate::proto::config::Limits;
+use crate::proto::session::RetryPolicy;
 use crate::transport::{Endpoint, Scheme};
 
 use super::resolve::{Nodes, machine_key};
@@ -184,6 +185,7 @@ fn plan_machine(
             states_hint(),
         ));
     }
+    let retry = plan_retry(cx, machine, &key)?;
     if !m.start.is_empty() && m.upstream.is_some() {
         return Err(cx.err(
             machine.span(),
@@ -213,6 +215,7 @@ fn plan_machine(
                 track: m.track.clone(),
                 compression: m.compression.unwrap_or(true),
                 token: m.token.clone(),
+                retry,
             }
         }
     };
@@ -441,6 +444,44 @@ fn limits(
         max_remote_waits: default.max_remote_waits,
         dedup_window: default.dedup_window,
         dedup_ttl: default.dedup_ttl,
+    })
+}
+
+/// Most mutations a topology lets one mirror keep waiting for its link: each holds its
+/// arguments and a caller.
+const MAX_RETRY_WAITING: usize = 1 << 20;
+
+/// A mirror's retry policy from `retry_deadline_ms` and `retry_max_waiting` (defaults:
+/// [`RetryPolicy::default`]); a root machine may not set them.
+fn plan_retry(
+    cx: &Cx<'_>,
+    machine: &Spanned<MachineSpec>,
+    key: &str,
+) -> Result<RetryPolicy, TopologyError> {
+    let m = machine.get_ref();
+    let default = RetryPolicy::default();
+    if m.upstream.is_none() && (m.retry_deadline_ms.is_some() || m.retry_max_waiting.is_some()) {
+        return Err(cx.err(
+            machine.span(),
+            format!(
+                "{key} is a root machine; retry_deadline_ms and retry_max_waiting are for mirrors"
+            ),
+            "remove them, or set them on the mirrors of this machine",
+        ));
+    }
+    let max_waiting = m.retry_max_waiting.unwrap_or(default.max_waiting);
+    if max_waiting > MAX_RETRY_WAITING {
+        return Err(cx.err(
+            machine.span(),
+            format!("{key}: retry_max_waiting {max_waiting} is over {MAX_RETRY_WAITING}"),
+            "mutations waiting for a link hold memory each; keep the bound in the thousands",
+        ));
+    }
+    Ok(RetryPolicy {
+        deadline: m
+            .retry_deadline_ms
+            .map_or(default.deadline, Duration::from_millis),
+        max_waiting,
     })
 }
 

@@ -101,6 +101,10 @@ pub(super) struct MachineSpec {
     pub compression: Option<bool>,
     /// The upstream's token, when it needs one.
     pub token: Option<String>,
+    /// A mirror's mutations wait this long for a link that is down (0: fail at once).
+    pub retry_deadline_ms: Option<u64>,
+    /// At most this many of a mirror's mutations wait for the link.
+    pub retry_max_waiting: Option<usize>,
     /// A root machine activates these states when its node starts.
     #[serde(default)]
     pub start: Vec<String>,

@@ -42,6 +42,8 @@ name = "copy"
 upstream = "mid/demo"
 track = ["Flag"]
 compression = false
+retry_deadline_ms = 250
+retry_max_waiting = 10
 "#;
 
 fn parse_str(text: &str) -> Result<Topology, TopologyError> {
@@ -98,6 +100,16 @@ fn a_tree_resolves_upstreams_schemas_and_settings() {
             assert!(!compression);
         }
         other => panic!("leaf mirrors mid, got {other:?}"),
+    }
+    match (&mid.machines[0].kind, &leaf.machines[0].kind) {
+        (MachineKind::Mirror { retry: mid, .. }, MachineKind::Mirror { retry: leaf, .. }) => {
+            assert_eq!(*mid, crate::proto::session::RetryPolicy::default());
+            assert_eq!(
+                (leaf.deadline, leaf.max_waiting),
+                (Duration::from_millis(250), 10)
+            );
+        }
+        other => panic!("mirrors, got {other:?}"),
     }
     assert_eq!(
         leaf.machines[0].schema.hash(),
@@ -603,4 +615,24 @@ fn a_nodes_debug_names_a_tcp_collector() {
             "am-node dbg",
         );
     }
+}
+
+#[test]
+fn retry_settings_are_for_mirrors_and_bounded() {
+    let root_with_retry = TREE.replacen(
+        "name = \"demo\"\nschema = \"demo\"",
+        "name = \"demo\"\nschema = \"demo\"\nretry_deadline_ms = 100",
+        1,
+    );
+    assert_ne!(
+        root_with_retry, TREE,
+        "the root's machine table is where the test expects it"
+    );
+    let e = error(&root_with_retry);
+    assert!(e.message.contains("is a root machine"), "{e}");
+    let e = error(&TREE.replace("retry_max_waiting = 10", "retry_max_waiting = 100000000"));
+    assert!(
+        e.message.contains("retry_max_waiting 100000000 is over"),
+        "{e}"
+    );
 }

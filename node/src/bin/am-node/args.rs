@@ -161,6 +161,11 @@ pub(crate) struct MutateArgs {
     /// An argument for the handlers, key=value (repeatable); numbers and true/false are typed.
     #[arg(long = "arg", value_name = "KEY=VALUE")]
     pub(crate) args: Vec<String>,
+    /// How long to wait for the machine to be reachable (connecting, and the mutation waiting
+    /// for a link that is down): seconds (5, 2.5) or with a unit (500ms, 3s, 1m). The mutation
+    /// runs once however often it is retried.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    pub(crate) timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -10,8 +10,9 @@ use anyhow::{Context as _, bail};
 use asyncmachine::machine::{
     Args as MutationArgs, ClockChange, MutationKind, Outcome, StateSource,
 };
-use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
+use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig, MirrorError};
 use asyncmachine::printable::printable;
+use asyncmachine::proto::session::RetryPolicy;
 use asyncmachine::transport::{Endpoint, Scheme};
 
 use crate::args::*;
@@ -98,6 +99,64 @@ pub(crate) fn endpoint(text: &str) -> anyhow::Result<Endpoint> {
 }
 
 pub(crate) async fn connect_mirror(connect: &Connect, role: &str) -> anyhow::Result<Mirror> {
+    connect_mirror_with(connect, role, RetryPolicy::default()).await
+}
+
+/// Connects as [`connect_mirror`] does, trying again until `timeout` while the machine is
+/// unreachable (saying so once on stderr), and with mutations that wait for a broken link up
+/// to what is left of it. A refusal (token, ACL, version, schema) ends it at once.
+pub(crate) async fn connect_mirror_waiting(
+    connect: &Connect,
+    role: &str,
+    timeout: Duration,
+) -> anyhow::Result<Mirror> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut said = false;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let retry = RetryPolicy {
+            deadline: left.max(Duration::from_millis(1)),
+            ..RetryPolicy::default()
+        };
+        let error = match connect_mirror_with(connect, role, retry).await {
+            Ok(mirror) => return Ok(mirror),
+            Err(e) => e,
+        };
+        let permanent = error.downcast_ref::<MirrorError>().is_some_and(|e| {
+            !matches!(
+                e,
+                MirrorError::Transport(_) | MirrorError::HandshakeTimeout { .. }
+            )
+        });
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if permanent || left.is_zero() {
+            if permanent {
+                return Err(error);
+            }
+            return Err(error.context(format!(
+                "gave up after --timeout {timeout:?}; is the node running?"
+            )));
+        }
+        if !said {
+            said = true;
+            let mut err = std::io::stderr();
+            let _ = writeln!(
+                err,
+                "waiting for {} to be reachable (up to {timeout:?}): {error:#}",
+                connect.endpoint
+            );
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn connect_mirror_with(
+    connect: &Connect,
+    role: &str,
+    retry: RetryPolicy,
+) -> anyhow::Result<Mirror> {
     let mut endpoint = endpoint(&connect.endpoint)?;
     if endpoint.upgrade_token.is_none() && matches!(endpoint.scheme, Scheme::Ws | Scheme::Wss) {
         // A relay checks its token at the upgrade, before any hello.
@@ -110,6 +169,7 @@ pub(crate) async fn connect_mirror(connect: &Connect, role: &str) -> anyhow::Res
             .unwrap_or_else(|| format!("am-node-{role}-{}", std::process::id())),
         token: connect.token.clone(),
         transport: connect.tls.transport(&endpoint)?,
+        retry,
         ..MirrorConfig::default()
     };
     let mirror = Mirror::connect(&endpoint, config).await;
@@ -223,7 +283,7 @@ pub(crate) async fn mutate(kind: MutationKind, args: &MutateArgs) -> anyhow::Res
         let (key, value) = asyncmachine::machine::value::parse_arg(arg)?;
         mutation_args.insert(key, value);
     }
-    let mirror = connect_mirror(&args.connect, "mutate").await?;
+    let mirror = connect_mirror_waiting(&args.connect, "mutate", args.timeout).await?;
     let states: Vec<&str> = args.states.iter().map(String::as_str).collect();
     let result = mirror.mutate_named(kind, &states, mutation_args).await;
     let line = states_line(&mirror, false);
