@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::machine::{
-    Args, Condition, DisposeHook, ErrFuture, LogArgs, LogLevel, Logger, Mutation, MutationError,
-    MutationFuture, Observer, ObserverId, Schema, StateSource, Tracer, TracerId, UpstreamInfo,
-    When,
+    ErrFuture, Mutation, MutationError, MutationFuture, Schema, StateSource, UpstreamInfo,
 };
 use crate::proto::session::{ClientConfig, ClientSession, Moment, Phase};
 use crate::replica::{Pending, ReplicaCore};
@@ -199,39 +197,7 @@ impl StateSource for DrivenMirror {
         &self.shared.core.id
     }
 
-    fn schema(&self) -> Arc<Schema> {
-        self.shared.core.schema()
-    }
-
-    fn parent_id(&self) -> Option<String> {
-        self.shared.core.parent_id()
-    }
-
-    fn tags(&self) -> Vec<String> {
-        self.shared.core.tags()
-    }
-
-    fn clock(&self) -> Vec<u64> {
-        self.shared.core.clock()
-    }
-
-    fn tick_at(&self, idx: usize) -> u64 {
-        self.shared.core.tick_at(idx)
-    }
-
-    fn queue_tick(&self) -> u64 {
-        self.shared.core.queue_tick()
-    }
-
-    fn wait(&self, condition: Condition) -> When {
-        self.shared.core.wait(condition)
-    }
-
-    /// Asked of the source, which waits (through every hop up to the root) and answers;
-    /// dropping the future withdraws the wait up there too.
-    fn when_args(&self, state: &str, args: Args) -> When {
-        self.shared.core.when_args(state, args)
-    }
+    crate::replica::replica_source_methods!(shared.core);
 
     /// Asked of the source; fails with `Disconnected` while the mirror is not connected.
     fn err(&self) -> ErrFuture {
@@ -240,18 +206,6 @@ impl StateSource for DrivenMirror {
 
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
         answer(self.shared.core.mutate(mutation))
-    }
-
-    fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>) {
-        self.shared.core.observe(observer)
-    }
-
-    fn unobserve(&self, id: ObserverId) -> bool {
-        self.shared.core.unobserve(id)
-    }
-
-    fn ancestry(&self) -> Vec<String> {
-        self.shared.core.ancestry()
     }
 
     fn upstream(&self) -> Option<UpstreamInfo> {
@@ -277,50 +231,10 @@ impl StateSource for DrivenMirror {
         })
     }
 
-    fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId {
-        self.shared.core.bind_tracer(self, tracer)
-    }
-
-    fn detach_tracer(&self, id: TracerId) -> bool {
-        self.shared.core.detach_tracer(id)
-    }
-
-    fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
-        self.shared.core.tracers()
-    }
-
-    fn log_level(&self) -> LogLevel {
-        self.shared.core.log_level()
-    }
-
-    fn set_log_level(&self, level: LogLevel) {
-        self.shared.core.set_log_level(level);
-    }
-
-    fn set_logger(&self, logger: Option<Logger>) {
-        self.shared.core.set_logger(logger);
-    }
-
-    fn set_log_args(&self, log_args: Option<LogArgs>) {
-        self.shared.core.set_log_args(log_args);
-    }
-
-    fn log(&self, message: &str) {
-        self.shared.core.log(message);
-    }
-
     /// Says goodbye (the loop takes the bytes and closes its transport) and ends the mirror
     /// as a disposed machine ends.
     fn dispose(&self) {
         self.close();
-    }
-
-    fn on_dispose(&self, hook: DisposeHook) {
-        self.shared.core.on_dispose(hook);
-    }
-
-    fn is_disposed(&self) -> bool {
-        self.shared.core.is_disposed()
     }
 }
 

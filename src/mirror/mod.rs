@@ -31,9 +31,8 @@ use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::time::{Instant, timeout};
 
 use crate::machine::{
-    Args, Condition, DisposeHook, ErrFuture, LogArgs, LogLevel, Logger, Mutation, MutationError,
-    MutationFuture, Observer, ObserverId, Schema, SchemaDef, StateSource, Tracer, TracerId,
-    UpstreamInfo, When,
+    ErrFuture, Mutation, MutationError, MutationFuture, Schema, SchemaDef, StateSource,
+    UpstreamInfo,
 };
 use crate::proto::message::Payload;
 use crate::proto::session::{ClientSession, Moment, Phase};
@@ -346,37 +345,7 @@ impl StateSource for Mirror {
         self.shared.id()
     }
 
-    fn schema(&self) -> Arc<Schema> {
-        self.shared.core.schema()
-    }
-
-    /// The source's, as the last welcome carried it; `None` before the first.
-    fn parent_id(&self) -> Option<String> {
-        self.shared.core.parent_id()
-    }
-
-    /// The source's, as the last welcome carried them; none before the first.
-    fn tags(&self) -> Vec<String> {
-        self.shared.core.tags()
-    }
-
-    /// Empty once disposed, as a disposed machine answers.
-    fn clock(&self) -> Vec<u64> {
-        self.shared.core.clock()
-    }
-
-    /// 0 once disposed.
-    fn tick_at(&self, idx: usize) -> u64 {
-        self.shared.core.tick_at(idx)
-    }
-
-    fn queue_tick(&self) -> u64 {
-        self.shared.core.queue_tick()
-    }
-
-    fn wait(&self, condition: Condition) -> When {
-        self.shared.core.wait(condition)
-    }
+    crate::replica::replica_source_methods!(shared.core);
 
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
         let shared = self.shared.clone();
@@ -384,14 +353,6 @@ impl StateSource for Mirror {
             let answer = shared.core.mutate(mutation)?;
             shared.await_reply(answer).await
         })
-    }
-
-    /// Asked of the source: only the machine that runs a transition sees its arguments. The
-    /// wait outlives a reconnect (it is sent again on the new connection; an activation while
-    /// the link was down is missed) and ends with `Disposed` when the mirror closes or the
-    /// source's schema changes other than by growing.
-    fn when_args(&self, state: &str, args: Args) -> When {
-        self.shared.core.when_args(state, args)
     }
 
     /// Asked of the source, as a request bounded by the mutation timeout; fails with
@@ -402,18 +363,6 @@ impl StateSource for Mirror {
             let answer = shared.core.err()?;
             shared.await_reply(answer).await
         })
-    }
-
-    fn observe(&self, observer: Arc<dyn Observer>) -> (ObserverId, Vec<u64>) {
-        self.shared.core.observe(observer)
-    }
-
-    fn unobserve(&self, id: ObserverId) -> bool {
-        self.shared.core.unobserve(id)
-    }
-
-    fn ancestry(&self) -> Vec<String> {
-        self.shared.core.ancestry()
     }
 
     fn upstream(&self) -> Option<UpstreamInfo> {
@@ -439,38 +388,6 @@ impl StateSource for Mirror {
         })
     }
 
-    fn bind_tracer(&self, tracer: Arc<dyn Tracer>) -> TracerId {
-        self.shared.core.bind_tracer(self, tracer)
-    }
-
-    fn detach_tracer(&self, id: TracerId) -> bool {
-        self.shared.core.detach_tracer(id)
-    }
-
-    fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
-        self.shared.core.tracers()
-    }
-
-    fn log_level(&self) -> LogLevel {
-        self.shared.core.log_level()
-    }
-
-    fn set_log_level(&self, level: LogLevel) {
-        self.shared.core.set_log_level(level);
-    }
-
-    fn set_logger(&self, logger: Option<Logger>) {
-        self.shared.core.set_logger(logger);
-    }
-
-    fn set_log_args(&self, log_args: Option<LogArgs>) {
-        self.shared.core.set_log_args(log_args);
-    }
-
-    fn log(&self, message: &str) {
-        self.shared.core.log(message);
-    }
-
     /// As a disposed machine (the replica's disposal), and the connection ends: a goodbye
     /// to the server (when connected), no reconnecting. asyncmachine's network machine leaves
     /// the connection to its client; a mirror owns its own.
@@ -479,13 +396,5 @@ impl StateSource for Mirror {
         if self.shared.core.dispose(self).is_some() {
             self.shared.stop.send_replace(true);
         }
-    }
-
-    fn on_dispose(&self, hook: DisposeHook) {
-        self.shared.core.on_dispose(hook);
-    }
-
-    fn is_disposed(&self) -> bool {
-        self.shared.core.is_disposed()
     }
 }

@@ -9,8 +9,8 @@ use std::task::{Context, Poll, Waker};
 
 use super::*;
 use crate::machine::{
-    ClockChange, FinalHandlers, LogLevel, MutationError, StateDef, Tracer, TransitionTrace,
-    WaitError,
+    Args, ClockChange, DisposeHook, FinalHandlers, LogLevel, MutationError, StateDef, Tracer,
+    TransitionTrace, WaitError,
 };
 use crate::proto::diff::{Tracked, checksum};
 use crate::proto::message::{ClockDiff, Granted, Snapshot, Welcome};

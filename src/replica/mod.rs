@@ -380,3 +380,110 @@ impl ReplicaCore {
         self.lock().disposed
     }
 }
+
+/// The [`StateSource`] methods a pump answers from its replica as they are (reads, waits,
+/// observers, tracers, the log, dispose hooks): `self.PATH` reaches the pump's
+/// [`ReplicaCore`]. Written once, so the network mirror and the page's mirror cannot drift
+/// apart; each pump writes its own `id`, `mutate`, `err`, `upstream` and `dispose`.
+macro_rules! replica_source_methods {
+    ($($path:ident).+) => {
+        fn schema(&self) -> std::sync::Arc<$crate::machine::Schema> {
+            self.$($path).+.schema()
+        }
+
+        /// The source's, as the last welcome carried it; `None` before the first.
+        fn parent_id(&self) -> Option<String> {
+            self.$($path).+.parent_id()
+        }
+
+        /// The source's, as the last welcome carried them; none before the first.
+        fn tags(&self) -> Vec<String> {
+            self.$($path).+.tags()
+        }
+
+        /// Empty once disposed, as a disposed machine answers.
+        fn clock(&self) -> Vec<u64> {
+            self.$($path).+.clock()
+        }
+
+        /// 0 once disposed.
+        fn tick_at(&self, idx: usize) -> u64 {
+            self.$($path).+.tick_at(idx)
+        }
+
+        fn queue_tick(&self) -> u64 {
+            self.$($path).+.queue_tick()
+        }
+
+        fn wait(&self, condition: $crate::machine::Condition) -> $crate::machine::When {
+            self.$($path).+.wait(condition)
+        }
+
+        /// Asked of the source: only the machine that runs a transition sees its arguments.
+        /// The wait outlives a reconnect (it is sent again on the new connection; an
+        /// activation while the link was down is missed) and ends with `Disposed` when the
+        /// mirror closes or the source's schema changes other than by growing.
+        fn when_args(&self, state: &str, args: $crate::machine::Args) -> $crate::machine::When {
+            self.$($path).+.when_args(state, args)
+        }
+
+        fn observe(
+            &self,
+            observer: std::sync::Arc<dyn $crate::machine::Observer>,
+        ) -> ($crate::machine::ObserverId, Vec<u64>) {
+            self.$($path).+.observe(observer)
+        }
+
+        fn unobserve(&self, id: $crate::machine::ObserverId) -> bool {
+            self.$($path).+.unobserve(id)
+        }
+
+        fn ancestry(&self) -> Vec<String> {
+            self.$($path).+.ancestry()
+        }
+
+        fn bind_tracer(
+            &self,
+            tracer: std::sync::Arc<dyn $crate::machine::Tracer>,
+        ) -> $crate::machine::TracerId {
+            self.$($path).+.bind_tracer(self, tracer)
+        }
+
+        fn detach_tracer(&self, id: $crate::machine::TracerId) -> bool {
+            self.$($path).+.detach_tracer(id)
+        }
+
+        fn tracers(&self) -> Vec<std::sync::Arc<dyn $crate::machine::Tracer>> {
+            self.$($path).+.tracers()
+        }
+
+        fn log_level(&self) -> $crate::machine::LogLevel {
+            self.$($path).+.log_level()
+        }
+
+        fn set_log_level(&self, level: $crate::machine::LogLevel) {
+            self.$($path).+.set_log_level(level);
+        }
+
+        fn set_logger(&self, logger: Option<$crate::machine::Logger>) {
+            self.$($path).+.set_logger(logger);
+        }
+
+        fn set_log_args(&self, log_args: Option<$crate::machine::LogArgs>) {
+            self.$($path).+.set_log_args(log_args);
+        }
+
+        fn log(&self, message: &str) {
+            self.$($path).+.log(message);
+        }
+
+        fn on_dispose(&self, hook: $crate::machine::DisposeHook) {
+            self.$($path).+.on_dispose(hook);
+        }
+
+        fn is_disposed(&self) -> bool {
+            self.$($path).+.is_disposed()
+        }
+    };
+}
+pub(crate) use replica_source_methods;
