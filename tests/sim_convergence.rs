@@ -126,6 +126,7 @@ fn play(case: &Case) -> Result<(), TestCaseError> {
             schema: Some(schema()),
             compression: case.compression[i],
             track: None,
+            retry: None,
         };
         nodes.push(sim.add_mirror(
             &format!("n{i}"),

@@ -6,8 +6,9 @@
 //! caught up through the pusher or the writer, bytes put on the wire, and ended connections
 //! told to the other side (their waits withdrawn).
 
-use asyncmachine::machine::{Mutation, Value};
+use asyncmachine::machine::{Mutation, Outcome, Value};
 use asyncmachine::mirror::backoff::delay;
+use asyncmachine::proto::dedup::Begin;
 use asyncmachine::proto::handshake::Offer;
 use asyncmachine::proto::message::{Hello, Refusal, RefusalKind, Snapshot};
 use asyncmachine::proto::session::{
@@ -273,6 +274,32 @@ impl Sim {
             source: s,
         };
         let node = &mut self.nodes[link.server];
+        // A keyed mutation runs once per source, as the server's `run_once` does it.
+        let client = link.session.client_id().unwrap_or_default().to_owned();
+        let mut recorded = None;
+        if let Some(key) = mutation.key.clone() {
+            match node.sources[s]
+                .dedup
+                .begin(&client, key.clone(), now, (id, request))
+            {
+                Begin::Done(answer) => {
+                    let feed = Feed {
+                        node: &node.name,
+                        source: &node.sources[s],
+                    };
+                    link.session
+                        .handle_mutation_result(request, answer, now, &feed);
+                    self.deduplicated += 1;
+                    return;
+                }
+                Begin::Joined => {
+                    self.deduplicated += 1;
+                    return;
+                }
+                Begin::Unrecorded(_) => {}
+                Begin::Run => recorded = Some((client, key)),
+            }
+        }
         let result = match &mut node.sources[s].kind {
             Kind::Root(root) => {
                 let uid = uid_of(&mutation);
@@ -291,6 +318,7 @@ impl Sim {
                     Some(Pending::Forward {
                         link: id,
                         id: request,
+                        recorded: recorded.clone(),
                     }),
                     now,
                 )
@@ -298,12 +326,41 @@ impl Sim {
                 .map(Err),
         };
         if let Some(result) = result {
+            let answer = as_reply(result);
+            let waiters = match recorded {
+                Some((client, key)) => node.sources[s].dedup.finish(&client, key, &answer, now),
+                None => Vec::new(),
+            };
             let feed = Feed {
                 node: &node.name,
                 source: &node.sources[s],
             };
             link.session
-                .handle_mutation_result(request, as_reply(result), now, &feed);
+                .handle_mutation_result(request, answer.clone(), now, &feed);
+            let server = link.server;
+            self.answer_waiters(server, s, waiters, &answer);
+        }
+    }
+
+    /// Answers the duplicates that waited for a keyed mutation's first run.
+    fn answer_waiters(
+        &mut self,
+        node: usize,
+        source: usize,
+        waiters: Vec<(u64, u64)>,
+        answer: &Result<Outcome, String>,
+    ) {
+        let now = self.now;
+        let node = &self.nodes[node];
+        for (link, request) in waiters {
+            if let Some(link) = self.links.get_mut(&link) {
+                let feed = Feed {
+                    node: &node.name,
+                    source: &node.sources[source],
+                };
+                link.session
+                    .handle_mutation_result(request, answer.clone(), now, &feed);
+            }
         }
     }
 
@@ -336,9 +393,9 @@ impl Sim {
                         ..
                     } => side.publish(&clock, !changed.is_empty(), schema_changed),
                     ClientEvent::Answered {
-                        pending: Pending::Forward { link, id },
+                        pending: Pending::Forward { link, id, recorded },
                         result,
-                    } => replies.push((link, id, result)),
+                    } => replies.push((link, id, recorded, result)),
                     ClientEvent::Answered {
                         pending: Pending::Local(tag),
                         result,
@@ -382,16 +439,26 @@ impl Sim {
             }
             // Answers go down after the clock they carry was published, as the mirror's
             // observers run before its callers are answered.
-            let source = &node.sources[at.source];
-            for (id, request, result) in replies {
+            let mut answered_waiters = Vec::new();
+            for (id, request, recorded, result) in replies {
+                let answer = as_reply(result);
+                if let Some((client, key)) = recorded {
+                    let waiters = node.sources[at.source]
+                        .dedup
+                        .finish(&client, key, &answer, now);
+                    answered_waiters.push((waiters, answer.clone()));
+                }
                 if let Some(link) = self.links.get_mut(&id) {
                     let feed = Feed {
                         node: &node.name,
-                        source,
+                        source: &node.sources[at.source],
                     };
                     link.session
-                        .handle_mutation_result(request, as_reply(result), now, &feed);
+                        .handle_mutation_result(request, answer, now, &feed);
                 }
+            }
+            for (waiters, answer) in answered_waiters {
+                self.answer_waiters(at.node, at.source, waiters, &answer);
             }
             // Waits and last errors, after the clock too.
             for (pending, result) in waits_ended {

@@ -92,6 +92,8 @@ pub struct MirrorOptions {
     pub schema: Option<Arc<Schema>>,
     pub compression: bool,
     pub track: Option<Vec<String>>,
+    /// How its mutations outlive a broken link; `None`: no retries.
+    pub retry: Option<asyncmachine::proto::session::RetryPolicy>,
 }
 
 /// The answer to a mutation the test made at a mirror, with the mirror's clock when it came.
@@ -125,6 +127,8 @@ pub struct Sim {
     /// Node pairs (lower index first) that cannot reach each other.
     cut: BTreeSet<(usize, usize)>,
     executed: Vec<Executed>,
+    /// Keyed mutations a source answered from its record or joined to a running first copy.
+    deduplicated: u64,
     answers: Vec<Answer>,
     next_tag: u64,
     /// The `uid` of each tag's mutation.
@@ -150,6 +154,7 @@ impl Sim {
             next_link: 1,
             cut: BTreeSet::new(),
             executed: Vec::new(),
+            deduplicated: 0,
             answers: Vec::new(),
             next_tag: 1,
             uids: BTreeMap::new(),
@@ -228,8 +233,10 @@ impl Sim {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             keepalive: KEEPALIVE,
             idle_timeout: IDLE_TIMEOUT,
-            retry: asyncmachine::proto::session::RetryPolicy::NONE,
-            key_epoch: 1,
+            retry: options
+                .retry
+                .unwrap_or(asyncmachine::proto::session::RetryPolicy::NONE),
+            key_epoch: self.rng.next_u64(),
         };
         let side = self.fresh_mirror(up, config, options.schema);
         self.nodes[n].sources.push(Source::mirror(source, side));
@@ -350,6 +357,12 @@ impl Sim {
     }
 
     /// Every mutation the roots ran for a client, in order.
+    /// Keyed mutations a source answered from its record (or joined to a running first copy)
+    /// instead of running them again.
+    pub fn deduplicated(&self) -> u64 {
+        self.deduplicated
+    }
+
     pub fn executed(&self) -> &[Executed] {
         &self.executed
     }

@@ -5,11 +5,13 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use asyncmachine::machine::MutationKey;
 use asyncmachine::machine::{
     ClockChange, Machine, MutationError, Observer, ObserverId, Outcome, Schema, SchemaDef,
     StateSource,
 };
 use asyncmachine::mirror::backoff::Jitter;
+use asyncmachine::proto::dedup::Dedup;
 use asyncmachine::proto::session::{
     ClientSession, ClockFeed, DiffCache, HandshakeError, Moment, Versioned,
 };
@@ -18,8 +20,13 @@ use asyncmachine::proto::session::{
 /// last error.
 #[derive(Debug)]
 pub enum Pending {
-    /// A client of this node, on this connection, under this request id.
-    Forward { link: u64, id: u64 },
+    /// A client of this node, on this connection, under this request id; with the client's id
+    /// and the mutation's key when this node recorded it (the answer finishes the record).
+    Forward {
+        link: u64,
+        id: u64,
+        recorded: Option<(String, MutationKey)>,
+    },
     /// The test, under this tag (see [`super::Answer`]).
     Local(u64),
     /// A client's remote wait, forwarded: its connection, its id and the server session's key.
@@ -40,6 +47,9 @@ pub struct Source {
     /// The clock as its server sessions read it, by version.
     pub clock: Arc<Mutex<Versioned>>,
     pub cache: DiffCache,
+    /// The keyed mutations it ran for clients, as a server's hub keeps them; a duplicate that
+    /// arrives while the first copy runs waits as (its connection, its request id).
+    pub dedup: Dedup<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -124,6 +134,7 @@ impl Source {
             kind: Kind::Root(Root { machine, observer }),
             clock,
             cache: DiffCache::default(),
+            dedup: Dedup::default(),
         }
     }
 
@@ -140,6 +151,7 @@ impl Source {
             kind: Kind::Mirror(Box::new(side)),
             clock,
             cache: DiffCache::default(),
+            dedup: Dedup::default(),
         }
     }
 
