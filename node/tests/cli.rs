@@ -798,3 +798,46 @@ async fn add_waits_for_a_node_that_is_not_up_yet() {
         run.stderr
     );
 }
+
+/// The main job says what to try next, with the ports it really listens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_prints_the_commands_to_try_next_with_the_real_ports() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = std::env::temp_dir().join(format!("am-try-next-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let file = dir.join("one.toml");
+    std::fs::write(
+        &file,
+        "[schemas.s]\nstates = [{ name = \"On\" }, { name = \"Flag\" }]\n\n[[nodes]]\nname = \"solo\"\nlisten = [\"tcp://127.0.0.1:0\"]\nmachines = [{ name = \"m\", schema = \"s\" }]\n",
+    )
+    .expect("writes");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_am-node"))
+        .args(["run", file.to_str().expect("utf-8"), "--report-ms", "0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("am-node runs");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains(" status ")) {
+        let line = tokio::time::timeout(LIMIT, lines.next_line())
+            .await
+            .expect("prints in time")
+            .expect("reads")
+            .expect("a line");
+        seen.push(line);
+    }
+    let text = seen.join("\n");
+    assert!(text.contains("try, in a second shell:"), "{text}");
+    let watch = seen
+        .iter()
+        .find(|l| l.contains(" watch "))
+        .expect("a watch line");
+    assert!(
+        watch.contains("tcp://127.0.0.1:") && !watch.contains(":0/") && watch.ends_with("/m"),
+        "the real port: {watch}"
+    );
+    assert!(text.contains("/m Flag"), "{text}");
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

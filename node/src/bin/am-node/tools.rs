@@ -20,6 +20,67 @@ use crate::args::*;
 /// Exit code of a mutation that was canceled.
 pub(crate) const EXIT_CANCELED: u8 = 3;
 
+/// What to try in a second shell, with this run's real endpoints: watch and mutate the
+/// deepest mirror the run serves (a change travels up to its root and back), a REPL over it
+/// and its root, a node's status. Nothing when the run serves no machine.
+fn try_next(
+    topology: &asyncmachine::topology::Topology,
+    running: &asyncmachine::node::RunningTopology,
+) -> Vec<String> {
+    use asyncmachine::topology::MachineKind;
+    // (endpoint of the machine, its schema's last state but Exception, is it a mirror)
+    let mut served = Vec::new();
+    for node in running.nodes() {
+        let (Some(listener), Some(plan)) = (node.endpoints().first(), topology.node(node.name()))
+        else {
+            continue;
+        };
+        let mut listener = listener.clone();
+        if listener.address.starts_with("0.0.0.0:") {
+            // A wildcard bind is reached on loopback from this host.
+            listener.address = listener.address.replacen("0.0.0.0", "127.0.0.1", 1);
+        }
+        for machine in &plan.machines {
+            let state = machine
+                .schema
+                .names()
+                .filter(|&n| n != asyncmachine::machine::EXCEPTION)
+                .last()
+                .map(str::to_owned);
+            let mirror = matches!(machine.kind, MachineKind::Mirror { .. });
+            served.push((listener.clone().with_machine(&machine.name), state, mirror));
+        }
+    }
+    // The last mirror listed is usually the deepest; the first root is where changes run.
+    let leaf = served
+        .iter()
+        .rev()
+        .find(|(_, _, mirror)| *mirror)
+        .or(served.last());
+    let root = served.iter().find(|(_, _, mirror)| !*mirror);
+    let Some((leaf_at, state, _)) = leaf else {
+        return Vec::new();
+    };
+    // As this program was started (target/release/am-node under `cargo run`), so the lines run
+    // as they are from the same directory.
+    let me = std::env::args()
+        .next()
+        .filter(|p| !p.contains(char::is_whitespace))
+        .unwrap_or_else(|| "am-node".to_owned());
+    let mut lines = vec!["try, in a second shell:".to_owned()];
+    lines.push(format!("  {me} watch {leaf_at}"));
+    if let Some(state) = state {
+        lines.push(format!("  {me} add {leaf_at} {state}"));
+    }
+    let repl = match root {
+        Some((root_at, _, _)) if root_at != leaf_at => format!("  {me} repl {leaf_at} {root_at}"),
+        _ => format!("  {me} repl {leaf_at}"),
+    };
+    lines.push(repl);
+    lines.push(format!("  {me} status {}", leaf_at.without_machine()));
+    lines
+}
+
 pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut topology = asyncmachine::topology::load(&args.file)?;
     if let Some(address) = &args.debug {
@@ -51,6 +112,9 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         running.nodes().len(),
         args.file.display()
     )?;
+    for line in try_next(&topology, &running) {
+        writeln!(out, "{line}")?;
+    }
     let report = async {
         if args.report_ms == 0 {
             return std::future::pending().await;
