@@ -4,7 +4,8 @@
 # `am-node run FILE --node NAME` inside its namespace. The script checks the tree converges,
 # partitions the root-a link by taking its veth down, mutates the root (b must not see it),
 # restores the link, and checks b converges to the root. Every namespace it made is deleted
-# on exit, also on failure. Needs root (ip netns).
+# on exit, also on failure. Needs root (ip netns). DEPLOYMENT.md's multi-host commands are these,
+# with namespaces standing in for hosts.
 #
 #   scripts/netns-tree.sh [PARTITION_SECONDS]     (default 5; past 30 the mirrors' idle
 #                                                  timeout fires and they reconnect)
