@@ -2,13 +2,15 @@
 # A tree across real network boundaries: root <- a <- b, each node in its own network
 # namespace with its own address, linked by veth pairs, each run as
 # `am-node run FILE --node NAME` inside its namespace. The script checks the tree converges,
-# partitions the root-a link by taking its veth down, mutates the root (b must not see it),
-# restores the link, and checks b converges to the root. Every namespace it made is deleted
+# partitions the root-a link by taking its veth down, mutates the root (b must not see it) and
+# from b (`am-node add` at b, which must wait and run once), restores the link, and checks b
+# converges to the root and b's mutation ran exactly once. Every namespace it made is deleted
 # on exit, also on failure. Needs root (ip netns). DEPLOYMENT.md's multi-host commands are these,
 # with namespaces standing in for hosts.
 #
 #   scripts/netns-tree.sh [PARTITION_SECONDS]     (default 5; past 30 the mirrors' idle
 #                                                  timeout fires and they reconnect)
+#   AM_NODE_BIN=target/debug/am-node scripts/netns-tree.sh 3    (as scripts/test.sh runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +18,13 @@ partition=${1:-5}
 [ "$(id -u)" -eq 0 ] || { echo "netns-tree.sh needs root (ip netns); run it with sudo" >&2; exit 2; }
 command -v ip >/dev/null || { echo "netns-tree.sh needs iproute2 (apt-get install iproute2)" >&2; exit 2; }
 
-cargo build --release --locked -p am-node
-bin=$PWD/target/release/am-node
+# AM_NODE_BIN: an am-node already built (scripts/test.sh passes the debug one); else a release build.
+if [ -n "${AM_NODE_BIN:-}" ]; then
+    bin=$AM_NODE_BIN
+else
+    cargo build --release --locked -p am-node
+    bin=$PWD/target/release/am-node
+fi
 work=$(mktemp -d /tmp/am-netns.XXXXXX)
 tag=am$$
 pids=()
@@ -105,6 +112,9 @@ echo "partition: a-r down for ${partition}s"
 ip -n "$tag-a" link set a-r down
 mutate_root B
 mutate_root Op
+# A mutation from the far side of the partition: it waits for the link and runs once.
+ip netns exec "$tag-b" "$bin" add "tcp://${addr[b]}/demo" Op --timeout 60s >"$work/add-b.log" 2>&1 &
+add_b=$!
 sleep 1
 if [ "$(ticks b)" = "$(ticks root)" ]; then
     echo "FAILED: b saw the root's change across a partitioned link" >&2
@@ -115,4 +125,10 @@ sleep "$partition"
 ip -n "$tag-a" link set a-r up
 echo "link restored"
 converge "after the partition" 60
+wait "$add_b" || { echo "FAILED: b's add across the partition: $(cat "$work/add-b.log")" >&2; exit 1; }
+# Op activated twice (once at the root, once from b): tick 3, not 5.
+want="[1, 1, 3, 0]"
+converge "b's mutation" 30
+[ "$(ticks root)" = "$want" ] || { echo "FAILED: root $(ticks root), want $want (b's add ran once)" >&2; exit 1; }
+echo "b's add across the partition ran once: root $(ticks root)"
 echo "netns tree: ok"

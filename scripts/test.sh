@@ -45,3 +45,13 @@ scripts/build-wasm.sh --locked
 cargo test --workspace --locked
 cargo test --workspace --locked --benches
 node --test relay/web/test/
+
+# The multi-host proof of DEPLOYMENT.md: its commands across network namespaces. They need root
+# and a kernel that lets this machine make them; elsewhere it is said and skipped.
+if [ "$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1 && ip netns add "am-probe-$$" 2>/dev/null; then
+  ip netns del "am-probe-$$"
+  cargo build --locked -p am-node
+  AM_NODE_BIN="$PWD/target/debug/am-node" scripts/netns-tree.sh 3
+else
+  echo "skipping scripts/netns-tree.sh: it needs root and network namespaces (ip netns)" >&2
+fi
