@@ -221,3 +221,102 @@ async fn a_reply_lost_between_leaf_and_mid_is_answered_by_mid() {
 async fn a_reply_lost_between_mid_and_root_is_answered_by_the_root() {
     a_lost_reply_is_answered_from_the_record(Cut::MidToRoot).await;
 }
+
+/// A hop whose client went away while the hop's forwarded run was still out keeps the run
+/// going and records its answer: a repeat of the key, on a new connection, is answered from the
+/// record (it does not wait for ever on a run nobody finishes, nor run again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_client_left_still_records_its_answer() {
+    use asyncmachine::machine::{Mutation, MutationKey, MutationKind};
+    use asyncmachine::proto::config::Limits;
+    let root = Machine::builder((*schema()).clone()).id("root").build();
+    let (running_tx, running_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (running_tx, go_rx) = (Mutex::new(running_tx), Mutex::new(go_rx));
+    root.on_state("Counter", move |_| {
+        let _ = running_tx.lock().expect("lock").send(());
+        let _ = go_rx
+            .lock()
+            .expect("lock")
+            .recv_timeout(Duration::from_secs(20));
+    })
+    .expect("bound");
+    let (_root_server, root_address) = serve(Arc::new(root.clone())).await;
+    let mid = Mirror::connect(&at(root_address), config("mid"))
+        .await
+        .expect("mid connects");
+    // mid drops a silent client fast, so the leaf's going away ends its connection there.
+    let mid_server = Server::new(ServerConfig {
+        limits: Limits {
+            idle_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    });
+    mid_server
+        .add_source("demo", Arc::new(mid.clone()))
+        .expect("a source");
+    let mid_at = mid_server
+        .listen(&"tcp://127.0.0.1:0".parse().expect("valid"))
+        .await
+        .expect("binds")
+        .with_machine("demo");
+    let leaf_config = || MirrorConfig {
+        keepalive: Duration::from_millis(50),
+        ..config("leaf")
+    };
+    let key = MutationKey {
+        origin: "leaf".into(),
+        epoch: 7,
+        seq: 1,
+    };
+    let counter = schema().index("Counter").expect("a state");
+    let keyed =
+        || Mutation::new(MutationKind::Add, vec![counter], Args::new()).with_key(Some(key.clone()));
+
+    let first = Mirror::connect(&mid_at, leaf_config())
+        .await
+        .expect("connects");
+    let sent = first.mutate(keyed());
+    let sent = tokio::spawn(sent);
+    within(
+        "the root running the mutation",
+        tokio::task::spawn_blocking(move || running_rx.recv_timeout(Duration::from_secs(20))),
+    )
+    .await
+    .expect("joins")
+    .expect("the handler runs");
+    // The leaf goes away; mid's connection to it ends while mid's forwarded run is still out.
+    first.dispose();
+    let _ = sent.await;
+    within("mid to drop the leaf's connection", async {
+        while mid_server.clients().iter().any(|c| c.id == "leaf") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    go_tx.send(()).expect("the handler waits");
+    within(
+        "the root's transition",
+        root.when_tick_reaches("Counter", 1),
+    )
+    .await
+    .expect("waits");
+
+    // The same key again, on a new connection: answered from mid's record.
+    let again = Mirror::connect(&mid_at, leaf_config())
+        .await
+        .expect("connects");
+    assert_eq!(
+        within("the repeat's answer", again.mutate(keyed())).await,
+        Ok(Outcome::Executed)
+    );
+    assert_eq!(root.tick("Counter"), 1, "ran once");
+    assert_eq!(
+        mid_server
+            .stats()
+            .mutations_deduplicated
+            .load(Ordering::Relaxed),
+        1
+    );
+}

@@ -278,11 +278,12 @@ impl Drop for ClientSlot<'_> {
 /// until it ends (the waits end with it).
 async fn read_loop(
     inner: &Inner,
-    hub: &Hub,
+    shared_hub: &Arc<Hub>,
     outlet: &Arc<Outlet>,
     rd: &mut ReadHalf<BoxStream>,
     clock: Clock,
 ) {
+    let hub: &Hub = shared_hub;
     let mut buf = Vec::with_capacity(READ_CHUNK);
     let mut events = Vec::new();
     let mut waits = Waits::default();
@@ -305,7 +306,7 @@ async fn read_loop(
                         };
                         let started = std::time::Instant::now();
                         let client = outlet.lock().session.client_id().map(str::to_owned);
-                        let result = run_once(inner, hub, client.as_deref(), mutation).await;
+                        let result = run_once(inner, shared_hub, client.as_deref(), mutation).await;
                         inner.stats.mutation_latency.record(started.elapsed());
                         outlet
                             .lock()
@@ -372,7 +373,7 @@ async fn read_loop(
 /// (PROTOCOL.md, "Retries and exactly once"). A mutation without a key just runs.
 async fn run_once(
     inner: &Inner,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     client: Option<&str>,
     mutation: crate::machine::Mutation,
 ) -> Result<crate::machine::Outcome, String> {
@@ -407,14 +408,22 @@ async fn run_once(
             hub.source.mutate(mutation).await.map_err(reason)
         }
         Begin::Run => {
-            // Recorded even when this connection goes away meanwhile: the run goes on.
-            let answer = hub.source.mutate(mutation).await.map_err(reason);
-            let waiters = lock_dedup(hub).finish(client, key, &answer, hub.now());
-            for waiter in waiters {
-                // A duplicate whose connection ended is not waiting any more.
-                let _ = waiter.send(answer.clone());
-            }
-            answer
+            // On a task of its own: the connection's reader (this future) is dropped when the
+            // connection ends, and a run dropped half-way (forwarded upstream, its answer not
+            // back) would leave its key running for ever and its repeats waiting on it. The
+            // task records the answer however the connection ends.
+            let (hub, client) = (hub.clone(), client.to_owned());
+            let run = tokio::spawn(async move {
+                let answer = hub.source.mutate(mutation).await.map_err(reason);
+                let waiters = lock_dedup(&hub).finish(&client, key, &answer, hub.now());
+                for waiter in waiters {
+                    // A duplicate whose connection ended is not waiting any more.
+                    let _ = waiter.send(answer.clone());
+                }
+                answer
+            });
+            run.await
+                .unwrap_or_else(|e| Err(format!("the mutation's run failed: {e}; retry")))
         }
     }
 }
