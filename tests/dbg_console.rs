@@ -321,7 +321,14 @@ async fn the_console_reconnects_and_shows_what_it_missed() {
     let meanwhile = Collector::start(config("127.0.0.1:0".into()), imported)
         .await
         .expect("collector starts");
+    let imported_entries = meanwhile.with_history(|h| h.entries().len());
     let sender = report(&meanwhile, "root", Arc::new(root.clone()), &server, &at);
+    // The new sender is connected once something of it arrives: a change made before that
+    // could be dropped with the sender's unsent buffer, not a thing this test is about.
+    eventually("the new sender at the collector", || {
+        meanwhile.with_history(|h| h.entries().len() > imported_entries)
+    })
+    .await;
     root.add(&["C"], Args::new()).expect("taken in");
     eventually("C at the collector", || {
         meanwhile.with_history(|h| {
