@@ -105,16 +105,10 @@ fn at(address: SocketAddr) -> Endpoint {
     format!("tcp://{address}/demo").parse().expect("valid")
 }
 
-/// Which link the test cuts.
-#[derive(Clone, Copy, PartialEq)]
-enum Cut {
-    LeafToMid,
-    MidToRoot,
-}
-
-async fn a_lost_reply_is_answered_from_the_record(cut: Cut) {
-    // The root's handler holds the transition until the test lets it go, so the cut comes
-    // after the mutation ran and before its reply left.
+/// A root whose `Counter` handler says it runs (the receiver) and holds the transition until
+/// the test lets it go (the sender), so a link can be cut after the root ran and before the
+/// reply left.
+fn held_root() -> (Machine, mpsc::Receiver<()>, mpsc::Sender<()>) {
     let root = Machine::builder((*schema()).clone()).id("root").build();
     let (running_tx, running_rx) = mpsc::channel::<()>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -127,6 +121,18 @@ async fn a_lost_reply_is_answered_from_the_record(cut: Cut) {
             .recv_timeout(Duration::from_secs(20));
     })
     .expect("bound");
+    (root, running_rx, go_tx)
+}
+
+/// Which link the test cuts.
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    LeafToMid,
+    MidToRoot,
+}
+
+async fn a_lost_reply_is_answered_from_the_record(cut: Cut) {
+    let (root, running_rx, go_tx) = held_root();
     let (root_server, root_address) = serve(Arc::new(root.clone())).await;
 
     let upstream_of_mid = if cut == Cut::MidToRoot {
@@ -229,18 +235,7 @@ async fn a_reply_lost_between_mid_and_root_is_answered_by_the_root() {
 async fn a_run_whose_client_left_still_records_its_answer() {
     use asyncmachine::machine::{Mutation, MutationKey, MutationKind};
     use asyncmachine::proto::config::Limits;
-    let root = Machine::builder((*schema()).clone()).id("root").build();
-    let (running_tx, running_rx) = mpsc::channel::<()>();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let (running_tx, go_rx) = (Mutex::new(running_tx), Mutex::new(go_rx));
-    root.on_state("Counter", move |_| {
-        let _ = running_tx.lock().expect("lock").send(());
-        let _ = go_rx
-            .lock()
-            .expect("lock")
-            .recv_timeout(Duration::from_secs(20));
-    })
-    .expect("bound");
+    let (root, running_rx, go_tx) = held_root();
     let (_root_server, root_address) = serve(Arc::new(root.clone())).await;
     let mid = Mirror::connect(&at(root_address), config("mid"))
         .await

@@ -209,13 +209,7 @@ impl StateSource for DrivenMirror {
     }
 
     fn upstream(&self) -> Option<UpstreamInfo> {
-        let (retry, waiting) = {
-            let replica = self.shared.core.lock();
-            (
-                replica.session.retry_stats(),
-                replica.session.waiting_mutations(),
-            )
-        };
+        let (retried, expired, waiting) = self.shared.core.retry_counts();
         Some(UpstreamInfo {
             endpoint: self.shared.endpoint.clone(),
             state: match self.phase() {
@@ -225,9 +219,9 @@ impl StateSource for DrivenMirror {
             },
             last_error: self.last_error(),
             reconnects: self.shared.reconnects.load(Ordering::Relaxed),
-            mutations_retried: retry.retried,
-            mutations_expired: retry.expired,
-            mutations_waiting: waiting as u64,
+            mutations_retried: retried,
+            mutations_expired: expired,
+            mutations_waiting: waiting,
         })
     }
 

@@ -366,13 +366,7 @@ impl StateSource for Mirror {
     }
 
     fn upstream(&self) -> Option<UpstreamInfo> {
-        let (retry, waiting) = {
-            let replica = self.shared.core.lock();
-            (
-                replica.session.retry_stats(),
-                replica.session.waiting_mutations(),
-            )
-        };
+        let (retried, expired, waiting) = self.shared.core.retry_counts();
         Some(UpstreamInfo {
             endpoint: self.shared.endpoint.to_string(),
             state: match self.connection() {
@@ -382,9 +376,9 @@ impl StateSource for Mirror {
             },
             last_error: self.last_error(),
             reconnects: self.shared.stats.reconnects.load(Ordering::Relaxed),
-            mutations_retried: retry.retried,
-            mutations_expired: retry.expired,
-            mutations_waiting: waiting as u64,
+            mutations_retried: retried,
+            mutations_expired: expired,
+            mutations_waiting: waiting,
         })
     }
 

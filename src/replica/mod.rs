@@ -289,6 +289,15 @@ impl ReplicaCore {
             .collect()
     }
 
+    /// Mutations sent again after a lost connection, failed at the retry deadline, and
+    /// waiting for the link now (for `UpstreamInfo`).
+    pub fn retry_counts(&self) -> (u64, u64, u64) {
+        let replica = self.lock();
+        let stats = replica.session.retry_stats();
+        let waiting = replica.session.waiting_mutations() as u64;
+        (stats.retried, stats.expired, waiting)
+    }
+
     pub fn last_error(&self) -> Option<String> {
         self.lock().last_error.clone()
     }

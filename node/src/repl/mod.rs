@@ -25,6 +25,7 @@ use rustyline::validate::Validator;
 use rustyline::{Editor, Helper};
 
 pub use session::{ConnectOptions, Ran, Session};
+pub use views::clock_time;
 
 /// Lines kept in the history file.
 pub const HISTORY_LINES: usize = 1000;

@@ -15,6 +15,8 @@ use asyncmachine::printable::printable;
 use asyncmachine::proto::session::RetryPolicy;
 use asyncmachine::transport::{Endpoint, Scheme};
 
+use am_node::repl::clock_time;
+
 use crate::args::*;
 
 /// Exit code of a mutation that was canceled.
@@ -141,20 +143,6 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "shutting down")?;
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) fn clock_time() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() % 86_400;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        now.subsec_millis()
-    )
 }
 
 pub(crate) fn endpoint(text: &str) -> anyhow::Result<Endpoint> {
