@@ -328,3 +328,64 @@ fn a_prepended_mutation_runs_before_the_queue_and_takes_no_queue_tick() {
         "add(A) and the queued add(B); not the prepended add(C)"
     );
 }
+
+/// A tracer that follows every other transition (as telemetry does while its buffer has room).
+struct EveryOther {
+    asked: AtomicU64,
+    lines: Recorder,
+}
+
+impl Tracer for EveryOther {
+    fn wants_transition(&self) -> bool {
+        self.asked.fetch_add(1, Ordering::Relaxed) % 2 == 0
+    }
+    fn transition_init(&self, t: &TransitionTrace<'_>) {
+        self.lines.transition_init(t);
+    }
+    fn handler_start(&self, t: &TransitionTrace<'_>, h: &HandlerCall<'_>) {
+        self.lines.handler_start(t, h);
+    }
+    fn transition_end(&self, t: &TransitionTrace<'_>) {
+        self.lines.transition_end(t);
+    }
+}
+
+#[test]
+fn a_transition_no_tracer_follows_runs_untraced_and_one_any_follows_is_told_to_all() {
+    let m = machine(vec![StateDef::new("A"), StateDef::new("B")]);
+    m.on_enter("A", |_| true).expect("known state");
+    let picky = Arc::new(EveryOther {
+        asked: AtomicU64::new(0),
+        lines: Recorder::default(),
+    });
+    m.bind_tracer(picky.clone());
+    m.add(&["A"], Args::new()).expect("known state");
+    m.add(&["B"], Args::new()).expect("known state");
+    m.remove(&["A"], Args::new()).expect("known state");
+    let lines = picky.lines.lines();
+    // The first and third transitions, whole; the second not at all.
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert_eq!(lines[0], "init A");
+    assert_eq!(lines[1], "> AEnter");
+    // (The third position is the schema's Exception.)
+    assert!(
+        lines[2].starts_with("end Some(Executed) [0, 0, 0]->[1, 0, 0]"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[3], "init A");
+    assert!(
+        lines[4].starts_with("end Some(Executed) [1, 1, 0]->[2, 1, 0]"),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("init B")), "{lines:?}");
+
+    // Bound with a tracer that follows everything, the picky one hears every transition: a
+    // tracer that declined must ignore what another's interest brings.
+    let all = Arc::new(Recorder::default());
+    m.bind_tracer(all.clone());
+    m.add(&["A"], Args::new()).expect("known state");
+    m.add(&["A"], Args::new()).expect("known state");
+    let ends = |lines: Vec<String>| lines.iter().filter(|l| l.starts_with("end")).count();
+    assert_eq!(ends(all.lines()), 2);
+    assert_eq!(ends(picky.lines.lines()), 2 + 2);
+}

@@ -133,6 +133,15 @@ pub trait Tracer: Send + Sync {
     }
     /// The queue ran empty.
     fn queue_end(&self, _machine: &Machine) {}
+    /// Whether this tracer follows the transition about to start: asked once per transition,
+    /// on the thread that runs it, before anything is copied for tracers (so: an atomic read,
+    /// nothing more). When every bound tracer declines, the transition runs as if none were
+    /// bound: no steps recorded, no clock copied, no `transition_*` or `handler_*` hook. A
+    /// tracer that declines while another accepts still sees the hooks and must ignore them
+    /// (telemetry declines when its buffer is full, and counts the transition as dropped).
+    fn wants_transition(&self) -> bool {
+        true
+    }
     /// Whether [`Tracer::mutation_queued`] is wanted now: asked under the machine's lock (so:
     /// an atomic read, nothing more), before the machine copies the mutation for it.
     fn wants_queued(&self) -> bool {
@@ -175,7 +184,6 @@ impl Tracers {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
-
     pub fn snapshot(&self) -> Arc<Vec<(u64, Arc<dyn Tracer>)>> {
         self.list.clone()
     }
@@ -183,6 +191,14 @@ impl Tracers {
     pub fn tracers(&self) -> Vec<Arc<dyn Tracer>> {
         self.list.iter().map(|(_, t)| t.clone()).collect()
     }
+}
+
+/// Whether any of `tracers` follows the next transition. Every tracer is asked (none is
+/// skipped because an earlier one accepted), so each knows whether it declined this one.
+pub(crate) fn wanted(tracers: &[(u64, Arc<dyn Tracer>)]) -> bool {
+    tracers
+        .iter()
+        .fold(false, |any, (_, t)| t.wants_transition() | any)
 }
 
 /// The steps of a clock change made elsewhere (a mirror's update): `Remove` for each state

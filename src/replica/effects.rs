@@ -8,7 +8,7 @@ use futures_channel::oneshot;
 
 use crate::machine::log::MachineLog;
 use crate::machine::observers::ObserverSnapshot;
-use crate::machine::tracer::change_steps;
+use crate::machine::tracer::{change_steps, wanted};
 use crate::machine::{ClockChange, Outcome, Schema, StateSource, Tracer, TransitionTrace};
 use crate::proto::message::Payload;
 use crate::proto::session::HandshakeError;
@@ -88,7 +88,7 @@ impl Notice {
         if let Some(old) = &self.old_schema {
             tracers.clone().for_each(|t| t.schema_change(source, old));
         }
-        let traced = !self.changed.is_empty() && !self.tracers.is_empty();
+        let traced = !self.changed.is_empty() && wanted(&self.tracers);
         let steps = if traced {
             change_steps(&self.before, &self.after, &self.changed)
         } else {

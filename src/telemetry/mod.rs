@@ -8,8 +8,9 @@
 //!   import as lines); no I/O;
 //! - `reorder`: records of different nodes put back in the order they happened (held for a
 //!   short window, sorted by the sender's time); no I/O;
-//! - `sender` (`net`): the tracer bound to each machine (a bounded buffer filled with
-//!   `try_send`, drops counted) and the node's task that writes the buffers to the collector;
+//! - `tap`: the tracer bound to each machine (a bounded buffer, drops counted) and the record
+//!   lines made from what the buffers hold; time passed in, no I/O (a page uses it too);
+//! - `sender` (`net`): the node's task that writes its machines' lines to the collector;
 //! - `collector` (`net`): the listener for senders, the dump files and the console (an HTTP
 //!   page and a WebSocket).
 //!
@@ -22,6 +23,7 @@ pub mod record;
 pub mod reorder;
 #[cfg(feature = "net")]
 pub mod sender;
+pub mod tap;
 
 pub use history::{Entry, Filter, History, MachineView};
 pub use record::{MachineRef, Record, Redaction};

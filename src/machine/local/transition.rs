@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::machine::handlers::HandlerCall;
 use crate::machine::log::LogLevel;
-use crate::machine::tracer::{Step, StepKind, TransitionTrace};
+use crate::machine::tracer::{Step, StepKind, TransitionTrace, wanted};
 
 /// The schema and the handler table a processing turn works with: taken once and kept while
 /// the core still holds the same ones, so that a turn of many transitions does not count
@@ -26,7 +26,7 @@ struct Tx<'a> {
     before: &'a [u64],
     queue_tick: u64,
     level: LogLevel,
-    /// Recorded only when a tracer is bound.
+    /// Recorded only when a bound tracer follows this transition.
     steps: Option<Vec<Step>>,
 }
 
@@ -185,7 +185,7 @@ impl Machine {
             before: &before,
             queue_tick,
             level: self.log_level(),
-            steps: (!handlers.tracers().is_empty()).then(Vec::new),
+            steps: wanted(handlers.tracers()).then(Vec::new),
         };
         self.log_mutation(&tx);
         for &s in &mutation.states {
