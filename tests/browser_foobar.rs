@@ -5,7 +5,8 @@
 //! reply to foo: a mutation started in the page reaches foo and comes back as a mutation of
 //! bar, and the reverse. A node started from a topology that names `ws://relay/listen/bar` as
 //! its upstream mirrors the page's bar too. A second tab that offers bar too is refused with
-//! the reason.
+//! the reason. With a collector behind the relay, the page's machines report to it beside the
+//! node's, and a mutation the page sends is linked to the transition it led to.
 
 mod common;
 
@@ -15,6 +16,8 @@ use asyncmachine::machine::{Args, Machine, Schema, SchemaDef, StateDef, StateSou
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
 use asyncmachine::relay::{Relay, RelayConfig, Target};
 use asyncmachine::server::ServerConfig;
+use asyncmachine::telemetry::collector::{Collector, CollectorConfig};
+use asyncmachine::telemetry::{History, Record, Telemetry, TelemetryConfig};
 use common::chromium::{Chromium, chromium_or_skip};
 use common::*;
 use serde_json::json;
@@ -185,4 +188,125 @@ async fn foo_and_bar_mutate_each_other_through_the_relay() {
     chromium.screenshots("foobar-second-tab").await;
     assert_eq!(relay.offered(), ["bar"], "the first tab keeps it");
     assert_eq!(json!(foo_machine.tick("Msg")), json!(1));
+}
+
+/// The page's bar and its mirror of foo report to the collector the relay bridges to (target
+/// "dbg"), as the node's foo does: one history for the page and the node; the page's mutation
+/// of foo is recorded where it was sent (the page's mirror) and where it ran (foo), linked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reports_its_machines_to_the_collector_through_the_relay() {
+    let Some(path) = chromium_or_skip() else {
+        return;
+    };
+    let collector = Collector::start(
+        CollectorConfig {
+            telemetry: "127.0.0.1:0".into(),
+            console: "127.0.0.1:0".into(),
+            max_entries: 10_000,
+        },
+        History::default(),
+    )
+    .await
+    .expect("collector starts");
+    let foo_machine = Machine::builder(schema()).id("foo").build();
+    let (_server, endpoint) = serve(
+        Arc::new(foo_machine.clone()),
+        ServerConfig::default(),
+        "tcp",
+    )
+    .await;
+    let telemetry = Telemetry::start(
+        "foo-node",
+        TelemetryConfig::new(&format!("tcp://{}", collector.telemetry_addr())).expect("address"),
+    );
+    telemetry.attach("foo", Arc::new(foo_machine.clone()));
+    let relay = Relay::start(RelayConfig {
+        listen: any_port("ws"),
+        targets: vec![
+            Target {
+                name: "foo".into(),
+                endpoint,
+            },
+            Target {
+                name: "dbg".into(),
+                endpoint: format!("tcp://{}", collector.telemetry_addr())
+                    .parse()
+                    .expect("endpoint"),
+            },
+        ],
+        offers: vec!["bar".into()],
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay starts");
+    let address = relay.local_endpoint().address.clone();
+
+    let mut chromium = Chromium::launch(&path).await;
+    chromium
+        .open(&format!("http://{address}/foobar.html"))
+        .await;
+    chromium
+        .until(
+            "the page to mirror foo and send telemetry",
+            "window.foobar?.foo.state === 'ready' && window.foobar?.debugging?.state === 'sending'",
+        )
+        .await;
+    let node = chromium.eval("window.foobar.debugging.node").await;
+    let node = node.as_str().expect("the page's node name").to_owned();
+    let (page_bar, page_foo) = (format!("{node}/bar"), format!("{node}/foo"));
+    eventually("the page's machines and foo known to the collector", || {
+        collector.with_history(|h| {
+            [page_bar.as_str(), page_foo.as_str(), "foo-node/foo"]
+                .iter()
+                .all(|k| h.machine(k).is_some_and(|m| m.info.is_some()))
+        })
+    })
+    .await;
+
+    // The page hosts bar: a transition of it, made by the page's JavaScript.
+    chromium
+        .eval("window.foobar.bar.add('Reply', { n: 7 })")
+        .await;
+    // The page's mirror sends Msg to foo: sent in the page, run at the node, linked.
+    chromium
+        .eval("window.foobar.foo.add('Msg', { n: 1 })")
+        .await;
+    eventually(
+        "bar's transition, the page's sent Msg and foo's Msg",
+        || {
+            collector.with_history(|h| {
+                let mut bar_reply = false;
+                let mut sent = false;
+                let mut ran = None;
+                for e in h.entries() {
+                    match &e.record {
+                        Record::Transition(t)
+                            if t.at.key() == page_bar && t.called == ["Reply"] =>
+                        {
+                            bar_reply = t.args.iter().any(|(k, v)| k == "n" && v == "7");
+                        }
+                        Record::Sent(s) if s.at.key() == page_foo && s.called == ["Msg"] => {
+                            sent = true;
+                        }
+                        Record::Transition(t)
+                            if t.at.key() == "foo-node/foo" && t.called == ["Msg"] =>
+                        {
+                            ran = Some(e.seq);
+                        }
+                        _ => {}
+                    }
+                }
+                bar_reply && sent && ran.is_some_and(|seq| !h.hops(seq).is_empty())
+            })
+        },
+    )
+    .await;
+    assert!(
+        chromium
+            .eval("window.foobar.debugging.dropped")
+            .await
+            .as_u64()
+            == Some(0)
+    );
+    telemetry.shutdown().await;
 }

@@ -202,3 +202,40 @@ export class Offer extends EventTarget {
 
 /** Offers `machine` through a relay, once the relay took it. */
 export function offer(machine: Machine, url: string, options?: { keepaliveMs?: number; WebSocket?: typeof WebSocket }): Promise<Offer>;
+
+/** A debugger connection's status. */
+export interface DebuggerStatus {
+  state: "connecting" | "sending" | "disconnected" | "refused" | "closed";
+  reason: string;
+  code: number;
+}
+
+/** Options of a page's telemetry. */
+export interface DebuggerOptions {
+  /** The page's node name at the collector (default "page"). */
+  node?: string;
+  /** Records each machine's buffer holds (default 4096, at most 65536). */
+  capacity?: number;
+  /** Comma-separated words: arguments whose names contain one are sent as `<redacted>`. */
+  redact?: string;
+  /** How often the buffers are taken and sent (default 20 ms). */
+  everyMs?: number;
+  keepaliveMs?: number;
+  WebSocket?: typeof WebSocket;
+}
+
+/** Streams the page's machines and mirrors to a collector (`am-node dbg`) through the relay. */
+export class Debugger extends EventTarget {
+  readonly node: string;
+  readonly state: DebuggerStatus["state"];
+  /** Records dropped so far (full buffers), as of the last take. */
+  readonly dropped: number;
+  constructor(url: string, options?: DebuggerOptions);
+  attach(source: Source, name?: string): this;
+  close(): void;
+  addEventListener(type: "status", listener: (event: CustomEvent<DebuggerStatus>) => void, options?: AddEventListenerOptions | boolean): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject, options?: AddEventListenerOptions | boolean): void;
+}
+
+/** Streams `sources` (by name) to a collector through the relay's socket `url` (ws://relay/arpc/TARGET). */
+export function debug(url: string, sources?: Record<string, Source>, options?: DebuggerOptions & { wasm?: Parameters<typeof load>[0] }): Promise<Debugger>;

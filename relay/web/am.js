@@ -105,6 +105,11 @@ function notify(kind) {
   }
 }
 
+/** Wall time in microseconds since the Unix epoch (telemetry's stamps). */
+function nowUs() {
+  return Math.round((performance.timeOrigin + performance.now()) * 1000);
+}
+
 function schedulePump() {
   if (pumpQueued) return;
   pumpQueued = true;
@@ -133,7 +138,7 @@ function pump() {
  */
 export function load(source = new URL("./am.wasm", import.meta.url)) {
   loading ??= (async () => {
-    const imports = { am: { notify } };
+    const imports = { am: { notify, now_us: nowUs } };
     let instance;
     if (source instanceof WebAssembly.Module) {
       instance = await WebAssembly.instantiate(source, imports);
@@ -782,4 +787,120 @@ export async function offer(machine, url, options) {
 export async function connect(url, options) {
   await load(options?.wasm);
   return new Mirror(url, options).start().ready();
+}
+
+// ----- telemetry -----
+
+/**
+ * Streams what the page's machines and mirrors do to a collector (`am-node dbg`), as a node's
+ * machines do: each transition (or a mirror's update, or a mutation it sent) as a record line,
+ * taken from bounded buffers every `everyMs` (a full buffer drops records and counts them; the
+ * console shows the count). The lines go over a WebSocket the relay bridges to the collector:
+ * start the relay with a target for it (`--target dbg=tcp://127.0.0.1:6831`) and give its URL
+ * (`ws://relay/arpc/dbg`). Reconnects with backoff until close(); every connection starts with
+ * each machine's schema and clock. Events: "status" ({state: "connecting" | "sending" |
+ * "disconnected" | "refused" | "closed", reason, code}).
+ */
+export class Debugger extends EventTarget {
+  /**
+   * @param {string} url the relay's socket for the collector, ws(s)://relay/arpc/TARGET
+   * @param {{node?: string, capacity?: number, redact?: string, everyMs?: number,
+   *   keepaliveMs?: number, WebSocket?: typeof WebSocket}} [options]
+   */
+  constructor(url, { node = "page", capacity, redact, everyMs = 20, keepaliveMs = DEFAULT_KEEPALIVE_MS, WebSocket: Socket = globalThis.WebSocket } = {}) {
+    super();
+    call({ op: "debug", node, capacity, redact });
+    Object.assign(this, { url, node, everyMs, keepaliveMs, Socket });
+    this.state = "closed";
+    this.closed = false;
+    this.attempt = 0;
+    /** Sources to attach once they have a handle in the module (mirrors not started yet). */
+    this.waiting = [];
+    /** Records dropped so far (full buffers), as of the last take. */
+    this.dropped = 0;
+    this.#connect();
+  }
+
+  /**
+   * Streams `source` (a Machine or a Mirror) under `name` (default: its id). A mirror not yet
+   * started is attached once it has started.
+   */
+  attach(source, name = source.id ?? source.clientId) {
+    this.waiting.push([source, name]);
+    this.#attachWaiting();
+    return this;
+  }
+
+  #attachWaiting() {
+    this.waiting = this.waiting.filter(([source, name]) => {
+      if (source.handle === undefined) return true;
+      call({ op: "debugAttach", h: source.handle, name });
+      return false;
+    });
+  }
+
+  /** Stops: the tracers are unbound and the socket closed. */
+  close() {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    clearInterval(this.timer);
+    clearInterval(this.keepalive);
+    this.ws?.close(1000, "telemetry stopped");
+    call({ op: "debugStop" });
+    this.#status("closed");
+  }
+
+  #status(state, reason = "", code = 0) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("status", { detail: { state, reason, code } }));
+  }
+
+  /** Sends what the buffers hold; with `hello`, every machine's record first. */
+  #send(hello = false) {
+    this.#attachWaiting();
+    const { lines, dropped } = call({ op: "debugTake", hello });
+    this.dropped = dropped;
+    if (lines.length > 0 && this.ws?.readyState === 1) this.ws.send(encoder.encode(lines));
+  }
+
+  #connect() {
+    this.#status("connecting");
+    const ws = new this.Socket(this.url);
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    ws.onopen = () => {
+      this.attempt = 0;
+      this.#status("sending");
+      this.#send(true);
+      this.timer = setInterval(() => this.#send(), this.everyMs);
+      // An empty line: the collector skips it, the relay sees the page is alive.
+      this.keepalive = setInterval(() => ws.readyState === 1 && ws.send(encoder.encode("\n")), this.keepaliveMs);
+    };
+    ws.onclose = (event) => {
+      clearInterval(this.timer);
+      clearInterval(this.keepalive);
+      if (this.closed) return;
+      const reason = event.reason || `closed (${event.code})`;
+      if (PERMANENT_CLOSE_CODES.has(event.code)) {
+        this.closed = true;
+        this.#status("refused", reason, event.code);
+        return;
+      }
+      this.#status("disconnected", reason, event.code);
+      this.retryTimer = setTimeout(() => this.#connect(), retryDelay(this.attempt++));
+    };
+    ws.onerror = () => {};
+  }
+}
+
+/**
+ * Streams `sources` ({name: Machine | Mirror}) to a collector through the relay:
+ * `debug("ws://relay/arpc/dbg", { bar }, { node: "tab-1" })`.
+ * @returns {Promise<Debugger>}
+ */
+export async function debug(url, sources = {}, options) {
+  await load(options?.wasm);
+  const debuggerOf = new Debugger(url, options);
+  for (const [name, source] of Object.entries(sources)) debuggerOf.attach(source, name);
+  return debuggerOf;
 }

@@ -1,8 +1,9 @@
 // The foo/bar example (asyncmachine-go's WASM example, re-created): this page hosts the
 // machine bar and offers it through the relay (nodes mirror it at ws://relay/listen/bar); it
 // mirrors the node's machine foo. foo's handlers mutate bar, bar's handlers mutate foo, so a
-// mutation goes both ways. Everything shown is text (textContent).
-import { Machine, Mirror, Offer, load } from "./am.js";
+// mutation goes both ways. When the relay has a target "dbg" (a collector, `am-node dbg`), both
+// machines report to it, as the nodes' do. Everything shown is text (textContent).
+import { Debugger, Machine, Mirror, Offer, load } from "./am.js";
 
 /** foo's and bar's schema: a message (multi: every one counts) and a reply to one. */
 export const SCHEMA = { states: [{ name: "Msg", multi: true }, { name: "Reply", multi: true }] };
@@ -29,9 +30,13 @@ async function main() {
   await load();
   // The relay's target "foo" names the node's machine.
   const response = await fetch("/targets", { headers: token ? { Authorization: `Bearer ${token}` } : {} });
-  const target = response.ok ? (await response.json()).find((t) => t.name === "foo") : null;
+  const targets = response.ok ? await response.json() : [];
+  const target = targets.find((t) => t.name === "foo");
   const bar = new Machine(SCHEMA, { id: "bar" });
-  const foo = new Mirror(`${base}/arpc/foo${query}`, { source: target?.machine ?? "" });
+  // This tab's name: foo's server records it as the client of each mutation, and telemetry
+  // names the tab's machines by it, so the debugger links the two.
+  const node = `page-${Math.random().toString(36).slice(2, 6)}`;
+  const foo = new Mirror(`${base}/arpc/foo${query}`, { source: target?.machine ?? "", clientId: node });
   // bar's handler: a message to bar is answered with a reply to foo.
   bar.on("state", "Msg", (e) => {
     foo.add("Reply", { from: "bar", n: e.args.n ?? 0 }).catch((err) => { $("log").textContent = `reply to foo failed: ${err.message}`; });
@@ -47,7 +52,12 @@ async function main() {
   foo.start();
   offer.start();
   show("bar", bar);
-  window.foobar = { bar, foo, offer };
+  // Telemetry, when the relay bridges to a collector: this tab is a node of its own.
+  let debugging = null;
+  if (targets.some((t) => t.name === "dbg")) {
+    debugging = new Debugger(`${base}/arpc/dbg${query}`, { node }).attach(bar, "bar").attach(foo, "foo");
+  }
+  window.foobar = { bar, foo, offer, debugging };
 }
 
 main().catch((e) => { $("log").textContent = `cannot start: ${e.message}`; });

@@ -9,7 +9,8 @@
 //! Imports (module `am`): `notify(kind) -> u32` with a JSON payload in the outbox, read by the
 //! glue before it does anything else: a handler to run (1; the answer is 0 to go on, 1 to
 //! cancel, 2 for an error whose message the glue wrote into the inbox), a change (2), a wake-up
-//! (3: poll and flush soon), a panic's message (4).
+//! (3: poll and flush soon), a panic's message (4). `now_us() -> f64`: wall time in
+//! microseconds since the Unix epoch, for telemetry records.
 //!
 //! The only unsafe code of the crate: the exports' symbol names and the import's declaration.
 #![allow(unsafe_code)]
@@ -25,6 +26,8 @@ use crate::page::{Host, Page};
 #[link(wasm_import_module = "am")]
 unsafe extern "C" {
     safe fn notify(kind: u32) -> u32;
+    /// Wall time in microseconds since the Unix epoch (a whole number as a double).
+    safe fn now_us() -> f64;
 }
 
 const NOTE_HANDLER: u32 = 1;
@@ -71,6 +74,10 @@ impl Host for Glue {
 
     fn wake(&self) {
         notify(NOTE_WAKE);
+    }
+
+    fn now_us(&self) -> u64 {
+        now_us().max(0.0) as u64
     }
 }
 

@@ -40,6 +40,8 @@ pub trait Host: Send + Sync {
     /// Tasks were woken or a mirror has bytes to send: the glue polls and flushes soon (not
     /// from inside this call).
     fn wake(&self);
+    /// Wall time, microseconds since the Unix epoch: what telemetry records are stamped with.
+    fn now_us(&self) -> u64;
 }
 
 type Task = Pin<Box<dyn Future<Output = Result<Json, WebError>> + Send>>;
@@ -91,6 +93,8 @@ pub struct Page {
     host: Arc<dyn Host>,
     registry: Mutex<Registry>,
     woken: Arc<Woken>,
+    /// The page's telemetry, once started (`debug`).
+    telemetry: Mutex<Option<PageTelemetry>>,
 }
 
 impl std::fmt::Debug for Page {
@@ -146,6 +150,7 @@ impl Page {
             host,
             registry: Mutex::default(),
             woken: Arc::default(),
+            telemetry: Mutex::default(),
         }
     }
 
@@ -158,6 +163,23 @@ impl Page {
             "poll" => Ok(self.poll()),
             "serverOpen" | "serverTimeout" | "serverLost" | "serverPump" | "unserve" => {
                 self.on_server(op, command)
+            }
+            "debug" => {
+                let host = self.host.clone();
+                let telemetry = PageTelemetry::start(command, Arc::new(move || host.now_us()))?;
+                // The one before (if any) unbinds its tracers as it drops.
+                *lock(&self.telemetry) = Some(telemetry);
+                Ok(Json::Null)
+            }
+            "debugTake" => lock(&self.telemetry)
+                .as_mut()
+                .ok_or_else(|| {
+                    WebError::bad_request("telemetry is not started: send \"debug\" first")
+                })?
+                .take(command),
+            "debugStop" => {
+                lock(&self.telemetry).take();
+                Ok(Json::Null)
             }
             "cancel" => {
                 let task = field(command, "task")?.as_u64().unwrap_or(0) as u32;
@@ -251,6 +273,16 @@ impl Page {
                 let s = registry.next;
                 registry.servers.insert(s, Arc::new(server));
                 Ok(json!({ "s": s }))
+            }
+            "debugAttach" => {
+                let name = string(command, "name")?;
+                lock(&self.telemetry)
+                    .as_mut()
+                    .ok_or_else(|| {
+                        WebError::bad_request("telemetry is not started: send \"debug\" first")
+                    })?
+                    .attach(name, source.clone())?;
+                Ok(Json::Null)
             }
             "dispose" => {
                 if let Some(machine) = &entry.machine {
@@ -746,5 +778,8 @@ impl From<WaitError> for WebError {
     }
 }
 
+mod debug;
 #[cfg(test)]
 mod tests;
+
+use debug::PageTelemetry;

@@ -34,6 +34,12 @@ impl Host for TestHost {
     fn wake(&self) {
         *self.wakes.lock().expect("lock") += 1;
     }
+
+    fn now_us(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    }
 }
 
 fn page() -> (Arc<Page>, Arc<TestHost>) {
@@ -378,4 +384,78 @@ fn a_served_machine_is_mirrored_through_the_glue_commands() {
         .call(&json!({ "op": "serverPump", "s": s, "now": 2.0 }))
         .expect("pumped");
     assert_eq!(pumped["timeouts"], json!([]), "no connection left");
+}
+
+/// The page's telemetry: a machine's record first, its transitions as lines the collector
+/// reads, arguments redacted, a full buffer dropped and counted, and bad commands refused.
+#[test]
+fn a_page_machine_streams_its_transitions_as_collector_lines() {
+    use asyncmachine::telemetry::Record;
+
+    let (page, _host) = page();
+    let h = machine(&page);
+    let take = |command: Json| {
+        let taken = page.call(&command).expect("taken");
+        let lines = taken["lines"].as_str().expect("lines").to_owned();
+        let records: Vec<Record> = lines
+            .lines()
+            .map(|l| Record::from_line(l.as_bytes()).expect("a collector reads it"))
+            .collect();
+        (records, taken["dropped"].as_u64().expect("dropped"))
+    };
+    assert!(
+        page.call(&json!({ "op": "debugTake" })).is_err(),
+        "not started"
+    );
+    for bad in [
+        json!({ "op": "debug", "node": "" }),
+        json!({ "op": "debug", "capacity": 0 }),
+    ] {
+        assert!(page.call(&bad).is_err(), "{bad} refused");
+    }
+    page.call(&json!({ "op": "debug", "node": "tab-1", "capacity": 3 }))
+        .expect("started");
+    page.call(&json!({ "op": "debugAttach", "h": h, "name": "bar" }))
+        .expect("attached");
+    page.call(&json!({ "op": "mutate", "h": h, "kind": "add", "states": ["A"], "args": { "token": "s3cret", "n": 1 } }))
+        .expect("mutated");
+
+    let (records, dropped) = take(json!({ "op": "debugTake" }));
+    assert_eq!(dropped, 0);
+    assert_eq!(records.len(), 2, "{records:?}");
+    let Record::Machine(m) = &records[0] else {
+        panic!("the machine's record first: {records:?}")
+    };
+    assert_eq!(
+        (m.at.node.as_str(), m.at.machine.as_str()),
+        ("tab-1", "bar")
+    );
+    let Record::Transition(t) = &records[1] else {
+        panic!("then its transition: {records:?}")
+    };
+    assert_eq!(t.called, vec!["A".to_owned()]);
+    assert_eq!(t.clock, vec![1, 0, 0, 0]);
+    assert!(t.time_us > 0);
+    let token = t
+        .args
+        .iter()
+        .find(|(k, _)| k == "token")
+        .expect("token sent");
+    assert_eq!(token.1, "<redacted>");
+
+    // More than the buffer holds before a take: three kept, the rest counted.
+    for _ in 0..5 {
+        page.call(&json!({ "op": "mutate", "h": h, "kind": "add", "states": ["C"] }))
+            .expect("mutated");
+    }
+    let (records, dropped) = take(json!({ "op": "debugTake" }));
+    assert_eq!((records.len(), dropped), (3, 2), "{records:?}");
+    // A new connection starts with every machine's record, at its clock now.
+    let (records, _) = take(json!({ "op": "debugTake", "hello": true }));
+    let Some(Record::Machine(m)) = records.first() else {
+        panic!("hello: {records:?}")
+    };
+    assert_eq!(m.clock, vec![1, 0, 1, 0]);
+    page.call(&json!({ "op": "debugStop" })).expect("stopped");
+    assert!(page.call(&json!({ "op": "debugTake" })).is_err(), "stopped");
 }
