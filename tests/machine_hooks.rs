@@ -337,7 +337,7 @@ struct EveryOther {
 
 impl Tracer for EveryOther {
     fn wants_transition(&self) -> bool {
-        self.asked.fetch_add(1, Ordering::Relaxed) % 2 == 0
+        self.asked.fetch_add(1, Ordering::Relaxed).is_multiple_of(2)
     }
     fn transition_init(&self, t: &TransitionTrace<'_>) {
         self.lines.transition_init(t);
