@@ -248,6 +248,17 @@ pub(crate) enum Scenario {
     /// prints its endpoint, then follows commands on stdin.
     #[command(hide = true)]
     FanoutRoot(FanoutRootArgs),
+    /// A relay of `chain --processes`'s floor, run by it as a child process: passes
+    /// fixed-size messages on over bare TCP; prints `listening ADDR`.
+    #[command(hide = true)]
+    ChainHop(ChainHopArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ChainHopArgs {
+    /// The relay to read from (none: the root relay, written to by the bench).
+    #[arg(long)]
+    pub(crate) upstream: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -340,12 +351,29 @@ pub(crate) struct ChainArgs {
     /// Transport between the nodes: tcp, tls, quic, ws or wss.
     #[arg(long, default_value = "tcp")]
     pub(crate) transport: String,
-    /// Tokio worker threads; 1 runs every node on one thread.
+    /// Tokio worker threads; 1 runs every node on one thread. With --processes, the bench
+    /// process's own (the nodes run as `am-node run` does).
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
+    /// Every node its own `am-node run FILE --node NAME` process (from a topology file written
+    /// for the run), this one a client: mutates at the root, observes a client of each node;
+    /// the floor through as many bare-TCP relay processes. TCP only.
+    #[arg(long)]
+    pub(crate) processes: bool,
+    #[command(flatten)]
+    pub(crate) pin: PinArgs,
     /// Also print the result as one JSON object on the last line.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// Where the benchmark runs.
+#[derive(Debug, Args)]
+pub(crate) struct PinArgs {
+    /// Run on these CPUs only: a list like 0, 0,1 or 0-3. Set for this process before it starts
+    /// any thread, so its threads and every child process it starts (nodes, relays) inherit it.
+    #[arg(long, value_name = "CPUS")]
+    pub(crate) pin: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -36,6 +36,12 @@ pub(crate) fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
     use am_node::bench::chain::{ChainOptions, run};
     anyhow::ensure!((1..=16).contains(&args.hops), "--hops must be 1 to 16");
+    if let Some(cpus) = &args.pin.pin {
+        crate::pin::pin(cpus)?;
+    }
+    if args.processes {
+        return bench_chain_processes(args);
+    }
     let options = ChainOptions {
         hops: args.hops,
         iterations: args.iterations,
@@ -49,6 +55,49 @@ pub(crate) fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     write!(out, "{report}")?;
     json_line(&mut out, args.json, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench chain --processes`: the nodes as child processes of this program.
+fn bench_chain_processes(args: &ChainArgs) -> anyhow::Result<ExitCode> {
+    use am_node::bench::chain_processes::{ProcessChainOptions, run};
+    anyhow::ensure!(
+        args.transport == "tcp",
+        "--processes runs over tcp only (the nodes' topology has no certificates); leave out --transport"
+    );
+    let options = ProcessChainOptions {
+        hops: args.hops,
+        iterations: args.iterations,
+        warmup: args.warmup,
+        exe: std::env::current_exe().context("cannot find this program to run the nodes")?,
+        ready_timeout: Duration::from_secs(30),
+    };
+    let progress = progress("chain --processes");
+    let report = runtime(args.threads)?.block_on(async {
+        // Interrupted, the run is dropped and its children with it (killed).
+        tokio::select! {
+            report = run(&options, &progress) => Ok(report?),
+            () = asyncmachine::node::shutdown_signal() => {
+                anyhow::bail!("interrupted; the node processes were stopped")
+            }
+        }
+    });
+    let report = report.context("bench chain --processes failed")?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{report}")?;
+    json_line(&mut out, args.json, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A relay of `bench chain --processes`'s floor (a child process of it).
+pub(crate) fn bench_chain_hop(args: &ChainHopArgs) -> anyhow::Result<ExitCode> {
+    runtime(1)?
+        .block_on(am_node::bench::hop::serve(args.upstream, |addr| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening {addr}");
+            let _ = out.flush();
+        }))
+        .context("the chain's floor relay failed")?;
     Ok(ExitCode::SUCCESS)
 }
 
