@@ -1,5 +1,6 @@
-//! `am-node bench chain --processes`: the nodes as separate processes, the report's rows, and
-//! nothing left behind. Figures are not checked against times (benchmarks are not tests).
+//! `am-node bench chain --processes` and `bench sgp --processes`: the nodes (the worker) as
+//! separate processes, the reports' rows, and nothing left behind. Figures are not checked
+//! against times (benchmarks are not tests).
 
 use std::process::{Command, Stdio};
 
@@ -89,4 +90,44 @@ fn bench_chain_processes_refuses_other_transports_and_bad_cpu_lists() {
     let out = run(&["bench", "chain", "--processes", "--pin", "3-1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("runs backwards"));
+}
+
+#[test]
+fn bench_sgp_across_processes_reports_its_figures() {
+    let out = Command::new(env!("CARGO_BIN_EXE_am-node"))
+        .args([
+            "bench",
+            "sgp",
+            "--processes",
+            "--loops",
+            "200",
+            "--warmup",
+            "20",
+            "--json",
+        ])
+        .output()
+        .expect("am-node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("output"))
+        .expect("JSON on the last line");
+    assert_eq!(report["scenario"], "sgp-procs");
+    assert_eq!(report["errors"], 0);
+    for key in ["us_per_loop", "bytes_per_loop", "floor_us_per_loop"] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {report}"
+        );
+    }
+    let l = &report["latency"];
+    let (p50, p99, max) = (
+        l["p50_us"].as_f64().expect("p50"),
+        l["p99_us"].as_f64().expect("p99"),
+        l["max_us"].as_f64().expect("max"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{l}");
 }

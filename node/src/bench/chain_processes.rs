@@ -374,10 +374,10 @@ async fn floor(
         if let Some(up) = relays.last() {
             args.extend(["--upstream".to_owned(), up.to_string()]);
         }
-        let stdout = children
+        let pipes = children
             .spawn(&name, &args, true)?
             .ok_or_else(|| BenchError::Setup(format!("{name} has no standard output")))?;
-        let line = first_line(stdout, options.ready_timeout, &name).await;
+        let line = first_line(pipes.stdout, options.ready_timeout, &name).await;
         children.check()?;
         let addr = line?
             .strip_prefix("listening ")

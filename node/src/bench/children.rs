@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::BenchError;
 
@@ -26,6 +26,13 @@ pub struct Children {
     exe: PathBuf,
     dir: PathBuf,
     running: Vec<Running>,
+}
+
+/// A child's standard input and output.
+#[derive(Debug)]
+pub struct Pipes {
+    pub stdin: ChildStdin,
+    pub stdout: ChildStdout,
 }
 
 #[derive(Debug)]
@@ -61,13 +68,14 @@ impl Children {
     }
 
     /// Starts `exe ARGS` as the child `name`, its standard error to `DIR/NAME.log`; with
-    /// `read_stdout`, its standard output is returned to read, otherwise discarded.
+    /// `piped`, its standard input and output are returned (to command it and read its
+    /// answers), otherwise they are closed and discarded.
     pub fn spawn<I, S>(
         &mut self,
         name: &str,
         args: I,
-        read_stdout: bool,
-    ) -> Result<Option<ChildStdout>, BenchError>
+        piped: bool,
+    ) -> Result<Option<Pipes>, BenchError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -77,12 +85,8 @@ impl Children {
             .map_err(|e| BenchError::Setup(format!("cannot create {}: {e}", log.display())))?;
         let mut child = Command::new(&self.exe)
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(if read_stdout {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if piped { Stdio::piped() } else { Stdio::null() })
+            .stdout(if piped { Stdio::piped() } else { Stdio::null() })
             .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
@@ -92,13 +96,16 @@ impl Children {
                     self.exe.display()
                 ))
             })?;
-        let stdout = child.stdout.take();
+        let pipes = match (child.stdin.take(), child.stdout.take()) {
+            (Some(stdin), Some(stdout)) => Some(Pipes { stdin, stdout }),
+            _ => None,
+        };
         self.running.push(Running {
             name: name.to_owned(),
             child,
             log,
         });
-        Ok(stdout)
+        Ok(pipes)
     }
 
     /// An error naming the first child that has exited, with the end of its standard error.
@@ -150,24 +157,33 @@ fn tail(log: &Path) -> String {
     }
 }
 
-/// Reads the first line a child prints (at most [`MAX_LINE`] bytes), within `timeout`.
+/// Reads the next line a child prints (at most [`MAX_LINE`] bytes), within `timeout`.
+pub async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    timeout: Duration,
+    what: &str,
+) -> Result<String, BenchError> {
+    let mut line = String::new();
+    let mut limited = reader.take(MAX_LINE as u64);
+    match tokio::time::timeout(timeout, limited.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 && line.ends_with('\n') => Ok(line.trim_end().to_owned()),
+        Ok(Ok(_)) => Err(BenchError::Setup(format!(
+            "{what} printed no complete line (it may have exited)"
+        ))),
+        Ok(Err(e)) => Err(BenchError::Setup(format!("reading {what}'s output: {e}"))),
+        Err(_) => Err(BenchError::Setup(format!(
+            "{what} printed nothing within {timeout:?}"
+        ))),
+    }
+}
+
+/// Reads the first line a child prints, within `timeout`.
 pub async fn first_line(
     stdout: ChildStdout,
     timeout: Duration,
     what: &str,
 ) -> Result<String, BenchError> {
-    let mut reader = BufReader::new(stdout).take(MAX_LINE as u64);
-    let mut line = String::new();
-    match tokio::time::timeout(timeout, reader.read_line(&mut line)).await {
-        Ok(Ok(n)) if n > 0 && line.ends_with('\n') => Ok(line.trim_end().to_owned()),
-        Ok(Ok(_)) => Err(BenchError::Setup(format!(
-            "{what} printed no address line (it may have exited)"
-        ))),
-        Ok(Err(e)) => Err(BenchError::Setup(format!("reading {what}'s output: {e}"))),
-        Err(_) => Err(BenchError::Setup(format!(
-            "{what} printed no address within {timeout:?}"
-        ))),
-    }
+    read_line(&mut BufReader::new(stdout), timeout, what).await
 }
 
 /// A TCP port of 127.0.0.1 that was free a moment ago: a topology file needs fixed ports

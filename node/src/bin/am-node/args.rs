@@ -252,6 +252,18 @@ pub(crate) enum Scenario {
     /// fixed-size messages on over bare TCP; prints `listening ADDR`.
     #[command(hide = true)]
     ChainHop(ChainHopArgs),
+    /// The worker side of `sgp --processes`, run by it as a child process: serves the sgp
+    /// worker, prints its endpoint, then follows commands on stdin.
+    #[command(hide = true)]
+    SgpWorker(SgpWorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SgpWorkerArgs {
+    #[arg(long, default_value = "tcp")]
+    pub(crate) transport: String,
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
 }
 
 #[derive(Debug, Args)]
@@ -394,9 +406,16 @@ pub(crate) struct SgpArgs {
     #[arg(long)]
     pub(crate) via_relay: bool,
     /// Tokio worker threads; 1 runs mirror, proxy and server on one thread (no cross-CPU
-    /// wake-ups: the protocol's own cost).
+    /// wake-ups: the protocol's own cost). With --processes, each process's.
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
+    /// The worker and its server in a child process of this program, the mirror here,
+    /// connected directly (bytes: the mirror's counts, no proxy); the floor's echo in the
+    /// worker's process. tcp or ws.
+    #[arg(long, conflicts_with = "via_relay")]
+    pub(crate) processes: bool,
+    #[command(flatten)]
+    pub(crate) pin: PinArgs,
     /// Also print the result as one JSON object on the last line.
     #[arg(long)]
     pub(crate) json: bool,

@@ -124,6 +124,9 @@ fn main() -> ExitCode {
         Command::Bench {
             scenario: Scenario::ChainHop(args),
         } => bench_chain_hop(&args),
+        Command::Bench {
+            scenario: Scenario::SgpWorker(args),
+        } => bench_sgp_worker(&args),
     };
     match result {
         Ok(code) => code,
