@@ -94,14 +94,44 @@ impl std::fmt::Display for ChainReport {
 }
 
 /// Records when a mirror's tick of the state reaches a target.
-struct Arrival {
+pub(super) struct Arrival {
     target: AtomicU64,
     at: Mutex<Option<Instant>>,
     notify: Notify,
 }
 
 impl Arrival {
-    async fn wait(&self) -> Instant {
+    /// Watches `mirror`'s tick of the state at position `tick`; armed by [`Arrival::arm`].
+    pub(super) fn watch(mirror: &Mirror, tick: usize) -> Arc<Arrival> {
+        let arrival = Arc::new(Arrival {
+            target: AtomicU64::new(u64::MAX),
+            at: Mutex::new(None),
+            notify: Notify::new(),
+        });
+        let a = arrival.clone();
+        mirror.observe(Arc::new(move |t: &ClockChange<'_>| {
+            if t.after
+                .get(tick)
+                .is_some_and(|&now| now >= a.target.load(Ordering::Acquire))
+            {
+                let mut at = a.at.lock().unwrap_or_else(PoisonError::into_inner);
+                if at.is_none() {
+                    *at = Some(Instant::now());
+                    a.notify.notify_waiters();
+                }
+            }
+        }));
+        arrival
+    }
+
+    /// Forgets the last arrival and waits for the tick to reach `target` (`u64::MAX`: never).
+    pub(super) fn arm(&self, target: u64) {
+        *self.at.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.target.store(target, Ordering::Release);
+    }
+
+    /// When the tick reached the target.
+    pub(super) async fn wait(&self) -> Instant {
         loop {
             let notified = self.notify.notified();
             if let Some(at) = *self.at.lock().unwrap_or_else(PoisonError::into_inner) {
@@ -160,24 +190,7 @@ pub async fn run(
 
     let arrivals: Vec<Arc<Arrival>> = mirrors
         .iter()
-        .map(|mirror| {
-            let arrival = Arc::new(Arrival {
-                target: AtomicU64::new(u64::MAX),
-                at: Mutex::new(None),
-                notify: Notify::new(),
-            });
-            let a = arrival.clone();
-            mirror.observe(Arc::new(move |t: &ClockChange<'_>| {
-                if t.after[tick] >= a.target.load(Ordering::Acquire) {
-                    let mut at = a.at.lock().unwrap_or_else(PoisonError::into_inner);
-                    if at.is_none() {
-                        *at = Some(Instant::now());
-                        a.notify.notify_waiters();
-                    }
-                }
-            }));
-            arrival
-        })
+        .map(|mirror| Arrival::watch(mirror, tick))
         .collect();
 
     // Tick is multi: once active, every add is a new activation of +2, the step waited for.
@@ -197,8 +210,7 @@ pub async fn run(
     for i in 0..total {
         let target = root.tick("Tick") + 2;
         for a in &arrivals {
-            *a.at.lock().unwrap_or_else(PoisonError::into_inner) = None;
-            a.target.store(target, Ordering::Release);
+            a.arm(target);
         }
         let started = Instant::now();
         root.add(&["Tick"], Args::new())

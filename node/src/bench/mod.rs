@@ -1,14 +1,20 @@
 //! Benchmark scenarios of DESIGN.md section 9, run in one process over real sockets, as
-//! library functions that `am-node bench` prints and tests call with small sizes.
+//! library functions that `am-node bench` prints and tests call with small sizes; and the
+//! chain and sgp as deployed, each node its own process (`chain_processes`, `sgp_processes`,
+//! with `children` and `hop`).
 //!
 //! Figures come from these runs, never from timed assertions in tests.
 
 pub mod bytes;
 pub mod chain;
+pub mod chain_processes;
+pub mod children;
 pub mod fanout;
+pub mod hop;
 pub mod proxy;
 pub mod relay;
 pub mod sgp;
+pub mod sgp_processes;
 
 use std::sync::Arc;
 use std::time::Duration;

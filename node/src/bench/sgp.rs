@@ -213,7 +213,11 @@ pub async fn run(
 }
 
 /// One consumer loop; a failure names the loop it happened in.
-async fn step(consumer: &mut Consumer, mirror: &Mirror, at: u64) -> Result<(), BenchError> {
+pub(super) async fn step(
+    consumer: &mut Consumer,
+    mirror: &Mirror,
+    at: u64,
+) -> Result<(), BenchError> {
     consumer
         .step(mirror)
         .await

@@ -248,6 +248,29 @@ pub(crate) enum Scenario {
     /// prints its endpoint, then follows commands on stdin.
     #[command(hide = true)]
     FanoutRoot(FanoutRootArgs),
+    /// A relay of `chain --processes`'s floor, run by it as a child process: passes
+    /// fixed-size messages on over bare TCP; prints `listening ADDR`.
+    #[command(hide = true)]
+    ChainHop(ChainHopArgs),
+    /// The worker side of `sgp --processes`, run by it as a child process: serves the sgp
+    /// worker, prints its endpoint, then follows commands on stdin.
+    #[command(hide = true)]
+    SgpWorker(SgpWorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SgpWorkerArgs {
+    #[arg(long, default_value = "tcp")]
+    pub(crate) transport: String,
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ChainHopArgs {
+    /// The relay to read from (none: the root relay, written to by the bench).
+    #[arg(long)]
+    pub(crate) upstream: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -340,12 +363,29 @@ pub(crate) struct ChainArgs {
     /// Transport between the nodes: tcp, tls, quic, ws or wss.
     #[arg(long, default_value = "tcp")]
     pub(crate) transport: String,
-    /// Tokio worker threads; 1 runs every node on one thread.
+    /// Tokio worker threads; 1 runs every node on one thread. With --processes, the bench
+    /// process's own (the nodes run as `am-node run` does).
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
+    /// Every node its own `am-node run FILE --node NAME` process (from a topology file written
+    /// for the run), this one a client: mutates at the root, observes a client of each node;
+    /// the floor through as many bare-TCP relay processes. TCP only.
+    #[arg(long)]
+    pub(crate) processes: bool,
+    #[command(flatten)]
+    pub(crate) pin: PinArgs,
     /// Also print the result as one JSON object on the last line.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// Where the benchmark runs.
+#[derive(Debug, Args)]
+pub(crate) struct PinArgs {
+    /// Run on these CPUs only: a list like 0, 0,1 or 0-3. Set for this process before it starts
+    /// any thread, so its threads and every child process it starts (nodes, relays) inherit it.
+    #[arg(long, value_name = "CPUS")]
+    pub(crate) pin: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -366,9 +406,16 @@ pub(crate) struct SgpArgs {
     #[arg(long)]
     pub(crate) via_relay: bool,
     /// Tokio worker threads; 1 runs mirror, proxy and server on one thread (no cross-CPU
-    /// wake-ups: the protocol's own cost).
+    /// wake-ups: the protocol's own cost). With --processes, each process's.
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
+    /// The worker and its server in a child process of this program, the mirror here,
+    /// connected directly (bytes: the mirror's counts, no proxy); the floor's echo in the
+    /// worker's process. tcp or ws.
+    #[arg(long, conflicts_with = "via_relay")]
+    pub(crate) processes: bool,
+    #[command(flatten)]
+    pub(crate) pin: PinArgs,
     /// Also print the result as one JSON object on the last line.
     #[arg(long)]
     pub(crate) json: bool,

@@ -11,6 +11,9 @@ use crate::runtime;
 
 pub(crate) fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
     use am_node::bench::sgp::{SgpOptions, run};
+    if let Some(cpus) = &args.pin.pin {
+        crate::pin::pin(cpus)?;
+    }
     let options = SgpOptions {
         loops: args.loops,
         warmup: args.warmup,
@@ -19,9 +22,33 @@ pub(crate) fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
         via_relay: args.via_relay,
     };
     let progress = progress("sgp loops");
-    let report = runtime(args.threads)?
-        .block_on(run(&options, &progress))
-        .context("bench sgp failed")?;
+    let rt = runtime(args.threads)?;
+    let report = if args.processes {
+        use am_node::bench::sgp_processes::{ProcessSgpOptions, run, supported};
+        anyhow::ensure!(
+            supported(options.transport),
+            "sgp --processes runs over tcp or ws (the worker's process makes no certificates)"
+        );
+        let options = ProcessSgpOptions {
+            sgp: options,
+            exe: std::env::current_exe().context("cannot find this program to run the worker")?,
+            threads: args.threads,
+            ready_timeout: Duration::from_secs(30),
+        };
+        rt.block_on(async {
+            // Interrupted, the run is dropped and the worker's process with it (killed).
+            tokio::select! {
+                report = run(&options, &progress) => Ok(report?),
+                () = asyncmachine::node::shutdown_signal() => {
+                    anyhow::bail!("interrupted; the worker's process was stopped")
+                }
+            }
+        })
+        .context("bench sgp --processes failed")?
+    } else {
+        rt.block_on(run(&options, &progress))
+            .context("bench sgp failed")?
+    };
     let mut out = std::io::stdout().lock();
     write!(out, "{report}")?;
     json_line(&mut out, args.json, &report)?;
@@ -36,6 +63,12 @@ pub(crate) fn bench_sgp(args: &SgpArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
     use am_node::bench::chain::{ChainOptions, run};
     anyhow::ensure!((1..=16).contains(&args.hops), "--hops must be 1 to 16");
+    if let Some(cpus) = &args.pin.pin {
+        crate::pin::pin(cpus)?;
+    }
+    if args.processes {
+        return bench_chain_processes(args);
+    }
     let options = ChainOptions {
         hops: args.hops,
         iterations: args.iterations,
@@ -49,6 +82,62 @@ pub(crate) fn bench_chain(args: &ChainArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     write!(out, "{report}")?;
     json_line(&mut out, args.json, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench chain --processes`: the nodes as child processes of this program.
+fn bench_chain_processes(args: &ChainArgs) -> anyhow::Result<ExitCode> {
+    use am_node::bench::chain_processes::{ProcessChainOptions, run};
+    anyhow::ensure!(
+        args.transport == "tcp",
+        "--processes runs over tcp only (the nodes' topology has no certificates); leave out --transport"
+    );
+    let options = ProcessChainOptions {
+        hops: args.hops,
+        iterations: args.iterations,
+        warmup: args.warmup,
+        exe: std::env::current_exe().context("cannot find this program to run the nodes")?,
+        ready_timeout: Duration::from_secs(30),
+    };
+    let progress = progress("chain --processes");
+    let report = runtime(args.threads)?.block_on(async {
+        // Interrupted, the run is dropped and its children with it (killed).
+        tokio::select! {
+            report = run(&options, &progress) => Ok(report?),
+            () = asyncmachine::node::shutdown_signal() => {
+                anyhow::bail!("interrupted; the node processes were stopped")
+            }
+        }
+    });
+    let report = report.context("bench chain --processes failed")?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{report}")?;
+    json_line(&mut out, args.json, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The worker of `bench sgp --processes` (a child process of it).
+pub(crate) fn bench_sgp_worker(args: &SgpWorkerArgs) -> anyhow::Result<ExitCode> {
+    let transport = am_node::bench::scheme(&args.transport)?;
+    runtime(args.threads)?
+        .block_on(am_node::bench::sgp_processes::serve_worker(
+            transport,
+            tokio::io::BufReader::new(tokio::io::stdin()),
+            tokio::io::stdout(),
+        ))
+        .context("serving the sgp worker")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A relay of `bench chain --processes`'s floor (a child process of it).
+pub(crate) fn bench_chain_hop(args: &ChainHopArgs) -> anyhow::Result<ExitCode> {
+    runtime(1)?
+        .block_on(am_node::bench::hop::serve(args.upstream, |addr| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening {addr}");
+            let _ = out.flush();
+        }))
+        .context("the chain's floor relay failed")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,10 +5,12 @@
 //!
 //! - `args`: the arguments of each command;
 //! - `tools`: run, watch, add/remove/set, status, certs, fault-proxy;
-//! - `bench`: the benchmark scenarios' commands.
+//! - `bench`: the benchmark scenarios' commands;
+//! - `pin`: `--pin CPUS`, the CPUs a benchmark and its child processes run on.
 
 mod args;
 mod bench;
+mod pin;
 mod tools;
 
 use std::io::Write as _;
@@ -119,6 +121,12 @@ fn main() -> ExitCode {
         Command::Bench {
             scenario: Scenario::FanoutRoot(args),
         } => bench_fanout_root(&args),
+        Command::Bench {
+            scenario: Scenario::ChainHop(args),
+        } => bench_chain_hop(&args),
+        Command::Bench {
+            scenario: Scenario::SgpWorker(args),
+        } => bench_sgp_worker(&args),
     };
     match result {
         Ok(code) => code,
