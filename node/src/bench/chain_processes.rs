@@ -39,6 +39,8 @@ pub struct ProcessChainOptions {
     pub exe: PathBuf,
     /// How long the nodes may take to start and link up.
     pub ready_timeout: Duration,
+    /// Each node's runtime threads (`am-node run --threads`); `None`: run's default.
+    pub node_threads: Option<usize>,
 }
 
 /// Latency to one depth: from the mutation sent at the root to the change seen by a client of
@@ -187,20 +189,20 @@ pub async fn run(
     let mut observers = Vec::with_capacity(hops + 1);
     for (k, port) in ports.iter().enumerate() {
         let name = format!("n{k}");
-        children.spawn(
-            &name,
-            [
-                "run",
-                &file_arg,
-                "--node",
-                &name,
-                "--report-ms",
-                "0",
-                "--log",
-                "warn",
-            ],
-            false,
-        )?;
+        let mut args = vec![
+            "run".to_owned(),
+            file_arg.clone(),
+            "--node".into(),
+            name.clone(),
+            "--report-ms".into(),
+            "0".into(),
+            "--log".into(),
+            "warn".into(),
+        ];
+        if let Some(threads) = options.node_threads {
+            args.extend(["--threads".into(), threads.to_string()]);
+        }
+        children.spawn(&name, &args, false)?;
         let endpoint =
             Endpoint::new(Scheme::Tcp, format!("127.0.0.1:{port}")).with_machine(MACHINE);
         let config = client(&format!("bench-depth-{k}"));

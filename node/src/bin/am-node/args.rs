@@ -52,7 +52,16 @@ pub(crate) struct RunArgs {
     /// tcp://127.0.0.1:6831; overrides the file's `debug` and AM_DEBUG.
     #[arg(long, value_name = "ADDR")]
     pub(crate) debug: Option<String>,
+    /// Runtime threads. 1 (the default) runs every node of this process on one thread: a
+    /// change crosses no thread on its way through a node, which measured fastest (a chain of
+    /// processes: about half the root's latency of 2 threads; BENCHMARKS.md, "Runtime shape").
+    /// More spread the connections of many clients over that many threads.
+    #[arg(long, default_value_t = RUN_THREADS, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) threads: u16,
 }
+
+/// `am-node run`'s runtime threads unless `--threads` says otherwise.
+pub(crate) const RUN_THREADS: u16 = 1;
 
 #[derive(Debug, Args)]
 pub(crate) struct DbgArgs {
@@ -372,6 +381,9 @@ pub(crate) struct ChainArgs {
     /// the floor through as many bare-TCP relay processes. TCP only.
     #[arg(long)]
     pub(crate) processes: bool,
+    /// With --processes: each node's `am-node run --threads` (default: run's own default).
+    #[arg(long, value_name = "N", requires = "processes")]
+    pub(crate) node_threads: Option<u16>,
     #[command(flatten)]
     pub(crate) pin: PinArgs,
     /// Also print the result as one JSON object on the last line.

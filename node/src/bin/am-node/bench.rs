@@ -98,6 +98,7 @@ fn bench_chain_processes(args: &ChainArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         exe: std::env::current_exe().context("cannot find this program to run the nodes")?,
         ready_timeout: Duration::from_secs(30),
+        node_threads: args.node_threads.map(usize::from),
     };
     let progress = progress("chain --processes");
     let report = runtime(args.threads)?.block_on(async {

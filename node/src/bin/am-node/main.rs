@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
-        Command::Run(args) => runtime(2).and_then(|rt| rt.block_on(run(&args))),
+        Command::Run(args) => runtime(args.threads.into()).and_then(|rt| rt.block_on(run(&args))),
         Command::Dbg(args) => runtime(2).and_then(|rt| rt.block_on(dbg_command(&args))),
         Command::Watch(args) => runtime(1).and_then(|rt| rt.block_on(watch(&args))),
         Command::Add(args) => {
