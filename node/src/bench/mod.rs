@@ -8,6 +8,7 @@ pub mod chain;
 pub mod fanout;
 pub mod proxy;
 pub mod relay;
+pub mod relay_compare;
 pub mod sgp;
 
 use std::sync::Arc;
