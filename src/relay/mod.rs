@@ -793,10 +793,8 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
                 let mut send = std::pin::pin!(to_browser.send(Message::binary(buf[..n].to_vec())));
                 // Almost every message goes at once: a timer per message would cost more than
                 // the message, so it is armed only for one that waits.
-                let first = std::future::poll_fn(|cx| {
-                    std::task::Poll::Ready(send.as_mut().poll(cx))
-                })
-                .await;
+                let first =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
                 let sent = match first {
                     std::task::Poll::Ready(sent) => Ok(sent),
                     std::task::Poll::Pending => tokio::time::timeout(idle, send).await,

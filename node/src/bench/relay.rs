@@ -211,9 +211,8 @@ pub(crate) struct Targets {
 
 impl Targets {
     pub(crate) async fn start(options: &RelayOptions) -> Result<Targets, BenchError> {
-        let setup = |what: &str, e: &dyn std::fmt::Display| {
-            BenchError::Setup(format!("{what}: {e}"))
-        };
+        let setup =
+            |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
         let received = Arc::new(AtomicU64::new(0));
         Ok(Targets {
             echo: echo_server().await.map_err(|e| setup("echo server", &e))?,

@@ -436,9 +436,8 @@ pub async fn run(
             &|d| progress(name, d, n),
         )
         .await?;
-        let up =
-            relay::bulk_to_target(&started.sink_url, started.protocol, o, &targets.received)
-                .await?;
+        let up = relay::bulk_to_target(&started.sink_url, started.protocol, o, &targets.received)
+            .await?;
         let down = relay::bulk_to_browser(&started.source_url, started.protocol, o).await?;
         drop(started);
         rows.push(BridgeRow {

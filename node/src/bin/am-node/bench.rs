@@ -158,7 +158,9 @@ fn find_bridge(
             if kind == BridgeKind::Websockify
                 && let Some(home) = std::env::var_os("HOME")
             {
-                places.push(PathBuf::from(home).join(".cache/am-bench/websockify-venv/bin/websockify"));
+                places.push(
+                    PathBuf::from(home).join(".cache/am-bench/websockify-venv/bin/websockify"),
+                );
             }
             places
                 .into_iter()
