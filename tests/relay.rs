@@ -236,36 +236,9 @@ impl Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_browsers_share_one_target() {
     let (machine, relay, _server) = setup(RelayConfig::default()).await;
-    browsers_share(&machine, &relay).await;
-}
-
-/// As am-relay runs: connections dealt to single-thread runtimes of the relay's own. Bridges on
-/// both work, keep their bounds, and close when the relay stops.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bridges_on_the_relays_own_threads() {
-    let (machine, relay, _server) = setup(RelayConfig {
-        bridge_threads: 2,
-        max_message: 4096,
-        ..RelayConfig::default()
-    })
-    .await;
-    browsers_share(&machine, &relay).await;
-    let (mut big, _) = Client::handshake(&relay, "big").await;
-    let (mut other, _) = Client::handshake(&relay, "other").await;
-    within("send", big.ws.send(WsMessage::binary(vec![0u8; 10_000])))
-        .await
-        .expect("sent");
-    assert_eq!(close_of(&mut big.ws).await.code, CloseCode::Size);
-    relay.shutdown();
-    assert_eq!(close_of(&mut other.ws).await.code, CloseCode::Away);
-}
-
-/// Five browsers on the relay's one target each mutate and get their own reply, then all see
-/// a change at the source.
-async fn browsers_share(machine: &Machine, relay: &Relay) {
     let mut clients = Vec::new();
     for i in 0..5 {
-        clients.push(Client::handshake(relay, &format!("browser-{i}")).await.0);
+        clients.push(Client::handshake(&relay, &format!("browser-{i}")).await.0);
     }
     // Each mutates through the relay and gets its own reply.
     for (i, client) in clients.iter_mut().enumerate() {

@@ -69,9 +69,6 @@ struct Cli {
     /// source tree, where scripts/build-wasm.sh leaves it).
     #[arg(long, value_name = "FILE")]
     wasm: Option<PathBuf>,
-    /// Threads that carry connections, each with bridges of its own (default: one per CPU).
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
     /// Log filter, as RUST_LOG (e.g. debug, or asyncmachine=debug).
     #[arg(long, default_value = "info")]
     log: String,
@@ -114,14 +111,6 @@ fn config(cli: &Cli) -> anyhow::Result<RelayConfig> {
     if let Some(ms) = cli.idle_timeout_ms {
         config.idle_timeout = Duration::from_millis(ms);
     }
-    config.bridge_threads = match cli.threads {
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
-    anyhow::ensure!(
-        (1..=1024).contains(&config.bridge_threads),
-        "--threads must be 1 to 1024"
-    );
     if let Some(wasm) = &cli.wasm {
         config.wasm = wasm.clone();
     }
@@ -158,8 +147,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = config(&cli)?;
-    // Accepts only: the connections run on the relay's own threads (--threads).
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;

@@ -15,7 +15,6 @@ mod host;
 mod listen;
 mod pages;
 mod refusal;
-mod workers;
 
 pub use refusal::RelayClose;
 
@@ -84,10 +83,6 @@ pub struct RelayConfig {
     /// Names pages may offer machines under (`/offer/NAME`), for nodes to mirror at
     /// `ws://relay/listen/NAME`.
     pub offers: Vec<String>,
-    /// Threads of the relay's own that connections run on, each a single-thread runtime (a
-    /// bridge then never wakes another thread to move a message); 0 runs them on the runtime
-    /// that started the relay.
-    pub bridge_threads: usize,
 }
 
 impl Default for RelayConfig {
@@ -105,7 +100,6 @@ impl Default for RelayConfig {
             transport: TransportConfig::default(),
             wasm: PathBuf::from(pages::DEFAULT_WASM),
             offers: Vec::new(),
-            bridge_threads: 0,
         }
     }
 }
@@ -132,9 +126,6 @@ pub enum RelayError {
     /// `wss://` without a certificate and key in `transport`.
     #[error("wss:// needs a certificate and key (tls)")]
     NoTls,
-    /// The threads of [`RelayConfig::bridge_threads`] could not be started.
-    #[error("cannot start the relay's threads: {0}")]
-    Threads(std::io::Error),
     /// The listen address could not be bound (taken, or not this host's).
     #[error("cannot listen on {endpoint}: {error}")]
     Bind {
@@ -174,8 +165,6 @@ struct Inner {
     slots: Arc<Semaphore>,
     stats: RelayStats,
     shutdown: watch::Sender<bool>,
-    /// Where connections run, when the relay has threads of its own.
-    workers: Option<workers::Workers>,
 }
 
 /// A running relay.
@@ -242,14 +231,6 @@ impl Relay {
             warn!(path = %config.wasm.display(), %error, "no am.wasm: pages cannot run; build it with scripts/build-wasm.sh");
             pages::wasm_missing(&config.wasm, &error)
         });
-        let shutdown = watch::channel(false).0;
-        let workers = match config.bridge_threads {
-            0 => None,
-            n => Some(
-                workers::Workers::start(n, &shutdown, config.handshake_timeout * 2)
-                    .map_err(RelayError::Threads)?,
-            ),
-        };
         let inner = Arc::new(Inner {
             offers: listen::Offers::default(),
             wasm,
@@ -259,8 +240,7 @@ impl Relay {
             targets,
             tls,
             stats: RelayStats::default(),
-            shutdown,
-            workers,
+            shutdown: watch::channel(false).0,
         });
         info!(endpoint = %local, targets = ?inner.targets.keys().collect::<Vec<_>>(), "relay listening");
         tokio::spawn(accept_loop(inner.clone(), listener));
@@ -320,46 +300,30 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             Ok((tcp, peer)) => {
                 inner.stats.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = tcp.set_nodelay(true);
-                let Some(workers) = &inner.workers else {
-                    tokio::spawn(connection(inner.clone(), tcp, peer));
-                    continue;
-                };
-                // Registered anew with the chosen thread's reactor: its readiness must wake
-                // the bridge there, not on this thread.
-                match tcp.into_std() {
-                    Ok(tcp) => {
-                        let inner = inner.clone();
-                        workers.next().spawn(async move {
-                            match tokio::net::TcpStream::from_std(tcp) {
-                                Ok(tcp) => connection(inner, tcp, peer).await,
-                                Err(e) => debug!(%peer, error = %e, "relay connection lost"),
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let result = match inner.tls.clone() {
+                        Some(acceptor) => {
+                            match timeout(inner.config.handshake_timeout, acceptor.accept(tcp))
+                                .await
+                            {
+                                Ok(Ok(tls)) => serve(&inner, tls).await,
+                                Ok(Err(e)) => Err(transport::tls::explain(e).to_string()),
+                                Err(_) => Err("TLS handshake timed out".to_owned()),
                             }
-                        });
+                        }
+                        None => serve(&inner, tcp).await,
+                    };
+                    if let Err(reason) = result {
+                        debug!(%peer, %reason, "relay connection ended");
                     }
-                    Err(e) => debug!(%peer, error = %e, "relay connection lost"),
-                }
+                });
             }
             Err(e) => {
                 warn!(error = %e, "relay accept failed; backing off");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-/// One accepted connection, TLS first when the relay listens on wss://.
-async fn connection(inner: Arc<Inner>, tcp: tokio::net::TcpStream, peer: std::net::SocketAddr) {
-    let result = match inner.tls.clone() {
-        Some(acceptor) => match timeout(inner.config.handshake_timeout, acceptor.accept(tcp)).await
-        {
-            Ok(Ok(tls)) => serve(&inner, tls).await,
-            Ok(Err(e)) => Err(transport::tls::explain(e).to_string()),
-            Err(_) => Err("TLS handshake timed out".to_owned()),
-        },
-        None => serve(&inner, tcp).await,
-    };
-    if let Err(reason) = result {
-        debug!(%peer, %reason, "relay connection ended");
     }
 }
 
@@ -791,8 +755,8 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
                 // pings but never reads would otherwise hold this bridge (and its slot) for
                 // ever, long after the node dropped the relay for not reading.
                 let mut send = std::pin::pin!(to_browser.send(Message::binary(buf[..n].to_vec())));
-                // Almost every message goes at once: a timer per message would cost more than
-                // the message, so it is armed only for one that waits.
+                // Almost every message goes at once: the timer is armed only for one that
+                // waits, not for every message.
                 let first =
                     std::future::poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
                 let sent = match first {
