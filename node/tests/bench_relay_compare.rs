@@ -80,7 +80,7 @@ fn compare_measures_both_relays_and_skips_missing_bridges() {
 }
 
 #[test]
-fn compare_flags_name_a_bridge_or_none() {
+fn bridge_flags_need_compare() {
     let out = Command::new(env!("CARGO_BIN_EXE_am-node"))
         .args(["bench", "relay", "--websocat", "none"])
         .output()
