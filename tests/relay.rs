@@ -961,3 +961,54 @@ async fn an_offer_needs_the_token_and_an_allowed_origin() {
     assert_eq!(code, 4401, "a node needs the token too");
     assert!(relay.offered().is_empty());
 }
+
+/// A browser that keeps pinging but reads nothing while its target pushes: the relay's write
+/// to it waits (the one write whose deadline is armed), and after the idle timeout the bridge
+/// ends and its slot is freed, though the browser is not idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_never_reads_is_dropped_after_the_idle_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![1u8; 64 * 1024];
+                while tokio::io::AsyncWriteExt::write_all(&mut s, &chunk)
+                    .await
+                    .is_ok()
+                {}
+            });
+        }
+    });
+    let relay = Relay::start(RelayConfig {
+        listen: any_port("ws"),
+        targets: vec![Target {
+            name: "flood".into(),
+            endpoint: format!("tcp://{addr}").parse().expect("endpoint"),
+        }],
+        idle_timeout: Duration::from_millis(500),
+        handshake_timeout: Duration::from_millis(500),
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay starts");
+    let ws = open(&relay, "/arpc/flood", None).await.expect("upgraded");
+    // The reading half is held and never polled.
+    let (mut pings, _unread) = ws.split();
+    within("the bridge to end", async {
+        while relay.open_connections() > 0 {
+            let _ = pings.send(WsMessage::Ping(Vec::new().into())).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        relay
+            .stats()
+            .bytes_to_browser
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+}

@@ -754,12 +754,16 @@ async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
                 // A write deadline, as nodes keep for their clients: a browser that sends
                 // pings but never reads would otherwise hold this bridge (and its slot) for
                 // ever, long after the node dropped the relay for not reading.
-                match tokio::time::timeout(
-                    idle,
-                    to_browser.send(Message::binary(buf[..n].to_vec())),
-                )
-                .await
-                {
+                let mut send = std::pin::pin!(to_browser.send(Message::binary(buf[..n].to_vec())));
+                // Almost every message goes at once: the timer is armed only for one that
+                // waits, not for every message.
+                let first =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
+                let sent = match first {
+                    std::task::Poll::Ready(sent) => Ok(sent),
+                    std::task::Poll::Pending => tokio::time::timeout(idle, send).await,
+                };
+                match sent {
                     Ok(sent) => sent.map_err(|e| (CloseCode::Away, format!("browser: {e}")))?,
                     Err(_) => {
                         return Err((

@@ -13,6 +13,7 @@ pub mod fanout;
 pub mod hop;
 pub mod proxy;
 pub mod relay;
+pub mod relay_compare;
 pub mod sgp;
 pub mod sgp_processes;
 

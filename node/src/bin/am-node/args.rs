@@ -356,6 +356,24 @@ pub(crate) struct RelayArgs {
     /// Also print the result as one JSON line at the end.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also run the same harness through bridges in processes of their own: am-relay's
+    /// binary, websocat 1.x and websockify, one table row each (a missing one is skipped,
+    /// with how to install it: scripts/install-bench-tools.sh).
+    #[arg(long)]
+    pub(crate) compare: bool,
+    /// am-relay's binary for --compare (default: $AM_BENCH_RELAY_BIN, then am-relay beside
+    /// this program, then on PATH); `none` to skip it.
+    #[arg(long, value_name = "PATH", requires = "compare")]
+    pub(crate) relay_bin: Option<PathBuf>,
+    /// websocat for --compare (default: $AM_BENCH_WEBSOCAT, then on PATH); `none` to skip it.
+    #[arg(long, value_name = "PATH", requires = "compare")]
+    pub(crate) websocat: Option<PathBuf>,
+    /// websockify for --compare (default: $AM_BENCH_WEBSOCKIFY, then on PATH, then the venv
+    /// scripts/install-bench-tools.sh makes); `none` to skip it.
+    #[arg(long, value_name = "PATH", requires = "compare")]
+    pub(crate) websockify: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) pin: PinArgs,
 }
 
 #[derive(Debug, Args)]

@@ -144,12 +144,31 @@ pub(crate) fn bench_chain_hop(args: &ChainHopArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) fn bench_relay(args: &RelayArgs) -> anyhow::Result<ExitCode> {
     use am_node::bench::relay::{RelayOptions, run};
+    anyhow::ensure!(
+        args.message > 0 && args.message <= 1 << 20,
+        "--message must be 1 to 1048576 bytes"
+    );
+    anyhow::ensure!(
+        args.bulk_message > 0 && args.bulk_message <= 1 << 20,
+        "--bulk-message must be 1 to 1048576 bytes"
+    );
+    anyhow::ensure!(
+        args.bulk_mib <= 1 << 20,
+        "--bulk-mib must be at most 1048576"
+    );
     let options = RelayOptions {
         round_trips: args.round_trips,
         message: args.message,
         bulk_message: args.bulk_message,
         bulk_bytes: args.bulk_mib << 20,
     };
+    // Before the runtime starts: its threads, and the bridges it spawns, inherit the CPU.
+    if let Some(cpus) = &args.pin.pin {
+        crate::pin::pin(cpus)?;
+    }
+    if args.compare {
+        return bench_relay_compare(args, options);
+    }
     let progress = progress("relay");
     let report = runtime(args.threads)?
         .block_on(run(&options, &progress))
@@ -158,6 +177,88 @@ pub(crate) fn bench_relay(args: &RelayArgs) -> anyhow::Result<ExitCode> {
     write!(out, "{report}")?;
     json_line(&mut out, args.json, &report)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn bench_relay_compare(
+    args: &RelayArgs,
+    relay: am_node::bench::relay::RelayOptions,
+) -> anyhow::Result<ExitCode> {
+    use am_node::bench::relay_compare::{BridgeKind, CompareOptions, run};
+    let options = CompareOptions {
+        relay,
+        bridges: vec![
+            find_bridge(BridgeKind::AmRelay, args.relay_bin.as_ref()),
+            find_bridge(BridgeKind::Websocat, args.websocat.as_ref()),
+            find_bridge(BridgeKind::Websockify, args.websockify.as_ref()),
+        ],
+        pinned: args.pin.pin.clone(),
+    };
+    let progress = |label: &str, done: u64, total: u64| {
+        let end = if done == total { "\n" } else { "" };
+        let _ = write!(std::io::stderr(), "\r{label}: {done}/{total}{end}");
+    };
+    // A signal ends the run through the drops that kill the bridges' process groups.
+    let report = runtime(args.threads)?
+        .block_on(async {
+            tokio::select! {
+                report = run(&options, &progress) => Ok(report?),
+                _ = asyncmachine::node::shutdown_signal() => {
+                    Err(anyhow::anyhow!("interrupted; the bridges were stopped"))
+                }
+            }
+        })
+        .context("bench relay --compare failed")?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{report}")?;
+    json_line(&mut out, args.json, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where a bridge's program is: the flag, its environment variable, beside this program (for
+/// am-relay), on PATH, then where scripts/install-bench-tools.sh puts it; `none` skips it.
+fn find_bridge(
+    kind: am_node::bench::relay_compare::BridgeKind,
+    flag: Option<&std::path::PathBuf>,
+) -> am_node::bench::relay_compare::BridgeProgram {
+    use am_node::bench::relay_compare::{BridgeKind, BridgeProgram};
+    use std::path::PathBuf;
+    let (flag_name, env, file) = match kind {
+        BridgeKind::AmRelay => ("--relay-bin", "AM_BENCH_RELAY_BIN", "am-relay"),
+        BridgeKind::Websocat => ("--websocat", "AM_BENCH_WEBSOCAT", "websocat"),
+        BridgeKind::Websockify => ("--websockify", "AM_BENCH_WEBSOCKIFY", "websockify"),
+    };
+    let given = flag
+        .map(|p| (p.clone(), flag_name.to_owned()))
+        .or_else(|| std::env::var_os(env).map(|p| (PathBuf::from(p), format!("${env}"))));
+    let program = match given {
+        Some((path, from)) if path.as_os_str() == "none" => Err(format!("{from} is none")),
+        Some((path, _)) if path.is_file() => Ok(path),
+        Some((path, from)) => Err(format!("{} (from {from}) is not a file", path.display())),
+        None => {
+            let mut places: Vec<PathBuf> = Vec::new();
+            if kind == BridgeKind::AmRelay
+                && let Ok(exe) = std::env::current_exe()
+                && let Some(dir) = exe.parent()
+            {
+                places.push(dir.join(file));
+            }
+            if let Some(path) = std::env::var_os("PATH") {
+                places.extend(std::env::split_paths(&path).map(|d| d.join(file)));
+            }
+            if kind == BridgeKind::Websockify
+                && let Some(home) = std::env::var_os("HOME")
+            {
+                places.push(
+                    PathBuf::from(home).join(".cache/am-bench/websockify-venv/bin/websockify"),
+                );
+            }
+            places
+                .into_iter()
+                .find(|p| p.is_file())
+                .ok_or_else(|| format!("{file} is not on PATH"))
+        }
+    };
+    BridgeProgram { kind, program }
 }
 
 /// Raises the open-file limit to what `needed` descriptors require (root may raise the hard
