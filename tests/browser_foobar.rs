@@ -209,7 +209,7 @@ async fn the_page_reports_its_machines_to_the_collector_through_the_relay() {
     .await
     .expect("collector starts");
     let foo_machine = Machine::builder(schema()).id("foo").build();
-    let (_server, endpoint) = serve(
+    let (server, endpoint) = serve(
         Arc::new(foo_machine.clone()),
         ServerConfig::default(),
         "tcp",
@@ -219,7 +219,11 @@ async fn the_page_reports_its_machines_to_the_collector_through_the_relay() {
         "foo-node",
         TelemetryConfig::new(&format!("tcp://{}", collector.telemetry_addr())).expect("address"),
     );
-    telemetry.attach("foo", Arc::new(foo_machine.clone()));
+    // The server's status names its clients: the console links the page's mirror by it.
+    let listen = vec![endpoint.without_machine().to_string()];
+    telemetry.set_status(Arc::new(move || server.status()), listen);
+    // Under the name its server serves it as (as a node attaches its machines).
+    telemetry.attach("worker", Arc::new(foo_machine.clone()));
     let relay = Relay::start(RelayConfig {
         listen: any_port("ws"),
         targets: vec![
@@ -256,7 +260,7 @@ async fn the_page_reports_its_machines_to_the_collector_through_the_relay() {
     let (page_bar, page_foo) = (format!("{node}/bar"), format!("{node}/foo"));
     eventually("the page's machines and foo known to the collector", || {
         collector.with_history(|h| {
-            [page_bar.as_str(), page_foo.as_str(), "foo-node/foo"]
+            [page_bar.as_str(), page_foo.as_str(), "foo-node/worker"]
                 .iter()
                 .all(|k| h.machine(k).is_some_and(|m| m.info.is_some()))
         })
@@ -289,7 +293,7 @@ async fn the_page_reports_its_machines_to_the_collector_through_the_relay() {
                             sent = true;
                         }
                         Record::Transition(t)
-                            if t.at.key() == "foo-node/foo" && t.called == ["Msg"] =>
+                            if t.at.key() == "foo-node/worker" && t.called == ["Msg"] =>
                         {
                             ran = Some(e.seq);
                         }
@@ -308,5 +312,20 @@ async fn the_page_reports_its_machines_to_the_collector_through_the_relay() {
             .as_u64()
             == Some(0)
     );
+
+    // The console (in a browser of its own: the page stays open, its mirror a client of foo)
+    // draws the page as a node below foo's, linked through the relay, the link ready (from the
+    // page's status).
+    let mut console = Chromium::launch(&path).await;
+    console.open(&collector.console_url()).await;
+    console
+        .until(
+            "the page's node linked to foo-node in the console's tree",
+            &format!(
+                "[...document.querySelectorAll('#tree .node .title')].some(t => t.textContent === '{node}') && document.querySelector('#tree path.edge.ready') !== null"
+            ),
+        )
+        .await;
+    console.screenshots("console-with-page").await;
     telemetry.shutdown().await;
 }

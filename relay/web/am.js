@@ -855,10 +855,16 @@ export class Debugger extends EventTarget {
     this.dispatchEvent(new CustomEvent("status", { detail: { state, reason, code } }));
   }
 
-  /** Sends what the buffers hold; with `hello`, every machine's record first. */
+  /**
+   * Sends what the buffers hold; with `hello`, every machine's record first. Every half second
+   * the page's status too (its mirrors' links, for the console's tree).
+   */
   #send(hello = false) {
     this.#attachWaiting();
-    const { lines, dropped } = call({ op: "debugTake", hello });
+    const now = performance.now();
+    const status = hello || !(now - (this.statusAt ?? 0) < 500);
+    if (status) this.statusAt = now;
+    const { lines, dropped } = call({ op: "debugTake", hello, status });
     this.dropped = dropped;
     if (lines.length > 0 && this.ws?.readyState === 1) this.ws.send(encoder.encode(lines));
   }

@@ -439,6 +439,29 @@ pub struct SourceStatus {
     pub ticks: Vec<u64>,
 }
 
+impl SourceStatus {
+    /// What `source`, served as `name` to `clients` clients, shows: its id, clock and active
+    /// states and, for a mirror, its link to its upstream.
+    pub fn of(name: &str, source: &dyn crate::machine::StateSource, clients: u32) -> Self {
+        let upstream = source.upstream();
+        SourceStatus {
+            name: name.to_owned(),
+            id: source.id().to_owned(),
+            upstream: upstream.as_ref().map(|u| u.endpoint.clone()),
+            connection: upstream.as_ref().map(|u| u.state.to_owned()),
+            reconnects: upstream.as_ref().map_or(0, |u| u.reconnects),
+            mutations_retried: upstream.as_ref().map_or(0, |u| u.mutations_retried),
+            mutations_expired: upstream.as_ref().map_or(0, |u| u.mutations_expired),
+            mutations_waiting: upstream.as_ref().map_or(0, |u| u.mutations_waiting),
+            last_error: upstream.and_then(|u| u.last_error),
+            active: source.active_states(),
+            queue_tick: source.queue_tick(),
+            ticks: source.clock(),
+            clients,
+        }
+    }
+}
+
 /// One connected client.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientStatus {

@@ -411,22 +411,8 @@ impl Inner {
         let mut sources: Vec<SourceStatus> = hubs
             .values()
             .map(|hub| {
-                let upstream = hub.source.upstream();
-                SourceStatus {
-                    name: hub.name.clone(),
-                    id: hub.source.id().to_owned(),
-                    upstream: upstream.as_ref().map(|u| u.endpoint.clone()),
-                    connection: upstream.as_ref().map(|u| u.state.to_owned()),
-                    reconnects: upstream.as_ref().map_or(0, |u| u.reconnects),
-                    mutations_retried: upstream.as_ref().map_or(0, |u| u.mutations_retried),
-                    mutations_expired: upstream.as_ref().map_or(0, |u| u.mutations_expired),
-                    mutations_waiting: upstream.as_ref().map_or(0, |u| u.mutations_waiting),
-                    last_error: upstream.and_then(|u| u.last_error),
-                    active: hub.source.active_states(),
-                    queue_tick: hub.source.queue_tick(),
-                    ticks: hub.source.clock(),
-                    clients: client_list.iter().filter(|c| c.source == hub.name).count() as u32,
-                }
+                let clients = client_list.iter().filter(|c| c.source == hub.name).count();
+                SourceStatus::of(&hub.name, hub.source.as_ref(), clients as u32)
             })
             .collect();
         sources.sort_by(|a, b| a.name.cmp(&b.name));

@@ -15,6 +15,7 @@ use super::record::{
 };
 use crate::machine::handlers::HandlerCall;
 use crate::machine::{Mutation, Schema, StateSource, Tracer, TracerId, TransitionTrace};
+use crate::proto::message::{NodeStatus, SourceStatus};
 
 /// Wall time in microseconds since the Unix epoch: what records are stamped with.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -309,6 +310,21 @@ impl Taps {
             pending.push_back(i);
         }
         taken
+    }
+
+    /// The status of `node` as its machines show it, for a sender with no server (a page):
+    /// each machine as a source (a mirror with its link), no clients, no counters.
+    pub fn status(&self, node: &str) -> NodeStatus {
+        NodeStatus {
+            node: node.to_owned(),
+            sources: self
+                .taps
+                .iter()
+                .map(|t| SourceStatus::of(&t.at.machine, t.source.as_ref(), 0))
+                .collect(),
+            clients: Vec::new(),
+            counters: Vec::new(),
+        }
     }
 
     fn machine_record_at(&mut self, i: usize) -> Record {

@@ -301,7 +301,9 @@ function parseEndpoint(text) {
   const hp = m[2], at = hp.lastIndexOf(":");
   return { scheme: m[1], host: hp.slice(0, at), port: hp.slice(at + 1), path: m[3] || "" };
 }
-// Which machine a mirror mirrors: the machine of the node listening on its upstream's port.
+// Which machine a mirror mirrors: the machine of the node listening on its upstream's port;
+// else (through a relay, a proxy or NAT the port says nothing) the machine whose node lists
+// the mirror's node as a client (a node's mirrors, and a page's, present that name).
 function upstreamOf(v) {
   const up = parseEndpoint(v.info?.upstream);
   if (!up) return null;
@@ -311,6 +313,12 @@ function upstreamOf(v) {
     if (listens.some((l) => l.port === up.port && (l.host === up.host || l.host === "0.0.0.0" || l.host === "[::]"))) {
       return { key: w.key, scheme: up.scheme };
     }
+  }
+  const node = v.key.split("/")[0];
+  for (const [name, st] of S.nodes) {
+    if (name === node) continue;
+    const client = (st.status?.clients || []).find((c) => c.id === node);
+    if (client && S.machines.has(`${name}/${client.source}`)) return { key: `${name}/${client.source}`, scheme: up.scheme };
   }
   return null;
 }

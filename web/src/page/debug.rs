@@ -5,13 +5,15 @@
 //!
 //! Commands: `debug` (start, with the page's node name, buffer size and redaction words),
 //! `debugAttach` (a machine or mirror, by handle, under a name), `debugTake` (the lines ready,
-//! every machine's record first when `hello`: a new connection), `debugStop`.
+//! every machine's record first when `hello`: a new connection; the page's status, its
+//! mirrors' links, after them when `status`), `debugStop`.
 
 use std::sync::Arc;
 
 use asyncmachine::machine::StateSource;
-use asyncmachine::telemetry::tap::{Clock, Tapped, Taps, tap};
-use asyncmachine::telemetry::{MachineRef, Redaction};
+use asyncmachine::telemetry::record::StatusRecord;
+use asyncmachine::telemetry::tap::{Clock, Tapped, Taps, push_line, tap};
+use asyncmachine::telemetry::{MachineRef, Record, Redaction};
 use serde_json::{Value as Json, json};
 
 use super::string;
@@ -104,7 +106,8 @@ impl PageTelemetry {
         Ok(())
     }
 
-    /// The lines ready, from a `debugTake` command (`max`, `hello`), with the drops so far.
+    /// The lines ready, from a `debugTake` command (`max`, `hello`, `status`), with the drops
+    /// so far.
     pub fn take(&mut self, command: &Json) -> Result<Json, WebError> {
         let max = count(command, "max", DEFAULT_TAKE, MAX_TAKE)?;
         let mut lines = String::new();
@@ -115,6 +118,15 @@ impl PageTelemetry {
             lines = std::mem::take(&mut self.pending);
         }
         let records = self.taps.drain(max, &mut lines);
+        if command.get("status").and_then(Json::as_bool) == Some(true) {
+            let status = Record::Status(StatusRecord {
+                node: self.node.clone(),
+                time_ms: (self.clock)() / 1000,
+                listen: Vec::new(),
+                status: self.taps.status(&self.node),
+            });
+            push_line(&mut lines, &status);
+        }
         let dropped: u64 = self.tapped.iter().map(Tapped::dropped).sum();
         Ok(json!({ "lines": lines, "records": records, "dropped": dropped }))
     }

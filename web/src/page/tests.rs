@@ -456,6 +456,18 @@ fn a_page_machine_streams_its_transitions_as_collector_lines() {
         panic!("hello: {records:?}")
     };
     assert_eq!(m.clock, vec![1, 0, 1, 0]);
+    // The page's status: its machines as sources (a server-less node), for the console.
+    let (records, _) = take(json!({ "op": "debugTake", "status": true }));
+    let Some(Record::Status(status)) = records.last() else {
+        panic!("status: {records:?}")
+    };
+    assert_eq!(status.node, "tab-1");
+    assert_eq!(status.status.sources.len(), 1);
+    assert_eq!(status.status.sources[0].name, "bar");
+    assert_eq!(
+        status.status.sources[0].active,
+        vec!["A".to_owned(), "C".to_owned()]
+    );
     page.call(&json!({ "op": "debugStop" })).expect("stopped");
     assert!(page.call(&json!({ "op": "debugTake" })).is_err(), "stopped");
 }
