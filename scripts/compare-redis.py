@@ -15,6 +15,8 @@ mirrors). Every redis-server it starts is killed when it ends, also on failure o
 
     scripts/compare-redis.py [--hops 3] [--flips 2000] [--warmup 200] [--redis-server PATH]
 
+With --timer AM_NODE the writes are timed by `AM_NODE bench redis-chain` instead (Rust,
+the client that times am-node's chain), so both tables share a client.
 scripts/compare-redis.sh installs redis, runs this and then am-node's bench the same way.
 """
 
@@ -161,6 +163,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=200, help="writes before measuring")
     ap.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
     ap.add_argument("--json", action="store_true", help="also print a JSON line")
+    ap.add_argument("--timer", metavar="AM_NODE",
+                    help="time with `AM_NODE bench redis-chain` (Rust, the same client as "
+                         "am-node's chain bench) instead of this script's Python client")
     args = ap.parse_args()
     if not 1 <= args.hops <= 16:
         raise SystemExit("--hops must be 1 to 16")
@@ -208,6 +213,19 @@ def main():
                 return k == 0 or b"master_link_status:up" in info
 
             wait_until("redis-server at depth %d (port %d)" % (k, port), up)
+
+        if args.timer:
+            # The same program and runtime that time am-node's chain: the two tables then
+            # differ only in what they time, not in the client that times it.
+            cmd = [args.timer, "bench", "redis-chain", "--ports", ",".join(map(str, ports)),
+                   "--iterations", str(args.flips), "--warmup", str(args.warmup)]
+            if args.json:
+                cmd.append("--json")
+            sys.stdout.flush()
+            code = subprocess.run(cmd).returncode
+            if code != 0:
+                raise SystemExit("%s exited with %d" % (" ".join(cmd), code))
+            return
 
         writer = Conn(ports[0])
         subscribers = []

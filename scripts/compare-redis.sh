@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The chain as deployed, am-node against redis, in one run on the same CPUs: a chain of
 # separate redis-server processes (root + HOPS chained replicas, `replicaof`, no persistence)
-# timed by scripts/compare-redis.py (SET at the root, keyspace notification at each depth),
+# started by scripts/compare-redis.py and timed by `am-node bench redis-chain` (SET at the root,
+# keyspace notification at each depth: the same Rust client that times am-node's chain),
 # then `am-node bench chain --processes` with the same hops. Both print a row per depth
 # (depth 0: a second client of the root), p50/p99/max from the write sent to the change seen.
 # A benchmark, not a test: figures vary with what else runs on the machine.
@@ -48,7 +49,7 @@ else
     bin=$PWD/target/release/am-node
 fi
 
-redis=(python3 scripts/compare-redis.py --hops "$hops" --flips "$flips")
+redis=(python3 scripts/compare-redis.py --hops "$hops" --flips "$flips" --timer "$bin")
 am=("$bin" bench chain --processes --hops "$hops" --iterations "$flips")
 if [ -n "$pin" ]; then
     redis=(taskset -c "$pin" "${redis[@]}")

@@ -12,6 +12,7 @@ pub mod children;
 pub mod fanout;
 pub mod hop;
 pub mod proxy;
+pub mod redis_chain;
 pub mod relay;
 pub mod relay_compare;
 pub mod sgp;

@@ -265,6 +265,28 @@ pub(crate) enum Scenario {
     /// worker, prints its endpoint, then follows commands on stdin.
     #[command(hide = true)]
     SgpWorker(SgpWorkerArgs),
+    /// The timer of scripts/compare-redis.sh: times a chain of redis-server processes (the
+    /// root's port first) as `chain --processes` times am-node's, from this program.
+    RedisChain(RedisChainArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RedisChainArgs {
+    /// The servers' ports on 127.0.0.1, the root's first, then each replica in chain order;
+    /// keyspace notifications on (`notify-keyspace-events K$`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) ports: Vec<u16>,
+    /// Measured writes.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) iterations: u64,
+    /// Writes before measuring.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) warmup: u64,
+    #[command(flatten)]
+    pub(crate) pin: PinArgs,
+    /// Also print the result as one JSON object on the last line.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -130,6 +130,26 @@ pub(crate) fn bench_sgp_worker(args: &SgpWorkerArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// `bench redis-chain`: the timer of scripts/compare-redis.sh.
+pub(crate) fn bench_redis_chain(args: &RedisChainArgs) -> anyhow::Result<ExitCode> {
+    use am_node::bench::redis_chain::{RedisChainOptions, run};
+    if let Some(cpus) = &args.pin.pin {
+        crate::pin::pin(cpus)?;
+    }
+    let options = RedisChainOptions {
+        ports: args.ports.clone(),
+        iterations: args.iterations,
+        warmup: args.warmup,
+    };
+    let report = runtime(1)?
+        .block_on(run(&options))
+        .context("bench redis-chain failed (are the servers up, keyspace notifications on?)")?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{report}")?;
+    json_line(&mut out, args.json, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A relay of `bench chain --processes`'s floor (a child process of it).
 pub(crate) fn bench_chain_hop(args: &ChainHopArgs) -> anyhow::Result<ExitCode> {
     runtime(1)?

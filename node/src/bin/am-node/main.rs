@@ -127,6 +127,9 @@ fn main() -> ExitCode {
         Command::Bench {
             scenario: Scenario::SgpWorker(args),
         } => bench_sgp_worker(&args),
+        Command::Bench {
+            scenario: Scenario::RedisChain(args),
+        } => bench_redis_chain(&args),
     };
     match result {
         Ok(code) => code,
