@@ -157,7 +157,7 @@ fn tail(log: &Path) -> String {
     }
 }
 
-/// Reads the next line a child prints (at most [`MAX_LINE`] bytes), within `timeout`.
+/// Reads the next line a child prints (at most `MAX_LINE`, 256 bytes), within `timeout`.
 pub async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
     timeout: Duration,
