@@ -16,8 +16,7 @@ use asyncmachine::machine::{Args, Machine, Schema, SchemaDef, StateDef, StateSou
 use asyncmachine::mirror::{ConnState, Mirror, MirrorConfig};
 use asyncmachine::relay::{Relay, RelayConfig, Target};
 use asyncmachine::server::ServerConfig;
-use asyncmachine::telemetry::collector::{Collector, CollectorConfig};
-use asyncmachine::telemetry::{History, Record, Telemetry, TelemetryConfig};
+use asyncmachine::telemetry::{Record, Telemetry, TelemetryConfig};
 use common::chromium::{Chromium, chromium_or_skip};
 use common::*;
 use serde_json::json;
@@ -198,16 +197,7 @@ async fn the_page_reports_its_machines_to_the_collector_through_the_relay() {
     let Some(path) = chromium_or_skip() else {
         return;
     };
-    let collector = Collector::start(
-        CollectorConfig {
-            telemetry: "127.0.0.1:0".into(),
-            console: "127.0.0.1:0".into(),
-            max_entries: 10_000,
-        },
-        History::default(),
-    )
-    .await
-    .expect("collector starts");
+    let collector = collector().await;
     let foo_machine = Machine::builder(schema()).id("foo").build();
     let (server, endpoint) = serve(
         Arc::new(foo_machine.clone()),

@@ -89,16 +89,7 @@ async fn the_console_shows_a_leafs_mutation_live_and_steps_back_across_machines(
     let path = chromium_path().expect(
         "Chromium is required for this test: apt-get install chromium (scripts/test.sh does)",
     );
-    let collector = Collector::start(
-        CollectorConfig {
-            telemetry: "127.0.0.1:0".into(),
-            console: "127.0.0.1:0".into(),
-            max_entries: 10_000,
-        },
-        History::default(),
-    )
-    .await
-    .expect("collector starts");
+    let collector = collector().await;
 
     // root <- a <- b <- c over TCP, each "node" reporting.
     let root = Machine::builder(abc_schema()).id("root").build();

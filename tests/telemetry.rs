@@ -8,22 +8,9 @@ use std::sync::Arc;
 
 use asyncmachine::machine::{Args, Machine, StateSource};
 use asyncmachine::server::ServerConfig;
-use asyncmachine::telemetry::collector::{self, Collector, CollectorConfig};
-use asyncmachine::telemetry::{History, Record, Telemetry, TelemetryConfig};
+use asyncmachine::telemetry::collector::{self, Collector};
+use asyncmachine::telemetry::{Record, Telemetry, TelemetryConfig};
 use common::*;
-
-async fn collector() -> Collector {
-    Collector::start(
-        CollectorConfig {
-            telemetry: "127.0.0.1:0".into(),
-            console: "127.0.0.1:0".into(),
-            max_entries: 10_000,
-        },
-        History::default(),
-    )
-    .await
-    .expect("collector starts")
-}
 
 /// One telemetry sender per "node" of the chain, named as its mirror's client id, so that the
 /// origins the servers record name the nodes.

@@ -448,6 +448,21 @@ export function retryDelay(attempt, random = Math.random) {
   return ceiling / 2 + random() * ceiling / 2;
 }
 
+/**
+ * After a socket of `owner` (an Offer or a Debugger) closed: refused for good when `permanent`
+ * says the close code is (then `owner.closed`), otherwise `connect` again after the next
+ * backoff delay. Returns the status to report: [state, reason, code].
+ */
+function retryOrRefuse(owner, event, permanent, connect) {
+  const reason = event.reason || `closed (${event.code})`;
+  if (permanent(event.code)) {
+    owner.closed = true;
+    return ["refused", reason, event.code];
+  }
+  owner.retryTimer = setTimeout(connect, retryDelay(owner.attempt++));
+  return ["disconnected", reason, event.code];
+}
+
 /** `text` cut to at most 123 UTF-8 bytes (a WebSocket close reason's limit), whole characters only. */
 export function closeReason(text) {
   let out = "";
@@ -699,14 +714,8 @@ export class Offer extends EventTarget {
     ws.onclose = (event) => {
       clearInterval(this.keepalive);
       if (this.closed) return;
-      const reason = event.reason || `closed (${event.code})`;
-      if (PERMANENT_CLOSE_CODES.has(event.code) || event.code === 4409) {
-        this.closed = true;
-        this.#status("refused", reason, event.code);
-        return;
-      }
-      this.#status("disconnected", reason, event.code);
-      this.retryTimer = setTimeout(() => this.#connect(), retryDelay(this.attempt++));
+      // 4409: the name is offered by another page already.
+      this.#status(...retryOrRefuse(this, event, (code) => PERMANENT_CLOSE_CODES.has(code) || code === 4409, () => this.#connect()));
     };
     ws.onerror = () => {};
   }
@@ -886,14 +895,7 @@ export class Debugger extends EventTarget {
       clearInterval(this.timer);
       clearInterval(this.keepalive);
       if (this.closed) return;
-      const reason = event.reason || `closed (${event.code})`;
-      if (PERMANENT_CLOSE_CODES.has(event.code)) {
-        this.closed = true;
-        this.#status("refused", reason, event.code);
-        return;
-      }
-      this.#status("disconnected", reason, event.code);
-      this.retryTimer = setTimeout(() => this.#connect(), retryDelay(this.attempt++));
+      this.#status(...retryOrRefuse(this, event, (code) => PERMANENT_CLOSE_CODES.has(code), () => this.#connect()));
     };
     ws.onerror = () => {};
   }

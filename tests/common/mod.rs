@@ -267,3 +267,18 @@ impl RawClient {
         last
     }
 }
+
+/// A collector (`am-node dbg`'s) on ports 0, with an empty history of up to 10 000 entries.
+pub async fn collector() -> asyncmachine::telemetry::collector::Collector {
+    use asyncmachine::telemetry::collector::{Collector, CollectorConfig};
+    Collector::start(
+        CollectorConfig {
+            telemetry: "127.0.0.1:0".into(),
+            console: "127.0.0.1:0".into(),
+            max_entries: 10_000,
+        },
+        asyncmachine::telemetry::History::default(),
+    )
+    .await
+    .expect("collector starts")
+}

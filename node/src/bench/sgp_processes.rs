@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWrite};
 use tokio::io::{AsyncWriteExt as _, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use super::children::{Children, read_line};
 use super::sgp::{SgpOptions, SgpReport, step};
@@ -146,7 +146,7 @@ pub async fn run(
         .strip_prefix("raw ")
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| setup("the worker's process", &format!("answered {line:?}")))?;
-    let floor = raw_floor(addr, sgp.loops, request, reply)
+    let floor = super::sgp::raw_exchanges(addr, sgp.loops, request, reply)
         .await
         .map_err(|e| setup("measuring the raw floor", &e))?;
     children.stop().await;
@@ -176,28 +176,6 @@ fn worker_errors(line: &str) -> Result<u64, BenchError> {
                 "the worker's process answered {line:?}, not `stats CALLS ERRORS`"
             ))
         })
-}
-
-/// `loops` request/reply exchanges of the given sizes with the echo at `addr`.
-async fn raw_floor(
-    addr: std::net::SocketAddr,
-    loops: u64,
-    request: usize,
-    reply: usize,
-) -> std::io::Result<Duration> {
-    let mut client = TcpStream::connect(addr).await?;
-    client.set_nodelay(true)?;
-    let (outbuf, mut inbuf) = (vec![2u8; request], vec![0u8; reply]);
-    for _ in 0..loops / 20 {
-        client.write_all(&outbuf).await?;
-        client.read_exact(&mut inbuf).await?;
-    }
-    let started = Instant::now();
-    for _ in 0..loops {
-        client.write_all(&outbuf).await?;
-        client.read_exact(&mut inbuf).await?;
-    }
-    Ok(started.elapsed())
 }
 
 /// The worker's process (`am-node bench sgp-worker`): serves the sgp worker on 127.0.0.1:0
