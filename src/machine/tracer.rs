@@ -5,6 +5,8 @@
 //! transition, outside the machine's lock (it may read the machine). Every hook has an empty
 //! default, so a tracer implements only what it needs. The order, for one mutation:
 //! `mutation_queued` when the machine was busy and the mutation waits in its queue, then
+//! `wants_transition` (when no tracer follows it, its `transition_*` and `handler_*` hooks are
+//! not called),
 //! `transition_init` (resolved, before any handler), `transition_start` (the handlers are about
 //! to run; not when the relations refused it), `handler_start` and `handler_end` around each
 //! handler, `transition_end` (with the outcome and the clock after), and `queue_end` when the
@@ -184,6 +186,7 @@ impl Tracers {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
+
     pub fn snapshot(&self) -> Arc<Vec<(u64, Arc<dyn Tracer>)>> {
         self.list.clone()
     }
