@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use tokio::runtime::{Handle, Id};
 
@@ -42,12 +42,7 @@ pub(super) fn client_for(remote: SocketAddr) -> io::Result<quinn::Endpoint> {
     if let Some(endpoint) = endpoints().get(&key) {
         return Ok(endpoint.clone());
     }
-    let bind: SocketAddr = if key.1 {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let made = quinn::Endpoint::client(bind)?;
+    let made = bind(key.1)?;
     // Two first connections may race here: the first stored is used by both, the other one
     // is dropped unused (outside the lock).
     let (endpoint, unused) = match endpoints().entry(key) {
@@ -66,6 +61,46 @@ pub(super) fn client_for(remote: SocketAddr) -> io::Result<quinn::Endpoint> {
     drop(unused);
     tracing::debug!(?key, "a QUIC client endpoint for this runtime");
     Ok(endpoint)
+}
+
+/// What the shared socket asks the kernel to buffer each way. Every connection's datagrams
+/// arrive at this one socket now: a root pushing a change to 10 000 mirrors of this process
+/// sends 10 000 datagrams at once, and the default buffer (212 992 bytes on Linux) holds a
+/// few hundred of them, so the rest were dropped and resent only after a loss timeout. Linux
+/// grants at most `net.core.rmem_max` / `wmem_max` (4 MiB here); a smaller grant is no error.
+const SOCKET_BUFFER: usize = 16 << 20;
+
+/// A client endpoint on a new socket: as `quinn::Endpoint::client` makes it (an IPv6 one
+/// dual-stack where the system allows), with [`SOCKET_BUFFER`]s.
+fn bind(ipv6: bool) -> io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr: SocketAddr = if ipv6 {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if ipv6 && let Err(e) = socket.set_only_v6(false) {
+        tracing::debug!(error = %e, "a QUIC client socket that is not dual-stack");
+    }
+    for (what, set) in [
+        (
+            "receive",
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> io::Result<()>,
+        ),
+        ("send", Socket::set_send_buffer_size),
+    ] {
+        if let Err(e) = set(&socket, SOCKET_BUFFER) {
+            tracing::debug!(error = %e, what, "the QUIC client socket keeps its default buffer");
+        }
+    }
+    socket.bind(&addr.into())?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 /// Forgets the current runtime's endpoint for `remote`'s family: its driver stopped (quinn
