@@ -138,6 +138,36 @@ fn resolve(address: &str) -> io::Result<SocketAddr> {
     })
 }
 
+/// What a QUIC socket asks the kernel to buffer each way. One socket carries every
+/// connection of a listener (and of a process's outgoing connections): a change pushed to
+/// 10 000 mirrors is 10 000 datagrams out and as many acknowledgements back at once, and
+/// the default buffer (212 992 bytes on Linux) holds a few hundred, so the rest were dropped
+/// (the kernel's UDP RcvbufErrors) and resent only after a loss timeout, hundreds of
+/// milliseconds later. Linux grants at most `net.core.rmem_max` / `wmem_max`; a smaller
+/// grant is no error.
+pub(super) const SOCKET_BUFFER: usize = 16 << 20;
+
+/// A UDP socket bound to `addr` with [`SOCKET_BUFFER`]s; `dual_stack` lets an IPv6 one
+/// reach IPv4 addresses too, where the system allows.
+pub(super) fn udp_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if dual_stack
+        && addr.is_ipv6()
+        && let Err(e) = socket.set_only_v6(false)
+    {
+        tracing::debug!(error = %e, "a QUIC socket that is not dual-stack");
+    }
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "a QUIC socket keeps its default receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "a QUIC socket keeps its default send buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 pub(super) struct QuicListener {
     endpoint: quinn::Endpoint,
     local: Endpoint,
@@ -151,7 +181,12 @@ pub(super) fn bind(address: &str, tls: &TlsConfig) -> io::Result<QuicListener> {
     let crypto = QuicServerConfig::try_from(crypto).map_err(invalid)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport());
-    let endpoint = quinn::Endpoint::server(config, resolve(address)?)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        udp_socket(resolve(address)?, false)?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     let local = Endpoint::new(Scheme::Quic, endpoint.local_addr()?.to_string());
     Ok(QuicListener { endpoint, local })
 }

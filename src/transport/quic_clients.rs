@@ -63,42 +63,19 @@ pub(super) fn client_for(remote: SocketAddr) -> io::Result<quinn::Endpoint> {
     Ok(endpoint)
 }
 
-/// What the shared socket asks the kernel to buffer each way. Every connection's datagrams
-/// arrive at this one socket now: a root pushing a change to 10 000 mirrors of this process
-/// sends 10 000 datagrams at once, and the default buffer (212 992 bytes on Linux) holds a
-/// few hundred of them, so the rest were dropped and resent only after a loss timeout. Linux
-/// grants at most `net.core.rmem_max` / `wmem_max` (4 MiB here); a smaller grant is no error.
-const SOCKET_BUFFER: usize = 16 << 20;
-
 /// A client endpoint on a new socket: as `quinn::Endpoint::client` makes it (an IPv6 one
-/// dual-stack where the system allows), with [`SOCKET_BUFFER`]s.
+/// dual-stack where the system allows), with [`super::quic::SOCKET_BUFFER`]s: every
+/// connection's datagrams arrive at this one socket.
 fn bind(ipv6: bool) -> io::Result<quinn::Endpoint> {
-    use socket2::{Domain, Protocol, Socket, Type};
     let addr: SocketAddr = if ipv6 {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if ipv6 && let Err(e) = socket.set_only_v6(false) {
-        tracing::debug!(error = %e, "a QUIC client socket that is not dual-stack");
-    }
-    for (what, set) in [
-        (
-            "receive",
-            Socket::set_recv_buffer_size as fn(&Socket, usize) -> io::Result<()>,
-        ),
-        ("send", Socket::set_send_buffer_size),
-    ] {
-        if let Err(e) = set(&socket, SOCKET_BUFFER) {
-            tracing::debug!(error = %e, what, "the QUIC client socket keeps its default buffer");
-        }
-    }
-    socket.bind(&addr.into())?;
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
-        socket.into(),
+        super::quic::udp_socket(addr, ipv6)?,
         Arc::new(quinn::TokioRuntime),
     )
 }
