@@ -12,6 +12,7 @@
 
 mod mem;
 mod quic;
+mod quic_clients;
 mod tcp;
 pub mod tls;
 pub(crate) mod ws;

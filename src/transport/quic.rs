@@ -4,6 +4,9 @@
 //! 5 s keep NAT bindings and the connection alive under our own (slower) protocol keepalive,
 //! and a peer silent for 30 s is gone. The client opens the stream and speaks first (its
 //! hello), which is what makes the stream visible to the server.
+//!
+//! Outgoing connections go through client endpoints (UDP sockets) shared by the process
+//! ([`super::quic_clients`]).
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -17,6 +20,7 @@ use quinn::{IdleTimeout, RecvStream, SendStream, TransportConfig};
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::quic_clients;
 use super::tls::{TlsConfig, identity, server_name};
 use super::{BoxFuture, BoxStream, Endpoint, Handshake, Listener, PeerInfo, Scheme};
 
@@ -41,7 +45,8 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 /// How long a closing session waits for the peer to receive its last bytes.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// A session's stream; holds the connection (and, for clients, the endpoint) alive with it.
+/// A session's stream; holds the connection (and, for clients, the shared endpoint it was made
+/// through) alive with it.
 struct QuicStream {
     send: SendStream,
     recv: RecvStream,
@@ -133,6 +138,36 @@ fn resolve(address: &str) -> io::Result<SocketAddr> {
     })
 }
 
+/// What a QUIC socket asks the kernel to buffer each way. One socket carries every
+/// connection of a listener (and of a process's outgoing connections): a change pushed to
+/// 10 000 mirrors is 10 000 datagrams out and as many acknowledgements back at once, and
+/// the default buffer (212 992 bytes on Linux) holds a few hundred, so the rest were dropped
+/// (the kernel's UDP RcvbufErrors) and resent only after a loss timeout, hundreds of
+/// milliseconds later. Linux grants at most `net.core.rmem_max` / `wmem_max`; a smaller
+/// grant is no error.
+pub(super) const SOCKET_BUFFER: usize = 16 << 20;
+
+/// A UDP socket bound to `addr` with [`SOCKET_BUFFER`]s; `dual_stack` lets an IPv6 one
+/// reach IPv4 addresses too, where the system allows.
+pub(super) fn udp_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if dual_stack
+        && addr.is_ipv6()
+        && let Err(e) = socket.set_only_v6(false)
+    {
+        tracing::debug!(error = %e, "a QUIC socket that is not dual-stack");
+    }
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "a QUIC socket keeps its default receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "a QUIC socket keeps its default send buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 pub(super) struct QuicListener {
     endpoint: quinn::Endpoint,
     local: Endpoint,
@@ -146,35 +181,38 @@ pub(super) fn bind(address: &str, tls: &TlsConfig) -> io::Result<QuicListener> {
     let crypto = QuicServerConfig::try_from(crypto).map_err(invalid)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport());
-    let endpoint = quinn::Endpoint::server(config, resolve(address)?)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        udp_socket(resolve(address)?, false)?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     let local = Endpoint::new(Scheme::Quic, endpoint.local_addr()?.to_string());
     Ok(QuicListener { endpoint, local })
 }
 
 pub(super) async fn connect(address: &str, tls: &TlsConfig) -> io::Result<BoxStream> {
     let remote = resolve(address)?;
-    let bind: SocketAddr = if remote.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    }
-    .parse()
-    .map_err(invalid)?;
-    let endpoint = quinn::Endpoint::client(bind)?;
     let crypto = QuicClientConfig::try_from(tls.quic_client.clone()).map_err(invalid)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
     let name = server_name(address)?.to_str().into_owned();
-    let connection = endpoint
-        .connect_with(config, remote, &name)
-        .map_err(invalid)?
-        .await
-        .map_err(|e| {
-            super::tls::explain(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                e.to_string(),
-            ))
-        })?;
+    let mut endpoint = quic_clients::client_for(remote)?;
+    let connecting = match endpoint.connect_with(config.clone(), remote, &name) {
+        // The shared endpoint's driver stopped (its socket failed): once more on a new one.
+        Err(quinn::ConnectError::EndpointStopping) => {
+            quic_clients::forget_for(remote);
+            endpoint = quic_clients::client_for(remote)?;
+            endpoint.connect_with(config, remote, &name)
+        }
+        other => other,
+    };
+    let connection = connecting.map_err(invalid)?.await.map_err(|e| {
+        super::tls::explain(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            e.to_string(),
+        ))
+    })?;
     // A server that rejects the client's certificate aborts right after the handshake: the
     // reason arrives here.
     let (send, recv) = connection
