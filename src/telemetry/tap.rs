@@ -328,8 +328,7 @@ impl Taps {
     }
 
     fn machine_record_at(&mut self, i: usize) -> Record {
-        let (clock, listen) = (self.clock.clone(), self.listen.clone());
-        machine_record(&mut self.taps[i], &listen, clock())
+        machine_record(&mut self.taps[i], &self.listen, (self.clock)())
     }
 
     fn machine_record(&self, tap: &mut Tap) -> Record {

@@ -59,6 +59,40 @@ pub struct SgpReport {
 }
 
 /// The table `am-node bench sgp` prints: a header and one row.
+/// What an sgp run measured, before it is reported per loop.
+pub(super) struct Measured {
+    pub loops: u64,
+    pub elapsed: Duration,
+    pub samples: Vec<Duration>,
+    /// Bytes the mirror sent and received in the measured loops.
+    pub up: u64,
+    pub down: u64,
+    pub handshake_bytes: u64,
+    pub errors: u64,
+    /// The raw floor's time for as many loops.
+    pub floor: Duration,
+}
+
+impl SgpReport {
+    /// The report of a run: its times and bytes per loop.
+    pub(super) fn of(scenario: &'static str, transport: &'static str, mut m: Measured) -> Self {
+        let loops = m.loops.max(1) as f64;
+        SgpReport {
+            scenario,
+            transport,
+            loops: m.loops,
+            us_per_loop: m.elapsed.as_secs_f64() * 1e6 / loops,
+            latency: Percentiles::of(&mut m.samples),
+            bytes_per_loop: (m.up + m.down) as f64 / loops,
+            bytes_up_per_loop: m.up as f64 / loops,
+            bytes_down_per_loop: m.down as f64 / loops,
+            handshake_bytes: m.handshake_bytes,
+            errors: m.errors,
+            floor_us_per_loop: m.floor.as_secs_f64() * 1e6 / loops,
+        }
+    }
+}
+
 impl std::fmt::Display for SgpReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
@@ -193,23 +227,25 @@ pub async fn run(
     let floor = raw_floor(options.loops, request, reply)
         .await
         .map_err(|e| setup("measuring the raw floor", &e))?;
-    Ok(SgpReport {
-        scenario: "sgp",
-        transport: if options.via_relay {
-            "ws-relay-tcp"
-        } else {
-            options.transport.as_str()
+    let transport = if options.via_relay {
+        "ws-relay-tcp"
+    } else {
+        options.transport.as_str()
+    };
+    Ok(SgpReport::of(
+        "sgp",
+        transport,
+        Measured {
+            loops: options.loops,
+            elapsed,
+            samples,
+            up,
+            down,
+            handshake_bytes,
+            errors,
+            floor,
         },
-        loops: options.loops,
-        us_per_loop: elapsed.as_secs_f64() * 1e6 / loops,
-        latency: Percentiles::of(&mut samples),
-        bytes_per_loop: (up + down) as f64 / loops,
-        bytes_up_per_loop: up as f64 / loops,
-        bytes_down_per_loop: down as f64 / loops,
-        handshake_bytes,
-        errors,
-        floor_us_per_loop: floor.as_secs_f64() * 1e6 / loops,
-    })
+    ))
 }
 
 /// One consumer loop; a failure names the loop it happened in.

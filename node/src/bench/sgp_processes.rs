@@ -15,9 +15,9 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWrit
 use tokio::io::{AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
 
+use super::BenchError;
 use super::children::{Children, read_line};
-use super::sgp::{SgpOptions, SgpReport, step};
-use super::{BenchError, Percentiles};
+use super::sgp::{Measured, SgpOptions, SgpReport, step};
 use crate::sgp::{Consumer, start_worker};
 use asyncmachine::mirror::{Mirror, MirrorConfig};
 use asyncmachine::server::{Server, ServerConfig};
@@ -151,19 +151,20 @@ pub async fn run(
         .map_err(|e| setup("measuring the raw floor", &e))?;
     children.stop().await;
 
-    Ok(SgpReport {
-        scenario: "sgp-procs",
-        transport: sgp.transport.as_str(),
-        loops: sgp.loops,
-        us_per_loop: elapsed.as_secs_f64() * 1e6 / loops,
-        latency: Percentiles::of(&mut samples),
-        bytes_per_loop: (up + down) as f64 / loops,
-        bytes_up_per_loop: up as f64 / loops,
-        bytes_down_per_loop: down as f64 / loops,
-        handshake_bytes,
-        errors,
-        floor_us_per_loop: floor.as_secs_f64() * 1e6 / loops,
-    })
+    Ok(SgpReport::of(
+        "sgp-procs",
+        sgp.transport.as_str(),
+        Measured {
+            loops: sgp.loops,
+            elapsed,
+            samples,
+            up,
+            down,
+            handshake_bytes,
+            errors,
+            floor,
+        },
+    ))
 }
 
 /// The errors in a `stats CALLS ERRORS` answer.
