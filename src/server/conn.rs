@@ -300,27 +300,33 @@ async fn read_loop(
                     ServerEvent::Mutate { id, mutation } => {
                         // Who asked, for the source's tracers (telemetry links the hops).
                         let client = outlet.lock().session.client_id().map(str::to_owned);
-                        let mutation = match client {
-                            Some(client) => mutation.with_origin(&client),
+                        let mutation = match &client {
+                            Some(client) => mutation.with_origin(client),
                             None => mutation,
                         };
                         let started = std::time::Instant::now();
-                        let client = outlet.lock().session.client_id().map(str::to_owned);
                         let result = run_once(inner, shared_hub, client.as_deref(), mutation).await;
                         inner.stats.mutation_latency.record(started.elapsed());
-                        outlet
-                            .lock()
+                        let mut state = outlet.lock();
+                        state
                             .session
                             .handle_mutation_result(id, result, clock.now(), hub);
+                        // The answer goes out from here when the socket takes it: waking the
+                        // writer for it would add a turn of the scheduler to every mutation.
+                        outlet.send_now(&mut state);
+                        continue;
                     }
                     ServerEvent::Err { id } => {
                         let result = hub.source.err().await;
-                        outlet.lock().session.handle_err_result(
+                        let mut state = outlet.lock();
+                        state.session.handle_err_result(
                             id,
                             result.map_err(reason),
                             clock.now(),
                             hub,
                         );
+                        outlet.send_now(&mut state);
+                        continue;
                     }
                     ServerEvent::WhenArgs {
                         id,
@@ -408,12 +414,8 @@ async fn run_once(
             hub.source.mutate(mutation).await.map_err(reason)
         }
         Begin::Run => {
-            // On a task of its own: the connection's reader (this future) is dropped when the
-            // connection ends, and a run dropped half-way (forwarded upstream, its answer not
-            // back) would leave its key running for ever and its repeats waiting on it. The
-            // task records the answer however the connection ends.
             let (hub, client) = (hub.clone(), client.to_owned());
-            let run = tokio::spawn(async move {
+            let mut run = Box::pin(async move {
                 let answer = hub.source.mutate(mutation).await.map_err(reason);
                 let waiters = lock_dedup(&hub).finish(&client, key, &answer, hub.now());
                 for waiter in waiters {
@@ -422,7 +424,21 @@ async fn run_once(
                 }
                 answer
             });
-            run.await
+            // A local source answers at once: tried here first, a run costs no task. One that
+            // waits (forwarded upstream) goes on a task of its own: the connection's reader
+            // (this future) is dropped when the connection ends, and a run dropped half-way
+            // would leave its key running for ever and its repeats waiting on it. The task
+            // records the answer however the connection ends. Nothing awaits in between, so
+            // the reader cannot be dropped between the try and the spawn.
+            let tried = {
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                run.as_mut().poll(&mut cx)
+            };
+            if let std::task::Poll::Ready(answer) = tried {
+                return answer;
+            }
+            tokio::spawn(run)
+                .await
                 .unwrap_or_else(|e| Err(format!("the mutation's run failed: {e}; retry")))
         }
     }

@@ -52,6 +52,25 @@ impl Outlet {
         // Nothing under this lock calls user code or panics on peer input.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Writes what the session queued now, as far as the socket takes it without waiting,
+    /// and nudges the writer for the rest (or when it has the write half out: the bytes wait
+    /// in the session for it). Returns the bytes written. `state` is this outlet's, locked.
+    pub fn send_now(&self, state: &mut OutletState) -> usize {
+        if state.session.transmit().is_empty() {
+            return 0;
+        }
+        let Some(wr) = state.wr.as_mut() else {
+            self.nudge.notify_one();
+            return 0;
+        };
+        let (written, flushed) = write_now(wr, state.session.transmit());
+        state.session.advance(written);
+        if !state.session.transmit().is_empty() || !flushed {
+            self.nudge.notify_one();
+        }
+        written
+    }
 }
 
 /// The connections of one pusher.
@@ -202,17 +221,7 @@ fn push_one(outlet: &Outlet, latest: &Versioned, cache: &DiffCache, tally: &mut 
             tally.merged += merged;
         }
     }
-    // The writer has the write half out: the frame waits in the session for it.
-    let Some(wr) = state.wr.as_mut() else {
-        outlet.nudge.notify_one();
-        return;
-    };
-    let (written, flushed) = write_now(wr, state.session.transmit());
-    tally.bytes += written as u64;
-    state.session.advance(written);
-    if !state.session.transmit().is_empty() || !flushed {
-        outlet.nudge.notify_one();
-    }
+    tally.bytes += outlet.send_now(state) as u64;
 }
 
 /// Writes what the stream takes now: how many bytes, and whether they left its buffers. A
