@@ -1,7 +1,8 @@
 //! The parts of the Api a mirror asks its source for, through a tree of depth 3 (a root
 //! machine, mirror `a` of it served, mirror `b` of `a` served, mirror `c` of `b`): `when_args`
-//! answered by the root, `err` and `add_err_state` reaching the root, waits withdrawn at every
-//! hop, refusals passed down. Run over several transports.
+//! answered by the root (and ordered before the leaf's later mutations), `err` and
+//! `add_err_state` reaching the root, waits withdrawn at every hop, refusals passed down. Run
+//! over several transports.
 
 mod common;
 
@@ -56,6 +57,17 @@ pub async fn when_args_at_depth_three_resolves_for_its_arguments_only(scheme: &s
     tree.root
         .add(&["Tick"], Args::new().with("id", 2).with("more", true))
         .expect("known state");
+    assert_eq!(within("the wait to end", wait).await, Ok(()));
+    assert_eq!(tree.root.waiter_count(), 0);
+}
+
+pub async fn a_mutation_sent_after_a_wait_reaches_the_root_behind_it(scheme: &str) {
+    let tree = chain(machine(), scheme, ServerConfig::default()).await;
+    // Not waited for at the root: every hop registers the wait before it runs what came
+    // after it.
+    let wait = tree.c.when_args("Tick", Args::new().with("id", 4));
+    let added = within("add", tree.c.add(&["Tick"], Args::new().with("id", 4))).await;
+    assert_eq!(added, Ok(Outcome::Executed));
     assert_eq!(within("the wait to end", wait).await, Ok(()));
     assert_eq!(tree.root.waiter_count(), 0);
 }
@@ -229,6 +241,7 @@ macro_rules! transports {
                 };
             }
             case!(when_args_at_depth_three_resolves_for_its_arguments_only);
+            case!(a_mutation_sent_after_a_wait_reaches_the_root_behind_it);
             case!(the_roots_last_error_reaches_a_leaf);
             case!(add_err_state_from_a_leaf_reaches_the_root);
             case!(a_withdrawn_wait_is_gone_at_every_hop);

@@ -42,6 +42,10 @@ pub async fn a_grown_schema_reaches_a_leaf_without_a_reconnect(scheme: &str) {
     let tick = leaf.when_ticks("Tick", 1);
     let args = leaf.when_args("Tick", Args::new().with("n", 2));
     let removed = leaf.when_not(&["Start"]);
+    // A remote wait counts activations from when the root has it: its request travels up
+    // three hops while the new schema below travels down, and an activation before it gets
+    // there is not seen. Up before the change, it is a wait of the old schema at every hop.
+    eventually("the wait to reach the root", || root.waiter_count() == 1).await;
 
     root.set_schema(states(true)).expect("an enlargement");
     for m in mirrors {

@@ -403,6 +403,12 @@ pub trait StateSource: Send + Sync {
     /// the transition sees its arguments: a mirror asks its source, which waits (through
     /// every hop up to the root) and answers; dropping the future, or a cancellation bound
     /// with [`When::until`], withdraws the wait up there too.
+    ///
+    /// A mirror's wait sees the activations that come after it reached the root. A mutation
+    /// the same mirror sends after it goes up the same way, behind it, and is seen; one made
+    /// elsewhere (at the root, through another mirror) right after the call can get there
+    /// first and is not. The root's
+    /// [`waiter_count`](crate::machine::Machine::waiter_count) tells when it arrived.
     fn when_args(&self, state: &str, args: Args) -> When;
 
     /// The last error of the machine (Go's `Err()`): of a failed handler or an
