@@ -6,6 +6,10 @@
 //! endpoint tasks). The client TLS and transport configuration travel with each connection
 //! (`Endpoint::connect_with`), so they need no endpoint of their own.
 //!
+//! One endpoint's task receives the datagrams of every connection made through it, so on a
+//! runtime of several workers that task bounds them all: a runtime gets one endpoint per
+//! worker, and connections are spread over them in turn.
+//!
 //! An endpoint's socket and task belong to the tokio runtime that made it and stop with it,
 //! and a process may run many runtimes, one after the other or side by side (a test binary
 //! does). So endpoints are kept per (runtime, address family): made on first use, and
@@ -25,31 +29,71 @@ use tokio::runtime::{Handle, Id};
 /// binds IPv6 (`[::]:0`, dual-stack where the system allows) or IPv4 (`0.0.0.0:0`).
 type Key = (Id, bool);
 
-static ENDPOINTS: LazyLock<Mutex<HashMap<Key, quinn::Endpoint>>> =
+static ENDPOINTS: LazyLock<Mutex<HashMap<Key, Pool>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
+/// The endpoints of one key: up to one per worker of its runtime, made as connections need
+/// them, and taken in turn.
+struct Pool {
+    endpoints: Vec<quinn::Endpoint>,
+    /// How many the runtime gets: its worker count.
+    size: usize,
+    /// The next connection's endpoint.
+    next: usize,
+}
+
+impl Pool {
+    /// The endpoint for the next connection, or `None` when a new one is due.
+    fn take_turn(&mut self) -> Option<quinn::Endpoint> {
+        let at = self.next % self.size;
+        let endpoint = self.endpoints.get(at).cloned();
+        if endpoint.is_some() {
+            self.next = (at + 1) % self.size;
+        }
+        endpoint
+    }
+}
+
 /// The map holds only handles: a panic while it is locked leaves nothing half-done.
-fn endpoints() -> MutexGuard<'static, HashMap<Key, quinn::Endpoint>> {
+fn endpoints() -> MutexGuard<'static, HashMap<Key, Pool>> {
     ENDPOINTS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The client endpoint of the current runtime for remote addresses of `remote`'s family.
+/// A client endpoint of the current runtime for remote addresses of `remote`'s family.
 pub(super) fn client_for(remote: SocketAddr) -> io::Result<quinn::Endpoint> {
     let runtime = Handle::try_current().map_err(|_| {
         io::Error::other("a quic:// connection must be made inside a tokio runtime")
     })?;
     let key = (runtime.id(), remote.is_ipv6());
-    if let Some(endpoint) = endpoints().get(&key) {
-        return Ok(endpoint.clone());
+    if let Some(endpoint) = endpoints().get_mut(&key).and_then(Pool::take_turn) {
+        return Ok(endpoint);
     }
     let made = bind(key.1)?;
-    // Two first connections may race here: the first stored is used by both, the other one
-    // is dropped unused (outside the lock).
-    let (endpoint, unused) = match endpoints().entry(key) {
-        Entry::Occupied(stored) => (stored.get().clone(), Some(made)),
-        Entry::Vacant(slot) => (slot.insert(made).clone(), None),
+    // Two connections may race here for one slot: the first stored is used by both, the
+    // other endpoint is dropped unused (outside the lock).
+    let (endpoint, unused, first) = match endpoints().entry(key) {
+        Entry::Occupied(mut stored) => {
+            let pool = stored.get_mut();
+            match pool.take_turn() {
+                Some(endpoint) => (endpoint, Some(made), false),
+                None => {
+                    pool.endpoints.push(made.clone());
+                    pool.next = pool.endpoints.len() % pool.size;
+                    (made, None, false)
+                }
+            }
+        }
+        Entry::Vacant(slot) => {
+            let size = runtime.metrics().num_workers().max(1);
+            slot.insert(Pool {
+                endpoints: vec![made.clone()],
+                size,
+                next: 1 % size,
+            });
+            (made, None, true)
+        }
     };
-    if unused.is_none() {
+    if first {
         let guard = Forget(key);
         // Spawned outside the lock: on a runtime that is shutting down the task is dropped at
         // once, and its guard takes the lock.
@@ -108,9 +152,10 @@ impl Drop for Forget {
 #[cfg(test)]
 pub(super) fn held_by(id: Id) -> usize {
     endpoints()
-        .keys()
-        .filter(|(runtime, _)| *runtime == id)
-        .count()
+        .iter()
+        .filter(|((runtime, _), _)| *runtime == id)
+        .map(|(_, pool)| pool.endpoints.len())
+        .sum()
 }
 
 #[cfg(test)]
@@ -169,6 +214,33 @@ mod tests {
                 assert!(endpoint.connect_with(config, v4(), "localhost").is_ok());
             });
         }
+    }
+
+    #[test]
+    fn a_runtime_of_two_workers_spreads_connections_over_two_endpoints() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let id = runtime.handle().id();
+        let ports: Vec<u16> = runtime.block_on(async {
+            (0..4)
+                .map(|_| {
+                    let endpoint = client_for(v4()).expect("an endpoint");
+                    endpoint.local_addr().expect("bound").port()
+                })
+                .collect()
+        });
+        assert_ne!(
+            ports[0], ports[1],
+            "the second connection gets the second endpoint"
+        );
+        assert_eq!(ports[0], ports[2], "then they take turns");
+        assert_eq!(ports[1], ports[3]);
+        assert_eq!(held_by(id), 2);
+        drop(runtime);
+        assert_eq!(held_by(id), 0, "forgotten with their runtime");
     }
 
     #[test]
