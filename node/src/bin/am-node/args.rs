@@ -344,7 +344,8 @@ pub(crate) struct FanoutArgs {
     /// Transport between mirrors and server: tcp, tls, quic, ws or wss.
     #[arg(long, default_value = "tcp")]
     pub(crate) transport: String,
-    /// Tokio worker threads.
+    /// Tokio worker threads: with --split, of each process; with --processes, of this one (the
+    /// mirrors and the mutating client; see --node-threads).
     #[arg(long, default_value_t = 2)]
     pub(crate) threads: usize,
     /// Run the root and its server in a child process (it hands its CA to this one for the
