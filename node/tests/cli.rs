@@ -147,6 +147,7 @@ fn bench_fanout_and_bytes_report_their_figures() {
     assert_eq!(reports.len(), 2);
     for (r, n) in reports.iter().zip([5, 20]) {
         assert_eq!(r["mirrors"], n);
+        assert_eq!(r["mode"], "one process");
         for key in [
             "root_mutations_per_s",
             "frames_per_s",
@@ -203,6 +204,7 @@ fn bench_fanout_and_bytes_report_their_figures() {
         (r["mirrors"].as_u64(), r["remote_root"].as_bool()),
         (Some(5), Some(true))
     );
+    assert_eq!(r["mode"], "split");
     assert!(r["lag_p99_ms"].as_f64().is_some(), "{r}");
     assert!(r["server_kib_per_mirror"].as_f64().is_some(), "{r}");
     // The floor's writing ends run in the root's process too.

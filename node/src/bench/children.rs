@@ -122,6 +122,14 @@ impl Children {
         Ok(())
     }
 
+    /// The process id of the running child `name` (to read its memory, say).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.running
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.child.id())
+    }
+
     /// Kills every child and waits for it to end.
     pub async fn stop(&mut self) {
         for r in &mut self.running {
@@ -193,6 +201,15 @@ pub fn free_port() -> Result<u16, BenchError> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| BenchError::Setup(format!("no free port on 127.0.0.1: {e}")))
+}
+
+/// A UDP port of 127.0.0.1 that was free a moment ago, for a QUIC listener in a topology file
+/// (as [`free_port`]).
+pub fn free_udp_port() -> Result<u16, BenchError> {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| BenchError::Setup(format!("no free UDP port on 127.0.0.1: {e}")))
 }
 
 /// Retries `attempt` until it succeeds, a child dies, or `timeout` passes; the retries are

@@ -65,6 +65,8 @@ pub fn transport_for(scheme: Scheme) -> Result<TransportConfig, BenchError> {
 struct BenchTls {
     node: TransportConfig,
     ca_pem: String,
+    /// The node's certificate and key, PEM, for a node that reads them from files.
+    node_pem: asyncmachine::certs::PemPair,
 }
 
 impl BenchTls {
@@ -88,6 +90,7 @@ impl BenchTls {
         Ok(Some(BenchTls {
             node: TransportConfig::with_tls(tls),
             ca_pem,
+            node_pem: node,
         }))
     }
 }

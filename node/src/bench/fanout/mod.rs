@@ -1,6 +1,7 @@
 //! The fanout scenario: one server, N mirrors of one root machine, in one process, or with
 //! the root and its server in a second process ([`RemoteRoot`]) when one process may not hold
-//! both ends of every connection.
+//! both ends of every connection, or with the root as deployed: an `am-node run` process that
+//! the bench mutates as a client ([`run_processes`]).
 //!
 //! - Convergence: flip a state at the root; the time until the last mirror has it, over many
 //!   flips (p50, p99).
@@ -11,9 +12,10 @@
 //!
 //! This file owns the scenario (the mirrors' side, its figures and its report); `root.rs` the
 //! root in this process, `remote.rs` the line protocol to a root in another process,
-//! `floor.rs` the bare-socket floor.
+//! `processes.rs` the root as an `am-node run` node, `floor.rs` the bare-socket floor.
 
 mod floor;
+mod processes;
 mod remote;
 mod root;
 
@@ -28,6 +30,8 @@ use asyncmachine::machine::{ClockChange, StateSource};
 use asyncmachine::mirror::{Mirror, MirrorConfig};
 use asyncmachine::transport::Scheme;
 use floor::{RawFloor, raw_floor};
+use processes::NodeRoot;
+pub use processes::{NodeOptions, WINDOW};
 pub use remote::{RemoteRoot, serve_remote_root};
 use root::{LocalRoot, rss_kib};
 pub use root::{Sustained, wall_us};
@@ -56,6 +60,10 @@ impl Default for FanoutOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FanoutReport {
     pub scenario: &'static str,
+    /// Where the root ran: `one process` (with the mirrors), `split` (its server in a child
+    /// process driven over a pipe, `--split`) or `processes` (an `am-node run` node mutated
+    /// through a client connection, `--processes`).
+    pub mode: &'static str,
     pub transport: &'static str,
     pub mirrors: usize,
     /// From a flip at the root to the last mirror having it.
@@ -71,15 +79,25 @@ pub struct FanoutReport {
     pub frames_per_s: f64,
     /// How long after the root reached a tick a mirror saw it, p99 over all arrivals. The root
     /// mutates in batches of 64 and the time of a tick is taken as its batch's start: this
-    /// over-estimates by at most one batch (tens of microseconds). Times are the system clock
-    /// in microseconds, so a root in another process of the same machine is timed alike.
+    /// over-estimates by at most one batch (tens of microseconds). With `processes` the root is
+    /// mutated by a client, [`WINDOW`] `add`s in flight, and a tick is timed from when its
+    /// `add` was queued: this also counts the way to the root and the `add`s ahead of it there,
+    /// up to `mutation_answer_p99_ms`: an upper bound (`lag_p99_low_ms` is the lower). Times
+    /// are the system clock in microseconds, so a root in another process of the same machine
+    /// is timed alike.
     pub lag_p99_ms: f64,
+    /// With `processes`: the same p99 with each tick timed from the mutator's answer to its
+    /// `add` instead (the root ran it before): a lower bound of the lag.
+    pub lag_p99_low_ms: Option<f64>,
+    /// With `processes`: the mutator's `add`, from queued to answered, p99 over the sustained
+    /// run (the root ran it in between): about what `lag_p99_ms` may over-estimate by.
+    pub mutation_answer_p99_ms: Option<f64>,
     /// After the sustained run: the time until the last mirror had the final clock.
     pub settle_ms: f64,
     /// Process memory (RSS) growth per connected mirror, client and server side together
     /// (with a remote root: the mirrors' side only).
     pub rss_kib_per_mirror: f64,
-    /// Whether the root and its server ran in another process.
+    /// Whether the root and its server ran in another process (`split` or `processes`).
     pub remote_root: bool,
     /// With a remote root: its process's memory (RSS) growth per connected, idle mirror, i.e.
     /// what the server spends on a client.
@@ -87,7 +105,8 @@ pub struct FanoutReport {
 }
 
 /// The table `am-node bench fanout` prints: a header and a row per run (mirror count).
-/// Figures a run could not take (the floor, a remote root's memory) print as `NaN`.
+/// Figures a run could not take (the floor, a remote root's memory, a lower bound of the lag
+/// outside `processes`) print as `NaN`.
 #[derive(Debug, Clone, Copy)]
 pub struct FanoutTable<'a>(pub &'a [FanoutReport]);
 
@@ -95,7 +114,8 @@ impl std::fmt::Display for FanoutTable<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{:<9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>10} {:>10}",
+            "{:<11} {:<9} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            "mode",
             "transport",
             "mirrors",
             "conv p50ms",
@@ -105,6 +125,7 @@ impl std::fmt::Display for FanoutTable<'_> {
             "frames/s",
             "floor f/s",
             "lag p99",
+            "lag low",
             "settle ms",
             "KiB/mirror",
             "srv KiB/m"
@@ -112,7 +133,8 @@ impl std::fmt::Display for FanoutTable<'_> {
         for r in self.0 {
             writeln!(
                 f,
-                "{:<9} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>10.1} {:>10.1}",
+                "{:<11} {:<9} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1}",
+                r.mode,
                 r.transport,
                 r.mirrors,
                 r.convergence.p50_us / 1e3,
@@ -124,6 +146,7 @@ impl std::fmt::Display for FanoutTable<'_> {
                 r.frames_per_s,
                 r.frames_per_s_floor.unwrap_or(f64::NAN),
                 r.lag_p99_ms,
+                r.lag_p99_low_ms.unwrap_or(f64::NAN),
                 r.settle_ms,
                 r.rss_kib_per_mirror,
                 r.server_kib_per_mirror.unwrap_or(f64::NAN)
@@ -170,10 +193,21 @@ pub async fn run(
     run_with(options, None, progress).await
 }
 
-/// The root: here, or in another process.
+/// The root: here, in another process driven over a pipe, or an `am-node run` node.
 enum Root {
     Local(LocalRoot),
     Remote(RemoteRoot),
+    Node(Box<NodeRoot>),
+}
+
+impl Root {
+    /// When the root's process has died, an error that says so (with its last words).
+    fn check(&mut self) -> Result<(), BenchError> {
+        match self {
+            Root::Node(node) => node.check(),
+            Root::Local(_) | Root::Remote(_) => Ok(()),
+        }
+    }
 }
 
 /// Runs the scenario, with the root in another process when `remote` is given (it must serve
@@ -183,24 +217,43 @@ pub async fn run_with(
     remote: Option<RemoteRoot>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<FanoutReport, BenchError> {
-    let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
-    let (schema, tick) = crate::bench::tick_schema()?;
     // The mirrors trust the root's TLS material: one set for both ends in one process, the
     // root's CA from its process.
-    let (mut root, transport) = match remote {
-        Some(remote) => {
-            let transport = remote.transport().clone();
-            (Root::Remote(remote), transport)
-        }
+    let root = match remote {
+        Some(remote) => Root::Remote(remote),
         None => {
             let transport = crate::bench::transport_for(options.transport)?;
-            let local = LocalRoot::start(options.transport, transport.clone(), options.mirrors);
-            (Root::Local(local.await?), transport)
+            let local = LocalRoot::start(options.transport, transport, options.mirrors);
+            Root::Local(local.await?)
         }
     };
-    let endpoint = match &root {
-        Root::Local(local) => local.endpoint.clone(),
-        Root::Remote(remote) => remote.endpoint().clone(),
+    run_root(options, root, progress).await
+}
+
+/// Runs the scenario with the root as deployed: an `am-node run` child process serving it over
+/// `options.transport` (a topology file and TLS material written for the run), mutated by a
+/// client of it here; the mirrors here too; the floor's writing ends in another child process.
+/// The children end with the run, however it ends.
+pub async fn run_processes(
+    options: &FanoutOptions,
+    node: &NodeOptions,
+    progress: &dyn Fn(u64, u64),
+) -> Result<FanoutReport, BenchError> {
+    let root = NodeRoot::start(options.transport, options.mirrors, node).await?;
+    run_root(options, Root::Node(Box::new(root)), progress).await
+}
+
+async fn run_root(
+    options: &FanoutOptions,
+    mut root: Root,
+    progress: &dyn Fn(u64, u64),
+) -> Result<FanoutReport, BenchError> {
+    let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
+    let (schema, tick) = crate::bench::tick_schema()?;
+    let (endpoint, transport) = match &root {
+        Root::Local(local) => (local.endpoint.clone(), local.transport.clone()),
+        Root::Remote(remote) => (remote.endpoint().clone(), remote.transport().clone()),
+        Root::Node(node) => (node.endpoint.clone(), node.transport.clone()),
     };
 
     let arrivals = Arc::new(Arrivals {
@@ -216,6 +269,7 @@ pub async fn run_with(
     let rss_before = rss_kib();
     let server_before = match &mut root {
         Root::Remote(remote) => remote.rss_kib().await?,
+        Root::Node(node) => node.rss_kib(),
         Root::Local(_) => None,
     };
     let mut mirrors = Vec::with_capacity(options.mirrors);
@@ -229,9 +283,13 @@ pub async fn run_with(
             transport: transport.clone(),
             ..MirrorConfig::default()
         };
-        let mirror = Mirror::connect(&endpoint, config)
-            .await
-            .map_err(|e| setup("connecting mirrors", &e))?;
+        let mirror = match Mirror::connect(&endpoint, config).await {
+            Ok(mirror) => mirror,
+            Err(e) => {
+                root.check()?;
+                return Err(setup("connecting mirrors", &e));
+            }
+        };
         let (a, on, l) = (arrivals.clone(), measuring_lag.clone(), seen.clone());
         mirror.observe(Arc::new(move |tr: &ClockChange<'_>| {
             let now = tr.after[tick];
@@ -267,6 +325,7 @@ pub async fn run_with(
             .rss_kib()
             .await?
             .map(|after| per_mirror(before, after)),
+        (Root::Node(node), Some(before)) => node.rss_kib().map(|after| per_mirror(before, after)),
         _ => None,
     };
 
@@ -284,17 +343,23 @@ pub async fn run_with(
         match &mut root {
             Root::Local(local) => local.flip(i)?,
             Root::Remote(remote) => remote.flip().await?,
+            // Returns with the root's answer; the last arrival is timed apart from it.
+            Root::Node(node) => node.flip(i).await?,
         }
-        tokio::time::timeout(Duration::from_secs(30), waiting)
+        if tokio::time::timeout(Duration::from_secs(30), waiting)
             .await
-            .map_err(|_| BenchError::Scenario {
+            .is_err()
+        {
+            root.check()?;
+            return Err(BenchError::Scenario {
                 at: i,
                 reason: format!(
                     "only {} of {} mirrors converged",
                     arrivals.arrived.load(Ordering::Relaxed),
                     options.mirrors
                 ),
-            })?;
+            });
+        }
         if let Some(last) = *arrivals.last.lock().unwrap_or_else(PoisonError::into_inner) {
             samples.push(last - started);
         }
@@ -311,17 +376,22 @@ pub async fn run_with(
     let done = match &mut root {
         Root::Local(local) => local.sustain(options.sustained).await?,
         Root::Remote(remote) => remote.sustain(options.sustained).await?,
+        Root::Node(node) => node.sustain(options.sustained).await?,
     };
     let elapsed = started.elapsed();
     let settle_started = Instant::now();
     for mirror in &mirrors {
-        tokio::time::timeout(
+        let settled = tokio::time::timeout(
             Duration::from_secs(60),
             mirror.when_time(&["Tick"], &[done.final_tick]),
         )
-        .await
-        .map_err(|_| setup("settling", &"a mirror never caught up"))?
-        .map_err(|e| setup("settling", &e))?;
+        .await;
+        if !matches!(settled, Ok(Ok(_))) {
+            root.check()?;
+        }
+        settled
+            .map_err(|_| setup("settling", &"a mirror never caught up"))?
+            .map_err(|e| setup("settling", &e))?;
     }
     let settle = settle_started.elapsed();
     measuring_lag.store(false, Ordering::Relaxed);
@@ -332,28 +402,35 @@ pub async fn run_with(
         - frames_before;
     let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(PoisonError::into_inner));
     let lag_p99_ms = lag_p99_us(&done.batches, &seen) as f64 / 1e3;
+    let lag_p99_low_ms = done
+        .answered
+        .as_ref()
+        .map(|answered| lag_p99_us(answered, &seen) as f64 / 1e3);
 
     for mirror in &mirrors {
         mirror.close().await;
     }
-    // The floor runs where the scenario ran: its writing ends with the root, its reading ends
-    // here. The root's server ends first: the floor needs its descriptors.
-    let remote_root = matches!(root, Root::Remote(_));
-    let floor_root = match &mut root {
+    // The floor runs where the scenario ran: its writing ends with the root (for a node, in a
+    // process of their own), its reading ends here. The root's server ends first: the floor
+    // needs its descriptors.
+    let (mode, remote_root) = match root {
+        Root::Local(_) => ("one process", false),
+        Root::Remote(_) => ("split", true),
+        Root::Node(_) => ("processes", true),
+    };
+    let (n, flips, sustained) = (options.mirrors, options.flips, options.sustained);
+    let floor = match &mut root {
         Root::Local(local) => {
             local.server.shutdown(Duration::from_secs(5)).await;
-            None
+            raw_floor(n, flips, sustained, None).await
         }
-        Root::Remote(remote) => Some(remote),
+        Root::Remote(remote) => raw_floor(n, flips, sustained, Some(remote)).await,
+        Root::Node(node) => match node.floor_writers(n).await {
+            Ok(mut writers) => raw_floor(n, flips, sustained, Some(&mut writers)).await,
+            Err(e) => Err(e),
+        },
     };
-    let (floor, frames_per_s_floor) = match raw_floor(
-        options.mirrors,
-        options.flips,
-        options.sustained,
-        floor_root,
-    )
-    .await
-    {
+    let (floor, frames_per_s_floor) = match floor {
         Ok(RawFloor {
             convergence,
             frames_per_s,
@@ -363,10 +440,15 @@ pub async fn run_with(
             (None, None)
         }
     };
-    // Dropping a remote root ends its process's commands, and with them its server.
+    // Dropping a remote root ends its process's commands, and with them its server; a node's
+    // processes are killed.
+    if let Root::Node(node) = &mut root {
+        node.stop().await;
+    }
     drop(root);
     Ok(FanoutReport {
         scenario: "fanout",
+        mode,
         transport: options.transport.as_str(),
         mirrors: options.mirrors,
         convergence: Percentiles::of(&mut samples),
@@ -375,6 +457,8 @@ pub async fn run_with(
         root_mutations_per_s: done.mutations as f64 / elapsed.as_secs_f64(),
         frames_per_s: frames as f64 / elapsed.as_secs_f64(),
         lag_p99_ms,
+        lag_p99_low_ms,
+        mutation_answer_p99_ms: done.answer_p99_us.map(|us| us / 1e3),
         settle_ms: settle.as_secs_f64() * 1e3,
         rss_kib_per_mirror,
         remote_root,

@@ -122,6 +122,8 @@ impl RemoteRoot {
             mutations,
             final_tick,
             batches,
+            answer_p99_us: None,
+            answered: None,
         })
     }
 

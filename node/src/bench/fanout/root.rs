@@ -19,6 +19,14 @@ pub struct Sustained {
     pub final_tick: u64,
     /// Each batch of mutations: when it started ([`wall_us`]) and the tick before it.
     pub batches: Vec<(u64, u64)>,
+    /// When a client mutated the root (`--processes`): from queueing a mutation to its answer,
+    /// p99, µs. The root ran each between the two: what a lag timed from the queueing may
+    /// over-estimate by.
+    pub answer_p99_us: Option<f64>,
+    /// When a client mutated the root: each mutation's answer ([`wall_us`]) and the tick
+    /// before it, in the order of `batches`. The root ran it before: timed from these, a lag
+    /// is under-estimated.
+    pub answered: Option<Vec<(u64, u64)>>,
 }
 
 /// Microseconds of the system clock: comparable between processes of one machine.
@@ -33,6 +41,8 @@ pub(super) struct LocalRoot {
     machine: Machine,
     pub(super) server: Server,
     pub(super) endpoint: Endpoint,
+    /// The TLS material both ends use (nothing for tcp and ws): the mirrors' too.
+    pub(super) transport: TransportConfig,
     /// The position of `Tick`.
     tick: usize,
     /// With `AM_DEBUG`: the root's telemetry (kept for the run).
@@ -54,7 +64,7 @@ impl LocalRoot {
             .add(&["Tick"], Args::new())
             .map_err(|e| setup("first tick", &e))?;
         let server = Server::new(ServerConfig {
-            transport,
+            transport: transport.clone(),
             limits: asyncmachine::proto::config::Limits {
                 max_clients: mirrors + 16,
                 ..asyncmachine::proto::config::Limits::default()
@@ -75,6 +85,7 @@ impl LocalRoot {
             machine,
             server,
             endpoint,
+            transport,
             tick,
             _telemetry: telemetry,
         })
@@ -111,7 +122,16 @@ impl LocalRoot {
 
 /// Resident memory of this process, from /proc/self/statm (pages of 4 KiB).
 pub(super) fn rss_kib() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    statm_rss_kib("/proc/self/statm")
+}
+
+/// Resident memory of process `pid` (a child of this one), from its /proc/PID/statm.
+pub(super) fn rss_kib_of(pid: u32) -> Option<u64> {
+    statm_rss_kib(&format!("/proc/{pid}/statm"))
+}
+
+fn statm_rss_kib(path: &str) -> Option<u64> {
+    let statm = std::fs::read_to_string(path).ok()?;
     statm
         .split_whitespace()
         .nth(1)?

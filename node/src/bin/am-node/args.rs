@@ -344,15 +344,28 @@ pub(crate) struct FanoutArgs {
     /// Transport between mirrors and server: tcp, tls, quic, ws or wss.
     #[arg(long, default_value = "tcp")]
     pub(crate) transport: String,
-    /// Tokio worker threads.
+    /// Tokio worker threads: with --split, of each process; with --processes, of this one (the
+    /// mirrors and the mutating client; see --node-threads).
     #[arg(long, default_value_t = 2)]
     pub(crate) threads: usize,
     /// Run the root and its server in a child process (it hands its CA to this one for the
     /// TLS-based transports): this process then needs one descriptor per mirror instead of
     /// two, which 10 000 TCP, TLS or WebSocket mirrors need here, and the root's writers and
     /// the mirrors' readers no longer share one scheduler.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "processes")]
     pub(crate) split: bool,
+    /// The root as deployed: an `am-node run FILE --node root` child process (from a topology
+    /// file, and TLS material, written for the run), mutated through one more client
+    /// connection to it (flips: one `add` at a time; sustained: 64 `add`s in flight); the
+    /// mirrors here; the floor's writing ends in a child process. Every transport.
+    #[arg(long)]
+    pub(crate) processes: bool,
+    /// With --processes: the root node's `am-node run --threads` (default: run's own default,
+    /// 1).
+    #[arg(long, value_name = "N", requires = "processes")]
+    pub(crate) node_threads: Option<u16>,
+    #[command(flatten)]
+    pub(crate) pin: PinArgs,
     /// Also print the result as one JSON line at the end.
     #[arg(long)]
     pub(crate) json: bool,

@@ -302,18 +302,29 @@ pub(crate) fn raise_nofile(needed: u64) -> anyhow::Result<()> {
 }
 
 pub(crate) fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
-    use am_node::bench::fanout::{FanoutOptions, FanoutTable, run_with};
+    use am_node::bench::fanout::{
+        FanoutOptions, FanoutTable, NodeOptions, run_processes, run_with,
+    };
     use asyncmachine::transport::Scheme;
+    if let Some(cpus) = &args.pin.pin {
+        crate::pin::pin(cpus)?;
+    }
     let transport = am_node::bench::scheme(&args.transport)?;
     let largest = args.mirrors.iter().copied().max().unwrap_or(0) as u64;
-    // Both ends of every connection live in this process unless split; QUIC needs one socket
-    // per client and one for the server.
-    let per_mirror = if transport == Scheme::Quic || args.split {
+    // Both ends of every connection live in this process unless split (or the root is a node);
+    // QUIC needs one socket per client and one for the server. The children inherit the
+    // limit: a node needs one descriptor per mirror.
+    let per_mirror = if transport == Scheme::Quic || args.split || args.processes {
         1
     } else {
         2
     };
     raise_nofile(largest * per_mirror + 256)?;
+    let node = NodeOptions {
+        exe: std::env::current_exe().context("cannot find this program to run the root node")?,
+        node_threads: args.node_threads.map(usize::from),
+        ready_timeout: Duration::from_secs(30),
+    };
     let rt = runtime(args.threads)?;
     let mut reports = Vec::new();
     for &mirrors in &args.mirrors {
@@ -331,6 +342,15 @@ pub(crate) fn bench_fanout(args: &FanoutArgs) -> anyhow::Result<ExitCode> {
             );
         };
         let report = rt.block_on(async {
+            if args.processes {
+                // Interrupted, the run is dropped and its children with it (killed).
+                return tokio::select! {
+                    report = run_processes(&options, &node, &progress) => Ok(report?),
+                    () = asyncmachine::node::shutdown_signal() => {
+                        anyhow::bail!("interrupted; the root's process was stopped")
+                    }
+                };
+            }
             let remote = if args.split {
                 Some(spawn_root(&args.transport, mirrors, args.threads).await?)
             } else {
