@@ -169,6 +169,7 @@ pub async fn start_node(plan: &NodePlan) -> Result<RunningNode, NodeError> {
         compression: plan.compression.then(Compression::default),
         acl: plan.acl.clone(),
         transport: transport.clone(),
+        push_first: plan.downstream.clone(),
     };
     let server = Server::new(config);
     let admin_stop = tokio::sync::watch::channel(false).0;

@@ -91,6 +91,8 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
     };
     // Every later event of this connection carries the client's id.
     tracing::Span::current().record("client", client.as_str());
+    // A node below this one is pushed to before the other clients (`ServerConfig::push_first`).
+    let first = inner.push_first.contains(&client);
 
     // The welcome waits in the session: the writer sends it first.
     let outlet = Arc::new(Outlet::new(wr, session));
@@ -109,7 +111,7 @@ async fn run(inner: &Arc<Inner>, conn: u64, stream: BoxStream, peer: PeerInfo) {
             outlet: outlet.clone(),
         },
     );
-    let attached = hub.attach(outlet.clone(), inner);
+    let attached = hub.attach(outlet.clone(), inner, first);
     outlet.nudge.notify_one();
     tokio::select! {
         () = read_loop(inner, &hub, &outlet, &mut rd, clock) => {}

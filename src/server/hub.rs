@@ -120,8 +120,9 @@ impl Hub {
         self.clock.borrow().clone()
     }
 
-    /// Has the source's pushers push to `outlet` from now on, until the guard drops.
-    pub fn attach(&self, outlet: Arc<Outlet>, inner: &Arc<Inner>) -> Attached {
+    /// Has the source's pushers push to `outlet` from now on, until the guard drops; `first`:
+    /// before the clients that are not.
+    pub fn attach(&self, outlet: Arc<Outlet>, inner: &Arc<Inner>, first: bool) -> Attached {
         let mut pushers = self.pushers.lock().unwrap_or_else(PoisonError::into_inner);
         // Started by the first client, and again by the first after the pushers' runtime
         // ended (their clients ended with it).
@@ -129,7 +130,7 @@ impl Hub {
             Some(running) if running.running() => running,
             _ => Pushers::start(&self.clock.subscribe(), &self.cache, inner),
         };
-        let attached = running.attach(outlet);
+        let attached = running.attach(outlet, first);
         *pushers = Some(running);
         attached
     }

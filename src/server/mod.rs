@@ -46,6 +46,11 @@ pub struct ServerConfig {
     pub acl: Acl,
     /// TLS material for tls://, quic:// and wss:// listeners.
     pub transport: TransportConfig,
+    /// Client ids pushed to before the others on every change: the nodes below this one in a
+    /// tree (`am-node run` lists them from the topology), so a change goes down the tree
+    /// before it reaches the leaf clients of each node. Only the order changes: a client that
+    /// claims such an id gets nothing else.
+    pub push_first: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +61,7 @@ impl Default for ServerConfig {
             compression: Some(Compression::default()),
             acl: Acl::default(),
             transport: TransportConfig::default(),
+            push_first: Vec::new(),
         }
     }
 }
@@ -109,6 +115,8 @@ pub(crate) struct Inner {
     live_tasks: AtomicUsize,
     tasks_done: Notify,
     stats: Arc<ServerStats>,
+    /// [`ServerConfig::push_first`].
+    push_first: std::collections::HashSet<String>,
 }
 
 /// Serves named [`StateSource`]s to any number of mirrors over any transport. Cheap to clone:
@@ -171,6 +179,7 @@ impl Server {
             compression,
             acl,
             transport,
+            push_first,
         } = config;
         let slots = Arc::new(Semaphore::new(limits.max_clients));
         Server {
@@ -190,6 +199,7 @@ impl Server {
                 live_tasks: AtomicUsize::new(0),
                 tasks_done: Notify::new(),
                 stats: Arc::default(),
+                push_first: push_first.into_iter().collect(),
             }),
         }
     }

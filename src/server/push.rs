@@ -73,8 +73,52 @@ impl Outlet {
     }
 }
 
+/// The connections of one pusher, in the order a pass serves them: those pushed to first (the
+/// nodes below this one, `ServerConfig::push_first`), then the others. On a busy CPU the
+/// order decides who waits: a client written to first may run before the writer's next write.
+struct Clients<T = Arc<Outlet>> {
+    first: Vec<T>,
+    rest: Vec<T>,
+}
+
+impl<T> Default for Clients<T> {
+    fn default() -> Self {
+        Clients {
+            first: Vec::new(),
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl<T> Clients<T> {
+    fn tier(&mut self, first: bool) -> &mut Vec<T> {
+        if first {
+            &mut self.first
+        } else {
+            &mut self.rest
+        }
+    }
+
+    fn add(&mut self, client: T, first: bool) {
+        self.tier(first).push(client);
+    }
+
+    /// Removes the client `is` picks, keeping the order of the others in its tier.
+    fn remove(&mut self, first: bool, is: impl Fn(&T) -> bool) {
+        let tier = self.tier(first);
+        if let Some(at) = tier.iter().position(is) {
+            tier.remove(at);
+        }
+    }
+
+    /// Every client, in the order a pass serves them.
+    fn in_order(&self) -> impl Iterator<Item = &T> {
+        self.first.iter().chain(&self.rest)
+    }
+}
+
 /// The connections of one pusher.
-type Share = Mutex<Vec<Arc<Outlet>>>;
+type Share = Mutex<Clients>;
 
 /// A hub's pushers: started with the first client, ended with the hub's clock (or their
 /// runtime).
@@ -118,15 +162,20 @@ impl Pushers {
         self.tasks.iter().all(|task| !task.is_finished())
     }
 
-    /// Adds a connection to a share (round robin); it leaves when the guard drops.
-    pub fn attach(&self, outlet: Arc<Outlet>) -> Attached {
+    /// Adds a connection to a share (round robin), among those pushed to first or not; it
+    /// leaves when the guard drops.
+    pub fn attach(&self, outlet: Arc<Outlet>, first: bool) -> Attached {
         let at = self.next.fetch_add(1, Ordering::Relaxed) % self.shares.len();
         let share = self.shares[at].clone();
         share
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(outlet.clone());
-        Attached { share, outlet }
+            .add(outlet.clone(), first);
+        Attached {
+            share,
+            outlet,
+            first,
+        }
     }
 }
 
@@ -134,14 +183,15 @@ impl Pushers {
 pub(crate) struct Attached {
     share: Arc<Share>,
     outlet: Arc<Outlet>,
+    first: bool,
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        let mut share = self.share.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) = share.iter().position(|o| Arc::ptr_eq(o, &self.outlet)) {
-            share.swap_remove(at);
-        }
+        self.share
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.first, |o| Arc::ptr_eq(o, &self.outlet));
     }
 }
 
@@ -177,7 +227,7 @@ async fn run(
             share
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .iter()
+                .in_order()
                 .cloned(),
         );
         let mut tally = Tally::default();
@@ -244,4 +294,31 @@ fn write_now(wr: &mut WriteHalf<BoxStream>, bytes: &[u8]) -> (usize, bool) {
     }
     let flushed = matches!(Pin::new(wr).poll_flush(&mut cx), Poll::Ready(Ok(())));
     (written, flushed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Clients;
+
+    #[test]
+    fn a_pass_serves_the_clients_pushed_to_first_before_the_others_each_in_the_order_they_came() {
+        let mut clients = Clients::default();
+        clients.add("observer", false);
+        clients.add("node-b", true);
+        clients.add("leaf", false);
+        clients.add("node-c", true);
+        fn order(c: &Clients<&'static str>) -> Vec<&'static str> {
+            c.in_order().copied().collect()
+        }
+        assert_eq!(order(&clients), ["node-b", "node-c", "observer", "leaf"]);
+        clients.remove(true, |c| *c == "node-b");
+        clients.remove(false, |c| *c == "observer");
+        assert_eq!(order(&clients), ["node-c", "leaf"]);
+        clients.remove(false, |c| *c == "node-c");
+        assert_eq!(
+            order(&clients),
+            ["node-c", "leaf"],
+            "removed from its own tier only"
+        );
+    }
 }

@@ -134,6 +134,9 @@ pub struct NodePlan {
     pub listen: Vec<Endpoint>,
     /// Its machines, in file order.
     pub machines: Vec<MachinePlan>,
+    /// The nodes of the file that mirror one of its machines (sorted): the server pushes to
+    /// them before its other clients, so a change goes down the tree first.
+    pub downstream: Vec<String>,
     /// Offer compression to clients that ask.
     pub compression: bool,
     /// The file's `limits` and `push_interval_ms` over the defaults.

@@ -112,6 +112,7 @@ fn plan_node(
         ));
     }
     let limits = limits(cx, n.limits.as_ref(), n.push_interval_ms)?;
+    let downstream = downstream_of(&node_name, ups);
     if let Some(debug) = &n.debug
         && let Err(e) = crate::telemetry::TelemetryConfig::new(debug.get_ref())
     {
@@ -125,6 +126,7 @@ fn plan_node(
     Ok(NodePlan {
         listen: nodes.listeners[node_name.as_str()].clone(),
         machines,
+        downstream,
         compression: n.compression.unwrap_or(true),
         limits,
         tls,
@@ -140,6 +142,18 @@ fn plan_node(
         },
         name: node_name,
     })
+}
+
+/// The nodes whose mirrors' upstream is a machine of `node`, sorted, each once.
+fn downstream_of(node: &str, ups: &HashMap<String, Up>) -> Vec<String> {
+    let below: std::collections::BTreeSet<&str> = ups
+        .iter()
+        .filter_map(|(key, up)| match up {
+            Up::Local(target) if target.split('/').next() == Some(node) => key.split('/').next(),
+            _ => None,
+        })
+        .collect();
+    below.into_iter().map(str::to_owned).collect()
 }
 
 fn plan_machine(

@@ -86,8 +86,15 @@ fn a_tree_resolves_upstreams_schemas_and_settings() {
         }
         other => panic!("mid mirrors root, got {other:?}"),
     }
+    assert_eq!(
+        root.downstream,
+        ["mid"],
+        "the nodes below are pushed to first"
+    );
+    assert_eq!(mid.downstream, ["leaf"]);
     let leaf = t.node("leaf").expect("leaf");
     assert!(leaf.listen.is_empty());
+    assert!(leaf.downstream.is_empty());
     match &leaf.machines[0].kind {
         MachineKind::Mirror {
             upstream,
