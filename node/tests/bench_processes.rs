@@ -5,33 +5,39 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[test]
-fn bench_chain_across_processes_reports_every_depth_and_cleans_up() {
+/// Runs am-node with `args` to its end, which must be a success; its output and process id.
+fn run_to_success(args: &[&str]) -> (String, u32) {
     let child = Command::new(env!("CARGO_BIN_EXE_am-node"))
-        .args([
-            "bench",
-            "chain",
-            "--processes",
-            "--hops",
-            "2",
-            "--iterations",
-            "50",
-            "--warmup",
-            "5",
-            "--json",
-        ])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("am-node starts");
     let pid = child.id();
     let out = child.wait_with_output().expect("am-node ends");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "stdout: {stdout}\nstderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (stdout, pid)
+}
+
+#[test]
+fn bench_chain_across_processes_reports_every_depth_and_cleans_up() {
+    let (stdout, pid) = run_to_success(&[
+        "bench",
+        "chain",
+        "--processes",
+        "--hops",
+        "2",
+        "--iterations",
+        "50",
+        "--warmup",
+        "5",
+        "--json",
+    ]);
 
     // The table: a row per depth, the acknowledgement and the round trip.
     let rows: Vec<_> = stdout
@@ -135,21 +141,9 @@ fn bench_sgp_across_processes_reports_its_figures() {
 
 /// Runs `am-node bench fanout --processes ARGS --json`; its one report and its process id.
 fn fanout_processes(args: &[&str]) -> (serde_json::Value, u32) {
-    let child = Command::new(env!("CARGO_BIN_EXE_am-node"))
-        .args(["bench", "fanout", "--processes", "--json"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("am-node starts");
-    let pid = child.id();
-    let out = child.wait_with_output().expect("am-node ends");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut all = vec!["bench", "fanout", "--processes", "--json"];
+    all.extend_from_slice(args);
+    let (stdout, pid) = run_to_success(&all);
     assert!(
         stdout.lines().any(|l| l.starts_with("processes ")),
         "a table row says its mode: {stdout}"

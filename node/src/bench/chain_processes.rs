@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use super::chain::Arrival;
-use super::children::{Children, first_line, free_port, retry_until};
+use super::children::{Children, first_line, free_port, node_args, retry_until};
 use super::hop::{MESSAGE, READER, WRITER};
 use super::{BenchError, Percentiles};
 use asyncmachine::machine::{Args, Outcome, StateSource as _};
@@ -182,26 +182,13 @@ pub async fn run(
     let file = children.dir().join("chain.toml");
     std::fs::write(&file, topology(&ports))
         .map_err(|e| setup(&format!("writing {}", file.display()), &e))?;
-    let file_arg = file.to_string_lossy().into_owned();
 
     // Root first, each node up (a client got in) before the next starts: a mirror then finds
     // its upstream at its first attempt instead of backing off.
     let mut observers = Vec::with_capacity(hops + 1);
     for (k, port) in ports.iter().enumerate() {
         let name = format!("n{k}");
-        let mut args = vec![
-            "run".to_owned(),
-            file_arg.clone(),
-            "--node".into(),
-            name.clone(),
-            "--report-ms".into(),
-            "0".into(),
-            "--log".into(),
-            "warn".into(),
-        ];
-        if let Some(threads) = options.node_threads {
-            args.extend(["--threads".into(), threads.to_string()]);
-        }
+        let args = node_args(&file, &name, options.node_threads);
         children.spawn(&name, &args, false)?;
         let endpoint =
             Endpoint::new(Scheme::Tcp, format!("127.0.0.1:{port}")).with_machine(MACHINE);

@@ -194,6 +194,25 @@ pub async fn first_line(
     read_line(&mut BufReader::new(stdout), timeout, what).await
 }
 
+/// The arguments that start node `node` of the topology `file` quietly, as a bench runs it:
+/// `am-node run FILE --node NODE`, no reports, warnings only, `--threads` when given.
+pub fn node_args(file: &Path, node: &str, threads: Option<usize>) -> Vec<String> {
+    let mut args = vec![
+        "run".to_owned(),
+        file.to_string_lossy().into_owned(),
+        "--node".into(),
+        node.into(),
+        "--report-ms".into(),
+        "0".into(),
+        "--log".into(),
+        "warn".into(),
+    ];
+    if let Some(threads) = threads {
+        args.extend(["--threads".into(), threads.to_string()]);
+    }
+    args
+}
+
 /// A TCP port of 127.0.0.1 that was free a moment ago: a topology file needs fixed ports
 /// (another program may take it before the child binds it; the child then exits saying so).
 pub fn free_port() -> Result<u16, BenchError> {

@@ -16,7 +16,7 @@ use futures_util::stream::FuturesUnordered;
 
 use super::remote::RemoteRoot;
 use super::root::{Sustained, rss_kib_of, wall_us};
-use crate::bench::children::{Children, free_port, free_udp_port, retry_until};
+use crate::bench::children::{Children, free_port, free_udp_port, node_args, retry_until};
 use crate::bench::{BenchError, Percentiles};
 use asyncmachine::machine::{Args, Outcome, StateSource as _};
 use asyncmachine::mirror::{Mirror, MirrorConfig};
@@ -116,19 +116,7 @@ impl NodeRoot {
             &topology(&listen, mirrors + 16, tls.is_some()),
         )?;
 
-        let mut args = vec![
-            "run".to_owned(),
-            file.to_string_lossy().into_owned(),
-            "--node".into(),
-            NODE.into(),
-            "--report-ms".into(),
-            "0".into(),
-            "--log".into(),
-            "warn".into(),
-        ];
-        if let Some(threads) = options.node_threads {
-            args.extend(["--threads".into(), threads.to_string()]);
-        }
+        let args = node_args(&file, NODE, options.node_threads);
         children.spawn(NODE, &args, false)?;
         let endpoint = listen.with_machine(MACHINE);
         let config = MirrorConfig {
