@@ -36,8 +36,14 @@ fn bench_chain_across_processes_reports_every_depth_and_cleans_up() {
         "50",
         "--warmup",
         "5",
+        "--clients-per-node",
+        "3",
         "--json",
     ]);
+    assert!(
+        stdout.contains("3 idle clients at each"),
+        "the idle clients are said: {stdout}"
+    );
 
     // The table: a row per depth, the acknowledgement and the round trip.
     let rows: Vec<_> = stdout
@@ -54,6 +60,7 @@ fn bench_chain_across_processes_reports_every_depth_and_cleans_up() {
         .expect("JSON on the last line");
     assert_eq!(report["scenario"], "chain-processes");
     assert_eq!(report["processes"], 3);
+    assert_eq!(report["clients_per_node"], 3, "{report}");
     assert_eq!(report["iterations"], 50);
     let depths = report["propagation"].as_array().expect("depths");
     assert_eq!(depths.len(), 3);

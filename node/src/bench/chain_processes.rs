@@ -41,7 +41,14 @@ pub struct ProcessChainOptions {
     pub ready_timeout: Duration,
     /// Each node's runtime threads (`am-node run --threads`); `None`: run's default.
     pub node_threads: Option<usize>,
+    /// Idle clients of every node (mirrors of this process that only read its changes), each
+    /// node's connected before the next node starts: a tree with leaf clients at every node.
+    /// At most [`MAX_CLIENTS_PER_NODE`].
+    pub clients_per_node: usize,
 }
+
+/// The most idle clients per node (every one is a descriptor here and at its node).
+pub const MAX_CLIENTS_PER_NODE: usize = 2000;
 
 /// Latency to one depth: from the mutation sent at the root to the change seen by a client of
 /// that depth's node.
@@ -72,6 +79,8 @@ pub struct ProcessChainReport {
     pub round_trip: Percentiles,
     /// Links one way of the round trip (the client's and the chain's).
     pub round_trip_hops: usize,
+    /// Idle clients at every node besides the bench's observer.
+    pub clients_per_node: usize,
 }
 
 /// The table `am-node bench chain --processes` prints: a row per depth, then the root's
@@ -127,15 +136,17 @@ impl std::fmt::Display for ProcessChainReport {
         )?;
         writeln!(
             f,
-            "({} node processes; depth 0 is a client of the root; per-hop = (p50 - depth 0's p50) / depth; roundtrip per-hop = p50 / links both ways)",
-            self.processes
+            "({} node processes, {} idle clients at each; depth 0 is a client of the root; per-hop = (p50 - depth 0's p50) / depth; roundtrip per-hop = p50 / links both ways)",
+            self.processes, self.clients_per_node
         )
     }
 }
 
 /// The topology the nodes run: `n0` serves a root machine with a multi state `Tick`, each
 /// `nK` mirrors `n(K-1)`'s machine and serves it again.
-fn topology(ports: &[u16]) -> String {
+fn topology(ports: &[u16], clients_per_node: usize) -> String {
+    // The observer, the next node, the mutator and the round trip's client, and room.
+    let max_clients = clients_per_node + 16;
     let mut text = String::from(
         "# Written by `am-node bench chain --processes`; removed when it ends.\n\
          [schemas.tick]\n\
@@ -148,7 +159,7 @@ fn topology(ports: &[u16]) -> String {
             format!("{{ name = \"{MACHINE}\", upstream = \"n{}\" }}", k - 1)
         };
         text.push_str(&format!(
-            "\n[[nodes]]\nname = \"n{k}\"\nlisten = [\"tcp://127.0.0.1:{port}\"]\nmachines = [{machine}]\n"
+            "\n[[nodes]]\nname = \"n{k}\"\nlisten = [\"tcp://127.0.0.1:{port}\"]\nlimits = {{ max_clients = {max_clients} }}\nmachines = [{machine}]\n"
         ));
     }
     text
@@ -180,12 +191,14 @@ pub async fn run(
         .map(|_| free_port())
         .collect::<Result<Vec<_>, _>>()?;
     let file = children.dir().join("chain.toml");
-    std::fs::write(&file, topology(&ports))
+    let clients_per_node = options.clients_per_node.min(MAX_CLIENTS_PER_NODE);
+    std::fs::write(&file, topology(&ports, clients_per_node))
         .map_err(|e| setup(&format!("writing {}", file.display()), &e))?;
 
     // Root first, each node up (a client got in) before the next starts: a mirror then finds
     // its upstream at its first attempt instead of backing off.
     let mut observers = Vec::with_capacity(hops + 1);
+    let mut idle_clients = Vec::with_capacity((hops + 1) * clients_per_node);
     for (k, port) in ports.iter().enumerate() {
         let name = format!("n{k}");
         let args = node_args(&file, &name, options.node_threads);
@@ -201,6 +214,12 @@ pub async fn run(
         )
         .await?;
         observers.push(mirror);
+        for i in 0..clients_per_node {
+            let idle = Mirror::connect(&endpoint, client(&format!("bench-client-{k}-{i}")))
+                .await
+                .map_err(|e| setup(&format!("connecting idle client {i} of node {name}"), &e))?;
+            idle_clients.push(idle);
+        }
     }
     let root_at =
         Endpoint::new(Scheme::Tcp, format!("127.0.0.1:{}", ports[0])).with_machine(MACHINE);
@@ -304,7 +323,7 @@ pub async fn run(
         }
     }
     mutator.close().await;
-    for mirror in &observers {
+    for mirror in observers.iter().chain(&idle_clients) {
         mirror.close().await;
     }
     children.stop().await;
@@ -343,6 +362,7 @@ pub async fn run(
         ack: Percentiles::of(&mut acks),
         round_trip: Percentiles::of(&mut round_trips),
         round_trip_hops: hops + 1,
+        clients_per_node,
     })
 }
 
@@ -447,7 +467,7 @@ mod tests {
 
     #[test]
     fn the_topology_is_a_chain_that_loads() {
-        let text = topology(&[7000, 7001, 7002]);
+        let text = topology(&[7000, 7001, 7002], 100);
         let dir = std::env::temp_dir().join(format!("am-chain-topology-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("chain.toml");
@@ -457,5 +477,9 @@ mod tests {
         let topology = loaded.expect("the written topology loads");
         let names: Vec<_> = topology.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["n0", "n1", "n2"]);
+        for node in &topology.nodes {
+            assert_eq!(node.limits.max_clients, 116, "room for the idle clients");
+        }
+        assert_eq!(topology.nodes[0].downstream, ["n1"], "pushed to first");
     }
 }

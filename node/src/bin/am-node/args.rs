@@ -437,6 +437,12 @@ pub(crate) struct ChainArgs {
     /// With --processes: each node's `am-node run --threads` (default: run's own default).
     #[arg(long, value_name = "N", requires = "processes")]
     pub(crate) node_threads: Option<u16>,
+    /// With --processes: N idle clients at every node besides the observer (mirrors here that
+    /// only read), each node's connected before the next node starts: a tree whose nodes also
+    /// serve leaf clients. Up to 2000.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "processes",
+          value_parser = clap::value_parser!(u16).range(0..=2000))]
+    pub(crate) clients_per_node: u16,
     #[command(flatten)]
     pub(crate) pin: PinArgs,
     /// Also print the result as one JSON object on the last line.

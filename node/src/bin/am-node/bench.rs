@@ -99,7 +99,10 @@ fn bench_chain_processes(args: &ChainArgs) -> anyhow::Result<ExitCode> {
         exe: std::env::current_exe().context("cannot find this program to run the nodes")?,
         ready_timeout: Duration::from_secs(30),
         node_threads: args.node_threads.map(usize::from),
+        clients_per_node: usize::from(args.clients_per_node),
     };
+    // Each idle client is a descriptor here and one at its node (the nodes inherit the limit).
+    raise_nofile((args.hops as u64 + 1) * u64::from(args.clients_per_node) + 256)?;
     let progress = progress("chain --processes");
     let report = runtime(args.threads)?.block_on(async {
         // Interrupted, the run is dropped and its children with it (killed).
