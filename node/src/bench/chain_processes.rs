@@ -2,8 +2,10 @@
 //! FILE --node NAME` process (root -> n1 -> ... -> nN, from a topology file written for the
 //! run), and this process only a client. It mutates at the root through one connection and
 //! observes through a mirror of every depth: depth 0 is a second client of the root (the
-//! reference), depth k a client of node k. The floor: fixed-size messages relayed over bare
-//! TCP through as many relay processes ([`super::hop`]), timed the same way.
+//! reference), depth k a client of node k. With `--clients-per-node N` every node also serves
+//! N idle clients of this process, as a node of a tree serves its leaf clients. The floor:
+//! fixed-size messages relayed over bare TCP through as many relay processes
+//! ([`super::hop`]), timed the same way.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
