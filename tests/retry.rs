@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -26,6 +26,24 @@ struct Proxy {
     cuts: watch::Sender<u64>,
     /// While true, new connections are closed at once.
     held: watch::Sender<bool>,
+    /// Connections being relayed: a cut is done when none is left.
+    live: Arc<AtomicUsize>,
+}
+
+/// Counts a relayed connection while it lives.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(live: &Arc<AtomicUsize>) -> Live {
+        live.fetch_add(1, Ordering::SeqCst);
+        Live(live.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Proxy {
@@ -35,6 +53,8 @@ impl Proxy {
         let cuts = watch::channel(0u64).0;
         let held = watch::channel(false).0;
         let (cut_rx, held_rx) = (cuts.subscribe(), held.subscribe());
+        let live = Arc::new(AtomicUsize::new(0));
+        let counted = live.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if *held_rx.borrow() {
@@ -42,13 +62,17 @@ impl Proxy {
                 }
                 let mut cut = cut_rx.clone();
                 cut.mark_unchanged();
+                let alive = Live::new(&counted);
                 tokio::spawn(async move {
+                    let _alive = alive;
                     let Ok(mut outbound) = TcpStream::connect(upstream).await else {
                         return;
                     };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        // A cut wins over bytes ready to be relayed in the same turn.
+                        biased;
                         _ = cut.changed() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     }
                 });
             }
@@ -57,13 +81,21 @@ impl Proxy {
             address,
             cuts,
             held,
+            live,
         }
     }
 
-    /// Cuts every connection and refuses new ones until [`Proxy::release`].
-    fn cut_and_hold(&self) {
+    /// Cuts every connection and refuses new ones until [`Proxy::release`]; returns when no
+    /// connection is relayed any more (the cut is asynchronous: a relay task told to stop
+    /// could otherwise still pass on bytes that arrive meanwhile).
+    async fn cut_and_hold(&self) {
         self.held.send_replace(true);
         self.cuts.send_modify(|n| *n += 1);
+        let live = self.live.clone();
+        eventually("the proxy's connections cut", || {
+            live.load(Ordering::SeqCst) == 0
+        })
+        .await;
     }
 
     fn release(&self) {
@@ -171,7 +203,7 @@ async fn a_lost_reply_is_answered_from_the_record(cut: Cut) {
     .expect("joins")
     .expect("the handler runs");
     // The link goes down with the reply still to come; the root finishes meanwhile.
-    proxy.cut_and_hold();
+    proxy.cut_and_hold().await;
     go_tx.send(()).expect("the handler waits");
     within(
         "the root's transition",
