@@ -114,8 +114,11 @@ function follow(target) {
 async function main() {
   const response = await fetch("/targets", { headers: token ? { Authorization: `Bearer ${token}` } : {} });
   if (!response.ok) {
+    // The reason first: the status is what a reader (or a test) waits on, so it must not say
+    // "refused" while the body explaining why is still being read.
+    const why = (await response.text()).trim();
+    showReason(`The relay refused the target list (${response.status}).`, why);
     setStatus("refused");
-    showReason(`The relay refused the target list (${response.status}).`, (await response.text()).trim());
     return;
   }
   // Ping well within the relay's idle timeout (it closes a page that sends nothing).
