@@ -347,3 +347,52 @@ async fn a_run_whose_client_left_still_records_its_answer() {
         1
     );
 }
+
+/// A keyed run that panics at the source (here an observer of the root panics) is answered as
+/// failed and recorded so: the client hears why instead of losing its connection, a repeat of
+/// the key gets the same answer instead of waiting for a run nobody finishes, and the
+/// connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_panics_at_the_source_is_answered_and_recorded_as_failed() {
+    use asyncmachine::machine::{ClockChange, Mutation, MutationKey, MutationKind};
+    let root = Machine::builder((*schema()).clone()).id("root").build();
+    let (server, root_address) = serve(Arc::new(root.clone())).await;
+    let counter = schema().index("Counter").expect("a state");
+    root.observe(Arc::new(move |change: &ClockChange<'_>| {
+        if change.after[counter] == 1 {
+            panic!("an observer that fails on the first Counter");
+        }
+    }));
+    let leaf = Mirror::connect(&at(root_address), config("leaf"))
+        .await
+        .expect("connects");
+    let key = MutationKey {
+        origin: "leaf".into(),
+        epoch: 7,
+        seq: 1,
+    };
+    let keyed =
+        || Mutation::new(MutationKind::Add, vec![counter], Args::new()).with_key(Some(key.clone()));
+
+    let first = within("the panicking run's answer", leaf.mutate(keyed()))
+        .await
+        .expect_err("a failure");
+    assert!(first.to_string().contains("panicked"), "{first}");
+    let again = within("the repeat's answer", leaf.mutate(keyed()))
+        .await
+        .expect_err("the same failure");
+    assert_eq!(again.to_string(), first.to_string());
+    assert_eq!(
+        server
+            .stats()
+            .mutations_deduplicated
+            .load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(leaf.connection(), ConnState::Ready);
+    assert_eq!(
+        leaf.stats().reconnects.load(Ordering::Relaxed),
+        0,
+        "the connection went on"
+    );
+}

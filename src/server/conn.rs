@@ -315,7 +315,11 @@ async fn read_loop(
                             .handle_mutation_result(id, result, clock.now(), hub);
                         // The answer goes out from here when the socket takes it: waking the
                         // writer for it would add a turn of the scheduler to every mutation.
-                        outlet.send_now(&mut state);
+                        let sent = outlet.send_now(&mut state);
+                        inner
+                            .stats
+                            .bytes_out
+                            .fetch_add(sent as u64, Ordering::Relaxed);
                         continue;
                     }
                     ServerEvent::Err { id } => {
@@ -327,7 +331,11 @@ async fn read_loop(
                             clock.now(),
                             hub,
                         );
-                        outlet.send_now(&mut state);
+                        let sent = outlet.send_now(&mut state);
+                        inner
+                            .stats
+                            .bytes_out
+                            .fetch_add(sent as u64, Ordering::Relaxed);
                         continue;
                     }
                     ServerEvent::WhenArgs {
@@ -416,34 +424,62 @@ async fn run_once(
             hub.source.mutate(mutation).await.map_err(reason)
         }
         Begin::Run => {
-            let (hub, client) = (hub.clone(), client.to_owned());
-            let mut run = Box::pin(async move {
-                let answer = hub.source.mutate(mutation).await.map_err(reason);
-                let waiters = lock_dedup(&hub).finish(&client, key, &answer, hub.now());
-                for waiter in waiters {
-                    // A duplicate whose connection ended is not waiting any more.
-                    let _ = waiter.send(answer.clone());
+            let run = {
+                let (hub, client, key) = (hub.clone(), client.to_owned(), key.clone());
+                async move {
+                    let answer = hub.source.mutate(mutation).await.map_err(reason);
+                    settle(&hub, &client, key, answer)
                 }
-                answer
-            });
+            };
+            let mut run = Box::pin(run);
             // A local source answers at once: tried here first, a run costs no task. One that
             // waits (forwarded upstream) goes on a task of its own: the connection's reader
             // (this future) is dropped when the connection ends, and a run dropped half-way
             // would leave its key running for ever and its repeats waiting on it. The task
             // records the answer however the connection ends. Nothing awaits in between, so
             // the reader cannot be dropped between the try and the spawn.
-            let tried = {
+            let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                 run.as_mut().poll(&mut cx)
-            };
-            if let std::task::Poll::Ready(answer) = tried {
-                return answer;
+            }));
+            // A run that panicked (an observer of the source, say) is recorded as failed: its
+            // repeats get that answer instead of waiting for one that never comes, and it is
+            // not run twice.
+            match tried {
+                Ok(std::task::Poll::Ready(answer)) => answer,
+                Ok(std::task::Poll::Pending) => match tokio::spawn(run).await {
+                    Ok(answer) => answer,
+                    Err(e) => settle(
+                        hub,
+                        client,
+                        key,
+                        Err(format!("the mutation's run failed at the source: {e}")),
+                    ),
+                },
+                Err(_) => settle(
+                    hub,
+                    client,
+                    key,
+                    Err("the mutation's run panicked at the source (its log says where)".into()),
+                ),
             }
-            tokio::spawn(run)
-                .await
-                .unwrap_or_else(|e| Err(format!("the mutation's run failed: {e}; retry")))
         }
     }
+}
+
+/// Records a keyed mutation's answer and hands it to the repeats that waited for it.
+fn settle(
+    hub: &Hub,
+    client: &str,
+    key: crate::machine::MutationKey,
+    answer: Result<crate::machine::Outcome, String>,
+) -> Result<crate::machine::Outcome, String> {
+    let waiters = lock_dedup(hub).finish(client, key, &answer, hub.now());
+    for waiter in waiters {
+        // A duplicate whose connection ended is not waiting any more.
+        let _ = waiter.send(answer.clone());
+    }
+    answer
 }
 
 fn lock_dedup(
@@ -504,10 +540,13 @@ async fn write_loop(inner: &Inner, hub: &Hub, outlet: &Outlet, clock: Clock) {
                 // The last word goes out after the loops end.
                 return;
             }
-            if session.transmit().is_empty() {
+            // Bytes a write that did not wait left in the stream's buffer are flushed here
+            // even when nothing new is due: the socket's "writable" went to nobody.
+            if session.transmit().is_empty() && !state.unflushed {
                 continue;
             }
             session.take_transmit(&mut out);
+            state.unflushed = false;
             let Some(wr) = state.wr.take() else {
                 state
                     .session

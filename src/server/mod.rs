@@ -49,7 +49,9 @@ pub struct ServerConfig {
     /// Client ids pushed to before the others on every change: the nodes below this one in a
     /// tree (`am-node run` lists them from the topology), so a change goes down the tree
     /// before it reaches the leaf clients of each node. Only the order changes: a client that
-    /// claims such an id gets nothing else.
+    /// claims such an id gets nothing else. The order holds within each runtime worker's
+    /// pusher (all clients, on `am-node run`'s default of one thread); pushers on different
+    /// workers run side by side.
     pub push_first: Vec<String>,
 }
 
@@ -249,6 +251,16 @@ impl Server {
             self.inner.session_config.limits.max_frame,
         )
         .await?;
+        self.serve(listener)
+    }
+
+    /// Serves a listener bound elsewhere (a transport of the caller's own, or one bound with
+    /// [`transport::bind`]) until shutdown. Returns the endpoint clients can reach. Call it
+    /// inside the Tokio runtime the server runs on.
+    pub fn serve(&self, listener: Box<dyn transport::Listener>) -> Result<Endpoint, ServerError> {
+        if *self.inner.shutdown.borrow() {
+            return Err(ServerError::ShutDown);
+        }
         let local = listener.local_endpoint();
         info!(endpoint = %local, "listening");
         let inner = self.inner.clone();

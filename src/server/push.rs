@@ -34,6 +34,10 @@ pub(crate) struct OutletState {
     /// The write half; `None` while the writer has it out for a write of its own.
     pub wr: Option<WriteHalf<BoxStream>>,
     pub session: ServerSession,
+    /// The stream took bytes it has not flushed: a TLS or WebSocket stream buffers what the
+    /// socket could not take, and a write that does not wait cannot flush it later. The
+    /// writer, nudged, flushes it even with nothing new to send.
+    pub unflushed: bool,
 }
 
 impl Outlet {
@@ -42,6 +46,7 @@ impl Outlet {
             state: Mutex::new(OutletState {
                 wr: Some(wr),
                 session,
+                unflushed: false,
             }),
             nudge: Notify::new(),
             drained: Notify::new(),
@@ -66,6 +71,7 @@ impl Outlet {
         };
         let (written, flushed) = write_now(wr, state.session.transmit());
         state.session.advance(written);
+        state.unflushed = !flushed;
         if !state.session.transmit().is_empty() || !flushed {
             self.nudge.notify_one();
         }
@@ -163,7 +169,8 @@ impl Pushers {
     }
 
     /// Adds a connection to a share (round robin), among those pushed to first or not; it
-    /// leaves when the guard drops.
+    /// leaves when the guard drops. "First" orders a pass of one pusher: with more than one
+    /// worker, the pushers run side by side, each over its own share.
     pub fn attach(&self, outlet: Arc<Outlet>, first: bool) -> Attached {
         let at = self.next.fetch_add(1, Ordering::Relaxed) % self.shares.len();
         let share = self.shares[at].clone();
