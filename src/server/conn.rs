@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -427,7 +428,23 @@ async fn run_once(
             let run = {
                 let (hub, client, key) = (hub.clone(), client.to_owned(), key.clone());
                 async move {
-                    let answer = hub.source.mutate(mutation).await.map_err(reason);
+                    // A run that panics (an observer of the source, a source's own future) is
+                    // recorded as failed, on whichever task it panics: its repeats get that
+                    // answer instead of waiting for one that never comes, and it does not run
+                    // twice.
+                    // The call inside the caught future: a local source runs the mutation in
+                    // the call itself.
+                    let ran =
+                        std::panic::AssertUnwindSafe(async { hub.source.mutate(mutation).await })
+                            .catch_unwind()
+                            .await;
+                    let answer = match ran {
+                        Ok(answer) => answer.map_err(reason),
+                        Err(_) => Err(
+                            "the mutation's run panicked at the source (its log says where)"
+                                .to_owned(),
+                        ),
+                    };
                     settle(&hub, &client, key, answer)
                 }
             };
@@ -438,31 +455,18 @@ async fn run_once(
             // would leave its key running for ever and its repeats waiting on it. The task
             // records the answer however the connection ends. Nothing awaits in between, so
             // the reader cannot be dropped between the try and the spawn.
-            let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                run.as_mut().poll(&mut cx)
-            }));
-            // A run that panicked (an observer of the source, say) is recorded as failed: its
-            // repeats get that answer instead of waiting for one that never comes, and it is
-            // not run twice.
-            match tried {
-                Ok(std::task::Poll::Ready(answer)) => answer,
-                Ok(std::task::Poll::Pending) => match tokio::spawn(run).await {
-                    Ok(answer) => answer,
-                    Err(e) => settle(
-                        hub,
-                        client,
-                        key,
-                        Err(format!("the mutation's run failed at the source: {e}")),
-                    ),
-                },
-                Err(_) => settle(
-                    hub,
-                    client,
-                    key,
-                    Err("the mutation's run panicked at the source (its log says where)".into()),
-                ),
+            let tried = run
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+            if let std::task::Poll::Ready(answer) = tried {
+                return answer;
             }
+            tokio::spawn(run).await.unwrap_or_else(|e| {
+                // Only a runtime shutting down cancels the task; a panic was caught in it.
+                Err(format!(
+                    "the mutation's run ended without an answer: {e}; retry"
+                ))
+            })
         }
     }
 }
