@@ -443,3 +443,54 @@ fn a_snapshot_that_takes_only_the_queue_tick_back_reaches_observers() {
     h.receive(&Message::Snapshot { id: 0, snapshot });
     assert_eq!(*told.0.lock().expect("not poisoned"), [2, 1]);
 }
+
+/// One read can hold a diff of the old schema and, after it, a schema that does not keep its
+/// positions: the diff's changes are of states the new clock may not have. Nothing panics;
+/// the waits on the old schema's states end, and observers get the new schema's clock.
+#[test]
+fn a_diff_and_a_smaller_schema_in_one_read_end_the_old_waits() {
+    let h = Harness::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    h.mirror.observe(Arc::new(move |change: &ClockChange<'_>| {
+        record
+            .lock()
+            .expect("lock")
+            .push((change.after.to_vec(), change.changed.to_vec()));
+    }));
+    let mut waiting = h.mirror.when(&["M"]);
+    assert!(poll_once(&mut waiting).is_pending());
+
+    let diff = Message::Diff(ClockDiff {
+        changes: vec![(2, 1)],
+        queue_delta: 1,
+        checksum: checksum(&[0, 0, 1, 0], &Tracked::All),
+    });
+    let smaller = SchemaDef::of_states(vec![StateDef::new("X")]);
+    let changed = Message::SchemaChanged {
+        schema: smaller,
+        snapshot: Snapshot {
+            ticks: vec![1, 0],
+            queue_tick: 3,
+        },
+    };
+    let mut read = frame(&diff);
+    read.extend(frame(&changed));
+    h.mirror
+        .shared
+        .input(|session| session.handle_bytes(&read, Moment::ZERO));
+
+    assert_eq!(h.mirror.schema().len(), 2, "X and Exception");
+    assert_eq!(h.mirror.clock(), [1, 0]);
+    assert!(
+        matches!(poll_once(&mut waiting), Poll::Ready(Err(_))),
+        "M is not a state of the new schema"
+    );
+    let seen = seen.lock().expect("lock");
+    assert_eq!(seen.last().map(|(after, _)| after.clone()), Some(vec![1, 0]));
+    assert!(
+        seen.iter()
+            .all(|(after, changed)| changed.iter().all(|&s| s < after.len())),
+        "{seen:?}"
+    );
+}

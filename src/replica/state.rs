@@ -89,6 +89,18 @@ impl Replica {
                     diffs,
                 } => {
                     effects.diffs += diffs as u64;
+                    // The session holds the newest clock by now. One read can hold a diff and,
+                    // after it, a schema change: the diff's event comes first, while the clock
+                    // is already of the new schema, and the change's own event carries every
+                    // state. Nobody is told of the diff alone, in a schema it was not sent for.
+                    let superseded = !schema_changed
+                        && self
+                            .session
+                            .schema()
+                            .is_some_and(|s| s.hash() != self.schema.hash());
+                    if superseded {
+                        continue;
+                    }
                     let mut old_schema = None;
                     if schema_changed && let Some(schema) = self.session.schema() {
                         if schema.extends(&self.schema) {
@@ -103,6 +115,10 @@ impl Replica {
                         old_schema = Some(std::mem::replace(&mut self.schema, schema.clone()));
                     }
                     let ticks = self.session.ticks();
+                    // Positions past the clock are never waited on (a guard: the events of a
+                    // session's one clock name only its positions).
+                    let mut changed = changed;
+                    changed.retain(|&s| s < ticks.len());
                     self.waiters.clock_changed(ticks, changed.iter().copied());
                     // A snapshot can move the queue tick alone. Growth rides along with the
                     // next change, but a queue tick that went back (the source restarted)
