@@ -88,6 +88,22 @@ pub enum MutationError {
         /// How many wait now (the policy's `max_waiting`).
         waiting: usize,
     },
+    /// The source's schema changed while the mutation waited for the link, and its states
+    /// are not where they were: the positions it holds would name other states, so it was
+    /// not sent. Make it again by name.
+    #[error("{}", schema_moved(*sent_before))]
+    SchemaMoved {
+        /// It went out once before, on a connection that ended unanswered: it may have run.
+        sent_before: bool,
+    },
+}
+
+fn schema_moved(sent_before: bool) -> &'static str {
+    if sent_before {
+        "the source's schema changed and moved its states before the answer came; the mutation may have run before the change: read the clock, then make it again by name"
+    } else {
+        "the source's schema changed and moved its states while the mutation waited for the link; it was not sent: make it again by name"
+    }
 }
 
 /// A mutation's identity across retries and hops (its idempotency key): the mirror that first

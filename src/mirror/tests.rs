@@ -487,7 +487,10 @@ fn a_diff_and_a_smaller_schema_in_one_read_end_the_old_waits() {
         "M is not a state of the new schema"
     );
     let seen = seen.lock().expect("lock");
-    assert_eq!(seen.last().map(|(after, _)| after.clone()), Some(vec![1, 0]));
+    assert_eq!(
+        seen.last().map(|(after, _)| after.clone()),
+        Some(vec![1, 0])
+    );
     assert!(
         seen.iter()
             .all(|(after, changed)| changed.iter().all(|&s| s < after.len())),

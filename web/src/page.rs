@@ -759,7 +759,7 @@ impl From<MutationError> for WebError {
             MutationError::Disposed => "disposed",
             MutationError::Disconnected | MutationError::Unreachable(_) => "not_connected",
             MutationError::RetryQueueFull { .. } => "queue_full",
-            MutationError::Refused(_) => "refused",
+            MutationError::Refused(_) | MutationError::SchemaMoved { .. } => "refused",
             MutationError::Timeout(_) => "timeout",
         };
         WebError::new(code, e.to_string())

@@ -70,6 +70,9 @@ impl<P> ClientSession<P> {
             schema_changed = true;
             self.ticks = vec![0; schema.len()];
             let old = self.schema.replace(schema.clone());
+            if old.as_deref().is_some_and(|old| !schema.extends(old)) {
+                self.fail_moved();
+            }
             self.schema_moved(old.as_deref(), &schema);
         }
         let before = self.ticks.clone();

@@ -258,6 +258,19 @@ impl<P> ClientSession<P> {
         }
     }
 
+    /// The schema changed and moved states: the waiting mutations hold positions of the old
+    /// one, which now name other states, so none goes out; each fails.
+    pub(super) fn fail_moved(&mut self) {
+        for Waiting { flight, resent } in std::mem::take(&mut self.retries.waiting) {
+            self.events.push_back(ClientEvent::Answered {
+                pending: flight.pending,
+                result: Err(MutationError::SchemaMoved {
+                    sent_before: resent,
+                }),
+            });
+        }
+    }
+
     /// Waiting mutations past their deadline fail with `Unreachable`.
     pub(super) fn expire_waiting(&mut self, now: Moment) {
         let deadline = self.retries.policy.deadline;

@@ -228,3 +228,62 @@ fn without_retries_a_mutation_fails_at_once_and_carries_no_key() {
         Err(MutationError::Disconnected)
     );
 }
+
+/// Mutations hold state positions. A source that comes back with a schema that moved its
+/// states would read them as other states: none of the waiting mutations is sent, each fails
+/// and says whether it may have run. A schema that only grew keeps every position: they go out.
+#[test]
+fn waiting_mutations_fail_when_the_source_comes_back_with_its_states_moved() {
+    let mut pair = retrying(5_000, 16);
+    pair.client.mutate(add(0), Some(1), ms(1)).expect("sent");
+    pair.send_up(ms(1));
+    pair.client.handle_lost("reset".into());
+    pair.client.mutate(add(1), Some(2), ms(2)).expect("waits");
+    assert_eq!(pair.client.waiting_mutations(), 2);
+    let reordered = Schema::builder()
+        .state(StateDef::new("B"))
+        .state(StateDef::new("A"))
+        .build()
+        .expect("valid");
+    assert!(!reordered.extends(&pair.source.schema));
+    pair.source.schema = Arc::new(reordered);
+    pair.source.clock.schema = pair.source.schema.hash();
+
+    pair.reconnect(ms(30));
+    pair.send_up(ms(30));
+    assert!(
+        run(&mut pair, ms(31)).is_empty(),
+        "no old position reaches the source"
+    );
+    let answers = answered(&mut pair);
+    assert_eq!(
+        answers,
+        [
+            (1, Err(MutationError::SchemaMoved { sent_before: true })),
+            (2, Err(MutationError::SchemaMoved { sent_before: false })),
+        ]
+    );
+    let Err(error) = &answers[0].1 else {
+        unreachable!()
+    };
+    assert!(error.to_string().contains("may have run"), "{error}");
+    assert_eq!(pair.client.waiting_mutations(), 0);
+}
+
+#[test]
+fn waiting_mutations_go_out_when_the_source_comes_back_with_its_schema_grown() {
+    let mut pair = retrying(5_000, 16);
+    pair.client.handle_lost("gone".into());
+    pair.client.mutate(add(1), Some(1), ms(2)).expect("waits");
+    let mut def = pair.source.schema.def().clone();
+    def.states.push(StateDef::new("Later"));
+    let grown = Schema::new(def).expect("valid");
+    assert!(grown.extends(&pair.source.schema));
+    pair.source.schema = Arc::new(grown);
+    pair.source.clock.schema = pair.source.schema.hash();
+    pair.source.clock.ticks = Arc::from(vec![0; pair.source.schema.len()]);
+
+    pair.reconnect(ms(30));
+    pair.send_up(ms(30));
+    assert_eq!(run(&mut pair, ms(31)), [(Some(1), vec![1])]);
+}
