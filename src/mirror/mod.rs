@@ -311,6 +311,8 @@ impl Shared {
     fn end_session(self: &Arc<Self>, reason: &str) {
         self.input(|session| session.handle_lost(reason.to_owned()));
         self.conn.send_replace(ConnState::Disconnected);
+        // A no-reply mutation held by a full outbox hears that there is no session now.
+        self.drained.notify_waiters();
     }
 
     /// Waits for the answer; on a timeout the id stays taken until the answer comes or the
@@ -389,6 +391,7 @@ impl StateSource for Mirror {
         // The connection task ends the connection; the session's last events are its no more.
         if self.shared.core.dispose(self).is_some() {
             self.shared.stop.send_replace(true);
+            self.shared.drained.notify_waiters();
         }
     }
 }

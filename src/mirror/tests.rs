@@ -497,3 +497,33 @@ fn a_diff_and_a_smaller_schema_in_one_read_end_the_old_waits() {
         "{seen:?}"
     );
 }
+
+/// A no-reply mutation waits while the outbox is full; when the session ends, or the mirror is
+/// disposed, with nothing written, it fails instead of waiting for a write that never comes.
+#[test]
+fn a_no_reply_mutation_held_by_a_full_outbox_fails_when_the_session_ends() {
+    for end in ["lost", "disposed"] {
+        let h = Harness::new();
+        let blob = Args::new().with("blob", "x".repeat(32 * 1024));
+        let send = || {
+            Box::pin(h.mirror.mutate_no_reply(Mutation::new(
+                crate::machine::MutationKind::Add,
+                vec![0],
+                blob.clone(),
+            )))
+        };
+        while h.replica().session.transmit().len() < OUTBOX_BYTES {
+            assert!(matches!(poll_once(&mut send()), Poll::Ready(Ok(()))));
+        }
+        let mut held = send();
+        assert!(poll_once(&mut held).is_pending(), "the outbox is full");
+        let expected = if end == "lost" {
+            h.mirror.shared.end_session("the connection ended");
+            MutationError::Disconnected
+        } else {
+            h.mirror.dispose();
+            MutationError::Disposed
+        };
+        assert_eq!(poll_once(&mut held), Poll::Ready(Err(expected)), "{end}");
+    }
+}
