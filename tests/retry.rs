@@ -396,3 +396,44 @@ async fn a_run_that_panics_at_the_source_is_answered_and_recorded_as_failed() {
         "the connection went on"
     );
 }
+
+/// A mutation made while the mirror waits out a long reconnect backoff fails at its own
+/// deadline, not when the backoff ends: the driver's timer learns of the new deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_made_during_a_long_backoff_fails_at_its_deadline() {
+    use asyncmachine::machine::{Mutation, MutationError, MutationKind};
+    use asyncmachine::proto::session::RetryPolicy;
+    // Nothing listens at this address once the listener is gone.
+    let address = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        listener.local_addr().expect("an address")
+    };
+    let deadline = Duration::from_millis(200);
+    let mirror = Mirror::start(
+        &at(address),
+        MirrorConfig {
+            backoff_initial: Duration::from_secs(120),
+            backoff_max: Duration::from_secs(120),
+            retry: RetryPolicy {
+                deadline,
+                max_waiting: 16,
+            },
+            ..config("leaf")
+        },
+    )
+    .expect("starts");
+    eventually("the first attempt to fail", || {
+        mirror.last_error().is_some()
+    })
+    .await;
+    let counter = schema().index("Counter").expect("a state");
+    let made = mirror.mutate(Mutation::new(MutationKind::Add, vec![counter], Args::new()));
+    assert_eq!(
+        within(
+            "the mutation's deadline, long before the backoff ends",
+            made
+        )
+        .await,
+        Err(MutationError::Unreachable(deadline))
+    );
+}

@@ -134,7 +134,11 @@ async fn with_session_timers<F: std::future::Future>(
 ) -> Option<F::Output> {
     tokio::pin!(work);
     let mut timer = SessionTimer::new();
+    let wake = weak.upgrade()?.wake.clone();
     loop {
+        // Made before the deadline is read: a mutation made after this (it wakes `wake`) may
+        // bring the first deadline closer, and is seen on the next turn.
+        let woken = wake.notified();
         let deadline = {
             let shared = weak.upgrade()?;
             let at = shared.core.lock().session.poll_timeout();
@@ -148,6 +152,8 @@ async fn with_session_timers<F: std::future::Future>(
                 let now = shared.now();
                 shared.input(|session| session.handle_timeout(now));
             }
+            // No writer runs now; the connection that follows wakes its own at its start.
+            () = woken => {}
         }
     }
 }
