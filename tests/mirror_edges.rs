@@ -339,3 +339,47 @@ async fn a_mirror_answers_the_reads_from_its_own_clock() {
     assert_eq!(source.tags(), ["worker"]);
     assert_eq!(mirror.tags(), ["worker"]);
 }
+
+/// A server that sends and never reads (here pings, each of which the mirror answers) cannot
+/// grow what the mirror keeps queued for it without bound: past its backlog the mirror stops
+/// reading, so the server's writes stall once the sockets between them are full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_reads_stalls_instead_of_growing_the_mirrors_queue() {
+    const SENT: usize = 64 << 20;
+    let (listener, endpoint) = listen().await;
+    let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let mut conn = Scripted::accept(&listener).await;
+        conn.welcome(vec![0, 0, 0, 0]).await;
+        let mut chunk = Vec::new();
+        for nonce in 0..4096u64 {
+            encode_frame(&FrameConfig::default(), &Message::Ping(nonce), &mut chunk);
+        }
+        let mut sent = 0;
+        // A write that makes no progress for this long means the mirror stopped reading.
+        let stall = std::time::Duration::from_millis(500);
+        while sent < SENT {
+            match tokio::time::timeout(stall, conn.stream.write_all(&chunk)).await {
+                Ok(written) => written.expect("the mirror stays connected"),
+                Err(_) => break,
+            }
+            sent += chunk.len();
+        }
+        let _ = stalled_tx.send(sent);
+        conn
+    });
+    let mirror = mirror(&endpoint, "m").await;
+    let sent = within("the server's writes to stall or end", stalled_rx)
+        .await
+        .expect("the script reports");
+    let read = mirror
+        .stats()
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent < SENT,
+        "the mirror read all {sent} bytes of pings ({read} counted) and queued a pong for each"
+    );
+    mirror.dispose();
+    drop(server);
+}

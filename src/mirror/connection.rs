@@ -21,6 +21,10 @@ use crate::wire::SessionTimer;
 
 /// Reads ask for at least this much room; the buffer grows when frames need more.
 const READ_CHUNK: usize = 4096;
+/// Most bytes the mirror keeps queued for the server before it stops reading from it: what it
+/// reads can queue more (a pong per ping, a resync request), so a server that sends without
+/// reading would otherwise grow the queue for ever. Reading resumes as the writer drains it.
+const BACKLOG: usize = 1 << 20;
 /// The last word to a server must not hold the task up.
 const FAREWELL_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -190,7 +194,11 @@ async fn run(
     };
     let epoch = shared.epoch;
     let now = || Moment::since_epoch(epoch.elapsed());
-    let (wake, stats) = (shared.wake.clone(), shared.stats.clone());
+    let (wake, stats, wrote) = (
+        shared.wake.clone(),
+        shared.stats.clone(),
+        shared.drained.clone(),
+    );
     shared.core.lock().session.connect(now());
     drop(shared);
     wake.notify_one();
@@ -205,18 +213,26 @@ async fn run(
         let Some(shared) = weak.upgrade() else {
             return Ended::Stopped;
         };
-        let deadline = shared.core.lock().session.poll_timeout();
+        let (deadline, backlogged) = {
+            let replica = shared.core.lock();
+            let backlogged = replica.session.transmit().len() >= BACKLOG;
+            (replica.session.poll_timeout(), backlogged)
+        };
+        // Registered before the writer can drain past the check above.
+        let written = wrote.notified();
         drop(shared);
         timer.arm(deadline.map(|at| epoch + at.elapsed()));
         buf.clear();
         enum Input {
             Read(std::io::Result<usize>),
             Time,
+            Drained,
         }
         let input = tokio::select! {
             ended = &mut writer => return ended,
             _ = &mut stopped => None,
-            read = rd.read_buf(&mut buf) => Some(Input::Read(read)),
+            read = rd.read_buf(&mut buf), if !backlogged => Some(Input::Read(read)),
+            () = written, if backlogged => Some(Input::Drained),
             () = timer.fired() => Some(Input::Time),
         };
         let Some(input) = input else {
@@ -238,6 +254,7 @@ async fn run(
                 session.handle_lost(crate::transport::tls::explain(e).to_string());
             }
             Input::Time => session.handle_timeout(now()),
+            Input::Drained => {}
         });
         let (mut ready, mut failed, mut closed) = (None, None, None);
         for event in drained.events {

@@ -109,7 +109,7 @@ struct Shared {
     /// Wakes the connection's writer: the session queued bytes.
     wake: Arc<Notify>,
     /// Told when the writer took the queued bytes.
-    drained: Notify,
+    drained: Arc<Notify>,
     /// The origin of the session's time (`Moment`s), for the mirror's whole life: a mutation
     /// made while disconnected has its deadline on the same clock as the connections after.
     epoch: Instant,
@@ -264,7 +264,7 @@ impl Shared {
             stop: watch::channel(false).0,
             stats: Arc::new(MirrorStats::default()),
             wake,
-            drained: Notify::new(),
+            drained: Arc::new(Notify::new()),
         })
     }
 
