@@ -437,3 +437,65 @@ async fn a_mutation_made_during_a_long_backoff_fails_at_its_deadline() {
         Err(MutationError::Unreachable(deadline))
     );
 }
+
+/// A hop whose forwarded run timed out does not know whether it ran, and records nothing: the
+/// client hears the timeout, and a repeat of the key goes up again, where the root's record
+/// answers it with what really happened (it ran once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_that_timed_out_leaves_the_answer_to_the_roots_record() {
+    use asyncmachine::machine::{Mutation, MutationKey, MutationKind};
+    let (root, running_rx, go_tx) = held_root();
+    let (_root_server, root_address) = serve(Arc::new(root.clone())).await;
+    let mid = Mirror::connect(
+        &at(root_address),
+        MirrorConfig {
+            mutation_timeout: Duration::from_millis(200),
+            ..config("mid")
+        },
+    )
+    .await
+    .expect("mid connects");
+    let (_mid_server, mid_address) = serve(Arc::new(mid.clone())).await;
+    let leaf = Mirror::connect(&at(mid_address), config("leaf"))
+        .await
+        .expect("leaf connects");
+    let key = MutationKey {
+        origin: "leaf".into(),
+        epoch: 7,
+        seq: 1,
+    };
+    let counter = schema().index("Counter").expect("a state");
+    let keyed =
+        || Mutation::new(MutationKind::Add, vec![counter], Args::new()).with_key(Some(key.clone()));
+
+    let first = tokio::spawn(leaf.mutate(keyed()));
+    within(
+        "the root running the mutation",
+        tokio::task::spawn_blocking(move || running_rx.recv_timeout(Duration::from_secs(20))),
+    )
+    .await
+    .expect("joins")
+    .expect("the handler runs");
+    let timed_out = within("mid's timeout", first)
+        .await
+        .expect("the task runs")
+        .expect_err("no answer reached mid in time");
+    assert!(
+        timed_out.to_string().contains("may or may not have run"),
+        "{timed_out}"
+    );
+    go_tx.send(()).expect("the handler waits");
+    within(
+        "the root's transition",
+        root.when_tick_reaches("Counter", 1),
+    )
+    .await
+    .expect("waits");
+
+    assert_eq!(
+        within("the repeat's answer", leaf.mutate(keyed())).await,
+        Ok(Outcome::Executed),
+        "mid kept no record of a run it could not see end; the root's record answers"
+    );
+    assert_eq!(root.tick("Counter"), 1, "ran once");
+}

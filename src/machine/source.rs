@@ -98,6 +98,18 @@ pub enum MutationError {
     },
 }
 
+impl MutationError {
+    /// Whether the mutation may or may not have run: no answer came (`Timeout`), the link
+    /// stayed down (`Unreachable`) or ended with it in flight (`Disconnected`). Every other
+    /// error means it did not run.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            MutationError::Timeout(_) | MutationError::Unreachable(_) | MutationError::Disconnected
+        )
+    }
+}
+
 fn schema_moved(sent_before: bool) -> &'static str {
     if sent_before {
         "the source's schema changed and moved its states before the answer came; the mutation may have run before the change: read the clock, then make it again by name"

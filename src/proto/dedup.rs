@@ -138,6 +138,21 @@ impl<W> Dedup<W> {
         waiters
     }
 
+    /// The run of `key` from `client` ended without knowing its outcome (a hop that lost its
+    /// way to the source): nothing is recorded, so a repeat runs (is forwarded) again and the
+    /// source's own record answers it. The duplicates that waited are handed back to be told.
+    pub fn abandon(&mut self, client: &str, key: MutationKey) -> Vec<W> {
+        let recorded = (client.to_owned(), key);
+        match self.entries.get(&recorded) {
+            Some(Entry::Running(_)) => match self.entries.remove(&recorded) {
+                Some(Entry::Running(waiters)) => waiters,
+                _ => Vec::new(),
+            },
+            // A finished key keeps its answer.
+            Some(Entry::Done(_)) | None => Vec::new(),
+        }
+    }
+
     /// Drops finished keys older than the time to keep them.
     fn expire(&mut self, now: Moment) {
         while let Some((_, at)) = self.finished.front() {
@@ -237,5 +252,22 @@ mod tests {
             Begin::Done(_)
         ));
         assert!(matches!(dedup.begin("c", key(1), at(130), ()), Begin::Run));
+    }
+
+    #[test]
+    fn an_abandoned_run_is_not_recorded_and_its_repeat_runs_again() {
+        let mut dedup: Dedup<u32> = Dedup::new(8, Duration::from_secs(60));
+        let now = Moment::ZERO;
+        assert!(matches!(dedup.begin("leaf", key(1), now, 1), Begin::Run));
+        assert!(matches!(dedup.begin("leaf", key(1), now, 2), Begin::Joined));
+        assert_eq!(dedup.abandon("leaf", key(1)), [2], "the duplicate is told");
+        assert!(dedup.is_empty());
+        assert!(matches!(dedup.begin("leaf", key(1), now, 3), Begin::Run));
+        dedup.finish("leaf", key(1), &Ok(Outcome::Executed), now);
+        assert!(dedup.abandon("leaf", key(1)).is_empty());
+        assert!(matches!(
+            dedup.begin("leaf", key(1), now, 4),
+            Begin::Done(Ok(Outcome::Executed))
+        ));
     }
 }

@@ -439,6 +439,12 @@ async fn run_once(
                             .catch_unwind()
                             .await;
                     let answer = match ran {
+                        // A hop that lost its way up does not know whether the mutation ran:
+                        // nothing is recorded, so a repeat goes up again and the source's
+                        // own record answers it.
+                        Ok(Err(e)) if e.outcome_unknown() => {
+                            return abandon(&hub, &client, key, reason(e));
+                        }
                         Ok(answer) => answer.map_err(reason),
                         Err(_) => Err(
                             "the mutation's run panicked at the source (its log says where)"
@@ -469,6 +475,21 @@ async fn run_once(
             })
         }
     }
+}
+
+/// Leaves a keyed mutation whose outcome is unknown unrecorded, and tells the repeats that
+/// waited for it why (they retry on their own).
+fn abandon(
+    hub: &Hub,
+    client: &str,
+    key: crate::machine::MutationKey,
+    why: String,
+) -> Result<crate::machine::Outcome, String> {
+    let answer = Err(why);
+    for waiter in lock_dedup(hub).abandon(client, key) {
+        let _ = waiter.send(answer.clone());
+    }
+    answer
 }
 
 /// Records a keyed mutation's answer and hands it to the repeats that waited for it.
