@@ -44,6 +44,19 @@ pub(crate) async fn read_message<R: AsyncRead + Unpin>(
     }
 }
 
+/// The instant a session's moment `at` falls on, for a session that began at `epoch`. A moment
+/// too far off for the clock (a timeout configured as `Duration::MAX`) is a far future, as
+/// tokio's own is, instead of an overflow.
+pub(crate) fn instant_at(
+    epoch: tokio::time::Instant,
+    at: crate::proto::session::Moment,
+) -> tokio::time::Instant {
+    const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+    epoch
+        .checked_add(at.elapsed().min(FAR_FUTURE))
+        .unwrap_or(epoch)
+}
+
 /// A session's next timeout as one long-lived timer, for the drivers.
 ///
 /// A session's deadline moves with nearly every message (the idle rule counts from the last

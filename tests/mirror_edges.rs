@@ -383,3 +383,54 @@ async fn a_server_that_never_reads_stalls_instead_of_growing_the_mirrors_queue()
     mirror.dispose();
     drop(server);
 }
+
+/// Every timeout of both ends set to `Duration::MAX` means "never", not an overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_of_duration_max_mean_never() {
+    use asyncmachine::machine::Machine;
+    use asyncmachine::mirror::MirrorConfig;
+    use asyncmachine::proto::config::Limits;
+    use asyncmachine::proto::session::RetryPolicy;
+    use asyncmachine::server::ServerConfig;
+    use std::time::Duration;
+    let root = Machine::builder(abc_schema()).id("root").build();
+    let (_server, endpoint) = serve(
+        std::sync::Arc::new(root.clone()),
+        ServerConfig {
+            limits: Limits {
+                handshake_timeout: Duration::MAX,
+                idle_timeout: Duration::MAX,
+                keepalive: Duration::MAX,
+                ..Limits::default()
+            },
+            ..ServerConfig::default()
+        },
+        "tcp",
+    )
+    .await;
+    let mirror = within(
+        "the mirror to connect",
+        Mirror::connect(
+            &endpoint,
+            MirrorConfig {
+                connect_timeout: Duration::MAX,
+                handshake_timeout: Duration::MAX,
+                keepalive: Duration::MAX,
+                idle_timeout: Duration::MAX,
+                mutation_timeout: Duration::MAX,
+                retry: RetryPolicy {
+                    deadline: Duration::MAX,
+                    max_waiting: 16,
+                },
+                ..mirror_config("leaf")
+            },
+        ),
+    )
+    .await
+    .expect("connects");
+    assert_eq!(
+        within("the answer", mirror.add(&["A"], Args::new())).await,
+        Ok(Outcome::Executed)
+    );
+    assert_eq!(root.active_states(), ["A"]);
+}

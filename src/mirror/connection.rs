@@ -146,7 +146,7 @@ async fn with_session_timers<F: std::future::Future>(
         let deadline = {
             let shared = weak.upgrade()?;
             let at = shared.core.lock().session.poll_timeout();
-            at.map(|at| shared.epoch + at.elapsed())
+            at.map(|at| crate::wire::instant_at(shared.epoch, at))
         };
         timer.arm(deadline);
         tokio::select! {
@@ -221,7 +221,7 @@ async fn run(
         // Registered before the writer can drain past the check above.
         let written = wrote.notified();
         drop(shared);
-        timer.arm(deadline.map(|at| epoch + at.elapsed()));
+        timer.arm(deadline.map(|at| crate::wire::instant_at(epoch, at)));
         buf.clear();
         enum Input {
             Read(std::io::Result<usize>),

@@ -70,7 +70,7 @@ impl Clock {
     }
 
     fn instant(self, at: Moment) -> Instant {
-        self.0 + at.elapsed()
+        crate::wire::instant_at(self.0, at)
     }
 }
 
