@@ -311,6 +311,11 @@ async fn write_loop(weak: Weak<Shared>, wake: Arc<Notify>, mut wr: WriteHalf<Box
         };
         let stats = shared.stats.clone();
         drop(shared);
+        if broken && phase == Phase::Ready {
+            // The server welcomed a session whose writes already failed: nothing sent on it
+            // would arrive. A new connection instead.
+            return Ended::Lost("a write to the server failed during the handshake".into());
+        }
         if !out.is_empty() && !broken {
             let written = async {
                 wr.write_all(&out).await?;
