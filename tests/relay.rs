@@ -809,6 +809,74 @@ async fn the_wasm_module_is_served_as_wasm_or_its_absence_explained() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A client that asks for a large file and then reads nothing holds neither the relay's task
+/// nor its socket for long: the answer is cut after the idle timeout, or at once when the
+/// relay stops, and the client reads what was sent before the cut, then the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_nobody_reads_is_cut_after_the_idle_timeout_or_when_the_relay_stops() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = std::env::temp_dir().join(format!("am-relay-unread-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let module = dir.join("am.wasm");
+    // Far more than the socket buffers between the relay and the client hold.
+    let size = 16 << 20;
+    let mut bytes = b"\0asm\x01\0\0\0".to_vec();
+    bytes.resize(size, 0);
+    std::fs::write(&module, &bytes).expect("written");
+    for (idle, stop) in [
+        (Duration::from_millis(300), false),
+        (Duration::from_secs(120), true),
+    ] {
+        let (_machine, relay, _server) = setup(RelayConfig {
+            wasm: module.clone(),
+            idle_timeout: idle,
+            ..RelayConfig::default()
+        })
+        .await;
+        let address = relay.local_endpoint().address.clone();
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("buffer size");
+        let mut client = within("connect", socket.connect(address.parse().expect("address")))
+            .await
+            .expect("connects");
+        client
+            .write_all(format!("GET /am.wasm HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes())
+            .await
+            .expect("writes");
+        // The answer has begun (so the relay has the connection); from here on nothing is read.
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = within("the answer's head", client.read(&mut buf))
+            .await
+            .expect("reads");
+        assert!(
+            buf[..got].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..got])
+        );
+        if stop {
+            relay.shutdown();
+        }
+        let cut = || {
+            relay
+                .stats()
+                .answers_cut
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        eventually("the answer to be cut", || cut() == 1).await;
+        within("the end of what was sent", async {
+            loop {
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+        })
+        .await;
+        assert!(got < size, "{got} bytes: the whole module was sent");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_reaches_a_node_through_a_wss_relay() {
     // The relay terminates TLS; the mirror's ws transport asks for /worker, the target's name.
