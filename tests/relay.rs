@@ -918,14 +918,21 @@ async fn offered(relay: &Relay, names: &[&str]) {
     .await;
 }
 
-/// The next `{"open": N}` the relay sends on an offer socket.
-async fn announced(offer: &mut Ws) -> u64 {
+/// The next `{"open": ID}` the relay sends on an offer socket: the ID, 32 hex digits.
+async fn announced(offer: &mut Ws) -> String {
     within("a node connection announced", async {
         loop {
             match offer.next().await {
                 Some(Ok(WsMessage::Text(text))) => {
                     let note: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-                    return note["open"].as_u64().expect("a connection number");
+                    let Some(id) = note["open"].as_str() else {
+                        continue;
+                    };
+                    assert!(
+                        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                        "{id}"
+                    );
+                    return id.to_owned();
                 }
                 Some(Ok(_)) => {}
                 other => panic!("expected an announcement, got {other:?}"),
@@ -965,8 +972,8 @@ async fn the_listen_route_takes_allowed_names_once_and_hands_nodes_to_the_page()
 
     // A node connects; the page is told, takes the connection, and bytes pass both ways.
     let mut node = open(&relay, "/listen/bar", None).await.expect("upgraded");
-    let n = announced(&mut offer).await;
-    let mut page = open(&relay, &format!("/offer/bar/{n}"), Some(&own))
+    let id = announced(&mut offer).await;
+    let mut page = open(&relay, &format!("/offer/bar/{id}"), Some(&own))
         .await
         .expect("taken");
     node.send(WsMessage::binary(b"hello".to_vec()))
@@ -1005,6 +1012,56 @@ async fn the_listen_route_takes_allowed_names_once_and_hands_nodes_to_the_page()
     offered(&relay, &[]).await;
     let (code, _) = refused(&relay, "/listen/bar").await;
     assert_eq!(code, 4502);
+}
+
+/// Any admitted peer may ask for `/offer/NAME/ID`, and the first to ask carries that node's
+/// connection: the ID is told only to the offering page and cannot be guessed, so a peer
+/// racing the page with the numbers a counter would make (or near misses) is refused, and the
+/// page still takes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_connection_goes_only_to_the_page_told_its_id() {
+    let (_machine, relay, _server) = setup(RelayConfig {
+        offers: vec!["bar".into()],
+        handshake_timeout: Duration::from_secs(5),
+        ..RelayConfig::default()
+    })
+    .await;
+    let own = format!("http://{}", relay.local_endpoint().address);
+    let mut offer = open(&relay, "/offer/bar", Some(&own))
+        .await
+        .expect("offers");
+    offered(&relay, &["bar"]).await;
+    let mut node = open(&relay, "/listen/bar", None).await.expect("upgraded");
+    let id = announced(&mut offer).await;
+    let mut guesses: Vec<String> = (0..8).map(|n| n.to_string()).collect();
+    guesses.push(format!("{:032x}", 1));
+    guesses.push(id.to_uppercase());
+    guesses.push(format!("{id}0"));
+    guesses.push(id[..31].to_owned());
+    guesses.push(format!("{id}/"));
+    for guess in &guesses {
+        let (code, reason) = refused(&relay, &format!("/offer/bar/{guess}")).await;
+        assert_eq!(code, 4404, "{guess}: {reason}");
+        assert!(!reason.contains(guess.as_str()), "{reason}");
+    }
+    let mut page = open(&relay, &format!("/offer/bar/{id}"), Some(&own))
+        .await
+        .expect("taken");
+    node.send(WsMessage::binary(b"hello".to_vec()))
+        .await
+        .expect("sent");
+    let got = within("bytes at the page", async {
+        loop {
+            if let Some(Ok(WsMessage::Binary(data))) = page.next().await {
+                return data;
+            }
+        }
+    })
+    .await;
+    assert_eq!(&got[..], b"hello");
+    // Taken once: the ID does not open a second socket to the node.
+    let (code, _) = refused(&relay, &format!("/offer/bar/{id}")).await;
+    assert_eq!(code, 4404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

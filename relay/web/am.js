@@ -13,6 +13,9 @@ export const DEFAULT_KEEPALIVE_MS = 10000;
  */
 export const PERMANENT_CLOSE_CODES = new Set([4401, 4403, 4404]);
 
+/** A node connection's ID as the relay announces it on an offer: 128 random bits in hex. */
+const CONN_ID = /^[0-9a-f]{32}$/;
+
 /** How deep lists and maps may nest in an argument (PROTOCOL.md's limit). */
 export const DEPTH_LIMIT = 32;
 
@@ -647,8 +650,9 @@ export class Offer extends EventTarget {
     this.state = "closed";
     this.attempt = 0;
     this.closed = true;
-    /** Open node connections: conn -> {ws, timer}. */
+    /** Open node connections: conn (a number of ours) -> {ws, timer}. */
     this.conns = new Map();
+    this.lastConn = 0;
   }
 
   /** Offers the machine, and offers it again after transient closes, until close(). */
@@ -709,7 +713,7 @@ export class Offer extends EventTarget {
       if (typeof event.data !== "string") return;
       let note;
       try { note = JSON.parse(event.data); } catch { return; }
-      if (Number.isInteger(note.open)) this.#take(note.open);
+      if (typeof note.open === "string" && CONN_ID.test(note.open)) this.#take(note.open);
     };
     ws.onclose = (event) => {
       clearInterval(this.keepalive);
@@ -720,10 +724,14 @@ export class Offer extends EventTarget {
     ws.onerror = () => {};
   }
 
-  /** Takes node connection `conn`: a socket of its own, bridged by the relay to the node. */
-  #take(conn) {
+  /**
+   * Takes the node connection the relay announced as `id` (known only to this page): a socket
+   * of its own, bridged by the relay to the node. The module knows it by a number of ours.
+   */
+  #take(id) {
+    const conn = ++this.lastConn;
     const url = new URL(this.url);
-    url.pathname += `/${conn}`;
+    url.pathname += `/${id}`;
     const ws = new this.Socket(url.href);
     ws.binaryType = "arraybuffer";
     this.conns.set(conn, { ws, timer: undefined });
