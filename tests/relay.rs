@@ -963,6 +963,12 @@ async fn the_listen_route_takes_allowed_names_once_and_hands_nodes_to_the_page()
     let mut offer = open(&relay, "/offer/bar", Some(&own))
         .await
         .expect("offers");
+    // The relay says the offer stands: an open socket alone does not (a refusal opens too).
+    let first = within("the offer's first note", offer.next()).await;
+    match first {
+        Some(Ok(WsMessage::Text(text))) => assert_eq!(text.as_str(), r#"{"offered":"bar"}"#),
+        other => panic!("expected the offered note, got {other:?}"),
+    }
     offered(&relay, &["bar"]).await;
     let (code, reason) = refused(&relay, "/offer/bar").await;
     assert_eq!(code, 4409, "{reason}");

@@ -8,6 +8,12 @@
 export const DEFAULT_KEEPALIVE_MS = 10000;
 
 /**
+ * How long a Debugger's socket must stay open before it counts as established (records sent,
+ * backoff reset): a relay's refusal comes as a close right after the upgrade.
+ */
+export const DEFAULT_ESTABLISHED_MS = 1000;
+
+/**
  * Relay close codes (PROTOCOL.md, "Relay close codes") after which the same connection can
  * never succeed: a bad or missing token, an origin or target the relay refuses.
  */
@@ -702,9 +708,10 @@ export class Offer extends EventTarget {
     this.#status("connecting");
     const ws = new this.Socket(this.url);
     this.ws = ws;
+    // An open socket is no offer yet: the relay accepts every upgrade and refuses after it
+    // (a close with a code), so the offer stands, and the backoff starts over, only once the
+    // relay says {"offered": NAME}.
     ws.onopen = () => {
-      this.attempt = 0;
-      this.#status("offering");
       clearInterval(this.keepalive);
       // The relay closes an offer it hears nothing from.
       this.keepalive = setInterval(() => ws.readyState === 1 && ws.send("ping"), this.keepaliveMs);
@@ -713,7 +720,12 @@ export class Offer extends EventTarget {
       if (typeof event.data !== "string") return;
       let note;
       try { note = JSON.parse(event.data); } catch { return; }
-      if (typeof note.open === "string" && CONN_ID.test(note.open)) this.#take(note.open);
+      if (typeof note.offered === "string") {
+        this.attempt = 0;
+        this.#status("offering");
+      } else if (typeof note.open === "string" && CONN_ID.test(note.open)) {
+        this.#take(note.open);
+      }
     };
     ws.onclose = (event) => {
       clearInterval(this.keepalive);
@@ -824,10 +836,10 @@ export class Debugger extends EventTarget {
    * @param {{node?: string, capacity?: number, redact?: string, everyMs?: number,
    *   keepaliveMs?: number, WebSocket?: typeof WebSocket}} [options]
    */
-  constructor(url, { node = "page", capacity, redact, everyMs = 20, keepaliveMs = DEFAULT_KEEPALIVE_MS, WebSocket: Socket = globalThis.WebSocket } = {}) {
+  constructor(url, { node = "page", capacity, redact, everyMs = 20, keepaliveMs = DEFAULT_KEEPALIVE_MS, establishedMs = DEFAULT_ESTABLISHED_MS, WebSocket: Socket = globalThis.WebSocket } = {}) {
     super();
     call({ op: "debug", node, capacity, redact });
-    Object.assign(this, { url, node, everyMs, keepaliveMs, Socket });
+    Object.assign(this, { url, node, everyMs, keepaliveMs, establishedMs, Socket });
     this.state = "closed";
     this.closed = false;
     this.attempt = 0;
@@ -860,6 +872,7 @@ export class Debugger extends EventTarget {
   close() {
     this.closed = true;
     clearTimeout(this.retryTimer);
+    clearTimeout(this.establishTimer);
     clearInterval(this.timer);
     clearInterval(this.keepalive);
     this.ws?.close(1000, "telemetry stopped");
@@ -892,14 +905,25 @@ export class Debugger extends EventTarget {
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     ws.onopen = () => {
-      this.attempt = 0;
-      this.#status("sending");
-      this.#send(true);
-      this.timer = setInterval(() => this.#send(), this.everyMs);
+      clearInterval(this.keepalive);
       // An empty line: the collector skips it, the relay sees the page is alive.
       this.keepalive = setInterval(() => ws.readyState === 1 && ws.send(encoder.encode("\n")), this.keepaliveMs);
+      // The relay accepts every upgrade and refuses after it (4502 while the collector is
+      // down), and a bridge says nothing of its own: the socket counts as established once it
+      // has stayed open for `establishedMs`. Only then are records sent and the backoff reset,
+      // so a tab does not retry every 100 ms for as long as the collector is down.
+      clearTimeout(this.establishTimer);
+      this.establishTimer = setTimeout(() => {
+        if (this.closed || ws.readyState !== 1) return;
+        this.attempt = 0;
+        this.#status("sending");
+        this.#send(true);
+        clearInterval(this.timer);
+        this.timer = setInterval(() => this.#send(), this.everyMs);
+      }, this.establishedMs);
     };
     ws.onclose = (event) => {
+      clearTimeout(this.establishTimer);
       clearInterval(this.timer);
       clearInterval(this.keepalive);
       if (this.closed) return;

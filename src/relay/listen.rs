@@ -290,35 +290,17 @@ async fn offer<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(reason);
     }
     tracing::info!(%name, "a page offers a machine");
-    let idle = inner.config.idle_timeout;
-    let mut shutdown = inner.shutdown.subscribe();
-    let mut last_heard = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
-    let ended: Result<(), (CloseCode, String)> = loop {
-        tokio::select! {
-            n = rx.recv() => {
-                let Some(n) = n else { break Ok(()) };
-                let note = serde_json::json!({ "open": n.to_string() }).to_string();
-                if let Err(e) = ws.send(Message::text(note)).await {
-                    break Err((CloseCode::Away, format!("page: {e}")));
-                }
-            }
-            message = ws.next() => match message {
-                None | Some(Ok(Message::Close(_))) => break Ok(()),
-                Some(Err(e)) => break Err((CloseCode::Protocol, e.to_string())),
-                // Anything from the page (its keepalive) keeps the offer alive.
-                Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
-            },
-            _ = tick.tick() => if last_heard.elapsed() >= idle {
-                break Err((
-                    CloseCode::from(RelayClose::Idle.code()),
-                    format!("nothing from the page for {} ms (the relay's idle timeout)", idle.as_millis()),
-                ));
-            },
-            () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                break Err((CloseCode::Away, "relay shutting down".into()));
-            }
-        }
+    // A refused offer is an accepted upgrade closed at once, so the page counts its offer as
+    // standing (and its backoff as done) only on this note.
+    let note = serde_json::json!({ "offered": name }).to_string();
+    let told = tokio::time::timeout(inner.config.handshake_timeout, ws.send(Message::text(note)));
+    let ended: Result<(), (CloseCode, String)> = match told.await {
+        Ok(Ok(())) => serve_offer(inner, &mut ws, &mut rx).await,
+        Ok(Err(e)) => Err((CloseCode::Away, format!("page: {e}"))),
+        Err(_) => Err((
+            CloseCode::Away,
+            "the page read nothing within the handshake timeout".to_owned(),
+        )),
     };
     {
         let mut state = inner.offers.lock();
@@ -332,6 +314,52 @@ async fn offer<S: AsyncRead + AsyncWrite + Unpin>(
         Err((code, reason)) => {
             close_with(ws, code, &reason, inner.config.handshake_timeout).await;
             Err(reason)
+        }
+    }
+}
+
+/// An offer that stands: node connections are announced until the page goes, falls silent for
+/// the idle timeout, or the relay stops.
+async fn serve_offer<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Inner,
+    ws: &mut WebSocketStream<S>,
+    rx: &mut mpsc::Receiver<ConnId>,
+) -> Result<(), (CloseCode, String)> {
+    let idle = inner.config.idle_timeout;
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut last_heard = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            n = rx.recv() => {
+                let Some(n) = n else { return Ok(()) };
+                let note = serde_json::json!({ "open": n.to_string() }).to_string();
+                // A deadline, as on a bridge: a page that pings but never reads would otherwise
+                // hold the offer (and the name) for ever.
+                match tokio::time::timeout(idle, ws.send(Message::text(note))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err((CloseCode::Away, format!("page: {e}"))),
+                    Err(_) => return Err((
+                        CloseCode::Policy,
+                        format!("the page read nothing for {} ms (the relay's idle timeout)", idle.as_millis()),
+                    )),
+                }
+            }
+            message = ws.next() => match message {
+                None | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Err(e)) => return Err((CloseCode::Protocol, e.to_string())),
+                // Anything from the page (its keepalive) keeps the offer alive.
+                Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
+            },
+            _ = tick.tick() => if last_heard.elapsed() >= idle {
+                return Err((
+                    CloseCode::from(RelayClose::Idle.code()),
+                    format!("nothing from the page for {} ms (the relay's idle timeout)", idle.as_millis()),
+                ));
+            },
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                return Err((CloseCode::Away, "relay shutting down".into()));
+            }
         }
     }
 }
