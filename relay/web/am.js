@@ -710,14 +710,18 @@ export class Offer extends EventTarget {
     this.ws = ws;
     // An open socket is no offer yet: the relay accepts every upgrade and refuses after it
     // (a close with a code), so the offer stands, and the backoff starts over, only once the
-    // relay says {"offered": NAME}.
+    // relay says {"offered": NAME}. Events of a socket that is no longer `this.ws` (closed by
+    // close(), its close arriving after start() made another) change nothing: its close would
+    // stop the new socket's keepalive and open a third, which the relay refuses (4409) while
+    // the second stands.
     ws.onopen = () => {
+      if (this.ws !== ws) return;
       clearInterval(this.keepalive);
       // The relay closes an offer it hears nothing from.
       this.keepalive = setInterval(() => ws.readyState === 1 && ws.send("ping"), this.keepaliveMs);
     };
     ws.onmessage = (event) => {
-      if (typeof event.data !== "string") return;
+      if (this.ws !== ws || typeof event.data !== "string") return;
       let note;
       try { note = JSON.parse(event.data); } catch { return; }
       if (typeof note.offered === "string") {
@@ -728,6 +732,7 @@ export class Offer extends EventTarget {
       }
     };
     ws.onclose = (event) => {
+      if (this.ws !== ws) return;
       clearInterval(this.keepalive);
       if (this.closed) return;
       // 4409: the name is offered by another page already.
@@ -904,7 +909,9 @@ export class Debugger extends EventTarget {
     const ws = new this.Socket(this.url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
+    // As an Offer's: only the current socket's events count.
     ws.onopen = () => {
+      if (this.ws !== ws) return;
       clearInterval(this.keepalive);
       // An empty line: the collector skips it, the relay sees the page is alive.
       this.keepalive = setInterval(() => ws.readyState === 1 && ws.send(encoder.encode("\n")), this.keepaliveMs);
@@ -914,7 +921,7 @@ export class Debugger extends EventTarget {
       // so a tab does not retry every 100 ms for as long as the collector is down.
       clearTimeout(this.establishTimer);
       this.establishTimer = setTimeout(() => {
-        if (this.closed || ws.readyState !== 1) return;
+        if (this.closed || this.ws !== ws || ws.readyState !== 1) return;
         this.attempt = 0;
         this.#status("sending");
         this.#send(true);
@@ -923,6 +930,7 @@ export class Debugger extends EventTarget {
       }, this.establishedMs);
     };
     ws.onclose = (event) => {
+      if (this.ws !== ws) return;
       clearTimeout(this.establishTimer);
       clearInterval(this.timer);
       clearInterval(this.keepalive);

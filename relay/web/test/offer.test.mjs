@@ -154,3 +154,29 @@ test("a debugger socket that stays open is sending, and the backoff starts over"
     mock.timers.reset();
   }
 });
+
+test("an offer closed and started again ignores its old socket's late close", () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    const { offer, seen } = started({ keepaliveMs: 1000 });
+    const first = ScriptedSocket.made[0];
+    first.open();
+    first.text({ offered: "bar" });
+    offer.close();
+    offer.start();
+    const second = ScriptedSocket.made[1];
+    second.open();
+    second.text({ offered: "bar" });
+    assert.equal(offer.state, "offering");
+    // The first socket's close arrives only now, as a browser's does.
+    first.closeWith(1000, "offer closed");
+    first.text({ open: "0".repeat(32) });
+    assert.equal(offer.state, "offering", JSON.stringify(seen.at(-1)));
+    mock.timers.tick(60_000);
+    assert.equal(ScriptedSocket.made.length, 2, "no third socket (the relay would refuse it: 4409)");
+    assert.ok(second.sent.includes("ping"), "the second socket's keepalive runs");
+    offer.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
