@@ -189,7 +189,11 @@ export interface OfferStatus {
   code: number;
 }
 
-/** A machine of this page offered through am-relay, for nodes to mirror at ws://relay/listen/NAME. */
+/**
+ * A machine of this page offered through am-relay, for nodes to mirror at ws://relay/listen/NAME.
+ * A name offered already (4409) is reported refused and retried with backoff until close();
+ * 4401, 4403 and 4404 end it.
+ */
 export class Offer extends EventTarget {
   readonly name: string;
   readonly state: OfferStatus["state"];
@@ -202,7 +206,7 @@ export class Offer extends EventTarget {
   addEventListener(type: string, listener: EventListenerOrEventListenerObject, options?: AddEventListenerOptions | boolean): void;
 }
 
-/** Offers `machine` through a relay, once the relay took it. */
+/** Offers `machine` through a relay, once the relay took it; a refusal rejects and closes the offer. */
 export function offer(machine: Machine, url: string, options?: { keepaliveMs?: number; WebSocket?: typeof WebSocket }): Promise<Offer>;
 
 /** A debugger connection's status. */

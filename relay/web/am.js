@@ -460,16 +460,17 @@ export function retryDelay(attempt, random = Math.random) {
 /**
  * After a socket of `owner` (an Offer or a Debugger) closed: refused for good when `permanent`
  * says the close code is (then `owner.closed`), otherwise `connect` again after the next
- * backoff delay. Returns the status to report: [state, reason, code].
+ * backoff delay, reported as `refused` when `refusedNow` says the code is a refusal that may
+ * pass. Returns the status to report: [state, reason, code].
  */
-function retryOrRefuse(owner, event, permanent, connect) {
+function retryOrRefuse(owner, event, permanent, connect, refusedNow = () => false) {
   const reason = event.reason || `closed (${event.code})`;
   if (permanent(event.code)) {
     owner.closed = true;
     return ["refused", reason, event.code];
   }
   owner.retryTimer = setTimeout(connect, retryDelay(owner.attempt++));
-  return ["disconnected", reason, event.code];
+  return [refusedNow(event.code) ? "refused" : "disconnected", reason, event.code];
 }
 
 /** `text` cut to at most 123 UTF-8 bytes (a WebSocket close reason's limit), whole characters only. */
@@ -638,8 +639,11 @@ export class Mirror extends Source {
  * would a node's. The page runs the server's side of the protocol in the module; the relay
  * only carries bytes. Events: "status" ({state: "connecting" | "offering" | "disconnected" |
  * "refused" | "closed", reason, code}), "connection" ({conn, state: "open" | "closed",
- * reason}). A name the relay does not take, or one another page offers already (4409), is
- * refused for good; other closes are retried with backoff.
+ * reason}). It is "offering" once the relay says it took the offer, not when a socket opens.
+ * A name the relay does not take (4404), a missing or wrong token (4401) or a foreign origin
+ * (4403) is refused for good; a name offered already (4409: another page, or this tab before a
+ * reload, until the relay's idle timeout drops the old offer) is reported "refused", with the
+ * reason, and retried with backoff like every other close, until close().
  */
 export class Offer extends EventTarget {
   /**
@@ -672,7 +676,10 @@ export class Offer extends EventTarget {
     return this;
   }
 
-  /** Resolves once the relay took the offer. */
+  /**
+   * Resolves once the relay took the offer; rejects at a refusal (the offer goes on retrying
+   * one that may pass, 4409, until close()) or close().
+   */
   ready() {
     if (this.state === "offering") return Promise.resolve(this);
     return new Promise((resolve, reject) => {
@@ -735,8 +742,10 @@ export class Offer extends EventTarget {
       if (this.ws !== ws) return;
       clearInterval(this.keepalive);
       if (this.closed) return;
-      // 4409: the name is offered by another page already.
-      this.#status(...retryOrRefuse(this, event, (code) => PERMANENT_CLOSE_CODES.has(code) || code === 4409, () => this.#connect()));
+      // 4409: the name is offered by another page already, or by this tab before a reload
+      // whose socket died without a close, which the relay holds until its idle timeout:
+      // shown as refused, with the reason, and retried with backoff.
+      this.#status(...retryOrRefuse(this, event, (code) => PERMANENT_CLOSE_CODES.has(code), () => this.#connect(), (code) => code === 4409));
     };
     ws.onerror = () => {};
   }
@@ -806,12 +815,19 @@ export class Offer extends EventTarget {
 
 /**
  * Offers `machine` through a relay, once the relay took it:
- * `await offer(bar, "ws://relay/offer/bar")`.
+ * `await offer(bar, "ws://relay/offer/bar")`. A refusal (4409 too) rejects and closes the
+ * offer; `new Offer(...).start()` keeps retrying one that may pass.
  * @returns {Promise<Offer>}
  */
 export async function offer(machine, url, options) {
   await load();
-  return new Offer(machine, url, options).start().ready();
+  const offered = new Offer(machine, url, options).start();
+  try {
+    return await offered.ready();
+  } catch (e) {
+    offered.close();
+    throw e;
+  }
 }
 
 /**

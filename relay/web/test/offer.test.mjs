@@ -4,7 +4,7 @@
 // and which events a socket that is no longer the current one may still cause.
 import { test, mock, before } from "node:test";
 import assert from "node:assert/strict";
-import { Machine, Offer, Debugger, retryDelay } from "../am.js";
+import { Machine, Offer, Debugger, offer as offerOnce, retryDelay } from "../am.js";
 import { loaded } from "./wasm.mjs";
 
 before(loaded);
@@ -176,6 +176,63 @@ test("an offer closed and started again ignores its old socket's late close", ()
     assert.equal(ScriptedSocket.made.length, 2, "no third socket (the relay would refuse it: 4409)");
     assert.ok(second.sent.includes("ping"), "the second socket's keepalive runs");
     offer.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("a name offered already (4409) is shown refused, then retried with backoff until the relay takes it", async () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    // A tab reloaded after its offer socket died silently: the relay holds the old offer
+    // until its idle timeout.
+    const { offer, seen } = started();
+    const refusals = offer.ready();
+    for (let i = 0; i < 3; i++) {
+      ScriptedSocket.made[i].open();
+      ScriptedSocket.made[i].closeWith(4409, '"bar" is offered by another page already; close it there first');
+      assert.deepEqual(seen.at(-1), { state: "refused", reason: '"bar" is offered by another page already; close it there first', code: 4409 });
+      assertRetryAfter(i);
+    }
+    await assert.rejects(refusals, (e) => e.code === "refused" && e.message.includes("offered by another page"));
+    const socket = ScriptedSocket.made[3];
+    socket.open();
+    socket.text({ offered: "bar" });
+    assert.equal(offer.state, "offering");
+    offer.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("a refusal that cannot change (4401, 4403, 4404) ends the offer, no retry", () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    for (const code of [4401, 4403, 4404]) {
+      const { offer, seen } = started();
+      ScriptedSocket.made[0].open();
+      ScriptedSocket.made[0].closeWith(code, "no");
+      assert.deepEqual(seen.at(-1), { state: "refused", reason: "no", code });
+      mock.timers.tick(60_000);
+      assert.equal(ScriptedSocket.made.length, 1, `${code} is not retried`);
+      offer.close();
+    }
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("offer() gives up at the first refusal and leaves nothing retrying", async () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    ScriptedSocket.made = [];
+    const offering = offerOnce(new Machine(SCHEMA, { id: "bar" }), "ws://relay/offer/bar", { WebSocket: ScriptedSocket });
+    while (ScriptedSocket.made.length === 0) await new Promise((r) => setImmediate(r));
+    ScriptedSocket.made[0].open();
+    ScriptedSocket.made[0].closeWith(4409, "offered already");
+    await assert.rejects(offering, (e) => e.code === "refused");
+    mock.timers.tick(60_000);
+    assert.equal(ScriptedSocket.made.length, 1, "no retry after offer() gave up");
   } finally {
     mock.timers.reset();
   }
