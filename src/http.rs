@@ -16,6 +16,9 @@ pub(crate) const MAX_HEAD: usize = 16 * 1024;
 const DRAIN_BYTES: usize = 4 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
+/// Bodies up to this size are sent with their head in one write (a copy); larger ones after it.
+const ONE_WRITE: usize = 16 * 1024;
+
 /// The policy of every answer that is not a page: nothing may load, nothing may frame it.
 pub(crate) const CSP_NONE: &str = "default-src 'none'; frame-ancestors 'none'";
 
@@ -231,10 +234,18 @@ pub(crate) async fn respond_with<S: AsyncWrite + Unpin>(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    // One write: a client that reads only what has arrived still gets the reason with the status.
-    let mut response = head.into_bytes();
-    response.extend_from_slice(body);
-    stream.write_all(&response).await?;
+    if body.len() <= ONE_WRITE {
+        // One write: a client that reads only what has arrived still gets the reason with the
+        // status.
+        let mut response = head.into_bytes();
+        response.extend_from_slice(body);
+        stream.write_all(&response).await?;
+    } else {
+        // A file (am.wasm is over a megabyte) goes from where it lies: a copy per request
+        // would hold that much memory for as long as the client takes to read it.
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+    }
     stream.flush().await?;
     stream.shutdown().await
 }
@@ -374,6 +385,29 @@ mod tests {
                 .to_string()
                 .contains("over")
         );
+    }
+
+    #[tokio::test]
+    async fn a_large_body_follows_its_head_whole() {
+        let body: Vec<u8> = (0..ONE_WRITE * 5).map(|i| i as u8).collect();
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let answering = tokio::spawn(async move {
+            respond_with(&mut server, 200, "application/wasm", CSP_NONE, &[], &body).await
+        });
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("reads");
+        answering.await.expect("done").expect("answered");
+        let at = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head");
+        let head = std::str::from_utf8(&answer[..at]).expect("text");
+        assert!(
+            head.contains(&format!("Content-Length: {}", ONE_WRITE * 5)),
+            "{head}"
+        );
+        let sent: Vec<u8> = (0..ONE_WRITE * 5).map(|i| i as u8).collect();
+        assert_eq!(&answer[at + 4..], &sent[..]);
     }
 
     #[tokio::test]

@@ -809,6 +809,74 @@ async fn the_wasm_module_is_served_as_wasm_or_its_absence_explained() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A client that asks for a large file and then reads nothing holds neither the relay's task
+/// nor its socket for long: the answer is cut after the idle timeout, or at once when the
+/// relay stops, and the client reads what was sent before the cut, then the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_nobody_reads_is_cut_after_the_idle_timeout_or_when_the_relay_stops() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = std::env::temp_dir().join(format!("am-relay-unread-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let module = dir.join("am.wasm");
+    // Far more than the socket buffers between the relay and the client hold.
+    let size = 16 << 20;
+    let mut bytes = b"\0asm\x01\0\0\0".to_vec();
+    bytes.resize(size, 0);
+    std::fs::write(&module, &bytes).expect("written");
+    for (idle, stop) in [
+        (Duration::from_millis(300), false),
+        (Duration::from_secs(120), true),
+    ] {
+        let (_machine, relay, _server) = setup(RelayConfig {
+            wasm: module.clone(),
+            idle_timeout: idle,
+            ..RelayConfig::default()
+        })
+        .await;
+        let address = relay.local_endpoint().address.clone();
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("buffer size");
+        let mut client = within("connect", socket.connect(address.parse().expect("address")))
+            .await
+            .expect("connects");
+        client
+            .write_all(format!("GET /am.wasm HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes())
+            .await
+            .expect("writes");
+        // The answer has begun (so the relay has the connection); from here on nothing is read.
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = within("the answer's head", client.read(&mut buf))
+            .await
+            .expect("reads");
+        assert!(
+            buf[..got].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..got])
+        );
+        if stop {
+            relay.shutdown();
+        }
+        let cut = || {
+            relay
+                .stats()
+                .answers_cut
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        eventually("the answer to be cut", || cut() == 1).await;
+        within("the end of what was sent", async {
+            loop {
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+        })
+        .await;
+        assert!(got < size, "{got} bytes: the whole module was sent");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_reaches_a_node_through_a_wss_relay() {
     // The relay terminates TLS; the mirror's ws transport asks for /worker, the target's name.
@@ -850,14 +918,21 @@ async fn offered(relay: &Relay, names: &[&str]) {
     .await;
 }
 
-/// The next `{"open": N}` the relay sends on an offer socket.
-async fn announced(offer: &mut Ws) -> u64 {
+/// The next `{"open": ID}` the relay sends on an offer socket: the ID, 32 hex digits.
+async fn announced(offer: &mut Ws) -> String {
     within("a node connection announced", async {
         loop {
             match offer.next().await {
                 Some(Ok(WsMessage::Text(text))) => {
                     let note: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-                    return note["open"].as_u64().expect("a connection number");
+                    let Some(id) = note["open"].as_str() else {
+                        continue;
+                    };
+                    assert!(
+                        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                        "{id}"
+                    );
+                    return id.to_owned();
                 }
                 Some(Ok(_)) => {}
                 other => panic!("expected an announcement, got {other:?}"),
@@ -888,6 +963,12 @@ async fn the_listen_route_takes_allowed_names_once_and_hands_nodes_to_the_page()
     let mut offer = open(&relay, "/offer/bar", Some(&own))
         .await
         .expect("offers");
+    // The relay says the offer stands: an open socket alone does not (a refusal opens too).
+    let first = within("the offer's first note", offer.next()).await;
+    match first {
+        Some(Ok(WsMessage::Text(text))) => assert_eq!(text.as_str(), r#"{"offered":"bar"}"#),
+        other => panic!("expected the offered note, got {other:?}"),
+    }
     offered(&relay, &["bar"]).await;
     let (code, reason) = refused(&relay, "/offer/bar").await;
     assert_eq!(code, 4409, "{reason}");
@@ -897,8 +978,8 @@ async fn the_listen_route_takes_allowed_names_once_and_hands_nodes_to_the_page()
 
     // A node connects; the page is told, takes the connection, and bytes pass both ways.
     let mut node = open(&relay, "/listen/bar", None).await.expect("upgraded");
-    let n = announced(&mut offer).await;
-    let mut page = open(&relay, &format!("/offer/bar/{n}"), Some(&own))
+    let id = announced(&mut offer).await;
+    let mut page = open(&relay, &format!("/offer/bar/{id}"), Some(&own))
         .await
         .expect("taken");
     node.send(WsMessage::binary(b"hello".to_vec()))
@@ -937,6 +1018,56 @@ async fn the_listen_route_takes_allowed_names_once_and_hands_nodes_to_the_page()
     offered(&relay, &[]).await;
     let (code, _) = refused(&relay, "/listen/bar").await;
     assert_eq!(code, 4502);
+}
+
+/// Any admitted peer may ask for `/offer/NAME/ID`, and the first to ask carries that node's
+/// connection: the ID is told only to the offering page and cannot be guessed, so a peer
+/// racing the page with the numbers a counter would make (or near misses) is refused, and the
+/// page still takes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_connection_goes_only_to_the_page_told_its_id() {
+    let (_machine, relay, _server) = setup(RelayConfig {
+        offers: vec!["bar".into()],
+        handshake_timeout: Duration::from_secs(5),
+        ..RelayConfig::default()
+    })
+    .await;
+    let own = format!("http://{}", relay.local_endpoint().address);
+    let mut offer = open(&relay, "/offer/bar", Some(&own))
+        .await
+        .expect("offers");
+    offered(&relay, &["bar"]).await;
+    let mut node = open(&relay, "/listen/bar", None).await.expect("upgraded");
+    let id = announced(&mut offer).await;
+    let mut guesses: Vec<String> = (0..8).map(|n| n.to_string()).collect();
+    guesses.push(format!("{:032x}", 1));
+    guesses.push(id.to_uppercase());
+    guesses.push(format!("{id}0"));
+    guesses.push(id[..31].to_owned());
+    guesses.push(format!("{id}/"));
+    for guess in &guesses {
+        let (code, reason) = refused(&relay, &format!("/offer/bar/{guess}")).await;
+        assert_eq!(code, 4404, "{guess}: {reason}");
+        assert!(!reason.contains(guess.as_str()), "{reason}");
+    }
+    let mut page = open(&relay, &format!("/offer/bar/{id}"), Some(&own))
+        .await
+        .expect("taken");
+    node.send(WsMessage::binary(b"hello".to_vec()))
+        .await
+        .expect("sent");
+    let got = within("bytes at the page", async {
+        loop {
+            if let Some(Ok(WsMessage::Binary(data))) = page.next().await {
+                return data;
+            }
+        }
+    })
+    .await;
+    assert_eq!(&got[..], b"hello");
+    // Taken once: the ID does not open a second socket to the node.
+    let (code, _) = refused(&relay, &format!("/offer/bar/{id}")).await;
+    assert_eq!(code, 4404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

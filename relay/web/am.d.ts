@@ -3,6 +3,8 @@
 
 /** How often a ready mirror pings, unless told otherwise (ms). */
 export const DEFAULT_KEEPALIVE_MS: number;
+/** How long a Debugger's socket stays open before it counts as established (1000 ms). */
+export const DEFAULT_ESTABLISHED_MS: number;
 /** Relay close codes after which the same connection can never succeed. */
 export const PERMANENT_CLOSE_CODES: Set<number>;
 /** How deep lists and maps may nest in an argument. */
@@ -180,14 +182,18 @@ export class Mirror extends Source {
 /** A started mirror, once ready. */
 export function connect(url: string, options?: MirrorOptions & { wasm?: Parameters<typeof load>[0] }): Promise<Mirror>;
 
-/** An offer's status. */
+/** An offer's status: "offering" once the relay said it took the offer, not when a socket opened. */
 export interface OfferStatus {
   state: "connecting" | "offering" | "disconnected" | "refused" | "closed";
   reason: string;
   code: number;
 }
 
-/** A machine of this page offered through am-relay, for nodes to mirror at ws://relay/listen/NAME. */
+/**
+ * A machine of this page offered through am-relay, for nodes to mirror at ws://relay/listen/NAME.
+ * A name offered already (4409) is reported refused and retried with backoff until close();
+ * 4401, 4403 and 4404 end it.
+ */
 export class Offer extends EventTarget {
   readonly name: string;
   readonly state: OfferStatus["state"];
@@ -200,7 +206,7 @@ export class Offer extends EventTarget {
   addEventListener(type: string, listener: EventListenerOrEventListenerObject, options?: AddEventListenerOptions | boolean): void;
 }
 
-/** Offers `machine` through a relay, once the relay took it. */
+/** Offers `machine` through a relay, once the relay took it; a refusal rejects and closes the offer. */
 export function offer(machine: Machine, url: string, options?: { keepaliveMs?: number; WebSocket?: typeof WebSocket }): Promise<Offer>;
 
 /** A debugger connection's status. */
@@ -221,6 +227,8 @@ export interface DebuggerOptions {
   /** How often the buffers are taken and sent (default 20 ms). */
   everyMs?: number;
   keepaliveMs?: number;
+  /** How long the socket must stay open before records go and the backoff starts over (default 1000 ms). */
+  establishedMs?: number;
   WebSocket?: typeof WebSocket;
 }
 

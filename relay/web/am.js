@@ -8,10 +8,19 @@
 export const DEFAULT_KEEPALIVE_MS = 10000;
 
 /**
+ * How long a Debugger's socket must stay open before it counts as established (records sent,
+ * backoff reset): a relay's refusal comes as a close right after the upgrade.
+ */
+export const DEFAULT_ESTABLISHED_MS = 1000;
+
+/**
  * Relay close codes (PROTOCOL.md, "Relay close codes") after which the same connection can
  * never succeed: a bad or missing token, an origin or target the relay refuses.
  */
 export const PERMANENT_CLOSE_CODES = new Set([4401, 4403, 4404]);
+
+/** A node connection's ID as the relay announces it on an offer: 128 random bits in hex. */
+const CONN_ID = /^[0-9a-f]{32}$/;
 
 /** How deep lists and maps may nest in an argument (PROTOCOL.md's limit). */
 export const DEPTH_LIMIT = 32;
@@ -451,16 +460,17 @@ export function retryDelay(attempt, random = Math.random) {
 /**
  * After a socket of `owner` (an Offer or a Debugger) closed: refused for good when `permanent`
  * says the close code is (then `owner.closed`), otherwise `connect` again after the next
- * backoff delay. Returns the status to report: [state, reason, code].
+ * backoff delay, reported as `refused` when `refusedNow` says the code is a refusal that may
+ * pass. Returns the status to report: [state, reason, code].
  */
-function retryOrRefuse(owner, event, permanent, connect) {
+function retryOrRefuse(owner, event, permanent, connect, refusedNow = () => false) {
   const reason = event.reason || `closed (${event.code})`;
   if (permanent(event.code)) {
     owner.closed = true;
     return ["refused", reason, event.code];
   }
   owner.retryTimer = setTimeout(connect, retryDelay(owner.attempt++));
-  return ["disconnected", reason, event.code];
+  return [refusedNow(event.code) ? "refused" : "disconnected", reason, event.code];
 }
 
 /** `text` cut to at most 123 UTF-8 bytes (a WebSocket close reason's limit), whole characters only. */
@@ -629,8 +639,11 @@ export class Mirror extends Source {
  * would a node's. The page runs the server's side of the protocol in the module; the relay
  * only carries bytes. Events: "status" ({state: "connecting" | "offering" | "disconnected" |
  * "refused" | "closed", reason, code}), "connection" ({conn, state: "open" | "closed",
- * reason}). A name the relay does not take, or one another page offers already (4409), is
- * refused for good; other closes are retried with backoff.
+ * reason}). It is "offering" once the relay says it took the offer, not when a socket opens.
+ * A name the relay does not take (4404), a missing or wrong token (4401) or a foreign origin
+ * (4403) is refused for good; a name offered already (4409: another page, or this tab before a
+ * reload, until the relay's idle timeout drops the old offer) is reported "refused", with the
+ * reason, and retried with backoff like every other close, until close().
  */
 export class Offer extends EventTarget {
   /**
@@ -647,8 +660,9 @@ export class Offer extends EventTarget {
     this.state = "closed";
     this.attempt = 0;
     this.closed = true;
-    /** Open node connections: conn -> {ws, timer}. */
+    /** Open node connections: conn (a number of ours) -> {ws, timer}. */
     this.conns = new Map();
+    this.lastConn = 0;
   }
 
   /** Offers the machine, and offers it again after transient closes, until close(). */
@@ -662,7 +676,10 @@ export class Offer extends EventTarget {
     return this;
   }
 
-  /** Resolves once the relay took the offer. */
+  /**
+   * Resolves once the relay took the offer; rejects at a refusal (the offer goes on retrying
+   * one that may pass, 4409, until close()) or close().
+   */
   ready() {
     if (this.state === "offering") return Promise.resolve(this);
     return new Promise((resolve, reject) => {
@@ -698,32 +715,49 @@ export class Offer extends EventTarget {
     this.#status("connecting");
     const ws = new this.Socket(this.url);
     this.ws = ws;
+    // An open socket is no offer yet: the relay accepts every upgrade and refuses after it
+    // (a close with a code), so the offer stands, and the backoff starts over, only once the
+    // relay says {"offered": NAME}. Events of a socket that is no longer `this.ws` (closed by
+    // close(), its close arriving after start() made another) change nothing: its close would
+    // stop the new socket's keepalive and open a third, which the relay refuses (4409) while
+    // the second stands.
     ws.onopen = () => {
-      this.attempt = 0;
-      this.#status("offering");
+      if (this.ws !== ws) return;
       clearInterval(this.keepalive);
       // The relay closes an offer it hears nothing from.
       this.keepalive = setInterval(() => ws.readyState === 1 && ws.send("ping"), this.keepaliveMs);
     };
     ws.onmessage = (event) => {
-      if (typeof event.data !== "string") return;
+      if (this.ws !== ws || typeof event.data !== "string") return;
       let note;
       try { note = JSON.parse(event.data); } catch { return; }
-      if (Number.isInteger(note.open)) this.#take(note.open);
+      if (typeof note.offered === "string") {
+        this.attempt = 0;
+        this.#status("offering");
+      } else if (typeof note.open === "string" && CONN_ID.test(note.open)) {
+        this.#take(note.open);
+      }
     };
     ws.onclose = (event) => {
+      if (this.ws !== ws) return;
       clearInterval(this.keepalive);
       if (this.closed) return;
-      // 4409: the name is offered by another page already.
-      this.#status(...retryOrRefuse(this, event, (code) => PERMANENT_CLOSE_CODES.has(code) || code === 4409, () => this.#connect()));
+      // 4409: the name is offered by another page already, or by this tab before a reload
+      // whose socket died without a close, which the relay holds until its idle timeout:
+      // shown as refused, with the reason, and retried with backoff.
+      this.#status(...retryOrRefuse(this, event, (code) => PERMANENT_CLOSE_CODES.has(code), () => this.#connect(), (code) => code === 4409));
     };
     ws.onerror = () => {};
   }
 
-  /** Takes node connection `conn`: a socket of its own, bridged by the relay to the node. */
-  #take(conn) {
+  /**
+   * Takes the node connection the relay announced as `id` (known only to this page): a socket
+   * of its own, bridged by the relay to the node. The module knows it by a number of ours.
+   */
+  #take(id) {
+    const conn = ++this.lastConn;
     const url = new URL(this.url);
-    url.pathname += `/${conn}`;
+    url.pathname += `/${id}`;
     const ws = new this.Socket(url.href);
     ws.binaryType = "arraybuffer";
     this.conns.set(conn, { ws, timer: undefined });
@@ -781,12 +815,19 @@ export class Offer extends EventTarget {
 
 /**
  * Offers `machine` through a relay, once the relay took it:
- * `await offer(bar, "ws://relay/offer/bar")`.
+ * `await offer(bar, "ws://relay/offer/bar")`. A refusal (4409 too) rejects and closes the
+ * offer; `new Offer(...).start()` keeps retrying one that may pass.
  * @returns {Promise<Offer>}
  */
 export async function offer(machine, url, options) {
   await load();
-  return new Offer(machine, url, options).start().ready();
+  const offered = new Offer(machine, url, options).start();
+  try {
+    return await offered.ready();
+  } catch (e) {
+    offered.close();
+    throw e;
+  }
 }
 
 /**
@@ -816,10 +857,10 @@ export class Debugger extends EventTarget {
    * @param {{node?: string, capacity?: number, redact?: string, everyMs?: number,
    *   keepaliveMs?: number, WebSocket?: typeof WebSocket}} [options]
    */
-  constructor(url, { node = "page", capacity, redact, everyMs = 20, keepaliveMs = DEFAULT_KEEPALIVE_MS, WebSocket: Socket = globalThis.WebSocket } = {}) {
+  constructor(url, { node = "page", capacity, redact, everyMs = 20, keepaliveMs = DEFAULT_KEEPALIVE_MS, establishedMs = DEFAULT_ESTABLISHED_MS, WebSocket: Socket = globalThis.WebSocket } = {}) {
     super();
     call({ op: "debug", node, capacity, redact });
-    Object.assign(this, { url, node, everyMs, keepaliveMs, Socket });
+    Object.assign(this, { url, node, everyMs, keepaliveMs, establishedMs, Socket });
     this.state = "closed";
     this.closed = false;
     this.attempt = 0;
@@ -852,6 +893,7 @@ export class Debugger extends EventTarget {
   close() {
     this.closed = true;
     clearTimeout(this.retryTimer);
+    clearTimeout(this.establishTimer);
     clearInterval(this.timer);
     clearInterval(this.keepalive);
     this.ws?.close(1000, "telemetry stopped");
@@ -883,15 +925,29 @@ export class Debugger extends EventTarget {
     const ws = new this.Socket(this.url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
+    // As an Offer's: only the current socket's events count.
     ws.onopen = () => {
-      this.attempt = 0;
-      this.#status("sending");
-      this.#send(true);
-      this.timer = setInterval(() => this.#send(), this.everyMs);
+      if (this.ws !== ws) return;
+      clearInterval(this.keepalive);
       // An empty line: the collector skips it, the relay sees the page is alive.
       this.keepalive = setInterval(() => ws.readyState === 1 && ws.send(encoder.encode("\n")), this.keepaliveMs);
+      // The relay accepts every upgrade and refuses after it (4502 while the collector is
+      // down), and a bridge says nothing of its own: the socket counts as established once it
+      // has stayed open for `establishedMs`. Only then are records sent and the backoff reset,
+      // so a tab does not retry every 100 ms for as long as the collector is down.
+      clearTimeout(this.establishTimer);
+      this.establishTimer = setTimeout(() => {
+        if (this.closed || this.ws !== ws || ws.readyState !== 1) return;
+        this.attempt = 0;
+        this.#status("sending");
+        this.#send(true);
+        clearInterval(this.timer);
+        this.timer = setInterval(() => this.#send(), this.everyMs);
+      }, this.establishedMs);
     };
     ws.onclose = (event) => {
+      if (this.ws !== ws) return;
+      clearTimeout(this.establishTimer);
       clearInterval(this.timer);
       clearInterval(this.keepalive);
       if (this.closed) return;

@@ -4,10 +4,15 @@
 //! ```text
 //! page  --WebSocket /offer/NAME-------------> relay   (the offer: one per name)
 //! node  --WebSocket /listen/NAME------------> relay   (a mirror's ws:// endpoint)
-//! relay --{"open": N} on the offer----------> page
-//! page  --WebSocket /offer/NAME/N-----------> relay   (the node's connection, for the page)
-//!        relay bridges the node's socket and the page's socket N, bytes both ways
+//! relay --{"open": ID} on the offer---------> page
+//! page  --WebSocket /offer/NAME/ID----------> relay   (the node's connection, for the page)
+//!        relay bridges the node's socket and the page's socket ID, bytes both ways
 //! ```
+//!
+//! A connection's ID is 128 random bits (32 hex digits), told only to the offering page: any
+//! admitted peer may ask for `/offer/NAME/ID`, and the first to ask carries that node's
+//! connection, so an ID that could be guessed (a counter) would let another peer be `NAME`
+//! for that node.
 //!
 //! The page runs the server's side of the protocol (a `ServerSession` per connection, in
 //! am.wasm); the relay parses none of it. Only names the configuration lists may be offered
@@ -17,8 +22,8 @@
 //! handshake timeout, is closed with a code it retries on.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -37,8 +42,8 @@ use crate::transport::ws::WsBytes;
 pub(super) enum ListenRoute {
     /// A page offers a machine: `/offer/NAME`.
     Offer(String),
-    /// A page takes node connection `N`: `/offer/NAME/N`.
-    Take(String, u64),
+    /// A page takes a node connection: `/offer/NAME/ID` (`None`: not an ID the relay makes).
+    Take(String, Option<ConnId>),
     /// A node mirrors an offered machine: `/listen/NAME`.
     Listen(String),
 }
@@ -51,7 +56,7 @@ impl ListenRoute {
         }
         let rest = route.strip_prefix("/offer/")?;
         Some(match rest.split_once('/') {
-            Some((name, n)) => ListenRoute::Take(name.to_owned(), n.parse().unwrap_or(0)),
+            Some((name, id)) => ListenRoute::Take(name.to_owned(), ConnId::parse(id)),
             None => ListenRoute::Offer(rest.to_owned()),
         })
     }
@@ -65,19 +70,48 @@ impl ListenRoute {
     }
 }
 
+/// A node connection waiting for its page: 128 random bits, written as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct ConnId(u128);
+
+impl ConnId {
+    /// A fresh ID from the system's secure random source (through rustls's provider, which
+    /// the relay has for TLS anyway); `None` if the source failed.
+    fn random() -> Option<ConnId> {
+        static PROVIDER: OnceLock<rustls::crypto::CryptoProvider> = OnceLock::new();
+        let provider = PROVIDER.get_or_init(rustls::crypto::ring::default_provider);
+        let mut bytes = [0u8; 16];
+        provider.secure_random.fill(&mut bytes).ok()?;
+        Some(ConnId(u128::from_be_bytes(bytes)))
+    }
+
+    /// The ID a path segment spells, exactly as [`ConnId`]'s `Display` writes it.
+    fn parse(text: &str) -> Option<ConnId> {
+        if text.len() != 32 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        u128::from_str_radix(text, 16).ok().map(ConnId)
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// The offers open now and the node connections waiting for their page.
 #[derive(Debug, Default)]
 pub(super) struct Offers {
     state: Mutex<State>,
-    next: AtomicU64,
 }
 
 #[derive(Default)]
 struct State {
     /// By name: where to ask the page to take a connection.
-    open: HashMap<String, mpsc::Sender<u64>>,
-    /// By name and connection number: where the page's socket goes.
-    waiting: HashMap<(String, u64), oneshot::Sender<BoxStream>>,
+    open: HashMap<String, mpsc::Sender<ConnId>>,
+    /// By name and connection ID: where the page's socket goes.
+    waiting: HashMap<(String, ConnId), oneshot::Sender<BoxStream>>,
 }
 
 impl std::fmt::Debug for State {
@@ -142,8 +176,8 @@ where
 {
     match route {
         ListenRoute::Offer(name) => offer(inner, ws, name).await,
-        ListenRoute::Take(name, n) => {
-            let waiting = inner.offers.lock().waiting.remove(&(name.clone(), n));
+        ListenRoute::Take(name, id) => {
+            let waiting = id.and_then(|id| inner.offers.lock().waiting.remove(&(name.clone(), id)));
             match waiting {
                 Some(node) => {
                     // The node's task bridges from here on.
@@ -151,7 +185,8 @@ where
                     Ok(())
                 }
                 None => {
-                    let reason = format!("no node connection {n} waits for {name:?}");
+                    // The ID is not repeated: it is the peer's input, and may be anything.
+                    let reason = format!("no node connection with that ID waits for {name:?}");
                     refuse(inner, ws, RelayClose::UnknownTarget, &reason).await;
                     Err(reason)
                 }
@@ -189,7 +224,12 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Asks the page offering `name` to take a node connection, and waits for its socket.
 async fn take_from_page(inner: &Inner, name: &str) -> Result<BoxStream, Refused> {
-    let n = inner.offers.next.fetch_add(1, Ordering::Relaxed) + 1;
+    let n = ConnId::random().ok_or_else(|| {
+        (
+            RelayClose::TargetUnreachable,
+            "the relay could not draw a random connection ID; retrying".to_owned(),
+        )
+    })?;
     let (tx, rx) = oneshot::channel();
     let open = {
         let mut state = inner.offers.lock();
@@ -250,35 +290,17 @@ async fn offer<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(reason);
     }
     tracing::info!(%name, "a page offers a machine");
-    let idle = inner.config.idle_timeout;
-    let mut shutdown = inner.shutdown.subscribe();
-    let mut last_heard = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
-    let ended: Result<(), (CloseCode, String)> = loop {
-        tokio::select! {
-            n = rx.recv() => {
-                let Some(n) = n else { break Ok(()) };
-                let note = serde_json::json!({ "open": n }).to_string();
-                if let Err(e) = ws.send(Message::text(note)).await {
-                    break Err((CloseCode::Away, format!("page: {e}")));
-                }
-            }
-            message = ws.next() => match message {
-                None | Some(Ok(Message::Close(_))) => break Ok(()),
-                Some(Err(e)) => break Err((CloseCode::Protocol, e.to_string())),
-                // Anything from the page (its keepalive) keeps the offer alive.
-                Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
-            },
-            _ = tick.tick() => if last_heard.elapsed() >= idle {
-                break Err((
-                    CloseCode::from(RelayClose::Idle.code()),
-                    format!("nothing from the page for {} ms (the relay's idle timeout)", idle.as_millis()),
-                ));
-            },
-            () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                break Err((CloseCode::Away, "relay shutting down".into()));
-            }
-        }
+    // A refused offer is an accepted upgrade closed at once, so the page counts its offer as
+    // standing (and its backoff as done) only on this note.
+    let note = serde_json::json!({ "offered": name }).to_string();
+    let told = tokio::time::timeout(inner.config.handshake_timeout, ws.send(Message::text(note)));
+    let ended: Result<(), (CloseCode, String)> = match told.await {
+        Ok(Ok(())) => serve_offer(inner, &mut ws, &mut rx).await,
+        Ok(Err(e)) => Err((CloseCode::Away, format!("page: {e}"))),
+        Err(_) => Err((
+            CloseCode::Away,
+            "the page read nothing within the handshake timeout".to_owned(),
+        )),
     };
     {
         let mut state = inner.offers.lock();
@@ -296,6 +318,52 @@ async fn offer<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// An offer that stands: node connections are announced until the page goes, falls silent for
+/// the idle timeout, or the relay stops.
+async fn serve_offer<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Inner,
+    ws: &mut WebSocketStream<S>,
+    rx: &mut mpsc::Receiver<ConnId>,
+) -> Result<(), (CloseCode, String)> {
+    let idle = inner.config.idle_timeout;
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut last_heard = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            n = rx.recv() => {
+                let Some(n) = n else { return Ok(()) };
+                let note = serde_json::json!({ "open": n.to_string() }).to_string();
+                // A deadline, as on a bridge: a page that pings but never reads would otherwise
+                // hold the offer (and the name) for ever.
+                match tokio::time::timeout(idle, ws.send(Message::text(note))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err((CloseCode::Away, format!("page: {e}"))),
+                    Err(_) => return Err((
+                        CloseCode::Policy,
+                        format!("the page read nothing for {} ms (the relay's idle timeout)", idle.as_millis()),
+                    )),
+                }
+            }
+            message = ws.next() => match message {
+                None | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Err(e)) => return Err((CloseCode::Protocol, e.to_string())),
+                // Anything from the page (its keepalive) keeps the offer alive.
+                Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
+            },
+            _ = tick.tick() => if last_heard.elapsed() >= idle {
+                return Err((
+                    CloseCode::from(RelayClose::Idle.code()),
+                    format!("nothing from the page for {} ms (the relay's idle timeout)", idle.as_millis()),
+                ));
+            },
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                return Err((CloseCode::Away, "relay shutting down".into()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,19 +374,39 @@ mod tests {
             ListenRoute::parse("/offer/bar"),
             Some(ListenRoute::Offer("bar".into()))
         );
+        let id = ConnId::random().expect("random");
         assert_eq!(
-            ListenRoute::parse("/offer/bar/7"),
-            Some(ListenRoute::Take("bar".into(), 7))
+            ListenRoute::parse(&format!("/offer/bar/{id}")),
+            Some(ListenRoute::Take("bar".into(), Some(id)))
         );
         assert_eq!(
             ListenRoute::parse("/listen/bar"),
             Some(ListenRoute::Listen("bar".into()))
         );
         assert_eq!(ListenRoute::parse("/arpc/bar"), None);
-        assert_eq!(
-            ListenRoute::parse("/offer/bar/x"),
-            Some(ListenRoute::Take("bar".into(), 0)),
-            "no connection is numbered 0"
-        );
+        for bad in [
+            "x".to_owned(),
+            "7".to_owned(),
+            "0".repeat(31),
+            "0".repeat(33),
+            "A".repeat(32),
+            format!("+{}", "0".repeat(31)),
+            format!("{id}/x"),
+        ] {
+            assert_eq!(
+                ListenRoute::parse(&format!("/offer/bar/{bad}")),
+                Some(ListenRoute::Take("bar".into(), None)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_are_random_and_spelled_as_parsed() {
+        let (a, b) = (ConnId::random().expect("a"), ConnId::random().expect("b"));
+        assert_ne!(a, b);
+        let text = a.to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(ConnId::parse(&text), Some(a));
     }
 }

@@ -72,7 +72,9 @@ pub struct RelayConfig {
     /// Largest WebSocket message (and single WebSocket frame) accepted from a browser.
     pub max_message: usize,
     /// A bridge that receives nothing from its browser (no message, no ping, no pong) for this
-    /// long is closed with [`RelayClose::Idle`]; traffic from the target does not count.
+    /// long is closed with [`RelayClose::Idle`]; traffic from the target does not count. It
+    /// also bounds an HTTP answer (a page's file, am.wasm, a refusal): a client that has not
+    /// taken all of it within this long is dropped, rather than holding the connection.
     pub idle_timeout: Duration,
     /// The request head and the upstream connection must come within this.
     pub handshake_timeout: Duration,
@@ -151,6 +153,9 @@ pub struct RelayStats {
     pub bytes_to_upstream: AtomicU64,
     /// Bytes forwarded from targets to browsers.
     pub bytes_to_browser: AtomicU64,
+    /// HTTP answers cut short: the client had not read them within the idle timeout, or the
+    /// relay stopped while they were being sent.
+    pub answers_cut: AtomicU64,
 }
 
 struct Inner {
@@ -342,7 +347,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let (request, rest) = match timeout(limit, http::read_head(&mut stream)).await {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(e)) => {
-            http::refuse_head(&mut stream, &e).await;
+            let _ = answer_within(inner, async {
+                http::refuse_head(&mut stream, &e).await;
+                Ok(())
+            })
+            .await;
             return Err(e.to_string());
         }
         Err(_) => return Err("no request within the handshake timeout".into()),
@@ -365,19 +374,30 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             };
             info!(?route, reason = %body.trim(), "relay refused a request for another host");
             let status = if other.is_none() { 400 } else { 421 };
-            let _ = http::respond(&mut stream, status, "text/plain", &body).await;
+            let _ = answer_within(
+                inner,
+                http::respond(&mut stream, status, "text/plain", &body),
+            )
+            .await;
             return Err(body);
         }
     };
     if !request.is_upgrade() {
-        return serve_http(inner, &mut stream, &request, &route, &host)
-            .await
-            .map_err(|e| e.to_string());
+        return answer_within(
+            inner,
+            serve_http(inner, &mut stream, &request, &route, &host),
+        )
+        .await;
     }
     let key = match http::upgrade_key(&request) {
         Ok(key) => key.to_owned(),
         Err((status, reason)) => {
-            let _ = http::respond(&mut stream, status, "text/plain", &format!("{reason}\n")).await;
+            let body = format!("{reason}\n");
+            let _ = answer_within(
+                inner,
+                http::respond(&mut stream, status, "text/plain", &body),
+            )
+            .await;
             return Err(reason);
         }
     };
@@ -454,6 +474,29 @@ fn browser_limits(max_message: usize) -> WebSocketConfig {
         .max_write_buffer_size(2 * UPSTREAM_READ)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
+}
+
+/// An HTTP answer within bounds: a client that has not taken all of it within the idle timeout
+/// is dropped (with the task, its socket and what is left to send), and no answer outlives the
+/// relay. Without this, a client that asks for am.wasm and never reads holds all three.
+async fn answer_within(
+    inner: &Inner,
+    answer: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), String> {
+    let idle = inner.config.idle_timeout;
+    let mut shutdown = inner.shutdown.subscribe();
+    let cut = tokio::select! {
+        answered = timeout(idle, answer) => match answered {
+            Ok(answered) => return answered.map_err(|e| e.to_string()),
+            Err(_) => format!(
+                "the client took no answer within {} ms (the relay's idle timeout)",
+                idle.as_millis()
+            ),
+        },
+        _ = shutdown.wait_for(|s| *s) => "relay shutting down".to_owned(),
+    };
+    inner.stats.answers_cut.fetch_add(1, Ordering::Relaxed);
+    Err(cut)
 }
 
 /// Plain HTTP: the page's files for anyone who reached the relay by its name; the target list

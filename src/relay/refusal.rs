@@ -23,7 +23,9 @@ pub enum RelayClose {
     Full,
     /// The target did not answer within the handshake timeout.
     TargetTimeout,
-    /// A page offers a name another page offers already (the listen route).
+    /// A page offers a name another page offers already (the listen route). Not permanent: the
+    /// other offer may be the same tab's before a reload, its socket gone without a close,
+    /// which the relay holds until its idle timeout.
     Offered,
 }
 
@@ -46,10 +48,7 @@ impl RelayClose {
     pub fn is_permanent(self) -> bool {
         matches!(
             self,
-            RelayClose::Token
-                | RelayClose::Origin
-                | RelayClose::UnknownTarget
-                | RelayClose::Offered
+            RelayClose::Token | RelayClose::Origin | RelayClose::UnknownTarget
         )
     }
 
@@ -71,13 +70,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn permanent_codes_are_the_4xx_ones_but_the_timeout() {
+    fn permanent_codes_are_the_44xx_ones_but_the_timeout_and_the_name_offered() {
         for close in RelayClose::ALL {
             let code = close.code();
             assert!((4400..4600).contains(&code), "{close:?}");
             assert_eq!(
                 close.is_permanent(),
-                code / 100 == 44 && code != 4408,
+                code / 100 == 44 && code != 4408 && code != 4409,
                 "{close:?}"
             );
         }

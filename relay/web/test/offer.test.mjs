@@ -1,0 +1,239 @@
+// am.js's Offer and Debugger against a scripted WebSocket, the module behind them. The relay
+// accepts every upgrade and refuses after it (a close with a code), so an open socket is not
+// yet an offer or a telemetry link: what counts as established, when the backoff starts over,
+// and which events a socket that is no longer the current one may still cause.
+import { test, mock, before } from "node:test";
+import assert from "node:assert/strict";
+import { Machine, Offer, Debugger, offer as offerOnce, retryDelay } from "../am.js";
+import { loaded } from "./wasm.mjs";
+
+before(loaded);
+
+/** A WebSocket the test drives: it records what is sent and opens, talks and closes on demand. */
+class ScriptedSocket {
+  static made = [];
+  constructor(url) {
+    this.url = url;
+    this.sent = [];
+    this.readyState = 0;
+    ScriptedSocket.made.push(this);
+  }
+  send(data) { this.sent.push(data); }
+  /** What a browser does: the close event comes later (closeWith), if at all. */
+  close() { this.readyState = 2; }
+  open() { this.readyState = 1; this.onopen?.(); }
+  /** The relay closes with a code and reason (what a browser reports in onclose). */
+  closeWith(code, reason) { this.readyState = 3; this.onclose?.({ code, reason }); }
+  text(note) { this.onmessage?.({ data: JSON.stringify(note) }); }
+}
+
+const SCHEMA = { states: [{ name: "Msg", multi: true }] };
+
+function statuses(target) {
+  const seen = [];
+  target.addEventListener("status", (e) => seen.push(e.detail));
+  return seen;
+}
+
+/** A started offer of a fresh machine over scripted sockets. */
+function started(options = {}) {
+  ScriptedSocket.made = [];
+  const offer = new Offer(new Machine(SCHEMA, { id: "bar" }), "ws://relay/offer/bar", { WebSocket: ScriptedSocket, ...options });
+  const seen = statuses(offer);
+  offer.start();
+  return { offer, seen };
+}
+
+/**
+ * The next socket is not made before the shortest delay of backoff attempt `attempt` and is
+ * made by its longest (the delays are jittered between the two).
+ */
+function assertRetryAfter(attempt) {
+  const before = ScriptedSocket.made.length;
+  mock.timers.tick(retryDelay(attempt, () => 0) - 1);
+  assert.equal(ScriptedSocket.made.length, before, `the retry waits for attempt ${attempt}'s backoff`);
+  mock.timers.tick(retryDelay(attempt, () => 1) - retryDelay(attempt, () => 0) + 1);
+  assert.equal(ScriptedSocket.made.length, before + 1, `the retry came after attempt ${attempt}'s backoff`);
+}
+
+test("an offer the relay refuses after the upgrade never reports offering, and backs off more each time", () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    const { offer, seen } = started();
+    let settled = "pending";
+    offer.ready().then(() => { settled = "resolved"; }, () => { settled = "rejected"; });
+    for (let i = 0; i < 5; i++) {
+      const socket = ScriptedSocket.made[i];
+      socket.open();
+      socket.closeWith(4502, "the relay cannot take it now");
+      assert.equal(seen.at(-1).state, "disconnected");
+      assertRetryAfter(i);
+    }
+    assert.equal(settled, "pending", "ready() neither resolved nor gave up");
+    assert.ok(!seen.some((s) => s.state === "offering"), JSON.stringify(seen));
+    assert.notEqual(offer.state, "offering");
+    offer.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("the relay's note makes the offer stand: offering, ready, and the backoff starts over", async () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    const { offer, seen } = started();
+    for (let i = 0; i < 3; i++) {
+      ScriptedSocket.made[i].open();
+      ScriptedSocket.made[i].closeWith(1006, "");
+      assertRetryAfter(i);
+    }
+    const socket = ScriptedSocket.made[3];
+    socket.open();
+    assert.equal(offer.state, "connecting", "open is not offering");
+    const ready = offer.ready();
+    socket.text({ offered: "bar" });
+    assert.equal(offer.state, "offering");
+    assert.equal(await ready, offer);
+    // Established: the next failure waits only attempt 0's backoff.
+    socket.closeWith(1001, "relay shutting down");
+    assert.equal(seen.at(-1).state, "disconnected");
+    assertRetryAfter(0);
+    offer.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+/** A started debugger over scripted sockets. */
+function debuggerOver(options = {}) {
+  ScriptedSocket.made = [];
+  const debugging = new Debugger("ws://relay/arpc/dbg", { WebSocket: ScriptedSocket, establishedMs: 500, ...options });
+  return { debugging, seen: statuses(debugging) };
+}
+
+test("a debugger the relay refuses after the upgrade never reports sending, and backs off more each time", () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    const { debugging, seen } = debuggerOver();
+    for (let i = 0; i < 5; i++) {
+      const socket = ScriptedSocket.made[i];
+      socket.open();
+      mock.timers.tick(10);
+      socket.closeWith(4502, "target dbg is unreachable");
+      assert.equal(seen.at(-1).state, "disconnected");
+      assert.deepEqual(socket.sent, [], "nothing is sent on a socket not yet established");
+      assertRetryAfter(i);
+    }
+    assert.ok(!seen.some((s) => s.state === "sending"), JSON.stringify(seen));
+    debugging.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("a debugger socket that stays open is sending, and the backoff starts over", () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    const { debugging, seen } = debuggerOver();
+    for (let i = 0; i < 3; i++) {
+      ScriptedSocket.made[i].open();
+      ScriptedSocket.made[i].closeWith(4502, "target dbg is unreachable");
+      assertRetryAfter(i);
+    }
+    const socket = ScriptedSocket.made[3];
+    socket.open();
+    mock.timers.tick(499);
+    assert.equal(debugging.state, "connecting");
+    mock.timers.tick(1);
+    assert.equal(debugging.state, "sending");
+    socket.closeWith(1001, "the target closed the connection");
+    assert.equal(seen.at(-1).state, "disconnected");
+    assertRetryAfter(0);
+    debugging.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("an offer closed and started again ignores its old socket's late close", () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    const { offer, seen } = started({ keepaliveMs: 1000 });
+    const first = ScriptedSocket.made[0];
+    first.open();
+    first.text({ offered: "bar" });
+    offer.close();
+    offer.start();
+    const second = ScriptedSocket.made[1];
+    second.open();
+    second.text({ offered: "bar" });
+    assert.equal(offer.state, "offering");
+    // The first socket's close arrives only now, as a browser's does.
+    first.closeWith(1000, "offer closed");
+    first.text({ open: "0".repeat(32) });
+    assert.equal(offer.state, "offering", JSON.stringify(seen.at(-1)));
+    mock.timers.tick(60_000);
+    assert.equal(ScriptedSocket.made.length, 2, "no third socket (the relay would refuse it: 4409)");
+    assert.ok(second.sent.includes("ping"), "the second socket's keepalive runs");
+    offer.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("a name offered already (4409) is shown refused, then retried with backoff until the relay takes it", async () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    // A tab reloaded after its offer socket died silently: the relay holds the old offer
+    // until its idle timeout.
+    const { offer, seen } = started();
+    const refusals = offer.ready();
+    for (let i = 0; i < 3; i++) {
+      ScriptedSocket.made[i].open();
+      ScriptedSocket.made[i].closeWith(4409, '"bar" is offered by another page already; close it there first');
+      assert.deepEqual(seen.at(-1), { state: "refused", reason: '"bar" is offered by another page already; close it there first', code: 4409 });
+      assertRetryAfter(i);
+    }
+    await assert.rejects(refusals, (e) => e.code === "refused" && e.message.includes("offered by another page"));
+    const socket = ScriptedSocket.made[3];
+    socket.open();
+    socket.text({ offered: "bar" });
+    assert.equal(offer.state, "offering");
+    offer.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("a refusal that cannot change (4401, 4403, 4404) ends the offer, no retry", () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    for (const code of [4401, 4403, 4404]) {
+      const { offer, seen } = started();
+      ScriptedSocket.made[0].open();
+      ScriptedSocket.made[0].closeWith(code, "no");
+      assert.deepEqual(seen.at(-1), { state: "refused", reason: "no", code });
+      mock.timers.tick(60_000);
+      assert.equal(ScriptedSocket.made.length, 1, `${code} is not retried`);
+      offer.close();
+    }
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("offer() gives up at the first refusal and leaves nothing retrying", async () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    ScriptedSocket.made = [];
+    const offering = offerOnce(new Machine(SCHEMA, { id: "bar" }), "ws://relay/offer/bar", { WebSocket: ScriptedSocket });
+    while (ScriptedSocket.made.length === 0) await new Promise((r) => setImmediate(r));
+    ScriptedSocket.made[0].open();
+    ScriptedSocket.made[0].closeWith(4409, "offered already");
+    await assert.rejects(offering, (e) => e.code === "refused");
+    mock.timers.tick(60_000);
+    assert.equal(ScriptedSocket.made.length, 1, "no retry after offer() gave up");
+  } finally {
+    mock.timers.reset();
+  }
+});
