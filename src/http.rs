@@ -250,6 +250,11 @@ pub(crate) async fn respond_with<S: AsyncWrite + Unpin>(
     stream.shutdown().await
 }
 
+/// How long a node's own HTTP answers (the collector's console files, `/metrics`) may take to
+/// be taken by the client: one that stops reading must not hold a task, a socket and its
+/// buffers for ever. The relay bounds its answers by its configured idle timeout instead.
+pub(crate) const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Answers a request whose head could not be read (431 for one too large, 400 for a malformed
 /// one), then reads and drops what the peer still sends, within a bound, so the answer reaches
 /// it instead of a reset. A head that ended with the connection gets no answer.

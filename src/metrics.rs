@@ -222,7 +222,10 @@ mod admin {
                     continue;
                 };
                 let metrics = metrics.clone();
-                tokio::spawn(async move {
+                // A request and its answer within their bounds: a client that stops reading
+                // does not hold the task for ever.
+                let limit = Duration::from_secs(5) + http::ANSWER_TIMEOUT;
+                tokio::spawn(tokio::time::timeout(limit, async move {
                     let head =
                         tokio::time::timeout(Duration::from_secs(5), http::read_head(&mut stream))
                             .await;
@@ -257,7 +260,7 @@ mod admin {
                     if let Err(e) = result {
                         debug!(error = %e, "admin request failed");
                     }
-                });
+                }));
             }
         });
         Ok(local)

@@ -479,9 +479,14 @@ async fn serve_console<S: AsyncRead + AsyncWrite + Unpin>(
                     .map_err(|e| e.to_string());
             }
         };
-        return http::respond_with(&mut stream, 200, content_type, CONSOLE_CSP, &[], body)
-            .await
-            .map_err(|e| e.to_string());
+        let answer = http::respond_with(&mut stream, 200, content_type, CONSOLE_CSP, &[], body);
+        return match timeout(http::ANSWER_TIMEOUT, answer).await {
+            Ok(answered) => answered.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "the console's {route} was not taken within {:?}",
+                http::ANSWER_TIMEOUT
+            )),
+        };
     }
     if route != "/ws" {
         return http::respond(
