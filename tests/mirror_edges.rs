@@ -434,3 +434,31 @@ async fn timeouts_of_duration_max_mean_never() {
     );
     assert_eq!(root.active_states(), ["A"]);
 }
+
+/// A mirror sends a mutation in the call, as a machine runs one in the call: a future dropped
+/// unpolled sent it all the same, and the source sees the calls in the order they were made,
+/// whichever future is awaited first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrors_mutation_is_sent_in_the_call() {
+    use asyncmachine::machine::Machine;
+    use asyncmachine::server::ServerConfig;
+    let root = Machine::builder(abc_schema()).id("root").build();
+    let (_server, endpoint) = serve(
+        std::sync::Arc::new(root.clone()),
+        ServerConfig::default(),
+        "tcp",
+    )
+    .await;
+    let mirror = mirror(&endpoint, "m").await;
+    drop(mirror.add(&["A"], Args::new()));
+    within("A at the root", root.when(&["A"]))
+        .await
+        .expect("waits");
+
+    let first = mirror.add(&["B"], Args::new());
+    let second = mirror.remove(&["B"], Args::new());
+    assert_eq!(within("the second", second).await, Ok(Outcome::Executed));
+    assert_eq!(within("the first", first).await, Ok(Outcome::Executed));
+    assert_eq!(root.active_states(), ["A"], "B added, then removed");
+    assert_eq!(root.tick("B"), 2);
+}

@@ -349,22 +349,21 @@ impl StateSource for Mirror {
 
     crate::replica::replica_source_methods!(shared.core);
 
+    /// Sent (or queued for the link) in the call, as a local machine runs it in the call: the
+    /// order of calls is the order the source sees, and a future dropped unpolled still sent
+    /// its mutation. The future waits for the answer.
     fn mutate(&self, mutation: Mutation) -> MutationFuture {
+        let answer = self.shared.core.mutate(mutation);
         let shared = self.shared.clone();
-        Box::pin(async move {
-            let answer = shared.core.mutate(mutation)?;
-            shared.await_reply(answer).await
-        })
+        Box::pin(async move { shared.await_reply(answer?).await })
     }
 
-    /// Asked of the source, as a request bounded by the mutation timeout; fails with
-    /// `Disconnected` while the mirror is not connected.
+    /// Asked of the source in the call, as a request bounded by the mutation timeout; fails
+    /// with `Disconnected` while the mirror is not connected.
     fn err(&self) -> ErrFuture {
+        let answer = self.shared.core.err();
         let shared = self.shared.clone();
-        Box::pin(async move {
-            let answer = shared.core.err()?;
-            shared.await_reply(answer).await
-        })
+        Box::pin(async move { shared.await_reply(answer?).await })
     }
 
     fn upstream(&self) -> Option<UpstreamInfo> {
