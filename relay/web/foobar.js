@@ -17,13 +17,21 @@ function show(name, machine) {
   for (const state of ["Msg", "Reply"]) $(`${name}-${state}`).textContent = String(machine.tick(state));
 }
 
-function status(id, state, reason) {
+/** Shows a connection's state; a refusal or a disconnection with its reason, and whether it is
+ * being retried (an offer refused because another tab holds the name is). */
+function status(id, state, reason, retrying = false) {
+  const box = $("reason");
+  if (reason && (state === "refused" || state === "disconnected")) {
+    box.hidden = false;
+    box.dataset.for = id;
+    box.textContent = `${id.replace("-status", "")}: ${reason}${retrying ? " (retrying)" : ""}`;
+  } else if (["ready", "offering", "sending"].includes(state) && box.dataset.for === id) {
+    // Recovered: the notice was about this connection.
+    box.hidden = true;
+    delete box.dataset.for;
+  }
   $(id).dataset.state = state;
   $(id).textContent = state;
-  if (reason && (state === "refused" || state === "disconnected")) {
-    $("reason").hidden = false;
-    $("reason").textContent = `${id.replace("-status", "")}: ${reason}`;
-  }
 }
 
 async function main() {
@@ -45,7 +53,7 @@ async function main() {
   foo.addEventListener("change", () => show("foo", foo));
   foo.addEventListener("status", (e) => status("foo-status", e.detail.state, e.detail.reason));
   const offer = new Offer(bar, `${base}/offer/bar${query}`);
-  offer.addEventListener("status", (e) => status("bar-status", e.detail.state, e.detail.reason));
+  offer.addEventListener("status", (e) => status("bar-status", e.detail.state, e.detail.reason, !offer.closed));
   let sent = 0;
   $("to-foo").addEventListener("click", () => foo.add("Msg", { from: "page", n: ++sent }).catch((err) => { $("log").textContent = err.message; }));
   $("to-bar").addEventListener("click", () => bar.add("Msg", { from: "page", n: ++sent }));
