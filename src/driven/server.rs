@@ -316,7 +316,9 @@ impl DrivenServer {
             let Some(c) = conns.get_mut(&conn) else {
                 return false;
             };
-            let events: Vec<ServerEvent> = std::iter::from_fn(|| c.session.poll_event()).collect();
+            // What the last round's answers let the session read comes first.
+            let mut events = std::mem::take(&mut c.queued);
+            events.extend(std::iter::from_fn(|| c.session.poll_event()));
             (events, std::mem::take(&mut c.running))
         };
         for event in events {

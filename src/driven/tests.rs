@@ -308,6 +308,27 @@ mod served {
         assert_eq!(server.connections(), 1);
     }
 
+    /// Requests that arrive in one read: the first's answer lets the session read the rest,
+    /// which are answered in the same pump (they used to be queued and never taken, and the
+    /// pump went round for ever: the tab froze).
+    #[test]
+    fn requests_in_one_read_are_all_answered() {
+        let (m, server, mirror) = connected("bar");
+        settle(&server, &mirror, Moment::ZERO);
+        assert_eq!(mirror.phase(), Phase::Ready);
+        let mut first = pin!(mirror.add(&["Foo"], Args::new()));
+        let mut second = pin!(mirror.add(&["Bar"], Args::new()));
+        let mut err = pin!(mirror.err());
+        let mut up = Vec::new();
+        mirror.take_transmit(&mut up);
+        server.handle_bytes(1, &up, Moment::ZERO);
+        settle(&server, &mirror, Moment::ZERO);
+        assert_eq!(poll(first.as_mut()), Poll::Ready(Ok(Outcome::Executed)));
+        assert_eq!(poll(second.as_mut()), Poll::Ready(Ok(Outcome::Executed)));
+        assert_eq!(poll(err.as_mut()), Poll::Ready(Ok(None)));
+        assert_eq!(m.active_states(), ["Foo", "Bar"]);
+    }
+
     #[test]
     fn a_hello_for_another_machine_is_refused_and_the_session_ends() {
         let (_m, server, mirror) = connected("foo");

@@ -61,6 +61,30 @@ pub(crate) fn probe(path: &Path) -> io::Result<()> {
     fs::remove_file(&temporary)
 }
 
+/// Takes the state file's lock (`NAME.lock` beside it, an advisory lock of the whole file held
+/// as long as the returned file is open): one process, and one machine in it, saves to a state
+/// file at a time. Two would write the same temporary file and each replace the other's saves.
+/// `Ok(None)`: another holds it.
+pub(crate) fn lock(path: &Path) -> io::Result<Option<File>> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock_path(path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// The lock file of a state file.
+pub(crate) fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
 /// Where a save is written before it replaces the file.
 pub(crate) fn temporary(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();

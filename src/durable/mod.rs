@@ -37,6 +37,7 @@ mod file;
 mod progress;
 mod writer;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -86,6 +87,16 @@ pub enum DurableError {
         path: PathBuf,
         /// Why the import refused it.
         error: ImportError,
+    },
+    /// Another process (or another machine of this one) saves to the state file.
+    #[error(
+        "the state file {} is in use: another process holds its lock ({}); stop that process, or give this machine another state_dir",
+        .path.display(),
+        file::lock_path(.path).display()
+    )]
+    Locked {
+        /// The state file.
+        path: PathBuf,
     },
     /// The trial write at opening failed: changes could not be saved.
     #[error(
@@ -138,6 +149,8 @@ struct Shared {
     closing: Notify,
     told: Mutex<Told>,
     stats: Stats,
+    /// The state file's lock, held until the machine is closed (or dropped).
+    lock: Mutex<Option<File>>,
 }
 
 /// The observers of the saved clock, and the last saved clock they were told.
@@ -174,7 +187,7 @@ impl DurableMachine {
     /// transition runs.
     pub async fn open(machine: Machine, path: impl Into<PathBuf>) -> Result<Self, DurableError> {
         let path = path.into();
-        let restored = {
+        let (restored, lock) = {
             let (machine, at) = (machine.clone(), path.clone());
             tokio::task::spawn_blocking(move || restore(&machine, &at))
                 .await
@@ -201,6 +214,7 @@ impl DurableMachine {
                 ticks: saved.clone(),
             }),
             stats: Stats::default(),
+            lock: Mutex::new(Some(lock)),
         });
         let (feed, now) = machine.observe(Arc::new(Feed(Arc::downgrade(&shared))));
         if now != saved {
@@ -252,18 +266,30 @@ impl DurableMachine {
         if let Some(writer) = writer {
             let _ = writer.await;
         }
+        // Nothing is saved from here on: another may take the file.
+        lock(&self.shared.lock).take();
     }
 }
 
 /// Restores `path` into `machine` when the file exists (returning the restored clock), and
 /// checks that its directory takes a save.
-fn restore(machine: &Machine, path: &Path) -> Result<Option<Vec<u64>>, DurableError> {
+fn restore(machine: &Machine, path: &Path) -> Result<(Option<Vec<u64>>, File), DurableError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|error| DurableError::Directory {
             path: parent.to_path_buf(),
             error,
         })?;
     }
+    // Before anything is read or written: the probe below writes the temporary file a
+    // running save of another process would be writing.
+    let lock = file::lock(path)
+        .map_err(|error| DurableError::Write {
+            path: path.to_path_buf(),
+            error,
+        })?
+        .ok_or_else(|| DurableError::Locked {
+            path: path.to_path_buf(),
+        })?;
     let refused = |error| DurableError::Restore {
         path: path.to_path_buf(),
         error,
@@ -283,7 +309,7 @@ fn restore(machine: &Machine, path: &Path) -> Result<Option<Vec<u64>>, DurableEr
         path: path.to_path_buf(),
         error,
     })?;
-    Ok(restored)
+    Ok((restored, lock))
 }
 
 impl Shared {

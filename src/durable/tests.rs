@@ -236,3 +236,33 @@ async fn final_handlers_run_for_saved_changes_and_dispose_stops_the_writer() {
         Err(MutationError::Disposed)
     ));
 }
+
+/// One machine saves to a state file at a time: a second open of the same file (another
+/// process, or another machine of this one) is refused before it reads or writes anything,
+/// and the file is free again once the first is closed.
+#[tokio::test]
+async fn a_state_file_in_use_is_refused_until_its_machine_is_closed() {
+    let dir = scratch("locked");
+    let path = dir.join("root.json");
+    let first = DurableMachine::open(machine(), &path).await.expect("opens");
+    within("a mutation", first.add(&["Counter"], Args::new()))
+        .await
+        .expect("runs");
+    let saved = std::fs::read(&path).expect("saved");
+    let second = DurableMachine::open(machine(), &path).await;
+    let Err(error) = second else {
+        panic!("a second machine opened a state file in use");
+    };
+    assert!(matches!(error, DurableError::Locked { .. }), "{error}");
+    assert!(error.to_string().contains("in use"), "{error}");
+    assert_eq!(std::fs::read(&path).expect("still there"), saved);
+    assert!(!file::temporary(&path).exists(), "nothing was probed");
+
+    first.close().await;
+    let again = DurableMachine::open(machine(), &path)
+        .await
+        .expect("free once closed");
+    assert!(again.restored());
+    again.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
