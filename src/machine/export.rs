@@ -111,6 +111,12 @@ pub enum ImportError {
     /// More states than [`MAX_STATES`] (the count it lists).
     #[error("the state lists {0} states, over the limit of {MAX_STATES}")]
     TooManyStates(usize),
+    /// A tick (or the queue tick) past [`MAX_TICK`]: no machine counts that far, and the next
+    /// transition would overflow it.
+    #[error(
+        "the state holds a tick of {0}, past the limit of {MAX_TICK}: no machine counts that far; the file is damaged"
+    )]
+    TickTooLarge(u64),
     /// The state is another machine's.
     #[error(
         "the state is of machine {found:?}, not of {expected:?}: import a machine's own state (a file of another machine was put in its place)"
@@ -133,6 +139,10 @@ pub enum ImportError {
     #[error("the machine was disposed")]
     Disposed,
 }
+
+/// The largest tick (and queue tick) a state may hold: 2^62, which a machine ticking a billion
+/// times a second reaches in 146 years. Past it, the next transition could overflow.
+pub const MAX_TICK: u64 = 1 << 62;
 
 impl ExportedState {
     /// The state of a machine with this id and schema at this clock and queue tick.
@@ -181,6 +191,14 @@ impl ExportedState {
                 names: self.state_names.len(),
                 ticks: self.ticks.len(),
             });
+        }
+        if let Some(&tick) = self
+            .ticks
+            .iter()
+            .chain([&self.queue_tick])
+            .find(|&&t| t > MAX_TICK)
+        {
+            return Err(ImportError::TickTooLarge(tick));
         }
         Ok(())
     }
@@ -281,6 +299,28 @@ mod tests {
         assert_eq!(value["state_names"][2], EXCEPTION);
         assert_eq!(value["schema_hash"], format!("{:016x}", s.hash()));
         assert_eq!(ExportedState::from_json(&json), Ok(state));
+    }
+
+    /// A damaged file's tick past the limit is refused at import, not overflowed by the next
+    /// transition (a panic in debug builds, a clock going back in release ones).
+    #[test]
+    fn a_tick_past_the_limit_is_refused() {
+        let s = schema(&["Start", "Counter"]);
+        let machine = crate::machine::Machine::builder(s.clone())
+            .id("root")
+            .build();
+        for (ticks, queue_tick) in [(vec![1, u64::MAX, 0], 3), (vec![1, 2, 0], MAX_TICK + 1)] {
+            let state = ExportedState::new("root", &s, ticks, queue_tick);
+            let refused = machine.import(state).expect_err("refused");
+            assert!(matches!(refused, ImportError::TickTooLarge(_)), "{refused}");
+            assert!(refused.to_string().contains("damaged"), "{refused}");
+        }
+        let at_limit = ExportedState::new("root", &s, vec![1, MAX_TICK, 0], MAX_TICK);
+        machine.import(at_limit).expect("the limit itself is taken");
+        assert_eq!(
+            crate::machine::StateSource::clock(&machine),
+            [1, MAX_TICK, 0]
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub mod value;
 pub mod waiters;
 
 pub use bind::{Binding, Handlers, TracerId};
-pub use export::{EXPORT_FORMAT, ExportedState, ImportError, MAX_EXPORT_BYTES};
+pub use export::{EXPORT_FORMAT, ExportedState, ImportError, MAX_EXPORT_BYTES, MAX_TICK};
 pub use final_handlers::{FinalBinding, FinalEvent, FinalHandlers};
 pub use groups::{GroupDef, MAX_GROUPS};
 pub use handlers::{Completion, Event, HandlerCall, HandlerKind, Verdict};
