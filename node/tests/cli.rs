@@ -68,6 +68,19 @@ fn an_unavailable_transport_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("use tcp, tls, quic, ws or wss"));
 }
 
+/// `watch --timeout` takes what the other commands take, within their bounds: a value no
+/// duration holds is a usage error, not a panic.
+#[test]
+fn a_watch_timeout_out_of_range_is_a_usage_error() {
+    for bad in ["nan", "inf", "1e30", "-5s"] {
+        let out = am_node(&["watch", "tcp://127.0.0.1:1/x", &format!("--timeout={bad}")]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--timeout"), "{bad}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{bad}: {stderr}");
+    }
+}
+
 #[test]
 fn bench_chain_reports_every_depth_and_the_round_trip() {
     let report = json_report(&[

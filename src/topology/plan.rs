@@ -424,6 +424,21 @@ fn limits(
         "fits no frame, not even a hello",
         format!("{} bytes", default.max_frame),
     )?;
+    if let Some(frame) = l
+        .max_frame
+        .as_ref()
+        .filter(|f| *f.get_ref() > MAX_MAX_FRAME)
+    {
+        return Err(cx.err(
+            frame.span(),
+            format!(
+                "limits.max_frame = {} is over {MAX_MAX_FRAME} bytes",
+                frame.get_ref()
+            ),
+            "a peer's frame of that size is held in memory whole, and a compressed one is \
+             unpacked to it: keep it at a few MiB (the default is 1 MiB)",
+        ));
+    }
     let handshake_timeout_ms = positive(
         cx,
         &l.handshake_timeout_ms,
@@ -460,6 +475,9 @@ fn limits(
         dedup_ttl: default.dedup_ttl,
     })
 }
+
+/// The largest `limits.max_frame` a topology may set (64 MiB).
+const MAX_MAX_FRAME: usize = 64 << 20;
 
 /// Most mutations a topology lets one mirror keep waiting for its link: each holds its
 /// arguments and a caller.

@@ -643,3 +643,26 @@ fn retry_settings_are_for_mirrors_and_bounded() {
         "{e}"
     );
 }
+
+/// A frame limit past what a node can hold is refused with a hint, and a topology or schema
+/// file past its size (or endless, like /dev/zero) is refused before it is read whole.
+#[test]
+fn a_huge_frame_limit_and_a_huge_file_are_refused() {
+    let e = error(&TREE.replace(
+        "limits = { max_clients = 50, idle_timeout_ms = 2000 }",
+        "limits = { max_frame = 100000000000 }",
+    ));
+    assert!(
+        e.message
+            .contains("limits.max_frame = 100000000000 is over"),
+        "{e}"
+    );
+    assert!(e.hint.contains("MiB"), "{e}");
+
+    let dir = std::env::temp_dir().join(format!("am-topology-huge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let text = "[schemas.s]\nfile = \"/dev/zero\"\n\n[[nodes]]\nname = \"n\"\nmachines = [{ name = \"m\", schema = \"s\" }]\n";
+    let e = parse(&dir.join("t.toml"), text).expect_err("an endless schema file");
+    assert!(e.to_string().contains("over 4194304 bytes"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

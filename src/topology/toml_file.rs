@@ -39,10 +39,26 @@ pub(crate) struct TomlError {
     pub message: String,
 }
 
+/// The largest topology or schema file read.
+pub(crate) const MAX_TOML_BYTES: u64 = 4 << 20;
+
 impl TomlFile<'static> {
-    /// Reads a file; its errors are named by its path.
+    /// Reads a file of at most [`MAX_TOML_BYTES`]; its errors are named by its path.
     pub(crate) fn read(path: &Path) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(path)?;
+        use std::io::Read;
+        let mut text = String::new();
+        // One byte past the limit tells a file that is too large (or endless: /dev/zero).
+        std::fs::File::open(path)?
+            .take(MAX_TOML_BYTES + 1)
+            .read_to_string(&mut text)?;
+        if text.len() as u64 > MAX_TOML_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "over {MAX_TOML_BYTES} bytes; a topology or schema file is text a person writes"
+                ),
+            ));
+        }
         Ok(TomlFile {
             name: path.display().to_string(),
             text: Cow::Owned(text),

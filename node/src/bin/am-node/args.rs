@@ -152,9 +152,9 @@ pub(crate) struct WatchArgs {
     /// Exit (code 0) once this state is active.
     #[arg(long)]
     pub(crate) until: Option<String>,
-    /// Give up (exit code 1) after this many seconds.
-    #[arg(long)]
-    pub(crate) timeout: Option<f64>,
+    /// Give up (exit code 1) after this long: seconds, or e.g. 2.5s, 500ms, 2m.
+    #[arg(long, value_parser = parse_timeout)]
+    pub(crate) timeout: Option<std::time::Duration>,
     /// Print every tick, not just the active states.
     #[arg(long)]
     pub(crate) ticks: bool,

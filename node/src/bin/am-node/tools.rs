@@ -316,7 +316,7 @@ pub(crate) async fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let limit = args.timeout.map(Duration::from_secs_f64);
+    let limit = args.timeout;
     let code = tokio::select! {
         () = follow => ExitCode::SUCCESS,
         _ = asyncmachine::node::shutdown_signal() => ExitCode::SUCCESS,
