@@ -666,3 +666,26 @@ fn a_huge_frame_limit_and_a_huge_file_are_refused() {
     assert!(e.to_string().contains("over 4194304 bytes"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A long chain of mirrors is followed once per machine: 3,000 nodes in a line parse (the walk
+/// from every machine to the root, searching the chain at each step, was cubic in its length).
+#[test]
+fn a_long_chain_of_mirrors_parses() {
+    use std::fmt::Write as _;
+    const NODES: u16 = 3000;
+    let mut text = String::from("[schemas.demo]\nstates = [{ name = \"A\" }]\n");
+    for i in 0..NODES {
+        let machine = if i == 0 {
+            "{ name = \"demo\", schema = \"demo\" }".to_owned()
+        } else {
+            format!("{{ name = \"demo\", upstream = \"n{}/demo\" }}", i - 1)
+        };
+        let _ = write!(
+            text,
+            "\n[[nodes]]\nname = \"n{i}\"\nlisten = [\"tcp://127.0.0.1:{}\"]\nmachines = [{machine}]\n",
+            20000 + i
+        );
+    }
+    let topology = parse_str(&text).expect("a long chain is a tree");
+    assert_eq!(topology.nodes.len(), usize::from(NODES));
+}

@@ -14,6 +14,9 @@ use serde::de::DeserializeOwned;
 pub(crate) struct TomlFile<'a> {
     name: String,
     text: Cow<'a, str>,
+    /// Where each line starts, found on the first position asked for: a file's errors and
+    /// its plan locate many things, and counting lines from the start for each was quadratic.
+    line_starts: std::sync::OnceLock<Vec<usize>>,
 }
 
 /// A place in a file: line and column, both counted from 1, the column in characters.
@@ -62,6 +65,7 @@ impl TomlFile<'static> {
         Ok(TomlFile {
             name: path.display().to_string(),
             text: Cow::Owned(text),
+            line_starts: std::sync::OnceLock::new(),
         })
     }
 }
@@ -72,6 +76,7 @@ impl<'a> TomlFile<'a> {
         TomlFile {
             name: name.into(),
             text: Cow::Borrowed(text),
+            line_starts: std::sync::OnceLock::new(),
         }
     }
 
@@ -81,18 +86,27 @@ impl<'a> TomlFile<'a> {
 
     /// The line and column of a byte offset (an offset past the end is the end).
     pub(crate) fn position(&self, offset: usize) -> Position {
-        let before = &self.text.as_bytes()[..offset.min(self.text.len())];
-        let line_start = before
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |newline| newline + 1);
+        let bytes = self.text.as_bytes();
+        let offset = offset.min(bytes.len());
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(
+                    bytes
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &b)| b == b'\n')
+                        .map(|(at, _)| at + 1),
+                )
+                .collect()
+        });
+        // The last line that starts at or before the offset; the first starts at 0.
+        let line = starts.partition_point(|&start| start <= offset).max(1);
         // Characters, not bytes: every byte but a UTF-8 continuation byte starts one.
-        let column = before[line_start..]
+        let column = bytes[starts[line - 1]..offset]
             .iter()
             .filter(|&&b| b & 0xc0 != 0x80)
             .count()
             + 1;
-        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
         Position { line, column }
     }
 

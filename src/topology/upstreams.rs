@@ -1,7 +1,7 @@
 //! Where each mirror connects, and the chains of upstreams that follow: each ends at a root,
 //! never loops, and gives every machine the schema its root serves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::machine::Schema;
@@ -118,11 +118,18 @@ pub(super) fn loop_detection(
     machines: &Machines<'_>,
     ups: &HashMap<String, Up>,
 ) -> Result<HashMap<String, Arc<Schema>>, TopologyError> {
-    let mut schema_of = HashMap::new();
+    // Each machine's root schema, once its chain was followed: a later chain that reaches it
+    // stops there, so every machine is walked once (a long chain walked from each of its
+    // machines, with a search of the chain at each step, was cubic in its length).
+    let mut schema_of: HashMap<String, Arc<Schema>> = HashMap::new();
     for key in machines.keys() {
         let mut chain = vec![key.clone()];
+        let mut on_chain = HashSet::from([key.clone()]);
         let mut at = key.clone();
         let schema = loop {
+            if let Some(known) = schema_of.get(&at) {
+                break known.clone();
+            }
             let (_, machine) = &machines[&at];
             match ups.get(&at) {
                 None | Some(Up::Outside(_)) => {
@@ -135,7 +142,7 @@ pub(super) fn loop_detection(
                     break schemas[&name].clone();
                 }
                 Some(Up::Local(next)) => {
-                    let looped = chain.contains(next);
+                    let looped = !on_chain.insert(next.clone());
                     chain.push(next.clone());
                     if looped {
                         let (_, first) = &machines[key];
@@ -167,7 +174,11 @@ pub(super) fn loop_detection(
                 "drop `schema` from the mirror or make it match the root's",
             ));
         }
-        schema_of.insert(key.clone(), schema);
+        // Every machine on the chain serves its root's schema; each is still checked against
+        // its own expected schema when its turn comes.
+        for on in chain {
+            schema_of.entry(on).or_insert_with(|| schema.clone());
+        }
     }
     Ok(schema_of)
 }
