@@ -63,6 +63,8 @@ struct Registry {
     /// Machines the page serves (the relay's listen route), by handle.
     servers: HashMap<u32, Arc<DrivenServer>>,
     tasks: HashMap<u32, Task>,
+    /// A disposed mirror's last words (its bye), until the glue takes them to send.
+    farewells: HashMap<u32, Vec<u8>>,
 }
 
 /// Task ids woken since the last poll.
@@ -288,9 +290,18 @@ impl Page {
                 if let Some(machine) = &entry.machine {
                     machine.dispose();
                 }
-                let events = entry.mirror.as_ref().map(DrivenMirror::close);
-                lock(&self.registry).entries.remove(&handle);
-                // A mirror's farewell is still to be taken and sent.
+                let mut farewell = Vec::new();
+                let events = entry.mirror.as_ref().map(|mirror| {
+                    let events = mirror.close();
+                    mirror.take_transmit(&mut farewell);
+                    events
+                });
+                let mut registry = lock(&self.registry);
+                registry.entries.remove(&handle);
+                // Kept for the glue's next `take` of this handle, which sends it.
+                if !farewell.is_empty() {
+                    registry.farewells.insert(handle, farewell);
+                }
                 Ok(json!({ "events": events.map(|e| events_json(&e)) }))
             }
             // The mirror's connection, driven by the glue.
@@ -382,6 +393,9 @@ impl Page {
 
     /// What a mirror has to send (empty when nothing).
     pub fn take(&self, handle: u32) -> Vec<u8> {
+        if let Some(farewell) = lock(&self.registry).farewells.remove(&handle) {
+            return farewell;
+        }
         let mut out = Vec::new();
         if let Ok(mirror) = self.mirror(handle) {
             mirror.take_transmit(&mut out);

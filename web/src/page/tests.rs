@@ -294,6 +294,46 @@ fn a_mirror_is_driven_by_the_glue_and_answers_like_a_machine() {
     let _ = Duration::ZERO;
 }
 
+/// A mirror disposed while connected says goodbye: its bye is kept for the glue's next take,
+/// though the handle is gone (the glue sends it, then closes the socket).
+#[test]
+fn a_disposed_mirror_leaves_its_bye_for_the_glue() {
+    let (page, _host) = page();
+    let made = page
+        .call(&json!({ "op": "mirror", "id": "page", "source": "demo", "endpoint": "ws://relay/arpc/demo", "compression": false }))
+        .expect("made");
+    let h = made["h"].as_u64().expect("handle");
+    page.call(&json!({ "op": "connected", "h": h, "now": 0.0 }))
+        .expect("connected");
+    let _ = page.take(h as u32);
+    let welcome = Welcome {
+        ancestry: vec!["root".into()],
+        schema: Some(asyncmachine::machine::SchemaDef::of_states(vec![
+            asyncmachine::machine::StateDef::new("A"),
+        ])),
+        snapshot: Snapshot {
+            ticks: vec![0, 0],
+            queue_tick: 0,
+        },
+        granted: Granted::default(),
+        parent_id: None,
+        tags: Vec::new(),
+    };
+    page.bytes(h as u32, &frame(&Message::Welcome(welcome)), 10.0)
+        .expect("read");
+    page.call(&json!({ "op": "dispose", "h": h }))
+        .expect("disposed");
+    assert!(
+        matches!(messages(&page.take(h as u32))[..], [Message::Bye { .. }]),
+        "the bye, once"
+    );
+    assert!(page.take(h as u32).is_empty(), "taken once");
+    let e = page
+        .call(&json!({ "op": "read", "h": h }))
+        .expect_err("the handle is gone");
+    assert_eq!(e.code, "disposed");
+}
+
 #[test]
 fn a_refusal_says_whether_to_retry() {
     let (page, _host) = page();
