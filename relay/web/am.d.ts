@@ -197,7 +197,9 @@ export interface OfferStatus {
 export class Offer extends EventTarget {
   readonly name: string;
   readonly state: OfferStatus["state"];
-  constructor(machine: Machine, url: string, options?: { keepaliveMs?: number; WebSocket?: typeof WebSocket });
+  /** `maxConnections`: node connections served at once (64); `maxBuffered`: bytes waiting for
+   * one node before it is dropped (8 MiB). */
+  constructor(machine: Machine, url: string, options?: { keepaliveMs?: number; maxConnections?: number; maxBuffered?: number; WebSocket?: typeof WebSocket });
   start(): this;
   ready(): Promise<this>;
   close(): void;
@@ -207,7 +209,7 @@ export class Offer extends EventTarget {
 }
 
 /** Offers `machine` through a relay, once the relay took it; a refusal rejects and closes the offer. */
-export function offer(machine: Machine, url: string, options?: { keepaliveMs?: number; WebSocket?: typeof WebSocket }): Promise<Offer>;
+export function offer(machine: Machine, url: string, options?: { keepaliveMs?: number; maxConnections?: number; maxBuffered?: number; WebSocket?: typeof WebSocket }): Promise<Offer>;
 
 /** A debugger connection's status. */
 export interface DebuggerStatus {

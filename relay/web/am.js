@@ -651,12 +651,12 @@ export class Offer extends EventTarget {
    * @param {string} url ws(s)://relay/offer/NAME, with ?token=... when the relay wants one
    * @param {{keepaliveMs?: number, WebSocket?: typeof WebSocket}} [options]
    */
-  constructor(machine, url, { keepaliveMs = DEFAULT_KEEPALIVE_MS, WebSocket: Socket = globalThis.WebSocket } = {}) {
+  constructor(machine, url, { keepaliveMs = DEFAULT_KEEPALIVE_MS, maxConnections = OFFER_MAX_CONNECTIONS, maxBuffered = OFFER_MAX_BUFFERED, WebSocket: Socket = globalThis.WebSocket } = {}) {
     super();
     const parsed = new URL(url);
     const name = decodeURIComponent(parsed.pathname.replace(/^\/offer\//, ""));
     if (!name || name.includes("/")) throw new TypeError(`${url} is not ws(s)://relay/offer/NAME`);
-    Object.assign(this, { machine, url, name, keepaliveMs, Socket });
+    Object.assign(this, { machine, url, name, keepaliveMs, maxConnections, maxBuffered, Socket });
     this.state = "closed";
     this.attempt = 0;
     this.closed = true;
@@ -735,7 +735,8 @@ export class Offer extends EventTarget {
         this.attempt = 0;
         this.#status("offering");
       } else if (typeof note.open === "string" && CONN_ID.test(note.open)) {
-        this.#take(note.open);
+        // Each node connection holds a session and what it queues in this tab: bounded.
+        if (this.conns.size < this.maxConnections) this.#take(note.open);
       }
     };
     ws.onclose = (event) => {
@@ -797,7 +798,14 @@ export class Offer extends EventTarget {
     for (const conn of reply.pending) {
       const c = this.conns.get(conn);
       const len = wasm.exports.am_server_take(this.s, conn);
-      if (c && len > 0 && c.ws.readyState === 1) c.ws.send(outbox().slice());
+      if (c && len > 0 && c.ws.readyState === 1) {
+        c.ws.send(outbox().slice());
+        // A browser socket cannot stop reading: a node that asks and does not read would grow
+        // what this tab buffers for it without end.
+        if (c.ws.bufferedAmount > this.maxBuffered) {
+          this.#dropConn(conn, `the node reads too slowly: over ${this.maxBuffered} bytes wait for it`);
+        }
+      }
     }
     for (const [conn, at] of reply.timeouts) {
       const c = this.conns.get(conn);
@@ -812,6 +820,12 @@ export class Offer extends EventTarget {
     for (const { conn, reason } of reply.closed) this.#dropConn(conn, reason);
   }
 }
+
+/** Most node connections an Offer serves at once (more are not taken; `maxConnections`). */
+export const OFFER_MAX_CONNECTIONS = 64;
+/** Most bytes a node connection of an Offer may have waiting in the socket before it is
+ * dropped (`maxBuffered`). */
+export const OFFER_MAX_BUFFERED = 8 << 20;
 
 /**
  * Offers `machine` through a relay, once the relay took it:

@@ -237,3 +237,19 @@ test("offer() gives up at the first refusal and leaves nothing retrying", async 
     mock.timers.reset();
   }
 });
+
+test("an offer takes at most maxConnections node connections at once", () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    const { offer } = started({ maxConnections: 2 });
+    const socket = ScriptedSocket.made[0];
+    socket.open();
+    socket.text({ offered: "bar" });
+    for (let n = 0; n < 4; n++) socket.text({ open: n.toString(16).padStart(32, "0") });
+    assert.equal(ScriptedSocket.made.length, 3, "the offer's socket and two node connections");
+    assert.equal(offer.conns.size, 2);
+    offer.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
