@@ -537,8 +537,11 @@ export class Mirror extends Source {
       call({ op: "dispose", h: this.handle });
       this._flush();
       sources.delete(this.handle);
+      // Disposed in the module: a start() after this makes a new mirror there.
+      this.handle = undefined;
     }
     this.ws?.close();
+    this.ws = undefined;
     this.#status("closed");
   }
 
@@ -559,8 +562,10 @@ export class Mirror extends Source {
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     this.lastError = undefined;
-    ws.onopen = () => this.#input(() => call({ op: "connected", h: this.handle, now: performance.now() }));
+    // A socket this mirror replaced (close() then start()) may still report: it is not heard.
+    ws.onopen = () => { if (ws === this.ws) this.#input(() => call({ op: "connected", h: this.handle, now: performance.now() })); };
     ws.onmessage = (event) => {
+      if (ws !== this.ws) return;
       if (!(event.data instanceof ArrayBuffer)) return this.#fail("text message from the relay");
       this.#input(() => {
         toInbox(new Uint8Array(event.data));
@@ -570,7 +575,7 @@ export class Mirror extends Source {
         return answer;
       });
     };
-    ws.onclose = (event) => this.#lost(event.code, event.reason || `closed (${event.code})`);
+    ws.onclose = (event) => { if (ws === this.ws) this.#lost(event.code, event.reason || `closed (${event.code})`); };
     ws.onerror = () => {};
   }
 

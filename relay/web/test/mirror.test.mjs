@@ -152,3 +152,24 @@ test("close reasons are cut to 123 UTF-8 bytes on a character boundary", () => {
   assert.equal(new TextEncoder().encode(cut).length, 122);
   assert.equal(closeReason("x".repeat(1 << 20)).length, 123);
 });
+
+test("close() says goodbye, and start() after it connects a new mirror that the old socket cannot disturb", async () => {
+  const { mirror, seen, socket } = await started();
+  socket.open();
+  socket.deliver(welcome);
+  await mirror.ready();
+  mirror.close();
+  assert.equal(socket.sentTypes().at(-1), 12, "the bye (type 12) went out before the close");
+  mirror.start();
+  while (ScriptedSocket.made.length < 2) await new Promise((r) => setImmediate(r));
+  const second = ScriptedSocket.made[1];
+  // The first socket's close event arrives late: it is not this mirror's any more.
+  socket.closeWith(1000, "closed by the page");
+  second.open();
+  assert.deepEqual(second.sentTypes(), [0], "a hello on the new socket");
+  second.deliver(welcome);
+  await mirror.ready();
+  assert.equal(mirror.state, "ready");
+  assert.ok(!seen.some((s) => s.state === "refused"), JSON.stringify(seen));
+  mirror.close();
+});
