@@ -17,6 +17,17 @@ pub const MAX_STATES: usize = crate::machine::schema::MAX_STATES;
 pub const MAX_ITEMS: usize = 256;
 /// Longest name or text in a record, in bytes.
 pub const MAX_TEXT: usize = 4096;
+/// Most clients listed in a `status` record. A server takes 10 000 clients by default: a
+/// node lists the first of them in its server's order (by source, then id) and counts the
+/// rest ([`CLIENTS_TOTAL`], [`CLIENTS_UNLISTED`]).
+pub const MAX_CLIENTS: usize = 4 * MAX_ITEMS;
+/// The counter a node adds to a status whose client list it cut: how many clients it has.
+pub const CLIENTS_TOTAL: &str = "telemetry_clients_total";
+/// The counter a node adds to a status whose client list it cut: how many it left out.
+pub const CLIENTS_UNLISTED: &str = "telemetry_clients_unlisted";
+/// The counter a node adds to a status whose source list it cut (over [`MAX_ITEMS`] sources,
+/// or sources too large for a line): how many it left out.
+pub const SOURCES_UNLISTED: &str = "telemetry_sources_unlisted";
 /// An argument's value is cut to this many characters before it is sent.
 pub const MAX_ARG_CHARS: usize = 200;
 /// The value sent in place of a redacted argument.
@@ -163,6 +174,91 @@ pub struct StatusRecord {
     /// The node's `Server::status`: its sources with their upstream, connection state and
     /// clients count, the clients with their ids, the counters.
     pub status: NodeStatus,
+}
+
+impl StatusRecord {
+    /// Cuts the status to what a collector takes, so that its line fits [`MAX_LINE`]: at most
+    /// [`MAX_ITEMS`] listeners, sources and counters and [`MAX_CLIENTS`] clients (the first in
+    /// the server's order: by source, then id, so the same ones are listed from one status to
+    /// the next), then as many of those sources and clients as the line has room for. What is
+    /// left out is counted: [`CLIENTS_TOTAL`] and [`CLIENTS_UNLISTED`] when clients were cut,
+    /// [`SOURCES_UNLISTED`] when sources were (each source still counts its clients).
+    pub fn fit(&mut self) {
+        // Room kept for the counters added below and the line feed.
+        const SLACK: usize = 256;
+        let budget = MAX_LINE - SLACK;
+        self.listen.truncate(MAX_ITEMS);
+        for l in &mut self.listen {
+            cut_bytes_in_place(l, MAX_TEXT);
+        }
+        let status = &mut self.status;
+        status.counters.truncate(MAX_ITEMS - 3);
+        let clients_total = status.clients.len();
+        let sources_total = status.sources.len();
+        let mut sources = std::mem::take(&mut status.sources);
+        let mut clients = std::mem::take(&mut status.clients);
+        sources.truncate(MAX_ITEMS);
+        clients.truncate(MAX_CLIENTS);
+        for source in &mut sources {
+            source.ticks.truncate(MAX_STATES);
+        }
+        // The line without sources and clients, then each as long as it has room: a
+        // separator and the item's JSON.
+        let mut size = json_len(self);
+        let fit_sources = fitting(sources.len(), &mut size, budget, |i| json_len(&sources[i]));
+        sources.truncate(fit_sources);
+        let fit_clients = fitting(clients.len(), &mut size, budget, |i| json_len(&clients[i]));
+        clients.truncate(fit_clients);
+        let status = &mut self.status;
+        status.sources = sources;
+        status.clients = clients;
+        if status.clients.len() < clients_total {
+            status
+                .counters
+                .push((CLIENTS_TOTAL.to_owned(), clients_total as u64));
+            status.counters.push((
+                CLIENTS_UNLISTED.to_owned(),
+                (clients_total - status.clients.len()) as u64,
+            ));
+        }
+        if status.sources.len() < sources_total {
+            status.counters.push((
+                SOURCES_UNLISTED.to_owned(),
+                (sources_total - status.sources.len()) as u64,
+            ));
+        }
+    }
+}
+
+/// How many of `count` items of a JSON list, item `i` taking `len(i)` bytes, fit in `budget`
+/// after `size` bytes; adds what they take (with the separators) to `size`.
+fn fitting(count: usize, size: &mut usize, budget: usize, len: impl Fn(usize) -> usize) -> usize {
+    let mut n = 0;
+    while n < count {
+        let add = len(n) + usize::from(n > 0);
+        if *size + add > budget {
+            break;
+        }
+        *size += add;
+        n += 1;
+    }
+    n
+}
+
+/// The length of a value's JSON.
+fn json_len<T: Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(0, |v| v.len())
+}
+
+/// Cuts `text` to at most `bytes` bytes, at a character boundary.
+fn cut_bytes_in_place(text: &mut String, bytes: usize) {
+    if text.len() > bytes {
+        let mut at = bytes;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
 }
 
 /// Which arguments are sent as `<redacted>`: those whose name contains one of these words
@@ -430,6 +526,14 @@ impl Record {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// Cuts the record to the bounds a collector holds a sender to, where it can without
+    /// losing its meaning (a status: [`StatusRecord::fit`]).
+    pub fn fit(&mut self) {
+        if let Record::Status(status) = self {
+            status.fit();
+        }
+    }
+
     /// A record from one line a sender wrote, within the bounds.
     pub fn from_line(line: &[u8]) -> Result<Record, RecordError> {
         if line.len() > MAX_LINE {
@@ -504,7 +608,7 @@ impl Record {
                 !s.node.is_empty()
                     && s.listen.len() <= MAX_ITEMS
                     && s.status.sources.len() <= MAX_ITEMS
-                    && s.status.clients.len() <= 4 * MAX_ITEMS
+                    && s.status.clients.len() <= MAX_CLIENTS
                     && s.status.sources.iter().all(|x| x.ticks.len() <= MAX_STATES)
             }
             Record::Dispose(at) => at_ok(at),
@@ -624,6 +728,73 @@ mod tests {
             machine: "m".into(),
         });
         assert!(Record::from_line(empty_node.to_line().as_bytes()).is_err());
+    }
+
+    /// A node with 10 000 clients of 256-byte ids (and more sources than a status may list)
+    /// sends a status line the collector takes: the first clients, with the rest counted.
+    #[test]
+    fn a_status_of_many_clients_is_cut_to_a_line_the_collector_takes() {
+        use crate::proto::message::{ClientStatus, SourceStatus};
+        let clients: Vec<ClientStatus> = (0..10_000)
+            .map(|i| ClientStatus {
+                id: format!("{i:05}{}", "x".repeat(251)),
+                source: "demo".into(),
+                peer: "127.0.0.1:50000".into(),
+            })
+            .collect();
+        let sources = (0..300)
+            .map(|i| SourceStatus {
+                name: format!("s{i:03}"),
+                ..SourceStatus::default()
+            })
+            .collect();
+        let record = Record::Status(StatusRecord {
+            node: "hub".into(),
+            time_ms: 1,
+            listen: vec!["tcp://127.0.0.1:7001".into()],
+            status: NodeStatus {
+                node: "hub".into(),
+                sources,
+                clients: clients.clone(),
+                counters: vec![("clients".into(), 10_000)],
+            },
+        });
+        let mut out = String::new();
+        crate::telemetry::tap::push_line(&mut out, &record);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].len() <= MAX_LINE, "{} bytes", lines[0].len());
+        let Ok(Record::Status(sent)) = Record::from_line(lines[0].as_bytes()) else {
+            panic!("the collector refuses the status");
+        };
+        let listed = sent.status.clients.len();
+        assert!(listed > 0 && listed <= MAX_CLIENTS, "{listed} clients");
+        assert_eq!(sent.status.clients[..], clients[..listed], "the first, in order");
+        let counter = |name: &str| {
+            sent.status
+                .counters
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(counter(CLIENTS_TOTAL), Some(10_000));
+        assert_eq!(counter(CLIENTS_UNLISTED), Some(10_000 - listed as u64));
+        assert_eq!(sent.status.sources.len(), MAX_ITEMS);
+        assert_eq!(counter(SOURCES_UNLISTED), Some(300 - MAX_ITEMS as u64));
+        assert_eq!(counter("clients"), Some(10_000));
+
+        // A status within the bounds goes as it is, without the counters.
+        let mut small = record.clone();
+        if let Record::Status(s) = &mut small {
+            s.status.clients.truncate(3);
+            s.status.sources.truncate(2);
+        }
+        let mut out = String::new();
+        crate::telemetry::tap::push_line(&mut out, &small);
+        assert_eq!(
+            Record::from_line(out.trim_end().as_bytes()).expect("taken"),
+            small
+        );
     }
 
     #[test]
