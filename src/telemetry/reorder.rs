@@ -115,6 +115,7 @@ mod tests {
             kind: Some("add".into()),
             called: vec![],
             args: vec![],
+            args_dropped: 0,
             outcome: "update".into(),
             auto: false,
             queue_tick: 0,

@@ -31,6 +31,7 @@ fn transition(node: &str, clock: Vec<u64>, called: &[&str], origin: Option<&str>
         kind: origin.map(|_| "add".into()).or(Some("add".into())),
         called: called.iter().map(|s| s.to_string()).collect(),
         args: vec![],
+        args_dropped: 0,
         outcome: "executed".into(),
         auto: false,
         queue_tick: 1,
@@ -58,6 +59,7 @@ fn sent(node: &str, called: &[&str], origin: Option<&str>) -> Record {
         kind: "add".into(),
         called: called.iter().map(|s| s.to_string()).collect(),
         args: vec![],
+        args_dropped: 0,
         origin: origin.map(str::to_owned),
         dropped: 0,
     })
