@@ -595,7 +595,7 @@ fn answer(inner: &Inner, ask: Ask) -> Value {
                 .map_or(history.next_seq(), |e| e.seq);
             // Entries the console missed that are no longer kept.
             let lost = if since > 0 {
-                oldest.saturating_sub(since + 1)
+                oldest.saturating_sub(since.saturating_add(1))
             } else {
                 0
             };
@@ -658,7 +658,28 @@ async fn console_socket<S: AsyncRead + AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::*;
+
+    /// A console's `since` is peer input: u64::MAX is answered (nothing lost), not a panic.
+    #[test]
+    fn a_hello_since_the_end_of_time_is_answered() {
+        let inner = Inner {
+            history: Mutex::new(History::default()),
+            reorder: Mutex::new(Reorder::new(DEFAULT_WINDOW_MS)),
+            live: broadcast::channel(8).0,
+            senders: AtomicUsize::new(0),
+            consoles: AtomicUsize::new(0),
+        };
+        let reply = answer(
+            &inner,
+            Ask::Hello {
+                since: u64::MAX,
+                filter: Filter::default(),
+            },
+        );
+        assert_eq!(reply["t"], "snapshot");
+        assert_eq!(reply["lost"], 0);
+    }
 
     #[test]
     fn the_console_answers_to_addresses_and_localhost_only() {

@@ -19,6 +19,10 @@ pub const MAX_HOPS: usize = 32;
 const HOP_WINDOW: usize = 1024;
 /// The first line of a dump.
 pub const DUMP_FORMAT: &str = "am-dbg-dump";
+/// The highest `seq` a history numbers (2^53 - 1): the console reads sequences as JavaScript
+/// numbers, exact up to it. A dump whose `next_seq` is past it is refused; a history that
+/// reaches it takes no more entries.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
 /// The dump format version this build writes and reads; a dump of another version is refused
 /// ([`DumpError::Version`]).
 pub const DUMP_VERSION: u32 = 1;
@@ -170,6 +174,9 @@ impl History {
             return None;
         }
         let seq = self.next_seq;
+        if seq > MAX_SEQ {
+            return None;
+        }
         self.next_seq += 1;
         self.apply(&record, seq);
         self.entries.push_back(Entry {
@@ -179,7 +186,7 @@ impl History {
         });
         while self.entries.len() > self.max_entries {
             if let Some(old) = self.entries.pop_front() {
-                self.evicted += 1;
+                self.evicted = self.evicted.saturating_add(1);
                 if let (Some(at), Some((clock, _))) =
                     (old.record.machine(), entry_clock(&old.record))
                 {
@@ -422,6 +429,14 @@ impl History {
                     if version != DUMP_VERSION {
                         return Err(DumpError::Version(version));
                     }
+                    if next_seq > MAX_SEQ.saturating_add(1) {
+                        return Err(DumpError::Line {
+                            line: n,
+                            error: format!(
+                                "next_seq {next_seq} is past {MAX_SEQ}, the highest sequence a history numbers"
+                            ),
+                        });
+                    }
                     seen_header = true;
                     history.next_seq = next_seq.max(1);
                     history.evicted = evicted;
@@ -452,7 +467,7 @@ impl History {
                     history.entries.push_back(entry);
                     if history.entries.len() > history.max_entries {
                         history.entries.pop_front();
-                        history.evicted += 1;
+                        history.evicted = history.evicted.saturating_add(1);
                     }
                 }
                 DumpLine::Machine(view) => {

@@ -229,3 +229,24 @@ fn a_bad_dump_is_refused_with_the_line() {
         Some(DumpError::Version(9))
     );
 }
+
+/// A dump's numbers are input: a `next_seq` at the end of u64 is refused with the reason
+/// (taking entries after it would overflow), and one at the bound takes no more entries.
+#[test]
+fn a_dump_numbered_at_the_end_of_u64_is_refused() {
+    let header = |next_seq: u64, evicted: u64| {
+        format!(
+            r#"{{"d":"header","format":"am-dbg-dump","version":1,"next_seq":{next_seq},"evicted":{evicted}}}"#
+        )
+    };
+    let max = header(u64::MAX, 0);
+    match History::import_lines([max.as_bytes()], 10) {
+        Err(DumpError::Line { line: 1, error }) => assert!(error.contains("next_seq"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let last = header(MAX_SEQ, u64::MAX);
+    let mut h = History::import_lines([last.as_bytes()], 1).expect("imports");
+    assert_eq!(h.ingest(machine("root", vec![0, 0]), 1), Some(MAX_SEQ));
+    assert_eq!(h.ingest(machine("root", vec![0, 1]), 2), None, "past the bound");
+    assert_eq!(h.evicted(), u64::MAX);
+}
