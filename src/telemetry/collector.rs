@@ -291,7 +291,7 @@ async fn accept_senders(inner: Arc<Inner>, listener: TcpListener, mut stop: watc
         let mut stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
-                result = read_sender(&inner, stream) => {
+                result = read_sender(&inner, stream, peer) => {
                     if let Err(e) = result {
                         warn!(%peer, error = %e, "collector: dropped a sender");
                     }
@@ -304,7 +304,15 @@ async fn accept_senders(inner: Arc<Inner>, listener: TcpListener, mut stop: watc
 }
 
 /// Reads records a line at a time; a line over the bound or a bad record ends the connection.
-async fn read_sender(inner: &Inner, mut stream: TcpStream) -> Result<(), String> {
+async fn read_sender(
+    inner: &Inner,
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+) -> Result<(), String> {
+    // A record past the history's bounds of nodes or machines is skipped (the history
+    // refuses it too, should others fill the bound meanwhile), said once per connection:
+    // the sender's other machines still report.
+    let mut refused = false;
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -321,6 +329,13 @@ async fn read_sender(inner: &Inner, mut stream: TcpStream) -> Result<(), String>
                 continue;
             }
             let record = Record::from_line(line).map_err(|e| e.to_string())?;
+            if let Err(e) = inner.history().admits(&record) {
+                if !refused {
+                    warn!(%peer, error = %e, "collector: refused a sender's record (said once a connection)");
+                    refused = true;
+                }
+                continue;
+            }
             if matches!(record, Record::Status(_)) {
                 ingest(inner, [record]);
             } else {
@@ -605,6 +620,7 @@ fn answer(inner: &Inner, ask: Ask) -> Value {
                 "lost": lost,
                 "next_seq": history.next_seq(),
                 "evicted": history.evicted(),
+                "refused": history.refused(),
                 "machines": history.machines().collect::<Vec<_>>(),
                 "nodes": history.nodes().collect::<Vec<_>>(),
                 "entries": entries(since, &filter),
