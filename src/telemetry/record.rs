@@ -841,7 +841,11 @@ mod tests {
         };
         let listed = sent.status.clients.len();
         assert!(listed > 0 && listed <= MAX_CLIENTS, "{listed} clients");
-        assert_eq!(sent.status.clients[..], clients[..listed], "the first, in order");
+        assert_eq!(
+            sent.status.clients[..],
+            clients[..listed],
+            "the first, in order"
+        );
         let counter = |name: &str| {
             sent.status
                 .counters

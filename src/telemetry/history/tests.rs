@@ -247,7 +247,11 @@ fn a_dump_numbered_at_the_end_of_u64_is_refused() {
     let last = header(MAX_SEQ, u64::MAX);
     let mut h = History::import_lines([last.as_bytes()], 1).expect("imports");
     assert_eq!(h.ingest(machine("root", vec![0, 0]), 1), Some(MAX_SEQ));
-    assert_eq!(h.ingest(machine("root", vec![0, 1]), 2), None, "past the bound");
+    assert_eq!(
+        h.ingest(machine("root", vec![0, 1]), 2),
+        None,
+        "past the bound"
+    );
     assert_eq!(h.evicted(), u64::MAX);
 }
 
@@ -276,11 +280,16 @@ fn nodes_and_machines_past_the_bounds_are_refused() {
         h.admits(&status("c")),
         Err(HistoryError::TooManyNodes(2, ref n)) if n == "c"
     ));
-    let err = h.admits(&transition("c", vec![0, 1], &["B"], None)).unwrap_err();
+    let err = h
+        .admits(&transition("c", vec![0, 1], &["B"], None))
+        .expect_err("past the bound");
     assert!(err.to_string().contains("c/demo"), "{err}");
     // The known ones go on.
     assert!(h.ingest(status("a"), 2).is_none() && h.refused() == 2);
-    assert!(h.ingest(transition("b", vec![0, 1], &["B"], None), 2).is_some());
+    assert!(
+        h.ingest(transition("b", vec![0, 1], &["B"], None), 2)
+            .is_some()
+    );
 
     let lines: Vec<String> = h.export_lines().collect();
     let small = History::new(100).with_bounds(1, 2);
