@@ -291,7 +291,7 @@ async fn accept_senders(inner: Arc<Inner>, listener: TcpListener, mut stop: watc
         let mut stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
-                result = read_sender(&inner, stream) => {
+                result = read_sender(&inner, stream, peer, SENDER_IDLE) => {
                     if let Err(e) = result {
                         warn!(%peer, error = %e, "collector: dropped a sender");
                     }
@@ -303,24 +303,89 @@ async fn accept_senders(inner: Arc<Inner>, listener: TcpListener, mut stop: watc
     }
 }
 
-/// Reads records a line at a time; a line over the bound or a bad record ends the connection.
-async fn read_sender(inner: &Inner, mut stream: TcpStream) -> Result<(), String> {
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+/// How long a sender may send nothing before its connection is ended: a node sends its status
+/// (or an empty line) every 500 ms and a page's glue an empty line every 10 s, so only a
+/// connection that is not a live sender is this silent, and it would hold one of the
+/// [`MAX_SENDERS`] places.
+pub const SENDER_IDLE: Duration = Duration::from_secs(30);
+
+/// A sender's bytes cut into lines, each scanned for its end once (a line sent a byte at a
+/// time costs its length, not its square).
+#[derive(Debug, Default)]
+struct Lines {
+    buf: Vec<u8>,
+    /// How much of `buf` is known to hold no line feed.
+    scanned: usize,
+    /// Bytes looked at for a line feed so far (what the scan costs).
+    looked_at: u64,
+}
+
+impl Lines {
+    /// Adds `bytes` and hands each complete, non-empty line to `each`; fails when a line is
+    /// over [`MAX_LINE`] (before it ends) or `each` fails.
+    fn push(
+        &mut self,
+        bytes: &[u8],
+        mut each: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.buf.extend_from_slice(bytes);
+        let mut start = 0;
+        loop {
+            let rest = &self.buf[self.scanned..];
+            let Some(at) = rest.iter().position(|&b| b == b'\n') else {
+                self.looked_at += rest.len() as u64;
+                break;
+            };
+            self.looked_at += at as u64 + 1;
+            let end = self.scanned + at;
+            let line = &self.buf[start..end];
+            start = end + 1;
+            self.scanned = start;
+            if !line.is_empty() {
+                each(line)?;
+            }
+        }
+        self.scanned = self.buf.len();
+        self.buf.drain(..start);
+        self.scanned -= start;
+        if self.buf.len() > MAX_LINE {
+            return Err(format!("a line over {MAX_LINE} bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads records a line at a time; a line over the bound, a bad record or `idle` without a
+/// byte ends the connection.
+async fn read_sender(
+    inner: &Inner,
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    idle: Duration,
+) -> Result<(), String> {
+    // A record past the history's bounds of nodes or machines is skipped (the history
+    // refuses it too, should others fill the bound meanwhile), said once per connection:
+    // the sender's other machines still report.
+    let mut refused = false;
+    let mut lines = Lines::default();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let n = match timeout(idle, stream.read(&mut chunk)).await {
+            Ok(read) => read.map_err(|e| e.to_string())?,
+            Err(_) => return Err(format!("nothing sent in {idle:?}")),
+        };
         if n == 0 {
             return Ok(());
         }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut start = 0;
-        while let Some(at) = buf[start..].iter().position(|&b| b == b'\n') {
-            let line = &buf[start..start + at];
-            start += at + 1;
-            if line.is_empty() {
-                continue;
-            }
+        lines.push(&chunk[..n], |line| {
             let record = Record::from_line(line).map_err(|e| e.to_string())?;
+            if let Err(e) = inner.history().admits(&record) {
+                if !refused {
+                    warn!(%peer, error = %e, "collector: refused a sender's record (said once a connection)");
+                    refused = true;
+                }
+                return Ok(());
+            }
             if matches!(record, Record::Status(_)) {
                 ingest(inner, [record]);
             } else {
@@ -330,11 +395,8 @@ async fn read_sender(inner: &Inner, mut stream: TcpStream) -> Result<(), String>
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(record, now_ms());
             }
-        }
-        buf.drain(..start);
-        if buf.len() > MAX_LINE {
-            return Err(format!("a line over {MAX_LINE} bytes"));
-        }
+            Ok(())
+        })?;
     }
 }
 
@@ -595,7 +657,7 @@ fn answer(inner: &Inner, ask: Ask) -> Value {
                 .map_or(history.next_seq(), |e| e.seq);
             // Entries the console missed that are no longer kept.
             let lost = if since > 0 {
-                oldest.saturating_sub(since + 1)
+                oldest.saturating_sub(since.saturating_add(1))
             } else {
                 0
             };
@@ -605,6 +667,7 @@ fn answer(inner: &Inner, ask: Ask) -> Value {
                 "lost": lost,
                 "next_seq": history.next_seq(),
                 "evicted": history.evicted(),
+                "refused": history.refused(),
                 "machines": history.machines().collect::<Vec<_>>(),
                 "nodes": history.nodes().collect::<Vec<_>>(),
                 "entries": entries(since, &filter),
@@ -658,7 +721,77 @@ async fn console_socket<S: AsyncRead + AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::*;
+
+    #[test]
+    fn a_line_sent_a_byte_at_a_time_is_scanned_once() {
+        let mut lines = Lines::default();
+        let line = vec![b'x'; MAX_LINE];
+        let mut got = Vec::new();
+        for &b in &line {
+            lines
+                .push(&[b], |l| {
+                    got.push(l.len());
+                    Ok(())
+                })
+                .expect("within the bound");
+        }
+        // Each push looked at the byte it added, not the whole partial line.
+        assert_eq!(lines.looked_at, MAX_LINE as u64);
+        lines
+            .push(b"\n\nab\ncd", |l| {
+                got.push(l.len());
+                Ok(())
+            })
+            .expect("lines");
+        assert_eq!(got, vec![MAX_LINE, 2]);
+        assert_eq!((lines.buf.as_slice(), lines.scanned), (b"cd".as_slice(), 2));
+        assert!(
+            lines.push(&line, |_| Ok(())).is_err(),
+            "a partial line over the bound"
+        );
+    }
+
+    /// A connection that sends nothing is ended after the idle time, freeing its place.
+    #[tokio::test]
+    async fn a_silent_sender_is_ended_after_the_idle_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let _silent = TcpStream::connect(address).await.expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let ended = timeout(
+            Duration::from_secs(10),
+            read_sender(&inner(), stream, peer, Duration::from_millis(100)),
+        )
+        .await
+        .expect("ended within the idle time");
+        assert!(ended.expect_err("an error").contains("nothing sent"));
+    }
+
+    fn inner() -> Inner {
+        Inner {
+            history: Mutex::new(History::default()),
+            reorder: Mutex::new(Reorder::new(DEFAULT_WINDOW_MS)),
+            live: broadcast::channel(8).0,
+            senders: AtomicUsize::new(0),
+            consoles: AtomicUsize::new(0),
+        }
+    }
+
+    /// A console's `since` is peer input: u64::MAX is answered (nothing lost), not a panic.
+    #[test]
+    fn a_hello_since_the_end_of_time_is_answered() {
+        let inner = inner();
+        let reply = answer(
+            &inner,
+            Ask::Hello {
+                since: u64::MAX,
+                filter: Filter::default(),
+            },
+        );
+        assert_eq!(reply["t"], "snapshot");
+        assert_eq!(reply["lost"], 0);
+    }
 
     #[test]
     fn the_console_answers_to_addresses_and_localhost_only() {

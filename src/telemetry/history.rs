@@ -13,12 +13,20 @@ use super::record::{MachineRecord, Record, RecordError, StatusRecord};
 
 /// Most entries kept by default; the oldest go first.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+/// Most nodes whose latest status is kept by default ([`History::with_bounds`]).
+pub const DEFAULT_MAX_NODES: usize = 4096;
+/// Most machines (`node/machine`) the history knows by default ([`History::with_bounds`]).
+pub const DEFAULT_MAX_MACHINES: usize = 65_536;
 /// Most hops followed back from a transition.
 pub const MAX_HOPS: usize = 32;
 /// How many entries around a transition are searched for the hop that sent it.
 const HOP_WINDOW: usize = 1024;
 /// The first line of a dump.
 pub const DUMP_FORMAT: &str = "am-dbg-dump";
+/// The highest `seq` a history numbers (2^53 - 1): the console reads sequences as JavaScript
+/// numbers, exact up to it. A dump whose `next_seq` is past it is refused; a history that
+/// reaches it takes no more entries.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
 /// The dump format version this build writes and reads; a dump of another version is refused
 /// ([`DumpError::Version`]).
 pub const DUMP_VERSION: u32 = 1;
@@ -120,10 +128,33 @@ pub enum DumpError {
     },
 }
 
+/// Why the history did not take a record: it would add a node or a machine past the bounds
+/// ([`History::with_bounds`]). What the history knows is kept, rather than the oldest names
+/// evicted: a sender inventing names would otherwise push out real nodes' machines (and the
+/// schemas their entries are read with). Records of the nodes and machines it knows are still
+/// taken.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum HistoryError {
+    /// The status of a node past the bound of nodes (the bound, the node).
+    #[error(
+        "the collector keeps the status of at most {0} nodes; node {1:?} is refused. Give nodes stable names (a sender inventing names fills the bound), or restart the collector to clear it"
+    )]
+    TooManyNodes(usize, String),
+    /// A record of a machine past the bound of machines (the bound, `node/machine`).
+    #[error(
+        "the collector knows at most {0} machines; {1:?} is refused. Give machines stable names (a sender inventing names fills the bound), or restart the collector to clear it"
+    )]
+    TooManyMachines(usize, String),
+}
+
 /// The history of a collector.
 #[derive(Debug, Clone)]
 pub struct History {
     max_entries: usize,
+    max_nodes: usize,
+    max_machines: usize,
+    /// Records not taken: past the bounds of nodes or machines, or past [`MAX_SEQ`].
+    refused: u64,
     entries: VecDeque<Entry>,
     next_seq: u64,
     evicted: u64,
@@ -153,6 +184,9 @@ impl History {
     pub fn new(max_entries: usize) -> Self {
         History {
             max_entries: max_entries.max(1),
+            max_nodes: DEFAULT_MAX_NODES,
+            max_machines: DEFAULT_MAX_MACHINES,
+            refused: 0,
             entries: VecDeque::new(),
             next_seq: 1,
             evicted: 0,
@@ -162,14 +196,62 @@ impl History {
         }
     }
 
+    /// The same history keeping the status of at most `max_nodes` nodes and knowing at most
+    /// `max_machines` machines (each at least 1); by default [`DEFAULT_MAX_NODES`] and
+    /// [`DEFAULT_MAX_MACHINES`]. A record that would add one past them is refused
+    /// ([`History::admits`]). An imported dump past them is refused.
+    pub fn with_bounds(mut self, max_nodes: usize, max_machines: usize) -> Self {
+        self.max_nodes = max_nodes.max(1);
+        self.max_machines = max_machines.max(1);
+        self
+    }
+
+    /// Whether [`History::ingest`] takes `record`: it does unless it would add a node's status
+    /// or a machine past the bounds ([`History::with_bounds`]).
+    pub fn admits(&self, record: &Record) -> Result<(), HistoryError> {
+        match record {
+            Record::Status(s) => {
+                if self.nodes.len() >= self.max_nodes && !self.nodes.contains_key(&s.node) {
+                    return Err(HistoryError::TooManyNodes(self.max_nodes, s.node.clone()));
+                }
+            }
+            other => {
+                if let Some(at) = other.machine()
+                    && self.machines.len() >= self.max_machines
+                {
+                    let key = at.key();
+                    if !self.machines.contains_key(&key) {
+                        return Err(HistoryError::TooManyMachines(self.max_machines, key));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records not taken so far: past the bounds of nodes or machines
+    /// ([`History::with_bounds`]), or numbered past [`MAX_SEQ`].
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
     /// Takes a record in; returns its entry's sequence (`None` for a node's status, which is
-    /// kept as the node's latest, not as an entry).
+    /// kept as the node's latest, not as an entry, and for a record refused: one
+    /// [`History::admits`] refuses, or one past [`MAX_SEQ`]; counted in [`History::refused`]).
     pub fn ingest(&mut self, record: Record, now_ms: u64) -> Option<u64> {
+        if self.admits(&record).is_err() {
+            self.refused = self.refused.saturating_add(1);
+            return None;
+        }
         if let Record::Status(status) = record {
             self.nodes.insert(status.node.clone(), status);
             return None;
         }
         let seq = self.next_seq;
+        if seq > MAX_SEQ {
+            self.refused = self.refused.saturating_add(1);
+            return None;
+        }
         self.next_seq += 1;
         self.apply(&record, seq);
         self.entries.push_back(Entry {
@@ -179,7 +261,7 @@ impl History {
         });
         while self.entries.len() > self.max_entries {
             if let Some(old) = self.entries.pop_front() {
-                self.evicted += 1;
+                self.evicted = self.evicted.saturating_add(1);
                 if let (Some(at), Some((clock, _))) =
                     (old.record.machine(), entry_clock(&old.record))
                 {
@@ -392,7 +474,15 @@ impl History {
         lines: impl IntoIterator<Item = &'a [u8]>,
         max_entries: usize,
     ) -> Result<History, DumpError> {
-        let mut history = History::new(max_entries);
+        Self::import_lines_into(lines, History::new(max_entries))
+    }
+
+    /// [`History::import_lines`] into `history` (empty, with its bounds:
+    /// [`History::with_bounds`]); a dump past its bounds of nodes or machines is refused.
+    pub fn import_lines_into<'a>(
+        lines: impl IntoIterator<Item = &'a [u8]>,
+        mut history: History,
+    ) -> Result<History, DumpError> {
         let mut seen_header = false;
         for (i, line) in lines.into_iter().enumerate() {
             let n = i + 1;
@@ -422,6 +512,14 @@ impl History {
                     if version != DUMP_VERSION {
                         return Err(DumpError::Version(version));
                     }
+                    if next_seq > MAX_SEQ.saturating_add(1) {
+                        return Err(DumpError::Line {
+                            line: n,
+                            error: format!(
+                                "next_seq {next_seq} is past {MAX_SEQ}, the highest sequence a history numbers"
+                            ),
+                        });
+                    }
                     seen_header = true;
                     history.next_seq = next_seq.max(1);
                     history.evicted = evicted;
@@ -434,7 +532,14 @@ impl History {
                             error: "too many ticks".into(),
                         });
                     }
+                    if key.len() > 2 * super::record::MAX_TEXT + 1 {
+                        return Err(DumpError::Line {
+                            line: n,
+                            error: "too long a machine name".into(),
+                        });
+                    }
                     history.base.insert(key, clock);
+                    history.check_bounds(n)?;
                 }
                 DumpLine::Entry(entry) => {
                     entry
@@ -452,7 +557,7 @@ impl History {
                     history.entries.push_back(entry);
                     if history.entries.len() > history.max_entries {
                         history.entries.pop_front();
-                        history.evicted += 1;
+                        history.evicted = history.evicted.saturating_add(1);
                     }
                 }
                 DumpLine::Machine(view) => {
@@ -461,13 +566,23 @@ impl History {
                             .check()
                             .map_err(|error| DumpError::Record { line: n, error })?;
                     }
+                    if view.key.len() > 2 * super::record::MAX_TEXT + 1
+                        || view.clock.len() > super::record::MAX_STATES
+                    {
+                        return Err(DumpError::Line {
+                            line: n,
+                            error: "too long a machine name, or too many ticks".into(),
+                        });
+                    }
                     history.machines.insert(view.key.clone(), view);
+                    history.check_bounds(n)?;
                 }
                 DumpLine::Status(status) => {
                     Record::Status(status.clone())
                         .check()
                         .map_err(|error| DumpError::Record { line: n, error })?;
                     history.nodes.insert(status.node.clone(), status);
+                    history.check_bounds(n)?;
                 }
             }
         }
@@ -475,6 +590,21 @@ impl History {
             return Err(DumpError::NoHeader);
         }
         Ok(history)
+    }
+
+    /// Checks an imported dump against the bounds of nodes and machines.
+    fn check_bounds(&self, line: usize) -> Result<(), DumpError> {
+        let over = |what: &str, bound: usize| DumpError::Line {
+            line,
+            error: format!("more than {bound} {what}, the collector's bound"),
+        };
+        if self.nodes.len() > self.max_nodes {
+            return Err(over("nodes", self.max_nodes));
+        }
+        if self.machines.len() > self.max_machines || self.base.len() > self.max_machines {
+            return Err(over("machines", self.max_machines));
+        }
+        Ok(())
     }
 }
 

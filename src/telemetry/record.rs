@@ -17,8 +17,23 @@ pub const MAX_STATES: usize = crate::machine::schema::MAX_STATES;
 pub const MAX_ITEMS: usize = 256;
 /// Longest name or text in a record, in bytes.
 pub const MAX_TEXT: usize = 4096;
-/// An argument's value is cut to this many characters before it is sent.
-pub const MAX_ARG_CHARS: usize = 200;
+/// Most clients listed in a `status` record. A server takes 10 000 clients by default: a
+/// node lists the first of them in its server's order (by source, then id) and counts the
+/// rest ([`CLIENTS_TOTAL`], [`CLIENTS_UNLISTED`]).
+pub const MAX_CLIENTS: usize = 4 * MAX_ITEMS;
+/// The counter a node adds to a status whose client list it cut: how many clients it has.
+pub const CLIENTS_TOTAL: &str = "telemetry_clients_total";
+/// The counter a node adds to a status whose client list it cut: how many it left out.
+pub const CLIENTS_UNLISTED: &str = "telemetry_clients_unlisted";
+/// The counter a node adds to a status whose source list it cut (over [`MAX_ITEMS`] sources,
+/// or sources too large for a line): how many it left out.
+pub const SOURCES_UNLISTED: &str = "telemetry_sources_unlisted";
+/// An argument's name and value are each cut to this many bytes (at a character boundary,
+/// `…` added) before they are sent.
+pub const MAX_ARG_BYTES: usize = 256;
+/// Most bytes a record's arguments take as JSON; the arguments past it (in name order) are
+/// left out and counted (`args_dropped`), so every record a node sends fits [`MAX_LINE`].
+pub const MAX_ARGS_JSON: usize = 32 * 1024;
 /// The value sent in place of a redacted argument.
 pub const REDACTED: &str = "<redacted>";
 
@@ -106,6 +121,10 @@ pub struct TransitionRecord {
     pub called: Vec<String>,
     /// Argument name and its value as text (redacted or cut: see [`Redaction`]).
     pub args: Vec<(String, String)>,
+    /// Arguments of the mutation left out of `args`: past [`MAX_ITEMS`], or past
+    /// [`MAX_ARGS_JSON`] bytes. Absent when none were.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub args_dropped: u64,
     /// `executed` or `canceled`; `queued` for a mutation the busy machine queued (it is
     /// reported again when it runs); `update` for a mirror's update.
     pub outcome: String,
@@ -144,6 +163,9 @@ pub struct SentRecord {
     pub called: Vec<String>,
     /// Argument name and its value as text (redacted or cut: see [`Redaction`]).
     pub args: Vec<(String, String)>,
+    /// Arguments of the mutation left out of `args` (see [`TransitionRecord::args_dropped`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub args_dropped: u64,
     /// The client of this node that asked for it; `None` when the node itself did.
     pub origin: Option<String>,
     /// Records of this machine dropped so far because its buffer was full.
@@ -165,8 +187,93 @@ pub struct StatusRecord {
     pub status: NodeStatus,
 }
 
+impl StatusRecord {
+    /// Cuts the status to what a collector takes, so that its line fits [`MAX_LINE`]: at most
+    /// [`MAX_ITEMS`] listeners, sources and counters and [`MAX_CLIENTS`] clients (the first in
+    /// the server's order: by source, then id, so the same ones are listed from one status to
+    /// the next), then as many of those sources and clients as the line has room for. What is
+    /// left out is counted: [`CLIENTS_TOTAL`] and [`CLIENTS_UNLISTED`] when clients were cut,
+    /// [`SOURCES_UNLISTED`] when sources were (each source still counts its clients).
+    pub fn fit(&mut self) {
+        // Room kept for the counters added below and the line feed.
+        const SLACK: usize = 256;
+        let budget = MAX_LINE - SLACK;
+        self.listen.truncate(MAX_ITEMS);
+        for l in &mut self.listen {
+            cut_bytes_in_place(l, MAX_TEXT);
+        }
+        let status = &mut self.status;
+        status.counters.truncate(MAX_ITEMS - 3);
+        let clients_total = status.clients.len();
+        let sources_total = status.sources.len();
+        let mut sources = std::mem::take(&mut status.sources);
+        let mut clients = std::mem::take(&mut status.clients);
+        sources.truncate(MAX_ITEMS);
+        clients.truncate(MAX_CLIENTS);
+        for source in &mut sources {
+            source.ticks.truncate(MAX_STATES);
+        }
+        // The line without sources and clients, then each as long as it has room: a
+        // separator and the item's JSON.
+        let mut size = json_len(self);
+        let fit_sources = fitting(sources.len(), &mut size, budget, |i| json_len(&sources[i]));
+        sources.truncate(fit_sources);
+        let fit_clients = fitting(clients.len(), &mut size, budget, |i| json_len(&clients[i]));
+        clients.truncate(fit_clients);
+        let status = &mut self.status;
+        status.sources = sources;
+        status.clients = clients;
+        if status.clients.len() < clients_total {
+            status
+                .counters
+                .push((CLIENTS_TOTAL.to_owned(), clients_total as u64));
+            status.counters.push((
+                CLIENTS_UNLISTED.to_owned(),
+                (clients_total - status.clients.len()) as u64,
+            ));
+        }
+        if status.sources.len() < sources_total {
+            status.counters.push((
+                SOURCES_UNLISTED.to_owned(),
+                (sources_total - status.sources.len()) as u64,
+            ));
+        }
+    }
+}
+
+/// How many of `count` items of a JSON list, item `i` taking `len(i)` bytes, fit in `budget`
+/// after `size` bytes; adds what they take (with the separators) to `size`.
+fn fitting(count: usize, size: &mut usize, budget: usize, len: impl Fn(usize) -> usize) -> usize {
+    let mut n = 0;
+    while n < count {
+        let add = len(n) + usize::from(n > 0);
+        if *size + add > budget {
+            break;
+        }
+        *size += add;
+        n += 1;
+    }
+    n
+}
+
+/// The length of a value's JSON.
+fn json_len<T: Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(0, |v| v.len())
+}
+
+/// Cuts `text` to at most `bytes` bytes, at a character boundary.
+fn cut_bytes_in_place(text: &mut String, bytes: usize) {
+    if text.len() > bytes {
+        let mut at = bytes;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+}
+
 /// Which arguments are sent as `<redacted>`: those whose name contains one of these words
-/// (ignoring case). The rest are sent as text, cut to [`MAX_ARG_CHARS`].
+/// (ignoring case). The rest are sent as text, cut to [`MAX_ARG_BYTES`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redaction {
     /// The words, lowercase (an argument name matches when it contains one, ignoring case).
@@ -204,29 +311,59 @@ impl Redaction {
         self.words.iter().any(|w| name.contains(w.as_str()))
     }
 
-    /// The arguments of `mutation` as they are sent.
-    pub fn args(&self, mutation: &Mutation) -> Vec<(String, String)> {
-        mutation
-            .args
-            .iter()
-            .take(MAX_ITEMS)
-            .map(|(name, value)| {
-                let text = if self.hides(name) {
-                    REDACTED.to_owned()
-                } else {
-                    cut(&value.to_string(), MAX_ARG_CHARS)
-                };
-                (cut(name, MAX_ARG_CHARS), text)
-            })
-            .collect()
+    /// The arguments of `mutation` as they are sent, and how many were left out: names and
+    /// values cut to [`MAX_ARG_BYTES`], at most [`MAX_ITEMS`] of them, in name order while
+    /// they take at most [`MAX_ARGS_JSON`] bytes as JSON (escapes counted).
+    pub fn args(&self, mutation: &Mutation) -> (Vec<(String, String)>, u64) {
+        let mut budget = MAX_ARGS_JSON;
+        let mut args = Vec::new();
+        for (name, value) in mutation.args.iter().take(MAX_ITEMS) {
+            let text = if self.hides(name) {
+                REDACTED.to_owned()
+            } else {
+                cut(&value.to_string(), MAX_ARG_BYTES)
+            };
+            let name = cut(name, MAX_ARG_BYTES);
+            // `["name","text"]` and the separator.
+            let size = json_str_len(&name) + json_str_len(&text) + 4;
+            if size > budget {
+                break;
+            }
+            budget -= size;
+            args.push((name, text));
+        }
+        let dropped = (mutation.args.len() - args.len()) as u64;
+        (args, dropped)
     }
 }
 
-fn cut(text: &str, chars: usize) -> String {
-    match text.char_indices().nth(chars) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
+/// `text` cut to at most `bytes` bytes at a character boundary, with `…` when cut.
+fn cut(text: &str, bytes: usize) -> String {
+    if text.len() <= bytes {
+        return text.to_owned();
     }
+    let mut at = bytes;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    format!("{}…", &text[..at])
+}
+
+/// The length of `text` as a JSON string, quotes and escapes included (as serde_json writes
+/// it: `\"`, `\\` and the short escapes take two bytes, other control characters six).
+fn json_str_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A mutation kind as records name it: `add`, `remove` or `set`.
@@ -316,6 +453,7 @@ impl TransitionRecord {
             .map(|(i, _)| i as u32)
             .collect();
         let mutation = raw.mutation.as_ref();
+        let (args, args_dropped) = mutation.map(|m| redaction.args(m)).unwrap_or_default();
         TransitionRecord {
             at,
             time_us: raw.time_us,
@@ -323,7 +461,8 @@ impl TransitionRecord {
             called: mutation
                 .map(|m| names(schema, &m.states))
                 .unwrap_or_default(),
-            args: mutation.map(|m| redaction.args(m)).unwrap_or_default(),
+            args,
+            args_dropped,
             outcome: outcome_name(raw.outcome, mutation.is_some()).to_owned(),
             auto: mutation.is_some_and(Mutation::is_auto),
             queue_tick: raw.queue_tick,
@@ -363,12 +502,14 @@ impl TransitionRecord {
         tick: u64,
         dropped: u64,
     ) -> Self {
+        let (args, args_dropped) = redaction.args(mutation);
         TransitionRecord {
             at,
             time_us,
             kind: Some(kind_name(mutation.kind).to_owned()),
             called: names(schema, &mutation.states),
-            args: redaction.args(mutation),
+            args,
+            args_dropped,
             outcome: "queued".to_owned(),
             auto: mutation.is_auto(),
             queue_tick: tick,
@@ -391,12 +532,14 @@ impl SentRecord {
         time_us: u64,
         dropped: u64,
     ) -> Self {
+        let (args, args_dropped) = redaction.args(mutation);
         SentRecord {
             at,
             time_us,
             kind: kind_name(mutation.kind).to_owned(),
             called: names(schema, &mutation.states),
-            args: redaction.args(mutation),
+            args,
+            args_dropped,
             origin: mutation.origin.as_deref().map(str::to_owned),
             dropped,
         }
@@ -428,6 +571,37 @@ impl Record {
     pub fn to_line(&self) -> String {
         // A record is plain data (strings, numbers, lists): serializing cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Cuts the record to the bounds a collector holds a sender to, where it can without
+    /// losing its meaning: a status as [`StatusRecord::fit`] says; a transition's or a sent
+    /// mutation's arguments (counted in `args_dropped`) and then its handlers' errors go when
+    /// its line is over [`MAX_LINE`] (its clock and states stay). A machine's record (its
+    /// schema) is not cut.
+    pub fn fit(&mut self) {
+        match self {
+            Record::Status(status) => status.fit(),
+            Record::Transition(t) => {
+                t.errors.truncate(MAX_ITEMS);
+                for e in &mut t.errors {
+                    cut_bytes_in_place(e, MAX_TEXT);
+                }
+                if t.args.len() > MAX_ITEMS || json_len(t) > MAX_LINE - 64 {
+                    t.args_dropped += t.args.len() as u64;
+                    t.args.clear();
+                }
+                if json_len(t) > MAX_LINE - 64 {
+                    t.errors = vec![format!("{} handler errors left out", t.errors.len())];
+                }
+            }
+            Record::Sent(s) => {
+                if s.args.len() > MAX_ITEMS || json_len(s) > MAX_LINE - 64 {
+                    s.args_dropped += s.args.len() as u64;
+                    s.args.clear();
+                }
+            }
+            Record::Machine(_) | Record::Dispose(_) => {}
+        }
     }
 
     /// A record from one line a sender wrote, within the bounds.
@@ -504,7 +678,7 @@ impl Record {
                 !s.node.is_empty()
                     && s.listen.len() <= MAX_ITEMS
                     && s.status.sources.len() <= MAX_ITEMS
-                    && s.status.clients.len() <= 4 * MAX_ITEMS
+                    && s.status.clients.len() <= MAX_CLIENTS
                     && s.status.sources.iter().all(|x| x.ticks.len() <= MAX_STATES)
             }
             Record::Dispose(at) => at_ok(at),
@@ -570,7 +744,8 @@ mod tests {
         };
         assert_eq!(arg("api_Token"), REDACTED);
         assert!(arg("user").contains("ann"));
-        assert!(arg("long").chars().count() <= MAX_ARG_CHARS + 1);
+        assert!(arg("long").len() <= MAX_ARG_BYTES + "…".len());
+        assert_eq!(record.args_dropped, 0);
     }
 
     #[test]
@@ -612,6 +787,7 @@ mod tests {
             kind: "add".into(),
             called: vec![],
             args: vec![("a".into(), "b".into()); MAX_ITEMS + 1],
+            args_dropped: 0,
             origin: None,
             dropped: 0,
         });
@@ -624,6 +800,143 @@ mod tests {
             machine: "m".into(),
         });
         assert!(Record::from_line(empty_node.to_line().as_bytes()).is_err());
+    }
+
+    /// A node with 10 000 clients of 256-byte ids (and more sources than a status may list)
+    /// sends a status line the collector takes: the first clients, with the rest counted.
+    #[test]
+    fn a_status_of_many_clients_is_cut_to_a_line_the_collector_takes() {
+        use crate::proto::message::{ClientStatus, SourceStatus};
+        let clients: Vec<ClientStatus> = (0..10_000)
+            .map(|i| ClientStatus {
+                id: format!("{i:05}{}", "x".repeat(251)),
+                source: "demo".into(),
+                peer: "127.0.0.1:50000".into(),
+            })
+            .collect();
+        let sources = (0..300)
+            .map(|i| SourceStatus {
+                name: format!("s{i:03}"),
+                ..SourceStatus::default()
+            })
+            .collect();
+        let record = Record::Status(StatusRecord {
+            node: "hub".into(),
+            time_ms: 1,
+            listen: vec!["tcp://127.0.0.1:7001".into()],
+            status: NodeStatus {
+                node: "hub".into(),
+                sources,
+                clients: clients.clone(),
+                counters: vec![("clients".into(), 10_000)],
+            },
+        });
+        let mut out = String::new();
+        crate::telemetry::tap::push_line(&mut out, &record);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].len() <= MAX_LINE, "{} bytes", lines[0].len());
+        let Ok(Record::Status(sent)) = Record::from_line(lines[0].as_bytes()) else {
+            panic!("the collector refuses the status");
+        };
+        let listed = sent.status.clients.len();
+        assert!(listed > 0 && listed <= MAX_CLIENTS, "{listed} clients");
+        assert_eq!(
+            sent.status.clients[..],
+            clients[..listed],
+            "the first, in order"
+        );
+        let counter = |name: &str| {
+            sent.status
+                .counters
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(counter(CLIENTS_TOTAL), Some(10_000));
+        assert_eq!(counter(CLIENTS_UNLISTED), Some(10_000 - listed as u64));
+        assert_eq!(sent.status.sources.len(), MAX_ITEMS);
+        assert_eq!(counter(SOURCES_UNLISTED), Some(300 - MAX_ITEMS as u64));
+        assert_eq!(counter("clients"), Some(10_000));
+
+        // A status within the bounds goes as it is, without the counters.
+        let mut small = record.clone();
+        if let Record::Status(s) = &mut small {
+            s.status.clients.truncate(3);
+            s.status.sources.truncate(2);
+        }
+        let mut out = String::new();
+        crate::telemetry::tap::push_line(&mut out, &small);
+        assert_eq!(
+            Record::from_line(out.trim_end().as_bytes()).expect("taken"),
+            small
+        );
+    }
+
+    /// One mutation of a client, 256 arguments of 200 four-byte characters in name and
+    /// value, would make a 410 KiB line: its record is cut to one the collector takes, and says
+    /// how many arguments it left out.
+    #[test]
+    fn a_mutation_of_large_arguments_makes_a_line_the_collector_takes() {
+        let schema = Schema::builder()
+            .state(StateDef::new("A"))
+            .build()
+            .expect("schema");
+        let wide = "\u{1F600}".repeat(200);
+        let mut args = Args::new();
+        for i in 0..256 {
+            args = args.with(format!("{i:03}{wide}"), wide.clone());
+        }
+        let mutation = Mutation::new(MutationKind::Add, vec![0], args);
+        let redaction = Redaction::default();
+        let queued = Record::Transition(TransitionRecord::queued(
+            at(),
+            &mutation,
+            &schema,
+            vec![0],
+            &redaction,
+            1,
+            1,
+            0,
+        ));
+        let sent = Record::Sent(SentRecord::from_raw(
+            at(),
+            &mutation,
+            &schema,
+            &redaction,
+            1,
+            0,
+        ));
+        for record in [queued, sent] {
+            let mut out = String::new();
+            crate::telemetry::tap::push_line(&mut out, &record);
+            assert!(out.len() <= MAX_LINE, "{} bytes", out.len());
+            let taken = Record::from_line(out.trim_end().as_bytes()).expect("taken");
+            let (args, dropped) = match &taken {
+                Record::Transition(t) => (&t.args, t.args_dropped),
+                Record::Sent(s) => (&s.args, s.args_dropped),
+                _ => unreachable!(),
+            };
+            assert!(!args.is_empty());
+            assert_eq!(args.len() as u64 + dropped, 256);
+            for (name, value) in args {
+                assert!(name.len() <= MAX_ARG_BYTES + 3 && value.len() <= MAX_ARG_BYTES + 3);
+                assert!(value.ends_with('…'));
+            }
+        }
+        // Control characters are escaped six bytes each: the budget counts them as sent.
+        let mut args = Args::new();
+        for i in 0..256 {
+            args = args.with(format!("{i:03}"), "\u{1}".repeat(300));
+        }
+        let mutation = Mutation::new(MutationKind::Add, vec![0], args);
+        let (args, dropped) = redaction.args(&mutation);
+        let json: usize = args
+            .iter()
+            .map(|a| serde_json::to_string(a).expect("json").len() + 1)
+            .sum();
+        assert!(json <= MAX_ARGS_JSON, "{json} bytes");
+        assert!(dropped > 0);
     }
 
     #[test]

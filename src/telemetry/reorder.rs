@@ -23,7 +23,10 @@ pub const MIRROR_UPDATE_LAG_US: u64 = 100;
 fn time_us(record: &Record) -> Option<u64> {
     match record {
         Record::Machine(m) => Some(m.time_us),
-        Record::Transition(t) if t.kind.is_none() => Some(t.time_us + MIRROR_UPDATE_LAG_US),
+        // A sender's time is peer input: it may be anything up to u64::MAX.
+        Record::Transition(t) if t.kind.is_none() => {
+            Some(t.time_us.saturating_add(MIRROR_UPDATE_LAG_US))
+        }
         Record::Transition(t) => Some(t.time_us),
         Record::Sent(s) => Some(s.time_us),
         Record::Status(_) | Record::Dispose(_) => None,
@@ -115,6 +118,7 @@ mod tests {
             kind: Some("add".into()),
             called: vec![],
             args: vec![],
+            args_dropped: 0,
             outcome: "update".into(),
             auto: false,
             queue_tick: 0,
@@ -166,6 +170,19 @@ mod tests {
         r.push(at(1_000, "late"), 30);
         // The late one was timed before b: it goes out with b.
         assert_eq!(nodes(&r.release(45)), vec!["late", "b"]);
+    }
+
+    #[test]
+    fn a_mirrors_update_timed_at_the_end_of_time_is_released() {
+        let mut r = Reorder::new(0);
+        let Record::Transition(mut update) = at(u64::MAX, "mirror") else {
+            unreachable!()
+        };
+        update.kind = None;
+        r.push(Record::Transition(update), 0);
+        r.push(at(u64::MAX, "root"), 0);
+        // Both sort at u64::MAX: they keep their arrival order.
+        assert_eq!(nodes(&r.release(0)), vec!["mirror", "root"]);
     }
 
     #[test]

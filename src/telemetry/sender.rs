@@ -8,10 +8,11 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::record::{MachineRef, Record, Redaction, StatusRecord};
@@ -26,6 +27,10 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 const STATUS_EVERY: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long a connection must have lived for the backoff to start again from
+/// [`BACKOFF_MIN`] when it ends: one the collector ends sooner (it refused a line, or has too
+/// many senders) is retried as a failed connect is, later each time.
+const STABLE: Duration = Duration::from_secs(5);
 /// Most records taken from the buffers per drain (every [`DRAIN_EVERY`]): at most 20 000
 /// records a second per node, so a machine running millions of transitions a second costs
 /// the node a bounded share of a CPU; the rest are dropped at the source and counted.
@@ -221,10 +226,16 @@ async fn run(
     let mut status: Option<StatusFn> = None;
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut backoff = BACKOFF_MIN;
+    let mut retry_at = Instant::now();
     let mut closed = false;
+    let mut probe = [0u8; 64];
     loop {
+        let connect = async {
+            tokio::time::sleep_until(retry_at).await;
+            TcpStream::connect(&config.address).await
+        };
         let stream = tokio::select! {
-            stream = TcpStream::connect(&config.address) => stream,
+            stream = connect => stream,
             ctl = control.recv() => {
                 match ctl {
                     // Its record goes with the others' on connection.
@@ -240,14 +251,14 @@ async fn run(
             Ok(stream) => stream,
             Err(e) => {
                 debug!(%node, address = %config.address, error = %e, "telemetry: collector not reachable; retrying");
-                tokio::time::sleep(backoff).await;
+                retry_at = Instant::now() + backoff;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         info!(%node, address = %config.address, "telemetry: connected to the collector");
-        backoff = BACKOFF_MIN;
+        let connected = Instant::now();
         let mut out = String::new();
         taps.hello(&mut out);
         let mut every = tokio::time::interval(STATUS_EVERY);
@@ -256,7 +267,7 @@ async fn run(
         let ended = loop {
             if !out.is_empty() {
                 if let Err(e) = stream.write_all(out.as_bytes()).await {
-                    break Some(e);
+                    break e;
                 }
                 out.clear();
             }
@@ -279,23 +290,78 @@ async fn run(
                         closed = true;
                     }
                 },
+                // A collector writes nothing to a sender: a read that ends is the collector
+                // closing the connection (it refused a line, or has too many senders), seen
+                // at once rather than at the next failed write.
+                read = stream.read(&mut probe) => match read {
+                    Ok(0) => break std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the collector closed the connection",
+                    ),
+                    Ok(_) => {}
+                    Err(e) => break e,
+                },
                 _ = drain.tick() => {
                     taps.drain(BATCH, &mut out);
                 }
                 _ = every.tick() => {
-                    if let Some(status) = &status {
-                        push_line(&mut out, &Record::Status(StatusRecord {
+                    match &status {
+                        Some(status) => push_line(&mut out, &Record::Status(StatusRecord {
                             node: node.clone(),
                             time_ms: now_ms(),
                             listen: taps.listen().to_vec(),
                             status: status(),
-                        }));
+                        })),
+                        // An empty line (the collector skips it): the connection is alive,
+                        // within the collector's idle timeout.
+                        None => out.push('\n'),
                     }
                 }
             }
         };
-        if let Some(e) = ended {
-            info!(%node, error = %e, "telemetry: lost the collector; reconnecting");
+        info!(%node, error = %ended, "telemetry: lost the collector; reconnecting");
+        // A connection the collector ends at once (it refused a line, or has too many
+        // senders) is retried with a growing backoff, as a failed connect is; only one that
+        // lived a while starts again from the shortest.
+        if connected.elapsed() >= STABLE {
+            backoff = BACKOFF_MIN;
         }
+        retry_at = Instant::now() + backoff;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A collector that ends every connection at once (as one does that refuses the first
+    /// line): the sender sees it, and waits longer before each new connection, not 50 ms
+    /// every time.
+    #[tokio::test]
+    async fn a_connection_the_collector_ends_at_once_grows_the_backoff() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("tcp://{}", listener.local_addr().expect("address"));
+        let telemetry = Telemetry::start("n", TelemetryConfig::new(&address).expect("address"));
+        let accepts = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut at = Vec::new();
+            while at.len() < 6 {
+                let (stream, _) = listener.accept().await.expect("accept");
+                at.push(Instant::now());
+                drop(stream);
+            }
+            at
+        })
+        .await
+        .expect("the sender reconnects after each end");
+        // Backoffs 50, 100, 200, 400, 800 ms: the last gap is at least the 800 ms wait.
+        let last = accepts[5] - accepts[4];
+        assert!(
+            last >= Duration::from_millis(800),
+            "the sender reconnected after {last:?}"
+        );
+        telemetry.shutdown().await;
     }
 }

@@ -10,8 +10,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tracing::warn;
+
 use super::record::{
-    MachineRecord, MachineRef, RawTransition, Record, Redaction, SentRecord, TransitionRecord,
+    MAX_LINE, MachineRecord, MachineRef, RawTransition, Record, Redaction, SentRecord,
+    TransitionRecord,
 };
 use crate::machine::handlers::HandlerCall;
 use crate::machine::{Mutation, Schema, StateSource, Tracer, TracerId, TransitionTrace};
@@ -397,8 +400,30 @@ fn machine_record(m: &mut Tap, listen: &[String], time_us: u64) -> Record {
     })
 }
 
-/// Writes `record` as a line.
+/// Writes `record` as a line, within the bounds a collector holds a sender to: a record past
+/// them is cut to them first ([`Record::fit`]: a node's status lists at most
+/// [`MAX_CLIENTS`](super::record::MAX_CLIENTS) clients, and the rest are counted), and one
+/// that still is not within them is left out, with a warning (a collector would end the
+/// connection for it, and the buffered lines after it would be lost with it).
 pub fn push_line(out: &mut String, record: &Record) {
-    out.push_str(&record.to_line());
-    out.push('\n');
+    let line = record.to_line();
+    if line.len() <= MAX_LINE && record.check().is_ok() {
+        out.push_str(&line);
+        out.push('\n');
+        return;
+    }
+    let mut record = record.clone();
+    record.fit();
+    let line = record.to_line();
+    if line.len() <= MAX_LINE && record.check().is_ok() {
+        out.push_str(&line);
+        out.push('\n');
+    } else {
+        warn!(
+            node = record.node(),
+            machine = record.machine().map(|m| m.machine.as_str()),
+            bytes = line.len(),
+            "telemetry: a record is over the collector's bounds even cut; not sent"
+        );
+    }
 }

@@ -239,7 +239,10 @@ function rowFor(e) {
     ? changedText(r)
     : (r.called || []).join(" ");
   const statesCell = el("td", {}, el("span", { text: states }));
-  if (r.args && r.args.length) statesCell.append(el("span", { class: "args", text: r.args.map(([k, v]) => k + "=" + v).join(" ") }));
+  const args = (r.args || []).map(([k, v]) => k + "=" + v);
+  // Arguments the node left out (past its bounds) are counted.
+  if (r.args_dropped) args.push(`+${r.args_dropped} more`);
+  if (args.length) statesCell.append(el("span", { class: "args", text: args.join(" ") }));
   for (const err of r.errors || []) statesCell.append(el("span", { class: "err", text: err }));
   const outcome = r.t === "transition" ? r.outcome : "";
   const via = e.hops ? e.hops.join(" ← ") : (r.origin ? "from " + r.origin : "");

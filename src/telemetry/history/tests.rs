@@ -31,6 +31,7 @@ fn transition(node: &str, clock: Vec<u64>, called: &[&str], origin: Option<&str>
         kind: origin.map(|_| "add".into()).or(Some("add".into())),
         called: called.iter().map(|s| s.to_string()).collect(),
         args: vec![],
+        args_dropped: 0,
         outcome: "executed".into(),
         auto: false,
         queue_tick: 1,
@@ -58,6 +59,7 @@ fn sent(node: &str, called: &[&str], origin: Option<&str>) -> Record {
         kind: "add".into(),
         called: called.iter().map(|s| s.to_string()).collect(),
         args: vec![],
+        args_dropped: 0,
         origin: origin.map(str::to_owned),
         dropped: 0,
     })
@@ -226,4 +228,79 @@ fn a_bad_dump_is_refused_with_the_line() {
         History::import_lines([future.as_slice()], 10).err(),
         Some(DumpError::Version(9))
     );
+}
+
+/// A dump's numbers are input: a `next_seq` at the end of u64 is refused with the reason
+/// (taking entries after it would overflow), and one at the bound takes no more entries.
+#[test]
+fn a_dump_numbered_at_the_end_of_u64_is_refused() {
+    let header = |next_seq: u64, evicted: u64| {
+        format!(
+            r#"{{"d":"header","format":"am-dbg-dump","version":1,"next_seq":{next_seq},"evicted":{evicted}}}"#
+        )
+    };
+    let max = header(u64::MAX, 0);
+    match History::import_lines([max.as_bytes()], 10) {
+        Err(DumpError::Line { line: 1, error }) => assert!(error.contains("next_seq"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let last = header(MAX_SEQ, u64::MAX);
+    let mut h = History::import_lines([last.as_bytes()], 1).expect("imports");
+    assert_eq!(h.ingest(machine("root", vec![0, 0]), 1), Some(MAX_SEQ));
+    assert_eq!(
+        h.ingest(machine("root", vec![0, 1]), 2),
+        None,
+        "past the bound"
+    );
+    assert_eq!(h.evicted(), u64::MAX);
+}
+
+/// Names a sender invents fill no memory past the bounds: a node or a machine past them is
+/// refused with the reason, while those known are still taken; a dump past them is refused.
+#[test]
+fn nodes_and_machines_past_the_bounds_are_refused() {
+    use crate::proto::message::NodeStatus;
+    let status = |node: &str| {
+        Record::Status(StatusRecord {
+            node: node.into(),
+            time_ms: 1,
+            listen: vec![],
+            status: NodeStatus::default(),
+        })
+    };
+    let mut h = History::new(100).with_bounds(2, 2);
+    for node in ["a", "b", "c"] {
+        h.ingest(status(node), 1);
+        h.ingest(machine(node, vec![0, 0]), 1);
+    }
+    assert_eq!(h.nodes().count(), 2);
+    assert_eq!(h.machines().count(), 2);
+    assert_eq!(h.refused(), 2);
+    assert!(matches!(
+        h.admits(&status("c")),
+        Err(HistoryError::TooManyNodes(2, ref n)) if n == "c"
+    ));
+    let err = h
+        .admits(&transition("c", vec![0, 1], &["B"], None))
+        .expect_err("past the bound");
+    assert!(err.to_string().contains("c/demo"), "{err}");
+    // The known ones go on.
+    assert!(h.ingest(status("a"), 2).is_none() && h.refused() == 2);
+    assert!(
+        h.ingest(transition("b", vec![0, 1], &["B"], None), 2)
+            .is_some()
+    );
+
+    let lines: Vec<String> = h.export_lines().collect();
+    let small = History::new(100).with_bounds(1, 2);
+    match History::import_lines_into(lines.iter().map(|l| l.as_bytes()), small) {
+        Err(DumpError::Line { error, .. }) => assert!(error.contains("nodes"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let same = History::import_lines_into(
+        lines.iter().map(|l| l.as_bytes()),
+        History::new(100).with_bounds(2, 2),
+    )
+    .expect("imports");
+    assert_eq!(same.machines().count(), 2);
 }
