@@ -137,6 +137,17 @@ fn at(address: SocketAddr) -> Endpoint {
     format!("tcp://{address}/demo").parse().expect("valid")
 }
 
+/// The leaf's first `add` of `Counter`, with the key a retry of it carries.
+fn leafs_first_add() -> asyncmachine::machine::Mutation {
+    use asyncmachine::machine::{Mutation, MutationKey, MutationKind};
+    let counter = schema().index("Counter").expect("a state");
+    Mutation::new(MutationKind::Add, vec![counter], Args::new()).with_key(Some(MutationKey {
+        origin: "leaf".into(),
+        epoch: 7,
+        seq: 1,
+    }))
+}
+
 /// A root whose `Counter` handler says it runs (the receiver) and holds the transition until
 /// the test lets it go (the sender), so a link can be cut after the root ran and before the
 /// reply left.
@@ -265,7 +276,6 @@ async fn a_reply_lost_between_mid_and_root_is_answered_by_the_root() {
 /// record (it does not wait for ever on a run nobody finishes, nor run again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_client_left_still_records_its_answer() {
-    use asyncmachine::machine::{Mutation, MutationKey, MutationKind};
     use asyncmachine::proto::config::Limits;
     let (root, running_rx, go_tx) = held_root();
     let (_root_server, root_address) = serve(Arc::new(root.clone())).await;
@@ -292,14 +302,7 @@ async fn a_run_whose_client_left_still_records_its_answer() {
         keepalive: Duration::from_millis(50),
         ..config("leaf")
     };
-    let key = MutationKey {
-        origin: "leaf".into(),
-        epoch: 7,
-        seq: 1,
-    };
-    let counter = schema().index("Counter").expect("a state");
-    let keyed =
-        || Mutation::new(MutationKind::Add, vec![counter], Args::new()).with_key(Some(key.clone()));
+    let keyed = leafs_first_add;
 
     let first = Mirror::connect(&mid_at, leaf_config())
         .await
@@ -354,7 +357,7 @@ async fn a_run_whose_client_left_still_records_its_answer() {
 /// connection goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_panics_at_the_source_is_answered_and_recorded_as_failed() {
-    use asyncmachine::machine::{ClockChange, Mutation, MutationKey, MutationKind};
+    use asyncmachine::machine::ClockChange;
     let root = Machine::builder((*schema()).clone()).id("root").build();
     let (server, root_address) = serve(Arc::new(root.clone())).await;
     let counter = schema().index("Counter").expect("a state");
@@ -366,13 +369,7 @@ async fn a_run_that_panics_at_the_source_is_answered_and_recorded_as_failed() {
     let leaf = Mirror::connect(&at(root_address), config("leaf"))
         .await
         .expect("connects");
-    let key = MutationKey {
-        origin: "leaf".into(),
-        epoch: 7,
-        seq: 1,
-    };
-    let keyed =
-        || Mutation::new(MutationKind::Add, vec![counter], Args::new()).with_key(Some(key.clone()));
+    let keyed = leafs_first_add;
 
     let first = within("the panicking run's answer", leaf.mutate(keyed()))
         .await
@@ -443,7 +440,6 @@ async fn a_mutation_made_during_a_long_backoff_fails_at_its_deadline() {
 /// answers it with what really happened (it ran once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hop_that_timed_out_leaves_the_answer_to_the_roots_record() {
-    use asyncmachine::machine::{Mutation, MutationKey, MutationKind};
     let (root, running_rx, go_tx) = held_root();
     let (_root_server, root_address) = serve(Arc::new(root.clone())).await;
     let mid = Mirror::connect(
@@ -459,14 +455,7 @@ async fn a_hop_that_timed_out_leaves_the_answer_to_the_roots_record() {
     let leaf = Mirror::connect(&at(mid_address), config("leaf"))
         .await
         .expect("leaf connects");
-    let key = MutationKey {
-        origin: "leaf".into(),
-        epoch: 7,
-        seq: 1,
-    };
-    let counter = schema().index("Counter").expect("a state");
-    let keyed =
-        || Mutation::new(MutationKind::Add, vec![counter], Args::new()).with_key(Some(key.clone()));
+    let keyed = leafs_first_add;
 
     let first = tokio::spawn(leaf.mutate(keyed()));
     within(

@@ -6,27 +6,9 @@ import { test, mock, before } from "node:test";
 import assert from "node:assert/strict";
 import { Mirror, PERMANENT_CLOSE_CODES, retryDelay, closeReason, NotConnectedError } from "../am.js";
 import { loaded } from "./wasm.mjs";
+import { ScriptedSocket } from "./scripted.mjs";
 
 before(loaded);
-
-/** A WebSocket the test drives: it records what the mirror sends and opens on demand. */
-class ScriptedSocket {
-  static made = [];
-  constructor(url) {
-    this.url = url;
-    this.sent = [];
-    this.readyState = 0;
-    ScriptedSocket.made.push(this);
-  }
-  send(bytes) { this.sent.push(bytes); }
-  close() { this.readyState = 3; }
-  open() { this.readyState = 1; this.onopen?.(); }
-  /** The relay closes with a code and reason (what a browser reports in onclose). */
-  closeWith(code, reason) { this.readyState = 3; this.onclose?.({ code, reason }); }
-  deliver(bytes) { this.onmessage?.({ data: bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) }); }
-  /** The message types of what the mirror sent (each send is one frame here). */
-  sentTypes() { return this.sent.map((b) => b[b[0] & 0x80 ? 2 : 1]); }
-}
 
 /** A frame around a message body (PROTOCOL.md 3: the head is the length times two). */
 const frame = (body) => Uint8Array.from([body.length * 2, ...body]);

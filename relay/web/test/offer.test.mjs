@@ -6,26 +6,9 @@ import { test, mock, before } from "node:test";
 import assert from "node:assert/strict";
 import { Machine, Offer, Debugger, offer as offerOnce, retryDelay } from "../am.js";
 import { loaded } from "./wasm.mjs";
+import { ScriptedSocket } from "./scripted.mjs";
 
 before(loaded);
-
-/** A WebSocket the test drives: it records what is sent and opens, talks and closes on demand. */
-class ScriptedSocket {
-  static made = [];
-  constructor(url) {
-    this.url = url;
-    this.sent = [];
-    this.readyState = 0;
-    ScriptedSocket.made.push(this);
-  }
-  send(data) { this.sent.push(data); }
-  /** What a browser does: the close event comes later (closeWith), if at all. */
-  close() { this.readyState = 2; }
-  open() { this.readyState = 1; this.onopen?.(); }
-  /** The relay closes with a code and reason (what a browser reports in onclose). */
-  closeWith(code, reason) { this.readyState = 3; this.onclose?.({ code, reason }); }
-  text(note) { this.onmessage?.({ data: JSON.stringify(note) }); }
-}
 
 const SCHEMA = { states: [{ name: "Msg", multi: true }] };
 
