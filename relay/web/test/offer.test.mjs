@@ -236,3 +236,43 @@ test("an offer takes at most maxConnections node connections at once", () => {
     mock.timers.reset();
   }
 });
+
+test("a node connection with over maxBuffered bytes waiting in its socket is dropped, one under it stays", async () => {
+  // A node's hello, as a browser mirror writes it.
+  ScriptedSocket.made = [];
+  const { Mirror } = await import("../am.js");
+  const mirror = new Mirror("ws://relay/arpc/bar", { WebSocket: ScriptedSocket });
+  mirror.start();
+  while (ScriptedSocket.made.length === 0) await new Promise((r) => setImmediate(r));
+  ScriptedSocket.made[0].open();
+  const hello = ScriptedSocket.made[0].sent[0].slice();
+  mirror.close();
+
+  for (const [waiting, dropped] of [[1024, false], [1025, true]]) {
+    const { offer } = started({ maxBuffered: 1024 });
+    try {
+      const closed = [];
+      offer.addEventListener("connection", (e) => e.detail.state === "closed" && closed.push(e.detail.reason));
+      const socket = ScriptedSocket.made[0];
+      socket.open();
+      socket.text({ offered: "bar" });
+      socket.text({ open: "0".repeat(32) });
+      const node = ScriptedSocket.made[1];
+      node.open();
+      // What the tab has not yet written to the relay when the welcome goes out.
+      node.bufferedAmount = waiting;
+      node.deliver(hello);
+      assert.ok(node.sent.length > 0, "the welcome was sent");
+      if (dropped) {
+        assert.equal(offer.conns.size, 0, "the connection is dropped");
+        assert.match(closed[0], /reads too slowly: over 1024 bytes/);
+        assert.equal(node.readyState, 2, "its socket is closed");
+      } else {
+        assert.equal(offer.conns.size, 1, "the connection stays");
+        assert.deepEqual(closed, []);
+      }
+    } finally {
+      offer.close();
+    }
+  }
+});
