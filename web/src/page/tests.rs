@@ -226,19 +226,7 @@ fn a_mirror_is_driven_by_the_glue_and_answers_like_a_machine() {
         [Message::Hello(_)]
     ));
 
-    let welcome = Welcome {
-        ancestry: vec!["root".into()],
-        schema: Some(asyncmachine::machine::SchemaDef::of_states(vec![
-            asyncmachine::machine::StateDef::new("A"),
-        ])),
-        snapshot: Snapshot {
-            ticks: vec![0, 0],
-            queue_tick: 0,
-        },
-        granted: Granted::default(),
-        parent_id: None,
-        tags: Vec::new(),
-    };
+    let welcome = root_welcome();
     let reply = page
         .bytes(h as u32, &frame(&Message::Welcome(welcome)), 10.0)
         .expect("read");
@@ -306,19 +294,7 @@ fn a_disposed_mirror_leaves_its_bye_for_the_glue() {
     page.call(&json!({ "op": "connected", "h": h, "now": 0.0 }))
         .expect("connected");
     let _ = page.take(h as u32);
-    let welcome = Welcome {
-        ancestry: vec!["root".into()],
-        schema: Some(asyncmachine::machine::SchemaDef::of_states(vec![
-            asyncmachine::machine::StateDef::new("A"),
-        ])),
-        snapshot: Snapshot {
-            ticks: vec![0, 0],
-            queue_tick: 0,
-        },
-        granted: Granted::default(),
-        parent_id: None,
-        tags: Vec::new(),
-    };
+    let welcome = root_welcome();
     page.bytes(h as u32, &frame(&Message::Welcome(welcome)), 10.0)
         .expect("read");
     page.call(&json!({ "op": "dispose", "h": h }))
@@ -510,4 +486,21 @@ fn a_page_machine_streams_its_transitions_as_collector_lines() {
     );
     page.call(&json!({ "op": "debugStop" })).expect("stopped");
     assert!(page.call(&json!({ "op": "debugTake" })).is_err(), "stopped");
+}
+
+/// A root's welcome of a one-state schema [A], nothing active.
+fn root_welcome() -> Welcome {
+    Welcome {
+        ancestry: vec!["root".into()],
+        schema: Some(asyncmachine::machine::SchemaDef::of_states(vec![
+            asyncmachine::machine::StateDef::new("A"),
+        ])),
+        snapshot: Snapshot {
+            ticks: vec![0, 0],
+            queue_tick: 0,
+        },
+        granted: Granted::default(),
+        parent_id: None,
+        tags: Vec::new(),
+    }
 }
