@@ -70,6 +70,24 @@ async fn close_of(ws: &mut Ws) -> CloseFrame {
     .await
 }
 
+/// Sends `bytes` as one binary message from one end of a bridge and waits for them at the other.
+async fn passes(from: &mut Ws, to: &mut Ws, bytes: &[u8]) {
+    from.send(WsMessage::binary(bytes.to_vec()))
+        .await
+        .expect("sent");
+    let got = within("the bytes at the bridge's other end", async {
+        loop {
+            match to.next().await {
+                Some(Ok(WsMessage::Binary(data))) => return data,
+                Some(Ok(_)) => {}
+                other => panic!("expected the bytes, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(&got[..], bytes);
+}
+
 /// Opens a WebSocket as a browser would (with the relay's own origin) and returns the close
 /// code and reason the relay answers with.
 async fn refused(relay: &Relay, path: &str) -> (u16, String) {
@@ -982,30 +1000,8 @@ async fn the_listen_route_takes_allowed_names_once_and_hands_nodes_to_the_page()
     let mut page = open(&relay, &format!("/offer/bar/{id}"), Some(&own))
         .await
         .expect("taken");
-    node.send(WsMessage::binary(b"hello".to_vec()))
-        .await
-        .expect("sent");
-    let got = within("bytes at the page", async {
-        loop {
-            if let Some(Ok(WsMessage::Binary(data))) = page.next().await {
-                return data;
-            }
-        }
-    })
-    .await;
-    assert_eq!(&got[..], b"hello");
-    page.send(WsMessage::binary(b"welcome".to_vec()))
-        .await
-        .expect("sent");
-    let got = within("bytes at the node", async {
-        loop {
-            if let Some(Ok(WsMessage::Binary(data))) = node.next().await {
-                return data;
-            }
-        }
-    })
-    .await;
-    assert_eq!(&got[..], b"welcome");
+    passes(&mut node, &mut page, b"hello").await;
+    passes(&mut page, &mut node, b"welcome").await;
 
     // A node connection the page does not take ends with 4504 after the handshake timeout.
     let mut late = open(&relay, "/listen/bar", None).await.expect("upgraded");
@@ -1053,18 +1049,7 @@ async fn a_node_connection_goes_only_to_the_page_told_its_id() {
     let mut page = open(&relay, &format!("/offer/bar/{id}"), Some(&own))
         .await
         .expect("taken");
-    node.send(WsMessage::binary(b"hello".to_vec()))
-        .await
-        .expect("sent");
-    let got = within("bytes at the page", async {
-        loop {
-            if let Some(Ok(WsMessage::Binary(data))) = page.next().await {
-                return data;
-            }
-        }
-    })
-    .await;
-    assert_eq!(&got[..], b"hello");
+    passes(&mut node, &mut page, b"hello").await;
     // Taken once: the ID does not open a second socket to the node.
     let (code, _) = refused(&relay, &format!("/offer/bar/{id}")).await;
     assert_eq!(code, 4404);

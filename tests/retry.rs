@@ -167,6 +167,17 @@ fn held_root() -> (Machine, mpsc::Receiver<()>, mpsc::Sender<()>) {
     (root, running_rx, go_tx)
 }
 
+/// Waits until the held root's `Counter` handler says it runs.
+async fn root_running(running: mpsc::Receiver<()>) {
+    within(
+        "the root running the mutation",
+        tokio::task::spawn_blocking(move || running.recv_timeout(Duration::from_secs(20))),
+    )
+    .await
+    .expect("joins")
+    .expect("the handler runs");
+}
+
 /// Which link the test cuts.
 #[derive(Clone, Copy, PartialEq)]
 enum Cut {
@@ -206,13 +217,7 @@ async fn a_lost_reply_is_answered_from_the_record(cut: Cut) {
         let leaf = leaf.clone();
         async move { leaf.add(&["Counter"], Args::new()).await }
     });
-    within(
-        "the root running the mutation",
-        tokio::task::spawn_blocking(move || running_rx.recv_timeout(Duration::from_secs(20))),
-    )
-    .await
-    .expect("joins")
-    .expect("the handler runs");
+    root_running(running_rx).await;
     // The link goes down with the reply still to come; the root finishes meanwhile.
     proxy.cut_and_hold().await;
     go_tx.send(()).expect("the handler waits");
@@ -309,13 +314,7 @@ async fn a_run_whose_client_left_still_records_its_answer() {
         .expect("connects");
     let sent = first.mutate(keyed());
     let sent = tokio::spawn(sent);
-    within(
-        "the root running the mutation",
-        tokio::task::spawn_blocking(move || running_rx.recv_timeout(Duration::from_secs(20))),
-    )
-    .await
-    .expect("joins")
-    .expect("the handler runs");
+    root_running(running_rx).await;
     // The leaf goes away; mid's connection to it ends while mid's forwarded run is still out.
     first.dispose();
     let _ = sent.await;
@@ -458,13 +457,7 @@ async fn a_hop_that_timed_out_leaves_the_answer_to_the_roots_record() {
     let keyed = leafs_first_add;
 
     let first = tokio::spawn(leaf.mutate(keyed()));
-    within(
-        "the root running the mutation",
-        tokio::task::spawn_blocking(move || running_rx.recv_timeout(Duration::from_secs(20))),
-    )
-    .await
-    .expect("joins")
-    .expect("the handler runs");
+    root_running(running_rx).await;
     let timed_out = within("mid's timeout", first)
         .await
         .expect("the task runs")

@@ -18,7 +18,7 @@ use crate::wire::SessionTimer;
 use tracing::{Instrument, debug, warn};
 
 use super::hub::Hub;
-use super::push::Outlet;
+use super::push::{Outlet, OutletState};
 use super::waits::Waits;
 use super::{ClientEntry, ClientInfo, Inner};
 use crate::machine::MutationError;
@@ -277,6 +277,16 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
+/// Writes the answer the session just made if the socket takes it now (else the writer is
+/// nudged), and counts what went out.
+fn answer_now(inner: &Inner, outlet: &Outlet, state: &mut OutletState) {
+    let sent = outlet.send_now(state);
+    inner
+        .stats
+        .bytes_out
+        .fetch_add(sent as u64, Ordering::Relaxed);
+}
+
 /// Reads bytes into the session and runs the mutations, waits and requests it hands out,
 /// until it ends (the waits end with it).
 async fn read_loop(
@@ -316,11 +326,7 @@ async fn read_loop(
                             .handle_mutation_result(id, result, clock.now(), hub);
                         // The answer goes out from here when the socket takes it: waking the
                         // writer for it would add a turn of the scheduler to every mutation.
-                        let sent = outlet.send_now(&mut state);
-                        inner
-                            .stats
-                            .bytes_out
-                            .fetch_add(sent as u64, Ordering::Relaxed);
+                        answer_now(inner, outlet, &mut state);
                         continue;
                     }
                     ServerEvent::Err { id } => {
@@ -332,11 +338,7 @@ async fn read_loop(
                             clock.now(),
                             hub,
                         );
-                        let sent = outlet.send_now(&mut state);
-                        inner
-                            .stats
-                            .bytes_out
-                            .fetch_add(sent as u64, Ordering::Relaxed);
+                        answer_now(inner, outlet, &mut state);
                         continue;
                     }
                     ServerEvent::WhenArgs {
