@@ -158,10 +158,15 @@ fn held_root() -> (Machine, mpsc::Receiver<()>, mpsc::Sender<()>) {
     let (running_tx, go_rx) = (Mutex::new(running_tx), Mutex::new(go_rx));
     root.on_state("Counter", move |_| {
         let _ = running_tx.lock().expect("lock").send(());
-        let _ = go_rx
-            .lock()
-            .expect("lock")
-            .recv_timeout(Duration::from_secs(20));
+        // The handler runs on a worker of the test's runtime (the root's server runs a local
+        // mutation in its reader): held there, it would keep the tasks queued on that worker
+        // (among them mid's and the leaf's) from running.
+        tokio::task::block_in_place(|| {
+            let _ = go_rx
+                .lock()
+                .expect("lock")
+                .recv_timeout(Duration::from_secs(20));
+        });
     })
     .expect("bound");
     (root, running_rx, go_tx)

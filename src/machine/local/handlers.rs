@@ -8,6 +8,11 @@ impl Machine {
 
     /// Binds a set of handlers at once (Go's `BindHandlers`); nothing is bound when a state
     /// name is unknown. The [`Binding`] unbinds the set again.
+    ///
+    /// Handlers run in the call that mutates: on a served machine, on the server's runtime
+    /// worker that read the mutation. A handler that blocks holds that worker and the tasks
+    /// queued on it; blocking work belongs on `tokio::task::spawn_blocking` or a thread of its
+    /// own (or, briefly, inside `tokio::task::block_in_place`).
     pub fn bind(&self, handlers: Handlers) -> Result<Binding, UnknownState> {
         let binding = self.shared.next_binding.fetch_add(1, Ordering::Relaxed);
         let mut core = self.core();
