@@ -1128,3 +1128,57 @@ async fn a_browser_that_never_reads_is_dropped_after_the_idle_timeout() {
             > 0
     );
 }
+
+/// The relay matches a path's bytes without percent-decoding them, so a name a browser would
+/// escape could be configured and never reached: such names are refused when the relay starts,
+/// saying which characters a name may have.
+#[tokio::test]
+async fn names_a_page_cannot_ask_for_are_refused_at_start() {
+    let endpoint: asyncmachine::transport::Endpoint =
+        "tcp://127.0.0.1:1/demo".parse().expect("an endpoint");
+    for name in [
+        "my demo",
+        "a/b",
+        "q?x",
+        "caf\u{e9}",
+        "",
+        ".",
+        "..",
+        &"n".repeat(129),
+    ] {
+        let for_target = RelayConfig {
+            listen: any_port("ws"),
+            targets: vec![Target {
+                name: name.to_owned(),
+                endpoint: endpoint.clone(),
+            }],
+            ..RelayConfig::default()
+        };
+        let for_offer = RelayConfig {
+            listen: any_port("ws"),
+            offers: vec![name.to_owned()],
+            ..RelayConfig::default()
+        };
+        for config in [for_target, for_offer] {
+            let refused = Relay::start(config).await.err().expect("refused");
+            let said = refused.to_string();
+            assert!(
+                said.contains("cannot be asked for in a URL path")
+                    && said.contains("letters, digits"),
+                "{name:?}: {said}"
+            );
+        }
+    }
+    let relay = Relay::start(RelayConfig {
+        listen: any_port("ws"),
+        targets: vec![Target {
+            name: "demo-1_v2.0~x".into(),
+            endpoint,
+        }],
+        offers: vec!["bar.page".into()],
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("names of URL-safe characters start");
+    drop(relay);
+}

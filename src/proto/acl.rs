@@ -117,14 +117,16 @@ impl MutationDenied {
 /// shown in logs and `status`, never data.
 pub const MAX_CLIENT_ID_BYTES: usize = 256;
 
-/// Compares a presented token with the expected one without stopping at the first difference, so
-/// the time taken does not tell how much of a guess was right.
+/// Compares a presented token with the expected one without stopping at the first difference,
+/// so the time taken does not tell how much of a guess was right. It walks the expected token's
+/// length whatever the guess's length (a shorter guess is read round again), so the time does
+/// not tell the token's length either.
 pub fn token_matches(presented: &str, expected: &str) -> bool {
     let (a, b) = (presented.as_bytes(), expected.as_bytes());
-    let differ = a
-        .iter()
-        .zip(b)
-        .fold(u8::from(a.len() != b.len()), |acc, (x, y)| acc | (x ^ y));
+    let differ = b.iter().enumerate().fold(a.len() ^ b.len(), |acc, (i, y)| {
+        let x = if a.is_empty() { 0 } else { a[i % a.len()] };
+        acc | usize::from(x ^ y)
+    });
     differ == 0
 }
 

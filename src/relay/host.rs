@@ -157,5 +157,9 @@ mod tests {
         assert!(!token_matches("s3cret!", "s3cret"));
         assert!(!token_matches("S3cret", "s3cret"));
         assert!(!token_matches("", "s3cret"));
+        // A guess is read round again up to the token's length: a repeat is still not equal.
+        assert!(!token_matches("ab", "abab"));
+        assert!(!token_matches("abab", "ab"));
+        assert!(!token_matches("s3cret", ""));
     }
 }

@@ -106,6 +106,22 @@ impl Default for RelayConfig {
     }
 }
 
+/// The longest target or offer name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// Whether a page can ask for `name` in a path as it is: the relay matches the path's bytes
+/// without percent-decoding them, so a name with characters a browser escapes (a space, `/`,
+/// `?`, non-ASCII) could be configured and never reached. URL-safe characters only (RFC 3986's
+/// unreserved set), and not only dots.
+fn name_usable(name: &str) -> bool {
+    (1..=MAX_NAME_BYTES).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+        // `.` and `..` are path steps: a browser resolves them away.
+        && name.bytes().any(|b| b != b'.')
+}
+
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -115,6 +131,17 @@ pub enum RelayError {
     /// Two targets have the same name.
     #[error("target {0:?} is defined twice")]
     DuplicateTarget(String),
+    /// A target's or offer's name is not one a page can put in a path as it is.
+    #[error(
+        "{kind} name {name:?} cannot be asked for in a URL path as it is: use 1 to {MAX_NAME_BYTES} \
+         letters, digits, '-', '_', '.' or '~', not only dots"
+    )]
+    BadName {
+        /// `target` or `offer`.
+        kind: &'static str,
+        /// The name (cut to 64 characters).
+        name: String,
+    },
     /// A target's scheme is one the relay cannot reach (`tcp://`, `tls://`, `quic://` only).
     #[error(
         "target {name:?}: the relay reaches tcp://, tls:// and quic:// endpoints, not {endpoint}"
@@ -202,6 +229,15 @@ impl Relay {
             }
             _ => return Err(RelayError::BadListen(config.listen.clone())),
         };
+        let names = config.targets.iter().map(|t| ("target", &t.name));
+        for (kind, name) in names.chain(config.offers.iter().map(|n| ("offer", n))) {
+            if !name_usable(name) {
+                return Err(RelayError::BadName {
+                    kind,
+                    name: name.chars().take(64).collect(),
+                });
+            }
+        }
         let mut targets = BTreeMap::new();
         for target in &config.targets {
             if !matches!(
