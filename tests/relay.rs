@@ -1160,7 +1160,7 @@ async fn names_a_page_cannot_ask_for_are_refused_at_start() {
             ..RelayConfig::default()
         };
         for config in [for_target, for_offer] {
-            let refused = Relay::start(config).await.err().expect("refused");
+            let refused = Relay::start(config).await.expect_err("refused");
             let said = refused.to_string();
             assert!(
                 said.contains("cannot be asked for in a URL path")
