@@ -439,13 +439,20 @@ export class Machine extends Source {
       handlers.delete(id);
       throw e;
     }
+    this.#handlerIds.push(id);
     return this;
   }
 
-  /** Ends the machine: waits reject with a `disposed` AmError. */
+  /** The ids of this machine's handlers in `handlers`, let go when it is disposed. */
+  #handlerIds = [];
+
+  /** Ends the machine: waits reject with a `disposed` AmError; its handlers are let go. */
   dispose() {
     call({ op: "dispose", h: this.handle });
     sources.delete(this.handle);
+    // A disposed machine runs no handler again: the closures (and all they hold) can go.
+    for (const id of this.#handlerIds) handlers.delete(id);
+    this.#handlerIds = [];
   }
 }
 

@@ -115,3 +115,27 @@ test("changes come as events and as an async iterator, by name", async () => {
   assert.deepEqual(await iterated, [["A", "B"], ["B"]]);
   assert.deepEqual(events, [["A", "B"], ["A"]]);
 });
+
+test("a disposed machine lets its handlers go, and what they hold with them", async () => {
+  const { setFlagsFromString } = await import("node:v8");
+  const { runInNewContext } = await import("node:vm");
+  setFlagsFromString("--expose-gc");
+  const gc = runInNewContext("gc");
+  const m = new Machine(TOML, { id: "held" });
+  // Made in a scope of its own, so only the module's handler table holds the closure.
+  const watched = (() => {
+    const big = new Uint8Array(1 << 20);
+    const handler = () => { big[0] += 1; };
+    m.on("state", "Start", handler);
+    return new WeakRef(handler);
+  })();
+  assert.equal(await m.add("Start"), "Executed");
+  // A WeakRef keeps its target until the job that made it ends.
+  await new Promise((r) => setImmediate(r));
+  gc();
+  assert.ok(watched.deref(), "a live machine keeps its handler");
+  m.dispose();
+  await new Promise((r) => setImmediate(r));
+  gc();
+  assert.equal(watched.deref(), undefined, "the disposed machine's handler was let go");
+});
