@@ -877,6 +877,9 @@ export async function connect(url, options) {
  * each machine's schema and clock. Events: "status" ({state: "connecting" | "sending" |
  * "disconnected" | "refused" | "closed", reason, code}).
  */
+/** The page's Debugger, while one is open. */
+let openDebugger = null;
+
 export class Debugger extends EventTarget {
   /**
    * @param {string} url the relay's socket for the collector, ws(s)://relay/arpc/TARGET
@@ -885,7 +888,13 @@ export class Debugger extends EventTarget {
    */
   constructor(url, { node = "page", capacity, redact, everyMs = 20, keepaliveMs = DEFAULT_KEEPALIVE_MS, establishedMs = DEFAULT_ESTABLISHED_MS, WebSocket: Socket = globalThis.WebSocket } = {}) {
     super();
+    // The module has one telemetry tap per page: a second debugger would take half of the
+    // first one's records, and each would send what the other missed.
+    if (openDebugger && !openDebugger.closed) {
+      throw new AmError("debugger_open", "this page has a Debugger already: close() it before making another");
+    }
     call({ op: "debug", node, capacity, redact });
+    openDebugger = this;
     Object.assign(this, { url, node, everyMs, keepaliveMs, establishedMs, Socket });
     this.state = "closed";
     this.closed = false;

@@ -4,7 +4,7 @@
 // and which events a socket that is no longer the current one may still cause.
 import { test, mock, before } from "node:test";
 import assert from "node:assert/strict";
-import { Machine, Offer, Debugger, offer as offerOnce, retryDelay } from "../am.js";
+import { Machine, Offer, Debugger, AmError, offer as offerOnce, retryDelay } from "../am.js";
 import { loaded } from "./wasm.mjs";
 import { ScriptedSocket } from "./scripted.mjs";
 
@@ -274,5 +274,22 @@ test("a node connection with over maxBuffered bytes waiting in its socket is dro
     } finally {
       offer.close();
     }
+  }
+});
+
+test("a page has one Debugger at a time: a second is refused while the first is open", () => {
+  mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  try {
+    const { debugging } = debuggerOver();
+    assert.throws(
+      () => debuggerOver(),
+      (e) => e instanceof AmError && e.code === "debugger_open" && /close\(\) it/.test(e.message),
+    );
+    debugging.close();
+    const { debugging: again } = debuggerOver();
+    assert.equal(again.state, "connecting", "once the first is closed, another can start");
+    again.close();
+  } finally {
+    mock.timers.reset();
   }
 });
