@@ -867,6 +867,9 @@ export async function connect(url, options) {
 
 // ----- telemetry -----
 
+/** The page's Debugger, while one is open (a page has one at a time). */
+let openDebugger = null;
+
 /**
  * Streams what the page's machines and mirrors do to a collector (`am-node dbg`), as a node's
  * machines do: each transition (or a mirror's update, or a mutation it sent) as a record line,
@@ -875,11 +878,9 @@ export async function connect(url, options) {
  * start the relay with a target for it (`--target dbg=tcp://127.0.0.1:6831`) and give its URL
  * (`ws://relay/arpc/dbg`). Reconnects with backoff until close(); every connection starts with
  * each machine's schema and clock. Events: "status" ({state: "connecting" | "sending" |
- * "disconnected" | "refused" | "closed", reason, code}).
+ * "disconnected" | "refused" | "closed", reason, code}). One per page: another is refused
+ * (`debugger_open`) until this one is closed.
  */
-/** The page's Debugger, while one is open. */
-let openDebugger = null;
-
 export class Debugger extends EventTarget {
   /**
    * @param {string} url the relay's socket for the collector, ws(s)://relay/arpc/TARGET
