@@ -183,6 +183,17 @@ async fn root_running(running: mpsc::Receiver<()>) {
     .expect("the handler runs");
 }
 
+/// Lets the held root's handler go and waits for its transition to end.
+async fn let_root_finish(go: &mpsc::Sender<()>, root: &Machine) {
+    go.send(()).expect("the handler waits");
+    within(
+        "the root's transition",
+        root.when_tick_reaches("Counter", 1),
+    )
+    .await
+    .expect("waits");
+}
+
 /// Which link the test cuts.
 #[derive(Clone, Copy, PartialEq)]
 enum Cut {
@@ -225,13 +236,7 @@ async fn a_lost_reply_is_answered_from_the_record(cut: Cut) {
     root_running(running_rx).await;
     // The link goes down with the reply still to come; the root finishes meanwhile.
     proxy.cut_and_hold().await;
-    go_tx.send(()).expect("the handler waits");
-    within(
-        "the root's transition",
-        root.when_tick_reaches("Counter", 1),
-    )
-    .await
-    .expect("waits");
+    let_root_finish(&go_tx, &root).await;
     let cut_side = if cut == Cut::LeafToMid { &leaf } else { &mid };
     within(
         "the cut side to notice",
@@ -329,13 +334,7 @@ async fn a_run_whose_client_left_still_records_its_answer() {
         }
     })
     .await;
-    go_tx.send(()).expect("the handler waits");
-    within(
-        "the root's transition",
-        root.when_tick_reaches("Counter", 1),
-    )
-    .await
-    .expect("waits");
+    let_root_finish(&go_tx, &root).await;
 
     // The same key again, on a new connection: answered from mid's record.
     let again = Mirror::connect(&mid_at, leaf_config())
@@ -471,13 +470,7 @@ async fn a_hop_that_timed_out_leaves_the_answer_to_the_roots_record() {
         timed_out.to_string().contains("may or may not have run"),
         "{timed_out}"
     );
-    go_tx.send(()).expect("the handler waits");
-    within(
-        "the root's transition",
-        root.when_tick_reaches("Counter", 1),
-    )
-    .await
-    .expect("waits");
+    let_root_finish(&go_tx, &root).await;
 
     assert_eq!(
         within("the repeat's answer", leaf.mutate(keyed())).await,
