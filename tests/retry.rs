@@ -317,12 +317,11 @@ async fn a_run_whose_client_left_still_records_its_answer() {
         keepalive: Duration::from_millis(50),
         ..config("leaf")
     };
-    let keyed = leafs_first_add;
 
     let first = Mirror::connect(&mid_at, leaf_config())
         .await
         .expect("connects");
-    let sent = first.mutate(keyed());
+    let sent = first.mutate(leafs_first_add());
     let sent = tokio::spawn(sent);
     root_running(running_rx).await;
     // The leaf goes away; mid's connection to it ends while mid's forwarded run is still out.
@@ -341,7 +340,7 @@ async fn a_run_whose_client_left_still_records_its_answer() {
         .await
         .expect("connects");
     assert_eq!(
-        within("the repeat's answer", again.mutate(keyed())).await,
+        within("the repeat's answer", again.mutate(leafs_first_add())).await,
         Ok(Outcome::Executed)
     );
     assert_eq!(root.tick("Counter"), 1, "ran once");
@@ -372,13 +371,12 @@ async fn a_run_that_panics_at_the_source_is_answered_and_recorded_as_failed() {
     let leaf = Mirror::connect(&at(root_address), config("leaf"))
         .await
         .expect("connects");
-    let keyed = leafs_first_add;
 
-    let first = within("the panicking run's answer", leaf.mutate(keyed()))
+    let first = within("the panicking run's answer", leaf.mutate(leafs_first_add()))
         .await
         .expect_err("a failure");
     assert!(first.to_string().contains("panicked"), "{first}");
-    let again = within("the repeat's answer", leaf.mutate(keyed()))
+    let again = within("the repeat's answer", leaf.mutate(leafs_first_add()))
         .await
         .expect_err("the same failure");
     assert_eq!(again.to_string(), first.to_string());
@@ -458,9 +456,8 @@ async fn a_hop_that_timed_out_leaves_the_answer_to_the_roots_record() {
     let leaf = Mirror::connect(&at(mid_address), config("leaf"))
         .await
         .expect("leaf connects");
-    let keyed = leafs_first_add;
 
-    let first = tokio::spawn(leaf.mutate(keyed()));
+    let first = tokio::spawn(leaf.mutate(leafs_first_add()));
     root_running(running_rx).await;
     let timed_out = within("mid's timeout", first)
         .await
@@ -473,7 +470,7 @@ async fn a_hop_that_timed_out_leaves_the_answer_to_the_roots_record() {
     let_root_finish(&go_tx, &root).await;
 
     assert_eq!(
-        within("the repeat's answer", leaf.mutate(keyed())).await,
+        within("the repeat's answer", leaf.mutate(leafs_first_add())).await,
         Ok(Outcome::Executed),
         "mid kept no record of a run it could not see end; the root's record answers"
     );

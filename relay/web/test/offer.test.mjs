@@ -4,7 +4,7 @@
 // and which events a socket that is no longer the current one may still cause.
 import { test, mock, before } from "node:test";
 import assert from "node:assert/strict";
-import { Machine, Offer, Debugger, AmError, offer as offerOnce, retryDelay } from "../am.js";
+import { Machine, Mirror, Offer, Debugger, AmError, offer as offerOnce, retryDelay } from "../am.js";
 import { loaded } from "./wasm.mjs";
 import { ScriptedSocket } from "./scripted.mjs";
 
@@ -240,7 +240,6 @@ test("an offer takes at most maxConnections node connections at once", () => {
 test("a node connection with over maxBuffered bytes waiting in its socket is dropped, one under it stays", async () => {
   // A node's hello, as a browser mirror writes it.
   ScriptedSocket.made = [];
-  const { Mirror } = await import("../am.js");
   const mirror = new Mirror("ws://relay/arpc/bar", { WebSocket: ScriptedSocket });
   mirror.start();
   while (ScriptedSocket.made.length === 0) await new Promise((r) => setImmediate(r));
